@@ -1,0 +1,74 @@
+// geopref/options.hpp — what to compute: loss, reduction, log-prob form.
+// Shared by the CPU reference and the CUDA API; host-only.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "geopref/losses.hpp"
+#include "geopref/status.hpp"
+
+namespace geopref {
+
+/// How per-pair losses w_i f_i are combined into the loss.
+enum class reduction : int {
+  mean,        // (1/P) Σ w_i f_i  (P = number of pairs; weights do not change the divisor)
+  sum,         // Σ w_i f_i
+  none,        // the P values w_i f_i themselves
+  normalizer,  // (1/options::normalizer) Σ w_i f_i — a caller-given count, for
+               // gradient accumulation or data parallelism
+};
+
+/// Everything about *what* is computed that is not a buffer.
+struct options {
+  loss_config loss{};
+  reduction reduce = reduction::mean;
+  double normalizer = 0.0;     // used only with reduction::normalizer; finite and > 0
+  bool average_logps = false;  // margin from L̄_s = L_s / n_s instead of L_s (forced for simpo)
+  int64_t ignore_index = -100; // rows whose label equals this are not scored
+};
+
+/// True when the margin uses length-normalised log-probs.
+inline bool uses_average_logps(const options& o) noexcept {
+  return o.average_logps || forces_average_logps(o.loss.type);
+}
+
+inline status validate(const options& o) noexcept {
+  const status s = validate(o.loss);
+  if (s != status::success) return s;
+  switch (o.reduce) {
+    case reduction::mean:
+    case reduction::sum:
+    case reduction::none: break;
+    case reduction::normalizer:
+      if (!(std::isfinite(o.normalizer) && o.normalizer > 0.0)) return status::invalid_reduction;
+      break;
+    default: return status::invalid_reduction;
+  }
+  return status::success;
+}
+
+/// The divisor of the reduced loss for P pairs (1 for sum and none).
+/// P = 0 with reduction::mean gives 1, so the loss of no pairs is 0, not NaN.
+inline double reduction_divisor(const options& o, int64_t n_pairs) noexcept {
+  switch (o.reduce) {
+    case reduction::mean: return n_pairs > 0 ? static_cast<double>(n_pairs) : 1.0;
+    case reduction::normalizer: return o.normalizer;
+    default: return 1.0;
+  }
+}
+
+/// Training metrics, named as TRL logs them. Means are over pairs, unweighted;
+/// "chosen" is the first response of each pair, "rejected" the second. The
+/// log-probs are the ones the margin uses (L̄ when length-normalised).
+struct metrics {
+  double rewards_chosen = 0;      // rewards/chosen     mean β (L_a − R_a)
+  double rewards_rejected = 0;    // rewards/rejected   mean β (L_b − R_b)
+  double rewards_accuracies = 0;  // rewards/accuracies mean 𝟙[chosen reward > rejected reward]
+  double rewards_margins = 0;     // rewards/margins    mean of chosen − rejected reward
+  double logps_chosen = 0;        // logps/chosen       mean L_a
+  double logps_rejected = 0;      // logps/rejected     mean L_b
+  double calibration_error = 0;   // mean |σ(βh) − p̂|, h the plain (not geometric) margin
+};
+
+}  // namespace geopref

@@ -1,0 +1,2 @@
+// Definitions of geopref/reference/reference.hpp (to be written).
+#pragma once

@@ -1,0 +1,74 @@
+// geopref/reference/reference.hpp — the CPU reference: clear, host-only,
+// double accumulation, Eigen over the caller's raw buffers.
+//
+// It computes everything the CUDA path computes (docs/math.md is the
+// contract) and is what every kernel is checked against. It shares only the
+// loss functors (geopref/losses.hpp) with the CUDA code.
+//
+// Logit types: float, double, Eigen::half, Eigen::bfloat16 (so the reference
+// sees exactly the rounded values a GPU kernel reads). Label types: int32_t,
+// int64_t. Offset types: int32_t, int64_t.
+#pragma once
+
+#include <cstdint>
+
+#include "geopref/losses.hpp"
+#include "geopref/options.hpp"
+#include "geopref/status.hpp"
+
+namespace geopref::reference {
+
+/// The inputs, as raw host pointers. Sizes are element counts.
+template <class Logit, class Label, class Offset>
+struct inputs {
+  const Logit* logits = nullptr;  // [N, ld] row-major; columns [V, ld) are never read
+  int64_t n_rows = 0;             // N token rows
+  int64_t vocab = 0;              // V
+  int64_t ld = 0;                 // row stride, >= V
+  const Label* labels = nullptr;  // [N]; row t scores labels[t] (already shifted by the caller)
+  const Offset* offsets = nullptr;  // [S + 1]; sequence s owns rows [offsets[s], offsets[s+1])
+  int64_t n_seqs = 0;               // S
+  int64_t n_pairs = 0;              // P
+  const int64_t* pairs = nullptr;   // [P, 2] (first, second) sequence indices; null: (i, P + i), needs S == 2P
+  const double* soft_labels = nullptr;  // [P] p̂ in [0, 1]; null: all 1 (binary)
+  const double* ref_logps = nullptr;    // [S] reference log-probs, in the same form as the margin
+                                        // uses (L̄ when length-normalised); null: reference-free
+  const double* weights = nullptr;      // [P] per-pair weights >= 0; null: all 1
+  double grad_loss = 1.0;               // upstream gradient of the reduced loss
+  const double* grad_pair_losses = nullptr;  // [P] upstream gradient for reduction::none; null: all 1
+};
+
+/// The outputs. Every pointer is optional (null: not computed); the
+/// reference writes only what is asked for, and never columns [V, ld) of
+/// grad_logits.
+struct outputs {
+  double* token_logps = nullptr;     // [N] ℓ_t for scored rows, 0 for unscored rows
+  double* lse = nullptr;             // [N] logsumexp of scored rows, 0 for unscored rows
+  double* seq_logps = nullptr;       // [S] L_s, or L̄_s when length-normalised (0 for n_s = 0)
+  int64_t* seq_counts = nullptr;     // [S] n_s, scored rows of sequence s
+  double* pair_losses = nullptr;     // [P] w_i f_i (before the divisor)
+  double* margins = nullptr;         // [P] h_i (plain, not geometric)
+  double* grad_seq_logps = nullptr;  // [S] ∂Loss/∂L_s — w.r.t. the *summed* log-prob, 1/n_s included
+  double* grad_logits = nullptr;     // [N, grad_ld]; unscored rows written as zeros
+  int64_t grad_ld = 0;               // row stride of grad_logits, >= V (0: use ld)
+  double loss = 0;                   // the reduced loss (Σ w_i f_i for reduction::none)
+  metrics stats{};
+};
+
+/// Validates everything, then computes all requested outputs with the loss
+/// named in opt.loss. Returns the first problem found; on error no output is
+/// written.
+template <class Logit, class Label, class Offset>
+status compute(const inputs<Logit, Label, Offset>& in, const options& opt, outputs& out);
+
+/// The same with a caller-supplied margin loss (any type with
+/// value(h, p) / derivative(h, p) in double, e.g. geometric<my_loss>).
+/// opt.loss.beta is still used for the rewards metrics; opt.loss.type only
+/// for whether log-probs are averaged and whether a reference is allowed.
+template <class Logit, class Label, class Offset, class Loss>
+status compute_with_loss(const inputs<Logit, Label, Offset>& in, const options& opt,
+                         const Loss& loss, outputs& out);
+
+}  // namespace geopref::reference
+
+#include "geopref/reference/detail/reference.inl"
