@@ -34,9 +34,19 @@ struct inputs {
   const double* ref_logps = nullptr;    // [S] reference log-probs, in the same form as the margin
                                         // uses (L̄ when length-normalised); null: reference-free
   const double* weights = nullptr;      // [P] per-pair weights >= 0; null: all 1
-  double grad_loss = 1.0;               // upstream gradient of the reduced loss
-  const double* grad_pair_losses = nullptr;  // [P] upstream gradient for reduction::none; null: all 1
+  double grad_loss = 1.0;               // upstream gradient of the reduced loss (scales every reduction)
+  const double* grad_pair_losses = nullptr;  // [P] reduction::none only: pair i's upstream gradient is
+                                             // grad_loss · grad_pair_losses[i]; null: all 1; ignored
+                                             // by the other reductions
 };
+
+// Conventions the outputs follow (docs/math.md has the full contract):
+// - A row is *scored* when it lies inside a sequence (t < offsets[S]) and its
+//   label is not opt.ignore_index. Every label in [0, N) is validated, scored or not.
+// - Logits are not validated: −∞ entries are fine (they get exactly zero
+//   gradient); a label logit of −∞ gives ℓ_t = −∞ and whatever IEEE arithmetic
+//   makes of it downstream; a scored row with NaN, +∞ or no finite logit gives NaN.
+// - A pair with weight 0 contributes exactly 0 to the loss and the gradients.
 
 /// The outputs. Every pointer is optional (null: not computed); the
 /// reference writes only what is asked for, and never columns [V, ld) of
