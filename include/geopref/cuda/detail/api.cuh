@@ -1,22 +1,185 @@
-// geopref/cuda/detail/api.cuh — definitions of geopref/cuda/geopref.cuh.
-// TEMPORARY: the kernels are being written; until they land every entry
-// returns status::internal_error so code written against the API compiles.
+// geopref/cuda/detail/api.cuh — definitions of geopref/cuda/geopref.cuh:
+// host-side argument checks, the workspace protocol, then dispatch.
 #pragma once
 
-namespace geopref::cuda {
+#include <cuda_runtime.h>
 
-inline status sequence_logps(void*, size_t& workspace_bytes, const logps_args&, const options&,
-                             cudaStream_t) noexcept {
-  workspace_bytes = 0;
-  return status::internal_error;
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "geopref/cuda/detail/dispatch.cuh"
+#include "geopref/cuda/detail/workspace.cuh"
+// Included at the end of geopref/cuda/geopref.cuh (include that header).
+
+namespace geopref::cuda {
+namespace detail {
+
+/// Bytes per element, 0 for a value outside the enum.
+inline int dtype_bytes(dtype d) noexcept {
+  switch (d) {
+    case dtype::float32: return 4;
+    case dtype::float16:
+    case dtype::bfloat16: return 2;
+  }
+  return 0;
 }
-inline status train_step(void*, size_t& workspace_bytes, const train_args&, const options&,
-                         cudaStream_t) noexcept {
-  workspace_bytes = 0;
-  return status::internal_error;
+
+inline int index_bytes(index_type d) noexcept {
+  switch (d) {
+    case index_type::int32: return 4;
+    case index_type::int64: return 8;
+  }
+  return 0;
 }
-inline status device_status(const void*, cudaStream_t, status*) noexcept {
-  return status::internal_error;
+
+inline bool aligned(const void* p, int bytes) noexcept {
+  return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
+}
+
+/// The checks the workspace size depends on (also made by the size query).
+inline status check_shapes(const token_inputs& x) noexcept {
+  constexpr int64_t I32 = std::numeric_limits<int32_t>::max();
+  if (x.n_rows < 0 || x.vocab < 0 || x.ld < 0 || x.n_seqs < 0) return status::invalid_shape;
+  // Rows are gridDim.x and labels/sequences are stored as int32 per row.
+  if (x.n_rows > I32 || x.vocab > I32 || x.n_seqs >= I32) return status::invalid_shape;
+  if (x.n_rows > 0 && x.vocab == 0) return status::invalid_shape;
+  if (x.ld < x.vocab) return status::invalid_stride;
+  // N · ld · 4 bytes must be addressable with 64-bit arithmetic.
+  if (x.n_rows > 0 && x.ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)
+    return status::invalid_shape;
+  if (dtype_bytes(x.logits_dtype) == 0 || index_bytes(x.label_type) == 0 ||
+      index_bytes(x.offset_type) == 0)
+    return status::unsupported_dtype;
+  return status::success;
+}
+
+inline status check_buffers(const token_inputs& x) noexcept {
+  if (x.n_rows > 0 && (x.logits == nullptr || x.labels == nullptr)) return status::null_pointer;
+  if (x.n_seqs > 0 && x.offsets == nullptr) return status::null_pointer;
+  if (!aligned(x.logits, dtype_bytes(x.logits_dtype)) || !aligned(x.labels, index_bytes(x.label_type)) ||
+      !aligned(x.offsets, index_bytes(x.offset_type)))
+    return status::misaligned_pointer;
+  return status::success;
+}
+
+/// Byte range [begin, end) of an [N, ld] buffer's N·V used elements.
+struct byte_range {
+  uintptr_t begin, end;
+};
+inline byte_range used_bytes(const void* p, int64_t n, int64_t ld, int64_t v, int elem) noexcept {
+  const auto b = reinterpret_cast<uintptr_t>(p);
+  return {b, b + static_cast<uintptr_t>(((n - 1) * ld + v) * elem)};
+}
+
+inline status check_train(const train_args& a, const options& opt, bool buffers) noexcept {
+  const token_inputs& x = a.tokens;
+  status s = validate(opt);
+  if (s != status::success) return s;
+  s = check_shapes(x);
+  if (s != status::success) return s;
+  if (a.n_pairs < 0) return status::invalid_shape;
+  if (a.pairs == nullptr && x.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
+  if (is_reference_free(opt.loss.type) && a.ref_logps != nullptr) return status::reference_not_allowed;
+  if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
+  const int64_t grad_ld = a.grad_ld == 0 ? x.ld : a.grad_ld;
+  if (grad_ld < x.vocab || grad_ld < 0) return status::invalid_stride;
+  if (x.n_rows > 0 && grad_ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)
+    return status::invalid_shape;
+  if (!buffers) return status::success;
+
+  s = check_buffers(x);
+  if (s != status::success) return s;
+  if (!aligned(a.pairs, 8) || !aligned(a.soft_labels, 4) || !aligned(a.ref_logps, 4) ||
+      !aligned(a.weights, 4) || !aligned(a.grad_output, 4) || !aligned(a.loss, 4) ||
+      !aligned(a.stats, alignof(metrics)) || !aligned(a.seq_logps, 4) ||
+      !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) || !aligned(a.lse, 4) ||
+      !aligned(a.grad_seq_logps, 4))
+    return status::misaligned_pointer;
+  if (a.grad_logits != nullptr && x.n_rows > 0) {
+    const int in_bytes = dtype_bytes(x.logits_dtype);
+    const int out_bytes = a.grad_float32 ? 4 : in_bytes;
+    if (!aligned(a.grad_logits, out_bytes)) return status::misaligned_pointer;
+    // In place is exactly the same buffer, layout and type; any other overlap
+    // would let one block overwrite logits another block has yet to read.
+    const bool in_place = a.grad_logits == x.logits && grad_ld == x.ld && out_bytes == in_bytes &&
+                          !(a.grad_float32 && x.logits_dtype != dtype::float32);
+    const byte_range z = used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes);
+    const byte_range g = used_bytes(a.grad_logits, x.n_rows, grad_ld, x.vocab, out_bytes);
+    if (!in_place && z.begin < g.end && g.begin < z.end) return status::invalid_shape;
+  }
+  return status::success;
+}
+
+inline status check_logps(const logps_args& a, const options& opt, bool buffers) noexcept {
+  status s = validate(opt);
+  if (s != status::success) return s;
+  s = check_shapes(a.tokens);
+  if (s != status::success || !buffers) return s;
+  s = check_buffers(a.tokens);
+  if (s != status::success) return s;
+  if (a.tokens.n_seqs > 0 && a.seq_logps == nullptr) return status::null_pointer;
+  if (!aligned(a.seq_logps, 4) || !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) ||
+      !aligned(a.lse, 4))
+    return status::misaligned_pointer;
+  return status::success;
+}
+
+inline workspace_layout layout_for(const token_inputs& x, int64_t n_pairs, bool train) noexcept {
+  return make_layout(x.n_rows, x.vocab, dtype_bytes(x.logits_dtype), x.n_seqs, n_pairs, train);
+}
+
+}  // namespace detail
+
+inline status sequence_logps(void* workspace, size_t& workspace_bytes, const logps_args& args,
+                             const options& opt, cudaStream_t stream) noexcept {
+  status s = detail::check_logps(args, opt, workspace != nullptr);
+  if (s != status::success) return s;
+  const detail::workspace_layout w = detail::layout_for(args.tokens, 0, false);
+  if (workspace == nullptr) {
+    workspace_bytes = detail::workspace_request(w);
+    return status::success;
+  }
+  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  const detail::workspace_view ws = detail::carve(workspace, w);
+  s = detail::enqueue_forward(args.tokens, opt, w, ws, nullptr, args.seq_logps, args.seq_counts,
+                              stream);
+  if (s != status::success) return s;
+  return detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
+}
+
+inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
+                         const options& opt, cudaStream_t stream) noexcept {
+  status s = detail::check_train(args, opt, workspace != nullptr);
+  if (s != status::success) return s;
+  const detail::workspace_layout w = detail::layout_for(args.tokens, args.n_pairs, true);
+  if (workspace == nullptr) {
+    workspace_bytes = detail::workspace_request(w);
+    return status::success;
+  }
+  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  const detail::workspace_view ws = detail::carve(workspace, w);
+  s = detail::enqueue_forward(args.tokens, opt, w, ws, args.ref_logps, args.seq_logps,
+                              args.seq_counts, stream);
+  if (s != status::success) return s;
+  s = detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
+  if (s != status::success) return s;
+  return detail::enqueue_train_tail(args, opt, w, ws, stream);
+}
+
+inline status device_status(const void* workspace, cudaStream_t stream, status* result) noexcept {
+  if (workspace == nullptr || result == nullptr) return status::null_pointer;
+  const auto* flag =
+      reinterpret_cast<const int*>(detail::align_up_ptr(reinterpret_cast<uintptr_t>(workspace)));
+  int h = 0;
+  if (cudaMemcpyAsync(&h, flag, sizeof(int), cudaMemcpyDeviceToHost, stream) != cudaSuccess ||
+      cudaStreamSynchronize(stream) != cudaSuccess)
+    return status::cuda_error;
+  if (h == detail::STATUS_NONE) *result = status::success;
+  else if (h > 0 && h <= static_cast<int>(status::internal_error)) *result = static_cast<status>(h);
+  else *result = status::internal_error;  // the workspace was never used by a call
+  return status::success;
 }
 
 }  // namespace geopref::cuda

@@ -1,0 +1,209 @@
+// geopref/cuda/detail/dispatch.cuh — turns the runtime choices (logits
+// dtype, label/offset index types, gradient dtype) into template arguments
+// once, and enqueues the kernels of a pass in data-flow order.
+//
+// Only forward_kernel (3 dtypes) and backward_kernel (5 dtype pairs) are
+// large; labels and offsets are converted by tiny kernels so that the large
+// ones are not also templated on index types.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "geopref/cuda/detail/kernels.cuh"
+#include "geopref/cuda/detail/workspace.cuh"
+// Included by geopref/cuda/geopref.cuh after the argument structs.
+
+namespace geopref::cuda::detail {
+
+template <class T>
+struct type_tag {
+  using type = T;
+};
+
+/// Calls fn(type_tag<T>{}) for the logits element type; fn returns status.
+template <class Fn>
+status visit_dtype(dtype d, Fn&& fn) {
+  switch (d) {
+    case dtype::float32: return fn(type_tag<float>{});
+    case dtype::float16: return fn(type_tag<__half>{});
+    case dtype::bfloat16: return fn(type_tag<__nv_bfloat16>{});
+  }
+  return status::unsupported_dtype;
+}
+
+template <class Fn>
+status visit_index(index_type d, Fn&& fn) {
+  switch (d) {
+    case index_type::int32: return fn(type_tag<int32_t>{});
+    case index_type::int64: return fn(type_tag<int64_t>{});
+  }
+  return status::unsupported_dtype;
+}
+
+/// 1-D grid for a grid-stride loop over n items.
+inline unsigned grid_1d(int64_t n) {
+  constexpr int64_t MAX_BLOCKS = 4096;
+  int64_t b = (n + BLOCK - 1) / BLOCK;
+  if (b > MAX_BLOCKS) b = MAX_BLOCKS;
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+inline status last_launch() {
+  return cudaGetLastError() == cudaSuccess ? status::success : status::cuda_error;
+}
+
+/// Typed views of the carved workspace.
+struct workspace_view {
+  int* flag;
+  int64_t* offsets;
+  int32_t* cols;
+  int32_t* row_seq;
+  float* lse;
+  float* token_logp;
+  lse_state* partials;
+  double* seq_logp;
+  int64_t* seq_count;
+  double* pair_coef;
+  float* seq_grad;
+};
+
+inline workspace_view carve(void* workspace, const workspace_layout& w) {
+  char* base = reinterpret_cast<char*>(align_up_ptr(reinterpret_cast<uintptr_t>(workspace)));
+  workspace_view v;
+  v.flag = reinterpret_cast<int*>(base + w.flag);
+  v.offsets = reinterpret_cast<int64_t*>(base + w.offsets);
+  v.cols = reinterpret_cast<int32_t*>(base + w.cols);
+  v.row_seq = reinterpret_cast<int32_t*>(base + w.row_seq);
+  v.lse = reinterpret_cast<float*>(base + w.lse);
+  v.token_logp = reinterpret_cast<float*>(base + w.token_logp);
+  v.partials = reinterpret_cast<lse_state*>(base + w.partials);
+  v.seq_logp = reinterpret_cast<double*>(base + w.seq_logp);
+  v.seq_count = reinterpret_cast<int64_t*>(base + w.seq_count);
+  v.pair_coef = reinterpret_cast<double*>(base + w.pair_coef);
+  v.seq_grad = reinterpret_cast<float*>(base + w.seq_grad);
+  return v;
+}
+
+/// Forward pass up to the per-sequence log-probs: resets the flag, then
+/// offsets → rows → forward (→ combine) → sequence. `ref_logps` is only
+/// validated here (train_step).
+inline status enqueue_forward(const token_inputs& x, const options& opt, const workspace_layout& w,
+                              const workspace_view& ws, const float* ref_logps, float* out_seq,
+                              int64_t* out_counts, cudaStream_t stream) {
+  if (cudaMemsetAsync(ws.flag, 0x7f, sizeof(int), stream) != cudaSuccess) return status::cuda_error;
+  const int64_t n = x.n_rows, s = x.n_seqs;
+  if (s > 0) {
+    const status st = visit_index(x.offset_type, [&](auto tag) {
+      using O = typename decltype(tag)::type;
+      offsets_kernel<O, BLOCK><<<grid_1d(s + 1), BLOCK, 0, stream>>>(
+          static_cast<const O*>(x.offsets), s, n, ws.offsets, ws.flag);
+      return last_launch();
+    });
+    if (st != status::success) return st;
+  }
+  if (n > 0) {
+    status st = visit_index(x.label_type, [&](auto tag) {
+      using L = typename decltype(tag)::type;
+      rows_kernel<L, BLOCK><<<grid_1d(n), BLOCK, 0, stream>>>(
+          static_cast<const L*>(x.labels), n, x.vocab, opt.ignore_index, ws.offsets, s, ws.cols,
+          ws.row_seq, ws.flag);
+      return last_launch();
+    });
+    if (st != status::success) return st;
+    st = visit_dtype(x.logits_dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(w.splits));
+      forward_kernel<T, BLOCK><<<grid, BLOCK, 0, stream>>>(static_cast<const T*>(x.logits), x.ld,
+                                                          x.vocab, ws.cols, ws.lse,
+                                                          ws.token_logp, ws.partials);
+      return last_launch();
+    });
+    if (st != status::success) return st;
+    if (w.splits > 1) {
+      combine_kernel<BLOCK><<<grid_1d(n), BLOCK, 0, stream>>>(ws.partials, w.splits, n, ws.cols,
+                                                             ws.lse, ws.token_logp);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+  }
+  if (s > 0) {
+    constexpr int64_t MAX_SEQ_BLOCKS = 65535;
+    const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
+    sequence_kernel<BLOCK><<<blocks, BLOCK, 0, stream>>>(
+        ws.offsets, s, n, ws.token_logp, ws.cols, uses_average_logps(opt), ref_logps, ws.seq_logp,
+        ws.seq_count, out_seq, out_counts, ws.flag);
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  return status::success;
+}
+
+/// Copies the optional per-row outputs out of the workspace.
+inline status copy_rows(const workspace_view& ws, int64_t n, float* lse, float* token_logps,
+                        cudaStream_t stream) {
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  if (n > 0 && lse != nullptr &&
+      cudaMemcpyAsync(lse, ws.lse, bytes, cudaMemcpyDeviceToDevice, stream) != cudaSuccess)
+    return status::cuda_error;
+  if (n > 0 && token_logps != nullptr &&
+      cudaMemcpyAsync(token_logps, ws.token_logp, bytes, cudaMemcpyDeviceToDevice, stream) !=
+          cudaSuccess)
+    return status::cuda_error;
+  return status::success;
+}
+
+/// Pair loss, metrics, per-sequence gradients and the backward pass.
+inline status enqueue_train_tail(const train_args& a, const options& opt,
+                                 const workspace_layout& w, const workspace_view& ws,
+                                 cudaStream_t stream) {
+  const token_inputs& x = a.tokens;
+  pair_params p;
+  p.n_pairs = a.n_pairs;
+  p.n_seqs = x.n_seqs;
+  p.pairs = a.pairs;
+  p.soft_labels = a.soft_labels;
+  p.ref_logps = a.ref_logps;
+  p.weights = a.weights;
+  p.grad_output = a.grad_output;
+  p.seq_logp = ws.seq_logp;
+  p.loss = any_loss<double>(opt.loss);
+  p.beta = opt.loss.beta;
+  p.divisor = reduction_divisor(opt, a.n_pairs);
+  p.grad_loss = a.grad_loss;
+  p.per_pair = opt.reduce == reduction::none;
+  p.loss_out = a.loss;
+  p.stats = a.stats;
+  p.pair_coef = ws.pair_coef;
+  p.flag = ws.flag;
+  pair_kernel<BLOCK><<<1, BLOCK, 0, stream>>>(p);
+  if (last_launch() != status::success) return status::cuda_error;
+
+  const bool backward = a.grad_logits != nullptr && x.n_rows > 0;
+  if (x.n_seqs > 0 && (backward || a.grad_seq_logps != nullptr)) {
+    seq_grad_kernel<BLOCK><<<grid_1d(x.n_seqs), BLOCK, 0, stream>>>(
+        a.pairs, a.n_pairs, x.n_seqs, ws.pair_coef, ws.seq_count, uses_average_logps(opt),
+        ws.seq_grad, a.grad_seq_logps);
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  if (!backward) return status::success;
+  const int64_t grad_ld = a.grad_ld == 0 ? x.ld : a.grad_ld;
+  return visit_dtype(x.logits_dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(w.splits));
+    const auto* z = static_cast<const T*>(x.logits);
+    if (a.grad_float32) {
+      backward_kernel<T, float, BLOCK><<<grid, BLOCK, 0, stream>>>(
+          z, x.ld, x.vocab, ws.cols, ws.row_seq, ws.seq_grad, ws.lse,
+          static_cast<float*>(a.grad_logits), grad_ld);
+    } else {
+      backward_kernel<T, T, BLOCK><<<grid, BLOCK, 0, stream>>>(
+          z, x.ld, x.vocab, ws.cols, ws.row_seq, ws.seq_grad, ws.lse,
+          static_cast<T*>(a.grad_logits), grad_ld);
+    }
+    return last_launch();
+  });
+}
+
+}  // namespace geopref::cuda::detail

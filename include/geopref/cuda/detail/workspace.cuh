@@ -1,0 +1,83 @@
+// geopref/cuda/detail/workspace.cuh — how one caller-owned blob is carved.
+//
+// Host-only and free of CUDA types (checked by the host test). Every piece
+// starts on a 256-byte boundary. The caller's pointer need not be aligned:
+// the size asked for includes WORKSPACE_ALIGN − 1 spare bytes and the base is
+// rounded up, the same way on every call (device_status finds the flag by
+// the same rounding).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "geopref/cuda/detail/arith.cuh"
+
+namespace geopref::cuda::detail {
+
+inline constexpr size_t WORKSPACE_ALIGN = 256;
+
+/// The device-status flag holds this value when nothing was recorded (the
+/// byte 0x7f repeated, so one cudaMemsetAsync resets it); a recorded problem
+/// is the smallest geopref::status code seen (atomicMin), which makes the
+/// reported code independent of thread scheduling.
+inline constexpr int STATUS_NONE = 0x7f7f7f7f;
+
+inline constexpr size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+inline uintptr_t align_up_ptr(uintptr_t p) {
+  return static_cast<uintptr_t>(align_up(static_cast<size_t>(p), WORKSPACE_ALIGN));
+}
+
+/// Byte offsets of every piece, relative to the aligned base.
+struct workspace_layout {
+  size_t flag = 0;        // int, the device status
+  size_t offsets = 0;     // [S + 1] int64, canonical offsets
+  size_t cols = 0;        // [N] int32, the label column, −1 for unscored rows
+  size_t row_seq = 0;     // [N] int32, the row's sequence, −1 for unscored rows
+  size_t lse = 0;         // [N] float
+  size_t token_logp = 0;  // [N] float; the label logit between the split forward and the combine
+  size_t partials = 0;    // [N, splits] lse_state, only when splits > 1
+  size_t seq_logp = 0;    // [S] double, L_s or L̄_s
+  size_t seq_count = 0;   // [S] int64
+  size_t pair_coef = 0;   // [P] double, ∂Loss/∂(margin-form log-prob of a_i)   (train only)
+  size_t seq_grad = 0;    // [S] float, g_s                                       (train only)
+  size_t bytes = 0;       // total, from the aligned base
+  int splits = 1;
+};
+
+/// The layout for a pass over N rows of V logits of `elem_bytes` each, S
+/// sequences and (train) P pairs.
+inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_bytes, int64_t n_seqs,
+                                    int64_t n_pairs, bool train) {
+  workspace_layout w;
+  size_t used = 0;
+  auto take = [&used](size_t bytes) {
+    const size_t at = used;
+    used += align_up(bytes, WORKSPACE_ALIGN);
+    return at;
+  };
+  const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
+  w.splits = choose_splits(n_rows, vocab, elem_bytes);
+  w.flag = take(sizeof(int));
+  w.offsets = take((s + 1) * sizeof(int64_t));
+  w.cols = take(n * sizeof(int32_t));
+  w.row_seq = take(n * sizeof(int32_t));
+  w.lse = take(n * sizeof(float));
+  w.token_logp = take(n * sizeof(float));
+  w.partials = take(w.splits > 1 ? n * static_cast<size_t>(w.splits) * sizeof(lse_state) : 0);
+  w.seq_logp = take(s * sizeof(double));
+  w.seq_count = take(s * sizeof(int64_t));
+  if (train) {
+    w.pair_coef = take(static_cast<size_t>(n_pairs) * sizeof(double));
+    w.seq_grad = take(s * sizeof(float));
+  }
+  w.bytes = used;
+  return w;
+}
+
+/// Bytes to ask the caller for: the layout plus room to align the base.
+inline size_t workspace_request(const workspace_layout& w) {
+  return w.bytes + WORKSPACE_ALIGN - 1;
+}
+
+}  // namespace geopref::cuda::detail
