@@ -363,6 +363,24 @@ result train(const problem& pb, const config& c, geopref::loss_type type, std::F
   return r;
 }
 
+// cdpo's minimiser reached from θ = log π_ref (see main): components of the
+// pair graph by union-find, then θ*_a = log π_ref(a) + (r(a) − mean_C r)/β.
+std::vector<double> cdpo_minimiser(const problem& pb, double beta) {
+  std::vector<int> parent(V);
+  for (int a = 0; a < V; ++a) parent[a] = a;
+  auto find = [&parent](int a) {
+    while (parent[a] != a) a = parent[a] = parent[parent[a]];
+    return a;
+  };
+  for (int64_t i = 0; i < pb.P; ++i) parent[find(pb.labels[i])] = find(pb.labels[pb.P + i]);
+  std::vector<double> sum(V, 0.0), count(V, 0.0);
+  for (int a = 0; a < V; ++a) sum[find(a)] += pb.reward[a], count[find(a)] += 1.0;
+  std::vector<double> theta(V);
+  for (int a = 0; a < V; ++a)
+    theta[a] = pb.ref_theta[a] + (pb.reward[a] - sum[find(a)] / count[find(a)]) / beta;
+  return theta;
+}
+
 bool parse_losses(const char* s, std::vector<geopref::loss_type>& out) {
   out.clear();
   std::string list(s);
@@ -465,6 +483,28 @@ int main(int argc, char** argv) {
                 r.mode, r.high_mass, r.kl_ref, r.increases);
   std::printf("(cal = mean |sigmoid(beta h) - p| on the training pairs; high-mass = mass on "
               "{a : r(a) >= amp/2}; ups = steps where the loss rose)\n");
+
+  for (const result& r : results) {
+    if (r.type != geopref::loss_type::cdpo) continue;
+    // cdpo's minimiser in closed form: σ(βh) = p̂ on every pair means
+    // θ_a − θ_b = log π_ref(a) − log π_ref(b) + (r(a) − r(b))/β along every
+    // pair, and gradient descent keeps Σθ over each connected component of the
+    // pair graph (each step adds multiples of e_a − e_b). Hence
+    // θ*_a = log π_ref(a) + (r(a) − mean of r over a's component)/β.
+    const std::vector<double> star_theta = cdpo_minimiser(pb, c.beta);
+    const std::vector<double> star = softmax(star_theta);
+    double er = 0, hm = 0, dmax = 0;
+    int mode = 0;
+    for (int a = 0; a < V; ++a) {
+      er += star[a] * pb.reward[a];
+      if (pb.reward[a] >= 0.5 * c.amp) hm += star[a];
+      if (star[a] > star[mode]) mode = a;
+      dmax = std::fmax(dmax, std::fabs(r.theta[a] - star_theta[a]));
+    }
+    std::printf("cdpo's minimiser pi_ref(a) exp(r(a)/beta) (per component): E[r] = %.3f, mode %d, "
+                "high-mass %.3f; trained cdpo is within max |theta - theta*| = %.3g of it\n",
+                er, mode, hm, dmax);
+  }
 
   if (c.check && !results.empty()) {
     // Determinism: the same seed and settings give bitwise the same policy.
