@@ -1,0 +1,477 @@
+// geopref-check end to end: the test writes .npy inputs itself, runs the
+// tool, reads its outputs, and compares them with the CPU reference called
+// directly on the same values. Both sides run the same code on the same
+// doubles and the files carry doubles losslessly (metrics.json uses %.17g),
+// so the comparison is exact. Then every kind of bad input must give a
+// non-zero exit and exactly one line on stderr.
+#include <catch2/catch.hpp>
+#include <sys/wait.h>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "geopref/reference/reference.hpp"
+#include "npy.hpp"
+#include "npy_bytes.hpp"
+
+using namespace geopref_test;
+using geopref::tools::npy_array;
+
+namespace {
+
+const std::string TMP = std::string(GEOPREF_TEST_TMP);
+
+std::string path(const std::string& name) { return TMP + "/" + name; }
+
+struct run_result {
+  int exit_code = -1;
+  std::string err;  // stderr
+};
+
+run_result run_tool(const std::string& args) {
+  const std::string err_file = path("stderr.txt");
+  const std::string cmd =
+      std::string("'") + GEOPREF_CHECK_EXE + "' " + args + " > /dev/null 2> '" + err_file + "'";
+  const int st = std::system(cmd.c_str());
+  run_result r;
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1000;  // 1000: killed by a signal
+  bytes b;
+  if (read_file(err_file, &b)) r.err.assign(b.begin(), b.end());
+  return r;
+}
+
+// Saves an array under TMP and returns the path.
+template <class T>
+std::string save(const std::string& name, const std::string& descr, const std::string& shape,
+                 const std::vector<T>& v) {
+  const std::string p = path(name);
+  REQUIRE(write_file(p, npy_file(descr, shape, v)));
+  return p;
+}
+
+std::vector<double> read_doubles(const std::string& p, std::vector<int64_t>* shape = nullptr) {
+  npy_array a;
+  std::string err;
+  INFO(p << ": " << err);
+  REQUIRE(geopref::tools::read_npy(p, &a, &err));
+  REQUIRE(a.dtype == geopref::tools::npy_dtype::float64);
+  if (shape != nullptr) *shape = a.shape;
+  return a.f64;
+}
+
+// Reads "key": number from metrics.json; NaN when absent or null.
+double json_value(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\": ";
+  const std::size_t at = json.find(k);
+  if (at == std::string::npos) return std::nan("");
+  const char* s = json.c_str() + at + k.size();
+  char* end = nullptr;
+  const double v = std::strtod(s, &end);
+  return end == s ? std::nan("") : v;
+}
+
+std::string read_text(const std::string& p) {
+  bytes b;
+  REQUIRE(read_file(p, &b));
+  return std::string(b.begin(), b.end());
+}
+
+// The reference's results for one problem, called directly.
+struct direct {
+  geopref::status st{};
+  std::vector<double> pair_losses, seq_logps, grad;
+  double loss = 0;
+  geopref::metrics stats;
+};
+
+template <class Logit, class Label, class Offset>
+direct call_reference(geopref::reference::inputs<Logit, Label, Offset> in,
+                      const geopref::options& opt) {
+  direct d;
+  d.pair_losses.assign(static_cast<std::size_t>(in.n_pairs), 0.0);
+  d.seq_logps.assign(static_cast<std::size_t>(in.n_seqs), 0.0);
+  d.grad.assign(static_cast<std::size_t>(in.n_rows * in.vocab), 0.0);
+  geopref::reference::outputs out;
+  out.pair_losses = d.pair_losses.data();
+  out.seq_logps = d.seq_logps.data();
+  out.grad_logits = d.grad.data();
+  out.grad_ld = in.vocab;
+  d.st = geopref::reference::compute(in, opt, out);
+  d.loss = out.loss;
+  d.stats = out.stats;
+  return d;
+}
+
+void check_outputs(const std::string& out_dir, const direct& d, bool reduction_none,
+                   const std::vector<int64_t>& logits_shape) {
+  REQUIRE(d.st == geopref::status::success);
+  std::vector<int64_t> shape;
+  const std::vector<double> loss = read_doubles(out_dir + "/loss.npy", &shape);
+  if (reduction_none) {
+    CHECK(shape == std::vector<int64_t>{static_cast<int64_t>(d.pair_losses.size())});
+    CHECK(loss == d.pair_losses);
+  } else {
+    CHECK(shape.empty());
+    REQUIRE(loss.size() == 1);
+    CHECK(loss[0] == d.loss);
+  }
+  CHECK(read_doubles(out_dir + "/logps.npy", &shape) == d.seq_logps);
+  CHECK(read_doubles(out_dir + "/grad_logits.npy", &shape) == d.grad);
+  CHECK(shape == logits_shape);
+  const std::string json = read_text(out_dir + "/metrics.json");
+  INFO(json);
+  CHECK(json_value(json, "loss") == d.loss);
+  CHECK(json_value(json, "rewards/chosen") == d.stats.rewards_chosen);
+  CHECK(json_value(json, "rewards/rejected") == d.stats.rewards_rejected);
+  CHECK(json_value(json, "rewards/accuracies") == d.stats.rewards_accuracies);
+  CHECK(json_value(json, "rewards/margins") == d.stats.rewards_margins);
+  CHECK(json_value(json, "logps/chosen") == d.stats.logps_chosen);
+  CHECK(json_value(json, "logps/rejected") == d.stats.logps_rejected);
+  CHECK(json_value(json, "calibration_error") == d.stats.calibration_error);
+}
+
+// A problem with ragged sequences (one empty, one fully masked) in [N, V]
+// float32 logits, int64 labels, int32 offsets, and float64 soft labels.
+struct ragged {
+  static constexpr int64_t N = 9, V = 5, S = 6, P = 3;
+  std::vector<float> logits;
+  std::vector<int64_t> labels;
+  std::vector<int32_t> offsets = {0, 2, 2, 4, 5, 7, 9};  // sequence 1 empty
+  std::vector<double> soft = {0.9, 0.5, 0.2};
+  std::vector<double> ref = {-3.0, -1.5, 0.25, -2.0, -4.5, -0.5};
+
+  explicit ragged(unsigned seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> z(0.0f, 3.0f);
+    std::uniform_int_distribution<int64_t> y(0, V - 1);
+    for (int64_t i = 0; i < N * V; ++i) logits.push_back(z(rng));
+    for (int64_t t = 0; t < N; ++t) labels.push_back(y(rng));
+    labels[4] = -100;  // sequence 3 = row 4, fully masked
+    labels[6] = -100;
+  }
+  geopref::reference::inputs<float, int64_t, int32_t> inputs() const {
+    geopref::reference::inputs<float, int64_t, int32_t> in;
+    in.logits = logits.data();
+    in.n_rows = N;
+    in.vocab = V;
+    in.ld = V;
+    in.labels = labels.data();
+    in.offsets = offsets.data();
+    in.n_seqs = S;
+    in.n_pairs = P;
+    in.soft_labels = soft.data();
+    return in;
+  }
+  std::string save_all() const {
+    return "--logits " + save("r_logits.npy", "<f4", "(9, 5)", logits) + " --labels " +
+           save("r_labels.npy", "<i8", "(9,)", labels) + " --offsets " +
+           save("r_offsets.npy", "<i4", "(7,)", offsets) + " --soft-labels " +
+           save("r_soft.npy", "<f8", "(3,)", soft);
+  }
+};
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("geopref-check matches the reference for every loss", "[check]") {
+  const unsigned seed = 7;
+  INFO("seed " << seed);
+  const ragged r(seed);
+  const std::string inputs = r.save_all();
+  const std::string ref_arg = " --ref-logps " + save("r_ref.npy", "<f8", "(6,)", r.ref);
+  for (int t = 0; t < geopref::LOSS_TYPE_COUNT; ++t) {
+    const auto type = static_cast<geopref::loss_type>(t);
+    const std::string name = geopref::loss_name(type);
+    INFO("loss " << name);
+    geopref::options opt;
+    opt.loss.type = type;
+    opt.loss.beta = 0.7;
+    opt.loss.alpha = 0.3;
+    opt.loss.gamma = type == geopref::loss_type::simpo ? 0.4 : 1.2;
+    opt.loss.epsilon = type == geopref::loss_type::exo_pair ? 0.05 : 0.1;
+    opt.loss.tau = 0.5;
+    const bool with_ref = !geopref::is_reference_free(type);
+    auto in = r.inputs();
+    if (with_ref) in.ref_logps = r.ref.data();
+    const direct d = call_reference(in, opt);
+
+    const std::string out = path("out_" + name);
+    char params[256];
+    std::snprintf(params, sizeof params, " --beta 0.7 --alpha 0.3 --gamma %s --epsilon %s --tau 0.5",
+                  type == geopref::loss_type::simpo ? "0.4" : "1.2",
+                  type == geopref::loss_type::exo_pair ? "0.05" : "0.1");
+    const run_result rr = run_tool(inputs + (with_ref ? ref_arg : "") + " --loss " + name +
+                                   params + " --out " + out);
+    INFO("stderr: " << rr.err);
+    REQUIRE(rr.exit_code == 0);
+    check_outputs(out, d, false, {ragged::N, ragged::V});
+  }
+}
+
+TEST_CASE("geopref-check: [S, T, V] float16, explicit pairs, weights, reduction none", "[check]") {
+  const unsigned seed = 11;
+  INFO("seed " << seed);
+  constexpr int64_t S = 4, T = 3, V = 6, P = 3;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> z(0.0f, 2.0f);
+  std::vector<Eigen::half> logits;
+  std::vector<uint16_t> bits;
+  for (int64_t i = 0; i < S * T * V; ++i) {
+    logits.push_back(Eigen::half(z(rng)));
+    bits.push_back(Eigen::numext::bit_cast<uint16_t>(logits.back()));
+  }
+  const std::vector<int32_t> labels = {1, 5, -7, 0, 0, 2, -7, -7, -7, 3, 4, 5};  // ignore -7
+  const std::vector<int32_t> pairs = {0, 1, 2, 3, 3, 1};
+  const std::vector<float> weights = {1.0f, 0.25f, 2.5f};
+  const std::vector<double> weights_d(weights.begin(), weights.end());
+  const std::vector<int64_t> pairs64(pairs.begin(), pairs.end());
+  std::vector<int64_t> offsets;
+  for (int64_t s = 0; s <= S; ++s) offsets.push_back(s * T);
+
+  const std::string args = "--logits " + save("h_logits.npy", "<f2", "(4, 3, 6)", bits) +
+                           " --labels " + save("h_labels.npy", "<i4", "(4, 3)", labels) +
+                           " --pairs " + save("h_pairs.npy", "<i4", "(3, 2)", pairs) +
+                           " --weights " + save("h_weights.npy", "<f4", "(3,)", weights) +
+                           " --ignore-index -7 --reduction none";
+
+  geopref::reference::inputs<Eigen::half, int32_t, int64_t> in;
+  in.logits = logits.data();
+  in.n_rows = S * T;
+  in.vocab = V;
+  in.ld = V;
+  in.labels = labels.data();
+  in.offsets = offsets.data();
+  in.n_seqs = S;
+  in.n_pairs = P;
+  in.pairs = pairs64.data();
+  in.weights = weights_d.data();
+  geopref::options opt;
+  opt.loss.type = geopref::loss_type::dpo;
+  opt.loss.beta = 0.25;
+  opt.reduce = geopref::reduction::none;
+  opt.ignore_index = -7;
+  const direct d = call_reference(in, opt);
+
+  const run_result rr = run_tool(args + " --loss dpo --beta 0.25 --out " + path("out_half"));
+  INFO("stderr: " << rr.err);
+  REQUIRE(rr.exit_code == 0);
+  check_outputs(path("out_half"), d, true, {S, T, V});
+
+  // The same with length-normalised log-probs and a sum.
+  opt.average_logps = true;
+  opt.reduce = geopref::reduction::sum;
+  const direct d2 = call_reference(in, opt);
+  const std::string args2 = args.substr(0, args.find(" --reduction")) + " --reduction sum";
+  const run_result rr2 =
+      run_tool(args2 + " --average-logps --loss dpo --beta 0.25 --out " + path("out_half_avg"));
+  INFO("stderr: " << rr2.err);
+  REQUIRE(rr2.exit_code == 0);
+  check_outputs(path("out_half_avg"), d2, false, {S, T, V});
+}
+
+TEST_CASE("geopref-check: float64 logits, int64 offsets, simpo", "[check]") {
+  constexpr int64_t N = 5, V = 4;
+  std::vector<double> logits(N * V);
+  for (int64_t i = 0; i < N * V; ++i) logits[i] = std::sin(0.7 * double(i)) * 4.0;
+  const std::vector<int64_t> labels = {3, 0, 1, 2, 2};
+  const std::vector<int64_t> offsets = {0, 3, 5};
+  geopref::reference::inputs<double, int64_t, int64_t> in;
+  in.logits = logits.data();
+  in.n_rows = N;
+  in.vocab = V;
+  in.ld = V;
+  in.labels = labels.data();
+  in.offsets = offsets.data();
+  in.n_seqs = 2;
+  in.n_pairs = 1;
+  geopref::options opt;
+  opt.loss.type = geopref::loss_type::simpo;
+  opt.loss.beta = 2.0;
+  opt.loss.gamma = 0.5;
+  const direct d = call_reference(in, opt);
+  const run_result rr = run_tool(
+      "--logits " + save("d_logits.npy", "<f8", "(5, 4)", logits) + " --labels " +
+      save("d_labels.npy", "<i8", "(5,)", labels) + " --offsets " +
+      save("d_offsets.npy", "<i8", "(3,)", offsets) +
+      " --loss simpo --beta 2 --gamma 0.5 --out " + path("out_simpo"));
+  INFO("stderr: " << rr.err);
+  REQUIRE(rr.exit_code == 0);
+  check_outputs(path("out_simpo"), d, false, {N, V});
+}
+
+TEST_CASE("geopref-check: bad input gives a non-zero exit and one line", "[check]") {
+  const ragged r(3);
+  const std::string L = save("e_logits.npy", "<f4", "(9, 5)", r.logits);
+  const std::string Y = save("e_labels.npy", "<i8", "(9,)", r.labels);
+  const std::string O = save("e_offsets.npy", "<i4", "(7,)", r.offsets);
+  const std::string base = "--logits " + L + " --labels " + Y + " --offsets " + O;
+  const std::string out = " --out " + path("out_err");
+
+  struct bad {
+    std::string args;
+    int exit_code;
+    std::string needle;
+  };
+  auto labels_with = [&](int64_t bad_label) {
+    std::vector<int64_t> y = r.labels;
+    y[2] = bad_label;
+    return save("e_badlabels.npy", "<i8", "(9,)", y);
+  };
+  std::vector<bad> cases = {
+      // command line
+      {base + out, 2, "--loss is required"},
+      {base + " --loss dpo", 2, "--out is required"},
+      {"--labels " + Y + " --loss dpo" + out, 2, "--logits is required"},
+      {base + " --loss dpoo" + out, 2, "unknown loss 'dpoo'"},
+      {base + " --loss dpo --beta abc" + out, 2, "--beta expects a number"},
+      {base + " --loss dpo --beta 1e999" + out, 2, "--beta expects a number"},
+      {base + " --loss dpo --ignore-index 1.5" + out, 2, "--ignore-index expects an integer"},
+      {base + " --loss dpo --reduction avg" + out, 2, "--reduction must be"},
+      {base + " --loss dpo --device tpu" + out, 2, "--device must be"},
+      {base + " --loss dpo --frobnicate 1" + out, 2, "unknown option"},
+      {base + " --loss dpo --beta" , 2, "--beta needs a value"},
+      // files, dtypes and shapes
+      {"--logits " + path("nope.npy") + " --labels " + Y + " --loss dpo" + out, 1, "cannot open"},
+      {"--logits " + L + " --labels " + save("e_fl.npy", "<f4", "(9,)", std::vector<float>(9)) +
+           " --offsets " + O + " --loss dpo" + out,
+       1, "expected int32 or int64"},
+      {"--logits " + save("e_il.npy", "<i4", "(9, 5)", std::vector<int32_t>(45)) + " --labels " +
+           Y + " --offsets " + O + " --loss dpo" + out,
+       1, "expected float16/32/64"},
+      {"--logits " + L + " --labels " + save("e_y8.npy", "<i8", "(8,)", std::vector<int64_t>(8)) +
+           " --offsets " + O + " --loss dpo" + out,
+       1, "need labels [N]"},
+      {"--logits " + save("e_1d.npy", "<f4", "(45,)", r.logits) + " --labels " + Y +
+           " --loss dpo" + out,
+       1, "expected [N, V] or [S, T, V]"},
+      {"--logits " + L + " --labels " + Y + " --loss dpo" + out, 1, "--offsets: required"},
+      {base + " --soft-labels " + save("e_p2.npy", "<f8", "(2,)", std::vector<double>{1, 1}) +
+           " --loss gdpo" + out,
+       1, "expected shape (3,)"},
+      {base + " --weights " + save("e_wi.npy", "<i8", "(3,)", std::vector<int64_t>{1, 1, 1}) +
+           " --loss dpo" + out,
+       1, "expected a float array"},
+      {base + " --pairs " + save("e_pr.npy", "<i8", "(1, 3)", std::vector<int64_t>{0, 1, 2}) +
+           " --loss dpo" + out,
+       1, "[P, 2]"},
+      {base + " --ref-logps " + save("e_r.npy", "<f8", "(5,)", std::vector<double>(5)) +
+           " --loss dpo" + out,
+       1, "[S]"},
+      {"--logits " + save("e_3d.npy", "<f4", "(3, 3, 5)", r.logits) + " --labels " + Y +
+           " --loss dpo" + out,
+       1, "need labels [S, T]"},
+      {"--logits " + save("e_3d0.npy", "<f4", "(1000000000000, 0, 5)", std::vector<float>{}) +
+           " --labels " + save("e_y0.npy", "<i8", "(1000000000000, 0)", std::vector<int64_t>{}) +
+           " --loss dpo" + out,
+       1, "T must be at least 1"},
+      // every status the library returns for these inputs
+      {"--logits " + L + " --labels " + labels_with(5) + " --offsets " + O + " --loss dpo" + out,
+       1, "label out of range"},
+      {"--logits " + L + " --labels " + labels_with(-1) + " --offsets " + O + " --loss dpo" + out,
+       1, "label out of range"},
+      {base + " --soft-labels " + save("e_p.npy", "<f8", "(3,)", std::vector<double>{1, 1.5, 0}) +
+           " --loss gdpo" + out,
+       1, "soft label out of range"},
+      {base + " --soft-labels " +
+           save("e_pn.npy", "<f8", "(3,)", std::vector<double>{1, std::nan(""), 0}) +
+           " --loss gdpo" + out,
+       1, "soft label out of range"},
+      {base + " --weights " + save("e_w.npy", "<f8", "(3,)", std::vector<double>{1, -1, 0}) +
+           " --loss dpo" + out,
+       1, "invalid weight"},
+      {base + " --ref-logps " +
+           save("e_rn.npy", "<f8", "(6,)", std::vector<double>{0, 0, std::nan(""), 0, 0, 0}) +
+           " --loss dpo" + out,
+       1, "invalid reference"},
+      {base + " --ref-logps " + save("e_rs.npy", "<f8", "(6,)", std::vector<double>(6)) +
+           " --loss simpo" + out,
+       1, "reference not allowed"},
+      {base + " --pairs " + save("e_pi.npy", "<i8", "(1, 2)", std::vector<int64_t>{0, 6}) +
+           " --loss dpo" + out,
+       1, "pair index out of range"},
+      {"--logits " + L + " --labels " + Y + " --offsets " +
+           save("e_o5.npy", "<i4", "(6,)", std::vector<int32_t>{0, 2, 2, 4, 5, 9}) + " --loss dpo" +
+           out,
+       1, "pair count mismatch"},
+      {"--logits " + L + " --labels " + Y + " --offsets " +
+           save("e_od.npy", "<i4", "(7,)", std::vector<int32_t>{0, 3, 2, 4, 5, 7, 9}) +
+           " --loss dpo" + out,
+       1, "invalid offsets"},
+      {"--logits " + L + " --labels " + Y + " --offsets " +
+           save("e_ob.npy", "<i4", "(7,)", std::vector<int32_t>{0, 2, 2, 4, 5, 7, 10}) +
+           " --loss dpo" + out,
+       1, "invalid offsets"},
+      {base + " --loss dpo --beta 0" + out, 1, "invalid beta"},
+      {base + " --loss dpo --beta nan" + out, 1, "invalid beta"},
+      {base + " --loss robust --epsilon 0.5" + out, 1, "invalid epsilon"},
+      {base + " --loss exo_pair --epsilon 0" + out, 1, "invalid epsilon"},
+      {base + " --loss ropo --alpha -1" + out, 1, "invalid alpha/gamma"},
+      {base + " --loss simpo --gamma -0.5" + out, 1, "invalid alpha/gamma"},
+      {base + " --loss discopop --tau 0" + out, 1, "invalid tau"},
+      {"--logits " + save("e_v0.npy", "<f4", "(9, 0)", std::vector<float>{}) + " --labels " + Y +
+           " --offsets " + O + " --loss dpo" + out,
+       1, "geopref: "},
+  };
+#ifndef GEOPREF_CHECK_HAS_CUDA
+  cases.push_back({base + " --loss dpo --device cuda" + out, 1, "built without CUDA"});
+#endif
+
+  for (const bad& b : cases) {
+    INFO("geopref-check " << b.args);
+    const run_result rr = run_tool(b.args);
+    INFO("stderr: " << rr.err);
+    CHECK(rr.exit_code == b.exit_code);
+    CHECK(count_lines(rr.err) == 1);
+    CHECK(rr.err.find(b.needle) != std::string::npos);
+  }
+}
+
+TEST_CASE("geopref-check: malformed .npy files are clean errors", "[check][npy]") {
+  const ragged r(5);
+  const std::string Y = save("m_labels.npy", "<i8", "(9,)", r.labels);
+  const std::string O = save("m_offsets.npy", "<i4", "(7,)", r.offsets);
+  const bytes good = npy_file("<f4", "(9, 5)", r.logits);
+  auto body = [&](const std::string& header) {
+    bytes b = npy_raw(header);
+    const auto* p = reinterpret_cast<const unsigned char*>(r.logits.data());
+    b.insert(b.end(), p, p + r.logits.size() * sizeof(float));
+    return b;
+  };
+  bytes wrong_magic = good;
+  wrong_magic[3] = 'X';
+  const std::vector<std::pair<std::string, bytes>> files = {
+      {"truncated data", bytes(good.begin(), good.end() - 3)},
+      {"truncated header", bytes(good.begin(), good.begin() + 30)},
+      {"empty file", bytes{}},
+      {"wrong magic", wrong_magic},
+      {"absurd shape", body(npy_header_text("<f4", "(281474976710656, 281474976710656)"))},
+      {"huge but plausible shape", body(npy_header_text("<f4", "(100000000, 100000)"))},
+      {"fortran order", body(npy_header_text("<f4", "(9, 5)", true))},
+      {"wrong dtype", body(npy_header_text("<c8", "(9, 5)"))},
+      {"header garbage", body("{'descr': '<f4', 'fortran_order': False, 'shape': (9, 5)] \n")},
+      {"binary garbage", bytes(200, 0xa5)},
+  };
+  for (const auto& [what, b] : files) {
+    INFO(what);
+    const std::string L = path("m_logits.npy");
+    REQUIRE(write_file(L, b));
+    const run_result rr = run_tool("--logits " + L + " --labels " + Y + " --offsets " + O +
+                                   " --loss dpo --out " + path("out_m"));
+    INFO("stderr: " << rr.err);
+    CHECK(rr.exit_code == 1);
+    CHECK(count_lines(rr.err) == 1);
+    CHECK(rr.err.find("--logits: ") != std::string::npos);
+  }
+}

@@ -1,0 +1,41 @@
+// tools/check_problem.hpp — the problem geopref-check has read and validated,
+// and what a device computes from it. Shared by the CPU and CUDA paths.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "geopref/options.hpp"
+#include "npy.hpp"
+
+namespace geopref::tools {
+
+struct check_problem {
+  npy_array logits;                  // float16/32/64, [N, V] or [S, T, V]
+  npy_array labels;                  // int32/int64, [N] or [S, T]
+  int64_t n_rows = 0, vocab = 0;     // N, V (ld = V: .npy arrays are dense)
+  int64_t n_seqs = 0, n_pairs = 0;   // S, P
+  std::vector<int64_t> offsets;      // [S + 1]
+  std::vector<int64_t> pairs;        // [P, 2]; empty: default pairing (i, P + i)
+  std::vector<double> soft_labels;   // [P]; empty: binary
+  std::vector<double> ref_logps;     // [S]; empty: reference-free
+  std::vector<double> weights;       // [P]; empty: all 1
+  options opt;
+};
+
+struct check_result {
+  double loss = 0;                   // reduced loss (Σ w_i f_i for reduction none)
+  std::vector<double> pair_losses;   // [P] w_i f_i
+  std::vector<double> seq_logps;     // [S] L_s, or L̄_s when length-normalised
+  std::vector<double> grad64;        // [N, V] CPU reference gradient, or empty
+  std::vector<float> grad32;         // [N, V] CUDA gradient (fp32), or empty
+  metrics stats;
+};
+
+/// Runs the problem on the GPU through the C ABI (geopref_check_cuda.cpp).
+/// Returns false with a one-line message when the library or CUDA reports an
+/// error, or when no device is usable.
+bool run_cuda(const check_problem& p, check_result* r, std::string* error);
+
+}  // namespace geopref::tools

@@ -1,0 +1,347 @@
+// geopref-check — computes a preference loss, its per-sequence log-probs,
+// metrics and the gradient with respect to the logits from .npy files, with
+// the CPU reference (double accumulation) or the CUDA kernels. Meant for
+// gradient-checking other implementations: feed it the same logits and
+// compare. docs/integration.md describes every option and output.
+#include <Eigen/Core>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "check_problem.hpp"
+#include "geopref/reference/reference.hpp"
+#include "npy.hpp"
+
+namespace {
+
+using namespace geopref;
+using tools::npy_array;
+using tools::npy_dtype;
+
+const char* const USAGE =
+    "usage: geopref-check --logits L.npy --labels Y.npy [--offsets O.npy] [--pairs I.npy]\n"
+    "                     [--soft-labels P.npy] [--ref-logps R.npy] [--weights W.npy]\n"
+    "                     --loss NAME [--beta B] [--alpha A] [--gamma G] [--epsilon E] [--tau T]\n"
+    "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
+    "                     [--device cpu|cuda] --out DIR\n"
+    "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
+    "  Y.npy  int32/int64 labels, [N] or [S, T]; row t scores Y[t] (already shifted)\n"
+    "  O.npy  int32/int64 sequence offsets [S + 1]     I.npy  int32/int64 pairs [P, 2]\n"
+    "  P.npy  soft labels [P]   W.npy  pair weights [P]   R.npy  reference log-probs [S]\n"
+    "  losses: dpo cdpo ipo cipo ropo hinge robust exo_pair discopop simpo gdpo gipo gropo\n"
+    "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n";
+
+// Bad command line (exit 2) and bad input (exit 1); each carries one line.
+struct usage_error {
+  std::string msg;
+};
+struct input_error {
+  std::string msg;
+};
+
+struct cli {
+  std::string logits, labels, offsets, pairs, soft_labels, ref_logps, weights, out;
+  std::string loss, reduce = "mean", device = "cpu";
+  loss_config cfg{};
+  bool average_logps = false;
+  int64_t ignore_index = -100;
+};
+
+double parse_double(const std::string& flag, const char* s) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s, &end);
+  if (end == s || *end != '\0' || errno == ERANGE)
+    throw usage_error{flag + " expects a number, got '" + s + "'"};
+  return v;
+}
+
+int64_t parse_int(const std::string& flag, const char* s) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(s, &end, 10);
+  if (end == s || *end != '\0' || errno == ERANGE)
+    throw usage_error{flag + " expects an integer, got '" + s + "'"};
+  return static_cast<int64_t>(v);
+}
+
+cli parse_args(int argc, char** argv) {
+  cli c;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(USAGE, stdout);
+      std::exit(0);
+    }
+    if (a == "--average-logps") {
+      c.average_logps = true;
+      continue;
+    }
+    if (a.rfind("--", 0) != 0) throw usage_error{"unexpected argument '" + a + "'"};
+    if (i + 1 >= argc) throw usage_error{a + " needs a value"};
+    const char* v = argv[++i];
+    if (a == "--logits") c.logits = v;
+    else if (a == "--labels") c.labels = v;
+    else if (a == "--offsets") c.offsets = v;
+    else if (a == "--pairs") c.pairs = v;
+    else if (a == "--soft-labels") c.soft_labels = v;
+    else if (a == "--ref-logps") c.ref_logps = v;
+    else if (a == "--weights") c.weights = v;
+    else if (a == "--out") c.out = v;
+    else if (a == "--loss") c.loss = v;
+    else if (a == "--reduction") c.reduce = v;
+    else if (a == "--device") c.device = v;
+    else if (a == "--beta") c.cfg.beta = parse_double(a, v);
+    else if (a == "--alpha") c.cfg.alpha = parse_double(a, v);
+    else if (a == "--gamma") c.cfg.gamma = parse_double(a, v);
+    else if (a == "--epsilon") c.cfg.epsilon = parse_double(a, v);
+    else if (a == "--tau") c.cfg.tau = parse_double(a, v);
+    else if (a == "--ignore-index") c.ignore_index = parse_int(a, v);
+    else throw usage_error{"unknown option '" + a + "'"};
+  }
+  if (c.logits.empty()) throw usage_error{"--logits is required"};
+  if (c.labels.empty()) throw usage_error{"--labels is required"};
+  if (c.loss.empty()) throw usage_error{"--loss is required"};
+  if (c.out.empty()) throw usage_error{"--out is required"};
+  if (!parse_loss_type(c.loss.c_str(), &c.cfg.type))
+    throw usage_error{"unknown loss '" + c.loss + "'"};
+  if (c.reduce != "mean" && c.reduce != "sum" && c.reduce != "none")
+    throw usage_error{"--reduction must be mean, sum or none, not '" + c.reduce + "'"};
+  if (c.device != "cpu" && c.device != "cuda")
+    throw usage_error{"--device must be cpu or cuda, not '" + c.device + "'"};
+  return c;
+}
+
+npy_array load(const std::string& flag, const std::string& path) {
+  npy_array a;
+  std::string err;
+  if (!tools::read_npy(path, &a, &err)) throw input_error{flag + ": " + err};
+  return a;
+}
+
+std::string describe(const std::string& flag, const npy_array& a) {
+  return flag + " is " + tools::npy_dtype_name(a.dtype) + " " + tools::npy_shape_string(a.shape);
+}
+
+// A 1-D float array of length n (float16/32/64, converted to double).
+std::vector<double> load_vector(const std::string& flag, const std::string& path, int64_t n,
+                                const char* what) {
+  const npy_array a = load(flag, path);
+  std::vector<double> v;
+  if (!a.is_float()) throw input_error{describe(flag, a) + "; expected a float array"};
+  if (a.ndim() != 1 || a.shape[0] != n)
+    throw input_error{describe(flag, a) + "; expected shape (" + std::to_string(n) + ",) = [" +
+                      what + "]"};
+  tools::npy_to_double(a, &v);
+  return v;
+}
+
+tools::check_problem load_problem(const cli& c) {
+  tools::check_problem p;
+  p.logits = load("--logits", c.logits);
+  p.labels = load("--labels", c.labels);
+  const npy_array& L = p.logits;
+  const npy_array& Y = p.labels;
+  if (!L.is_float()) throw input_error{describe("--logits", L) + "; expected float16/32/64"};
+  if (!Y.is_int()) throw input_error{describe("--labels", Y) + "; expected int32 or int64"};
+
+  if (L.ndim() == 3) {
+    // Padded batch [S, T, V]: sequence s owns rows [s T, (s + 1) T).
+    const int64_t S = L.shape[0], T = L.shape[1];
+    if (!c.offsets.empty())
+      throw input_error{"--offsets: not allowed with 3-D logits [S, T, V] (offsets are s*T)"};
+    // S is otherwise bounded by the data in the files; with T = 0 it is not.
+    if (T == 0 && S > 0) throw input_error{describe("--logits", L) + "; T must be at least 1"};
+    if (Y.ndim() != 2 || Y.shape[0] != S || Y.shape[1] != T)
+      throw input_error{describe("--labels", Y) + "; 3-D logits " +
+                        tools::npy_shape_string(L.shape) + " need labels [S, T]"};
+    p.n_rows = S * T;
+    p.vocab = L.shape[2];
+    p.n_seqs = S;
+    p.offsets.resize(static_cast<std::size_t>(S + 1));
+    for (int64_t s = 0; s <= S; ++s) p.offsets[static_cast<std::size_t>(s)] = s * T;
+  } else if (L.ndim() == 2) {
+    p.n_rows = L.shape[0];
+    p.vocab = L.shape[1];
+    if (Y.ndim() != 1 || Y.shape[0] != p.n_rows)
+      throw input_error{describe("--labels", Y) + "; 2-D logits " +
+                        tools::npy_shape_string(L.shape) + " need labels [N]"};
+    if (c.offsets.empty()) throw input_error{"--offsets: required with 2-D logits [N, V]"};
+    const npy_array O = load("--offsets", c.offsets);
+    if (!O.is_int() || O.ndim() != 1 || O.shape[0] < 1)
+      throw input_error{describe("--offsets", O) + "; expected int32/int64 [S + 1]"};
+    tools::npy_to_int64(O, &p.offsets);
+    p.n_seqs = O.shape[0] - 1;
+  } else {
+    throw input_error{describe("--logits", L) + "; expected [N, V] or [S, T, V]"};
+  }
+
+  if (!c.pairs.empty()) {
+    const npy_array I = load("--pairs", c.pairs);
+    if (!I.is_int() || I.ndim() != 2 || I.shape[1] != 2)
+      throw input_error{describe("--pairs", I) + "; expected int32/int64 [P, 2]"};
+    tools::npy_to_int64(I, &p.pairs);
+    p.n_pairs = I.shape[0];
+  } else {
+    // Default pairing (i, P + i); an odd S is reported by the library.
+    p.n_pairs = p.n_seqs / 2;
+  }
+  if (!c.soft_labels.empty())
+    p.soft_labels = load_vector("--soft-labels", c.soft_labels, p.n_pairs, "P");
+  if (!c.weights.empty()) p.weights = load_vector("--weights", c.weights, p.n_pairs, "P");
+  if (!c.ref_logps.empty()) p.ref_logps = load_vector("--ref-logps", c.ref_logps, p.n_seqs, "S");
+
+  p.opt.loss = c.cfg;
+  p.opt.reduce = c.reduce == "sum" ? reduction::sum
+                 : c.reduce == "none" ? reduction::none
+                                      : reduction::mean;
+  p.opt.average_logps = c.average_logps;
+  p.opt.ignore_index = c.ignore_index;
+  return p;
+}
+
+template <class Logit, class Label>
+status run_reference_typed(const tools::check_problem& p, const Logit* logits, const Label* labels,
+                           tools::check_result* r) {
+  reference::inputs<Logit, Label, int64_t> in;
+  in.logits = logits;
+  in.n_rows = p.n_rows;
+  in.vocab = p.vocab;
+  in.ld = p.vocab;
+  in.labels = labels;
+  in.offsets = p.offsets.data();
+  in.n_seqs = p.n_seqs;
+  in.n_pairs = p.n_pairs;
+  in.pairs = p.pairs.empty() ? nullptr : p.pairs.data();
+  in.soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
+  in.ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();
+  in.weights = p.weights.empty() ? nullptr : p.weights.data();
+
+  r->pair_losses.assign(static_cast<std::size_t>(p.n_pairs), 0.0);
+  r->seq_logps.assign(static_cast<std::size_t>(p.n_seqs), 0.0);
+  r->grad64.assign(static_cast<std::size_t>(p.n_rows * p.vocab), 0.0);
+  reference::outputs out;
+  out.pair_losses = r->pair_losses.data();
+  out.seq_logps = r->seq_logps.data();
+  out.grad_logits = r->grad64.data();
+  out.grad_ld = p.vocab;
+  const status st = reference::compute(in, p.opt, out);
+  r->loss = out.loss;
+  r->stats = out.stats;
+  return st;
+}
+
+template <class Logit>
+status run_reference_labels(const tools::check_problem& p, const Logit* logits,
+                            tools::check_result* r) {
+  if (p.labels.dtype == npy_dtype::int32)
+    return run_reference_typed(p, logits, p.labels.i32.data(), r);
+  return run_reference_typed(p, logits, p.labels.i64.data(), r);
+}
+
+status run_reference(const tools::check_problem& p, tools::check_result* r) {
+  switch (p.logits.dtype) {
+    case npy_dtype::float16: {
+      // The reference reads binary16 through Eigen::half, bit for bit.
+      std::vector<Eigen::half> h;
+      h.reserve(p.logits.f16.size());
+      for (uint16_t b : p.logits.f16) h.push_back(Eigen::numext::bit_cast<Eigen::half>(b));
+      return run_reference_labels(p, h.data(), r);
+    }
+    case npy_dtype::float32: return run_reference_labels(p, p.logits.f32.data(), r);
+    default: return run_reference_labels(p, p.logits.f64.data(), r);
+  }
+}
+
+void write(const std::filesystem::path& path, npy_dtype t, const std::vector<int64_t>& shape,
+           const void* data) {
+  std::string err;
+  if (!tools::write_npy(path.string(), t, shape, data, &err)) throw input_error{"--out: " + err};
+}
+
+void json_number(std::FILE* f, const char* key, double v, bool last = false) {
+  // JSON has no NaN or infinity; %.17g round-trips every finite double.
+  if (std::isfinite(v)) std::fprintf(f, "  \"%s\": %.17g%s\n", key, v, last ? "" : ",");
+  else std::fprintf(f, "  \"%s\": null%s\n", key, last ? "" : ",");
+}
+
+void write_outputs(const cli& c, const tools::check_problem& p, const tools::check_result& r) {
+  const std::filesystem::path dir(c.out);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
+    throw input_error{"--out: cannot create directory " + c.out};
+
+  if (p.opt.reduce == reduction::none)
+    write(dir / "loss.npy", npy_dtype::float64, {p.n_pairs}, r.pair_losses.data());
+  else
+    write(dir / "loss.npy", npy_dtype::float64, {}, &r.loss);
+  write(dir / "logps.npy", npy_dtype::float64, {p.n_seqs}, r.seq_logps.data());
+  if (!r.grad64.empty() || r.grad32.empty())
+    write(dir / "grad_logits.npy", npy_dtype::float64, p.logits.shape, r.grad64.data());
+  else
+    write(dir / "grad_logits.npy", npy_dtype::float32, p.logits.shape, r.grad32.data());
+
+  const std::string path = (dir / "metrics.json").string();
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) throw input_error{"--out: cannot create " + path};
+  std::fprintf(f, "{\n  \"loss_name\": \"%s\",\n  \"device\": \"%s\",\n  \"reduction\": \"%s\",\n",
+               loss_name(p.opt.loss.type), c.device.c_str(), c.reduce.c_str());
+  std::fprintf(f,
+               "  \"n_rows\": %lld,\n  \"vocab\": %lld,\n  \"n_seqs\": %lld,\n  \"n_pairs\": %lld,\n",
+               static_cast<long long>(p.n_rows), static_cast<long long>(p.vocab),
+               static_cast<long long>(p.n_seqs), static_cast<long long>(p.n_pairs));
+  std::fprintf(f, "  \"average_logps\": %s,\n", uses_average_logps(p.opt) ? "true" : "false");
+  json_number(f, "loss", r.loss);
+  json_number(f, "rewards/chosen", r.stats.rewards_chosen);
+  json_number(f, "rewards/rejected", r.stats.rewards_rejected);
+  json_number(f, "rewards/accuracies", r.stats.rewards_accuracies);
+  json_number(f, "rewards/margins", r.stats.rewards_margins);
+  json_number(f, "logps/chosen", r.stats.logps_chosen);
+  json_number(f, "logps/rejected", r.stats.logps_rejected);
+  json_number(f, "calibration_error", r.stats.calibration_error, true);
+  std::fputs("}\n", f);
+  if (std::fclose(f) != 0) throw input_error{"--out: cannot write " + path};
+}
+
+int run(int argc, char** argv) {
+  const cli c = parse_args(argc, argv);
+  const tools::check_problem p = load_problem(c);
+  tools::check_result r;
+  if (c.device == "cuda") {
+    std::string err;
+    if (!tools::run_cuda(p, &r, &err)) throw input_error{"--device cuda: " + err};
+  } else {
+    const status st = run_reference(p, &r);
+    if (st != status::success) throw input_error{std::string("geopref: ") + status_string(st)};
+  }
+  write_outputs(c, p, r);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "geopref-check: %s (see --help)\n", e.msg.c_str());
+    return 2;
+  } catch (const input_error& e) {
+    std::fprintf(stderr, "geopref-check: error: %s\n", e.msg.c_str());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "geopref-check: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "geopref-check: error: %s\n", e.what());
+    return 1;
+  }
+}
