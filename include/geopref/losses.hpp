@@ -79,7 +79,10 @@ struct dpo_loss {
 
 /// cdpo (conservative DPO, soft label as target):
 ///   f = −p̂ log σ(βh) − (1−p̂) log σ(−βh).   f' = β (σ(βh) − p̂).
-/// Minimised where σ(βh) = p̂.
+/// Minimised where σ(βh) = p̂. The derivative is evaluated as
+/// β [(1−p̂) σ(βh) − p̂ σ(−βh)]: σ(βh) − p̂ written directly loses every digit
+/// when σ(βh) and p̂ are both near 1 (e.g. p̂ = 1, βh = 30), and this form is
+/// bitwise dpo's at p̂ = 1.
 template <class T>
 struct cdpo_loss {
   T beta;
@@ -87,7 +90,10 @@ struct cdpo_loss {
     const T z = beta * h;
     return p * math::softplus(-z) + (T(1) - p) * math::softplus(z);
   }
-  GEOPREF_HD T derivative(T h, T p) const { return beta * (math::sigmoid(beta * h) - p); }
+  GEOPREF_HD T derivative(T h, T p) const {
+    const T z = beta * h;
+    return beta * ((T(1) - p) * math::sigmoid(z) - p * math::sigmoid(-z));
+  }
 };
 
 /// ipo: f = (h − 1/(2β))²  (Azar et al., 2023).   f' = 2 (h − 1/(2β)).

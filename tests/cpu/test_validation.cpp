@@ -1,0 +1,188 @@
+// Every bad input returns its status and writes nothing: outputs are
+// poisoned before the call and must hold the poison afterwards.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "geopref/reference/gradcheck.hpp"
+#include "geopref/reference/reference.hpp"
+#include "test_util.hpp"
+
+using namespace geopref;
+using test::output_set;
+using test::problem;
+using test::spec;
+using test::typed;
+
+namespace {
+
+const double NAN_ = std::numeric_limits<double>::quiet_NaN();
+const double INF = std::numeric_limits<double>::infinity();
+
+/// A bad-input case: a change to the problem, the options or the outputs.
+struct bad_case {
+  const char* name;
+  status want;
+  std::function<void(problem&, options&)> edit;
+  std::function<void(reference::inputs<double, int64_t, int32_t>&, output_set&)> edit_view = {};
+};
+
+problem base_problem() {
+  spec sp;
+  sp.pairs = 3;
+  sp.pad = 2;
+  sp.weights = true;
+  sp.trailing_rows = 1;
+  sp.mask_prob = 0.0;
+  return test::make_problem(sp, 77);
+}
+
+std::vector<bad_case> cases() {
+  using s = status;
+  std::vector<bad_case> v;
+  auto loss = [](loss_type t) { return test::config_for(t); };
+  // options
+  v.push_back({"unknown loss", s::invalid_loss, [](problem&, options& o) { o.loss.type = static_cast<loss_type>(99); }});
+  v.push_back({"beta 0", s::invalid_beta, [](problem&, options& o) { o.loss.beta = 0; }});
+  v.push_back({"beta NaN", s::invalid_beta, [](problem&, options& o) { o.loss.beta = NAN_; }});
+  v.push_back({"beta inf", s::invalid_beta, [](problem&, options& o) { o.loss.beta = INF; }});
+  v.push_back({"robust eps 0.5", s::invalid_epsilon, [=](problem&, options& o) { o.loss = loss(loss_type::robust); o.loss.epsilon = 0.5; }});
+  v.push_back({"exo eps 0", s::invalid_epsilon, [=](problem&, options& o) { o.loss = loss(loss_type::exo_pair); o.loss.epsilon = 0; }});
+  v.push_back({"ropo alpha < 0", s::invalid_alpha_gamma, [=](problem&, options& o) { o.loss = loss(loss_type::ropo); o.loss.alpha = -1; }});
+  v.push_back({"gropo gamma NaN", s::invalid_alpha_gamma, [=](problem&, options& o) { o.loss = loss(loss_type::gropo); o.loss.gamma = NAN_; }});
+  v.push_back({"simpo gamma < 0", s::invalid_alpha_gamma, [=](problem& p, options& o) { o.loss = loss(loss_type::simpo); o.loss.gamma = -1; p.ref.clear(); }});
+  v.push_back({"discopop tau 0", s::invalid_tau, [=](problem&, options& o) { o.loss = loss(loss_type::discopop); o.loss.tau = 0; }});
+  v.push_back({"unknown reduction", s::invalid_reduction, [](problem&, options& o) { o.reduce = static_cast<reduction>(17); }});
+  v.push_back({"normalizer 0", s::invalid_reduction, [](problem&, options& o) { o.reduce = reduction::normalizer; o.normalizer = 0; }});
+  v.push_back({"normalizer NaN", s::invalid_reduction, [](problem&, options& o) { o.reduce = reduction::normalizer; o.normalizer = NAN_; }});
+  v.push_back({"simpo with a reference", s::reference_not_allowed, [=](problem&, options& o) { o.loss = loss(loss_type::simpo); }});
+  // shapes and strides
+  v.push_back({"N < 0", s::invalid_shape, {}, [](auto& in, output_set&) { in.n_rows = -1; }});
+  v.push_back({"V < 0", s::invalid_shape, {}, [](auto& in, output_set&) { in.vocab = -2; }});
+  v.push_back({"V = 0 with rows", s::invalid_shape, {}, [](auto& in, output_set&) { in.vocab = 0; }});
+  v.push_back({"S < 0", s::invalid_shape, {}, [](auto& in, output_set&) { in.n_seqs = -1; }});
+  v.push_back({"P < 0", s::invalid_shape, {}, [](auto& in, output_set&) { in.n_pairs = -1; }});
+  v.push_back({"ld < V", s::invalid_stride, {}, [](auto& in, output_set&) { in.ld = in.vocab - 1; }});
+  v.push_back({"grad_ld < V", s::invalid_stride, {}, [](auto& in, output_set& o) { o.out.grad_ld = in.vocab - 1; }});
+  v.push_back({"grad_ld < 0", s::invalid_stride, {}, [](auto&, output_set& o) { o.out.grad_ld = -5; }});
+  // null pointers
+  v.push_back({"logits null", s::null_pointer, {}, [](auto& in, output_set&) { in.logits = nullptr; }});
+  v.push_back({"labels null", s::null_pointer, {}, [](auto& in, output_set&) { in.labels = nullptr; }});
+  v.push_back({"offsets null", s::null_pointer, {}, [](auto& in, output_set&) { in.offsets = nullptr; }});
+  // offsets
+  v.push_back({"offsets[0] != 0", s::invalid_offsets, [](problem& p, options&) { p.offsets[0] = 1; p.offsets[1] = std::max<int64_t>(p.offsets[1], 1); }});
+  v.push_back({"offsets decreasing", s::invalid_offsets, [](problem& p, options&) { p.offsets[2] = p.offsets[1] - 1; }});
+  v.push_back({"offsets past N", s::invalid_offsets, [](problem& p, options&) { p.offsets.back() = p.N + 1; }});
+  // labels (the last row lies outside every sequence: it is still validated)
+  v.push_back({"label = V", s::label_out_of_range, [](problem& p, options&) { p.labels[0] = p.V; }});
+  v.push_back({"label = -1", s::label_out_of_range, [](problem& p, options&) { p.labels[1] = -1; }});
+  v.push_back({"label outside sequences", s::label_out_of_range, [](problem& p, options&) { p.labels.back() = p.V + 3; }});
+  v.push_back({"-100 without ignore_index -100", s::label_out_of_range, [](problem& p, options& o) { p.labels[2] = -100; o.ignore_index = -1; }});
+  // pairs
+  v.push_back({"S != 2P", s::pair_count_mismatch, {}, [](auto& in, output_set&) { in.n_pairs = 2; }});
+  v.push_back({"pair index -1", s::pair_index_out_of_range, [](problem& p, options&) { p.pairs = {0, 1, 2, 3, 4, -1}; }});
+  v.push_back({"pair index S", s::pair_index_out_of_range, [](problem& p, options&) { p.pairs = {0, p.S, 2, 3, 4, 5}; }});
+  // per-pair values
+  v.push_back({"p < 0", s::soft_label_out_of_range, [](problem& p, options&) { p.soft[1] = -0.01; }});
+  v.push_back({"p > 1", s::soft_label_out_of_range, [](problem& p, options&) { p.soft[2] = 1.0000001; }});
+  v.push_back({"p NaN", s::soft_label_out_of_range, [](problem& p, options&) { p.soft[0] = NAN_; }});
+  v.push_back({"weight < 0", s::invalid_weight, [](problem& p, options&) { p.weights[1] = -1e-9; }});
+  v.push_back({"weight NaN", s::invalid_weight, [](problem& p, options&) { p.weights[2] = NAN_; }});
+  v.push_back({"weight inf", s::invalid_weight, [](problem& p, options&) { p.weights[0] = INF; }});
+  v.push_back({"reference NaN", s::invalid_reference, [](problem& p, options&) { p.ref[3] = NAN_; }});
+  v.push_back({"reference +inf", s::invalid_reference, [](problem& p, options&) { p.ref[0] = INF; }});
+  // upstream gradients
+  v.push_back({"grad_loss NaN", s::invalid_upstream_grad, [](problem& p, options&) { p.grad_loss = NAN_; }});
+  v.push_back({"grad_loss inf", s::invalid_upstream_grad, [](problem& p, options&) { p.grad_loss = -INF; }});
+  v.push_back({"grad_pair_losses inf (none)", s::invalid_upstream_grad, [](problem& p, options& o) { o.reduce = reduction::none; p.grad_pair_losses = {1, INF, 1}; }});
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("every bad input returns its status and writes nothing", "[validation]") {
+  for (const bad_case& c : cases()) {
+    problem pb = base_problem();
+    options opt;
+    opt.loss = test::config_for(loss_type::gdpo);
+    if (c.edit) c.edit(pb, opt);
+    typed<double, int64_t, int32_t> t(pb);
+    output_set o(pb.N, pb.S, pb.P, pb.ld);
+    auto in = t.in;
+    if (c.edit_view) c.edit_view(in, o);
+    INFO(c.name);
+    CHECK(reference::compute(in, opt, o.out) == c.want);
+    CHECK(o.untouched());
+    // The same through compute_with_loss with a library functor.
+    output_set o2(pb.N, pb.S, pb.P, pb.ld);
+    if (c.edit_view) c.edit_view(in, o2);
+    CHECK(reference::compute_with_loss(in, opt, dpo_loss<double>{0.5}, o2.out) == c.want);
+    CHECK(o2.untouched());
+    // And the gradient check reports the reference's status, leaving its result alone.
+    gradcheck::logits_result r;
+    r.worst_rel_error = 42;
+    if (!c.edit_view) {
+      CHECK(gradcheck::check_logits_gradient(in, opt, r) == c.want);
+      CHECK(r.worst_rel_error == 42);
+    }
+  }
+}
+
+TEST_CASE("the valid base problem and valid edge values are accepted", "[validation]") {
+  problem pb = base_problem();
+  options opt;
+  opt.loss = test::config_for(loss_type::gdpo);
+  SECTION("as is") {}
+  SECTION("p exactly 0 and 1, weight 0, reference -inf") {
+    pb.soft = {0.0, 1.0, 0.5};
+    pb.weights = {0.0, 1.0, 3.0};
+    pb.ref[1] = -INF;
+  }
+  SECTION("grad_pair_losses non-finite but unused by mean") { pb.grad_pair_losses = {NAN_, 1, 1}; }
+  SECTION("no rows, no sequences, no pairs") {
+    pb = problem{};
+    pb.offsets = {0};
+  }
+  SECTION("labels equal to a custom ignore_index") {
+    opt.ignore_index = 3;
+    pb.labels[0] = 3;
+  }
+  typed<double, int64_t, int32_t> t(pb);
+  output_set o(pb.N, pb.S, pb.P, pb.ld > 0 ? pb.ld : 1);
+  REQUIRE(reference::compute(t.in, opt, o.out) == status::success);
+  CHECK(std::isfinite(o.out.loss));
+}
+
+TEST_CASE("no pairs: loss and metrics are 0, not NaN", "[validation]") {
+  problem pb;
+  pb.N = 2, pb.V = 3, pb.ld = 3;
+  pb.logits = {0, 1, 2, 3, 4, 5};
+  pb.labels = {0, 1};
+  pb.offsets = {0};
+  for (reduction red : {reduction::mean, reduction::sum, reduction::none}) {
+    options opt;
+    opt.reduce = red;
+    typed<double, int64_t, int64_t> t(pb);
+    output_set o(pb.N, 0, 0, pb.ld);
+    REQUIRE(reference::compute(t.in, opt, o.out) == status::success);
+    CHECK(o.out.loss == 0.0);
+    CHECK(o.out.stats.rewards_accuracies == 0.0);
+    CHECK(o.out.stats.calibration_error == 0.0);
+    for (double g : o.grad_logits) CHECK(g == 0.0);  // rows outside every sequence
+  }
+}
+
+TEST_CASE("status strings are distinct and non-empty", "[validation]") {
+  std::vector<std::string> seen;
+  for (int i = 0; i <= static_cast<int>(status::internal_error); ++i) {
+    const std::string m = status_string(static_cast<status>(i));
+    CHECK(!m.empty());
+    CHECK(std::find(seen.begin(), seen.end(), m) == seen.end());
+    seen.push_back(m);
+  }
+}
