@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""The same work as bench_gpu in PyTorch, for comparison (docs/benchmarks.md).
+
+Runs on the GPU machine (it has PyTorch). For each shape N x V and dtype it
+times, with CUDA events around a cold L2 (the method bench_gpu uses):
+
+  eager            TRL's classic get_batch_logps: logits.log_softmax(-1), gather,
+                   masked sum, then the geometric DPO loss; autograd backward
+  eager_selective  TRL's current selective_log_softmax (gather − logsumexp for
+                   fp32, a log-softmax per sequence for bf16), same loss
+  compile          `eager` under torch.compile (default mode)
+  liger            Liger-Kernel's LigerFusedLinearDPOLoss, only when the package
+                   imports. It fuses the lm_head matmul into the loss, so it takes
+                   hidden states (H = 4096) and a weight, not logits: its row
+                   includes three N x H x V matmuls and is not like-for-like; the
+                   row `matmuls` times those matmuls alone for scale.
+
+"forward" is the loss with autograd recording, "step" is forward + backward.
+Peak memory is torch.cuda.max_memory_allocated during the step; "extra" is that
+minus the inputs and the gradient, comparable to geopref's extra_MiB.
+With --geopref-json (bench_gpu's Google Benchmark JSON) every time gets a ratio
+peer/geopref against the fused row of the same phase, dtype and shape.
+
+The inputs follow common/synthetic.hpp's distribution (uniform [-4, 4) logits,
++6 on the label, last row of each sequence ignored) from torch's generator,
+not its hash, so the values differ while the shapes and the work are the same.
+
+Prints one table; --json writes the rows (rewritten after every row, so a run
+cut short by a time limit keeps what it measured).
+"""
+import argparse
+import json
+import math
+import sys
+import time
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as _e:  # reported by main(); the module still imports
+    torch = F = None
+    _TORCH_ERROR = _e
+
+BETA = 0.1
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--vocab", default="32000,128256,256000")
+    p.add_argument("--dtype", default="bf16,fp32")
+    p.add_argument("--methods", default="eager,eager_selective,compile,liger")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="V=32000,128256 bf16, 5 iterations")
+    p.add_argument("--geopref-json", help="bench_gpu --benchmark_out JSON for the ratio column")
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--hidden", type=int, default=4096, help="hidden size for the liger rows")
+    a = p.parse_args()
+    if a.quick:
+        a.vocab, a.dtype, a.iters = "32000,128256", "bf16", 5
+    return a
+
+
+def make_inputs(n_rows, seq_len, vocab, dtype, gen):
+    """logits [S, T, V] (TRL's padded layout), labels [S, T], soft [P], ref [S]."""
+    s = n_rows // seq_len
+    labels = torch.randint(0, vocab, (s, seq_len), device="cuda", generator=gen)
+    labels[:, -1] = -100  # shifted labels: the last position has no next token
+    logits = torch.empty((s, seq_len, vocab), device="cuda", dtype=dtype)
+    logits.uniform_(-4.0, 4.0, generator=gen)
+    rows = labels.clamp(min=0).unsqueeze(-1)
+    logits.scatter_add_(-1, rows, torch.full_like(rows, 6.0, dtype=dtype))
+    soft = torch.rand(s // 2, device="cuda", generator=gen)
+    ref = (4.08 - math.log(vocab)) * (seq_len - 1) + 4.0 * torch.rand(s, device="cuda", generator=gen) - 2.0
+    return logits, labels, soft, ref
+
+
+def gdpo_loss(logps, ref, soft):
+    p = soft.shape[0]
+    h = (logps[:p] - ref[:p]) - (logps[p:] - ref[p:])
+    return -F.logsigmoid(BETA * (2.0 * soft - 1.0) * h).mean()
+
+
+def loss_classic(logits, labels, ref, soft):
+    """TRL's get_batch_logps (<= 0.12) followed by the gdpo loss."""
+    loss_mask = labels != -100
+    index = labels.masked_fill(~loss_mask, 0)
+    per_token = torch.gather(logits.log_softmax(-1), dim=2, index=index.unsqueeze(2)).squeeze(2)
+    logps = (per_token * loss_mask).sum(-1)
+    return gdpo_loss(logps.float(), ref, soft)
+
+
+def loss_selective(logits, labels, ref, soft):
+    """TRL's selective_log_softmax (>= 0.14) followed by the gdpo loss."""
+    loss_mask = labels != -100
+    index = labels.masked_fill(~loss_mask, 0)
+    if logits.dtype in (torch.float32, torch.float64):
+        selected = torch.gather(logits, dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
+        lse = torch.stack([torch.logsumexp(lg, dim=-1) for lg in logits])
+        per_token = selected - lse
+    else:
+        rows = []
+        for lg, ix in zip(logits, index):
+            lp = F.log_softmax(lg, dim=-1)
+            rows.append(lp.gather(dim=-1, index=ix.unsqueeze(-1)).squeeze(-1))
+        per_token = torch.stack(rows)
+    logps = (per_token * loss_mask).sum(-1)
+    return gdpo_loss(logps.float(), ref, soft)
+
+
+class cold_timer:
+    """CUDA events around one call, the L2 emptied first (bench/gpu/cuda_timer.cuh)."""
+
+    def __init__(self):
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        self.flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.stop = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn):
+        self.flush.zero_()
+        self.start.record()
+        fn()
+        self.stop.record()
+        self.stop.synchronize()
+        return self.start.elapsed_time(self.stop) * 1e-3
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def load_geopref(path):
+    """{(phase, dtype, V): seconds, ...} and the extra MiB of the fused rows."""
+    times, extra = {}, {}
+    if not path:
+        return times, extra
+    with open(path) as f:
+        data = json.load(f)
+    for b in data.get("benchmarks", []):
+        parts = b["name"].split("/")
+        if len(parts) < 6 or parts[1] != "fused" or b.get("error_occurred"):
+            continue
+        v = int(parts[5].split(":")[1].split("/")[0])
+        unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
+        times[(parts[2], parts[3], v)] = b["real_time"] * unit
+        extra[(parts[2], parts[3], v)] = b.get("extra_MiB")
+    return times, extra
+
+
+def main():
+    args = parse_args()
+    if torch is None:
+        print(f"torch_peers: PyTorch not importable ({_TORCH_ERROR}); skipped")
+        return 0
+    if not torch.cuda.is_available():
+        print("torch_peers: no CUDA device; skipped")
+        return 0
+    geo_times, geo_extra = load_geopref(args.geopref_json)
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    methods = args.methods.split(",")
+    liger = None
+    if "liger" in methods:
+        try:
+            from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss as liger
+        except Exception as e:  # noqa: BLE001 - any import failure means: not available
+            print(f"torch_peers: Liger-Kernel not available ({type(e).__name__}: {e}); its rows are skipped")
+    timer = cold_timer()
+    gen = torch.Generator(device="cuda")
+    rows = []
+    props = torch.cuda.get_device_properties(0)
+    meta = {"device": props.name, "torch": torch.__version__, "iters": args.iters,
+            "date": time.strftime("%Y-%m-%d")}
+
+    def emit(row):
+        rows.append(row)
+        print(fmt_row(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"context": meta, "rows": rows}, f, indent=1)
+
+    print(f"torch_peers: {props.name}, torch {torch.__version__}, N={args.rows}, "
+          f"{args.iters} iterations (median)", flush=True)
+    print(header(), flush=True)
+    compiled = torch.compile(loss_classic) if "compile" in methods else None
+    for dname in args.dtype.split(","):
+        dtype = dtypes[dname]
+        for v in (int(x) for x in args.vocab.split(",")):
+            gen.manual_seed(20241110)
+            torch.cuda.empty_cache()
+            try:
+                logits, labels, soft, ref = make_inputs(args.rows, args.seq_len, v, dtype, gen)
+            except torch.cuda.OutOfMemoryError:
+                emit(dict(method="inputs", dtype=dname, V=v, error="out of memory"))
+                continue
+            base_bytes = 2 * logits.numel() * logits.element_size()  # inputs + gradient
+            for m in methods:
+                if m == "liger":
+                    if liger is not None:
+                        for row in run_liger(liger, args, dname, dtype, v, timer):
+                            emit(with_ratio(row, geo_times, geo_extra))
+                    continue
+                fn = {"eager": loss_classic, "eager_selective": loss_selective, "compile": compiled}[m]
+                emit(with_ratio(run_method(m, fn, logits, labels, ref, soft, dname, v,
+                                           args.iters, timer, base_bytes), geo_times, geo_extra))
+            del logits, labels, soft, ref
+    return 0
+
+
+def run_method(name, fn, logits, labels, ref, soft, dname, v, iters, timer, base_bytes):
+    x = logits.detach().requires_grad_(True)
+    row = dict(method=name, dtype=dname, V=v)
+    try:
+        t0 = time.time()
+        for _ in range(2):  # warm-up (and compilation for `compile`)
+            x.grad = None
+            fn(x, labels, ref, soft).backward()
+        torch.cuda.synchronize()
+        row["warmup_s"] = time.time() - t0
+        fwd = [timer(lambda: fn(x, labels, ref, soft)) for _ in range(iters)]
+        x.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+
+        def step():
+            x.grad = None
+            fn(x, labels, ref, soft).backward()
+
+        steps = [timer(step) for _ in range(iters)]
+        # Peak during a step, minus what lived before it, with the gradient
+        # (which the step allocates) counted as part of the inputs.
+        peak = torch.cuda.max_memory_allocated()
+        grad_bytes = x.grad.numel() * x.grad.element_size()
+        row.update(forward_s=median(fwd), step_s=median(steps), peak_MiB=peak / 2**20,
+                   extra_MiB=max(peak - before - grad_bytes, 0) / 2**20)
+    except torch.cuda.OutOfMemoryError:
+        row["error"] = "out of memory"
+    except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
+        row["error"] = f"{type(e).__name__}: {e}"[:200]
+    x.grad = None
+    torch.cuda.empty_cache()
+    return row
+
+
+def run_liger(liger, args, dname, dtype, v, timer):
+    """Liger's fused-linear DPO loss (reference-free) and, for scale, the
+    lm_head matmuls it contains (forward X·Wᵀ, backward dX and dW)."""
+    n, h = args.rows, args.hidden
+    s = n // args.seq_len
+    out = []
+    try:
+        gen = torch.Generator(device="cuda")
+        gen.manual_seed(1)
+        xh = (torch.randn(s, args.seq_len, h, device="cuda", generator=gen, dtype=dtype) * 0.02).requires_grad_(True)
+        w = (torch.randn(v, h, device="cuda", generator=gen, dtype=dtype) * 0.02).requires_grad_(True)
+        target = torch.randint(0, v, (s, args.seq_len), device="cuda", generator=gen)
+        target[:, -1] = -100
+        try:
+            loss_fn = liger(beta=BETA, compute_nll_loss=False, use_ref_model=False)
+        except TypeError:
+            loss_fn = liger(beta=BETA)
+
+        def call():
+            r = loss_fn(w, xh, target)
+            return r[0] if isinstance(r, tuple) else r
+
+        def step():
+            xh.grad = None
+            w.grad = None
+            call().backward()
+
+        for _ in range(2):
+            step()
+        fwd = [timer(call) for _ in range(args.iters)]
+        torch.cuda.reset_peak_memory_stats()
+        steps = [timer(step) for _ in range(args.iters)]
+        out.append(dict(method=f"liger(+lm_head,H={h})", dtype=dname, V=v, forward_s=median(fwd),
+                        step_s=median(steps), peak_MiB=torch.cuda.max_memory_allocated() / 2**20))
+        g = torch.empty(s, args.seq_len, v, device="cuda", dtype=dtype)
+
+        def matmuls():
+            torch.matmul(xh, w.t(), out=g)  # logits
+            torch.matmul(g, w)               # dX
+            torch.matmul(g.reshape(n, v).t(), xh.reshape(n, h))  # dW
+
+        mm = [timer(matmuls) for _ in range(args.iters)]
+        mf = [timer(lambda: torch.matmul(xh, w.t(), out=g)) for _ in range(args.iters)]
+        out.append(dict(method=f"matmuls(H={h})", dtype=dname, V=v, forward_s=median(mf), step_s=median(mm)))
+        del g
+    except torch.cuda.OutOfMemoryError:
+        out.append(dict(method="liger", dtype=dname, V=v, error="out of memory"))
+    except Exception as e:  # noqa: BLE001
+        out.append(dict(method="liger", dtype=dname, V=v, error=f"{type(e).__name__}: {e}"[:200]))
+    torch.cuda.empty_cache()
+    return out
+
+
+def with_ratio(row, geo_times, geo_extra):
+    for phase in ("forward", "step"):
+        g = geo_times.get((phase, row["dtype"], row["V"]))
+        t = row.get(f"{phase}_s")
+        if g and t:
+            row[f"{phase}_vs_geopref"] = t / g
+    e = geo_extra.get(("step", row["dtype"], row["V"]))
+    if e is not None:
+        row["geopref_extra_MiB"] = e
+    return row
+
+
+COLUMNS = [("method", "{:<24}"), ("dtype", "{:<5}"), ("V", "{:>7}"), ("forward_s", "{:>10}"),
+           ("step_s", "{:>10}"), ("forward_vs_geopref", "{:>8}"), ("step_vs_geopref", "{:>8}"),
+           ("peak_MiB", "{:>9}"), ("extra_MiB", "{:>9}")]
+TITLES = {"forward_s": "fwd ms", "step_s": "step ms", "forward_vs_geopref": "fwd x",
+          "step_vs_geopref": "step x", "peak_MiB": "peak MiB", "extra_MiB": "extra MiB"}
+
+
+def header():
+    return " ".join(f.format(TITLES.get(k, k)) for k, f in COLUMNS)
+
+
+def fmt_row(row):
+    cells = []
+    for k, f in COLUMNS:
+        v = row.get(k)
+        if v is None:
+            v = "-"
+        elif k.endswith("_s"):
+            v = f"{v * 1e3:.3f}"
+        elif k.endswith("_geopref"):
+            v = f"{v:.2f}"
+        elif k.endswith("MiB"):
+            v = f"{v:.0f}"
+        cells.append(f.format(v))
+    line = " ".join(cells)
+    return line + (f"  [{row['error']}]" if "error" in row else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
