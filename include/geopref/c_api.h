@@ -1,0 +1,218 @@
+/* geopref/c_api.h — the C ABI of the compiled kernels (library geopref_cuda).
+ *
+ * For training stacks that do not compile with nvcc: plain C types, a stream,
+ * a status return. The calls mirror geopref/cuda/geopref.cuh one for one:
+ *
+ *   geopref_sequence_logps  forward only: per-sequence log-probs (the reference
+ *                           model's pass; its output is ref_logps below);
+ *   geopref_train_step      forward, pair loss, metrics and the gradient with
+ *                           respect to the logits, in one call;
+ *   geopref_device_status   the status the kernels recorded about device data
+ *                           (a label out of range, bad offsets, ...);
+ *                           synchronises the stream.
+ *
+ * Two-phase workspace, as in CUB: call with workspace == NULL to get the size
+ * in *workspace_bytes (or use the *_workspace_size helpers), allocate that
+ * many bytes of device memory (cudaMalloc's alignment is enough), call again.
+ * Every call only enqueues work on `stream` and returns; the library never
+ * allocates, throws, exits or prints. Pointers in the argument structs are
+ * device pointers; the argument and option structs themselves are host memory.
+ *
+ * Built for logits of float32, float16 and bfloat16 (GEOPREF_FLOAT32, ...)
+ * and labels/offsets of int32 and int64. The meaning of every field, the
+ * mathematics and the metrics are documented in geopref/cuda/geopref.cuh,
+ * docs/math.md and docs/integration.md.
+ */
+#ifndef GEOPREF_C_API_H
+#define GEOPREF_C_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define GEOPREF_C_EXPORT
+#else
+#define GEOPREF_C_EXPORT __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The same type as cudaStream_t, without including the CUDA headers.
+ * NULL is the default stream. */
+typedef struct CUstream_st* geopref_stream_t;
+
+/* Status codes: the values of geopref::status (geopref/status.hpp). */
+typedef int geopref_status;
+enum {
+  GEOPREF_SUCCESS = 0,
+  GEOPREF_INVALID_SHAPE,
+  GEOPREF_INVALID_STRIDE,
+  GEOPREF_NULL_POINTER,
+  GEOPREF_LABEL_OUT_OF_RANGE,
+  GEOPREF_INVALID_OFFSETS,
+  GEOPREF_PAIR_COUNT_MISMATCH,
+  GEOPREF_PAIR_INDEX_OUT_OF_RANGE,
+  GEOPREF_SOFT_LABEL_OUT_OF_RANGE,
+  GEOPREF_INVALID_WEIGHT,
+  GEOPREF_INVALID_REFERENCE,
+  GEOPREF_INVALID_LOSS,
+  GEOPREF_INVALID_BETA,
+  GEOPREF_INVALID_EPSILON,
+  GEOPREF_INVALID_ALPHA_GAMMA,
+  GEOPREF_INVALID_TAU,
+  GEOPREF_REFERENCE_NOT_ALLOWED,
+  GEOPREF_INVALID_REDUCTION,
+  GEOPREF_INVALID_UPSTREAM_GRAD,
+  GEOPREF_WORKSPACE_TOO_SMALL,
+  GEOPREF_MISALIGNED_POINTER,
+  GEOPREF_UNSUPPORTED_DTYPE,
+  GEOPREF_CUDA_ERROR,
+  GEOPREF_INTERNAL_ERROR
+};
+
+/* Element type of the logits (and of the gradient unless grad_float32). */
+enum { GEOPREF_FLOAT32 = 0, GEOPREF_FLOAT16 = 1, GEOPREF_BFLOAT16 = 2 };
+/* Element type of labels and offsets. */
+enum { GEOPREF_INT32 = 0, GEOPREF_INT64 = 1 };
+
+/* Losses, in the order of geopref::loss_type. */
+enum {
+  GEOPREF_LOSS_DPO = 0,
+  GEOPREF_LOSS_CDPO,
+  GEOPREF_LOSS_IPO,
+  GEOPREF_LOSS_CIPO,
+  GEOPREF_LOSS_ROPO,
+  GEOPREF_LOSS_HINGE,
+  GEOPREF_LOSS_ROBUST,
+  GEOPREF_LOSS_EXO_PAIR,
+  GEOPREF_LOSS_DISCOPOP,
+  GEOPREF_LOSS_SIMPO,
+  GEOPREF_LOSS_GDPO,
+  GEOPREF_LOSS_GIPO,
+  GEOPREF_LOSS_GROPO
+};
+
+/* Reductions, in the order of geopref::reduction. */
+enum {
+  GEOPREF_REDUCTION_MEAN = 0, /* (1/P) sum_i w_i f_i */
+  GEOPREF_REDUCTION_SUM,      /* sum_i w_i f_i */
+  GEOPREF_REDUCTION_NONE,     /* the P values w_i f_i */
+  GEOPREF_REDUCTION_NORMALIZER /* (1/normalizer) sum_i w_i f_i */
+};
+
+/* What to compute. geopref_options_init() sets the library's defaults. */
+typedef struct geopref_options {
+  int loss;             /* GEOPREF_LOSS_* (default dpo) */
+  double beta;          /* all losses: beta > 0 (default 0.1) */
+  double alpha;         /* ropo/gropo: alpha >= 0 (default 1) */
+  double gamma;         /* ropo/gropo: gamma >= 0; simpo: target margin (default 0) */
+  double epsilon;       /* robust: [0, 0.5); exo_pair: (0, 1) (default 0) */
+  double tau;           /* discopop: tau > 0 (default 0.05) */
+  int reduction;        /* GEOPREF_REDUCTION_* (default mean) */
+  double normalizer;    /* GEOPREF_REDUCTION_NORMALIZER only: finite, > 0 */
+  int average_logps;    /* non-zero: margins from L_s / n_s (forced for simpo) */
+  int64_t ignore_index; /* label of unscored rows (default -100) */
+} geopref_options;
+
+/* The token rows a forward pass reads (device pointers). */
+typedef struct geopref_tokens {
+  const void* logits;   /* [N, ld] row-major, logits_dtype; columns [V, ld) never read */
+  int logits_dtype;     /* GEOPREF_FLOAT32 / FLOAT16 / BFLOAT16 */
+  int64_t n_rows;       /* N */
+  int64_t vocab;        /* V */
+  int64_t ld;           /* row stride in elements, >= V */
+  const void* labels;   /* [N] label_type; row t scores labels[t] (already shifted) */
+  int label_type;       /* GEOPREF_INT32 / INT64 */
+  const void* offsets;  /* [S + 1] offset_type; sequence s owns rows [offsets[s], offsets[s+1]) */
+  int offset_type;      /* GEOPREF_INT32 / INT64 */
+  int64_t n_seqs;       /* S */
+} geopref_tokens;
+
+/* TRL's metrics (layout-identical to geopref::metrics). */
+typedef struct geopref_metrics {
+  double rewards_chosen;     /* rewards/chosen     mean beta (L_a - R_a) */
+  double rewards_rejected;   /* rewards/rejected   mean beta (L_b - R_b) */
+  double rewards_accuracies; /* rewards/accuracies */
+  double rewards_margins;    /* rewards/margins */
+  double logps_chosen;       /* logps/chosen */
+  double logps_rejected;     /* logps/rejected */
+  double calibration_error;  /* mean |sigma(beta h) - p| */
+} geopref_metrics;
+
+/* Arguments of geopref_sequence_logps. */
+typedef struct geopref_logps_args {
+  geopref_tokens tokens;
+  float* seq_logps;    /* [S] required: L_s, or L_s / n_s when length-normalised */
+  int64_t* seq_counts; /* [S] optional: n_s */
+  float* token_logps;  /* [N] optional */
+  float* lse;          /* [N] optional */
+} geopref_logps_args;
+
+/* Arguments of geopref_train_step. geopref_train_args_init() zeroes
+ * everything and sets grad_loss = 1. */
+typedef struct geopref_train_args {
+  geopref_tokens tokens;
+  int64_t n_pairs;            /* P */
+  const int64_t* pairs;       /* [P, 2] or NULL: pair i = (i, P + i), needs S == 2P */
+  const float* soft_labels;   /* [P] in [0, 1] or NULL: binary */
+  const float* ref_logps;     /* [S] or NULL: reference-free (must be NULL for simpo) */
+  const float* weights;       /* [P] >= 0 or NULL: all 1 */
+  double grad_loss;           /* host scalar upstream gradient */
+  const float* grad_output;   /* [1] or [P] (reduction none) device upstream gradient, or NULL */
+  float* loss;                /* [1], or [P] for reduction none; optional */
+  geopref_metrics* stats;     /* [1] device struct; optional */
+  float* seq_logps;           /* [S] optional */
+  int64_t* seq_counts;        /* [S] optional */
+  float* token_logps;         /* [N] optional */
+  float* lse;                 /* [N] optional */
+  float* grad_seq_logps;      /* [S] optional: dLoss/dL_s */
+  void* grad_logits;          /* [N, grad_ld] or NULL: no backward; may equal tokens.logits */
+  int64_t grad_ld;            /* >= V; 0: ld */
+  int grad_float32;           /* non-zero: gradient as float32, else in the logits dtype */
+} geopref_train_args;
+
+GEOPREF_C_EXPORT void geopref_options_init(geopref_options* opt);
+GEOPREF_C_EXPORT void geopref_train_args_init(geopref_train_args* args);
+GEOPREF_C_EXPORT void geopref_logps_args_init(geopref_logps_args* args);
+
+/* Workspace size for these arguments (the buffers need not be set yet). */
+GEOPREF_C_EXPORT geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
+                                                                  const geopref_options* opt,
+                                                                  size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_sequence_logps_workspace_size(
+    const geopref_logps_args* args, const geopref_options* opt, size_t* workspace_bytes);
+
+/* workspace == NULL: sets *workspace_bytes only. Otherwise *workspace_bytes is
+ * the size of `workspace` and the work is enqueued on `stream`. */
+GEOPREF_C_EXPORT geopref_status geopref_train_step(void* workspace, size_t* workspace_bytes,
+                                                   const geopref_train_args* args,
+                                                   const geopref_options* opt,
+                                                   geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_sequence_logps(void* workspace, size_t* workspace_bytes,
+                                                       const geopref_logps_args* args,
+                                                       const geopref_options* opt,
+                                                       geopref_stream_t stream);
+
+/* Synchronises `stream`, then stores in *result the status recorded by the
+ * last call that used `workspace`. Returns GEOPREF_CUDA_ERROR when the
+ * synchronisation fails. */
+GEOPREF_C_EXPORT geopref_status geopref_device_status(const void* workspace,
+                                                      geopref_stream_t stream,
+                                                      geopref_status* result);
+
+/* One line describing a status; never NULL. */
+GEOPREF_C_EXPORT const char* geopref_status_string(geopref_status status);
+
+/* Parses a loss name ("dpo", "gdpo", "exo_pair", ...): 1 and *loss set, or 0. */
+GEOPREF_C_EXPORT int geopref_parse_loss(const char* name, int* loss);
+
+/* GEOPREF_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH of the compiled library. */
+GEOPREF_C_EXPORT int geopref_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GEOPREF_C_API_H */

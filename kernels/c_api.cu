@@ -1,0 +1,242 @@
+// kernels/c_api.cu — the C ABI (geopref/c_api.h) over the CUDA launch API.
+//
+// This one translation unit holds every kernel instantiation of the compiled
+// library: geopref::cuda dispatches the logits dtype (float, half, bfloat16)
+// and the label/offset index type (int32, int64) at run time inside
+// train_step / sequence_logps, so calling them here instantiates exactly those
+// 3 × 2 forward combinations (plus the gradient-dtype variants of the
+// backward) and nothing else.
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "geopref/c_api.h"
+#include "geopref/config.hpp"
+#include "geopref/cuda/geopref.cuh"
+
+namespace {
+
+namespace gc = geopref::cuda;
+using geopref::status;
+
+// The C enums are the C++ enums' values; these keep them in step.
+static_assert(GEOPREF_SUCCESS == static_cast<int>(status::success));
+static_assert(GEOPREF_INVALID_SHAPE == static_cast<int>(status::invalid_shape));
+static_assert(GEOPREF_LABEL_OUT_OF_RANGE == static_cast<int>(status::label_out_of_range));
+static_assert(GEOPREF_INVALID_REFERENCE == static_cast<int>(status::invalid_reference));
+static_assert(GEOPREF_INVALID_LOSS == static_cast<int>(status::invalid_loss));
+static_assert(GEOPREF_REFERENCE_NOT_ALLOWED == static_cast<int>(status::reference_not_allowed));
+static_assert(GEOPREF_WORKSPACE_TOO_SMALL == static_cast<int>(status::workspace_too_small));
+static_assert(GEOPREF_UNSUPPORTED_DTYPE == static_cast<int>(status::unsupported_dtype));
+static_assert(GEOPREF_CUDA_ERROR == static_cast<int>(status::cuda_error));
+static_assert(GEOPREF_INTERNAL_ERROR == static_cast<int>(status::internal_error));
+static_assert(GEOPREF_FLOAT32 == static_cast<int>(gc::dtype::float32));
+static_assert(GEOPREF_FLOAT16 == static_cast<int>(gc::dtype::float16));
+static_assert(GEOPREF_BFLOAT16 == static_cast<int>(gc::dtype::bfloat16));
+static_assert(GEOPREF_INT32 == static_cast<int>(gc::index_type::int32));
+static_assert(GEOPREF_INT64 == static_cast<int>(gc::index_type::int64));
+static_assert(GEOPREF_LOSS_DPO == static_cast<int>(geopref::loss_type::dpo));
+static_assert(GEOPREF_LOSS_EXO_PAIR == static_cast<int>(geopref::loss_type::exo_pair));
+static_assert(GEOPREF_LOSS_SIMPO == static_cast<int>(geopref::loss_type::simpo));
+static_assert(GEOPREF_LOSS_GROPO == static_cast<int>(geopref::loss_type::gropo));
+static_assert(GEOPREF_LOSS_GROPO + 1 == geopref::LOSS_TYPE_COUNT);
+static_assert(GEOPREF_REDUCTION_MEAN == static_cast<int>(geopref::reduction::mean));
+static_assert(GEOPREF_REDUCTION_NONE == static_cast<int>(geopref::reduction::none));
+static_assert(GEOPREF_REDUCTION_NORMALIZER == static_cast<int>(geopref::reduction::normalizer));
+static_assert(std::is_same_v<geopref_stream_t, cudaStream_t>);
+
+// The device writes geopref::metrics where the caller passed geopref_metrics.
+static_assert(sizeof(geopref_metrics) == sizeof(geopref::metrics));
+static_assert(alignof(geopref_metrics) == alignof(geopref::metrics));
+static_assert(std::is_standard_layout_v<geopref::metrics>);
+#define GEOPREF_SAME_OFFSET(f) \
+  static_assert(offsetof(geopref_metrics, f) == offsetof(geopref::metrics, f))
+GEOPREF_SAME_OFFSET(rewards_chosen);
+GEOPREF_SAME_OFFSET(rewards_rejected);
+GEOPREF_SAME_OFFSET(rewards_accuracies);
+GEOPREF_SAME_OFFSET(rewards_margins);
+GEOPREF_SAME_OFFSET(logps_chosen);
+GEOPREF_SAME_OFFSET(logps_rejected);
+GEOPREF_SAME_OFFSET(calibration_error);
+#undef GEOPREF_SAME_OFFSET
+
+// Out-of-range enum values from C are not cast blindly: each maps to the
+// status the C++ API gives for an unknown value.
+status to_options(const geopref_options& c, geopref::options* o) {
+  if (c.loss < 0 || c.loss >= geopref::LOSS_TYPE_COUNT) return status::invalid_loss;
+  if (c.reduction < GEOPREF_REDUCTION_MEAN || c.reduction > GEOPREF_REDUCTION_NORMALIZER)
+    return status::invalid_reduction;
+  o->loss.type = static_cast<geopref::loss_type>(c.loss);
+  o->loss.beta = c.beta;
+  o->loss.alpha = c.alpha;
+  o->loss.gamma = c.gamma;
+  o->loss.epsilon = c.epsilon;
+  o->loss.tau = c.tau;
+  o->reduce = static_cast<geopref::reduction>(c.reduction);
+  o->normalizer = c.normalizer;
+  o->average_logps = c.average_logps != 0;
+  o->ignore_index = c.ignore_index;
+  return status::success;
+}
+
+status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
+  if (c.logits_dtype < GEOPREF_FLOAT32 || c.logits_dtype > GEOPREF_BFLOAT16 ||
+      c.label_type < GEOPREF_INT32 || c.label_type > GEOPREF_INT64 ||
+      c.offset_type < GEOPREF_INT32 || c.offset_type > GEOPREF_INT64)
+    return status::unsupported_dtype;
+  t->logits = c.logits;
+  t->logits_dtype = static_cast<gc::dtype>(c.logits_dtype);
+  t->n_rows = c.n_rows;
+  t->vocab = c.vocab;
+  t->ld = c.ld;
+  t->labels = c.labels;
+  t->label_type = static_cast<gc::index_type>(c.label_type);
+  t->offsets = c.offsets;
+  t->offset_type = static_cast<gc::index_type>(c.offset_type);
+  t->n_seqs = c.n_seqs;
+  return status::success;
+}
+
+status to_train(const geopref_train_args& c, gc::train_args* a) {
+  const status s = to_tokens(c.tokens, &a->tokens);
+  if (s != status::success) return s;
+  a->n_pairs = c.n_pairs;
+  a->pairs = c.pairs;
+  a->soft_labels = c.soft_labels;
+  a->ref_logps = c.ref_logps;
+  a->weights = c.weights;
+  a->grad_loss = c.grad_loss;
+  a->grad_output = c.grad_output;
+  a->loss = c.loss;
+  a->stats = reinterpret_cast<geopref::metrics*>(c.stats);
+  a->seq_logps = c.seq_logps;
+  a->seq_counts = c.seq_counts;
+  a->token_logps = c.token_logps;
+  a->lse = c.lse;
+  a->grad_seq_logps = c.grad_seq_logps;
+  a->grad_logits = c.grad_logits;
+  a->grad_ld = c.grad_ld;
+  a->grad_float32 = c.grad_float32 != 0;
+  return status::success;
+}
+
+status to_logps(const geopref_logps_args& c, gc::logps_args* a) {
+  const status s = to_tokens(c.tokens, &a->tokens);
+  if (s != status::success) return s;
+  a->seq_logps = c.seq_logps;
+  a->seq_counts = c.seq_counts;
+  a->token_logps = c.token_logps;
+  a->lse = c.lse;
+  return status::success;
+}
+
+geopref_status train_step(void* workspace, size_t* bytes, const geopref_train_args* args,
+                          const geopref_options* opt, cudaStream_t stream) {
+  if (bytes == nullptr || args == nullptr || opt == nullptr)
+    return static_cast<int>(status::null_pointer);
+  geopref::options o;
+  gc::train_args a;
+  status s = to_options(*opt, &o);
+  if (s == status::success) s = to_train(*args, &a);
+  if (s == status::success) s = gc::train_step(workspace, *bytes, a, o, stream);
+  return static_cast<int>(s);
+}
+
+geopref_status sequence_logps(void* workspace, size_t* bytes, const geopref_logps_args* args,
+                              const geopref_options* opt, cudaStream_t stream) {
+  if (bytes == nullptr || args == nullptr || opt == nullptr)
+    return static_cast<int>(status::null_pointer);
+  geopref::options o;
+  gc::logps_args a;
+  status s = to_options(*opt, &o);
+  if (s == status::success) s = to_logps(*args, &a);
+  if (s == status::success) s = gc::sequence_logps(workspace, *bytes, a, o, stream);
+  return static_cast<int>(s);
+}
+
+}  // namespace
+
+extern "C" {
+
+void geopref_options_init(geopref_options* opt) {
+  if (opt == nullptr) return;
+  const geopref::options d{};
+  opt->loss = static_cast<int>(d.loss.type);
+  opt->beta = d.loss.beta;
+  opt->alpha = d.loss.alpha;
+  opt->gamma = d.loss.gamma;
+  opt->epsilon = d.loss.epsilon;
+  opt->tau = d.loss.tau;
+  opt->reduction = static_cast<int>(d.reduce);
+  opt->normalizer = d.normalizer;
+  opt->average_logps = d.average_logps ? 1 : 0;
+  opt->ignore_index = d.ignore_index;
+}
+
+void geopref_train_args_init(geopref_train_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_train_args{};
+  args->tokens.logits_dtype = GEOPREF_FLOAT32;
+  args->tokens.label_type = GEOPREF_INT64;
+  args->tokens.offset_type = GEOPREF_INT64;
+  args->grad_loss = 1.0;
+}
+
+void geopref_logps_args_init(geopref_logps_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_logps_args{};
+  args->tokens.logits_dtype = GEOPREF_FLOAT32;
+  args->tokens.label_type = GEOPREF_INT64;
+  args->tokens.offset_type = GEOPREF_INT64;
+}
+
+geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
+                                                 const geopref_options* opt,
+                                                 size_t* workspace_bytes) {
+  return train_step(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_sequence_logps_workspace_size(const geopref_logps_args* args,
+                                                     const geopref_options* opt,
+                                                     size_t* workspace_bytes) {
+  return sequence_logps(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_train_step(void* workspace, size_t* workspace_bytes,
+                                  const geopref_train_args* args, const geopref_options* opt,
+                                  geopref_stream_t stream) {
+  return train_step(workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_sequence_logps(void* workspace, size_t* workspace_bytes,
+                                      const geopref_logps_args* args, const geopref_options* opt,
+                                      geopref_stream_t stream) {
+  return sequence_logps(workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_device_status(const void* workspace, geopref_stream_t stream,
+                                     geopref_status* result) {
+  if (result == nullptr) return static_cast<int>(status::null_pointer);
+  status r = status::success;
+  const status s = gc::device_status(workspace, stream, &r);
+  if (s == status::success) *result = static_cast<int>(r);
+  return static_cast<int>(s);
+}
+
+const char* geopref_status_string(geopref_status s) {
+  if (s < GEOPREF_SUCCESS || s > GEOPREF_INTERNAL_ERROR) return "unknown status";
+  return geopref::status_string(static_cast<status>(s));
+}
+
+int geopref_parse_loss(const char* name, int* loss) {
+  geopref::loss_type t{};
+  if (loss == nullptr || !geopref::parse_loss_type(name, &t)) return 0;
+  *loss = static_cast<int>(t);
+  return 1;
+}
+
+int geopref_version(void) {
+  return GEOPREF_VERSION_MAJOR * 10000 + GEOPREF_VERSION_MINOR * 100 + GEOPREF_VERSION_PATCH;
+}
+
+}  // extern "C"

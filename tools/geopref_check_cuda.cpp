@@ -1,0 +1,174 @@
+// tools/geopref_check_cuda.cpp — geopref-check --device cuda: the problem is
+// copied to the GPU and run through the C ABI of the compiled kernels
+// (geopref/c_api.h), exactly as a stack without nvcc would call it.
+//
+// Logits go to the device in their own dtype, except float64, which the
+// kernels do not take: it is rounded to float32 first. Soft labels, weights and
+// reference log-probs are float32 on the device (the API's type). The
+// gradient comes back as float32 (grad_float32), so grad_logits.npy is float32.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "check_problem.hpp"
+#include "geopref/c_api.h"
+
+namespace geopref::tools {
+
+namespace {
+
+// A device buffer that frees itself.
+class device_buffer {
+ public:
+  device_buffer() = default;
+  device_buffer(const device_buffer&) = delete;
+  device_buffer& operator=(const device_buffer&) = delete;
+  ~device_buffer() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  bool alloc(std::size_t bytes) {
+    // cudaMalloc(0) may return null; a 1-byte buffer keeps pointers non-null.
+    return cudaMalloc(&p_, bytes == 0 ? 1 : bytes) == cudaSuccess;
+  }
+  template <class T>
+  bool upload(const std::vector<T>& v) {
+    return alloc(v.size() * sizeof(T)) &&
+           (v.empty() ||
+            cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  template <class T>
+  T* get() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+};
+
+std::vector<float> to_float(const std::vector<double>& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
+
+bool cuda_fail(std::string* error, const char* what, cudaError_t e) {
+  *error = std::string(what) + ": " + cudaGetErrorString(e);
+  return false;
+}
+
+}  // namespace
+
+bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    *error = "no usable CUDA device";
+    return false;
+  }
+  const auto N = static_cast<std::size_t>(p.n_rows), S = static_cast<std::size_t>(p.n_seqs),
+             P = static_cast<std::size_t>(p.n_pairs);
+
+  device_buffer logits, labels, offsets, pairs, soft, ref, weights;
+  device_buffer loss, stats, seq_logps, grad, workspace;
+  bool ok = true;
+  int dtype = GEOPREF_FLOAT32;
+  switch (p.logits.dtype) {
+    case npy_dtype::float16: ok = logits.upload(p.logits.f16); dtype = GEOPREF_FLOAT16; break;
+    case npy_dtype::float32: ok = logits.upload(p.logits.f32); break;
+    default: ok = logits.upload(to_float(p.logits.f64)); break;
+  }
+  ok = ok && (p.labels.dtype == npy_dtype::int32 ? labels.upload(p.labels.i32)
+                                                 : labels.upload(p.labels.i64));
+  ok = ok && offsets.upload(p.offsets);
+  ok = ok && (p.pairs.empty() || pairs.upload(p.pairs));
+  ok = ok && (p.soft_labels.empty() || soft.upload(to_float(p.soft_labels)));
+  ok = ok && (p.ref_logps.empty() || ref.upload(to_float(p.ref_logps)));
+  ok = ok && (p.weights.empty() || weights.upload(to_float(p.weights)));
+  const bool per_pair = p.opt.reduce == reduction::none;
+  ok = ok && loss.alloc((per_pair ? P : 1) * sizeof(float));
+  ok = ok && stats.alloc(sizeof(geopref_metrics));
+  ok = ok && seq_logps.alloc(S * sizeof(float));
+  ok = ok && grad.alloc(N * static_cast<std::size_t>(p.vocab) * sizeof(float));
+  if (!ok) return cuda_fail(error, "copying the inputs to the device", cudaGetLastError());
+
+  geopref_options opt;
+  geopref_options_init(&opt);
+  opt.loss = static_cast<int>(p.opt.loss.type);
+  opt.beta = p.opt.loss.beta;
+  opt.alpha = p.opt.loss.alpha;
+  opt.gamma = p.opt.loss.gamma;
+  opt.epsilon = p.opt.loss.epsilon;
+  opt.tau = p.opt.loss.tau;
+  opt.reduction = static_cast<int>(p.opt.reduce);
+  opt.normalizer = p.opt.normalizer;
+  opt.average_logps = p.opt.average_logps ? 1 : 0;
+  opt.ignore_index = p.opt.ignore_index;
+
+  geopref_train_args a;
+  geopref_train_args_init(&a);
+  a.tokens.logits = logits.get<void>();
+  a.tokens.logits_dtype = dtype;
+  a.tokens.n_rows = p.n_rows;
+  a.tokens.vocab = p.vocab;
+  a.tokens.ld = p.vocab;
+  a.tokens.labels = labels.get<void>();
+  a.tokens.label_type = p.labels.dtype == npy_dtype::int32 ? GEOPREF_INT32 : GEOPREF_INT64;
+  a.tokens.offsets = offsets.get<void>();
+  a.tokens.offset_type = GEOPREF_INT64;
+  a.tokens.n_seqs = p.n_seqs;
+  a.n_pairs = p.n_pairs;
+  a.pairs = p.pairs.empty() ? nullptr : pairs.get<int64_t>();
+  a.soft_labels = p.soft_labels.empty() ? nullptr : soft.get<float>();
+  a.ref_logps = p.ref_logps.empty() ? nullptr : ref.get<float>();
+  a.weights = p.weights.empty() ? nullptr : weights.get<float>();
+  a.loss = loss.get<float>();
+  a.stats = stats.get<geopref_metrics>();
+  a.seq_logps = seq_logps.get<float>();
+  a.grad_logits = grad.get<void>();
+  a.grad_float32 = 1;
+
+  size_t bytes = 0;
+  geopref_status st = geopref_train_step_workspace_size(&a, &opt, &bytes);
+  if (st == GEOPREF_SUCCESS && !workspace.alloc(bytes))
+    return cuda_fail(error, "allocating the workspace", cudaGetLastError());
+  if (st == GEOPREF_SUCCESS) st = geopref_train_step(workspace.get<void>(), &bytes, &a, &opt, nullptr);
+  geopref_status recorded = GEOPREF_SUCCESS;
+  if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+  if (st == GEOPREF_SUCCESS) st = recorded;
+  if (st != GEOPREF_SUCCESS) {
+    *error = std::string("geopref: ") + geopref_status_string(st);
+    return false;
+  }
+
+  std::vector<float> loss_h(per_pair ? P : 1), seq_h(S);
+  geopref_metrics m{};
+  r->grad32.assign(N * static_cast<std::size_t>(p.vocab), 0.0f);
+  cudaError_t e = cudaMemcpy(loss_h.data(), loss.get<void>(), loss_h.size() * sizeof(float),
+                             cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && S > 0)
+    e = cudaMemcpy(seq_h.data(), seq_logps.get<void>(), S * sizeof(float), cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess)
+    e = cudaMemcpy(&m, stats.get<void>(), sizeof m, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !r->grad32.empty())
+    e = cudaMemcpy(r->grad32.data(), grad.get<void>(), r->grad32.size() * sizeof(float),
+                   cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
+
+  r->seq_logps.assign(seq_h.begin(), seq_h.end());
+  if (per_pair) {
+    r->pair_losses.assign(loss_h.begin(), loss_h.end());
+    r->loss = 0;
+    for (float v : loss_h) r->loss += v;  // the CPU path's loss for none: Σ w_i f_i
+  } else {
+    r->loss = loss_h[0];
+  }
+  r->stats.rewards_chosen = m.rewards_chosen;
+  r->stats.rewards_rejected = m.rewards_rejected;
+  r->stats.rewards_accuracies = m.rewards_accuracies;
+  r->stats.rewards_margins = m.rewards_margins;
+  r->stats.logps_chosen = m.logps_chosen;
+  r->stats.logps_rejected = m.logps_rejected;
+  r->stats.calibration_error = m.calibration_error;
+  return true;
+}
+
+}  // namespace geopref::tools
