@@ -31,8 +31,12 @@ cut short by a time limit keeps what it measured).
 import argparse
 import json
 import math
+import os
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import benchjson  # noqa: E402  (bench/benchjson.py)
 
 try:
     import torch
@@ -133,20 +137,14 @@ def median(xs):
 
 
 def load_geopref(path):
-    """{(phase, dtype, V): seconds, ...} and the extra MiB of the fused rows."""
+    """{(phase, dtype, V): seconds} and {(phase, dtype, V): extra MiB} of the fused rows."""
     times, extra = {}, {}
     if not path:
         return times, extra
-    with open(path) as f:
-        data = json.load(f)
-    for b in data.get("benchmarks", []):
-        parts = b["name"].split("/")
-        if len(parts) < 6 or parts[1] != "fused" or b.get("error_occurred"):
-            continue
-        v = int(parts[5].split(":")[1].split("/")[0])
-        unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
-        times[(parts[2], parts[3], v)] = b["real_time"] * unit
-        extra[(parts[2], parts[3], v)] = b.get("extra_MiB")
+    for r in benchjson.rows(benchjson.load(path)):
+        if r["method"] == "fused" and "seconds" in r:
+            times[(r["phase"], r["dtype"], r["V"])] = r["seconds"]
+            extra[(r["phase"], r["dtype"], r["V"])] = r.get("extra_MiB")
     return times, extra
 
 
@@ -185,31 +183,32 @@ def main():
           f"{args.iters} iterations (median)", flush=True)
     print(header(), flush=True)
     compiled = torch.compile(loss_classic) if "compile" in methods else None
-    for dname in args.dtype.split(","):
-        dtype = dtypes[dname]
-        for v in (int(x) for x in args.vocab.split(",")):
-            gen.manual_seed(20241110)
+    shapes = [(d, int(v)) for d in args.dtype.split(",") for v in args.vocab.split(",")]
+    # Logits-level peers first, every shape; Liger (slow to compile, not
+    # like-for-like) last, so a time limit cuts the least important rows.
+    for dname, v in shapes:
+        gen.manual_seed(20241110)
+        torch.cuda.empty_cache()
+        try:
+            logits, labels, soft, ref = make_inputs(args.rows, args.seq_len, v, dtypes[dname], gen)
+        except torch.cuda.OutOfMemoryError:
+            emit(dict(method="inputs", dtype=dname, V=v, error="out of memory"))
+            continue
+        for m in methods:
+            fn = {"eager": loss_classic, "eager_selective": loss_selective, "compile": compiled}.get(m)
+            if fn is not None:
+                emit(with_ratio(run_method(m, fn, logits, labels, ref, soft, dname, v, args.iters, timer),
+                                geo_times, geo_extra))
+        del logits, labels, soft, ref
+    if liger is not None:
+        for dname, v in shapes:
             torch.cuda.empty_cache()
-            try:
-                logits, labels, soft, ref = make_inputs(args.rows, args.seq_len, v, dtype, gen)
-            except torch.cuda.OutOfMemoryError:
-                emit(dict(method="inputs", dtype=dname, V=v, error="out of memory"))
-                continue
-            base_bytes = 2 * logits.numel() * logits.element_size()  # inputs + gradient
-            for m in methods:
-                if m == "liger":
-                    if liger is not None:
-                        for row in run_liger(liger, args, dname, dtype, v, timer):
-                            emit(with_ratio(row, geo_times, geo_extra))
-                    continue
-                fn = {"eager": loss_classic, "eager_selective": loss_selective, "compile": compiled}[m]
-                emit(with_ratio(run_method(m, fn, logits, labels, ref, soft, dname, v,
-                                           args.iters, timer, base_bytes), geo_times, geo_extra))
-            del logits, labels, soft, ref
+            for row in run_liger(liger, args, dname, dtypes[dname], v, timer):
+                emit(with_ratio(row, geo_times, geo_extra))
     return 0
 
 
-def run_method(name, fn, logits, labels, ref, soft, dname, v, iters, timer, base_bytes):
+def run_method(name, fn, logits, labels, ref, soft, dname, v, iters, timer):
     x = logits.detach().requires_grad_(True)
     row = dict(method=name, dtype=dname, V=v)
     try:
@@ -279,17 +278,21 @@ def run_liger(liger, args, dname, dtype, v, timer):
         steps = [timer(step) for _ in range(args.iters)]
         out.append(dict(method=f"liger(+lm_head,H={h})", dtype=dname, V=v, forward_s=median(fwd),
                         step_s=median(steps), peak_MiB=torch.cuda.max_memory_allocated() / 2**20))
+        xd, wd = xh.detach(), w.detach()
         g = torch.empty(s, args.seq_len, v, device="cuda", dtype=dtype)
 
-        def matmuls():
-            torch.matmul(xh, w.t(), out=g)  # logits
-            torch.matmul(g, w)               # dX
-            torch.matmul(g.reshape(n, v).t(), xh.reshape(n, h))  # dW
+        def logits_mm():
+            torch.matmul(xd, wd.t(), out=g)  # logits = X·Wᵀ
 
-        mm = [timer(matmuls) for _ in range(args.iters)]
-        mf = [timer(lambda: torch.matmul(xh, w.t(), out=g)) for _ in range(args.iters)]
+        def matmuls():
+            logits_mm()
+            torch.matmul(g, wd)  # dX = G·W
+            torch.matmul(g.reshape(n, v).t(), xd.reshape(n, h))  # dW = Gᵀ·X
+
+        with torch.no_grad():
+            mf = [timer(logits_mm) for _ in range(args.iters)]
+            mm = [timer(matmuls) for _ in range(args.iters)]
         out.append(dict(method=f"matmuls(H={h})", dtype=dname, V=v, forward_s=median(mf), step_s=median(mm)))
-        del g
     except torch.cuda.OutOfMemoryError:
         out.append(dict(method="liger", dtype=dname, V=v, error="out of memory"))
     except Exception as e:  # noqa: BLE001
