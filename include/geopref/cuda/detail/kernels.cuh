@@ -49,7 +49,8 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 
 /// Per row: the label column (−1 when the row is unscored: ignore_index,
 /// outside every sequence, or an invalid label, which is also recorded) and
-/// the row's sequence (−1 when unscored).
+/// the row's sequence (−1 when unscored). Every row's label is validated,
+/// scored or not; the logits of unscored rows are never read.
 template <class Label, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     rows_kernel(const Label* __restrict__ labels, int64_t n_rows, int64_t vocab,
@@ -58,15 +59,13 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   const int64_t rows_end = n_seqs > 0 ? clamp64(offsets[n_seqs], 0, n_rows) : 0;
   for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
     int32_t c = -1, s = -1;
-    if (t < rows_end) {
-      const auto y = static_cast<int64_t>(labels[t]);
-      if (y != ignore_index) {
-        if (y >= 0 && y < vocab) {
-          c = static_cast<int32_t>(y);
-          s = static_cast<int32_t>(find_sequence(offsets, n_seqs, t));
-        } else {
-          record(flag, status::label_out_of_range);
-        }
+    const auto y = static_cast<int64_t>(labels[t]);
+    if (y != ignore_index) {
+      if (y < 0 || y >= vocab) {
+        record(flag, status::label_out_of_range);  // checked on every row, as the reference does
+      } else if (t < rows_end) {
+        c = static_cast<int32_t>(y);
+        s = static_cast<int32_t>(find_sequence(offsets, n_seqs, t));
       }
     }
     cols[t] = c;
@@ -271,8 +270,10 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p) {
     const double ra = ok && p.ref_logps != nullptr ? static_cast<double>(p.ref_logps[a]) : 0.0;
     const double rb = ok && p.ref_logps != nullptr ? static_cast<double>(p.ref_logps[b]) : 0.0;
     const double h = (la - ra) - (lb - rb);
-    const double f = w * p.loss.value(h, prob);
-    p.pair_coef[i] = go * w * p.loss.derivative(h, prob) / p.divisor;
+    // A zero-weight pair contributes exactly nothing, even where f is
+    // infinite (0·∞ would be NaN).
+    const double f = w != 0.0 ? w * p.loss.value(h, prob) : 0.0;
+    p.pair_coef[i] = w != 0.0 ? go * (w / p.divisor) * p.loss.derivative(h, prob) : 0.0;
     if (p.per_pair && p.loss_out != nullptr) p.loss_out[i] = static_cast<float>(f);
     const double rc = p.beta * (la - ra), rr = p.beta * (lb - rb);
     acc[SUM_LOSS] += f;
