@@ -311,6 +311,55 @@ TEST_CASE("padding columns, unscored rows and rows outside every sequence", "[re
   }
 }
 
+TEST_CASE("grad_ld = 0 means the logits' stride, and an in-place backward over double logits",
+          "[reference]") {
+  spec sp;
+  sp.pad = 3;
+  sp.trailing_rows = 2;
+  sp.mask_prob = 0.3;
+  const problem pb = test::make_problem(sp, 23);
+  options opt;
+  opt.loss = test::config_for(loss_type::gipo);
+  typed<double, int64_t, int64_t> t(pb);
+  output_set ref = make_outputs(pb);
+  REQUIRE(run(t, opt, ref) == status::success);
+
+  output_set o = make_outputs(pb);
+  o.out.grad_ld = 0;
+  REQUIRE(run(t, opt, o) == status::success);
+  CHECK(test::bitwise_equal(o.grad_logits, ref.grad_logits));
+
+  // In place: the gradient overwrites columns [0, V) of the logits buffer.
+  typed<double, int64_t, int64_t> inplace(pb);
+  reference::outputs io;
+  io.grad_logits = inplace.z.data();
+  io.grad_ld = pb.ld;
+  REQUIRE(reference::compute(inplace.in, opt, io) == status::success);
+  for (int64_t r = 0; r < pb.N; ++r) {
+    for (int64_t v = 0; v < pb.V; ++v) CHECK(inplace.z[r * pb.ld + v] == ref.grad_logits[r * pb.ld + v]);
+    for (int64_t v = pb.V; v < pb.ld; ++v) CHECK(std::isnan(inplace.z[r * pb.ld + v]));  // padding untouched
+  }
+  CHECK(io.loss == ref.out.loss);
+}
+
+TEST_CASE("simpo always uses length-normalised log-probs", "[reference]") {
+  spec sp;
+  sp.ref = false;
+  sp.max_len = 6;
+  const problem pb = test::make_problem(sp, 29);
+  typed<double, int64_t, int64_t> t(pb);
+  options plain, averaged;
+  plain.loss = averaged.loss = test::config_for(loss_type::simpo);
+  averaged.average_logps = true;
+  output_set a = make_outputs(pb), b = make_outputs(pb), sums = make_outputs(pb);
+  REQUIRE(run(t, plain, a) == status::success);
+  REQUIRE(run(t, averaged, b) == status::success);
+  require_same_outputs(a, b);
+  REQUIRE(run(t, options{}, sums) == status::success);  // dpo: summed
+  for (int64_t s = 0; s < pb.S; ++s)
+    CHECK(a.seq_logps[s] == (sums.seq_counts[s] > 0 ? sums.seq_logps[s] / static_cast<double>(sums.seq_counts[s]) : 0.0));
+}
+
 TEST_CASE("empty sequences: L = 0, n = 0, average 0, zero gradient, never NaN", "[reference]") {
   problem pb;
   pb.N = 3, pb.V = 4, pb.ld = 4, pb.S = 4, pb.P = 2;

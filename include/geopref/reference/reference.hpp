@@ -47,6 +47,8 @@ struct inputs {
 //   gradient); a label logit of −∞ gives ℓ_t = −∞ and whatever IEEE arithmetic
 //   makes of it downstream; a scored row with NaN, +∞ or no finite logit gives NaN.
 // - A pair with weight 0 contributes exactly 0 to the loss and the gradients.
+// - grad_logits may alias logits (in-place backward) when Logit is double and
+//   grad_ld == ld; any other overlap between inputs and outputs is not allowed.
 
 /// The outputs. Every pointer is optional (null: not computed); the
 /// reference writes only what is asked for, and never columns [V, ld) of

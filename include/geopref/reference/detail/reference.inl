@@ -254,17 +254,23 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Loss&
     for (int64_t s = 0; s < S; ++s) out.grad_seq_logps[s] = grad_sum[s];
 
   // ---- backward: ∂Loss/∂z_tv = g_s (𝟙[v = y_t] − exp(z_tv − lse_t)) for
-  // scored rows, 0 elsewhere. Columns [V, grad_ld) are never touched.
+  // scored rows, 0 elsewhere. Columns [V, grad_ld) are never touched. Each
+  // element is read before it is written and nothing else reads it later, so
+  // grad_logits may alias the logits (double logits, grad_ld == ld), as in
+  // an in-place GPU backward.
   if (out.grad_logits) {
     const int64_t gld = grad_stride(in, out);
-    for (int64_t t = 0; t < N; ++t) {
+    auto zero_row = [&](int64_t t) {
       double* g_row = out.grad_logits + t * gld;
       for (int64_t v = 0; v < V; ++v) g_row[v] = 0.0;
-    }
+    };
     for (int64_t s = 0; s < S; ++s) {
       const double g = grad_sum[s];
       for (int64_t t = in.offsets[s]; t < static_cast<int64_t>(in.offsets[s + 1]); ++t) {
-        if (!scored(t)) continue;
+        if (!scored(t)) {
+          zero_row(t);
+          continue;
+        }
         const auto z = Z.row(t);
         const int64_t y = in.labels[t];
         double* g_row = out.grad_logits + t * gld;
@@ -276,6 +282,7 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Loss&
         }
       }
     }
+    for (int64_t t = rows_in_seqs; t < N; ++t) zero_row(t);  // rows outside every sequence
   }
 
   out.loss = opt.reduce == reduction::none ? total : total / norm;
