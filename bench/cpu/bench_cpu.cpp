@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -260,6 +261,8 @@ int main(int argc, char** argv) {
     if (gb::wants(opt, "bf16")) register_shape<Eigen::bfloat16>(s, "bf16");
   }
   benchmark::AddCustomContext("geopref.device", "CPU");
+  const char* commit = std::getenv("GEOPREF_COMMIT");  // recorded by whoever runs it
+  benchmark::AddCustomContext("geopref.commit", commit != nullptr ? commit : "unknown");
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return g_check_failed ? 1 : 0;
