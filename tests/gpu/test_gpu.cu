@@ -1,8 +1,9 @@
 // tests/gpu/test_gpu.cu — geopref::cuda against the CPU reference on seeded
 // random problems: every loss, every dtype, awkward shapes and layouts,
 // extreme logits, device-side errors, and one case with N·V > 2³¹.
-// Tag [small]: the short cases scripts/gpu-check.sh runs under
-// compute-sanitizer. Tag [large]: the 4+ GB case.
+// Tags: [small] the short cases scripts/gpu-check.sh runs under
+// compute-sanitizer memcheck; [race] the few it runs under racecheck and
+// synccheck; [large] the 4+ GB case.
 #include <catch2/catch.hpp>
 
 #include <cstdio>
@@ -357,6 +358,18 @@ TEST_CASE("a workspace one byte too small is rejected", "[gpu][small]") {
   set_reference(pr);
   const gpu_result g = run_gpu(pr, nullptr, 1);
   CHECK(g.host_status == status::workspace_too_small);
+}
+
+TEST_CASE("racecheck subset: split rows, block reductions, in place", "[gpu][race]") {
+  case_config c = small_case(gc::dtype::bfloat16, 9201);
+  c.vocab = 30000;  // rows split across blocks: forward, combine and backward splits
+  c.seq_lens = {3, 2, 0, 4};
+  c.misalign = 0;
+  c.pad = 8;
+  check_case(c);
+  c = small_case(gc::dtype::float32, 9202);  // one block per row, scalar prologue, in place
+  c.in_place = true;
+  check_case(c);
 }
 
 TEST_CASE("results do not depend on the stream", "[gpu]") {

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The one command for a GPU machine (H100/H200; CMake, nvcc and PyTorch, no
+# internet). In under 8 minutes it:
+#   1. configures and builds the CUDA tests for sm_90 only (-j16),
+#   2. runs the host checks and the GPU tests against the CPU reference,
+#   3. runs compute-sanitizer memcheck on the [small] cases and racecheck +
+#      synccheck on the [race] cases,
+#   4. runs every executable scripts/gpu-check.d/*.sh in name order
+#      (benchmarks, the PyTorch op, ...), each with the time that is left,
+#   5. prints a summary table last.
+# Logs go to $OUT/gpu-check/ when OUT is set (else build-gpu-check/logs/).
+#
+# Before the run, on a machine with apt (this one), stage what the GPU machine
+# lacks — Catch2 and Eigen headers, unpacked into .deps/root — and carry .deps:
+#   scripts/gpu-check.sh --stage
+# (bench/stage-deps.sh stages Google Benchmark and Eigen into the same folder.)
+#
+# Environment: GEOPREF_GPU_CHECK_BUDGET (seconds, default 450),
+# GEOPREF_GPU_CHECK_BUILD (build folder, default build-gpu-check),
+# GEOPREF_BENCH_QUICK (passed to the steps, default 1), CUDA_ARCH (default 90).
+# Exit status: 0 when every step passed or skipped, 1 otherwise.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+if [[ "${1:-}" == "--stage" ]]; then
+  set -e
+  mkdir -p .deps/debs .deps/root
+  (cd .deps/debs && apt-get download catch2 libeigen3-dev)
+  for f in .deps/debs/catch2_*.deb .deps/debs/libeigen3-dev_*.deb; do dpkg -x "$f" .deps/root; done
+  echo "staged into .deps/root; carry .deps to the GPU machine"
+  exit 0
+fi
+
+start=$(date +%s)
+budget=${GEOPREF_GPU_CHECK_BUDGET:-450}
+export GEOPREF_BENCH_QUICK=${GEOPREF_BENCH_QUICK:-1}
+logs=${OUT:+$OUT/gpu-check}
+logs=${logs:-$root/build-gpu-check/logs}
+build=${GEOPREF_GPU_CHECK_BUILD:-$root/build-gpu-check}
+mkdir -p "$logs" "$build"
+[[ -x /usr/local/cuda/bin/nvcc ]] && export PATH=/usr/local/cuda/bin:$PATH
+jobs=$(nproc); (( jobs > 16 )) && jobs=16
+
+names=() results=() times=()
+failed=0
+elapsed() { echo $(( $(date +%s) - start )); }
+left() { local l=$(( budget - $(elapsed) )); (( l < 30 )) && l=30; echo "$l"; }
+
+# step NAME TIMEOUT CMD...: runs CMD with its output in $logs/NAME.log (and
+# the last lines on the console); exit 77 counts as skipped.
+step() {
+  local name=$1 limit=$2; shift 2
+  local t0 rc
+  t0=$(date +%s)
+  echo "== [$(elapsed) s] $name (limit ${limit} s)"
+  timeout --kill-after=10 "$limit" "$@" >"$logs/$name.log" 2>&1
+  rc=$?
+  tail -n 25 "$logs/$name.log"
+  local res=passed
+  case $rc in
+    0) ;;
+    77) res=skipped ;;
+    124|137) res="TIMEOUT (${limit} s)"; failed=1 ;;
+    *) res="FAILED (exit $rc)"; failed=1 ;;
+  esac
+  names+=("$name") results+=("$res") times+=($(( $(date +%s) - t0 )))
+  echo "== $name: $res"
+  [[ $res == passed || $res == skipped ]]
+}
+
+summary() {
+  echo
+  echo "== gpu-check summary ($(elapsed) s, budget ${budget} s) =="
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
+  echo "commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)   date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  printf '%-28s %-22s %8s\n' step result seconds
+  local i
+  for i in "${!names[@]}"; do printf '%-28s %-22s %8s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"; done
+  echo "logs: $logs"
+  { printf '%-28s %-22s %8s\n' step result seconds
+    for i in "${!names[@]}"; do printf '%-28s %-22s %8s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"; done
+  } >"$logs/summary.txt"
+}
+
+args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}"
+      -DGEOPREF_BUILD_BENCH=OFF -DGEOPREF_BUILD_TOOLS=OFF -DGEOPREF_BUILD_KERNELS=OFF)
+deps=$root/.deps/root
+[[ -d $deps/usr/lib/cmake/Catch2 ]] && args+=(-DCatch2_DIR="$deps/usr/lib/cmake/Catch2")
+[[ -d $deps/usr/share/eigen3/cmake ]] && args+=(-DEigen3_DIR="$deps/usr/share/eigen3/cmake")
+
+built=0
+if step configure 120 cmake -S . -B "$build" "${args[@]}"; then
+  targets=(geopref_cuda_host_test geopref_gpu_test)
+  # (grep without -q reads everything: no SIGPIPE for cmake under pipefail)
+  cmake --build "$build" --target help 2>/dev/null | grep ' quickstart$' >/dev/null && targets+=(quickstart)
+  step build 240 cmake --build "$build" -j "$jobs" --target "${targets[@]}" && built=1
+fi
+
+if (( built )); then
+  t=$build/tests/gpu
+  step host-checks 60 "$t/geopref_cuda_host_test"
+  step gpu-tests "$(left)" "$t/geopref_gpu_test" --durations yes
+  sanitizer=$(command -v compute-sanitizer || true)
+  for c in /usr/local/cuda/compute-sanitizer/compute-sanitizer /usr/local/cuda*/bin/compute-sanitizer; do
+    [[ -z $sanitizer && -x $c ]] && sanitizer=$c
+  done
+  if [[ -n $sanitizer ]]; then
+    step memcheck "$(left)" "$sanitizer" --tool memcheck --error-exitcode 1 \
+      "$t/geopref_gpu_test" "[small]"
+    step racecheck "$(left)" "$sanitizer" --tool racecheck --racecheck-report all \
+      --error-exitcode 1 "$t/geopref_gpu_test" "[race]"
+    step synccheck "$(left)" "$sanitizer" --tool synccheck --error-exitcode 1 \
+      "$t/geopref_gpu_test" "[race]"
+  else
+    echo "== compute-sanitizer not found: memcheck/racecheck NOT RUN"
+    names+=(compute-sanitizer) results+=("NOT RUN (not found)") times+=(0)
+  fi
+  if [[ -x $build/examples/quickstart/quickstart ]]; then
+    step quickstart 60 "$build/examples/quickstart/quickstart"
+  fi
+fi
+
+shopt -s nullglob
+for s in "$root"/scripts/gpu-check.d/*.sh; do
+  [[ -x $s ]] || continue
+  step "$(basename "$s" .sh)" "$(left)" "$s"
+done
+
+summary
+exit "$failed"
