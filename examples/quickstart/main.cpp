@@ -18,6 +18,12 @@
 #include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/reference.hpp"
 
+#if defined(GEOPREF_QUICKSTART_CUDA)
+#include <string>
+
+#include "gpu_path.hpp"
+#endif
+
 namespace {
 
 using geopref::loss_type;
@@ -131,7 +137,68 @@ row_result cpu_path(const batch& b, loss_type t) {
 // gpu_ok. print_table() already prints the column when any row has gpu_ran,
 // and main() already counts gpu failures. Exit with the GPU column absent (not
 // failed) when no device is usable.
-void gpu_path(const batch& /*b*/, row_result& /*r*/) {}
+//
+// Tolerance of the GPU column: the kernels compute in fp32 what the reference
+// computes in double; on rows of V = 16 logits in [-2, 2] each output carries
+// a few fp32 roundings (~1e-7 relative each), so 1e-4 relative (with a floor
+// of 1e-6 below which differences count as absolute) leaves two orders of
+// magnitude for rounding and still catches any real error, which is O(1).
+constexpr double GPU_TOL = 1e-4;
+constexpr double GPU_FLOOR = 1e-6;
+
+/// Why the GPU column is absent ("" while it is not).
+const char* gpu_skipped = "";
+
+#if defined(GEOPREF_QUICKSTART_CUDA)
+void gpu_path(const batch& b, row_result& r) {
+  if (r.st != status::success) return;
+  const options opt = options_for(r.type);
+  // The GPU reads soft labels and reference log-probs as float: give the CPU
+  // reference the same rounded values, so the column measures the kernels.
+  const std::vector<float> soft(b.soft_labels.begin(), b.soft_labels.end());
+  std::vector<float> ref(b.ref_logps.begin(), b.ref_logps.end());
+  if (geopref::is_reference_free(r.type)) ref.clear();
+  batch cb = b;
+  cb.soft_labels.assign(soft.begin(), soft.end());
+  cb.ref_logps.assign(ref.begin(), ref.end());
+  std::vector<double> want_grad(static_cast<size_t>(b.N * b.V));
+  reference::outputs want;
+  want.grad_logits = want_grad.data();
+  if (reference::compute(cb.view(cb.logits.data()), opt, want) != status::success) return;
+
+  quickstart::gpu_batch gb;
+  gb.logits = b.logits.data();
+  gb.n_rows = b.N;
+  gb.vocab = b.V;
+  gb.labels = b.labels.data();
+  gb.offsets = b.offsets.data();
+  gb.n_seqs = b.S;
+  gb.n_pairs = b.P;
+  gb.soft_labels = soft.data();
+  gb.ref_logps = ref.empty() ? nullptr : ref.data();
+  double loss = 0;
+  std::vector<float> grad;
+  static std::string why;
+  const quickstart::gpu_outcome o = quickstart::gpu_train_step(gb, opt, loss, grad, why);
+  if (o == quickstart::gpu_outcome::no_device) {
+    gpu_skipped = why.c_str();
+    return;
+  }
+  r.gpu_ran = true;
+  if (o != quickstart::gpu_outcome::ok) {
+    std::fprintf(stderr, "%s: GPU train_step failed: %s\n", geopref::loss_name(r.type), why.c_str());
+    r.gpu_max_rel_diff = INFINITY;
+    return;
+  }
+  auto rel = [](double got, double w) { return std::fabs(got - w) / std::fmax(std::fabs(w), GPU_FLOOR); };
+  double worst = rel(loss, want.loss);
+  for (size_t i = 0; i < grad.size(); ++i) worst = std::fmax(worst, rel(grad[i], want_grad[i]));
+  r.gpu_max_rel_diff = worst;
+  r.gpu_ok = worst <= GPU_TOL;  // NaN fails
+}
+#else
+void gpu_path(const batch& /*b*/, row_result& /*r*/) { gpu_skipped = "built without CUDA"; }
+#endif
 
 void print_table(const std::vector<row_result>& rows) {
   bool any_gpu = false;
@@ -193,6 +260,9 @@ int main() {
     rows.push_back(r);
   }
   print_table(rows);
+  if (*gpu_skipped != '\0') std::printf("\nGPU path skipped: %s\n", gpu_skipped);
+  else std::printf("\nGPU column: worst |gpu - cpu| / max(|cpu|, %.0e) over the loss and every "
+                   "grad_logits entry (tolerance %.0e)\n", GPU_FLOOR, GPU_TOL);
 
   int failures = 0;
   for (const auto& r : rows)
