@@ -21,7 +21,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json")
     p.add_argument("--peers")
+    p.add_argument("--only", default="rows,peers,targets", help="sections to print")
     a = p.parse_args()
+    only = set(a.only.split(","))
     data = benchjson.load(a.json)
     ctx = data.get("context", {})
     rs = benchjson.rows(data)
@@ -29,9 +31,10 @@ def main():
     print(f"Device: {ctx.get('geopref.device', '?')}; commit {ctx.get('geopref.commit', '?')}; "
           f"date {ctx.get('date', '?')}; copy roof "
           f"{f'{roof:.0f} GB/s' if roof else 'not measured'}.\n")
-    print("| row | time ms | GB moved | GB/s | of copy | extra MiB | note |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for r in rs:
+    for r in rs if "rows" in only else []:
+        if r is rs[0]:
+            print("| row | time ms | GB moved | GB/s | of copy | extra MiB | note |")
+            print("|---|---:|---:|---:|---:|---:|---|")
         frac = f"{100 * r['frac_copy']:.1f}%" if "frac_copy" in r else "-"
         extra = f"{r['extra_MiB']:.1f}" if "extra_MiB" in r else "-"
         gb = f"{r['bytes'] / 1e9:.3f}" if "bytes" in r else "-"
@@ -44,6 +47,7 @@ def main():
     peers = []
     if a.peers and os.path.exists(a.peers):
         peers = benchjson.load(a.peers).get("rows", [])
+    if peers and "peers" in only:
         print("\n| peer | dtype | V | fwd ms | step ms | step / geopref | peak MiB | extra MiB | note |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---|")
         for r in peers:
@@ -53,6 +57,8 @@ def main():
             print(f"| {r['method']} | {r['dtype']} | {r['V']} | {ms(r.get('forward_s'))} | "
                   f"{ms(r.get('step_s'))} | {ratio} | {peak} | {extra} | {r.get('error', '')} |")
 
+    if "targets" not in only:
+        return 0
     # Targets (benchmark figures, not tests).
     print("\n| target | dtype | V | measured | met |")
     print("|---|---|---:|---:|---|")
@@ -76,9 +82,17 @@ def main():
                 x = pr["step_vs_geopref"]
                 print(f"| step >= {want}x faster than torch {peer} | {dt} | {v} | {x:.2f}x | "
                       f"{'yes' if x >= want else f'no, {want - x:.2f}x short'} |")
-        if fs and "extra_MiB" in fs:
-            print(f"| extra memory O(N), not O(N·V) | {dt} | {v} | {fs['extra_MiB']:.2f} MiB "
-                  f"(logits {fs['bytes'] / 3 / 2**20:.0f} MiB) | see N·V ratio |")
+    # O(N), not O(N·V): the fused step's extra memory must not grow with V.
+    for dt in sorted({d for d, _ in shapes}):
+        ex = [(v, r["extra_MiB"]) for v in sorted({v for d, v in shapes if d == dt})
+              for r in [benchjson.find(rs, "fused", "step", dt, v)] if r and "extra_MiB" in r]
+        if len(ex) >= 1:
+            lo, hi = min(e for _, e in ex), max(e for _, e in ex)
+            n = next(r["N"] for r in rs if r["N"])
+            grows = hi > 1.1 * lo + 1.0 / 16  # more than 10% + 64 KiB across V
+            print(f"| extra memory O(N), not O(N·V) | {dt} | {', '.join(str(v) for v, _ in ex)} | "
+                  f"{', '.join(f'{e:.2f}' for _, e in ex)} MiB ({hi * 2**20 / n:.0f} B per row) | "
+                  f"{'no: grows with V' if grows else 'yes: flat in V'} |")
     return 0
 
 

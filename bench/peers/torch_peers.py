@@ -56,13 +56,13 @@ def parse_args():
     p.add_argument("--dtype", default="bf16,fp32")
     p.add_argument("--methods", default="eager,eager_selective,compile,liger")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--quick", action="store_true", help="V=32000,128256 bf16, 5 iterations")
+    p.add_argument("--quick", action="store_true", help="5 iterations instead of 10")
     p.add_argument("--geopref-json", help="bench_gpu --benchmark_out JSON for the ratio column")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--hidden", type=int, default=4096, help="hidden size for the liger rows")
     a = p.parse_args()
     if a.quick:
-        a.vocab, a.dtype, a.iters = "32000,128256", "bf16", 5
+        a.iters = 5
     return a
 
 
@@ -159,6 +159,10 @@ def main():
     geo_times, geo_extra = load_geopref(args.geopref_json)
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     methods = args.methods.split(",")
+    unknown = set(methods) - {"eager", "eager_selective", "compile", "liger"}
+    if unknown:
+        print(f"torch_peers: unknown methods {sorted(unknown)}")
+        return 2
     liger = None
     if "liger" in methods:
         try:
@@ -184,22 +188,22 @@ def main():
     print(header(), flush=True)
     compiled = torch.compile(loss_classic) if "compile" in methods else None
     shapes = [(d, int(v)) for d in args.dtype.split(",") for v in args.vocab.split(",")]
-    # Logits-level peers first, every shape; Liger (slow to compile, not
-    # like-for-like) last, so a time limit cuts the least important rows.
-    for dname, v in shapes:
-        gen.manual_seed(20241110)
-        torch.cuda.empty_cache()
-        try:
-            logits, labels, soft, ref = make_inputs(args.rows, args.seq_len, v, dtypes[dname], gen)
-        except torch.cuda.OutOfMemoryError:
-            emit(dict(method="inputs", dtype=dname, V=v, error="out of memory"))
-            continue
-        for m in methods:
-            fn = {"eager": loss_classic, "eager_selective": loss_selective, "compile": compiled}.get(m)
-            if fn is not None:
-                emit(with_ratio(run_method(m, fn, logits, labels, ref, soft, dname, v, args.iters, timer),
-                                geo_times, geo_extra))
-        del logits, labels, soft, ref
+    # One pass per method over every shape, cheapest and most important first
+    # (eager, then compile), Liger last (slow to compile, not like-for-like):
+    # a time limit then cuts the least important rows.
+    fns = {"eager": loss_classic, "compile": compiled, "eager_selective": loss_selective}
+    for m in [m for m in ("eager", "compile", "eager_selective") if m in methods]:
+        for dname, v in shapes:
+            gen.manual_seed(20241110)
+            torch.cuda.empty_cache()
+            try:
+                logits, labels, soft, ref = make_inputs(args.rows, args.seq_len, v, dtypes[dname], gen)
+            except torch.cuda.OutOfMemoryError:
+                emit(dict(method=m, dtype=dname, V=v, error="out of memory for the inputs"))
+                continue
+            emit(with_ratio(run_method(m, fns[m], logits, labels, ref, soft, dname, v, args.iters, timer),
+                            geo_times, geo_extra))
+            del logits, labels, soft, ref
     if liger is not None:
         for dname, v in shapes:
             torch.cuda.empty_cache()

@@ -11,7 +11,9 @@
 #
 # Environment: OUT (default build-gpu-bench/out), GEOPREF_COMMIT (recorded in
 # the JSON; default: git rev-parse, where .git exists), GEOPREF_BENCH_QUICK=1
-# (the quick set), GEOPREF_BENCH_PEERS=0 (skip the PyTorch peers),
+# (5 iterations instead of 20/10; scripts/gpu-check.sh sets it by default),
+# GEOPREF_BENCH_PEERS=0 (skip the PyTorch peers), GEOPREF_PEERS_SECONDS
+# (their time limit, default 200),
 # CUDA_ARCH (default 90-real: H100 and H200), GEOPREF_BENCH_FORCE=1 (build
 # and run even where nvidia-smi sees no GPU: the binaries then report skipped).
 # Google Benchmark, Eigen and Liger-Kernel come from the system, or from
@@ -76,24 +78,28 @@ case $rc in
   77) say "bench_gpu: no usable device; skipped" ;;
   *) say "bench_gpu exited $rc"; status=1 ;;
 esac
+if [[ -s $OUT/bench_gpu.json ]]; then
+  say "bench table"
+  python3 bench/report.py "$OUT/bench_gpu.json" --only rows
+fi
 
 if [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 ]] && [[ -s $OUT/bench_gpu.json ]]; then
   if compgen -G "$root/.whl/liger_kernel-*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/geopref-peers \
       "$root"/.whl/liger_kernel-*.whl && export PYTHONPATH=/tmp/geopref-peers${PYTHONPATH:+:$PYTHONPATH}
   fi
-  say "PyTorch peers ${quick[*]}"
-  PYTHONUNBUFFERED=1 timeout 240 python3 bench/peers/torch_peers.py "${quick[@]}" \
+  say "PyTorch peers ${quick[*]} (rows print as they finish)"
+  PYTHONUNBUFFERED=1 timeout "${GEOPREF_PEERS_SECONDS:-200}" python3 bench/peers/torch_peers.py "${quick[@]}" \
     --geopref-json "$OUT/bench_gpu.json" --json "$OUT/bench_peers.json"
   rc=$?
   [[ $rc -eq 124 ]] && say "peers stopped at their time limit; the rows measured so far are kept"
 fi
 
 if [[ -s $OUT/bench_gpu.json ]]; then
-  say "tables"
+  say "peers and targets"
   peers=()
   [[ -s $OUT/bench_peers.json ]] && peers=(--peers "$OUT/bench_peers.json")
-  python3 bench/report.py "$OUT/bench_gpu.json" "${peers[@]}"
+  python3 bench/report.py "$OUT/bench_gpu.json" "${peers[@]}" --only peers,targets
 fi
 say "done, status $status"
 exit $status
