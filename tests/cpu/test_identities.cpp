@@ -195,6 +195,19 @@ TEST_CASE("metrics against hand-computed values", "[metrics][reference]") {
   }
 }
 
+TEST_CASE("rewards/accuracies counts strict wins only", "[metrics][reference]") {
+  // Pair 0: identical sequences and references (a tie: not a win); pair 1: a clear win.
+  problem pb;
+  pb.N = 4, pb.V = 3, pb.ld = 3, pb.S = 4, pb.P = 2;
+  pb.logits = {0.1, 0.2, 0.3, 0.0, 0.0, 5.0, 0.1, 0.2, 0.3, 0.0, 0.0, 5.0};
+  pb.labels = {1, 2, 1, 0};
+  pb.offsets = {0, 1, 2, 3, 4};
+  const auto o = run(pb, with(loss_type::dpo));
+  CHECK(o->margins[0] == 0.0);
+  CHECK(o->margins[1] > 0.0);
+  CHECK(o->out.stats.rewards_accuracies == 0.5);
+}
+
 namespace {
 // A user's own margin loss: a smoothed squared hinge, f = softplus(1 − βh)².
 struct user_loss {
