@@ -42,7 +42,8 @@ struct inputs {
 
 // Conventions the outputs follow (docs/math.md has the full contract):
 // - A row is *scored* when it lies inside a sequence (t < offsets[S]) and its
-//   label is not opt.ignore_index. Every label in [0, N) is validated, scored or not.
+//   label is not opt.ignore_index. The label of every row t in [0, N) is validated,
+//   scored or not.
 // - Logits are not validated: −∞ entries are fine (they get exactly zero
 //   gradient); a label logit of −∞ gives ℓ_t = −∞ and whatever IEEE arithmetic
 //   makes of it downstream; a scored row with NaN, +∞ or no finite logit gives NaN.
