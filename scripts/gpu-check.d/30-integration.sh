@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Integration checks on a GPU machine, run by scripts/gpu-check.sh (or alone):
+#   1. builds the compiled kernels (geopref_cuda, shared + static) and
+#      geopref-check with CMake for the local card;
+#   2. compiles examples/c_api/main.c as C against the static and against the
+#      shared library and runs both (GPU result vs. host formulas);
+#   3. runs tests/tools/test_check_cuda: geopref-check --device cuda (kernels
+#      through the C ABI) against --device cpu (the CPU reference);
+#   4. builds the PyTorch op with torch's extension tooling (examples/torch/
+#      setup.py) and runs examples/torch/test_geopref_torch.py: values,
+#      metrics and autograd gradients against plain PyTorch, per dtype.
+# Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
+# geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
+# --stage); without it steps 1's geopref-check and 3 are reported as skipped.
+# Exit status: 0 all passed, 77 no GPU, 1 something failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+build=$root/build-gpu-int
+OUT=${OUT:-$build/out}
+logs=$OUT/integration
+mkdir -p "$logs" "$build"
+[[ -x /usr/local/cuda/bin/nvcc ]] && export PATH=/usr/local/cuda/bin:$PATH
+cuda_home=$(dirname "$(dirname "$(command -v nvcc)")")
+jobs=$(nproc); (( jobs > 16 )) && jobs=16
+t0=$(date +%s)
+names=() results=()
+failed=0
+say() { echo "== 30-integration [$(( $(date +%s) - t0 )) s] $*"; }
+# check NAME CMD...: output to $logs/NAME.log, tail on the console; 77 = skipped.
+check() {
+  local name=$1; shift
+  "$@" >"$logs/$name.log" 2>&1
+  local rc=$? res=passed
+  tail -n 15 "$logs/$name.log"
+  case $rc in 0) ;; 77) res=skipped ;; *) res="FAILED ($rc)"; failed=1 ;; esac
+  names+=("$name") results+=("$res")
+  say "$name: $res"
+}
+
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  say "no GPU visible (nvidia-smi): skipped"
+  exit 77
+fi
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
+arch=${CUDA_ARCH:-${cap/./}}
+say "device $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), sm_$arch"
+
+# 1. CMake build of the kernels library and geopref-check.
+args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch"
+      -DGEOPREF_BUILD_TESTS=OFF -DGEOPREF_BUILD_EXAMPLES=OFF -DGEOPREF_BUILD_BENCH=OFF
+      -DGEOPREF_BUILD_TOOLS=ON -DGEOPREF_BUILD_KERNELS=ON)
+deps=$root/.deps/root
+[[ -d $deps/usr/share/eigen3/cmake ]] && args+=(-DEigen3_DIR="$deps/usr/share/eigen3/cmake")
+check configure cmake -S . -B "$build" "${args[@]}"
+targets=(geopref_cuda geopref_cuda_static)
+have_check=0
+if cmake --build "$build" --target help 2>/dev/null | grep ' geopref-check$' >/dev/null; then
+  targets+=(geopref-check)
+  have_check=1
+fi
+check build cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+
+# 2. The C program against each library. The shared library carries its own
+# CUDA runtime; the program links the shared runtime for its cudaMalloc calls.
+cflags=(-std=c99 -O2 -Wall -Wextra -Wpedantic -Werror -I"$root/include" -isystem "$cuda_home/include")
+check c-api-static bash -c "cc ${cflags[*]} examples/c_api/main.c $build/kernels/libgeopref_cuda.a \
+  -L$cuda_home/lib64 -lcudart_static -lstdc++ -lm -ldl -lrt -lpthread -o $build/c_api_static \
+  && $build/c_api_static"
+check c-api-shared bash -c "cc ${cflags[*]} examples/c_api/main.c -L$build/kernels -lgeopref_cuda \
+  -Wl,-rpath,$build/kernels -L$cuda_home/lib64 -lcudart -Wl,-rpath,$cuda_home/lib64 -lm \
+  -o $build/c_api_shared && $build/c_api_shared"
+
+# 3. geopref-check --device cuda vs --device cpu.
+if (( have_check )); then
+  mkdir -p "$build/check-tmp"
+  check check-cuda bash -c "g++ -std=c++17 -O2 -Itools -Itests/tools \
+    -DGEOPREF_TEST_TMP='\"$build/check-tmp\"' -DGEOPREF_CHECK_EXE='\"$build/tools/geopref-check\"' \
+    tests/tools/test_check_cuda.cpp tools/npy.cpp -o $build/test_check_cuda && $build/test_check_cuda"
+else
+  say "geopref-check not configured (no Eigen): check-cuda skipped"
+  names+=(check-cuda) results+=("skipped (no Eigen)")
+fi
+
+# 4. The PyTorch op.
+if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cap}
+  export MAX_JOBS=$jobs
+  check torch-build bash -c "cd examples/torch && python3 setup.py build_ext \
+    --build-lib $build/torch --build-temp $build/torch-tmp"
+  lib=$(ls "$build"/torch/geopref_torch_ext*.so 2>/dev/null | head -1)
+  if [[ -n $lib ]]; then
+    check torch-op env GEOPREF_TORCH_LIB="$lib" python3 examples/torch/test_geopref_torch.py
+  fi
+else
+  say "PyTorch with CUDA not importable: torch steps skipped"
+  names+=(torch-op) results+=("skipped (no torch)")
+fi
+
+echo
+echo "== 30-integration summary ($(( $(date +%s) - t0 )) s)"
+for i in "${!names[@]}"; do printf '  %-16s %s\n' "${names[$i]}" "${results[$i]}"; done | tee "$logs/summary.txt"
+exit "$failed"
