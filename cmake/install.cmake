@@ -25,10 +25,6 @@ if(GEOPREF_INSTALL)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/geopref
           DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
           FILES_MATCHING PATTERN "*.hpp" PATTERN "*.cuh" PATTERN "*.inl" PATTERN "*.h")
-  # The top level declares geopref's include directories before it includes
-  # GNUInstallDirs, so on a first configure its INSTALL_INTERFACE entry is
-  # empty; add the real one here, where CMAKE_INSTALL_INCLUDEDIR is set.
-  target_include_directories(geopref INTERFACE $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
   install(TARGETS geopref EXPORT geopref-targets)
   install(EXPORT geopref-targets
           NAMESPACE geopref::
