@@ -268,7 +268,9 @@ inline void make_problem(const case_config& c, problem& pr) {
   r.offsets = pr.offsets.data();
   r.n_seqs = pr.s;
   r.n_pairs = pr.p;
-  r.pairs = pr.pairs.empty() ? nullptr : pr.pairs.data();
+  // Explicit pairs with P = 0 still pass a (never read) non-null pointer.
+  static const int64_t no_pairs[2] = {0, 0};
+  r.pairs = c.explicit_pairs < 0 ? nullptr : (pr.pairs.empty() ? no_pairs : pr.pairs.data());
   r.soft_labels = c.soft ? pr.soft_d.data() : nullptr;
   r.weights = c.weights ? pr.weights_d.data() : nullptr;
   r.ref_logps = nullptr;
@@ -285,6 +287,7 @@ inline void make_problem(const case_config& c, problem& pr) {
 /// the reference's margin-form log-probs plus N(0, 1), rounded to float.
 inline void set_reference(problem& pr) {
   if (!pr.cfg.ref) return;
+  INFO(describe(pr.cfg));
   ref_result base;
   REQUIRE(run_reference(pr.ref_in, pr.cfg.opt, false, base) == status::success);
   std::mt19937_64 rng(pr.cfg.seed ^ 0x9e3779b97f4a7c15ull);
@@ -330,7 +333,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   const bool l32 = c.label_type == gc::index_type::int32, o32 = c.offset_type == gc::index_type::int32;
   dmem labels = l32 ? upload(labels32) : upload(pr.labels);
   dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
-  dmem pairs = upload(pr.pairs), soft = upload(pr.soft), ref = upload(pr.ref),
+  dmem pairs = upload(pr.pairs.empty() ? std::vector<int64_t>{0, 0} : pr.pairs), soft = upload(pr.soft), ref = upload(pr.ref),
        weights = upload(pr.weights), grad_out = upload(pr.grad_out);
 
   const bool none = c.opt.reduce == geopref::reduction::none;
@@ -366,7 +369,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   a.tokens.offset_type = c.offset_type;
   a.tokens.n_seqs = pr.s;
   a.n_pairs = pr.p;
-  a.pairs = pr.pairs.empty() ? nullptr : pairs.as<int64_t>();
+  a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.as<int64_t>();
   a.soft_labels = c.soft ? soft.as<float>() : nullptr;
   a.ref_logps = c.ref ? ref.as<float>() : nullptr;
   a.weights = c.weights ? weights.as<float>() : nullptr;
@@ -497,8 +500,8 @@ inline void compare(const problem& pr, const gpu_result& g) {
   double tol_total = 0, tol_rc = 0, tol_rr = 0, tol_margin = 0, tol_cal = 0, tol_acc = 0;
   checker ck_pair("pair losses (reduction none)");
   for (int64_t i = 0; i < pr.p; ++i) {
-    const int64_t a = pr.pairs.empty() ? i : pr.pairs[2 * i];
-    const int64_t b = pr.pairs.empty() ? pr.p + i : pr.pairs[2 * i + 1];
+    const int64_t a = c.explicit_pairs < 0 ? i : pr.pairs[2 * i];
+    const int64_t b = c.explicit_pairs < 0 ? pr.p + i : pr.pairs[2 * i + 1];
     const double eh = tol_l[a] + tol_l[b];
     const double h = ref.margins[i];
     const double prob = c.soft ? pr.soft_d[i] : 1.0;
