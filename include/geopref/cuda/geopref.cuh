@@ -12,8 +12,9 @@
 // Calling convention (both entries):
 //   1. call with workspace == nullptr: only workspace_bytes is set (arguments
 //      that determine the size are checked, buffers are not);
-//   2. allocate that many bytes (any device allocation, cudaMalloc's 256-byte
-//      alignment is enough) and call again with the same arguments.
+//   2. allocate that many bytes (any alignment: the library rounds the base
+//      up inside the bytes it asked for) and call again with the same
+//      arguments. The size depends only on N, V, the logits dtype, S and P.
 //   Everything is enqueued on `stream`; the call returns without waiting.
 //   The library never allocates, synchronises (except device_status), throws,
 //   exits or prints.
@@ -31,7 +32,8 @@
 //     recorded in the workspace. Call device_status() (it synchronises the
 //     stream) to read it. When it is not success, the outputs of that call are
 //     unspecified (but every write stayed inside the output buffers).
-//     The flag is reset by the next call that uses the same workspace.
+//     The flag is reset by the next call that uses the same workspace; when
+//     several problems exist, the smallest status code among them is reported.
 //
 // Determinism: no floating-point atomics; every reduction has a fixed order,
 // so the same inputs on the same device give bitwise-identical outputs.
@@ -70,13 +72,16 @@ enum class index_type : int {
 /// Row t of the logits scores labels[t]: the library does not shift, so for a
 /// causal LM pass labels[t] = input_ids[t + 1] (and ignore_index for the last
 /// position of each sequence and for prompt/padding tokens).
-/// Rows outside every sequence (t >= offsets[S]) are never read.
+/// Rows outside every sequence (t >= offsets[S]) and rows whose label is
+/// ignore_index are unscored: their logits are never read and their gradient
+/// rows are zeros. Every row's label is still validated (as the CPU
+/// reference does).
 struct token_inputs {
   const void* logits = nullptr;  // [N, ld] row-major, logits_dtype; columns [V, ld) never read.
                                  // Must be aligned to its element size; 16-byte alignment of
                                  // the rows is not required (a scalar prologue handles it).
   dtype logits_dtype = dtype::float32;
-  int64_t n_rows = 0;  // N >= 0
+  int64_t n_rows = 0;  // N, 0 <= N <= 2^31 - 1 (N·V itself may exceed 2^31: indices are 64-bit)
   int64_t vocab = 0;   // V, 1 <= V <= 2^31 - 1 when N > 0
   int64_t ld = 0;      // row stride in elements, >= V
 
@@ -91,6 +96,8 @@ struct token_inputs {
 };
 
 /// Arguments of sequence_logps (the reference model's forward pass).
+/// Typical use: run it over the reference model's logits with the options of
+/// the training run, keep seq_logps, pass them as train_args::ref_logps.
 struct logps_args {
   token_inputs tokens;
 
@@ -108,7 +115,7 @@ struct train_args {
   token_inputs tokens;  // the policy model's logits, labels and sequences
 
   // Pairs. Pair i compares sequence a_i ("chosen") with b_i ("rejected").
-  int64_t n_pairs = 0;              // P >= 0
+  int64_t n_pairs = 0;              // P >= 0 (pair math runs in one block: meant for batch sizes)
   const int64_t* pairs = nullptr;   // [P, 2] (a_i, b_i) in [0, S); null: TRL's concatenated layout
                                     // a_i = i, b_i = P + i, which needs S == 2P
   const float* soft_labels = nullptr;  // [P] p̂_i = P(a_i ≻ b_i) in [0, 1]; null: all 1 (binary)
