@@ -16,7 +16,8 @@
 # (bench/stage-deps.sh stages Google Benchmark and Eigen into the same folder.)
 #
 # Environment: GEOPREF_GPU_CHECK_BUDGET (seconds, default 450),
-# GEOPREF_GPU_CHECK_BUILD (build folder, default build-gpu-check),
+# GEOPREF_GPU_CHECK_BUILD (build folder, default build-gpu-check), GEOPREF_COMMIT
+# (shown in the summary where the copy has no .git),
 # GEOPREF_BENCH_QUICK (passed to the steps, default 1), CUDA_ARCH (default 90).
 # Exit status: 0 when every step passed or skipped, 1 otherwise.
 set -uo pipefail
@@ -73,7 +74,7 @@ summary() {
   echo
   echo "== gpu-check summary ($(elapsed) s, budget ${budget} s) =="
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
-  echo "commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)   date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "commit: ${GEOPREF_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}   date: $(date -u +%Y-%m-%dT%H:%MZ)"
   printf '%-28s %-22s %8s\n' step result seconds
   local i
   for i in "${!names[@]}"; do printf '%-28s %-22s %8s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"; done
