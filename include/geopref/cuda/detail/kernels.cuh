@@ -101,20 +101,21 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   const T* row = logits + t * ld;
   const row_span sp = partition_row(reinterpret_cast<uint64_t>(row), vocab, ELEM);
   const vec_range vr = split_range(sp.nvec, j, k);
-  const auto* body = reinterpret_cast<const vec<T, W>*>(row + sp.pro);  // 16-byte aligned
+  const auto* body = reinterpret_cast<const uint4*>(row + sp.pro);  // 16-byte aligned
 
   lse_state st = lse_empty();
   for (int64_t q = vr.begin + threadIdx.x; q < vr.end; q += BLOCK_SIZE * FWD_UNROLL) {
-    vec<T, W> buf[FWD_UNROLL];  // issue all loads before the arithmetic
+    uint4 buf[FWD_UNROLL];  // issue all loads before the arithmetic
 #pragma unroll
     for (int u = 0; u < FWD_UNROLL; ++u)
-      if (q + u * BLOCK_SIZE < vr.end) buf[u] = body[q + u * BLOCK_SIZE];
+      buf[u] = q + u * BLOCK_SIZE < vr.end ? body[q + u * BLOCK_SIZE] : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int u = 0; u < FWD_UNROLL; ++u) {
       if (q + u * BLOCK_SIZE < vr.end) {
+        const auto& v = *reinterpret_cast<const vec<T, W>*>(&buf[u]);
         float x[W];
 #pragma unroll
-        for (int e = 0; e < W; ++e) x[e] = to_float(buf[u].v[e]);
+        for (int e = 0; e < W; ++e) x[e] = to_float(v.v[e]);
         st = lse_update<W>(st, x);
       }
     }
