@@ -218,7 +218,7 @@ inline void make_problem(const case_config& c, problem& pr) {
   for (int64_t t = 0; t < pr.n; ++t) {
     const int kind = c.extreme ? static_cast<int>(rng() % 4) : 0;
     const float shift = kind == 2 ? 1e4f : 0.0f;
-    for (int64_t col = 0; col < pr.v; ++col) set(t, col, shift + c.scale * normal(rng));
+    for (int64_t col = 0; col < pr.v; ++col) set(t, col, static_cast<float>(shift + c.scale * normal(rng)));
     for (int64_t col = pr.v; col < pr.ld; ++col) set(t, col, 7.0f);
     if (kind == 1) {  // a few ±1e4 and −inf entries (never at the label)
       for (int q = 0; q < 3; ++q) set(t, rand_col(), (rng() & 1) ? 1e4f : -1e4f);

@@ -3,7 +3,8 @@
 // extreme logits, device-side errors, and one case with N·V > 2³¹.
 // Tags: [small] the short cases scripts/gpu-check.sh runs under
 // compute-sanitizer memcheck; [race] the few it runs under racecheck and
-// synccheck; [large] the 4+ GB case.
+// synccheck; [large] the 4+ GB case; [vocab] the real vocabulary sizes (long
+// on the host emulator, tests/emu, which runs everything but [large]).
 #include <catch2/catch.hpp>
 
 #include <cstdio>
@@ -136,7 +137,7 @@ TEST_CASE("N = 1, V = 1 and V = 2", "[gpu][small]") {
   }
 }
 
-TEST_CASE("real vocabularies, rows split across blocks and not", "[gpu]") {
+TEST_CASE("real vocabularies, rows split across blocks and not", "[gpu][vocab]") {
   {
     case_config c;  // GPT-2: few rows, so each row is split across blocks
     c.dtype = gc::dtype::float16;
@@ -421,7 +422,7 @@ TEST_CASE("N * V > 2^31 elements", "[gpu][large]") {
   REQUIRE(n * v > (int64_t{1} << 31));
   dmem logits(logits_bytes);
   auto* z = logits.as<__nv_bfloat16>();
-  fill_kernel<<<4096, 256>>>(z, n * v, 42);
+  geopref::cuda::detail::launch(fill_kernel, 4096, 256, nullptr, z, n * v, uint64_t{42});
   CUDA_REQUIRE(cudaGetLastError());
 
   std::mt19937_64 rng(11);

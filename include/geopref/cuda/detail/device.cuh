@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "geopref/cuda/detail/arith.cuh"
 #include "geopref/status.hpp"
@@ -103,6 +104,21 @@ __device__ T block_reduce(T v, Op op, T identity, T* smem) {
 
 __device__ __forceinline__ void record(int* flag, status s) {
   atomicMin(flag, static_cast<int>(s));
+}
+
+/// kernel<<<grid, block, 0, stream>>>(args...): every launch of the library
+/// goes through here. Under GEOPREF_HOST_EMULATION (tests/emu, a C++ build
+/// with the emulator's cuda_runtime.h) the kernel runs on the host instead,
+/// each block's threads as emulated threads; errors surface, as with a real
+/// launch, through cudaGetLastError.
+template <class... Params, class... Args>
+inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                   Args&&... args) {
+#if defined(GEOPREF_HOST_EMULATION)
+  ::cuda_emu::launch(grid, block, stream, [&] { kernel(args...); });
+#else
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+#endif
 }
 
 /// 64-bit global thread index and stride for grid-stride loops.

@@ -99,8 +99,8 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
   if (s > 0) {
     const status st = visit_index(x.offset_type, [&](auto tag) {
       using O = typename decltype(tag)::type;
-      offsets_kernel<O, BLOCK><<<grid_1d(s + 1), BLOCK, 0, stream>>>(
-          static_cast<const O*>(x.offsets), s, n, ws.offsets, ws.flag);
+      launch(offsets_kernel<O, BLOCK>, grid_1d(s + 1), BLOCK, stream,
+             static_cast<const O*>(x.offsets), s, n, ws.offsets, ws.flag);
       return last_launch();
     });
     if (st != status::success) return st;
@@ -108,33 +108,31 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
   if (n > 0) {
     status st = visit_index(x.label_type, [&](auto tag) {
       using L = typename decltype(tag)::type;
-      rows_kernel<L, BLOCK><<<grid_1d(n), BLOCK, 0, stream>>>(
-          static_cast<const L*>(x.labels), n, x.vocab, opt.ignore_index, ws.offsets, s, ws.cols,
-          ws.row_seq, ws.flag);
+      launch(rows_kernel<L, BLOCK>, grid_1d(n), BLOCK, stream, static_cast<const L*>(x.labels), n,
+             x.vocab, opt.ignore_index, ws.offsets, s, ws.cols, ws.row_seq, ws.flag);
       return last_launch();
     });
     if (st != status::success) return st;
     st = visit_dtype(x.logits_dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(w.splits));
-      forward_kernel<T, BLOCK><<<grid, BLOCK, 0, stream>>>(static_cast<const T*>(x.logits), x.ld,
-                                                          x.vocab, ws.cols, ws.lse,
-                                                          ws.token_logp, ws.partials);
+      launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, static_cast<const T*>(x.logits), x.ld,
+             x.vocab, ws.cols, ws.lse, ws.token_logp, ws.partials);
       return last_launch();
     });
     if (st != status::success) return st;
     if (w.splits > 1) {
-      combine_kernel<BLOCK><<<grid_1d(n), BLOCK, 0, stream>>>(ws.partials, w.splits, n, ws.cols,
-                                                             ws.lse, ws.token_logp);
+      launch(combine_kernel<BLOCK>, grid_1d(n), BLOCK, stream, ws.partials, w.splits, n, ws.cols,
+             ws.lse, ws.token_logp);
       if (last_launch() != status::success) return status::cuda_error;
     }
   }
   if (s > 0) {
     constexpr int64_t MAX_SEQ_BLOCKS = 65535;
     const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
-    sequence_kernel<BLOCK><<<blocks, BLOCK, 0, stream>>>(
-        ws.offsets, s, n, ws.token_logp, ws.cols, uses_average_logps(opt), ref_logps, ws.seq_logp,
-        ws.seq_count, out_seq, out_counts, ws.flag);
+    launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
+           uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq, out_counts,
+           ws.flag);
     if (last_launch() != status::success) return status::cuda_error;
   }
   return status::success;
@@ -177,14 +175,13 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
   p.stats = a.stats;
   p.pair_coef = ws.pair_coef;
   p.flag = ws.flag;
-  pair_kernel<BLOCK><<<1, BLOCK, 0, stream>>>(p);
+  launch(pair_kernel<BLOCK>, 1, BLOCK, stream, p);
   if (last_launch() != status::success) return status::cuda_error;
 
   const bool backward = a.grad_logits != nullptr && x.n_rows > 0;
   if (x.n_seqs > 0 && (backward || a.grad_seq_logps != nullptr)) {
-    seq_grad_kernel<BLOCK><<<grid_1d(x.n_seqs), BLOCK, 0, stream>>>(
-        a.pairs, a.n_pairs, x.n_seqs, ws.pair_coef, ws.seq_count, uses_average_logps(opt),
-        ws.seq_grad, a.grad_seq_logps);
+    launch(seq_grad_kernel<BLOCK>, grid_1d(x.n_seqs), BLOCK, stream, a.pairs, a.n_pairs, x.n_seqs,
+           ws.pair_coef, ws.seq_count, uses_average_logps(opt), ws.seq_grad, a.grad_seq_logps);
     if (last_launch() != status::success) return status::cuda_error;
   }
   if (!backward) return status::success;
@@ -194,13 +191,11 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
     const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(w.splits));
     const auto* z = static_cast<const T*>(x.logits);
     if (a.grad_float32) {
-      backward_kernel<T, float, BLOCK><<<grid, BLOCK, 0, stream>>>(
-          z, x.ld, x.vocab, ws.cols, ws.row_seq, ws.seq_grad, ws.lse,
-          static_cast<float*>(a.grad_logits), grad_ld);
+      launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
+             ws.row_seq, ws.seq_grad, ws.lse, static_cast<float*>(a.grad_logits), grad_ld);
     } else {
-      backward_kernel<T, T, BLOCK><<<grid, BLOCK, 0, stream>>>(
-          z, x.ld, x.vocab, ws.cols, ws.row_seq, ws.seq_grad, ws.lse,
-          static_cast<T*>(a.grad_logits), grad_ld);
+      launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
+             ws.row_seq, ws.seq_grad, ws.lse, static_cast<T*>(a.grad_logits), grad_ld);
     }
     return last_launch();
   });
