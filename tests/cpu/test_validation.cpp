@@ -70,6 +70,10 @@ std::vector<bad_case> cases() {
   v.push_back({"ld < V", s::invalid_stride, {}, [](auto& in, output_set&) { in.ld = in.vocab - 1; }});
   v.push_back({"grad_ld < V", s::invalid_stride, {}, [](auto& in, output_set& o) { o.out.grad_ld = in.vocab - 1; }});
   v.push_back({"grad_ld < 0", s::invalid_stride, {}, [](auto&, output_set& o) { o.out.grad_ld = -5; }});
+  // Sizes no buffer can have: rejected before any index arithmetic overflows.
+  v.push_back({"2P overflows", s::invalid_shape, {}, [](auto& in, output_set&) { in.n_pairs = (int64_t(1) << 62) + 1; }});
+  v.push_back({"N * ld overflows", s::invalid_shape, {}, [](auto& in, output_set&) { in.n_rows = int64_t(1) << 40; in.ld = int64_t(1) << 40; }});
+  v.push_back({"N * grad_ld overflows", s::invalid_shape, {}, [](auto& in, output_set& o) { in.n_rows = int64_t(1) << 30; o.out.grad_ld = int64_t(1) << 40; }});
   // null pointers
   v.push_back({"logits null", s::null_pointer, {}, [](auto& in, output_set&) { in.logits = nullptr; }});
   v.push_back({"labels null", s::null_pointer, {}, [](auto& in, output_set&) { in.labels = nullptr; }});

@@ -66,9 +66,16 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs, P = in.n_pairs;
   if (N < 0 || V < 0 || S < 0 || P < 0) return status::invalid_shape;
   if (N > 0 && V == 0) return status::invalid_shape;
+  // Sizes no buffer can have: 2P and N·ld (the last row's offset) must not
+  // overflow int64, or the checks and the indexing below would.
+  constexpr int64_t max_i64 = std::numeric_limits<int64_t>::max();
+  if (P > max_i64 / 2) return status::invalid_shape;
   if (in.ld < V) return status::invalid_stride;
+  if (N > 0 && in.ld > max_i64 / N) return status::invalid_shape;
   if (out.grad_logits != nullptr && (out.grad_ld < 0 || grad_stride(in, out) < V))
     return status::invalid_stride;
+  if (out.grad_logits != nullptr && N > 0 && grad_stride(in, out) > max_i64 / N)
+    return status::invalid_shape;
 
   // Required buffers (optional ones: pairs, soft_labels, ref_logps, weights,
   // grad_pair_losses, every output).
