@@ -369,8 +369,10 @@ inline status validate(const loss_config& c) noexcept {
 /// A margin loss chosen at run time from a (validated) loss_config.
 template <class T>
 struct any_loss {
-  loss_type type;
-  T beta, alpha, gamma, epsilon, tau;
+  // Defaults as in loss_config, so a default-constructed any_loss is a valid
+  // dpo rather than an indeterminate switch.
+  loss_type type = loss_type::dpo;
+  T beta = T(0.1), alpha = T(1), gamma = T(0), epsilon = T(0), tau = T(0.05);
 
   any_loss() = default;
   explicit any_loss(const loss_config& c)

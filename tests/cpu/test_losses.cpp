@@ -208,6 +208,10 @@ TEST_CASE("any_loss dispatches to the concrete functor", "[losses]") {
   same(loss_type::gdpo, gdpo_loss<double>{dpo_loss<double>{beta}});
   same(loss_type::gipo, gipo_loss<double>{ipo_loss<double>{beta}});
   same(loss_type::gropo, gropo_loss<double>{ropo_loss<double>{beta, c.alpha, c.gamma}});
+  // Default-constructed: loss_config's defaults (dpo, β = 0.1), not indeterminate.
+  const any_loss<double> d;
+  CHECK(d.type == loss_type::dpo);
+  CHECK(d.value(h, p) == dpo_loss<double>{loss_config{}.beta}.value(h, p));
 }
 
 TEST_CASE("loss names round-trip and unknown names are rejected", "[losses]") {
