@@ -110,3 +110,17 @@ TEST_CASE("logits check sees a 1% error in a loss's derivative", "[gradcheck]") 
   CHECK(bad.worst_index == bad.row * pb.V + bad.col);
   CHECK(good.checked == pb.N * pb.V);
 }
+
+TEST_CASE("logits check validates before allocating: absurd sizes are a status, not a throw",
+          "[gradcheck]") {
+  // N·V = 2^62 doubles: sizes no buffer can have. The buffers are null, so the
+  // reference reports null_pointer; nothing may be allocated from N·V first.
+  reference::inputs<double, int64_t, int64_t> in;
+  in.n_rows = int64_t(1) << 31;
+  in.vocab = int64_t(1) << 31;
+  in.ld = in.vocab;
+  gradcheck::logits_result r;
+  r.worst_rel_error = 42;
+  CHECK(gradcheck::check_logits_gradient(in, options{}, r) == status::null_pointer);
+  CHECK(r.worst_rel_error == 42);
+}

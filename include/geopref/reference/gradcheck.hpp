@@ -161,6 +161,11 @@ status check_logits_gradient_with_loss(const reference::inputs<double, Label, Of
                                        const options& opt, const Loss& loss, logits_result& res,
                                        const settings& cfg = {}) {
   const int64_t N = in.n_rows, V = in.vocab, P = in.n_pairs;
+  // Validate before allocating anything sized by the inputs: absurd sizes
+  // must come back as a status, not as a huge allocation or a throw.
+  if (const status v = reference::detail::validate_inputs(in, opt, reference::outputs{});
+      v != status::success)
+    return v;
   // Analytic gradient, written with stride V.
   std::vector<double> grad(static_cast<size_t>(N > 0 ? N * V : 0));
   reference::outputs out;
