@@ -23,6 +23,8 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <memory>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -57,7 +59,7 @@ bool env_is(const char* name, const char* value) {
 // Errors. One slot, as a launch failure in CUDA: set by a failed launch or a
 // corrupted guard band, returned (and cleared) by cudaGetLastError or by the
 // next synchronising call.
-std::mutex g_api_mutex;  // allocations, streams, the error slot
+std::recursive_mutex g_api_mutex;  // everything below; kernels run with it held by the host thread
 cudaError_t g_error = cudaSuccess;
 
 void set_error(cudaError_t e) {
@@ -135,6 +137,62 @@ bool inside_allocation(const void* p, size_t n) {
 }
 
 bool valid_stream(cudaStream_t s) { return s == nullptr || g_streams.count(s) != 0; }
+
+// ---------------------------------------------------------------------------
+// Streams. Work is queued, not run: an operation runs only when the host must
+// see its effect (stream or device synchronisation, a copy into host memory,
+// cudaFree), together with the work it is ordered after. Work that CUDA
+// leaves unordered runs latest first, so a missing synchronisation between
+// streams changes results here instead of passing by luck. Ordering as in
+// CUDA: each stream in order; the legacy default stream (nullptr) and the
+// blocking streams wait for each other; non-blocking streams wait for
+// nothing else. GEOPREF_EMU_EAGER=1 runs everything at once instead.
+struct operation {
+  std::vector<uint64_t> after;  // operations that must run first
+  std::function<void()> run;
+};
+std::map<uint64_t, operation> g_pending;  // by enqueue order
+std::map<CUstream_st*, uint64_t> g_last;  // the last operation of each stream
+uint64_t g_next_op = 1;
+
+void run_op(uint64_t id) {
+  const auto it = g_pending.find(id);
+  if (it == g_pending.end()) return;  // already ran
+  operation op = std::move(it->second);
+  g_pending.erase(it);
+  for (uint64_t d : op.after) run_op(d);
+  op.run();
+}
+
+uint64_t enqueue(cudaStream_t s, std::function<void()> fn) {
+  operation op;
+  op.run = std::move(fn);
+  auto after_last_of = [&](CUstream_st* t) {
+    const auto it = g_last.find(t);
+    if (it != g_last.end() && g_pending.count(it->second) != 0) op.after.push_back(it->second);
+  };
+  after_last_of(s);
+  if (s == nullptr) {
+    for (CUstream_st* t : g_streams)
+      if (t->flags == cudaStreamDefault) after_last_of(t);
+  } else if (s->flags == cudaStreamDefault) {
+    after_last_of(nullptr);
+  }
+  const uint64_t id = g_next_op++;
+  g_pending.emplace(id, std::move(op));
+  g_last[s] = id;
+  if (env_is("GEOPREF_EMU_EAGER", "1")) run_op(id);
+  return id;
+}
+
+void run_stream(cudaStream_t s) {
+  const auto it = g_last.find(s);
+  if (it != g_last.end()) run_op(it->second);
+}
+
+void run_all() {
+  while (!g_pending.empty()) run_op(g_pending.rbegin()->first);  // latest first
+}
 
 // ---------------------------------------------------------------------------
 // Barrier bookkeeping of one block, shared by both ways of running it. A
@@ -498,7 +556,6 @@ bool use_threads() {
 #endif
 }
 
-std::mutex g_launch_mutex;  // one launch at a time: shared memory is static
 thread_runner* g_threads = nullptr;
 fiber_runner* g_fibers = nullptr;
 
@@ -509,28 +566,17 @@ void wait_at(group& g) {
 
 }  // namespace
 
-// ---------------------------------------------------------------------------
-void launch(dim3 grid, dim3 block, cudaStream_t stream, const std::function<void()>& thread_body) {
-  const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
-  {
-    std::lock_guard<std::mutex> lock(g_api_mutex);
-    if (!valid_stream(stream)) {
-      set_error(cudaErrorInvalidResourceHandle);
-      return;
-    }
-    if (nthreads == 0 || nthreads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
-        grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
-      set_error(cudaErrorInvalidConfiguration);
-      return;
-    }
-  }
-  std::lock_guard<std::mutex> launch_lock(g_launch_mutex);
+namespace {
+
+/// Runs every block of a launch, one after another.
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& thread_body) {
   const bool reverse = env_is("GEOPREF_EMU_ORDER", "reverse");
   thread_runner threads;
   static thread_local fiber_runner fibers;  // keeps its stacks between launches
   g_threads = use_threads() ? &threads : nullptr;
   g_fibers = &fibers;
 
+  const int nthreads = static_cast<int>(block.x * block.y * block.z);
   const unsigned long long nblocks = 1ull * grid.x * grid.y * grid.z;
   std::string fault;
   for (unsigned long long k = 0; k < nblocks && fault.empty(); ++k) {
@@ -541,12 +587,12 @@ void launch(dim3 grid, dim3 block, cudaStream_t stream, const std::function<void
                    static_cast<unsigned>(i / (1ull * grid.x * grid.y))};
     b.block_dim = block;
     b.grid_dim = grid;
-    b.nthreads = static_cast<int>(nthreads);
-    b.block.size = b.nthreads;
-    const int nwarps = (b.nthreads + 31) / 32;
+    b.nthreads = nthreads;
+    b.block.size = nthreads;
+    const int nwarps = (nthreads + 31) / 32;
     b.warps.resize(static_cast<size_t>(nwarps));
-    for (int w = 0; w < nwarps; ++w) b.warps[static_cast<size_t>(w)].size = std::min(32, b.nthreads - 32 * w);
-    b.shuffles.assign(static_cast<size_t>(b.nthreads), 0);
+    for (int w = 0; w < nwarps; ++w) b.warps[static_cast<size_t>(w)].size = std::min(32, nthreads - 32 * w);
+    b.shuffles.assign(static_cast<size_t>(nthreads), 0);
     b.exch.assign(static_cast<size_t>(nwarps) * 2 * 32 * SLOT, 0);
     b.exch_n.assign(static_cast<size_t>(nwarps) * 2 * 32, 0);
     if (g_threads != nullptr) threads.run(b);
@@ -560,12 +606,29 @@ void launch(dim3 grid, dim3 block, cudaStream_t stream, const std::function<void
   }
   g_threads = nullptr;
   t_block = nullptr;
-  std::lock_guard<std::mutex> lock(g_api_mutex);
   if (!fault.empty()) {
     report(fault);
     set_error(cudaErrorLaunchFailure);
   }
   check_all_guards("after a kernel launch");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+void launch(dim3 grid, dim3 block, cudaStream_t stream, std::function<void()> thread_body) {
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
+  if (!valid_stream(stream)) {
+    set_error(cudaErrorInvalidResourceHandle);
+    return;
+  }
+  const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
+  if (nthreads == 0 || nthreads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    set_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  enqueue(stream, [grid, block, body = std::move(thread_body)] { run_grid(grid, block, body); });
 }
 
 void sync_block() {
@@ -672,15 +735,16 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   ASAN_POISON_MEMORY_REGION(base, GUARD);
   ASAN_POISON_MEMORY_REGION(base + GUARD + bytes, GUARD);
 #endif
-  std::lock_guard<std::mutex> lock(g_api_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
   g_allocs[reinterpret_cast<uintptr_t>(base + GUARD)] = {base, bytes};
   *ptr = base + GUARD;
   return cudaSuccess;
 }
 
 cudaError_t cudaFree(void* ptr) {
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
+  run_all();  // cudaFree synchronises the device
   if (ptr == nullptr) return cudaSuccess;
-  std::lock_guard<std::mutex> lock(g_api_mutex);
   const auto it = g_allocs.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == g_allocs.end()) {
     report("cudaFree of a pointer that cudaMalloc did not return (or freed twice)");
@@ -702,17 +766,52 @@ cudaError_t cudaFree(void* ptr) {
 
 namespace {
 
-/// Checks that the device side(s) of a copy lie inside live allocations.
-cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* what) {
+/// A copy as CUDA runs it for pageable host memory: host-to-device data is
+/// staged at the call (the host buffer may change right after), the copy
+/// itself is queued; device-to-host returns when the copy is done (with the
+/// work it is ordered after); device-to-device is only queued. The device
+/// side(s) must lie inside one live allocation.
+cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
+                 const char* what) {
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
+  if (!valid_stream(stream)) return cudaErrorInvalidResourceHandle;
+  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) return cudaErrorInvalidValue;
   if (bytes == 0) return cudaSuccess;
   if (dst == nullptr || src == nullptr) return cudaErrorInvalidValue;
-  const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) return cudaErrorInvalidValue;
+  bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (kind == cudaMemcpyDefault) {
+    dst_dev = inside_allocation(dst, bytes);
+    src_dev = inside_allocation(src, bytes);
+  }
   if ((dst_dev && !inside_allocation(dst, bytes)) || (src_dev && !inside_allocation(src, bytes))) {
     report(std::string(what) + ": the device range is not inside one device allocation");
     return cudaErrorInvalidValue;
   }
+  if (!dst_dev && !src_dev) {
+    std::memmove(dst, src, bytes);
+  } else if (!src_dev) {
+    const auto* h = static_cast<const unsigned char*>(src);
+    auto staged = std::make_shared<std::vector<unsigned char>>(h, h + bytes);
+    enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else if (!dst_dev) {
+    run_op(enqueue(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); }));
+    return take_error();
+  } else {
+    enqueue(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+  }
+  return cudaSuccess;
+}
+
+cudaError_t fill(void* ptr, int value, size_t bytes, cudaStream_t stream) {
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
+  if (!valid_stream(stream)) return cudaErrorInvalidResourceHandle;
+  if (bytes == 0) return cudaSuccess;
+  if (ptr == nullptr || !inside_allocation(ptr, bytes)) {
+    report("cudaMemset: the range is not inside one device allocation");
+    return cudaErrorInvalidValue;
+  }
+  enqueue(stream, [ptr, value, bytes] { std::memset(ptr, value, bytes); });
   return cudaSuccess;
 }
 
@@ -720,41 +819,20 @@ cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(g_api_mutex);
-  if (!valid_stream(stream)) return cudaErrorInvalidResourceHandle;
-  const cudaError_t e = check_copy(dst, src, bytes, kind, "cudaMemcpy");
-  if (e != cudaSuccess) return e;
-  if (bytes > 0) std::memmove(dst, src, bytes);
-  return cudaSuccess;
+  return copy(dst, src, bytes, kind, stream, "cudaMemcpyAsync");
 }
-
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
-  if (e != cudaSuccess) return e;
-  return cudaDeviceSynchronize();
+  return copy(dst, src, bytes, kind, nullptr, "cudaMemcpy");
 }
-
+// cudaMemset of device memory is asynchronous to the host too (legacy stream).
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(g_api_mutex);
-  if (!valid_stream(stream)) return cudaErrorInvalidResourceHandle;
-  if (bytes == 0) return cudaSuccess;
-  if (ptr == nullptr || !inside_allocation(ptr, bytes)) {
-    report("cudaMemset: the range is not inside one device allocation");
-    return cudaErrorInvalidValue;
-  }
-  std::memset(ptr, value, bytes);
-  return cudaSuccess;
+  return fill(ptr, value, bytes, stream);
 }
-
-cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
-  const cudaError_t e = cudaMemsetAsync(ptr, value, bytes, nullptr);
-  if (e != cudaSuccess) return e;
-  return cudaDeviceSynchronize();
-}
+cudaError_t cudaMemset(void* ptr, int value, size_t bytes) { return fill(ptr, value, bytes, nullptr); }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   if (stream == nullptr || flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;
-  std::lock_guard<std::mutex> lock(g_api_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
   *stream = new CUstream_st{flags};
   g_streams.insert(*stream);
   return cudaSuccess;
@@ -762,27 +840,35 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) {
   return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
+// Queued work of a destroyed stream still runs (when something waits for it).
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(g_api_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
   if (stream == nullptr || g_streams.erase(stream) == 0) return cudaErrorInvalidResourceHandle;
+  g_last.erase(stream);
   delete stream;
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(g_api_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
   if (!valid_stream(stream)) return cudaErrorInvalidResourceHandle;
+  run_stream(stream);
   check_all_guards("at synchronisation");
   return take_error();
 }
-cudaError_t cudaDeviceSynchronize() { return cudaStreamSynchronize(nullptr); }
+cudaError_t cudaDeviceSynchronize() {
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
+  run_all();
+  check_all_guards("at synchronisation");
+  return take_error();
+}
 
 cudaError_t cudaGetLastError() {
-  std::lock_guard<std::mutex> lock(g_api_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
   return take_error();
 }
 cudaError_t cudaPeekAtLastError() {
-  std::lock_guard<std::mutex> lock(g_api_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
   return g_error;
 }
 

@@ -158,7 +158,9 @@ __global__ void lane_returns_kernel(int* out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1, 1);
 }
 
+#if !defined(__SANITIZE_ADDRESS__)
 __global__ void overrun_kernel(int* out, int n) { out[n + static_cast<int>(threadIdx.x)] = 7; }
+#endif
 
 }  // namespace
 
@@ -282,20 +284,24 @@ TEST_CASE("atomicMin over a grid", "[emu]") {
 TEST_CASE("faults: divergent barriers and shuffles fail the launch", "[emu]") {
   both_backends([] {
     int* d = device_copy(std::vector<int>(256, 0));
+    // Faults are asynchronous errors: the launch succeeds, the next
+    // synchronising call reports them.
     launch(early_return_kernel, 2, 256, nullptr, d);
-    CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
     launch(divergent_barrier_kernel, 1, 256, nullptr, d);
-    CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+    CHECK(cudaStreamSynchronize(nullptr) == cudaErrorLaunchFailure);
     launch(deadlock_kernel, 1, 64, nullptr, d);
-    CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
     launch(partial_mask_kernel, 1, 64, nullptr, d);
-    CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+    std::vector<int> h(64);
+    CHECK(cudaMemcpy(h.data(), d, 64 * sizeof(int), cudaMemcpyDeviceToHost) == cudaErrorLaunchFailure);
     launch(lane_returns_kernel, 1, 64, nullptr, d);
-    CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
     // The error is reported once, then the emulator works normally again.
     CHECK(cudaGetLastError() == cudaSuccess);
     launch(index_kernel, 1, 32, nullptr, d);
-    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
     cudaFree(d);
   });
 }
@@ -325,7 +331,38 @@ TEST_CASE("launch configuration and copy bounds are checked", "[emu]") {
 TEST_CASE("a kernel writing past its allocation fails the launch", "[emu]") {
   int* d = device_copy(std::vector<int>(64, 0));
   launch(overrun_kernel, 1, 2, nullptr, d, 64);
-  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
   CHECK(cudaFree(d) == cudaErrorLaunchFailure);
 }
 #endif
+
+TEST_CASE("streams: only CUDA's ordering is guaranteed", "[emu]") {
+  // Upload on the legacy default stream, then a kernel on another stream.
+  // A blocking stream waits for the upload; a non-blocking one does not, and
+  // the emulator runs unordered work latest first, so its kernel sees the
+  // poison of a fresh allocation instead of the data.
+  std::vector<int> in(256);
+  for (int i = 0; i < 256; ++i) in[i] = i;
+  for (unsigned flags : {cudaStreamDefault, cudaStreamNonBlocking}) {
+    cudaStream_t s = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&s, flags) == cudaSuccess);
+    void *d_in = nullptr, *d_out = nullptr;
+    REQUIRE(cudaMalloc(&d_in, 256 * sizeof(int)) == cudaSuccess);
+    REQUIRE(cudaMalloc(&d_out, 256 * sizeof(int)) == cudaSuccess);
+    REQUIRE(cudaMemcpy(d_in, in.data(), 256 * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+    launch(rotate_kernel, 1, 256, s, static_cast<const int*>(d_in), static_cast<int*>(d_out));
+    std::vector<int> out(256);
+    REQUIRE(cudaMemcpyAsync(out.data(), d_out, 256 * sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    if (flags == cudaStreamDefault) CHECK(out[0] == 1);
+    else CHECK(out[0] == -1);
+    // After a device-wide synchronisation the data is there for everyone.
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    launch(rotate_kernel, 1, 256, s, static_cast<const int*>(d_in), static_cast<int*>(d_out));
+    REQUIRE(cudaMemcpyAsync(out.data(), d_out, 256 * sizeof(int), cudaMemcpyDeviceToHost, s) == cudaSuccess);
+    CHECK(out[0] == 1);
+    CHECK(cudaStreamDestroy(s) == cudaSuccess);
+    cudaFree(d_in);
+    cudaFree(d_out);
+  }
+}

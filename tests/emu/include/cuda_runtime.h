@@ -105,9 +105,9 @@ enum cudaDeviceAttr : int {
 };
 
 // ---------------------------------------------------------------------------
-// Runtime API (tests/emu/emu_runtime.cpp). Every stream operation runs
-// synchronously when it is enqueued; errors of a launch are reported by
-// cudaGetLastError and by the next synchronising call.
+// Runtime API (tests/emu/emu_runtime.cpp). Stream work is queued and runs
+// when the host has to see its effect (synchronisation, copies to host
+// memory, cudaFree), unordered work latest first; see emu_runtime.cpp.
 cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaGetDevice(int* device);
@@ -136,11 +136,14 @@ const char* cudaGetErrorName(cudaError_t error);
 // helper of geopref/cuda/detail/device.cuh.
 namespace cuda_emu {
 
-/// Runs `thread_body` once per thread of every block of the grid (blocks in
-/// order, or reversed with GEOPREF_EMU_ORDER=reverse), then returns. A fault
-/// (divergent barrier, bad shuffle mask, corrupted guard band) stops the
-/// launch, is printed and becomes the launch's error.
-void launch(dim3 grid, dim3 block, cudaStream_t stream, const std::function<void()>& thread_body);
+/// Queues a launch on `stream`: when it runs, `thread_body` runs once per
+/// thread of every block of the grid (blocks in order, or reversed with
+/// GEOPREF_EMU_ORDER=reverse). A bad configuration is the launch's error at
+/// once; a fault while it runs (divergent barrier, bad shuffle mask,
+/// corrupted guard band) is printed and reported by the next synchronising
+/// call, as an asynchronous error is in CUDA. The body owns copies of the
+/// kernel's arguments.
+void launch(dim3 grid, dim3 block, cudaStream_t stream, std::function<void()> thread_body);
 
 void sync_block();  // __syncthreads
 int lane_id();      // the calling thread's lane in its warp

@@ -115,7 +115,7 @@ template <class... Params, class... Args>
 inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
                    Args&&... args) {
 #if defined(GEOPREF_HOST_EMULATION)
-  ::cuda_emu::launch(grid, block, stream, [&] { kernel(args...); });
+  ::cuda_emu::launch(grid, block, stream, [=] { kernel(args...); });  // copies, as a launch does
 #else
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
 #endif
