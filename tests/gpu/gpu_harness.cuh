@@ -391,6 +391,11 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   r.workspace_bytes = bytes;
   dmem ws(bytes);
   poison(ws);
+  // The uploads and poisoning above are on the legacy default stream:
+  // cudaMemset is asynchronous, and cudaMemcpy from pageable memory may
+  // return before the data lands. A non-blocking `stream` is not ordered
+  // after them, so wait for them before enqueuing on it.
+  CUDA_REQUIRE(cudaDeviceSynchronize());
   size_t given = bytes - workspace_shortfall;
   r.host_status = gc::train_step(ws.p, given, a, c.opt, stream);
   if (r.host_status != status::success) return r;
