@@ -3,8 +3,9 @@
 // extreme logits, device-side errors, and one case with N·V > 2³¹.
 // Tags: [small] the short cases scripts/gpu-check.sh runs under
 // compute-sanitizer memcheck; [race] the few it runs under racecheck and
-// synccheck; [large] the 4+ GB case; [vocab] the real vocabulary sizes (long
-// on the host emulator, tests/emu, which runs everything but [large]).
+// synccheck; [large] the 4+ GB case. [vocab] (real vocabulary sizes) and
+// [matrix] (every loss / dtype combination) take longest on the host
+// emulator (tests/emu, which runs everything but [large]).
 #include <catch2/catch.hpp>
 
 #include <cstdio>
@@ -75,7 +76,7 @@ TEST_CASE("small problems in every dtype, in and out of place", "[gpu][small]") 
   }
 }
 
-TEST_CASE("every loss, every reduction, plain and length-normalised", "[gpu]") {
+TEST_CASE("every loss, every reduction, plain and length-normalised", "[gpu][matrix]") {
   uint64_t seed = 1000;
   for (int li = 0; li < geopref::LOSS_TYPE_COUNT; ++li) {
     const auto t = static_cast<loss_type>(li);
@@ -100,7 +101,7 @@ TEST_CASE("every loss, every reduction, plain and length-normalised", "[gpu]") {
   }
 }
 
-TEST_CASE("every dtype, index type and gradient layout", "[gpu]") {
+TEST_CASE("every dtype, index type and gradient layout", "[gpu][matrix]") {
   uint64_t seed = 2000;
   for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16})
     for (gc::index_type lt : {gc::index_type::int32, gc::index_type::int64})
