@@ -43,11 +43,13 @@
 // Usage: bandit [--seed S] [--pairs P] [--steps N] [--beta B] [--eta E]
 //               [--amp A] [--ref data|uniform] [--losses dpo,cdpo,...]
 //               [--csv FILE] [--trace FILE] [--pairs-csv FILE] [--check]
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -399,6 +401,25 @@ bool parse_losses(const char* s, std::vector<geopref::loss_type>& out) {
   return !out.empty();
 }
 
+// Whole-argument numbers: "10x", "" or an out-of-range value is a usage
+// error, not a silent 10, 0 or overflow.
+bool parse_int(const char* s, long long lo, long long hi, long long* out) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(s, &end, 10);
+  if (end == s || *end != '\0' || errno == ERANGE || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+bool parse_double(const char* s, double* out) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s, &end);
+  if (end == s || *end != '\0' || errno == ERANGE) return false;
+  *out = v;
+  return true;
+}
+
 int usage() {
   std::fprintf(stderr,
                "usage: bandit [--seed S] [--pairs P] [--steps N] [--beta B] [--eta E] [--amp A]\n"
@@ -416,12 +437,26 @@ int main(int argc, char** argv) {
     const bool has = i + 1 < argc;
     if (std::strcmp(a, "--check") == 0) c.check = true;
     else if (!has) return usage();
-    else if (std::strcmp(a, "--seed") == 0) c.seed = std::strtoull(argv[++i], nullptr, 10);
-    else if (std::strcmp(a, "--pairs") == 0) c.pairs = std::atoll(argv[++i]);
-    else if (std::strcmp(a, "--steps") == 0) c.steps = std::atoi(argv[++i]);
-    else if (std::strcmp(a, "--beta") == 0) c.beta = std::atof(argv[++i]);
-    else if (std::strcmp(a, "--eta") == 0) c.eta = std::atof(argv[++i]);
-    else if (std::strcmp(a, "--amp") == 0) c.amp = std::atof(argv[++i]);
+    else if (std::strcmp(a, "--seed") == 0) {
+      long long v = 0;
+      if (!parse_int(argv[++i], 0, std::numeric_limits<long long>::max(), &v)) return usage();
+      c.seed = static_cast<uint64_t>(v);
+    } else if (std::strcmp(a, "--pairs") == 0) {
+      // Offsets are int32 [2P + 1], so 2P must fit.
+      long long v = 0;
+      if (!parse_int(argv[++i], 1, (1ll << 30) - 1, &v)) return usage();
+      c.pairs = v;
+    } else if (std::strcmp(a, "--steps") == 0) {
+      long long v = 0;
+      if (!parse_int(argv[++i], 1, std::numeric_limits<int>::max(), &v)) return usage();
+      c.steps = static_cast<int>(v);
+    } else if (std::strcmp(a, "--beta") == 0) {
+      if (!parse_double(argv[++i], &c.beta)) return usage();
+    } else if (std::strcmp(a, "--eta") == 0) {
+      if (!parse_double(argv[++i], &c.eta)) return usage();
+    } else if (std::strcmp(a, "--amp") == 0) {
+      if (!parse_double(argv[++i], &c.amp)) return usage();
+    }
     else if (std::strcmp(a, "--ref") == 0) {
       const char* r = argv[++i];
       if (std::strcmp(r, "uniform") == 0) c.ref_uniform = true;

@@ -74,7 +74,14 @@ int main(int argc, char** argv) {
   const char* csv_path = nullptr;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--beta") == 0 && i + 1 < argc) {
-      beta = std::atof(argv[++i]);
+      // The whole argument must be a number: "0.1x" is a usage error.
+      const char* arg = argv[++i];
+      char* end = nullptr;
+      beta = std::strtod(arg, &end);
+      if (end == arg || *end != '\0') {
+        usage();
+        return 2;
+      }
     } else if (std::strcmp(argv[i], "--csv") == 0 && i + 1 < argc) {
       csv_path = argv[++i];
     } else {
