@@ -1,20 +1,22 @@
-// tests/emu/emu_runtime.cpp — the host emulator's runtime: kernel launches
-// (blocks in order, each block's threads as concurrent emulated threads),
-// barriers and warp shuffles with divergence checks, and "device" memory with
-// guard bands. See include/cuda_runtime.h and docs/emulator.md.
+// tests/emu/emu_runtime.cpp — the host emulator's runtime (docs/emulator.md):
+// kernel launches (blocks one after another, each block's threads as emulated
+// threads that interleave at barriers), barriers and warp shuffles with
+// divergence checks, queued streams, and "device" memory with guard bands.
 //
 // Two ways to run a block's threads, with the same barrier bookkeeping:
-//   fibers (default)  ucontext fibers on the launching thread, switched only at
-//                     barriers and shuffles: a few µs per barrier, so whole
-//                     test suites run in seconds.
+//   fibers (default)  one stack per emulated thread on the launching OS
+//                     thread, switched only at barriers and shuffles (a few
+//                     nanoseconds per switch on x86-64, ucontext elsewhere),
+//                     so whole test suites run in seconds;
 //   OS threads        one std::thread per emulated thread, barriers on a mutex
 //                     and condition variable: truly concurrent, so
 //                     ThreadSanitizer reports shared-memory races between
 //                     barriers. Chosen by GEOPREF_EMU_THREADS=1 and always
 //                     under ThreadSanitizer.
-// GEOPREF_EMU_ORDER=reverse runs blocks, and fibers within a phase, in reverse
-// order (a missing barrier then shows as a wrong result). GEOPREF_EMU_ABORT=1
-// aborts at the first fault (for a debugger) instead of failing the launch.
+// Environment: GEOPREF_EMU_ORDER=reverse runs blocks, and fibers between
+// barriers, last to first (a missing barrier then shows as a wrong result);
+// GEOPREF_EMU_EAGER=1 runs stream work when it is enqueued;
+// GEOPREF_EMU_ABORT=1 aborts at the first fault (for a debugger).
 #include <cuda_runtime.h>
 
 #include <sys/mman.h>
@@ -23,7 +25,6 @@
 
 #include <algorithm>
 #include <condition_variable>
-#include <memory>
 #include <memory>
 #include <cstdio>
 #include <cstdlib>
