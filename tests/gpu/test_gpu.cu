@@ -206,6 +206,44 @@ TEST_CASE("packed sequences: empty, all-masked, outside rows, explicit pairs", "
   check_case(c);
 }
 
+TEST_CASE("random layouts: shapes, strides, alignments, splits and options drawn together", "[gpu][matrix]") {
+  // Combinations the structured cases do not pair up: any V (half of them
+  // large enough for rows split across blocks), odd strides and base
+  // offsets for logits and gradient, every index type, in place or not,
+  // fp32 gradients, explicit pairs, length normalisation, any loss.
+  std::mt19937_64 rng(12345);
+  auto pick = [&](int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1)); };
+  for (int k = 0; k < 60; ++k) {
+    case_config c;
+    c.dtype = static_cast<gc::dtype>(pick(0, 2));
+    c.label_type = pick(0, 1) ? gc::index_type::int32 : gc::index_type::int64;
+    c.offset_type = pick(0, 1) ? gc::index_type::int32 : gc::index_type::int64;
+    c.vocab = k % 2 == 0 ? pick(1, 700) : pick(4000, 12000);
+    c.pad = pick(0, 9);
+    c.misalign = pick(0, 7);
+    c.seq_lens.clear();
+    const int64_t n_seqs = 2 * pick(0, 4);
+    for (int64_t s = 0; s < n_seqs; ++s) c.seq_lens.push_back(pick(0, 9));
+    c.extra_rows = pick(0, 3);
+    c.mask_prob = 0.25;
+    c.explicit_pairs = pick(0, 2) == 0 ? pick(0, 6) : -1;
+    if (n_seqs == 0 && c.explicit_pairs > 0) c.explicit_pairs = 0;  // pairs need sequences
+    c.opt.loss = loss_of(static_cast<loss_type>(pick(0, geopref::LOSS_TYPE_COUNT - 1)));
+    c.opt.average_logps = pick(0, 1) == 1;
+    c.ref = !geopref::is_reference_free(c.opt.loss.type) && pick(0, 1) == 1;
+    c.weights = pick(0, 1) == 1;
+    c.grad_output = pick(0, 1) == 1;
+    c.in_place = pick(0, 3) == 0;
+    if (!c.in_place) {
+      c.grad_fp32 = pick(0, 1) == 1;
+      c.grad_pad = pick(0, 5);
+      c.grad_misalign = pick(0, 5);
+    }
+    c.seed = 10000 + static_cast<uint64_t>(k);
+    check_case(c);
+  }
+}
+
 TEST_CASE("extreme logits: ±1e4, −inf entries, shifted rows", "[gpu]") {
   uint64_t seed = 6000;
   for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16})
