@@ -107,10 +107,11 @@ __device__ __forceinline__ void record(int* flag, status s) {
 }
 
 /// kernel<<<grid, block, 0, stream>>>(args...): every launch of the library
-/// goes through here. Under GEOPREF_HOST_EMULATION (tests/emu, a C++ build
-/// with the emulator's cuda_runtime.h) the kernel runs on the host instead,
-/// each block's threads as emulated threads; errors surface, as with a real
-/// launch, through cudaGetLastError.
+/// goes through here. Under GEOPREF_HOST_EMULATION (tests/emu: a C++ build
+/// with the emulator's cuda_runtime.h, docs/emulator.md) the kernel is queued
+/// on the host's emulated stream instead; errors surface as with a real
+/// launch (configuration: cudaGetLastError; faults while running: the next
+/// synchronising call).
 template <class... Params, class... Args>
 inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
                    Args&&... args) {
