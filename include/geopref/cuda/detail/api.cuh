@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "geopref/cuda/args.cuh"
 #include "geopref/cuda/detail/dispatch.cuh"
 #include "geopref/cuda/detail/workspace.cuh"
 // Included at the end of geopref/cuda/geopref.cuh (include that header).

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "geopref/cuda/args.cuh"
 #include "geopref/cuda/detail/kernels.cuh"
 #include "geopref/cuda/detail/workspace.cuh"
 // Included by geopref/cuda/geopref.cuh after the argument structs.

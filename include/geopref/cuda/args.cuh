@@ -1,0 +1,109 @@
+// geopref/cuda/args.cuh — the argument types of the CUDA launch API
+// (geopref/cuda/geopref.cuh documents the calling convention and the
+// entries; the detail headers include just these types).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "geopref/options.hpp"
+#include "geopref/status.hpp"
+
+namespace geopref::cuda {
+
+/// Element type of the logits (and of the gradient, see train_args).
+enum class dtype : int {
+  float32,   // float
+  float16,   // __half
+  bfloat16,  // __nv_bfloat16
+};
+
+/// Element type of labels and offsets.
+enum class index_type : int {
+  int32,
+  int64,
+};
+
+/// The token rows a forward pass reads.
+///
+/// Row t of the logits scores labels[t]: the library does not shift, so for a
+/// causal LM pass labels[t] = input_ids[t + 1] (and ignore_index for the last
+/// position of each sequence and for prompt/padding tokens).
+/// Rows outside every sequence (t >= offsets[S]) and rows whose label is
+/// ignore_index are unscored: their logits are never read and their gradient
+/// rows are zeros. Every row's label is still validated (as the CPU
+/// reference does).
+struct token_inputs {
+  const void* logits = nullptr;  // [N, ld] row-major, logits_dtype; columns [V, ld) never read.
+                                 // Must be aligned to its element size; 16-byte alignment of
+                                 // the rows is not required (a scalar prologue handles it).
+  dtype logits_dtype = dtype::float32;
+  int64_t n_rows = 0;  // N, 0 <= N <= 2^31 - 1 (N·V itself may exceed 2^31: indices are 64-bit)
+  int64_t vocab = 0;   // V, 1 <= V <= 2^31 - 1 when N > 0
+  int64_t ld = 0;      // row stride in elements, >= V
+
+  const void* labels = nullptr;  // [N] label_type; ignore_index (options) marks unscored rows
+  index_type label_type = index_type::int64;
+
+  const void* offsets = nullptr;  // [S + 1] offset_type, cu_seqlens style: sequence s owns rows
+                                  // [offsets[s], offsets[s+1]); offsets[0] == 0, non-decreasing,
+                                  // offsets[S] <= N. A padded [S, T] batch is offsets = s·T.
+  index_type offset_type = index_type::int64;
+  int64_t n_seqs = 0;  // S >= 0
+};
+
+/// Arguments of sequence_logps (the reference model's forward pass).
+/// Typical use: run it over the reference model's logits with the options of
+/// the training run, keep seq_logps, pass them as train_args::ref_logps.
+struct logps_args {
+  token_inputs tokens;
+
+  // Outputs. seq_logps is required, the others are optional (null: not written).
+  float* seq_logps = nullptr;       // [S] L_s, or L̄_s = L_s / n_s when uses_average_logps(options)
+                                    // (0 for a sequence without scored rows): exactly the form
+                                    // train_args::ref_logps expects with the same options.
+  int64_t* seq_counts = nullptr;    // [S] n_s, scored rows of sequence s
+  float* token_logps = nullptr;     // [N] ℓ_t = z[t, y_t] − lse_t; 0 for unscored rows
+  float* lse = nullptr;             // [N] lse_t = log Σ_v exp z[t, v]; 0 for unscored rows
+};
+
+/// Arguments of train_step.
+struct train_args {
+  token_inputs tokens;  // the policy model's logits, labels and sequences
+
+  // Pairs. Pair i compares sequence a_i ("chosen") with b_i ("rejected").
+  int64_t n_pairs = 0;              // P >= 0 (pair math runs in one block: meant for batch sizes)
+  const int64_t* pairs = nullptr;   // [P, 2] (a_i, b_i) in [0, S); null: TRL's concatenated layout
+                                    // a_i = i, b_i = P + i, which needs S == 2P
+  const float* soft_labels = nullptr;  // [P] p̂_i = P(a_i ≻ b_i) in [0, 1]; null: all 1 (binary)
+  const float* ref_logps = nullptr;    // [S] reference log-probs in the margin's form (the
+                                       // output of sequence_logps with the same options);
+                                       // null: reference-free. Must be null for simpo.
+  const float* weights = nullptr;      // [P] per-pair weights w_i >= 0; null: all 1
+
+  // Upstream gradient. The coefficient of every gradient is grad_loss times
+  // grad_output[0] (or grad_output[i] for pair i under reduction::none).
+  double grad_loss = 1.0;              // host scalar, finite
+  const float* grad_output = nullptr;  // device: [1], or [P] for reduction::none; null: 1
+
+  // Outputs; every one is optional (null: not computed / not written).
+  float* loss = nullptr;             // [1] the reduced loss; [P] the values w_i f_i for reduction::none
+  metrics* stats = nullptr;          // [1] device struct, TRL's metric names (geopref/options.hpp)
+  float* seq_logps = nullptr;        // [S] L_s or L̄_s, the form the margin uses
+  int64_t* seq_counts = nullptr;     // [S] n_s
+  float* token_logps = nullptr;      // [N] ℓ_t, 0 for unscored rows
+  float* lse = nullptr;              // [N] lse_t, 0 for unscored rows
+  float* grad_seq_logps = nullptr;   // [S] g_s = ∂Loss/∂L_s w.r.t. the *summed* log-prob
+                                     // (1/n_s included when length-normalised)
+
+  // Gradient with respect to the logits (null: no backward pass):
+  //   grad[t, v] = g_s (𝟙[v = y_t] − exp(z[t, v] − lse_t)) for scored rows t of s,
+  //   0 for every other row; columns [V, grad_ld) are never written.
+  // In place is allowed: grad_logits == tokens.logits with grad_ld == ld and
+  // the logits dtype. Any other overlap with the logits is rejected.
+  void* grad_logits = nullptr;  // [N, grad_ld] row-major
+  int64_t grad_ld = 0;          // >= V; 0 means ld
+  bool grad_float32 = false;    // false: gradient in the logits dtype; true: float
+};
+
+}  // namespace geopref::cuda
