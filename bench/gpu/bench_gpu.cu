@@ -287,20 +287,13 @@ void bm_naive_t(benchmark::State& state, gpu_problem& pb, phase ph) {
   }
   const size_t nv = static_cast<size_t>(s.elements());
   gb::device_buffer lp(nv * sizeof(float)), dlp(nv * sizeof(float)),
-      small(static_cast<size_t>(2 * s.rows + 2 * s.seqs() + 1) * sizeof(float));
+      small(gb::naive::small_floats(s.rows, s.seqs()) * sizeof(float));
   if (!lp.ok() || !dlp.ok() || !small.ok()) {
     state.SkipWithError("device allocation for the naive buffers failed");
     return;
   }
-  gb::naive::workspace ws;
-  float* f = small.get<float>();
-  ws.row_max = f;
-  ws.token_logps = f + s.rows;
-  ws.seq_logps = f + 2 * s.rows;
-  ws.grad_seq = f + 2 * s.rows + s.seqs();
-  ws.loss = f + 2 * s.rows + 2 * s.seqs();
-  ws.log_probs = lp.get<float>();
-  ws.grad_log_probs = dlp.get<float>();
+  const gb::naive::workspace ws = gb::naive::make_workspace(
+      small.get<float>(), lp.get<float>(), dlp.get<float>(), s.rows, s.seqs());
   gb::naive::problem<T, label_t> np;
   np.logits = pb.logits.get<T>();
   np.n_rows = s.rows;

@@ -62,7 +62,7 @@ bool check(const gb::shape& s, const char* name, uint64_t seed) {
       labels(static_cast<size_t>(s.rows) * sizeof(Label)),
       offsets(side.offsets.size() * sizeof(int64_t)), soft(side.soft.size() * sizeof(float)),
       ref(side.ref.size() * sizeof(float)), lp(nv * sizeof(float)), dlp(nv * sizeof(float)),
-      small(static_cast<size_t>(2 * s.rows + 2 * s.seqs() + 1) * sizeof(float));
+      small(gb::naive::small_floats(s.rows, s.seqs()) * sizeof(float));
   if (!logits.ok() || !grad.ok() || !labels.ok() || !lp.ok() || !dlp.ok() || !small.ok()) {
     std::fprintf(stderr, "check_naive: allocation failed\n");
     return false;
@@ -73,15 +73,8 @@ bool check(const gb::shape& s, const char* name, uint64_t seed) {
   gb::fill_problem(logits.get<T>(), labels.get<Label>(), s, seed, nullptr);
   CHECK_CUDA(cudaMemset(grad.get(), 0xFF, grad.bytes()));  // poison: NaN in both dtypes
 
-  gb::naive::workspace ws;
-  float* f = small.get<float>();
-  ws.row_max = f;
-  ws.token_logps = f + s.rows;
-  ws.seq_logps = f + 2 * s.rows;
-  ws.grad_seq = f + 2 * s.rows + s.seqs();
-  ws.loss = f + 2 * s.rows + 2 * s.seqs();
-  ws.log_probs = lp.get<float>();
-  ws.grad_log_probs = dlp.get<float>();
+  const gb::naive::workspace ws = gb::naive::make_workspace(
+      small.get<float>(), lp.get<float>(), dlp.get<float>(), s.rows, s.seqs());
   gb::naive::problem<T, Label> pb;
   pb.logits = logits.get<T>();
   pb.n_rows = s.rows;

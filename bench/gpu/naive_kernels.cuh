@@ -27,24 +27,17 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "common/synthetic.hpp"
+#include "geopref/cuda/detail/device.cuh"
 #include "geopref/losses.hpp"
 
 namespace geopref::bench::naive {
 
 inline constexpr int BLOCK = 512;  // threads per row-kernel block
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
+// Element conversions: the library's own (fp32 arithmetic, round-to-nearest
+// stores), so the naive and fused paths round identically.
+using geopref::cuda::detail::from_float;
+using geopref::cuda::detail::to_float;
 
 struct max_op {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
@@ -178,6 +171,27 @@ struct workspace {
   float* grad_seq = nullptr;        // [S]
   float* loss = nullptr;            // [1]
 };
+
+/// Floats in the small buffer that make_workspace carves: row_max and
+/// token_logps [N], seq_logps and grad_seq [S], loss [1].
+inline size_t small_floats(int64_t n_rows, int64_t n_seqs) {
+  return static_cast<size_t>(2 * n_rows + 2 * n_seqs + 1);
+}
+
+/// The workspace over caller buffers: `small` of small_floats(N, S) floats,
+/// `lp` and `dlp` of N·V floats each.
+inline workspace make_workspace(float* small, float* lp, float* dlp, int64_t n_rows,
+                                int64_t n_seqs) {
+  workspace ws;
+  ws.row_max = small;
+  ws.token_logps = small + n_rows;
+  ws.seq_logps = small + 2 * n_rows;
+  ws.grad_seq = small + 2 * n_rows + n_seqs;
+  ws.loss = small + 2 * n_rows + 2 * n_seqs;
+  ws.log_probs = lp;
+  ws.grad_log_probs = dlp;
+  return ws;
+}
 
 /// The problem as the naive path sees it: default pairing (i, P + i), fp32 side inputs.
 template <class T, class Label>

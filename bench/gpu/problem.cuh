@@ -10,19 +10,9 @@
 #include <vector>
 
 #include "common/synthetic.hpp"
+#include "geopref/cuda/detail/device.cuh"
 
 namespace geopref::bench {
-
-template <class T>
-__device__ __forceinline__ T logit_from_float(float x);
-template <>
-__device__ __forceinline__ float logit_from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 logit_from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
 
 /// labels [N]: synthetic_label.
 template <class Label>
@@ -42,7 +32,7 @@ __global__ void fill_logits_kernel(T* logits, int64_t n_rows, int64_t vocab, int
        k += stride) {
     const int64_t t = k / vocab, v = k - t * vocab;
     const int64_t y = synthetic_label(seed, t, seq_len, vocab);
-    logits[k] = logit_from_float<T>(synthetic_logit(seed, t, v, y));
+    logits[k] = geopref::cuda::detail::from_float<T>(synthetic_logit(seed, t, v, y));
   }
 }
 
