@@ -435,6 +435,176 @@ TEST_CASE("results do not depend on the stream", "[gpu]") {
 
 namespace {
 
+/// logits_grad over pr's logits (uploaded again, same layout and dtype as
+/// run_gpu uses) from the lse and g_s a train_step returned. Returns the host
+/// status; on success *grad holds the [N, grad_ld] gradient bytes (the logits
+/// buffer when in place) and *device the recorded device status.
+status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
+                       const std::vector<float>& grad_seq_in, std::vector<uint8_t>* grad_out,
+                       status* device, size_t workspace_shortfall = 0,
+                       void (*tweak)(gc::grad_args&) = nullptr) {
+  const case_config& c = pr.cfg;
+  const int es = dtype_bytes(c.dtype), out_es = c.grad_fp32 ? 4 : es;
+  dmem logits_mem(static_cast<size_t>((pr.n * pr.ld + c.misalign) * es) + 256);
+  auto* logits = static_cast<uint8_t*>(logits_mem.p) + c.misalign * es;
+  if (!pr.logits.empty())
+    CUDA_REQUIRE(cudaMemcpy(logits, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
+  std::vector<int32_t> labels32(pr.labels.begin(), pr.labels.end());
+  std::vector<int32_t> offsets32(pr.offsets.begin(), pr.offsets.end());
+  const bool l32 = c.label_type == gc::index_type::int32, o32 = c.offset_type == gc::index_type::int32;
+  dmem labels = l32 ? upload(labels32) : upload(pr.labels);
+  dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
+  dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in);
+
+  const int64_t grad_ld = c.in_place ? pr.ld : pr.v + c.grad_pad;
+  dmem grad_mem;
+  void* grad = logits;
+  if (!c.in_place) {
+    grad_mem = dmem(static_cast<size_t>((pr.n * grad_ld + c.grad_misalign) * out_es) + 256);
+    poison(grad_mem);
+    grad = static_cast<uint8_t*>(grad_mem.p) + c.grad_misalign * out_es;
+  }
+
+  gc::grad_args a;
+  a.tokens.logits = logits;
+  a.tokens.logits_dtype = c.dtype;
+  a.tokens.n_rows = pr.n;
+  a.tokens.vocab = pr.v;
+  a.tokens.ld = pr.ld;
+  a.tokens.labels = labels.p;
+  a.tokens.label_type = c.label_type;
+  a.tokens.offsets = offsets.p;
+  a.tokens.offset_type = c.offset_type;
+  a.tokens.n_seqs = pr.s;
+  a.lse = lse.as<float>();
+  a.grad_seq_logps = grad_seq.as<float>();
+  a.grad_logits = grad;
+  a.grad_ld = c.in_place ? 0 : grad_ld;
+  a.grad_float32 = c.grad_fp32;
+  if (tweak != nullptr) tweak(a);
+
+  size_t bytes = 0;
+  status st = gc::logits_grad(nullptr, bytes, a, c.opt);
+  if (st != status::success) return st;
+  dmem ws(bytes);
+  poison(ws);
+  CUDA_REQUIRE(cudaDeviceSynchronize());
+  size_t given = bytes - workspace_shortfall;
+  st = gc::logits_grad(ws.p, given, a, c.opt);
+  if (st != status::success) return st;
+  REQUIRE(gc::device_status(ws.p, nullptr, device) == status::success);
+  *grad_out = download<uint8_t>(grad, static_cast<size_t>(pr.n * grad_ld * out_es));
+  return status::success;
+}
+
+/// train_step with a gradient against train_step without one (lse and g_s
+/// requested) followed by logits_grad: the same kernel on the same float
+/// inputs, so the gradients must agree bit for bit. The with-gradient run is
+/// also checked against the reference.
+void check_split_backward(const case_config& c) {
+  INFO(describe(c));
+  problem pr;
+  make_problem(c, pr);
+  set_reference(pr);
+  const gpu_result fused = run_gpu(pr);
+  compare(pr, fused);
+  problem no_grad = pr;
+  no_grad.cfg.grad = false;
+  const gpu_result fwd = run_gpu(no_grad);
+  REQUIRE(fwd.host_status == status::success);
+  REQUIRE(fwd.device == status::success);
+  CHECK(same_bits(fwd.lse, fused.lse));
+  CHECK(same_bits(fwd.grad_seq, fused.grad_seq));
+  std::vector<uint8_t> grad;
+  status device = status::internal_error;
+  REQUIRE(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device) == status::success);
+  CHECK(device == status::success);
+  CHECK(same_bits(grad, fused.grad));
+}
+
+}  // namespace
+
+TEST_CASE("logits_grad after a train_step without gradient is bitwise the fused gradient", "[gpu][small]") {
+  uint64_t seed = 9500;
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    case_config c = small_case(dt, ++seed);  // padded ld, misaligned rows, masked rows, extra rows
+    check_split_backward(c);
+    c.in_place = true;
+    c.seed = ++seed;
+    check_split_backward(c);
+    c.in_place = false;
+    c.grad_fp32 = true;
+    c.grad_pad = 5;
+    c.grad_misalign = 3;
+    c.label_type = gc::index_type::int32;
+    c.offset_type = gc::index_type::int32;
+    c.explicit_pairs = 5;
+    c.opt.average_logps = true;
+    c.seed = ++seed;
+    check_split_backward(c);
+  }
+  case_config c = small_case(gc::dtype::bfloat16, ++seed);
+  c.vocab = 30000;  // rows split across blocks (few rows, large V)
+  c.seq_lens = {3, 2, 0, 4};
+  c.misalign = 0;
+  c.pad = 8;
+  c.grad_output = false;
+  check_split_backward(c);
+  c.in_place = true;
+  c.seed = ++seed;
+  check_split_backward(c);
+  c = small_case(gc::dtype::float16, ++seed);  // every sequence's rows masked
+  c.masked_seqs = {0, 1, 2, 3, 4, 5};
+  check_split_backward(c);
+}
+
+TEST_CASE("logits_grad: workspace, host-side and device-side errors", "[gpu][small]") {
+  case_config c = small_case(gc::dtype::float16, 9601);
+  problem pr;
+  make_problem(c, pr);
+  set_reference(pr);
+  problem no_grad = pr;
+  no_grad.cfg.grad = false;
+  const gpu_result fwd = run_gpu(no_grad);
+  REQUIRE(fwd.host_status == status::success);
+  std::vector<uint8_t> grad;
+  status device = status::internal_error;
+  CHECK(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device, 1) ==
+        status::workspace_too_small);
+  CHECK(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device, 0,
+                        [](gc::grad_args& a) { a.lse = nullptr; }) == status::null_pointer);
+  CHECK(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device, 0,
+                        [](gc::grad_args& a) { a.grad_seq_logps = nullptr; }) ==
+        status::null_pointer);
+  CHECK(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device, 0,
+                        [](gc::grad_args& a) { a.grad_ld = a.tokens.vocab - 1; }) ==
+        status::invalid_stride);
+  // Gradient overlapping the logits without being in place (shifted by a row).
+  CHECK(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device, 0, [](gc::grad_args& a) {
+          a.grad_logits = const_cast<uint8_t*>(static_cast<const uint8_t*>(a.tokens.logits)) + a.tokens.ld * 2;
+        }) == status::invalid_shape);
+  // Gradient over the lse buffer.
+  CHECK(run_logits_grad(pr, fwd.lse, fwd.grad_seq, &grad, &device, 0, [](gc::grad_args& a) {
+          a.grad_logits = const_cast<float*>(a.lse);
+          a.grad_ld = 0;
+        }) == status::invalid_shape);
+  problem bad_opt = pr;
+  bad_opt.cfg.opt.loss.beta = -1.0;
+  CHECK(run_logits_grad(bad_opt, fwd.lse, fwd.grad_seq, &grad, &device) == status::invalid_beta);
+
+  // Device-side: a bad label and bad offsets are flagged, as in train_step.
+  problem bad = pr;
+  bad.labels[2] = bad.v;
+  REQUIRE(run_logits_grad(bad, fwd.lse, fwd.grad_seq, &grad, &device) == status::success);
+  CHECK(device == status::label_out_of_range);
+  bad = pr;
+  bad.offsets[2] = bad.offsets[1] - 1;
+  REQUIRE(run_logits_grad(bad, fwd.lse, fwd.grad_seq, &grad, &device) == status::success);
+  CHECK(device == status::invalid_offsets);
+}
+
+namespace {
+
 __global__ void fill_kernel(__nv_bfloat16* z, int64_t count, uint64_t seed) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

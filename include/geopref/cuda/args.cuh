@@ -106,4 +106,26 @@ struct train_args {
   bool grad_float32 = false;    // false: gradient in the logits dtype; true: float
 };
 
+/// Arguments of logits_grad: the backward pass alone, from what a train_step
+/// without a gradient returned (its lse and grad_seq_logps outputs). With the
+/// same logits, labels, offsets and options the gradient is bitwise the one
+/// train_step writes (same kernel, same inputs); the logits are read once.
+/// Scaling grad_seq_logps (for example by an upstream scalar) scales the
+/// gradient: this is how an autograd backward applies its upstream gradient.
+struct grad_args {
+  token_inputs tokens;  // the logits, labels and sequences train_step was given
+
+  const float* lse = nullptr;             // [N] lse_t (train_args::lse); read for scored rows only
+  const float* grad_seq_logps = nullptr;  // [S] g_s w.r.t. the summed log-prob
+                                          // (train_args::grad_seq_logps)
+
+  // The gradient, with train_args' rules: grad[t, v] = g_s (𝟙[v = y_t] −
+  // exp(z[t, v] − lse_t)) for scored rows t of s, 0 for every other row;
+  // columns [V, grad_ld) never written; in place allowed (same buffer, ld and
+  // dtype), any other overlap with the logits, lse or grad_seq_logps rejected.
+  void* grad_logits = nullptr;  // [N, grad_ld] row-major, required when N > 0
+  int64_t grad_ld = 0;          // >= V; 0 means ld
+  bool grad_float32 = false;    // false: gradient in the logits dtype; true: float
+};
+
 }  // namespace geopref::cuda

@@ -1,15 +1,19 @@
 // geopref/cuda/geopref.cuh — the CUDA launch API.
 //
-// Two entry points, both in CUB's shape (cub::DeviceReduce::Sum):
+// Three entry points, all in CUB's shape (cub::DeviceReduce::Sum):
 //
 //   sequence_logps  the forward pass alone: per-sequence log-probs of a model,
 //                   used for the reference model (its output is the ref_logps
 //                   input of train_step);
 //   train_step      forward, pair loss and backward of the policy model in one
 //                   call: the loss, TRL-style metrics, per-sequence log-probs
-//                   and the gradient with respect to the logits.
+//                   and the gradient with respect to the logits;
+//   logits_grad     the backward pass alone, from the lse and grad_seq_logps
+//                   of a train_step run without a gradient (an autograd
+//                   forward/backward split): one more read of the logits and
+//                   one write of the gradient, the design's floor.
 //
-// Calling convention (both entries):
+// Calling convention (every entry):
 //   1. call with workspace == nullptr: only workspace_bytes is set (arguments
 //      that determine the size are checked, buffers are not);
 //   2. allocate that many bytes (any alignment: the library rounds the base
@@ -48,7 +52,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "geopref/cuda/args.cuh"  // dtype, index_type, token_inputs, logps_args, train_args
+#include "geopref/cuda/args.cuh"  // dtype, index_type, token_inputs, logps_args, train_args,
+                                  // grad_args
 #include "geopref/losses.hpp"
 #include "geopref/options.hpp"
 #include "geopref/status.hpp"
@@ -65,6 +70,13 @@ inline status sequence_logps(void* workspace, size_t& workspace_bytes, const log
 /// opt.reduce), metrics and, when args.grad_logits is set, the backward pass.
 inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
                          const options& opt, cudaStream_t stream = nullptr) noexcept;
+
+/// Backward pass alone: the gradient train_step would write, from its lse and
+/// grad_seq_logps outputs (see grad_args). Uses opt.ignore_index; the whole
+/// of `opt` is validated. Device-side label and offset errors are recorded
+/// as in train_step.
+inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_args& args,
+                          const options& opt, cudaStream_t stream = nullptr) noexcept;
 
 /// Reads the device-side status recorded by the last call that used
 /// `workspace` (label out of range, bad offsets, ...). Synchronises `stream`.

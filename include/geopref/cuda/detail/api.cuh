@@ -74,6 +74,34 @@ inline byte_range used_bytes(const void* p, int64_t n, int64_t ld, int64_t v, in
   return {b, b + static_cast<uintptr_t>(((n - 1) * ld + v) * elem)};
 }
 
+/// The gradient's stride (grad_ld 0 means ld), checked with the shapes.
+inline status check_grad_stride(const token_inputs& x, int64_t grad_ld_arg) noexcept {
+  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+  if (grad_ld < x.vocab || grad_ld < 0) return status::invalid_stride;
+  if (x.n_rows > 0 && grad_ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)
+    return status::invalid_shape;
+  return status::success;
+}
+
+/// A non-null gradient buffer over N > 0 rows: alignment, and no overlap with
+/// the logits unless exactly in place. Returns the used bytes in *range.
+inline status check_grad_buffer(const token_inputs& x, const void* grad_logits, int64_t grad_ld_arg,
+                                bool grad_float32, byte_range* range) noexcept {
+  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+  const int in_bytes = dtype_bytes(x.logits_dtype);
+  const int out_bytes = grad_float32 ? 4 : in_bytes;
+  if (!aligned(grad_logits, out_bytes)) return status::misaligned_pointer;
+  // In place is exactly the same buffer, layout and type; any other overlap
+  // would let one block overwrite logits another block has yet to read.
+  const bool in_place = grad_logits == x.logits && grad_ld == x.ld && out_bytes == in_bytes &&
+                        !(grad_float32 && x.logits_dtype != dtype::float32);
+  const byte_range z = used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes);
+  const byte_range g = used_bytes(grad_logits, x.n_rows, grad_ld, x.vocab, out_bytes);
+  if (!in_place && z.begin < g.end && g.begin < z.end) return status::invalid_shape;
+  *range = g;
+  return status::success;
+}
+
 inline status check_train(const train_args& a, const options& opt, bool buffers) noexcept {
   const token_inputs& x = a.tokens;
   status s = validate(opt);
@@ -84,11 +112,8 @@ inline status check_train(const train_args& a, const options& opt, bool buffers)
   if (a.pairs == nullptr && x.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
   if (is_reference_free(opt.loss.type) && a.ref_logps != nullptr) return status::reference_not_allowed;
   if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
-  const int64_t grad_ld = a.grad_ld == 0 ? x.ld : a.grad_ld;
-  if (grad_ld < x.vocab || grad_ld < 0) return status::invalid_stride;
-  if (x.n_rows > 0 && grad_ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)
-    return status::invalid_shape;
-  if (!buffers) return status::success;
+  s = check_grad_stride(x, a.grad_ld);
+  if (s != status::success || !buffers) return s;
 
   s = check_buffers(x);
   if (s != status::success) return s;
@@ -99,16 +124,36 @@ inline status check_train(const train_args& a, const options& opt, bool buffers)
       !aligned(a.grad_seq_logps, 4))
     return status::misaligned_pointer;
   if (a.grad_logits != nullptr && x.n_rows > 0) {
-    const int in_bytes = dtype_bytes(x.logits_dtype);
-    const int out_bytes = a.grad_float32 ? 4 : in_bytes;
-    if (!aligned(a.grad_logits, out_bytes)) return status::misaligned_pointer;
-    // In place is exactly the same buffer, layout and type; any other overlap
-    // would let one block overwrite logits another block has yet to read.
-    const bool in_place = a.grad_logits == x.logits && grad_ld == x.ld && out_bytes == in_bytes &&
-                          !(a.grad_float32 && x.logits_dtype != dtype::float32);
-    const byte_range z = used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes);
-    const byte_range g = used_bytes(a.grad_logits, x.n_rows, grad_ld, x.vocab, out_bytes);
-    if (!in_place && z.begin < g.end && g.begin < z.end) return status::invalid_shape;
+    byte_range g{};
+    return check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
+  }
+  return status::success;
+}
+
+inline status check_grad(const grad_args& a, const options& opt, bool buffers) noexcept {
+  const token_inputs& x = a.tokens;
+  status s = validate(opt);
+  if (s != status::success) return s;
+  s = check_shapes(x);
+  if (s != status::success) return s;
+  s = check_grad_stride(x, a.grad_ld);
+  if (s != status::success || !buffers) return s;
+
+  s = check_buffers(x);
+  if (s != status::success) return s;
+  if (x.n_rows > 0 && (a.lse == nullptr || a.grad_logits == nullptr)) return status::null_pointer;
+  if (x.n_seqs > 0 && a.grad_seq_logps == nullptr) return status::null_pointer;
+  if (!aligned(a.lse, 4) || !aligned(a.grad_seq_logps, 4)) return status::misaligned_pointer;
+  if (x.n_rows == 0) return status::success;
+  byte_range g{};
+  s = check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
+  if (s != status::success) return s;
+  // backward_kernel reads lse and g_s while other blocks write the gradient.
+  const byte_range l = used_bytes(a.lse, x.n_rows, 1, 1, 4);
+  if (l.begin < g.end && g.begin < l.end) return status::invalid_shape;
+  if (x.n_seqs > 0) {
+    const byte_range q = used_bytes(a.grad_seq_logps, x.n_seqs, 1, 1, 4);
+    if (q.begin < g.end && g.begin < q.end) return status::invalid_shape;
   }
   return status::success;
 }
@@ -167,6 +212,25 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
   s = detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
   if (s != status::success) return s;
   return detail::enqueue_train_tail(args, opt, w, ws, stream);
+}
+
+inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_args& args,
+                          const options& opt, cudaStream_t stream) noexcept {
+  status s = detail::check_grad(args, opt, workspace != nullptr);
+  if (s != status::success) return s;
+  const token_inputs& x = args.tokens;
+  const detail::workspace_layout w =
+      detail::make_grad_layout(x.n_rows, x.vocab, detail::dtype_bytes(x.logits_dtype), x.n_seqs);
+  if (workspace == nullptr) {
+    workspace_bytes = detail::workspace_request(w);
+    return status::success;
+  }
+  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  const detail::workspace_view ws = detail::carve(workspace, w);
+  s = detail::enqueue_rows(x, opt, ws, stream);
+  if (s != status::success || x.n_rows == 0) return s;
+  return detail::enqueue_backward(x, w, ws, args.grad_seq_logps, args.lse, args.grad_logits,
+                                  args.grad_ld, args.grad_float32, stream);
 }
 
 inline status device_status(const void* workspace, cudaStream_t stream, status* result) noexcept {

@@ -92,9 +92,10 @@ inline workspace_view carve(void* workspace, const workspace_layout& w) {
 /// Forward pass up to the per-sequence log-probs: resets the flag, then
 /// offsets → rows → forward (→ combine) → sequence. `ref_logps` is only
 /// validated here (train_step).
-inline status enqueue_forward(const token_inputs& x, const options& opt, const workspace_layout& w,
-                              const workspace_view& ws, const float* ref_logps, float* out_seq,
-                              int64_t* out_counts, cudaStream_t stream) {
+/// Resets the flag, then offsets → rows: the canonical offsets, the label
+/// column and the sequence of every row (forward and logits_grad).
+inline status enqueue_rows(const token_inputs& x, const options& opt, const workspace_view& ws,
+                           cudaStream_t stream) {
   if (cudaMemsetAsync(ws.flag, 0x7f, sizeof(int), stream) != cudaSuccess) return status::cuda_error;
   const int64_t n = x.n_rows, s = x.n_seqs;
   if (s > 0) {
@@ -107,13 +108,23 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
     if (st != status::success) return st;
   }
   if (n > 0) {
-    status st = visit_index(x.label_type, [&](auto tag) {
+    return visit_index(x.label_type, [&](auto tag) {
       using L = typename decltype(tag)::type;
       launch(rows_kernel<L, BLOCK>, grid_1d(n), BLOCK, stream, static_cast<const L*>(x.labels), n,
              x.vocab, opt.ignore_index, ws.offsets, s, ws.cols, ws.row_seq, ws.flag);
       return last_launch();
     });
-    if (st != status::success) return st;
+  }
+  return status::success;
+}
+
+inline status enqueue_forward(const token_inputs& x, const options& opt, const workspace_layout& w,
+                              const workspace_view& ws, const float* ref_logps, float* out_seq,
+                              int64_t* out_counts, cudaStream_t stream) {
+  status st = enqueue_rows(x, opt, ws, stream);
+  if (st != status::success) return st;
+  const int64_t n = x.n_rows, s = x.n_seqs;
+  if (n > 0) {
     st = visit_dtype(x.logits_dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(w.splits));
@@ -153,6 +164,28 @@ inline status copy_rows(const workspace_view& ws, int64_t n, float* lse, float* 
   return status::success;
 }
 
+/// The backward pass over N > 0 rows: grid (N, splits) of backward_kernel,
+/// from the rows converted by enqueue_rows, g_s [S] and lse [N].
+inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
+                               const workspace_view& ws, const float* seq_grad, const float* lse,
+                               void* grad_logits, int64_t grad_ld_arg, bool grad_float32,
+                               cudaStream_t stream) {
+  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+  return visit_dtype(x.logits_dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(w.splits));
+    const auto* z = static_cast<const T*>(x.logits);
+    if (grad_float32) {
+      launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
+             ws.row_seq, seq_grad, lse, static_cast<float*>(grad_logits), grad_ld);
+    } else {
+      launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
+             ws.row_seq, seq_grad, lse, static_cast<T*>(grad_logits), grad_ld);
+    }
+    return last_launch();
+  });
+}
+
 /// Pair loss, metrics, per-sequence gradients and the backward pass.
 inline status enqueue_train_tail(const train_args& a, const options& opt,
                                  const workspace_layout& w, const workspace_view& ws,
@@ -186,20 +219,8 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
     if (last_launch() != status::success) return status::cuda_error;
   }
   if (!backward) return status::success;
-  const int64_t grad_ld = a.grad_ld == 0 ? x.ld : a.grad_ld;
-  return visit_dtype(x.logits_dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(w.splits));
-    const auto* z = static_cast<const T*>(x.logits);
-    if (a.grad_float32) {
-      launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
-             ws.row_seq, ws.seq_grad, ws.lse, static_cast<float*>(a.grad_logits), grad_ld);
-    } else {
-      launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
-             ws.row_seq, ws.seq_grad, ws.lse, static_cast<T*>(a.grad_logits), grad_ld);
-    }
-    return last_launch();
-  });
+  return enqueue_backward(x, w, ws, ws.seq_grad, ws.lse, a.grad_logits, a.grad_ld, a.grad_float32,
+                          stream);
 }
 
 }  // namespace geopref::cuda::detail

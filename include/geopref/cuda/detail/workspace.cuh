@@ -75,6 +75,28 @@ inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_byte
   return w;
 }
 
+/// The layout of logits_grad: the flag and the per-row conversion only (it
+/// reads lse and g_s from the caller); the other offsets stay 0 and unused.
+/// The split count is train_step's, so its backward launch is the same.
+inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem_bytes,
+                                         int64_t n_seqs) {
+  workspace_layout w;
+  size_t used = 0;
+  auto take = [&used](size_t bytes) {
+    const size_t at = used;
+    used += align_up(bytes, WORKSPACE_ALIGN);
+    return at;
+  };
+  const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
+  w.splits = choose_splits(n_rows, vocab, elem_bytes);
+  w.flag = take(sizeof(int));
+  w.offsets = take((s + 1) * sizeof(int64_t));
+  w.cols = take(n * sizeof(int32_t));
+  w.row_seq = take(n * sizeof(int32_t));
+  w.bytes = used;
+  return w;
+}
+
 /// Bytes to ask the caller for: the layout plus room to align the base.
 inline size_t workspace_request(const workspace_layout& w) {
   return w.bytes + WORKSPACE_ALIGN - 1;
