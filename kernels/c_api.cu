@@ -3,9 +3,10 @@
 // This one translation unit holds every kernel instantiation of the compiled
 // library: geopref::cuda dispatches the logits dtype (float, half, bfloat16)
 // and the label/offset index type (int32, int64) at run time inside
-// train_step / sequence_logps, so calling them here instantiates exactly those
-// 3 × 2 forward combinations (plus the gradient-dtype variants of the
-// backward) and nothing else.
+// train_step / sequence_logps / logits_grad, so calling them here
+// instantiates exactly those 3 × 2 forward combinations (plus the
+// gradient-dtype variants of the backward, shared by train_step and
+// logits_grad) and nothing else.
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -130,6 +131,17 @@ status to_logps(const geopref_logps_args& c, gc::logps_args* a) {
   return status::success;
 }
 
+status to_grad(const geopref_grad_args& c, gc::grad_args* a) {
+  const status s = to_tokens(c.tokens, &a->tokens);
+  if (s != status::success) return s;
+  a->lse = c.lse;
+  a->grad_seq_logps = c.grad_seq_logps;
+  a->grad_logits = c.grad_logits;
+  a->grad_ld = c.grad_ld;
+  a->grad_float32 = c.grad_float32 != 0;
+  return status::success;
+}
+
 geopref_status train_step(void* workspace, size_t* bytes, const geopref_train_args* args,
                           const geopref_options* opt, cudaStream_t stream) {
   if (bytes == nullptr || args == nullptr || opt == nullptr)
@@ -151,6 +163,18 @@ geopref_status sequence_logps(void* workspace, size_t* bytes, const geopref_logp
   status s = to_options(*opt, &o);
   if (s == status::success) s = to_logps(*args, &a);
   if (s == status::success) s = gc::sequence_logps(workspace, *bytes, a, o, stream);
+  return static_cast<int>(s);
+}
+
+geopref_status logits_grad(void* workspace, size_t* bytes, const geopref_grad_args* args,
+                           const geopref_options* opt, cudaStream_t stream) {
+  if (bytes == nullptr || args == nullptr || opt == nullptr)
+    return static_cast<int>(status::null_pointer);
+  geopref::options o;
+  gc::grad_args a;
+  status s = to_options(*opt, &o);
+  if (s == status::success) s = to_grad(*args, &a);
+  if (s == status::success) s = gc::logits_grad(workspace, *bytes, a, o, stream);
   return static_cast<int>(s);
 }
 
@@ -190,6 +214,14 @@ void geopref_logps_args_init(geopref_logps_args* args) {
   args->tokens.offset_type = GEOPREF_INT64;
 }
 
+void geopref_grad_args_init(geopref_grad_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_grad_args{};
+  args->tokens.logits_dtype = GEOPREF_FLOAT32;
+  args->tokens.label_type = GEOPREF_INT64;
+  args->tokens.offset_type = GEOPREF_INT64;
+}
+
 geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
                                                  const geopref_options* opt,
                                                  size_t* workspace_bytes) {
@@ -202,6 +234,12 @@ geopref_status geopref_sequence_logps_workspace_size(const geopref_logps_args* a
   return sequence_logps(nullptr, workspace_bytes, args, opt, nullptr);
 }
 
+geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
+                                                  const geopref_options* opt,
+                                                  size_t* workspace_bytes) {
+  return logits_grad(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
 geopref_status geopref_train_step(void* workspace, size_t* workspace_bytes,
                                   const geopref_train_args* args, const geopref_options* opt,
                                   geopref_stream_t stream) {
@@ -212,6 +250,12 @@ geopref_status geopref_sequence_logps(void* workspace, size_t* workspace_bytes,
                                       const geopref_logps_args* args, const geopref_options* opt,
                                       geopref_stream_t stream) {
   return sequence_logps(workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_logits_grad(void* workspace, size_t* workspace_bytes,
+                                   const geopref_grad_args* args, const geopref_options* opt,
+                                   geopref_stream_t stream) {
+  return logits_grad(workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_device_status(const void* workspace, geopref_stream_t stream,

@@ -7,6 +7,9 @@
  *                           model's pass; its output is ref_logps below);
  *   geopref_train_step      forward, pair loss, metrics and the gradient with
  *                           respect to the logits, in one call;
+ *   geopref_logits_grad     the backward pass alone, from the lse and
+ *                           grad_seq_logps of a train_step run without a
+ *                           gradient (an autograd forward/backward split);
  *   geopref_device_status   the status the kernels recorded about device data
  *                           (a label out of range, bad offsets, ...);
  *                           synchronises the stream.
@@ -173,9 +176,22 @@ typedef struct geopref_train_args {
   int grad_float32;           /* non-zero: gradient as float32, else in the logits dtype */
 } geopref_train_args;
 
+/* Arguments of geopref_logits_grad (geopref::cuda::grad_args): the gradient
+ * train_step would write, from its lse and grad_seq_logps outputs. Scaling
+ * grad_seq_logps scales the gradient. geopref_grad_args_init() zeroes it. */
+typedef struct geopref_grad_args {
+  geopref_tokens tokens;        /* the tokens train_step was given */
+  const float* lse;             /* [N] train_step's lse output */
+  const float* grad_seq_logps;  /* [S] train_step's grad_seq_logps output (g_s) */
+  void* grad_logits;            /* [N, grad_ld] required when N > 0; may equal tokens.logits */
+  int64_t grad_ld;              /* >= V; 0: ld */
+  int grad_float32;             /* non-zero: gradient as float32, else in the logits dtype */
+} geopref_grad_args;
+
 GEOPREF_C_EXPORT void geopref_options_init(geopref_options* opt);
 GEOPREF_C_EXPORT void geopref_train_args_init(geopref_train_args* args);
 GEOPREF_C_EXPORT void geopref_logps_args_init(geopref_logps_args* args);
+GEOPREF_C_EXPORT void geopref_grad_args_init(geopref_grad_args* args);
 
 /* Workspace size for these arguments (the buffers need not be set yet). */
 GEOPREF_C_EXPORT geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
@@ -183,6 +199,9 @@ GEOPREF_C_EXPORT geopref_status geopref_train_step_workspace_size(const geopref_
                                                                   size_t* workspace_bytes);
 GEOPREF_C_EXPORT geopref_status geopref_sequence_logps_workspace_size(
     const geopref_logps_args* args, const geopref_options* opt, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
+                                                                   const geopref_options* opt,
+                                                                   size_t* workspace_bytes);
 
 /* workspace == NULL: sets *workspace_bytes only. Otherwise *workspace_bytes is
  * the size of `workspace` and the work is enqueued on `stream`. */
@@ -194,6 +213,10 @@ GEOPREF_C_EXPORT geopref_status geopref_sequence_logps(void* workspace, size_t* 
                                                        const geopref_logps_args* args,
                                                        const geopref_options* opt,
                                                        geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_logits_grad(void* workspace, size_t* workspace_bytes,
+                                                    const geopref_grad_args* args,
+                                                    const geopref_options* opt,
+                                                    geopref_stream_t stream);
 
 /* Synchronises `stream`, then stores in *result the status recorded by the
  * last call that used `workspace`. Returns GEOPREF_CUDA_ERROR when the
