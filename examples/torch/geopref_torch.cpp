@@ -12,9 +12,13 @@
 //       ignore_index, check) -> seq_logps
 //
 // pref_loss is autograd-aware: the loss is differentiable with respect to the
-// logits (only). Its backward calls the fused train step again with the
-// upstream gradient as a device buffer, so no [N, V] gradient is kept alive
-// between forward and backward and no extra pass scales it.
+// logits (only). For mean/sum the forward runs train_step without a gradient
+// but keeps lse [N] and g_s [S] (upstream 1); the backward scales g_s by the
+// upstream scalar (an [S] multiply) and calls logits_grad: one more read of
+// the logits and one write of the gradient, so no [N, V] gradient is kept
+// alive between forward and backward. For reduction none the upstream is per
+// pair, so g_s cannot be rescaled afterwards: the backward runs train_step
+// again with the upstream gradient as a device buffer.
 // `check` reads the device-side status (a label out of range, bad offsets)
 // after the call; that synchronises the stream.
 #include <ATen/cuda/CUDAContext.h>
@@ -114,6 +118,7 @@ Tensor as_f32(const c10::optional<Tensor>& t, int64_t n, const Tensor& like, con
 // dtype as logits) only for the backward.
 struct step_outputs {
   Tensor loss, seq_logps, metrics;
+  Tensor lse, grad_seq;  // [N], [S] for logits_grad: forward of a mean/sum reduction only
 };
 
 step_outputs train_step(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
@@ -145,6 +150,11 @@ step_outputs train_step(const Tensor& logits, const Tensor& labels, const Tensor
     a.grad_logits = grad->data_ptr();
     a.grad_ld = a.tokens.vocab;
     a.grad_output = grad_output.data_ptr<float>();
+  } else if (opt.reduction != GEOPREF_REDUCTION_NONE) {
+    out.lse = torch::empty({a.tokens.n_rows}, f32);
+    out.grad_seq = torch::empty({a.tokens.n_seqs}, f32);
+    a.lse = out.lse.data_ptr<float>();
+    a.grad_seq_logps = out.grad_seq.data_ptr<float>();
   }
 
   size_t bytes = 0;
@@ -161,6 +171,34 @@ step_outputs train_step(const Tensor& logits, const Tensor& labels, const Tensor
   return out;
 }
 
+// The backward pass alone: the gradient from the forward's lse and g_s
+// (already scaled by the upstream gradient).
+Tensor logits_grad(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                   const Tensor& lse, const Tensor& grad_seq, const config& c) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const geopref_options opt = make_options(c);
+  geopref_grad_args a;
+  geopref_grad_args_init(&a);
+  a.tokens = make_tokens(logits, labels, offsets);
+  a.lse = lse.data_ptr<float>();
+  a.grad_seq_logps = grad_seq.data_ptr<float>();
+  Tensor grad = torch::empty_like(logits, at::MemoryFormat::Contiguous);
+  a.grad_logits = grad.data_ptr();
+  a.grad_ld = a.tokens.vocab;
+
+  size_t bytes = 0;
+  check_status(geopref_logits_grad_workspace_size(&a, &opt, &bytes));
+  Tensor workspace = torch::empty({static_cast<int64_t>(bytes)}, logits.options().dtype(at::kByte));
+  const auto stream = reinterpret_cast<geopref_stream_t>(at::cuda::getCurrentCUDAStream().stream());
+  check_status(geopref_logits_grad(workspace.data_ptr(), &bytes, &a, &opt, stream));
+  if (c.check) {
+    geopref_status recorded = GEOPREF_SUCCESS;
+    check_status(geopref_device_status(workspace.data_ptr(), stream, &recorded));
+    check_status(recorded);
+  }
+  return grad;
+}
+
 class pref_loss_function : public torch::autograd::Function<pref_loss_function> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& labels,
@@ -168,7 +206,8 @@ class pref_loss_function : public torch::autograd::Function<pref_loss_function> 
                                const Tensor& ref, const Tensor& weights, const config& c) {
     const step_outputs o =
         train_step(logits, labels, offsets, pairs, soft, ref, weights, c, Tensor(), nullptr);
-    ctx->save_for_backward({logits, labels, offsets, pairs, soft, ref, weights});
+    ctx->save_for_backward(
+        {logits, labels, offsets, pairs, soft, ref, weights, o.lse, o.grad_seq});
     ctx->saved_data["loss"] = c.loss;
     ctx->saved_data["reduction"] = c.reduction;
     ctx->saved_data["params"] = std::vector<double>{c.beta, c.alpha, c.gamma, c.epsilon, c.tau};
@@ -192,7 +231,16 @@ class pref_loss_function : public torch::autograd::Function<pref_loss_function> 
     if (!upstream.defined()) upstream = torch::ones_like(s[0].new_empty({}, at::kFloat));
     upstream = upstream.to(at::kFloat).contiguous().reshape({-1});
     Tensor grad;
-    train_step(s[0], s[1], s[2], s[3], s[4], s[5], s[6], c, upstream, &grad);
+    if (c.reduction != "none") {
+      // g_s is linear in the upstream scalar: scale it (an [S] multiply on
+      // the current stream) and run the backward pass alone.
+      const Tensor grad_seq = (s[8] * upstream).contiguous();
+      grad = logits_grad(s[0], s[1], s[2], s[7], grad_seq, c);
+    } else {
+      // Per-pair upstream: g_s would need the per-pair coefficients, which
+      // the API does not return, so the fused step runs again with it.
+      train_step(s[0], s[1], s[2], s[3], s[4], s[5], s[6], c, upstream, &grad);
+    }
     // Gradients of: logits, labels, offsets, pairs, soft, ref, weights, config.
     return {grad, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
