@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 [[ -x /usr/local/cuda/bin/nvcc ]] && export PATH=/usr/local/cuda/bin:$PATH
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target quickstart
-./build/examples/quickstart "$@"
+exec "$(cd build && pwd)/examples/quickstart/quickstart" "$@"
