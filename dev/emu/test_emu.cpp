@@ -1,4 +1,4 @@
-// tests/emu/test_emu.cpp — the host emulator checked on its own, so that a
+// dev/emu/test_emu.cpp — the host emulator checked on its own, so that a
 // passing emulated GPU test means something: bit-exact half/bfloat16
 // conversions (against Eigen), block and grid indices, barriers and shuffles
 // with the semantics kernels rely on, atomics, and the faults it must report

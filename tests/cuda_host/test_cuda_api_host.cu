@@ -1,4 +1,4 @@
-// tests/gpu/test_cuda_api_host.cu — the launch API's host side, without a
+// tests/cuda_host/test_cuda_api_host.cu — the launch API's host side, without a
 // GPU: the workspace query and every check that must fail before anything is
 // enqueued. No call here reaches the CUDA runtime (a rejected call returns
 // before its first CUDA call), so the pointers may be fake addresses.

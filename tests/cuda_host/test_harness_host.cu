@@ -1,4 +1,4 @@
-// tests/gpu/test_harness_host.cu — checks the GPU test harness itself on the
+// tests/cuda_host/test_harness_host.cu — checks the GPU test harness itself on the
 // CPU, so that a GPU run never fails because of the harness.
 //
 // A host model of the kernels' arithmetic (fp32 online softmax over 16-byte
@@ -12,7 +12,7 @@
 #include "geopref/cuda/detail/arith.cuh"
 #include "gpu_harness.cuh"
 
-using namespace geopref_test;
+using namespace geopref::test;
 namespace d = geopref::cuda::detail;
 using geopref::loss_type;
 using geopref::reduction;

@@ -1,4 +1,4 @@
-// tests/emu/emu_runtime.cpp — the host emulator's runtime (docs/emulator.md):
+// dev/emu/emu_runtime.cpp — the host emulator's runtime (dev/emu/README.md):
 // kernel launches (blocks one after another, each block's threads as emulated
 // threads that interleave at barriers), barriers and warp shuffles with
 // divergence checks, queued streams, and "device" memory with guard bands.

@@ -1,9 +1,9 @@
-// tests/gpu/reference_bridge.cpp — see reference_bridge.hpp.
+// dev/support/reference_bridge.cpp — see reference_bridge.hpp.
 #include "reference_bridge.hpp"
 
 #include "geopref/reference/reference.hpp"
 
-namespace geopref_test {
+namespace geopref::support {
 namespace {
 
 template <class Logit>
@@ -66,4 +66,4 @@ geopref::status run_reference(const ref_problem& in, const geopref::options& opt
   return geopref::status::unsupported_dtype;
 }
 
-}  // namespace geopref_test
+}  // namespace geopref::support

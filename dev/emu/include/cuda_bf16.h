@@ -1,7 +1,7 @@
-// tests/emu/include/cuda_bf16.h — __nv_bfloat16 for the host emulator:
+// dev/emu/include/cuda_bf16.h — __nv_bfloat16 for the host emulator:
 // storage and bit-exact round-to-nearest-even conversions (NaN becomes
 // 0x7fff, as CUDA's host conversion does). Checked against Eigen::bfloat16
-// in tests/emu/test_emu.cpp.
+// in dev/emu/test_emu.cpp.
 #pragma once
 
 #include <cstdint>

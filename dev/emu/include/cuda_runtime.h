@@ -1,5 +1,5 @@
-// tests/emu/include/cuda_runtime.h — host emulator of the CUDA subset that
-// geopref's kernels and GPU tests use (see docs/emulator.md).
+// dev/emu/include/cuda_runtime.h — host emulator of the CUDA subset that
+// geopref's kernels and GPU tests use (see dev/emu/README.md).
 //
 // Put this directory first on the include path of a C++ (not nvcc) build and
 // define GEOPREF_HOST_EMULATION: kernels then compile as ordinary C++ and
@@ -17,7 +17,7 @@
 #pragma once
 
 #ifndef GEOPREF_HOST_EMULATION
-#error "tests/emu/include is the host emulator of CUDA: define GEOPREF_HOST_EMULATION to use it"
+#error "dev/emu/include is the host emulator of CUDA: define GEOPREF_HOST_EMULATION to use it"
 #endif
 
 #include <cstddef>
@@ -105,7 +105,7 @@ enum cudaDeviceAttr : int {
 };
 
 // ---------------------------------------------------------------------------
-// Runtime API (tests/emu/emu_runtime.cpp). Stream work is queued and runs
+// Runtime API (dev/emu/emu_runtime.cpp). Stream work is queued and runs
 // when the host has to see its effect (synchronisation, copies to host
 // memory, cudaFree), unordered work latest first; see emu_runtime.cpp.
 cudaError_t cudaGetDeviceCount(int* count);

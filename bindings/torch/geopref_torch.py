@@ -1,4 +1,4 @@
-"""geopref as a PyTorch op: builds examples/torch/geopref_torch.cpp and the
+"""geopref as a PyTorch op: builds bindings/torch/geopref_torch.cpp and the
 C ABI (kernels/c_api.cu, via geopref_c_api.cu) with torch's own extension
 tooling, and wraps the op.
 

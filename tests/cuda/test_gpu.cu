@@ -1,18 +1,18 @@
-// tests/gpu/test_gpu.cu — geopref::cuda against the CPU reference on seeded
+// tests/cuda/test_gpu.cu — geopref::cuda against the CPU reference on seeded
 // random problems: every loss, every dtype, awkward shapes and layouts,
 // extreme logits, device-side errors, and one case with N·V > 2³¹.
 // Tags: [small] the short cases scripts/gpu-check.sh runs under
 // compute-sanitizer memcheck; [race] the few it runs under racecheck and
 // synccheck; [large] the 4+ GB case. [vocab] (real vocabulary sizes) and
 // [matrix] (every loss / dtype combination) take longest on the host
-// emulator (tests/emu, which runs everything but [large]).
+// emulator (dev/emu, which runs everything but [large]).
 #include <catch2/catch.hpp>
 
 #include <cstdio>
 
 #include "gpu_harness.cuh"
 
-using namespace geopref_test;
+using namespace geopref::test;
 using geopref::loss_type;
 using geopref::reduction;
 
@@ -272,7 +272,7 @@ TEST_CASE("sequence_logps matches the reference and feeds train_step", "[gpu][sm
     REQUIRE(run_reference(pr.ref_in, c.opt, false, ref) == status::success);
 
     dmem logits_mem(pr.logits.size() + 256);
-    auto* logits = static_cast<uint8_t*>(logits_mem.p) + c.misalign * 2;
+    auto* logits = static_cast<uint8_t*>(logits_mem.get()) + c.misalign * 2;
     CUDA_REQUIRE(cudaMemcpy(logits, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
     dmem labels = upload(pr.labels), offsets = upload(pr.offsets);
     dmem out(pr.s * sizeof(float)), counts(pr.s * sizeof(int64_t)), tok(pr.n * sizeof(float)),
@@ -284,24 +284,24 @@ TEST_CASE("sequence_logps matches the reference and feeds train_step", "[gpu][sm
     a.tokens.n_rows = pr.n;
     a.tokens.vocab = pr.v;
     a.tokens.ld = pr.ld;
-    a.tokens.labels = labels.p;
-    a.tokens.offsets = offsets.p;
+    a.tokens.labels = labels.get();
+    a.tokens.offsets = offsets.get();
     a.tokens.n_seqs = pr.s;
-    a.seq_logps = out.as<float>();
-    a.seq_counts = counts.as<int64_t>();
-    a.token_logps = tok.as<float>();
-    a.lse = lse.as<float>();
+    a.seq_logps = out.get<float>();
+    a.seq_counts = counts.get<int64_t>();
+    a.token_logps = tok.get<float>();
+    a.lse = lse.get<float>();
     size_t bytes = 0;
     REQUIRE(gc::sequence_logps(nullptr, bytes, a, c.opt) == status::success);
     dmem ws(bytes);
-    REQUIRE(gc::sequence_logps(ws.p, bytes, a, c.opt) == status::success);
+    REQUIRE(gc::sequence_logps(ws.get(), bytes, a, c.opt) == status::success);
     status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.p, nullptr, &dev) == status::success);
+    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
     REQUIRE(dev == status::success);
-    const auto got = download<float>(out.p, pr.s);
-    const auto got_counts = download<int64_t>(counts.p, pr.s);
-    const auto got_tok = download<float>(tok.p, pr.n);
-    const auto got_lse = download<float>(lse.p, pr.n);
+    const auto got = download<float>(out.get(), pr.s);
+    const auto got_counts = download<int64_t>(counts.get(), pr.s);
+    const auto got_tok = download<float>(tok.get(), pr.n);
+    const auto got_lse = download<float>(lse.get(), pr.n);
     const int64_t rows_end = pr.offsets.back();
     checker ck_seq("sequence_logps seq_logps"), ck_tok("sequence_logps token_logps"),
         ck_lse("sequence_logps lse");
@@ -446,7 +446,7 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   const case_config& c = pr.cfg;
   const int es = dtype_bytes(c.dtype), out_es = c.grad_fp32 ? 4 : es;
   dmem logits_mem(static_cast<size_t>((pr.n * pr.ld + c.misalign) * es) + 256);
-  auto* logits = static_cast<uint8_t*>(logits_mem.p) + c.misalign * es;
+  auto* logits = static_cast<uint8_t*>(logits_mem.get()) + c.misalign * es;
   if (!pr.logits.empty())
     CUDA_REQUIRE(cudaMemcpy(logits, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
   std::vector<int32_t> labels32(pr.labels.begin(), pr.labels.end());
@@ -462,7 +462,7 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   if (!c.in_place) {
     grad_mem = dmem(static_cast<size_t>((pr.n * grad_ld + c.grad_misalign) * out_es) + 256);
     poison(grad_mem);
-    grad = static_cast<uint8_t*>(grad_mem.p) + c.grad_misalign * out_es;
+    grad = static_cast<uint8_t*>(grad_mem.get()) + c.grad_misalign * out_es;
   }
 
   gc::grad_args a;
@@ -471,13 +471,13 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   a.tokens.n_rows = pr.n;
   a.tokens.vocab = pr.v;
   a.tokens.ld = pr.ld;
-  a.tokens.labels = labels.p;
+  a.tokens.labels = labels.get();
   a.tokens.label_type = c.label_type;
-  a.tokens.offsets = offsets.p;
+  a.tokens.offsets = offsets.get();
   a.tokens.offset_type = c.offset_type;
   a.tokens.n_seqs = pr.s;
-  a.lse = lse.as<float>();
-  a.grad_seq_logps = grad_seq.as<float>();
+  a.lse = lse.get<float>();
+  a.grad_seq_logps = grad_seq.get<float>();
   a.grad_logits = grad;
   a.grad_ld = c.in_place ? 0 : grad_ld;
   a.grad_float32 = c.grad_fp32;
@@ -490,9 +490,9 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   poison(ws);
   CUDA_REQUIRE(cudaDeviceSynchronize());
   size_t given = bytes - workspace_shortfall;
-  st = gc::logits_grad(ws.p, given, a, c.opt);
+  st = gc::logits_grad(ws.get(), given, a, c.opt);
   if (st != status::success) return st;
-  REQUIRE(gc::device_status(ws.p, nullptr, device) == status::success);
+  REQUIRE(gc::device_status(ws.get(), nullptr, device) == status::success);
   *grad_out = download<uint8_t>(grad, static_cast<size_t>(pr.n * grad_ld * out_es));
   return status::success;
 }
@@ -630,7 +630,7 @@ TEST_CASE("N * V > 2^31 elements", "[gpu][large]") {
   }
   REQUIRE(n * v > (int64_t{1} << 31));
   dmem logits(logits_bytes);
-  auto* z = logits.as<__nv_bfloat16>();
+  auto* z = logits.get<__nv_bfloat16>();
   geopref::cuda::detail::launch(fill_kernel, 4096, 256, nullptr, z, n * v, uint64_t{42});
   CUDA_REQUIRE(cudaGetLastError());
 
@@ -659,29 +659,29 @@ TEST_CASE("N * V > 2^31 elements", "[gpu][large]") {
   a.tokens.n_rows = n;
   a.tokens.vocab = v;
   a.tokens.ld = v;
-  a.tokens.labels = d_labels.p;
-  a.tokens.offsets = d_offsets.p;
+  a.tokens.labels = d_labels.get();
+  a.tokens.offsets = d_offsets.get();
   a.tokens.n_seqs = 2;
   a.n_pairs = 1;
-  a.soft_labels = d_soft.as<float>();
-  a.loss = loss.as<float>();
-  a.seq_logps = seq.as<float>();
-  a.grad_seq_logps = gseq.as<float>();
-  a.token_logps = tok.as<float>();
-  a.lse = lse.as<float>();
+  a.soft_labels = d_soft.get<float>();
+  a.loss = loss.get<float>();
+  a.seq_logps = seq.get<float>();
+  a.grad_seq_logps = gseq.get<float>();
+  a.token_logps = tok.get<float>();
+  a.lse = lse.get<float>();
   a.grad_logits = z;  // in place
   geopref::options opt;
   opt.loss.type = loss_type::dpo;
   size_t bytes = 0;
   REQUIRE(gc::train_step(nullptr, bytes, a, opt) == status::success);
   dmem ws(bytes);
-  REQUIRE(gc::train_step(ws.p, bytes, a, opt) == status::success);
+  REQUIRE(gc::train_step(ws.get(), bytes, a, opt) == status::success);
   status dev = status::internal_error;
-  REQUIRE(gc::device_status(ws.p, nullptr, &dev) == status::success);
+  REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
   REQUIRE(dev == status::success);
 
-  const auto got_tok = download<float>(tok.p, n), got_lse = download<float>(lse.p, n);
-  const auto got_seq = download<float>(seq.p, 2), got_g = download<float>(gseq.p, 2);
+  const auto got_tok = download<float>(tok.get(), n), got_lse = download<float>(lse.get(), n);
+  const auto got_seq = download<float>(seq.get(), 2), got_g = download<float>(gseq.get(), 2);
 
   // Reference on the sampled rows, each its own sequence.
   std::vector<int64_t> sub_labels, sub_offsets = {0};

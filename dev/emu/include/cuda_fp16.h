@@ -1,6 +1,6 @@
-// tests/emu/include/cuda_fp16.h — __half for the host emulator: storage and
+// dev/emu/include/cuda_fp16.h — __half for the host emulator: storage and
 // bit-exact round-to-nearest-even conversions (NaN becomes 0x7fff, as CUDA's
-// host conversion does). Checked against Eigen::half in tests/emu/test_emu.cpp.
+// host conversion does). Checked against Eigen::half in dev/emu/test_emu.cpp.
 #pragma once
 
 #include <cstdint>

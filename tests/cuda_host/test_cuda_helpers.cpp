@@ -1,4 +1,4 @@
-// tests/gpu/test_cuda_helpers.cpp — the pure arithmetic of the CUDA kernels,
+// tests/cuda_host/test_cuda_helpers.cpp — the pure arithmetic of the CUDA kernels,
 // checked on the CPU (compiled by the C++ compiler, no GPU needed): online
 // logsumexp, row partition into prologue/vectors/tail, row splits, the
 // sequence search and the workspace layout.

@@ -4,7 +4,7 @@ The plain version is the op-by-op formulation (log_softmax, gather, masked
 per-sequence sums, margin, loss) in float64 on the same (already rounded)
 logits, differentiated by autograd. Exit codes: 0 pass, 1 fail, 77 no GPU.
 
-    python3 examples/torch/test_geopref_torch.py
+    python3 bindings/torch/test_geopref_torch.py
 """
 import math
 import os

@@ -1,4 +1,4 @@
-// tests/gpu/reference_bridge.hpp — the CPU reference behind a plain C++
+// dev/support/reference_bridge.hpp — the CPU reference behind a plain C++
 // interface, so that the .cu tests never include Eigen (nvcc is noisy with
 // it). Implemented in reference_bridge.cpp, compiled by the C++ compiler.
 #pragma once
@@ -9,7 +9,7 @@
 #include "geopref/options.hpp"
 #include "geopref/status.hpp"
 
-namespace geopref_test {
+namespace geopref::support {
 
 enum class ref_dtype { f32, f16, bf16 };
 
@@ -45,4 +45,4 @@ struct ref_result {
 geopref::status run_reference(const ref_problem& in, const geopref::options& opt, bool with_grad,
                               ref_result& out);
 
-}  // namespace geopref_test
+}  // namespace geopref::support

@@ -1,4 +1,4 @@
-// tests/gpu/gpu_main.cpp — Catch2 runner of the GPU tests: exits with 77
+// tests/cuda/gpu_main.cpp — Catch2 runner of the GPU tests: exits with 77
 // (ctest: skipped) when no usable CUDA device exists, so a machine without a
 // GPU reports the tests as skipped, never as passed.
 //

@@ -1,6 +1,6 @@
 """Builds the geopref PyTorch op with torch's extension tooling:
 
-    cd examples/torch && python3 setup.py build_ext --inplace
+    cd bindings/torch && python3 setup.py build_ext --inplace
     GEOPREF_TORCH_LIB=$PWD/geopref_torch_ext*.so python3 test_geopref_torch.py
 
 (or let geopref_torch.load() compile it on first use, which needs ninja).

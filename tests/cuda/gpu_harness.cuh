@@ -1,4 +1,4 @@
-// tests/gpu/gpu_harness.cuh — building seeded random problems, running them
+// tests/cuda/gpu_harness.cuh — building seeded random problems, running them
 // through geopref::cuda and the CPU reference, and comparing every output
 // with a per-element error bound.
 //
@@ -40,11 +40,16 @@
 #include <vector>
 
 #include "geopref/cuda/geopref.cuh"
+#include "device_buffer.hpp"
 #include "reference_bridge.hpp"
 
-namespace geopref_test {
+namespace geopref::test {
 
 namespace gc = geopref::cuda;
+using support::ref_dtype;
+using support::ref_problem;
+using support::ref_result;
+using support::run_reference;
 using geopref::options;
 using geopref::status;
 
@@ -53,34 +58,16 @@ inline constexpr double U32 = 5.9604644775390625e-08;  // 2^-24
 #define CUDA_REQUIRE(x) REQUIRE((x) == cudaSuccess)
 
 // ---------------------------------------------------------------------------
-// Device memory that frees itself.
-struct dmem {
-  void* p = nullptr;
-  size_t bytes = 0;
+// Device memory that frees itself: the shared buffer, its allocation REQUIREd.
+struct dmem : geopref::support::device_buffer {
   dmem() = default;
-  explicit dmem(size_t b) : bytes(b) {
-    if (b > 0) CUDA_REQUIRE(cudaMalloc(&p, b));
-  }
-  dmem(const dmem&) = delete;
-  dmem& operator=(const dmem&) = delete;
-  dmem(dmem&& o) noexcept : p(o.p), bytes(o.bytes) { o.p = nullptr; o.bytes = 0; }
-  dmem& operator=(dmem&& o) noexcept {
-    std::swap(p, o.p);
-    std::swap(bytes, o.bytes);
-    return *this;
-  }
-  ~dmem() {
-    if (p != nullptr) cudaFree(p);
-  }
-  template <class T>
-  T* as() const { return static_cast<T*>(p); }
+  explicit dmem(size_t b) : device_buffer(b) { CUDA_REQUIRE(error()); }
+  explicit dmem(device_buffer&& b) : device_buffer(std::move(b)) { CUDA_REQUIRE(error()); }
 };
 
 template <class T>
 dmem upload(const std::vector<T>& v) {
-  dmem d(v.size() * sizeof(T));
-  if (!v.empty()) CUDA_REQUIRE(cudaMemcpy(d.p, v.data(), d.bytes, cudaMemcpyHostToDevice));
-  return d;
+  return dmem(geopref::support::device_buffer::upload(v));
 }
 
 template <class T>
@@ -313,7 +300,7 @@ struct gpu_result {
 };
 
 inline void poison(const dmem& d) {
-  if (d.bytes > 0) CUDA_REQUIRE(cudaMemset(d.p, 0xff, d.bytes));  // NaN / −1 everywhere
+  if (d.bytes() > 0) CUDA_REQUIRE(cudaMemset(d.get(), 0xff, d.bytes()));  // NaN / −1 everywhere
 }
 
 /// Runs train_step once with freshly poisoned outputs.
@@ -324,7 +311,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   gpu_result r;
   // Logits at an address `misalign` elements past a 256-byte boundary.
   dmem logits_mem(static_cast<size_t>((pr.n * pr.ld + c.misalign) * es) + 256);
-  auto* logits = static_cast<uint8_t*>(logits_mem.p) + c.misalign * es;
+  auto* logits = static_cast<uint8_t*>(logits_mem.get()) + c.misalign * es;
   if (!pr.logits.empty())
     CUDA_REQUIRE(cudaMemcpy(logits, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
 
@@ -354,7 +341,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   } else if (c.grad) {
     grad_mem = dmem(static_cast<size_t>((pr.n * r.grad_ld + c.grad_misalign) * out_es) + 256);
     poison(grad_mem);
-    grad = static_cast<uint8_t*>(grad_mem.p) + c.grad_misalign * out_es;
+    grad = static_cast<uint8_t*>(grad_mem.get()) + c.grad_misalign * out_es;
   }
 
   gc::train_args a;
@@ -363,25 +350,25 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   a.tokens.n_rows = pr.n;
   a.tokens.vocab = pr.v;
   a.tokens.ld = pr.ld;
-  a.tokens.labels = labels.p;
+  a.tokens.labels = labels.get();
   a.tokens.label_type = c.label_type;
-  a.tokens.offsets = offsets.p;
+  a.tokens.offsets = offsets.get();
   a.tokens.offset_type = c.offset_type;
   a.tokens.n_seqs = pr.s;
   a.n_pairs = pr.p;
-  a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.as<int64_t>();
-  a.soft_labels = c.soft ? soft.as<float>() : nullptr;
-  a.ref_logps = c.ref ? ref.as<float>() : nullptr;
-  a.weights = c.weights ? weights.as<float>() : nullptr;
+  a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.get<int64_t>();
+  a.soft_labels = c.soft ? soft.get<float>() : nullptr;
+  a.ref_logps = c.ref ? ref.get<float>() : nullptr;
+  a.weights = c.weights ? weights.get<float>() : nullptr;
   a.grad_loss = c.grad_loss;
-  a.grad_output = c.grad_output ? grad_out.as<float>() : nullptr;
-  a.loss = loss.as<float>();
-  a.stats = stats.as<geopref::metrics>();
-  a.seq_logps = seq_logps.as<float>();
-  a.seq_counts = seq_counts.as<int64_t>();
-  a.token_logps = token_logps.as<float>();
-  a.lse = lse.as<float>();
-  a.grad_seq_logps = grad_seq.as<float>();
+  a.grad_output = c.grad_output ? grad_out.get<float>() : nullptr;
+  a.loss = loss.get<float>();
+  a.stats = stats.get<geopref::metrics>();
+  a.seq_logps = seq_logps.get<float>();
+  a.seq_counts = seq_counts.get<int64_t>();
+  a.token_logps = token_logps.get<float>();
+  a.lse = lse.get<float>();
+  a.grad_seq_logps = grad_seq.get<float>();
   a.grad_logits = grad;
   a.grad_ld = c.in_place ? 0 : r.grad_ld;  // 0 means ld
   a.grad_float32 = c.grad_fp32;
@@ -397,18 +384,18 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   // after them, so wait for them before enqueuing on it.
   CUDA_REQUIRE(cudaDeviceSynchronize());
   size_t given = bytes - workspace_shortfall;
-  r.host_status = gc::train_step(ws.p, given, a, c.opt, stream);
+  r.host_status = gc::train_step(ws.get(), given, a, c.opt, stream);
   if (r.host_status != status::success) return r;
-  REQUIRE(gc::device_status(ws.p, stream, &r.device) == status::success);
+  REQUIRE(gc::device_status(ws.get(), stream, &r.device) == status::success);
   CUDA_REQUIRE(cudaDeviceSynchronize());
 
-  r.loss = download<float>(loss.p, loss.bytes / sizeof(float));
-  r.stats = download<geopref::metrics>(stats.p, 1)[0];
-  r.seq_logps = download<float>(seq_logps.p, pr.s);
-  r.seq_counts = download<int64_t>(seq_counts.p, pr.s);
-  r.grad_seq = download<float>(grad_seq.p, pr.s);
-  r.token_logps = download<float>(token_logps.p, pr.n);
-  r.lse = download<float>(lse.p, pr.n);
+  r.loss = download<float>(loss.get(), loss.bytes() / sizeof(float));
+  r.stats = download<geopref::metrics>(stats.get(), 1)[0];
+  r.seq_logps = download<float>(seq_logps.get(), pr.s);
+  r.seq_counts = download<int64_t>(seq_counts.get(), pr.s);
+  r.grad_seq = download<float>(grad_seq.get(), pr.s);
+  r.token_logps = download<float>(token_logps.get(), pr.n);
+  r.lse = download<float>(lse.get(), pr.n);
   if (c.grad) r.grad = download<uint8_t>(grad, static_cast<size_t>(pr.n * r.grad_ld * out_es));
   if (!c.in_place) r.logits = download<uint8_t>(logits, pr.logits.size());
   return r;
@@ -635,4 +622,4 @@ inline void check_case(const case_config& c) {
   CHECK(same_bits(second.grad, first.grad));
 }
 
-}  // namespace geopref_test
+}  // namespace geopref::test

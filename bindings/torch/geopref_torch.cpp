@@ -1,4 +1,4 @@
-// examples/torch/geopref_torch.cpp — geopref as a PyTorch op.
+// bindings/torch/geopref_torch.cpp — geopref as a PyTorch op.
 //
 // Registers two ops in the `geopref` namespace, both running on the current
 // CUDA stream of the logits' device, through the C ABI (geopref/c_api.h;
