@@ -205,3 +205,50 @@ TEST_CASE("workspace layout: aligned, disjoint, large enough", "[cuda][helpers]"
     CHECK(b - p < d::WORKSPACE_ALIGN);
   }
 }
+
+// logits_grad's layout, tested as train_step's is above, over every N up to
+// 300 (and a few large ones): a piece shorter than its buffer by up to 63
+// rows is otherwise hidden by the 256-byte rounding for most N (the GPU
+// case "workspaces of exactly the asked size ..." runs N = 65 for real).
+// Also every N for make_layout, since the test above tries four.
+TEST_CASE("logits_grad workspace layout: aligned, disjoint, large enough, for every N", "[cuda][helpers]") {
+  struct piece {
+    size_t at, bytes;
+  };
+  auto check = [](const d::workspace_layout& w, const std::vector<piece>& pieces) {
+    bool ok = true;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      ok = ok && pieces[i].at % d::WORKSPACE_ALIGN == 0;
+      ok = ok && pieces[i].at + pieces[i].bytes <= w.bytes;
+      for (size_t j = 0; j < i; ++j)
+        if (pieces[i].bytes > 0 && pieces[j].bytes > 0)
+          ok = ok && (pieces[i].at >= pieces[j].at + pieces[j].bytes ||
+                      pieces[j].at >= pieces[i].at + pieces[i].bytes);
+    }
+    return ok && d::workspace_request(w) == w.bytes + d::WORKSPACE_ALIGN - 1;
+  };
+  std::vector<int64_t> ns;
+  for (int64_t n = 0; n <= 300; ++n) ns.push_back(n);
+  for (int64_t n : {4095, 4097, 100001}) ns.push_back(n);
+  for (int64_t n : ns)
+    for (int64_t s : {0, 1, 5, 64, 65})
+      for (int64_t v : {37, 50257}) {
+        INFO("N = " << n << ", S = " << s << ", V = " << v);
+        const auto un = static_cast<size_t>(n), us = static_cast<size_t>(s);
+        const d::workspace_layout g = d::make_grad_layout(n, v, 2, s);
+        CHECK(g.splits == d::choose_splits(n, v, 2));  // train_step's backward launch
+        CHECK(check(g, {{g.flag, sizeof(int)}, {g.offsets, (us + 1) * 8}, {g.cols, un * 4}, {g.row_seq, un * 4}}));
+        const d::workspace_layout t = d::make_layout(n, v, 2, s, s / 2, true);
+        CHECK(check(t, {{t.flag, sizeof(int)},
+                        {t.offsets, (us + 1) * 8},
+                        {t.cols, un * 4},
+                        {t.row_seq, un * 4},
+                        {t.lse, un * 4},
+                        {t.token_logp, un * 4},
+                        {t.partials, t.splits > 1 ? un * static_cast<size_t>(t.splits) * sizeof(d::lse_state) : 0},
+                        {t.seq_logp, us * 8},
+                        {t.seq_count, us * 8},
+                        {t.pair_coef, us / 2 * 8},
+                        {t.seq_grad, us * 4}}));
+      }
+}
