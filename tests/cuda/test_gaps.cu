@@ -544,12 +544,14 @@ TEST_CASE("ld = V - 1 is rejected by the leading-dimension check alone", "[gpu][
 // Fault: removing block_reduce's second barrier, which lets a caller reuse
 // `smem` right after the call (its comment allows it; no kernel of the
 // library does it today). The kernel reduces twice back to back on one
-// buffer, then one thread overwrites the buffer at once. On the emulator
-// the thread that completes a barrier runs on first (the last thread in the
-// default order, thread 0 in reverse), so without the barrier that thread
-// overwrites smem before the others have read it: the case runs with each of
-// the two as the writer, and ctest runs both orders. On a GPU it is a race
-// (racecheck, [race]); with OS threads, ThreadSanitizer reports it.
+// buffer, then one thread overwrites the buffer at once. On the emulator the
+// thread that completes a barrier runs on at once, and the first thread of
+// the next round runs before the rest, so without the barrier thread 0 or
+// the last thread (either, in both orders) overwrites smem before the others
+// have read it. Back to back alone (writer −1) is not enough there: the next
+// call writes only after five shuffles, which every thread reaches after its
+// read (dev/emu/README.md). On a GPU that is a race for racecheck ([race]);
+// with OS threads, for ThreadSanitizer.
 namespace {
 
 template <int BLOCK_SIZE>
