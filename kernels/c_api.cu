@@ -28,6 +28,8 @@ static_assert(GEOPREF_INVALID_REFERENCE == static_cast<int>(status::invalid_refe
 static_assert(GEOPREF_INVALID_LOSS == static_cast<int>(status::invalid_loss));
 static_assert(GEOPREF_REFERENCE_NOT_ALLOWED == static_cast<int>(status::reference_not_allowed));
 static_assert(GEOPREF_WORKSPACE_TOO_SMALL == static_cast<int>(status::workspace_too_small));
+static_assert(GEOPREF_MISALIGNED_POINTER == static_cast<int>(status::misaligned_pointer));
+static_assert(GEOPREF_OVERLAPPING_BUFFERS == static_cast<int>(status::overlapping_buffers));
 static_assert(GEOPREF_UNSUPPORTED_DTYPE == static_cast<int>(status::unsupported_dtype));
 static_assert(GEOPREF_CUDA_ERROR == static_cast<int>(status::cuda_error));
 static_assert(GEOPREF_INTERNAL_ERROR == static_cast<int>(status::internal_error));
