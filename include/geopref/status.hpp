@@ -31,6 +31,7 @@ enum class status : int {
   // execution
   workspace_too_small,    // the workspace passed is smaller than asked for
   misaligned_pointer,     // a buffer violates the alignment it was declared with
+  overlapping_buffers,    // an output overlaps an input or another output (in place excepted)
   unsupported_dtype,      // dtype not compiled in
   cuda_error,             // a CUDA runtime call failed
   internal_error,
@@ -60,6 +61,7 @@ inline const char* status_string(status s) noexcept {
     case status::invalid_upstream_grad: return "invalid upstream gradient: must be finite";
     case status::workspace_too_small: return "workspace too small: query the size with a null workspace first";
     case status::misaligned_pointer: return "misaligned pointer";
+    case status::overlapping_buffers: return "overlapping buffers: an output overlaps an input or another output (only an exact in-place gradient is allowed)";
     case status::unsupported_dtype: return "unsupported dtype";
     case status::cuda_error: return "CUDA runtime error";
     case status::internal_error: return "internal error";
