@@ -216,7 +216,9 @@ TEST_CASE("row strides above 2^32 elements: 64-bit row offsets (emulator only)",
     const int64_t grad_ld = in_place ? big_ld : (int64_t{1} << 32) + c.vocab + 9;
     const int es = 2, out_es = c.grad_fp32 ? 4 : 2;
     sparse_mapping zmap(static_cast<size_t>((big_ld + c.vocab + c.misalign) * es));
-    REQUIRE(zmap.ptr != nullptr);
+    // A failure here is the machine's (vm.overcommit_memory = 2 ignores
+    // MAP_NORESERVE), not the library's; it is reported, never skipped.
+    if (zmap.ptr == nullptr) FAIL("cannot reserve 8 GB of address space with mmap(MAP_NORESERVE)");
     uint8_t* logits = zmap.ptr + c.misalign * es;
     for (int64_t t = 0; t < pr.n; ++t)
       std::memcpy(logits + t * big_ld * es, pr.logits.data() + t * pr.v * es, static_cast<size_t>(pr.v * es));
@@ -225,7 +227,7 @@ TEST_CASE("row strides above 2^32 elements: 64-bit row offsets (emulator only)",
     sparse_mapping gmap(in_place ? 0 : static_cast<size_t>((grad_ld + c.vocab + PAD_CHECK) * out_es));
     uint8_t* grad = logits;
     if (!in_place) {
-      REQUIRE(gmap.ptr != nullptr);
+      if (gmap.ptr == nullptr) FAIL("cannot reserve 16 GB of address space with mmap(MAP_NORESERVE)");
       grad = gmap.ptr;
       for (int64_t t = 0; t < pr.n; ++t)
         std::memset(grad + t * grad_ld * out_es, 0xff, static_cast<size_t>((pr.v + PAD_CHECK) * out_es));
@@ -260,7 +262,7 @@ TEST_CASE("row strides above 2^32 elements: 64-bit row offsets (emulator only)",
 // checked piece by piece in tests/cuda_host/test_cuda_helpers.cpp.
 TEST_CASE("workspaces of exactly the asked size at a pointer 1 byte past a boundary", "[gpu][small][gaps]") {
   uint64_t seed = 15100;
-  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::bfloat16}) {
+  for (gc::dtype dt : {gc::dtype::bfloat16}) {  // the layouts do not depend on the dtype's kernels
     case_config c;
     c.dtype = dt;
     c.vocab = 37;
@@ -270,7 +272,7 @@ TEST_CASE("workspaces of exactly the asked size at a pointer 1 byte past a bound
     c.extra_rows = 8;                    // N = 65
     c.explicit_pairs = 4;
     c.opt.loss.type = loss_type::gdpo;
-    c.opt.average_logps = dt == gc::dtype::bfloat16;
+    c.opt.average_logps = true;
     c.seed = ++seed;
     INFO(describe(c));
     const problem pr = make(c);
@@ -624,9 +626,8 @@ TEST_CASE("split rows, misaligned row starts, gradient in place", "[gpu][small][
     c.seed = ++seed;
     INFO(describe(c));
     REQUIRE(geopref::cuda::detail::choose_splits(11, c.vocab, dtype_bytes(dt)) == 2);
-    check_case(c);
-    // logits_grad in place over the same layout, from train_step's lse and
-    // g_s, against the fused in-place gradient bit for bit.
+    // train_step against the reference; then logits_grad in place over the
+    // same layout, from its lse and g_s, against its gradient bit for bit.
     const problem pr = make(c);
     const gpu_result fused = run_gpu(pr);
     compare(pr, fused);
