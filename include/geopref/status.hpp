@@ -9,7 +9,8 @@ namespace geopref {
 enum class status : int {
   success = 0,
   // shapes and layout
-  invalid_shape,          // N, V, S or P negative, V == 0 with scored rows, ...
+  invalid_shape,          // N, V, S or P negative, V == 0 with scored rows, buffers that
+                          // overlap (gradient over logits or workspace), ...
   invalid_stride,         // row stride ld < V
   null_pointer,           // a required buffer is null while its size is non-zero
   label_out_of_range,     // a label is neither ignore_index nor in [0, V)
@@ -32,7 +33,7 @@ enum class status : int {
   workspace_too_small,    // the workspace passed is smaller than asked for
   misaligned_pointer,     // a buffer violates the alignment it was declared with
   unsupported_dtype,      // dtype not compiled in
-  cuda_error,             // a CUDA runtime call failed
+  cuda_error,             // a CUDA runtime call failed; cudaGetLastError() gives its code
   internal_error,
 };
 
