@@ -123,13 +123,13 @@ def loops(insns):
 
 
 def hot_loop(insns):
-    """The innermost loop with the most 16-byte loads."""
+    """The loop with the most 16-byte loads (on a tie, the longest)."""
     best = None
     for s, e in loops(insns):
         n = sum(1 for _, ins in insns[s:e + 1] if is_load16(ins))
         if n == 0:
             continue
-        key = (n, -(e - s))
+        key = (n, e - s)  # on a tie the longer loop: the worse figure is the one checked
         if best is None or key > best[0]:
             best = (key, s, e)
     return None if best is None else (best[1], best[2])

@@ -54,6 +54,82 @@ struct alignas(16) vec {
   U v[W];
 };
 
+/// The W = 16 / sizeof(T) elements of a 16-byte word as floats. bfloat16 is
+/// the upper half of a float, so its unpacking is a shift and a mask.
+template <class T>
+__device__ __forceinline__ void unpack(const uint4& w, float (&x)[16 / sizeof(T)]) {
+  const auto& v = *reinterpret_cast<const vec<T, 16 / sizeof(T)>*>(&w);
+#pragma unroll
+  for (int e = 0; e < static_cast<int>(16 / sizeof(T)); ++e) x[e] = to_float(v.v[e]);
+}
+template <>
+__device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& w, float (&x)[8]) {
+  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    x[2 * i] = bits_float(u[i] << 16);               // element 2i: the low half
+    x[2 * i + 1] = bits_float(u[i] & 0xffff0000u);   // element 2i + 1: the high half
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 16-byte global accesses with cache hints, for data that is touched once.
+// Written in PTX on the device; plain accesses on the host (emulator).
+
+/// Read-only for the whole kernel (the forward's logits): the non-coherent
+/// path, not kept in L1.
+__device__ __forceinline__ uint4 load_once(const uint4* p) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+#else
+  return *p;
+#endif
+}
+
+/// Read once by a kernel that may write the same memory (the backward in
+/// place): the coherent path, not kept in L1.
+__device__ __forceinline__ uint4 load_once_rw(const uint4* p) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+#else
+  return *p;
+#endif
+}
+
+/// A streaming store (evict first). The "memory" clobber keeps every later
+/// access, in particular a plain store to the same address, after it.
+__device__ __forceinline__ void store_once(uint4* p, const uint4& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
+#else
+  *p = v;
+#endif
+}
+
+/// Converts W floats to Out and stores them at p (16-byte aligned) as
+/// W·sizeof(Out) / 16 streaming 16-byte stores.
+template <class Out, int W>
+__device__ __forceinline__ void store_vector(Out* p, const float (&y)[W]) {
+  vec<Out, W> o;
+#pragma unroll
+  for (int e = 0; e < W; ++e) o.v[e] = from_float<Out>(y[e]);
+  constexpr int WORDS = static_cast<int>(sizeof(vec<Out, W>) / 16);
+  const auto* words = reinterpret_cast<const uint4*>(&o);
+  auto* dst = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < WORDS; ++i) store_once(dst + i, words[i]);
+}
+
 // ---------------------------------------------------------------------------
 // Deterministic reductions: a fixed shuffle tree inside each warp, then warp
 // 0 combines the per-warp values in warp order. No atomics, so the result
