@@ -48,16 +48,30 @@ export PATH="$PATH:$(dirname "$cuobjdump")"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-if [[ -z "$object" ]]; then
+compile() {
   # The flags of the release build of kernels/ (kernels/CMakeLists.txt), one
   # architecture, cubin only: a few seconds.
   object="$work/c_api.cubin"
   "$nvcc" -O3 -DNDEBUG -std=c++17 -arch=sm_90 -cubin -Iinclude -o "$object" kernels/c_api.cu
+}
+dump() {
+  local arch=()
+  [[ "$object" == *.cubin ]] || arch=(-arch sm_90)
+  "$cuobjdump" -sass "${arch[@]}" "$object" >"$work/sass.txt"
+  "$cuobjdump" -res-usage "${arch[@]}" "$object" >"$work/res.txt"
+}
+if [[ -z "$object" || ! -f "$object" ]]; then
+  [[ -z "$object" ]] || echo "sass-report: $object not found; compiling kernels/c_api.cu" >&2
+  compile
+  dump
+else
+  dump
+  if ! grep -q forward_kernel "$work/sass.txt"; then
+    echo "sass-report: no sm_90 code in $object; compiling kernels/c_api.cu for sm_90" >&2
+    compile
+    dump
+  fi
 fi
-arch=()
-[[ "$object" == *.cubin ]] || arch=(-arch sm_90)
-"$cuobjdump" -sass "${arch[@]}" "$object" >"$work/sass.txt"
-"$cuobjdump" -res-usage "${arch[@]}" "$object" >"$work/res.txt"
 if [[ -n "${SASS_KEEP:-}" ]]; then
   mkdir -p "$SASS_KEEP"
   cp "$work/sass.txt" "$work/res.txt" "$SASS_KEEP/"
