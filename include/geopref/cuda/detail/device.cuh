@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "geopref/cuda/detail/arith.cuh"
@@ -69,6 +70,79 @@ __device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& w, float (&x)
   for (int i = 0; i < 4; ++i) {
     x[2 * i] = bits_float(u[i] << 16);               // element 2i: the low half
     x[2 * i + 1] = bits_float(u[i] & 0xffff0000u);   // element 2i + 1: the high half
+  }
+}
+
+/// The larger of two values of T (a NaN loses to a number, as with fmaxf).
+template <class T>
+__device__ __forceinline__ T max_of(T a, T b) {
+  return to_float(a) >= to_float(b) || to_float(b) != to_float(b) ? a : b;
+}
+
+/// Per 16-bit lane, the larger of the two values packed in a and in b: one
+/// max.{bf16,f16}x2 on the device (its NaN rule is fmaxf's).
+template <class T>
+__device__ __forceinline__ uint32_t max_packed(uint32_t a, uint32_t b);
+template <>
+__device__ __forceinline__ uint32_t max_packed<__nv_bfloat16>(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+#else
+  uint32_t r = 0;
+  for (int h = 0; h < 2; ++h) {
+    const float fa = bits_float(((a >> (16 * h)) & 0xffffu) << 16);
+    const float fb = bits_float(((b >> (16 * h)) & 0xffffu) << 16);
+    r |= ((fa >= fb || fb != fb ? a : b) >> (16 * h) & 0xffffu) << (16 * h);
+  }
+  return r;
+#endif
+}
+template <>
+__device__ __forceinline__ uint32_t max_packed<__half>(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+#else
+  __half ha[2], hb[2];
+  memcpy(ha, &a, 4);
+  memcpy(hb, &b, 4);
+  for (int h = 0; h < 2; ++h) ha[h] = max_of(ha[h], hb[h]);
+  uint32_t r;
+  memcpy(&r, ha, 4);
+  return r;
+#endif
+}
+
+/// The largest of the values in U 16-byte words of T (fmaxf's NaN rule): a
+/// tree of packed maxima for the 16-bit types, fmaxf for float.
+template <class T, int U>
+__device__ __forceinline__ float max_words(const uint4 (&w)[U]) {
+  if constexpr (sizeof(T) == 4) {
+    float m = bits_float(w[0].x);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u > 0) m = fmaxf(m, bits_float(w[u].x));
+      m = fmaxf(m, bits_float(w[u].y));
+      m = fmaxf(m, bits_float(w[u].z));
+      m = fmaxf(m, bits_float(w[u].w));
+    }
+    return m;
+  } else {
+    uint32_t p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      p[u] = max_packed<T>(max_packed<T>(w[u].x, w[u].y), max_packed<T>(w[u].z, w[u].w));
+#pragma unroll
+    for (int step = 1; step < U; step *= 2)
+#pragma unroll
+      for (int u = 0; u + step < U; u += 2 * step) p[u] = max_packed<T>(p[u], p[u + step]);
+    const uint4 last = make_uint4(p[0], 0u, 0u, 0u);
+    float x[16 / sizeof(T)];
+    unpack<T>(last, x);
+    return fmaxf(x[0], x[1]);
   }
 }
 

@@ -117,26 +117,18 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     uint4 buf[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) buf[u] = load_once(body + q + u * BLOCK_SIZE);
-    float x[U][W];
-    float vm[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      unpack<T>(buf[u], x[u]);
-      vm[u] = x[u][0];
-#pragma unroll
-      for (int e = 1; e < W; ++e) vm[u] = fmaxf(vm[u], x[u][e]);
-    }
-    float gm = vm[0];
-#pragma unroll
-    for (int u = 1; u < U; ++u) gm = fmaxf(gm, vm[u]);
-    st = lse_raise(st, gm * LOG2E);
+    // The group's maximum straight from the packed words, then each element
+    // unpacked once for its FFMA.
+    st = lse_raise(st, max_words<T, U>(buf) * LOG2E);
     const float neg_m = -st.m;
     float part[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      part[u] = ex2_ftz(fmaf(x[u][0], LOG2E, neg_m));
+      float x[W];
+      unpack<T>(buf[u], x);
+      part[u] = ex2_ftz(fmaf(x[0], LOG2E, neg_m));
 #pragma unroll
-      for (int e = 1; e < W; ++e) part[u] += ex2_ftz(fmaf(x[u][e], LOG2E, neg_m));
+      for (int e = 1; e < W; ++e) part[u] += ex2_ftz(fmaf(x[e], LOG2E, neg_m));
     }
     float sum = part[0];
 #pragma unroll
