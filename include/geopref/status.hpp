@@ -9,8 +9,7 @@ namespace geopref {
 enum class status : int {
   success = 0,
   // shapes and layout
-  invalid_shape,          // N, V, S or P negative, V == 0 with scored rows, buffers that
-                          // overlap (gradient over logits or workspace), ...
+  invalid_shape,          // N, V, S or P negative, V == 0 with scored rows, ...
   invalid_stride,         // row stride ld < V
   null_pointer,           // a required buffer is null while its size is non-zero
   label_out_of_range,     // a label is neither ignore_index nor in [0, V)
@@ -32,6 +31,8 @@ enum class status : int {
   // execution
   workspace_too_small,    // the workspace passed is smaller than asked for
   misaligned_pointer,     // a buffer violates the alignment it was declared with
+  overlapping_buffers,    // an output overlaps an input or another output (in place excepted),
+                          // or a buffer overlaps the workspace
   unsupported_dtype,      // dtype not compiled in
   cuda_error,             // a CUDA runtime call failed; cudaGetLastError() gives its code
   internal_error,
@@ -61,6 +62,7 @@ inline const char* status_string(status s) noexcept {
     case status::invalid_upstream_grad: return "invalid upstream gradient: must be finite";
     case status::workspace_too_small: return "workspace too small: query the size with a null workspace first";
     case status::misaligned_pointer: return "misaligned pointer";
+    case status::overlapping_buffers: return "overlapping buffers: an output overlaps an input, another output or the workspace (only an exact in-place gradient is allowed)";
     case status::unsupported_dtype: return "unsupported dtype";
     case status::cuda_error: return "CUDA runtime error";
     case status::internal_error: return "internal error";

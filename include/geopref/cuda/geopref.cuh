@@ -28,7 +28,7 @@
 //     reduction parameters, buffer overlap, alignment) is returned at once as a
 //     geopref::status and nothing is enqueued. Overlap includes the logits,
 //     the gradient (and logits_grad's lse and g_s) meeting the workspace:
-//     invalid_shape.
+//     overlapping_buffers.
 //   * A failed CUDA call or launch is status::cuda_error; the library only
 //     peeks at the runtime's last error, so cudaGetLastError() then gives the
 //     code. An error the caller left pending is reported the same way.

@@ -1,7 +1,7 @@
 // geopref/cuda/detail/arith.cuh — the pure arithmetic of the kernels.
 //
 // Everything here is GEOPREF_HD and free of CUDA types, so the host test
-// (tests/gpu/test_cuda_helpers.cpp, compiled by the C++ compiler) checks the
+// (tests/cuda_host/test_cuda_helpers.cpp, compiled by the C++ compiler) checks the
 // online softmax, the row partition and the split choice on the CPU.
 #pragma once
 
