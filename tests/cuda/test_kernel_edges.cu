@@ -176,17 +176,17 @@ struct label_rows {
     dg = upload(seq_grad);
     dgrad = dmem(static_cast<size_t>(n * vocab * out_bytes()));
     poison(dgrad);
-    a.tokens.logits = dz.p;
+    a.tokens.logits = dz.get();
     a.tokens.logits_dtype = dt;
     a.tokens.n_rows = n;
     a.tokens.vocab = vocab;
     a.tokens.ld = vocab;
-    a.tokens.labels = dl.p;
-    a.tokens.offsets = doff.p;
+    a.tokens.labels = dl.get();
+    a.tokens.offsets = doff.get();
     a.tokens.n_seqs = 2;
-    a.lse = dlse.as<float>();
-    a.grad_seq_logps = dg.as<float>();
-    a.grad_logits = dgrad.p;
+    a.lse = dlse.get<float>();
+    a.grad_seq_logps = dg.get<float>();
+    a.grad_logits = dgrad.get();
     a.grad_float32 = grad_fp32;
     CUDA_REQUIRE(cudaDeviceSynchronize());
   }
@@ -196,9 +196,9 @@ struct label_rows {
     size_t bytes = 0;
     REQUIRE(gc::logits_grad(nullptr, bytes, a, {}) == status::success);
     dmem ws(bytes);
-    const status st = gc::logits_grad(ws.p, bytes, a, {});
+    const status st = gc::logits_grad(ws.get(), bytes, a, {});
     if (st != status::success) return st;
-    REQUIRE(gc::device_status(ws.p, nullptr, device) == status::success);
+    REQUIRE(gc::device_status(ws.get(), nullptr, device) == status::success);
     return st;
   }
 };
@@ -211,7 +211,7 @@ void check_label_gradient(gc::dtype dt, bool grad_fp32) {
   REQUIRE(r.run(&device) == status::success);
   CHECK(device == status::success);
   const int out_es = r.out_bytes();
-  const auto got = download<uint8_t>(r.dgrad.p, static_cast<size_t>(r.n * r.vocab * out_es));
+  const auto got = download<uint8_t>(r.dgrad.get(), static_cast<size_t>(r.n * r.vocab * out_es));
   const gc::dtype out_dt = grad_fp32 ? gc::dtype::float32 : dt;
   for (int64_t t = 0; t < r.n; ++t) {
     const double g = r.seq_grad[static_cast<size_t>(t / 2)];
