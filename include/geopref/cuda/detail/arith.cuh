@@ -12,12 +12,6 @@
 
 #include "geopref/config.hpp"
 
-// #pragma unroll for code that the host compiler also sees (g++ warns on it).
-#if defined(__CUDA_ARCH__)
-#define GEOPREF_UNROLL _Pragma("unroll")
-#else
-#define GEOPREF_UNROLL
-#endif
 
 namespace geopref::cuda::detail {
 

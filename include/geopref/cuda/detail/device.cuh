@@ -60,13 +60,13 @@ struct alignas(16) vec {
 template <class T>
 __device__ __forceinline__ void unpack(const uint4& w, float (&x)[16 / sizeof(T)]) {
   const auto& v = *reinterpret_cast<const vec<T, 16 / sizeof(T)>*>(&w);
-#pragma unroll
+GEOPREF_UNROLL
   for (int e = 0; e < static_cast<int>(16 / sizeof(T)); ++e) x[e] = to_float(v.v[e]);
 }
 template <>
 __device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& w, float (&x)[8]) {
   const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
+GEOPREF_UNROLL
   for (int i = 0; i < 4; ++i) {
     x[2 * i] = bits_float(u[i] << 16);               // element 2i: the low half
     x[2 * i + 1] = bits_float(u[i] & 0xffff0000u);   // element 2i + 1: the high half
@@ -122,7 +122,7 @@ template <class T, int U>
 __device__ __forceinline__ float max_words(const uint4 (&w)[U]) {
   if constexpr (sizeof(T) == 4) {
     float m = bits_float(w[0].x);
-#pragma unroll
+GEOPREF_UNROLL
     for (int u = 0; u < U; ++u) {
       if (u > 0) m = fmaxf(m, bits_float(w[u].x));
       m = fmaxf(m, bits_float(w[u].y));
@@ -132,12 +132,12 @@ __device__ __forceinline__ float max_words(const uint4 (&w)[U]) {
     return m;
   } else {
     uint32_t p[U];
-#pragma unroll
+GEOPREF_UNROLL
     for (int u = 0; u < U; ++u)
       p[u] = max_packed<T>(max_packed<T>(w[u].x, w[u].y), max_packed<T>(w[u].z, w[u].w));
-#pragma unroll
+GEOPREF_UNROLL
     for (int step = 1; step < U; step *= 2)
-#pragma unroll
+GEOPREF_UNROLL
       for (int u = 0; u + step < U; u += 2 * step) p[u] = max_packed<T>(p[u], p[u + step]);
     const uint4 last = make_uint4(p[0], 0u, 0u, 0u);
     float x[16 / sizeof(T)];
@@ -195,12 +195,12 @@ __device__ __forceinline__ void store_once(uint4* p, const uint4& v) {
 template <class Out, int W>
 __device__ __forceinline__ void store_vector(Out* p, const float (&y)[W]) {
   vec<Out, W> o;
-#pragma unroll
+GEOPREF_UNROLL
   for (int e = 0; e < W; ++e) o.v[e] = from_float<Out>(y[e]);
   constexpr int WORDS = static_cast<int>(sizeof(vec<Out, W>) / 16);
   const auto* words = reinterpret_cast<const uint4*>(&o);
   auto* dst = reinterpret_cast<uint4*>(p);
-#pragma unroll
+GEOPREF_UNROLL
   for (int i = 0; i < WORDS; ++i) store_once(dst + i, words[i]);
 }
 
@@ -238,12 +238,12 @@ __device__ T block_reduce(T v, Op op, T identity, T* smem) {
   static_assert(BLOCK % 32 == 0 && BLOCK <= 1024, "BLOCK must be a multiple of 32, at most 1024");
   constexpr int WARPS = BLOCK / 32;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-#pragma unroll
+GEOPREF_UNROLL
   for (int o = 16; o > 0; o /= 2) v = op(v, shfl_xor(v, o));
   if (lane == 0) smem[warp] = v;
   __syncthreads();  // all per-warp values are in smem
   T r = identity;
-#pragma unroll
+GEOPREF_UNROLL
   for (int w = 0; w < WARPS; ++w) r = op(r, smem[w]);  // every thread, same order
   __syncthreads();  // smem may be reused by the caller after this
   return r;

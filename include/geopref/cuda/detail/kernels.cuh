@@ -115,29 +115,29 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   int64_t q = vr.begin + threadIdx.x;
   for (; q + (U - 1) * BLOCK_SIZE < vr.end; q += U * BLOCK_SIZE) {
     uint4 buf[U];
-#pragma unroll
+GEOPREF_UNROLL
     for (int u = 0; u < U; ++u) buf[u] = load_once(body + q + u * BLOCK_SIZE);
     // The group's maximum straight from the packed words, then each element
     // unpacked once for its FFMA.
     st = lse_raise(st, max_words<T, U>(buf) * LOG2E);
     const float neg_m = -st.m;
     float part[U];
-#pragma unroll
+GEOPREF_UNROLL
     for (int u = 0; u < U; ++u) {
       float x[W];
       unpack<T>(buf[u], x);
       part[u] = ex2_ftz(fmaf(x[0], LOG2E, neg_m));
-#pragma unroll
+GEOPREF_UNROLL
       for (int e = 1; e < W; ++e) part[u] += ex2_ftz(fmaf(x[e], LOG2E, neg_m));
     }
     float sum = part[0];
-#pragma unroll
+GEOPREF_UNROLL
     for (int u = 1; u < U; ++u) sum += part[u];
     st.s += sum;
   }
   // The last (at most U − 1) vectors, one at a time; kept a loop (not
   // unrolled), so the loop above stays the only one with 16-byte loads.
-#pragma unroll 1
+GEOPREF_NO_UNROLL
   for (; q < vr.end; q += BLOCK_SIZE) {
     float x[W];
     unpack<T>(load_once(body + q), x);
@@ -309,12 +309,12 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p) {
     acc[SUM_LOGP_REJECTED] += lb;
     acc[SUM_CALIBRATION] += fabs(math::sigmoid(p.beta * h) - prob);
   }
-#pragma unroll
+GEOPREF_UNROLL
   for (int q = 0; q < SUM_COUNT; ++q) red[q][threadIdx.x] = acc[q];
   __syncthreads();
   for (int half = BLOCK_SIZE / 2; half > 0; half /= 2) {
     if (static_cast<int>(threadIdx.x) < half) {
-#pragma unroll
+GEOPREF_UNROLL
       for (int q = 0; q < SUM_COUNT; ++q) red[q][threadIdx.x] += red[q][threadIdx.x + half];
     }
     __syncthreads();  // level done before the next reads it
@@ -400,7 +400,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     if (vector_ok) {
       auto* ob = reinterpret_cast<vec<Out, W>*>(out + sp.pro);
       vec<Out, W> zero;
-#pragma unroll
+GEOPREF_UNROLL
       for (int e = 0; e < W; ++e) zero.v[e] = from_float<Out>(0.0f);
       for (int64_t q = vr.begin + threadIdx.x; q < vr.end; q += BLOCK_SIZE) ob[q] = zero;
       if (j == 0)
@@ -429,24 +429,24 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     int64_t q = vr.begin + threadIdx.x;
     for (; q + (U - 1) * BLOCK_SIZE < vr.end; q += U * BLOCK_SIZE) {
       uint4 buf[U];  // every load before the first store
-#pragma unroll
+GEOPREF_UNROLL
       for (int u = 0; u < U; ++u) buf[u] = load_once_rw(ib + q + u * BLOCK_SIZE);
-#pragma unroll
+GEOPREF_UNROLL
       for (int u = 0; u < U; ++u) {
         float x[W];
         unpack<T>(buf[u], x);
-#pragma unroll
+GEOPREF_UNROLL
         for (int e = 0; e < W; ++e) x[e] = grad_at(x[e]);
         store_vector<Out, W>(ob + (q + u * BLOCK_SIZE) * W, x);
       }
     }
     // The last (at most U − 1) vectors, one at a time; kept a loop (not
   // unrolled), so the loop above stays the only one with 16-byte loads.
-#pragma unroll 1
+GEOPREF_NO_UNROLL
   for (; q < vr.end; q += BLOCK_SIZE) {
       float x[W];
       unpack<T>(load_once_rw(ib + q), x);
-#pragma unroll
+GEOPREF_UNROLL
       for (int e = 0; e < W; ++e) x[e] = grad_at(x[e]);
       store_vector<Out, W>(ob + q * W, x);
     }
