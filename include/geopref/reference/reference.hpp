@@ -97,6 +97,11 @@ struct pair_outputs {
 /// vouches for the arrays).
 status pair_step(const pair_inputs& in, const options& opt, pair_outputs& out);
 
+/// The pair step with a caller's margin loss (as compute_with_loss).
+template <class Loss>
+status pair_step_with_loss(const pair_inputs& in, const options& opt, const Loss& loss,
+                           pair_outputs& out);
+
 /// Validates everything, then computes all requested outputs with the loss
 /// named in opt.loss. Returns the first problem found; on error no output is
 /// written.

@@ -506,6 +506,15 @@ status compute(const inputs<Logit, Label, Offset>& in, const options& opt, outpu
   return status::success;
 }
 
+template <class Loss>
+status pair_step_with_loss(const pair_inputs& in, const options& opt, const Loss& loss,
+                           pair_outputs& out) {
+  if (const status s = validate(opt); s != status::success) return s;
+  detail::run_pairs(in, opt, detail::custom_margin<Loss>{loss}, out);
+  if (opt.reduce != reduction::none) out.loss /= reduction_divisor(opt, in.n_pairs);
+  return status::success;
+}
+
 inline status pair_step(const pair_inputs& in, const options& opt, pair_outputs& out) {
   if (const status s = validate(opt); s != status::success) return s;
   detail::run_pairs(in, opt, detail::builtin_margin{opt.loss}, out);
