@@ -559,13 +559,13 @@ GEOPREF_HD_INLINE bool is_geometric(loss_type t) {
 /// The terms of a configuration: n_terms of them, or the single `type`.
 /// (Clamped to MAX_LOSS_TERMS so that no index can leave the arrays even
 /// before validation.)
-inline int term_count(const loss_config& c) noexcept {
+GEOPREF_HD_INLINE int term_count(const loss_config& c) noexcept {
   return c.n_terms > 0 ? (c.n_terms < MAX_LOSS_TERMS ? c.n_terms : MAX_LOSS_TERMS) : 1;
 }
-inline loss_type term_type(const loss_config& c, int k) noexcept {
+GEOPREF_HD_INLINE loss_type term_type(const loss_config& c, int k) noexcept {
   return c.n_terms > 0 ? c.terms[k] : c.type;
 }
-inline double term_weight(const loss_config& c, int k) noexcept {
+GEOPREF_HD_INLINE double term_weight(const loss_config& c, int k) noexcept {
   return c.n_terms > 0 ? c.term_weights[k] : 1.0;
 }
 
