@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # The one command for a GPU machine (H100/H200; CMake, nvcc and PyTorch, no
 # internet). In under 8 minutes it:
-#   1. configures and builds the CUDA tests for sm_90 only (-j16),
+#   1. configures one build for sm_90 only and builds, once, everything the
+#      steps below run (tests, quickstart, benchmarks, kernels library,
+#      geopref-check),
 #   2. runs the host checks and the GPU tests against the CPU reference,
 #   3. runs compute-sanitizer memcheck on the [small] cases and racecheck +
 #      synccheck on the [race] cases,
 #   4. runs every executable scripts/gpu-check.d/*.sh in name order
-#      (benchmarks, the PyTorch op, ...), each with the time that is left,
+#      (benchmarks, the PyTorch op, ...), each with the time that is left and
+#      GEOPREF_GPU_CHECK_BUILD pointing at that build,
 #   5. prints a summary table last.
 # Logs go to $OUT/gpu-check/ when OUT is set (else build-gpu-check/logs/).
 #
-# Before the run, on a machine with apt (this one), stage what the GPU machine
-# lacks — Catch2 and Eigen headers, unpacked into .deps/root — and carry .deps:
-#   scripts/gpu-check.sh --stage
-# (bench/stage-deps.sh stages Google Benchmark and Eigen into the same folder.)
+# Before the run, on a machine with apt and pip (this one), stage what the GPU
+# machine lacks and cannot download, then carry both folders along
+# (carry=[".deps", ".whl"]):
+#   scripts/gpu-check.sh --stage [--no-liger]
+#     .deps/root/  Catch2, Eigen and Google Benchmark (headers, the shared
+#                  library, CMake packages), unpacked from Debian's packages
+#                  with dpkg -x, nothing installed; the Debian 12 builds need
+#                  glibc >= 2.32, which the GPU image has
+#     .whl/        the Liger-Kernel wheel (pure Python) for bench/peers/
 #
 # Environment: GEOPREF_GPU_CHECK_BUDGET (seconds, default 450),
 # GEOPREF_GPU_CHECK_BUILD (build folder, default build-gpu-check), GEOPREF_COMMIT
@@ -27,9 +35,15 @@ root=$PWD
 if [[ "${1:-}" == "--stage" ]]; then
   set -e
   mkdir -p .deps/debs .deps/root
-  (cd .deps/debs && apt-get download catch2 libeigen3-dev)
-  for f in .deps/debs/catch2_*.deb .deps/debs/libeigen3-dev_*.deb; do dpkg -x "$f" .deps/root; done
-  echo "staged into .deps/root; carry .deps to the GPU machine"
+  (cd .deps/debs && apt-get download catch2 libeigen3-dev libbenchmark-dev libbenchmark1debian)
+  for f in .deps/debs/*.deb; do dpkg -x "$f" .deps/root; done
+  if [[ "${2:-}" != "--no-liger" ]]; then
+    mkdir -p .whl
+    python3 -m pip download -q --no-deps --only-binary=:all: -d .whl liger-kernel ||
+      echo "stage: no Liger-Kernel wheel; its peer rows will say so"
+  fi
+  du -sh .deps/root .whl 2>/dev/null || true
+  echo "staged; carry .deps and .whl to the GPU machine"
   exit 0
 fi
 
@@ -85,22 +99,32 @@ summary() {
 }
 
 args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}"
-      -DGEOPREF_BUILD_BENCH=OFF -DGEOPREF_BUILD_TOOLS=OFF -DGEOPREF_BUILD_KERNELS=OFF)
+      -DGEOPREF_BUILD_TESTS=ON -DGEOPREF_BUILD_EXAMPLES=ON -DGEOPREF_BUILD_BENCH=ON
+      -DGEOPREF_BUILD_TOOLS=ON -DGEOPREF_BUILD_KERNELS=ON)
 deps=$root/.deps/root
 [[ -d $deps/usr/lib/cmake/Catch2 ]] && args+=(-DCatch2_DIR="$deps/usr/lib/cmake/Catch2")
 [[ -d $deps/usr/share/eigen3/cmake ]] && args+=(-DEigen3_DIR="$deps/usr/share/eigen3/cmake")
-
-built=0
-if step configure 120 cmake -S . -B "$build" "${args[@]}"; then
-  targets=(geopref_cuda_host_test geopref_gpu_test)
-  # (grep without -q reads everything: no SIGPIPE for cmake under pipefail)
-  cmake --build "$build" --target help 2>/dev/null | grep ' quickstart$' >/dev/null && targets+=(quickstart)
-  step build 240 cmake --build "$build" -j "$jobs" --target "${targets[@]}" && built=1
+if [[ -d $deps/usr/lib/x86_64-linux-gnu/cmake/benchmark ]]; then
+  args+=(-Dbenchmark_DIR="$deps/usr/lib/x86_64-linux-gnu/cmake/benchmark")
+  export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 
+# One build for every step: the targets that this configuration has.
+built=0
+if step configure 120 cmake -S . -B "$build" "${args[@]}"; then
+  targets=()
+  have=$(cmake --build "$build" --target help 2>/dev/null)
+  for t in geopref_cuda_host_test geopref_gpu_test quickstart bench_gpu check_naive geopref_cuda \
+           geopref_cuda_static geopref-check; do
+    grep -E "^\.\.\. $t\$" <<<"$have" >/dev/null && targets+=("$t")
+  done
+  step build 300 cmake --build "$build" -j "$jobs" --target "${targets[@]}" && built=1
+fi
+export GEOPREF_GPU_CHECK_BUILD=$build
+
 if (( built )); then
-  t=$build/tests/gpu
-  step host-checks 60 "$t/geopref_cuda_host_test"
+  t=$build/tests/cuda
+  step host-checks 60 "$build/tests/cuda_host/geopref_cuda_host_test"
   step gpu-tests "$(left)" "$t/geopref_gpu_test" --durations yes
   sanitizer=$(command -v compute-sanitizer || true)
   for c in /usr/local/cuda/compute-sanitizer/compute-sanitizer /usr/local/cuda*/bin/compute-sanitizer; do

@@ -9,43 +9,19 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "check_problem.hpp"
+#include "device_buffer.hpp"
 #include "geopref/c_api.h"
 
 namespace geopref::tools {
 
 namespace {
 
-// A device buffer that frees itself.
-class device_buffer {
- public:
-  device_buffer() = default;
-  device_buffer(const device_buffer&) = delete;
-  device_buffer& operator=(const device_buffer&) = delete;
-  ~device_buffer() {
-    if (p_ != nullptr) cudaFree(p_);
-  }
-  bool alloc(std::size_t bytes) {
-    // cudaMalloc(0) may return null; a 1-byte buffer keeps pointers non-null.
-    return cudaMalloc(&p_, bytes == 0 ? 1 : bytes) == cudaSuccess;
-  }
-  template <class T>
-  bool upload(const std::vector<T>& v) {
-    return alloc(v.size() * sizeof(T)) &&
-           (v.empty() ||
-            cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  template <class T>
-  T* get() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-};
+using support::device_buffer;
 
 std::vector<float> to_float(const std::vector<double>& v) {
   return std::vector<float>(v.begin(), v.end());
@@ -67,28 +43,28 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   const auto N = static_cast<std::size_t>(p.n_rows), S = static_cast<std::size_t>(p.n_seqs),
              P = static_cast<std::size_t>(p.n_pairs);
 
-  device_buffer logits, labels, offsets, pairs, soft, ref, weights;
-  device_buffer loss, stats, seq_logps, grad, workspace;
-  bool ok = true;
   int dtype = GEOPREF_FLOAT32;
+  device_buffer logits;
   switch (p.logits.dtype) {
-    case npy_dtype::float16: ok = logits.upload(p.logits.f16); dtype = GEOPREF_FLOAT16; break;
-    case npy_dtype::float32: ok = logits.upload(p.logits.f32); break;
-    default: ok = logits.upload(to_float(p.logits.f64)); break;
+    case npy_dtype::float16: logits = device_buffer::upload(p.logits.f16); dtype = GEOPREF_FLOAT16; break;
+    case npy_dtype::float32: logits = device_buffer::upload(p.logits.f32); break;
+    default: logits = device_buffer::upload(to_float(p.logits.f64)); break;
   }
-  ok = ok && (p.labels.dtype == npy_dtype::int32 ? labels.upload(p.labels.i32)
-                                                 : labels.upload(p.labels.i64));
-  ok = ok && offsets.upload(p.offsets);
-  ok = ok && (p.pairs.empty() || pairs.upload(p.pairs));
-  ok = ok && (p.soft_labels.empty() || soft.upload(to_float(p.soft_labels)));
-  ok = ok && (p.ref_logps.empty() || ref.upload(to_float(p.ref_logps)));
-  ok = ok && (p.weights.empty() || weights.upload(to_float(p.weights)));
+  const device_buffer labels = p.labels.dtype == npy_dtype::int32 ? device_buffer::upload(p.labels.i32)
+                                                                  : device_buffer::upload(p.labels.i64);
+  const device_buffer offsets = device_buffer::upload(p.offsets), pairs = device_buffer::upload(p.pairs),
+                      soft = device_buffer::upload(to_float(p.soft_labels)),
+                      ref = device_buffer::upload(to_float(p.ref_logps)),
+                      weights = device_buffer::upload(to_float(p.weights));
   const bool per_pair = p.opt.reduce == reduction::none;
-  ok = ok && loss.alloc((per_pair ? P : 1) * sizeof(float));
-  ok = ok && stats.alloc(sizeof(geopref_metrics));
-  ok = ok && seq_logps.alloc(S * sizeof(float));
-  ok = ok && grad.alloc(N * static_cast<std::size_t>(p.vocab) * sizeof(float));
-  if (!ok) return cuda_fail(error, "copying the inputs to the device", cudaGetLastError());
+  const device_buffer loss((per_pair ? P : 1) * sizeof(float)), stats(sizeof(geopref_metrics)),
+      seq_logps(S * sizeof(float)), grad(N * static_cast<std::size_t>(p.vocab) * sizeof(float));
+  cudaError_t e = cudaSuccess;
+  const std::initializer_list<const device_buffer*> all = {
+      &logits, &labels, &offsets, &pairs, &soft, &ref, &weights, &loss, &stats, &seq_logps, &grad};
+  for (const device_buffer* b : all)
+    if (e == cudaSuccess) e = b->error();
+  if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
 
   geopref_options opt;
   geopref_options_init(&opt);
@@ -128,8 +104,8 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
 
   size_t bytes = 0;
   geopref_status st = geopref_train_step_workspace_size(&a, &opt, &bytes);
-  if (st == GEOPREF_SUCCESS && !workspace.alloc(bytes))
-    return cuda_fail(error, "allocating the workspace", cudaGetLastError());
+  device_buffer workspace(st == GEOPREF_SUCCESS ? bytes : 0);
+  if (!workspace.ok()) return cuda_fail(error, "allocating the workspace", workspace.error());
   if (st == GEOPREF_SUCCESS) st = geopref_train_step(workspace.get<void>(), &bytes, &a, &opt, nullptr);
   geopref_status recorded = GEOPREF_SUCCESS;
   if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
@@ -142,7 +118,7 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   std::vector<float> loss_h(per_pair ? P : 1), seq_h(S);
   geopref_metrics m{};
   r->grad32.assign(N * static_cast<std::size_t>(p.vocab), 0.0f);
-  cudaError_t e = cudaMemcpy(loss_h.data(), loss.get<void>(), loss_h.size() * sizeof(float),
+  e = cudaMemcpy(loss_h.data(), loss.get<void>(), loss_h.size() * sizeof(float),
                              cudaMemcpyDeviceToHost);
   if (e == cudaSuccess && S > 0)
     e = cudaMemcpy(seq_h.data(), seq_logps.get<void>(), S * sizeof(float), cudaMemcpyDeviceToHost);

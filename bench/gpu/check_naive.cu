@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "common/synthetic.hpp"
-#include "gpu/device_buffer.cuh"
+#include "device_buffer.hpp"
 #include "gpu/naive_kernels.cuh"
 #include "gpu/problem.cuh"
-#include "gpu/reference_glue.hpp"
+#include "reference_bridge.hpp"
 
 namespace gb = geopref::bench;
 
@@ -58,7 +58,7 @@ template <class T, class Label>
 bool check(const gb::shape& s, const char* name, uint64_t seed) {
   const size_t nv = static_cast<size_t>(s.elements());
   const gb::side_inputs side(s, seed);
-  gb::device_buffer logits(nv * sizeof(T)), grad(nv * sizeof(T)),
+  geopref::support::device_buffer logits(nv * sizeof(T)), grad(nv * sizeof(T)),
       labels(static_cast<size_t>(s.rows) * sizeof(Label)),
       offsets(side.offsets.size() * sizeof(int64_t)), soft(side.soft.size() * sizeof(float)),
       ref(side.ref.size() * sizeof(float)), lp(nv * sizeof(float)), dlp(nv * sizeof(float)),
@@ -103,25 +103,30 @@ bool check(const gb::shape& s, const char* name, uint64_t seed) {
   CHECK_CUDA(cudaMemcpy(&h_loss, ws.loss, sizeof(float), cudaMemcpyDeviceToHost));
 
   std::vector<int64_t> labels64(h_labels.begin(), h_labels.end());
-  gb::glue_problem g;
-  g.logits = h_logits.data();
-  g.is_bf16 = sizeof(T) == 2;
+  geopref::support::ref_problem g;
+  g.dtype = sizeof(T) == 2 ? geopref::support::ref_dtype::bf16 : geopref::support::ref_dtype::f32;
+  g.logits = h_logits.data();  // bf16 as raw bits: the same 16 bits the device holds
   g.n_rows = s.rows;
   g.vocab = s.vocab;
+  g.ld = s.vocab;
   g.labels = labels64.data();
   g.offsets = side.offsets.data();
   g.n_seqs = s.seqs();
   g.n_pairs = s.pairs();
   g.soft_labels = side.soft_d.data();
   g.ref_logps = side.ref_d.data();
-  g.beta = BETA;
-  double r_loss = 0;
-  std::vector<double> r_seq(static_cast<size_t>(s.seqs())), r_grad(nv);
-  const int st = gb::reference_gdpo_step(g, &r_loss, r_seq.data(), r_grad.data());
-  if (st != 0) {
-    std::fprintf(stderr, "check_naive %s: reference returned status %d\n", name, st);
+  geopref::options opt;
+  opt.loss.type = geopref::loss_type::gdpo;
+  opt.loss.beta = BETA;
+  geopref::support::ref_result want;
+  const geopref::status st = geopref::support::run_reference(g, opt, true, want);
+  if (st != geopref::status::success) {
+    std::fprintf(stderr, "check_naive %s: reference: %s\n", name, geopref::status_string(st));
     return false;
   }
+  const double r_loss = want.loss;
+  const std::vector<double>& r_seq = want.seq_logps;
+  const std::vector<double>& r_grad = want.grad_logits;
 
   bool ok = true;
   double worst = 0;  // largest |error| / tolerance seen, reported for tuning

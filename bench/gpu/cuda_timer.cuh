@@ -1,5 +1,5 @@
 // bench/gpu/cuda_timer.cuh — CUDA-event timing for Google Benchmark's manual
-// time, device buffers and error checks for the GPU benches.
+// time and error checks for the GPU benches (device buffers: dev/support).
 //
 // cuda_event_timer follows rmm's benchmark timer: construct it at the top of
 // the timed loop body, it empties the L2 cache (a memset over an L2-sized
@@ -14,10 +14,22 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <string>
 
-#include "gpu/device_buffer.cuh"
+#include "device_buffer.hpp"
 
 namespace geopref::bench {
+
+using support::device_buffer;
+using support::free_device_bytes;
+
+/// Throws nothing: records the first CUDA error for the benchmark to report.
+inline bool cuda_ok(cudaError_t e, const char* what, std::string* error) {
+  if (e == cudaSuccess) return true;
+  if (error != nullptr && error->empty())
+    *error = std::string(what) + ": " + cudaGetErrorString(e);
+  return false;
+}
 
 /// A buffer as large as the L2 cache, written before each timed iteration.
 class l2_flusher {

@@ -5,35 +5,14 @@
 
 #include <cuda_runtime.h>
 
+#include <initializer_list>
+#include <string>
+
+#include "device_buffer.hpp"
 #include "geopref/cuda/geopref.cuh"
 
 namespace quickstart {
-namespace {
-
-/// Owns the device allocations of one call.
-struct device_arena {
-  std::vector<void*> blocks;
-  ~device_arena() {
-    for (void* p : blocks) cudaFree(p);
-  }
-  template <class T>
-  T* upload(const T* host, int64_t n) {
-    T* d = alloc<T>(n);
-    if (d != nullptr && host != nullptr &&
-        cudaMemcpy(d, host, static_cast<size_t>(n) * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess)
-      return nullptr;
-    return d;
-  }
-  template <class T>
-  T* alloc(int64_t n) {
-    void* p = nullptr;
-    if (cudaMalloc(&p, static_cast<size_t>(n > 0 ? n : 1) * sizeof(T)) != cudaSuccess) return nullptr;
-    blocks.push_back(p);
-    return static_cast<T*>(p);
-  }
-};
-
-}  // namespace
+using geopref::support::device_buffer;
 
 gpu_outcome gpu_train_step(const gpu_batch& b, const geopref::options& opt, double& loss,
                            std::vector<float>& grad_logits, std::string& why) {
@@ -42,32 +21,38 @@ gpu_outcome gpu_train_step(const gpu_batch& b, const geopref::options& opt, doub
     why = "no CUDA device";
     return gpu_outcome::no_device;
   }
-  device_arena mem;
   namespace gc = geopref::cuda;
+  const auto n = [](int64_t k) { return static_cast<size_t>(k); };
+  const device_buffer logits = device_buffer::upload(b.logits, n(b.n_rows * b.vocab)),
+                      labels = device_buffer::upload(b.labels, n(b.n_rows)),
+                      offsets = device_buffer::upload(b.offsets, n(b.n_seqs + 1)),
+                      soft = device_buffer::upload(b.soft_labels, n(b.n_pairs)),
+                      ref = b.ref_logps != nullptr ? device_buffer::upload(b.ref_logps, n(b.n_seqs))
+                                                   : device_buffer(),
+                      d_loss(sizeof(float)), d_grad(n(b.n_rows * b.vocab) * sizeof(float));
+  for (const device_buffer* d : {&logits, &labels, &offsets, &soft, &ref, &d_loss, &d_grad}) {
+    if (!d->ok()) {
+      why = std::string("device allocation or copy failed: ") + cudaGetErrorString(d->error());
+      return gpu_outcome::failed;
+    }
+  }
   gc::train_args a;
-  a.tokens.logits = mem.upload(b.logits, b.n_rows * b.vocab);
+  a.tokens.logits = logits.get();
   a.tokens.logits_dtype = gc::dtype::float32;
   a.tokens.n_rows = b.n_rows;
   a.tokens.vocab = b.vocab;
   a.tokens.ld = b.vocab;
-  a.tokens.labels = mem.upload(b.labels, b.n_rows);
+  a.tokens.labels = labels.get();
   a.tokens.label_type = gc::index_type::int32;
-  a.tokens.offsets = mem.upload(b.offsets, b.n_seqs + 1);
+  a.tokens.offsets = offsets.get();
   a.tokens.offset_type = gc::index_type::int32;
   a.tokens.n_seqs = b.n_seqs;
   a.n_pairs = b.n_pairs;
-  a.soft_labels = mem.upload(b.soft_labels, b.n_pairs);
-  a.ref_logps = b.ref_logps != nullptr ? mem.upload(b.ref_logps, b.n_seqs) : nullptr;
-  float* d_loss = mem.alloc<float>(1);
-  float* d_grad = mem.alloc<float>(b.n_rows * b.vocab);
-  a.loss = d_loss;
-  a.grad_logits = d_grad;
+  a.soft_labels = soft.get<float>();
+  a.ref_logps = ref.get<float>();
+  a.loss = d_loss.get<float>();
+  a.grad_logits = d_grad.get();
   a.grad_float32 = true;
-  if (a.tokens.logits == nullptr || a.tokens.labels == nullptr || a.tokens.offsets == nullptr ||
-      a.soft_labels == nullptr || d_loss == nullptr || d_grad == nullptr) {
-    why = "device allocation or copy failed";
-    return gpu_outcome::failed;
-  }
 
   cudaStream_t stream = nullptr;
   if (cudaStreamCreate(&stream) != cudaSuccess) {
@@ -76,8 +61,9 @@ gpu_outcome gpu_train_step(const gpu_batch& b, const geopref::options& opt, doub
   }
   size_t bytes = 0;
   geopref::status st = gc::train_step(nullptr, bytes, a, opt, stream);  // size query
-  void* workspace = st == geopref::status::success ? mem.alloc<char>(static_cast<int64_t>(bytes)) : nullptr;
-  if (st == geopref::status::success && workspace == nullptr) st = geopref::status::cuda_error;
+  const device_buffer ws(st == geopref::status::success ? bytes : 0);
+  void* workspace = ws.get();
+  if (!ws.ok()) st = geopref::status::cuda_error;
   if (st == geopref::status::success) st = gc::train_step(workspace, bytes, a, opt, stream);
   geopref::status device = geopref::status::success;
   if (st == geopref::status::success) st = gc::device_status(workspace, stream, &device);
@@ -89,8 +75,8 @@ gpu_outcome gpu_train_step(const gpu_batch& b, const geopref::options& opt, doub
   }
   float h_loss = 0;
   grad_logits.assign(static_cast<size_t>(b.n_rows * b.vocab), 0.0f);
-  if (cudaMemcpy(&h_loss, d_loss, sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess ||
-      cudaMemcpy(grad_logits.data(), d_grad, grad_logits.size() * sizeof(float),
+  if (cudaMemcpy(&h_loss, d_loss.get(), sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess ||
+      cudaMemcpy(grad_logits.data(), d_grad.get(), grad_logits.size() * sizeof(float),
                  cudaMemcpyDeviceToHost) != cudaSuccess) {
     why = "download failed";
     return gpu_outcome::failed;

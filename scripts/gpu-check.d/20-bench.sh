@@ -16,8 +16,10 @@
 # (their time limit, default 200),
 # CUDA_ARCH (default 90-real: H100 and H200), GEOPREF_BENCH_FORCE=1 (build
 # and run even where nvidia-smi sees no GPU: the binaries then report skipped).
+# GEOPREF_GPU_CHECK_BUILD: a build folder where scripts/gpu-check.sh already
+# built bench_gpu and check_naive (then nothing is configured or built here).
 # Google Benchmark, Eigen and Liger-Kernel come from the system, or from
-# .deps/ and .whl/ staged here by bench/stage-deps.sh and carried along.
+# .deps/ and .whl/ staged here by scripts/gpu-check.sh --stage and carried along.
 # Exit status: 0 ok or no GPU (skipped), 1 when a check failed or the build broke.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,28 +41,33 @@ if ! nvidia-smi -L >/dev/null 2>&1 && [[ "${GEOPREF_BENCH_FORCE:-0}" != 1 ]]; th
   exit 0
 fi
 
-args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90-real}"
-      -DGEOPREF_BUILD_TESTS=OFF -DGEOPREF_BUILD_EXAMPLES=OFF -DGEOPREF_BUILD_TOOLS=OFF
-      -DGEOPREF_BUILD_KERNELS=OFF)
 deps=$root/.deps/root
 if [[ -d $deps/usr/lib/x86_64-linux-gnu/cmake/benchmark ]]; then
-  args+=(-Dbenchmark_DIR="$deps/usr/lib/x86_64-linux-gnu/cmake/benchmark")
   export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
-[[ -d $deps/usr/share/eigen3/cmake ]] && args+=(-DEigen3_DIR="$deps/usr/share/eigen3/cmake")
-
-say "configure + build (commit $commit)"
-mkdir -p "$build"
-if ! cmake -S . -B "$build" "${args[@]}" >"$build/configure.log" 2>&1; then
-  tail -30 "$build/configure.log"; say "configure FAILED"; exit 1
+if [[ -n ${GEOPREF_GPU_CHECK_BUILD:-} ]]; then
+  build=$GEOPREF_GPU_CHECK_BUILD
+  say "using the build in $build (commit $commit)"
+else
+  args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90-real}"
+        -DGEOPREF_BUILD_TESTS=OFF -DGEOPREF_BUILD_EXAMPLES=OFF -DGEOPREF_BUILD_TOOLS=OFF
+        -DGEOPREF_BUILD_KERNELS=OFF)
+  [[ -d $deps/usr/lib/x86_64-linux-gnu/cmake/benchmark ]] &&
+    args+=(-Dbenchmark_DIR="$deps/usr/lib/x86_64-linux-gnu/cmake/benchmark")
+  [[ -d $deps/usr/share/eigen3/cmake ]] && args+=(-DEigen3_DIR="$deps/usr/share/eigen3/cmake")
+  say "configure + build (commit $commit)"
+  mkdir -p "$build"
+  if ! cmake -S . -B "$build" "${args[@]}" >"$build/configure.log" 2>&1; then
+    tail -30 "$build/configure.log"; say "configure FAILED"; exit 1
+  fi
+  grep -E "geopref:|Warning" -A1 "$build/configure.log" | head -8
+  targets=(bench_gpu)
+  cmake --build "$build" --target help 2>/dev/null | grep -q check_naive && targets+=(check_naive)
+  if ! timeout 420 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$build/build.log" 2>&1; then
+    grep -E "error|Error" "$build/build.log" | head -20; tail -10 "$build/build.log"; say "build FAILED"; exit 1
+  fi
 fi
-grep -E "geopref:|Warning" -A1 "$build/configure.log" | head -8
-targets=(bench_gpu)
-cmake --build "$build" --target help 2>/dev/null | grep -q check_naive && targets+=(check_naive)
-if ! timeout 420 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$build/build.log" 2>&1; then
-  grep -E "error|Error" "$build/build.log" | head -20; tail -10 "$build/build.log"; say "build FAILED"; exit 1
-fi
-[[ -x $build/bench/gpu/bench_gpu ]] || { say "bench_gpu was not built (Google Benchmark missing? run bench/stage-deps.sh and carry .deps)"; exit 1; }
+[[ -x $build/bench/gpu/bench_gpu ]] || { say "bench_gpu was not built (Google Benchmark missing? run scripts/gpu-check.sh --stage here and carry .deps)"; exit 1; }
 
 if [[ -x $build/bench/gpu/check_naive ]]; then
   say "naive baseline against the CPU reference"

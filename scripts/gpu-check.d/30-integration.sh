@@ -6,8 +6,8 @@
 #      shared library and runs both (GPU result vs. host formulas);
 #   3. runs tests/tools/test_check_cuda: geopref-check --device cuda (kernels
 #      through the C ABI) against --device cpu (the CPU reference);
-#   4. builds the PyTorch op with torch's extension tooling (examples/torch/
-#      setup.py) and runs examples/torch/test_geopref_torch.py: values,
+#   4. builds the PyTorch op with torch's extension tooling (bindings/torch/
+#      setup.py) and runs bindings/torch/test_geopref_torch.py: values,
 #      metrics and autograd gradients against plain PyTorch, per dtype.
 # Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
 # geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
@@ -46,20 +46,23 @@ cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d
 arch=${CUDA_ARCH:-${cap/./}}
 say "device $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), sm_$arch"
 
-# 1. CMake build of the kernels library and geopref-check.
+# 1. CMake build of the kernels library and geopref-check (already built by
+# scripts/gpu-check.sh when GEOPREF_GPU_CHECK_BUILD names its build folder).
+[[ -n ${GEOPREF_GPU_CHECK_BUILD:-} ]] && build=$GEOPREF_GPU_CHECK_BUILD
 args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch"
       -DGEOPREF_BUILD_TESTS=OFF -DGEOPREF_BUILD_EXAMPLES=OFF -DGEOPREF_BUILD_BENCH=OFF
       -DGEOPREF_BUILD_TOOLS=ON -DGEOPREF_BUILD_KERNELS=ON)
 deps=$root/.deps/root
 [[ -d $deps/usr/share/eigen3/cmake ]] && args+=(-DEigen3_DIR="$deps/usr/share/eigen3/cmake")
-check configure cmake -S . -B "$build" "${args[@]}"
-targets=(geopref_cuda geopref_cuda_static)
-have_check=0
-if cmake --build "$build" --target help 2>/dev/null | grep ' geopref-check$' >/dev/null; then
-  targets+=(geopref-check)
-  have_check=1
+if [[ -z ${GEOPREF_GPU_CHECK_BUILD:-} ]]; then
+  check configure cmake -S . -B "$build" "${args[@]}"
+  targets=(geopref_cuda geopref_cuda_static)
+  cmake --build "$build" --target help 2>/dev/null | grep ' geopref-check$' >/dev/null &&
+    targets+=(geopref-check)
+  check build cmake --build "$build" -j "$jobs" --target "${targets[@]}"
 fi
-check build cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+have_check=0
+[[ -x $build/tools/geopref-check ]] && have_check=1
 
 # 2. The C program against each library. The shared library carries its own
 # CUDA runtime; the program links the shared runtime for its cudaMalloc calls.
@@ -86,11 +89,11 @@ fi
 if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cap}
   export MAX_JOBS=$jobs
-  check torch-build bash -c "cd examples/torch && python3 setup.py build_ext \
+  check torch-build bash -c "cd bindings/torch && python3 setup.py build_ext \
     --build-lib $build/torch --build-temp $build/torch-tmp"
   lib=$(ls "$build"/torch/geopref_torch_ext*.so 2>/dev/null | head -1)
   if [[ -n $lib ]]; then
-    check torch-op env GEOPREF_TORCH_LIB="$lib" python3 examples/torch/test_geopref_torch.py
+    check torch-op env GEOPREF_TORCH_LIB="$lib" python3 bindings/torch/test_geopref_torch.py
   fi
 else
   say "PyTorch with CUDA not importable: torch steps skipped"

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace geopref_test {
+namespace geopref::test {
 
 using bytes = std::vector<unsigned char>;
 
@@ -65,4 +65,4 @@ inline bool read_file(const std::string& path, bytes* b) {
   return true;
 }
 
-}  // namespace geopref_test
+}  // namespace geopref::test

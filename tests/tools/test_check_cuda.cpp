@@ -16,7 +16,7 @@
 #include "npy.hpp"
 #include "npy_bytes.hpp"
 
-using namespace geopref_test;
+using namespace geopref::test;
 
 namespace {
 

@@ -21,7 +21,7 @@
 #include "npy.hpp"
 #include "npy_bytes.hpp"
 
-using namespace geopref_test;
+using namespace geopref::test;
 using geopref::tools::npy_array;
 
 namespace {

@@ -16,7 +16,7 @@
 using geopref::tools::npy_array;
 using geopref::tools::npy_dtype;
 using geopref::tools::parse_npy;
-using namespace geopref_test;
+using namespace geopref::test;
 
 namespace {
 

@@ -1,7 +1,7 @@
 // geopref/cuda/detail/arith.cuh — the pure arithmetic of the kernels.
 //
 // Everything here is GEOPREF_HD and free of CUDA types, so the host test
-// (tests/gpu/test_cuda_helpers.cpp, compiled by the C++ compiler) checks the
+// (tests/cuda_host/test_cuda_helpers.cpp, compiled by the C++ compiler) checks the
 // online softmax, the row partition and the split choice on the CPU.
 #pragma once
 
@@ -26,7 +26,7 @@ inline constexpr float LOG2E = 1.4426950408889634f;
 /// difference z − m ≤ 0 here, and the terms that matter have |x| ≲ 100, where
 /// the rounding of x·log2 e costs at most ~1e-5 relative — below what the fp32
 /// accumulation of a 10⁵-term sum already loses (see the tolerances in
-/// tests/gpu).
+/// tests/cuda/gpu_harness.cuh).
 GEOPREF_HD_INLINE float exp_fast(float x) { return exp2f(x * LOG2E); }
 
 // ---------------------------------------------------------------------------

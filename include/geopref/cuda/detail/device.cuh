@@ -107,8 +107,8 @@ __device__ __forceinline__ void record(int* flag, status s) {
 }
 
 /// kernel<<<grid, block, 0, stream>>>(args...): every launch of the library
-/// goes through here. Under GEOPREF_HOST_EMULATION (tests/emu: a C++ build
-/// with the emulator's cuda_runtime.h, docs/emulator.md) the kernel is queued
+/// goes through here. Under GEOPREF_HOST_EMULATION (dev/emu: a C++ build
+/// with the emulator's cuda_runtime.h, dev/emu/README.md) the kernel is queued
 /// on the host's emulated stream instead; errors surface as with a real
 /// launch (configuration: cudaGetLastError; faults while running: the next
 /// synchronising call).

@@ -1,0 +1,102 @@
+// dev/support/reference_bridge.cpp — see reference_bridge.hpp.
+#include "reference_bridge.hpp"
+
+#include "geopref/reference/reference.hpp"
+#include "user_loss.hpp"
+
+namespace geopref::support {
+namespace {
+
+template <class Logit>
+geopref::status run_typed(const ref_problem& p, const geopref::options& opt, bool with_grad,
+                          ref_result& r) {
+  geopref::reference::inputs<Logit, int64_t, int64_t> in;
+  in.logits = static_cast<const Logit*>(p.logits);
+  in.n_rows = p.n_rows;
+  in.vocab = p.vocab;
+  in.ld = p.ld;
+  in.labels = p.labels;
+  in.offsets = p.offsets;
+  in.n_seqs = p.n_seqs;
+  in.n_pairs = p.n_pairs;
+  in.pairs = p.pairs;
+  in.soft_labels = p.soft_labels;
+  in.ref_logps = p.ref_logps;
+  in.weights = p.weights;
+  in.token_weights = p.token_weights;
+  in.grad_loss = p.grad_loss;
+  in.grad_pair_losses = p.grad_pair_losses;
+
+  const auto n = static_cast<size_t>(p.n_rows), s = static_cast<size_t>(p.n_seqs),
+             np = static_cast<size_t>(p.n_pairs);
+  r.token_logps.assign(n, 0.0);
+  r.lse.assign(n, 0.0);
+  r.seq_logps.assign(s, 0.0);
+  r.seq_counts.assign(s, 0);
+  r.pair_losses.assign(np, 0.0);
+  r.margins.assign(np, 0.0);
+  r.grad_seq_logps.assign(s, 0.0);
+  r.grad_logits.assign(with_grad ? n * static_cast<size_t>(p.vocab) : 0, 0.0);
+
+  geopref::reference::outputs out;
+  out.token_logps = r.token_logps.data();
+  out.lse = r.lse.data();
+  out.seq_logps = r.seq_logps.data();
+  out.seq_counts = r.seq_counts.data();
+  out.pair_losses = r.pair_losses.data();
+  out.margins = r.margins.data();
+  out.grad_seq_logps = r.grad_seq_logps.data();
+  if (with_grad && n > 0) {
+    out.grad_logits = r.grad_logits.data();
+    out.grad_ld = p.vocab;
+  }
+  const geopref::status st =
+      p.user_loss_beta > 0 ? geopref::reference::compute_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
+                           : geopref::reference::compute(in, opt, out);
+  r.loss = out.loss;
+  r.stats = out.stats;
+  return st;
+}
+
+}  // namespace
+
+geopref::status run_reference(const ref_problem& in, const geopref::options& opt, bool with_grad,
+                              ref_result& out) {
+  switch (in.dtype) {
+    case ref_dtype::f32: return run_typed<float>(in, opt, with_grad, out);
+    case ref_dtype::f16: return run_typed<Eigen::half>(in, opt, with_grad, out);
+    case ref_dtype::bf16: return run_typed<Eigen::bfloat16>(in, opt, with_grad, out);
+  }
+  return geopref::status::unsupported_dtype;
+}
+
+geopref::status run_pair_step(const ref_problem& p, const geopref::options& opt,
+                              const std::vector<double>& seq_sums,
+                              const std::vector<int64_t>& seq_counts, ref_result& r) {
+  geopref::reference::pair_inputs in;
+  in.n_seqs = p.n_seqs;
+  in.n_pairs = p.n_pairs;
+  in.seq_sums = seq_sums.data();
+  in.seq_counts = seq_counts.data();
+  in.pairs = p.pairs;
+  in.soft_labels = p.soft_labels;
+  in.ref_logps = p.ref_logps;
+  in.weights = p.weights;
+  in.grad_loss = p.grad_loss;
+  in.grad_pair_losses = p.grad_pair_losses;
+  r.pair_losses.assign(static_cast<size_t>(p.n_pairs), 0.0);
+  r.margins.assign(static_cast<size_t>(p.n_pairs), 0.0);
+  r.grad_seq_logps.assign(static_cast<size_t>(p.n_seqs), 0.0);
+  geopref::reference::pair_outputs out;
+  out.pair_losses = r.pair_losses.data();
+  out.margins = r.margins.data();
+  out.grad_seq_sums = r.grad_seq_logps.data();
+  const geopref::status st =
+      p.user_loss_beta > 0 ? geopref::reference::pair_step_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
+                           : geopref::reference::pair_step(in, opt, out);
+  r.loss = out.loss;
+  r.stats = out.stats;
+  return st;
+}
+
+}  // namespace geopref::support

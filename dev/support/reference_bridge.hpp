@@ -1,0 +1,57 @@
+// dev/support/reference_bridge.hpp — the CPU reference behind a plain C++
+// interface, so that the .cu tests never include Eigen (nvcc is noisy with
+// it). Implemented in reference_bridge.cpp, compiled by the C++ compiler.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "geopref/options.hpp"
+#include "geopref/status.hpp"
+
+namespace geopref::support {
+
+enum class ref_dtype { f32, f16, bf16 };
+
+/// Host copies of one problem. Half and bfloat16 logits are raw bits, read by
+/// the reference as Eigen::half / Eigen::bfloat16: exactly what the GPU reads.
+struct ref_problem {
+  ref_dtype dtype = ref_dtype::f32;
+  const void* logits = nullptr;  // [N, ld]
+  int64_t n_rows = 0, vocab = 0, ld = 0;
+  const int64_t* labels = nullptr;   // [N]
+  const int64_t* offsets = nullptr;  // [S + 1]
+  int64_t n_seqs = 0, n_pairs = 0;
+  const int64_t* pairs = nullptr;        // [P, 2] or null
+  const double* soft_labels = nullptr;   // [P] or null
+  const double* ref_logps = nullptr;     // [S] or null
+  const double* weights = nullptr;       // [P] or null
+  const double* token_weights = nullptr;  // [N] or null
+  double grad_loss = 1.0;
+  double user_loss_beta = 0.0;  // > 0: user_loss.hpp's log_cosh_loss replaces every margin term
+  const double* grad_pair_losses = nullptr;  // [P] or null
+};
+
+struct ref_result {
+  std::vector<double> token_logps, lse;  // [N]
+  std::vector<double> seq_logps;         // [S]
+  std::vector<int64_t> seq_counts;       // [S]
+  std::vector<double> pair_losses, margins;  // [P]
+  std::vector<double> grad_seq_logps;    // [S]
+  std::vector<double> grad_logits;       // [N, V] when requested
+  double loss = 0;
+  geopref::metrics stats{};
+};
+
+/// Runs geopref::reference::compute; grad_logits only when `with_grad`.
+geopref::status run_reference(const ref_problem& in, const geopref::options& opt, bool with_grad,
+                              ref_result& out);
+
+/// The pair step alone (geopref::reference::pair_step) from per-sequence
+/// sums and counts; out gets loss, pair_losses, grad_seq_logps (w.r.t. the
+/// sums) and stats.
+geopref::status run_pair_step(const ref_problem& in, const geopref::options& opt,
+                              const std::vector<double>& seq_sums,
+                              const std::vector<int64_t>& seq_counts, ref_result& out);
+
+}  // namespace geopref::support

@@ -1,0 +1,207 @@
+// tests/cuda_host/test_cuda_helpers.cpp — the pure arithmetic of the CUDA kernels,
+// checked on the CPU (compiled by the C++ compiler, no GPU needed): online
+// logsumexp, row partition into prologue/vectors/tail, row splits, the
+// sequence search and the workspace layout.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "geopref/cuda/detail/arith.cuh"
+#include "geopref/cuda/detail/workspace.cuh"
+
+namespace d = geopref::cuda::detail;
+
+namespace {
+
+double lse_exact(const std::vector<float>& x) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (float v : x) m = std::max(m, static_cast<double>(v));
+  if (m == -std::numeric_limits<double>::infinity()) return m;
+  double s = 0;
+  for (float v : x) s += std::exp(static_cast<double>(v) - m);
+  return m + std::log(s);
+}
+
+/// Folds x the way one GPU thread does: 8-wide vectors, then a scalar tail.
+d::lse_state fold(const std::vector<float>& x, size_t begin, size_t end) {
+  d::lse_state st = d::lse_empty();
+  size_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    float v[8];
+    for (int e = 0; e < 8; ++e) v[e] = x[i + static_cast<size_t>(e)];
+    st = d::lse_update<8>(st, v);
+  }
+  for (; i < end; ++i) st = d::lse_update1(st, x[i]);
+  return st;
+}
+
+}  // namespace
+
+TEST_CASE("online logsumexp matches the exact value", "[cuda][helpers]") {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (size_t n : {1u, 2u, 7u, 8u, 9u, 100u, 4099u}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      std::vector<float> x(n);
+      for (auto& v : x) v = normal(rng) + (variant == 1 ? 1e4f : 0.0f);
+      if (variant == 2) x[n / 2] = -INFINITY;
+      if (variant == 3) x[0] = 1e4f, x[n - 1] = -1e4f;
+      const double want = lse_exact(x);
+      // One state, and the same data split into pieces merged in order.
+      const double tol = 4.0 * (static_cast<double>(n) + 16.0) * 5.96e-8 + 2.4e-7 * std::fabs(want);
+      auto close = [&](double got) { return got == want || std::fabs(got - want) <= tol; };
+      CHECK(close(d::lse_finish(fold(x, 0, n))));
+      d::lse_state merged = d::lse_empty();
+      for (size_t b = 0; b < n; b += 13) merged = d::lse_merge(merged, fold(x, b, std::min(n, b + 13)));
+      CHECK(close(d::lse_finish(merged)));
+    }
+  }
+}
+
+TEST_CASE("online logsumexp: empty and all -inf stay finite-free, never NaN", "[cuda][helpers]") {
+  const d::lse_state e = d::lse_empty();
+  CHECK(d::lse_finish(e) == -INFINITY);
+  const d::lse_state m = d::lse_merge(e, e);
+  CHECK(m.m == -INFINITY);
+  CHECK(m.s == 0.0f);
+  const float all_inf[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                            -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  const d::lse_state st = d::lse_update<8>(e, all_inf);
+  CHECK(d::lse_finish(st) == -INFINITY);
+  CHECK_FALSE(std::isnan(st.s));
+  // Merging with the empty state is the identity, bit for bit.
+  const float one[1] = {3.5f};
+  const d::lse_state a = d::lse_update<1>(e, one);
+  const d::lse_state b = d::lse_merge(e, a), c = d::lse_merge(a, e);
+  CHECK(b.m == a.m);
+  CHECK(b.s == a.s);
+  CHECK(c.m == a.m);
+  CHECK(c.s == a.s);
+  CHECK(d::lse_finish(a) == 3.5f);  // a single value: m + log 1
+}
+
+TEST_CASE("row partition covers [0, V) exactly with aligned vectors", "[cuda][helpers]") {
+  for (int eb : {2, 4}) {
+    const int64_t w = 16 / eb;
+    for (uint64_t base = 4096; base < 4096 + 16; base += static_cast<uint64_t>(eb)) {
+      for (int64_t v = 0; v <= 70; ++v) {
+        const d::row_span sp = d::partition_row(base, v, eb);
+        CHECK(sp.pro >= 0);
+        CHECK(sp.pro < w);
+        CHECK(sp.pro <= v);
+        CHECK(sp.tail == sp.pro + sp.nvec * w);
+        CHECK(sp.tail <= v);
+        CHECK(v - sp.tail < w);
+        if (sp.nvec > 0) CHECK((base + static_cast<uint64_t>(sp.pro * eb)) % 16 == 0);
+        for (int k : {1, 2, 3, 7}) {
+          int64_t next_col = 0, next_vec = 0;
+          for (int j = 0; j < k; ++j) {
+            const d::vec_range r = d::split_range(sp.nvec, j, k);
+            const d::vec_range c = d::split_columns(sp, v, eb, j, k);
+            CHECK(r.begin <= r.end);
+            CHECK(r.begin == next_vec);
+            CHECK(c.begin == next_col);
+            next_vec = r.end;
+            next_col = c.end;
+            // The columns a split covers are its prologue, vectors and tail.
+            const int64_t lo = j == 0 ? 0 : sp.pro + r.begin * w;
+            const int64_t hi = j == k - 1 ? v : sp.pro + r.end * w;
+            CHECK(c.begin == lo);
+            CHECK(c.end == hi);
+          }
+          CHECK(next_vec == sp.nvec);
+          CHECK(next_col == v);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("row splits: only for few rows and long rows, bounded", "[cuda][helpers]") {
+  CHECK(d::choose_splits(0, 1000, 2) == 1);
+  CHECK(d::choose_splits(d::TARGET_BLOCKS, 128256, 2) == 1);
+  CHECK(d::choose_splits(1, 100, 4) == 1);               // short rows are never split
+  CHECK(d::choose_splits(1, 128256, 2) == 31);  // 16032 vectors / 512
+  CHECK(d::choose_splits(1, 20000, 4) == 9);   // 5000 vectors / 512
+  for (int64_t n : {1, 2, 5, 31, 100, 1000, 2047, 2048, 100000})
+    for (int64_t v : {1, 37, 4096, 50257, 128256, 1000000})
+      for (int eb : {2, 4}) {
+        const int k = d::choose_splits(n, v, eb);
+        CHECK(k >= 1);
+        CHECK(k <= d::MAX_SPLITS);
+        if (k > 1) {
+          CHECK(n * k <= 2 * d::TARGET_BLOCKS);
+          CHECK(v / (16 / eb) >= d::MIN_VECS_PER_SPLIT * k);
+        }
+      }
+}
+
+TEST_CASE("find_sequence returns the owning sequence, empty ones included", "[cuda][helpers]") {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 50; ++trial) {
+    const int64_t s = 1 + static_cast<int64_t>(rng() % 20);
+    std::vector<int64_t> off(1, 0);
+    for (int64_t i = 0; i < s; ++i) off.push_back(off.back() + static_cast<int64_t>(rng() % 4));
+    for (int64_t t = 0; t < off.back(); ++t) {
+      const int64_t got = d::find_sequence(off.data(), s, t);
+      REQUIRE(got >= 0);
+      REQUIRE(got < s);
+      CHECK(off[got] <= t);
+      CHECK(t < off[got + 1]);
+    }
+  }
+  // Garbage offsets still give an index in [0, S).
+  const std::vector<int64_t> bad = {0, 9, 3, -4, 7};
+  for (int64_t t = -3; t < 12; ++t) {
+    const int64_t got = d::find_sequence(bad.data(), 4, t);
+    CHECK(got >= 0);
+    CHECK(got < 4);
+  }
+}
+
+TEST_CASE("workspace layout: aligned, disjoint, large enough", "[cuda][helpers]") {
+  for (int64_t n : {0, 1, 7, 3000})
+    for (int64_t s : {0, 1, 5})
+      for (int64_t p : {0, 2})
+        for (bool train : {false, true}) {
+          const d::workspace_layout w = d::make_layout(n, 50257, 2, s, p, train);
+          struct piece {
+            size_t at, bytes;
+          };
+          const auto un = static_cast<size_t>(n), us = static_cast<size_t>(s);
+          std::vector<piece> pieces = {
+              {w.flag, sizeof(int)},
+              {w.offsets, (us + 1) * 8},
+              {w.cols, un * 4},
+              {w.row_seq, un * 4},
+              {w.lse, un * 4},
+              {w.token_logp, un * 4},
+              {w.partials, w.splits > 1 ? un * static_cast<size_t>(w.splits) * sizeof(d::lse_state) : 0},
+              {w.seq_logp, us * 8},
+              {w.seq_count, us * 8}};
+          if (train) {
+            pieces.push_back({w.pair_coef, static_cast<size_t>(p) * 8});
+            pieces.push_back({w.seq_grad, us * 4});
+          }
+          for (size_t i = 0; i < pieces.size(); ++i) {
+            CHECK(pieces[i].at % d::WORKSPACE_ALIGN == 0);
+            CHECK(pieces[i].at + pieces[i].bytes <= w.bytes);
+            for (size_t j = 0; j < i; ++j)
+              if (pieces[i].bytes > 0 && pieces[j].bytes > 0)
+                CHECK((pieces[i].at >= pieces[j].at + pieces[j].bytes ||
+                       pieces[j].at >= pieces[i].at + pieces[i].bytes));
+          }
+          CHECK(d::workspace_request(w) == w.bytes + d::WORKSPACE_ALIGN - 1);
+        }
+  // The base is rounded up inside the spare bytes, whatever the caller's pointer.
+  for (uintptr_t p = 0x1000; p < 0x1000 + 512; p += 8) {
+    const uintptr_t b = d::align_up_ptr(p);
+    CHECK(b % d::WORKSPACE_ALIGN == 0);
+    CHECK(b >= p);
+    CHECK(b - p < d::WORKSPACE_ALIGN);
+  }
+}
