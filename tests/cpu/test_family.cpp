@@ -336,8 +336,9 @@ TEST_CASE("the whole chain to the logits: combinations, transforms, token weight
     sp.pairs = 3;
     sp.weights = c % 2 == 1;
     switch (c) {
-      case 0: opt.loss.n_terms = 2, opt.loss.terms[0] = loss_type::dpo, opt.loss.terms[1] = loss_type::sft,
-              opt.loss.term_weights[0] = 1.0, opt.loss.term_weights[1] = 0.7; break;
+      case 0: opt.loss.n_terms = 3, opt.loss.terms[0] = loss_type::dpo, opt.loss.terms[1] = loss_type::sft,
+              opt.loss.terms[2] = loss_type::cipo, opt.loss.term_weights[0] = 1.0,
+              opt.loss.term_weights[1] = 0.7, opt.loss.term_weights[2] = 0.3; break;
       case 1: opt.loss.type = loss_type::orpo; break;
       case 2: opt.loss.transform = margin_transform::alpha, opt.loss.f_alpha = 0.5; break;
       case 3: opt.loss.type = loss_type::cipo, opt.loss.geometric = true, opt.loss.transform = margin_transform::js; break;
