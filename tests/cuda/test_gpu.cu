@@ -454,7 +454,7 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   const bool l32 = c.label_type == gc::index_type::int32, o32 = c.offset_type == gc::index_type::int32;
   dmem labels = l32 ? upload(labels32) : upload(pr.labels);
   dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
-  dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in);
+  dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in), tw = upload(pr.tw);
 
   const int64_t grad_ld = c.in_place ? pr.ld : pr.v + c.grad_pad;
   dmem grad_mem;
@@ -476,6 +476,7 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   a.tokens.offsets = offsets.get();
   a.tokens.offset_type = c.offset_type;
   a.tokens.n_seqs = pr.s;
+  a.tokens.token_weights = c.token_weights ? tw.get<float>() : nullptr;
   a.lse = lse.get<float>();
   a.grad_seq_logps = grad_seq.get<float>();
   a.grad_logits = grad;
@@ -555,6 +556,18 @@ TEST_CASE("logits_grad after a train_step without gradient is bitwise the fused 
   check_split_backward(c);
   c = small_case(gc::dtype::float16, ++seed);  // every sequence's rows masked
   c.masked_seqs = {0, 1, 2, 3, 4, 5};
+  check_split_backward(c);
+  // Per-token weights: the same row coefficients g_s · w_t in both paths.
+  c = small_case(gc::dtype::bfloat16, ++seed);
+  c.token_weights = true;
+  c.opt.loss.n_terms = 2;
+  c.opt.loss.terms[0] = loss_type::gdpo;
+  c.opt.loss.terms[1] = loss_type::sft;
+  c.opt.loss.term_weights[0] = 1.0;
+  c.opt.loss.term_weights[1] = 0.5;
+  check_split_backward(c);
+  c.in_place = true;
+  c.seed = ++seed;
   check_split_backward(c);
 }
 
