@@ -28,6 +28,8 @@ static_assert(GEOPREF_INVALID_REFERENCE == static_cast<int>(status::invalid_refe
 static_assert(GEOPREF_INVALID_LOSS == static_cast<int>(status::invalid_loss));
 static_assert(GEOPREF_REFERENCE_NOT_ALLOWED == static_cast<int>(status::reference_not_allowed));
 static_assert(GEOPREF_WORKSPACE_TOO_SMALL == static_cast<int>(status::workspace_too_small));
+static_assert(GEOPREF_MISALIGNED_POINTER == static_cast<int>(status::misaligned_pointer));
+static_assert(GEOPREF_OVERLAPPING_BUFFERS == static_cast<int>(status::overlapping_buffers));
 static_assert(GEOPREF_UNSUPPORTED_DTYPE == static_cast<int>(status::unsupported_dtype));
 static_assert(GEOPREF_CUDA_ERROR == static_cast<int>(status::cuda_error));
 static_assert(GEOPREF_INTERNAL_ERROR == static_cast<int>(status::internal_error));
@@ -171,40 +173,36 @@ status to_grad(const geopref_grad_args& c, gc::grad_args* a) {
   return status::success;
 }
 
-geopref_status train_step(void* workspace, size_t* bytes, const geopref_train_args* args,
-                          const geopref_options* opt, cudaStream_t stream) {
+/// The shape of every C entry: null checks, the C structs to C++ ones, the
+/// C++ entry, its status as an int.
+template <class CArgs, class Args>
+geopref_status call(status (*to_cpp)(const CArgs&, Args*),
+                    status (*entry)(void*, size_t&, const Args&, const geopref::options&, cudaStream_t),
+                    void* workspace, size_t* bytes, const CArgs* args, const geopref_options* opt,
+                    cudaStream_t stream) {
   if (bytes == nullptr || args == nullptr || opt == nullptr)
     return static_cast<int>(status::null_pointer);
   geopref::options o;
-  gc::train_args a;
+  Args a;
   status s = to_options(*opt, &o);
-  if (s == status::success) s = to_train(*args, &a);
-  if (s == status::success) s = gc::train_step(workspace, *bytes, a, o, stream);
+  if (s == status::success) s = to_cpp(*args, &a);
+  if (s == status::success) s = entry(workspace, *bytes, a, o, stream);
   return static_cast<int>(s);
+}
+
+geopref_status train_step(void* workspace, size_t* bytes, const geopref_train_args* args,
+                          const geopref_options* opt, cudaStream_t stream) {
+  return call(to_train, gc::train_step, workspace, bytes, args, opt, stream);
 }
 
 geopref_status sequence_logps(void* workspace, size_t* bytes, const geopref_logps_args* args,
                               const geopref_options* opt, cudaStream_t stream) {
-  if (bytes == nullptr || args == nullptr || opt == nullptr)
-    return static_cast<int>(status::null_pointer);
-  geopref::options o;
-  gc::logps_args a;
-  status s = to_options(*opt, &o);
-  if (s == status::success) s = to_logps(*args, &a);
-  if (s == status::success) s = gc::sequence_logps(workspace, *bytes, a, o, stream);
-  return static_cast<int>(s);
+  return call(to_logps, gc::sequence_logps, workspace, bytes, args, opt, stream);
 }
 
 geopref_status logits_grad(void* workspace, size_t* bytes, const geopref_grad_args* args,
                            const geopref_options* opt, cudaStream_t stream) {
-  if (bytes == nullptr || args == nullptr || opt == nullptr)
-    return static_cast<int>(status::null_pointer);
-  geopref::options o;
-  gc::grad_args a;
-  status s = to_options(*opt, &o);
-  if (s == status::success) s = to_grad(*args, &a);
-  if (s == status::success) s = gc::logits_grad(workspace, *bytes, a, o, stream);
-  return static_cast<int>(s);
+  return call(to_grad, gc::logits_grad, workspace, bytes, args, opt, stream);
 }
 
 }  // namespace

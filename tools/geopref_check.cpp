@@ -292,15 +292,8 @@ tools::check_problem load_problem(const cli& c) {
 template <class Logit, class Label>
 status run_reference_typed(const tools::check_problem& p, const Logit* logits, const Label* labels,
                            tools::check_result* r) {
-  reference::inputs<Logit, Label, int64_t> in;
-  in.logits = logits;
-  in.n_rows = p.n_rows;
-  in.vocab = p.vocab;
-  in.ld = p.vocab;
-  in.labels = labels;
-  in.offsets = p.offsets.data();
-  in.n_seqs = p.n_seqs;
-  in.n_pairs = p.n_pairs;
+  auto in = reference::make_inputs(logits, p.n_rows, p.vocab, labels,
+                                   p.offsets.data(), p.n_seqs, p.n_pairs);
   in.pairs = p.pairs.empty() ? nullptr : p.pairs.data();
   in.soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
   in.ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();

@@ -62,15 +62,8 @@ struct host_problem {
   }
 
   geopref::reference::inputs<T, int32_t, int64_t> reference_inputs() const {
-    geopref::reference::inputs<T, int32_t, int64_t> in;
-    in.logits = logits.data();
-    in.n_rows = s.rows;
-    in.vocab = s.vocab;
-    in.ld = s.vocab;
-    in.labels = labels.data();
-    in.offsets = offsets.data();
-    in.n_seqs = s.seqs();
-    in.n_pairs = s.pairs();
+    auto in = geopref::reference::make_inputs(logits.data(), s.rows, s.vocab, labels.data(),
+                                              offsets.data(), s.seqs(), s.pairs());
     in.soft_labels = soft.data();
     in.ref_logps = ref.data();
     return in;

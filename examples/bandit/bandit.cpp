@@ -128,15 +128,8 @@ geopref::status evaluate(const problem& pb, const geopref::options& opt,
   const int64_t n = 2 * pb.P;
   for (int64_t t = 0; t < n; ++t)
     for (int v = 0; v < V; ++v) logits[t * V + v] = theta[v];
-  geopref::reference::inputs<double, int32_t, int32_t> in;
-  in.logits = logits.data();
-  in.n_rows = n;
-  in.vocab = V;
-  in.ld = V;
-  in.labels = pb.labels.data();
-  in.offsets = pb.offsets.data();
-  in.n_seqs = n;
-  in.n_pairs = pb.P;
+  auto in = geopref::reference::make_inputs(logits.data(), n, V, pb.labels.data(),
+                                            pb.offsets.data(), n, pb.P);
   in.soft_labels = pb.soft.data();
   in.ref_logps = pb.ref_logps.data();
   return geopref::reference::compute(in, opt, out);

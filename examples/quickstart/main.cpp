@@ -64,15 +64,7 @@ struct batch {
 
   template <class Logit>
   reference::inputs<Logit, int32_t, int32_t> view(const Logit* z) const {
-    reference::inputs<Logit, int32_t, int32_t> in;
-    in.logits = z;
-    in.n_rows = N;
-    in.vocab = V;
-    in.ld = V;
-    in.labels = labels.data();
-    in.offsets = offsets.data();
-    in.n_seqs = S;
-    in.n_pairs = P;
+    auto in = reference::make_inputs(z, N, V, labels.data(), offsets.data(), S, P);
     in.soft_labels = soft_labels.data();
     in.ref_logps = ref_logps.empty() ? nullptr : ref_logps.data();
     return in;

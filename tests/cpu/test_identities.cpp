@@ -8,15 +8,10 @@
 #include <utility>
 #include <vector>
 
-#include "geopref/reference/gradcheck.hpp"
-#include "geopref/reference/reference.hpp"
-#include "test_util.hpp"
+#include "test_util.hpp"  // the reference, the gradient checker, seeded problems
 
 using namespace geopref;
-using test::output_set;
-using test::problem;
-using test::spec;
-using test::typed;
+using namespace geopref::test;
 
 namespace {
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "geopref/options.hpp"
+#include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/reference.hpp"
 
 namespace geopref::test {

@@ -160,15 +160,8 @@ struct ragged {
     labels[6] = -100;
   }
   geopref::reference::inputs<float, int64_t, int32_t> inputs() const {
-    geopref::reference::inputs<float, int64_t, int32_t> in;
-    in.logits = logits.data();
-    in.n_rows = N;
-    in.vocab = V;
-    in.ld = V;
-    in.labels = labels.data();
-    in.offsets = offsets.data();
-    in.n_seqs = S;
-    in.n_pairs = P;
+    auto in = geopref::reference::make_inputs(logits.data(), N, V, labels.data(),
+                                              offsets.data(), S, P);
     in.soft_labels = soft.data();
     return in;
   }
@@ -335,15 +328,8 @@ TEST_CASE("geopref-check: [S, T, V] float16, explicit pairs, weights, reduction 
                            " --weights " + save("h_weights.npy", "<f4", "(3,)", weights) +
                            " --ignore-index -7 --reduction none";
 
-  geopref::reference::inputs<Eigen::half, int32_t, int64_t> in;
-  in.logits = logits.data();
-  in.n_rows = S * T;
-  in.vocab = V;
-  in.ld = V;
-  in.labels = labels.data();
-  in.offsets = offsets.data();
-  in.n_seqs = S;
-  in.n_pairs = P;
+  auto in = geopref::reference::make_inputs(logits.data(), S * T, V, labels.data(),
+                                            offsets.data(), S, P);
   in.pairs = pairs64.data();
   in.weights = weights_d.data();
   geopref::options opt;
@@ -376,15 +362,8 @@ TEST_CASE("geopref-check: float64 logits, int64 offsets, simpo", "[check]") {
   for (int64_t i = 0; i < N * V; ++i) logits[i] = std::sin(0.7 * double(i)) * 4.0;
   const std::vector<int64_t> labels = {3, 0, 1, 2, 2};
   const std::vector<int64_t> offsets = {0, 3, 5};
-  geopref::reference::inputs<double, int64_t, int64_t> in;
-  in.logits = logits.data();
-  in.n_rows = N;
-  in.vocab = V;
-  in.ld = V;
-  in.labels = labels.data();
-  in.offsets = offsets.data();
-  in.n_seqs = 2;
-  in.n_pairs = 1;
+  auto in = geopref::reference::make_inputs(logits.data(), N, V, labels.data(),
+                                            offsets.data(), 2, 1);
   geopref::options opt;
   opt.loss.type = geopref::loss_type::simpo;
   opt.loss.beta = 2.0;

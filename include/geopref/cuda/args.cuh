@@ -108,7 +108,8 @@ struct train_args {
   //   grad[t, v] = g_s (𝟙[v = y_t] − exp(z[t, v] − lse_t)) for scored rows t of s,
   //   0 for every other row; columns [V, grad_ld) are never written.
   // In place is allowed: grad_logits == tokens.logits with grad_ld == ld and
-  // the logits dtype. Any other overlap with the logits is rejected.
+  // the logits dtype. Any other overlap with the logits is rejected
+  // (overlapping_buffers).
   void* grad_logits = nullptr;  // [N, grad_ld] row-major
   int64_t grad_ld = 0;          // >= V; 0 means ld
   bool grad_float32 = false;    // false: gradient in the logits dtype; true: float
@@ -130,7 +131,8 @@ struct grad_args {
   // The gradient, with train_args' rules: grad[t, v] = g_s (𝟙[v = y_t] −
   // exp(z[t, v] − lse_t)) for scored rows t of s, 0 for every other row;
   // columns [V, grad_ld) never written; in place allowed (same buffer, ld and
-  // dtype), any other overlap with the logits, lse or grad_seq_logps rejected.
+  // dtype), any other overlap with the logits, lse or grad_seq_logps rejected
+  // (overlapping_buffers).
   void* grad_logits = nullptr;  // [N, grad_ld] row-major, required when N > 0
   int64_t grad_ld = 0;          // >= V; 0 means ld
   bool grad_float32 = false;    // false: gradient in the logits dtype; true: float

@@ -42,6 +42,25 @@ struct inputs {
                                              // by the other reductions
 };
 
+/// The common case in one call: [N, V] logits with ld = V, labels, offsets,
+/// S sequences and P pairs. The optional inputs (pairs, soft labels,
+/// reference log-probs, weights, upstream gradients) are set on the result.
+template <class Logit, class Label, class Offset>
+inputs<Logit, Label, Offset> make_inputs(const Logit* logits, int64_t n_rows, int64_t vocab,
+                                         const Label* labels, const Offset* offsets,
+                                         int64_t n_seqs, int64_t n_pairs) {
+  inputs<Logit, Label, Offset> in;
+  in.logits = logits;
+  in.n_rows = n_rows;
+  in.vocab = vocab;
+  in.ld = vocab;
+  in.labels = labels;
+  in.offsets = offsets;
+  in.n_seqs = n_seqs;
+  in.n_pairs = n_pairs;
+  return in;
+}
+
 // Conventions the outputs follow (docs/math.md has the full contract):
 // - A row is *scored* when it lies inside a sequence (t < offsets[S]) and its
 //   label is not opt.ignore_index. The label of every row t in [0, N) is validated,

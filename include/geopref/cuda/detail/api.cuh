@@ -97,7 +97,7 @@ inline status check_grad_buffer(const token_inputs& x, const void* grad_logits, 
                         !(grad_float32 && x.logits_dtype != dtype::float32);
   const byte_range z = used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes);
   const byte_range g = used_bytes(grad_logits, x.n_rows, grad_ld, x.vocab, out_bytes);
-  if (!in_place && z.begin < g.end && g.begin < z.end) return status::invalid_shape;
+  if (!in_place && z.begin < g.end && g.begin < z.end) return status::overlapping_buffers;
   *range = g;
   return status::success;
 }
@@ -150,10 +150,10 @@ inline status check_grad(const grad_args& a, const options& opt, bool buffers) n
   if (s != status::success) return s;
   // backward_kernel reads lse and g_s while other blocks write the gradient.
   const byte_range l = used_bytes(a.lse, x.n_rows, 1, 1, 4);
-  if (l.begin < g.end && g.begin < l.end) return status::invalid_shape;
+  if (l.begin < g.end && g.begin < l.end) return status::overlapping_buffers;
   if (x.n_seqs > 0) {
     const byte_range q = used_bytes(a.grad_seq_logps, x.n_seqs, 1, 1, 4);
-    if (q.begin < g.end && g.begin < q.end) return status::invalid_shape;
+    if (q.begin < g.end && g.begin < q.end) return status::overlapping_buffers;
   }
   return status::success;
 }

@@ -95,9 +95,6 @@ inline workspace_view carve(void* workspace, const workspace_layout& w) {
   return v;
 }
 
-/// Forward pass up to the per-sequence log-probs: resets the flag, then
-/// offsets → rows → forward (→ combine) → sequence. `ref_logps` is only
-/// validated here (train_step).
 /// Resets the flag, then offsets → rows: the canonical offsets, the label
 /// column and the sequence of every row (forward and logits_grad).
 inline status enqueue_rows(const token_inputs& x, const options& opt, const workspace_view& ws,
@@ -124,6 +121,9 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
   return status::success;
 }
 
+/// Forward pass up to the per-sequence log-probs: enqueue_rows, then
+/// forward (→ combine) → sequence. `ref_logps` is only validated here
+/// (train_step).
 inline status enqueue_forward(const token_inputs& x, const options& opt, const workspace_layout& w,
                               const workspace_view& ws, const float* ref_logps, float* out_seq,
                               int64_t* out_counts, cudaStream_t stream) {
