@@ -23,6 +23,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "geopref/config.hpp"
 #include "geopref/status.hpp"
@@ -265,6 +267,19 @@ GEOPREF_HD_INLINE geometric<Loss> make_geometric(const Loss& base) {
   return geometric<Loss>{base};
 }
 
+/// True for a type with the margin-loss shape: const value(h, p) and
+/// derivative(h, p) taking and returning double. Used to keep
+/// geopref::cuda::train_step<Loss> from matching anything else (a null
+/// stream passed as `nullptr`, for instance).
+template <class L, class = void>
+struct is_margin_loss : std::false_type {};
+template <class L>
+struct is_margin_loss<L, std::void_t<decltype(static_cast<double>(std::declval<const L&>().value(0.0, 0.0))),
+                                     decltype(static_cast<double>(std::declval<const L&>().derivative(0.0, 0.0)))>>
+    : std::true_type {};
+template <class L>
+inline constexpr bool is_margin_loss_v = is_margin_loss<L>::value;
+
 /// The paper's three methods.
 template <class T>
 using gdpo_loss = geometric<dpo_loss<T>>;
@@ -491,6 +506,22 @@ struct loss_config {
   loss_type terms[MAX_LOSS_TERMS] = {};
   double term_weights[MAX_LOSS_TERMS] = {};
 };
+
+/// The terms that read both log-ratios (kinds two_sided and odds_ratio), by
+/// type: the one switch the CPU reference and the pair kernel share, so a new
+/// such loss is its functor, its registry line and its case here.
+template <class T>
+GEOPREF_HD_INLINE pair_grad<T> two_sided_term(loss_type t, T beta, T bco_delta, T rw, T rl) {
+  switch (t) {
+    case loss_type::nca_pair: return nca_pair_loss<T>{beta}(rw, rl);
+    case loss_type::bco_pair: return bco_pair_loss<T>{beta, bco_delta}(rw, rl);
+    case loss_type::sppo_hard: return sppo_hard_loss<T>{beta}(rw, rl);
+    case loss_type::apo_zero: return apo_zero_loss<T>{beta}(rw, rl);
+    case loss_type::apo_down: return apo_down_loss<T>{beta}(rw, rl);
+    case loss_type::orpo: return orpo_loss<T>{beta}(rw, rl);
+    default: return {T(0), T(0), T(0)};
+  }
+}
 
 /// Lower-case name as in the DESIGN table and TRL ("dpo", "exo_pair", ...).
 inline const char* loss_name(loss_type t) noexcept {

@@ -529,3 +529,12 @@ TEST_CASE("token weights: all ones is bitwise no weights; LD-DPO's public/verbos
   CHECK(a.out.loss == b.out.loss);
   CHECK(test::bitwise_equal(a.seq_logps, b.seq_logps));
 }
+
+// train_step<Loss> is enabled only for the margin-loss shape, so a null
+// stream written `nullptr` still picks the stream overload.
+static_assert(is_margin_loss_v<dpo_loss<double>>);
+static_assert(is_margin_loss_v<geometric<ipo_loss<double>>>);
+static_assert(is_margin_loss_v<any_loss<double>>);
+static_assert(!is_margin_loss_v<std::nullptr_t>);
+static_assert(!is_margin_loss_v<int>);
+static_assert(!is_margin_loss_v<nca_pair_loss<double>>);

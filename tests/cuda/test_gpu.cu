@@ -910,6 +910,8 @@ TEST_CASE("the new losses: device-side errors and NaN stay in bounds", "[gpu][sm
   a.tokens.vocab = 1;
   a.tokens.ld = 1;
   CHECK(gc::train_step(nullptr, bytes, a, h.opt) == status::invalid_loss_option);
+  // A null stream spelled `nullptr` is the stream, not a loss.
+  CHECK(gc::train_step(nullptr, bytes, a, h.opt, nullptr) == status::invalid_loss_option);
   options free;
   h.opt.loss.geometric = false;
   set_combination(h, {{loss_type::orpo, 1.0}, {loss_type::sft, 1.0}});

@@ -81,7 +81,7 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
 /// terms of a combination (sft, ...) stay as they are. Each Loss type
 /// instantiates the (small) pair kernel once; the forward and backward
 /// kernels are shared. The CPU reference's compute_with_loss is its check.
-template <class Loss>
+template <class Loss, class = std::enable_if_t<is_margin_loss_v<Loss>>>
 inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
                          const options& opt, const Loss& loss,
                          cudaStream_t stream = nullptr) noexcept;

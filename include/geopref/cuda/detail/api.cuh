@@ -225,7 +225,7 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
                                  detail::builtin_margin{any_loss<double>(opt.loss)}, stream);
 }
 
-template <class Loss>
+template <class Loss, class>
 inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
                          const options& opt, const Loss& loss, cudaStream_t stream) noexcept {
   return detail::train_step_with(workspace, workspace_bytes, args, opt,

@@ -395,15 +395,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, Mar
           const double d = g * fn.derivative(g * h, prob);
           r = {fn.value(g * h, prob), d * phi.dphi(rw), -d * phi.dphi(rl)};
         } else {
-          switch (t) {
-            case loss_type::nca_pair: r = nca_pair_loss<double>{beta}(rw, rl); break;
-            case loss_type::bco_pair: r = bco_pair_loss<double>{beta, lc.bco_delta}(rw, rl); break;
-            case loss_type::sppo_hard: r = sppo_hard_loss<double>{beta}(rw, rl); break;
-            case loss_type::apo_zero: r = apo_zero_loss<double>{beta}(rw, rl); break;
-            case loss_type::apo_down: r = apo_down_loss<double>{beta}(rw, rl); break;
-            case loss_type::orpo: r = orpo_loss<double>{beta}(rw, rl); break;
-            default: break;
-          }
+          r = two_sided_term<double>(t, beta, lc.bco_delta, rw, rl);
         }
         f += lambda * w * r.value;
         ca += sc * lambda * to_sum(a, av, r.d_w);

@@ -231,16 +231,7 @@ void run_pairs(const pair_inputs& in, const options& opt, const MarginFor& margi
         dw = d * phi.dphi(rw);
         dl = -d * phi.dphi(rl);
       } else {
-        pair_grad<double> r{};
-        switch (t) {
-          case loss_type::nca_pair: r = nca_pair_loss<double>{beta}(rw, rl); break;
-          case loss_type::bco_pair: r = bco_pair_loss<double>{beta, lc.bco_delta}(rw, rl); break;
-          case loss_type::sppo_hard: r = sppo_hard_loss<double>{beta}(rw, rl); break;
-          case loss_type::apo_zero: r = apo_zero_loss<double>{beta}(rw, rl); break;
-          case loss_type::apo_down: r = apo_down_loss<double>{beta}(rw, rl); break;
-          case loss_type::orpo: r = orpo_loss<double>{beta}(rw, rl); break;
-          default: break;
-        }
+        const pair_grad<double> r = two_sided_term<double>(t, beta, lc.bco_delta, rw, rl);
         v = r.value, dw = r.d_w, dl = r.d_l;
       }
       pl[i] += lambda * w * v;
