@@ -42,7 +42,22 @@ static_assert(GEOPREF_LOSS_DPO == static_cast<int>(geopref::loss_type::dpo));
 static_assert(GEOPREF_LOSS_EXO_PAIR == static_cast<int>(geopref::loss_type::exo_pair));
 static_assert(GEOPREF_LOSS_SIMPO == static_cast<int>(geopref::loss_type::simpo));
 static_assert(GEOPREF_LOSS_GROPO == static_cast<int>(geopref::loss_type::gropo));
-static_assert(GEOPREF_LOSS_GROPO + 1 == geopref::LOSS_TYPE_COUNT);
+static_assert(GEOPREF_LOSS_NCA_PAIR == static_cast<int>(geopref::loss_type::nca_pair));
+static_assert(GEOPREF_LOSS_BCO_PAIR == static_cast<int>(geopref::loss_type::bco_pair));
+static_assert(GEOPREF_LOSS_SPPO_HARD == static_cast<int>(geopref::loss_type::sppo_hard));
+static_assert(GEOPREF_LOSS_APO_ZERO == static_cast<int>(geopref::loss_type::apo_zero));
+static_assert(GEOPREF_LOSS_APO_DOWN == static_cast<int>(geopref::loss_type::apo_down));
+static_assert(GEOPREF_LOSS_ORPO == static_cast<int>(geopref::loss_type::orpo));
+static_assert(GEOPREF_LOSS_AOT == static_cast<int>(geopref::loss_type::aot));
+static_assert(GEOPREF_LOSS_AOT_UNPAIRED == static_cast<int>(geopref::loss_type::aot_unpaired));
+static_assert(GEOPREF_LOSS_SFT == static_cast<int>(geopref::loss_type::sft));
+// The registry's last entry is the C enum's last: a loss added to the
+// registry without its GEOPREF_LOSS_* value fails here.
+static_assert(GEOPREF_LOSS_SFT + 1 == geopref::LOSS_TYPE_COUNT);
+static_assert(GEOPREF_MAX_LOSS_TERMS == geopref::MAX_LOSS_TERMS);
+static_assert(GEOPREF_TRANSFORM_JS == static_cast<int>(geopref::margin_transform::js));
+static_assert(GEOPREF_TRANSFORM_ALPHA == static_cast<int>(geopref::margin_transform::alpha));
+static_assert(GEOPREF_INVALID_LOSS_OPTION == static_cast<int>(status::invalid_loss_option));
 static_assert(GEOPREF_REDUCTION_MEAN == static_cast<int>(geopref::reduction::mean));
 static_assert(GEOPREF_REDUCTION_NONE == static_cast<int>(geopref::reduction::none));
 static_assert(GEOPREF_REDUCTION_NORMALIZER == static_cast<int>(geopref::reduction::normalizer));
@@ -75,6 +90,19 @@ status to_options(const geopref_options& c, geopref::options* o) {
   o->loss.gamma = c.gamma;
   o->loss.epsilon = c.epsilon;
   o->loss.tau = c.tau;
+  o->loss.bco_delta = c.bco_delta;
+  if (c.transform < GEOPREF_TRANSFORM_REVERSE_KL || c.transform > GEOPREF_TRANSFORM_ALPHA)
+    return status::invalid_loss_option;
+  o->loss.transform = static_cast<geopref::margin_transform>(c.transform);
+  o->loss.f_alpha = c.f_alpha;
+  o->loss.geometric = c.geometric != 0;
+  if (c.n_terms < 0 || c.n_terms > GEOPREF_MAX_LOSS_TERMS) return status::invalid_loss_option;
+  o->loss.n_terms = c.n_terms;
+  for (int k = 0; k < c.n_terms; ++k) {
+    if (c.terms[k] < 0 || c.terms[k] >= geopref::LOSS_TYPE_COUNT) return status::invalid_loss;
+    o->loss.terms[k] = static_cast<geopref::loss_type>(c.terms[k]);
+    o->loss.term_weights[k] = c.term_weights[k];
+  }
   o->reduce = static_cast<geopref::reduction>(c.reduction);
   o->normalizer = c.normalizer;
   o->average_logps = c.average_logps != 0;
@@ -97,6 +125,7 @@ status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
   t->offsets = c.offsets;
   t->offset_type = static_cast<gc::index_type>(c.offset_type);
   t->n_seqs = c.n_seqs;
+  t->token_weights = c.token_weights;
   return status::success;
 }
 
@@ -193,6 +222,12 @@ void geopref_options_init(geopref_options* opt) {
   opt->normalizer = d.normalizer;
   opt->average_logps = d.average_logps ? 1 : 0;
   opt->ignore_index = d.ignore_index;
+  opt->bco_delta = d.loss.bco_delta;
+  opt->transform = static_cast<int>(d.loss.transform);
+  opt->f_alpha = d.loss.f_alpha;
+  opt->geometric = d.loss.geometric ? 1 : 0;
+  opt->n_terms = 0;
+  for (int k = 0; k < GEOPREF_MAX_LOSS_TERMS; ++k) opt->terms[k] = 0, opt->term_weights[k] = 0.0;
 }
 
 void geopref_train_args_init(geopref_train_args* args) {

@@ -21,6 +21,7 @@ struct check_problem {
   std::vector<double> soft_labels;   // [P]; empty: binary
   std::vector<double> ref_logps;     // [S]; empty: reference-free
   std::vector<double> weights;       // [P]; empty: all 1
+  std::vector<double> token_weights; // [N]; empty: all 1
   options opt;
 };
 

@@ -28,14 +28,20 @@ using tools::npy_dtype;
 const char* const USAGE =
     "usage: geopref-check --logits L.npy --labels Y.npy [--offsets O.npy] [--pairs I.npy]\n"
     "                     [--soft-labels P.npy] [--ref-logps R.npy] [--weights W.npy]\n"
-    "                     --loss NAME [--beta B] [--alpha A] [--gamma G] [--epsilon E] [--tau T]\n"
+    "                     [--token-weights T.npy]\n"
+    "                     --loss NAME[,NAME...] [--loss-weights W1,W2,...] [--geometric]\n"
+    "                     [--beta B] [--alpha A] [--gamma G] [--epsilon E] [--tau T] [--bco-delta D]\n"
+    "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
     "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
     "                     [--device cpu|cuda] --out DIR\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
     "  Y.npy  int32/int64 labels, [N] or [S, T]; row t scores Y[t] (already shifted)\n"
     "  O.npy  int32/int64 sequence offsets [S + 1]     I.npy  int32/int64 pairs [P, 2]\n"
     "  P.npy  soft labels [P]   W.npy  pair weights [P]   R.npy  reference log-probs [S]\n"
-    "  losses: dpo cdpo ipo cipo ropo hinge robust exo_pair discopop simpo gdpo gipo gropo\n"
+    "  T.npy  float32/64 per-token weights, the labels' shape ([N] or [S, T])\n"
+    "  several --loss names with --loss-weights: their weighted sum (one pass)\n"
+    "  --geometric: the soft-label form f((2p-1) h) of every (margin) loss named\n"
+    "  losses: %s\n"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n";
 
 // Bad command line (exit 2) and bad input (exit 1); each carries one line.
@@ -47,12 +53,33 @@ struct input_error {
 };
 
 struct cli {
-  std::string logits, labels, offsets, pairs, soft_labels, ref_logps, weights, out;
-  std::string loss, reduce = "mean", device = "cpu";
+  std::string logits, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights, out;
+  std::string loss, loss_weights, reduce = "mean", device = "cpu", f_divergence, f_alpha;
   loss_config cfg{};
-  bool average_logps = false;
+  bool average_logps = false, geometric = false;
   int64_t ignore_index = -100;
 };
+
+/// Every built-in loss name, from the registry.
+std::string all_loss_names() {
+  std::string s;
+  for (int i = 0; i < LOSS_TYPE_COUNT; ++i) {
+    if (i > 0) s += ' ';
+    s += loss_name(static_cast<loss_type>(i));
+  }
+  return s;
+}
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  while (true) {
+    const std::size_t comma = s.find(',', at);
+    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) return out;
+    at = comma + 1;
+  }
+}
 
 double parse_double(const std::string& flag, const char* s) {
   char* end = nullptr;
@@ -77,11 +104,15 @@ cli parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::fputs(USAGE, stdout);
+      std::printf(USAGE, all_loss_names().c_str());
       std::exit(0);
     }
     if (a == "--average-logps") {
       c.average_logps = true;
+      continue;
+    }
+    if (a == "--geometric") {
+      c.geometric = true;
       continue;
     }
     if (a.rfind("--", 0) != 0) throw usage_error{"unexpected argument '" + a + "'"};
@@ -94,6 +125,11 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--soft-labels") c.soft_labels = v;
     else if (a == "--ref-logps") c.ref_logps = v;
     else if (a == "--weights") c.weights = v;
+    else if (a == "--token-weights") c.token_weights = v;
+    else if (a == "--loss-weights") c.loss_weights = v;
+    else if (a == "--f-divergence") c.f_divergence = v;
+    else if (a == "--f-alpha") c.f_alpha = v;
+    else if (a == "--bco-delta") c.cfg.bco_delta = parse_double(a, v);
     else if (a == "--out") c.out = v;
     else if (a == "--loss") c.loss = v;
     else if (a == "--reduction") c.reduce = v;
@@ -110,8 +146,46 @@ cli parse_args(int argc, char** argv) {
   if (c.labels.empty()) throw usage_error{"--labels is required"};
   if (c.loss.empty()) throw usage_error{"--loss is required"};
   if (c.out.empty()) throw usage_error{"--out is required"};
-  if (!parse_loss_type(c.loss.c_str(), &c.cfg.type))
-    throw usage_error{"unknown loss '" + c.loss + "'"};
+  // --loss a,b,... [--loss-weights wa,wb,...]: one name without weights is
+  // that loss; otherwise a weighted combination (weights default to 1).
+  const std::vector<std::string> names = split_commas(c.loss);
+  if (static_cast<int>(names.size()) > MAX_LOSS_TERMS)
+    throw usage_error{"--loss: at most " + std::to_string(MAX_LOSS_TERMS) + " losses"};
+  std::vector<double> lw(names.size(), 1.0);
+  if (!c.loss_weights.empty()) {
+    const std::vector<std::string> ws = split_commas(c.loss_weights);
+    if (ws.size() != names.size())
+      throw usage_error{"--loss-weights: " + std::to_string(ws.size()) + " weights for " +
+                        std::to_string(names.size()) + " losses"};
+    for (std::size_t k = 0; k < ws.size(); ++k) {
+      lw[k] = parse_double("--loss-weights", ws[k].c_str());
+      if (!std::isfinite(lw[k])) throw usage_error{"--loss-weights: weights must be finite"};
+    }
+  }
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    loss_type t{};
+    if (!parse_loss_type(names[k].c_str(), &t))
+      throw usage_error{"unknown loss '" + names[k] + "' (losses: " + all_loss_names() + ")"};
+    c.cfg.terms[k] = t;
+    c.cfg.term_weights[k] = lw[k];
+    if (c.geometric && (kind_of(t) != loss_kind::margin || is_geometric(t)))
+      throw usage_error{"--geometric: loss '" + names[k] + "' has no margin to put in soft-label form" +
+                        (is_geometric(t) ? " (it already is one)" : "")};
+  }
+  c.cfg.type = c.cfg.terms[0];
+  c.cfg.n_terms = names.size() > 1 || !c.loss_weights.empty() ? static_cast<int>(names.size()) : 0;
+  c.cfg.geometric = c.geometric;
+  if (!c.f_divergence.empty()) {
+    if (c.f_divergence == "reverse_kl") c.cfg.transform = margin_transform::reverse_kl;
+    else if (c.f_divergence == "js") c.cfg.transform = margin_transform::js;
+    else if (c.f_divergence == "alpha") c.cfg.transform = margin_transform::alpha;
+    else throw usage_error{"--f-divergence must be reverse_kl, js or alpha, not '" + c.f_divergence + "'"};
+  }
+  if (!c.f_alpha.empty()) {
+    if (c.cfg.transform != margin_transform::alpha)
+      throw usage_error{"--f-alpha needs --f-divergence alpha"};
+    c.cfg.f_alpha = parse_double("--f-alpha", c.f_alpha.c_str());
+  }
   if (c.reduce != "mean" && c.reduce != "sum" && c.reduce != "none")
     throw usage_error{"--reduction must be mean, sum or none, not '" + c.reduce + "'"};
   if (c.device != "cpu" && c.device != "cuda")
@@ -197,6 +271,14 @@ tools::check_problem load_problem(const cli& c) {
     p.soft_labels = load_vector("--soft-labels", c.soft_labels, p.n_pairs, "P");
   if (!c.weights.empty()) p.weights = load_vector("--weights", c.weights, p.n_pairs, "P");
   if (!c.ref_logps.empty()) p.ref_logps = load_vector("--ref-logps", c.ref_logps, p.n_seqs, "S");
+  if (!c.token_weights.empty()) {
+    // Per-token weights in the labels' shape ([N] or [S, T]).
+    const npy_array T = load("--token-weights", c.token_weights);
+    if (!(T.dtype == npy_dtype::float32 || T.dtype == npy_dtype::float64) || T.shape != Y.shape)
+      throw input_error{describe("--token-weights", T) + "; expected float32/64 " +
+                        tools::npy_shape_string(Y.shape) + " (the labels' shape)"};
+    tools::npy_to_double(T, &p.token_weights);
+  }
 
   p.opt.loss = c.cfg;
   p.opt.reduce = c.reduce == "sum" ? reduction::sum
@@ -216,6 +298,7 @@ status run_reference_typed(const tools::check_problem& p, const Logit* logits, c
   in.soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
   in.ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();
   in.weights = p.weights.empty() ? nullptr : p.weights.data();
+  in.token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
 
   r->pair_losses.assign(static_cast<std::size_t>(p.n_pairs), 0.0);
   r->seq_logps.assign(static_cast<std::size_t>(p.n_seqs), 0.0);
@@ -286,7 +369,7 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
   std::FILE* f = std::fopen(path.c_str(), "w");
   if (f == nullptr) throw input_error{"--out: cannot create " + path};
   std::fprintf(f, "{\n  \"loss_name\": \"%s\",\n  \"device\": \"%s\",\n  \"reduction\": \"%s\",\n",
-               loss_name(p.opt.loss.type), c.device.c_str(), c.reduce.c_str());
+               c.loss.c_str(), c.device.c_str(), c.reduce.c_str());
   std::fprintf(f,
                "  \"n_rows\": %lld,\n  \"vocab\": %lld,\n  \"n_seqs\": %lld,\n  \"n_pairs\": %lld,\n",
                static_cast<long long>(p.n_rows), static_cast<long long>(p.vocab),

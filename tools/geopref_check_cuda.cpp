@@ -55,13 +55,15 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   const device_buffer offsets = device_buffer::upload(p.offsets), pairs = device_buffer::upload(p.pairs),
                       soft = device_buffer::upload(to_float(p.soft_labels)),
                       ref = device_buffer::upload(to_float(p.ref_logps)),
-                      weights = device_buffer::upload(to_float(p.weights));
+                      weights = device_buffer::upload(to_float(p.weights)),
+                      token_weights = device_buffer::upload(to_float(p.token_weights));
   const bool per_pair = p.opt.reduce == reduction::none;
   const device_buffer loss((per_pair ? P : 1) * sizeof(float)), stats(sizeof(geopref_metrics)),
       seq_logps(S * sizeof(float)), grad(N * static_cast<std::size_t>(p.vocab) * sizeof(float));
   cudaError_t e = cudaSuccess;
   const std::initializer_list<const device_buffer*> all = {
-      &logits, &labels, &offsets, &pairs, &soft, &ref, &weights, &loss, &stats, &seq_logps, &grad};
+      &logits, &labels, &offsets, &pairs, &soft, &ref, &weights, &token_weights, &loss, &stats,
+      &seq_logps, &grad};
   for (const device_buffer* b : all)
     if (e == cudaSuccess) e = b->error();
   if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
@@ -74,6 +76,15 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   opt.gamma = p.opt.loss.gamma;
   opt.epsilon = p.opt.loss.epsilon;
   opt.tau = p.opt.loss.tau;
+  opt.bco_delta = p.opt.loss.bco_delta;
+  opt.transform = static_cast<int>(p.opt.loss.transform);
+  opt.f_alpha = p.opt.loss.f_alpha;
+  opt.geometric = p.opt.loss.geometric ? 1 : 0;
+  opt.n_terms = p.opt.loss.n_terms;
+  for (int k = 0; k < p.opt.loss.n_terms && k < GEOPREF_MAX_LOSS_TERMS; ++k) {
+    opt.terms[k] = static_cast<int>(p.opt.loss.terms[k]);
+    opt.term_weights[k] = p.opt.loss.term_weights[k];
+  }
   opt.reduction = static_cast<int>(p.opt.reduce);
   opt.normalizer = p.opt.normalizer;
   opt.average_logps = p.opt.average_logps ? 1 : 0;
@@ -91,6 +102,7 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   a.tokens.offsets = offsets.get<void>();
   a.tokens.offset_type = GEOPREF_INT64;
   a.tokens.n_seqs = p.n_seqs;
+  a.tokens.token_weights = p.token_weights.empty() ? nullptr : token_weights.get<float>();
   a.n_pairs = p.n_pairs;
   a.pairs = p.pairs.empty() ? nullptr : pairs.get<int64_t>();
   a.soft_labels = p.soft_labels.empty() ? nullptr : soft.get<float>();

@@ -2,6 +2,7 @@
 #include "reference_bridge.hpp"
 
 #include "geopref/reference/reference.hpp"
+#include "user_loss.hpp"
 
 namespace geopref::support {
 namespace {
@@ -22,6 +23,7 @@ geopref::status run_typed(const ref_problem& p, const geopref::options& opt, boo
   in.soft_labels = p.soft_labels;
   in.ref_logps = p.ref_logps;
   in.weights = p.weights;
+  in.token_weights = p.token_weights;
   in.grad_loss = p.grad_loss;
   in.grad_pair_losses = p.grad_pair_losses;
 
@@ -48,7 +50,9 @@ geopref::status run_typed(const ref_problem& p, const geopref::options& opt, boo
     out.grad_logits = r.grad_logits.data();
     out.grad_ld = p.vocab;
   }
-  const geopref::status st = geopref::reference::compute(in, opt, out);
+  const geopref::status st =
+      p.user_loss_beta > 0 ? geopref::reference::compute_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
+                           : geopref::reference::compute(in, opt, out);
   r.loss = out.loss;
   r.stats = out.stats;
   return st;
@@ -64,6 +68,35 @@ geopref::status run_reference(const ref_problem& in, const geopref::options& opt
     case ref_dtype::bf16: return run_typed<Eigen::bfloat16>(in, opt, with_grad, out);
   }
   return geopref::status::unsupported_dtype;
+}
+
+geopref::status run_pair_step(const ref_problem& p, const geopref::options& opt,
+                              const std::vector<double>& seq_sums,
+                              const std::vector<int64_t>& seq_counts, ref_result& r) {
+  geopref::reference::pair_inputs in;
+  in.n_seqs = p.n_seqs;
+  in.n_pairs = p.n_pairs;
+  in.seq_sums = seq_sums.data();
+  in.seq_counts = seq_counts.data();
+  in.pairs = p.pairs;
+  in.soft_labels = p.soft_labels;
+  in.ref_logps = p.ref_logps;
+  in.weights = p.weights;
+  in.grad_loss = p.grad_loss;
+  in.grad_pair_losses = p.grad_pair_losses;
+  r.pair_losses.assign(static_cast<size_t>(p.n_pairs), 0.0);
+  r.margins.assign(static_cast<size_t>(p.n_pairs), 0.0);
+  r.grad_seq_logps.assign(static_cast<size_t>(p.n_seqs), 0.0);
+  geopref::reference::pair_outputs out;
+  out.pair_losses = r.pair_losses.data();
+  out.margins = r.margins.data();
+  out.grad_seq_sums = r.grad_seq_logps.data();
+  const geopref::status st =
+      p.user_loss_beta > 0 ? geopref::reference::pair_step_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
+                           : geopref::reference::pair_step(in, opt, out);
+  r.loss = out.loss;
+  r.stats = out.stats;
+  return st;
 }
 
 }  // namespace geopref::support

@@ -26,7 +26,9 @@ struct ref_problem {
   const double* soft_labels = nullptr;   // [P] or null
   const double* ref_logps = nullptr;     // [S] or null
   const double* weights = nullptr;       // [P] or null
+  const double* token_weights = nullptr;  // [N] or null
   double grad_loss = 1.0;
+  double user_loss_beta = 0.0;  // > 0: user_loss.hpp's log_cosh_loss replaces every margin term
   const double* grad_pair_losses = nullptr;  // [P] or null
 };
 
@@ -44,5 +46,12 @@ struct ref_result {
 /// Runs geopref::reference::compute; grad_logits only when `with_grad`.
 geopref::status run_reference(const ref_problem& in, const geopref::options& opt, bool with_grad,
                               ref_result& out);
+
+/// The pair step alone (geopref::reference::pair_step) from per-sequence
+/// sums and counts; out gets loss, pair_losses, grad_seq_logps (w.r.t. the
+/// sums) and stats.
+geopref::status run_pair_step(const ref_problem& in, const geopref::options& opt,
+                              const std::vector<double>& seq_sums,
+                              const std::vector<int64_t>& seq_counts, ref_result& out);
 
 }  // namespace geopref::support

@@ -1,5 +1,6 @@
-// bandit — the 1-D bandit of Furuta et al. (NeurIPS 2024, Figure 1 right),
-// trained through geopref's CPU reference: log-probs, losses and gradients all
+// bandit — a 1-D bandit of this project's own design, in the spirit of the
+// toy example of Furuta et al. (NeurIPS 2024) but not their experiment (its
+// reward, data and sizes are ours), trained through geopref's CPU reference: log-probs, losses and gradients all
 // come from geopref::reference::compute, exactly as for a language model.
 //
 // The policy is one softmax over V = 100 logits θ: a one-token language model

@@ -68,6 +68,7 @@ enum {
   GEOPREF_REFERENCE_NOT_ALLOWED,
   GEOPREF_INVALID_REDUCTION,
   GEOPREF_INVALID_UPSTREAM_GRAD,
+  GEOPREF_INVALID_LOSS_OPTION,
   GEOPREF_WORKSPACE_TOO_SMALL,
   GEOPREF_MISALIGNED_POINTER,
   GEOPREF_OVERLAPPING_BUFFERS,
@@ -95,8 +96,24 @@ enum {
   GEOPREF_LOSS_SIMPO,
   GEOPREF_LOSS_GDPO,
   GEOPREF_LOSS_GIPO,
-  GEOPREF_LOSS_GROPO
+  GEOPREF_LOSS_GROPO,
+  GEOPREF_LOSS_NCA_PAIR,
+  GEOPREF_LOSS_BCO_PAIR,
+  GEOPREF_LOSS_SPPO_HARD,
+  GEOPREF_LOSS_APO_ZERO,
+  GEOPREF_LOSS_APO_DOWN,
+  GEOPREF_LOSS_ORPO,
+  GEOPREF_LOSS_AOT,
+  GEOPREF_LOSS_AOT_UNPAIRED,
+  GEOPREF_LOSS_SFT
 };
+
+/* Margin transforms (TRL's f_divergence_type), in the order of
+ * geopref::margin_transform. */
+enum { GEOPREF_TRANSFORM_REVERSE_KL = 0, GEOPREF_TRANSFORM_JS, GEOPREF_TRANSFORM_ALPHA };
+
+/* At most this many terms in a weighted combination. */
+#define GEOPREF_MAX_LOSS_TERMS 8
 
 /* Reductions, in the order of geopref::reduction. */
 enum {
@@ -118,6 +135,13 @@ typedef struct geopref_options {
   double normalizer;    /* GEOPREF_REDUCTION_NORMALIZER only: finite, > 0 */
   int average_logps;    /* non-zero: margins from L_s / n_s (forced for simpo) */
   int64_t ignore_index; /* label of unscored rows (default -100) */
+  double bco_delta;     /* bco_pair: the running mean reward (default 0) */
+  int transform;        /* GEOPREF_TRANSFORM_* of every margin term (default reverse_kl) */
+  double f_alpha;       /* GEOPREF_TRANSFORM_ALPHA: coefficient > 0 (default 1) */
+  int geometric;        /* non-zero: soft-label geometric form of every margin term */
+  int n_terms;          /* > 0: the weighted combination below replaces `loss` */
+  int terms[GEOPREF_MAX_LOSS_TERMS];           /* GEOPREF_LOSS_* */
+  double term_weights[GEOPREF_MAX_LOSS_TERMS]; /* finite */
 } geopref_options;
 
 /* The token rows a forward pass reads (device pointers). */
@@ -132,6 +156,7 @@ typedef struct geopref_tokens {
   const void* offsets;  /* [S + 1] offset_type; sequence s owns rows [offsets[s], offsets[s+1]) */
   int offset_type;      /* GEOPREF_INT32 / INT64 */
   int64_t n_seqs;       /* S */
+  const float* token_weights; /* [N] per-token weights or NULL (see geopref/cuda/args.cuh) */
 } geopref_tokens;
 
 /* TRL's metrics (layout-identical to geopref::metrics). */

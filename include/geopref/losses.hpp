@@ -23,6 +23,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "geopref/config.hpp"
 #include "geopref/status.hpp"
@@ -43,6 +45,16 @@ GEOPREF_HD_INLINE float log1p(float x) { return ::log1pf(x); }
 GEOPREF_HD_INLINE double log1p(double x) { return ::log1p(x); }
 GEOPREF_HD_INLINE float abs(float x) { return ::fabsf(x); }
 GEOPREF_HD_INLINE double abs(double x) { return ::fabs(x); }
+GEOPREF_HD_INLINE float expm1(float x) { return ::expm1f(x); }
+GEOPREF_HD_INLINE double expm1(double x) { return ::expm1(x); }
+
+/// The largest finite exponent: exp(x) overflows above it.
+template <class T>
+GEOPREF_HD_INLINE T exp_cap();
+template <>
+GEOPREF_HD_INLINE float exp_cap<float>() { return 88.7228391f; }
+template <>
+GEOPREF_HD_INLINE double exp_cap<double>() { return 709.782712893384; }
 
 /// softplus(x) = log(1 + eˣ), stable for every finite x.
 template <class T>
@@ -62,6 +74,13 @@ GEOPREF_HD_INLINE T sigmoid(T x) {
 template <class T>
 GEOPREF_HD_INLINE T log_sigmoid(T x) {
   return -softplus(-x);
+}
+
+/// log(1 − eˣ) for x <= 0, from expm1 near 0 and log1p far from it (either
+/// alone loses every digit on one side of −log 2).
+template <class T>
+GEOPREF_HD_INLINE T log1mexp(T x) {
+  return x > T(-0.6931471805599453) ? math::log(-math::expm1(x)) : math::log1p(-math::exp(x));
 }
 
 }  // namespace math
@@ -248,6 +267,19 @@ GEOPREF_HD_INLINE geometric<Loss> make_geometric(const Loss& base) {
   return geometric<Loss>{base};
 }
 
+/// True for a type with the margin-loss shape: const value(h, p) and
+/// derivative(h, p) taking and returning double. Used to keep
+/// geopref::cuda::train_step<Loss> from matching anything else (a null
+/// stream passed as `nullptr`, for instance).
+template <class L, class = void>
+struct is_margin_loss : std::false_type {};
+template <class L>
+struct is_margin_loss<L, std::void_t<decltype(static_cast<double>(std::declval<const L&>().value(0.0, 0.0))),
+                                     decltype(static_cast<double>(std::declval<const L&>().derivative(0.0, 0.0)))>>
+    : std::true_type {};
+template <class L>
+inline constexpr bool is_margin_loss_v = is_margin_loss<L>::value;
+
 /// The paper's three methods.
 template <class T>
 using gdpo_loss = geometric<dpo_loss<T>>;
@@ -257,57 +289,259 @@ template <class T>
 using gropo_loss = geometric<ropo_loss<T>>;
 
 // ---------------------------------------------------------------------------
-// Runtime selection: one value type that names a loss and carries its
-// parameters, validated once on the host, and `any_loss<T>`, a margin loss that
-// dispatches on it (a switch, so a kernel needs one instantiation, not one per
-// loss).
+// Terms that read more than the margin (DESIGN §6). ρ_w = x_w − R_w and
+// ρ_l = x_l − R_l are the two responses' log-ratios (x the log-prob in the
+// term's form); each term returns its value and both partial derivatives.
 
-enum class loss_type : int {
-  dpo,
-  cdpo,
-  ipo,
-  cipo,
-  ropo,
-  hinge,
-  robust,
-  exo_pair,
-  discopop,
-  simpo,
-  gdpo,
-  gipo,
-  gropo,
+/// The result of a two-sided term: f and ∂f/∂ρ_w, ∂f/∂ρ_l.
+template <class T>
+struct pair_grad {
+  T value, d_w, d_l;
 };
 
-inline constexpr int LOSS_TYPE_COUNT = 13;
+/// nca_pair (Chen et al., 2024; TRL `nca_pair`), z = βρ:
+///   f = −log σ(z_w) − ½ log σ(−z_w) − ½ log σ(−z_l)
+///   ∂f/∂ρ_w = β [½ σ(z_w) − σ(−z_w)],   ∂f/∂ρ_l = ½ β σ(z_l).
+template <class T>
+struct nca_pair_loss {
+  T beta;
+  GEOPREF_HD pair_grad<T> operator()(T rw, T rl) const {
+    const T zw = beta * rw, zl = beta * rl;
+    return {math::softplus(-zw) + T(0.5) * math::softplus(zw) + T(0.5) * math::softplus(zl),
+            beta * (T(0.5) * math::sigmoid(zw) - math::sigmoid(-zw)),
+            T(0.5) * beta * math::sigmoid(zl)};
+  }
+};
+
+/// bco_pair (Jung et al., 2024; TRL `bco_pair`), δ the running mean reward
+/// (the caller's state):
+///   f = −log σ(βρ_w − δ) − log σ(−(βρ_l − δ))
+///   ∂f/∂ρ_w = −β σ(δ − βρ_w),   ∂f/∂ρ_l = β σ(βρ_l − δ).
+template <class T>
+struct bco_pair_loss {
+  T beta, delta;
+  GEOPREF_HD pair_grad<T> operator()(T rw, T rl) const {
+    const T uw = beta * rw - delta, ul = beta * rl - delta;
+    return {math::softplus(-uw) + math::softplus(ul), -beta * math::sigmoid(-uw),
+            beta * math::sigmoid(ul)};
+  }
+};
+
+/// sppo_hard (Wu et al., 2024; TRL `sppo_hard`), c = 1/(2β):
+///   f = (ρ_w − c)² + (ρ_l + c)²,   ∂f/∂ρ_w = 2(ρ_w − c),   ∂f/∂ρ_l = 2(ρ_l + c).
+template <class T>
+struct sppo_hard_loss {
+  T beta;
+  GEOPREF_HD pair_grad<T> operator()(T rw, T rl) const {
+    const T c = T(1) / (T(2) * beta);
+    const T a = rw - c, b = rl + c;
+    return {a * a + b * b, T(2) * a, T(2) * b};
+  }
+};
+
+/// apo_zero (D'Oosterlinck et al., 2024; TRL `apo_zero`), z = βρ:
+///   f = σ(−z_w) + σ(z_l)   (1 − σ(x) = σ(−x))
+///   ∂f/∂ρ_w = −β σ(z_w) σ(−z_w),   ∂f/∂ρ_l = β σ(z_l) σ(−z_l).
+template <class T>
+struct apo_zero_loss {
+  T beta;
+  GEOPREF_HD pair_grad<T> operator()(T rw, T rl) const {
+    const T zw = beta * rw, zl = beta * rl;
+    return {math::sigmoid(-zw) + math::sigmoid(zl),
+            -beta * math::sigmoid(zw) * math::sigmoid(-zw),
+            beta * math::sigmoid(zl) * math::sigmoid(-zl)};
+  }
+};
+
+/// apo_down (D'Oosterlinck et al., 2024; TRL `apo_down`), z_w = βρ_w,
+/// d = β(ρ_w − ρ_l):
+///   f = σ(z_w) + σ(−d)
+///   ∂f/∂ρ_w = β [σ(z_w) σ(−z_w) − σ(d) σ(−d)],   ∂f/∂ρ_l = β σ(d) σ(−d).
+template <class T>
+struct apo_down_loss {
+  T beta;
+  GEOPREF_HD pair_grad<T> operator()(T rw, T rl) const {
+    const T zw = beta * rw, d = beta * (rw - rl);
+    const T sd = math::sigmoid(d) * math::sigmoid(-d);
+    return {math::sigmoid(zw) + math::sigmoid(-d),
+            beta * (math::sigmoid(zw) * math::sigmoid(-zw) - sd), beta * sd};
+  }
+};
+
+/// orpo's odds-ratio term (Hong et al., 2024; TRL's ORPOTrainer), on
+/// length-averaged log-probs x_w, x_l <= 0 and no reference:
+///   o = (x_w − x_l) − (log(1 − e^{x_w}) − log(1 − e^{x_l})),   f = −β log σ(o)
+///   ∂f/∂x_w = −β σ(−o) / (1 − e^{x_w}),   ∂f/∂x_l = β σ(−o) / (1 − e^{x_l}).
+/// 1 − eˣ is −expm1(x), exact near x = 0.
+template <class T>
+struct orpo_loss {
+  T beta;
+  GEOPREF_HD pair_grad<T> operator()(T xw, T xl) const {
+    const T o = (xw - xl) - (math::log1mexp(xw) - math::log1mexp(xl));
+    const T s = beta * math::sigmoid(-o);
+    return {beta * math::softplus(-o), s / math::expm1(xw), -s / math::expm1(xl)};
+  }
+};
+
+/// The margin transform φ of TRL's f_divergence_type: the margin is
+/// h = φ(ρ_w) − φ(ρ_l).
+///   reverse_kl: φ(ρ) = ρ                      φ' = 1
+///   js:         φ(ρ) = ρ − softplus(ρ) = log σ(ρ)    φ' = σ(−ρ)
+///   alpha:      φ(ρ) = −e^{−aρ}/a, a > 0      φ' = e^{−aρ}
+/// For alpha the exponent is capped at the largest finite one (as TRL's
+/// cap_exp does), where φ is then constant: φ' = 0 beyond the cap.
+enum class margin_transform : int { reverse_kl, js, alpha };
+
+template <class T>
+struct transform_fn {
+  margin_transform type;
+  T a;
+  GEOPREF_HD T phi(T r) const {
+    switch (type) {
+      case margin_transform::js: return math::log_sigmoid(r);
+      case margin_transform::alpha: {
+        const T e = -a * r;
+        return -math::exp(e < math::exp_cap<T>() ? e : math::exp_cap<T>()) / a;
+      }
+      default: return r;
+    }
+  }
+  GEOPREF_HD T dphi(T r) const {
+    switch (type) {
+      case margin_transform::js: return math::sigmoid(-r);
+      case margin_transform::alpha: {
+        const T e = -a * r;
+        return e < math::exp_cap<T>() ? math::exp(e) : T(0);
+      }
+      default: return T(1);
+    }
+  }
+};
+
+inline const char* transform_name(margin_transform t) noexcept {
+  switch (t) {
+    case margin_transform::reverse_kl: return "reverse_kl";
+    case margin_transform::js: return "js";
+    case margin_transform::alpha: return "alpha";
+  }
+  return "unknown";
+}
+
+// ---------------------------------------------------------------------------
+// The registry of built-in losses: one line each. Columns: name, kind,
+// whether the term always uses length-averaged log-probs, whether it is
+// defined without a reference model. The enum, the names, the C ABI's
+// GEOPREF_LOSS_* values (checked against this list in kernels/c_api.cu) and
+// the CLI's names all come from it; docs/math.md has one row per entry.
+//
+// Kinds:
+//   margin     f(h; p̂) of the margin h = φ(ρ_w) − φ(ρ_l) (and its geometric form)
+//   two_sided  f(ρ_w, ρ_l), both partial derivatives
+//   odds_ratio orpo: f(x̄_w, x̄_l) of the averaged log-probs, no reference
+//   sorted     batch-coupled: a margin loss over log-ratios sorted across the batch
+//   sft        batch-coupled: mean NLL over the scored tokens of the chosen responses
+#define GEOPREF_LOSS_REGISTRY(X)            \
+  X(dpo, margin, false, false)             \
+  X(cdpo, margin, false, false)            \
+  X(ipo, margin, false, false)             \
+  X(cipo, margin, false, false)            \
+  X(ropo, margin, false, false)            \
+  X(hinge, margin, false, false)           \
+  X(robust, margin, false, false)          \
+  X(exo_pair, margin, false, false)        \
+  X(discopop, margin, false, false)        \
+  X(simpo, margin, true, true)             \
+  X(gdpo, margin, false, false)            \
+  X(gipo, margin, false, false)            \
+  X(gropo, margin, false, false)           \
+  X(nca_pair, two_sided, false, false)     \
+  X(bco_pair, two_sided, false, false)     \
+  X(sppo_hard, two_sided, false, false)    \
+  X(apo_zero, two_sided, false, false)     \
+  X(apo_down, two_sided, false, false)     \
+  X(orpo, odds_ratio, true, true)          \
+  X(aot, sorted, false, false)             \
+  X(aot_unpaired, sorted, false, false)    \
+  X(sft, sft, false, true)
+
+enum class loss_type : int {
+#define GEOPREF_X(name, kind, avg, free) name,
+  GEOPREF_LOSS_REGISTRY(GEOPREF_X)
+#undef GEOPREF_X
+};
+
+enum class loss_kind : int { margin, two_sided, odds_ratio, sorted, sft };
+
+inline constexpr int LOSS_TYPE_COUNT = 0
+#define GEOPREF_X(name, kind, avg, free) +1
+    GEOPREF_LOSS_REGISTRY(GEOPREF_X)
+#undef GEOPREF_X
+    ;
+
+/// At most this many terms in one weighted combination.
+inline constexpr int MAX_LOSS_TERMS = 8;
 
 /// Every loss parameter, with the meaning it has for each loss.
 struct loss_config {
-  loss_type type = loss_type::dpo;
+  loss_type type = loss_type::dpo;  // the loss, when n_terms == 0
   double beta = 0.1;     // all losses: β > 0
   double alpha = 1.0;    // ropo/gropo: weight of σ(−βh), α >= 0
   double gamma = 0.0;    // ropo/gropo: weight of −log σ(βh), γ >= 0; simpo: target margin γ >= 0
   double epsilon = 0.0;  // robust: ε ∈ [0, 0.5); exo_pair: ε ∈ (0, 1)
   double tau = 0.05;     // discopop: temperature τ > 0 (TRL's default 0.05)
+  double bco_delta = 0.0;  // bco_pair: the running mean reward δ (finite), the caller's state
+
+  // The margin transform of every margin term (TRL's f_divergence_type) and
+  // its coefficient (f_alpha_divergence_coef, > 0, used by alpha only).
+  margin_transform transform = margin_transform::reverse_kl;
+  double f_alpha = 1.0;
+  // The geometric soft-label form f((2p̂ − 1)·h) of every margin term
+  // (an error with a term that has no margin).
+  bool geometric = false;
+
+  // A weighted combination (TRL's list of loss_type with loss_weights):
+  // n_terms > 0 terms terms[k] with finite weights term_weights[k] replace
+  // `type`. The combination's loss is Σ_k term_weights[k] · term_k.
+  int n_terms = 0;
+  loss_type terms[MAX_LOSS_TERMS] = {};
+  double term_weights[MAX_LOSS_TERMS] = {};
 };
+
+/// The terms that read both log-ratios (kinds two_sided and odds_ratio), by
+/// type: the one switch the CPU reference and the pair kernel share, so a new
+/// such loss is its functor, its registry line and its case here.
+template <class T>
+GEOPREF_HD_INLINE pair_grad<T> two_sided_term(loss_type t, T beta, T bco_delta, T rw, T rl) {
+  switch (t) {
+    case loss_type::nca_pair: return nca_pair_loss<T>{beta}(rw, rl);
+    case loss_type::bco_pair: return bco_pair_loss<T>{beta, bco_delta}(rw, rl);
+    case loss_type::sppo_hard: return sppo_hard_loss<T>{beta}(rw, rl);
+    case loss_type::apo_zero: return apo_zero_loss<T>{beta}(rw, rl);
+    case loss_type::apo_down: return apo_down_loss<T>{beta}(rw, rl);
+    case loss_type::orpo: return orpo_loss<T>{beta}(rw, rl);
+    default: return {T(0), T(0), T(0)};
+  }
+}
 
 /// Lower-case name as in the DESIGN table and TRL ("dpo", "exo_pair", ...).
 inline const char* loss_name(loss_type t) noexcept {
   switch (t) {
-    case loss_type::dpo: return "dpo";
-    case loss_type::cdpo: return "cdpo";
-    case loss_type::ipo: return "ipo";
-    case loss_type::cipo: return "cipo";
-    case loss_type::ropo: return "ropo";
-    case loss_type::hinge: return "hinge";
-    case loss_type::robust: return "robust";
-    case loss_type::exo_pair: return "exo_pair";
-    case loss_type::discopop: return "discopop";
-    case loss_type::simpo: return "simpo";
-    case loss_type::gdpo: return "gdpo";
-    case loss_type::gipo: return "gipo";
-    case loss_type::gropo: return "gropo";
+#define GEOPREF_X(name, kind, avg, free) \
+  case loss_type::name: return #name;
+    GEOPREF_LOSS_REGISTRY(GEOPREF_X)
+#undef GEOPREF_X
   }
   return "unknown";
+}
+
+GEOPREF_HD_INLINE loss_kind kind_of(loss_type t) {
+  switch (t) {
+#define GEOPREF_X(name, kind, avg, free) \
+  case loss_type::name: return loss_kind::kind;
+    GEOPREF_LOSS_REGISTRY(GEOPREF_X)
+#undef GEOPREF_X
+  }
+  return loss_kind::margin;
 }
 
 /// Parses a loss name; returns false (and leaves *out alone) when unknown.
@@ -325,25 +559,66 @@ inline bool parse_loss_type(const char* name, loss_type* out) noexcept {
   return false;
 }
 
-/// True for the losses whose margin is built from length-normalised log-probs
-/// whatever the options say (simpo).
-GEOPREF_HD_INLINE bool forces_average_logps(loss_type t) { return t == loss_type::simpo; }
+/// True for the losses whose log-probs are length-normalised whatever the
+/// options say (simpo, orpo).
+GEOPREF_HD_INLINE bool forces_average_logps(loss_type t) {
+  switch (t) {
+#define GEOPREF_X(name, kind, avg, free) \
+  case loss_type::name: return avg;
+    GEOPREF_LOSS_REGISTRY(GEOPREF_X)
+#undef GEOPREF_X
+  }
+  return false;
+}
 
-/// True for the losses defined without a reference model (simpo).
-GEOPREF_HD_INLINE bool is_reference_free(loss_type t) { return t == loss_type::simpo; }
+/// True for the losses defined without a reference model (simpo, orpo, sft).
+GEOPREF_HD_INLINE bool is_reference_free(loss_type t) {
+  switch (t) {
+#define GEOPREF_X(name, kind, avg, free) \
+  case loss_type::name: return free;
+    GEOPREF_LOSS_REGISTRY(GEOPREF_X)
+#undef GEOPREF_X
+  }
+  return false;
+}
 
 /// True for the geometric-averaged variants.
 GEOPREF_HD_INLINE bool is_geometric(loss_type t) {
   return t == loss_type::gdpo || t == loss_type::gipo || t == loss_type::gropo;
 }
 
-/// Checks the parameters the chosen loss uses; parameters it ignores are not
-/// checked.
-inline status validate(const loss_config& c) noexcept {
-  const int t = static_cast<int>(c.type);
+/// The terms of a configuration: n_terms of them, or the single `type`.
+/// (Clamped to MAX_LOSS_TERMS so that no index can leave the arrays even
+/// before validation.)
+GEOPREF_HD_INLINE int term_count(const loss_config& c) noexcept {
+  return c.n_terms > 0 ? (c.n_terms < MAX_LOSS_TERMS ? c.n_terms : MAX_LOSS_TERMS) : 1;
+}
+GEOPREF_HD_INLINE loss_type term_type(const loss_config& c, int k) noexcept {
+  return c.n_terms > 0 ? c.terms[k] : c.type;
+}
+GEOPREF_HD_INLINE double term_weight(const loss_config& c, int k) noexcept {
+  return c.n_terms > 0 ? c.term_weights[k] : 1.0;
+}
+
+/// True when every term is of the given property (a combination with one
+/// reference-using term takes a reference, one non-averaged term keeps the
+/// per-sequence outputs summed).
+inline bool all_terms_reference_free(const loss_config& c) noexcept {
+  for (int k = 0; k < term_count(c); ++k)
+    if (!is_reference_free(term_type(c, k))) return false;
+  return true;
+}
+inline bool all_terms_averaged(const loss_config& c) noexcept {
+  for (int k = 0; k < term_count(c); ++k)
+    if (!forces_average_logps(term_type(c, k))) return false;
+  return true;
+}
+
+/// Checks the parameters one loss uses; parameters it ignores are not checked.
+inline status validate_term(const loss_config& c, loss_type type) noexcept {
+  const int t = static_cast<int>(type);
   if (t < 0 || t >= LOSS_TYPE_COUNT) return status::invalid_loss;
-  if (!(std::isfinite(c.beta) && c.beta > 0.0)) return status::invalid_beta;
-  switch (c.type) {
+  switch (type) {
     case loss_type::ropo:
     case loss_type::gropo:
       if (!(std::isfinite(c.alpha) && c.alpha >= 0.0 && std::isfinite(c.gamma) && c.gamma >= 0.0))
@@ -361,7 +636,36 @@ inline status validate(const loss_config& c) noexcept {
     case loss_type::discopop:
       if (!(std::isfinite(c.tau) && c.tau > 0.0)) return status::invalid_tau;
       break;
+    case loss_type::bco_pair:
+      if (!std::isfinite(c.bco_delta)) return status::invalid_loss_option;
+      break;
     default: break;
+  }
+  // The geometric form needs a margin; gdpo/gipo/gropo already are one.
+  if (c.geometric && (kind_of(type) != loss_kind::margin || is_geometric(type)))
+    return status::invalid_loss_option;
+  return status::success;
+}
+
+/// Checks a whole configuration: every term, the combination, the transform.
+inline status validate(const loss_config& c) noexcept {
+  if (!(c.n_terms >= 0 && c.n_terms <= MAX_LOSS_TERMS)) return status::invalid_loss_option;
+  if (c.n_terms == 0) {
+    const int t = static_cast<int>(c.type);
+    if (t < 0 || t >= LOSS_TYPE_COUNT) return status::invalid_loss;
+  }
+  if (!(std::isfinite(c.beta) && c.beta > 0.0)) return status::invalid_beta;
+  for (int k = 0; k < term_count(c); ++k) {
+    if (const status s = validate_term(c, term_type(c, k)); s != status::success) return s;
+    if (!std::isfinite(term_weight(c, k))) return status::invalid_loss_option;
+  }
+  switch (c.transform) {
+    case margin_transform::reverse_kl:
+    case margin_transform::js: break;
+    case margin_transform::alpha:
+      if (!(std::isfinite(c.f_alpha) && c.f_alpha > 0.0)) return status::invalid_loss_option;
+      break;
+    default: return status::invalid_loss_option;
   }
   return status::success;
 }
@@ -400,6 +704,7 @@ struct any_loss {
       case loss_type::gdpo: return fn(gdpo_loss<T>{dpo_loss<T>{beta}});
       case loss_type::gipo: return fn(gipo_loss<T>{ipo_loss<T>{beta}});
       case loss_type::gropo: return fn(gropo_loss<T>{ropo_loss<T>{beta, alpha, gamma}});
+      default: break;  // not a margin loss: never evaluated through any_loss
     }
     return T(0);
   }

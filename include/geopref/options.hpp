@@ -24,13 +24,21 @@ struct options {
   loss_config loss{};
   reduction reduce = reduction::mean;
   double normalizer = 0.0;     // used only with reduction::normalizer; finite and > 0
-  bool average_logps = false;  // margin from L̄_s = L_s / n_s instead of L_s (forced for simpo)
+  bool average_logps = false;  // terms read L̄_s = L_s / n_s instead of L_s (simpo and orpo
+                               // always do)
   int64_t ignore_index = -100; // rows whose label equals this are not scored
 };
 
-/// True when the margin uses length-normalised log-probs.
+/// True when the per-sequence log-probs the API reports (seq_logps) and the
+/// metrics are length-normalised: average_logps, or every term forces it
+/// (simpo, orpo). Reference log-probs are in the form average_logps says.
 inline bool uses_average_logps(const options& o) noexcept {
-  return o.average_logps || forces_average_logps(o.loss.type);
+  return o.average_logps || all_terms_averaged(o.loss);
+}
+
+/// The form a term reads: L̄ when it forces averaging or average_logps is set.
+inline bool term_averaged(const options& o, loss_type t) noexcept {
+  return o.average_logps || forces_average_logps(t);
 }
 
 inline status validate(const options& o) noexcept {

@@ -17,7 +17,7 @@ enum class status : int {
   pair_count_mismatch,    // default pairing needs S == 2P
   pair_index_out_of_range,// an explicit pair index is not in [0, S)
   soft_label_out_of_range,// p̂ outside [0, 1] or NaN
-  invalid_weight,         // a per-pair weight is negative, NaN or infinite
+  invalid_weight,         // a per-pair weight is negative, NaN or infinite; a per-token weight NaN or infinite
   invalid_reference,      // a reference log-prob is NaN or +inf
   // loss configuration
   invalid_loss,           // unknown loss type
@@ -28,6 +28,7 @@ enum class status : int {
   reference_not_allowed,  // simpo is reference-free by definition
   invalid_reduction,      // unknown reduction, or a caller normaliser <= 0 / NaN
   invalid_upstream_grad,  // upstream gradient NaN or infinite
+  invalid_loss_option,    // a bad combination, transform, term weight or bco δ; the geometric form of a loss without a margin
   // execution
   workspace_too_small,    // the workspace passed is smaller than asked for
   misaligned_pointer,     // a buffer violates the alignment it was declared with
@@ -50,16 +51,17 @@ inline const char* status_string(status s) noexcept {
     case status::pair_count_mismatch: return "pair count mismatch: default pairing needs S == 2P sequences";
     case status::pair_index_out_of_range: return "pair index out of range: a pair names a sequence outside [0, S)";
     case status::soft_label_out_of_range: return "soft label out of range: p must be in [0, 1] and not NaN";
-    case status::invalid_weight: return "invalid weight: per-pair weights must be finite and >= 0";
+    case status::invalid_weight: return "invalid weight: per-pair weights must be finite and >= 0, per-token weights finite";
     case status::invalid_reference: return "invalid reference log-prob: must not be NaN or +inf";
     case status::invalid_loss: return "invalid loss: unknown loss type";
     case status::invalid_beta: return "invalid beta: beta must be finite and > 0";
     case status::invalid_epsilon: return "invalid epsilon: outside the range this loss accepts";
     case status::invalid_alpha_gamma: return "invalid alpha/gamma: must be finite and >= 0";
     case status::invalid_tau: return "invalid tau: tau must be finite and > 0";
-    case status::reference_not_allowed: return "reference not allowed: simpo is reference-free";
+    case status::reference_not_allowed: return "reference not allowed: every loss term is reference-free (simpo, orpo, sft)";
     case status::invalid_reduction: return "invalid reduction: unknown reduction or normaliser not finite and > 0";
     case status::invalid_upstream_grad: return "invalid upstream gradient: must be finite";
+    case status::invalid_loss_option: return "invalid loss option: bad term count or weight, transform, f_alpha or bco delta, or --geometric on a loss without a margin";
     case status::workspace_too_small: return "workspace too small: query the size with a null workspace first";
     case status::misaligned_pointer: return "misaligned pointer";
     case status::overlapping_buffers: return "overlapping buffers: an output overlaps an input, another output or the workspace (only an exact in-place gradient is allowed)";

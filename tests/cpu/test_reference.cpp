@@ -181,6 +181,9 @@ TEST_CASE("the whole chain logits -> loss matches finite differences, every loss
     for (int li = 0; li < LOSS_TYPE_COUNT; ++li) {
       const loss_type lt = static_cast<loss_type>(li);
       problem pb = test::make_problem(sc.sp, ++seed);
+      // orpo's odds are singular at probability 1 (L̄ = 0): with V = 1 every
+      // token has it, and the loss is NaN by definition (TRL's too).
+      if (lt == loss_type::orpo && pb.V == 1) continue;
       if (is_reference_free(lt)) pb.ref.clear();
       pb.grad_loss = sc.grad_loss;
       if (sc.per_pair_upstream)

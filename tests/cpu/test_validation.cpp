@@ -56,6 +56,31 @@ std::vector<bad_case> cases() {
   v.push_back({"normalizer 0", s::invalid_reduction, [](problem&, options& o) { o.reduce = reduction::normalizer; o.normalizer = 0; }});
   v.push_back({"normalizer NaN", s::invalid_reduction, [](problem&, options& o) { o.reduce = reduction::normalizer; o.normalizer = NAN_; }});
   v.push_back({"simpo with a reference", s::reference_not_allowed, [=](problem&, options& o) { o.loss = loss(loss_type::simpo); }});
+  // the loss family beyond the margin
+  v.push_back({"orpo with a reference", s::reference_not_allowed, [=](problem&, options& o) { o.loss = loss(loss_type::orpo); }});
+  v.push_back({"orpo + sft with a reference", s::reference_not_allowed, [=](problem&, options& o) {
+                 o.loss.n_terms = 2; o.loss.terms[0] = loss_type::orpo; o.loss.terms[1] = loss_type::sft;
+                 o.loss.term_weights[0] = o.loss.term_weights[1] = 1; }});
+  v.push_back({"geometric nca_pair", s::invalid_loss_option, [=](problem&, options& o) { o.loss = loss(loss_type::nca_pair); o.loss.geometric = true; }});
+  v.push_back({"geometric aot in a combination", s::invalid_loss_option, [=](problem&, options& o) {
+                 o.loss.geometric = true; o.loss.n_terms = 2; o.loss.terms[0] = loss_type::dpo; o.loss.terms[1] = loss_type::aot;
+                 o.loss.term_weights[0] = o.loss.term_weights[1] = 1; }});
+  v.push_back({"term weight inf", s::invalid_loss_option, [=](problem&, options& o) {
+                 o.loss.n_terms = 1; o.loss.terms[0] = loss_type::dpo; o.loss.term_weights[0] = INF; }});
+  v.push_back({"unknown term", s::invalid_loss, [=](problem&, options& o) {
+                 o.loss.n_terms = 1; o.loss.terms[0] = static_cast<loss_type>(-1); o.loss.term_weights[0] = 1; }});
+  v.push_back({"9 terms", s::invalid_loss_option, [=](problem&, options& o) { o.loss.n_terms = MAX_LOSS_TERMS + 1; }});
+  v.push_back({"bco delta NaN", s::invalid_loss_option, [=](problem&, options& o) { o.loss = loss(loss_type::bco_pair); o.loss.bco_delta = NAN_; }});
+  v.push_back({"alpha transform, f_alpha 0", s::invalid_loss_option, [=](problem&, options& o) {
+                 o.loss.transform = margin_transform::alpha; o.loss.f_alpha = 0; }});
+  v.push_back({"unknown transform", s::invalid_loss_option, [=](problem&, options& o) { o.loss.transform = static_cast<margin_transform>(3); }});
+  v.push_back({"token weight NaN on a scored row", s::invalid_weight, {}, [](auto& in, output_set&) {
+                 static double tw[64];
+                 for (double& w : tw) w = 1.0;
+                 int64_t t = 0;
+                 while (in.labels[t] == -100) ++t;
+                 tw[t] = NAN_;
+                 in.token_weights = tw; }});
   // shapes and strides
   v.push_back({"N < 0", s::invalid_shape, {}, [](auto& in, output_set&) { in.n_rows = -1; }});
   v.push_back({"V < 0", s::invalid_shape, {}, [](auto& in, output_set&) { in.vocab = -2; }});

@@ -43,6 +43,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -51,6 +52,7 @@
 #include "geopref/cuda/geopref.cuh"
 #include "device_buffer.hpp"
 #include "reference_bridge.hpp"
+#include "user_loss.hpp"
 
 namespace geopref::test {
 
@@ -59,6 +61,8 @@ using support::ref_dtype;
 using support::ref_problem;
 using support::ref_result;
 using support::run_reference;
+using support::run_pair_step;
+using support::log_cosh_loss;
 using geopref::options;
 using geopref::status;
 
@@ -147,6 +151,8 @@ struct case_config {
   std::vector<int64_t> masked_seqs;   // sequences with every row ignore_index
   int64_t explicit_pairs = -1;        // >= 0: that many random (a, b) pairs; else TRL layout
   bool soft = true, ref = true, weights = false, grad_output = false;
+  bool token_weights = false;         // per-token weights in [0.25, 1.75]
+  double user_loss_beta = 0.0;        // > 0: user_loss.hpp's loss through train_step<Loss>
   double grad_loss = 1.0;
   options opt{};
   bool grad = true, grad_fp32 = false, in_place = false;
@@ -167,7 +173,11 @@ inline std::string describe(const case_config& c) {
     << " pairs=" << c.explicit_pairs << " soft=" << c.soft << " ref=" << c.ref
     << " weights=" << c.weights << " grad_output=" << c.grad_output << " grad=" << c.grad
     << " fp32grad=" << c.grad_fp32 << " in_place=" << c.in_place << " grad_pad=" << c.grad_pad
-    << " extreme=" << c.extreme;
+    << " extreme=" << c.extreme << " token_weights=" << c.token_weights
+    << " terms=" << c.opt.loss.n_terms << " transform=" << geopref::transform_name(c.opt.loss.transform)
+    << " geometric=" << c.opt.loss.geometric;
+  for (int k = 0; k < c.opt.loss.n_terms && k < geopref::MAX_LOSS_TERMS; ++k)
+    o << " " << geopref::loss_name(c.opt.loss.terms[k]) << "*" << c.opt.loss.term_weights[k];
   return o.str();
 }
 
@@ -177,9 +187,9 @@ struct problem {
   std::vector<uint8_t> logits;  // [N, ld] raw dtype bytes; columns [V, ld) hold the sentinel 7
   std::vector<float> z;         // [N, ld] their values
   std::vector<int64_t> labels, offsets, pairs;
-  std::vector<float> soft, ref, weights, grad_out;  // what the GPU reads
-  ref_problem ref_in;                               // points into the vectors below
-  std::vector<double> soft_d, ref_d, weights_d, grad_out_d;
+  std::vector<float> soft, ref, weights, grad_out, tw;  // what the GPU reads
+  ref_problem ref_in;                                   // points into the vectors below
+  std::vector<double> soft_d, ref_d, weights_d, grad_out_d, tw_d;
 };
 
 /// Fills everything but ref_logps (set_reference does that: it needs the
@@ -249,7 +259,10 @@ inline void make_problem(const case_config& c, problem& pr) {
     const int64_t m = c.opt.reduce == geopref::reduction::none ? pr.p : 1;
     for (int64_t i = 0; i < m; ++i) pr.grad_out.push_back(static_cast<float>(0.5 + uni(rng)));
   }
+  if (c.token_weights)
+    for (int64_t t = 0; t < pr.n; ++t) pr.tw.push_back(static_cast<float>(0.25 + 1.5 * uni(rng)));
   auto widen = [](const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); };
+  pr.tw_d = widen(pr.tw);
   pr.soft_d = widen(pr.soft);
   pr.weights_d = widen(pr.weights);
   pr.grad_out_d = widen(pr.grad_out);
@@ -269,6 +282,8 @@ inline void make_problem(const case_config& c, problem& pr) {
   r.pairs = c.explicit_pairs < 0 ? nullptr : (pr.pairs.empty() ? no_pairs : pr.pairs.data());
   r.soft_labels = c.soft ? pr.soft_d.data() : nullptr;
   r.weights = c.weights ? pr.weights_d.data() : nullptr;
+  r.token_weights = c.token_weights ? pr.tw_d.data() : nullptr;
+  r.user_loss_beta = c.user_loss_beta;
   r.ref_logps = nullptr;
   // The reference has one host scalar for reduced losses and [P] for none.
   r.grad_loss = c.grad_loss;
@@ -313,8 +328,18 @@ inline void poison(const dmem& d) {
 }
 
 /// Runs train_step once with freshly poisoned outputs.
+/// The entry a run calls: train_step with the built-in losses unless a test
+/// passes another (a caller's own loss through train_step<Loss>).
+using step_fn = std::function<status(void*, size_t&, const gc::train_args&, const options&, cudaStream_t)>;
+
 inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
-                          size_t workspace_shortfall = 0) {
+                          size_t workspace_shortfall = 0, const step_fn& step_arg = {}) {
+  const double user_beta = pr.cfg.user_loss_beta;
+  const step_fn step = step_arg ? step_arg : step_fn([user_beta](void* w, size_t& b, const gc::train_args& a,
+                                                                 const options& o, cudaStream_t st) {
+    if (user_beta > 0) return gc::train_step(w, b, a, o, log_cosh_loss{user_beta}, st);
+    return gc::train_step(w, b, a, o, st);
+  });
   const case_config& c = pr.cfg;
   const int es = dtype_bytes(c.dtype);
   gpu_result r;
@@ -330,7 +355,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   dmem labels = l32 ? upload(labels32) : upload(pr.labels);
   dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
   dmem pairs = upload(pr.pairs.empty() ? std::vector<int64_t>{0, 0} : pr.pairs), soft = upload(pr.soft), ref = upload(pr.ref),
-       weights = upload(pr.weights), grad_out = upload(pr.grad_out);
+       weights = upload(pr.weights), grad_out = upload(pr.grad_out), tw = upload(pr.tw);
 
   const bool none = c.opt.reduce == geopref::reduction::none;
   dmem loss((none ? std::max<int64_t>(pr.p, 1) : 1) * sizeof(float));
@@ -364,6 +389,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   a.tokens.offsets = offsets.get();
   a.tokens.offset_type = c.offset_type;
   a.tokens.n_seqs = pr.s;
+  a.tokens.token_weights = c.token_weights ? tw.get<float>() : nullptr;
   a.n_pairs = pr.p;
   a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.get<int64_t>();
   a.soft_labels = c.soft ? soft.get<float>() : nullptr;
@@ -383,7 +409,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   a.grad_float32 = c.grad_fp32;
 
   size_t bytes = 0;
-  REQUIRE(gc::train_step(nullptr, bytes, a, c.opt, stream) == status::success);
+  REQUIRE(step(nullptr, bytes, a, c.opt, stream) == status::success);
   r.workspace_bytes = bytes;
   dmem ws(bytes);
   poison(ws);
@@ -393,7 +419,7 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   // after them, so wait for them before enqueuing on it.
   CUDA_REQUIRE(cudaDeviceSynchronize());
   size_t given = bytes - workspace_shortfall;
-  r.host_status = gc::train_step(ws.get(), given, a, c.opt, stream);
+  r.host_status = step(ws.get(), given, a, c.opt, stream);
   if (r.host_status != status::success) return r;
   REQUIRE(gc::device_status(ws.get(), stream, &r.device) == status::success);
   CUDA_REQUIRE(cudaDeviceSynchronize());
@@ -450,6 +476,103 @@ inline double out_roundoff(const case_config& c) {
 
 inline double eps_sum(int64_t vocab) { return 2.0 * (static_cast<double>(vocab) / 128.0 + 128.0) * U32; }
 
+inline void compare_margin_pairs(const problem& pr, const gpu_result& g, const ref_result& ref,
+                                 const std::vector<double>& tol_l, std::vector<double>& tol_g);
+inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_result& ref,
+                             const std::vector<double>& tol_lse, const std::vector<double>& tol_g);
+
+/// Anything beyond one margin loss on plain log-ratios: another kind of
+/// term, a combination, a transform, the geometric flag, token weights.
+inline bool extended_loss(const case_config& c) {
+  const geopref::loss_config& l = c.opt.loss;
+  return c.user_loss_beta > 0 || l.n_terms > 0 || geopref::kind_of(l.type) != geopref::loss_kind::margin ||
+         l.transform != geopref::margin_transform::reverse_kl || l.geometric || c.token_weights;
+}
+
+/// The pair step's outputs on the GPU against the reference, with
+/// tolerances from how the reference's own pair step moves when each
+/// per-sequence sum moves by its error bound tol_sum[s] (summed form) in
+/// either direction: Σ_s max(|Δ+|, |Δ−|) bounds the first-order change of
+/// any perturbation inside the box (|Δf| ≤ Σ |∂f/∂L_s| tol_s), and the
+/// curvature at the scale of tol_s (~1e-6 relative) is included by
+/// evaluating, not differentiating. Used for every term whose derivative
+/// model compare_margin_pairs does not have (two-sided, sorted, sft, orpo,
+/// transforms, combinations, token weights). Sets tol_g [S] (summed form).
+inline void compare_pairs_by_perturbation(const problem& pr, const gpu_result& g,
+                                          const ref_result& ref, const std::vector<double>& tol_l,
+                                          std::vector<double>& tol_g) {
+  const case_config& c = pr.cfg;
+  const bool average = geopref::uses_average_logps(c.opt);
+  const bool none = c.opt.reduce == geopref::reduction::none;
+  // The reference's sums, in its own order (row order, w_t ℓ_t): bitwise its L_s.
+  std::vector<double> sums(static_cast<size_t>(pr.s), 0.0), tol_sum(static_cast<size_t>(pr.s));
+  const int64_t rows_end = pr.offsets.back();
+  for (int64_t s = 0; s < pr.s; ++s) {
+    for (int64_t t = pr.offsets[s]; t < pr.offsets[s + 1]; ++t)
+      if (t < rows_end && pr.labels[t] != c.opt.ignore_index)
+        sums[s] += c.token_weights ? pr.tw_d[t] * ref.token_logps[t] : ref.token_logps[t];
+    // tol_l is in the reported form: back to the sum.
+    tol_sum[s] = average && ref.seq_counts[s] > 0 ? tol_l[s] * static_cast<double>(ref.seq_counts[s]) : tol_l[s];
+  }
+  ref_result base;
+  REQUIRE(run_pair_step(pr.ref_in, c.opt, sums, ref.seq_counts, base) == status::success);
+  // The pair step on the reference's sums is the reference.
+  CHECK(base.loss == ref.loss);
+  auto metric_vec = [](const geopref::metrics& m) {
+    return std::vector<double>{m.rewards_chosen, m.rewards_rejected, m.rewards_accuracies,
+                               m.rewards_margins, m.logps_chosen, m.logps_rejected,
+                               m.calibration_error};
+  };
+  double tol_loss = 0;
+  std::vector<double> tol_pl(static_cast<size_t>(pr.p), 0.0), tol_m(7, 0.0);
+  const std::vector<double> m0 = metric_vec(base.stats);
+  for (int64_t s = 0; s < pr.s; ++s) {
+    double d_loss = 0;
+    std::vector<double> d_pl(static_cast<size_t>(pr.p), 0.0), d_g(static_cast<size_t>(pr.s), 0.0), d_m(7, 0.0);
+    for (double sign : {-1.0, 1.0}) {
+      std::vector<double> moved = sums;
+      moved[s] += sign * tol_sum[s];
+      ref_result r;
+      REQUIRE(run_pair_step(pr.ref_in, c.opt, moved, ref.seq_counts, r) == status::success);
+      d_loss = std::max(d_loss, std::fabs(r.loss - base.loss));
+      for (int64_t i = 0; i < pr.p; ++i) d_pl[i] = std::max(d_pl[i], std::fabs(r.pair_losses[i] - base.pair_losses[i]));
+      for (int64_t q = 0; q < pr.s; ++q) d_g[q] = std::max(d_g[q], std::fabs(r.grad_seq_logps[q] - base.grad_seq_logps[q]));
+      const std::vector<double> m1 = metric_vec(r.stats);
+      for (size_t q = 0; q < 7; ++q) d_m[q] = std::max(d_m[q], std::fabs(m1[q] - m0[q]));
+    }
+    tol_loss += d_loss;
+    for (int64_t i = 0; i < pr.p; ++i) tol_pl[i] += d_pl[i];
+    for (int64_t q = 0; q < pr.s; ++q) tol_g[q] += d_g[q];
+    for (size_t q = 0; q < 7; ++q) tol_m[q] += d_m[q];
+  }
+  // Plus the float rounding of each output (2 U32 relative) and the
+  // pair step's double arithmetic (1e-12 relative, far below).
+  auto rel = [](double x) { return 2 * U32 * std::fabs(x) + 1e-12 * std::fabs(x) + 1e-300; };
+  if (none) {
+    checker ck("pair losses (reduction none)");
+    for (int64_t i = 0; i < pr.p; ++i) ck(i, g.loss[i], ref.pair_losses[i], tol_pl[i] + rel(ref.pair_losses[i]));
+    ck.report();
+  } else {
+    checker ck("loss");
+    ck(0, g.loss[0], ref.loss, tol_loss + rel(ref.loss));
+    ck.report();
+  }
+  {
+    checker ck("metrics");
+    const std::vector<double> got = metric_vec(g.stats), want = metric_vec(ref.stats);
+    for (size_t q = 0; q < 7; ++q) ck(static_cast<int64_t>(q), got[q], want[q], tol_m[q] + 1e-12 * std::fabs(want[q]) + 1e-300);
+    ck.report();
+  }
+  checker ck_gs("grad_seq_logps");
+  for (int64_t s = 0; s < pr.s; ++s) {
+    // g_s is a float output: below float's normal range (2^-126) it keeps
+    // fewer digits or flushes to 0 (saturated losses reach 1e-60 in double).
+    tol_g[s] += 2 * U32 * std::fabs(ref.grad_seq_logps[s]) + 0x1p-126;
+    ck_gs(s, g.grad_seq[s], ref.grad_seq_logps[s], tol_g[s]);
+  }
+  ck_gs.report();
+}
+
 /// Compares a GPU run with the reference, element by element.
 inline void compare(const problem& pr, const gpu_result& g) {
   const case_config& c = pr.cfg;
@@ -485,7 +608,8 @@ inline void compare(const problem& pr, const gpu_result& g) {
   checker ck_seq("seq_logps");
   for (int64_t s = 0; s < pr.s; ++s) {
     double e = 0;
-    for (int64_t t = pr.offsets[s]; t < pr.offsets[s + 1]; ++t) e += tol_tok[t];
+    for (int64_t t = pr.offsets[s]; t < pr.offsets[s + 1]; ++t)
+      e += (c.token_weights ? std::fabs(pr.tw_d[t]) : 1.0) * tol_tok[t];
     if (average && ref.seq_counts[s] > 0) e /= static_cast<double>(ref.seq_counts[s]);
     tol_l[s] = e;
     ck_seq(s, g.seq_logps[s], ref.seq_logps[s], e + 2 * U32 * std::fabs(ref.seq_logps[s]));
@@ -493,11 +617,25 @@ inline void compare(const problem& pr, const gpu_result& g) {
   }
   ck_seq.report();
 
+  std::vector<double> tol_g(static_cast<size_t>(pr.s), 0.0);
+  if (extended_loss(c)) {
+    compare_pairs_by_perturbation(pr, g, ref, tol_l, tol_g);
+  } else {
+    compare_margin_pairs(pr, g, ref, tol_l, tol_g);
+  }
+  compare_gradient(pr, g, ref, tol_lse, tol_g);
+}
+
+/// Pairs of a single margin loss without transform: the error of each pair
+/// loss and coefficient from the margin error, with the loss's derivative.
+inline void compare_margin_pairs(const problem& pr, const gpu_result& g, const ref_result& ref,
+                                 const std::vector<double>& tol_l, std::vector<double>& tol_g) {
+  const case_config& c = pr.cfg;
+  const bool average = geopref::uses_average_logps(c.opt);
   // Pairs: the error of each pair loss and coefficient from the margin error.
   const geopref::any_loss<double> f(c.opt.loss);
   const double div = geopref::reduction_divisor(c.opt, pr.p);
   const bool none = c.opt.reduce == geopref::reduction::none;
-  std::vector<double> tol_g(static_cast<size_t>(pr.s), 0.0);
   double tol_total = 0, tol_rc = 0, tol_rr = 0, tol_margin = 0, tol_cal = 0, tol_acc = 0;
   checker ck_pair("pair losses (reduction none)");
   for (int64_t i = 0; i < pr.p; ++i) {
@@ -559,7 +697,15 @@ inline void compare(const problem& pr, const gpu_result& g) {
     ck_gs(s, g.grad_seq[s], ref.grad_seq_logps[s], tol_g[s]);
   }
   ck_gs.report();
+}
 
+/// The gradient with respect to the logits, from the coefficients' error
+/// bounds tol_g [S] (summed form).
+inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_result& ref,
+                             const std::vector<double>& tol_lse, const std::vector<double>& tol_g) {
+  const case_config& c = pr.cfg;
+  const int64_t rows_end = pr.offsets.back();
+  auto scored = [&](int64_t t) { return t < rows_end && pr.labels[t] != c.opt.ignore_index; };
   // Logits untouched (out of place).
   if (!c.in_place) CHECK(g.logits == pr.logits);
 
@@ -582,13 +728,14 @@ inline void compare(const problem& pr, const gpu_result& g) {
         ck_zero(t * pr.v + v, got, 0.0, 0.0);
         continue;
       }
-      const double gs = ref.grad_seq_logps[row_seq[t]];
+      const double tw = c.token_weights ? pr.tw_d[t] : 1.0;
+      const double gs = ref.grad_seq_logps[row_seq[t]] * tw;
       const double d = pr.z[static_cast<size_t>(t * pr.ld + v)] - ref.lse[t];
       const double p = std::exp(d);
       const double ind = v == pr.labels[t] ? 1.0 : 0.0;
       const double eps_p = tol_lse[t] + (2 * std::fabs(d) + 6) * U32;
       const double tol = (p > 0 ? std::fabs(gs) * p * eps_p : 0.0) +
-                         tol_g[row_seq[t]] * std::fabs(ind - p) +
+                         tol_g[row_seq[t]] * std::fabs(tw) * std::fabs(ind - p) +
                          (3 * U32 + u_out) * std::fabs(want) + floor;
       ck_grad(t * pr.v + v, got, want, tol);
     }

@@ -450,7 +450,7 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   const bool l32 = c.label_type == gc::index_type::int32, o32 = c.offset_type == gc::index_type::int32;
   dmem labels = l32 ? upload(labels32) : upload(pr.labels);
   dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
-  dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in);
+  dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in), tw = upload(pr.tw);
 
   const int64_t grad_ld = c.in_place ? pr.ld : pr.v + c.grad_pad;
   dmem grad_mem;
@@ -472,6 +472,7 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   a.tokens.offsets = offsets.get();
   a.tokens.offset_type = c.offset_type;
   a.tokens.n_seqs = pr.s;
+  a.tokens.token_weights = c.token_weights ? tw.get<float>() : nullptr;
   a.lse = lse.get<float>();
   a.grad_seq_logps = grad_seq.get<float>();
   a.grad_logits = grad;
@@ -551,6 +552,18 @@ TEST_CASE("logits_grad after a train_step without gradient is bitwise the fused 
   check_split_backward(c);
   c = small_case(gc::dtype::float16, ++seed);  // every sequence's rows masked
   c.masked_seqs = {0, 1, 2, 3, 4, 5};
+  check_split_backward(c);
+  // Per-token weights: the same row coefficients g_s · w_t in both paths.
+  c = small_case(gc::dtype::bfloat16, ++seed);
+  c.token_weights = true;
+  c.opt.loss.n_terms = 2;
+  c.opt.loss.terms[0] = loss_type::gdpo;
+  c.opt.loss.terms[1] = loss_type::sft;
+  c.opt.loss.term_weights[0] = 1.0;
+  c.opt.loss.term_weights[1] = 0.5;
+  check_split_backward(c);
+  c.in_place = true;
+  c.seed = ++seed;
   check_split_backward(c);
 }
 
@@ -748,4 +761,162 @@ TEST_CASE("N * V > 2^31 elements", "[gpu][large]") {
   const double ga = -beta * geopref::math::sigmoid(-beta * h);
   CHECK(std::fabs(got_g[0] - ga) <= beta * beta * 0.25 * eh + 4 * U32 * std::fabs(ga));
   CHECK(got_g[1] == -got_g[0]);
+}
+
+// ---------------------------------------------------------------------------
+// The loss family beyond the margin (DESIGN §6) on the GPU path: every
+// loss kind, transforms, the geometric form, combinations, per-token weights
+// and a caller's own margin loss, each against the reference (whose own
+// formulas are checked in tests/cpu/test_family.cpp).
+namespace {
+
+geopref::loss_config family_config(loss_type t) {
+  geopref::loss_config l = loss_of(t);
+  l.bco_delta = 0.05;
+  return l;
+}
+
+case_config family_case(uint64_t seed) {
+  case_config c = small_case(gc::dtype::float32, seed);
+  c.masked_seqs = {};
+  c.mask_prob = 0.1;
+  return c;
+}
+
+void set_combination(case_config& c, std::initializer_list<std::pair<loss_type, double>> terms) {
+  c.opt.loss.n_terms = 0;
+  for (const auto& tw : terms) {
+    c.opt.loss.terms[c.opt.loss.n_terms] = tw.first;
+    c.opt.loss.term_weights[c.opt.loss.n_terms] = tw.second;
+    ++c.opt.loss.n_terms;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("every loss type on the GPU path, plain and averaged", "[gpu][small][family]") {
+  uint64_t seed = 7000;
+  for (int li = 0; li < geopref::LOSS_TYPE_COUNT; ++li) {
+    const auto t = static_cast<loss_type>(li);
+    for (int variant = 0; variant < 2; ++variant) {
+      case_config c = family_case(++seed);
+      c.opt.loss = family_config(t);
+      c.opt.average_logps = variant == 1;
+      c.opt.reduce = variant == 1 ? reduction::none : reduction::mean;
+      if (variant == 1) c.explicit_pairs = 4, c.dtype = gc::dtype::bfloat16;
+      // orpo: probability-1 sequences make its odds infinite; no masked-out
+      // sequences (the harness masks none here) and enough vocabulary.
+      c.ref = !geopref::all_terms_reference_free(c.opt.loss);
+      check_case(c);
+    }
+  }
+}
+
+TEST_CASE("transforms and the geometric form of margin losses on the GPU path", "[gpu][small][family]") {
+  uint64_t seed = 7100;
+  for (loss_type t : {loss_type::dpo, loss_type::ipo, loss_type::hinge, loss_type::cdpo, loss_type::simpo})
+    for (auto tr : {geopref::margin_transform::js, geopref::margin_transform::alpha})
+      for (bool geo : {false, true}) {
+        case_config c = family_case(++seed);
+        c.opt.loss = family_config(t);
+        c.opt.loss.transform = tr;
+        c.opt.loss.f_alpha = 0.5;
+        c.opt.loss.geometric = geo;
+        c.ref = !geopref::is_reference_free(t);
+        check_case(c);
+      }
+}
+
+TEST_CASE("weighted combinations and per-token weights on the GPU path", "[gpu][small][family]") {
+  uint64_t seed = 7200;
+  for (int v = 0; v < 5; ++v) {
+    case_config c = family_case(++seed);
+    c.opt.loss = family_config(loss_type::dpo);
+    switch (v) {
+      case 0: set_combination(c, {{loss_type::dpo, 1.0}, {loss_type::sft, 0.5}}); break;
+      case 1: set_combination(c, {{loss_type::orpo, 1.0}, {loss_type::sft, 1.0}}), c.ref = false; break;
+      case 2: set_combination(c, {{loss_type::aot, 1.0}, {loss_type::bco_pair, 0.3}, {loss_type::sft, 0.2}});
+              c.explicit_pairs = 5; break;
+      case 3: set_combination(c, {{loss_type::aot_unpaired, 1.0}, {loss_type::apo_down, -0.5}, {loss_type::gdpo, 1.0}});
+              c.opt.reduce = reduction::sum; break;
+      case 4: c.opt.loss.type = loss_type::ipo; c.opt.average_logps = true; break;
+    }
+    for (bool tw : {false, true}) {
+      c.token_weights = tw;
+      c.seed = ++seed;
+      check_case(c);
+    }
+  }
+  // Token weights in place and in half precision, and logits_grad with them.
+  case_config c = family_case(++seed);
+  c.token_weights = true;
+  c.in_place = true;
+  c.dtype = gc::dtype::float16;
+  check_case(c);
+}
+
+TEST_CASE("a caller's own margin loss through train_step<Loss>", "[gpu][small][family]") {
+  uint64_t seed = 7300;
+  for (int v = 0; v < 3; ++v) {
+    case_config c = family_case(++seed);
+    c.user_loss_beta = 0.7;
+    c.opt.loss = family_config(loss_type::dpo);
+    if (v == 1) c.opt.loss.geometric = true;                      // its geometric form
+    if (v == 2) set_combination(c, {{loss_type::dpo, 1.0}, {loss_type::sft, 0.25}}), c.token_weights = true;
+    check_case(c);
+  }
+}
+
+TEST_CASE("the new losses: device-side errors and NaN stay in bounds", "[gpu][small][family]") {
+  // A NaN token weight on a scored row, a pair index out of range and a NaN
+  // soft label with sorted and batch terms: the status is recorded, nothing
+  // is written out of bounds (the emulator and sanitizers check that).
+  for (loss_type t : {loss_type::aot, loss_type::sft, loss_type::nca_pair}) {
+    INFO(geopref::loss_name(t));
+    case_config c = family_case(7400);
+    c.opt.loss = family_config(t);
+    c.ref = !geopref::all_terms_reference_free(c.opt.loss);
+    c.token_weights = true;
+    problem pr;
+    make_problem(c, pr);
+    set_reference(pr);
+    int64_t row = 0;
+    while (pr.labels[row] == c.opt.ignore_index) ++row;
+    pr.tw[row] = NAN;
+    gpu_result r = run_gpu(pr);
+    CHECK(r.host_status == status::success);
+    CHECK(r.device == status::invalid_weight);
+
+    case_config e = family_case(7401);
+    e.opt.loss = family_config(t);
+    e.ref = !geopref::all_terms_reference_free(e.opt.loss);
+    e.explicit_pairs = 4;
+    problem pe;
+    make_problem(e, pe);
+    set_reference(pe);
+    pe.pairs[3] = 99;
+    pe.soft[1] = NAN;
+    gpu_result re = run_gpu(pe);
+    CHECK(re.device == status::pair_index_out_of_range);
+  }
+  // Host-side: the geometric flag on a loss without a margin, a reference
+  // with only reference-free terms.
+  case_config h = family_case(7402);
+  h.opt.loss = family_config(loss_type::apo_zero);
+  h.opt.loss.geometric = true;
+  size_t bytes = 0;
+  gc::train_args a;
+  a.tokens.n_rows = 0;
+  a.tokens.vocab = 1;
+  a.tokens.ld = 1;
+  CHECK(gc::train_step(nullptr, bytes, a, h.opt) == status::invalid_loss_option);
+  // A null stream spelled `nullptr` is the stream, not a loss.
+  CHECK(gc::train_step(nullptr, bytes, a, h.opt, nullptr) == status::invalid_loss_option);
+  options free;
+  h.opt.loss.geometric = false;
+  set_combination(h, {{loss_type::orpo, 1.0}, {loss_type::sft, 1.0}});
+  free.loss = h.opt.loss;
+  float dummy = 0;
+  a.ref_logps = &dummy;
+  CHECK(gc::train_step(nullptr, bytes, a, free) == status::reference_not_allowed);
 }

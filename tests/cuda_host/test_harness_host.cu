@@ -54,18 +54,36 @@ gpu_result emulate(const problem& pr) {
     r.token_logps[t] = z[pr.labels[t]] - l;
   }
   const bool average = geopref::uses_average_logps(c.opt);
-  std::vector<double> m(static_cast<size_t>(pr.s), 0.0);
+  std::vector<double> m(static_cast<size_t>(pr.s), 0.0), sums(static_cast<size_t>(pr.s), 0.0);
   r.seq_logps.assign(static_cast<size_t>(pr.s), 0.0f);
   r.seq_counts.assign(static_cast<size_t>(pr.s), 0);
   for (int64_t s = 0; s < pr.s; ++s) {
     double sum = 0;
     int64_t n = 0;
     for (int64_t t = pr.offsets[s]; t < pr.offsets[s + 1]; ++t)
-      if (scored(t)) sum += r.token_logps[t], ++n;
+      if (scored(t))
+        sum += c.token_weights ? static_cast<double>(pr.tw[t]) * r.token_logps[t] : r.token_logps[t], ++n;
+    sums[s] = sum;
     m[s] = average ? (n > 0 ? sum / static_cast<double>(n) : 0.0) : sum;
     r.seq_logps[s] = static_cast<float>(m[s]);
     r.seq_counts[s] = n;
   }
+  if (extended_loss(c)) {
+    // The pair kernel computes in double from these double sums: the
+    // reference's pair step on the same sums is that computation (its
+    // agreement with independent formulas is tests/cpu/test_family.cpp).
+    ref_result ps;
+    REQUIRE(run_pair_step(pr.ref_in, c.opt, sums, r.seq_counts, ps) == status::success);
+    const bool none_ = c.opt.reduce == reduction::none;
+    r.loss.assign(static_cast<size_t>(none_ ? std::max<int64_t>(pr.p, 1) : 1), 0.0f);
+    if (none_)
+      for (int64_t i = 0; i < pr.p; ++i) r.loss[i] = static_cast<float>(ps.pair_losses[i]);
+    else
+      r.loss[0] = static_cast<float>(ps.loss);
+    r.stats = ps.stats;
+    r.grad_seq.assign(static_cast<size_t>(pr.s), 0.0f);
+    for (int64_t s = 0; s < pr.s; ++s) r.grad_seq[s] = static_cast<float>(ps.grad_seq_logps[s]);
+  } else {
   const geopref::any_loss<double> f(c.opt.loss);
   const bool none = c.opt.reduce == reduction::none;
   const double div = geopref::reduction_divisor(c.opt, pr.p), beta = c.opt.loss.beta;
@@ -107,6 +125,7 @@ gpu_result emulate(const problem& pr) {
     if (average) g[s] = r.seq_counts[s] > 0 ? g[s] / static_cast<double>(r.seq_counts[s]) : 0.0;
     r.grad_seq[s] = static_cast<float>(g[s]);
   }
+  }
 
   const gc::dtype out_dt = c.grad_fp32 ? gc::dtype::float32 : c.dtype;
   const int out_es = dtype_bytes(out_dt);
@@ -117,7 +136,11 @@ gpu_result emulate(const problem& pr) {
     for (int64_t v = 0; v < pr.v; ++v) {
       float x = 0.0f;
       if (scored(t)) {
-        const float gs = r.grad_seq[seq_of[t]];
+        // With token weights the kernel's row coefficient is g_s · w_t in
+        // double, rounded to float (row_coef_kernel).
+        const float gs = c.token_weights ? static_cast<float>(static_cast<double>(r.grad_seq[seq_of[t]]) *
+                                                               static_cast<double>(pr.tw[t]))
+                                         : r.grad_seq[seq_of[t]];
         const float z = pr.z[static_cast<size_t>(t * pr.ld + v)];
         x = gs * ((v == pr.labels[t] ? 1.0f : 0.0f) - d::exp_fast(z - r.lse[t]));
       }
@@ -183,12 +206,36 @@ TEST_CASE("harness: the error bounds accept fp32 kernel arithmetic", "[cuda][har
         c.opt.reduce = r;
         c.opt.normalizer = 3.5;
         c.opt.average_logps = avg;
+        c.opt.loss.bco_delta = 0.05;
         c.ref = !geopref::is_reference_free(c.opt.loss.type);
         c.weights = true;
         c.grad_output = true;
         c.seed = ++seed;
         check_model(c);
       }
+  // The rest of the family's options: transforms, the geometric flag,
+  // combinations and token weights (the harness's perturbation bounds).
+  for (int v = 0; v < 4; ++v)
+    for (gc::dtype dt : {gc::dtype::float32, gc::dtype::bfloat16}) {
+      case_config c;
+      c.dtype = dt;
+      c.vocab = 300;
+      c.seq_lens = {9, 3, 12, 7, 1, 10, 6, 8};
+      c.weights = true;
+      c.grad_output = true;
+      c.token_weights = v >= 2;
+      c.opt.loss.type = loss_type::ipo;
+      c.opt.loss.transform = v % 2 == 0 ? geopref::margin_transform::js : geopref::margin_transform::alpha;
+      c.opt.loss.geometric = v == 1;
+      if (v == 3) {
+        c.opt.loss.n_terms = 3;
+        c.opt.loss.terms[0] = loss_type::dpo, c.opt.loss.terms[1] = loss_type::aot;
+        c.opt.loss.terms[2] = loss_type::sft;
+        c.opt.loss.term_weights[0] = 1.0, c.opt.loss.term_weights[1] = 0.5, c.opt.loss.term_weights[2] = 0.25;
+      }
+      c.seed = ++seed;
+      check_model(c);
+    }
   for (int64_t pairs : {-1, 0, 11}) {
     case_config c;
     c.dtype = gc::dtype::float16;

@@ -50,6 +50,13 @@ struct token_inputs {
                                   // offsets[S] <= N. A padded [S, T] batch is offsets = s·T.
   index_type offset_type = index_type::int64;
   int64_t n_seqs = 0;  // S >= 0
+
+  // Optional per-token weights (null: all 1): L_s = Σ_t w_t ℓ_t over the
+  // scored rows of s, and the gradient of row t is scaled by w_t. Read for
+  // scored rows only; NaN or ±inf there is a device-side invalid_weight.
+  // LD-DPO's length desensitisation: 1 on each pair's common-length prefix,
+  // α after it (policy only; the reference pass without weights, as TRL).
+  const float* token_weights = nullptr;  // [N]
 };
 
 /// Arguments of sequence_logps (the reference model's forward pass).
@@ -76,9 +83,10 @@ struct train_args {
   const int64_t* pairs = nullptr;   // [P, 2] (a_i, b_i) in [0, S); null: TRL's concatenated layout
                                     // a_i = i, b_i = P + i, which needs S == 2P
   const float* soft_labels = nullptr;  // [P] p̂_i = P(a_i ≻ b_i) in [0, 1]; null: all 1 (binary)
-  const float* ref_logps = nullptr;    // [S] reference log-probs in the margin's form (the
-                                       // output of sequence_logps with the same options);
-                                       // null: reference-free. Must be null for simpo.
+  const float* ref_logps = nullptr;    // [S] reference log-probs, summed or (average_logps)
+                                       // averaged (the output of sequence_logps with the same
+                                       // options); null: reference-free. Must be null when every
+                                       // loss term is reference-free (simpo, orpo, sft).
   const float* weights = nullptr;      // [P] per-pair weights w_i >= 0; null: all 1
 
   // Upstream gradient. The coefficient of every gradient is grad_loss times
@@ -89,7 +97,7 @@ struct train_args {
   // Outputs; every one is optional (null: not computed / not written).
   float* loss = nullptr;             // [1] the reduced loss; [P] the values w_i f_i for reduction::none
   metrics* stats = nullptr;          // [1] device struct, TRL's metric names (geopref/options.hpp)
-  float* seq_logps = nullptr;        // [S] L_s or L̄_s, the form the margin uses
+  float* seq_logps = nullptr;        // [S] L_s or L̄_s: uses_average_logps(options)
   int64_t* seq_counts = nullptr;     // [S] n_s
   float* token_logps = nullptr;      // [N] ℓ_t, 0 for unscored rows
   float* lse = nullptr;              // [N] lse_t, 0 for unscored rows

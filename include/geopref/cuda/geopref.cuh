@@ -78,6 +78,21 @@ inline status sequence_logps(void* workspace, size_t& workspace_bytes, const log
 inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
                          const options& opt, cudaStream_t stream = nullptr) noexcept;
 
+/// The same with a caller's own margin loss: any copyable type with
+///   __host__ __device__ double value(double h, double p) const;
+///   __host__ __device__ double derivative(double h, double p) const;
+/// (the shape of the built-in functors in geopref/losses.hpp; wrap it in
+/// geopref::geometric<> for its soft-label form). It replaces the loss of
+/// every margin term of opt.loss; opt.loss.type still says whether
+/// log-probs are averaged and whether a reference is allowed, and the other
+/// terms of a combination (sft, ...) stay as they are. Each Loss type
+/// instantiates the (small) pair kernel once; the forward and backward
+/// kernels are shared. The CPU reference's compute_with_loss is its check.
+template <class Loss, class = std::enable_if_t<is_margin_loss_v<Loss>>>
+inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
+                         const options& opt, const Loss& loss,
+                         cudaStream_t stream = nullptr) noexcept;
+
 /// Backward pass alone: the gradient train_step would write, from its lse and
 /// grad_seq_logps outputs (see grad_args). Uses opt.ignore_index; the whole
 /// of `opt` is validated. Device-side label and offset errors are recorded

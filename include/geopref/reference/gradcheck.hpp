@@ -156,10 +156,11 @@ margin_result check_margin_loss(const Loss& loss, const std::vector<double>& mar
 /// worst_index = row·V + col. Returns the reference's status if it rejects the
 /// inputs (res is then untouched). Cost: 4·N·V + 1 reference calls — meant
 /// for small problems.
-template <class Label, class Offset, class Loss>
-status check_logits_gradient_with_loss(const reference::inputs<double, Label, Offset>& in,
-                                       const options& opt, const Loss& loss, logits_result& res,
-                                       const settings& cfg = {}) {
+namespace detail {
+/// The check with `compute(inputs, outputs)` as the function under test.
+template <class Label, class Offset, class Compute>
+status check_logits(const reference::inputs<double, Label, Offset>& in, const options& opt,
+                    const Compute& compute, logits_result& res, const settings& cfg) {
   const int64_t N = in.n_rows, V = in.vocab, P = in.n_pairs;
   // Validate before allocating anything sized by the inputs: absurd sizes
   // must come back as a status, not as a huge allocation or a throw.
@@ -171,7 +172,7 @@ status check_logits_gradient_with_loss(const reference::inputs<double, Label, Of
   reference::outputs out;
   out.grad_logits = grad.data();
   out.grad_ld = V > 0 ? V : 1;
-  status s = reference::compute_with_loss(in, opt, loss, out);
+  status s = compute(in, out);
   if (s != status::success) return s;
 
   // A private copy of the logits to perturb.
@@ -186,7 +187,7 @@ status check_logits_gradient_with_loss(const reference::inputs<double, Label, Of
   auto phi = [&]() {
     reference::outputs o;
     o.pair_losses = pair_losses.data();
-    reference::compute_with_loss(pin, opt, loss, o);  // inputs already validated
+    compute(pin, o);  // inputs already validated
     if (opt.reduce != reduction::none) return in.grad_loss * o.loss;
     double acc = 0.0;
     for (int64_t i = 0; i < P; ++i)
@@ -214,12 +215,31 @@ status check_logits_gradient_with_loss(const reference::inputs<double, Label, Of
   return status::success;
 }
 
-/// (b) with the loss named in opt.loss.
+}  // namespace detail
+
+template <class Label, class Offset, class Loss>
+status check_logits_gradient_with_loss(const reference::inputs<double, Label, Offset>& in,
+                                       const options& opt, const Loss& loss, logits_result& res,
+                                       const settings& cfg = {}) {
+  return detail::check_logits(
+      in, opt,
+      [&](const reference::inputs<double, Label, Offset>& i, reference::outputs& o) {
+        return reference::compute_with_loss(i, opt, loss, o);
+      },
+      res, cfg);
+}
+
+/// (b) with the losses named in opt.loss (every term of a combination).
 template <class Label, class Offset>
 status check_logits_gradient(const reference::inputs<double, Label, Offset>& in,
                              const options& opt, logits_result& res, const settings& cfg = {}) {
   if (const status s = validate(opt); s != status::success) return s;
-  return check_logits_gradient_with_loss(in, opt, any_loss<double>(opt.loss), res, cfg);
+  return detail::check_logits(
+      in, opt,
+      [&](const reference::inputs<double, Label, Offset>& i, reference::outputs& o) {
+        return reference::compute(i, opt, o);
+      },
+      res, cfg);
 }
 
 }  // namespace geopref::gradcheck

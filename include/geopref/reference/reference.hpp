@@ -34,6 +34,8 @@ struct inputs {
   const double* ref_logps = nullptr;    // [S] reference log-probs, in the same form as the margin
                                         // uses (L̄ when length-normalised); null: reference-free
   const double* weights = nullptr;      // [P] per-pair weights >= 0; null: all 1
+  const double* token_weights = nullptr;  // [N] finite per-token weights: L_s = Σ_t w_t ℓ_t over
+                                          // scored rows; null: all 1 (read for scored rows only)
   double grad_loss = 1.0;               // upstream gradient of the reduced loss (scales every reduction)
   const double* grad_pair_losses = nullptr;  // [P] reduction::none only: pair i's upstream gradient is
                                              // grad_loss · grad_pair_losses[i]; null: all 1; ignored
@@ -87,6 +89,38 @@ struct outputs {
   metrics stats{};
 };
 
+/// The pair step alone (DESIGN §6): from per-sequence sums and counts to the
+/// loss, per-pair losses, margins, metrics and g_s, for every loss term of
+/// opt.loss. compute() runs exactly this between its forward and backward;
+/// tests use it to see how the pair step responds to its inputs.
+struct pair_inputs {
+  int64_t n_seqs = 0, n_pairs = 0;
+  const double* seq_sums = nullptr;     // [S] L_s (token-weighted sums)
+  const int64_t* seq_counts = nullptr;  // [S] n_s
+  const int64_t* pairs = nullptr;       // as in inputs
+  const double* soft_labels = nullptr;
+  const double* ref_logps = nullptr;
+  const double* weights = nullptr;
+  double grad_loss = 1.0;
+  const double* grad_pair_losses = nullptr;
+};
+struct pair_outputs {
+  double* pair_losses = nullptr;  // [P]
+  double* margins = nullptr;      // [P]
+  double* grad_seq_sums = nullptr;  // [S] ∂Loss/∂L_s (summed form)
+  double loss = 0;
+  metrics stats{};
+};
+
+/// The pair step with the built-in losses. Validates opt only (the caller
+/// vouches for the arrays).
+status pair_step(const pair_inputs& in, const options& opt, pair_outputs& out);
+
+/// The pair step with a caller's margin loss (as compute_with_loss).
+template <class Loss>
+status pair_step_with_loss(const pair_inputs& in, const options& opt, const Loss& loss,
+                           pair_outputs& out);
+
 /// Validates everything, then computes all requested outputs with the loss
 /// named in opt.loss. Returns the first problem found; on error no output is
 /// written.
@@ -94,9 +128,12 @@ template <class Logit, class Label, class Offset>
 status compute(const inputs<Logit, Label, Offset>& in, const options& opt, outputs& out);
 
 /// The same with a caller-supplied margin loss (any type with
-/// value(h, p) / derivative(h, p) in double, e.g. geometric<my_loss>).
-/// opt.loss.beta is still used for the rewards metrics; opt.loss.type only
-/// for whether log-probs are averaged and whether a reference is allowed.
+/// value(h, p) / derivative(h, p) in double, e.g. geometric<my_loss>): it
+/// replaces the loss of every margin term of opt.loss (the single type, or
+/// each margin term of a combination; the transform and the geometric flag
+/// still apply). opt.loss.beta is still used for the rewards metrics;
+/// opt.loss.type for whether log-probs are averaged and whether a reference
+/// is allowed.
 template <class Logit, class Label, class Offset, class Loss>
 status compute_with_loss(const inputs<Logit, Label, Offset>& in, const options& opt,
                          const Loss& loss, outputs& out);

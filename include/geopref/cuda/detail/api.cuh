@@ -60,7 +60,7 @@ inline status check_buffers(const token_inputs& x) noexcept {
   if (x.n_rows > 0 && (x.logits == nullptr || x.labels == nullptr)) return status::null_pointer;
   if (x.n_seqs > 0 && x.offsets == nullptr) return status::null_pointer;
   if (!aligned(x.logits, dtype_bytes(x.logits_dtype)) || !aligned(x.labels, index_bytes(x.label_type)) ||
-      !aligned(x.offsets, index_bytes(x.offset_type)))
+      !aligned(x.offsets, index_bytes(x.offset_type)) || !aligned(x.token_weights, 4))
     return status::misaligned_pointer;
   return status::success;
 }
@@ -110,7 +110,7 @@ inline status check_train(const train_args& a, const options& opt, bool buffers)
   if (s != status::success) return s;
   if (a.n_pairs < 0) return status::invalid_shape;
   if (a.pairs == nullptr && x.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
-  if (is_reference_free(opt.loss.type) && a.ref_logps != nullptr) return status::reference_not_allowed;
+  if (all_terms_reference_free(opt.loss) && a.ref_logps != nullptr) return status::reference_not_allowed;
   if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
   s = check_grad_stride(x, a.grad_ld);
   if (s != status::success || !buffers) return s;
@@ -219,8 +219,11 @@ inline status sequence_logps(void* workspace, size_t& workspace_bytes, const log
   return detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
 }
 
-inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
-                         const options& opt, cudaStream_t stream) noexcept {
+namespace detail {
+template <class MarginFor>
+inline status train_step_with(void* workspace, size_t& workspace_bytes, const train_args& args,
+                              const options& opt, const MarginFor& margin_for,
+                              cudaStream_t stream) noexcept {
   status s = detail::check_train(args, opt, workspace != nullptr);
   if (s != status::success) return s;
   const detail::workspace_layout w = detail::layout_for(args.tokens, args.n_pairs, true);
@@ -238,7 +241,22 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
   if (s != status::success) return s;
   s = detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
   if (s != status::success) return s;
-  return detail::enqueue_train_tail(args, opt, w, ws, stream);
+  return detail::enqueue_train_tail(args, opt, w, ws, margin_for, stream);
+}
+}  // namespace detail
+
+inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
+                         const options& opt, cudaStream_t stream) noexcept {
+  if (const status s = validate(opt); s != status::success) return s;
+  return detail::train_step_with(workspace, workspace_bytes, args, opt,
+                                 detail::builtin_margin{any_loss<double>(opt.loss)}, stream);
+}
+
+template <class Loss, class>
+inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
+                         const options& opt, const Loss& loss, cudaStream_t stream) noexcept {
+  return detail::train_step_with(workspace, workspace_bytes, args, opt,
+                                 detail::custom_margin<Loss>{loss}, stream);
 }
 
 inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_args& args,

@@ -73,7 +73,10 @@ struct workspace_view {
   double* seq_logp;
   int64_t* seq_count;
   double* pair_coef;
+  char* pair_scratch;
   float* seq_grad;
+  float* row_coef;
+  int32_t* row_index;
 };
 
 inline workspace_view carve(void* workspace, const workspace_layout& w) {
@@ -89,7 +92,10 @@ inline workspace_view carve(void* workspace, const workspace_layout& w) {
   v.seq_logp = reinterpret_cast<double*>(base + w.seq_logp);
   v.seq_count = reinterpret_cast<int64_t*>(base + w.seq_count);
   v.pair_coef = reinterpret_cast<double*>(base + w.pair_coef);
+  v.pair_scratch = base + w.pair_scratch;
   v.seq_grad = reinterpret_cast<float*>(base + w.seq_grad);
+  v.row_coef = reinterpret_cast<float*>(base + w.row_coef);
+  v.row_index = reinterpret_cast<int32_t*>(base + w.row_index);
   return v;
 }
 
@@ -147,8 +153,8 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
     constexpr int64_t MAX_SEQ_BLOCKS = 65535;
     const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
     launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
-           uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq, out_counts,
-           ws.flag);
+           x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
+           out_counts, ws.flag);
     if (last_launch() != status::success) return status::cuda_error;
   }
   return status::success;
@@ -175,51 +181,79 @@ inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
                                void* grad_logits, int64_t grad_ld_arg, bool grad_float32,
                                cudaStream_t stream) {
   const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+  // Per-token weights: per-row coefficients g_s · w_t, indexed by the row
+  // itself, so backward_kernel is the same kernel with or without them.
+  const int32_t* row_seq = ws.row_seq;
+  if (x.token_weights != nullptr) {
+    launch(row_coef_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, ws.row_seq, seq_grad,
+           x.token_weights, x.n_rows, ws.row_coef, ws.row_index);
+    if (last_launch() != status::success) return status::cuda_error;
+    seq_grad = ws.row_coef;
+    row_seq = ws.row_index;
+  }
   return visit_dtype(x.logits_dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(w.splits));
     const auto* z = static_cast<const T*>(x.logits);
     if (grad_float32) {
       launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
-             ws.row_seq, seq_grad, lse, static_cast<float*>(grad_logits), grad_ld);
+             row_seq, seq_grad, lse, static_cast<float*>(grad_logits), grad_ld);
     } else {
       launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
-             ws.row_seq, seq_grad, lse, static_cast<T*>(grad_logits), grad_ld);
+             row_seq, seq_grad, lse, static_cast<T*>(grad_logits), grad_ld);
     }
     return last_launch();
   });
 }
 
-/// Pair loss, metrics, per-sequence gradients and the backward pass.
+/// Pair loss, metrics, per-sequence gradients and the backward pass, with
+/// the margin functors `margin_for(t)` (builtin_margin, or a caller's loss).
+template <class MarginFor>
 inline status enqueue_train_tail(const train_args& a, const options& opt,
                                  const workspace_layout& w, const workspace_view& ws,
-                                 cudaStream_t stream) {
+                                 const MarginFor& margin_for, cudaStream_t stream) {
   const token_inputs& x = a.tokens;
+  const int64_t P = a.n_pairs;
   pair_params p;
-  p.n_pairs = a.n_pairs;
+  p.n_pairs = P;
   p.n_seqs = x.n_seqs;
   p.pairs = a.pairs;
   p.soft_labels = a.soft_labels;
   p.ref_logps = a.ref_logps;
   p.weights = a.weights;
   p.grad_output = a.grad_output;
-  p.seq_logp = ws.seq_logp;
-  p.loss = any_loss<double>(opt.loss);
-  p.beta = opt.loss.beta;
-  p.divisor = reduction_divisor(opt, a.n_pairs);
+  p.seq_sum = ws.seq_logp;
+  p.seq_count = ws.seq_count;
+  p.config = opt.loss;
+  p.average_logps = opt.average_logps;
+  p.shown_average = uses_average_logps(opt);
+  p.divisor = reduction_divisor(opt, P);
   p.grad_loss = a.grad_loss;
   p.per_pair = opt.reduce == reduction::none;
   p.loss_out = a.loss;
   p.stats = a.stats;
-  p.pair_coef = ws.pair_coef;
+  p.coef = ws.pair_coef;
+  auto* slot = reinterpret_cast<double*>(ws.pair_scratch);
+  p.pair_loss = slot;
+  p.scale = slot + P;
+  p.prob = slot + 2 * P;
+  p.weight = slot + 3 * P;
+  p.sort_x = slot + 4 * P;
+  p.sort_y = slot + 5 * P;
+  p.key_x = reinterpret_cast<uint64_t*>(slot + 6 * P);
+  p.key_y = reinterpret_cast<uint64_t*>(slot + 7 * P);
+  p.perm_x = reinterpret_cast<int64_t*>(slot + 8 * P);
+  p.perm_y = reinterpret_cast<int64_t*>(slot + 9 * P);
+  p.live = reinterpret_cast<int64_t*>(slot + 10 * P);
+  static_assert(PAIR_SCRATCH_SLOTS == 11, "pair_kernel's scratch: 11 arrays of P 8-byte slots");
   p.flag = ws.flag;
-  launch(pair_kernel<BLOCK>, 1, BLOCK, stream, p);
+  launch(pair_kernel<BLOCK, MarginFor>, 1, BLOCK, stream, p, margin_for);
   if (last_launch() != status::success) return status::cuda_error;
 
   const bool backward = a.grad_logits != nullptr && x.n_rows > 0;
   if (x.n_seqs > 0 && (backward || a.grad_seq_logps != nullptr)) {
-    launch(seq_grad_kernel<BLOCK>, grid_1d(x.n_seqs), BLOCK, stream, a.pairs, a.n_pairs, x.n_seqs,
-           ws.pair_coef, ws.seq_count, uses_average_logps(opt), ws.seq_grad, a.grad_seq_logps);
+    launch(seq_grad_kernel<BLOCK>, grid_1d(x.n_seqs), BLOCK, stream, a.pairs, P, x.n_seqs,
+           ws.pair_coef, ws.seq_grad, a.grad_seq_logps);
     if (last_launch() != status::success) return status::cuda_error;
   }
   if (!backward) return status::success;

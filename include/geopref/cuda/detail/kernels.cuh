@@ -6,10 +6,12 @@
 //   forward_kernel   one pass over each scored row: online logsumexp, label
 //                    logit → lse [N], ℓ [N]; or per-split partials
 //   combine_kernel   merges the partials of split rows in split order
-//   sequence_kernel  L_s (or L̄_s) and n_s, one block per sequence
-//   pair_kernel      margins, pair losses, metrics, per-pair coefficients
-//                    (one block, double, fixed-order reduction)
+//   sequence_kernel  L_s (token-weighted) and n_s, one block per sequence
+//   pair_kernel      every loss term: pair losses, metrics, per-pair
+//                    coefficients, the batch-coupled terms (one block,
+//                    double, fixed-order reductions)
 //   seq_grad_kernel  g_s = Σ of the coefficients of the pairs naming s
+//   row_coef_kernel  with per-token weights: g_s · w_t per row
 //   backward_kernel  grad[t, v] = g_s (𝟙[v = y_t] − exp(z − lse_t))
 //
 // Only forward_kernel and backward_kernel touch the N × V logits; the
@@ -19,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "geopref/cuda/detail/arith.cuh"
 #include "geopref/cuda/detail/device.cuh"
@@ -184,18 +187,19 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 }
 
 // ---------------------------------------------------------------------------
-/// One block per sequence (grid-stride over S): L_s in double, n_s, and the
-/// margin form (L̄_s = L_s / n_s, 0 when n_s = 0, if `average`). Optional
-/// float/int64 copies for the caller. Also validates ref_logps[s] (NaN or
-/// +inf is an error) when given.
+/// One block per sequence (grid-stride over S): L_s = Σ w_t ℓ_t in double
+/// (w_t = 1 without token weights), n_s; the caller's copy in the reported
+/// form (L̄_s = L_s / n_s, 0 when n_s = 0, if `average`). Also validates
+/// ref_logps[s] (NaN or +inf is an error) and the weights of scored rows
+/// (NaN or ±inf: an error, the row then counts with weight 0).
 template <int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     sequence_kernel(const int64_t* __restrict__ offsets, int64_t n_seqs, int64_t n_rows,
                     const float* __restrict__ token_logp, const int32_t* __restrict__ cols,
-                    bool average, const float* __restrict__ ref_logps,
-                    double* __restrict__ seq_logp, int64_t* __restrict__ seq_count,
-                    float* __restrict__ out_logps, int64_t* __restrict__ out_counts,
-                    int* __restrict__ flag) {
+                    const float* __restrict__ token_weights, bool average,
+                    const float* __restrict__ ref_logps, double* __restrict__ seq_sum,
+                    int64_t* __restrict__ seq_count, float* __restrict__ out_logps,
+                    int64_t* __restrict__ out_counts, int* __restrict__ flag) {
   __shared__ double sum_smem[BLOCK_SIZE / 32];
   __shared__ long long count_smem[BLOCK_SIZE / 32];
   for (int64_t s = blockIdx.x; s < n_seqs; s += gridDim.x) {  // uniform over the block
@@ -205,7 +209,13 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     long long n = 0;
     for (int64_t t = b + threadIdx.x; t < e; t += BLOCK_SIZE) {
       if (cols[t] >= 0) {
-        sum += static_cast<double>(token_logp[t]);
+        double l = static_cast<double>(token_logp[t]);
+        if (token_weights != nullptr) {
+          const float w = token_weights[t];
+          if (!isfinite(w)) record(flag, status::invalid_weight);
+          l = isfinite(w) ? l * static_cast<double>(w) : 0.0;
+        }
+        sum += l;
         ++n;
       }
     }
@@ -213,7 +223,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     n = block_reduce<BLOCK_SIZE>(n, plus{}, 0LL, count_smem);
     if (threadIdx.x == 0) {
       const double v = average ? (n > 0 ? sum / static_cast<double>(n) : 0.0) : sum;
-      seq_logp[s] = v;
+      seq_sum[s] = sum;
       seq_count[s] = n;
       if (out_logps != nullptr) out_logps[s] = static_cast<float>(v);
       if (out_counts != nullptr) out_counts[s] = n;
@@ -226,47 +236,125 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 }
 
 // ---------------------------------------------------------------------------
-/// Everything pair_kernel reads and writes.
+/// Everything pair_kernel reads and writes. The per-pair scratch arrays are
+/// workspace; coef is [P, 2]: ∂Loss/∂L_{a_i} and ∂Loss/∂L_{b_i} of the
+/// *summed* log-probs (1/n_s already applied for averaged forms).
 struct pair_params {
   int64_t n_pairs, n_seqs;
   const int64_t* pairs;  // [P, 2] or null (a_i = i, b_i = P + i)
   const float* soft_labels, *ref_logps, *weights, *grad_output;
-  const double* seq_logp;  // [S]
-  any_loss<double> loss;
-  double beta;        // for the rewards metrics
+  const double* seq_sum;     // [S] L_s, token-weighted sums
+  const int64_t* seq_count;  // [S] n_s
+  loss_config config;        // the terms, transform, geometric flag, parameters
+  bool average_logps;        // options::average_logps
+  bool shown_average;        // uses_average_logps(options): the metrics' form
   double divisor;     // reduction_divisor(options, P)
   double grad_loss;   // host upstream gradient
   bool per_pair;      // reduction::none
   float* loss_out;    // [1] or [P], optional
   metrics* stats;     // optional
-  double* pair_coef;  // [P] ∂Loss/∂(margin-form log-prob of a_i); −that for b_i
+  double* coef;       // [P, 2]
+  double* pair_loss;  // [P] Σ_k λ_k w_i f_k (scratch)
+  double* scale;      // [P] upstream · w_i / divisor (scratch)
+  double* prob;       // [P] p̂_i, validated (scratch)
+  double* weight;     // [P] w_i, validated (scratch)
+  double* sort_x, *sort_y;    // [P] the values sorted terms sort (scratch)
+  uint64_t* key_x, *key_y;    // [P] their total-order keys (scratch)
+  int64_t* perm_x, *perm_y, *live;  // [P] sorted orders and the non-zero-weight pairs
   int* flag;
 };
 
-/// The sums pair_kernel reduces, in the order they are reduced.
+/// The metrics' sums, then the batch counts, in the order they are reduced.
 enum pair_sum : int {
-  SUM_LOSS, SUM_CHOSEN, SUM_REJECTED, SUM_ACCURACY, SUM_MARGIN, SUM_LOGP_CHOSEN,
-  SUM_LOGP_REJECTED, SUM_CALIBRATION, SUM_COUNT
+  SUM_CHOSEN, SUM_REJECTED, SUM_ACCURACY, SUM_MARGIN, SUM_LOGP_CHOSEN,
+  SUM_LOGP_REJECTED, SUM_CALIBRATION, SUM_LIVE, SUM_COUNT
 };
 
-/// A single block: thread i handles pairs i, i + BLOCK, ... in order, then a
-/// fixed shared-memory tree adds the per-thread sums: deterministic, in
-/// double. P is a batch size (thousands at most), so one block is plenty.
-template <int BLOCK_SIZE>
-GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p) {
+/// A total order on doubles (ascending, −NaN first, +NaN last): the
+/// reference's sort_key.
+__device__ __forceinline__ uint64_t sort_key(double x) {
+  uint64_t u;
+  memcpy(&u, &x, sizeof u);  // a bit cast (device memcpy of 8 bytes: a register move)
+  return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
+}
+
+/// The built-in margin loss of a term type.
+struct builtin_margin {
+  any_loss<double> base;
+  GEOPREF_HD any_loss<double> operator()(loss_type t) const {
+    any_loss<double> l = base;
+    l.type = t;
+    return l;
+  }
+};
+
+/// A caller's margin loss, for every margin term.
+template <class Loss>
+struct custom_margin {
+  Loss loss;
+  GEOPREF_HD const Loss& operator()(loss_type) const { return loss; }
+};
+
+/// A fixed-order sum over the block of K doubles per thread; every thread
+/// gets the totals. `red` is [K][BLOCK_SIZE] shared memory.
+template <int BLOCK_SIZE, int K>
+__device__ void block_sums(double (&v)[K], double (*red)[BLOCK_SIZE]) {
+GEOPREF_UNROLL
+  for (int q = 0; q < K; ++q) red[q][threadIdx.x] = v[q];
+  __syncthreads();
+  for (int half = BLOCK_SIZE / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half) {
+GEOPREF_UNROLL
+      for (int q = 0; q < K; ++q) red[q][threadIdx.x] += red[q][threadIdx.x + half];
+    }
+    __syncthreads();  // level done before the next reads it
+  }
+GEOPREF_UNROLL
+  for (int q = 0; q < K; ++q) v[q] = red[q][0];
+  __syncthreads();  // red may be reused after this
+}
+
+/// A single block, in phases separated by barriers (docs/math.md,
+/// "Composition"): (A) thread i handles pairs i, i + BLOCK, ...: validation,
+/// metrics, every per-pair term; (B) each sft term from block sums; (C) each
+/// sorted term: ranks by counting (stable, deterministic), then one thread
+/// per sorted position; (D) the loss, a fixed-order sum of the pair losses.
+/// Double throughout. P is a batch size (the sorted terms' ranks are O(P²/BLOCK)
+/// per thread), so one block is plenty.
+template <int BLOCK_SIZE, class MarginFor>
+GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, MarginFor margin_for) {
   __shared__ double red[SUM_COUNT][BLOCK_SIZE];
+  const loss_config& lc = p.config;
+  const double beta = lc.beta;
+  const transform_fn<double> phi{lc.transform, lc.f_alpha};
+  const int n_terms = term_count(lc);
+  const int64_t P = p.n_pairs;
+
+  auto first = [&](int64_t i) { return p.pairs != nullptr ? p.pairs[2 * i] : i; };
+  auto second = [&](int64_t i) { return p.pairs != nullptr ? p.pairs[2 * i + 1] : P + i; };
+  auto valid = [&](int64_t s) { return s >= 0 && s < p.n_seqs; };
+  // Bad pair indices read nothing: an empty sequence, reference 0.
+  auto count = [&](int64_t s) { return valid(s) ? p.seq_count[s] : int64_t{0}; };
+  auto form = [&](int64_t s, bool av) {
+    if (!valid(s)) return 0.0;
+    const double l = p.seq_sum[s];
+    const int64_t n = p.seq_count[s];
+    return av ? (n > 0 ? l / static_cast<double>(n) : 0.0) : l;
+  };
+  auto to_sum = [&](int64_t s, bool av, double d) {
+    if (!av) return d;
+    const int64_t n = count(s);
+    return n > 0 ? d / static_cast<double>(n) : 0.0;
+  };
+  auto ref = [&](int64_t s) {
+    return valid(s) && p.ref_logps != nullptr ? static_cast<double>(p.ref_logps[s]) : 0.0;
+  };
+
+  // ---- (A) per pair.
   double acc[SUM_COUNT] = {};
-  for (int64_t i = threadIdx.x; i < p.n_pairs; i += BLOCK_SIZE) {
-    int64_t a = i, b = p.n_pairs + i;
-    if (p.pairs != nullptr) {
-      a = p.pairs[2 * i];
-      b = p.pairs[2 * i + 1];
-    }
-    bool ok = true;
-    if (a < 0 || a >= p.n_seqs || b < 0 || b >= p.n_seqs) {
-      record(p.flag, status::pair_index_out_of_range);
-      ok = false;
-    }
+  for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE) {
+    const int64_t a = first(i), b = second(i);
+    if (!valid(a) || !valid(b)) record(p.flag, status::pair_index_out_of_range);
     double prob = 1.0;
     if (p.soft_labels != nullptr) {
       prob = static_cast<double>(p.soft_labels[i]);
@@ -289,78 +377,193 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p) {
       if (!isfinite(g)) record(p.flag, status::invalid_upstream_grad);
       else go *= g;
     }
-    // Margin-form log-probs (bad indices read nothing and count as 0).
-    const double la = ok ? p.seq_logp[a] : 0.0, lb = ok ? p.seq_logp[b] : 0.0;
-    const double ra = ok && p.ref_logps != nullptr ? static_cast<double>(p.ref_logps[a]) : 0.0;
-    const double rb = ok && p.ref_logps != nullptr ? static_cast<double>(p.ref_logps[b]) : 0.0;
-    const double h = (la - ra) - (lb - rb);
-    // A zero-weight pair contributes exactly nothing, even where f is
-    // infinite (0·∞ would be NaN).
-    const double f = w != 0.0 ? w * p.loss.value(h, prob) : 0.0;
-    p.pair_coef[i] = w != 0.0 ? go * (w / p.divisor) * p.loss.derivative(h, prob) : 0.0;
-    if (p.per_pair && p.loss_out != nullptr) p.loss_out[i] = static_cast<float>(f);
-    const double rc = p.beta * (la - ra), rr = p.beta * (lb - rb);
-    acc[SUM_LOSS] += f;
+    const double sc = go * (w / p.divisor);
+    p.prob[i] = prob;
+    p.weight[i] = w;
+    p.scale[i] = sc;
+
+    // Metrics in the reported form.
+    const double ma = form(a, p.shown_average), mb = form(b, p.shown_average);
+    const double ha = ma - ref(a), hb = mb - ref(b);
+    const double h_shown = phi.phi(ha) - phi.phi(hb);
+    const double rc = beta * ha, rr = beta * hb;
     acc[SUM_CHOSEN] += rc;
     acc[SUM_REJECTED] += rr;
     acc[SUM_ACCURACY] += rc > rr ? 1.0 : 0.0;
     acc[SUM_MARGIN] += rc - rr;
-    acc[SUM_LOGP_CHOSEN] += la;
-    acc[SUM_LOGP_REJECTED] += lb;
-    acc[SUM_CALIBRATION] += fabs(math::sigmoid(p.beta * h) - prob);
-  }
-GEOPREF_UNROLL
-  for (int q = 0; q < SUM_COUNT; ++q) red[q][threadIdx.x] = acc[q];
-  __syncthreads();
-  for (int half = BLOCK_SIZE / 2; half > 0; half /= 2) {
-    if (static_cast<int>(threadIdx.x) < half) {
-GEOPREF_UNROLL
-      for (int q = 0; q < SUM_COUNT; ++q) red[q][threadIdx.x] += red[q][threadIdx.x + half];
+    acc[SUM_LOGP_CHOSEN] += ma;
+    acc[SUM_LOGP_REJECTED] += mb;
+    acc[SUM_CALIBRATION] += fabs(math::sigmoid(beta * h_shown) - prob);
+    acc[SUM_LIVE] += w != 0.0 ? 1.0 : 0.0;
+
+    // Every per-pair term. A zero-weight pair contributes exactly nothing,
+    // even where f is infinite (0·∞ would be NaN).
+    double f = 0.0, ca = 0.0, cb = 0.0;
+    if (w != 0.0) {
+      for (int k = 0; k < n_terms; ++k) {
+        const loss_type t = term_type(lc, k);
+        const double lambda = term_weight(lc, k);
+        const loss_kind kind = kind_of(t);
+        if (kind == loss_kind::sorted || kind == loss_kind::sft) continue;  // phases B, C
+        const bool av = p.average_logps || forces_average_logps(t);
+        const bool free = is_reference_free(t);
+        const double xa = form(a, av), xb = form(b, av);
+        const double rw = xa - (free ? 0.0 : ref(a)), rl = xb - (free ? 0.0 : ref(b));
+        pair_grad<double> r{0.0, 0.0, 0.0};
+        if (kind == loss_kind::margin) {
+          const auto fn = margin_for(t);
+          const double h = lc.transform == margin_transform::reverse_kl ? rw - rl
+                                                                         : phi.phi(rw) - phi.phi(rl);
+          const double g = lc.geometric ? 2.0 * prob - 1.0 : 1.0;
+          const double d = g * fn.derivative(g * h, prob);
+          r = {fn.value(g * h, prob), d * phi.dphi(rw), -d * phi.dphi(rl)};
+        } else {
+          r = two_sided_term<double>(t, beta, lc.bco_delta, rw, rl);
+        }
+        f += lambda * w * r.value;
+        ca += sc * lambda * to_sum(a, av, r.d_w);
+        cb += sc * lambda * to_sum(b, av, r.d_l);
+      }
     }
-    __syncthreads();  // level done before the next reads it
+    p.pair_loss[i] = f;
+    p.coef[2 * i] = ca;
+    p.coef[2 * i + 1] = cb;
   }
+  block_sums<BLOCK_SIZE, SUM_COUNT>(acc, red);  // also orders (A)'s writes before (B)
+  const auto n_live = static_cast<int64_t>(acc[SUM_LIVE]);
+
+  for (int k = 0; k < n_terms; ++k) {
+    const loss_type t = term_type(lc, k);
+    const double lambda = term_weight(lc, k);
+    if (kind_of(t) == loss_kind::sft) {
+      // ---- (B) NLL = −Σ L_{a_i} / Σ n_{a_i} over live pairs; every live
+      // pair's loss gains w_i λ NLL and L_{a_i} the coefficient −λ Σ scale / Σ n.
+      double v[3] = {0.0, 0.0, 0.0};
+      for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE)
+        if (p.weight[i] != 0.0) {
+          v[0] += form(first(i), false);
+          v[1] += static_cast<double>(count(first(i)));
+          v[2] += p.scale[i];
+        }
+      block_sums<BLOCK_SIZE, 3>(v, red);
+      const double nll = v[1] > 0.0 ? -v[0] / v[1] : 0.0;
+      const double c = v[1] > 0.0 ? -lambda * v[2] / v[1] : 0.0;
+      for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE)
+        if (p.weight[i] != 0.0) {
+          p.pair_loss[i] += lambda * p.weight[i] * nll;
+          p.coef[2 * i] += c;
+        }
+      __syncthreads();
+    } else if (kind_of(t) == loss_kind::sorted) {
+      // ---- (C) aot: x_i = x_{a_i} − x_{b_i}, y_i = R_{a_i} − R_{b_i};
+      // aot_unpaired: x_i = ρ_w, y_i = ρ_l. Sorted ascending over the live
+      // pairs, ties in pair order; position q takes live pair q's weight, p̂
+      // and upstream gradient; cdpo's loss of δ_q = x_(q) − y_(q).
+      const bool av = p.average_logps || forces_average_logps(t);
+      for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE) {
+        const int64_t a = first(i), b = second(i);
+        const double xa = form(a, av), xb = form(b, av);
+        double x, y;
+        if (t == loss_type::aot) x = xa - xb, y = ref(a) - ref(b);
+        else x = xa - ref(a), y = xb - ref(b);
+        p.sort_x[i] = x;
+        p.sort_y[i] = y;
+        p.key_x[i] = sort_key(x);
+        p.key_y[i] = sort_key(y);
+      }
+      __syncthreads();  // keys complete before ranking
+      for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE) {
+        if (p.weight[i] == 0.0) continue;
+        const uint64_t kx = p.key_x[i], ky = p.key_y[i];
+        int64_t rx = 0, ry = 0, rl = 0;
+        for (int64_t j = 0; j < P; ++j) {  // every thread reads j in step: broadcast
+          if (p.weight[j] == 0.0) continue;
+          const bool before = j < i;
+          rx += p.key_x[j] < kx || (p.key_x[j] == kx && before);
+          ry += p.key_y[j] < ky || (p.key_y[j] == ky && before);
+          rl += before;
+        }
+        p.perm_x[rx] = i;
+        p.perm_y[ry] = i;
+        p.live[rl] = i;
+      }
+      __syncthreads();  // permutations complete
+      const cdpo_loss<double> fn{beta};
+      for (int64_t q = threadIdx.x; q < n_live; q += BLOCK_SIZE) {
+        const int64_t j = p.live[q], i = p.perm_x[q], r = p.perm_y[q];
+        const double delta = p.sort_x[i] - p.sort_y[r];
+        p.pair_loss[j] += lambda * p.weight[j] * fn.value(delta, p.prob[j]);
+        const double d = p.scale[j] * lambda * fn.derivative(delta, p.prob[j]);
+        p.coef[2 * i] += to_sum(first(i), av, d);
+        if (t == loss_type::aot) p.coef[2 * i + 1] -= to_sum(second(i), av, d);
+        else p.coef[2 * r + 1] -= to_sum(second(r), av, d);
+      }
+      __syncthreads();  // this term's updates before the next term's
+    }
+  }
+
+  // ---- (D) the loss and the per-pair outputs.
+  double tot[1] = {0.0};
+  for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE) {
+    tot[0] += p.pair_loss[i];
+    if (p.per_pair && p.loss_out != nullptr) p.loss_out[i] = static_cast<float>(p.pair_loss[i]);
+  }
+  block_sums<BLOCK_SIZE, 1>(tot, red);
   if (threadIdx.x == 0) {
-    if (!p.per_pair && p.loss_out != nullptr)
-      p.loss_out[0] = static_cast<float>(red[SUM_LOSS][0] / p.divisor);
+    if (!p.per_pair && p.loss_out != nullptr) p.loss_out[0] = static_cast<float>(tot[0] / p.divisor);
     if (p.stats != nullptr) {
-      const double inv = p.n_pairs > 0 ? 1.0 / static_cast<double>(p.n_pairs) : 0.0;
+      const double inv = P > 0 ? 1.0 / static_cast<double>(P) : 0.0;
       metrics m;
-      m.rewards_chosen = red[SUM_CHOSEN][0] * inv;
-      m.rewards_rejected = red[SUM_REJECTED][0] * inv;
-      m.rewards_accuracies = red[SUM_ACCURACY][0] * inv;
-      m.rewards_margins = red[SUM_MARGIN][0] * inv;
-      m.logps_chosen = red[SUM_LOGP_CHOSEN][0] * inv;
-      m.logps_rejected = red[SUM_LOGP_REJECTED][0] * inv;
-      m.calibration_error = red[SUM_CALIBRATION][0] * inv;
+      m.rewards_chosen = acc[SUM_CHOSEN] * inv;
+      m.rewards_rejected = acc[SUM_REJECTED] * inv;
+      m.rewards_accuracies = acc[SUM_ACCURACY] * inv;
+      m.rewards_margins = acc[SUM_MARGIN] * inv;
+      m.logps_chosen = acc[SUM_LOGP_CHOSEN] * inv;
+      m.logps_rejected = acc[SUM_LOGP_REJECTED] * inv;
+      m.calibration_error = acc[SUM_CALIBRATION] * inv;
       *p.stats = m;
     }
   }
 }
 
-/// One thread per sequence: g_s = Σ_{i: a_i = s} c_i − Σ_{i: b_i = s} c_i
-/// (pairs in index order), divided by n_s when the margin uses L̄.
+/// One thread per sequence: g_s = Σ_{i: a_i = s} coef[i, 0] + Σ_{i: b_i = s}
+/// coef[i, 1] (pairs in index order); g_s is w.r.t. the summed log-prob.
 template <int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     seq_grad_kernel(const int64_t* __restrict__ pairs, int64_t n_pairs, int64_t n_seqs,
-                    const double* __restrict__ pair_coef, const int64_t* __restrict__ seq_count,
-                    bool average, float* __restrict__ seq_grad, float* __restrict__ out_grad) {
+                    const double* __restrict__ coef, float* __restrict__ seq_grad,
+                    float* __restrict__ out_grad) {
   for (int64_t s = global_thread(); s < n_seqs; s += grid_threads()) {
     double g = 0.0;
     if (pairs == nullptr) {  // a_i = i, b_i = P + i: each sequence is in one pair at most
-      if (s < n_pairs) g = pair_coef[s];
-      else if (s < 2 * n_pairs) g = -pair_coef[s - n_pairs];
+      if (s < n_pairs) g = coef[2 * s];
+      else if (s < 2 * n_pairs) g = coef[2 * (s - n_pairs) + 1];
     } else {
       for (int64_t i = 0; i < n_pairs; ++i) {  // same pair read by the whole warp: broadcast
-        if (pairs[2 * i] == s) g += pair_coef[i];
-        if (pairs[2 * i + 1] == s) g -= pair_coef[i];
+        if (pairs[2 * i] == s) g += coef[2 * i];
+        if (pairs[2 * i + 1] == s) g += coef[2 * i + 1];
       }
-    }
-    if (average) {
-      const int64_t n = seq_count[s];
-      g = n > 0 ? g / static_cast<double>(n) : 0.0;
     }
     seq_grad[s] = static_cast<float>(g);
     if (out_grad != nullptr) out_grad[s] = static_cast<float>(g);
+  }
+}
+
+/// Per-token weights: the backward's coefficient of row t is g_{s(t)} · w_t.
+/// Writes it per row, and the row's own index (−1 when unscored), so that
+/// backward_kernel reads coef[row_index[t]] exactly as it reads g_s.
+template <int BLOCK_SIZE>
+GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
+    row_coef_kernel(const int32_t* __restrict__ row_seq, const float* __restrict__ seq_grad,
+                    const float* __restrict__ token_weights, int64_t n_rows,
+                    float* __restrict__ row_coef, int32_t* __restrict__ row_index) {
+  for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
+    const int32_t s = row_seq[t];
+    const bool scored = s >= 0;
+    row_coef[t] = scored ? static_cast<float>(static_cast<double>(seq_grad[s]) *
+                                              static_cast<double>(token_weights[t]))
+                         : 0.0f;
+    row_index[t] = scored ? static_cast<int32_t>(t) : -1;
   }
 }
 

@@ -37,13 +37,20 @@ struct workspace_layout {
   size_t lse = 0;         // [N] float
   size_t token_logp = 0;  // [N] float; the label logit between the split forward and the combine
   size_t partials = 0;    // [N, splits] lse_state, only when splits > 1
-  size_t seq_logp = 0;    // [S] double, L_s or L̄_s
+  size_t seq_logp = 0;    // [S] double, L_s (token-weighted sum)
   size_t seq_count = 0;   // [S] int64
-  size_t pair_coef = 0;   // [P] double, ∂Loss/∂(margin-form log-prob of a_i)   (train only)
+  size_t pair_coef = 0;   // [P, 2] double, ∂Loss/∂L_{a_i}, ∂Loss/∂L_{b_i}        (train only)
+  size_t pair_scratch = 0;  // [P] × (4 double + 2 double + 2 uint64 + 3 int64): pair_kernel's
+                            // pair losses, scales, p̂, w, sort values, keys, orders (train only)
   size_t seq_grad = 0;    // [S] float, g_s                                       (train only)
+  size_t row_coef = 0;    // [N] float, g_s · w_t with per-token weights          (train, grad)
+  size_t row_index = 0;   // [N] int32, t for scored rows, −1 otherwise           (train, grad)
   size_t bytes = 0;       // total, from the aligned base
   int splits = 1;
 };
+
+/// 8-byte slots per pair of pair_kernel's scratch (see pair_params).
+inline constexpr size_t PAIR_SCRATCH_SLOTS = 11;
 
 /// The layout for a pass over N rows of V logits of `elem_bytes` each, S
 /// sequences and (train) P pairs.
@@ -68,8 +75,11 @@ inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_byte
   w.seq_logp = take(s * sizeof(double));
   w.seq_count = take(s * sizeof(int64_t));
   if (train) {
-    w.pair_coef = take(static_cast<size_t>(n_pairs) * sizeof(double));
+    w.pair_coef = take(2 * static_cast<size_t>(n_pairs) * sizeof(double));
+    w.pair_scratch = take(PAIR_SCRATCH_SLOTS * static_cast<size_t>(n_pairs) * 8);
     w.seq_grad = take(s * sizeof(float));
+    w.row_coef = take(n * sizeof(float));
+    w.row_index = take(n * sizeof(int32_t));
   }
   w.bytes = used;
   return w;
@@ -93,6 +103,8 @@ inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem
   w.offsets = take((s + 1) * sizeof(int64_t));
   w.cols = take(n * sizeof(int32_t));
   w.row_seq = take(n * sizeof(int32_t));
+  w.row_coef = take(n * sizeof(float));
+  w.row_index = take(n * sizeof(int32_t));
   w.bytes = used;
   return w;
 }

@@ -15,7 +15,9 @@
 #include <Eigen/Core>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -59,7 +61,7 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
                        const outputs& out) {
   // What to compute.
   if (const status s = validate(opt); s != status::success) return s;
-  if (is_reference_free(opt.loss.type) && in.ref_logps != nullptr)
+  if (all_terms_reference_free(opt.loss) && in.ref_logps != nullptr)
     return status::reference_not_allowed;
 
   // Sizes and strides.
@@ -117,6 +119,13 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
       const double w = in.weights[i];
       if (!(is_finite(w) && w >= 0.0)) return status::invalid_weight;
     }
+  if (in.token_weights != nullptr && S > 0) {
+    // Only scored rows' weights are read, so only theirs are checked.
+    const int64_t end = static_cast<int64_t>(in.offsets[S]);
+    for (int64_t t = 0; t < end; ++t)
+      if (in.labels[t] != opt.ignore_index && !is_finite(in.token_weights[t]))
+        return status::invalid_weight;
+  }
   if (in.ref_logps != nullptr)
     for (int64_t s = 0; s < S; ++s) {
       const double r = in.ref_logps[s];
@@ -134,9 +143,207 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   return status::success;
 }
 
+/// A total order on doubles for the sorted terms: ascending, −NaN first and
+/// +NaN last (the IEEE bit pattern, sign-flipped), ties broken by pair index
+/// — the same order the CUDA path's rank sort produces.
+inline uint64_t sort_key(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
+}
+
+/// The pair step (docs/math.md, "Composition"): per pair, the log-prob form
+/// each term asks for, its log-ratios, value and derivatives, converted to
+/// ∂/∂L_s of the summed log-prob (1/n_s for averaged forms); then the
+/// batch-coupled terms (sft, sorted). out.loss is the unreduced Σ of the
+/// per-pair losses. `margin_for(t)` gives the margin functor of term type t.
+template <class MarginFor>
+void run_pairs(const pair_inputs& in, const options& opt, const MarginFor& margin_for,
+               pair_outputs& out) {
+  const int64_t S = in.n_seqs, P = in.n_pairs;
+  const loss_config& lc = opt.loss;
+  const double beta = lc.beta;
+  const double norm = reduction_divisor(opt, P);
+  const transform_fn<double> phi{lc.transform, lc.f_alpha};
+  auto first = [&](int64_t i) { return in.pairs ? in.pairs[2 * i] : i; };
+  auto second = [&](int64_t i) { return in.pairs ? in.pairs[2 * i + 1] : P + i; };
+  auto avg = [&](int64_t s) {
+    return in.seq_counts[s] > 0 ? in.seq_sums[s] / static_cast<double>(in.seq_counts[s]) : 0.0;
+  };
+  // The log-prob of sequence s in a form, and ∂(that form)/∂L_s.
+  auto form = [&](int64_t s, bool averaged) { return averaged ? avg(s) : in.seq_sums[s]; };
+  auto to_sum = [&](int64_t s, bool averaged, double d) {
+    if (!averaged) return d;
+    return in.seq_counts[s] > 0 ? d / static_cast<double>(in.seq_counts[s]) : 0.0;
+  };
+  auto ref = [&](int64_t s) { return in.ref_logps ? in.ref_logps[s] : 0.0; };
+  const bool shown_avg = uses_average_logps(opt);
+
+  std::vector<double> coef_a(static_cast<size_t>(P), 0.0), coef_b(static_cast<size_t>(P), 0.0);
+  std::vector<double> pl(static_cast<size_t>(P), 0.0), scale(static_cast<size_t>(P), 0.0);
+  std::vector<double> prob(static_cast<size_t>(P), 1.0), wt(static_cast<size_t>(P), 1.0);
+  metrics st{};
+  for (int64_t i = 0; i < P; ++i) {
+    const int64_t a = first(i), b = second(i);
+    const double p = in.soft_labels ? in.soft_labels[i] : 1.0;
+    const double w = in.weights ? in.weights[i] : 1.0;
+    double upstream = in.grad_loss;
+    if (opt.reduce == reduction::none && in.grad_pair_losses) upstream *= in.grad_pair_losses[i];
+    prob[i] = p;
+    wt[i] = w;
+    // ∂Loss/∂(pair i's loss) = upstream · w_i / norm.
+    scale[i] = upstream * (w / norm);
+
+    // Metrics and the reported margin: the reported form, the transform.
+    const double ma = form(a, shown_avg), mb = form(b, shown_avg);
+    const double ha = ma - ref(a), hb = mb - ref(b);
+    const double h_shown = phi.phi(ha) - phi.phi(hb);
+    if (out.margins) out.margins[i] = lc.transform == margin_transform::reverse_kl ? ha - hb : h_shown;
+    const double rc = beta * ha, rr = beta * hb;
+    st.rewards_chosen += rc;
+    st.rewards_rejected += rr;
+    st.rewards_accuracies += rc > rr ? 1.0 : 0.0;
+    st.rewards_margins += rc - rr;
+    st.logps_chosen += ma;
+    st.logps_rejected += mb;
+    st.calibration_error += std::fabs(math::sigmoid(beta * h_shown) - p);
+
+    // A zero-weight pair contributes exactly nothing, even if its loss is
+    // infinite (0·∞ would otherwise give NaN).
+    if (w == 0.0) continue;
+    for (int k = 0; k < term_count(lc); ++k) {
+      const loss_type t = term_type(lc, k);
+      const double lambda = term_weight(lc, k);
+      const loss_kind kind = kind_of(t);
+      if (kind == loss_kind::sorted || kind == loss_kind::sft) continue;  // batch-coupled, below
+      const bool av = term_averaged(opt, t);
+      const bool free = is_reference_free(t);
+      const double xa = form(a, av), xb = form(b, av);
+      const double rw = xa - (free ? 0.0 : ref(a)), rl = xb - (free ? 0.0 : ref(b));
+      double v = 0, dw = 0, dl = 0;  // value, ∂/∂x_a, ∂/∂x_b
+      if (kind == loss_kind::margin) {
+        const auto f = margin_for(t);
+        const double h = lc.transform == margin_transform::reverse_kl ? rw - rl : phi.phi(rw) - phi.phi(rl);
+        // The geometric form: f((2p̂ − 1) h), chain rule (2p̂ − 1) f'.
+        const double g = lc.geometric ? 2.0 * p - 1.0 : 1.0;
+        v = f.value(g * h, p);
+        const double d = g * f.derivative(g * h, p);
+        dw = d * phi.dphi(rw);
+        dl = -d * phi.dphi(rl);
+      } else {
+        const pair_grad<double> r = two_sided_term<double>(t, beta, lc.bco_delta, rw, rl);
+        v = r.value, dw = r.d_w, dl = r.d_l;
+      }
+      pl[i] += lambda * w * v;
+      coef_a[i] += scale[i] * lambda * to_sum(a, av, dw);
+      coef_b[i] += scale[i] * lambda * to_sum(b, av, dl);
+    }
+  }
+
+  // ---- batch-coupled terms, over the pairs with non-zero weight.
+  for (int k = 0; k < term_count(lc); ++k) {
+    const loss_type t = term_type(lc, k);
+    const double lambda = term_weight(lc, k);
+    if (kind_of(t) == loss_kind::sft) {
+      // NLL = −Σ_i L_{a_i} / Σ_i n_{a_i}; every pair's loss is w_i · NLL (TRL
+      // adds the batch NLL to each pair's loss), so ∂Loss/∂L_{a_j} =
+      // −(Σ_i scale_i) / Σ_i n_{a_i}.
+      double sum = 0.0, scales = 0.0;
+      int64_t n = 0;
+      for (int64_t i = 0; i < P; ++i)
+        if (wt[i] != 0.0) sum += in.seq_sums[first(i)], n += in.seq_counts[first(i)], scales += scale[i];
+      const double nll = n > 0 ? -sum / static_cast<double>(n) : 0.0;
+      const double c = n > 0 ? -lambda * scales / static_cast<double>(n) : 0.0;
+      for (int64_t i = 0; i < P; ++i)
+        if (wt[i] != 0.0) pl[i] += lambda * wt[i] * nll, coef_a[i] += c;
+    } else if (kind_of(t) == loss_kind::sorted) {
+      // aot: δ_k = sort(x)_k − sort(y)_k with x_i = x_{a_i} − x_{b_i} (policy)
+      // and y_i = R_{a_i} − R_{b_i}; aot_unpaired: x_i = ρ_w, y_i = ρ_l.
+      // Position k takes the weight, soft label and upstream gradient of the
+      // k-th non-zero-weight pair (TRL multiplies the sorted losses
+      // elementwise); the loss is cdpo's with p̂ (TRL's label_smoothing 1 − p̂).
+      const bool av = term_averaged(opt, t);
+      std::vector<int64_t> live;
+      for (int64_t i = 0; i < P; ++i)
+        if (wt[i] != 0.0) live.push_back(i);
+      const auto m = static_cast<int64_t>(live.size());
+      std::vector<double> x(static_cast<size_t>(P)), y(static_cast<size_t>(P));
+      for (int64_t i : live) {
+        const int64_t a = first(i), b = second(i);
+        const double xa = form(a, av), xb = form(b, av);
+        if (t == loss_type::aot) x[i] = xa - xb, y[i] = ref(a) - ref(b);
+        else x[i] = xa - ref(a), y[i] = xb - ref(b);
+      }
+      auto sorted = [&](const std::vector<double>& v) {
+        std::vector<int64_t> perm = live;
+        std::stable_sort(perm.begin(), perm.end(),
+                         [&](int64_t i, int64_t j) { return sort_key(v[i]) < sort_key(v[j]); });
+        return perm;
+      };
+      const std::vector<int64_t> px = sorted(x), py = sorted(y);
+      const cdpo_loss<double> f{beta};
+      for (int64_t q = 0; q < m; ++q) {
+        const int64_t j = live[q];
+        const double delta = x[px[q]] - y[py[q]];
+        pl[j] += lambda * wt[j] * f.value(delta, prob[j]);
+        const double d = scale[j] * lambda * f.derivative(delta, prob[j]);
+        const int64_t i = px[q];
+        coef_a[i] += to_sum(first(i), av, d);
+        if (t == loss_type::aot) {
+          coef_b[i] -= to_sum(second(i), av, d);
+        } else {
+          const int64_t r = py[q];
+          coef_b[r] -= to_sum(second(r), av, d);
+        }
+      }
+    }
+  }
+
+  double total = 0.0;
+  for (int64_t i = 0; i < P; ++i) total += pl[i];
+  if (out.pair_losses)
+    for (int64_t i = 0; i < P; ++i) out.pair_losses[i] = pl[i];
+  if (out.grad_seq_sums) {
+    for (int64_t s = 0; s < S; ++s) out.grad_seq_sums[s] = 0.0;
+    for (int64_t i = 0; i < P; ++i) {
+      out.grad_seq_sums[first(i)] += coef_a[i];
+      out.grad_seq_sums[second(i)] += coef_b[i];
+    }
+  }
+  if (P > 0) {
+    const double inv = 1.0 / static_cast<double>(P);
+    st.rewards_chosen *= inv;
+    st.rewards_rejected *= inv;
+    st.rewards_accuracies *= inv;
+    st.rewards_margins *= inv;
+    st.logps_chosen *= inv;
+    st.logps_rejected *= inv;
+    st.calibration_error *= inv;
+  }
+  out.loss = total;
+  out.stats = st;
+}
+
+/// The margin functor of each built-in term type.
+struct builtin_margin {
+  loss_config config;
+  any_loss<double> operator()(loss_type t) const {
+    any_loss<double> l(config);
+    l.type = t;
+    return l;
+  }
+};
+
+/// A caller's margin loss, for every margin term.
+template <class Loss>
+struct custom_margin {
+  const Loss& loss;
+  const Loss& operator()(loss_type) const { return loss; }
+};
+
 /// The whole computation after validation. Writes only requested outputs.
-template <class Logit, class Label, class Offset, class Loss>
-void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Loss& loss,
+template <class Logit, class Label, class Offset, class MarginFor>
+void run(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
          outputs& out) {
   const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs, P = in.n_pairs;
   const bool averaged = uses_average_logps(opt);
@@ -170,79 +377,45 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Loss&
     logp[t] = to_double(z(static_cast<int64_t>(in.labels[t]))) - lse[t];
   }
 
-  // ---- per sequence: L_s = Σ ℓ_t (row order), n_s, and the margin's form M_s.
-  std::vector<double> seq_sum(static_cast<size_t>(S), 0.0), seq_m(static_cast<size_t>(S), 0.0);
+  // ---- per sequence: L_s = Σ w_t ℓ_t (row order), n_s.
+  std::vector<double> seq_sum(static_cast<size_t>(S), 0.0);
   std::vector<int64_t> count(static_cast<size_t>(S), 0);
   for (int64_t s = 0; s < S; ++s) {
     double acc = 0.0;
     int64_t n = 0;
     for (int64_t t = in.offsets[s]; t < static_cast<int64_t>(in.offsets[s + 1]); ++t)
-      if (scored(t)) acc += logp[t], ++n;
+      if (scored(t)) acc += (in.token_weights ? in.token_weights[t] * logp[t] : logp[t]), ++n;
     seq_sum[s] = acc;
     count[s] = n;
-    // An all-masked sequence has L = 0, n = 0 and average 0 (never 0/0).
-    seq_m[s] = averaged ? (n > 0 ? acc / static_cast<double>(n) : 0.0) : acc;
   }
-
-  // ---- per pair: h_i, f_i, f'_i, then the reduction and the coefficients.
-  const double norm = reduction_divisor(opt, P);
-  const double beta = opt.loss.beta;
-  std::vector<double> margin(static_cast<size_t>(P)), pair_loss(static_cast<size_t>(P));
-  std::vector<double> grad_m(static_cast<size_t>(S), 0.0);  // ∂Loss/∂M_s
-  metrics st{};
-  double total = 0.0;
-  for (int64_t i = 0; i < P; ++i) {
-    const int64_t a = in.pairs ? in.pairs[2 * i] : i;
-    const int64_t b = in.pairs ? in.pairs[2 * i + 1] : P + i;
-    const double ra = in.ref_logps ? in.ref_logps[a] : 0.0;
-    const double rb = in.ref_logps ? in.ref_logps[b] : 0.0;
-    const double ha = seq_m[a] - ra, hb = seq_m[b] - rb;
-    const double h = ha - hb;
-    const double p = in.soft_labels ? in.soft_labels[i] : 1.0;
-    const double w = in.weights ? in.weights[i] : 1.0;
-    margin[i] = h;
-
-    // A zero-weight pair contributes exactly nothing, even if its loss is
-    // infinite (0·∞ would otherwise give NaN).
-    double wf = 0.0, coef = 0.0;
-    if (w != 0.0) {
-      wf = w * loss.value(h, p);
-      double upstream = in.grad_loss;
-      if (opt.reduce == reduction::none && in.grad_pair_losses) upstream *= in.grad_pair_losses[i];
-      // ∂Loss/∂h_i = upstream · (w_i / norm) · f'(h_i); geometric losses
-      // already include their (2p̂ − 1) in f'.
-      coef = upstream * (w / norm) * loss.derivative(h, p);
-    }
-    pair_loss[i] = wf;
-    total += wf;
-    grad_m[a] += coef;
-    grad_m[b] -= coef;
-
-    const double rc = beta * ha, rr = beta * hb;
-    st.rewards_chosen += rc;
-    st.rewards_rejected += rr;
-    st.rewards_accuracies += rc > rr ? 1.0 : 0.0;
-    st.rewards_margins += rc - rr;
-    st.logps_chosen += seq_m[a];
-    st.logps_rejected += seq_m[b];
-    st.calibration_error += std::fabs(math::sigmoid(beta * h) - p);
-  }
-  if (P > 0) {
-    const double inv = 1.0 / static_cast<double>(P);
-    st.rewards_chosen *= inv;
-    st.rewards_rejected *= inv;
-    st.rewards_accuracies *= inv;
-    st.rewards_margins *= inv;
-    st.logps_chosen *= inv;
-    st.logps_rejected *= inv;
-    st.calibration_error *= inv;
-  }
-
-  // ∂Loss/∂L_s for the *summed* log-prob: 1/n_s when the margin is averaged.
-  std::vector<double> grad_sum(static_cast<size_t>(S), 0.0);
+  // The reported form: L̄_s when averaged (an all-masked sequence: 0, never 0/0).
+  std::vector<double> seq_m(static_cast<size_t>(S), 0.0);
   for (int64_t s = 0; s < S; ++s)
-    grad_sum[s] = averaged ? (count[s] > 0 ? grad_m[s] / static_cast<double>(count[s]) : 0.0)
-                           : grad_m[s];
+    seq_m[s] = averaged ? (count[s] > 0 ? seq_sum[s] / static_cast<double>(count[s]) : 0.0)
+                        : seq_sum[s];
+
+  // ---- the pair step: every term's losses and coefficients, ∂Loss/∂L_s.
+  pair_inputs pin;
+  pin.n_seqs = S;
+  pin.n_pairs = P;
+  pin.seq_sums = seq_sum.data();
+  pin.seq_counts = count.data();
+  pin.pairs = in.pairs;
+  pin.soft_labels = in.soft_labels;
+  pin.ref_logps = in.ref_logps;
+  pin.weights = in.weights;
+  pin.grad_loss = in.grad_loss;
+  pin.grad_pair_losses = in.grad_pair_losses;
+  std::vector<double> pair_loss(static_cast<size_t>(P)), margin(static_cast<size_t>(P));
+  std::vector<double> grad_sum(static_cast<size_t>(S), 0.0);
+  pair_outputs pout;
+  pout.pair_losses = pair_loss.data();
+  pout.margins = margin.data();
+  pout.grad_seq_sums = grad_sum.data();
+  run_pairs(pin, opt, margin_for, pout);
+  const double total = pout.loss;
+  const metrics st = pout.stats;
+  const double norm = reduction_divisor(opt, P);
 
   // ---- outputs.
   if (out.token_logps)
@@ -272,12 +445,13 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Loss&
       for (int64_t v = 0; v < V; ++v) g_row[v] = 0.0;
     };
     for (int64_t s = 0; s < S; ++s) {
-      const double g = grad_sum[s];
       for (int64_t t = in.offsets[s]; t < static_cast<int64_t>(in.offsets[s + 1]); ++t) {
         if (!scored(t)) {
           zero_row(t);
           continue;
         }
+        // ∂L_s/∂ℓ_t = w_t.
+        const double g = in.token_weights ? grad_sum[s] * in.token_weights[t] : grad_sum[s];
         const auto z = Z.row(t);
         const int64_t y = in.labels[t];
         double* g_row = out.grad_logits + t * gld;
@@ -307,15 +481,36 @@ status compute_with_loss(const inputs<Logit, Label, Offset>& in, const options& 
   static_assert(detail::is_supported_index_v<Offset>, "offsets must be int32_t or int64_t");
   const status s = detail::validate_inputs(in, opt, out);
   if (s != status::success) return s;
-  detail::run(in, opt, loss, out);
+  detail::run(in, opt, detail::custom_margin<Loss>{loss}, out);
   return status::success;
 }
 
 template <class Logit, class Label, class Offset>
 status compute(const inputs<Logit, Label, Offset>& in, const options& opt, outputs& out) {
-  // Validate the loss before building a functor from it.
+  static_assert(detail::is_supported_logit_v<Logit>,
+                "logits must be float, double, Eigen::half or Eigen::bfloat16");
+  static_assert(detail::is_supported_index_v<Label>, "labels must be int32_t or int64_t");
+  static_assert(detail::is_supported_index_v<Offset>, "offsets must be int32_t or int64_t");
+  const status s = detail::validate_inputs(in, opt, out);
+  if (s != status::success) return s;
+  detail::run(in, opt, detail::builtin_margin{opt.loss}, out);
+  return status::success;
+}
+
+template <class Loss>
+status pair_step_with_loss(const pair_inputs& in, const options& opt, const Loss& loss,
+                           pair_outputs& out) {
   if (const status s = validate(opt); s != status::success) return s;
-  return compute_with_loss(in, opt, any_loss<double>(opt.loss), out);
+  detail::run_pairs(in, opt, detail::custom_margin<Loss>{loss}, out);
+  if (opt.reduce != reduction::none) out.loss /= reduction_divisor(opt, in.n_pairs);
+  return status::success;
+}
+
+inline status pair_step(const pair_inputs& in, const options& opt, pair_outputs& out) {
+  if (const status s = validate(opt); s != status::success) return s;
+  detail::run_pairs(in, opt, detail::builtin_margin{opt.loss}, out);
+  if (opt.reduce != reduction::none) out.loss /= reduction_divisor(opt, in.n_pairs);
+  return status::success;
 }
 
 }  // namespace geopref::reference
