@@ -129,3 +129,16 @@ def _sequence_logps_backward(ctx, grad_seq_logps, *_):
 
 torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backward,
                                 setup_context=_sequence_logps_setup)
+
+
+# ---- logits_grad and pref_loss_grad_seq are backward passes themselves: a
+# gradient of a gradient is not implemented, and says so rather than being
+# silently zero.
+
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError("geopref: the backward of a geopref operator is not "
+                              "differentiable (no double backward / create_graph=True)")
+
+
+torch.library.register_autograd("geopref::logits_grad", _no_double_backward)
+torch.library.register_autograd("geopref::pref_loss_grad_seq", _no_double_backward)

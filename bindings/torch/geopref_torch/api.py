@@ -44,11 +44,15 @@ TRL_LOSS_TYPES = {
 }
 
 
+# Read once from the compiled library (also keeps the call out of traced code).
+_LOSS_NAMES = tuple(ops.loss_names())
+
+
 def loss_types() -> Tuple[str, ...]:
     """Every loss name the compiled library knows (geopref's names), in its
     order. A loss added to the library appears here, and dpo_loss accepts it,
     without a change to this package."""
-    return tuple(ops.loss_names())
+    return _LOSS_NAMES
 
 
 class DPOOutput(NamedTuple):
