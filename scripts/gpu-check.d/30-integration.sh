@@ -9,7 +9,8 @@
 #   4. builds the PyTorch package (bindings/torch) with its CUDA kernels and
 #      runs its tests (bindings/torch/tests) on CPU and CUDA: every loss
 #      against plain PyTorch per dtype, opcheck, gradcheck, torch.compile,
-#      bad inputs.
+#      bad inputs; then times it against the plain formulation
+#      (bindings/torch/examples/bench_vs_plain.py).
 # Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
 # geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
 # --stage); without it steps 1's geopref-check and 3 are reported as skipped.
@@ -103,6 +104,9 @@ if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; 
   if [[ -d $site/geopref_torch ]]; then
     check torch-tests env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
       python3 -m pytest -q -p no:cacheprovider -rs bindings/torch/tests
+    # The op's time and memory against the plain-PyTorch formulation.
+    check torch-bench env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
+      python3 bindings/torch/examples/bench_vs_plain.py
   fi
 else
   say "PyTorch with CUDA not importable: torch steps skipped"

@@ -96,7 +96,7 @@ def plain_loss(policy_logps, ref_logps, soft, beta, geometric):
     # equal up to rounding (every pair at step 0, when policy = reference) may
     # count differently in double (geopref) and float32 (here); the smallest
     # gap tells the caller whether the comparison is meaningful.
-    min_gap = float((rc - rr).abs().min())
+    min_gap = float((rc - rr).detach().abs().min())
     return loss, {k: v.detach() for k, v in metrics.items()}, min_gap
 
 

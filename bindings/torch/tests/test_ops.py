@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import geopref_torch as gp
+from conftest import DEVICES
 import plain
 
 ops = torch.ops.geopref
@@ -334,3 +335,39 @@ def test_error_types_from_the_operator_itself():
     args[1] = bad
     with pytest.raises(IndexError, match="geopref.pref_loss: label out of range"):
         ops.pref_loss(*args)
+
+
+# ---- determinism and streams.
+
+def test_bitwise_repeatable(device):
+    pb = make_problem(37, layout="packed", device=device)
+    results = []
+    for _ in range(2):
+        z = pb["logits"].clone().requires_grad_(True)
+        out = gp.dpo_loss(z, pb["labels"], pb["offsets"], loss_type="gropo", soft_labels=pb["soft"],
+                          ref_logps=pb["ref"], **PARAMS)
+        out.loss.backward()
+        results.append((out.loss, out.logps, torch.stack(list(out.metrics.values())), z.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and the CUDA kernels")
+def test_cuda_runs_on_the_current_stream():
+    """On a side stream the result is the same bits as on the default stream
+    (the kernels, the workspace and the backward all follow the current stream)."""
+    pb = make_problem(41, P=4, T=64, V=1000, device="cuda", dtype=torch.bfloat16)
+    want_z = pb["logits"].clone().requires_grad_(True)
+    want = gp.dpo_loss(want_z, pb["labels"], pb["offsets"], loss_type="gdpo",
+                       soft_labels=pb["soft"], ref_logps=pb["ref"])
+    want.loss.backward()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        z = pb["logits"].clone().requires_grad_(True)
+        got = gp.dpo_loss(z, pb["labels"], pb["offsets"], loss_type="gdpo",
+                          soft_labels=pb["soft"], ref_logps=pb["ref"], check=False)
+        got.loss.backward()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(got.loss, want.loss) and torch.equal(z.grad, want_z.grad)
