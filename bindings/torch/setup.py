@@ -14,6 +14,11 @@ nvcc is found and either a GPU is visible or TORCH_CUDA_ARCH_LIST is set. So a
 machine without a GPU (CI) builds the CPU operators only, in well under a
 minute, and TORCH_CUDA_ARCH_LIST=9.0 compiles the CUDA kernels without a GPU.
 
+GEOPREF_TORCH_KERNELS_LIB=/path/to/libgeopref_cuda.a links the kernels a CMake
+build of this repository already compiled (target geopref_cuda_static, built
+for the card's architectures) instead of compiling kernels/c_api.cu again:
+the slowest part of the CUDA build (scripts/gpu-check.d/30-integration.sh).
+
 Eigen: GEOPREF_EIGEN_INCLUDE (or EIGEN3_INCLUDE_DIR), else the repository's
 .deps/root (scripts/gpu-check.sh --stage), else the usual system prefixes.
 Nothing is downloaded.
@@ -86,10 +91,16 @@ include_dirs = [INCLUDE, eigen_include()]
 nvcc_flags = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
               "-U__CUDA_NO_HALF2_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
 if cuda:
+    kernels_lib = os.environ.get("GEOPREF_TORCH_KERNELS_LIB")
+    if kernels_lib and not os.path.isfile(kernels_lib):
+        fail("GEOPREF_TORCH_KERNELS_LIB=%s does not exist" % kernels_lib)
+    if kernels_lib:
+        print("geopref-torch: linking the compiled kernels " + kernels_lib)
     ext = CUDAExtension(
         "geopref_torch._C",
-        sources=["csrc/ops.cpp", "csrc/ops_cuda.cpp", "csrc/c_api.cu"],
+        sources=["csrc/ops.cpp", "csrc/ops_cuda.cpp"] + ([] if kernels_lib else ["csrc/c_api.cu"]),
         include_dirs=include_dirs,
+        extra_objects=[kernels_lib] if kernels_lib else [],
         extra_compile_args={"cxx": ["-O2"], "nvcc": nvcc_flags},
     )
 else:

@@ -94,8 +94,11 @@ fi
 if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
   site=$build/torch-site
   rm -rf "$site"
+  # The kernels step 1 compiled for this card are linked, not compiled again.
+  kernels_lib=
+  [[ -f $build/kernels/libgeopref_cuda.a ]] && kernels_lib=$build/kernels/libgeopref_cuda.a
   check torch-build env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$cap}" MAX_JOBS=$jobs \
-    GEOPREF_TORCH_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps --no-index \
+    GEOPREF_TORCH_CUDA=1 GEOPREF_TORCH_KERNELS_LIB="$kernels_lib" python3 -m pip install -q --no-build-isolation --no-deps --no-index \
     --target "$site" ./bindings/torch
   if ! python3 -c "import pytest" >/dev/null 2>&1 && compgen -G "$root/.whl/pytest-*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --find-links "$root/.whl" --target "$site" pytest \
