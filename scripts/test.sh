@@ -13,6 +13,12 @@ jobs=$(nproc)
 echo "== build (release) =="
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
+if command -v nvcc >/dev/null; then
+  # The hot loops' SASS against their budgets (docs/benchmarks.md, "Static
+  # cost"), from the object the build just compiled: a few seconds.
+  echo "== static cost of the hot loops (sm_90 SASS) =="
+  scripts/sass-report.sh build/kernels/CMakeFiles/geopref_cuda_objects.dir/c_api.cu.o
+fi
 echo "== ctest (release) =="
 (cd build && ctest --output-on-failure -j "$jobs")
 

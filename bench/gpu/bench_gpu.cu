@@ -3,10 +3,10 @@
 //   gpu/copy/bytes:B                            cudaMemcpyAsync device to device: the roof
 //   gpu/{fused,naive}/{forward,backward,step}/{bf16,fp32}/N:.../V:...
 //
-// fused is geopref::cuda::train_step: forward = the call without a gradient
-// (forward pass, per-sequence sums, pair loss), step = the call with one
-// (forward, loss, backward), backward = step − forward, the two timed back to
-// back in every iteration (the API has no separate backward entry).
+// fused is geopref::cuda: forward = train_step without a gradient (forward
+// pass, per-sequence sums, pair loss), step = train_step with one (forward,
+// loss, backward), backward = logits_grad alone, from the lse and g_s of an
+// untimed train_step without a gradient.
 // naive is bench/gpu/naive_kernels.cuh (op by op, an fp32 log-softmax
 // materialised). Every iteration is timed with CUDA events around a cold L2
 // (gpu/cuda_timer.cuh) and reported as Google Benchmark manual time.
@@ -204,6 +204,54 @@ struct fused_call {
   }
 };
 
+/// A logits_grad call: the backward pass alone, from the lse [N] and g_s [S]
+/// that a train_step without a gradient wrote (run once, untimed).
+struct grad_call {
+  gc::grad_args args{};
+  geopref::options opt{};
+  gb::device_buffer workspace, lse, seq_grad;
+  size_t workspace_bytes = 0;
+  geopref::status st = geopref::status::success;
+
+  grad_call(const gpu_problem& pb, fused_call& fwd, void* grad) {
+    const gb::shape& s = pb.s;
+    lse = gb::device_buffer(static_cast<size_t>(s.rows) * sizeof(float));
+    seq_grad = gb::device_buffer(static_cast<size_t>(s.seqs()) * sizeof(float));
+    if (!lse.ok() || !seq_grad.ok()) {
+      st = geopref::status::cuda_error;
+      return;
+    }
+    fwd.args.lse = lse.get<float>();
+    fwd.args.grad_seq_logps = seq_grad.get<float>();
+    st = fwd.run(nullptr);
+    if (st == geopref::status::success) st = fwd.device_status();
+    fwd.args.lse = nullptr;
+    fwd.args.grad_seq_logps = nullptr;
+    if (st != geopref::status::success) return;
+    args.tokens = fwd.args.tokens;
+    args.lse = lse.get<float>();
+    args.grad_seq_logps = seq_grad.get<float>();
+    args.grad_logits = grad;
+    opt = fwd.opt;
+    st = gc::logits_grad(nullptr, workspace_bytes, args, opt, nullptr);
+    if (st != geopref::status::success) return;
+    workspace = gb::device_buffer(std::max<size_t>(workspace_bytes, 1));
+    if (!workspace.ok()) st = geopref::status::cuda_error;
+  }
+  geopref::status run(cudaStream_t stream) {
+    return gc::logits_grad(workspace.get(), workspace_bytes, args, opt, stream);
+  }
+  /// Device memory beyond inputs and gradient: workspace, lse and g_s.
+  double extra_bytes() const {
+    return static_cast<double>(workspace_bytes + lse.bytes() + seq_grad.bytes());
+  }
+  geopref::status device_status() const {
+    geopref::status recorded = geopref::status::success;
+    const geopref::status s = gc::device_status(workspace.get(), nullptr, &recorded);
+    return s != geopref::status::success ? s : recorded;
+  }
+};
+
 enum class phase { forward, backward, step };
 const char* phase_name(phase p) {
   return p == phase::forward ? "forward" : p == phase::backward ? "backward" : "step";
@@ -222,27 +270,44 @@ void bm_fused(benchmark::State& state, gb::shape s, dt d, phase ph) {
       return;
     }
   }
+  if (ph == phase::backward) {
+    grad_call bwd(pb, fwd, pb.grad.get());
+    if (bwd.st != geopref::status::success) {
+      state.SkipWithError((std::string("logits_grad: ") + geopref::status_string(bwd.st)).c_str());
+      return;
+    }
+    if (bwd.run(nullptr) != geopref::status::success ||
+        bwd.device_status() != geopref::status::success) {
+      state.SkipWithError("logits_grad failed on the warm-up call");
+      return;
+    }
+    gb::event_pair ev;
+    gb::l2_flusher l2;
+    double seconds = 0;
+    geopref::status st = geopref::status::success;
+    for (auto _ : state) {
+      gb::cuda_event_timer timer(state, ev, l2, nullptr, &seconds);
+      st = bwd.run(nullptr);
+    }
+    if (st != geopref::status::success || bwd.device_status() != geopref::status::success) {
+      state.SkipWithError("logits_grad failed while timed");
+      return;
+    }
+    set_counters(state, s, gb::fused_backward_bytes(s, sizes(d)), seconds, bwd.extra_bytes());
+    return;
+  }
   fused_call& main = ph == phase::forward ? fwd : step;
   if (main.run(nullptr) != geopref::status::success || main.device_status() != geopref::status::success) {
     state.SkipWithError("train_step failed on the warm-up call");
     return;
   }
-  if (ph == phase::backward) (void)fwd.run(nullptr);  // its warm-up too
   gb::event_pair ev;
   gb::l2_flusher l2;
   double seconds = 0;
   geopref::status st = geopref::status::success;
   for (auto _ : state) {
-    if (ph == phase::backward) {
-      const double t_fwd = gb::time_once(ev, l2, nullptr, [&] { st = fwd.run(nullptr); });
-      const double t_step = gb::time_once(ev, l2, nullptr, [&] { st = step.run(nullptr); });
-      const double t = std::max(t_step - t_fwd, 0.0);
-      seconds += t;
-      state.SetIterationTime(t);
-    } else {
-      gb::cuda_event_timer timer(state, ev, l2, nullptr, &seconds);
-      st = main.run(nullptr);
-    }
+    gb::cuda_event_timer timer(state, ev, l2, nullptr, &seconds);
+    st = main.run(nullptr);
   }
   if (st != geopref::status::success || main.device_status() != geopref::status::success) {
     state.SkipWithError("train_step failed while timed");

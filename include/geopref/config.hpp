@@ -12,6 +12,18 @@
 #define GEOPREF_HD_INLINE inline
 #endif
 
+// Loop unrolling hints for device code: `#pragma unroll` (GEOPREF_UNROLL) and
+// `#pragma unroll 1` (GEOPREF_NO_UNROLL) under nvcc; nothing for a host
+// compiler (the CPU tests of the arithmetic, the host emulator), which would
+// warn about an unknown pragma. Device code uses these, never the bare pragma.
+#if defined(__CUDA_ARCH__)
+#define GEOPREF_UNROLL _Pragma("unroll")
+#define GEOPREF_NO_UNROLL _Pragma("unroll 1")
+#else
+#define GEOPREF_UNROLL
+#define GEOPREF_NO_UNROLL
+#endif
+
 #define GEOPREF_VERSION_MAJOR 0
 #define GEOPREF_VERSION_MINOR 1
 #define GEOPREF_VERSION_PATCH 0

@@ -6,20 +6,29 @@
 // rounded logits as the reference, so input rounding never counts; what
 // counts is the kernels' fp32 arithmetic and the rounding of the outputs.
 // u = 2⁻²⁴ is fp32's unit roundoff.
-//   * Σ exp: each thread adds about V/256 terms sequentially (error ≤ V/256·u
-//     relative), each term carries ≤ ~5u from exp_fast (ex2.approx is 2 ulp,
-//     plus the rounding of (z − m)·log₂e, whose effect e^x·|x|·u is below
-//     u/e), one rescale per vector and ~13 merges of the block tree. Bound:
-//     eps_sum(V) = 2 (V/128 + 128) u, a worst case, well above the typical.
-//   * lse_t = m + log s: eps_sum + 2u|lse_t|. ℓ_t = z_y − lse_t adds 2u(|ℓ_t| + |z_y|).
+//   * Σ exp: the kernels work in base 2 (arith.cuh): each term is
+//     ex2(fma(z, log₂e, −m)) with an integer m ≥ max z·log₂e. Each thread adds
+//     about V/256 terms sequentially (error ≤ V/256·u relative); each term
+//     carries ≤ ~3u (ex2.approx is 2 ulp, plus the one rounding of the FFMA,
+//     whose effect 2^t·|t|·ln2·u is below u/e); rescales are exact powers of
+//     two; ~13 merges of the block tree and the splits add one rounding each.
+//     Bound: eps_sum(V) = 2 (V/128 + 128) u, a worst case, well above the
+//     typical (it was set for the former base-e code, which had more error:
+//     a rounded rescale per vector).
+//   * lse_t = (m + log₂ s)·ln 2: eps_sum + 2u|lse_t| (the sum and the product
+//     round once each; log₂ s ≤ log₂ V is absorbed by eps_sum's 256u floor).
+//     ℓ_t = z_y − lse_t adds 2u(|ℓ_t| + |z_y|).
 //   * L_s: the sum over its rows of the ℓ_t bounds (in double on the GPU), then
 //     ÷ n_s when averaged; + 2u|L_s| for the float output.
 //   * Pair values: the margin error e_h = err(L_a) + err(L_b) propagates
 //     through f with the largest |f'| on [h − e_h, h + e_h], and through f'
 //     with the largest change of f' there (this covers hinge's kink too);
 //     pair math itself is double. Float outputs add 2u relative.
-//   * grad[t, v] = g (𝟙 − p), p = exp(z − lse): |g| p (err(lse_t) + (2|z − lse| + 6) u)
-//     + err(g) |𝟙 − p| + 3u|grad| for the fp32 arithmetic, then the output
+//   * grad[t, v] = g (𝟙 − p), p = 2^fma(z, log₂e, −rn(lse·log₂e)): the
+//     pre-scaled lse rounds once (u|lse| relative in p, inside err(lse_t)'s
+//     2u|lse_t|), the FFMA once (≤ u|z − lse|), ex2 2 ulp, so
+//     |g| p (err(lse_t) + (2|z − lse| + 6) u) + err(g) |𝟙 − p| + 3u|grad|
+//     covers it; the label column's −g·expm1(z_y − lse) errs less. Then the output
 //     rounding: u_out |grad| with u_out = 2⁻¹¹ (half), 2⁻⁸ (bfloat16: 8
 //     significant bits), 0 (float, already counted), plus half's subnormal
 //     spacing 2⁻²⁵ as an absolute floor.

@@ -161,6 +161,60 @@ TEST_CASE("the gradient may alias the logits only exactly in place", "[cuda][api
   CHECK(with([](auto& a) { a.grad_logits = fake(0x100001 + 80000); }) == status::misaligned_pointer);
 }
 
+TEST_CASE("buffers overlapping the workspace are rejected", "[cuda][api]") {
+  // A full-size fake workspace: an overlap must be rejected before the first
+  // CUDA call (a call that got past the checks would fail with cuda_error).
+  constexpr uintptr_t WS = 0x800000;  // 256-aligned: the used part starts here
+  const gc::train_args base = valid_args();
+  size_t b = 0;
+  REQUIRE(query(base, {}, &b) == status::success);
+  auto train = [&](auto edit) {
+    gc::train_args a = base;
+    edit(a);
+    size_t given = b;
+    return gc::train_step(fake(WS), given, a, {});
+  };
+  const size_t used = b - 255;  // the request is the layout plus 255 bytes to align the base
+  const uintptr_t grad_bytes = 40 * 1000 * 2;
+  CHECK(train([](auto& a) { a.grad_logits = fake(WS + 256); }) == status::overlapping_buffers);
+  CHECK(train([&](auto& a) { a.grad_logits = fake(WS + 2 - grad_bytes); }) == status::overlapping_buffers);
+  CHECK(train([&](auto& a) { a.grad_logits = fake(WS + used - 2); }) == status::overlapping_buffers);
+  CHECK(train([&](auto& a) {
+          a.grad_logits = fake(WS + 512);
+          a.grad_float32 = true;
+        }) == status::overlapping_buffers);
+  CHECK(train([](auto& a) { a.tokens.logits = fake(WS + 1024); }) == status::overlapping_buffers);
+  CHECK(train([](auto& a) {  // in place, inside the workspace
+          a.tokens.logits = fake(WS + 1024);
+          a.grad_logits = fake(WS + 1024);
+        }) == status::overlapping_buffers);
+
+  gc::logps_args l;
+  l.tokens = base.tokens;
+  l.seq_logps = fake<float>(0x500000);
+  size_t lb = 0;
+  REQUIRE(gc::sequence_logps(nullptr, lb, l, {}) == status::success);
+  l.tokens.logits = fake(WS + 2);
+  CHECK(gc::sequence_logps(fake(WS), lb, l, {}) == status::overlapping_buffers);
+
+  gc::grad_args g;
+  g.tokens = base.tokens;
+  g.lse = fake<float>(0x500000);
+  g.grad_seq_logps = fake<float>(0x600000);
+  g.grad_logits = fake(0x400000);
+  size_t gb = 0;
+  REQUIRE(gc::logits_grad(nullptr, gb, g, {}) == status::success);
+  auto grad = [&](auto edit) {
+    gc::grad_args a = g;
+    edit(a);
+    size_t given = gb;
+    return gc::logits_grad(fake(WS), given, a, {});
+  };
+  CHECK(grad([](auto& a) { a.grad_logits = fake(WS); }) == status::overlapping_buffers);
+  CHECK(grad([](auto& a) { a.lse = fake<float>(WS + 4); }) == status::overlapping_buffers);
+  CHECK(grad([](auto& a) { a.grad_seq_logps = fake<float>(WS + 8); }) == status::overlapping_buffers);
+}
+
 TEST_CASE("sequence_logps host checks", "[cuda][api]") {
   gc::logps_args l;
   l.tokens = valid_args().tokens;

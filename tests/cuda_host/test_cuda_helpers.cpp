@@ -4,6 +4,7 @@
 // sequence search and the workspace layout.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -66,7 +67,7 @@ TEST_CASE("online logsumexp: empty and all -inf stay finite-free, never NaN", "[
   const d::lse_state e = d::lse_empty();
   CHECK(d::lse_finish(e) == -INFINITY);
   const d::lse_state m = d::lse_merge(e, e);
-  CHECK(m.m == -INFINITY);
+  CHECK(m.m == e.m);
   CHECK(m.s == 0.0f);
   const float all_inf[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
                             -INFINITY, -INFINITY, -INFINITY, -INFINITY};
@@ -81,7 +82,46 @@ TEST_CASE("online logsumexp: empty and all -inf stay finite-free, never NaN", "[
   CHECK(b.s == a.s);
   CHECK(c.m == a.m);
   CHECK(c.s == a.s);
-  CHECK(d::lse_finish(a) == 3.5f);  // a single value: m + log 1
+  // A single value: (m + log2 2^(y − m))·ln 2, rounded a few times.
+  CHECK(std::fabs(d::lse_finish(a) - 3.5f) <= 4 * 2.4e-7f * 3.5f);
+}
+
+TEST_CASE("online logsumexp: a NaN or +inf anywhere gives NaN", "[cuda][helpers]") {
+  const d::lse_state e = d::lse_empty();
+  const float bad[2] = {NAN, INFINITY};
+  for (float x : bad) {
+    INFO("bad value " << x);
+    // First value seen, alone, after finite values, before them, in a vector.
+    const d::lse_state alone = d::lse_update1(e, x);
+    CHECK(std::isnan(d::lse_finish(alone)));
+    CHECK(std::isnan(d::lse_finish(d::lse_update1(d::lse_update1(e, 1.0f), x))));
+    CHECK(std::isnan(d::lse_finish(d::lse_update1(alone, 1.0f))));
+    CHECK(std::isnan(d::lse_finish(d::lse_update1(alone, 1e30f))));
+    float v[8] = {x, x, x, x, x, x, x, x};
+    CHECK(std::isnan(d::lse_finish(d::lse_update<8>(e, v))));
+    v[0] = 2.0f;
+    CHECK(std::isnan(d::lse_finish(d::lse_update<8>(e, v))));
+    // Merged with empty, finite and larger states, either side.
+    const d::lse_state big = d::lse_update1(e, 1e4f);
+    for (const d::lse_state& o : {e, d::lse_update1(e, -3.0f), big}) {
+      CHECK(std::isnan(d::lse_finish(d::lse_merge(alone, o))));
+      CHECK(std::isnan(d::lse_finish(d::lse_merge(o, alone))));
+    }
+  }
+  // −inf is not bad: it adds nothing.
+  CHECK(d::lse_finish(d::lse_update1(d::lse_update1(e, -INFINITY), 0.0f)) == 0.0f);
+}
+
+TEST_CASE("exp2_int and ex2_ftz", "[cuda][helpers]") {
+  for (int i = 0; i >= -140; --i)
+    CHECK(d::exp2_int(static_cast<float>(i)) == (i >= -126 ? std::ldexp(1.0f, i) : 0.0f));
+  CHECK(d::exp2_int(-INFINITY) == 0.0f);
+  CHECK(d::exp2_int(NAN) == 0.0f);
+  CHECK(d::exp2_int(-3.4028234663852886e38f) == 0.0f);
+  CHECK(d::ex2_ftz(-127.0f) == 0.0f);  // subnormal results are flushed, as on the device
+  CHECK(d::ex2_ftz(-126.0f) == std::ldexp(1.0f, -126));
+  CHECK(d::ex2_ftz(-INFINITY) == 0.0f);
+  CHECK(std::isnan(d::ex2_ftz(NAN)));
 }
 
 TEST_CASE("row partition covers [0, V) exactly with aligned vectors", "[cuda][helpers]") {
@@ -121,21 +161,33 @@ TEST_CASE("row partition covers [0, V) exactly with aligned vectors", "[cuda][he
   }
 }
 
-TEST_CASE("row splits: only for few rows and long rows, bounded", "[cuda][helpers]") {
+TEST_CASE("row splits: fixed-size chunks for every N, finer for few rows, bounded", "[cuda][helpers]") {
   CHECK(d::choose_splits(0, 1000, 2) == 1);
-  CHECK(d::choose_splits(d::TARGET_BLOCKS, 128256, 2) == 1);
-  CHECK(d::choose_splits(1, 100, 4) == 1);               // short rows are never split
-  CHECK(d::choose_splits(1, 128256, 2) == 31);  // 16032 vectors / 512
-  CHECK(d::choose_splits(1, 20000, 4) == 9);   // 5000 vectors / 512
+  CHECK(d::choose_splits(1, 100, 4) == 1);      // short rows are never split
+  CHECK(d::choose_splits(1, 128256, 2) == 31);  // few rows: 16032 vectors / 512
+  CHECK(d::choose_splits(1, 20000, 4) == 9);    // 5000 vectors / 512
+  // Many rows: 64 KiB chunks, the same for every N.
+  for (int64_t n : {int64_t{2048}, int64_t{3000}, int64_t{16384}, int64_t{1} << 30}) {
+    CHECK(d::choose_splits(n, 128256, 2) == 4);  // 16032 vectors / 4096, rounded up
+    CHECK(d::choose_splits(n, 128256, 4) == 8);  // 32064 / 4096
+    CHECK(d::choose_splits(n, 32000, 2) == 1);   // 4000 vectors: one chunk
+    CHECK(d::choose_splits(n, 32800, 2) == 2);   // 4100
+  }
+  CHECK(d::choose_splits(16384, int64_t{1} << 30, 2) == d::MAX_SPLITS);
   for (int64_t n : {1, 2, 5, 31, 100, 1000, 2047, 2048, 100000})
-    for (int64_t v : {1, 37, 4096, 50257, 128256, 1000000})
+    for (int64_t v : {1, 37, 4096, 50257, 128256, 1000000, 100000000})
       for (int eb : {2, 4}) {
+        INFO("n " << n << " v " << v << " bytes " << eb);
         const int k = d::choose_splits(n, v, eb);
+        const int64_t nvec = v / (16 / eb);
         CHECK(k >= 1);
         CHECK(k <= d::MAX_SPLITS);
-        if (k > 1) {
-          CHECK(n * k <= 2 * d::TARGET_BLOCKS);
-          CHECK(v / (16 / eb) >= d::MIN_VECS_PER_SPLIT * k);
+        // Every split's vectors within a chunk (up to the cap on splits) ...
+        if (k < d::MAX_SPLITS) CHECK((nvec + k - 1) / k <= d::CHUNK_VECS);
+        // ... and a split finer than chunks only for few rows, never below 512 vectors.
+        if (k > std::max<int64_t>(1, (nvec + d::CHUNK_VECS - 1) / d::CHUNK_VECS)) {
+          CHECK(n < d::TARGET_BLOCKS);
+          CHECK(nvec >= d::MIN_VECS_PER_SPLIT * k);
         }
       }
 }

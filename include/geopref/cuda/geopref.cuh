@@ -26,7 +26,12 @@
 // Errors:
 //   * Everything the host can check (sizes, strides, null pointers, loss and
 //     reduction parameters, buffer overlap, alignment) is returned at once as a
-//     geopref::status and nothing is enqueued.
+//     geopref::status and nothing is enqueued. Overlap includes the logits,
+//     the gradient (and logits_grad's lse and g_s) meeting the workspace:
+//     overlapping_buffers.
+//   * A failed CUDA call or launch is status::cuda_error; the library only
+//     peeks at the runtime's last error, so cudaGetLastError() then gives the
+//     code. An error the caller left pending is reported the same way.
 //   * Problems in device data (a label outside [0, V) that is not ignore_index,
 //     bad offsets, a pair index outside [0, S), p̂ outside [0, 1] or NaN, a
 //     negative/NaN/inf weight, a NaN or +inf reference log-prob, a NaN/inf
@@ -40,7 +45,9 @@
 //     several problems exist, the smallest status code among them is reported.
 //
 // Determinism: no floating-point atomics; every reduction has a fixed order,
-// so the same inputs on the same device give bitwise-identical outputs.
+// and rows are cut into splits by their length alone (never by the device's
+// SM count), so the same inputs give bitwise-identical outputs run after run
+// and on any card of the same architecture.
 //
 // Buffers are device pointers unless stated. Float inputs that are not logits
 // (soft labels, reference log-probs, weights, upstream gradients) are float32;

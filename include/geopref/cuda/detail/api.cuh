@@ -172,6 +172,28 @@ inline status check_logps(const logps_args& a, const options& opt, bool buffers)
   return status::success;
 }
 
+/// Whether the bytes r meet the part of the workspace a call uses (from the
+/// aligned base, w.bytes long): a buffer there would be overwritten by the
+/// call's own bookkeeping, or would overwrite it.
+inline bool meets_workspace(byte_range r, const void* workspace, const workspace_layout& w) noexcept {
+  const uintptr_t b = align_up_ptr(reinterpret_cast<uintptr_t>(workspace));
+  return r.begin < b + w.bytes && b < r.end;
+}
+
+/// The logits and (when given) the gradient of N > 0 rows against the workspace.
+inline bool tokens_meet_workspace(const token_inputs& x, const void* grad, int64_t grad_ld_arg,
+                                  bool grad_float32, const void* workspace,
+                                  const workspace_layout& w) noexcept {
+  if (x.n_rows == 0) return false;
+  const int in_bytes = dtype_bytes(x.logits_dtype);
+  if (meets_workspace(used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes), workspace, w))
+    return true;
+  if (grad == nullptr) return false;
+  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+  return meets_workspace(used_bytes(grad, x.n_rows, grad_ld, x.vocab, grad_float32 ? 4 : in_bytes),
+                         workspace, w);
+}
+
 inline workspace_layout layout_for(const token_inputs& x, int64_t n_pairs, bool train) noexcept {
   return make_layout(x.n_rows, x.vocab, dtype_bytes(x.logits_dtype), x.n_seqs, n_pairs, train);
 }
@@ -188,6 +210,8 @@ inline status sequence_logps(void* workspace, size_t& workspace_bytes, const log
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  if (detail::tokens_meet_workspace(args.tokens, nullptr, 0, false, workspace, w))
+    return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
   s = detail::enqueue_forward(args.tokens, opt, w, ws, nullptr, args.seq_logps, args.seq_counts,
                               stream);
@@ -205,6 +229,9 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  if (detail::tokens_meet_workspace(args.tokens, args.grad_logits, args.grad_ld,
+                                    args.grad_float32, workspace, w))
+    return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
   s = detail::enqueue_forward(args.tokens, opt, w, ws, args.ref_logps, args.seq_logps,
                               args.seq_counts, stream);
@@ -226,6 +253,14 @@ inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_a
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  // logits_grad reads lse and g_s while rows_kernel writes the workspace.
+  if (detail::tokens_meet_workspace(x, args.grad_logits, args.grad_ld, args.grad_float32,
+                                    workspace, w) ||
+      (x.n_rows > 0 &&
+       detail::meets_workspace(detail::used_bytes(args.lse, x.n_rows, 1, 1, 4), workspace, w)) ||
+      (x.n_seqs > 0 && detail::meets_workspace(
+                           detail::used_bytes(args.grad_seq_logps, x.n_seqs, 1, 1, 4), workspace, w)))
+    return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
   s = detail::enqueue_rows(x, opt, ws, stream);
   if (s != status::success || x.n_rows == 0) return s;

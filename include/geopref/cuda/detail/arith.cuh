@@ -6,63 +6,117 @@
 #pragma once
 
 #include <math.h>
+#include <string.h>
 
 #include <cstdint>
 
 #include "geopref/config.hpp"
 
-// #pragma unroll for code that the host compiler also sees (g++ warns on it).
-#if defined(__CUDA_ARCH__)
-#define GEOPREF_UNROLL _Pragma("unroll")
-#else
-#define GEOPREF_UNROLL
-#endif
 
 namespace geopref::cuda::detail {
 
 inline constexpr float LOG2E = 1.4426950408889634f;
+inline constexpr float LN2 = 0.6931471805599453f;
 
-/// eˣ as 2^(x·log2 e): a single ex2 instruction on the device. x is always a
-/// difference z − m ≤ 0 here, and the terms that matter have |x| ≲ 100, where
-/// the rounding of x·log2 e costs at most ~1e-5 relative — below what the fp32
-/// accumulation of a 10⁵-term sum already loses (see the tolerances in
-/// tests/cuda/gpu_harness.cuh).
-GEOPREF_HD_INLINE float exp_fast(float x) { return exp2f(x * LOG2E); }
+/// The bits of a float and back (a register move on the device).
+GEOPREF_HD_INLINE uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+GEOPREF_HD_INLINE float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+/// 2ˣ by the MUFU's ex2.approx.ftz, written out in PTX so that a consumer's
+/// -ftz / --use_fast_math changes no bit of the result. Its error is 2 ulp
+/// (PTX ISA); results below 2⁻¹²⁶ are flushed to +0, which the host version
+/// (the emulator, the host tests) does too.
+GEOPREF_HD_INLINE float ex2_ftz(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  const float y = exp2f(x);
+  return y < 1.1754943508222875e-38f ? 0.0f : y;  // NaN stays NaN
+#endif
+}
+
+/// eˣ as 2^(x·log₂e) (the scalar paths and merges; the hot loops fold the
+/// log₂e into one FFMA with a pre-scaled subtrahend).
+GEOPREF_HD_INLINE float exp_fast(float x) { return ex2_ftz(x * LOG2E); }
+
+/// 2ᵈ for an integer-valued d ≤ 0, exactly and without the MUFU: d + 127 is
+/// placed in the low mantissa bits of 2²³ + 127 + d and shifted into the
+/// exponent field. d < −126 (also −inf and NaN, which fmaxf turns into −127)
+/// gives +0.
+GEOPREF_HD_INLINE float exp2_int(float d) {
+  return bits_float(float_bits(fmaxf(d, -127.0f) + 8388735.0f) << 23);
+}
 
 // ---------------------------------------------------------------------------
-// Online logsumexp.
+// Online logsumexp, in base 2.
 //
-// State (m, s) stands for the sum Σ exp(x_i) = s · eᵐ over the values seen so
-// far; m is their maximum. The empty state is (−inf, 0). Rows whose entries
-// are all −inf stay at (−inf, 0), and their lse is −inf, never NaN.
+// With y_i = x_i·log₂e, state (m, s) stands for Σ 2^(y_i) = s · 2ᵐ over the
+// values seen so far. m is integer-valued and only rises (to ⌈max y⌉) when a
+// larger value arrives, so the rescale of s is an exact power of two made
+// without an exp (exp2_int), and each value costs one FFMA (y − m), one ex2
+// and one add. The empty state is (−FLT_MAX, 0): m stays finite, so no −inf −
+// −inf is ever formed; a row whose entries are all −inf ends with s = 0 and
+// lse = −inf. NaN and +inf are never dropped: a NaN value makes s NaN (its
+// FFMA and ex2 are NaN; the maximum's fmaxf ignores it, which is harmless
+// since s already carries it); +inf raises m to +inf and its own term is
+// +inf − +inf = NaN. A NaN s survives every merge (NaN · 0 is NaN), so the
+// row's lse is NaN (docs/math.md). Finite logits must stay below 2.3·10³⁸ in
+// magnitude (x·log₂e must be finite).
 
 struct lse_state {
-  float m;  // running maximum
-  float s;  // Σ exp(x_i − m)
+  float m;  // integer-valued, >= ⌈max y_i⌉ once a finite value was seen
+  float s;  // Σ 2^(y_i − m)
 };
 
-GEOPREF_HD_INLINE lse_state lse_empty() { return {-INFINITY, 0.0f}; }
+GEOPREF_HD_INLINE lse_state lse_empty() { return {-3.4028234663852886e38f, 0.0f}; }
+
+/// Raises m to ⌈ymax⌉ when that is larger (NaN never raises).
+GEOPREF_HD_INLINE lse_state lse_raise(lse_state st, float ymax) {
+  const float m = ceilf(ymax);
+  if (m > st.m) {
+    st.s *= exp2_int(st.m - m);
+    st.m = m;
+  }
+  return st;
+}
 
 /// The state of the union of two disjoint sets of values.
 GEOPREF_HD_INLINE lse_state lse_merge(lse_state a, lse_state b) {
   const float m = fmaxf(a.m, b.m);
-  if (m == -INFINITY) return lse_empty();  // both empty (or all −inf): avoid −inf − −inf
-  return {m, a.s * exp_fast(a.m - m) + b.s * exp_fast(b.m - m)};
+  return {m, a.s * exp2_int(a.m - m) + b.s * exp2_int(b.m - m)};
 }
 
-/// Adds W values: the maximum is taken over the whole vector first, so the
-/// running sum is rescaled once per vector, not once per element.
+/// Adds W values: the state is raised once for the whole vector, then each
+/// value is one FFMA, one ex2 and one add.
 template <int W>
 GEOPREF_HD_INLINE lse_state lse_update(lse_state st, const float (&x)[W]) {
   float vm = x[0];
 GEOPREF_UNROLL
   for (int i = 1; i < W; ++i) vm = fmaxf(vm, x[i]);
-  const float m = fmaxf(st.m, vm);
-  if (m == -INFINITY) return st;  // everything so far is −inf
-  float s = st.s * exp_fast(st.m - m);
+  st = lse_raise(st, vm * LOG2E);
+  float s = 0.0f;
 GEOPREF_UNROLL
-  for (int i = 0; i < W; ++i) s += exp_fast(x[i] - m);
-  return {m, s};
+  for (int i = 0; i < W; ++i) s += ex2_ftz(fmaf(x[i], LOG2E, -st.m));
+  st.s += s;
+  return st;
 }
 
 /// Adds one value (prologue and tail elements).
@@ -71,10 +125,11 @@ GEOPREF_HD_INLINE lse_state lse_update1(lse_state st, float x) {
   return lse_update<1>(st, v);
 }
 
-/// log Σ exp(x_i) = m + log s; −inf for the empty state.
+/// log Σ exp(x_i) = (m + log₂ s)·ln 2; −inf for the empty state (s = 0), NaN
+/// when s is.
 GEOPREF_HD_INLINE float lse_finish(lse_state st) {
-  if (st.m == -INFINITY) return -INFINITY;
-  return st.m + logf(st.s);
+  if (st.s == 0.0f) return -INFINITY;
+  return (st.m + log2f(st.s)) * LN2;
 }
 
 // ---------------------------------------------------------------------------
@@ -126,22 +181,32 @@ GEOPREF_HD_INLINE vec_range split_columns(row_span sp, int64_t vocab, int elem_b
 }
 
 // ---------------------------------------------------------------------------
-// How many blocks share one row. Splitting only pays when there are too few
-// rows to fill the GPU; the choice depends on the shape alone (not on the
-// device or the pointers), so the workspace size is a function of the
-// arguments and results are reproducible across calls.
+// How many blocks share one row. Every row is cut into chunks of at most
+// CHUNK_VECS 16-byte vectors (64 KiB of logits), whatever N: the grid then
+// holds many blocks of equal, modest work, so the last wave of a kernel is a
+// small share of it for any N (one block per long row left up to a third of
+// a wave idle for an unlucky N). Few rows are cut finer still, to fill the
+// GPU. The choice depends on the shape alone (never on the device or the
+// pointers): the workspace size is a function of the arguments, and the
+// partial states are merged in split order (combine_kernel), so results are
+// bitwise identical across runs and across cards with any SM count.
 
-inline constexpr int MAX_SPLITS = 64;          // gridDim.y, and partials per row
-inline constexpr int64_t TARGET_BLOCKS = 2048;  // enough to fill an H100/H200 twice over
+inline constexpr int MAX_SPLITS = 64;               // gridDim.y, and partials per row
+inline constexpr int64_t CHUNK_VECS = 4096;         // 16 vectors per thread of a 256-thread block
+inline constexpr int64_t TARGET_BLOCKS = 2048;      // enough to fill an H100/H200 twice over
 inline constexpr int64_t MIN_VECS_PER_SPLIT = 512;  // 2 vectors per thread of a 256-thread block
 
 GEOPREF_HD_INLINE int choose_splits(int64_t n_rows, int64_t vocab, int elem_bytes) {
-  if (n_rows <= 0 || n_rows >= TARGET_BLOCKS) return 1;
+  if (n_rows <= 0) return 1;
   const int64_t nvec = vocab / (16 / elem_bytes);
-  int64_t k = (TARGET_BLOCKS + n_rows - 1) / n_rows;
-  const int64_t by_work = nvec / MIN_VECS_PER_SPLIT;
-  if (k > by_work) k = by_work;
-  if (k > MAX_SPLITS) k = MAX_SPLITS;
+  int64_t k = (nvec + CHUNK_VECS - 1) / CHUNK_VECS;  // fixed-size chunks, for every N
+  if (n_rows < TARGET_BLOCKS) {                       // and finer when there are few rows
+    int64_t fill = (TARGET_BLOCKS + n_rows - 1) / n_rows;
+    const int64_t by_work = nvec / MIN_VECS_PER_SPLIT;
+    if (fill > by_work) fill = by_work;
+    if (fill > k) k = fill;
+  }
+  if (k > MAX_SPLITS) k = MAX_SPLITS;  // beyond 64 · 4096 vectors (2M bf16) chunks grow
   return k < 1 ? 1 : static_cast<int>(k);
 }
 

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "geopref/cuda/detail/arith.cuh"
@@ -54,6 +55,155 @@ struct alignas(16) vec {
   U v[W];
 };
 
+/// The W = 16 / sizeof(T) elements of a 16-byte word as floats. bfloat16 is
+/// the upper half of a float, so its unpacking is a shift and a mask.
+template <class T>
+__device__ __forceinline__ void unpack(const uint4& w, float (&x)[16 / sizeof(T)]) {
+  const auto& v = *reinterpret_cast<const vec<T, 16 / sizeof(T)>*>(&w);
+GEOPREF_UNROLL
+  for (int e = 0; e < static_cast<int>(16 / sizeof(T)); ++e) x[e] = to_float(v.v[e]);
+}
+template <>
+__device__ __forceinline__ void unpack<__nv_bfloat16>(const uint4& w, float (&x)[8]) {
+  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+GEOPREF_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    x[2 * i] = bits_float(u[i] << 16);               // element 2i: the low half
+    x[2 * i + 1] = bits_float(u[i] & 0xffff0000u);   // element 2i + 1: the high half
+  }
+}
+
+/// The larger of two values of T (a NaN loses to a number, as with fmaxf).
+template <class T>
+__device__ __forceinline__ T max_of(T a, T b) {
+  return to_float(a) >= to_float(b) || to_float(b) != to_float(b) ? a : b;
+}
+
+/// Per 16-bit lane, the larger of the two values packed in a and in b: one
+/// max.{bf16,f16}x2 on the device (its NaN rule is fmaxf's).
+template <class T>
+__device__ __forceinline__ uint32_t max_packed(uint32_t a, uint32_t b);
+template <>
+__device__ __forceinline__ uint32_t max_packed<__nv_bfloat16>(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+#else
+  uint32_t r = 0;
+  for (int h = 0; h < 2; ++h) {
+    const float fa = bits_float(((a >> (16 * h)) & 0xffffu) << 16);
+    const float fb = bits_float(((b >> (16 * h)) & 0xffffu) << 16);
+    r |= ((fa >= fb || fb != fb ? a : b) >> (16 * h) & 0xffffu) << (16 * h);
+  }
+  return r;
+#endif
+}
+template <>
+__device__ __forceinline__ uint32_t max_packed<__half>(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+#else
+  __half ha[2], hb[2];
+  memcpy(ha, &a, 4);
+  memcpy(hb, &b, 4);
+  for (int h = 0; h < 2; ++h) ha[h] = max_of(ha[h], hb[h]);
+  uint32_t r;
+  memcpy(&r, ha, 4);
+  return r;
+#endif
+}
+
+/// The largest of the values in U 16-byte words of T (fmaxf's NaN rule): a
+/// tree of packed maxima for the 16-bit types, fmaxf for float.
+template <class T, int U>
+__device__ __forceinline__ float max_words(const uint4 (&w)[U]) {
+  if constexpr (sizeof(T) == 4) {
+    float m = bits_float(w[0].x);
+GEOPREF_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (u > 0) m = fmaxf(m, bits_float(w[u].x));
+      m = fmaxf(m, bits_float(w[u].y));
+      m = fmaxf(m, bits_float(w[u].z));
+      m = fmaxf(m, bits_float(w[u].w));
+    }
+    return m;
+  } else {
+    uint32_t p[U];
+GEOPREF_UNROLL
+    for (int u = 0; u < U; ++u)
+      p[u] = max_packed<T>(max_packed<T>(w[u].x, w[u].y), max_packed<T>(w[u].z, w[u].w));
+GEOPREF_UNROLL
+    for (int step = 1; step < U; step *= 2)
+GEOPREF_UNROLL
+      for (int u = 0; u + step < U; u += 2 * step) p[u] = max_packed<T>(p[u], p[u + step]);
+    const uint4 last = make_uint4(p[0], 0u, 0u, 0u);
+    float x[16 / sizeof(T)];
+    unpack<T>(last, x);
+    return fmaxf(x[0], x[1]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 16-byte global accesses with cache hints, for data that is touched once.
+// Written in PTX on the device; plain accesses on the host (emulator).
+
+/// Read-only for the whole kernel (the forward's logits): the non-coherent
+/// path, not kept in L1.
+__device__ __forceinline__ uint4 load_once(const uint4* p) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+#else
+  return *p;
+#endif
+}
+
+/// Read once by a kernel that may write the same memory (the backward in
+/// place): the coherent path, not kept in L1.
+__device__ __forceinline__ uint4 load_once_rw(const uint4* p) {
+#if defined(__CUDA_ARCH__)
+  uint4 v;
+  asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+#else
+  return *p;
+#endif
+}
+
+/// A streaming store (evict first). The "memory" clobber keeps every later
+/// access, in particular a plain store to the same address, after it.
+__device__ __forceinline__ void store_once(uint4* p, const uint4& v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
+#else
+  *p = v;
+#endif
+}
+
+/// Converts W floats to Out and stores them at p (16-byte aligned) as
+/// W·sizeof(Out) / 16 streaming 16-byte stores.
+template <class Out, int W>
+__device__ __forceinline__ void store_vector(Out* p, const float (&y)[W]) {
+  vec<Out, W> o;
+GEOPREF_UNROLL
+  for (int e = 0; e < W; ++e) o.v[e] = from_float<Out>(y[e]);
+  constexpr int WORDS = static_cast<int>(sizeof(vec<Out, W>) / 16);
+  const auto* words = reinterpret_cast<const uint4*>(&o);
+  auto* dst = reinterpret_cast<uint4*>(p);
+GEOPREF_UNROLL
+  for (int i = 0; i < WORDS; ++i) store_once(dst + i, words[i]);
+}
+
 // ---------------------------------------------------------------------------
 // Deterministic reductions: a fixed shuffle tree inside each warp, then warp
 // 0 combines the per-warp values in warp order. No atomics, so the result
@@ -88,12 +238,12 @@ __device__ T block_reduce(T v, Op op, T identity, T* smem) {
   static_assert(BLOCK % 32 == 0 && BLOCK <= 1024, "BLOCK must be a multiple of 32, at most 1024");
   constexpr int WARPS = BLOCK / 32;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-#pragma unroll
+GEOPREF_UNROLL
   for (int o = 16; o > 0; o /= 2) v = op(v, shfl_xor(v, o));
   if (lane == 0) smem[warp] = v;
   __syncthreads();  // all per-warp values are in smem
   T r = identity;
-#pragma unroll
+GEOPREF_UNROLL
   for (int w = 0; w < WARPS; ++w) r = op(r, smem[w]);  // every thread, same order
   __syncthreads();  // smem may be reused by the caller after this
   return r;

@@ -53,8 +53,12 @@ inline unsigned grid_1d(int64_t n) {
   return static_cast<unsigned>(b < 1 ? 1 : b);
 }
 
+/// Whether the launches so far failed. Peeks, never clears: the runtime's
+/// error code stays retrievable by the caller (cudaGetLastError) after a call
+/// returns status::cuda_error, and an error the caller left pending is
+/// reported rather than silently consumed.
 inline status last_launch() {
-  return cudaGetLastError() == cudaSuccess ? status::success : status::cuda_error;
+  return cudaPeekAtLastError() == cudaSuccess ? status::success : status::cuda_error;
 }
 
 /// Typed views of the carved workspace.

@@ -29,7 +29,8 @@
 namespace geopref::cuda::detail {
 
 inline constexpr int BLOCK = 256;       // threads per block of every kernel
-inline constexpr int FWD_UNROLL = 4;    // 16-byte loads in flight per thread
+inline constexpr int FWD_UNROLL = 4;    // 16-byte loads in flight per thread, forward
+inline constexpr int BWD_UNROLL = 4;    // and backward
 
 // ---------------------------------------------------------------------------
 /// [S+1] offsets of type Offset → int64, checking offsets[0] == 0, that they
@@ -80,12 +81,19 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// otherwise state (t, j) goes to partials [N, splits] and split 0 stores the
 /// label logit z[t, y_t] in token_logp[t] for combine_kernel.
 /// Unscored rows are not read.
+///
+/// The hot loop takes FWD_UNROLL vectors per thread at a time, all loads
+/// issued first; it raises the state once for the group's maximum (an exact
+/// power-of-two rescale, only when the maximum rises), then each element is
+/// one FFMA (x·log₂e − m), one ex2 and one add. Vector q of the split is
+/// always handled by thread (q − begin) mod BLOCK_SIZE.
 template <class T, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     forward_kernel(const T* __restrict__ logits, int64_t ld, int64_t vocab,
                    const int32_t* __restrict__ cols, float* __restrict__ lse,
                    float* __restrict__ token_logp, lse_state* __restrict__ partials) {
   constexpr int W = vec_width<T>::value;
+  constexpr int U = FWD_UNROLL;
   constexpr int ELEM = static_cast<int>(sizeof(T));
   __shared__ lse_state smem[BLOCK_SIZE / 32];
   const int64_t t = blockIdx.x;
@@ -104,21 +112,36 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   const auto* body = reinterpret_cast<const uint4*>(row + sp.pro);  // 16-byte aligned
 
   lse_state st = lse_empty();
-  for (int64_t q = vr.begin + threadIdx.x; q < vr.end; q += BLOCK_SIZE * FWD_UNROLL) {
-    uint4 buf[FWD_UNROLL];  // issue all loads before the arithmetic
-#pragma unroll
-    for (int u = 0; u < FWD_UNROLL; ++u)
-      buf[u] = q + u * BLOCK_SIZE < vr.end ? body[q + u * BLOCK_SIZE] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-    for (int u = 0; u < FWD_UNROLL; ++u) {
-      if (q + u * BLOCK_SIZE < vr.end) {
-        const auto& v = *reinterpret_cast<const vec<T, W>*>(&buf[u]);
-        float x[W];
-#pragma unroll
-        for (int e = 0; e < W; ++e) x[e] = to_float(v.v[e]);
-        st = lse_update<W>(st, x);
-      }
+  int64_t q = vr.begin + threadIdx.x;
+  for (; q + (U - 1) * BLOCK_SIZE < vr.end; q += U * BLOCK_SIZE) {
+    uint4 buf[U];
+GEOPREF_UNROLL
+    for (int u = 0; u < U; ++u) buf[u] = load_once(body + q + u * BLOCK_SIZE);
+    // The group's maximum straight from the packed words, then each element
+    // unpacked once for its FFMA.
+    st = lse_raise(st, max_words<T, U>(buf) * LOG2E);
+    const float neg_m = -st.m;
+    float part[U];
+GEOPREF_UNROLL
+    for (int u = 0; u < U; ++u) {
+      float x[W];
+      unpack<T>(buf[u], x);
+      part[u] = ex2_ftz(fmaf(x[0], LOG2E, neg_m));
+GEOPREF_UNROLL
+      for (int e = 1; e < W; ++e) part[u] += ex2_ftz(fmaf(x[e], LOG2E, neg_m));
     }
+    float sum = part[0];
+GEOPREF_UNROLL
+    for (int u = 1; u < U; ++u) sum += part[u];
+    st.s += sum;
+  }
+  // The last (at most U − 1) vectors, one at a time; kept a loop (not
+  // unrolled), so the loop above stays the only one with 16-byte loads.
+GEOPREF_NO_UNROLL
+  for (; q < vr.end; q += BLOCK_SIZE) {
+    float x[W];
+    unpack<T>(load_once(body + q), x);
+    st = lse_update<W>(st, x);
   }
   if (j == 0)
     for (int64_t i = threadIdx.x; i < sp.pro; i += BLOCK_SIZE) st = lse_update1(st, to_float(row[i]));
@@ -286,12 +309,12 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p) {
     acc[SUM_LOGP_REJECTED] += lb;
     acc[SUM_CALIBRATION] += fabs(math::sigmoid(p.beta * h) - prob);
   }
-#pragma unroll
+GEOPREF_UNROLL
   for (int q = 0; q < SUM_COUNT; ++q) red[q][threadIdx.x] = acc[q];
   __syncthreads();
   for (int half = BLOCK_SIZE / 2; half > 0; half /= 2) {
     if (static_cast<int>(threadIdx.x) < half) {
-#pragma unroll
+GEOPREF_UNROLL
       for (int q = 0; q < SUM_COUNT; ++q) red[q][threadIdx.x] += red[q][threadIdx.x + half];
     }
     __syncthreads();  // level done before the next reads it
@@ -345,6 +368,11 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// grid (N, splits), BLOCK_SIZE threads: columns split_columns(j) of row t.
 ///   scored row:   grad[t, v] = g (𝟙[v = y_t] − exp(z[t, v] − lse_t)), g = seq_grad[row_seq[t]]
 ///   unscored row: zeros, the logits are not read.
+/// Every column but the label's is −g·2^(z·log₂e − lse·log₂e): one FFMA with
+/// the pre-scaled lse, one ex2, one multiply. The label's g(1 − p) is written
+/// last, as −g·expm1(z_y − lse_t), which keeps its precision as p → 1; its
+/// logit is read before the loop (a barrier orders that read before any
+/// thread's store, and the stores before the label's).
 /// In place (grad == logits) is safe: every element is read and then written
 /// by the same thread, and no other thread touches it (hence no __restrict__
 /// on these two pointers). Columns [V, grad_ld) are never written.
@@ -356,6 +384,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
                     const int32_t* __restrict__ row_seq, const float* __restrict__ seq_grad,
                     const float* __restrict__ lse, Out* grad, int64_t grad_ld) {
   constexpr int W = vec_width<T>::value;
+  constexpr int U = BWD_UNROLL;
   constexpr int ELEM = static_cast<int>(sizeof(T));
   const int64_t t = blockIdx.x;
   const int j = static_cast<int>(blockIdx.y), k = static_cast<int>(gridDim.y);
@@ -371,7 +400,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     if (vector_ok) {
       auto* ob = reinterpret_cast<vec<Out, W>*>(out + sp.pro);
       vec<Out, W> zero;
-#pragma unroll
+GEOPREF_UNROLL
       for (int e = 0; e < W; ++e) zero.v[e] = from_float<Out>(0.0f);
       for (int64_t q = vr.begin + threadIdx.x; q < vr.end; q += BLOCK_SIZE) ob[q] = zero;
       if (j == 0)
@@ -388,31 +417,51 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 
   const float g = seq_grad[row_seq[t]];
   const float l = lse[t];
-  auto grad_at = [&](float z, int64_t v) {
-    const float ind = v == c ? 1.0f : 0.0f;
-    return g * (ind - exp_fast(z - l));
-  };
+  const float neg_g = -g, neg_l2 = -(l * LOG2E);
+  const bool has_label = c >= cr.begin && c < cr.end;  // this split writes the label's column
+  float z_label = 0.0f;
+  if (has_label && threadIdx.x == 0) z_label = to_float(row[c]);
+  __syncthreads();  // z_label is read before any thread overwrites it (in place)
+  auto grad_at = [&](float z) { return neg_g * ex2_ftz(fmaf(z, LOG2E, neg_l2)); };
   if (vector_ok) {
-    const auto* ib = reinterpret_cast<const vec<T, W>*>(row + sp.pro);
-    auto* ob = reinterpret_cast<vec<Out, W>*>(out + sp.pro);
-    for (int64_t q = vr.begin + threadIdx.x; q < vr.end; q += BLOCK_SIZE) {
-      const vec<T, W> x = ib[q];
-      vec<Out, W> y;
-      const int64_t v0 = sp.pro + q * W;
-#pragma unroll
-      for (int e = 0; e < W; ++e) y.v[e] = from_float<Out>(grad_at(to_float(x.v[e]), v0 + e));
-      ob[q] = y;
+    const auto* ib = reinterpret_cast<const uint4*>(row + sp.pro);
+    Out* ob = out + sp.pro;
+    int64_t q = vr.begin + threadIdx.x;
+    for (; q + (U - 1) * BLOCK_SIZE < vr.end; q += U * BLOCK_SIZE) {
+      uint4 buf[U];  // every load before the first store
+GEOPREF_UNROLL
+      for (int u = 0; u < U; ++u) buf[u] = load_once_rw(ib + q + u * BLOCK_SIZE);
+GEOPREF_UNROLL
+      for (int u = 0; u < U; ++u) {
+        float x[W];
+        unpack<T>(buf[u], x);
+GEOPREF_UNROLL
+        for (int e = 0; e < W; ++e) x[e] = grad_at(x[e]);
+        store_vector<Out, W>(ob + (q + u * BLOCK_SIZE) * W, x);
+      }
+    }
+    // The last (at most U − 1) vectors, one at a time; kept a loop (not
+  // unrolled), so the loop above stays the only one with 16-byte loads.
+GEOPREF_NO_UNROLL
+  for (; q < vr.end; q += BLOCK_SIZE) {
+      float x[W];
+      unpack<T>(load_once_rw(ib + q), x);
+GEOPREF_UNROLL
+      for (int e = 0; e < W; ++e) x[e] = grad_at(x[e]);
+      store_vector<Out, W>(ob + q * W, x);
     }
     if (j == 0)
       for (int64_t i = threadIdx.x; i < sp.pro; i += BLOCK_SIZE)
-        out[i] = from_float<Out>(grad_at(to_float(row[i]), i));
+        out[i] = from_float<Out>(grad_at(to_float(row[i])));
     if (j == k - 1)
       for (int64_t i = sp.tail + threadIdx.x; i < vocab; i += BLOCK_SIZE)
-        out[i] = from_float<Out>(grad_at(to_float(row[i]), i));
+        out[i] = from_float<Out>(grad_at(to_float(row[i])));
   } else {
     for (int64_t i = cr.begin + threadIdx.x; i < cr.end; i += BLOCK_SIZE)
-      out[i] = from_float<Out>(grad_at(to_float(row[i]), i));
+      out[i] = from_float<Out>(grad_at(to_float(row[i])));
   }
+  __syncthreads();  // the label column's first value is stored
+  if (has_label && threadIdx.x == 0) out[c] = from_float<Out>(neg_g * expm1f(z_label - l));
 }
 
 }  // namespace geopref::cuda::detail

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Static cost of the logits kernels' hot loops, from their SASS (docs/benchmarks.md).
+
+Input: the output of `cuobjdump -sass` and `cuobjdump -res-usage` for the sm_90
+code of kernels/c_api.cu (scripts/sass-report.sh produces both). For every
+forward_kernel and backward_kernel instantiation it finds the hot loop (the
+innermost loop that holds the most 16-byte global loads) and reports, per logit
+element: SASS instructions, MUFU instructions, the 16-byte loads a thread has
+issued before it first uses a loaded register or stores, registers and spills;
+then the predicted ceiling as a fraction of the copy rate on H100 and H200.
+Exit status 1 when a budget is exceeded.
+"""
+import argparse
+import re
+import sys
+
+# Budgets (issue 10): SASS per element by kernel and logits dtype, the rest for all.
+SASS_BUDGET = {
+    ("forward", 2): 6.5, ("forward", 4): 9.0,
+    ("backward", 2): 8.5, ("backward", 4): 10.0,
+}
+MUFU_BUDGET = 1.0
+MIN_LOADS_IN_FLIGHT = 4
+MAX_SPILLS = 0
+
+# Cards: SMs, boost clock, measured (H200) or assumed (H100) copy rate. Per SM
+# and clock: 4 schedulers issue one warp instruction each (128 thread
+# instructions), the MUFU pipes do 16 ex2 per clock.
+CARDS = [
+    ("H100 SXM", 132, 1.98e9, 3.0e12),
+    ("H200", 132, 1.98e9, 4.3e12),
+]
+ISSUE_PER_SM_CLK = 128
+MUFU_PER_SM_CLK = 16
+# A streaming kernel does not issue every cycle (its warps also wait on memory
+# and on dependencies): the fractions of the peak rates it is assumed to
+# sustain. Assumptions of the model, to be refitted from GPU runs.
+ISSUE_EFFICIENCY = 0.6
+MUFU_EFFICIENCY = 0.8
+
+DTYPES = {"13__nv_bfloat16": ("bf16", 2), "6__half": ("fp16", 2), "f": ("fp32", 4)}
+
+INSN_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+REG_RE = re.compile(r"(?<![A-Za-z_])R(\d+)(\.64)?")
+FUNC_RE = re.compile(r"Function\s*:?\s*([^\s:]+)")
+RES_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def parse_sass(text):
+    """{function: [(address, instruction text)]}"""
+    funcs, cur = {}, None
+    for line in text.splitlines():
+        m = FUNC_RE.search(line)
+        if m:
+            cur = m.group(1)
+            funcs[cur] = []
+            continue
+        m = INSN_RE.search(line)
+        if m and cur is not None:
+            funcs[cur].append((int(m.group(1), 16), m.group(2).strip()))
+    return funcs
+
+
+def parse_res(text):
+    """{function: (registers, stack, local)}"""
+    res, cur = {}, None
+    for line in text.splitlines():
+        m = FUNC_RE.search(line)
+        if m:
+            cur = m.group(1)
+            continue
+        m = RES_RE.search(line)
+        if m and cur is not None:
+            res[cur] = (int(m.group(1)), int(m.group(2)), int(m.group(4)))
+    return res
+
+
+def opcode(insn):
+    """Opcode with modifiers, without the predicate."""
+    parts = insn.split()
+    if parts and parts[0].startswith("@"):
+        parts = parts[1:]
+    return parts[0] if parts else ""
+
+
+def operands(insn):
+    parts = insn.split(None, 2 if insn.startswith("@") else 1)
+    rest = parts[-1] if len(parts) > (2 if insn.startswith("@") else 1) else ""
+    return [o.strip() for o in rest.split(",")]
+
+
+def regs_of(operand):
+    out = set()
+    for m in REG_RE.finditer(operand):
+        r = int(m.group(1))
+        out.add(r)
+        if m.group(2):
+            out.add(r + 1)
+    return out
+
+
+def is_load16(insn):
+    op = opcode(insn)
+    return op.startswith("LDG") and ".128" in op
+
+
+def is_store(insn):
+    return opcode(insn).startswith(("STG", "ST.", "STS", "STL"))
+
+
+def loops(insns):
+    """(start index, end index) of every backward branch's range."""
+    index = {a: i for i, (a, _) in enumerate(insns)}
+    out = []
+    for i, (a, ins) in enumerate(insns):
+        if opcode(ins).startswith("BRA"):
+            m = re.search(r"0x([0-9a-f]+)", ins)
+            if m:
+                target = int(m.group(1), 16)
+                if target <= a and target in index:
+                    out.append((index[target], i))
+    return out
+
+
+def hot_loop(insns):
+    """The loop with the most 16-byte loads (on a tie, the longest)."""
+    best = None
+    for s, e in loops(insns):
+        n = sum(1 for _, ins in insns[s:e + 1] if is_load16(ins))
+        if n == 0:
+            continue
+        key = (n, e - s)  # on a tie the longer loop: the worse figure is the one checked
+        if best is None or key > best[0]:
+            best = (key, s, e)
+    return None if best is None else (best[1], best[2])
+
+
+def loads_before_use(body):
+    """16-byte loads issued before the first use of a loaded register or a store."""
+    loaded, n = set(), 0
+    for _, ins in body:
+        if is_store(ins):
+            break
+        ops = operands(ins)
+        srcs = set()
+        for o in ops[1:]:
+            srcs |= regs_of(o)
+        if srcs & loaded:
+            break
+        if is_load16(ins):
+            r = regs_of(ops[0])
+            base = min(r) if r else None
+            if base is not None:
+                loaded |= {base, base + 1, base + 2, base + 3}
+            n += 1
+    return n
+
+
+def kernel_info(name):
+    """(kind, dtype name, element bytes, output element bytes) or None."""
+    m = re.search(r"(forward|backward)_kernelI(13__nv_bfloat16|6__half|f)", name)
+    if not m:
+        return None
+    kind = m.group(1)
+    dname, size = DTYPES[m.group(2)]
+    out_size = size
+    # backward_kernel<T, Out, 256>: Out is mangled S3_ (the same type as T) or f.
+    if kind == "backward" and name[m.end():].startswith("f"):
+        out_size = 4
+    return kind, dname, size, out_size
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sass")
+    ap.add_argument("res")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = ap.parse_args()
+    with open(args.sass) as f:
+        funcs = parse_sass(f.read())
+    with open(args.res) as f:
+        res = parse_res(f.read())
+
+    rows, failures = [], []
+    for name, insns in funcs.items():
+        info = kernel_info(name)
+        if info is None:
+            continue
+        kind, dname, size, out_size = info
+        label = f"{kind} {dname}" + ("" if kind == "forward" else
+                                     f" -> {'fp32' if out_size == 4 and size == 2 else dname}")
+        loop = hot_loop(insns)
+        if loop is None:
+            failures.append(f"{label}: no loop with 16-byte loads found")
+            continue
+        s, e = loop
+        body = [x for x in insns[s:e + 1] if opcode(x[1]) != "NOP"]
+        n_load = sum(1 for _, ins in body if is_load16(ins))
+        elems = n_load * (16 // size)
+        sass = len(body) / elems
+        mufu = sum(1 for _, ins in body if opcode(ins).startswith("MUFU")) / elems
+        inflight = loads_before_use(body)
+        regs, stack, local = res.get(name, (0, 0, 0))
+        spills = sum(1 for _, ins in insns if opcode(ins).startswith(("STL", "LDL"))) + local
+        bytes_per_elem = size + (out_size if kind == "backward" else 0)
+        ceil = []
+        for card, sms, clk, copy in CARDS:
+            elem_rate = copy / bytes_per_elem  # elements/s at the copy rate
+            issue = elem_rate * sass / (sms * clk * ISSUE_PER_SM_CLK)
+            mu = elem_rate * mufu / (sms * clk * MUFU_PER_SM_CLK)
+            by_issue = ISSUE_EFFICIENCY / max(issue, 1e-9)
+            by_mufu = MUFU_EFFICIENCY / max(mu, 1e-9)
+            frac = min(1.0, by_issue, by_mufu)
+            bound = "bandwidth" if frac >= 1.0 else ("issue" if by_issue <= by_mufu else "MUFU")
+            ceil.append((issue, mu, frac, bound))
+        rows.append((kind, dname, label, len(body), elems, sass, mufu, inflight, regs, spills, ceil))
+        budget = SASS_BUDGET[(kind, size)]
+        if sass > budget:
+            failures.append(f"{label}: {sass:.2f} SASS/element > budget {budget}")
+        if mufu > MUFU_BUDGET:
+            failures.append(f"{label}: {mufu:.3f} MUFU/element > budget {MUFU_BUDGET}")
+        if inflight < MIN_LOADS_IN_FLIGHT:
+            failures.append(f"{label}: {inflight} 16-byte loads in flight < {MIN_LOADS_IN_FLIGHT}")
+        if spills > MAX_SPILLS:
+            failures.append(f"{label}: {spills} spill instructions/bytes > {MAX_SPILLS}")
+
+    order = {"forward": 0, "backward": 1}
+    rows.sort(key=lambda r: (order[r[0]], r[2]))
+    hdr = ["kernel", "loop insns / elems", "SASS/elem", "MUFU/elem", "16B loads in flight",
+           "regs", "spills"] + [f"{c[0]} issue% / MUFU% -> ceiling" for c in CARDS]
+    lines = []
+    for r in rows:
+        cells = [r[2], f"{r[3]} / {r[4]}", f"{r[5]:.2f}", f"{r[6]:.3f}", str(r[7]), str(r[8]),
+                 str(r[9])]
+        for issue, mu, frac, bound in r[10]:
+            cells.append(f"{100 * issue:.0f}% / {100 * mu:.0f}% -> {100 * frac:.0f}% ({bound})")
+        lines.append(cells)
+    if args.markdown:
+        print("| " + " | ".join(hdr) + " |")
+        print("|" + "---|" * len(hdr))
+        for cells in lines:
+            print("| " + " | ".join(cells) + " |")
+    else:
+        widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h)
+                  for i, h in enumerate(hdr)]
+        print("  ".join(h.ljust(w) for h, w in zip(hdr, widths)))
+        for cells in lines:
+            print("  ".join(c.ljust(w) for c, w in zip(cells, widths)))
+    print()
+    print("budgets: SASS/elem forward 16-bit <= 6.5, fp32 <= 9; backward 16-bit <= 8.5, "
+          f"fp32 <= 10; MUFU/elem <= {MUFU_BUDGET}; 16-byte loads in flight >= "
+          f"{MIN_LOADS_IN_FLIGHT}; spills <= {MAX_SPILLS}")
+    if not rows:
+        failures.append("no forward_kernel/backward_kernel found in the SASS")
+    if failures:
+        print("SASS budget exceeded:")
+        for f in failures:
+            print("  " + f)
+        return 1
+    print("all hot loops within budget")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
