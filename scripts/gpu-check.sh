@@ -21,7 +21,8 @@
 #                  library, CMake packages), unpacked from Debian's packages
 #                  with dpkg -x, nothing installed; the Debian 12 builds need
 #                  glibc >= 2.32, which the GPU image has
-#     .whl/        the Liger-Kernel wheel (pure Python) for bench/peers/
+#     .whl/        the Liger-Kernel wheel (pure Python) for bench/peers/, and
+#                  pytest's wheels for the PyTorch package's tests
 #
 # Environment: GEOPREF_GPU_CHECK_BUDGET (seconds, default 450),
 # GEOPREF_GPU_CHECK_BUILD (build folder, default build-gpu-check), GEOPREF_COMMIT
@@ -42,6 +43,10 @@ if [[ "${1:-}" == "--stage" ]]; then
     python3 -m pip download -q --no-deps --only-binary=:all: -d .whl liger-kernel ||
       echo "stage: no Liger-Kernel wheel; its peer rows will say so"
   fi
+  # pytest (and its few dependencies) for the PyTorch package's tests.
+  mkdir -p .whl
+  python3 -m pip download -q --only-binary=:all: -d .whl pytest ||
+    echo "stage: no pytest wheels; the torch tests need pytest on the GPU machine"
   du -sh .deps/root .whl 2>/dev/null || true
   echo "staged; carry .deps and .whl to the GPU machine"
   exit 0

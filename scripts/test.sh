@@ -2,7 +2,8 @@
 # The test command: installs dependencies, builds everything this machine can
 # build (CUDA too when nvcc is present), runs ctest, then rebuilds the host
 # code under AddressSanitizer + UndefinedBehaviorSanitizer and runs the host
-# tests again. GPU tests report "skipped" on a machine without a GPU.
+# tests again, then builds the PyTorch package and runs its tests
+# (scripts/test-torch.sh). GPU tests report "skipped" on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -28,4 +29,6 @@ cmake --build build-sanitize -j "$jobs"
 echo "== ctest (ASan + UBSan) =="
 (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j "$jobs" -LE slow)
+echo "== PyTorch package (bindings/torch, CPU) =="
+./scripts/test-torch.sh
 echo "== all tests passed =="

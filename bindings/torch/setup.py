@@ -1,29 +1,114 @@
-"""Builds the geopref PyTorch op with torch's extension tooling:
+"""Builds geopref_torch._C, the geopref operators, with torch's extension tooling.
 
-    cd bindings/torch && python3 setup.py build_ext --inplace
-    GEOPREF_TORCH_LIB=$PWD/geopref_torch_ext*.so python3 test_geopref_torch.py
+    pip install --no-build-isolation ./bindings/torch
 
-(or let geopref_torch.load() compile it on first use, which needs ninja).
-The C++ standard and the CUDA architectures come from torch
-(TORCH_CUDA_ARCH_LIST, default: the visible GPU).
+What is compiled:
+  * always: the operator schemas and their CPU kernels (csrc/ops.cpp, over
+    the CPU reference in include/geopref/reference, which needs Eigen's headers);
+  * with CUDA: the CUDA kernels (csrc/ops_cuda.cpp) and the library's C ABI
+    (kernels/c_api.cu, through csrc/c_api.cu), for TORCH_CUDA_ARCH_LIST.
+
+GEOPREF_TORCH_CUDA chooses: 0 = CPU only, 1 = CUDA (an error if torch or the
+machine has no CUDA toolkit), unset/auto = CUDA when torch was built with CUDA,
+nvcc is found and either a GPU is visible or TORCH_CUDA_ARCH_LIST is set. So a
+machine without a GPU (CI) builds the CPU operators only, in well under a
+minute, and TORCH_CUDA_ARCH_LIST=9.0 compiles the CUDA kernels without a GPU.
+
+GEOPREF_TORCH_KERNELS_LIB=/path/to/libgeopref_cuda.a links the kernels a CMake
+build of this repository already compiled (target geopref_cuda_static, built
+for the card's architectures) instead of compiling kernels/c_api.cu again:
+the slowest part of the CUDA build (scripts/gpu-check.d/30-integration.sh).
+
+Eigen: GEOPREF_EIGEN_INCLUDE (or EIGEN3_INCLUDE_DIR), else the repository's
+.deps/root (scripts/gpu-check.sh --stage), else the usual system prefixes.
+Nothing is downloaded.
 """
 import os
+import sys
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-here = os.path.dirname(os.path.abspath(__file__))
-include = os.path.normpath(os.path.join(here, "..", "..", "include"))
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # an isolated build environment has no torch
+    sys.exit(
+        "geopref-torch is compiled against the installed PyTorch: install torch first, "
+        "then build without isolation: pip install --no-build-isolation ./bindings/torch"
+    )
 
-setup(
-    name="geopref_torch_ext",
-    ext_modules=[
-        CUDAExtension(
-            "geopref_torch_ext",
-            sources=["geopref_torch.cpp", "geopref_c_api.cu"],
-            include_dirs=[include],
-            extra_compile_args={"cxx": ["-O2"], "nvcc": ["-O3"]},
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
-)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+INCLUDE = os.path.join(ROOT, "include")
+
+
+def fail(msg):
+    sys.exit("geopref-torch: " + msg)
+
+
+def eigen_include():
+    given = os.environ.get("GEOPREF_EIGEN_INCLUDE") or os.environ.get("EIGEN3_INCLUDE_DIR")
+    candidates = [given] if given else []
+    candidates += [
+        os.path.join(ROOT, ".deps", "root", "usr", "include", "eigen3"),
+        os.path.join(sys.prefix, "include", "eigen3"),
+        "/usr/include/eigen3",
+        "/usr/local/include/eigen3",
+    ]
+    if os.environ.get("CONDA_PREFIX"):
+        candidates.append(os.path.join(os.environ["CONDA_PREFIX"], "include", "eigen3"))
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "Eigen", "Core")):
+            return c
+    fail("Eigen's headers were not found (the CPU reference needs them): install them "
+         "(Debian: apt-get install libeigen3-dev) or set GEOPREF_EIGEN_INCLUDE. Looked in: "
+         + ", ".join(c for c in candidates if c))
+
+
+def build_cuda():
+    choice = os.environ.get("GEOPREF_TORCH_CUDA", "auto").lower()
+    toolkit = torch.version.cuda is not None and CUDA_HOME is not None
+    if choice in ("0", "off", "false", "no"):
+        return False
+    if choice in ("1", "on", "true", "yes"):
+        if not toolkit:
+            fail("GEOPREF_TORCH_CUDA=1, but torch has no CUDA (torch.version.cuda = %s) or nvcc "
+                 "was not found (CUDA_HOME = %s)" % (torch.version.cuda, CUDA_HOME))
+        return True
+    return toolkit and (torch.cuda.is_available() or bool(os.environ.get("TORCH_CUDA_ARCH_LIST")))
+
+
+if not os.path.isfile(os.path.join(INCLUDE, "geopref", "reference", "reference.hpp")):
+    fail("include/geopref not found next to bindings/torch: build from a clone of the "
+         "geopref repository")
+
+cuda = build_cuda()
+print("geopref-torch: building the CPU operators" + (" and the CUDA kernels (TORCH_CUDA_ARCH_LIST=%s)"
+      % os.environ.get("TORCH_CUDA_ARCH_LIST", "the visible GPU") if cuda else " only"))
+include_dirs = [INCLUDE, eigen_include()]
+# The library's headers use __half / __nv_bfloat16 conversions and operators,
+# which torch's default nvcc flags switch off (-D__CUDA_NO_HALF_...): undo.
+nvcc_flags = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+              "-U__CUDA_NO_HALF2_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
+if cuda:
+    kernels_lib = os.environ.get("GEOPREF_TORCH_KERNELS_LIB")
+    if kernels_lib and not os.path.isfile(kernels_lib):
+        fail("GEOPREF_TORCH_KERNELS_LIB=%s does not exist" % kernels_lib)
+    if kernels_lib:
+        print("geopref-torch: linking the compiled kernels " + kernels_lib)
+    ext = CUDAExtension(
+        "geopref_torch._C",
+        sources=["csrc/ops.cpp", "csrc/ops_cuda.cpp"] + ([] if kernels_lib else ["csrc/c_api.cu"]),
+        include_dirs=include_dirs,
+        extra_objects=[kernels_lib] if kernels_lib else [],
+        extra_compile_args={"cxx": ["-O2"], "nvcc": nvcc_flags},
+    )
+else:
+    ext = CppExtension(
+        "geopref_torch._C",
+        sources=["csrc/ops.cpp"],
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": ["-O2"]},
+    )
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension})

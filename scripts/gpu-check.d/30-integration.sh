@@ -6,9 +6,11 @@
 #      shared library and runs both (GPU result vs. host formulas);
 #   3. runs tests/tools/test_check_cuda: geopref-check --device cuda (kernels
 #      through the C ABI) against --device cpu (the CPU reference);
-#   4. builds the PyTorch op with torch's extension tooling (bindings/torch/
-#      setup.py) and runs bindings/torch/test_geopref_torch.py: values,
-#      metrics and autograd gradients against plain PyTorch, per dtype.
+#   4. builds the PyTorch package (bindings/torch) with its CUDA kernels and
+#      runs its tests (bindings/torch/tests) on CPU and CUDA: every loss
+#      against plain PyTorch per dtype, opcheck, gradcheck, torch.compile,
+#      bad inputs; then times it against the plain formulation
+#      (bindings/torch/examples/bench_vs_plain.py).
 # Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
 # geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
 # --stage); without it steps 1's geopref-check and 3 are reported as skipped.
@@ -85,19 +87,33 @@ else
   names+=(check-cuda) results+=("skipped (no Eigen)")
 fi
 
-# 4. The PyTorch op.
+# 4. The PyTorch package (bindings/torch) with its CUDA kernels for this card,
+# installed into a folder of the build (nothing in site-packages, no index:
+# this machine has no internet), then its tests on CPU and CUDA. pytest comes
+# from .whl/ (scripts/gpu-check.sh --stage) when the machine lacks it.
 if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
-  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cap}
-  export MAX_JOBS=$jobs
-  check torch-build bash -c "cd bindings/torch && python3 setup.py build_ext \
-    --build-lib $build/torch --build-temp $build/torch-tmp"
-  lib=$(ls "$build"/torch/geopref_torch_ext*.so 2>/dev/null | head -1)
-  if [[ -n $lib ]]; then
-    check torch-op env GEOPREF_TORCH_LIB="$lib" python3 bindings/torch/test_geopref_torch.py
+  site=$build/torch-site
+  rm -rf "$site"
+  # The kernels step 1 compiled for this card are linked, not compiled again.
+  kernels_lib=
+  [[ -f $build/kernels/libgeopref_cuda.a ]] && kernels_lib=$build/kernels/libgeopref_cuda.a
+  check torch-build env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$cap}" MAX_JOBS=$jobs \
+    GEOPREF_TORCH_CUDA=1 GEOPREF_TORCH_KERNELS_LIB="$kernels_lib" python3 -m pip install -q --no-build-isolation --no-deps --no-index \
+    --target "$site" ./bindings/torch
+  if ! python3 -c "import pytest" >/dev/null 2>&1 && compgen -G "$root/.whl/pytest-*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --find-links "$root/.whl" --target "$site" pytest \
+      >"$logs/torch-pytest-install.log" 2>&1
+  fi
+  if [[ -d $site/geopref_torch ]]; then
+    check torch-tests env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
+      python3 -m pytest -q -p no:cacheprovider -rs bindings/torch/tests
+    # The op's time and memory against the plain-PyTorch formulation.
+    check torch-bench env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
+      python3 bindings/torch/examples/bench_vs_plain.py
   fi
 else
   say "PyTorch with CUDA not importable: torch steps skipped"
-  names+=(torch-op) results+=("skipped (no torch)")
+  names+=(torch-tests) results+=("skipped (no torch)")
 fi
 
 echo

@@ -4,6 +4,7 @@
 // empty sequences, reductions, upstream gradients, −∞ logits, determinism.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -338,6 +339,49 @@ TEST_CASE("grad_ld = 0 means the logits' stride, and an in-place backward over d
     for (int64_t v = pb.V; v < pb.ld; ++v) CHECK(std::isnan(inplace.z[r * pb.ld + v]));  // padding untouched
   }
   CHECK(io.loss == ref.out.loss);
+}
+
+TEST_CASE("logits_grad alone: bitwise compute()'s gradient, linear in g_s, validated",
+          "[reference]") {
+  spec sp;
+  sp.pad = 2;
+  sp.trailing_rows = 2;
+  sp.mask_prob = 0.3;
+  const problem pb = test::make_problem(sp, 29);
+  options opt;
+  opt.loss = test::config_for(loss_type::gdpo);
+  typed<float, int32_t, int64_t> t(pb);
+  output_set ref = make_outputs(pb);
+  REQUIRE(reference::compute(t.in, opt, ref.out) == status::success);
+
+  // Padding columns keep their poison: logits_grad never writes [V, ld).
+  const double P0 = output_set::POISON;
+  std::vector<double> g(static_cast<size_t>(pb.N * pb.ld), P0);
+  REQUIRE(reference::logits_grad(t.in, opt, ref.lse.data(), ref.grad_seq.data(), g.data(),
+                                 pb.ld) == status::success);
+  CHECK(test::bitwise_equal(g, ref.grad_logits));
+
+  // Scaling g_s by 2 (exact in binary) scales every element exactly.
+  std::vector<double> g2s(ref.grad_seq), g2(g.size(), P0);
+  for (double& x : g2s) x *= 2.0;
+  REQUIRE(reference::logits_grad(t.in, opt, ref.lse.data(), g2s.data(), g2.data(), pb.ld) ==
+          status::success);
+  for (int64_t r = 0; r < pb.N; ++r)
+    for (int64_t v = 0; v < pb.V; ++v) CHECK(g2[r * pb.ld + v] == 2.0 * g[r * pb.ld + v]);
+
+  // Bad inputs: a status, nothing written.
+  std::vector<double> untouched(g.size(), P0);
+  std::vector<int32_t> bad_labels(t.y);
+  bad_labels[0] = static_cast<int32_t>(pb.V);
+  auto bad = t.in;
+  bad.labels = bad_labels.data();
+  CHECK(reference::logits_grad(bad, opt, ref.lse.data(), ref.grad_seq.data(), untouched.data(),
+                               pb.ld) == status::label_out_of_range);
+  CHECK(reference::logits_grad(t.in, opt, nullptr, ref.grad_seq.data(), untouched.data(),
+                               pb.ld) == status::null_pointer);
+  CHECK(reference::logits_grad(t.in, opt, ref.lse.data(), ref.grad_seq.data(), untouched.data(),
+                               pb.V - 1) == status::invalid_stride);
+  CHECK(std::all_of(untouched.begin(), untouched.end(), [&](double x) { return x == P0; }));
 }
 
 TEST_CASE("simpo always uses length-normalised log-probs", "[reference]") {

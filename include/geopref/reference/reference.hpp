@@ -138,6 +138,22 @@ template <class Logit, class Label, class Offset, class Loss>
 status compute_with_loss(const inputs<Logit, Label, Offset>& in, const options& opt,
                          const Loss& loss, outputs& out);
 
+/// The backward pass alone, the CPU mirror of cuda::logits_grad: from the lse
+/// and grad_seq_logps that compute() wrote (the latter possibly scaled by an
+/// upstream gradient, or any g_s a caller derived), writes
+///   grad_logits[t, v] = g_s (𝟙[v = y_t] − exp(z[t, v] − lse_t))
+/// for scored rows t of sequence s (times w_t with token weights) and zeros
+/// for every other row; columns [V, grad_ld) are never touched (grad_ld 0:
+/// ld). Reads the token fields of `in` (logits, sizes, labels, offsets,
+/// token_weights) and opt.ignore_index only; the pair
+/// fields and the loss are ignored. lse [N] is read for scored rows only;
+/// grad_seq_logps [S]. Validates like compute() (sizes, strides, null
+/// pointers, offsets, labels); on error nothing is written.
+template <class Logit, class Label, class Offset>
+status logits_grad(const inputs<Logit, Label, Offset>& in, const options& opt,
+                   const double* lse, const double* grad_seq_logps, double* grad_logits,
+                   int64_t grad_ld = 0);
+
 }  // namespace geopref::reference
 
 #include "geopref/reference/detail/reference.inl"

@@ -53,6 +53,27 @@ inline int64_t grad_stride(const inputs<Logit, Label, Offset>& in, const outputs
   return out.grad_ld != 0 ? out.grad_ld : in.ld;
 }
 
+/// Offsets (start at 0, non-decreasing, end at most at N), then every row's
+/// label, scored or not (ignore_index or in [0, V)). Sizes and null pointers
+/// are checked before this is called.
+template <class Logit, class Label, class Offset>
+status validate_offsets_labels(const inputs<Logit, Label, Offset>& in, const options& opt) {
+  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs;
+  if (in.offsets != nullptr) {
+    if (static_cast<int64_t>(in.offsets[0]) != 0) return status::invalid_offsets;
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t lo = in.offsets[s], hi = in.offsets[s + 1];
+      if (hi < lo) return status::invalid_offsets;
+    }
+    if (static_cast<int64_t>(in.offsets[S]) > N) return status::invalid_offsets;
+  }
+  for (int64_t t = 0; t < N; ++t) {
+    const int64_t y = in.labels[t];
+    if (y != opt.ignore_index && (y < 0 || y >= V)) return status::label_out_of_range;
+  }
+  return status::success;
+}
+
 /// Validates everything compute() reads, in a fixed order; the first problem
 /// found is returned. Reads only [0, N) labels, [0, S] offsets and [0, P)
 /// entries of the per-pair arrays, never the logits.
@@ -84,21 +105,7 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   if (N > 0 && (in.logits == nullptr || in.labels == nullptr)) return status::null_pointer;
   if (S > 0 && in.offsets == nullptr) return status::null_pointer;
 
-  // Offsets: start at 0, non-decreasing, end at most at N.
-  if (in.offsets != nullptr) {
-    if (static_cast<int64_t>(in.offsets[0]) != 0) return status::invalid_offsets;
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t lo = in.offsets[s], hi = in.offsets[s + 1];
-      if (hi < lo) return status::invalid_offsets;
-    }
-    if (static_cast<int64_t>(in.offsets[S]) > N) return status::invalid_offsets;
-  }
-
-  // Labels: every row's label, scored or not, is ignore_index or in [0, V).
-  for (int64_t t = 0; t < N; ++t) {
-    const int64_t y = in.labels[t];
-    if (y != opt.ignore_index && (y < 0 || y >= V)) return status::label_out_of_range;
-  }
+  if (const status s = validate_offsets_labels(in, opt); s != status::success) return s;
 
   // Pairs.
   if (in.pairs == nullptr) {
@@ -341,6 +348,46 @@ struct custom_margin {
   const Loss& operator()(loss_type) const { return loss; }
 };
 
+/// The backward pass over validated inputs: ∂Loss/∂z_tv = g_s (𝟙[v = y_t] −
+/// exp(z_tv − lse_t)) for scored rows, 0 elsewhere. Columns [V, gld) are never
+/// touched. Each element is read before it is written and nothing else reads
+/// it later, so grad_logits may alias the logits (double logits, gld == ld),
+/// as in an in-place GPU backward.
+template <class Logit, class Label, class Offset>
+void write_logits_grad(const inputs<Logit, Label, Offset>& in, const options& opt,
+                       const double* lse, const double* grad_sum, double* grad_logits,
+                       int64_t gld) {
+  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs;
+  const int64_t rows_in_seqs = S > 0 ? static_cast<int64_t>(in.offsets[S]) : 0;
+  auto scored = [&](int64_t t) {
+    return t < rows_in_seqs && static_cast<int64_t>(in.labels[t]) != opt.ignore_index;
+  };
+  auto zero_row = [&](int64_t t) {
+    double* g_row = grad_logits + t * gld;
+    for (int64_t v = 0; v < V; ++v) g_row[v] = 0.0;
+  };
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t t = in.offsets[s]; t < static_cast<int64_t>(in.offsets[s + 1]); ++t) {
+      if (!scored(t)) {
+        zero_row(t);
+        continue;
+      }
+      // ∂L_s/∂ℓ_t = w_t (1 without token weights).
+      const double g = in.token_weights ? grad_sum[s] * in.token_weights[t] : grad_sum[s];
+      const Logit* z = in.logits + t * in.ld;
+      const int64_t y = in.labels[t];
+      double* g_row = grad_logits + t * gld;
+      for (int64_t v = 0; v < V; ++v) {
+        const double d = to_double(z[v]) - lse[t];
+        // 1 − e^{ℓ} as −expm1(ℓ) keeps the label column accurate when the
+        // model is confident.
+        g_row[v] = v == y ? g * -std::expm1(d) : g * -std::exp(d);
+      }
+    }
+  }
+  for (int64_t t = rows_in_seqs; t < N; ++t) zero_row(t);  // rows outside every sequence
+}
+
 /// The whole computation after validation. Writes only requested outputs.
 template <class Logit, class Label, class Offset, class MarginFor>
 void run(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
@@ -433,38 +480,9 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Margi
   if (out.grad_seq_logps)
     for (int64_t s = 0; s < S; ++s) out.grad_seq_logps[s] = grad_sum[s];
 
-  // ---- backward: ∂Loss/∂z_tv = g_s (𝟙[v = y_t] − exp(z_tv − lse_t)) for
-  // scored rows, 0 elsewhere. Columns [V, grad_ld) are never touched. Each
-  // element is read before it is written and nothing else reads it later, so
-  // grad_logits may alias the logits (double logits, grad_ld == ld), as in
-  // an in-place GPU backward.
-  if (out.grad_logits) {
-    const int64_t gld = grad_stride(in, out);
-    auto zero_row = [&](int64_t t) {
-      double* g_row = out.grad_logits + t * gld;
-      for (int64_t v = 0; v < V; ++v) g_row[v] = 0.0;
-    };
-    for (int64_t s = 0; s < S; ++s) {
-      for (int64_t t = in.offsets[s]; t < static_cast<int64_t>(in.offsets[s + 1]); ++t) {
-        if (!scored(t)) {
-          zero_row(t);
-          continue;
-        }
-        // ∂L_s/∂ℓ_t = w_t.
-        const double g = in.token_weights ? grad_sum[s] * in.token_weights[t] : grad_sum[s];
-        const auto z = Z.row(t);
-        const int64_t y = in.labels[t];
-        double* g_row = out.grad_logits + t * gld;
-        for (int64_t v = 0; v < V; ++v) {
-          const double d = to_double(z(v)) - lse[t];
-          // 1 − e^{ℓ} as −expm1(ℓ) keeps the label column accurate when the
-          // model is confident.
-          g_row[v] = v == y ? g * -std::expm1(d) : g * -std::exp(d);
-        }
-      }
-    }
-    for (int64_t t = rows_in_seqs; t < N; ++t) zero_row(t);  // rows outside every sequence
-  }
+  // ---- backward (may alias the logits, see write_logits_grad).
+  if (out.grad_logits)
+    write_logits_grad(in, opt, lse.data(), grad_sum.data(), out.grad_logits, grad_stride(in, out));
 
   out.loss = opt.reduce == reduction::none ? total : total / norm;
   out.stats = st;
@@ -510,6 +528,36 @@ inline status pair_step(const pair_inputs& in, const options& opt, pair_outputs&
   if (const status s = validate(opt); s != status::success) return s;
   detail::run_pairs(in, opt, detail::builtin_margin{opt.loss}, out);
   if (opt.reduce != reduction::none) out.loss /= reduction_divisor(opt, in.n_pairs);
+  return status::success;
+}
+
+template <class Logit, class Label, class Offset>
+status logits_grad(const inputs<Logit, Label, Offset>& in, const options& opt,
+                   const double* lse, const double* grad_seq_logps, double* grad_logits,
+                   int64_t grad_ld) {
+  static_assert(detail::is_supported_logit_v<Logit>,
+                "logits must be float, double, Eigen::half or Eigen::bfloat16");
+  static_assert(detail::is_supported_index_v<Label>, "labels must be int32_t or int64_t");
+  static_assert(detail::is_supported_index_v<Offset>, "offsets must be int32_t or int64_t");
+  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs;
+  if (N < 0 || V < 0 || S < 0) return status::invalid_shape;
+  if (N > 0 && V == 0) return status::invalid_shape;
+  constexpr int64_t max_i64 = std::numeric_limits<int64_t>::max();
+  if (in.ld < V) return status::invalid_stride;
+  if (N > 0 && in.ld > max_i64 / N) return status::invalid_shape;
+  const int64_t gld = grad_ld != 0 ? grad_ld : in.ld;
+  if (grad_ld < 0 || gld < V) return status::invalid_stride;
+  if (N > 0 && gld > max_i64 / N) return status::invalid_shape;
+  if (N > 0 && (in.logits == nullptr || in.labels == nullptr || lse == nullptr ||
+                grad_logits == nullptr))
+    return status::null_pointer;
+  if (S > 0 && (in.offsets == nullptr || grad_seq_logps == nullptr)) return status::null_pointer;
+  if (const status s = detail::validate_offsets_labels(in, opt); s != status::success) return s;
+  if (in.token_weights != nullptr && S > 0)  // as compute(): scored rows' weights only
+    for (int64_t t = 0; t < static_cast<int64_t>(in.offsets[S]); ++t)
+      if (in.labels[t] != opt.ignore_index && !detail::is_finite(in.token_weights[t]))
+        return status::invalid_weight;
+  detail::write_logits_grad(in, opt, lse, grad_seq_logps, grad_logits, gld);
   return status::success;
 }
 

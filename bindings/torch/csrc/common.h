@@ -1,0 +1,157 @@
+// bindings/torch/csrc/common.h — what the CPU and CUDA kernels of the
+// geopref torch operators share: the non-tensor arguments, their parsing into
+// geopref::options, tensor checks, and geopref statuses raised as the Python
+// exception a user expects (ValueError, IndexError, TypeError, RuntimeError).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <string>
+
+#include "geopref/losses.hpp"
+#include "geopref/options.hpp"
+#include "geopref/status.hpp"
+
+namespace geopref_torch {
+
+using at::Tensor;
+
+/// Raises the exception of a non-success status. Python sees:
+///   IndexError   a label or pair index out of range (as torch's own gather);
+///   TypeError    a dtype the build does not support;
+///   RuntimeError workspace, alignment, CUDA and internal errors;
+///   ValueError   everything else (shapes, offsets, soft labels, loss parameters).
+inline void check_status(int code, const char* op) {
+  if (code == 0) return;
+  const auto st = static_cast<geopref::status>(code);
+  const std::string msg = std::string("geopref.") + op + ": " + geopref::status_string(st);
+  switch (st) {
+    case geopref::status::label_out_of_range:
+    case geopref::status::pair_index_out_of_range: TORCH_CHECK_INDEX(false, msg);
+    case geopref::status::unsupported_dtype: TORCH_CHECK_TYPE(false, msg);
+    case geopref::status::workspace_too_small:
+    case geopref::status::misaligned_pointer:
+    case geopref::status::cuda_error:
+    case geopref::status::internal_error: TORCH_CHECK(false, msg);
+    default: TORCH_CHECK_VALUE(false, msg);
+  }
+}
+
+/// The loss names the library knows, comma-separated, for error messages.
+inline std::string known_losses() {
+  std::string s;
+  for (int i = 0; i < geopref::LOSS_TYPE_COUNT; ++i) {
+    if (i) s += ", ";
+    s += geopref::loss_name(static_cast<geopref::loss_type>(i));
+  }
+  return s;
+}
+
+/// Everything of pref_loss that is not a tensor, as the schema passes it.
+struct loss_args {
+  std::string loss, reduction;
+  double beta, alpha, gamma, epsilon, tau, normalizer;
+  bool average_logps;
+  int64_t ignore_index;
+  bool check;
+};
+
+inline geopref::options to_options(const loss_args& a) {
+  geopref::options o;
+  TORCH_CHECK_VALUE(geopref::parse_loss_type(a.loss.c_str(), &o.loss.type), "geopref: unknown loss '",
+                    a.loss, "' (known: ", known_losses(), ")");
+  if (a.reduction == "mean") o.reduce = geopref::reduction::mean;
+  else if (a.reduction == "sum") o.reduce = geopref::reduction::sum;
+  else if (a.reduction == "none") o.reduce = geopref::reduction::none;
+  else if (a.reduction == "normalizer") o.reduce = geopref::reduction::normalizer;
+  else TORCH_CHECK_VALUE(false, "geopref: reduction must be mean, sum, none or normalizer, got '",
+                         a.reduction, "'");
+  o.loss.beta = a.beta;
+  o.loss.alpha = a.alpha;
+  o.loss.gamma = a.gamma;
+  o.loss.epsilon = a.epsilon;
+  o.loss.tau = a.tau;
+  o.normalizer = a.normalizer;
+  o.average_logps = a.average_logps;
+  o.ignore_index = a.ignore_index;
+  // The library validates again; checking here gives the error before any
+  // tensor is converted or any work is enqueued.
+  check_status(static_cast<int>(geopref::validate(o)), "pref_loss");
+  return o;
+}
+
+/// Logits, labels and offsets: shapes and devices (dtypes are the kernels'
+/// business). Returns the logits with rows of unit stride and a row stride
+/// >= V (a copy only when the given layout is not already so).
+inline Tensor check_tokens(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                           const char* op) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "geopref.", op, ": logits must be 2-D [N, V], got ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), "geopref.", op,
+                    ": labels must be [N] = [", logits.size(0), "], got ", labels.sizes());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 1, "geopref.", op,
+                    ": offsets must be [S + 1] with S >= 0, got ", offsets.sizes());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
+                   "geopref.", op, ": labels must be int32 or int64, got ", labels.scalar_type());
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong,
+                   "geopref.", op, ": offsets must be int32 or int64, got ", offsets.scalar_type());
+  TORCH_CHECK_VALUE(labels.device() == logits.device() && offsets.device() == logits.device(),
+                    "geopref.", op, ": logits, labels and offsets must be on one device");
+  const bool rows_ok = logits.size(1) <= 1 || logits.stride(1) == 1;
+  const bool ld_ok = logits.size(0) <= 1 || logits.stride(0) >= logits.size(1);
+  return rows_ok && ld_ok ? logits : logits.contiguous();
+}
+
+/// The row stride to pass the library.
+inline int64_t row_stride(const Tensor& logits) {
+  return logits.size(0) > 1 ? logits.stride(0) : logits.size(1);
+}
+
+/// An optional per-pair / per-sequence float input: shape [n], on the logits'
+/// device, as a contiguous tensor of `dtype` (an undefined tensor if absent).
+inline Tensor optional_vector(const c10::optional<Tensor>& t, int64_t n, const Tensor& logits,
+                              at::ScalarType dtype, const char* what, const char* op) {
+  if (!t.has_value() || !t->defined()) return Tensor();
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == n, "geopref.", op, ": ", what,
+                    " must have shape [", n, "], got ", t->sizes());
+  TORCH_CHECK_VALUE(t->device() == logits.device(), "geopref.", op, ": ", what,
+                    " must be on the logits' device");
+  TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), "geopref.", op, ": ", what,
+                   " must be a floating-point tensor, got ", t->scalar_type());
+  return t->to(dtype).contiguous();
+}
+
+/// Pairs as contiguous int64 [P, 2], or undefined (TRL's concatenated layout).
+inline Tensor optional_pairs(const c10::optional<Tensor>& t, const Tensor& logits, const char* op) {
+  if (!t.has_value() || !t->defined()) return Tensor();
+  TORCH_CHECK_VALUE(t->dim() == 2 && t->size(1) == 2, "geopref.", op,
+                    ": pairs must be [P, 2], got ", t->sizes());
+  TORCH_CHECK_VALUE(t->device() == logits.device(), "geopref.", op,
+                    ": pairs must be on the logits' device");
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kInt || t->scalar_type() == at::kLong, "geopref.", op,
+                   ": pairs must be int32 or int64, got ", t->scalar_type());
+  return t->to(at::kLong).contiguous();
+}
+
+/// P: the rows of pairs, or S / 2 for the concatenated layout.
+inline int64_t pair_count(const Tensor& pairs, int64_t n_seqs) {
+  return pairs.defined() ? pairs.size(0) : n_seqs / 2;
+}
+
+/// Float outputs are float32, float64 for float64 logits (CPU only).
+inline at::ScalarType out_dtype(const Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+/// d seq_logps / d L_s: 1, or 1/n_s (0 for n_s = 0) when the margin uses
+/// length-normalised log-probs (the options ask for it, or the loss forces
+/// it), from the per-sequence counts n_s. Runs on the counts' device.
+inline Tensor seq_scale(const Tensor& counts, const geopref::options& opt, at::ScalarType dtype) {
+  if (!geopref::uses_average_logps(opt)) return at::ones(counts.sizes(), counts.options().dtype(dtype));
+  const Tensor n = counts.to(at::kDouble);
+  return at::where(n > 0, 1.0 / n.clamp_min(1.0), at::zeros_like(n)).to(dtype);
+}
+
+}  // namespace geopref_torch

@@ -1,0 +1,296 @@
+// bindings/torch/csrc/ops.cpp — the geopref torch operators: their schemas
+// (TORCH_LIBRARY) and their CPU kernels, which call the CPU reference
+// (geopref/reference). The CUDA kernels are in ops_cuda.cpp (CUDA builds
+// only); fake (meta) kernels and autograd are registered from Python
+// (geopref_torch/_ops.py), so that torch.compile traces every operator.
+//
+//   pref_loss(logits, labels, offsets, pairs?, soft_labels?, ref_logps?, weights?,
+//             loss, beta, alpha, gamma, epsilon, tau, average_logps, reduction,
+//             normalizer, ignore_index, check)
+//       -> (loss, seq_logps, metrics, lse, grad_seq, seq_scale)
+//     The training step's forward. lse [N] and grad_seq [S] (g_s = dLoss/dL_s
+//     for an upstream gradient of 1) are what the backward needs: for a
+//     reduced loss the backward is logits_grad(..., lse, grad_seq * upstream).
+//     seq_scale [S] = d seq_logps / d L_s (1, or 1/n_s where the margin is
+//     length-normalised, 0 for n_s = 0): how an upstream gradient on seq_logps
+//     reaches the summed log-probs, so seq_logps is differentiable too.
+//   pref_loss_grad_seq(grad_output, <pref_loss's arguments>) -> grad_seq
+//     g_s for an upstream gradient per pair (reduction none): the forward runs
+//     again, since g_s is not linear in a per-pair upstream.
+//   sequence_logps(logits, labels, offsets, average_logps, ignore_index, check)
+//       -> (seq_logps, lse, counts)
+//     The forward alone (the reference model's pass), differentiable.
+//   logits_grad(logits, labels, offsets, lse, grad_seq, ignore_index, check) -> grad
+//     The backward pass alone: grad[t, v] = g_s (1[v = y_t] - exp(z[t, v] - lse_t)).
+//   loss_names() -> str[]
+//     The losses the compiled library knows, in its order.
+//
+// Float outputs are float32 (float64 for float64 logits); metrics [7] are
+// float64 in the order of geopref::metrics (TRL's names, see _ops.py).
+#include <Python.h>  // first, as Python asks: only for the module stub below
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <Eigen/Core>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+#include "geopref/reference/reference.hpp"
+
+namespace geopref_torch {
+namespace {
+
+namespace ref = geopref::reference;
+using c10::optional;
+
+template <class T>
+struct type_tag {
+  using type = T;
+};
+
+// The reference reads half and bfloat16 as Eigen's types: the same 16 bits.
+static_assert(sizeof(Eigen::half) == sizeof(at::Half));
+static_assert(sizeof(Eigen::bfloat16) == sizeof(at::BFloat16));
+
+/// Calls fn(type_tag<Logit>{}) with the reference's type for the logits' dtype.
+template <class Fn>
+auto visit_logits(const Tensor& logits, const char* op, Fn&& fn) {
+  const auto t = logits.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+                   "geopref.", op, ": logits must be float32, float64, float16 or bfloat16, got ",
+                   t);
+  switch (t) {
+    case at::kFloat: return fn(type_tag<float>{});
+    case at::kDouble: return fn(type_tag<double>{});
+    case at::kHalf: return fn(type_tag<Eigen::half>{});
+    default: return fn(type_tag<Eigen::bfloat16>{});
+  }
+}
+
+/// The reference's token inputs over CPU tensors; labels and offsets as int64
+/// (converted once here, so the reference is instantiated for 4 logit types
+/// rather than 16 type combinations).
+struct cpu_tokens {
+  Tensor logits, labels, offsets;  // keep the converted tensors alive
+  cpu_tokens(const Tensor& z, const Tensor& y, const Tensor& off, const char* op)
+      : logits(check_tokens(z, y, off, op)),
+        labels(y.to(at::kLong).contiguous()),
+        offsets(off.to(at::kLong).contiguous()) {}
+
+  template <class Logit>
+  ref::inputs<Logit, int64_t, int64_t> inputs() const {
+    ref::inputs<Logit, int64_t, int64_t> in;
+    in.logits = static_cast<const Logit*>(logits.data_ptr());
+    in.n_rows = logits.size(0);
+    in.vocab = logits.size(1);
+    in.ld = row_stride(logits);
+    in.labels = labels.data_ptr<int64_t>();
+    in.offsets = offsets.data_ptr<int64_t>();
+    in.n_seqs = offsets.size(0) - 1;
+    return in;
+  }
+};
+
+/// pref_loss's tensors as the reference takes them (float inputs in double).
+struct cpu_pairs {
+  Tensor pairs, soft, ref_logps, weights;
+  int64_t n_pairs;
+  cpu_pairs(const Tensor& logits, int64_t n_seqs, const optional<Tensor>& p,
+            const optional<Tensor>& s, const optional<Tensor>& r, const optional<Tensor>& w,
+            const char* op)
+      : pairs(optional_pairs(p, logits, op)),
+        n_pairs(pair_count(pairs, n_seqs)) {
+    soft = optional_vector(s, n_pairs, logits, at::kDouble, "soft_labels", op);
+    ref_logps = optional_vector(r, n_seqs, logits, at::kDouble, "ref_logps", op);
+    weights = optional_vector(w, n_pairs, logits, at::kDouble, "weights", op);
+  }
+
+  template <class In>
+  void fill(In& in) const {
+    in.n_pairs = n_pairs;
+    in.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
+    in.soft_labels = soft.defined() ? soft.data_ptr<double>() : nullptr;
+    in.ref_logps = ref_logps.defined() ? ref_logps.data_ptr<double>() : nullptr;
+    in.weights = weights.defined() ? weights.data_ptr<double>() : nullptr;
+  }
+};
+
+Tensor metrics_tensor(const geopref::metrics& m, const Tensor& like) {
+  const std::vector<double> v{m.rewards_chosen,  m.rewards_rejected, m.rewards_accuracies,
+                              m.rewards_margins, m.logps_chosen,     m.logps_rejected,
+                              m.calibration_error};
+  return at::tensor(v, like.options().dtype(at::kDouble));
+}
+
+loss_args make_args(c10::string_view loss, double beta, double alpha, double gamma, double epsilon,
+                    double tau, bool average_logps, c10::string_view reduction, double normalizer,
+                    int64_t ignore_index, bool check) {
+  return loss_args{std::string(loss), std::string(reduction), beta,          alpha,
+                   gamma,             epsilon,                tau,           normalizer,
+                   average_logps,     ignore_index,           check};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+  const geopref::options opt = to_options(make_args(loss, beta, alpha, gamma, epsilon, tau,
+                                                    average_logps, reduction, normalizer,
+                                                    ignore_index, check));
+  const cpu_tokens tok(logits, labels, offsets, "pref_loss");
+  const int64_t N = logits.size(0), S = offsets.size(0) - 1;
+  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss");
+  const auto f64 = logits.options().dtype(at::kDouble);
+  Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64), gseq = at::empty({S}, f64);
+  Tensor pair_losses = at::empty({pr.n_pairs}, f64);
+  Tensor counts = at::empty({S}, logits.options().dtype(at::kLong));
+  ref::outputs out;
+  out.seq_counts = counts.data_ptr<int64_t>();
+  out.lse = lse.data_ptr<double>();
+  out.seq_logps = seq.data_ptr<double>();
+  out.grad_seq_logps = gseq.data_ptr<double>();
+  out.pair_losses = pair_losses.data_ptr<double>();
+  const geopref::status st = visit_logits(tok.logits, "pref_loss", [&](auto tag) {
+    auto in = tok.inputs<typename decltype(tag)::type>();
+    pr.fill(in);
+    return ref::compute(in, opt, out);
+  });
+  check_status(static_cast<int>(st), "pref_loss");
+  const auto od = out_dtype(logits);
+  Tensor value = opt.reduce == geopref::reduction::none ? pair_losses
+                                                        : at::scalar_tensor(out.loss, f64);
+  return {value.to(od),      seq.to(od),  metrics_tensor(out.stats, logits),
+          lse.to(od),        gseq.to(od), seq_scale(counts, opt, od)};
+}
+
+Tensor pref_loss_grad_seq_cpu(
+    const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+  const geopref::options opt = to_options(make_args(loss, beta, alpha, gamma, epsilon, tau,
+                                                    average_logps, reduction, normalizer,
+                                                    ignore_index, check));
+  const cpu_tokens tok(logits, labels, offsets, "pref_loss_grad_seq");
+  const int64_t S = offsets.size(0) - 1;
+  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss_grad_seq");
+  const bool per_pair = opt.reduce == geopref::reduction::none;
+  const int64_t n_up = per_pair ? pr.n_pairs : 1;
+  TORCH_CHECK_VALUE(grad_output.numel() == n_up && grad_output.device() == logits.device(),
+                    "geopref.pref_loss_grad_seq: grad_output must hold ", n_up,
+                    " value(s) on the logits' device, got ", grad_output.sizes());
+  const Tensor up = grad_output.to(at::kDouble).contiguous().reshape({-1});
+  Tensor gseq = at::empty({S}, logits.options().dtype(at::kDouble));
+  ref::outputs out;
+  out.grad_seq_logps = gseq.data_ptr<double>();
+  const geopref::status st = visit_logits(tok.logits, "pref_loss_grad_seq", [&](auto tag) {
+    auto in = tok.inputs<typename decltype(tag)::type>();
+    pr.fill(in);
+    if (per_pair) in.grad_pair_losses = up.data_ptr<double>();
+    else in.grad_loss = up.data_ptr<double>()[0];
+    return ref::compute(in, opt, out);
+  });
+  check_status(static_cast<int>(st), "pref_loss_grad_seq");
+  return gseq.to(out_dtype(logits));
+}
+
+std::tuple<Tensor, Tensor, Tensor> sequence_logps_cpu(const Tensor& logits, const Tensor& labels,
+                                                      const Tensor& offsets, bool average_logps,
+                                                      int64_t ignore_index, bool /*check*/) {
+  geopref::options opt;
+  opt.average_logps = average_logps;
+  opt.ignore_index = ignore_index;
+  const cpu_tokens tok(logits, labels, offsets, "sequence_logps");
+  const int64_t N = logits.size(0), S = offsets.size(0) - 1;
+  const auto f64 = logits.options().dtype(at::kDouble);
+  Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64);
+  Tensor counts = at::empty({S}, logits.options().dtype(at::kLong));
+  ref::outputs out;
+  out.lse = lse.data_ptr<double>();
+  out.seq_logps = seq.data_ptr<double>();
+  out.seq_counts = counts.data_ptr<int64_t>();
+  const int64_t no_pair = 0;  // explicit pairing with P = 0: no pair terms at all
+  const geopref::status st = visit_logits(tok.logits, "sequence_logps", [&](auto tag) {
+    auto in = tok.inputs<typename decltype(tag)::type>();
+    in.n_pairs = 0;
+    in.pairs = &no_pair;
+    return ref::compute(in, opt, out);
+  });
+  check_status(static_cast<int>(st), "sequence_logps");
+  const auto od = out_dtype(logits);
+  return {seq.to(od), lse.to(od), counts};
+}
+
+Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                       const Tensor& lse, const Tensor& grad_seq, int64_t ignore_index,
+                       bool /*check*/) {
+  geopref::options opt;
+  opt.ignore_index = ignore_index;
+  const cpu_tokens tok(logits, labels, offsets, "logits_grad");
+  const int64_t N = logits.size(0), V = logits.size(1), S = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
+                        grad_seq.size(0) == S,
+                    "geopref.logits_grad: lse must be [N] = [", N, "] and grad_seq [S] = [", S,
+                    "], got ", lse.sizes(), " and ", grad_seq.sizes());
+  const Tensor l = lse.to(at::kDouble).contiguous(), g = grad_seq.to(at::kDouble).contiguous();
+  Tensor grad = at::empty({N, V}, logits.options().dtype(at::kDouble));
+  const geopref::status st = visit_logits(tok.logits, "logits_grad", [&](auto tag) {
+    const auto in = tok.inputs<typename decltype(tag)::type>();
+    return ref::logits_grad(in, opt, l.data_ptr<double>(), g.data_ptr<double>(),
+                            grad.data_ptr<double>(), V);
+  });
+  check_status(static_cast<int>(st), "logits_grad");
+  return grad.to(logits.scalar_type());
+}
+
+std::vector<std::string> loss_names() {
+  std::vector<std::string> v;
+  for (int i = 0; i < geopref::LOSS_TYPE_COUNT; ++i)
+    v.emplace_back(geopref::loss_name(static_cast<geopref::loss_type>(i)));
+  return v;
+}
+
+}  // namespace
+}  // namespace geopref_torch
+
+#define GEOPREF_PREF_LOSS_ARGS                                                                  \
+  "Tensor logits, Tensor labels, Tensor offsets, Tensor? pairs, Tensor? soft_labels, "         \
+  "Tensor? ref_logps, Tensor? weights, str loss, float beta, float alpha, float gamma, "       \
+  "float epsilon, float tau, bool average_logps, str reduction, float normalizer, "            \
+  "int ignore_index, bool check"
+
+TORCH_LIBRARY(geopref, m) {
+  m.def("pref_loss(" GEOPREF_PREF_LOSS_ARGS
+        ") -> (Tensor loss, Tensor seq_logps, Tensor metrics, Tensor lse, Tensor grad_seq, "
+        "Tensor seq_scale)");
+  m.def("pref_loss_grad_seq(Tensor grad_output, " GEOPREF_PREF_LOSS_ARGS ") -> Tensor");
+  m.def(
+      "sequence_logps(Tensor logits, Tensor labels, Tensor offsets, bool average_logps, "
+      "int ignore_index, bool check) -> (Tensor seq_logps, Tensor lse, Tensor counts)");
+  m.def(
+      "logits_grad(Tensor logits, Tensor labels, Tensor offsets, Tensor lse, Tensor grad_seq, "
+      "int ignore_index, bool check) -> Tensor");
+  m.def("loss_names() -> str[]", &geopref_torch::loss_names);
+}
+
+TORCH_LIBRARY_IMPL(geopref, CPU, m) {
+  m.impl("pref_loss", &geopref_torch::pref_loss_cpu);
+  m.impl("pref_loss_grad_seq", &geopref_torch::pref_loss_grad_seq_cpu);
+  m.impl("sequence_logps", &geopref_torch::sequence_logps_cpu);
+  m.impl("logits_grad", &geopref_torch::logits_grad_cpu);
+}
+
+// `import geopref_torch._C` loads this library, which runs the registrations
+// above; the module itself is empty (no pybind11: nothing here depends on
+// the Python version beyond this stub).
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

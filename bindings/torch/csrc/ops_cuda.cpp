@@ -1,0 +1,244 @@
+// bindings/torch/csrc/ops_cuda.cpp — CUDA kernels of the geopref torch
+// operators (schemas and documentation: ops.cpp). Each runs the fused path
+// through the C ABI (geopref/c_api.h, compiled into this extension from
+// kernels/c_api.cu) on the current CUDA stream of the logits' device; the
+// workspace comes from torch's caching allocator (stream-ordered, no sync).
+// `check` reads the status the kernels recorded about device data (a label
+// out of range, bad offsets, soft labels outside [0, 1], ...), which
+// synchronises the stream; pass check=False inside CUDA graphs.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "common.h"
+#include "geopref/c_api.h"
+
+namespace geopref_torch {
+namespace {
+
+using c10::optional;
+
+int c_logits_dtype(const Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return GEOPREF_FLOAT32;
+    case at::kHalf: return GEOPREF_FLOAT16;
+    case at::kBFloat16: return GEOPREF_BFLOAT16;
+    default:
+      TORCH_CHECK_TYPE(false, "geopref.", op,
+                       ": CUDA logits must be float32, float16 or bfloat16 (float64 is CPU "
+                       "only), got ", t.scalar_type());
+  }
+  return -1;
+}
+
+int c_index_type(const Tensor& t) {
+  return t.scalar_type() == at::kInt ? GEOPREF_INT32 : GEOPREF_INT64;
+}
+
+/// The C ABI's token view. `z` is check_tokens' result; the tensors must
+/// outlive the call.
+geopref_tokens c_tokens(const Tensor& z, const Tensor& labels, const Tensor& offsets,
+                        const char* op) {
+  geopref_tokens t{};
+  t.logits = z.data_ptr();
+  t.logits_dtype = c_logits_dtype(z, op);
+  t.n_rows = z.size(0);
+  t.vocab = z.size(1);
+  t.ld = row_stride(z);
+  t.labels = labels.data_ptr();
+  t.label_type = c_index_type(labels);
+  t.offsets = offsets.data_ptr();
+  t.offset_type = c_index_type(offsets);
+  t.n_seqs = offsets.size(0) - 1;
+  return t;
+}
+
+geopref_options c_options(const geopref::options& o) {
+  geopref_options c;
+  geopref_options_init(&c);
+  c.loss = static_cast<int>(o.loss.type);
+  c.beta = o.loss.beta;
+  c.alpha = o.loss.alpha;
+  c.gamma = o.loss.gamma;
+  c.epsilon = o.loss.epsilon;
+  c.tau = o.loss.tau;
+  c.reduction = static_cast<int>(o.reduce);
+  c.normalizer = o.normalizer;
+  c.average_logps = o.average_logps ? 1 : 0;
+  c.ignore_index = o.ignore_index;
+  return c;
+}
+
+geopref_stream_t current_stream() {
+  return reinterpret_cast<geopref_stream_t>(at::cuda::getCurrentCUDAStream().stream());
+}
+
+/// Runs one C entry in the two-phase way: size query, workspace from the
+/// caching allocator, launch, and (check) the recorded device status.
+template <class Args, class SizeFn, class RunFn>
+void launch(const Args& a, const geopref_options& opt, const Tensor& like, bool check,
+            SizeFn size_fn, RunFn run_fn, const char* op) {
+  size_t bytes = 0;
+  check_status(size_fn(&a, &opt, &bytes), op);
+  // At least one byte: a null workspace would make the second call a size query.
+  Tensor ws = at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                        like.options().dtype(at::kByte));
+  const geopref_stream_t stream = current_stream();
+  check_status(run_fn(ws.data_ptr(), &bytes, &a, &opt, stream), op);
+  if (check) {
+    geopref_status recorded = GEOPREF_SUCCESS;
+    check_status(geopref_device_status(ws.data_ptr(), stream, &recorded), op);
+    check_status(recorded, op);
+  }
+}
+
+/// pref_loss's per-pair tensors as the C ABI takes them (float32).
+struct cuda_pairs {
+  Tensor pairs, soft, ref_logps, weights;
+  int64_t n_pairs;
+  cuda_pairs(const Tensor& logits, int64_t n_seqs, const optional<Tensor>& p,
+             const optional<Tensor>& s, const optional<Tensor>& r, const optional<Tensor>& w,
+             const char* op)
+      : pairs(optional_pairs(p, logits, op)), n_pairs(pair_count(pairs, n_seqs)) {
+    soft = optional_vector(s, n_pairs, logits, at::kFloat, "soft_labels", op);
+    ref_logps = optional_vector(r, n_seqs, logits, at::kFloat, "ref_logps", op);
+    weights = optional_vector(w, n_pairs, logits, at::kFloat, "weights", op);
+  }
+  void fill(geopref_train_args& a) const {
+    a.n_pairs = n_pairs;
+    a.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
+    a.soft_labels = soft.defined() ? soft.data_ptr<float>() : nullptr;
+    a.ref_logps = ref_logps.defined() ? ref_logps.data_ptr<float>() : nullptr;
+    a.weights = weights.defined() ? weights.data_ptr<float>() : nullptr;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+  const char* op = "pref_loss";
+  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
+                                                    beta, alpha, gamma, epsilon, tau, normalizer,
+                                                    average_logps, ignore_index, check});
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const int64_t N = z.size(0), S = offsets.size(0) - 1;
+  const cuda_pairs pr(z, S, pairs, soft_labels, ref_logps, weights, op);
+  const auto f32 = z.options().dtype(at::kFloat);
+  Tensor value = opt.reduce == geopref::reduction::none ? at::empty({pr.n_pairs}, f32)
+                                                        : at::empty({}, f32);
+  Tensor seq = at::empty({S}, f32), lse = at::empty({N}, f32), gseq = at::empty({S}, f32);
+  Tensor metrics = at::empty({7}, z.options().dtype(at::kDouble));
+  Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
+  geopref_train_args a;
+  geopref_train_args_init(&a);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  pr.fill(a);
+  a.loss = value.data_ptr<float>();
+  a.seq_logps = seq.data_ptr<float>();
+  a.seq_counts = counts.data_ptr<int64_t>();
+  a.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
+  a.lse = lse.data_ptr<float>();
+  a.grad_seq_logps = gseq.data_ptr<float>();  // g_s at upstream 1; no gradient pass here
+  launch(a, c_options(opt), z, check, geopref_train_step_workspace_size, geopref_train_step, op);
+  return {value, seq, metrics, lse, gseq, seq_scale(counts, opt, at::kFloat)};
+}
+
+Tensor pref_loss_grad_seq_cuda(
+    const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+  const char* op = "pref_loss_grad_seq";
+  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
+                                                    beta, alpha, gamma, epsilon, tau, normalizer,
+                                                    average_logps, ignore_index, check});
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const int64_t S = offsets.size(0) - 1;
+  const cuda_pairs pr(z, S, pairs, soft_labels, ref_logps, weights, op);
+  const int64_t n_up = opt.reduce == geopref::reduction::none ? pr.n_pairs : 1;
+  TORCH_CHECK_VALUE(grad_output.numel() == n_up && grad_output.device() == z.device(),
+                    "geopref.", op, ": grad_output must hold ", n_up,
+                    " value(s) on the logits' device, got ", grad_output.sizes());
+  const Tensor up = grad_output.to(at::kFloat).contiguous().reshape({-1});
+  Tensor gseq = at::empty({S}, z.options().dtype(at::kFloat));
+  geopref_train_args a;
+  geopref_train_args_init(&a);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  pr.fill(a);
+  a.grad_output = up.data_ptr<float>();
+  a.grad_seq_logps = gseq.data_ptr<float>();
+  launch(a, c_options(opt), z, check, geopref_train_step_workspace_size, geopref_train_step, op);
+  return gseq;
+}
+
+std::tuple<Tensor, Tensor, Tensor> sequence_logps_cuda(const Tensor& logits, const Tensor& labels,
+                                                       const Tensor& offsets, bool average_logps,
+                                                       int64_t ignore_index, bool check) {
+  const char* op = "sequence_logps";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const int64_t N = z.size(0), S = offsets.size(0) - 1;
+  geopref::options opt;
+  opt.average_logps = average_logps;
+  opt.ignore_index = ignore_index;
+  Tensor seq = at::empty({S}, z.options().dtype(at::kFloat));
+  Tensor lse = at::empty({N}, z.options().dtype(at::kFloat));
+  Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
+  geopref_logps_args a;
+  geopref_logps_args_init(&a);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.seq_logps = seq.data_ptr<float>();
+  a.seq_counts = counts.data_ptr<int64_t>();
+  a.lse = lse.data_ptr<float>();
+  launch(a, c_options(opt), z, check, geopref_sequence_logps_workspace_size,
+         geopref_sequence_logps, op);
+  return {seq, lse, counts};
+}
+
+Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                        const Tensor& lse, const Tensor& grad_seq, int64_t ignore_index,
+                        bool check) {
+  const char* op = "logits_grad";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const int64_t N = z.size(0), V = z.size(1), S = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
+                        grad_seq.size(0) == S && lse.device() == z.device() &&
+                        grad_seq.device() == z.device(),
+                    "geopref.logits_grad: lse must be [N] = [", N, "] and grad_seq [S] = [", S,
+                    "] on the logits' device, got ", lse.sizes(), " and ", grad_seq.sizes());
+  const Tensor l = lse.to(at::kFloat).contiguous(), g = grad_seq.to(at::kFloat).contiguous();
+  Tensor grad = at::empty({N, V}, z.options());
+  geopref::options opt;
+  opt.ignore_index = ignore_index;
+  geopref_grad_args a;
+  geopref_grad_args_init(&a);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.lse = l.data_ptr<float>();
+  a.grad_seq_logps = g.data_ptr<float>();
+  a.grad_logits = grad.data_ptr();
+  a.grad_ld = V;
+  launch(a, c_options(opt), z, check, geopref_logits_grad_workspace_size, geopref_logits_grad,
+         op);
+  return grad;
+}
+
+}  // namespace
+}  // namespace geopref_torch
+
+TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
+  m.impl("pref_loss", &geopref_torch::pref_loss_cuda);
+  m.impl("pref_loss_grad_seq", &geopref_torch::pref_loss_grad_seq_cuda);
+  m.impl("sequence_logps", &geopref_torch::sequence_logps_cuda);
+  m.impl("logits_grad", &geopref_torch::logits_grad_cuda);
+}

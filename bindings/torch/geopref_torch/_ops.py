@@ -1,0 +1,144 @@
+"""Fake (meta) kernels and autograd for the torch.ops.geopref operators.
+
+The operators and their CPU/CUDA kernels are registered in C++ (csrc/ops.cpp,
+csrc/ops_cuda.cpp); this module adds what torch.compile and autograd need:
+  * a fake kernel per operator (output shapes and dtypes only), so that
+    torch.compile traces a call without running it and without a graph break;
+  * the backward of pref_loss and sequence_logps, written with the operators
+    themselves (logits_grad, pref_loss_grad_seq), so that the backward is
+    traced too and runs the fused kernel on CUDA.
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the library: registers torch.ops.geopref.*)
+
+ops = torch.ops.geopref
+
+
+def _float_out(logits):
+    # Float outputs are float32, float64 for float64 logits (CPU only).
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _check_shapes(logits, labels, offsets, op):
+    # The kernels check more (dtypes, contents); these are what the output
+    # shapes depend on.
+    if logits.dim() != 2:
+        raise ValueError(f"geopref.{op}: logits must be 2-D [N, V], got {tuple(logits.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"geopref.{op}: labels must be [N] = [{logits.shape[0]}], "
+                         f"got {tuple(labels.shape)}")
+    if offsets.dim() != 1 or offsets.shape[0] < 1:
+        raise ValueError(f"geopref.{op}: offsets must be [S + 1], got {tuple(offsets.shape)}")
+
+
+@torch.library.register_fake("geopref::pref_loss")
+def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weights, loss, beta,
+                    alpha, gamma, epsilon, tau, average_logps, reduction, normalizer,
+                    ignore_index, check):
+    _check_shapes(logits, labels, offsets, "pref_loss")
+    n, s = logits.shape[0], offsets.shape[0] - 1
+    p = pairs.shape[0] if pairs is not None else s // 2
+    dt = _float_out(logits)
+    value = logits.new_empty((p,) if reduction == "none" else (), dtype=dt)
+    return (value, logits.new_empty((s,), dtype=dt), logits.new_empty((7,), dtype=torch.float64),
+            logits.new_empty((n,), dtype=dt), logits.new_empty((s,), dtype=dt),
+            logits.new_empty((s,), dtype=dt))
+
+
+@torch.library.register_fake("geopref::pref_loss_grad_seq")
+def _pref_loss_grad_seq_fake(grad_output, logits, labels, offsets, *args):
+    _check_shapes(logits, labels, offsets, "pref_loss_grad_seq")
+    return logits.new_empty((offsets.shape[0] - 1,), dtype=_float_out(logits))
+
+
+@torch.library.register_fake("geopref::sequence_logps")
+def _sequence_logps_fake(logits, labels, offsets, average_logps, ignore_index, check):
+    _check_shapes(logits, labels, offsets, "sequence_logps")
+    n, s = logits.shape[0], offsets.shape[0] - 1
+    dt = _float_out(logits)
+    return (logits.new_empty((s,), dtype=dt), logits.new_empty((n,), dtype=dt),
+            logits.new_empty((s,), dtype=torch.int64))
+
+
+@torch.library.register_fake("geopref::logits_grad")
+def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, check):
+    _check_shapes(logits, labels, offsets, "logits_grad")
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+# ---- pref_loss: d/dlogits through g_s. The loss's g_s is linear in a scalar
+# upstream gradient (a [S] multiply); a per-pair upstream (reduction none)
+# needs the pair terms again (pref_loss_grad_seq). An upstream gradient on
+# seq_logps adds seq_scale * grad to g_s. Labels, offsets, pairs, soft labels,
+# reference log-probs and weights get no gradient.
+
+def _pref_loss_setup(ctx, inputs, output):
+    logits, labels, offsets, pairs, soft, ref, weights = inputs[:7]
+    ctx.config = inputs[7:]
+    _, _, metrics, lse, grad_seq, seq_scale = output
+    ctx.save_for_backward(logits, labels, offsets, pairs, soft, ref, weights, lse, grad_seq,
+                          seq_scale)
+    ctx.mark_non_differentiable(metrics, lse, grad_seq, seq_scale)
+
+
+def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
+    logits, labels, offsets, pairs, soft, ref, weights, lse, grad_seq, seq_scale = \
+        ctx.saved_tensors
+    reduction, ignore_index, check = ctx.config[7], ctx.config[9], ctx.config[10]
+    g = None
+    if grad_loss is not None:
+        if reduction == "none":
+            g = ops.pref_loss_grad_seq(grad_loss, logits, labels, offsets, pairs, soft, ref,
+                                       weights, *ctx.config)
+        else:
+            g = grad_seq * grad_loss.to(grad_seq.dtype)
+    if grad_seq_logps is not None:
+        extra = grad_seq_logps.to(seq_scale.dtype) * seq_scale
+        g = extra if g is None else g + extra
+    grad_logits = None
+    if g is not None and ctx.needs_input_grad[0]:
+        grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ignore_index, check)
+    return (grad_logits,) + (None,) * 17
+
+
+torch.library.register_autograd("geopref::pref_loss", _pref_loss_backward,
+                                setup_context=_pref_loss_setup)
+
+
+# ---- sequence_logps: d seq_logps_s / d L_s is 1, or 1/n_s when averaged.
+
+def _sequence_logps_setup(ctx, inputs, output):
+    logits, labels, offsets, average_logps, ignore_index, check = inputs
+    _, lse, counts = output
+    ctx.average_logps, ctx.ignore_index, ctx.check = average_logps, ignore_index, check
+    ctx.save_for_backward(logits, labels, offsets, lse, counts)
+    ctx.mark_non_differentiable(lse, counts)
+
+
+def _sequence_logps_backward(ctx, grad_seq_logps, *_):
+    logits, labels, offsets, lse, counts = ctx.saved_tensors
+    if grad_seq_logps is None or not ctx.needs_input_grad[0]:
+        return (None,) * 6
+    g = grad_seq_logps.to(lse.dtype)
+    if ctx.average_logps:
+        g = torch.where(counts > 0, g / counts.clamp(min=1).to(g.dtype), torch.zeros_like(g))
+    grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ctx.ignore_index, ctx.check)
+    return (grad_logits,) + (None,) * 5
+
+
+torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backward,
+                                setup_context=_sequence_logps_setup)
+
+
+# ---- logits_grad and pref_loss_grad_seq are backward passes themselves: a
+# gradient of a gradient is not implemented, and says so rather than being
+# silently zero.
+
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError("geopref: the backward of a geopref operator is not "
+                              "differentiable (no double backward / create_graph=True)")
+
+
+torch.library.register_autograd("geopref::logits_grad", _no_double_backward)
+torch.library.register_autograd("geopref::pref_loss_grad_seq", _no_double_backward)

@@ -1,0 +1,187 @@
+"""The geopref losses in TRL's terms.
+
+    import geopref_torch as gp
+    out = gp.dpo_loss(logits, labels, loss_type="sigmoid", beta=0.1,
+                      ref_logps=ref, soft_labels=p)   # logits [2P, T, V] or [N, V] + offsets
+    out.loss.backward()                               # into logits.grad (fused on CUDA)
+    out.logps                                         # [2P] per-sequence log-probs
+    out.metrics["rewards/accuracies"]                 # TRL's metric names, 0-dim tensors
+
+Sequences follow TRL's concatenated layout: the first P are the chosen
+responses, the last P the rejected ones (or pass `pairs`). Labels are already
+shifted (row t scores labels[t]; TRL: labels = input_ids[:, 1:] against
+logits[:, :-1]) and -100 (ignore_index) marks prompt and padding tokens.
+"""
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+
+from ._ops import ops
+
+# The order of the metrics tensor (geopref::metrics), with TRL's names; the
+# last one is geopref's soft-label calibration, mean |sigmoid(beta h) - p|.
+METRIC_NAMES = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "calibration_error",
+)
+
+# TRL's DPOConfig.loss_type names (and CPOTrainer's "simpo") whose loss the
+# library computes exactly, with geopref's name. TRL's label_smoothing means
+# cDPO's smoothing for "sigmoid", epsilon for "robust" and "exo_pair".
+TRL_LOSS_TYPES = {
+    "sigmoid": "dpo",
+    "hinge": "hinge",
+    "ipo": "ipo",
+    "robust": "robust",
+    "exo_pair": "exo_pair",
+    "discopop": "discopop",
+    "simpo": "simpo",
+}
+
+
+# Read once from the compiled library (also keeps the call out of traced code).
+_LOSS_NAMES = tuple(ops.loss_names())
+
+
+def loss_types() -> Tuple[str, ...]:
+    """Every loss name the compiled library knows (geopref's names), in its
+    order. A loss added to the library appears here, and dpo_loss accepts it,
+    without a change to this package."""
+    return _LOSS_NAMES
+
+
+class DPOOutput(NamedTuple):
+    loss: torch.Tensor                 # [] (mean, sum, normalizer) or [P] (none)
+    logps: torch.Tensor                # [S] per-sequence log-probs (L_s, or L_s / n_s if averaged)
+    metrics: Dict[str, torch.Tensor]   # METRIC_NAMES -> 0-dim float64 tensors (no host sync)
+
+
+def _tokens(logits, labels, offsets):
+    """[B, T, V] + [B, T] (padded rows: offsets = b * T) or [N, V] + [N] + offsets."""
+    if logits.dim() == 3:
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"geopref: labels must be [B, T] = {list(logits.shape[:2])} for "
+                             f"[B, T, V] logits, got {list(labels.shape)}")
+        if offsets is not None:
+            raise ValueError("geopref: offsets are implied by [B, T, V] logits; pass [N, V] "
+                             "logits for a packed layout")
+        b, t = logits.shape[0], logits.shape[1]
+        offsets = torch.arange(b + 1, device=logits.device, dtype=torch.int64) * t
+        return logits.reshape(b * t, logits.shape[2]), labels.reshape(b * t), offsets
+    if logits.dim() == 2:
+        if offsets is None:
+            raise ValueError("geopref: [N, V] logits need offsets [S + 1] (sequence s owns rows "
+                             "offsets[s]:offsets[s+1])")
+        return logits, labels, offsets
+    raise ValueError(f"geopref: logits must be [B, T, V] or [N, V], got {list(logits.shape)}")
+
+
+def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
+    """TRL's name and label_smoothing -> (geopref loss, soft labels, epsilon, average)."""
+    known = loss_types()
+    if loss_type in TRL_LOSS_TYPES:
+        name = TRL_LOSS_TYPES[loss_type]
+    elif loss_type in known:
+        name = loss_type
+    else:
+        raise ValueError(f"geopref: unknown loss_type {loss_type!r}; TRL names: "
+                         f"{sorted(TRL_LOSS_TYPES)}; geopref names: {list(known)}")
+    if label_smoothing:
+        if loss_type == "sigmoid":
+            # cDPO: -(1-ls) log sigmoid(beta h) - ls log sigmoid(-beta h) is geopref's
+            # cdpo with soft label 1 - ls.
+            if soft_labels is not None:
+                raise ValueError("geopref: label_smoothing with soft_labels: pass soft labels "
+                                 "and loss_type='cdpo' instead")
+            name, soft_labels = "cdpo", float(1.0 - label_smoothing)
+        elif loss_type in ("robust", "exo_pair"):
+            if epsilon is not None:
+                raise ValueError("geopref: give label_smoothing or epsilon, not both")
+            epsilon = float(label_smoothing)
+        else:
+            raise ValueError(f"geopref: label_smoothing has no meaning for {loss_type!r}")
+    if epsilon is None:
+        # TRL's exo_pair uses 1e-3 when label_smoothing is 0.
+        epsilon = 1e-3 if name == "exo_pair" else 0.0
+    if average_logps is None:
+        average_logps = loss_type == "ipo"  # TRL's IPO uses length-averaged log-probs
+    return name, soft_labels, epsilon, average_logps
+
+
+def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+             *, loss_type: str = "sigmoid", beta: float = 0.1,
+             ref_logps: Optional[torch.Tensor] = None,
+             soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+             pairs: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
+             reduction: str = "mean", normalizer: Optional[float] = None,
+             average_logps: Optional[bool] = None, ignore_index: int = -100,
+             alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
+             tau: float = 0.05, check: bool = True) -> DPOOutput:
+    """A DPO-family loss from the policy's logits, forward and backward fused.
+
+    logits: [B, T, V] (B = 2P sequences, chosen first) with labels [B, T], or
+      [N, V] packed rows with labels [N] and offsets [S + 1]; float32, float16,
+      bfloat16 (float64 on CPU). Differentiable.
+    loss_type: a TRL name ("sigmoid", "ipo", "hinge", "robust", "exo_pair",
+      "discopop", "simpo") or any geopref name from loss_types() ("gdpo",
+      "cdpo", "gipo", "ropo", ...).
+    beta: TRL's beta. ref_logps: [S] the reference model's log-probs in the
+      same form (sequence_logps of its logits), None: reference-free.
+    soft_labels: [P] (or a float) p = P(chosen > rejected) in [0, 1]; None: 1.
+    label_smoothing: TRL's: cDPO for "sigmoid", epsilon for "robust"/"exo_pair".
+    pairs: [P, 2] explicit (first, second) sequence indices; weights: [P] >= 0.
+    reduction: "mean" (TRL's), "sum" or "none"; normalizer: divide the sum by
+      this count instead (gradient accumulation / data parallel).
+    average_logps: margins from L_s / n_s (default: TRL's choice, True for ipo;
+      simpo always averages). alpha, gamma: ropo/gropo weights, simpo's gamma
+      (TRL's simpo_gamma); epsilon: robust/exo_pair; tau: discopop (TRL's
+      discopop_tau).
+    check: on CUDA, read the kernels' verdict on the data (labels, offsets,
+      soft labels...) after the call; it synchronises, so pass False inside
+      CUDA graphs.
+
+    Returns DPOOutput(loss, logps [S], metrics {TRL name: 0-dim tensor}).
+    Bad inputs raise ValueError (shapes, values, loss parameters), IndexError
+    (a label or pair index out of range) or TypeError (dtypes), with geopref's
+    message.
+    """
+    z, y, off = _tokens(logits, labels, offsets)
+    name, soft_labels, epsilon, average_logps = _resolve(loss_type, label_smoothing, soft_labels,
+                                                         epsilon, average_logps)
+    n_seqs = off.shape[0] - 1
+    n_pairs = pairs.shape[0] if pairs is not None else n_seqs // 2
+    if isinstance(soft_labels, (int, float)):
+        soft_labels = torch.full((n_pairs,), float(soft_labels), device=z.device)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"geopref: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if normalizer is not None:
+        if reduction != "mean":
+            raise ValueError("geopref: normalizer replaces the mean; leave reduction='mean'")
+        reduction = "normalizer"
+    value, seq_logps, metrics, _, _, _ = ops.pref_loss(
+        z, y, off, pairs, soft_labels, ref_logps, weights, name, float(beta), float(alpha),
+        float(gamma), float(epsilon), float(tau), bool(average_logps), reduction,
+        float(normalizer or 0.0), int(ignore_index), bool(check))
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
+                   offsets: Optional[torch.Tensor] = None, *, average_logps: bool = False,
+                   ignore_index: int = -100, check: bool = True) -> torch.Tensor:
+    """[S] per-sequence log-probs L_s = sum of log softmax(z_t)[y_t] over scored
+    rows (L_s / n_s with average_logps; 0 for a sequence with no scored row).
+    The reference model's pass (its output is dpo_loss's ref_logps, with the
+    same average_logps), and a differentiable primitive for a loss of one's own."""
+    z, y, off = _tokens(logits, labels, offsets)
+    return ops.sequence_logps(z, y, off, bool(average_logps), int(ignore_index), bool(check))[0]
+
+
+def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, float]:
+    """The metrics as {prefix + name: float}, as TRL logs them (copies to the host)."""
+    values = torch.stack(list(metrics.values())).tolist()
+    return {prefix + k: v for k, v in zip(metrics.keys(), values)}
