@@ -13,9 +13,9 @@ py=${PYTHON:-python3}
 t0=$(date +%s)
 
 echo "== torch package: dependencies =="
-# Already installed: pip only confirms it. A fresh machine downloads torch
-# (the 2.15 series, the one these tests were written against)
-# (with its CUDA libraries, which its import needs even on CPU).
+# Already installed: pip only confirms it. A fresh machine downloads torch of
+# the 2.15 series these tests were written against, with its CUDA libraries
+# (its import needs them even on CPU).
 "$py" -m pip install -q --disable-pip-version-check "torch==2.15.*" pytest ninja "setuptools>=64" wheel
 t1=$(date +%s)
 
