@@ -4,26 +4,17 @@
 // C++ compiler against the project's host emulator (custom_loss_emu).
 #pragma once
 
-#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "geopref/options.hpp"
+#include "host_batch.hpp"
 #include "my_loss.hpp"
 
 namespace custom_loss {
 
-struct batch {
-  const float* logits = nullptr;  // [N, V]
-  int64_t n_rows = 0, vocab = 0;
-  const int32_t* labels = nullptr;   // [N]
-  const int32_t* offsets = nullptr;  // [S + 1]
-  int64_t n_seqs = 0, n_pairs = 0;   // TRL's layout: pair i = (i, P + i)
-  const float* soft_labels = nullptr;  // [P]
-  const float* ref_logps = nullptr;    // [S]
-};
-
-enum class outcome { ok, no_device, failed };
+using batch = geopref::support::host_batch;  // TRL's layout: pair i = (i, P + i)
+using outcome = geopref::support::step_outcome;
 
 /// geopref::cuda::train_step<squared_softplus_loss> on device 0: the loss
 /// and grad_logits [N, V] in float.

@@ -3,27 +3,16 @@
 // never goes through nvcc. Defined in gpu_path.cu, built when CUDA is found.
 #pragma once
 
-#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "geopref/options.hpp"
+#include "host_batch.hpp"
 
 namespace quickstart {
 
-/// One batch as host buffers; soft labels and reference log-probs as float,
-/// the types geopref::cuda reads.
-struct gpu_batch {
-  const float* logits = nullptr;  // [N, V]
-  int64_t n_rows = 0, vocab = 0;
-  const int32_t* labels = nullptr;   // [N]
-  const int32_t* offsets = nullptr;  // [S + 1]
-  int64_t n_seqs = 0, n_pairs = 0;
-  const float* soft_labels = nullptr;  // [P]
-  const float* ref_logps = nullptr;    // [S] or null
-};
-
-enum class gpu_outcome { ok, no_device, failed };
+using gpu_batch = geopref::support::host_batch;
+using gpu_outcome = geopref::support::step_outcome;
 
 /// Runs geopref::cuda::train_step on device 0: the loss and grad_logits
 /// [N, V] in float. On no_device or failed, `why` says what happened.

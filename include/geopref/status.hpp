@@ -32,8 +32,8 @@ enum class status : int {
   // execution
   workspace_too_small,    // the workspace passed is smaller than asked for
   misaligned_pointer,     // a buffer violates the alignment it was declared with
-  overlapping_buffers,    // an output overlaps an input or another output (in place excepted),
-                          // or a buffer overlaps the workspace
+  overlapping_buffers,    // the gradient overlaps the logits (exactly in place excepted), the
+                          // lse or g_s it reads; or logits, gradient, lse, g_s overlap the workspace
   unsupported_dtype,      // dtype not compiled in
   cuda_error,             // a CUDA runtime call failed; cudaGetLastError() gives its code
   internal_error,
@@ -64,7 +64,7 @@ inline const char* status_string(status s) noexcept {
     case status::invalid_loss_option: return "invalid loss option: bad term count or weight, transform, f_alpha or bco delta, or --geometric on a loss without a margin";
     case status::workspace_too_small: return "workspace too small: query the size with a null workspace first";
     case status::misaligned_pointer: return "misaligned pointer";
-    case status::overlapping_buffers: return "overlapping buffers: an output overlaps an input, another output or the workspace (only an exact in-place gradient is allowed)";
+    case status::overlapping_buffers: return "overlapping buffers: the gradient overlaps the logits, lse or g_s, or a logits/gradient/lse/g_s buffer overlaps the workspace (only an exact in-place gradient is allowed)";
     case status::unsupported_dtype: return "unsupported dtype";
     case status::cuda_error: return "CUDA runtime error";
     case status::internal_error: return "internal error";

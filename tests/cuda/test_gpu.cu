@@ -610,6 +610,19 @@ TEST_CASE("logits_grad: workspace, host-side and device-side errors", "[gpu][sma
   bad.offsets[2] = bad.offsets[1] - 1;
   REQUIRE(run_logits_grad(bad, fwd.lse, fwd.grad_seq, &grad, &device) == status::success);
   CHECK(device == status::invalid_offsets);
+  // A scored row's token weight that is not finite: logits_grad runs no
+  // sequence pass, so its own per-row pass must flag it.
+  for (const float w : {NAN, INFINITY}) {
+    bad = pr;
+    bad.cfg.token_weights = true;
+    bad.tw.assign(static_cast<size_t>(bad.n), 1.0f);
+    int64_t scored = 0;
+    while (bad.labels[scored] == bad.cfg.opt.ignore_index) ++scored;  // rows 0.. lie in sequence 0
+    REQUIRE(scored < bad.offsets[1]);
+    bad.tw[scored] = w;
+    REQUIRE(run_logits_grad(bad, fwd.lse, fwd.grad_seq, &grad, &device) == status::success);
+    CHECK(device == status::invalid_weight);
+  }
 }
 
 namespace {

@@ -80,12 +80,14 @@ __device__ __forceinline__ T max_of(T a, T b) {
 }
 
 /// Per 16-bit lane, the larger of the two values packed in a and in b: one
-/// max.{bf16,f16}x2 on the device (its NaN rule is fmaxf's).
+/// max.{bf16,f16}x2 on sm_80 and later (its NaN rule is fmaxf's); lane by
+/// lane on older devices (sm_75 has no packed 16-bit max) and on the host
+/// (emulator), with the same result.
 template <class T>
 __device__ __forceinline__ uint32_t max_packed(uint32_t a, uint32_t b);
 template <>
 __device__ __forceinline__ uint32_t max_packed<__nv_bfloat16>(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   uint32_t r;
   asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
   return r;
@@ -101,7 +103,7 @@ __device__ __forceinline__ uint32_t max_packed<__nv_bfloat16>(uint32_t a, uint32
 }
 template <>
 __device__ __forceinline__ uint32_t max_packed<__half>(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   uint32_t r;
   asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
   return r;

@@ -186,7 +186,7 @@ inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
   const int32_t* row_seq = ws.row_seq;
   if (x.token_weights != nullptr) {
     launch(row_coef_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, ws.row_seq, seq_grad,
-           x.token_weights, x.n_rows, ws.row_coef, ws.row_index);
+           x.token_weights, x.n_rows, ws.row_coef, ws.row_index, ws.flag);
     if (last_launch() != status::success) return status::cuda_error;
     seq_grad = ws.row_coef;
     row_seq = ws.row_index;

@@ -270,9 +270,10 @@ enum pair_sum : int {
   SUM_LOGP_REJECTED, SUM_CALIBRATION, SUM_LIVE, SUM_COUNT
 };
 
-/// A total order on doubles (ascending, −NaN first, +NaN last): the
+/// A total order on doubles (ascending, every NaN last): the
 /// reference's sort_key.
 __device__ __forceinline__ uint64_t sort_key(double x) {
+  if (x != x) return ~uint64_t{0};  // every NaN last, whatever its sign bit (x86 and CUDA differ)
   uint64_t u;
   memcpy(&u, &x, sizeof u);  // a bit cast (device memcpy of 8 bytes: a register move)
   return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
@@ -551,17 +552,26 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 
 /// Per-token weights: the backward's coefficient of row t is g_{s(t)} · w_t.
 /// Writes it per row, and the row's own index (−1 when unscored), so that
-/// backward_kernel reads coef[row_index[t]] exactly as it reads g_s.
+/// backward_kernel reads coef[row_index[t]] exactly as it reads g_s. A scored
+/// row's weight that is not finite is recorded (invalid_weight) and counts as
+/// 0, as in sequence_kernel: logits_grad, which runs no sequence_kernel,
+/// validates the weights here.
 template <int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     row_coef_kernel(const int32_t* __restrict__ row_seq, const float* __restrict__ seq_grad,
                     const float* __restrict__ token_weights, int64_t n_rows,
-                    float* __restrict__ row_coef, int32_t* __restrict__ row_index) {
+                    float* __restrict__ row_coef, int32_t* __restrict__ row_index,
+                    int* __restrict__ flag) {
   for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
     const int32_t s = row_seq[t];
     const bool scored = s >= 0;
+    float w = scored ? token_weights[t] : 0.0f;
+    if (!isfinite(w)) {
+      record(flag, status::invalid_weight);
+      w = 0.0f;
+    }
     row_coef[t] = scored ? static_cast<float>(static_cast<double>(seq_grad[s]) *
-                                              static_cast<double>(token_weights[t]))
+                                              static_cast<double>(w))
                          : 0.0f;
     row_index[t] = scored ? static_cast<int32_t>(t) : -1;
   }
@@ -573,7 +583,8 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 ///   unscored row: zeros, the logits are not read.
 /// Every column but the label's is −g·2^(z·log₂e − lse·log₂e): one FFMA with
 /// the pre-scaled lse, one ex2, one multiply. The label's g(1 − p) is written
-/// last, as −g·expm1(z_y − lse_t), which keeps its precision as p → 1; its
+/// last, as −g·expm1(z_y − lse_t), which avoids the cancellation of 1 − p
+/// as p → 1 (down to the float lse's own rounding, docs/math.md §7); its
 /// logit is read before the loop (a barrier orders that read before any
 /// thread's store, and the stores before the label's).
 /// In place (grad == logits) is safe: every element is read and then written

@@ -150,10 +150,11 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   return status::success;
 }
 
-/// A total order on doubles for the sorted terms: ascending, −NaN first and
-/// +NaN last (the IEEE bit pattern, sign-flipped), ties broken by pair index
+/// A total order on doubles for the sorted terms: ascending (the IEEE bit
+/// pattern, sign-flipped), every NaN last, ties broken by pair index
 /// — the same order the CUDA path's rank sort produces.
 inline uint64_t sort_key(double x) {
+  if (x != x) return ~uint64_t{0};  // every NaN last, whatever its sign bit (x86 and CUDA differ)
   uint64_t u;
   std::memcpy(&u, &x, sizeof u);
   return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
