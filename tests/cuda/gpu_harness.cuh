@@ -327,6 +327,128 @@ inline void poison(const dmem& d) {
   if (d.bytes() > 0) CUDA_REQUIRE(cudaMemset(d.get(), 0xff, d.bytes()));  // NaN / −1 everywhere
 }
 
+/// The logits on the device, `misalign` elements past a 256-byte boundary.
+struct device_logits {
+  dmem mem;
+  uint8_t* ptr = nullptr;
+  explicit device_logits(const problem& pr)
+      : mem(static_cast<size_t>((pr.n * pr.ld + pr.cfg.misalign) * dtype_bytes(pr.cfg.dtype)) + 256) {
+    ptr = static_cast<uint8_t*>(mem.get()) + pr.cfg.misalign * dtype_bytes(pr.cfg.dtype);
+    if (!pr.logits.empty())
+      CUDA_REQUIRE(cudaMemcpy(ptr, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
+  }
+};
+
+/// The gradient buffer a case asks for: the logits themselves in place, else
+/// a poisoned buffer of its own at stride V + grad_pad, `grad_misalign`
+/// elements past a 256-byte boundary; null without a gradient.
+struct device_grad {
+  dmem mem;
+  void* ptr = nullptr;
+  int64_t ld = 0;      // the gradient's row stride
+  int64_t api_ld = 0;  // the API's grad_ld: 0 (the logits' ld) in place
+  int elem_bytes = 0;  // its element size
+  device_grad(const problem& pr, const device_logits& logits) {
+    const case_config& c = pr.cfg;
+    elem_bytes = c.grad_fp32 ? 4 : dtype_bytes(c.dtype);
+    ld = c.in_place ? pr.ld : pr.v + c.grad_pad;
+    api_ld = c.in_place ? 0 : ld;
+    if (c.grad && c.in_place) {
+      ptr = logits.ptr;
+    } else if (c.grad) {
+      mem = dmem(static_cast<size_t>((pr.n * ld + c.grad_misalign) * elem_bytes) + 256);
+      poison(mem);
+      ptr = static_cast<uint8_t*>(mem.get()) + c.grad_misalign * elem_bytes;
+    }
+  }
+  std::vector<uint8_t> download_all(const problem& pr) const {
+    return download<uint8_t>(ptr, static_cast<size_t>(pr.n * ld * elem_bytes));
+  }
+};
+
+/// The problem's small inputs and every optional output, on the device.
+struct device_io {
+  dmem labels, offsets, pairs, soft, ref, weights, grad_out, tw;
+  dmem loss, stats, seq_logps, seq_counts, grad_seq, token_logps, lse;
+
+  explicit device_io(const problem& pr) {
+    const case_config& c = pr.cfg;
+    std::vector<int32_t> labels32(pr.labels.begin(), pr.labels.end());
+    std::vector<int32_t> offsets32(pr.offsets.begin(), pr.offsets.end());
+    labels = c.label_type == gc::index_type::int32 ? upload(labels32) : upload(pr.labels);
+    offsets = c.offset_type == gc::index_type::int32 ? upload(offsets32) : upload(pr.offsets);
+    pairs = upload(pr.pairs.empty() ? std::vector<int64_t>{0, 0} : pr.pairs);
+    soft = upload(pr.soft);
+    ref = upload(pr.ref);
+    weights = upload(pr.weights);
+    grad_out = upload(pr.grad_out);
+    tw = upload(pr.tw);
+    const bool none = c.opt.reduce == geopref::reduction::none;
+    loss = dmem((none ? std::max<int64_t>(pr.p, 1) : 1) * sizeof(float));
+    stats = dmem(sizeof(geopref::metrics));
+    seq_logps = dmem(pr.s * sizeof(float));
+    seq_counts = dmem(pr.s * sizeof(int64_t));
+    grad_seq = dmem(pr.s * sizeof(float));
+    token_logps = dmem(pr.n * sizeof(float));
+    lse = dmem(pr.n * sizeof(float));
+    for (const dmem* d : {&loss, &stats, &seq_logps, &seq_counts, &grad_seq, &token_logps, &lse})
+      poison(*d);
+  }
+
+  gc::token_inputs tokens(const problem& pr, const void* logits, int64_t ld) const {
+    gc::token_inputs x;
+    x.logits = logits;
+    x.logits_dtype = pr.cfg.dtype;
+    x.n_rows = pr.n;
+    x.vocab = pr.v;
+    x.ld = ld;
+    x.labels = labels.get();
+    x.label_type = pr.cfg.label_type;
+    x.offsets = offsets.get();
+    x.offset_type = pr.cfg.offset_type;
+    x.n_seqs = pr.s;
+    x.token_weights = pr.cfg.token_weights ? tw.get<float>() : nullptr;
+    return x;
+  }
+
+  /// train_step's arguments; grad null: no gradient; grad_ld 0: ld.
+  gc::train_args train(const problem& pr, const void* logits, int64_t ld, void* grad,
+                       int64_t grad_ld) const {
+    const case_config& c = pr.cfg;
+    gc::train_args a;
+    a.tokens = tokens(pr, logits, ld);
+    a.n_pairs = pr.p;
+    a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.get<int64_t>();
+    a.soft_labels = c.soft ? soft.get<float>() : nullptr;
+    a.ref_logps = c.ref ? ref.get<float>() : nullptr;
+    a.weights = c.weights ? weights.get<float>() : nullptr;
+    a.grad_loss = c.grad_loss;
+    a.grad_output = c.grad_output ? grad_out.get<float>() : nullptr;
+    a.loss = loss.get<float>();
+    a.stats = stats.get<geopref::metrics>();
+    a.seq_logps = seq_logps.get<float>();
+    a.seq_counts = seq_counts.get<int64_t>();
+    a.token_logps = token_logps.get<float>();
+    a.lse = lse.get<float>();
+    a.grad_seq_logps = grad_seq.get<float>();
+    a.grad_logits = grad;
+    a.grad_ld = grad_ld;
+    a.grad_float32 = c.grad_fp32;
+    return a;
+  }
+
+  /// Every output but the gradient and the logits, into r.
+  void download_into(const problem& pr, gpu_result& r) const {
+    r.loss = download<float>(loss.get(), loss.bytes() / sizeof(float));
+    r.stats = download<geopref::metrics>(stats.get(), 1)[0];
+    r.seq_logps = download<float>(seq_logps.get(), pr.s);
+    r.seq_counts = download<int64_t>(seq_counts.get(), pr.s);
+    r.grad_seq = download<float>(grad_seq.get(), pr.s);
+    r.token_logps = download<float>(token_logps.get(), pr.n);
+    r.lse = download<float>(lse.get(), pr.n);
+  }
+};
+
 /// Runs train_step once with freshly poisoned outputs.
 /// The entry a run calls: train_step with the built-in losses unless a test
 /// passes another (a caller's own loss through train_step<Loss>).
@@ -341,72 +463,12 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
     return gc::train_step(w, b, a, o, st);
   });
   const case_config& c = pr.cfg;
-  const int es = dtype_bytes(c.dtype);
   gpu_result r;
-  // Logits at an address `misalign` elements past a 256-byte boundary.
-  dmem logits_mem(static_cast<size_t>((pr.n * pr.ld + c.misalign) * es) + 256);
-  auto* logits = static_cast<uint8_t*>(logits_mem.get()) + c.misalign * es;
-  if (!pr.logits.empty())
-    CUDA_REQUIRE(cudaMemcpy(logits, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
-
-  std::vector<int32_t> labels32(pr.labels.begin(), pr.labels.end());
-  std::vector<int32_t> offsets32(pr.offsets.begin(), pr.offsets.end());
-  const bool l32 = c.label_type == gc::index_type::int32, o32 = c.offset_type == gc::index_type::int32;
-  dmem labels = l32 ? upload(labels32) : upload(pr.labels);
-  dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
-  dmem pairs = upload(pr.pairs.empty() ? std::vector<int64_t>{0, 0} : pr.pairs), soft = upload(pr.soft), ref = upload(pr.ref),
-       weights = upload(pr.weights), grad_out = upload(pr.grad_out), tw = upload(pr.tw);
-
-  const bool none = c.opt.reduce == geopref::reduction::none;
-  dmem loss((none ? std::max<int64_t>(pr.p, 1) : 1) * sizeof(float));
-  dmem stats(sizeof(geopref::metrics));
-  dmem seq_logps(pr.s * sizeof(float)), seq_counts(pr.s * sizeof(int64_t)),
-      grad_seq(pr.s * sizeof(float));
-  dmem token_logps(pr.n * sizeof(float)), lse(pr.n * sizeof(float));
-  for (const dmem* d : {&loss, &stats, &seq_logps, &seq_counts, &grad_seq, &token_logps, &lse})
-    poison(*d);
-
-  const int out_es = c.grad_fp32 ? 4 : es;
-  r.grad_ld = c.in_place ? pr.ld : pr.v + c.grad_pad;
-  dmem grad_mem;
-  void* grad = nullptr;
-  if (c.grad && c.in_place) {
-    grad = logits;
-  } else if (c.grad) {
-    grad_mem = dmem(static_cast<size_t>((pr.n * r.grad_ld + c.grad_misalign) * out_es) + 256);
-    poison(grad_mem);
-    grad = static_cast<uint8_t*>(grad_mem.get()) + c.grad_misalign * out_es;
-  }
-
-  gc::train_args a;
-  a.tokens.logits = logits;
-  a.tokens.logits_dtype = c.dtype;
-  a.tokens.n_rows = pr.n;
-  a.tokens.vocab = pr.v;
-  a.tokens.ld = pr.ld;
-  a.tokens.labels = labels.get();
-  a.tokens.label_type = c.label_type;
-  a.tokens.offsets = offsets.get();
-  a.tokens.offset_type = c.offset_type;
-  a.tokens.n_seqs = pr.s;
-  a.tokens.token_weights = c.token_weights ? tw.get<float>() : nullptr;
-  a.n_pairs = pr.p;
-  a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.get<int64_t>();
-  a.soft_labels = c.soft ? soft.get<float>() : nullptr;
-  a.ref_logps = c.ref ? ref.get<float>() : nullptr;
-  a.weights = c.weights ? weights.get<float>() : nullptr;
-  a.grad_loss = c.grad_loss;
-  a.grad_output = c.grad_output ? grad_out.get<float>() : nullptr;
-  a.loss = loss.get<float>();
-  a.stats = stats.get<geopref::metrics>();
-  a.seq_logps = seq_logps.get<float>();
-  a.seq_counts = seq_counts.get<int64_t>();
-  a.token_logps = token_logps.get<float>();
-  a.lse = lse.get<float>();
-  a.grad_seq_logps = grad_seq.get<float>();
-  a.grad_logits = grad;
-  a.grad_ld = c.in_place ? 0 : r.grad_ld;  // 0 means ld
-  a.grad_float32 = c.grad_fp32;
+  const device_logits logits(pr);
+  const device_io io(pr);
+  const device_grad grad(pr, logits);
+  r.grad_ld = grad.ld;
+  const gc::train_args a = io.train(pr, logits.ptr, pr.ld, grad.ptr, grad.api_ld);
 
   size_t bytes = 0;
   REQUIRE(step(nullptr, bytes, a, c.opt, stream) == status::success);
@@ -424,15 +486,9 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   REQUIRE(gc::device_status(ws.get(), stream, &r.device) == status::success);
   CUDA_REQUIRE(cudaDeviceSynchronize());
 
-  r.loss = download<float>(loss.get(), loss.bytes() / sizeof(float));
-  r.stats = download<geopref::metrics>(stats.get(), 1)[0];
-  r.seq_logps = download<float>(seq_logps.get(), pr.s);
-  r.seq_counts = download<int64_t>(seq_counts.get(), pr.s);
-  r.grad_seq = download<float>(grad_seq.get(), pr.s);
-  r.token_logps = download<float>(token_logps.get(), pr.n);
-  r.lse = download<float>(lse.get(), pr.n);
-  if (c.grad) r.grad = download<uint8_t>(grad, static_cast<size_t>(pr.n * r.grad_ld * out_es));
-  if (!c.in_place) r.logits = download<uint8_t>(logits, pr.logits.size());
+  io.download_into(pr, r);
+  if (c.grad) r.grad = grad.download_all(pr);
+  if (!c.in_place) r.logits = download<uint8_t>(logits.ptr, pr.logits.size());
   return r;
 }
 

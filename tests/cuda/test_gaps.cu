@@ -25,86 +25,6 @@ namespace {
 // Running a problem with the logits, the gradient and the workspace where a
 // case wants them (run_gpu in gpu_harness.cuh always allocates them itself).
 
-/// The problem's small inputs and every optional output, on the device.
-struct device_io {
-  dmem labels, offsets, pairs, soft, ref, weights, grad_out;
-  dmem loss, stats, seq_logps, seq_counts, grad_seq, token_logps, lse;
-
-  explicit device_io(const problem& pr) {
-    const case_config& c = pr.cfg;
-    std::vector<int32_t> labels32(pr.labels.begin(), pr.labels.end());
-    std::vector<int32_t> offsets32(pr.offsets.begin(), pr.offsets.end());
-    labels = c.label_type == gc::index_type::int32 ? upload(labels32) : upload(pr.labels);
-    offsets = c.offset_type == gc::index_type::int32 ? upload(offsets32) : upload(pr.offsets);
-    pairs = upload(pr.pairs.empty() ? std::vector<int64_t>{0, 0} : pr.pairs);
-    soft = upload(pr.soft);
-    ref = upload(pr.ref);
-    weights = upload(pr.weights);
-    grad_out = upload(pr.grad_out);
-    const bool none = c.opt.reduce == reduction::none;
-    loss = dmem((none ? std::max<int64_t>(pr.p, 1) : 1) * sizeof(float));
-    stats = dmem(sizeof(geopref::metrics));
-    seq_logps = dmem(pr.s * sizeof(float));
-    seq_counts = dmem(pr.s * sizeof(int64_t));
-    grad_seq = dmem(pr.s * sizeof(float));
-    token_logps = dmem(pr.n * sizeof(float));
-    lse = dmem(pr.n * sizeof(float));
-    for (const dmem* d : {&loss, &stats, &seq_logps, &seq_counts, &grad_seq, &token_logps, &lse})
-      poison(*d);
-  }
-
-  gc::token_inputs tokens(const problem& pr, const void* logits, int64_t ld) const {
-    gc::token_inputs x;
-    x.logits = logits;
-    x.logits_dtype = pr.cfg.dtype;
-    x.n_rows = pr.n;
-    x.vocab = pr.v;
-    x.ld = ld;
-    x.labels = labels.get();
-    x.label_type = pr.cfg.label_type;
-    x.offsets = offsets.get();
-    x.offset_type = pr.cfg.offset_type;
-    x.n_seqs = pr.s;
-    return x;
-  }
-
-  /// train_step's arguments; grad null: no gradient; grad_ld 0: ld.
-  gc::train_args train(const problem& pr, const void* logits, int64_t ld, void* grad,
-                       int64_t grad_ld) const {
-    const case_config& c = pr.cfg;
-    gc::train_args a;
-    a.tokens = tokens(pr, logits, ld);
-    a.n_pairs = pr.p;
-    a.pairs = c.explicit_pairs < 0 ? nullptr : pairs.get<int64_t>();
-    a.soft_labels = c.soft ? soft.get<float>() : nullptr;
-    a.ref_logps = c.ref ? ref.get<float>() : nullptr;
-    a.weights = c.weights ? weights.get<float>() : nullptr;
-    a.grad_loss = c.grad_loss;
-    a.grad_output = c.grad_output ? grad_out.get<float>() : nullptr;
-    a.loss = loss.get<float>();
-    a.stats = stats.get<geopref::metrics>();
-    a.seq_logps = seq_logps.get<float>();
-    a.seq_counts = seq_counts.get<int64_t>();
-    a.token_logps = token_logps.get<float>();
-    a.lse = lse.get<float>();
-    a.grad_seq_logps = grad_seq.get<float>();
-    a.grad_logits = grad;
-    a.grad_ld = grad_ld;
-    a.grad_float32 = c.grad_fp32;
-    return a;
-  }
-
-  /// Every output but the gradient and the logits, into r.
-  void download_into(const problem& pr, gpu_result& r) const {
-    r.loss = download<float>(loss.get(), loss.bytes() / sizeof(float));
-    r.stats = download<geopref::metrics>(stats.get(), 1)[0];
-    r.seq_logps = download<float>(seq_logps.get(), pr.s);
-    r.seq_counts = download<int64_t>(seq_counts.get(), pr.s);
-    r.grad_seq = download<float>(grad_seq.get(), pr.s);
-    r.token_logps = download<float>(token_logps.get(), pr.n);
-    r.lse = download<float>(lse.get(), pr.n);
-  }
-};
 
 /// A poisoned workspace of exactly `bytes`, starting `offset` bytes past the
 /// 256-byte boundary cudaMalloc returns, and ending where the allocation
@@ -143,18 +63,6 @@ gpu_result run_train(const problem& pr, const void* logits, int64_t ld, void* gr
   return r;
 }
 
-/// Device copies of pr's logits, `misalign` elements past a 256-byte
-/// boundary, row stride pr.ld.
-struct device_logits {
-  dmem mem;
-  uint8_t* ptr = nullptr;
-  explicit device_logits(const problem& pr)
-      : mem(pr.logits.size() + static_cast<size_t>(pr.cfg.misalign * dtype_bytes(pr.cfg.dtype)) + 256) {
-    ptr = static_cast<uint8_t*>(mem.get()) + pr.cfg.misalign * dtype_bytes(pr.cfg.dtype);
-    if (!pr.logits.empty())
-      CUDA_REQUIRE(cudaMemcpy(ptr, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
-  }
-};
 
 problem make(const case_config& c) {
   problem pr;

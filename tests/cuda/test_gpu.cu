@@ -439,58 +439,33 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
                        const std::vector<float>& grad_seq_in, std::vector<uint8_t>* grad_out,
                        status* device, size_t workspace_shortfall = 0,
                        void (*tweak)(gc::grad_args&) = nullptr) {
-  const case_config& c = pr.cfg;
-  const int es = dtype_bytes(c.dtype), out_es = c.grad_fp32 ? 4 : es;
-  dmem logits_mem(static_cast<size_t>((pr.n * pr.ld + c.misalign) * es) + 256);
-  auto* logits = static_cast<uint8_t*>(logits_mem.get()) + c.misalign * es;
-  if (!pr.logits.empty())
-    CUDA_REQUIRE(cudaMemcpy(logits, pr.logits.data(), pr.logits.size(), cudaMemcpyHostToDevice));
-  std::vector<int32_t> labels32(pr.labels.begin(), pr.labels.end());
-  std::vector<int32_t> offsets32(pr.offsets.begin(), pr.offsets.end());
-  const bool l32 = c.label_type == gc::index_type::int32, o32 = c.offset_type == gc::index_type::int32;
-  dmem labels = l32 ? upload(labels32) : upload(pr.labels);
-  dmem offsets = o32 ? upload(offsets32) : upload(pr.offsets);
-  dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in), tw = upload(pr.tw);
-
-  const int64_t grad_ld = c.in_place ? pr.ld : pr.v + c.grad_pad;
-  dmem grad_mem;
-  void* grad = logits;
-  if (!c.in_place) {
-    grad_mem = dmem(static_cast<size_t>((pr.n * grad_ld + c.grad_misalign) * out_es) + 256);
-    poison(grad_mem);
-    grad = static_cast<uint8_t*>(grad_mem.get()) + c.grad_misalign * out_es;
-  }
+  problem with_grad = pr;  // logits_grad always writes a gradient
+  with_grad.cfg.grad = true;
+  const device_logits logits(with_grad);
+  const device_io io(with_grad);
+  const device_grad grad(with_grad, logits);
+  const dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in);
 
   gc::grad_args a;
-  a.tokens.logits = logits;
-  a.tokens.logits_dtype = c.dtype;
-  a.tokens.n_rows = pr.n;
-  a.tokens.vocab = pr.v;
-  a.tokens.ld = pr.ld;
-  a.tokens.labels = labels.get();
-  a.tokens.label_type = c.label_type;
-  a.tokens.offsets = offsets.get();
-  a.tokens.offset_type = c.offset_type;
-  a.tokens.n_seqs = pr.s;
-  a.tokens.token_weights = c.token_weights ? tw.get<float>() : nullptr;
+  a.tokens = io.tokens(with_grad, logits.ptr, pr.ld);
   a.lse = lse.get<float>();
   a.grad_seq_logps = grad_seq.get<float>();
-  a.grad_logits = grad;
-  a.grad_ld = c.in_place ? 0 : grad_ld;
-  a.grad_float32 = c.grad_fp32;
+  a.grad_logits = grad.ptr;
+  a.grad_ld = grad.api_ld;
+  a.grad_float32 = pr.cfg.grad_fp32;
   if (tweak != nullptr) tweak(a);
 
   size_t bytes = 0;
-  status st = gc::logits_grad(nullptr, bytes, a, c.opt);
+  status st = gc::logits_grad(nullptr, bytes, a, pr.cfg.opt);
   if (st != status::success) return st;
   dmem ws(bytes);
   poison(ws);
   CUDA_REQUIRE(cudaDeviceSynchronize());
   size_t given = bytes - workspace_shortfall;
-  st = gc::logits_grad(ws.get(), given, a, c.opt);
+  st = gc::logits_grad(ws.get(), given, a, pr.cfg.opt);
   if (st != status::success) return st;
   REQUIRE(gc::device_status(ws.get(), nullptr, device) == status::success);
-  *grad_out = download<uint8_t>(grad, static_cast<size_t>(pr.n * grad_ld * out_es));
+  *grad_out = grad.download_all(with_grad);
   return status::success;
 }
 
