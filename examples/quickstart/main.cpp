@@ -195,17 +195,17 @@ void gpu_path(const batch& /*b*/, row_result& /*r*/) { gpu_skipped = "built with
 void print_table(const std::vector<row_result>& rows) {
   bool any_gpu = false;
   for (const auto& r : rows) any_gpu = any_gpu || r.gpu_ran;
-  std::printf("%-9s %11s %9s %9s %9s %9s %9s | %-16s", "loss", "loss", "rew/ch", "rew/rej",
+  std::printf("%-12s %11s %9s %9s %9s %9s %9s | %-16s", "loss", "loss", "rew/ch", "rew/rej",
               "acc", "margin", "calib", "cpu gradcheck");
   if (any_gpu) std::printf(" | %-16s", "gpu vs cpu");
   std::printf("\n");
   for (const auto& r : rows) {
     if (r.st != status::success) {
-      std::printf("%-9s error: %s\n", geopref::loss_name(r.type), geopref::status_string(r.st));
+      std::printf("%-12s error: %s\n", geopref::loss_name(r.type), geopref::status_string(r.st));
       continue;
     }
     const geopref::metrics& m = r.stats;
-    std::printf("%-9s %11.6f %9.4f %9.4f %9.3f %9.4f %9.4f | %8.1e %-7s",
+    std::printf("%-12s %11.6f %9.4f %9.4f %9.3f %9.4f %9.4f | %8.1e %-7s",
                 geopref::loss_name(r.type), r.loss, m.rewards_chosen, m.rewards_rejected,
                 m.rewards_accuracies, m.rewards_margins, m.calibration_error, r.grad_err,
                 r.grad_ok ? "ok" : "FAIL");
