@@ -20,6 +20,7 @@
 #pragma once
 
 #include <math.h>
+#include <string.h>
 
 #include <cmath>
 #include <cstdint>
@@ -47,6 +48,17 @@ GEOPREF_HD_INLINE float abs(float x) { return ::fabsf(x); }
 GEOPREF_HD_INLINE double abs(double x) { return ::fabs(x); }
 GEOPREF_HD_INLINE float expm1(float x) { return ::expm1f(x); }
 GEOPREF_HD_INLINE double expm1(double x) { return ::expm1(x); }
+
+/// The key the batch-coupled (sorted) terms order their values by, on the
+/// CPU and the GPU alike: ascending (the IEEE bit pattern, sign-flipped),
+/// every NaN last whatever its sign bit (x86 and CUDA make different default
+/// NaNs). Equal keys keep pair order (stable sorts on both paths).
+GEOPREF_HD_INLINE uint64_t sort_key(double x) {
+  if (x != x) return ~uint64_t{0};
+  uint64_t u;
+  memcpy(&u, &x, sizeof u);  // a bit cast (on the device: a register move)
+  return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
+}
 
 /// The largest finite exponent: exp(x) overflows above it.
 template <class T>

@@ -21,7 +21,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstring>
 
 #include "geopref/cuda/detail/arith.cuh"
 #include "geopref/cuda/detail/device.cuh"
@@ -270,15 +269,6 @@ enum pair_sum : int {
   SUM_LOGP_REJECTED, SUM_CALIBRATION, SUM_LIVE, SUM_COUNT
 };
 
-/// A total order on doubles (ascending, every NaN last): the
-/// reference's sort_key.
-__device__ __forceinline__ uint64_t sort_key(double x) {
-  if (x != x) return ~uint64_t{0};  // every NaN last, whatever its sign bit (x86 and CUDA differ)
-  uint64_t u;
-  memcpy(&u, &x, sizeof u);  // a bit cast (device memcpy of 8 bytes: a register move)
-  return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
-}
-
 /// The built-in margin loss of a term type.
 struct builtin_margin {
   any_loss<double> base;
@@ -469,8 +459,8 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, Mar
         else x = xa - ref(a), y = xb - ref(b);
         p.sort_x[i] = x;
         p.sort_y[i] = y;
-        p.key_x[i] = sort_key(x);
-        p.key_y[i] = sort_key(y);
+        p.key_x[i] = math::sort_key(x);
+        p.key_y[i] = math::sort_key(y);
       }
       __syncthreads();  // keys complete before ranking
       for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE) {

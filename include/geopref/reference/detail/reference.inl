@@ -17,7 +17,6 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -150,16 +149,6 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   return status::success;
 }
 
-/// A total order on doubles for the sorted terms: ascending (the IEEE bit
-/// pattern, sign-flipped), every NaN last, ties broken by pair index
-/// — the same order the CUDA path's rank sort produces.
-inline uint64_t sort_key(double x) {
-  if (x != x) return ~uint64_t{0};  // every NaN last, whatever its sign bit (x86 and CUDA differ)
-  uint64_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return (u >> 63) != 0 ? ~u : (u | (uint64_t{1} << 63));
-}
-
 /// The pair step (docs/math.md, "Composition"): per pair, the log-prob form
 /// each term asks for, its log-ratios, value and derivatives, converted to
 /// ∂/∂L_s of the summed log-prob (1/n_s for averaged forms); then the
@@ -284,8 +273,9 @@ void run_pairs(const pair_inputs& in, const options& opt, const MarginFor& margi
       }
       auto sorted = [&](const std::vector<double>& v) {
         std::vector<int64_t> perm = live;
-        std::stable_sort(perm.begin(), perm.end(),
-                         [&](int64_t i, int64_t j) { return sort_key(v[i]) < sort_key(v[j]); });
+        std::stable_sort(perm.begin(), perm.end(), [&](int64_t i, int64_t j) {
+          return math::sort_key(v[i]) < math::sort_key(v[j]);
+        });
         return perm;
       };
       const std::vector<int64_t> px = sorted(x), py = sorted(y);
