@@ -23,6 +23,9 @@ struct check_problem {
   std::vector<double> weights;       // [P]; empty: all 1
   std::vector<double> token_weights; // [N]; empty: all 1
   options opt;
+  // --per-token: the per-token primitive instead of a loss (no sequences).
+  bool per_token = false;
+  std::vector<double> token_grad;    // [N] --token-grad G: the gradient of Σ_t G_t ℓ_t; empty: none
 };
 
 struct check_result {
@@ -32,11 +35,17 @@ struct check_result {
   std::vector<double> grad64;        // [N, V] CPU reference gradient, or empty
   std::vector<float> grad32;         // [N, V] CUDA gradient (fp32), or empty
   metrics stats;
+  std::vector<double> token_logps;   // [N] --per-token: ℓ_t, 0 on unscored rows
+  std::vector<double> entropy;       // [N] --per-token: H_t, 0 on unscored rows
 };
 
 /// Runs the problem on the GPU through the C ABI (geopref_check_cuda.cpp).
 /// Returns false with a one-line message when the library or CUDA reports an
 /// error, or when no device is usable.
 bool run_cuda(const check_problem& p, check_result* r, std::string* error);
+
+/// --per-token on the GPU (geopref_token_logps, and geopref_token_logps_grad
+/// with --token-grad): token_logps, entropy and grad32.
+bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error);
 
 }  // namespace geopref::tools
