@@ -54,12 +54,14 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 
 /// grid (N), BLOCK_SIZE threads: the entropy of row t's softmax,
 ///   H_t = −Σ_v p_v log p_v = Σ_v p_v (lse_t − z_v),  p_v = exp(z_v − lse_t),
-/// a second read of the row (only when the caller asks for entropies). A
-/// column with p_v = 0 (z = −∞, or below ex2's range) adds exactly 0 (its
-/// p·(lse − z) would be 0·∞); a NaN p (NaN logits, or a non-finite lse_t)
-/// makes H_t NaN. Each thread adds in float, the block in double, in a fixed
+/// a second read of the row (only when the caller asks for entropies). In
+/// base 2, as the forward: with a_v = z_v·log₂e − lse_t·log₂e (one FFMA),
+/// p_v = 2^a_v and H_t = −ln 2 · Σ_v p_v a_v, so each element is one FFMA,
+/// one ex2, one max and one FFMA. A column with p_v = 0 (z = −∞, or below
+/// ex2's range) adds exactly 0: a_v is raised to −FLT_MAX first, so the term
+/// is 0·(−FLT_MAX), never 0·∞. A NaN p (NaN logits, or a non-finite lse_t)
+/// keeps H_t NaN. Each thread adds in float, the block in double, in a fixed
 /// order: deterministic. Unscored rows get 0, their logits are not read.
-/// Each element is one FFMA, one ex2, one subtract and one FFMA.
 template <class T, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     entropy_kernel(const T* __restrict__ logits, int64_t ld, int64_t vocab,
@@ -77,9 +79,11 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   const T* row = logits + t * ld;
   const float l = lse[t];
   const float neg_l2 = -(l * LOG2E);
-  auto term = [&](float z) {
-    const float p = ex2_ftz(fmaf(z, LOG2E, neg_l2));
-    return p == 0.0f ? 0.0f : p * (l - z);  // NaN p is kept
+  // acc += p·a, with a ≥ −FLT_MAX so that p = 0 gives 0 (fmaxf drops a NaN a,
+  // but then p is NaN too).
+  auto add = [&](float acc, float z) {
+    const float a = fmaf(z, LOG2E, neg_l2);
+    return fmaf(ex2_ftz(a), fmaxf(a, -3.4028234663852886e38f), acc);
   };
   const row_span sp = partition_row(reinterpret_cast<uint64_t>(row), vocab, ELEM);
   const auto* body = reinterpret_cast<const uint4*>(row + sp.pro);  // 16-byte aligned
@@ -94,7 +98,7 @@ GEOPREF_UNROLL
       float x[W];
       unpack<T>(buf[u], x);
 GEOPREF_UNROLL
-      for (int e = 0; e < W; ++e) acc += term(x[e]);
+      for (int e = 0; e < W; ++e) acc = add(acc, x[e]);
     }
   }
 GEOPREF_NO_UNROLL
@@ -102,12 +106,12 @@ GEOPREF_NO_UNROLL
     float x[W];
     unpack<T>(load_once(body + q), x);
 GEOPREF_UNROLL
-    for (int e = 0; e < W; ++e) acc += term(x[e]);
+    for (int e = 0; e < W; ++e) acc = add(acc, x[e]);
   }
-  for (int64_t i = threadIdx.x; i < sp.pro; i += BLOCK_SIZE) acc += term(to_float(row[i]));
-  for (int64_t i = sp.tail + threadIdx.x; i < vocab; i += BLOCK_SIZE) acc += term(to_float(row[i]));
+  for (int64_t i = threadIdx.x; i < sp.pro; i += BLOCK_SIZE) acc = add(acc, to_float(row[i]));
+  for (int64_t i = sp.tail + threadIdx.x; i < vocab; i += BLOCK_SIZE) acc = add(acc, to_float(row[i]));
   const double h = block_reduce<BLOCK_SIZE>(static_cast<double>(acc), plus{}, 0.0, smem);
-  if (threadIdx.x == 0) entropy[t] = static_cast<float>(h);
+  if (threadIdx.x == 0) entropy[t] = static_cast<float>(-static_cast<double>(LN2) * h);
 }
 
 }  // namespace geopref::cuda::detail
