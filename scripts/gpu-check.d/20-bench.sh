@@ -118,6 +118,10 @@ if [[ -s $OUT/bench_gpu.json ]]; then
   peers=()
   [[ -s $OUT/bench_peers.json ]] && peers=(--peers "$OUT/bench_peers.json")
   python3 bench/report.py "$OUT/bench_gpu.json" "${peers[@]}" --only peers,targets
+  if [[ -s $OUT/bench_peers_token.json ]]; then
+    say "per-token peers (step / geopref: against gpu/token forward + backward)"
+    python3 bench/report.py "$OUT/bench_gpu.json" --peers "$OUT/bench_peers_token.json" --only peers
+  fi
 fi
 say "done, status $status"
 exit $status
