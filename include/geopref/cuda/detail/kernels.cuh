@@ -18,8 +18,8 @@
 // The per-token primitive (token_kernels.cuh) adds token_rows_kernel (labels
 // and g_t per row, no sequences) and entropy_kernel.
 //
-// Only forward_kernel and backward_kernel touch the N × V logits; the
-// others are O(N + S + P). All indices into N × V buffers are 64-bit.
+// Only forward_kernel and backward_kernel (and the per-token primitive's
+// optional entropy_kernel) touch the N × V logits; the others are O(N + S + P). All indices into N × V buffers are 64-bit.
 #pragma once
 
 #include <cuda_runtime.h>
