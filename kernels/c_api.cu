@@ -58,6 +58,7 @@ static_assert(GEOPREF_MAX_LOSS_TERMS == geopref::MAX_LOSS_TERMS);
 static_assert(GEOPREF_TRANSFORM_JS == static_cast<int>(geopref::margin_transform::js));
 static_assert(GEOPREF_TRANSFORM_ALPHA == static_cast<int>(geopref::margin_transform::alpha));
 static_assert(GEOPREF_INVALID_LOSS_OPTION == static_cast<int>(status::invalid_loss_option));
+static_assert(GEOPREF_INVALID_VOCAB_RECORDS == static_cast<int>(status::invalid_vocab_records));
 static_assert(GEOPREF_REDUCTION_MEAN == static_cast<int>(geopref::reduction::mean));
 static_assert(GEOPREF_REDUCTION_NONE == static_cast<int>(geopref::reduction::none));
 static_assert(GEOPREF_REDUCTION_NORMALIZER == static_cast<int>(geopref::reduction::normalizer));
