@@ -393,12 +393,15 @@ void write_logits_grad(const inputs<Logit, Label, Offset>& in, const options& op
   for (int64_t t = rows_in_seqs; t < N; ++t) zero_row(t);  // rows outside every sequence
 }
 
+template <class Logit, class Label, class Offset, class MarginFor>
+void run_rows(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
+              const std::vector<double>& lse, const std::vector<double>& logp, outputs& out);
+
 /// The whole computation after validation. Writes only requested outputs.
 template <class Logit, class Label, class Offset, class MarginFor>
 void run(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
          outputs& out) {
-  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs, P = in.n_pairs;
-  const bool averaged = uses_average_logps(opt);
+  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs;
   const int64_t rows_in_seqs = S > 0 ? static_cast<int64_t>(in.offsets[S]) : 0;
 
   using logit_matrix = Eigen::Matrix<Logit, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -428,6 +431,23 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Margi
     lse[t] = m + std::log(sum);
     logp[t] = to_double(z(static_cast<int64_t>(in.labels[t]))) - lse[t];
   }
+
+  run_rows(in, opt, margin_for, lse, logp, out);
+}
+
+/// Everything after the forward pass, from lse_t and ℓ_t [N] (0 for unscored
+/// rows): sequence sums, the pair step, the outputs and the backward. The
+/// vocab-parallel reference (vocab_parallel.hpp) enters here with combined
+/// lse and ℓ.
+template <class Logit, class Label, class Offset, class MarginFor>
+void run_rows(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
+              const std::vector<double>& lse, const std::vector<double>& logp, outputs& out) {
+  const int64_t N = in.n_rows, S = in.n_seqs, P = in.n_pairs;
+  const bool averaged = uses_average_logps(opt);
+  const int64_t rows_in_seqs = S > 0 ? static_cast<int64_t>(in.offsets[S]) : 0;
+  auto scored = [&](int64_t t) {
+    return t < rows_in_seqs && static_cast<int64_t>(in.labels[t]) != opt.ignore_index;
+  };
 
   // ---- per sequence: L_s = Σ w_t ℓ_t (row order), n_s.
   std::vector<double> seq_sum(static_cast<size_t>(S), 0.0);
