@@ -344,3 +344,54 @@ TEST_CASE("vocab-parallel: bad slices and bad gathered records are reported",
     CHECK(gc::vocab_parallel_train_step(tws.get(), bytes, t, c.opt) == status::null_pointer);
   }
 }
+
+TEST_CASE("data-parallel options on the GPU path: the global NLL normaliser, metric sums",
+          "[gpu][small][vocab_parallel]") {
+  // pair_kernel's global sft coefficient against the reference's run_pairs
+  // (whose exactness over data ranks tests/cpu/test_vocab_parallel.cpp
+  // shows), alone and under vocab parallelism.
+  uint64_t seed = 9700;
+  for (int variant = 0; variant < 2; ++variant) {
+    case_config c = vp_case(variant == 0 ? gc::dtype::float32 : gc::dtype::bfloat16, ++seed);
+    c.masked_seqs = {};
+    c.mask_prob = 0.1;
+    c.opt.loss.n_terms = 2;
+    c.opt.loss.terms[0] = loss_type::gdpo;
+    c.opt.loss.term_weights[0] = 1.0;
+    c.opt.loss.terms[1] = loss_type::sft;
+    c.opt.loss.term_weights[1] = 0.5;
+    c.opt.reduce = reduction::normalizer;
+    c.opt.normalizer = 7.0;    // e.g. the global pair count
+    c.opt.nll_tokens = 41.0;   // scored chosen tokens of every rank's live pairs
+    c.opt.nll_weight = 5.5;    // their pairs' weights
+    check_case(c);
+    problem pr;
+    make_vp_problem(c, pr);
+    check_vocab_case(pr, even_bounds(pr.v, 3));
+  }
+  // The metrics as sums: the means times P, and P.
+  case_config c = vp_case(gc::dtype::float32, ++seed);
+  problem pr;
+  make_problem(c, pr);
+  set_reference(pr);
+  dmem sums(sizeof(geopref::metric_sums));
+  poison(sums);
+  const gpu_result r = run_gpu(pr, nullptr, 0, [&](void* w, size_t& b, const gc::train_args& a,
+                                                    const options& o, cudaStream_t st) {
+    gc::train_args with = a;
+    with.stat_sums = sums.get<geopref::metric_sums>();
+    return gc::train_step(w, b, with, o, st);
+  });
+  REQUIRE(r.host_status == status::success);
+  const auto s = download<geopref::metric_sums>(sums.get(), 1)[0];
+  CHECK(s.pairs == static_cast<double>(pr.p));
+  const geopref::metrics m = geopref::metrics_from_sums(s);
+  auto near = [](double a, double b) { return std::fabs(a - b) <= 4e-16 * (std::fabs(b) + 1e-300); };
+  CHECK(near(m.rewards_chosen, r.stats.rewards_chosen));
+  CHECK(near(m.rewards_rejected, r.stats.rewards_rejected));
+  CHECK(near(m.rewards_accuracies, r.stats.rewards_accuracies));
+  CHECK(near(m.rewards_margins, r.stats.rewards_margins));
+  CHECK(near(m.logps_chosen, r.stats.logps_chosen));
+  CHECK(near(m.logps_rejected, r.stats.logps_rejected));
+  CHECK(near(m.calibration_error, r.stats.calibration_error));
+}
