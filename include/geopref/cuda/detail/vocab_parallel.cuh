@@ -22,6 +22,7 @@
 #include <limits>
 
 #include "geopref/cuda/detail/api.cuh"
+#include "geopref/cuda/vocab_args.cuh"
 #include "geopref/cuda/detail/dispatch.cuh"
 #include "geopref/cuda/detail/kernels.cuh"
 
