@@ -98,7 +98,11 @@ vp_run run_vocab_parallel(const problem& pr, const std::vector<int64_t>& begin,
     REQUIRE(gc::vocab_parallel_train_step(nullptr, bytes, a, c.opt) == status::success);
     dmem ws(bytes);
     poison(ws);
-    res.host_status = gc::vocab_parallel_train_step(ws.get(), bytes, a, c.opt);
+    // A caller's margin loss (user_loss.hpp) through the Loss overload.
+    res.host_status = c.user_loss_beta > 0
+                          ? gc::vocab_parallel_train_step(ws.get(), bytes, a, c.opt,
+                                                          log_cosh_loss{c.user_loss_beta})
+                          : gc::vocab_parallel_train_step(ws.get(), bytes, a, c.opt);
     REQUIRE(res.host_status == status::success);
     REQUIRE(gc::device_status(ws.get(), nullptr, &res.device) == status::success);
     CUDA_REQUIRE(cudaDeviceSynchronize());
@@ -208,7 +212,7 @@ TEST_CASE("vocab-parallel: uneven slices, a width-1 slice, the label in the last
   }
 }
 
-TEST_CASE("vocab-parallel: every loss type and combinations", "[gpu][small][vocab_parallel]") {
+TEST_CASE("vocab-parallel: every loss type, a caller's loss, combinations", "[gpu][small][vocab_parallel]") {
   uint64_t seed = 9300;
   for (int li = 0; li < geopref::LOSS_TYPE_COUNT; ++li) {
     const auto t = static_cast<loss_type>(li);
@@ -226,6 +230,13 @@ TEST_CASE("vocab-parallel: every loss type and combinations", "[gpu][small][voca
     problem pr;
     make_vp_problem(c, pr);
     check_vocab_case(pr, even_bounds(pr.v, 3));
+  }
+  {
+    case_config u = vp_case(gc::dtype::float16, ++seed);
+    u.user_loss_beta = 0.3;
+    problem pu;
+    make_vp_problem(u, pu);
+    check_vocab_case(pu, even_bounds(pu.v, 3));
   }
   case_config c = vp_case(gc::dtype::bfloat16, ++seed);
   c.opt.loss.n_terms = 2;
