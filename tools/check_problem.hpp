@@ -23,10 +23,15 @@ struct check_problem {
   std::vector<double> weights;       // [P]; empty: all 1
   std::vector<double> token_weights; // [N]; empty: all 1
   options opt;
+  int vocab_shards = 0;              // > 0: the vocab-parallel path over that many simulated ranks
   // --per-token: the per-token primitive instead of a loss (no sequences).
   bool per_token = false;
   std::vector<double> token_grad;    // [N] --token-grad G: the gradient of Σ_t G_t ℓ_t; empty: none
 };
+
+/// Rank k's first column of K even shards of V (the last rank takes the rest),
+/// as geopref::cuda::even_slice.
+inline int64_t shard_begin(int64_t vocab, int k, int n) { return vocab / n * k; }
 
 struct check_result {
   double loss = 0;                   // reduced loss (Σ w_i f_i for reduction none)

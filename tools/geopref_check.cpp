@@ -18,6 +18,7 @@
 
 #include "check_problem.hpp"
 #include "geopref/reference/reference.hpp"
+#include "geopref/reference/vocab_parallel.hpp"
 #include "npy.hpp"
 
 namespace {
@@ -34,7 +35,7 @@ const char* const USAGE =
     "                     [--beta B] [--alpha A] [--gamma G] [--epsilon E] [--tau T] [--bco-delta D]\n"
     "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
     "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
-    "                     [--device cpu|cuda] --out DIR\n"
+    "                     [--vocab-shards K] [--device cpu|cuda] --out DIR\n"
     "       geopref-check --per-token --logits L.npy --labels Y.npy [--token-grad G.npy]\n"
     "                     [--ignore-index K] [--device cpu|cuda] --out DIR\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
@@ -44,6 +45,8 @@ const char* const USAGE =
     "  T.npy  float32/64 per-token weights, the labels' shape ([N] or [S, T])\n"
     "  several --loss names with --loss-weights: their weighted sum (one pass)\n"
     "  --geometric: the soft-label form f((2p-1) h) of every (margin) loss named\n"
+    "  --vocab-shards K: the vocab-parallel path over K simulated ranks (columns split\n"
+    "    evenly, the last rank taking the rest); the same outputs as unsharded\n"
     "  losses: %s\n"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n"
     "  --per-token: per-token log-probs, no sequences or loss (L [N, V] or [S, T, V]);\n"
@@ -66,6 +69,7 @@ struct cli {
   bool average_logps = false, geometric = false, per_token = false;
   std::string token_grad;
   int64_t ignore_index = -100;
+  int64_t vocab_shards = 0;  // 0: unsharded
 };
 
 /// Every built-in loss name, from the registry.
@@ -153,6 +157,11 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--epsilon") c.cfg.epsilon = parse_double(a, v);
     else if (a == "--tau") c.cfg.tau = parse_double(a, v);
     else if (a == "--ignore-index") c.ignore_index = parse_int(a, v);
+    else if (a == "--vocab-shards") {
+      c.vocab_shards = parse_int(a, v);
+      if (c.vocab_shards < 1 || c.vocab_shards > 65536)
+        throw usage_error{"--vocab-shards must be in [1, 65536]"};
+    }
     else throw usage_error{"unknown option '" + a + "'"};
   }
   if (c.logits.empty()) throw usage_error{"--logits is required"};
@@ -168,7 +177,8 @@ cli parse_args(int argc, char** argv) {
         {"--soft-labels", !c.soft_labels.empty()}, {"--ref-logps", !c.ref_logps.empty()},
         {"--weights", !c.weights.empty()}, {"--token-weights", !c.token_weights.empty()},
         {"--average-logps", c.average_logps}, {"--geometric", c.geometric},
-        {"--f-divergence", !c.f_divergence.empty()}, {"--f-alpha", !c.f_alpha.empty()}};
+        {"--f-divergence", !c.f_divergence.empty()}, {"--f-alpha", !c.f_alpha.empty()},
+        {"--vocab-shards", c.vocab_shards != 0}};
     for (const auto& [flag, given] : not_here)
       if (given)
         throw usage_error{std::string(flag) + " has no meaning with --per-token (use --token-grad "
@@ -342,6 +352,10 @@ tools::check_problem load_problem(const cli& c) {
                                       : reduction::mean;
   p.opt.average_logps = c.average_logps;
   p.opt.ignore_index = c.ignore_index;
+  if (c.vocab_shards > p.vocab)
+    throw input_error{"--vocab-shards " + std::to_string(c.vocab_shards) + " exceeds the vocabulary (" +
+                      std::to_string(p.vocab) + " columns): every rank needs a column"};
+  p.vocab_shards = static_cast<int>(c.vocab_shards);
   return p;
 }
 
@@ -364,7 +378,15 @@ status run_reference_typed(const tools::check_problem& p, const Logit* logits, c
   out.seq_logps = r->seq_logps.data();
   out.grad_logits = r->grad64.data();
   out.grad_ld = p.vocab;
-  const status st = reference::compute(in, p.opt, out);
+  status st;
+  if (p.vocab_shards > 0) {
+    std::vector<int64_t> bounds;
+    for (int k = 0; k < p.vocab_shards; ++k) bounds.push_back(tools::shard_begin(p.vocab, k, p.vocab_shards));
+    bounds.push_back(p.vocab);
+    st = reference::compute_vocab_parallel(in, p.opt, bounds.data(), p.vocab_shards, nullptr, out);
+  } else {
+    st = reference::compute(in, p.opt, out);
+  }
   r->loss = out.loss;
   r->stats = out.stats;
   return st;

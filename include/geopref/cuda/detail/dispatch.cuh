@@ -123,6 +123,23 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
   return status::success;
 }
 
+/// The per-sequence sums L_s, n_s from the per-row ℓ_t in the workspace
+/// (and the caller's copies); validates `ref_logps` (train_step).
+inline status enqueue_sequences(const token_inputs& x, const options& opt,
+                                const workspace_view& ws, const float* ref_logps, float* out_seq,
+                                int64_t* out_counts, cudaStream_t stream) {
+  const int64_t n = x.n_rows, s = x.n_seqs;
+  if (s > 0) {
+    constexpr int64_t MAX_SEQ_BLOCKS = 65535;
+    const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
+    launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
+           x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
+           out_counts, ws.flag);
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  return status::success;
+}
+
 /// Forward pass up to the per-sequence log-probs: enqueue_rows, then
 /// forward (→ combine) → sequence. `ref_logps` is only validated here
 /// (train_step).
@@ -131,7 +148,7 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
                               int64_t* out_counts, cudaStream_t stream) {
   status st = enqueue_rows(x, opt, ws, stream);
   if (st != status::success) return st;
-  const int64_t n = x.n_rows, s = x.n_seqs;
+  const int64_t n = x.n_rows;
   if (n > 0) {
     st = visit_dtype(x.logits_dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -147,15 +164,7 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
       if (last_launch() != status::success) return status::cuda_error;
     }
   }
-  if (s > 0) {
-    constexpr int64_t MAX_SEQ_BLOCKS = 65535;
-    const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
-    launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
-           x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
-           out_counts, ws.flag);
-    if (last_launch() != status::success) return status::cuda_error;
-  }
-  return status::success;
+  return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
 }
 
 /// Copies the optional per-row outputs out of the workspace.
@@ -236,6 +245,9 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
   p.per_pair = opt.reduce == reduction::none;
   p.loss_out = a.loss;
   p.stats = a.stats;
+  p.sums = a.stat_sums;
+  p.nll_tokens = opt.nll_tokens;
+  p.nll_weight = opt.nll_weight;
   p.coef = ws.pair_coef;
   auto* slot = reinterpret_cast<double*>(ws.pair_scratch);
   p.pair_loss = slot;
