@@ -125,6 +125,23 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
   return status::success;
 }
 
+/// The per-sequence sums from the per-row lse / ℓ_t in the workspace
+/// (sequence_kernel); also the fused-linear path's step after its chunks.
+inline status enqueue_sequences(const token_inputs& x, const options& opt,
+                                const workspace_view& ws, const float* ref_logps, float* out_seq,
+                                int64_t* out_counts, cudaStream_t stream) {
+  const int64_t n = x.n_rows, s = x.n_seqs;
+  if (s > 0) {
+    constexpr int64_t MAX_SEQ_BLOCKS = 65535;
+    const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
+    launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
+           x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
+           out_counts, ws.flag);
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  return status::success;
+}
+
 /// Forward pass up to the per-sequence log-probs: enqueue_rows, then
 /// forward (→ combine) → sequence. `ref_logps` is only validated here
 /// (train_step).
@@ -133,7 +150,7 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
                               int64_t* out_counts, cudaStream_t stream) {
   status st = enqueue_rows(x, opt, ws, stream);
   if (st != status::success) return st;
-  const int64_t n = x.n_rows, s = x.n_seqs;
+  const int64_t n = x.n_rows;
   if (n > 0) {
     st = visit_dtype(x.logits_dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
@@ -149,15 +166,7 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
       if (last_launch() != status::success) return status::cuda_error;
     }
   }
-  if (s > 0) {
-    constexpr int64_t MAX_SEQ_BLOCKS = 65535;
-    const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
-    launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
-           x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
-           out_counts, ws.flag);
-    if (last_launch() != status::success) return status::cuda_error;
-  }
-  return status::success;
+  return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
 }
 
 /// Copies the optional per-row outputs out of the workspace.
