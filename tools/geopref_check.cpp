@@ -152,8 +152,10 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--ignore-index") c.ignore_index = parse_int(a, v);
     else throw usage_error{"unknown option '" + a + "'"};
   }
-  if (c.logits.empty() == c.hidden.empty())
-    throw usage_error{"give either --logits or --hidden with --weight"};
+  if (c.logits.empty() && c.hidden.empty())
+    throw usage_error{"--logits is required (or --hidden with --weight)"};
+  if (!c.logits.empty() && !c.hidden.empty())
+    throw usage_error{"give either --logits or --hidden, not both"};
   if (!c.hidden.empty() && c.weight.empty()) throw usage_error{"--hidden needs --weight"};
   if (c.hidden.empty() && !(c.weight.empty() && c.bias.empty()))
     throw usage_error{"--weight and --bias go with --hidden"};
@@ -271,7 +273,7 @@ tools::check_problem load_problem(const cli& c) {
     tools::npy_to_int64(O, &p.offsets);
     p.n_seqs = O.shape[0] - 1;
   } else {
-    throw input_error{describe(lflag, L) + "; expected 2-D or 3-D"};
+    throw input_error{describe(lflag, L) + (p.linear ? "; expected [N, Hd] or [S, T, Hd]" : "; expected [N, V] or [S, T, V]")};
   }
 
   if (p.linear) {
