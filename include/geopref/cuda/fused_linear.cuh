@@ -35,9 +35,10 @@
 //
 // Determinism: chunks run in a fixed order, grad_W and grad_b accumulate
 // chunk by chunk in that order (cuBLAS beta = 1), no atomics; cuBLAS itself
-// gives the same bits run after run on the same card and toolkit. The chunk
-// size changes the bits of grad_W / grad_b (a different summation order),
-// not of anything else.
+// gives the same bits run after run on the same card and toolkit. The
+// budget is part of the input: another chunk size sums grad_W / grad_b in
+// another order, and a chunk of few rows splits rows across blocks (another
+// lse order), so the last bits may differ.
 #pragma once
 
 #include <cublas_v2.h>
