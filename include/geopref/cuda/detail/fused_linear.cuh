@@ -11,6 +11,11 @@
 #include <cstdint>
 #include <limits>
 
+// geopref.cuh before anything of detail/ (it declares the entries, then
+// includes api.cuh); fused_linear.cuh for linear_inputs (it includes this
+// file last, so either header may come first).
+#include "geopref/cuda/geopref.cuh"
+#include "geopref/cuda/fused_linear.cuh"
 #include "geopref/cuda/detail/api.cuh"
 #include "geopref/cuda/detail/dispatch.cuh"
 #include "geopref/cuda/detail/kernels.cuh"
