@@ -33,6 +33,10 @@
 // which allocates and synchronises the device: pass a handle in a training
 // loop. Link CUDA::cublas (this header is the only one in geopref that needs it).
 //
+// Not built yet: DESIGN §6's one-pass fast path (whole pairs per chunk, a
+// loss that is not batch-coupled: three GEMMs instead of four); it needs the
+// pair step split into per-chunk pair values and one final reduction.
+//
 // Determinism: chunks run in a fixed order, grad_W and grad_b accumulate
 // chunk by chunk in that order (cuBLAS beta = 1), no atomics; cuBLAS itself
 // gives the same bits run after run on the same card and toolkit. The

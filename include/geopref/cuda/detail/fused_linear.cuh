@@ -370,6 +370,12 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
   return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
 }
 
+/// The per-token primitive from hidden states (DESIGN §6) is these two
+/// passes with the pair step left out: pass 1 plus copy_rows gives lse_t and
+/// ℓ_t; the backward for any per-token g_t is pass 2 with coef = g_t and
+/// coef_index = row_index (t for scored rows), the indexing per-token
+/// weights already use, so backward_kernel and the GEMMs stay as they are.
+///
 /// Pass 2: every chunk's logits again, the fused backward in place, then
 /// grad_H_c = G_c·W, grad_W (+)= G_cᵀ·H_c, grad_b (+)= Σ_rows G_c. g_s is in
 /// ws.seq_grad.
