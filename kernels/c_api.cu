@@ -14,6 +14,7 @@
 #include "geopref/c_api.h"
 #include "geopref/config.hpp"
 #include "geopref/cuda/geopref.cuh"
+#include "geopref/cuda/vocab_parallel.cuh"
 
 namespace {
 
@@ -58,6 +59,7 @@ static_assert(GEOPREF_MAX_LOSS_TERMS == geopref::MAX_LOSS_TERMS);
 static_assert(GEOPREF_TRANSFORM_JS == static_cast<int>(geopref::margin_transform::js));
 static_assert(GEOPREF_TRANSFORM_ALPHA == static_cast<int>(geopref::margin_transform::alpha));
 static_assert(GEOPREF_INVALID_LOSS_OPTION == static_cast<int>(status::invalid_loss_option));
+static_assert(GEOPREF_INVALID_VOCAB_RECORDS == static_cast<int>(status::invalid_vocab_records));
 static_assert(GEOPREF_REDUCTION_MEAN == static_cast<int>(geopref::reduction::mean));
 static_assert(GEOPREF_REDUCTION_NONE == static_cast<int>(geopref::reduction::none));
 static_assert(GEOPREF_REDUCTION_NORMALIZER == static_cast<int>(geopref::reduction::normalizer));
@@ -110,6 +112,8 @@ status to_options(const geopref_options& c, geopref::options* o) {
   o->normalizer = c.normalizer;
   o->average_logps = c.average_logps != 0;
   o->ignore_index = c.ignore_index;
+  o->nll_tokens = c.nll_tokens;
+  o->nll_weight = c.nll_weight;
   return status::success;
 }
 }  // namespace geopref::c_abi
@@ -156,6 +160,7 @@ status to_train(const geopref_train_args& c, gc::train_args* a) {
   a->grad_logits = c.grad_logits;
   a->grad_ld = c.grad_ld;
   a->grad_float32 = c.grad_float32 != 0;
+  a->stat_sums = reinterpret_cast<geopref::metric_sums*>(c.stat_sums);
   return status::success;
 }
 
@@ -178,6 +183,36 @@ status to_grad(const geopref_grad_args& c, gc::grad_args* a) {
   a->grad_ld = c.grad_ld;
   a->grad_float32 = c.grad_float32 != 0;
   return status::success;
+}
+
+static_assert(sizeof(geopref_metric_sums) == sizeof(geopref::metric_sums));
+static_assert(offsetof(geopref_metric_sums, pairs) == offsetof(geopref::metric_sums, pairs));
+
+// The records cross the C boundary as they are.
+static_assert(sizeof(geopref_vocab_record) == sizeof(gc::vocab_record));
+static_assert(offsetof(geopref_vocab_record, tag) == offsetof(gc::vocab_record, tag));
+
+gc::vocab_slice to_slice(const geopref_vocab_slice& c) {
+  gc::vocab_slice s;
+  s.begin = c.begin;
+  s.total = c.total;
+  s.rank = c.rank;
+  s.n_ranks = c.n_ranks;
+  return s;
+}
+
+status to_vocab_stats(const geopref_vocab_stats_args& c, gc::vocab_stats_args* a) {
+  const status s = to_tokens(c.tokens, &a->tokens);
+  a->slice = to_slice(c.slice);
+  a->records = reinterpret_cast<gc::vocab_record*>(c.records);
+  return s;
+}
+
+status to_vocab_train(const geopref_vocab_train_args& c, gc::vocab_train_args* a) {
+  const status s = to_train(c.train, &a->train);
+  a->slice = to_slice(c.slice);
+  a->records = reinterpret_cast<const gc::vocab_record*>(c.records);
+  return s;
 }
 
 /// The shape of every C entry: null checks, the C structs to C++ ones, the
@@ -212,6 +247,19 @@ geopref_status logits_grad(void* workspace, size_t* bytes, const geopref_grad_ar
   return call(to_grad, gc::logits_grad, workspace, bytes, args, opt, stream);
 }
 
+geopref_status vocab_stats(void* workspace, size_t* bytes, const geopref_vocab_stats_args* args,
+                           const geopref_options* opt, cudaStream_t stream) {
+  return call(to_vocab_stats, gc::vocab_parallel_stats, workspace, bytes, args, opt, stream);
+}
+
+geopref_status vocab_train(void* workspace, size_t* bytes, const geopref_vocab_train_args* args,
+                           const geopref_options* opt, cudaStream_t stream) {
+  using entry_t = status (*)(void*, size_t&, const gc::vocab_train_args&, const geopref::options&,
+                             cudaStream_t);
+  const entry_t entry = gc::vocab_parallel_train_step;
+  return call(to_vocab_train, entry, workspace, bytes, args, opt, stream);
+}
+
 }  // namespace
 
 extern "C" {
@@ -233,6 +281,8 @@ void geopref_options_init(geopref_options* opt) {
   opt->transform = static_cast<int>(d.loss.transform);
   opt->f_alpha = d.loss.f_alpha;
   opt->geometric = d.loss.geometric ? 1 : 0;
+  opt->nll_tokens = d.nll_tokens;
+  opt->nll_weight = d.nll_weight;
   opt->n_terms = 0;
   for (int k = 0; k < GEOPREF_MAX_LOSS_TERMS; ++k) opt->terms[k] = 0, opt->term_weights[k] = 0.0;
 }
@@ -296,6 +346,19 @@ geopref_status geopref_logits_grad(void* workspace, size_t* workspace_bytes,
                                    const geopref_grad_args* args, const geopref_options* opt,
                                    geopref_stream_t stream) {
   return logits_grad(workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_vocab_parallel_stats(void* workspace, size_t* workspace_bytes,
+                                            const geopref_vocab_stats_args* args,
+                                            const geopref_options* opt, geopref_stream_t stream) {
+  return vocab_stats(workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_vocab_parallel_train_step(void* workspace, size_t* workspace_bytes,
+                                                 const geopref_vocab_train_args* args,
+                                                 const geopref_options* opt,
+                                                 geopref_stream_t stream) {
+  return vocab_train(workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_device_status(const void* workspace, geopref_stream_t stream,

@@ -57,7 +57,8 @@ status to_linear_train(const geopref_linear_train_args& c, gc::linear_train_args
   a->grad_loss = c.grad_loss;
   a->grad_output = c.grad_output;
   a->loss = c.loss;
-  a->stats = reinterpret_cast<geopref::metrics*>(c.stats);  // layout checked in c_api.cu
+  a->stats = reinterpret_cast<geopref::metrics*>(c.stats);  // layouts checked in c_api.cu
+  a->stat_sums = reinterpret_cast<geopref::metric_sums*>(c.stat_sums);
   a->seq_logps = c.seq_logps;
   a->seq_counts = c.seq_counts;
   a->token_logps = c.token_logps;

@@ -119,8 +119,8 @@ built=0
 if step configure 120 cmake -S . -B "$build" "${args[@]}"; then
   targets=()
   have=$(cmake --build "$build" --target help 2>/dev/null)
-  for t in geopref_cuda_host_test geopref_gpu_test quickstart bench_gpu check_naive bench_fused_linear geopref_cuda \
-           geopref_cuda_static geopref-check; do
+  for t in geopref_cuda_host_test geopref_gpu_test quickstart bench_gpu check_naive bench_fused_linear \
+           geopref_cuda geopref_cuda_static geopref-check vocab_parallel_nccl; do
     grep -E "^\.\.\. $t\$" <<<"$have" >/dev/null && targets+=("$t")
   done
   step build 300 cmake --build "$build" -j "$jobs" --target "${targets[@]}" && built=1
@@ -148,6 +148,13 @@ if (( built )); then
   fi
   if [[ -x $build/examples/quickstart/quickstart ]]; then
     step quickstart 60 "$build/examples/quickstart/quickstart"
+  fi
+  # The vocab-parallel step through NCCL on a one-rank group (built when NCCL
+  # is found), checked against the single-GPU train_step.
+  if [[ -x $build/examples/vocab_parallel/vocab_parallel_nccl ]]; then
+    step vocab-parallel-nccl 60 "$build/examples/vocab_parallel/vocab_parallel_nccl"
+  else
+    names+=(vocab-parallel-nccl) results+=("NOT RUN (no NCCL)") times+=(0)
   fi
 fi
 

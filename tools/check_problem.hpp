@@ -30,7 +30,12 @@ struct check_problem {
   std::vector<double> weights;       // [P]; empty: all 1
   std::vector<double> token_weights; // [N]; empty: all 1
   options opt;
+  int vocab_shards = 0;              // > 0: the vocab-parallel path over that many simulated ranks
 };
+
+/// Rank k's first column of K even shards of V (the last rank takes the rest),
+/// as geopref::cuda::even_slice.
+inline int64_t shard_begin(int64_t vocab, int k, int n) { return vocab / n * k; }
 
 struct check_result {
   double loss = 0;                   // reduced loss (Σ w_i f_i for reduction none)

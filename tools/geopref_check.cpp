@@ -18,6 +18,7 @@
 #include "check_problem.hpp"
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
+#include "geopref/reference/vocab_parallel.hpp"
 #include "npy.hpp"
 
 namespace {
@@ -35,7 +36,7 @@ const char* const USAGE =
     "                     [--beta B] [--alpha A] [--gamma G] [--epsilon E] [--tau T] [--bco-delta D]\n"
     "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
     "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
-    "                     [--device cpu|cuda] --out DIR\n"
+    "                     [--vocab-shards K] [--device cpu|cuda] --out DIR\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
     "  H.npy  hidden states [N, Hd] or [S, T, Hd]; WT.npy  output projection [V, Hd]; B.npy [V]\n"
     "         (one float dtype): logits H WT^T + B, chunked on the GPU, never held whole\n"
@@ -45,6 +46,8 @@ const char* const USAGE =
     "  T.npy  float32/64 per-token weights, the labels' shape ([N] or [S, T])\n"
     "  several --loss names with --loss-weights: their weighted sum (one pass)\n"
     "  --geometric: the soft-label form f((2p-1) h) of every (margin) loss named\n"
+    "  --vocab-shards K: the vocab-parallel path over K simulated ranks (columns split\n"
+    "    evenly, the last rank taking the rest); the same outputs as unsharded\n"
     "  losses: %s\n"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n"
     "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy] for\n"
@@ -65,6 +68,7 @@ struct cli {
   loss_config cfg{};
   bool average_logps = false, geometric = false;
   int64_t ignore_index = -100;
+  int64_t vocab_shards = 0;  // 0: unsharded
 };
 
 /// Every built-in loss name, from the registry.
@@ -150,6 +154,11 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--epsilon") c.cfg.epsilon = parse_double(a, v);
     else if (a == "--tau") c.cfg.tau = parse_double(a, v);
     else if (a == "--ignore-index") c.ignore_index = parse_int(a, v);
+    else if (a == "--vocab-shards") {
+      c.vocab_shards = parse_int(a, v);
+      if (c.vocab_shards < 1 || c.vocab_shards > 65536)
+        throw usage_error{"--vocab-shards must be in [1, 65536]"};
+    }
     else throw usage_error{"unknown option '" + a + "'"};
   }
   if (c.logits.empty() && c.hidden.empty())
@@ -322,6 +331,10 @@ tools::check_problem load_problem(const cli& c) {
                                       : reduction::mean;
   p.opt.average_logps = c.average_logps;
   p.opt.ignore_index = c.ignore_index;
+  if (c.vocab_shards > p.vocab)
+    throw input_error{"--vocab-shards " + std::to_string(c.vocab_shards) + " exceeds the vocabulary (" +
+                      std::to_string(p.vocab) + " columns): every rank needs a column"};
+  p.vocab_shards = static_cast<int>(c.vocab_shards);
   return p;
 }
 
@@ -344,7 +357,15 @@ status run_reference_typed(const tools::check_problem& p, const Logit* logits, c
   out.seq_logps = r->seq_logps.data();
   out.grad_logits = r->grad64.data();
   out.grad_ld = p.vocab;
-  const status st = reference::compute(in, p.opt, out);
+  status st;
+  if (p.vocab_shards > 0) {
+    std::vector<int64_t> bounds;
+    for (int k = 0; k < p.vocab_shards; ++k) bounds.push_back(tools::shard_begin(p.vocab, k, p.vocab_shards));
+    bounds.push_back(p.vocab);
+    st = reference::compute_vocab_parallel(in, p.opt, bounds.data(), p.vocab_shards, nullptr, out);
+  } else {
+    st = reference::compute(in, p.opt, out);
+  }
   r->loss = out.loss;
   r->stats = out.stats;
   return st;

@@ -54,7 +54,8 @@ geopref_options c_options(const check_problem& p) {
   opt.normalizer = p.opt.normalizer;
   opt.average_logps = p.opt.average_logps ? 1 : 0;
   opt.ignore_index = p.opt.ignore_index;
-
+  opt.nll_tokens = p.opt.nll_tokens;
+  opt.nll_weight = p.opt.nll_weight;
   return opt;
 }
 
@@ -120,14 +121,64 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   a.grad_logits = grad.get<void>();
   a.grad_float32 = 1;
 
-  size_t bytes = 0;
-  geopref_status st = geopref_train_step_workspace_size(&a, &opt, &bytes);
-  device_buffer workspace(st == GEOPREF_SUCCESS ? bytes : 0);
-  if (!workspace.ok()) return cuda_fail(error, "allocating the workspace", workspace.error());
-  if (st == GEOPREF_SUCCESS) st = geopref_train_step(workspace.get<void>(), &bytes, &a, &opt, nullptr);
-  geopref_status recorded = GEOPREF_SUCCESS;
-  if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
-  if (st == GEOPREF_SUCCESS) st = recorded;
+  geopref_status st = GEOPREF_SUCCESS;
+  // One call through `entry`: size query, workspace, call, device status.
+  auto run_entry = [&](auto entry, const auto* args) {
+    size_t bytes = 0;
+    if (st == GEOPREF_SUCCESS) st = entry(nullptr, &bytes, args, &opt, nullptr);
+    device_buffer workspace(st == GEOPREF_SUCCESS ? bytes : 0);
+    if (!workspace.ok()) {
+      e = workspace.error();
+      return;
+    }
+    if (st == GEOPREF_SUCCESS) st = entry(workspace.get<void>(), &bytes, args, &opt, nullptr);
+    geopref_status recorded = GEOPREF_SUCCESS;
+    if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+    if (st == GEOPREF_SUCCESS) st = recorded;
+  };
+  if (p.vocab_shards == 0) {
+    run_entry(geopref_train_step, &a);
+  } else {
+    // K simulated ranks: each one's records into its slot, then each one's
+    // step over its slice (every rank writes the same combined outputs, and
+    // its own columns of the gradient).
+    const int k = p.vocab_shards;
+    const int elem = dtype == GEOPREF_FLOAT32 ? 4 : 2;
+    const device_buffer records(N * static_cast<std::size_t>(k) * sizeof(geopref_vocab_record));
+    if (!records.ok()) return cuda_fail(error, "allocating the records", records.error());
+    auto slice_of = [&](int rank, int64_t* width) {
+      geopref_vocab_slice sl;
+      sl.begin = shard_begin(p.vocab, rank, k);
+      sl.total = p.vocab;
+      sl.rank = rank;
+      sl.n_ranks = k;
+      *width = (rank == k - 1 ? p.vocab : shard_begin(p.vocab, rank + 1, k)) - sl.begin;
+      return sl;
+    };
+    for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
+      geopref_vocab_stats_args sa;
+      int64_t width = 0;
+      sa.slice = slice_of(q, &width);
+      sa.tokens = a.tokens;
+      sa.tokens.logits = static_cast<const char*>(a.tokens.logits) + sa.slice.begin * elem;
+      sa.tokens.vocab = width;
+      sa.records = records.get<geopref_vocab_record>() + static_cast<int64_t>(q) * p.n_rows;
+      run_entry(geopref_vocab_parallel_stats, &sa);
+    }
+    for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
+      geopref_vocab_train_args ta;
+      int64_t width = 0;
+      ta.slice = slice_of(q, &width);
+      ta.train = a;
+      ta.train.tokens.logits = static_cast<const char*>(a.tokens.logits) + ta.slice.begin * elem;
+      ta.train.tokens.vocab = width;
+      ta.train.grad_logits = grad.get<float>() + ta.slice.begin;
+      ta.train.grad_ld = p.vocab;
+      ta.records = records.get<geopref_vocab_record>();
+      run_entry(geopref_vocab_parallel_train_step, &ta);
+    }
+  }
+  if (e != cudaSuccess) return cuda_fail(error, "allocating the workspace", e);
   if (st != GEOPREF_SUCCESS) {
     *error = std::string("geopref: ") + geopref_status_string(st);
     return false;

@@ -69,6 +69,7 @@ enum {
   GEOPREF_INVALID_REDUCTION,
   GEOPREF_INVALID_UPSTREAM_GRAD,
   GEOPREF_INVALID_LOSS_OPTION,
+  GEOPREF_INVALID_VOCAB_RECORDS,
   GEOPREF_WORKSPACE_TOO_SMALL,
   GEOPREF_MISALIGNED_POINTER,
   GEOPREF_OVERLAPPING_BUFFERS,
@@ -142,6 +143,8 @@ typedef struct geopref_options {
   int n_terms;          /* > 0: the weighted combination below replaces `loss` */
   int terms[GEOPREF_MAX_LOSS_TERMS];           /* GEOPREF_LOSS_* */
   double term_weights[GEOPREF_MAX_LOSS_TERMS]; /* finite */
+  double nll_tokens;    /* data parallel, > 0: sum n_{a_i} over the live pairs of every rank (0: local) */
+  double nll_weight;    /* data parallel: sum w_i over the live pairs of every rank */
 } geopref_options;
 
 /* The token rows a forward pass reads (device pointers). */
@@ -169,6 +172,14 @@ typedef struct geopref_metrics {
   double logps_rejected;     /* logps/rejected */
   double calibration_error;  /* mean |sigma(beta h) - p| */
 } geopref_metrics;
+
+/* The metrics as sums over this rank's pairs, and its pair count (layout-
+ * identical to geopref::metric_sums): all-reduce (sum), then divide by pairs. */
+typedef struct geopref_metric_sums {
+  double rewards_chosen, rewards_rejected, rewards_accuracies, rewards_margins;
+  double logps_chosen, logps_rejected, calibration_error;
+  double pairs;
+} geopref_metric_sums;
 
 /* Arguments of geopref_sequence_logps. */
 typedef struct geopref_logps_args {
@@ -200,6 +211,7 @@ typedef struct geopref_train_args {
   void* grad_logits;          /* [N, grad_ld] or NULL: no backward; may equal tokens.logits */
   int64_t grad_ld;            /* >= V; 0: ld */
   int grad_float32;           /* non-zero: gradient as float32, else in the logits dtype */
+  geopref_metric_sums* stat_sums; /* [1] device struct; optional (data parallel) */
 } geopref_train_args;
 
 /* Arguments of geopref_logits_grad (geopref::cuda::grad_args): the gradient
@@ -255,6 +267,7 @@ typedef struct geopref_linear_train_args {
   const float* grad_output;
   float* loss;
   geopref_metrics* stats;
+  geopref_metric_sums* stat_sums;
   float* seq_logps;
   int64_t* seq_counts;
   float* token_logps;
@@ -280,6 +293,32 @@ GEOPREF_C_EXPORT geopref_status geopref_fused_linear_logps(void* workspace, size
                                                            const geopref_linear_logps_args* args,
                                                            const geopref_options* opt,
                                                            geopref_stream_t stream);
+/* Vocab parallelism (geopref/cuda/vocab_parallel.cuh, docs/distributed.md):
+ * the same layouts as geopref::cuda::vocab_record / vocab_slice. */
+typedef struct geopref_vocab_record {
+  float m, s, label; /* slice max (base 2, integer), slice sum, label logit when owned */
+  int32_t tag;       /* 2 * rank + (1 if the slice owns the label) */
+} geopref_vocab_record;
+
+typedef struct geopref_vocab_slice {
+  int64_t begin; /* first global column of this rank's slice */
+  int64_t total; /* V of the whole vocabulary */
+  int rank;      /* 0 <= rank < n_ranks */
+  int n_ranks;
+} geopref_vocab_slice;
+
+typedef struct geopref_vocab_stats_args {
+  geopref_tokens tokens;         /* the slice: logits [N, ld], vocab = its width; global labels */
+  geopref_vocab_slice slice;
+  geopref_vocab_record* records; /* [N] out */
+} geopref_vocab_stats_args;
+
+typedef struct geopref_vocab_train_args {
+  geopref_train_args train;             /* over the slice; grad_logits: the slice's gradient */
+  geopref_vocab_slice slice;
+  const geopref_vocab_record* records;  /* [n_ranks, N] all-gathered, slots in any order */
+} geopref_vocab_train_args;
+
 GEOPREF_C_EXPORT void geopref_options_init(geopref_options* opt);
 GEOPREF_C_EXPORT void geopref_train_args_init(geopref_train_args* args);
 GEOPREF_C_EXPORT void geopref_logps_args_init(geopref_logps_args* args);
@@ -309,6 +348,17 @@ GEOPREF_C_EXPORT geopref_status geopref_logits_grad(void* workspace, size_t* wor
                                                     const geopref_grad_args* args,
                                                     const geopref_options* opt,
                                                     geopref_stream_t stream);
+
+/* Vocab parallel: each rank's records, then (after the caller's all-gather)
+ * each rank's step. workspace == NULL: sets *workspace_bytes only. */
+GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_stats(void* workspace,
+                                                             size_t* workspace_bytes,
+                                                             const geopref_vocab_stats_args* args,
+                                                             const geopref_options* opt,
+                                                             geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_train_step(
+    void* workspace, size_t* workspace_bytes, const geopref_vocab_train_args* args,
+    const geopref_options* opt, geopref_stream_t stream);
 
 /* Synchronises `stream`, then stores in *result the status recorded by the
  * last call that used `workspace`. Returns GEOPREF_CUDA_ERROR when the

@@ -27,6 +27,15 @@ struct options {
   bool average_logps = false;  // terms read L̄_s = L_s / n_s instead of L_s (simpo and orpo
                                // always do)
   int64_t ignore_index = -100; // rows whose label equals this are not scored
+
+  // Data parallelism (docs/distributed.md). A rank's batch is part of a
+  // global one; with reduction::normalizer = the global divisor (e.g. the
+  // global pair count) the pair terms already sum over ranks to the global
+  // loss and gradient. The NLL term (sft) is coupled through
+  // the batch's token count; these two globals make them sum too. 0: the
+  // rank's own batch is the whole batch (a single process).
+  double nll_tokens = 0.0;  // > 0: Σ n_{a_i} over the non-zero-weight pairs of every rank
+  double nll_weight = 0.0;  // with nll_tokens: Σ w_i over the non-zero-weight pairs of every rank
 };
 
 /// True when the per-sequence log-probs the API reports (seq_logps) and the
@@ -53,6 +62,12 @@ inline status validate(const options& o) noexcept {
       break;
     default: return status::invalid_reduction;
   }
+  // The global NLL normaliser: both finite and >= 0; it needs one upstream
+  // gradient for every pair (not reduction::none).
+  if (!(std::isfinite(o.nll_tokens) && o.nll_tokens >= 0.0 && std::isfinite(o.nll_weight) &&
+        o.nll_weight >= 0.0))
+    return status::invalid_reduction;
+  if (o.nll_tokens > 0.0 && o.reduce == reduction::none) return status::invalid_reduction;
   return status::success;
 }
 
@@ -78,5 +93,34 @@ struct metrics {
   double logps_rejected = 0;      // logps/rejected     mean L_b
   double calibration_error = 0;   // mean |σ(βh) − p̂|, h the plain (not geometric) margin
 };
+
+/// The metrics before the division by P, and P: what a data-parallel caller
+/// all-reduces (sum) over ranks, then divides each field by `pairs`.
+struct metric_sums {
+  double rewards_chosen = 0;
+  double rewards_rejected = 0;
+  double rewards_accuracies = 0;
+  double rewards_margins = 0;
+  double logps_chosen = 0;
+  double logps_rejected = 0;
+  double calibration_error = 0;
+  double pairs = 0;  // P of this rank
+};
+
+/// The means a metric_sums stands for (the metrics of the global batch after
+/// an all-reduce); all zero when pairs == 0.
+inline metrics metrics_from_sums(const metric_sums& s) noexcept {
+  metrics m;
+  if (!(s.pairs > 0)) return m;
+  const double inv = 1.0 / s.pairs;
+  m.rewards_chosen = s.rewards_chosen * inv;
+  m.rewards_rejected = s.rewards_rejected * inv;
+  m.rewards_accuracies = s.rewards_accuracies * inv;
+  m.rewards_margins = s.rewards_margins * inv;
+  m.logps_chosen = s.logps_chosen * inv;
+  m.logps_rejected = s.logps_rejected * inv;
+  m.calibration_error = s.calibration_error * inv;
+  return m;
+}
 
 }  // namespace geopref

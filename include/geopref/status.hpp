@@ -29,6 +29,8 @@ enum class status : int {
   invalid_reduction,      // unknown reduction, or a caller normaliser <= 0 / NaN
   invalid_upstream_grad,  // upstream gradient NaN or infinite
   invalid_loss_option,    // a bad combination, transform, term weight or bco δ; the geometric form of a loss without a margin
+  invalid_vocab_records,  // vocab-parallel: a slice outside [0, V), or gathered records where a rank is
+                          // missing or repeated, or a scored row's label is owned by no slice or by two
   // execution
   workspace_too_small,    // the workspace passed is smaller than asked for
   misaligned_pointer,     // a buffer violates the alignment it was declared with
@@ -62,6 +64,7 @@ inline const char* status_string(status s) noexcept {
     case status::invalid_reduction: return "invalid reduction: unknown reduction or normaliser not finite and > 0";
     case status::invalid_upstream_grad: return "invalid upstream gradient: must be finite";
     case status::invalid_loss_option: return "invalid loss option: bad term count or weight, transform, f_alpha or bco delta, or --geometric on a loss without a margin";
+    case status::invalid_vocab_records: return "invalid vocab-parallel records: slices must tile [0, V); every rank's record once per row, each scored label owned by exactly one slice";
     case status::workspace_too_small: return "workspace too small: query the size with a null workspace first";
     case status::misaligned_pointer: return "misaligned pointer";
     case status::overlapping_buffers: return "overlapping buffers: the gradient overlaps the logits, lse or g_s, or a logits/gradient/lse/g_s buffer overlaps the workspace (only an exact in-place gradient is allowed)";

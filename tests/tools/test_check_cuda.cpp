@@ -144,6 +144,9 @@ int main() {
                                 std::vector<double>{-70, -1, -160, -5, -130, -110});
     for (const char* loss : {"dpo", "gdpo", "cdpo", "ipo", "gropo", "discopop"})
       both(std::string("f32_") + loss, in + " --loss " + loss + " --beta 0.1 --gamma 0.5");
+    // The vocab-parallel path over simulated ranks, on both devices.
+    both("f32_gdpo_vocab_shards_3", in + " --loss gdpo --beta 0.1 --vocab-shards 3");
+    both("f32_dpo_sft_vocab_shards_8", in + " --loss dpo,sft --loss-weights 1,0.5 --beta 0.1 --vocab-shards 8");
   }
   // [S, T, V] float16, explicit pairs, weights, reduction none, averaged logps.
   {
@@ -172,6 +175,8 @@ int main() {
         " --soft-labels " + save("b_p.npy", "<f4", "(4,)", std::vector<float>{1, 0.7f, 0.2f, 0.5f});
     both("f16_gdpo_none_avg", in + " --loss gdpo --beta 2 --reduction none --average-logps");
     both("f16_simpo_sum", in + " --loss simpo --beta 2 --gamma 0.3 --reduction sum");
+    both("f16_gdpo_none_vocab_shards_2",
+         in + " --loss gdpo --beta 2 --reduction none --average-logps --vocab-shards 2");
   }
   // float64 logits (rounded to float32 for the device), default pairing.
   {

@@ -217,6 +217,45 @@ TEST_CASE("geopref-check matches the reference for every loss", "[check]") {
   }
 }
 
+TEST_CASE("geopref-check --vocab-shards K writes the unsharded outputs", "[check][vocab_parallel]") {
+  // The sharded forward groups each row's log-sum-exp by slice: a double
+  // computation regrouped, so the outputs agree with the unsharded ones to
+  // a few ulps (1e-12 relative leaves room and catches any real error).
+  const ragged r(11);
+  const std::string inputs = r.save_all();
+  auto close = [](const std::vector<double>& a, const std::vector<double>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!(std::fabs(a[i] - b[i]) <= 1e-12 * (1.0 + std::fabs(b[i])))) return false;
+    return true;
+  };
+  for (const char* loss : {"gdpo", "ipo"}) {
+    geopref::options opt;
+    opt.loss.type = std::string(loss) == "gdpo" ? geopref::loss_type::gdpo : geopref::loss_type::ipo;
+    opt.loss.beta = 0.7;
+    const direct d = call_reference(r.inputs(), opt);
+    for (int k : {1, 2, 3, 5}) {  // V = 5: widths 1 1 1 2 (K = 3: 1 1 3), 1 each (K = 5)
+      INFO(loss << " K = " << k);
+      const std::string out = path(std::string("out_shards_") + loss + std::to_string(k));
+      const run_result rr = run_tool(inputs + " --loss " + loss + " --beta 0.7 --vocab-shards " +
+                                     std::to_string(k) + " --out " + out);
+      INFO("stderr: " << rr.err);
+      REQUIRE(rr.exit_code == 0);
+      const std::vector<double> loss_v = read_doubles(out + "/loss.npy");
+      REQUIRE(loss_v.size() == 1);
+      CHECK(close(loss_v, {d.loss}));
+      CHECK(close(read_doubles(out + "/logps.npy"), d.seq_logps));
+      CHECK(close(read_doubles(out + "/grad_logits.npy"), d.grad));
+      const std::string json = read_text(out + "/metrics.json");
+      CHECK(close({json_value(json, "rewards/margins")}, {d.stats.rewards_margins}));
+    }
+  }
+  CHECK(run_tool(inputs + " --loss dpo --vocab-shards 0 --out " + path("x")).exit_code == 2);
+  const run_result six = run_tool(inputs + " --loss dpo --vocab-shards 6 --out " + path("x"));
+  CHECK(six.exit_code == 1);
+  CHECK(six.err.find("exceeds the vocabulary") != std::string::npos);
+}
+
 TEST_CASE("geopref-check: combinations, --geometric, --f-divergence, --bco-delta, --token-weights",
           "[check][family]") {
   const ragged r(21);

@@ -97,6 +97,8 @@ struct train_args {
   // Outputs; every one is optional (null: not computed / not written).
   float* loss = nullptr;             // [1] the reduced loss; [P] the values w_i f_i for reduction::none
   metrics* stats = nullptr;          // [1] device struct, TRL's metric names (geopref/options.hpp)
+  metric_sums* stat_sums = nullptr;  // [1] device struct: the metrics as sums and P, for a
+                                     // data-parallel all-reduce (metrics_from_sums after it)
   float* seq_logps = nullptr;        // [S] L_s or L̄_s: uses_average_logps(options)
   int64_t* seq_counts = nullptr;     // [S] n_s
   float* token_logps = nullptr;      // [N] ℓ_t, 0 for unscored rows

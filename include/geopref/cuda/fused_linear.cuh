@@ -108,6 +108,7 @@ struct linear_train_args {
 
   float* loss = nullptr;            // as train_args (every output optional)
   metrics* stats = nullptr;
+  metric_sums* stat_sums = nullptr;  // as train_args (data parallel)
   float* seq_logps = nullptr;
   int64_t* seq_counts = nullptr;
   float* token_logps = nullptr;

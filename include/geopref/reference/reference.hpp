@@ -87,6 +87,7 @@ struct outputs {
   int64_t grad_ld = 0;               // row stride of grad_logits, >= V (0: use ld)
   double loss = 0;                   // the reduced loss (Σ w_i f_i for reduction::none)
   metrics stats{};
+  metric_sums sums{};                // the metrics as sums and the pair count (data parallel)
 };
 
 /// The pair step alone (DESIGN §6): from per-sequence sums and counts to the
@@ -110,6 +111,7 @@ struct pair_outputs {
   double* grad_seq_sums = nullptr;  // [S] ∂Loss/∂L_s (summed form)
   double loss = 0;
   metrics stats{};
+  metric_sums sums{};  // the metrics as sums and the pair count (data parallel)
 };
 
 /// The pair step with the built-in losses. Validates opt only (the caller

@@ -119,7 +119,7 @@ inline status check_train(const train_args& a, const options& opt, bool buffers)
   if (s != status::success) return s;
   if (!aligned(a.pairs, 8) || !aligned(a.soft_labels, 4) || !aligned(a.ref_logps, 4) ||
       !aligned(a.weights, 4) || !aligned(a.grad_output, 4) || !aligned(a.loss, 4) ||
-      !aligned(a.stats, alignof(metrics)) || !aligned(a.seq_logps, 4) ||
+      !aligned(a.stats, alignof(metrics)) || !aligned(a.stat_sums, alignof(metric_sums)) || !aligned(a.seq_logps, 4) ||
       !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) || !aligned(a.lse, 4) ||
       !aligned(a.grad_seq_logps, 4))
     return status::misaligned_pointer;

@@ -125,8 +125,9 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
   return status::success;
 }
 
-/// The per-sequence sums from the per-row lse / ℓ_t in the workspace
-/// (sequence_kernel); also the fused-linear path's step after its chunks.
+/// The per-sequence sums L_s, n_s from the per-row ℓ_t in the workspace
+/// (and the caller's copies); validates `ref_logps` (train_step). Also the
+/// fused-linear path's step after its chunks.
 inline status enqueue_sequences(const token_inputs& x, const options& opt,
                                 const workspace_view& ws, const float* ref_logps, float* out_seq,
                                 int64_t* out_counts, cudaStream_t stream) {
@@ -241,6 +242,9 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
   p.per_pair = opt.reduce == reduction::none;
   p.loss_out = a.loss;
   p.stats = a.stats;
+  p.sums = a.stat_sums;
+  p.nll_tokens = opt.nll_tokens;
+  p.nll_weight = opt.nll_weight;
   p.coef = ws.pair_coef;
   auto* slot = reinterpret_cast<double*>(ws.pair_scratch);
   p.pair_loss = slot;

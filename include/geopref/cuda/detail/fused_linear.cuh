@@ -184,7 +184,8 @@ inline status check_linear_train(const linear_train_args& a, const options& opt,
   const int elem = dtype_bytes(in.type);
   if (!aligned(a.pairs, 8) || !aligned(a.soft_labels, 4) || !aligned(a.ref_logps, 4) ||
       !aligned(a.weights, 4) || !aligned(a.grad_output, 4) || !aligned(a.loss, 4) ||
-      !aligned(a.stats, alignof(metrics)) || !aligned(a.seq_logps, 4) ||
+      !aligned(a.stats, alignof(metrics)) || !aligned(a.stat_sums, alignof(metric_sums)) ||
+      !aligned(a.seq_logps, 4) ||
       !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) || !aligned(a.lse, 4) ||
       !aligned(a.grad_seq_logps, 4) || !aligned(a.grad_hidden, elem) ||
       !aligned(a.grad_weight, a.grad_weight_float32 ? 4 : elem) || !aligned(a.grad_bias, 4))
@@ -501,6 +502,7 @@ inline status fused_linear_step_with(void* workspace, size_t& workspace_bytes,
     t.grad_output = a.grad_output;
     t.loss = a.loss;
     t.stats = a.stats;
+    t.stat_sums = a.stat_sums;
     t.grad_seq_logps = a.grad_seq_logps;
     st = enqueue_train_tail(t, opt, l.base, ws, margin_for, stream);
     if (st != status::success) return st;

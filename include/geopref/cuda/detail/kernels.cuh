@@ -252,6 +252,8 @@ struct pair_params {
   bool per_pair;      // reduction::none
   float* loss_out;    // [1] or [P], optional
   metrics* stats;     // optional
+  metric_sums* sums;  // optional: the metrics as sums and P (data parallel)
+  double nll_tokens, nll_weight;  // options' global NLL normaliser (0: this batch's own)
   double* coef;       // [P, 2]
   double* pair_loss;  // [P] Σ_k λ_k w_i f_k (scratch)
   double* scale;      // [P] upstream · w_i / divisor (scratch)
@@ -438,10 +440,21 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, Mar
         }
       block_sums<BLOCK_SIZE, 3>(v, red);
       const double nll = v[1] > 0.0 ? -v[0] / v[1] : 0.0;
-      const double c = v[1] > 0.0 ? -lambda * v[2] / v[1] : 0.0;
+      double c = v[1] > 0.0 ? -lambda * v[2] / v[1] : 0.0;
+      // Data parallel (the reference's run_pairs has the derivation): the
+      // global W_g and n_g replace this batch's sums; u is the one upstream
+      // gradient of every pair (reduction::none is refused by validate).
+      const bool global = p.nll_tokens > 0.0;
+      if (global) {
+        double u = p.grad_loss;
+        if (p.grad_output != nullptr && isfinite(p.grad_output[0]))
+          u *= static_cast<double>(p.grad_output[0]);
+        c = -lambda * u * (p.nll_weight / p.divisor) / p.nll_tokens;
+      }
       for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE)
         if (p.weight[i] != 0.0) {
-          p.pair_loss[i] += lambda * p.weight[i] * nll;
+          p.pair_loss[i] += global ? lambda * (p.nll_weight / p.nll_tokens) * -form(first(i), false)
+                                   : lambda * p.weight[i] * nll;
           p.coef[2 * i] += c;
         }
       __syncthreads();
@@ -502,6 +515,10 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, Mar
   block_sums<BLOCK_SIZE, 1>(tot, red);
   if (threadIdx.x == 0) {
     if (!p.per_pair && p.loss_out != nullptr) p.loss_out[0] = static_cast<float>(tot[0] / p.divisor);
+    if (p.sums != nullptr)
+      *p.sums = {acc[SUM_CHOSEN], acc[SUM_REJECTED], acc[SUM_ACCURACY], acc[SUM_MARGIN],
+                 acc[SUM_LOGP_CHOSEN], acc[SUM_LOGP_REJECTED], acc[SUM_CALIBRATION],
+                 static_cast<double>(P)};
     if (p.stats != nullptr) {
       const double inv = P > 0 ? 1.0 / static_cast<double>(P) : 0.0;
       metrics m;

@@ -249,6 +249,18 @@ void run_pairs(const pair_inputs& in, const options& opt, const MarginFor& margi
       int64_t n = 0;
       for (int64_t i = 0; i < P; ++i)
         if (wt[i] != 0.0) sum += in.seq_sums[first(i)], n += in.seq_counts[first(i)], scales += scale[i];
+      if (opt.nll_tokens > 0.0) {
+        // Data parallel: n and Σ w over every rank's live pairs are given
+        // (W_g, n_g); one upstream u for all pairs (not reduction::none).
+        // Pair i's share λ (W_g / n_g)(−L_{a_i}) sums over all ranks' pairs
+        // to λ W_g NLL_g, and ∂/∂L_{a_i} = −λ u W_g / (norm n_g) is the
+        // single-process coefficient with the global sums.
+        const double ratio = opt.nll_weight / opt.nll_tokens;
+        const double c = -lambda * in.grad_loss * (opt.nll_weight / norm) / opt.nll_tokens;
+        for (int64_t i = 0; i < P; ++i)
+          if (wt[i] != 0.0) pl[i] += lambda * ratio * -in.seq_sums[first(i)], coef_a[i] += c;
+        continue;
+      }
       const double nll = n > 0 ? -sum / static_cast<double>(n) : 0.0;
       const double c = n > 0 ? -lambda * scales / static_cast<double>(n) : 0.0;
       for (int64_t i = 0; i < P; ++i)
@@ -308,6 +320,8 @@ void run_pairs(const pair_inputs& in, const options& opt, const MarginFor& margi
       out.grad_seq_sums[second(i)] += coef_b[i];
     }
   }
+  out.sums = {st.rewards_chosen, st.rewards_rejected, st.rewards_accuracies, st.rewards_margins,
+              st.logps_chosen, st.logps_rejected, st.calibration_error, static_cast<double>(P)};
   if (P > 0) {
     const double inv = 1.0 / static_cast<double>(P);
     st.rewards_chosen *= inv;
@@ -379,12 +393,15 @@ void write_logits_grad(const inputs<Logit, Label, Offset>& in, const options& op
   for (int64_t t = rows_in_seqs; t < N; ++t) zero_row(t);  // rows outside every sequence
 }
 
+template <class Logit, class Label, class Offset, class MarginFor>
+void run_rows(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
+              const std::vector<double>& lse, const std::vector<double>& logp, outputs& out);
+
 /// The whole computation after validation. Writes only requested outputs.
 template <class Logit, class Label, class Offset, class MarginFor>
 void run(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
          outputs& out) {
-  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs, P = in.n_pairs;
-  const bool averaged = uses_average_logps(opt);
+  const int64_t N = in.n_rows, V = in.vocab, S = in.n_seqs;
   const int64_t rows_in_seqs = S > 0 ? static_cast<int64_t>(in.offsets[S]) : 0;
 
   using logit_matrix = Eigen::Matrix<Logit, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -414,6 +431,23 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Margi
     lse[t] = m + std::log(sum);
     logp[t] = to_double(z(static_cast<int64_t>(in.labels[t]))) - lse[t];
   }
+
+  run_rows(in, opt, margin_for, lse, logp, out);
+}
+
+/// Everything after the forward pass, from lse_t and ℓ_t [N] (0 for unscored
+/// rows): sequence sums, the pair step, the outputs and the backward. The
+/// vocab-parallel reference (vocab_parallel.hpp) enters here with combined
+/// lse and ℓ.
+template <class Logit, class Label, class Offset, class MarginFor>
+void run_rows(const inputs<Logit, Label, Offset>& in, const options& opt, const MarginFor& margin_for,
+              const std::vector<double>& lse, const std::vector<double>& logp, outputs& out) {
+  const int64_t N = in.n_rows, S = in.n_seqs, P = in.n_pairs;
+  const bool averaged = uses_average_logps(opt);
+  const int64_t rows_in_seqs = S > 0 ? static_cast<int64_t>(in.offsets[S]) : 0;
+  auto scored = [&](int64_t t) {
+    return t < rows_in_seqs && static_cast<int64_t>(in.labels[t]) != opt.ignore_index;
+  };
 
   // ---- per sequence: L_s = Σ w_t ℓ_t (row order), n_s.
   std::vector<double> seq_sum(static_cast<size_t>(S), 0.0);
@@ -453,6 +487,7 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Margi
   run_pairs(pin, opt, margin_for, pout);
   const double total = pout.loss;
   const metrics st = pout.stats;
+  out.sums = pout.sums;
   const double norm = reduction_divisor(opt, P);
 
   // ---- outputs.
