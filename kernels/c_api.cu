@@ -82,8 +82,11 @@ GEOPREF_SAME_OFFSET(logps_rejected);
 GEOPREF_SAME_OFFSET(calibration_error);
 #undef GEOPREF_SAME_OFFSET
 
+}  // namespace
+
+namespace geopref::c_abi {
 // Out-of-range enum values from C are not cast blindly: each maps to the
-// status the C++ API gives for an unknown value.
+// status the C++ API gives for an unknown value. Shared with c_api_linear.cu.
 status to_options(const geopref_options& c, geopref::options* o) {
   if (c.loss < 0 || c.loss >= geopref::LOSS_TYPE_COUNT) return status::invalid_loss;
   if (c.reduction < GEOPREF_REDUCTION_MEAN || c.reduction > GEOPREF_REDUCTION_NORMALIZER)
@@ -115,6 +118,10 @@ status to_options(const geopref_options& c, geopref::options* o) {
   o->nll_weight = c.nll_weight;
   return status::success;
 }
+}  // namespace geopref::c_abi
+
+namespace {
+using geopref::c_abi::to_options;
 
 status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
   if (c.logits_dtype < GEOPREF_FLOAT32 || c.logits_dtype > GEOPREF_BFLOAT16 ||

@@ -119,8 +119,8 @@ built=0
 if step configure 120 cmake -S . -B "$build" "${args[@]}"; then
   targets=()
   have=$(cmake --build "$build" --target help 2>/dev/null)
-  for t in geopref_cuda_host_test geopref_gpu_test quickstart bench_gpu check_naive geopref_cuda \
-           geopref_cuda_static geopref-check vocab_parallel_nccl; do
+  for t in geopref_cuda_host_test geopref_gpu_test quickstart bench_gpu check_naive bench_fused_linear \
+           geopref_cuda geopref_cuda_static geopref-check vocab_parallel_nccl; do
     grep -E "^\.\.\. $t\$" <<<"$have" >/dev/null && targets+=("$t")
   done
   step build 300 cmake --build "$build" -j "$jobs" --target "${targets[@]}" && built=1

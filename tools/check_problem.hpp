@@ -12,7 +12,14 @@
 namespace geopref::tools {
 
 struct check_problem {
-  npy_array logits;                  // float16/32/64, [N, V] or [S, T, V]
+  npy_array logits;                  // float16/32/64, [N, V] or [S, T, V]; empty with --hidden
+  // --hidden / --weight [/ --bias] in place of --logits (the fused-linear
+  // path): logits = H·Wᵀ + b, never formed by the CUDA path.
+  bool linear = false;
+  npy_array hidden;                  // float16/32/64, [N, Hd] or [S, T, Hd]
+  npy_array weight;                  // [V, Hd], hidden's dtype
+  npy_array bias;                    // [V] or empty
+  int64_t hidden_size = 0;           // Hd
   npy_array labels;                  // int32/int64, [N] or [S, T]
   int64_t n_rows = 0, vocab = 0;     // N, V (ld = V: .npy arrays are dense)
   int64_t n_seqs = 0, n_pairs = 0;   // S, P
@@ -39,6 +46,9 @@ struct check_result {
   std::vector<double> seq_logps;     // [S] L_s, or L̄_s when length-normalised
   std::vector<double> grad64;        // [N, V] CPU reference gradient, or empty
   std::vector<float> grad32;         // [N, V] CUDA gradient (fp32), or empty
+  std::vector<double> grad_hidden;   // [N, Hd] (--hidden)
+  std::vector<double> grad_weight;   // [V, Hd]
+  std::vector<double> grad_bias;     // [V] (--bias)
   metrics stats;
   std::vector<double> token_logps;   // [N] --per-token: ℓ_t, 0 on unscored rows
   std::vector<double> entropy;       // [N] --per-token: H_t, 0 on unscored rows
@@ -48,6 +58,9 @@ struct check_result {
 /// Returns false with a one-line message when the library or CUDA reports an
 /// error, or when no device is usable.
 bool run_cuda(const check_problem& p, check_result* r, std::string* error);
+
+/// The same for --hidden / --weight: geopref_fused_linear_step.
+bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error);
 
 /// --per-token on the GPU (geopref_token_logps, and geopref_token_logps_grad
 /// with --token-grad): token_logps, entropy and grad32.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "check_problem.hpp"
+#include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
 #include "geopref/reference/vocab_parallel.hpp"
 #include "npy.hpp"
@@ -28,7 +29,8 @@ using tools::npy_array;
 using tools::npy_dtype;
 
 const char* const USAGE =
-    "usage: geopref-check --logits L.npy --labels Y.npy [--offsets O.npy] [--pairs I.npy]\n"
+    "usage: geopref-check (--logits L.npy | --hidden H.npy --weight WT.npy [--bias B.npy])\n"
+    "                     --labels Y.npy [--offsets O.npy] [--pairs I.npy]\n"
     "                     [--soft-labels P.npy] [--ref-logps R.npy] [--weights W.npy]\n"
     "                     [--token-weights T.npy]\n"
     "                     --loss NAME[,NAME...] [--loss-weights W1,W2,...] [--geometric]\n"
@@ -39,6 +41,8 @@ const char* const USAGE =
     "       geopref-check --per-token --logits L.npy --labels Y.npy [--token-grad G.npy]\n"
     "                     [--ignore-index K] [--device cpu|cuda] --out DIR\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
+    "  H.npy  hidden states [N, Hd] or [S, T, Hd]; WT.npy  output projection [V, Hd]; B.npy [V]\n"
+    "         (one float dtype): logits H WT^T + B, chunked on the GPU, never held whole\n"
     "  Y.npy  int32/int64 labels, [N] or [S, T]; row t scores Y[t] (already shifted)\n"
     "  O.npy  int32/int64 sequence offsets [S + 1]     I.npy  int32/int64 pairs [P, 2]\n"
     "  P.npy  soft labels [P]   W.npy  pair weights [P]   R.npy  reference log-probs [S]\n"
@@ -49,6 +53,8 @@ const char* const USAGE =
     "    evenly, the last rank taking the rest); the same outputs as unsharded\n"
     "  losses: %s\n"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n"
+    "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy] for\n"
+    "  grad_logits.npy)\n"
     "  --per-token: per-token log-probs, no sequences or loss (L [N, V] or [S, T, V]);\n"
     "  writes DIR/token_logps.npy and DIR/entropy.npy [N] (0 on rows labelled K), and\n"
     "  with --token-grad G.npy (float32/64, the labels' shape) DIR/grad_logits.npy,\n"
@@ -64,6 +70,7 @@ struct input_error {
 
 struct cli {
   std::string logits, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights, out;
+  std::string hidden, weight, bias;
   std::string loss, loss_weights, reduce = "mean", device = "cpu", f_divergence, f_alpha;
   loss_config cfg{};
   bool average_logps = false, geometric = false, per_token = false;
@@ -135,6 +142,9 @@ cli parse_args(int argc, char** argv) {
     if (i + 1 >= argc) throw usage_error{a + " needs a value"};
     const char* v = argv[++i];
     if (a == "--logits") c.logits = v;
+    else if (a == "--hidden") c.hidden = v;
+    else if (a == "--weight") c.weight = v;
+    else if (a == "--bias") c.bias = v;
     else if (a == "--labels") c.labels = v;
     else if (a == "--offsets") c.offsets = v;
     else if (a == "--pairs") c.pairs = v;
@@ -164,7 +174,13 @@ cli parse_args(int argc, char** argv) {
     }
     else throw usage_error{"unknown option '" + a + "'"};
   }
-  if (c.logits.empty()) throw usage_error{"--logits is required"};
+  if (c.logits.empty() && c.hidden.empty())
+    throw usage_error{"--logits is required (or --hidden with --weight)"};
+  if (!c.logits.empty() && !c.hidden.empty())
+    throw usage_error{"give either --logits or --hidden, not both"};
+  if (!c.hidden.empty() && c.weight.empty()) throw usage_error{"--hidden needs --weight"};
+  if (c.hidden.empty() && !(c.weight.empty() && c.bias.empty()))
+    throw usage_error{"--weight and --bias go with --hidden"};
   if (c.labels.empty()) throw usage_error{"--labels is required"};
   if (c.out.empty()) throw usage_error{"--out is required"};
   if (!c.token_grad.empty() && !c.per_token) throw usage_error{"--token-grad needs --per-token"};
@@ -261,11 +277,14 @@ std::vector<double> load_vector(const std::string& flag, const std::string& path
 
 tools::check_problem load_problem(const cli& c) {
   tools::check_problem p;
-  p.logits = load("--logits", c.logits);
+  p.linear = !c.hidden.empty();
+  const std::string lflag = p.linear ? "--hidden" : "--logits";
+  if (p.linear) p.hidden = load("--hidden", c.hidden);
+  else p.logits = load("--logits", c.logits);
   p.labels = load("--labels", c.labels);
-  const npy_array& L = p.logits;
+  const npy_array& L = p.linear ? p.hidden : p.logits;  // the last axis: Hd or V
   const npy_array& Y = p.labels;
-  if (!L.is_float()) throw input_error{describe("--logits", L) + "; expected float16/32/64"};
+  if (!L.is_float()) throw input_error{describe(lflag, L) + "; expected float16/32/64"};
   if (!Y.is_int()) throw input_error{describe("--labels", Y) + "; expected int32 or int64"};
 
   if (c.per_token) {
@@ -296,9 +315,9 @@ tools::check_problem load_problem(const cli& c) {
     // Padded batch [S, T, V]: sequence s owns rows [s T, (s + 1) T).
     const int64_t S = L.shape[0], T = L.shape[1];
     if (!c.offsets.empty())
-      throw input_error{"--offsets: not allowed with 3-D logits [S, T, V] (offsets are s*T)"};
+      throw input_error{"--offsets: not allowed with 3-D " + lflag + " (offsets are s*T)"};
     // S is otherwise bounded by the data in the files; with T = 0 it is not.
-    if (T == 0 && S > 0) throw input_error{describe("--logits", L) + "; T must be at least 1"};
+    if (T == 0 && S > 0) throw input_error{describe(lflag, L) + "; T must be at least 1"};
     if (Y.ndim() != 2 || Y.shape[0] != S || Y.shape[1] != T)
       throw input_error{describe("--labels", Y) + "; 3-D logits " +
                         tools::npy_shape_string(L.shape) + " need labels [S, T]"};
@@ -320,7 +339,24 @@ tools::check_problem load_problem(const cli& c) {
     tools::npy_to_int64(O, &p.offsets);
     p.n_seqs = O.shape[0] - 1;
   } else {
-    throw input_error{describe("--logits", L) + "; expected [N, V] or [S, T, V]"};
+    throw input_error{describe(lflag, L) + (p.linear ? "; expected [N, Hd] or [S, T, Hd]" : "; expected [N, V] or [S, T, V]")};
+  }
+
+  if (p.linear) {
+    // The last axis was Hd: V comes from the weight.
+    p.hidden_size = p.vocab;
+    p.weight = load("--weight", c.weight);
+    const npy_array& W = p.weight;
+    if (W.dtype != L.dtype || W.ndim() != 2 || W.shape[1] != p.hidden_size)
+      throw input_error{describe("--weight", W) + "; expected " + tools::npy_dtype_name(L.dtype) +
+                        " [V, " + std::to_string(p.hidden_size) + "] (the hidden states' dtype and Hd)"};
+    p.vocab = W.shape[0];
+    if (!c.bias.empty()) {
+      p.bias = load("--bias", c.bias);
+      if (p.bias.dtype != L.dtype || p.bias.ndim() != 1 || p.bias.shape[0] != p.vocab)
+        throw input_error{describe("--bias", p.bias) + "; expected " +
+                          tools::npy_dtype_name(L.dtype) + " [" + std::to_string(p.vocab) + "]"};
+    }
   }
 
   if (!c.pairs.empty()) {
@@ -414,6 +450,53 @@ status run_reference(const tools::check_problem& p, tools::check_result* r) {
   }
 }
 
+template <class Label>
+status run_reference_linear_typed(const tools::check_problem& p, const Label* labels,
+                                  tools::check_result* r) {
+  // float16/32 widen to double exactly: the reference sees the file's values.
+  std::vector<double> H, W, B;
+  tools::npy_to_double(p.hidden, &H);
+  tools::npy_to_double(p.weight, &W);
+  if (p.bias.ndim() == 1) tools::npy_to_double(p.bias, &B);
+  reference::linear_inputs<double, Label, int64_t> in;
+  in.hidden = H.data();
+  in.weight = W.data();
+  in.bias = B.empty() ? nullptr : B.data();
+  in.n_rows = p.n_rows;
+  in.hidden_size = p.hidden_size;
+  in.vocab = p.vocab;
+  in.labels = labels;
+  in.offsets = p.offsets.data();
+  in.n_seqs = p.n_seqs;
+  in.n_pairs = p.n_pairs;
+  in.pairs = p.pairs.empty() ? nullptr : p.pairs.data();
+  in.soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
+  in.ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();
+  in.weights = p.weights.empty() ? nullptr : p.weights.data();
+  in.token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
+  r->pair_losses.assign(static_cast<std::size_t>(p.n_pairs), 0.0);
+  r->seq_logps.assign(static_cast<std::size_t>(p.n_seqs), 0.0);
+  r->grad_hidden.assign(static_cast<std::size_t>(p.n_rows * p.hidden_size), 0.0);
+  r->grad_weight.assign(static_cast<std::size_t>(p.vocab * p.hidden_size), 0.0);
+  r->grad_bias.assign(B.empty() ? 0 : static_cast<std::size_t>(p.vocab), 0.0);
+  reference::linear_outputs out;
+  out.base.pair_losses = r->pair_losses.data();
+  out.base.seq_logps = r->seq_logps.data();
+  out.grad_hidden = r->grad_hidden.data();
+  out.grad_weight = r->grad_weight.data();
+  out.grad_bias = B.empty() ? nullptr : r->grad_bias.data();
+  const status st = reference::fused_linear(in, p.opt, out);
+  r->loss = out.base.loss;
+  r->stats = out.base.stats;
+  return st;
+}
+
+status run_reference_linear(const tools::check_problem& p, tools::check_result* r) {
+  if (p.labels.dtype == npy_dtype::int32)
+    return run_reference_linear_typed(p, p.labels.i32.data(), r);
+  return run_reference_linear_typed(p, p.labels.i64.data(), r);
+}
+
 template <class Logit, class Label>
 status run_tokens_typed(const tools::check_problem& p, const Logit* logits, const Label* labels,
                         tools::check_result* r) {
@@ -491,7 +574,12 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
   else
     write(dir / "loss.npy", npy_dtype::float64, {}, &r.loss);
   write(dir / "logps.npy", npy_dtype::float64, {p.n_seqs}, r.seq_logps.data());
-  if (!r.grad64.empty() || r.grad32.empty())
+  if (p.linear) {
+    write(dir / "grad_hidden.npy", npy_dtype::float64, p.hidden.shape, r.grad_hidden.data());
+    write(dir / "grad_weight.npy", npy_dtype::float64, p.weight.shape, r.grad_weight.data());
+    if (p.bias.ndim() == 1)
+      write(dir / "grad_bias.npy", npy_dtype::float64, p.bias.shape, r.grad_bias.data());
+  } else if (!r.grad64.empty() || r.grad32.empty())
     write(dir / "grad_logits.npy", npy_dtype::float64, p.logits.shape, r.grad64.data());
   else
     write(dir / "grad_logits.npy", npy_dtype::float32, p.logits.shape, r.grad32.data());
@@ -530,9 +618,10 @@ int run(int argc, char** argv) {
     if (st != status::success) throw input_error{std::string("geopref: ") + status_string(st)};
   } else if (c.device == "cuda") {
     std::string err;
-    if (!tools::run_cuda(p, &r, &err)) throw input_error{"--device cuda: " + err};
+    const bool ok = p.linear ? tools::run_cuda_linear(p, &r, &err) : tools::run_cuda(p, &r, &err);
+    if (!ok) throw input_error{"--device cuda: " + err};
   } else {
-    const status st = run_reference(p, &r);
+    const status st = p.linear ? run_reference_linear(p, &r) : run_reference(p, &r);
     if (st != status::success) throw input_error{std::string("geopref: ") + status_string(st)};
   }
   write_outputs(c, p, r);

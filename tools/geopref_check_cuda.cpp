@@ -32,6 +32,33 @@ bool cuda_fail(std::string* error, const char* what, cudaError_t e) {
   return false;
 }
 
+geopref_options c_options(const check_problem& p) {
+  geopref_options opt;
+  geopref_options_init(&opt);
+  opt.loss = static_cast<int>(p.opt.loss.type);
+  opt.beta = p.opt.loss.beta;
+  opt.alpha = p.opt.loss.alpha;
+  opt.gamma = p.opt.loss.gamma;
+  opt.epsilon = p.opt.loss.epsilon;
+  opt.tau = p.opt.loss.tau;
+  opt.bco_delta = p.opt.loss.bco_delta;
+  opt.transform = static_cast<int>(p.opt.loss.transform);
+  opt.f_alpha = p.opt.loss.f_alpha;
+  opt.geometric = p.opt.loss.geometric ? 1 : 0;
+  opt.n_terms = p.opt.loss.n_terms;
+  for (int k = 0; k < p.opt.loss.n_terms && k < GEOPREF_MAX_LOSS_TERMS; ++k) {
+    opt.terms[k] = static_cast<int>(p.opt.loss.terms[k]);
+    opt.term_weights[k] = p.opt.loss.term_weights[k];
+  }
+  opt.reduction = static_cast<int>(p.opt.reduce);
+  opt.normalizer = p.opt.normalizer;
+  opt.average_logps = p.opt.average_logps ? 1 : 0;
+  opt.ignore_index = p.opt.ignore_index;
+  opt.nll_tokens = p.opt.nll_tokens;
+  opt.nll_weight = p.opt.nll_weight;
+  return opt;
+}
+
 }  // namespace
 
 bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
@@ -68,29 +95,7 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
     if (e == cudaSuccess) e = b->error();
   if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
 
-  geopref_options opt;
-  geopref_options_init(&opt);
-  opt.loss = static_cast<int>(p.opt.loss.type);
-  opt.beta = p.opt.loss.beta;
-  opt.alpha = p.opt.loss.alpha;
-  opt.gamma = p.opt.loss.gamma;
-  opt.epsilon = p.opt.loss.epsilon;
-  opt.tau = p.opt.loss.tau;
-  opt.bco_delta = p.opt.loss.bco_delta;
-  opt.transform = static_cast<int>(p.opt.loss.transform);
-  opt.f_alpha = p.opt.loss.f_alpha;
-  opt.geometric = p.opt.loss.geometric ? 1 : 0;
-  opt.n_terms = p.opt.loss.n_terms;
-  for (int k = 0; k < p.opt.loss.n_terms && k < GEOPREF_MAX_LOSS_TERMS; ++k) {
-    opt.terms[k] = static_cast<int>(p.opt.loss.terms[k]);
-    opt.term_weights[k] = p.opt.loss.term_weights[k];
-  }
-  opt.reduction = static_cast<int>(p.opt.reduce);
-  opt.normalizer = p.opt.normalizer;
-  opt.average_logps = p.opt.average_logps ? 1 : 0;
-  opt.ignore_index = p.opt.ignore_index;
-  opt.nll_tokens = p.opt.nll_tokens;
-  opt.nll_weight = p.opt.nll_weight;
+  const geopref_options opt = c_options(p);
 
   geopref_train_args a;
   geopref_train_args_init(&a);
@@ -290,6 +295,125 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
   r->token_logps.assign(logps_h.begin(), logps_h.end());
   r->entropy.assign(ent_h.begin(), ent_h.end());
+  return true;
+}
+
+}  // namespace geopref::tools
+
+namespace geopref::tools {
+
+/// --hidden / --weight: geopref_fused_linear_step with a 256 MiB chunk
+/// budget. H, W and b go to the device in their dtype (float64 rounded to
+/// float32); grad_weight and grad_bias come back as float32, grad_hidden in
+/// the input dtype (widened exactly).
+bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    *error = "no usable CUDA device";
+    return false;
+  }
+  const auto N = static_cast<std::size_t>(p.n_rows), S = static_cast<std::size_t>(p.n_seqs),
+             P = static_cast<std::size_t>(p.n_pairs), V = static_cast<std::size_t>(p.vocab),
+             Hd = static_cast<std::size_t>(p.hidden_size);
+  const bool half = p.hidden.dtype == npy_dtype::float16, has_bias = p.bias.ndim() == 1;
+  auto up = [&](const npy_array& a) {
+    if (a.dtype == npy_dtype::float16) return device_buffer::upload(a.f16);
+    if (a.dtype == npy_dtype::float32) return device_buffer::upload(a.f32);
+    return device_buffer::upload(to_float(a.f64));
+  };
+  const device_buffer H = up(p.hidden), W = up(p.weight), B = has_bias ? up(p.bias) : device_buffer();
+  const device_buffer labels = p.labels.dtype == npy_dtype::int32 ? device_buffer::upload(p.labels.i32)
+                                                                  : device_buffer::upload(p.labels.i64);
+  const device_buffer offsets = device_buffer::upload(p.offsets), pairs = device_buffer::upload(p.pairs),
+                      soft = device_buffer::upload(to_float(p.soft_labels)),
+                      ref = device_buffer::upload(to_float(p.ref_logps)),
+                      weights = device_buffer::upload(to_float(p.weights)),
+                      token_weights = device_buffer::upload(to_float(p.token_weights));
+  const bool per_pair = p.opt.reduce == reduction::none;
+  const device_buffer loss((per_pair ? P : 1) * sizeof(float)), stats(sizeof(geopref_metrics)),
+      seq_logps(S * sizeof(float)), gh(N * Hd * (half ? 2 : 4)), gw(V * Hd * 4), gb(V * 4);
+  cudaError_t e = cudaSuccess;
+  for (const device_buffer* b : {&H, &W, &B, &labels, &offsets, &pairs, &soft, &ref, &weights,
+                                 &token_weights, &loss, &stats, &seq_logps, &gh, &gw, &gb})
+    if (e == cudaSuccess) e = b->error();
+  if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
+
+  const geopref_options opt = c_options(p);
+  geopref_linear_train_args a;
+  geopref_linear_train_args_init(&a);
+  a.in.hidden = H.get<void>();
+  a.in.weight = W.get<void>();
+  a.in.bias = has_bias ? B.get<void>() : nullptr;
+  a.in.dtype = half ? GEOPREF_FLOAT16 : GEOPREF_FLOAT32;
+  a.in.n_rows = p.n_rows;
+  a.in.hidden_size = p.hidden_size;
+  a.in.vocab = p.vocab;
+  a.in.labels = labels.get<void>();
+  a.in.label_type = p.labels.dtype == npy_dtype::int32 ? GEOPREF_INT32 : GEOPREF_INT64;
+  a.in.offsets = offsets.get<void>();
+  a.in.offset_type = GEOPREF_INT64;
+  a.in.n_seqs = p.n_seqs;
+  a.in.token_weights = p.token_weights.empty() ? nullptr : token_weights.get<float>();
+  a.in.chunk_bytes = std::size_t{256} << 20;
+  a.n_pairs = p.n_pairs;
+  a.pairs = p.pairs.empty() ? nullptr : pairs.get<int64_t>();
+  a.soft_labels = p.soft_labels.empty() ? nullptr : soft.get<float>();
+  a.ref_logps = p.ref_logps.empty() ? nullptr : ref.get<float>();
+  a.weights = p.weights.empty() ? nullptr : weights.get<float>();
+  a.loss = loss.get<float>();
+  a.stats = stats.get<geopref_metrics>();
+  a.seq_logps = seq_logps.get<float>();
+  a.grad_hidden = gh.get<void>();
+  a.grad_weight = gw.get<void>();
+  a.grad_weight_float32 = 1;
+  a.grad_bias = has_bias ? gb.get<float>() : nullptr;
+
+  size_t bytes = 0;
+  geopref_status st = geopref_fused_linear_step(nullptr, &bytes, &a, &opt, nullptr);
+  device_buffer workspace(st == GEOPREF_SUCCESS ? bytes : 0);
+  if (!workspace.ok()) return cuda_fail(error, "allocating the workspace", workspace.error());
+  if (st == GEOPREF_SUCCESS)
+    st = geopref_fused_linear_step(workspace.get<void>(), &bytes, &a, &opt, nullptr);
+  geopref_status recorded = GEOPREF_SUCCESS;
+  if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+  if (st == GEOPREF_SUCCESS) st = recorded;
+  if (st != GEOPREF_SUCCESS) {
+    *error = std::string("geopref: ") + geopref_status_string(st);
+    return false;
+  }
+  std::vector<float> loss_h(per_pair ? P : 1), seq_h(S), gw_h(V * Hd), gb_h(has_bias ? V : 0),
+      gh_f(half ? 0 : N * Hd);
+  std::vector<uint16_t> gh_h(half ? N * Hd : 0);
+  geopref_metrics m{};
+  e = cudaMemcpy(loss_h.data(), loss.get<void>(), loss_h.size() * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && S > 0) e = cudaMemcpy(seq_h.data(), seq_logps.get<void>(), S * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess) e = cudaMemcpy(&m, stats.get<void>(), sizeof m, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gw_h.empty()) e = cudaMemcpy(gw_h.data(), gw.get<void>(), gw_h.size() * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gb_h.empty()) e = cudaMemcpy(gb_h.data(), gb.get<void>(), gb_h.size() * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gh_h.empty()) e = cudaMemcpy(gh_h.data(), gh.get<void>(), gh_h.size() * 2, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gh_f.empty()) e = cudaMemcpy(gh_f.data(), gh.get<void>(), gh_f.size() * 4, cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
+  r->seq_logps.assign(seq_h.begin(), seq_h.end());
+  if (per_pair) {
+    r->pair_losses.assign(loss_h.begin(), loss_h.end());
+    r->loss = 0;
+    for (float v : loss_h) r->loss += v;
+  } else {
+    r->loss = loss_h[0];
+  }
+  r->grad_weight.assign(gw_h.begin(), gw_h.end());
+  r->grad_bias.assign(gb_h.begin(), gb_h.end());
+  if (half)
+    for (uint16_t b : gh_h) r->grad_hidden.push_back(half_bits_to_float(b));
+  else
+    r->grad_hidden.assign(gh_f.begin(), gh_f.end());
+  r->stats.rewards_chosen = m.rewards_chosen;
+  r->stats.rewards_rejected = m.rewards_rejected;
+  r->stats.rewards_accuracies = m.rewards_accuracies;
+  r->stats.rewards_margins = m.rewards_margins;
+  r->stats.logps_chosen = m.logps_chosen;
+  r->stats.logps_rejected = m.logps_rejected;
+  r->stats.calibration_error = m.calibration_error;
   return true;
 }
 

@@ -14,3 +14,11 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
 }
 
 }  // namespace geopref::tools
+
+namespace geopref::tools {
+
+bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error) {
+  return run_cuda(p, r, error);
+}
+
+}  // namespace geopref::tools

@@ -230,6 +230,73 @@ typedef struct geopref_grad_args {
   int grad_float32;             /* non-zero: gradient as float32, else in the logits dtype */
 } geopref_grad_args;
 
+/* Fused linear (geopref/cuda/fused_linear.cuh; compiled in kernels/c_api_linear.cu, which
+ * links cuBLAS): the loss and its gradients from hidden states H [N, Hd] and the output
+ * projection W [V, Hd] (bias b [V]), the logits existing one chunk of rows at a time in the
+ * workspace. The token rows are geopref_tokens' fields without the logits. */
+typedef struct geopref_linear_inputs {
+  const void* hidden;   /* [N, ld_hidden] row-major, dtype */
+  int64_t ld_hidden;    /* >= Hd; 0: Hd */
+  const void* weight;   /* [V, ld_weight] row-major, dtype */
+  int64_t ld_weight;    /* >= Hd; 0: Hd */
+  const void* bias;     /* [V] dtype, or NULL */
+  int dtype;            /* GEOPREF_FLOAT32 / FLOAT16 / BFLOAT16: H, W, b, the chunk, grad_hidden */
+  int64_t n_rows;       /* N */
+  int64_t hidden_size;  /* Hd */
+  int64_t vocab;        /* V */
+  const void* labels;   /* [N] label_type */
+  int label_type;
+  const void* offsets;  /* [S + 1] offset_type */
+  int offset_type;
+  int64_t n_seqs;       /* S */
+  const float* token_weights; /* [N] or NULL */
+  size_t chunk_bytes;   /* budget for one chunk of logits (>= one row, V rounded up to 16 bytes) */
+  void* cublas_handle;  /* a cublasHandle_t, or NULL: the call creates and destroys one */
+} geopref_linear_inputs;
+typedef struct geopref_linear_logps_args {
+  geopref_linear_inputs in;
+  float* seq_logps;    /* [S] required */
+  int64_t* seq_counts; /* [S] optional */
+  float* token_logps;  /* [N] optional */
+  float* lse;          /* [N] optional */
+} geopref_linear_logps_args;
+typedef struct geopref_linear_train_args {
+  geopref_linear_inputs in;
+  int64_t n_pairs;            /* as geopref_train_args from here to grad_seq_logps */
+  const int64_t* pairs;
+  const float* soft_labels;
+  const float* ref_logps;
+  const float* weights;
+  double grad_loss;
+  const float* grad_output;
+  float* loss;
+  geopref_metrics* stats;
+  geopref_metric_sums* stat_sums;
+  float* seq_logps;
+  int64_t* seq_counts;
+  float* token_logps;
+  float* lse;
+  float* grad_seq_logps;
+  void* grad_hidden;          /* [N, ld_grad_hidden] dtype, or NULL; always overwritten */
+  int64_t ld_grad_hidden;     /* >= Hd; 0: Hd */
+  void* grad_weight;          /* [V, ld_grad_weight] dtype (float32 with grad_weight_float32), or NULL */
+  int64_t ld_grad_weight;     /* >= Hd; 0: Hd */
+  int grad_weight_float32;
+  float* grad_bias;           /* [V] float, or NULL; needs a bias */
+  int accumulate;             /* non-zero: grad_weight and grad_bias are added to */
+} geopref_linear_train_args;
+/* Zero everything; types float32 / int64; grad_loss = 1; chunk_bytes = 1 GiB. */
+GEOPREF_C_EXPORT void geopref_linear_train_args_init(geopref_linear_train_args* args);
+GEOPREF_C_EXPORT void geopref_linear_logps_args_init(geopref_linear_logps_args* args);
+/* workspace == NULL: sets *workspace_bytes only (it depends on chunk_bytes). */
+GEOPREF_C_EXPORT geopref_status geopref_fused_linear_step(void* workspace, size_t* workspace_bytes,
+                                                          const geopref_linear_train_args* args,
+                                                          const geopref_options* opt,
+                                                          geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_fused_linear_logps(void* workspace, size_t* workspace_bytes,
+                                                           const geopref_linear_logps_args* args,
+                                                           const geopref_options* opt,
+                                                           geopref_stream_t stream);
 /* Vocab parallelism (geopref/cuda/vocab_parallel.cuh, docs/distributed.md):
  * the same layouts as geopref::cuda::vocab_record / vocab_slice. */
 typedef struct geopref_vocab_record {

@@ -9,6 +9,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -702,5 +703,86 @@ TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check
     CHECK(rr.exit_code == b.exit_code);
     CHECK(rr.err.find(b.needle) != std::string::npos);
     CHECK(count_lines(rr.err) == 1);
+
+// --hidden / --weight / --bias: the same results as --logits on H·Wᵀ + b
+// formed here, and grad_hidden = G·W, grad_weight = Gᵀ·H, grad_bias = Σ_t G
+// from that run's grad_logits (all in double: equal to rounding).
+TEST_CASE("geopref-check --hidden --weight --bias equals --logits on H Wt + b",
+          "[tools][fused_linear]") {
+  const int64_t S = 4, T = 3, N = S * T, Hd = 2, V = 7;  // [S, T, Hd] hidden states
+  std::mt19937_64 rng(77);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  std::vector<double> H(static_cast<std::size_t>(N * Hd)), W(static_cast<std::size_t>(V * Hd)),
+      b(static_cast<std::size_t>(V)), Z(static_cast<std::size_t>(N * V));
+  for (auto& x : H) x = u(rng);
+  for (auto& x : W) x = 2 * u(rng);
+  for (auto& x : b) x = u(rng);
+  std::vector<int64_t> labels(static_cast<std::size_t>(N));
+  for (int64_t t = 0; t < N; ++t) labels[t] = t % T == T - 1 ? -100 : static_cast<int64_t>(rng() % V);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t v = 0; v < V; ++v) {
+      double z = b[v];
+      for (int64_t k = 0; k < Hd; ++k) z += H[t * Hd + k] * W[v * Hd + k];
+      Z[t * V + v] = z;
+    }
+  const std::string common = " --labels " + save("l_labels.npy", "<i8", "(4, 3)", labels) +
+                             " --soft-labels " + save("l_soft.npy", "<f8", "(2,)", std::vector<double>{0.9, 0.3}) +
+                             " --loss gdpo --beta 0.5";
+  REQUIRE(run_tool("--logits " + save("l_logits.npy", "<f8", "(4, 3, 7)", Z) + common + " --out " +
+                   path("l_out_logits"))
+              .exit_code == 0);
+  const std::string lin_args = "--hidden " + save("l_hidden.npy", "<f8", "(4, 3, 2)", H) +
+                               " --weight " + save("l_weight.npy", "<f8", "(7, 2)", W) + " --bias " +
+                               save("l_bias.npy", "<f8", "(7,)", b) + common;
+  const run_result r = run_tool(lin_args + " --out " + path("l_out"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const std::string a = path("l_out_logits"), l = path("l_out");
+  CHECK(read_doubles(l + "/loss.npy")[0] == Approx(read_doubles(a + "/loss.npy")[0]).epsilon(1e-13));
+  const auto la = read_doubles(a + "/logps.npy"), ll = read_doubles(l + "/logps.npy");
+  REQUIRE(la.size() == ll.size());
+  for (std::size_t i = 0; i < la.size(); ++i) CHECK(ll[i] == Approx(la[i]).epsilon(1e-13));
+  const auto G = read_doubles(a + "/grad_logits.npy");
+  std::vector<int64_t> shape;
+  const auto gh = read_doubles(l + "/grad_hidden.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{S, T, Hd});
+  const auto gw = read_doubles(l + "/grad_weight.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{V, Hd});
+  const auto gb = read_doubles(l + "/grad_bias.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{V});
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0;
+      for (int64_t v = 0; v < V; ++v) e += G[t * V + v] * W[v * Hd + k];
+      CHECK(gh[t * Hd + k] == Approx(e).margin(1e-14));
+    }
+  for (int64_t v = 0; v < V; ++v) {
+    double eb = 0;
+    for (int64_t t = 0; t < N; ++t) eb += G[t * V + v];
+    CHECK(gb[v] == Approx(eb).margin(1e-14));
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0;
+      for (int64_t t = 0; t < N; ++t) e += G[t * V + v] * H[t * Hd + k];
+      CHECK(gw[v * Hd + k] == Approx(e).margin(1e-14));
+    }
+  }
+  CHECK(json_value(read_text(l + "/metrics.json"), "rewards/margins") ==
+        Approx(json_value(read_text(a + "/metrics.json"), "rewards/margins")).epsilon(1e-13));
+
+  // Bad combinations: one line, non-zero exit.
+  for (const std::string& bad :
+       {std::string("--hidden ") + path("l_hidden.npy") + common + " --out " + path("l_bad"),
+        "--hidden " + path("l_hidden.npy") + " --weight " +
+            save("l_wbad.npy", "<f8", "(7, 3)", std::vector<double>(21, 0.0)) + common + " --out " +
+            path("l_bad"),
+        "--logits " + path("l_logits.npy") + " --weight " + path("l_weight.npy") + common +
+            " --out " + path("l_bad"),
+        "--hidden " + path("l_hidden.npy") + " --weight " + path("l_weight.npy") + " --bias " +
+            save("l_bbad.npy", "<f8", "(6,)", std::vector<double>(6, 0.0)) + common + " --out " +
+            path("l_bad")}) {
+    const run_result e = run_tool(bad);
+    INFO(bad << " -> " << e.err);
+    CHECK(e.exit_code != 0);
+    CHECK(std::count(e.err.begin(), e.err.end(), '\n') == 1);
   }
 }

@@ -124,7 +124,8 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
 }
 
 /// The per-sequence sums L_s, n_s from the per-row ℓ_t in the workspace
-/// (and the caller's copies); validates `ref_logps` (train_step).
+/// (and the caller's copies); validates `ref_logps` (train_step). Also the
+/// fused-linear path's step after its chunks.
 inline status enqueue_sequences(const token_inputs& x, const options& opt,
                                 const workspace_view& ws, const float* ref_logps, float* out_seq,
                                 int64_t* out_counts, cudaStream_t stream) {

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Fused linear: the DPO-family loss from hidden states, in PyTorch, for
+comparison with geopref's fused_linear_step (bench/gpu/bench_fused_linear.cu,
+docs/benchmarks.md). Runs on the GPU machine (it has PyTorch).
+
+For N tokens (S sequences of T, half chosen, half rejected: TRL's
+concatenated layout), hidden size H, vocabulary V and bf16, each method runs
+the loss and its backward with respect to the hidden states X [S, T, H] and the
+output projection W [V, H]:
+
+  eager     F.linear(X, W) → TRL's log-softmax / gather / masked sum → the
+            geometric DPO loss; autograd backward (the logits and their
+            gradient exist whole: N·V·2 bytes each)
+  compile   `eager` under torch.compile (default mode)
+  liger     Liger-Kernel's LigerFusedLinearDPOLoss (reference-free), when the
+            package imports: chunked, like geopref
+  matmuls   the three GEMMs (X·Wᵀ, G·W, Gᵀ·X) alone, for scale
+
+Times are medians of CUDA-event times around a cold L2; "peak_MiB" is
+torch.cuda.max_memory_allocated during the step minus the inputs and their
+gradients. With --geopref-json (bench_fused_linear's Google Benchmark JSON)
+the geopref step row of the same V is printed alongside, with its workspace.
+--json writes the rows (after every row, so a cut-short run keeps them).
+"""
+import argparse
+import json
+import math
+import sys
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError as _e:  # reported by main()
+    torch = F = None
+    _TORCH_ERROR = _e
+
+BETA = 0.1
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--vocab", default="32000,128256")
+    p.add_argument("--methods", default="eager,compile,liger,matmuls")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="3 iterations")
+    p.add_argument("--geopref-json", help="bench_fused_linear --benchmark_out JSON")
+    p.add_argument("--json", help="write the rows here")
+    a = p.parse_args()
+    if a.quick:
+        a.iters = 3
+    return a
+
+
+def gdpo_from_hidden(x, w, labels, soft):
+    """linear + TRL's get_batch_logps + the geometric DPO loss (reference-free)."""
+    logits = F.linear(x, w)
+    mask = labels != -100
+    index = labels.masked_fill(~mask, 0)
+    per_token = torch.gather(logits.log_softmax(-1), dim=2, index=index.unsqueeze(2)).squeeze(2)
+    logps = (per_token * mask).sum(-1).float()
+    p = soft.shape[0]
+    h = logps[:p] - logps[p:]
+    return -F.logsigmoid(BETA * (2.0 * soft - 1.0) * h).mean()
+
+
+class cold_timer:
+    def __init__(self):
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        self.flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.stop = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn):
+        self.flush.zero_()
+        self.start.record()
+        fn()
+        self.stop.record()
+        self.stop.synchronize()
+        return self.start.elapsed_time(self.stop) * 1e-3
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def inputs(args, v):
+    s = args.rows // args.seq_len
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1)
+    x = (torch.randn(s, args.seq_len, args.hidden, device="cuda", generator=gen, dtype=torch.bfloat16)).requires_grad_(True)
+    w = (torch.randn(v, args.hidden, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.02).requires_grad_(True)
+    labels = torch.randint(0, v, (s, args.seq_len), device="cuda", generator=gen)
+    labels[:, -1] = -100
+    soft = torch.rand(s // 2, device="cuda", generator=gen)
+    return x, w, labels, soft
+
+
+def run(name, args, v, timer):
+    x, w, labels, soft = inputs(args, v)
+    base = torch.cuda.memory_allocated() + x.numel() * 2 + w.numel() * 2  # + their gradients
+    if name == "eager":
+        fn = lambda: gdpo_from_hidden(x, w, labels, soft)  # noqa: E731
+    elif name == "compile":
+        compiled = torch.compile(gdpo_from_hidden)
+        fn = lambda: compiled(x, w, labels, soft)  # noqa: E731
+    elif name == "liger":
+        from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+        try:
+            loss_fn = LigerFusedLinearDPOLoss(beta=BETA, compute_nll_loss=False, use_ref_model=False)
+        except TypeError:
+            loss_fn = LigerFusedLinearDPOLoss(beta=BETA)
+
+        def fn():
+            r = loss_fn(w, x, labels)
+            return r[0] if isinstance(r, tuple) else r
+    elif name == "matmuls":
+        xd, wd = x.detach(), w.detach()
+        n = args.rows
+
+        def three():
+            with torch.no_grad():
+                g = torch.matmul(xd, wd.t())
+                torch.matmul(g, wd)
+                torch.matmul(g.reshape(n, v).t(), xd.reshape(n, args.hidden))
+        fwd = [timer(lambda: torch.matmul(xd, wd.t())) for _ in range(args.iters)]
+        step = [timer(three) for _ in range(args.iters)]
+        return dict(method=name, V=v, forward_s=median(fwd), step_s=median(step))
+    else:
+        raise ValueError(name)
+
+    def step():
+        x.grad = None
+        w.grad = None
+        fn().backward()
+
+    for _ in range(2):
+        step()
+    with torch.no_grad():
+        fwd = [timer(fn) for _ in range(args.iters)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    steps = [timer(step) for _ in range(args.iters)]
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return dict(method=name, V=v, forward_s=median(fwd), step_s=median(steps), peak_MiB=peak)
+
+
+def geopref_rows(path):
+    """{V: (step seconds, workspace MiB)} from bench_fused_linear's JSON."""
+    out = {}
+    if not path:
+        return out
+    with open(path) as f:
+        for b in json.load(f).get("benchmarks", []):
+            if b.get("name", "").startswith("gpu/fused_linear/step/"):
+                secs = b["real_time"] * {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[b.get("time_unit", "ms")]
+                out[int(b["V"])] = (secs, b.get("workspace_MiB"))
+    return out
+
+
+def main():
+    args = parse_args()
+    if torch is None:
+        print(f"fused_linear_peers: PyTorch not available ({_TORCH_ERROR}); skipped")
+        return 77
+    if not torch.cuda.is_available():
+        print("fused_linear_peers: no CUDA device; skipped")
+        return 77
+    timer = cold_timer()
+    geo = geopref_rows(args.geopref_json)
+    rows = []
+    print(f"{'method':<10} {'V':>7} {'forward ms':>11} {'step ms':>9} {'peak MiB':>9} {'step/geopref':>12}")
+    for v in [int(s) for s in args.vocab.split(",")]:
+        if v in geo:
+            secs, ws = geo[v]
+            r = dict(method="geopref", V=v, step_s=secs, peak_MiB=ws)
+            rows.append(r)
+            print(f"{'geopref':<10} {v:>7} {'':>11} {secs * 1e3:>9.2f} {ws or float('nan'):>9.0f} {1.0:>12.2f}")
+        for m in args.methods.split(","):
+            try:
+                r = run(m, args, v, timer)
+            except torch.cuda.OutOfMemoryError:
+                r = dict(method=m, V=v, error="out of memory")
+            except Exception as e:  # noqa: BLE001
+                r = dict(method=m, V=v, error=f"{type(e).__name__}: {e}"[:200])
+            torch.cuda.empty_cache()
+            rows.append(r)
+            if "error" in r:
+                print(f"{m:<10} {v:>7} {r['error']}")
+            else:
+                ratio = r["step_s"] / geo[v][0] if v in geo else math.nan
+                print(f"{m:<10} {v:>7} {r['forward_s'] * 1e3:>11.2f} {r['step_s'] * 1e3:>9.2f} "
+                      f"{r.get('peak_MiB', math.nan):>9.0f} {ratio:>12.2f}")
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(dict(rows=rows, rows_N=args.rows, H=args.hidden, dtype="bf16"), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

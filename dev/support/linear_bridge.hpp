@@ -1,0 +1,43 @@
+// dev/support/linear_bridge.hpp — the CPU reference of the fused-linear path
+// (geopref/reference/fused_linear.hpp) behind a plain C++ interface, so .cu
+// tests never include Eigen. Implemented in linear_bridge.cpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "geopref/options.hpp"
+#include "geopref/status.hpp"
+#include "reference_bridge.hpp"
+
+namespace geopref::support {
+
+/// Host copies of one problem, the inputs as the double values of the
+/// (rounded) elements the GPU reads.
+struct linear_ref_problem {
+  const double* hidden = nullptr;  // [N, Hd]
+  const double* weight = nullptr;  // [V, Hd]
+  const double* bias = nullptr;    // [V] or null
+  int64_t n_rows = 0, hidden_size = 0, vocab = 0;
+  const int64_t* labels = nullptr;
+  const int64_t* offsets = nullptr;
+  int64_t n_seqs = 0, n_pairs = 0;
+  const int64_t* pairs = nullptr;
+  const double* soft_labels = nullptr;
+  const double* ref_logps = nullptr;
+  const double* weights = nullptr;
+  const double* token_weights = nullptr;
+};
+
+struct linear_ref_result {
+  ref_result base;                  // compute()'s outputs on Z = H·Wᵀ + b; grad_logits = G [N, V]
+  std::vector<double> logits;       // [N, V] Z in double
+  std::vector<double> grad_hidden;  // [N, Hd]
+  std::vector<double> grad_weight;  // [V, Hd]
+  std::vector<double> grad_bias;    // [V] (with a bias)
+};
+
+geopref::status run_linear_reference(const linear_ref_problem& in, const geopref::options& opt,
+                                     linear_ref_result& out);
+
+}  // namespace geopref::support

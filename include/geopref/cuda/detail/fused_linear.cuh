@@ -1,0 +1,553 @@
+// geopref/cuda/detail/fused_linear.cuh — definitions of
+// geopref/cuda/fused_linear.cuh: checks, the chunked workspace, the cuBLAS
+// calls and the chunk loop around the existing fused kernels.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+// geopref.cuh before anything of detail/ (it declares the entries, then
+// includes api.cuh); fused_linear.cuh for linear_inputs (it includes this
+// file last, so either header may come first).
+#include "geopref/cuda/geopref.cuh"
+#include "geopref/cuda/fused_linear.cuh"
+#include "geopref/cuda/detail/api.cuh"
+#include "geopref/cuda/detail/dispatch.cuh"
+#include "geopref/cuda/detail/kernels.cuh"
+#include "geopref/cuda/detail/workspace.cuh"
+
+namespace geopref::cuda::detail {
+
+// ---------------------------------------------------------------------------
+// The two small kernels of the path (everything else is cuBLAS or the
+// kernels of train_step).
+
+/// out[r, v] = bias[v] for r < rows, v < V: the chunk is then the C operand
+/// of the logits GEMM with beta = 1, so Z = H·Wᵀ + b is rounded once, as a
+/// GEMM with a bias epilogue rounds it.
+template <class T, int BLOCK_SIZE>
+GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
+    bias_rows_kernel(const T* __restrict__ bias, int64_t vocab, int64_t rows, int64_t ld,
+                     T* __restrict__ out) {
+  const int64_t n = rows * vocab;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t r = i / vocab, v = i - r * vocab;
+    out[r * ld + v] = bias[v];
+  }
+}
+
+/// One thread per column: grad_bias[v] (+)= Σ_r grad[r, v] over the chunk's
+/// rows in row order (fixed order, no atomics: deterministic).
+template <class T, int BLOCK_SIZE>
+GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
+    bias_grad_kernel(const T* __restrict__ grad, int64_t ld, int64_t rows, int64_t vocab,
+                     bool add, float* __restrict__ grad_bias) {
+  for (int64_t v = global_thread(); v < vocab; v += grid_threads()) {
+    float s = 0.0f;
+    for (int64_t r = 0; r < rows; ++r) s += to_float(grad[r * ld + v]);
+    grad_bias[v] = add ? grad_bias[v] + s : s;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Workspace: train_step's per-row / per-sequence / per-pair bookkeeping for
+// all N rows (without its per-row split partials), then the chunk's split
+// partials and the chunk's logits.
+
+struct linear_layout {
+  workspace_layout base;  // offsets relative to the aligned base
+  int64_t chunk_rows = 0;  // C
+  int64_t ldc = 0;         // chunk row stride: V rounded up to 16 bytes
+  size_t partials = 0;     // [C, base.splits] lse_state when base.splits > 1
+  size_t chunk = 0;        // [C, ldc] of the input dtype
+  size_t bytes = 0;        // total from the aligned base
+};
+
+inline int64_t linear_ld(int64_t v, int64_t def) { return v == 0 ? def : v; }
+
+/// Rows of logits the budget holds (0 when not even one).
+inline int64_t budget_rows(size_t chunk_bytes, int64_t ldc, int elem) {
+  const auto row = static_cast<size_t>(ldc) * static_cast<size_t>(elem);
+  return row == 0 ? 0 : static_cast<int64_t>(chunk_bytes / row);
+}
+
+inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs, bool train) {
+  linear_layout l;
+  const int elem = dtype_bytes(in.type);
+  // vocab 0: choose_splits then gives 1, so the base has no [N, splits]
+  // partials; the chunk's own follow.
+  l.base = make_layout(in.n_rows, 0, elem, in.n_seqs, n_pairs, train);
+  const int64_t per16 = 16 / elem;
+  l.ldc = (in.vocab + per16 - 1) / per16 * per16;
+  const int64_t fit = budget_rows(in.chunk_bytes, l.ldc, elem);
+  l.chunk_rows = fit < in.n_rows ? fit : in.n_rows;
+  l.base.splits = choose_splits(l.chunk_rows, in.vocab, elem);
+  size_t used = l.base.bytes;
+  l.partials = used;
+  if (l.base.splits > 1)
+    used += align_up(static_cast<size_t>(l.chunk_rows) * static_cast<size_t>(l.base.splits) *
+                         sizeof(lse_state),
+                     WORKSPACE_ALIGN);
+  l.chunk = used;
+  used += align_up(static_cast<size_t>(l.chunk_rows) * static_cast<size_t>(l.ldc) *
+                       static_cast<size_t>(elem),
+                   WORKSPACE_ALIGN);
+  l.bytes = used;
+  return l;
+}
+
+/// The token rows of the chunk loop as token_inputs (no logits: enqueue_rows
+/// and the sequence step read only labels, offsets and weights).
+inline token_inputs rows_of(const linear_inputs& in) {
+  token_inputs x;
+  x.logits_dtype = in.type;
+  x.n_rows = in.n_rows;
+  x.vocab = in.vocab;
+  x.ld = in.vocab;
+  x.labels = in.labels;
+  x.label_type = in.label_type;
+  x.offsets = in.offsets;
+  x.offset_type = in.offset_type;
+  x.n_seqs = in.n_seqs;
+  x.token_weights = in.token_weights;
+  return x;
+}
+
+// ---------------------------------------------------------------------------
+// Checks.
+
+inline status check_linear_shapes(const linear_inputs& in) noexcept {
+  constexpr int64_t I32 = std::numeric_limits<int32_t>::max();
+  if (in.n_rows < 0 || in.vocab < 0 || in.hidden_size < 0 || in.n_seqs < 0)
+    return status::invalid_shape;
+  // cuBLAS takes int sizes and strides; rows and sequences are int32 per row.
+  if (in.n_rows > I32 || in.vocab > I32 || in.hidden_size > I32 || in.n_seqs >= I32)
+    return status::invalid_shape;
+  if (in.n_rows > 0 && (in.vocab == 0 || in.hidden_size == 0)) return status::invalid_shape;
+  const int64_t ldh = linear_ld(in.ld_hidden, in.hidden_size);
+  const int64_t ldw = linear_ld(in.ld_weight, in.hidden_size);
+  if (ldh < in.hidden_size || ldw < in.hidden_size || ldh > I32 || ldw > I32)
+    return status::invalid_stride;
+  if (dtype_bytes(in.type) == 0 || index_bytes(in.label_type) == 0 ||
+      index_bytes(in.offset_type) == 0)
+    return status::unsupported_dtype;
+  // The chunk's stride (V rounded up to 16 bytes) must also be an int.
+  if (in.vocab > I32 - 8) return status::invalid_shape;
+  if (in.n_rows > 0 &&
+      budget_rows(in.chunk_bytes, make_linear_layout(in, 0, false).ldc, dtype_bytes(in.type)) < 1)
+    return status::workspace_too_small;  // the budget holds less than one row of logits
+  return status::success;
+}
+
+inline status check_linear_buffers(const linear_inputs& in) noexcept {
+  const int elem = dtype_bytes(in.type);
+  if (in.n_rows > 0 && (in.hidden == nullptr || in.weight == nullptr || in.labels == nullptr))
+    return status::null_pointer;
+  if (in.n_seqs > 0 && in.offsets == nullptr) return status::null_pointer;
+  if (!aligned(in.hidden, elem) || !aligned(in.weight, elem) || !aligned(in.bias, elem) ||
+      !aligned(in.labels, index_bytes(in.label_type)) ||
+      !aligned(in.offsets, index_bytes(in.offset_type)) || !aligned(in.token_weights, 4))
+    return status::misaligned_pointer;
+  return status::success;
+}
+
+inline bool ranges_meet(byte_range a, byte_range b) noexcept {
+  return a.begin < b.end && b.begin < a.end;
+}
+
+inline status check_linear_train(const linear_train_args& a, const options& opt,
+                                 bool buffers) noexcept {
+  const linear_inputs& in = a.in;
+  status s = validate(opt);
+  if (s != status::success) return s;
+  s = check_linear_shapes(in);
+  if (s != status::success) return s;
+  if (a.n_pairs < 0) return status::invalid_shape;
+  if (a.pairs == nullptr && in.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
+  if (all_terms_reference_free(opt.loss) && a.ref_logps != nullptr)
+    return status::reference_not_allowed;
+  if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
+  const int64_t Hd = in.hidden_size;
+  const int64_t ldgh = linear_ld(a.ld_grad_hidden, Hd), ldgw = linear_ld(a.ld_grad_weight, Hd);
+  constexpr int64_t I32 = std::numeric_limits<int32_t>::max();
+  if (ldgh < Hd || ldgw < Hd || ldgh > I32 || ldgw > I32) return status::invalid_stride;
+  if (a.grad_bias != nullptr && in.bias == nullptr) return status::null_pointer;
+  if (!buffers) return status::success;
+
+  s = check_linear_buffers(in);
+  if (s != status::success) return s;
+  const int elem = dtype_bytes(in.type);
+  if (!aligned(a.pairs, 8) || !aligned(a.soft_labels, 4) || !aligned(a.ref_logps, 4) ||
+      !aligned(a.weights, 4) || !aligned(a.grad_output, 4) || !aligned(a.loss, 4) ||
+      !aligned(a.stats, alignof(metrics)) || !aligned(a.stat_sums, alignof(metric_sums)) ||
+      !aligned(a.seq_logps, 4) ||
+      !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) || !aligned(a.lse, 4) ||
+      !aligned(a.grad_seq_logps, 4) || !aligned(a.grad_hidden, elem) ||
+      !aligned(a.grad_weight, a.grad_weight_float32 ? 4 : elem) || !aligned(a.grad_bias, 4))
+    return status::misaligned_pointer;
+  // The gradients are written while the inputs are still read (pass 2 reads
+  // H and W for every chunk): no gradient may meet an input or another.
+  if (in.vocab == 0 || Hd == 0) return status::success;
+  byte_range inputs[3] = {{0, 0}, {0, 0}, {0, 0}};
+  if (in.n_rows > 0)
+    inputs[0] = used_bytes(in.hidden, in.n_rows, linear_ld(in.ld_hidden, Hd), Hd, elem);
+  inputs[1] = used_bytes(in.weight, in.vocab, linear_ld(in.ld_weight, Hd), Hd, elem);
+  if (in.bias != nullptr) inputs[2] = used_bytes(in.bias, 1, in.vocab, in.vocab, elem);
+  byte_range outs[3] = {{0, 0}, {0, 0}, {0, 0}};
+  if (a.grad_hidden != nullptr && in.n_rows > 0)
+    outs[0] = used_bytes(a.grad_hidden, in.n_rows, ldgh, Hd, elem);
+  if (a.grad_weight != nullptr)
+    outs[1] = used_bytes(a.grad_weight, in.vocab, ldgw, Hd, a.grad_weight_float32 ? 4 : elem);
+  if (a.grad_bias != nullptr) outs[2] = used_bytes(a.grad_bias, 1, in.vocab, in.vocab, 4);
+  for (int i = 0; i < 3; ++i) {
+    if (outs[i].begin == outs[i].end) continue;
+    for (int j = 0; j < 3; ++j)
+      if (inputs[j].begin != inputs[j].end && ranges_meet(outs[i], inputs[j]))
+        return status::overlapping_buffers;
+    for (int j = i + 1; j < 3; ++j)
+      if (outs[j].begin != outs[j].end && ranges_meet(outs[i], outs[j]))
+        return status::overlapping_buffers;
+  }
+  return status::success;
+}
+
+inline status check_linear_logps(const linear_logps_args& a, const options& opt,
+                                 bool buffers) noexcept {
+  status s = validate(opt);
+  if (s != status::success) return s;
+  s = check_linear_shapes(a.in);
+  if (s != status::success || !buffers) return s;
+  s = check_linear_buffers(a.in);
+  if (s != status::success) return s;
+  if (a.in.n_seqs > 0 && a.seq_logps == nullptr) return status::null_pointer;
+  if (!aligned(a.seq_logps, 4) || !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) ||
+      !aligned(a.lse, 4))
+    return status::misaligned_pointer;
+  return status::success;
+}
+
+/// Inputs and gradients against the workspace (the chunk and bookkeeping
+/// are written while they are read or written).
+inline bool linear_meets_workspace(const linear_inputs& in, const void* workspace,
+                                   const workspace_layout& w, const linear_train_args* a) {
+  const int elem = dtype_bytes(in.type);
+  const int64_t Hd = in.hidden_size;
+  if (in.n_rows == 0 || Hd == 0 || in.vocab == 0) return false;
+  if (meets_workspace(used_bytes(in.hidden, in.n_rows, linear_ld(in.ld_hidden, Hd), Hd, elem),
+                      workspace, w) ||
+      meets_workspace(used_bytes(in.weight, in.vocab, linear_ld(in.ld_weight, Hd), Hd, elem),
+                      workspace, w) ||
+      (in.bias != nullptr &&
+       meets_workspace(used_bytes(in.bias, 1, in.vocab, in.vocab, elem), workspace, w)))
+    return true;
+  if (a == nullptr) return false;
+  return (a->grad_hidden != nullptr &&
+          meets_workspace(used_bytes(a->grad_hidden, in.n_rows, linear_ld(a->ld_grad_hidden, Hd),
+                                     Hd, elem),
+                          workspace, w)) ||
+         (a->grad_weight != nullptr &&
+          meets_workspace(used_bytes(a->grad_weight, in.vocab, linear_ld(a->ld_grad_weight, Hd),
+                                     Hd, a->grad_weight_float32 ? 4 : elem),
+                          workspace, w)) ||
+         (a->grad_bias != nullptr &&
+          meets_workspace(used_bytes(a->grad_bias, 1, in.vocab, in.vocab, 4), workspace, w));
+}
+
+// ---------------------------------------------------------------------------
+// cuBLAS.
+
+inline cudaDataType_t blas_type(dtype d) {
+  switch (d) {
+    case dtype::float16: return CUDA_R_16F;
+    case dtype::bfloat16: return CUDA_R_16BF;
+    default: return CUDA_R_32F;
+  }
+}
+
+/// The handle for one call: the caller's (stream and pointer mode set, then
+/// restored) or one of its own (created, destroyed at the end).
+class blas_scope {
+ public:
+  status open(cublasHandle_t caller, cudaStream_t stream) {
+    if (caller == nullptr) {
+      if (cublasCreate(&h_) != CUBLAS_STATUS_SUCCESS) return status::cuda_error;
+      own_ = true;
+    } else {
+      h_ = caller;
+      if (cublasGetStream(h_, &old_stream_) != CUBLAS_STATUS_SUCCESS ||
+          cublasGetPointerMode(h_, &old_mode_) != CUBLAS_STATUS_SUCCESS)
+        return status::cuda_error;
+      restore_ = true;
+    }
+    if (cublasSetStream(h_, stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetPointerMode(h_, CUBLAS_POINTER_MODE_HOST) != CUBLAS_STATUS_SUCCESS)
+      return status::cuda_error;
+    return status::success;
+  }
+  ~blas_scope() {
+    if (own_) {
+      cublasDestroy(h_);
+    } else if (restore_) {
+      cublasSetStream(h_, old_stream_);
+      cublasSetPointerMode(h_, old_mode_);
+    }
+  }
+  cublasHandle_t get() const { return h_; }
+
+ private:
+  cublasHandle_t h_ = nullptr;
+  bool own_ = false, restore_ = false;
+  cudaStream_t old_stream_ = nullptr;
+  cublasPointerMode_t old_mode_ = CUBLAS_POINTER_MODE_HOST;
+};
+
+/// Row-major GEMMs as column-major cuBLAS calls (a row-major [r, c] matrix
+/// with stride ld is a column-major [c, r] one with the same ld).
+/// C = α·op(A)·op(B) + β·C in cuBLAS's terms; every call fp32-accumulated.
+inline status gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                   int64_t n, int64_t k, const void* A, cudaDataType_t at, int64_t lda,
+                   const void* B, int64_t ldb, float beta, void* C, cudaDataType_t ct,
+                   int64_t ldc) {
+  const float alpha = 1.0f;
+  const cublasStatus_t s = cublasGemmEx(
+      h, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), &alpha, A, at,
+      static_cast<int>(lda), B, at, static_cast<int>(ldb), &beta, C, ct, static_cast<int>(ldc),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  return s == CUBLAS_STATUS_SUCCESS ? status::success : status::cuda_error;
+}
+
+/// The chunk's logits: Z_c [rows, ldc] = H_c [rows, Hd] · Wᵀ (+ b).
+template <class T>
+inline status chunk_logits(cublasHandle_t h, const linear_inputs& in, int64_t r0, int64_t rows,
+                           int64_t ldc, T* chunk, cudaStream_t stream) {
+  const int elem = static_cast<int>(sizeof(T));
+  const int64_t ldh = linear_ld(in.ld_hidden, in.hidden_size);
+  const int64_t ldw = linear_ld(in.ld_weight, in.hidden_size);
+  float beta = 0.0f;
+  if (in.bias != nullptr) {
+    launch(bias_rows_kernel<T, BLOCK>, grid_1d(rows * in.vocab), BLOCK, stream,
+           static_cast<const T*>(in.bias), in.vocab, rows, ldc, chunk);
+    if (last_launch() != status::success) return status::cuda_error;
+    beta = 1.0f;
+  }
+  const auto* hc = static_cast<const char*>(in.hidden) + r0 * ldh * elem;
+  return gemm(h, CUBLAS_OP_T, CUBLAS_OP_N, in.vocab, rows, in.hidden_size, in.weight,
+              blas_type(in.type), ldw, hc, ldh, beta, chunk, blas_type(in.type), ldc);
+}
+
+// ---------------------------------------------------------------------------
+// The passes.
+
+/// Pass 1: every chunk's logits and fused forward (→ lse, ℓ_t in the
+/// workspace), then the per-sequence sums.
+template <class T>
+inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const options& opt,
+                             const linear_layout& l, const workspace_view& ws,
+                             lse_state* partials, T* chunk, const float* ref_logps,
+                             float* out_seq, int64_t* out_counts, cudaStream_t stream) {
+  const token_inputs x = rows_of(in);
+  status st = enqueue_rows(x, opt, ws, stream);
+  if (st != status::success) return st;
+  const int k = l.base.splits;
+  for (int64_t r0 = 0; r0 < in.n_rows; r0 += l.chunk_rows) {
+    const int64_t rows = in.n_rows - r0 < l.chunk_rows ? in.n_rows - r0 : l.chunk_rows;
+    st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
+    if (st != status::success) return st;
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(k));
+    launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, ws.cols + r0,
+           ws.lse + r0, ws.token_logp + r0, partials);
+    if (last_launch() != status::success) return status::cuda_error;
+    if (k > 1) {
+      launch(combine_kernel<BLOCK>, grid_1d(rows), BLOCK, stream, partials, k, rows, ws.cols + r0,
+             ws.lse + r0, ws.token_logp + r0);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+  }
+  return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
+}
+
+/// The per-token primitive from hidden states (DESIGN §6) is these two
+/// passes with the pair step left out: pass 1 plus copy_rows gives lse_t and
+/// ℓ_t; the backward for any per-token g_t is pass 2 with ws.row_coef = g_t,
+/// the one coefficient per row backward_kernel reads (issue 16), so
+/// backward_kernel and the GEMMs stay as they are.
+///
+/// Pass 2: every chunk's logits again, the fused backward in place, then
+/// grad_H_c = G_c·W, grad_W (+)= G_cᵀ·H_c, grad_b (+)= Σ_rows G_c. g_s is in
+/// ws.seq_grad.
+template <class T>
+inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
+                              const linear_layout& l, const workspace_view& ws, T* chunk,
+                              cudaStream_t stream) {
+  const linear_inputs& in = a.in;
+  const int64_t Hd = in.hidden_size;
+  const int64_t ldh = linear_ld(in.ld_hidden, Hd), ldw = linear_ld(in.ld_weight, Hd);
+  const int64_t ldgh = linear_ld(a.ld_grad_hidden, Hd), ldgw = linear_ld(a.ld_grad_weight, Hd);
+  const cudaDataType_t t = blas_type(in.type);
+  const cudaDataType_t gwt = a.grad_weight_float32 ? CUDA_R_32F : t;
+  const int elem = static_cast<int>(sizeof(T));
+  // One coefficient per row, g_t = g_s · w_t, as enqueue_backward does.
+  if (in.n_rows > 0) {
+    launch(row_coef_kernel<BLOCK>, grid_1d(in.n_rows), BLOCK, stream, ws.row_seq, ws.seq_grad,
+           in.token_weights, in.n_rows, ws.row_coef, ws.flag);
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  if (in.n_rows == 0) {  // nothing to add; an overwrite still means zeros
+    if (!a.accumulate && a.grad_weight != nullptr && in.vocab > 0 && Hd > 0) {
+      status st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, Hd, in.vocab, 0, in.weight, t, ldw, chunk,
+                       l.ldc, 0.0f, a.grad_weight, gwt, ldgw);
+      if (st != status::success) return st;
+    }
+    if (!a.accumulate && a.grad_bias != nullptr && in.vocab > 0 &&
+        cudaMemsetAsync(a.grad_bias, 0, static_cast<size_t>(in.vocab) * 4, stream) != cudaSuccess)
+      return status::cuda_error;
+    return status::success;
+  }
+  for (int64_t r0 = 0; r0 < in.n_rows; r0 += l.chunk_rows) {
+    const int64_t rows = in.n_rows - r0 < l.chunk_rows ? in.n_rows - r0 : l.chunk_rows;
+    const bool add = a.accumulate || r0 > 0;
+    status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
+    if (st != status::success) return st;
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(l.base.splits));
+    launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, ws.cols + r0,
+           ws.row_coef + r0, ws.lse + r0, chunk, l.ldc);
+    if (last_launch() != status::success) return status::cuda_error;
+    const auto* hc = static_cast<const char*>(in.hidden) + r0 * ldh * elem;
+    if (a.grad_hidden != nullptr) {
+      auto* gh = static_cast<char*>(a.grad_hidden) + r0 * ldgh * elem;
+      st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_N, Hd, rows, in.vocab, in.weight, t, ldw, chunk, l.ldc,
+                0.0f, gh, t, ldgh);
+      if (st != status::success) return st;
+    }
+    if (a.grad_weight != nullptr) {
+      st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, Hd, in.vocab, rows, hc, t, ldh, chunk, l.ldc,
+                add ? 1.0f : 0.0f, a.grad_weight, gwt, ldgw);
+      if (st != status::success) return st;
+    }
+    if (a.grad_bias != nullptr) {
+      launch(bias_grad_kernel<T, BLOCK>, grid_1d(in.vocab), BLOCK, stream, chunk, l.ldc, rows,
+             in.vocab, add, a.grad_bias);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+  }
+  return status::success;
+}
+
+inline workspace_view carve_linear(void* workspace, const linear_layout& l, lse_state** partials,
+                                   void** chunk) {
+  const workspace_view ws = carve(workspace, l.base);
+  char* base = reinterpret_cast<char*>(align_up_ptr(reinterpret_cast<uintptr_t>(workspace)));
+  *partials = reinterpret_cast<lse_state*>(base + l.partials);
+  *chunk = base + l.chunk;
+  return ws;
+}
+
+/// The workspace protocol shared by both entries: size query, size and
+/// overlap checks; *layout and the carved pointers on success.
+inline status linear_workspace(void* workspace, size_t& workspace_bytes, const linear_inputs& in,
+                               int64_t n_pairs, bool train, const linear_train_args* a,
+                               linear_layout* l) {
+  *l = make_linear_layout(in, n_pairs, train);
+  workspace_layout whole = l->base;
+  whole.bytes = l->bytes;
+  if (workspace == nullptr) {
+    workspace_bytes = workspace_request(whole);
+    return status::success;
+  }
+  if (workspace_bytes < workspace_request(whole)) return status::workspace_too_small;
+  if (linear_meets_workspace(in, workspace, whole, a)) return status::overlapping_buffers;
+  return status::success;
+}
+
+template <class MarginFor>
+inline status fused_linear_step_with(void* workspace, size_t& workspace_bytes,
+                                     const linear_train_args& a, const options& opt,
+                                     const MarginFor& margin_for, cudaStream_t stream) {
+  status s = check_linear_train(a, opt, workspace != nullptr);
+  if (s != status::success) return s;
+  linear_layout l;
+  s = linear_workspace(workspace, workspace_bytes, a.in, a.n_pairs, true, &a, &l);
+  if (s != status::success || workspace == nullptr) return s;
+  lse_state* partials = nullptr;
+  void* chunk = nullptr;
+  const workspace_view ws = carve_linear(workspace, l, &partials, &chunk);
+  blas_scope blas;
+  s = blas.open(a.in.cublas, stream);
+  if (s != status::success) return s;
+  return visit_dtype(a.in.type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    status st = linear_forward<T>(blas.get(), a.in, opt, l, ws, partials, static_cast<T*>(chunk),
+                                  a.ref_logps, a.seq_logps, a.seq_counts, stream);
+    if (st != status::success) return st;
+    st = copy_rows(ws, a.in.n_rows, a.lse, a.token_logps, stream);
+    if (st != status::success) return st;
+    // The pair step as train_step runs it (no logits: its backward is ours).
+    train_args t;
+    t.tokens = rows_of(a.in);
+    t.n_pairs = a.n_pairs;
+    t.pairs = a.pairs;
+    t.soft_labels = a.soft_labels;
+    t.ref_logps = a.ref_logps;
+    t.weights = a.weights;
+    t.grad_loss = a.grad_loss;
+    t.grad_output = a.grad_output;
+    t.loss = a.loss;
+    t.stats = a.stats;
+    t.stat_sums = a.stat_sums;
+    t.grad_seq_logps = a.grad_seq_logps;
+    st = enqueue_train_tail(t, opt, l.base, ws, margin_for, stream);
+    if (st != status::success) return st;
+    const bool backward =
+        a.grad_hidden != nullptr || a.grad_weight != nullptr || a.grad_bias != nullptr;
+    if (!backward) return status::success;
+    if (a.grad_seq_logps == nullptr && a.in.n_seqs > 0) {  // the tail wrote g_s only when asked
+      launch(seq_grad_kernel<BLOCK>, grid_1d(a.in.n_seqs), BLOCK, stream, a.pairs, a.n_pairs,
+             a.in.n_seqs, ws.pair_coef, ws.seq_grad, static_cast<float*>(nullptr));
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+    return linear_backward<T>(blas.get(), a, l, ws, static_cast<T*>(chunk), stream);
+  });
+}
+
+}  // namespace geopref::cuda::detail
+
+namespace geopref::cuda {
+
+inline status fused_linear_logps(void* workspace, size_t& workspace_bytes,
+                                 const linear_logps_args& args, const options& opt,
+                                 cudaStream_t stream) noexcept {
+  status s = detail::check_linear_logps(args, opt, workspace != nullptr);
+  if (s != status::success) return s;
+  detail::linear_layout l;
+  s = detail::linear_workspace(workspace, workspace_bytes, args.in, 0, false, nullptr, &l);
+  if (s != status::success || workspace == nullptr) return s;
+  detail::lse_state* partials = nullptr;
+  void* chunk = nullptr;
+  const detail::workspace_view ws = detail::carve_linear(workspace, l, &partials, &chunk);
+  detail::blas_scope blas;
+  s = blas.open(args.in.cublas, stream);
+  if (s != status::success) return s;
+  return detail::visit_dtype(args.in.type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    status st = detail::linear_forward<T>(blas.get(), args.in, opt, l, ws, partials,
+                                          static_cast<T*>(chunk), nullptr, args.seq_logps,
+                                          args.seq_counts, stream);
+    if (st != status::success) return st;
+    return detail::copy_rows(ws, args.in.n_rows, args.lse, args.token_logps, stream);
+  });
+}
+
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                cudaStream_t stream) noexcept {
+  if (const status s = validate(opt); s != status::success) return s;
+  return detail::fused_linear_step_with(workspace, workspace_bytes, args, opt,
+                                        detail::builtin_margin{any_loss<double>(opt.loss)}, stream);
+}
+
+}  // namespace geopref::cuda

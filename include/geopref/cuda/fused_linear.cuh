@@ -1,0 +1,145 @@
+// geopref/cuda/fused_linear.cuh — the loss and its gradients from the last
+// hidden states and the output projection, never holding the logits.
+//
+// For N = 16384 rows and V = 128256 the bf16 logits are 4.2 GB and their
+// gradient as much again. These entries take hidden states H [N, Hd] and the
+// projection W [V, Hd] (optional bias b [V]) instead, and compute the logits
+// Z = H·Wᵀ + b one chunk of rows at a time in the caller's workspace:
+//
+//   pass 1, per chunk c:  Z_c = H_c·Wᵀ + b (cuBLAS, fp32 accumulation, rounded
+//                         to the input dtype as a framework's linear layer
+//                         would), then the fused forward → lse_t, ℓ_t;
+//   then:                 per-sequence sums, pair losses, metrics, g_s;
+//   pass 2, per chunk c:  Z_c again, the fused backward in place (G_c =
+//                         ∂Loss/∂Z_c, input dtype), grad_H_c = G_c·W,
+//                         grad_W += G_cᵀ·H_c, grad_b += Σ_rows G_c.
+//
+// so the extra device memory is the chunk the caller allows plus O(N + S + P)
+// bookkeeping; never O(N·V). The forward-only entry (the reference model's
+// log-probs) runs pass 1 alone.
+//
+// Calling convention: as geopref/cuda/geopref.cuh (argument struct, workspace
+// == nullptr asks for the size, stream last, status return, device-side
+// problems in device_status). The size query takes the caller's budget for
+// the chunk, linear_inputs::chunk_bytes: the chunk holds
+//   C = min(N, chunk_bytes / (ldc · sizeof(dtype)))  rows, ldc = V rounded up to 16 bytes,
+// and a budget below one row is status::workspace_too_small. The workspace
+// size depends only on N, V, Hd's dtype, S, P and the budget.
+//
+// cuBLAS: the GEMMs run on `cublas` (the caller's handle; its stream and
+// pointer mode are set for the call and restored before return; its math
+// mode is the caller's: a handle that allows TF32 makes fp32 inputs use it).
+// With cublas == nullptr the call creates a handle and destroys it at the end,
+// which allocates and synchronises the device: pass a handle in a training
+// loop. Link CUDA::cublas (this header is the only one in geopref that needs it).
+//
+// Not built yet: DESIGN §6's one-pass fast path (whole pairs per chunk, a
+// loss that is not batch-coupled: three GEMMs instead of four); it needs the
+// pair step split into per-chunk pair values and one final reduction.
+//
+// Determinism: chunks run in a fixed order, grad_W and grad_b accumulate
+// chunk by chunk in that order (cuBLAS beta = 1), no atomics; cuBLAS itself
+// gives the same bits run after run on the same card and toolkit. The
+// budget is part of the input: another chunk size sums grad_W / grad_b in
+// another order, and a chunk of few rows splits rows across blocks (another
+// lse order), so the last bits may differ.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "geopref/cuda/args.cuh"
+#include "geopref/losses.hpp"
+#include "geopref/options.hpp"
+#include "geopref/status.hpp"
+
+namespace geopref::cuda {
+
+/// The hidden states, the projection and the token rows.
+struct linear_inputs {
+  const void* hidden = nullptr;  // [N, ld_hidden] row-major, `type`
+  int64_t ld_hidden = 0;         // >= Hd; 0 means Hd
+  const void* weight = nullptr;  // [V, ld_weight] row-major, `type` (an nn.Linear's weight)
+  int64_t ld_weight = 0;         // >= Hd; 0 means Hd
+  const void* bias = nullptr;    // [V] `type`, or null
+  dtype type = dtype::bfloat16;  // of hidden, weight, bias, the chunk logits and grad_hidden
+  int64_t n_rows = 0;            // N, as token_inputs
+  int64_t hidden_size = 0;       // Hd >= 1 when N > 0
+  int64_t vocab = 0;             // V >= 1 when N > 0
+
+  // Token rows exactly as token_inputs (labels, offsets, token weights).
+  const void* labels = nullptr;  // [N]
+  index_type label_type = index_type::int64;
+  const void* offsets = nullptr;  // [S + 1]
+  index_type offset_type = index_type::int64;
+  int64_t n_seqs = 0;
+  const float* token_weights = nullptr;  // [N] or null
+
+  size_t chunk_bytes = size_t{1} << 30;  // budget for the chunk's logits (see above)
+  cublasHandle_t cublas = nullptr;       // the caller's handle, or null (see above)
+};
+
+/// Forward only: the reference model's per-sequence log-probs (logps_args'
+/// outputs) from its own hidden states and projection.
+struct linear_logps_args {
+  linear_inputs in;
+  float* seq_logps = nullptr;     // [S] required, the form train_args::ref_logps expects
+  int64_t* seq_counts = nullptr;  // [S] optional
+  float* token_logps = nullptr;   // [N] optional
+  float* lse = nullptr;           // [N] optional
+};
+
+/// A training step from hidden states: train_args' pairs, labels, reference
+/// log-probs, weights, upstream gradient and outputs, plus the gradients with
+/// respect to the hidden states, the weight and the bias.
+struct linear_train_args {
+  linear_inputs in;
+
+  int64_t n_pairs = 0;
+  const int64_t* pairs = nullptr;      // as train_args
+  const float* soft_labels = nullptr;  // as train_args
+  const float* ref_logps = nullptr;    // as train_args
+  const float* weights = nullptr;      // as train_args
+  double grad_loss = 1.0;              // as train_args
+  const float* grad_output = nullptr;  // as train_args
+
+  float* loss = nullptr;            // as train_args (every output optional)
+  metrics* stats = nullptr;
+  metric_sums* stat_sums = nullptr;  // as train_args (data parallel)
+  float* seq_logps = nullptr;
+  int64_t* seq_counts = nullptr;
+  float* token_logps = nullptr;
+  float* lse = nullptr;
+  float* grad_seq_logps = nullptr;
+
+  // Gradients; each optional (null: not computed). When all three are null
+  // pass 2 is skipped. grad_hidden is always overwritten (every row, zeros
+  // for unscored rows); grad_weight and grad_bias are overwritten, or added
+  // to with `accumulate` (gradient accumulation over micro-batches).
+  void* grad_hidden = nullptr;   // [N, ld_grad_hidden], `type`
+  int64_t ld_grad_hidden = 0;    // >= Hd; 0 means Hd
+  void* grad_weight = nullptr;   // [V, ld_grad_weight], `type`, or float with grad_weight_float32
+  int64_t ld_grad_weight = 0;    // >= Hd; 0 means Hd
+  bool grad_weight_float32 = false;  // float accumulation across chunks and micro-batches
+  float* grad_bias = nullptr;    // [V] float; needs a bias
+  bool accumulate = false;       // grad_weight += …, grad_bias += … instead of =
+};
+
+/// Forward only (pass 1): per-sequence log-probs from hidden states.
+inline status fused_linear_logps(void* workspace, size_t& workspace_bytes,
+                                 const linear_logps_args& args, const options& opt,
+                                 cudaStream_t stream = nullptr) noexcept;
+
+/// Loss, metrics, log-probs and the gradients with respect to the hidden
+/// states, the weight and the bias (two passes over the chunks).
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                cudaStream_t stream = nullptr) noexcept;
+
+}  // namespace geopref::cuda
+
+#include "geopref/cuda/geopref.cuh"  // device_status; the shared checks and kernels
+#include "geopref/cuda/detail/fused_linear.cuh"

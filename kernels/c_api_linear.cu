@@ -1,0 +1,139 @@
+// kernels/c_api_linear.cu — the fused-linear part of the C ABI
+// (geopref_fused_linear_step / geopref_fused_linear_logps in geopref/c_api.h)
+// over geopref/cuda/fused_linear.cuh. Its own translation unit so that the
+// rest of the ABI (and the PyTorch extension, which compiles c_api.cu) does
+// not need cuBLAS. It instantiates the forward kernel for the 3 dtypes and
+// the backward for dtype → same dtype only (the chunk's gradient is always
+// in the input dtype), plus the two small bias kernels.
+#include <cublas_v2.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "geopref/c_api.h"
+#include "geopref/cuda/fused_linear.cuh"
+
+namespace geopref::c_abi {
+geopref::status to_options(const geopref_options& c, geopref::options* o);  // c_api.cu
+}
+
+namespace {
+
+namespace gc = geopref::cuda;
+using geopref::status;
+
+status to_linear(const geopref_linear_inputs& c, gc::linear_inputs* in) {
+  if (c.dtype < GEOPREF_FLOAT32 || c.dtype > GEOPREF_BFLOAT16 || c.label_type < GEOPREF_INT32 ||
+      c.label_type > GEOPREF_INT64 || c.offset_type < GEOPREF_INT32 || c.offset_type > GEOPREF_INT64)
+    return status::unsupported_dtype;
+  in->hidden = c.hidden;
+  in->ld_hidden = c.ld_hidden;
+  in->weight = c.weight;
+  in->ld_weight = c.ld_weight;
+  in->bias = c.bias;
+  in->type = static_cast<gc::dtype>(c.dtype);
+  in->n_rows = c.n_rows;
+  in->hidden_size = c.hidden_size;
+  in->vocab = c.vocab;
+  in->labels = c.labels;
+  in->label_type = static_cast<gc::index_type>(c.label_type);
+  in->offsets = c.offsets;
+  in->offset_type = static_cast<gc::index_type>(c.offset_type);
+  in->n_seqs = c.n_seqs;
+  in->token_weights = c.token_weights;
+  in->chunk_bytes = c.chunk_bytes;
+  in->cublas = static_cast<cublasHandle_t>(c.cublas_handle);
+  return status::success;
+}
+
+status to_linear_train(const geopref_linear_train_args& c, gc::linear_train_args* a) {
+  const status s = to_linear(c.in, &a->in);
+  if (s != status::success) return s;
+  a->n_pairs = c.n_pairs;
+  a->pairs = c.pairs;
+  a->soft_labels = c.soft_labels;
+  a->ref_logps = c.ref_logps;
+  a->weights = c.weights;
+  a->grad_loss = c.grad_loss;
+  a->grad_output = c.grad_output;
+  a->loss = c.loss;
+  a->stats = reinterpret_cast<geopref::metrics*>(c.stats);  // layouts checked in c_api.cu
+  a->stat_sums = reinterpret_cast<geopref::metric_sums*>(c.stat_sums);
+  a->seq_logps = c.seq_logps;
+  a->seq_counts = c.seq_counts;
+  a->token_logps = c.token_logps;
+  a->lse = c.lse;
+  a->grad_seq_logps = c.grad_seq_logps;
+  a->grad_hidden = c.grad_hidden;
+  a->ld_grad_hidden = c.ld_grad_hidden;
+  a->grad_weight = c.grad_weight;
+  a->ld_grad_weight = c.ld_grad_weight;
+  a->grad_weight_float32 = c.grad_weight_float32 != 0;
+  a->grad_bias = c.grad_bias;
+  a->accumulate = c.accumulate != 0;
+  return status::success;
+}
+
+status to_linear_logps(const geopref_linear_logps_args& c, gc::linear_logps_args* a) {
+  const status s = to_linear(c.in, &a->in);
+  if (s != status::success) return s;
+  a->seq_logps = c.seq_logps;
+  a->seq_counts = c.seq_counts;
+  a->token_logps = c.token_logps;
+  a->lse = c.lse;
+  return status::success;
+}
+
+template <class CArgs, class Args>
+geopref_status call(status (*to_cpp)(const CArgs&, Args*),
+                    status (*entry)(void*, size_t&, const Args&, const geopref::options&, cudaStream_t),
+                    void* workspace, size_t* bytes, const CArgs* args, const geopref_options* opt,
+                    cudaStream_t stream) {
+  if (bytes == nullptr || args == nullptr || opt == nullptr)
+    return static_cast<int>(status::null_pointer);
+  geopref::options o;
+  Args a;
+  status s = geopref::c_abi::to_options(*opt, &o);
+  if (s == status::success) s = to_cpp(*args, &a);
+  if (s == status::success) s = entry(workspace, *bytes, a, o, stream);
+  return static_cast<int>(s);
+}
+
+void init_inputs(geopref_linear_inputs* in) {
+  in->dtype = GEOPREF_FLOAT32;
+  in->label_type = GEOPREF_INT64;
+  in->offset_type = GEOPREF_INT64;
+  in->chunk_bytes = gc::linear_inputs{}.chunk_bytes;
+}
+
+}  // namespace
+
+extern "C" {
+
+void geopref_linear_train_args_init(geopref_linear_train_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_linear_train_args{};
+  init_inputs(&args->in);
+  args->grad_loss = 1.0;
+}
+
+void geopref_linear_logps_args_init(geopref_linear_logps_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_linear_logps_args{};
+  init_inputs(&args->in);
+}
+
+geopref_status geopref_fused_linear_step(void* workspace, size_t* workspace_bytes,
+                                         const geopref_linear_train_args* args,
+                                         const geopref_options* opt, geopref_stream_t stream) {
+  return call(to_linear_train, gc::fused_linear_step, workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_fused_linear_logps(void* workspace, size_t* workspace_bytes,
+                                          const geopref_linear_logps_args* args,
+                                          const geopref_options* opt, geopref_stream_t stream) {
+  return call(to_linear_logps, gc::fused_linear_logps, workspace, workspace_bytes, args, opt,
+              stream);
+}
+
+}  // extern "C"

@@ -1,0 +1,226 @@
+// The CPU reference of the fused-linear path (reference/fused_linear.hpp):
+// its gradients with respect to H, W and b checked by finite differences of
+// its own loss, accumulate vs overwrite, strides, the forward-only outputs,
+// and bad shapes.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "geopref/reference/fused_linear.hpp"
+#include "geopref/reference/gradcheck.hpp"
+
+using namespace geopref;
+
+namespace {
+
+struct lin_problem {
+  int64_t N = 0, Hd = 0, V = 0, S = 0, P = 0;
+  std::vector<double> H, W, b;  // [N, Hd], [V, Hd], [V]
+  std::vector<int64_t> labels, offsets;
+  std::vector<double> soft, ref, token_weights;
+};
+
+// P pairs of packed sequences (lengths 0..3, a few masked rows), default
+// pairing, soft labels and reference log-probs; values ~U(−1, 1) so the
+// logits stay O(√Hd).
+lin_problem make_lin(int64_t P, int64_t Hd, int64_t V, uint64_t seed, bool token_weights = false) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(-1.0, 1.0), unit(0.0, 1.0);
+  lin_problem p;
+  p.P = P;
+  p.S = 2 * P;
+  p.Hd = Hd;
+  p.V = V;
+  p.offsets.assign(1, 0);
+  for (int64_t s = 0; s < p.S; ++s) p.offsets.push_back(p.offsets.back() + 1 + static_cast<int64_t>(rng() % 3));
+  p.N = p.offsets.back() + 1;  // one trailing row outside every sequence
+  for (int64_t t = 0; t < p.N; ++t)
+    p.labels.push_back(unit(rng) < 0.15 ? -100 : static_cast<int64_t>(rng() % static_cast<uint64_t>(V)));
+  for (int64_t i = 0; i < p.N * Hd; ++i) p.H.push_back(u(rng));
+  for (int64_t i = 0; i < V * Hd; ++i) p.W.push_back(u(rng));
+  for (int64_t v = 0; v < V; ++v) p.b.push_back(u(rng));
+  for (int64_t i = 0; i < P; ++i) p.soft.push_back(unit(rng));
+  for (int64_t s = 0; s < p.S; ++s) p.ref.push_back(-3.0 * unit(rng));
+  if (token_weights)
+    for (int64_t t = 0; t < p.N; ++t) p.token_weights.push_back(0.5 + unit(rng));
+  return p;
+}
+
+reference::linear_inputs<double, int64_t, int64_t> inputs_of(const lin_problem& p, bool bias) {
+  reference::linear_inputs<double, int64_t, int64_t> in;
+  in.hidden = p.H.data();
+  in.weight = p.W.data();
+  in.bias = bias ? p.b.data() : nullptr;
+  in.n_rows = p.N;
+  in.hidden_size = p.Hd;
+  in.vocab = p.V;
+  in.labels = p.labels.data();
+  in.offsets = p.offsets.data();
+  in.n_seqs = p.S;
+  in.n_pairs = p.P;
+  in.soft_labels = p.soft.data();
+  in.ref_logps = p.ref.data();
+  in.token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
+  return in;
+}
+
+double loss_of(const reference::linear_inputs<double, int64_t, int64_t>& in, const options& opt) {
+  reference::linear_outputs out;
+  REQUIRE(reference::fused_linear(in, opt, out) == status::success);
+  return out.base.loss;
+}
+
+}  // namespace
+
+TEST_CASE("fused-linear reference: gradients of H, W and b pass the gradient check",
+          "[fused_linear]") {
+  for (const auto& [type, tw] : {std::pair{loss_type::gdpo, false}, std::pair{loss_type::cipo, true},
+                                 std::pair{loss_type::dpo, true}}) {
+    const lin_problem p = make_lin(2, 3, 7, 11 + static_cast<uint64_t>(type), tw);
+    options opt;
+    opt.loss.type = type;
+    opt.loss.beta = 0.7;
+    auto in = inputs_of(p, true);
+    std::vector<double> gh(static_cast<size_t>(p.N * p.Hd)), gw(static_cast<size_t>(p.V * p.Hd)),
+        gb(static_cast<size_t>(p.V));
+    reference::linear_outputs out;
+    out.grad_hidden = gh.data();
+    out.grad_weight = gw.data();
+    out.grad_bias = gb.data();
+    REQUIRE(reference::fused_linear(in, opt, out) == status::success);
+    INFO("loss " << loss_name(type));
+
+    const auto rh = gradcheck::check_gradient(
+        [&](const std::vector<double>& x) {
+          auto a = in;
+          a.hidden = x.data();
+          return loss_of(a, opt);
+        },
+        p.H, gh);
+    CHECK(rh.passed(1e-7));
+    const auto rw = gradcheck::check_gradient(
+        [&](const std::vector<double>& x) {
+          auto a = in;
+          a.weight = x.data();
+          return loss_of(a, opt);
+        },
+        p.W, gw);
+    CHECK(rw.passed(1e-7));
+    const auto rb = gradcheck::check_gradient(
+        [&](const std::vector<double>& x) {
+          auto a = in;
+          a.bias = x.data();
+          return loss_of(a, opt);
+        },
+        p.b, gb);
+    CHECK(rb.passed(1e-7));
+  }
+}
+
+TEST_CASE("fused-linear reference: the same numbers as compute() on H·Wᵀ + b; strides; "
+          "accumulate adds",
+          "[fused_linear]") {
+  const lin_problem p = make_lin(3, 4, 9, 5);
+  options opt;
+  opt.loss.type = loss_type::gdpo;
+  // Padded copies: ld 6 for H and W, NaN in the padding (never read).
+  const int64_t ld = 6;
+  std::vector<double> Hp(static_cast<size_t>(p.N * ld), std::nan("")),
+      Wp(static_cast<size_t>(p.V * ld), std::nan(""));
+  for (int64_t t = 0; t < p.N; ++t)
+    for (int64_t k = 0; k < p.Hd; ++k) Hp[t * ld + k] = p.H[t * p.Hd + k];
+  for (int64_t v = 0; v < p.V; ++v)
+    for (int64_t k = 0; k < p.Hd; ++k) Wp[v * ld + k] = p.W[v * p.Hd + k];
+  auto in = inputs_of(p, true);
+  auto inp = in;
+  inp.hidden = Hp.data();
+  inp.weight = Wp.data();
+  inp.ld_hidden = ld;
+  inp.ld_weight = ld;
+
+  // The logits by hand, then compute() with its gradient.
+  std::vector<double> Z(static_cast<size_t>(p.N * p.V)), G(Z.size());
+  for (int64_t t = 0; t < p.N; ++t)
+    for (int64_t v = 0; v < p.V; ++v) {
+      double z = p.b[v];
+      for (int64_t k = 0; k < p.Hd; ++k) z += p.H[t * p.Hd + k] * p.W[v * p.Hd + k];
+      Z[t * p.V + v] = z;
+    }
+  auto x = reference::make_inputs<double, int64_t, int64_t>(Z.data(), p.N, p.V, p.labels.data(),
+                                                             p.offsets.data(), p.S, p.P);
+  x.soft_labels = p.soft.data();
+  x.ref_logps = p.ref.data();
+  reference::outputs o;
+  std::vector<double> seq(static_cast<size_t>(p.S)), seq2(seq.size());
+  o.seq_logps = seq.data();
+  o.grad_logits = G.data();
+  REQUIRE(reference::compute(x, opt, o) == status::success);
+
+  std::vector<double> gh(static_cast<size_t>(p.N * ld), 7.0), gw(static_cast<size_t>(p.V * p.Hd)),
+      gb(static_cast<size_t>(p.V));
+  reference::linear_outputs out;
+  out.base.seq_logps = seq2.data();
+  out.grad_hidden = gh.data();
+  out.ld_grad_hidden = ld;
+  out.grad_weight = gw.data();
+  out.grad_bias = gb.data();
+  REQUIRE(reference::fused_linear(inp, opt, out) == status::success);
+  CHECK(out.base.loss == Approx(o.loss).epsilon(1e-14));
+  for (int64_t s = 0; s < p.S; ++s) CHECK(seq2[s] == Approx(seq[s]).epsilon(1e-14));
+  for (int64_t t = 0; t < p.N; ++t)
+    for (int64_t k = 0; k < ld; ++k) {
+      if (k >= p.Hd) {
+        CHECK(gh[t * ld + k] == 7.0);  // padding untouched
+        continue;
+      }
+      double e = 0;
+      for (int64_t v = 0; v < p.V; ++v) e += G[t * p.V + v] * p.W[v * p.Hd + k];
+      CHECK(gh[t * ld + k] == Approx(e).margin(1e-14));
+    }
+  for (int64_t v = 0; v < p.V; ++v) {
+    double eb = 0;
+    for (int64_t t = 0; t < p.N; ++t) eb += G[t * p.V + v];
+    CHECK(gb[v] == Approx(eb).margin(1e-14));
+    for (int64_t k = 0; k < p.Hd; ++k) {
+      double e = 0;
+      for (int64_t t = 0; t < p.N; ++t) e += G[t * p.V + v] * p.H[t * p.Hd + k];
+      CHECK(gw[v * p.Hd + k] == Approx(e).margin(1e-14));
+    }
+  }
+
+  // Accumulate: a second call adds the same again.
+  const std::vector<double> gw1 = gw, gb1 = gb;
+  out.accumulate = true;
+  REQUIRE(reference::fused_linear(inp, opt, out) == status::success);
+  for (size_t i = 0; i < gw.size(); ++i) CHECK(gw[i] == Approx(2 * gw1[i]).margin(1e-14));
+  for (size_t i = 0; i < gb.size(); ++i) CHECK(gb[i] == Approx(2 * gb1[i]).margin(1e-14));
+}
+
+TEST_CASE("fused-linear reference: bad shapes are a status, nothing written", "[fused_linear]") {
+  const lin_problem p = make_lin(1, 2, 3, 9);
+  options opt;
+  auto in = inputs_of(p, false);
+  std::vector<double> gb(3, 5.0);
+  reference::linear_outputs out;
+  out.grad_bias = gb.data();
+  CHECK(reference::fused_linear(in, opt, out) == status::null_pointer);  // grad_bias without bias
+  CHECK(gb[0] == 5.0);
+  out.grad_bias = nullptr;
+  auto bad = in;
+  bad.ld_hidden = 1;
+  CHECK(reference::fused_linear(bad, opt, out) == status::invalid_stride);
+  bad = in;
+  bad.hidden_size = 0;
+  CHECK(reference::fused_linear(bad, opt, out) == status::invalid_shape);
+  bad = in;
+  bad.weight = nullptr;
+  CHECK(reference::fused_linear(bad, opt, out) == status::null_pointer);
+  bad = in;
+  std::vector<int64_t> labels = p.labels;
+  labels[0] = p.V;  // out of range: compute()'s own validation
+  bad.labels = labels.data();
+  CHECK(reference::fused_linear(bad, opt, out) == status::label_out_of_range);
+}

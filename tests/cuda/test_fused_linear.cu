@@ -1,0 +1,760 @@
+// tests/cuda/test_fused_linear.cu — geopref::cuda::fused_linear_step and
+// fused_linear_logps (geopref/cuda/fused_linear.cuh) against the CPU
+// reference (reference/fused_linear.hpp, in double) and against the unfused
+// path (one GEMM for all logits, train_step, then the two gradient GEMMs),
+// on awkward shapes; bad inputs; the workspace against N·V; determinism.
+// Runs on a GPU and, through dev/emu's cublas_v2.h, on the host emulator.
+//
+// Error model (per element, on top of gpu_harness.cuh's for the kernels).
+// The reference forms Z = H·Wᵀ + b exactly from the rounded inputs; the GPU
+// accumulates the GEMM in fp32 and rounds Z to the input dtype, as a linear
+// layer would. So each logit carries
+//   e_z(t) = u_T · max_v |z_tv| + (Hd + 2) · u · max_v (Σ_k |h_tk w_vk| + |b_v|),
+// u_T the dtype's unit roundoff (2⁻⁸ bfloat16, 2⁻¹¹ half, 0 float: fp32 is
+// counted by the second term, the GEMM's a priori bound γ_{Hd+2}). Then:
+//   * lse_t moves by ≤ e_z(t) (a softmax-weighted mean of the logit errors),
+//     ℓ_t by ≤ 2 e_z(t); plus the kernels' own fp32 error (eps_sum, 4u|·|).
+//   * L_s: Σ_{t∈s} w_t err(ℓ_t) (÷ n_s when averaged) + 2u|L_s|.
+//   * the loss: Σ_s |g_s| err(L_s), doubled for the curvature over the
+//     interval (err(L) ≪ 1/β here), + 2u|loss|; g_s: the dpo family's
+//     |f''| ≤ β²/4, so err(g_s) ≤ β²/4 · (w/norm) · (err(L_a) + err(L_b))
+//     (·|2p̂−1|² ≤ 1 for the geometric form) + 2u|g_s|.
+//   * G_tv = c_t(𝟙 − p_tv), c_t = g_s w_t: |c| p (err(z) + err(lse)) · 1.01 +
+//     err(c)|𝟙 − p| + (u_T + 3u)|G| (G is rounded to the input dtype before
+//     the gradient GEMMs: that is the unfused path's G too).
+//   * grad_H = G·W: Σ_v err(G_tv)|w_vk| + (V + 2) u Σ_v |G_tv w_vk| + u_T|grad_H|.
+//   * grad_W = Gᵀ·H over chunks: Σ_t err(G_tv)|h_tk| + (N + 2) u Σ_t |G_tv h_tk|
+//     + chunks · u_out · Σ_t |G_tv h_tk| (u_out = 0 for a float grad_weight;
+//     each chunk's accumulation rounds once otherwise).
+//   * grad_b: Σ_t err(G_tv) + (N + 2) u Σ_t |G_tv|.
+// Against the unfused path each side is within the bound of the exact value,
+// so the two differ by at most twice it.
+#include <catch2/catch.hpp>
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "geopref/cuda/fused_linear.cuh"
+#include "gpu_harness.cuh"
+#include "linear_bridge.hpp"
+
+using namespace geopref::test;
+using geopref::loss_type;
+using geopref::support::linear_ref_problem;
+using geopref::support::linear_ref_result;
+
+namespace {
+
+struct lin_config {
+  gc::dtype dtype = gc::dtype::float32;
+  int64_t pairs = 3, max_len = 4;  // packed sequences of 0..max_len rows
+  int64_t hidden = 8, vocab = 37;  // 37: not a multiple of any vector width
+  int64_t chunk_rows = 4;          // the budget, in rows
+  bool bias = true, token_weights = false, accumulate = false, gw_float32 = true;
+  bool explicit_pairs = false;
+  int64_t pad = 0;  // extra elements of each H / W / grad_hidden row (strides)
+  loss_type loss = loss_type::gdpo;
+  double beta = 0.5;
+  uint64_t seed = 1;
+};
+
+std::string describe(const lin_config& c) {
+  std::ostringstream o;
+  o << dtype_name(c.dtype) << " P=" << c.pairs << " Hd=" << c.hidden << " V=" << c.vocab
+    << " chunk=" << c.chunk_rows << " bias=" << c.bias << " tw=" << c.token_weights
+    << " acc=" << c.accumulate << " gw32=" << c.gw_float32 << " pairs=" << c.explicit_pairs
+    << " pad=" << c.pad << " loss=" << geopref::loss_name(c.loss) << " seed=" << c.seed;
+  return o.str();
+}
+
+double unit_roundoff(gc::dtype d) {
+  return d == gc::dtype::bfloat16 ? 1.0 / 256 : (d == gc::dtype::float16 ? 1.0 / 2048 : 0.0);
+}
+
+/// A problem: rounded inputs as bytes (device layout, with row padding) and
+/// as doubles (dense), the token rows and pair inputs.
+struct lin_problem {
+  lin_config c;
+  int64_t N = 0, S = 0, ldh = 0;
+  std::vector<uint8_t> Hb, Wb, bb;  // [N, ldh], [V, ldh], [V]
+  std::vector<double> H, W, b;      // [N, Hd], [V, Hd], [V]
+  std::vector<int64_t> labels, offsets, pairs;
+  std::vector<float> soft, ref, token_weights;
+  std::vector<double> soft_d, ref_d, tw_d;
+};
+
+void fill(gc::dtype d, std::mt19937_64& rng, double scale, int64_t rows, int64_t cols, int64_t ld,
+          std::vector<uint8_t>& bytes, std::vector<double>& vals) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int e = dtype_bytes(d);
+  bytes.assign(static_cast<size_t>(rows * ld * e), 0xff);  // padding: NaN, never read
+  vals.assign(static_cast<size_t>(rows * cols), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k)
+      vals[r * cols + k] =
+          encode(d, static_cast<float>(scale) * u(rng), bytes.data() + (r * ld + k) * e);
+}
+
+lin_problem make_lin(const lin_config& c) {
+  std::mt19937_64 rng(c.seed);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  lin_problem p;
+  p.c = c;
+  p.S = c.explicit_pairs ? 2 * c.pairs + 1 : 2 * c.pairs;
+  p.offsets.assign(1, 0);
+  for (int64_t s = 0; s < p.S; ++s)
+    p.offsets.push_back(p.offsets.back() +
+                        static_cast<int64_t>(rng() % static_cast<uint64_t>(c.max_len + 1)));
+  p.N = p.offsets.back() + 1;  // a trailing row outside every sequence
+  p.ldh = c.hidden + c.pad;
+  // Logits O(2): |h|, |w| ≤ 1.5/√Hd.
+  const double scale = 1.5 / std::sqrt(static_cast<double>(c.hidden));
+  fill(c.dtype, rng, scale, p.N, c.hidden, p.ldh, p.Hb, p.H);
+  fill(c.dtype, rng, scale * 3, c.vocab, c.hidden, p.ldh, p.Wb, p.W);
+  if (c.bias) fill(c.dtype, rng, 0.5, 1, c.vocab, c.vocab, p.bb, p.b);
+  for (int64_t t = 0; t < p.N; ++t)
+    p.labels.push_back(unit(rng) < 0.15 ? -100
+                                        : static_cast<int64_t>(rng() % static_cast<uint64_t>(c.vocab)));
+  for (int64_t i = 0; i < c.pairs; ++i) {
+    p.soft.push_back(static_cast<float>(unit(rng)));
+    p.soft_d.push_back(p.soft.back());
+  }
+  for (int64_t s = 0; s < p.S; ++s) {
+    p.ref.push_back(static_cast<float>(-4.0 * unit(rng)));
+    p.ref_d.push_back(p.ref.back());
+  }
+  if (c.explicit_pairs)
+    for (int64_t i = 0; i < 2 * c.pairs; ++i)
+      p.pairs.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(p.S)));
+  if (c.token_weights)
+    for (int64_t t = 0; t < p.N; ++t) {
+      p.token_weights.push_back(static_cast<float>(0.5 + unit(rng)));
+      p.tw_d.push_back(p.token_weights.back());
+    }
+  return p;
+}
+
+geopref::options options_of(const lin_config& c) {
+  geopref::options opt;
+  opt.loss.type = c.loss;
+  opt.loss.beta = c.beta;
+  return opt;
+}
+
+/// What one run returns, every value as double.
+struct lin_result {
+  double loss = 0;
+  std::vector<double> seq_logps, lse, token_logps, grad_seq;
+  std::vector<double> gh, gw, gb;  // dense [N, Hd], [V, Hd], [V]
+  std::vector<uint8_t> gh_bits, gw_bits, gb_bits;
+};
+
+/// Device copies of a problem's inputs.
+struct lin_device {
+  dmem H, W, b, labels, offsets, pairs, soft, ref, tw;
+  explicit lin_device(const lin_problem& p)
+      : H(upload(p.Hb)), W(upload(p.Wb)), b(upload(p.bb)), labels(upload(p.labels)),
+        offsets(upload(p.offsets)), pairs(upload(p.pairs)), soft(upload(p.soft)),
+        ref(upload(p.ref)), tw(upload(p.token_weights)) {}
+};
+
+gc::linear_train_args train_args_of(const lin_problem& p, const lin_device& d) {
+  const lin_config& c = p.c;
+  gc::linear_train_args a;
+  a.in.hidden = d.H.get();
+  a.in.ld_hidden = p.ldh;
+  a.in.weight = d.W.get();
+  a.in.ld_weight = p.ldh;
+  a.in.bias = c.bias ? d.b.get() : nullptr;
+  a.in.type = c.dtype;
+  a.in.n_rows = p.N;
+  a.in.hidden_size = c.hidden;
+  a.in.vocab = c.vocab;
+  a.in.labels = d.labels.get();
+  a.in.offsets = d.offsets.get();
+  a.in.n_seqs = p.S;
+  a.in.token_weights = c.token_weights ? static_cast<const float*>(d.tw.get()) : nullptr;
+  const int64_t per16 = 16 / dtype_bytes(c.dtype);
+  const int64_t ldc = (c.vocab + per16 - 1) / per16 * per16;
+  a.in.chunk_bytes = static_cast<size_t>(c.chunk_rows * ldc * dtype_bytes(c.dtype));
+  a.n_pairs = c.pairs;
+  a.pairs = c.explicit_pairs ? static_cast<const int64_t*>(d.pairs.get()) : nullptr;
+  a.soft_labels = static_cast<const float*>(d.soft.get());
+  a.ref_logps = static_cast<const float*>(d.ref.get());
+  return a;
+}
+
+/// Reads back a [rows, cols] matrix of `d` with row stride ld.
+std::vector<double> read_matrix(gc::dtype d, const std::vector<uint8_t>& bytes, int64_t rows,
+                                int64_t cols, int64_t ld) {
+  std::vector<double> v(static_cast<size_t>(rows * cols));
+  const int e = dtype_bytes(d);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) v[r * cols + k] = decode(d, bytes.data() + (r * ld + k) * e);
+  return v;
+}
+
+/// Poisoned outputs of the right sizes.
+struct lin_outputs {
+  dmem loss, seq, lse, tlp, gseq, gh, gw, gb;
+  lin_outputs(const lin_problem& p)
+      : loss(4), seq(static_cast<size_t>(p.S) * 4 + 4), lse(static_cast<size_t>(p.N) * 4),
+        tlp(static_cast<size_t>(p.N) * 4), gseq(static_cast<size_t>(p.S) * 4 + 4),
+        gh(static_cast<size_t>(p.N * p.ldh * dtype_bytes(p.c.dtype))),
+        gw(static_cast<size_t>(p.c.vocab * p.ldh * (p.c.gw_float32 ? 4 : dtype_bytes(p.c.dtype)))),
+        gb(static_cast<size_t>(p.c.vocab) * 4) {
+    for (const dmem* m : {&loss, &seq, &lse, &tlp, &gseq, &gh, &gw, &gb}) poison(*m);
+  }
+  void attach(gc::linear_train_args& a, const lin_problem& p) {
+    a.loss = static_cast<float*>(loss.get());
+    a.seq_logps = static_cast<float*>(seq.get());
+    a.lse = static_cast<float*>(lse.get());
+    a.token_logps = static_cast<float*>(tlp.get());
+    a.grad_seq_logps = static_cast<float*>(gseq.get());
+    a.grad_hidden = gh.get();
+    a.ld_grad_hidden = p.ldh;
+    a.grad_weight = gw.get();
+    a.ld_grad_weight = p.ldh;
+    a.grad_weight_float32 = p.c.gw_float32;
+    a.grad_bias = p.c.bias ? static_cast<float*>(gb.get()) : nullptr;
+    a.accumulate = p.c.accumulate;
+  }
+  lin_result read(const lin_problem& p) const {
+    const lin_config& c = p.c;
+    lin_result r;
+    r.loss = download<float>(loss.get(), 1)[0];
+    auto to_d = [](const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); };
+    r.seq_logps = to_d(download<float>(seq.get(), static_cast<size_t>(p.S)));
+    r.lse = to_d(download<float>(lse.get(), static_cast<size_t>(p.N)));
+    r.token_logps = to_d(download<float>(tlp.get(), static_cast<size_t>(p.N)));
+    r.grad_seq = to_d(download<float>(gseq.get(), static_cast<size_t>(p.S)));
+    r.gh_bits = download<uint8_t>(gh.get(), gh.bytes());
+    r.gw_bits = download<uint8_t>(gw.get(), gw.bytes());
+    r.gh = read_matrix(c.dtype, r.gh_bits, p.N, c.hidden, p.ldh);
+    r.gw = read_matrix(c.gw_float32 ? gc::dtype::float32 : c.dtype, r.gw_bits, c.vocab, c.hidden,
+                       p.ldh);
+    if (c.bias) {
+      r.gb_bits = download<uint8_t>(gb.get(), gb.bytes());
+      r.gb = to_d(download<float>(gb.get(), static_cast<size_t>(c.vocab)));
+    }
+    return r;
+  }
+};
+
+/// The fused path. With `accumulate`, grad_weight / grad_bias first hold a
+/// known gradient (the value `prior`), subtracted again before the result
+/// is returned.
+lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = nullptr) {
+  const lin_config& c = p.c;
+  lin_device d(p);
+  lin_outputs o(p);
+  gc::linear_train_args a = train_args_of(p, d);
+  a.in.cublas = h;
+  o.attach(a, p);
+  const geopref::options opt = options_of(c);
+  const float prior = 0.25f;
+  if (c.accumulate) {  // a previous micro-batch's gradient
+    const int e = c.gw_float32 ? 4 : dtype_bytes(c.dtype);
+    std::vector<uint8_t> w(o.gw.bytes());
+    for (size_t i = 0; i + e <= w.size(); i += static_cast<size_t>(e))
+      encode(c.gw_float32 ? gc::dtype::float32 : c.dtype, prior, w.data() + i);
+    CUDA_REQUIRE(cudaMemcpy(o.gw.get(), w.data(), w.size(), cudaMemcpyHostToDevice));
+    std::vector<float> bb(static_cast<size_t>(c.vocab), prior);
+    CUDA_REQUIRE(cudaMemcpy(o.gb.get(), bb.data(), bb.size() * 4, cudaMemcpyHostToDevice));
+  }
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
+  if (ws_bytes != nullptr) *ws_bytes = bytes;
+  // Exactly `bytes`, one byte past a 256-byte boundary, ending where the
+  // allocation ends: the library's rounding of the base uses all 255 spare
+  // bytes, so a layout one piece short (the chunk is last) writes into the
+  // guard band (AddressSanitizer in the sanitizer build).
+  dmem mem(bytes + 1);
+  poison(mem);
+  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
+  REQUIRE(gc::fused_linear_step(ws, bytes, a, opt) == status::success);
+  status dev = status::internal_error;
+  REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
+  REQUIRE(dev == status::success);
+  lin_result r = o.read(p);
+  if (c.accumulate) {
+    // Exact for a float grad_weight / grad_bias only up to one rounding of the
+    // sum: the bound adds u_out·prior (see compare()).
+    for (auto& x : r.gw) x -= prior;
+    for (auto& x : r.gb) x -= prior;
+  }
+  return r;
+}
+
+/// The unfused path: Z = H·Wᵀ + b for all rows in one GEMM (dtype T, the
+/// bias as C with beta = 1), train_step with its gradient in place, then
+/// grad_H = G·W and grad_W = Gᵀ·H (float) in one GEMM each, grad_b on the host.
+lin_result run_unfused(const lin_problem& p, cublasHandle_t h) {
+  const lin_config& c = p.c;
+  const int e = dtype_bytes(c.dtype);
+  const cudaDataType_t t = gc::detail::blas_type(c.dtype);
+  lin_device d(p);
+  const int64_t N = p.N, V = c.vocab, Hd = c.hidden;
+  std::vector<uint8_t> zb(static_cast<size_t>(N * V * e), 0);
+  if (c.bias)
+    for (int64_t r = 0; r < N; ++r) std::memcpy(zb.data() + r * V * e, p.bb.data(), static_cast<size_t>(V * e));
+  dmem Z = upload(zb);
+  const float one = 1.0f, zero = 0.0f, beta = c.bias ? 1.0f : 0.0f;
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(V), static_cast<int>(N),
+                       static_cast<int>(Hd), &one, d.W.get(), t, static_cast<int>(p.ldh),
+                       d.H.get(), t, static_cast<int>(p.ldh), &beta, Z.get(), t,
+                       static_cast<int>(V), CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  gc::train_args a;
+  a.tokens.logits = Z.get();
+  a.tokens.logits_dtype = c.dtype;
+  a.tokens.n_rows = N;
+  a.tokens.vocab = V;
+  a.tokens.ld = V;
+  a.tokens.labels = d.labels.get();
+  a.tokens.offsets = d.offsets.get();
+  a.tokens.n_seqs = p.S;
+  a.tokens.token_weights = c.token_weights ? static_cast<const float*>(d.tw.get()) : nullptr;
+  a.n_pairs = c.pairs;
+  a.pairs = c.explicit_pairs ? static_cast<const int64_t*>(d.pairs.get()) : nullptr;
+  a.soft_labels = static_cast<const float*>(d.soft.get());
+  a.ref_logps = static_cast<const float*>(d.ref.get());
+  dmem loss(4), seq(static_cast<size_t>(p.S) * 4 + 4), gseq(static_cast<size_t>(p.S) * 4 + 4),
+      lse(static_cast<size_t>(N) * 4), tlp(static_cast<size_t>(N) * 4);
+  a.loss = static_cast<float*>(loss.get());
+  a.seq_logps = static_cast<float*>(seq.get());
+  a.grad_seq_logps = static_cast<float*>(gseq.get());
+  a.lse = static_cast<float*>(lse.get());
+  a.token_logps = static_cast<float*>(tlp.get());
+  a.grad_logits = Z.get();  // in place
+  const geopref::options opt = options_of(c);
+  size_t bytes = 0;
+  REQUIRE(gc::train_step(nullptr, bytes, a, opt) == status::success);
+  dmem ws(bytes);
+  REQUIRE(gc::train_step(ws.get(), bytes, a, opt) == status::success);
+  dmem gh(static_cast<size_t>(N * Hd * 4)), gw(static_cast<size_t>(V * Hd * 4));
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(Hd), static_cast<int>(N),
+                       static_cast<int>(V), &one, d.W.get(), t, static_cast<int>(p.ldh), Z.get(),
+                       t, static_cast<int>(V), &zero, gh.get(), CUDA_R_32F, static_cast<int>(Hd),
+                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(Hd), static_cast<int>(V),
+                       static_cast<int>(N), &one, d.H.get(), t, static_cast<int>(p.ldh), Z.get(),
+                       t, static_cast<int>(V), &zero, gw.get(), CUDA_R_32F, static_cast<int>(Hd),
+                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  lin_result r;
+  r.loss = download<float>(loss.get(), 1)[0];
+  auto to_d = [](const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); };
+  r.seq_logps = to_d(download<float>(seq.get(), static_cast<size_t>(p.S)));
+  r.grad_seq = to_d(download<float>(gseq.get(), static_cast<size_t>(p.S)));
+  r.lse = to_d(download<float>(lse.get(), static_cast<size_t>(N)));
+  r.token_logps = to_d(download<float>(tlp.get(), static_cast<size_t>(N)));
+  r.gh = to_d(download<float>(gh.get(), static_cast<size_t>(N * Hd)));
+  r.gw = to_d(download<float>(gw.get(), static_cast<size_t>(V * Hd)));
+  const std::vector<uint8_t> G = download<uint8_t>(Z.get(), Z.bytes());
+  if (c.bias) {
+    r.gb.assign(static_cast<size_t>(V), 0.0);
+    for (int64_t row = 0; row < N; ++row)
+      for (int64_t v = 0; v < V; ++v) r.gb[v] += decode(c.dtype, G.data() + (row * V + v) * e);
+  }
+  return r;
+}
+
+linear_ref_result run_ref(const lin_problem& p) {
+  linear_ref_problem in;
+  in.hidden = p.H.data();
+  in.weight = p.W.data();
+  in.bias = p.c.bias ? p.b.data() : nullptr;
+  in.n_rows = p.N;
+  in.hidden_size = p.c.hidden;
+  in.vocab = p.c.vocab;
+  in.labels = p.labels.data();
+  in.offsets = p.offsets.data();
+  in.n_seqs = p.S;
+  in.n_pairs = p.c.pairs;
+  in.pairs = p.c.explicit_pairs ? p.pairs.data() : nullptr;
+  in.soft_labels = p.soft_d.data();
+  in.ref_logps = p.ref_d.data();
+  in.token_weights = p.c.token_weights ? p.tw_d.data() : nullptr;
+  linear_ref_result r;
+  REQUIRE(geopref::support::run_linear_reference(in, options_of(p.c), r) == status::success);
+  return r;
+}
+
+/// The error bounds of the model in the header comment, per element.
+struct lin_bounds {
+  std::vector<double> lse, logp, seq, grad_seq, gh, gw, gb;
+  double loss = 0;
+};
+
+lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref) {
+  const lin_config& c = p.c;
+  const double u = U32, uT = unit_roundoff(c.dtype);
+  const double u_gw = c.gw_float32 ? 0.0 : uT;
+  const int64_t N = p.N, V = c.vocab, Hd = c.hidden, S = p.S;
+  lin_bounds b;
+  std::vector<double> ez(static_cast<size_t>(N));
+  for (int64_t t = 0; t < N; ++t) {
+    double zmax = 0, amax = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      zmax = std::max(zmax, std::fabs(ref.logits[t * V + v]));
+      double a = c.bias ? std::fabs(p.b[v]) : 0.0;
+      for (int64_t k = 0; k < Hd; ++k) a += std::fabs(p.H[t * Hd + k] * p.W[v * Hd + k]);
+      amax = std::max(amax, a);
+    }
+    ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
+    const double l = ref.base.lse[t], lp = ref.base.token_logps[t];
+    b.lse.push_back(ez[t] + eps_sum(V) + 4 * u * std::fabs(l));
+    b.logp.push_back(2 * ez[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
+  }
+  std::vector<int64_t> row_seq(static_cast<size_t>(N), -1);
+  for (int64_t s = 0; s < S; ++s) {
+    double e = 0;
+    for (int64_t t = p.offsets[s]; t < p.offsets[s + 1]; ++t) {
+      row_seq[t] = s;
+      if (p.labels[t] >= 0) e += (c.token_weights ? p.tw_d[t] : 1.0) * b.logp[t];
+    }
+    b.seq.push_back(e + 2 * u * std::fabs(ref.base.seq_logps[s]));
+  }
+  b.loss = 2 * u * std::fabs(ref.base.loss);
+  for (int64_t s = 0; s < S; ++s) b.loss += 2 * std::fabs(ref.base.grad_seq_logps[s]) * b.seq[s];
+  // g_s: β²/4 · (1/P) · Σ over the pairs holding s of err(L_a) + err(L_b).
+  std::vector<double> eg(static_cast<size_t>(S), 0.0);
+  const double curv = c.beta * c.beta / 4 / static_cast<double>(c.pairs);
+  for (int64_t i = 0; i < c.pairs; ++i) {
+    const int64_t a = c.explicit_pairs ? p.pairs[2 * i] : i;
+    const int64_t bb = c.explicit_pairs ? p.pairs[2 * i + 1] : c.pairs + i;
+    const double e = curv * (b.seq[a] + b.seq[bb]);
+    eg[a] += e;
+    eg[bb] += e;
+  }
+  for (int64_t s = 0; s < S; ++s) b.grad_seq.push_back(eg[s] + 2 * u * std::fabs(ref.base.grad_seq_logps[s]));
+  // G and the three products.
+  std::vector<double> eG(static_cast<size_t>(N * V), 0.0);
+  for (int64_t t = 0; t < N; ++t) {
+    const int64_t s = row_seq[t];
+    if (s < 0 || p.labels[t] < 0) continue;
+    const double w = c.token_weights ? p.tw_d[t] : 1.0;
+    const double cg = std::fabs(ref.base.grad_seq_logps[s]) * w, ec = b.grad_seq[s] * w;
+    for (int64_t v = 0; v < V; ++v) {
+      const double pr = std::exp(ref.logits[t * V + v] - ref.base.lse[t]);
+      const double one_minus = std::fabs((v == p.labels[t] ? 1.0 : 0.0) - pr);
+      const double G = std::fabs(ref.base.grad_logits[t * V + v]);
+      eG[t * V + v] = cg * pr * (ez[t] + b.lse[t]) * 1.01 + ec * one_minus + (uT + 3 * u) * G;
+    }
+  }
+  const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0, a = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        e += eG[t * V + v] * std::fabs(p.W[v * Hd + k]);
+        a += std::fabs(ref.base.grad_logits[t * V + v] * p.W[v * Hd + k]);
+      }
+      b.gh.push_back(e + static_cast<double>(V + 2) * u * a + uT * std::fabs(ref.grad_hidden[t * Hd + k]));
+    }
+  for (int64_t v = 0; v < V; ++v) {
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0, a = 0;
+      for (int64_t t = 0; t < N; ++t) {
+        e += eG[t * V + v] * std::fabs(p.H[t * Hd + k]);
+        a += std::fabs(ref.base.grad_logits[t * V + v] * p.H[t * Hd + k]);
+      }
+      // accumulate: the prior 0.25 joins each rounding (u_gw · 0.25 per chunk).
+      b.gw.push_back(e + static_cast<double>(N + 2) * u * a +
+                     static_cast<double>(chunks + 1) * std::max(u_gw, 2 * u) * (a + 0.25));
+    }
+    double e = 0, a = 0;
+    for (int64_t t = 0; t < N; ++t) {
+      e += eG[t * V + v];
+      a += std::fabs(ref.base.grad_logits[t * V + v]);
+    }
+    b.gb.push_back(e + static_cast<double>(N + 3) * u * (a + 0.25));
+  }
+  return b;
+}
+
+void check_all(const char* what, const std::vector<double>& got, const std::vector<double>& want,
+               const std::vector<double>& bound, double factor) {
+  REQUIRE(got.size() == want.size());
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(got[i] - want[i]);
+    if (!(err <= factor * bound[i]) && bad++ < 5) {
+      INFO(what << "[" << i << "]: got " << got[i] << " want " << want[i] << " err " << err
+                << " bound " << factor * bound[i]);
+      CHECK(false);
+    }
+  }
+  CHECK(bad == 0);
+}
+
+void compare(const lin_problem& p, const lin_result& g, const linear_ref_result& ref,
+             const lin_bounds& b, double factor) {
+  std::vector<double> lse = ref.base.lse, logp = ref.base.token_logps;
+  check_all("lse", g.lse, lse, b.lse, factor);
+  check_all("token_logps", g.token_logps, logp, b.logp, factor);
+  check_all("seq_logps", g.seq_logps, ref.base.seq_logps, b.seq, factor);
+  check_all("grad_seq_logps", g.grad_seq, ref.base.grad_seq_logps, b.grad_seq, factor);
+  CHECK(std::fabs(g.loss - ref.base.loss) <= factor * b.loss);
+  check_all("grad_hidden", g.gh, ref.grad_hidden, b.gh, factor);
+  check_all("grad_weight", g.gw, ref.grad_weight, b.gw, factor);
+  if (p.c.bias) check_all("grad_bias", g.gb, ref.grad_bias, b.gb, factor);
+}
+
+struct blas_handle {
+  cublasHandle_t h = nullptr;
+  blas_handle() { REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS); }
+  ~blas_handle() { cublasDestroy(h); }
+};
+
+void check_lin_case(const lin_config& c) {
+  INFO(describe(c));
+  const lin_problem p = make_lin(c);
+  blas_handle h;
+  const lin_result g = run_fused(p, h.h);
+  const linear_ref_result ref = run_ref(p);
+  const lin_bounds b = bounds_of(p, ref);
+  {
+    INFO("fused vs the CPU reference");
+    compare(p, g, ref, b, 1.0);
+  }
+  {
+    INFO("fused vs the unfused path (each within the bound of the exact value)");
+    const lin_result u = run_unfused(p, h.h);
+    // The unfused path's grad_W is one float GEMM: within the same bound.
+    linear_ref_result as_ref = ref;
+    as_ref.base.lse = u.lse;
+    as_ref.base.token_logps = u.token_logps;
+    as_ref.base.seq_logps = u.seq_logps;
+    as_ref.base.grad_seq_logps = u.grad_seq;
+    as_ref.base.loss = u.loss;
+    as_ref.grad_hidden = u.gh;
+    as_ref.grad_weight = u.gw;
+    as_ref.grad_bias = u.gb;
+    compare(p, g, as_ref, b, 2.0);
+  }
+  {
+    INFO("bitwise repeatable");
+    const lin_result g2 = run_fused(p, h.h);
+    CHECK(g2.gh_bits == g.gh_bits);
+    CHECK(g2.gw_bits == g.gw_bits);
+    CHECK(g2.gb_bits == g.gb_bits);
+    CHECK(g2.loss == g.loss);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fused linear equals the reference and the unfused path: awkward shapes",
+          "[fused_linear][small]") {
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    lin_config c;
+    c.dtype = d;
+    c.seed = 3;
+    check_lin_case(c);  // V = 37, chunks of 4 rows: pairs cross chunk boundaries
+    lin_config one = c;
+    one.chunk_rows = 1;  // a budget of one row
+    one.hidden = 1;      // H = 1
+    one.seed = 4;
+    check_lin_case(one);
+  }
+}
+
+TEST_CASE("fused linear: options and layouts", "[fused_linear]") {
+  lin_config c;
+  c.dtype = gc::dtype::bfloat16;
+  c.seed = 10;
+  SECTION("accumulate into bfloat16 grad_weight, no bias, strides") {
+    c.accumulate = true;
+    c.gw_float32 = false;
+    c.bias = false;
+    c.pad = 3;
+    check_lin_case(c);
+  }
+  SECTION("accumulate into float, token weights, explicit pairs, one chunk") {
+    c.accumulate = true;
+    c.token_weights = true;
+    c.explicit_pairs = true;
+    c.chunk_rows = 1000;
+    c.dtype = gc::dtype::float32;
+    check_lin_case(c);
+  }
+  SECTION("dpo, V a multiple of 8 plus 1, chunk of 3 rows, longer sequences") {
+    c.loss = loss_type::dpo;
+    c.vocab = 65;
+    c.chunk_rows = 3;
+    c.max_len = 7;
+    c.hidden = 5;
+    check_lin_case(c);
+  }
+}
+
+TEST_CASE("fused linear logps: the forward alone gives train_step's log-probs",
+          "[fused_linear][small]") {
+  lin_config c;
+  c.dtype = gc::dtype::float16;
+  c.seed = 21;
+  const lin_problem p = make_lin(c);
+  blas_handle h;
+  lin_device d(p);
+  gc::linear_logps_args a;
+  a.in = train_args_of(p, d).in;
+  a.in.cublas = h.h;
+  dmem seq(static_cast<size_t>(p.S) * 4), counts(static_cast<size_t>(p.S) * 8),
+      lse(static_cast<size_t>(p.N) * 4);
+  poison(seq);
+  a.seq_logps = static_cast<float*>(seq.get());
+  a.seq_counts = static_cast<int64_t*>(counts.get());
+  a.lse = static_cast<float*>(lse.get());
+  const geopref::options opt = options_of(c);
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_logps(nullptr, bytes, a, opt) == status::success);
+  dmem ws(bytes);
+  REQUIRE(gc::fused_linear_logps(ws.get(), bytes, a, opt) == status::success);
+  const auto got = download<float>(seq.get(), static_cast<size_t>(p.S));
+  const lin_result full = run_fused(p, h.h);
+  for (int64_t s = 0; s < p.S; ++s) CHECK(got[s] == static_cast<float>(full.seq_logps[s]));
+  const auto n = download<int64_t>(counts.get(), static_cast<size_t>(p.S));
+  for (int64_t s = 0; s < p.S; ++s) {
+    int64_t e = 0;
+    for (int64_t t = p.offsets[s]; t < p.offsets[s + 1]; ++t) e += p.labels[t] >= 0;
+    CHECK(n[s] == e);
+  }
+}
+
+TEST_CASE("fused linear: bad inputs are a status", "[fused_linear][small]") {
+  lin_config c;
+  const lin_problem p = make_lin(c);
+  blas_handle h;
+  lin_device d(p);
+  lin_outputs o(p);
+  gc::linear_train_args a = train_args_of(p, d);
+  a.in.cublas = h.h;
+  o.attach(a, p);
+  const geopref::options opt;
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
+  dmem ws(bytes);
+
+  auto bad = a;
+  bad.in.chunk_bytes = 4 * 40 - 1;  // less than one row (ldc 40 floats)
+  size_t q = 0;
+  CHECK(gc::fused_linear_step(nullptr, q, bad, opt) == status::workspace_too_small);
+  size_t small = bytes - 1;
+  CHECK(gc::fused_linear_step(ws.get(), small, a, opt) == status::workspace_too_small);
+  bad = a;
+  bad.in.ld_hidden = c.hidden - 1;
+  CHECK(gc::fused_linear_step(nullptr, q, bad, opt) == status::invalid_stride);
+  bad = a;
+  bad.in.hidden_size = 0;
+  CHECK(gc::fused_linear_step(nullptr, q, bad, opt) == status::invalid_shape);
+  bad = a;
+  bad.in.bias = nullptr;  // grad_bias without a bias
+  CHECK(gc::fused_linear_step(nullptr, q, bad, opt) == status::null_pointer);
+  bad = a;
+  bad.in.weight = nullptr;
+  CHECK(gc::fused_linear_step(ws.get(), bytes, bad, opt) == status::null_pointer);
+  bad = a;
+  bad.grad_hidden = const_cast<void*>(a.in.hidden);  // written while read
+  CHECK(gc::fused_linear_step(ws.get(), bytes, bad, opt) == status::overlapping_buffers);
+  bad = a;
+  bad.grad_weight = static_cast<char*>(ws.get()) + 512;
+  bad.grad_weight_float32 = true;
+  CHECK(gc::fused_linear_step(ws.get(), bytes, bad, opt) == status::overlapping_buffers);
+  bad = a;
+  bad.in.type = static_cast<gc::dtype>(7);
+  CHECK(gc::fused_linear_step(nullptr, q, bad, opt) == status::unsupported_dtype);
+
+  // A label out of range: recorded on the device, nothing read out of bounds.
+  std::vector<int64_t> labels = p.labels;
+  labels[1] = c.vocab;
+  dmem dl = upload(labels);
+  bad = a;
+  bad.in.labels = dl.get();
+  REQUIRE(gc::fused_linear_step(ws.get(), bytes, bad, opt) == status::success);
+  status dev = status::success;
+  REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+  CHECK(dev == status::label_out_of_range);
+}
+
+TEST_CASE("fused linear: the workspace is the chunk plus O(N), never O(N·V); nothing else "
+          "is allocated",
+          "[fused_linear][small]") {
+  // Real sizes for the query (no buffers needed): N = 16384, V = 128256, bf16.
+  gc::linear_train_args a;
+  a.in.type = gc::dtype::bfloat16;
+  a.in.n_rows = 16384;
+  a.in.hidden_size = 4096;
+  a.in.vocab = 128256;
+  a.in.n_seqs = 64;
+  a.n_pairs = 32;
+  const size_t row = 128256 * 2;
+  a.in.chunk_bytes = 1024 * row;  // 1024 rows: 263 MB
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, geopref::options{}) == status::success);
+  const double nv = 16384.0 * 128256.0 * 2.0;  // the bf16 logits: 4.2 GB
+  INFO("workspace " << bytes << " bytes; chunk " << a.in.chunk_bytes << "; N·V·2 " << nv);
+  CHECK(bytes >= a.in.chunk_bytes);
+  CHECK(bytes <= a.in.chunk_bytes + 64 * 16384 + 64 * 1024 + 8192);  // + O(N + S + P)
+  CHECK(static_cast<double>(bytes) < nv / 15);
+
+  // Measured: device memory does not move during a call with the caller's
+  // handle (the library allocates nothing; the workspace is all it uses).
+  lin_config c;
+  c.pairs = 8;
+  const lin_problem p = make_lin(c);
+  blas_handle h;
+  lin_device d(p);
+  lin_outputs o(p);
+  gc::linear_train_args b = train_args_of(p, d);
+  b.in.cublas = h.h;
+  o.attach(b, p);
+  size_t need = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, need, b, geopref::options{}) == status::success);
+  dmem ws(need);
+  REQUIRE(gc::fused_linear_step(ws.get(), need, b, geopref::options{}) == status::success);
+  CUDA_REQUIRE(cudaDeviceSynchronize());  // the handle's own workspace now exists
+#if !defined(GEOPREF_HOST_EMULATION)
+  // (The emulator's cudaMemGetInfo is the host's free memory, which other
+  // processes move: measured on a GPU only.)
+  size_t free0 = 0, total = 0, free1 = 0;
+  CUDA_REQUIRE(cudaMemGetInfo(&free0, &total));
+  REQUIRE(gc::fused_linear_step(ws.get(), need, b, geopref::options{}) == status::success);
+  CUDA_REQUIRE(cudaDeviceSynchronize());
+  CUDA_REQUIRE(cudaMemGetInfo(&free1, &total));
+  CHECK(free1 == free0);
+#endif
+  const double chunk = static_cast<double>(b.in.chunk_bytes);
+  INFO("small case: workspace " << need << " bytes, chunk " << chunk << ", N·V·4 "
+                                << static_cast<double>(p.N * c.vocab * 4));
+  CHECK(static_cast<double>(need) <= chunk + 64.0 * static_cast<double>(p.N) + 16 * 256.0);
+}
+
+TEST_CASE("fused linear: no rows still overwrites grad_weight and grad_bias with zeros",
+          "[fused_linear][small]") {
+  blas_handle h;
+  dmem W(static_cast<size_t>(5 * 3 * 4)), b(5 * 4), gw(5 * 3 * 4), gb(5 * 4);
+  poison(W);
+  poison(b);
+  poison(gw);
+  poison(gb);
+  gc::linear_train_args a;
+  a.in.weight = W.get();
+  a.in.bias = b.get();
+  a.in.type = gc::dtype::float32;
+  a.in.hidden_size = 3;
+  a.in.vocab = 5;
+  a.in.cublas = h.h;
+  a.grad_weight = gw.get();
+  a.grad_bias = static_cast<float*>(gb.get());
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, geopref::options{}) == status::success);
+  dmem ws(bytes);
+  REQUIRE(gc::fused_linear_step(ws.get(), bytes, a, geopref::options{}) == status::success);
+  for (float x : download<float>(gw.get(), 15)) CHECK(x == 0.0f);
+  for (float x : download<float>(gb.get(), 5)) CHECK(x == 0.0f);
+}

@@ -1,0 +1,82 @@
+/* tests/tools/test_c_api_linear.c — the fused-linear C ABI
+ * (geopref_fused_linear_step / _logps) from C99, host only: the workspace
+ * query (which takes the chunk budget and needs no GPU) and the statuses of
+ * bad arguments, before anything touches a device. The GPU run of the same
+ * entries is geopref-check --hidden --device cuda (test_check_cuda). */
+#include <stdint.h>
+#include <stdio.h>
+
+#include "geopref/c_api.h"
+
+static int expect(const char* what, geopref_status got, geopref_status want) {
+  if (got == want) return 0;
+  fprintf(stderr, "%s: got %d (%s), want %d\n", what, got, geopref_status_string(got), want);
+  return 1;
+}
+
+int main(void) {
+  int fails = 0;
+  geopref_options opt;
+  geopref_options_init(&opt);
+  opt.loss = GEOPREF_LOSS_GDPO;
+
+  /* N = 16384 rows of Hd = 4096, V = 128256, bf16, 64 sequences, 32 pairs. */
+  geopref_linear_train_args a;
+  geopref_linear_train_args_init(&a);
+  a.in.dtype = GEOPREF_BFLOAT16;
+  a.in.n_rows = 16384;
+  a.in.hidden_size = 4096;
+  a.in.vocab = 128256;
+  a.in.n_seqs = 64;
+  a.n_pairs = 32;
+  a.in.chunk_bytes = (size_t)256 << 20;
+  size_t bytes = 0;
+  fails += expect("query", geopref_fused_linear_step(NULL, &bytes, &a, &opt, NULL), GEOPREF_SUCCESS);
+  /* 256 MiB hold 1046 rows of 128256 bf16 logits (V rounded up to 16 bytes). */
+  const size_t chunk = (size_t)1046 * 128256 * 2;
+  if (bytes < chunk || bytes > chunk + ((size_t)1 << 20)) {
+    fprintf(stderr, "workspace %zu bytes: expected the %zu-byte chunk plus under 1 MiB\n", bytes,
+            chunk);
+    ++fails;
+  }
+  printf("fused linear: workspace %zu bytes for N=16384 V=128256 (logits: %zu bytes)\n", bytes,
+         (size_t)16384 * 128256 * 2);
+
+  geopref_linear_logps_args l;
+  geopref_linear_logps_args_init(&l);
+  l.in = a.in;
+  size_t lbytes = 0;
+  fails += expect("logps query", geopref_fused_linear_logps(NULL, &lbytes, &l, &opt, NULL),
+                  GEOPREF_SUCCESS);
+  if (lbytes > bytes) {
+    fprintf(stderr, "the forward alone asks for more (%zu) than the step (%zu)\n", lbytes, bytes);
+    ++fails;
+  }
+
+  geopref_linear_train_args b = a;
+  b.in.chunk_bytes = 128256 * 2 - 1; /* less than one row */
+  fails += expect("budget below one row", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
+                  GEOPREF_WORKSPACE_TOO_SMALL);
+  b = a;
+  b.in.dtype = 7;
+  fails += expect("unknown dtype", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
+                  GEOPREF_UNSUPPORTED_DTYPE);
+  b = a;
+  b.in.ld_hidden = 4095;
+  fails += expect("ld_hidden < Hd", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
+                  GEOPREF_INVALID_STRIDE);
+  b = a;
+  b.in.hidden_size = 0;
+  fails += expect("Hd = 0 with rows", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
+                  GEOPREF_INVALID_SHAPE);
+  b = a;
+  b.n_pairs = 31; /* default pairing needs S == 2P */
+  fails += expect("pair count", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
+                  GEOPREF_PAIR_COUNT_MISMATCH);
+  fails += expect("null args", geopref_fused_linear_step(NULL, &bytes, NULL, &opt, NULL),
+                  GEOPREF_NULL_POINTER);
+  opt.beta = 0.0;
+  fails += expect("beta 0", geopref_fused_linear_step(NULL, &bytes, &a, &opt, NULL),
+                  GEOPREF_INVALID_BETA);
+  return fails == 0 ? 0 : 1;
+}
