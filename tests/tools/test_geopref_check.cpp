@@ -703,6 +703,8 @@ TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check
     CHECK(rr.exit_code == b.exit_code);
     CHECK(rr.err.find(b.needle) != std::string::npos);
     CHECK(count_lines(rr.err) == 1);
+  }
+}
 
 // --hidden / --weight / --bias: the same results as --logits on H·Wᵀ + b
 // formed here, and grad_hidden = G·W, grad_weight = Gᵀ·H, grad_bias = Σ_t G
