@@ -194,6 +194,10 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
     ignore_index: rows with this label get log-prob 0 and zero gradient.
     return_entropy: also return the per-token entropy -sum_v p log p (0 on
       ignored rows; not differentiable; a second read of the logits).
+    check: on CUDA, read the kernels' verdict on the data (labels out of
+      range, a non-finite upstream gradient) after the forward and after the
+      backward; each read synchronises the stream, so a training loop that
+      validates its labels elsewhere passes False (and must inside CUDA graphs).
     Returns logps shaped like labels (float32; float64 for float64 logits),
     and the entropy likewise when asked for.
     """
