@@ -45,6 +45,7 @@ struct lt_config {
   bool bias = true, accumulate = false, gw_float32 = true;
   int64_t pad = 0;         // extra elements of each H / W / grad_hidden row
   int64_t ignore = -100;   // ignore_index (a fifth of the rows carry it)
+  bool labels32 = false;   // int32 labels
   uint64_t seed = 1;
 };
 
@@ -53,7 +54,7 @@ std::string describe(const lt_config& c) {
   o << dtype_name(c.dtype) << " N=" << c.rows << " Hd=" << c.hidden << " V=" << c.vocab
     << " chunk=" << c.chunk_rows << " bias=" << c.bias << " acc=" << c.accumulate
     << " gw32=" << c.gw_float32 << " pad=" << c.pad << " ignore=" << c.ignore
-    << " seed=" << c.seed;
+    << " l32=" << c.labels32 << " seed=" << c.seed;
   return o.str();
 }
 
@@ -112,7 +113,9 @@ int64_t ldc_of(const lt_config& c) {
 struct lt_device {
   dmem H, W, b, labels, g;
   explicit lt_device(const lt_problem& p)
-      : H(upload(p.Hb)), W(upload(p.Wb)), b(upload(p.bb)), labels(upload(p.labels)),
+      : H(upload(p.Hb)), W(upload(p.Wb)), b(upload(p.bb)),
+        labels(p.c.labels32 ? upload(std::vector<int32_t>(p.labels.begin(), p.labels.end()))
+                            : upload(p.labels)),
         g(upload(p.g)) {}
 };
 
@@ -129,6 +132,7 @@ gc::linear_token_rows rows_of(const lt_problem& p, const lt_device& d, cublasHan
   r.hidden_size = c.hidden;
   r.vocab = c.vocab;
   r.labels = d.labels.get();
+  r.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
   r.ignore_index = c.ignore;
   r.chunk_bytes = static_cast<size_t>(c.chunk_rows * ldc_of(c) * dtype_bytes(c.dtype));
   r.cublas = h;
@@ -262,6 +266,7 @@ lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
   rows.vocab = V;
   rows.ld = V;
   rows.labels = d.labels.get();
+  rows.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
   rows.ignore_index = c.ignore;
   const size_t n = static_cast<size_t>(N);
   dmem tlp(n * 4), lse(n * 4), ent(n * 4);
@@ -500,6 +505,7 @@ TEST_CASE("linear_token_logps(_grad) equal the reference and the unfused path: a
   check_lt_case(v1);
   lt_config ign;
   ign.ignore = 5;  // a label in [0, V) as ignore_index
+  ign.labels32 = true;
   ign.vocab = 9;
   ign.rows = 12;
   ign.chunk_rows = 5;
