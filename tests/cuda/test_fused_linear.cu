@@ -926,16 +926,34 @@ void check_sharded_case(const lin_config& c, const std::vector<int64_t>& bounds)
 
 }  // namespace
 
+// The fast set: every dtype with K = 3 (uneven, the last slice of width 1
+// holding a label), K = 1 and K = 2 once each; the whole product is [matrix].
 TEST_CASE("vocab-parallel fused linear: K = 1, 2, 3 ranks equal the unsharded path",
           "[fused_linear][vocab_parallel][small]") {
+  lin_config c;  // V = 37
+  c.seed = 31;
   for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
-    lin_config c;  // V = 37
     c.dtype = d;
-    c.seed = 31;
-    check_sharded_case(c, {0, 37});
-    check_sharded_case(c, {0, 12, 37});      // uneven
-    check_sharded_case(c, {0, 20, 36, 37});  // the last slice of width 1 holds a label
+    check_sharded_case(c, {0, 20, 36, 37});
   }
+  c.dtype = gc::dtype::float32;
+  check_sharded_case(c, {0, 37});
+  c.dtype = gc::dtype::bfloat16;
+  check_sharded_case(c, {0, 12, 37});
+}
+
+TEST_CASE("vocab-parallel fused linear: every dtype with every tiling",
+          "[fused_linear][vocab_parallel][matrix]") {
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16})
+    for (const std::vector<int64_t>& bounds :
+         std::vector<std::vector<int64_t>>{{0, 37}, {0, 12, 37}, {0, 20, 36, 37}, {0, 1, 2, 37},
+                                           {0, 9, 18, 27, 36, 37}}) {
+      lin_config c;
+      c.dtype = d;
+      c.seed = 33;
+      c.chunk_rows = 3;
+      check_sharded_case(c, bounds);
+    }
 }
 
 TEST_CASE("vocab-parallel fused linear: a budget of one row, accumulate vs overwrite",
