@@ -6,7 +6,9 @@
 // train_step / sequence_logps / logits_grad, so calling them here
 // instantiates exactly those 3 × 2 forward combinations (plus the
 // gradient-dtype variants of the backward, shared by train_step and
-// logits_grad) and nothing else.
+// logits_grad, and by the per-token primitive, which runs the same forward
+// and backward kernels plus its small row kernel and entropy_kernel per
+// dtype) and nothing else.
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -215,6 +217,47 @@ status to_vocab_train(const geopref_vocab_train_args& c, gc::vocab_train_args* a
   return s;
 }
 
+status to_rows(const geopref_token_rows& c, gc::token_rows* r) {
+  if (c.logits_dtype < GEOPREF_FLOAT32 || c.logits_dtype > GEOPREF_BFLOAT16 ||
+      c.label_type < GEOPREF_INT32 || c.label_type > GEOPREF_INT64)
+    return status::unsupported_dtype;
+  r->logits = c.logits;
+  r->logits_dtype = static_cast<gc::dtype>(c.logits_dtype);
+  r->n_rows = c.n_rows;
+  r->vocab = c.vocab;
+  r->ld = c.ld;
+  r->labels = c.labels;
+  r->label_type = static_cast<gc::index_type>(c.label_type);
+  r->ignore_index = c.ignore_index;
+  return status::success;
+}
+
+geopref_status token_logps(void* workspace, size_t* bytes, const geopref_token_logps_args* c,
+                           cudaStream_t stream) {
+  if (bytes == nullptr || c == nullptr) return static_cast<int>(status::null_pointer);
+  gc::token_logps_args a;
+  status s = to_rows(c->rows, &a.rows);
+  a.token_logps = c->token_logps;
+  a.lse = c->lse;
+  a.entropy = c->entropy;
+  if (s == status::success) s = gc::token_logps(workspace, *bytes, a, stream);
+  return static_cast<int>(s);
+}
+
+geopref_status token_logps_grad(void* workspace, size_t* bytes, const geopref_token_grad_args* c,
+                                cudaStream_t stream) {
+  if (bytes == nullptr || c == nullptr) return static_cast<int>(status::null_pointer);
+  gc::token_grad_args a;
+  status s = to_rows(c->rows, &a.rows);
+  a.lse = c->lse;
+  a.grad_token_logps = c->grad_token_logps;
+  a.grad_logits = c->grad_logits;
+  a.grad_ld = c->grad_ld;
+  a.grad_float32 = c->grad_float32 != 0;
+  if (s == status::success) s = gc::token_logps_grad(workspace, *bytes, a, stream);
+  return static_cast<int>(s);
+}
+
 /// The shape of every C entry: null checks, the C structs to C++ ones, the
 /// C++ entry, its status as an int.
 template <class CArgs, class Args>
@@ -310,6 +353,33 @@ void geopref_grad_args_init(geopref_grad_args* args) {
   args->tokens.logits_dtype = GEOPREF_FLOAT32;
   args->tokens.label_type = GEOPREF_INT64;
   args->tokens.offset_type = GEOPREF_INT64;
+}
+
+void geopref_token_logps_args_init(geopref_token_logps_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_token_logps_args{};
+  args->rows.logits_dtype = GEOPREF_FLOAT32;
+  args->rows.label_type = GEOPREF_INT64;
+  args->rows.ignore_index = geopref::options{}.ignore_index;
+}
+
+void geopref_token_grad_args_init(geopref_token_grad_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_token_grad_args{};
+  args->rows.logits_dtype = GEOPREF_FLOAT32;
+  args->rows.label_type = GEOPREF_INT64;
+  args->rows.ignore_index = geopref::options{}.ignore_index;
+}
+
+geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
+                                   const geopref_token_logps_args* args, geopref_stream_t stream) {
+  return token_logps(workspace, workspace_bytes, args, stream);
+}
+
+geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
+                                        const geopref_token_grad_args* args,
+                                        geopref_stream_t stream) {
+  return token_logps_grad(workspace, workspace_bytes, args, stream);
 }
 
 geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,

@@ -31,6 +31,9 @@ struct check_problem {
   std::vector<double> token_weights; // [N]; empty: all 1
   options opt;
   int vocab_shards = 0;              // > 0: the vocab-parallel path over that many simulated ranks
+  // --per-token: the per-token primitive instead of a loss (no sequences).
+  bool per_token = false;
+  std::vector<double> token_grad;    // [N] --token-grad G: the gradient of Σ_t G_t ℓ_t; empty: none
 };
 
 /// Rank k's first column of K even shards of V (the last rank takes the rest),
@@ -47,6 +50,8 @@ struct check_result {
   std::vector<double> grad_weight;   // [V, Hd]
   std::vector<double> grad_bias;     // [V] (--bias)
   metrics stats;
+  std::vector<double> token_logps;   // [N] --per-token: ℓ_t, 0 on unscored rows
+  std::vector<double> entropy;       // [N] --per-token: H_t, 0 on unscored rows
 };
 
 /// Runs the problem on the GPU through the C ABI (geopref_check_cuda.cpp).
@@ -56,5 +61,9 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error);
 
 /// The same for --hidden / --weight: geopref_fused_linear_step.
 bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error);
+
+/// --per-token on the GPU (geopref_token_logps, and geopref_token_logps_grad
+/// with --token-grad): token_logps, entropy and grad32.
+bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error);
 
 }  // namespace geopref::tools

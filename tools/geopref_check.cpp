@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "check_problem.hpp"
@@ -38,6 +39,8 @@ const char* const USAGE =
     "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
     "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
     "                     [--vocab-shards K] [--device cpu|cuda] --out DIR\n"
+    "       geopref-check --per-token --logits L.npy --labels Y.npy [--token-grad G.npy]\n"
+    "                     [--ignore-index K] [--device cpu|cuda] --out DIR\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
     "  H.npy  hidden states [N, Hd] or [S, T, Hd]; WT.npy  output projection [V, Hd]; B.npy [V]\n"
     "         (one float dtype): logits H WT^T + B, chunked on the GPU, never held whole\n"
@@ -53,7 +56,11 @@ const char* const USAGE =
     "  losses: %s\n"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n"
     "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy] for\n"
-    "  grad_logits.npy)\n";
+    "  grad_logits.npy)\n"
+    "  --per-token: per-token log-probs, no sequences or loss (L [N, V] or [S, T, V]);\n"
+    "  writes DIR/token_logps.npy and DIR/entropy.npy [N] (0 on rows labelled K), and\n"
+    "  with --token-grad G.npy (float32/64, the labels' shape) DIR/grad_logits.npy,\n"
+    "  the gradient of sum_t G[t] * token_logps[t]\n";
 
 // Bad command line (exit 2) and bad input (exit 1); each carries one line.
 struct usage_error {
@@ -68,7 +75,8 @@ struct cli {
   std::string hidden, weight, bias;
   std::string loss, loss_weights, reduce = "mean", device = "cpu", f_divergence, f_alpha;
   loss_config cfg{};
-  bool average_logps = false, geometric = false;
+  bool average_logps = false, geometric = false, per_token = false;
+  std::string token_grad;
   int64_t ignore_index = -100;
   int64_t vocab_shards = 0;  // 0: unsharded
 };
@@ -128,6 +136,10 @@ cli parse_args(int argc, char** argv) {
       c.geometric = true;
       continue;
     }
+    if (a == "--per-token") {
+      c.per_token = true;
+      continue;
+    }
     if (a.rfind("--", 0) != 0) throw usage_error{"unexpected argument '" + a + "'"};
     if (i + 1 >= argc) throw usage_error{a + " needs a value"};
     const char* v = argv[++i];
@@ -142,6 +154,7 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--ref-logps") c.ref_logps = v;
     else if (a == "--weights") c.weights = v;
     else if (a == "--token-weights") c.token_weights = v;
+    else if (a == "--token-grad") c.token_grad = v;
     else if (a == "--loss-weights") c.loss_weights = v;
     else if (a == "--f-divergence") c.f_divergence = v;
     else if (a == "--f-alpha") c.f_alpha = v;
@@ -171,8 +184,28 @@ cli parse_args(int argc, char** argv) {
   if (c.hidden.empty() && !(c.weight.empty() && c.bias.empty()))
     throw usage_error{"--weight and --bias go with --hidden"};
   if (c.labels.empty()) throw usage_error{"--labels is required"};
-  if (c.loss.empty()) throw usage_error{"--loss is required"};
   if (c.out.empty()) throw usage_error{"--out is required"};
+  if (!c.token_grad.empty() && !c.per_token) throw usage_error{"--token-grad needs --per-token"};
+  if (c.per_token) {
+    // The primitive has no sequences, pairs or loss: say so rather than
+    // ignore an option.
+    const std::pair<const char*, bool> not_here[] = {
+        {"--loss", !c.loss.empty()}, {"--loss-weights", !c.loss_weights.empty()},
+        {"--offsets", !c.offsets.empty()}, {"--pairs", !c.pairs.empty()},
+        {"--soft-labels", !c.soft_labels.empty()}, {"--ref-logps", !c.ref_logps.empty()},
+        {"--weights", !c.weights.empty()}, {"--token-weights", !c.token_weights.empty()},
+        {"--average-logps", c.average_logps}, {"--geometric", c.geometric},
+        {"--f-divergence", !c.f_divergence.empty()}, {"--f-alpha", !c.f_alpha.empty()},
+        {"--vocab-shards", c.vocab_shards != 0}};
+    for (const auto& [flag, given] : not_here)
+      if (given)
+        throw usage_error{std::string(flag) + " has no meaning with --per-token (use --token-grad "
+                          "for an upstream gradient)"};
+    if (c.device != "cpu" && c.device != "cuda")
+      throw usage_error{"--device must be cpu or cuda, not '" + c.device + "'"};
+    return c;
+  }
+  if (c.loss.empty()) throw usage_error{"--loss is required"};
   // --loss a,b,... [--loss-weights wa,wb,...]: one name without weights is
   // that loss; otherwise a weighted combination (weights default to 1).
   const std::vector<std::string> names = split_commas(c.loss);
@@ -255,6 +288,30 @@ tools::check_problem load_problem(const cli& c) {
   const npy_array& Y = p.labels;
   if (!L.is_float()) throw input_error{describe(lflag, L) + "; expected float16/32/64"};
   if (!Y.is_int()) throw input_error{describe("--labels", Y) + "; expected int32 or int64"};
+
+  if (c.per_token) {
+    // Rows only: [N, V] with [N], or [S, T, V] with [S, T] read as N = S·T rows.
+    if (L.ndim() != 2 && L.ndim() != 3)
+      throw input_error{describe("--logits", L) + "; expected [N, V] or [S, T, V]"};
+    const std::vector<int64_t> rows_shape(L.shape.begin(), L.shape.end() - 1);
+    if (Y.shape != rows_shape)
+      throw input_error{describe("--labels", Y) + "; logits " + tools::npy_shape_string(L.shape) +
+                        " need labels " + tools::npy_shape_string(rows_shape)};
+    p.n_rows = rows_shape.size() == 1 ? rows_shape[0] : rows_shape[0] * rows_shape[1];
+    p.vocab = L.shape.back();
+    if (p.n_rows > 0 && p.vocab == 0)
+      throw input_error{describe("--logits", L) + "; V must be at least 1"};
+    p.per_token = true;
+    if (!c.token_grad.empty()) {
+      const npy_array G = load("--token-grad", c.token_grad);
+      if (!(G.dtype == npy_dtype::float32 || G.dtype == npy_dtype::float64) || G.shape != Y.shape)
+        throw input_error{describe("--token-grad", G) + "; expected float32/64 " +
+                          tools::npy_shape_string(Y.shape) + " (the labels' shape)"};
+      tools::npy_to_double(G, &p.token_grad);
+    }
+    p.opt.ignore_index = c.ignore_index;
+    return p;
+  }
 
   if (L.ndim() == 3) {
     // Padded batch [S, T, V]: sequence s owns rows [s T, (s + 1) T).
@@ -450,6 +507,50 @@ status run_reference_linear(const tools::check_problem& p, tools::check_result* 
   return run_reference_linear_typed(p, p.labels.i64.data(), r);
 }
 
+template <class Logit, class Label>
+status run_tokens_typed(const tools::check_problem& p, const Logit* logits, const Label* labels,
+                        tools::check_result* r) {
+  reference::token_rows<Logit, Label> in;
+  in.logits = logits;
+  in.n_rows = p.n_rows;
+  in.vocab = p.vocab;
+  in.ld = p.vocab;
+  in.labels = labels;
+  in.ignore_index = p.opt.ignore_index;
+  const auto n = static_cast<std::size_t>(p.n_rows);
+  std::vector<double> lse(n, 0.0);
+  r->token_logps.assign(n, 0.0);
+  r->entropy.assign(n, 0.0);
+  reference::token_outputs out;
+  out.token_logps = r->token_logps.data();
+  out.lse = lse.data();
+  out.entropy = r->entropy.data();
+  const status st = reference::token_logps(in, out);
+  if (st != status::success || p.token_grad.empty()) return st;
+  r->grad64.assign(n * static_cast<std::size_t>(p.vocab), 0.0);
+  return reference::token_logps_grad(in, lse.data(), p.token_grad.data(), r->grad64.data());
+}
+
+template <class Logit>
+status run_tokens_labels(const tools::check_problem& p, const Logit* logits,
+                         tools::check_result* r) {
+  if (p.labels.dtype == npy_dtype::int32) return run_tokens_typed(p, logits, p.labels.i32.data(), r);
+  return run_tokens_typed(p, logits, p.labels.i64.data(), r);
+}
+
+status run_tokens(const tools::check_problem& p, tools::check_result* r) {
+  switch (p.logits.dtype) {
+    case npy_dtype::float16: {
+      std::vector<Eigen::half> h;
+      h.reserve(p.logits.f16.size());
+      for (uint16_t b : p.logits.f16) h.push_back(Eigen::numext::bit_cast<Eigen::half>(b));
+      return run_tokens_labels(p, h.data(), r);
+    }
+    case npy_dtype::float32: return run_tokens_labels(p, p.logits.f32.data(), r);
+    default: return run_tokens_labels(p, p.logits.f64.data(), r);
+  }
+}
+
 void write(const std::filesystem::path& path, npy_dtype t, const std::vector<int64_t>& shape,
            const void* data) {
   std::string err;
@@ -468,6 +569,15 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
   std::filesystem::create_directories(dir, ec);
   if (ec || !std::filesystem::is_directory(dir))
     throw input_error{"--out: cannot create directory " + c.out};
+  if (p.per_token) {
+    write(dir / "token_logps.npy", npy_dtype::float64, {p.n_rows}, r.token_logps.data());
+    write(dir / "entropy.npy", npy_dtype::float64, {p.n_rows}, r.entropy.data());
+    if (!r.grad64.empty())
+      write(dir / "grad_logits.npy", npy_dtype::float64, p.logits.shape, r.grad64.data());
+    else if (!r.grad32.empty())
+      write(dir / "grad_logits.npy", npy_dtype::float32, p.logits.shape, r.grad32.data());
+    return;
+  }
 
   if (p.opt.reduce == reduction::none)
     write(dir / "loss.npy", npy_dtype::float64, {p.n_pairs}, r.pair_losses.data());
@@ -510,7 +620,13 @@ int run(int argc, char** argv) {
   const cli c = parse_args(argc, argv);
   const tools::check_problem p = load_problem(c);
   tools::check_result r;
-  if (c.device == "cuda") {
+  if (p.per_token && c.device == "cuda") {
+    std::string err;
+    if (!tools::run_cuda_tokens(p, &r, &err)) throw input_error{"--device cuda: " + err};
+  } else if (p.per_token) {
+    const status st = run_tokens(p, &r);
+    if (st != status::success) throw input_error{std::string("geopref: ") + status_string(st)};
+  } else if (c.device == "cuda") {
     std::string err;
     const bool ok = p.linear ? tools::run_cuda_linear(p, &r, &err) : tools::run_cuda(p, &r, &err);
     if (!ok) throw input_error{"--device cuda: " + err};

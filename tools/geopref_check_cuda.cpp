@@ -216,6 +216,88 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   return true;
 }
 
+bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    *error = "no usable CUDA device";
+    return false;
+  }
+  const auto N = static_cast<std::size_t>(p.n_rows);
+  int dtype = GEOPREF_FLOAT32;
+  device_buffer logits;
+  switch (p.logits.dtype) {
+    case npy_dtype::float16: logits = device_buffer::upload(p.logits.f16); dtype = GEOPREF_FLOAT16; break;
+    case npy_dtype::float32: logits = device_buffer::upload(p.logits.f32); break;
+    default: logits = device_buffer::upload(to_float(p.logits.f64)); break;
+  }
+  const device_buffer labels = p.labels.dtype == npy_dtype::int32 ? device_buffer::upload(p.labels.i32)
+                                                                  : device_buffer::upload(p.labels.i64);
+  const device_buffer g = device_buffer::upload(to_float(p.token_grad));
+  const device_buffer logps(N * sizeof(float)), lse(N * sizeof(float)), ent(N * sizeof(float)),
+      grad(p.token_grad.empty() ? 0 : N * static_cast<std::size_t>(p.vocab) * sizeof(float));
+  cudaError_t e = cudaSuccess;
+  for (const device_buffer* b : std::initializer_list<const device_buffer*>{
+           &logits, &labels, &g, &logps, &lse, &ent, &grad})
+    if (e == cudaSuccess) e = b->error();
+  if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
+
+  geopref_token_rows rows;
+  rows.logits = logits.get<void>();
+  rows.logits_dtype = dtype;
+  rows.n_rows = p.n_rows;
+  rows.vocab = p.vocab;
+  rows.ld = p.vocab;
+  rows.labels = labels.get<void>();
+  rows.label_type = p.labels.dtype == npy_dtype::int32 ? GEOPREF_INT32 : GEOPREF_INT64;
+  rows.ignore_index = p.opt.ignore_index;
+  geopref_token_logps_args fa;
+  geopref_token_logps_args_init(&fa);
+  fa.rows = rows;
+  fa.token_logps = logps.get<float>();
+  fa.lse = lse.get<float>();
+  fa.entropy = ent.get<float>();
+  geopref_token_grad_args ba;
+  geopref_token_grad_args_init(&ba);
+  ba.rows = rows;
+  ba.lse = lse.get<float>();
+  ba.grad_token_logps = g.get<float>();
+  ba.grad_logits = grad.get<void>();
+  ba.grad_float32 = 1;
+
+  // One workspace for both calls: the larger of the two sizes.
+  size_t fwd_bytes = 0, bwd_bytes = 0;
+  geopref_status st = geopref_token_logps(nullptr, &fwd_bytes, &fa, nullptr);
+  if (st == GEOPREF_SUCCESS && !p.token_grad.empty())
+    st = geopref_token_logps_grad(nullptr, &bwd_bytes, &ba, nullptr);
+  device_buffer workspace(st == GEOPREF_SUCCESS ? (fwd_bytes > bwd_bytes ? fwd_bytes : bwd_bytes) : 0);
+  if (!workspace.ok()) return cuda_fail(error, "allocating the workspace", workspace.error());
+  geopref_status recorded = GEOPREF_SUCCESS;
+  if (st == GEOPREF_SUCCESS) st = geopref_token_logps(workspace.get<void>(), &fwd_bytes, &fa, nullptr);
+  if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+  if (st == GEOPREF_SUCCESS) st = recorded;
+  if (st == GEOPREF_SUCCESS && !p.token_grad.empty()) {
+    st = geopref_token_logps_grad(workspace.get<void>(), &bwd_bytes, &ba, nullptr);
+    if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+    if (st == GEOPREF_SUCCESS) st = recorded;
+  }
+  if (st != GEOPREF_SUCCESS) {
+    *error = std::string("geopref: ") + geopref_status_string(st);
+    return false;
+  }
+  std::vector<float> logps_h(N), ent_h(N);
+  r->grad32.assign(p.token_grad.empty() ? 0 : N * static_cast<std::size_t>(p.vocab), 0.0f);
+  if (N > 0) e = cudaMemcpy(logps_h.data(), logps.get<void>(), N * sizeof(float), cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && N > 0)
+    e = cudaMemcpy(ent_h.data(), ent.get<void>(), N * sizeof(float), cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !r->grad32.empty())
+    e = cudaMemcpy(r->grad32.data(), grad.get<void>(), r->grad32.size() * sizeof(float),
+                   cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
+  r->token_logps.assign(logps_h.begin(), logps_h.end());
+  r->entropy.assign(ent_h.begin(), ent_h.end());
+  return true;
+}
+
 }  // namespace geopref::tools
 
 namespace geopref::tools {

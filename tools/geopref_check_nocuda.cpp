@@ -9,6 +9,10 @@ bool run_cuda(const check_problem&, check_result*, std::string* error) {
   return false;
 }
 
+bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error) {
+  return run_cuda(p, r, error);
+}
+
 }  // namespace geopref::tools
 
 namespace geopref::tools {

@@ -2,11 +2,16 @@
 //
 //   gpu/copy/bytes:B                            cudaMemcpyAsync device to device: the roof
 //   gpu/{fused,naive}/{forward,backward,step}/{bf16,fp32}/N:.../V:...
+//   gpu/token/{forward,backward}/{bf16,fp32}/N:.../V:...
 //
 // fused is geopref::cuda: forward = train_step without a gradient (forward
 // pass, per-sequence sums, pair loss), step = train_step with one (forward,
 // loss, backward), backward = logits_grad alone, from the lse and g_s of an
 // untimed train_step without a gradient.
+// token is the per-token primitive: forward = token_logps (log-probs and
+// lse), backward = token_logps_grad from that lse and a g_t per row (what a
+// framework computing its own loss calls; its peer is TRL's
+// selective_log_softmax, bench/peers/torch_peers.py --token).
 // naive is bench/gpu/naive_kernels.cuh (op by op, an fp32 log-softmax
 // materialised). Every iteration is timed with CUDA events around a cold L2
 // (gpu/cuda_timer.cuh) and reported as Google Benchmark manual time.
@@ -31,6 +36,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/cli.hpp"
 #include "common/synthetic.hpp"
@@ -320,6 +326,82 @@ void bm_fused(benchmark::State& state, gb::shape s, dt d, phase ph) {
   set_counters(state, s, bytes, seconds, main.extra_bytes());
 }
 
+// --- token: geopref::cuda::token_logps / token_logps_grad -----------------------
+
+void bm_token(benchmark::State& state, gb::shape s, dt d, phase ph) {
+  gpu_problem& pb = problem_for(s, d);
+  if (!pb.error.empty()) {
+    state.SkipWithError(pb.error.c_str());
+    return;
+  }
+  const auto n = static_cast<size_t>(s.rows);
+  gb::device_buffer logps(n * sizeof(float)), lse(n * sizeof(float)), g(n * sizeof(float));
+  if (!logps.ok() || !lse.ok() || !g.ok()) {
+    state.SkipWithError("device allocation of the per-row buffers failed");
+    return;
+  }
+  std::vector<float> g_host(n);
+  for (size_t t = 0; t < n; ++t) g_host[t] = 0.5f - static_cast<float>(t % 7) * 0.125f;
+  cudaMemcpy(g.get(), g_host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+  gc::token_logps_args fa;
+  fa.rows.logits = pb.logits.get();
+  fa.rows.logits_dtype = dt_api(d);
+  fa.rows.n_rows = s.rows;
+  fa.rows.vocab = s.vocab;
+  fa.rows.ld = s.vocab;
+  fa.rows.labels = pb.labels.get();
+  fa.rows.label_type = gc::index_type::int32;
+  fa.token_logps = logps.get<float>();
+  fa.lse = lse.get<float>();
+  gc::token_grad_args ba;
+  ba.rows = fa.rows;
+  ba.lse = lse.get<float>();
+  ba.grad_token_logps = g.get<float>();
+  ba.grad_logits = pb.grad.get();
+  size_t fwd_bytes = 0, bwd_bytes = 0;
+  geopref::status st = gc::token_logps(nullptr, fwd_bytes, fa);
+  if (st == geopref::status::success) st = gc::token_logps_grad(nullptr, bwd_bytes, ba);
+  gb::device_buffer ws(std::max<size_t>({fwd_bytes, bwd_bytes, size_t{1}}));
+  if (st != geopref::status::success || !ws.ok()) {
+    state.SkipWithError((std::string("token_logps: ") + geopref::status_string(st)).c_str());
+    return;
+  }
+  size_t ws_bytes = ws.bytes();
+  auto run = [&]() {
+    return ph == phase::forward ? gc::token_logps(ws.get(), ws_bytes, fa)
+                                : gc::token_logps_grad(ws.get(), ws_bytes, ba);
+  };
+  auto recorded = [&]() {
+    geopref::status r = geopref::status::success;
+    const geopref::status q = gc::device_status(ws.get(), nullptr, &r);
+    return q != geopref::status::success ? q : r;
+  };
+  // The forward once untimed: the backward rows read its lse.
+  if (gc::token_logps(ws.get(), ws_bytes, fa) != geopref::status::success ||
+      recorded() != geopref::status::success || run() != geopref::status::success ||
+      recorded() != geopref::status::success) {
+    state.SkipWithError("token_logps failed on the warm-up call");
+    return;
+  }
+  gb::event_pair ev;
+  gb::l2_flusher l2;
+  double seconds = 0;
+  for (auto _ : state) {
+    gb::cuda_event_timer timer(state, ev, l2, nullptr, &seconds);
+    st = run();
+  }
+  if (st != geopref::status::success || recorded() != geopref::status::success) {
+    state.SkipWithError("token_logps failed while timed");
+    return;
+  }
+  // Forward: the logits once, labels, ℓ and lse. Backward: the logits, the
+  // gradient, labels, lse and g.
+  const double nv = static_cast<double>(s.elements()), e = static_cast<double>(dt_bytes(d));
+  const double rows = static_cast<double>(s.rows) * (sizeof(label_t) + 2 * sizeof(float));
+  const double bytes = ph == phase::forward ? nv * e + rows : 2 * nv * e + rows;
+  set_counters(state, s, bytes, seconds, static_cast<double>(ws.bytes() + logps.bytes() + lse.bytes() + g.bytes()));
+}
+
 // --- naive ---------------------------------------------------------------------
 
 template <class T>
@@ -507,6 +589,11 @@ int main(int argc, char** argv) {
       for (phase ph : {phase::forward, phase::backward, phase::step}) {
         benchmark::RegisterBenchmark(("gpu/fused/" + std::string(phase_name(ph)) + tail).c_str(),
                                      bm_fused, s, d, ph)
+            ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
+      }
+      for (phase ph : {phase::forward, phase::backward}) {
+        benchmark::RegisterBenchmark(("gpu/token/" + std::string(phase_name(ph)) + tail).c_str(),
+                                     bm_token, s, d, ph)
             ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
       }
       for (phase ph : {phase::forward, phase::backward, phase::step}) {

@@ -15,6 +15,15 @@ times, with CUDA events around a cold L2 (the method bench_gpu uses):
                    includes three N x H x V matmuls and is not like-for-like; the
                    row `matmuls` times those matmuls alone for scale.
 
+Per-token rows (issue 16), the work of geopref's token_logps / token_logps_grad
+(bench_gpu's gpu/token rows), with a per-token upstream gradient w_t as a
+framework's own loss (GRPO's) would give it:
+
+  token_eager      TRL's selective_log_softmax (gather - logsumexp for fp32, a
+                   log-softmax per sequence for bf16), then sum_t w_t logp_t
+  token_compile    log_softmax + gather (the plain form) under torch.compile
+  token_geopref    geopref_torch.token_logps, when the package imports
+
 "forward" is the loss with autograd recording, "step" is forward + backward.
 Peak memory is torch.cuda.max_memory_allocated during the step; "extra" is that
 minus the inputs and the gradient, comparable to geopref's extra_MiB.
@@ -55,6 +64,8 @@ def parse_args():
     p.add_argument("--vocab", default="32000,128256,256000")
     p.add_argument("--dtype", default="bf16,fp32")
     p.add_argument("--methods", default="eager,eager_selective,compile,liger")
+    p.add_argument("--token", action="store_true",
+                   help="the per-token rows instead (token_eager,token_compile,token_geopref)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="5 iterations instead of 10")
     p.add_argument("--geopref-json", help="bench_gpu --benchmark_out JSON for the ratio column")
@@ -63,7 +74,12 @@ def parse_args():
     a = p.parse_args()
     if a.quick:
         a.iters = 5
+    if a.token and a.methods == p.get_default("methods"):
+        a.methods = ",".join(TOKEN_METHODS)
     return a
+
+
+TOKEN_METHODS = ("token_eager", "token_compile", "token_geopref")
 
 
 def make_inputs(n_rows, seq_len, vocab, dtype, gen):
@@ -113,6 +129,41 @@ def loss_selective(logits, labels, ref, soft):
     return gdpo_loss(logps.float(), ref, soft)
 
 
+def selective_log_softmax(logits, index):
+    """Per-token log-probs the way TRL computes them (>= 0.14): for fp32 the
+    label logit minus a logsumexp taken one sequence at a time; for 16-bit
+    logits a log_softmax per sequence (to bound the fp32 copy), then gather."""
+    if logits.dtype in (torch.float32, torch.float64):
+        picked = torch.gather(logits, dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
+        return picked - torch.stack([torch.logsumexp(seq, dim=-1) for seq in logits])
+    out = []
+    for seq, ix in zip(logits, index):
+        out.append(F.log_softmax(seq, dim=-1).gather(dim=-1, index=ix.unsqueeze(-1)).squeeze(-1))
+    return torch.stack(out)
+
+
+def _token_weights(labels):
+    """A fixed per-token upstream gradient (GRPO-like advantages), 0 on ignored rows."""
+    w = torch.linspace(-1.0, 1.0, labels.numel(), device=labels.device).reshape(labels.shape)
+    return torch.where(labels != -100, w, torch.zeros_like(w))
+
+
+def token_loss_selective(logits, labels, ref, soft):
+    index = labels.masked_fill(labels == -100, 0)
+    return (selective_log_softmax(logits, index).float() * _token_weights(labels)).sum()
+
+
+def token_loss_plain(logits, labels, ref, soft):
+    index = labels.masked_fill(labels == -100, 0)
+    logp = logits.log_softmax(-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    return (logp.float() * _token_weights(labels)).sum()
+
+
+def token_loss_geopref(logits, labels, ref, soft):
+    import geopref_torch
+    return (geopref_torch.token_logps(logits, labels, check=False) * _token_weights(labels)).sum()
+
+
 class cold_timer:
     """CUDA events around one call, the L2 emptied first (bench/gpu/cuda_timer.cuh)."""
 
@@ -141,10 +192,20 @@ def load_geopref(path):
     times, extra = {}, {}
     if not path:
         return times, extra
-    for r in benchjson.rows(benchjson.load(path)):
+    rows = benchjson.rows(benchjson.load(path))
+    for r in rows:
         if r["method"] == "fused" and "seconds" in r:
             times[(r["phase"], r["dtype"], r["V"])] = r["seconds"]
             extra[(r["phase"], r["dtype"], r["V"])] = r.get("extra_MiB")
+    # The per-token rows: forward = token_logps, step = token_logps + token_logps_grad.
+    for r in rows:
+        if r["method"] == "token" and r["phase"] == "forward" and "seconds" in r:
+            key = (r["dtype"], r["V"])
+            times[("token_forward",) + key] = r["seconds"]
+            b = benchjson.find(rows, "token", "backward", r["dtype"], r["V"])
+            if b is not None and "seconds" in b:
+                times[("token_step",) + key] = r["seconds"] + b["seconds"]
+                extra[("token_step",) + key] = b.get("extra_MiB")
     return times, extra
 
 
@@ -159,7 +220,7 @@ def main():
     geo_times, geo_extra = load_geopref(args.geopref_json)
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     methods = args.methods.split(",")
-    unknown = set(methods) - {"eager", "eager_selective", "compile", "liger"}
+    unknown = set(methods) - {"eager", "eager_selective", "compile", "liger"} - set(TOKEN_METHODS)
     if unknown:
         print(f"torch_peers: unknown methods {sorted(unknown)}")
         return 2
@@ -191,8 +252,18 @@ def main():
     # One pass per method over every shape, cheapest and most important first
     # (eager, then compile), Liger last (slow to compile, not like-for-like):
     # a time limit then cuts the least important rows.
-    fns = {"eager": loss_classic, "compile": compiled, "eager_selective": loss_selective}
-    for m in [m for m in ("eager", "compile", "eager_selective") if m in methods]:
+    fns = {"eager": loss_classic, "compile": compiled, "eager_selective": loss_selective,
+           "token_eager": token_loss_selective, "token_geopref": token_loss_geopref,
+           "token_compile": torch.compile(token_loss_plain) if "token_compile" in methods else None}
+    if "token_geopref" in methods:
+        try:
+            import geopref_torch  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - any import failure means: not available
+            print(f"torch_peers: geopref_torch not available ({type(e).__name__}: {e}); its rows "
+                  "are skipped")
+            methods = [m for m in methods if m != "token_geopref"]
+    order = ("eager", "compile", "eager_selective") + TOKEN_METHODS
+    for m in [m for m in order if m in methods]:
         for dname, v in shapes:
             gen.manual_seed(20241110)
             torch.cuda.empty_cache()
@@ -306,12 +377,13 @@ def run_liger(liger, args, dname, dtype, v, timer):
 
 
 def with_ratio(row, geo_times, geo_extra):
+    token = row.get("method", "").startswith("token_")
     for phase in ("forward", "step"):
-        g = geo_times.get((phase, row["dtype"], row["V"]))
+        g = geo_times.get(("token_" + phase if token else phase, row["dtype"], row["V"]))
         t = row.get(f"{phase}_s")
         if g and t:
             row[f"{phase}_vs_geopref"] = t / g
-    e = geo_extra.get(("step", row["dtype"], row["V"]))
+    e = geo_extra.get(("token_step" if token else "step", row["dtype"], row["V"]))
     if e is not None:
         row["geopref_extra_MiB"] = e
     return row

@@ -99,4 +99,40 @@ geopref::status run_pair_step(const ref_problem& p, const geopref::options& opt,
   return st;
 }
 
+namespace {
+template <class Logit>
+geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const double* g,
+                                token_ref_result& r) {
+  geopref::reference::token_rows<Logit, int64_t> in;
+  in.logits = static_cast<const Logit*>(p.logits);
+  in.n_rows = p.n_rows;
+  in.vocab = p.vocab;
+  in.ld = p.ld;
+  in.labels = p.labels;
+  in.ignore_index = ignore;
+  const auto n = static_cast<size_t>(p.n_rows);
+  r.token_logps.assign(n, 0.0);
+  r.lse.assign(n, 0.0);
+  r.entropy.assign(n, 0.0);
+  geopref::reference::token_outputs out;
+  out.token_logps = r.token_logps.data();
+  out.lse = r.lse.data();
+  out.entropy = r.entropy.data();
+  geopref::status st = geopref::reference::token_logps(in, out);
+  if (st != geopref::status::success || g == nullptr) return st;
+  r.grad_logits.assign(n * static_cast<size_t>(p.vocab), 0.0);
+  return geopref::reference::token_logps_grad(in, r.lse.data(), g, r.grad_logits.data(), p.vocab);
+}
+}  // namespace
+
+geopref::status run_token_reference(const ref_problem& in, int64_t ignore,
+                                    const double* grad_token_logps, token_ref_result& out) {
+  switch (in.dtype) {
+    case ref_dtype::f32: return run_token_typed<float>(in, ignore, grad_token_logps, out);
+    case ref_dtype::f16: return run_token_typed<Eigen::half>(in, ignore, grad_token_logps, out);
+    case ref_dtype::bf16: return run_token_typed<Eigen::bfloat16>(in, ignore, grad_token_logps, out);
+  }
+  return geopref::status::unsupported_dtype;
+}
+
 }  // namespace geopref::support

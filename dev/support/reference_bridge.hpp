@@ -54,4 +54,14 @@ geopref::status run_pair_step(const ref_problem& in, const geopref::options& opt
                               const std::vector<double>& seq_sums,
                               const std::vector<int64_t>& seq_counts, ref_result& out);
 
+/// The per-token primitive (geopref::reference::token_logps and, when
+/// `grad_token_logps` is given, token_logps_grad with that g [N]) over the
+/// problem's logits and labels, ignore_index `ignore`; offsets, pairs and the
+/// rest are not read. token_logps, lse, entropy [N]; grad_logits [N, V].
+struct token_ref_result {
+  std::vector<double> token_logps, lse, entropy, grad_logits;
+};
+geopref::status run_token_reference(const ref_problem& in, int64_t ignore,
+                                    const double* grad_token_logps, token_ref_result& out);
+
 }  // namespace geopref::support

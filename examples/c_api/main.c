@@ -76,6 +76,24 @@ int main(void) {
   opt.beta = 0.5;
   printf("geopref %d, workspace %zu bytes\n", geopref_version(), bytes);
 
+  /* The per-token primitive has the same protocol, without options: its size
+   * query, and a stride below V rejected on the host. */
+  geopref_token_logps_args tok;
+  geopref_token_logps_args_init(&tok);
+  tok.rows.n_rows = N;
+  tok.rows.vocab = V;
+  tok.rows.ld = V;
+  size_t tok_bytes = 0;
+  if (geopref_token_logps(NULL, &tok_bytes, &tok, NULL) != GEOPREF_SUCCESS || tok_bytes == 0) {
+    fprintf(stderr, "per-token workspace query failed\n");
+    return 1;
+  }
+  tok.rows.ld = V - 1;
+  if (geopref_token_logps(NULL, &tok_bytes, &tok, NULL) != GEOPREF_INVALID_STRIDE) {
+    fprintf(stderr, "a per-token row stride below V was not rejected\n");
+    return 1;
+  }
+
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     printf("no usable CUDA device: skipped\n");

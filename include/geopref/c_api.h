@@ -10,6 +10,10 @@
  *   geopref_logits_grad     the backward pass alone, from the lse and
  *                           grad_seq_logps of a train_step run without a
  *                           gradient (an autograd forward/backward split);
+ *   geopref_token_logps     the per-token primitive: log-probs of the selected
+ *                           tokens (and lse, entropy) from logits [N, V];
+ *   geopref_token_logps_grad its backward for any per-token upstream gradient
+ *                           g_t: g_t (1[v = y_t] - softmax_t), in place or not;
  *   geopref_device_status   the status the kernels recorded about device data
  *                           (a label out of range, bad offsets, ...);
  *                           synchronises the stream.
@@ -319,6 +323,38 @@ typedef struct geopref_vocab_train_args {
   const geopref_vocab_record* records;  /* [n_ranks, N] all-gathered, slots in any order */
 } geopref_vocab_train_args;
 
+/* The rows of the per-token primitive (geopref::cuda::token_rows): no
+ * sequences, every row whose label is not ignore_index is scored. To run a
+ * chunk of rows [r, r + n) of a larger problem, offset every pointer by r rows
+ * and pass n_rows = n (rows are independent). */
+typedef struct geopref_token_rows {
+  const void* logits;   /* [N, ld] row-major, logits_dtype; columns [V, ld) never read */
+  int logits_dtype;     /* GEOPREF_FLOAT32 / FLOAT16 / BFLOAT16 */
+  int64_t n_rows;       /* N */
+  int64_t vocab;        /* V */
+  int64_t ld;           /* row stride in elements, >= V */
+  const void* labels;   /* [N] label_type, already shifted */
+  int label_type;       /* GEOPREF_INT32 / INT64 */
+  int64_t ignore_index; /* label of unscored rows (default -100) */
+} geopref_token_rows;
+/* Arguments of geopref_token_logps. geopref_token_logps_args_init() zeroes it
+ * and sets ignore_index = -100, float32 logits, int64 labels. */
+typedef struct geopref_token_logps_args {
+  geopref_token_rows rows;
+  float* token_logps; /* [N] required: z[t, y_t] - lse_t, 0 for unscored rows */
+  float* lse;         /* [N] optional: lse_t, 0 for unscored rows (the backward's input) */
+  float* entropy;     /* [N] optional: -sum_v p log p, 0 for unscored rows (a second read) */
+} geopref_token_logps_args;
+/* Arguments of geopref_token_logps_grad: grad[t, v] = g_t (1[v = y_t] -
+ * exp(z[t, v] - lse_t)) for scored rows, zero rows otherwise. */
+typedef struct geopref_token_grad_args {
+  geopref_token_rows rows;         /* the rows geopref_token_logps was given */
+  const float* lse;                /* [N] geopref_token_logps' lse */
+  const float* grad_token_logps;   /* [N] g_t = dLoss/dlogp_t */
+  void* grad_logits;               /* [N, grad_ld]; may equal rows.logits (in place) */
+  int64_t grad_ld;                 /* >= V; 0: ld */
+  int grad_float32;                /* non-zero: gradient as float32, else in the logits dtype */
+} geopref_token_grad_args;
 GEOPREF_C_EXPORT void geopref_options_init(geopref_options* opt);
 GEOPREF_C_EXPORT void geopref_train_args_init(geopref_train_args* args);
 GEOPREF_C_EXPORT void geopref_logps_args_init(geopref_logps_args* args);
@@ -359,6 +395,15 @@ GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_stats(void* workspace,
 GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_train_step(
     void* workspace, size_t* workspace_bytes, const geopref_vocab_train_args* args,
     const geopref_options* opt, geopref_stream_t stream);
+
+GEOPREF_C_EXPORT void geopref_token_logps_args_init(geopref_token_logps_args* args);
+GEOPREF_C_EXPORT void geopref_token_grad_args_init(geopref_token_grad_args* args);
+GEOPREF_C_EXPORT geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
+                                                    const geopref_token_logps_args* args,
+                                                    geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
+                                                         const geopref_token_grad_args* args,
+                                                         geopref_stream_t stream);
 
 /* Vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh; in kernels/c_api_linear.cu, with
  * cuBLAS): `in` / `train.in` describe the rank's slice of the projection (weight W_r [V_r, Hd],

@@ -64,7 +64,7 @@ inline const char* status_string(status s) noexcept {
     case status::invalid_reduction: return "invalid reduction: unknown reduction or normaliser not finite and > 0";
     case status::invalid_upstream_grad: return "invalid upstream gradient: must be finite";
     case status::invalid_loss_option: return "invalid loss option: bad term count or weight, transform, f_alpha or bco delta, or --geometric on a loss without a margin";
-    case status::invalid_vocab_records: return "invalid vocab-parallel records: slices must tile [0, V); every rank's record once per row, each scored label owned by exactly one slice";
+    case status::invalid_vocab_records: return "invalid vocab-parallel records: a slice outside [0, V), a rank missing or repeated in a row's records, or a scored label owned by no slice or by two";
     case status::workspace_too_small: return "workspace too small: query the size with a null workspace first";
     case status::misaligned_pointer: return "misaligned pointer";
     case status::overlapping_buffers: return "overlapping buffers: the gradient overlaps the logits, lse or g_s, or a logits/gradient/lse/g_s buffer overlaps the workspace (only an exact in-place gradient is allowed)";

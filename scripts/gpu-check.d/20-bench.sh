@@ -4,7 +4,8 @@
 # CPU reference, runs the benches (copy roof, fused, naive) and the PyTorch
 # peers, and prints the tables last.
 #
-# Writes to $OUT: bench_gpu.json (Google Benchmark JSON) and bench_peers.json.
+# Writes to $OUT: bench_gpu.json (Google Benchmark JSON), bench_peers.json and
+# bench_peers_token.json (the per-token peers, torch_peers.py --token).
 # Make the plot and the doc tables from them afterwards, anywhere:
 #   python3 bench/plot_bandwidth.py bench_gpu.json -o docs/figures/bandwidth.png
 #   python3 bench/report.py bench_gpu.json --peers bench_peers.json
@@ -13,7 +14,8 @@
 # the JSON; default: git rev-parse, where .git exists), GEOPREF_BENCH_QUICK=1
 # (5 iterations instead of 20/10; scripts/gpu-check.sh sets it by default),
 # GEOPREF_BENCH_PEERS=0 (skip the PyTorch peers), GEOPREF_PEERS_SECONDS
-# (their time limit, default 200),
+# (their time limit, default 200), GEOPREF_PEERS_TOKEN_SECONDS (the per-token
+# peers', default 120),
 # CUDA_ARCH (default 90-real: H100 and H200), GEOPREF_BENCH_FORCE=1 (build
 # and run even where nvidia-smi sees no GPU: the binaries then report skipped).
 # GEOPREF_GPU_CHECK_BUILD: a build folder where scripts/gpu-check.sh already
@@ -100,6 +102,15 @@ if [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 ]] && [[ -s $OUT/bench_gpu.json ]]; then
     --geopref-json "$OUT/bench_gpu.json" --json "$OUT/bench_peers.json"
   rc=$?
   [[ $rc -eq 124 ]] && say "peers stopped at their time limit; the rows measured so far are kept"
+  # The per-token peers (TRL's selective_log_softmax eager, log_softmax +
+  # gather compiled) against bench_gpu's gpu/token rows; geopref_torch's own
+  # row comes from 30-integration, where the package is built.
+  say "PyTorch per-token peers ${quick[*]}"
+  PYTHONUNBUFFERED=1 timeout "${GEOPREF_PEERS_TOKEN_SECONDS:-120}" python3 bench/peers/torch_peers.py \
+    "${quick[@]}" --token --methods token_eager,token_compile --geopref-json "$OUT/bench_gpu.json" \
+    --json "$OUT/bench_peers_token.json"
+  rc=$?
+  [[ $rc -eq 124 ]] && say "per-token peers stopped at their time limit; the rows measured so far are kept"
 fi
 
 if [[ -s $OUT/bench_gpu.json ]]; then
@@ -107,6 +118,10 @@ if [[ -s $OUT/bench_gpu.json ]]; then
   peers=()
   [[ -s $OUT/bench_peers.json ]] && peers=(--peers "$OUT/bench_peers.json")
   python3 bench/report.py "$OUT/bench_gpu.json" "${peers[@]}" --only peers,targets
+  if [[ -s $OUT/bench_peers_token.json ]]; then
+    say "per-token peers (step / geopref: against gpu/token forward + backward)"
+    python3 bench/report.py "$OUT/bench_gpu.json" --peers "$OUT/bench_peers_token.json" --only peers
+  fi
 fi
 say "done, status $status"
 exit $status

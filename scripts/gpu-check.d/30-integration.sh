@@ -10,7 +10,8 @@
 #      runs its tests (bindings/torch/tests) on CPU and CUDA: every loss
 #      against plain PyTorch per dtype, opcheck, gradcheck, torch.compile,
 #      bad inputs; then times it against the plain formulation
-#      (bindings/torch/examples/bench_vs_plain.py).
+#      (bindings/torch/examples/bench_vs_plain.py) and token_logps against
+#      TRL's selective log-softmax (bench/peers/torch_peers.py --token).
 # Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
 # geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
 # --stage); without it steps 1's geopref-check and 3 are reported as skipped.
@@ -110,6 +111,14 @@ if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; 
     # The op's time and memory against the plain-PyTorch formulation.
     check torch-bench env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
       python3 bindings/torch/examples/bench_vs_plain.py
+    # geopref_torch.token_logps against TRL's selective_log_softmax (eager)
+    # and log_softmax + gather (compiled), one shape per dtype: the
+    # per-token rows of the peers table, with the op's own overheads. A run
+    # cut by its time limit keeps its rows and is not a failure.
+    check torch-token-bench env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" bash -c \
+      'timeout 240 python3 bench/peers/torch_peers.py --quick --token --vocab 128256 --json "$1"
+       rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit" && rc=0; exit $rc' _ \
+      "$OUT/bench_peers_token_op.json"
   fi
 else
   say "PyTorch with CUDA not importable: torch steps skipped"

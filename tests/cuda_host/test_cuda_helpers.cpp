@@ -289,7 +289,17 @@ TEST_CASE("logits_grad workspace layout: aligned, disjoint, large enough, for ev
         const auto un = static_cast<size_t>(n), us = static_cast<size_t>(s);
         const d::workspace_layout g = d::make_grad_layout(n, v, 2, s);
         CHECK(g.splits == d::choose_splits(n, v, 2));  // train_step's backward launch
-        CHECK(check(g, {{g.flag, sizeof(int)}, {g.offsets, (us + 1) * 8}, {g.cols, un * 4}, {g.row_seq, un * 4}}));
+        CHECK(check(g, {{g.flag, sizeof(int)}, {g.offsets, (us + 1) * 8}, {g.cols, un * 4}, {g.row_seq, un * 4},
+                        {g.row_coef, un * 4}}));
+        // The per-token primitive's layouts (token_api.cuh): the forward's
+        // columns, lse and partials; the backward's columns and g_t.
+        const d::workspace_layout tf = d::make_token_layout(n, v, 2, false);
+        const d::workspace_layout tb = d::make_token_layout(n, v, 2, true);
+        CHECK(tf.splits == d::choose_splits(n, v, 2));
+        CHECK(tb.splits == tf.splits);
+        CHECK(check(tf, {{tf.flag, sizeof(int)}, {tf.cols, un * 4}, {tf.lse, un * 4},
+                         {tf.partials, tf.splits > 1 ? un * static_cast<size_t>(tf.splits) * sizeof(d::lse_state) : 0}}));
+        CHECK(check(tb, {{tb.flag, sizeof(int)}, {tb.cols, un * 4}, {tb.row_coef, un * 4}}));
         const d::workspace_layout t = d::make_layout(n, v, 2, s, s / 2, true);
         CHECK(check(t, {{t.flag, sizeof(int)},
                         {t.offsets, (us + 1) * 8},
@@ -301,6 +311,7 @@ TEST_CASE("logits_grad workspace layout: aligned, disjoint, large enough, for ev
                         {t.seq_logp, us * 8},
                         {t.seq_count, us * 8},
                         {t.pair_coef, us / 2 * 8},
-                        {t.seq_grad, us * 4}}));
+                        {t.seq_grad, us * 4},
+                        {t.row_coef, un * 4}}));
       }
 }

@@ -76,7 +76,7 @@ void compare(const std::string& what, const std::vector<double>& cpu,
 // summed over up to T = 40 tokens per sequence (logps 1e-4 absolute); the
 // loss and rewards carry β times that; the gradient is a softmax difference
 // scaled by |g_s| <= β, stored in float32 (1e-6 absolute + 1e-4 relative).
-void both(const std::string& name, const std::string& inputs) {
+void both(const std::string& name, const std::string& inputs, bool per_token = false) {
   std::printf("%s\n", name.c_str());
   std::string err;
   const std::string cpu = path(name + "_cpu"), gpu = path(name + "_gpu");
@@ -93,6 +93,17 @@ void both(const std::string& name, const std::string& inputs) {
   if (rc != 0) {
     std::printf("  FAIL: cuda run: %s", err.c_str());
     ++failures;
+    return;
+  }
+  if (per_token) {
+    // Per token: ℓ_t and H_t carry a few float32 ulps of |lse| (~1e-6); the
+    // gradient of Σ G_t ℓ_t is |G_t| <= 2 times a softmax difference.
+    compare("token_logps.npy", read_any(cpu + "/token_logps.npy"),
+            read_any(gpu + "/token_logps.npy"), 1e-5, 1e-5);
+    compare("entropy.npy", read_any(cpu + "/entropy.npy"), read_any(gpu + "/entropy.npy"), 1e-5,
+            1e-5);
+    compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
+            read_any(gpu + "/grad_logits.npy"), 2e-6, 1e-4);
     return;
   }
   compare("loss.npy", read_any(cpu + "/loss.npy"), read_any(gpu + "/loss.npy"), 1e-5, 1e-5);
@@ -147,6 +158,13 @@ int main() {
     // The vocab-parallel path over simulated ranks, on both devices.
     both("f32_gdpo_vocab_shards_3", in + " --loss gdpo --beta 0.1 --vocab-shards 3");
     both("f32_dpo_sft_vocab_shards_8", in + " --loss dpo,sft --loss-weights 1,0.5 --beta 0.1 --vocab-shards 8");
+    // The per-token primitive on the same rows, with an upstream gradient.
+    std::vector<float> g(static_cast<std::size_t>(N));
+    for (float& x : g) x = 0.5f * z(rng);
+    both("f32_per_token",
+         "--per-token --logits " + path("a_l.npy") + " --labels " + path("a_y.npy") +
+             " --token-grad " + save("a_g.npy", "<f4", "(75,)", g),
+         true);
   }
   // [S, T, V] float16, explicit pairs, weights, reduction none, averaged logps.
   {

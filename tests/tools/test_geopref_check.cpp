@@ -584,6 +584,128 @@ TEST_CASE("geopref-check: malformed .npy files are clean errors", "[check][npy]"
   }
 }
 
+// ---------------------------------------------------------------------------
+// --per-token: token_logps.npy (and entropy.npy) against
+// reference::token_logps called directly, and with --token-grad the gradient
+// of Σ_t G_t ℓ_t against reference::token_logps_grad: the same code on the
+// same doubles, so equal bit for bit.
+namespace {
+
+template <class Logit, class Label>
+void check_per_token(const std::string& out_dir, const Logit* logits, int64_t N, int64_t V,
+                     const Label* labels, int64_t ignore, const std::vector<double>* g,
+                     const std::vector<int64_t>& logits_shape) {
+  geopref::reference::token_rows<Logit, Label> in;
+  in.logits = logits;
+  in.n_rows = N;
+  in.vocab = V;
+  in.ld = V;
+  in.labels = labels;
+  in.ignore_index = ignore;
+  std::vector<double> logp(static_cast<std::size_t>(N)), lse(logp.size()), ent(logp.size());
+  geopref::reference::token_outputs out;
+  out.token_logps = logp.data();
+  out.lse = lse.data();
+  out.entropy = ent.data();
+  REQUIRE(geopref::reference::token_logps(in, out) == geopref::status::success);
+  std::vector<int64_t> shape;
+  CHECK(read_doubles(out_dir + "/token_logps.npy", &shape) == logp);
+  CHECK(shape == std::vector<int64_t>{N});
+  CHECK(read_doubles(out_dir + "/entropy.npy", &shape) == ent);
+  for (int64_t t = 0; t < N; ++t)
+    if (static_cast<int64_t>(labels[t]) == ignore) CHECK(logp[static_cast<std::size_t>(t)] == 0.0);
+  if (g == nullptr) {
+    bytes b;
+    CHECK_FALSE(read_file(out_dir + "/grad_logits.npy", &b));
+    return;
+  }
+  std::vector<double> grad(static_cast<std::size_t>(N * V));
+  REQUIRE(geopref::reference::token_logps_grad(in, lse.data(), g->data(), grad.data()) ==
+          geopref::status::success);
+  CHECK(read_doubles(out_dir + "/grad_logits.npy", &shape) == grad);
+  CHECK(shape == logits_shape);
+}
+
+}  // namespace
+
+TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check]") {
+  const ragged r(11);  // [9, 5] float32, int64 labels, rows 4 and 6 labelled -100
+  const std::string L = save("t_logits.npy", "<f4", "(9, 5)", r.logits);
+  const std::string Y = save("t_labels.npy", "<i8", "(9,)", r.labels);
+  {
+    const run_result rr = run_tool("--per-token --logits " + L + " --labels " + Y + " --out " +
+                                   path("out_tok"));
+    INFO("stderr: " << rr.err);
+    REQUIRE(rr.exit_code == 0);
+    check_per_token(path("out_tok"), r.logits.data(), 9, 5, r.labels.data(), -100, nullptr, {9, 5});
+  }
+  {
+    std::vector<double> g(9);
+    for (int t = 0; t < 9; ++t) g[static_cast<std::size_t>(t)] = std::cos(1.3 * t) * 2.0;
+    g[6] = std::nan("");  // an ignored row's upstream gradient is never read
+    const run_result rr =
+        run_tool("--per-token --logits " + L + " --labels " + Y + " --token-grad " +
+                 save("t_g.npy", "<f8", "(9,)", g) + " --out " + path("out_tok_g"));
+    INFO("stderr: " << rr.err);
+    REQUIRE(rr.exit_code == 0);
+    check_per_token(path("out_tok_g"), r.logits.data(), 9, 5, r.labels.data(), -100, &g, {9, 5});
+  }
+  {
+    // [S, T, V] float16 logits, int32 labels [S, T], a custom ignore index,
+    // float32 G in the labels' shape.
+    constexpr int64_t S = 2, T = 3, V = 4;
+    std::vector<uint16_t> bits;
+    std::vector<Eigen::half> halves;
+    for (int64_t i = 0; i < S * T * V; ++i) {
+      const Eigen::half h(static_cast<float>(std::sin(0.9 * double(i)) * 5.0));
+      halves.push_back(h);
+      bits.push_back(Eigen::numext::bit_cast<uint16_t>(h));
+    }
+    const std::vector<int32_t> labels = {0, 3, 7, 2, 7, 1};
+    const std::vector<float> gf = {0.5f, -1.25f, 3.0f, 2.0f, -0.75f, 1.0f};
+    const std::vector<double> g(gf.begin(), gf.end());
+    const run_result rr = run_tool(
+        "--per-token --logits " + save("t3_logits.npy", "<f2", "(2, 3, 4)", bits) +
+        " --labels " + save("t3_labels.npy", "<i4", "(2, 3)", labels) + " --token-grad " +
+        save("t3_g.npy", "<f4", "(2, 3)", gf) + " --ignore-index 7 --out " + path("out_tok3"));
+    INFO("stderr: " << rr.err);
+    REQUIRE(rr.exit_code == 0);
+    check_per_token(path("out_tok3"), halves.data(), S * T, V, labels.data(), 7, &g, {S, T, V});
+  }
+  // Bad use: one line on stderr, exit 2 (command line) or 1 (input).
+  std::vector<double> bad_g(9, 1.0);
+  bad_g[2] = std::nan("");  // row 2 is scored
+  struct bad {
+    std::string args;
+    int exit_code;
+    std::string needle;
+  } cases[] = {
+      {"--logits " + L + " --labels " + Y + " --token-grad " + path("t_g.npy") + " --loss dpo --out " +
+           path("out_e"),
+       2, "--token-grad needs --per-token"},
+      {"--per-token --logits " + L + " --labels " + Y + " --loss dpo --out " + path("out_e"), 2,
+       "--loss has no meaning with --per-token"},
+      {"--per-token --logits " + L + " --labels " + Y + " --offsets " + Y + " --out " + path("out_e"),
+       2, "--offsets has no meaning with --per-token"},
+      {"--per-token --logits " + L + " --labels " + Y + " --token-grad " +
+           save("t_g8.npy", "<f8", "(8,)", std::vector<double>(8)) + " --out " + path("out_e"),
+       1, "the labels' shape"},
+      {"--per-token --logits " + L + " --labels " + Y + " --token-grad " +
+           save("t_gnan.npy", "<f8", "(9,)", bad_g) + " --out " + path("out_e"),
+       1, "upstream gradient"},
+      {"--per-token --logits " + L + " --labels " + save("t_y8.npy", "<i8", "(8,)", std::vector<int64_t>(8)) +
+           " --out " + path("out_e"),
+       1, "need labels (9,)"},
+  };
+  for (const bad& b : cases) {
+    const run_result rr = run_tool(b.args);
+    INFO(b.args << "\nstderr: " << rr.err);
+    CHECK(rr.exit_code == b.exit_code);
+    CHECK(rr.err.find(b.needle) != std::string::npos);
+    CHECK(count_lines(rr.err) == 1);
+  }
+}
+
 // --hidden / --weight / --bias: the same results as --logits on H·Wᵀ + b
 // formed here, and grad_hidden = G·W, grad_weight = Gᵀ·H, grad_bias = Σ_t G
 // from that run's grad_logits (all in double: equal to rounding).

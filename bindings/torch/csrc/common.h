@@ -104,6 +104,22 @@ inline Tensor check_tokens(const Tensor& logits, const Tensor& labels, const Ten
   return rows_ok && ld_ok ? logits : logits.contiguous();
 }
 
+/// Logits [N, V] and labels [N] of the per-token primitive (no offsets):
+/// shapes, devices, label dtype. Returns the logits as check_tokens does.
+inline Tensor check_rows(const Tensor& logits, const Tensor& labels, const char* op) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "geopref.", op, ": logits must be 2-D [N, V], got ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), "geopref.", op,
+                    ": labels must be [N] = [", logits.size(0), "], got ", labels.sizes());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
+                   "geopref.", op, ": labels must be int32 or int64, got ", labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.device() == logits.device(), "geopref.", op,
+                    ": logits and labels must be on one device");
+  const bool rows_ok = logits.size(1) <= 1 || logits.stride(1) == 1;
+  const bool ld_ok = logits.size(0) <= 1 || logits.stride(0) >= logits.size(1);
+  return rows_ok && ld_ok ? logits : logits.contiguous();
+}
+
 /// The row stride to pass the library.
 inline int64_t row_stride(const Tensor& logits) {
   return logits.size(0) > 1 ? logits.stride(0) : logits.size(1);

@@ -22,6 +22,13 @@
 //     The forward alone (the reference model's pass), differentiable.
 //   logits_grad(logits, labels, offsets, lse, grad_seq, ignore_index, check) -> grad
 //     The backward pass alone: grad[t, v] = g_s (1[v = y_t] - exp(z[t, v] - lse_t)).
+//   token_logps(logits, labels, ignore_index, entropy, check) -> (logps, lse, entropy)
+//     The per-token primitive: logps [N] = z[t, y_t] - lse_t (0 for rows whose
+//     label is ignore_index), lse [N] (0 there), entropy [N] when asked for
+//     (else [0]). No sequences.
+//   token_logps_grad(logits, labels, lse, grad, ignore_index, check) -> grad_logits
+//     Its backward: grad_logits[t, v] = grad_t (1[v = y_t] - exp(z[t, v] - lse_t)),
+//     zero rows where the label is ignore_index; in the logits' dtype.
 //   loss_names() -> str[]
 //     The losses the compiled library knows, in its order.
 //
@@ -250,6 +257,62 @@ Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor&
   return grad.to(logits.scalar_type());
 }
 
+/// The reference's rows over CPU tensors (labels as int64, converted once).
+struct cpu_rows {
+  Tensor logits, labels;
+  int64_t ignore_index;
+  cpu_rows(const Tensor& z, const Tensor& y, int64_t ignore, const char* op)
+      : logits(check_rows(z, y, op)), labels(y.to(at::kLong).contiguous()), ignore_index(ignore) {}
+  template <class Logit>
+  ref::token_rows<Logit, int64_t> rows() const {
+    ref::token_rows<Logit, int64_t> r;
+    r.logits = static_cast<const Logit*>(logits.data_ptr());
+    r.n_rows = logits.size(0);
+    r.vocab = logits.size(1);
+    r.ld = row_stride(logits);
+    r.labels = labels.data_ptr<int64_t>();
+    r.ignore_index = ignore_index;
+    return r;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> token_logps_cpu(const Tensor& logits, const Tensor& labels,
+                                                   int64_t ignore_index, bool entropy,
+                                                   bool /*check*/) {
+  const cpu_rows rows(logits, labels, ignore_index, "token_logps");
+  const int64_t N = logits.size(0);
+  const auto f64 = logits.options().dtype(at::kDouble);
+  Tensor logp = at::empty({N}, f64), lse = at::empty({N}, f64);
+  Tensor ent = at::empty({entropy ? N : 0}, f64);
+  ref::token_outputs out;
+  out.token_logps = logp.data_ptr<double>();
+  out.lse = lse.data_ptr<double>();
+  out.entropy = entropy ? ent.data_ptr<double>() : nullptr;
+  const geopref::status st = visit_logits(rows.logits, "token_logps", [&](auto tag) {
+    return ref::token_logps(rows.rows<typename decltype(tag)::type>(), out);
+  });
+  check_status(static_cast<int>(st), "token_logps");
+  const auto od = out_dtype(logits);
+  return {logp.to(od), lse.to(od), ent.to(od)};
+}
+
+Tensor token_logps_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor& lse,
+                            const Tensor& grad, int64_t ignore_index, bool /*check*/) {
+  const cpu_rows rows(logits, labels, ignore_index, "token_logps_grad");
+  const int64_t N = logits.size(0), V = logits.size(1);
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N,
+                    "geopref.token_logps_grad: lse and grad must be [N] = [", N, "], got ",
+                    lse.sizes(), " and ", grad.sizes());
+  const Tensor l = lse.to(at::kDouble).contiguous(), g = grad.to(at::kDouble).contiguous();
+  Tensor out = at::empty({N, V}, logits.options().dtype(at::kDouble));
+  const geopref::status st = visit_logits(rows.logits, "token_logps_grad", [&](auto tag) {
+    return ref::token_logps_grad(rows.rows<typename decltype(tag)::type>(), l.data_ptr<double>(),
+                                 g.data_ptr<double>(), out.data_ptr<double>(), V);
+  });
+  check_status(static_cast<int>(st), "token_logps_grad");
+  return out.to(logits.scalar_type());
+}
+
 std::vector<std::string> loss_names() {
   std::vector<std::string> v;
   for (int i = 0; i < geopref::LOSS_TYPE_COUNT; ++i)
@@ -277,6 +340,12 @@ TORCH_LIBRARY(geopref, m) {
   m.def(
       "logits_grad(Tensor logits, Tensor labels, Tensor offsets, Tensor lse, Tensor grad_seq, "
       "int ignore_index, bool check) -> Tensor");
+  m.def(
+      "token_logps(Tensor logits, Tensor labels, int ignore_index, bool entropy, bool check) "
+      "-> (Tensor logps, Tensor lse, Tensor entropy)");
+  m.def(
+      "token_logps_grad(Tensor logits, Tensor labels, Tensor lse, Tensor grad, int ignore_index, "
+      "bool check) -> Tensor");
   m.def("loss_names() -> str[]", &geopref_torch::loss_names);
 }
 
@@ -285,6 +354,8 @@ TORCH_LIBRARY_IMPL(geopref, CPU, m) {
   m.impl("pref_loss_grad_seq", &geopref_torch::pref_loss_grad_seq_cpu);
   m.impl("sequence_logps", &geopref_torch::sequence_logps_cpu);
   m.impl("logits_grad", &geopref_torch::logits_grad_cpu);
+  m.impl("token_logps", &geopref_torch::token_logps_cpu);
+  m.impl("token_logps_grad", &geopref_torch::token_logps_grad_cpu);
 }
 
 // `import geopref_torch._C` loads this library, which runs the registrations

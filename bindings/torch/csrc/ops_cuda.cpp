@@ -233,10 +233,86 @@ Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor
   return grad;
 }
 
+/// The C ABI's rows of the per-token primitive; `z` is check_rows' result.
+geopref_token_rows c_rows(const Tensor& z, const Tensor& labels, int64_t ignore_index,
+                          const char* op) {
+  geopref_token_rows r{};
+  r.logits = z.data_ptr();
+  r.logits_dtype = c_logits_dtype(z, op);
+  r.n_rows = z.size(0);
+  r.vocab = z.size(1);
+  r.ld = row_stride(z);
+  r.labels = labels.data_ptr();
+  r.label_type = c_index_type(labels);
+  r.ignore_index = ignore_index;
+  return r;
+}
+
+/// launch() for the entries without options.
+template <class Args, class RunFn>
+void launch_rows(const Args& a, const Tensor& like, bool check, RunFn run_fn, const char* op) {
+  size_t bytes = 0;
+  check_status(run_fn(nullptr, &bytes, &a, nullptr), op);
+  Tensor ws = at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                        like.options().dtype(at::kByte));
+  const geopref_stream_t stream = current_stream();
+  check_status(run_fn(ws.data_ptr(), &bytes, &a, stream), op);
+  if (check) {
+    geopref_status recorded = GEOPREF_SUCCESS;
+    check_status(geopref_device_status(ws.data_ptr(), stream, &recorded), op);
+    check_status(recorded, op);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const Tensor& labels,
+                                                    int64_t ignore_index, bool entropy,
+                                                    bool check) {
+  const char* op = "token_logps";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_rows(logits, labels, op);
+  const int64_t N = z.size(0);
+  const auto f32 = z.options().dtype(at::kFloat);
+  Tensor logp = at::empty({N}, f32), lse = at::empty({N}, f32);
+  Tensor ent = at::empty({entropy ? N : 0}, f32);
+  geopref_token_logps_args a;
+  geopref_token_logps_args_init(&a);
+  a.rows = c_rows(z, labels, ignore_index, op);
+  a.token_logps = logp.data_ptr<float>();
+  a.lse = lse.data_ptr<float>();
+  a.entropy = entropy ? ent.data_ptr<float>() : nullptr;
+  launch_rows(a, z, check, geopref_token_logps, op);
+  return {logp, lse, ent};
+}
+
+Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor& lse,
+                             const Tensor& grad, int64_t ignore_index, bool check) {
+  const char* op = "token_logps_grad";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_rows(logits, labels, op);
+  const int64_t N = z.size(0), V = z.size(1);
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N &&
+                        lse.device() == z.device() && grad.device() == z.device(),
+                    "geopref.token_logps_grad: lse and grad must be [N] = [", N,
+                    "] on the logits' device, got ", lse.sizes(), " and ", grad.sizes());
+  const Tensor l = lse.to(at::kFloat).contiguous(), g = grad.to(at::kFloat).contiguous();
+  Tensor out = at::empty({N, V}, z.options());
+  geopref_token_grad_args a;
+  geopref_token_grad_args_init(&a);
+  a.rows = c_rows(z, labels, ignore_index, op);
+  a.lse = l.data_ptr<float>();
+  a.grad_token_logps = g.data_ptr<float>();
+  a.grad_logits = out.data_ptr();
+  a.grad_ld = V;
+  launch_rows(a, z, check, geopref_token_logps_grad, op);
+  return out;
+}
+
 }  // namespace
 }  // namespace geopref_torch
 
 TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
+  m.impl("token_logps", &geopref_torch::token_logps_cuda);
+  m.impl("token_logps_grad", &geopref_torch::token_logps_grad_cuda);
   m.impl("pref_loss", &geopref_torch::pref_loss_cuda);
   m.impl("pref_loss_grad_seq", &geopref_torch::pref_loss_grad_seq_cuda);
   m.impl("sequence_logps", &geopref_torch::sequence_logps_cuda);

@@ -3,16 +3,18 @@ operators (torch.ops.geopref.*) with CPU kernels (the library's CPU reference),
 CUDA kernels (the fused path, when built with CUDA), autograd and fake kernels,
 so torch.compile(fullgraph=True) traces them without graph breaks.
 
-High-level API in TRL's terms: dpo_loss, sequence_logps (see api.py).
+High-level API in TRL's terms: dpo_loss, sequence_logps, and the per-token
+primitive token_logps for losses kept in one's own code (see api.py).
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _ops  # noqa: F401  (registers the operators, fake kernels and autograd)
 from .api import (METRIC_NAMES, TRL_LOSS_TYPES, DPOOutput, dpo_loss, loss_types,
-                  metrics_to_floats, sequence_logps)
+                  metrics_to_floats, sequence_logps, token_logps)
 
 __all__ = ["METRIC_NAMES", "TRL_LOSS_TYPES", "DPOOutput", "dpo_loss", "loss_types",
-           "metrics_to_floats", "sequence_logps", "has_cuda_kernels"]
+           "metrics_to_floats", "sequence_logps", "token_logps",
+           "has_cuda_kernels"]
 
 
 def has_cuda_kernels() -> bool:

@@ -131,6 +131,53 @@ torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backw
                                 setup_context=_sequence_logps_setup)
 
 
+# ---- token_logps: the per-token primitive. d logps_t / d logits is
+# token_logps_grad's; lse and entropy are outputs to log or save, not
+# differentiable.
+
+def _check_rows(logits, labels, op):
+    if logits.dim() != 2:
+        raise ValueError(f"geopref.{op}: logits must be 2-D [N, V], got {tuple(logits.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"geopref.{op}: labels must be [N] = [{logits.shape[0]}], "
+                         f"got {tuple(labels.shape)}")
+
+
+@torch.library.register_fake("geopref::token_logps")
+def _token_logps_fake(logits, labels, ignore_index, entropy, check):
+    _check_rows(logits, labels, "token_logps")
+    n, dt = logits.shape[0], _float_out(logits)
+    return (logits.new_empty((n,), dtype=dt), logits.new_empty((n,), dtype=dt),
+            logits.new_empty((n if entropy else 0,), dtype=dt))
+
+
+@torch.library.register_fake("geopref::token_logps_grad")
+def _token_logps_grad_fake(logits, labels, lse, grad, ignore_index, check):
+    _check_rows(logits, labels, "token_logps_grad")
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _token_logps_setup(ctx, inputs, output):
+    logits, labels, ignore_index, _, check = inputs
+    _, lse, entropy = output
+    ctx.ignore_index, ctx.check = ignore_index, check
+    ctx.save_for_backward(logits, labels, lse)
+    ctx.mark_non_differentiable(lse, entropy)
+
+
+def _token_logps_backward(ctx, grad_logps, *_):
+    logits, labels, lse = ctx.saved_tensors
+    if grad_logps is None or not ctx.needs_input_grad[0]:
+        return (None,) * 5
+    grad_logits = ops.token_logps_grad(logits, labels, lse, grad_logps.to(lse.dtype),
+                                       ctx.ignore_index, ctx.check)
+    return (grad_logits,) + (None,) * 4
+
+
+torch.library.register_autograd("geopref::token_logps", _token_logps_backward,
+                                setup_context=_token_logps_setup)
+
+
 # ---- logits_grad and pref_loss_grad_seq are backward passes themselves: a
 # gradient of a gradient is not implemented, and says so rather than being
 # silently zero.
@@ -142,3 +189,4 @@ def _no_double_backward(ctx, *grads):
 
 torch.library.register_autograd("geopref::logits_grad", _no_double_backward)
 torch.library.register_autograd("geopref::pref_loss_grad_seq", _no_double_backward)
+torch.library.register_autograd("geopref::token_logps_grad", _no_double_backward)

@@ -181,6 +181,39 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return ops.sequence_logps(z, y, off, bool(average_logps), int(ignore_index), bool(check))[0]
 
 
+def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, *,
+                return_entropy: bool = False, check: bool = True):
+    """Per-token log-probs of the selected tokens, log softmax(z_t)[y_t], the
+    way TRL's selective_log_softmax computes them but fused (no [N, V]
+    log-softmax is ever held): the building block for a loss kept in one's
+    own code (GRPO's clipped ratios, KTO, SFT).
+
+    logits: [..., V] (e.g. [B, T, V]) with labels [...] (already shifted);
+      float32, float16, bfloat16 (float64 on CPU). Differentiable: the
+      backward is one fused pass, grad_t (1[v = y_t] - softmax_t).
+    ignore_index: rows with this label get log-prob 0 and zero gradient.
+    return_entropy: also return the per-token entropy -sum_v p log p (0 on
+      ignored rows; not differentiable; a second read of the logits).
+    check: on CUDA, read the kernels' verdict on the data (labels out of
+      range, a non-finite upstream gradient) after the forward and after the
+      backward; each read synchronises the stream, so a training loop that
+      validates its labels elsewhere passes False (and must inside CUDA graphs).
+    Returns logps shaped like labels (float32; float64 for float64 logits),
+    and the entropy likewise when asked for.
+    """
+    if logits.dim() < 1 or labels.shape != logits.shape[:-1]:
+        raise ValueError(f"geopref: labels must have shape logits.shape[:-1] = "
+                         f"{list(logits.shape[:-1])}, got {list(labels.shape)}")
+    shape = labels.shape
+    z = logits.reshape(-1, logits.shape[-1])
+    y = labels.reshape(-1)
+    logps, _, entropy = ops.token_logps(z, y, int(ignore_index), bool(return_entropy),
+                                        bool(check))
+    if return_entropy:
+        return logps.reshape(shape), entropy.reshape(shape)
+    return logps.reshape(shape)
+
+
 def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, float]:
     """The metrics as {prefix + name: float}, as TRL logs them (copies to the host)."""
     values = torch.stack(list(metrics.values())).tolist()

@@ -109,3 +109,5 @@ inline status device_status(const void* workspace, cudaStream_t stream, status* 
 }  // namespace geopref::cuda
 
 #include "geopref/cuda/detail/api.cuh"
+// The per-token primitive (token_logps, token_logps_grad).
+#include "geopref/cuda/token_logps.cuh"

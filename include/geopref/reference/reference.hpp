@@ -156,6 +156,42 @@ status logits_grad(const inputs<Logit, Label, Offset>& in, const options& opt,
                    const double* lse, const double* grad_seq_logps, double* grad_logits,
                    int64_t grad_ld = 0);
 
+// ---------------------------------------------------------------------------
+// The per-token primitive (docs/math.md, "The per-token primitive"): the CPU
+// mirror of geopref::cuda::token_logps / token_logps_grad. No sequences: a
+// row is scored when its label is not ignore_index.
+
+/// The rows the primitive reads (raw host pointers).
+template <class Logit, class Label>
+struct token_rows {
+  const Logit* logits = nullptr;  // [N, ld] row-major; columns [V, ld) never read
+  int64_t n_rows = 0, vocab = 0, ld = 0;
+  const Label* labels = nullptr;  // [N], already shifted
+  int64_t ignore_index = -100;
+};
+
+/// Outputs of token_logps; every pointer optional.
+struct token_outputs {
+  double* token_logps = nullptr;  // [N] ℓ_t = z[t, y_t] − lse_t, 0 for unscored rows
+  double* lse = nullptr;          // [N] lse_t, 0 for unscored rows
+  double* entropy = nullptr;      // [N] H_t = Σ_v p_tv (lse_t − z_tv), 0 for unscored rows
+};
+
+/// Validates (sizes, strides, null pointers, every row's label), then writes
+/// the requested outputs. On error nothing is written.
+template <class Logit, class Label>
+status token_logps(const token_rows<Logit, Label>& in, token_outputs& out);
+
+/// grad_logits[t, v] = g_t (𝟙[v = y_t] − exp(z[t, v] − lse_t)) for scored
+/// rows, zeros for the others; columns [V, grad_ld) untouched (grad_ld 0:
+/// ld). lse and grad_token_logps [N] are read for scored rows only; a
+/// non-finite g_t there is invalid_upstream_grad. May alias the logits
+/// (double logits, grad_ld == ld). On error nothing is written.
+template <class Logit, class Label>
+status token_logps_grad(const token_rows<Logit, Label>& in, const double* lse,
+                        const double* grad_token_logps, double* grad_logits, int64_t grad_ld = 0);
+
 }  // namespace geopref::reference
 
 #include "geopref/reference/detail/reference.inl"
+#include "geopref/reference/detail/token.inl"

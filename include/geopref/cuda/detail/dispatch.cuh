@@ -76,7 +76,6 @@ struct workspace_view {
   char* pair_scratch;
   float* seq_grad;
   float* row_coef;
-  int32_t* row_index;
 };
 
 inline workspace_view carve(void* workspace, const workspace_layout& w) {
@@ -95,7 +94,6 @@ inline workspace_view carve(void* workspace, const workspace_layout& w) {
   v.pair_scratch = base + w.pair_scratch;
   v.seq_grad = reinterpret_cast<float*>(base + w.seq_grad);
   v.row_coef = reinterpret_cast<float*>(base + w.row_coef);
-  v.row_index = reinterpret_cast<int32_t*>(base + w.row_index);
   return v;
 }
 
@@ -184,36 +182,42 @@ inline status copy_rows(const workspace_view& ws, int64_t n, float* lse, float* 
   return status::success;
 }
 
-/// The backward pass over N > 0 rows: grid (N, splits) of backward_kernel,
-/// from the rows converted by enqueue_rows, g_s [S] and lse [N].
+/// The one backward pass over N > 0 rows, for every caller: grid (N, splits)
+/// of backward_kernel from the label columns [N] (−1: unscored, zero row),
+/// one coefficient per row g_t [N] and lse [N].
+inline status enqueue_row_backward(const void* logits, dtype logits_dtype, int64_t n_rows,
+                                   int64_t vocab, int64_t ld, int splits, const int32_t* cols,
+                                   const float* row_grad, const float* lse, void* grad_logits,
+                                   int64_t grad_ld, bool grad_float32, cudaStream_t stream) {
+  return visit_dtype(logits_dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(splits));
+    const auto* z = static_cast<const T*>(logits);
+    if (grad_float32) {
+      launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols, row_grad,
+             lse, static_cast<float*>(grad_logits), grad_ld);
+    } else {
+      launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols, row_grad, lse,
+             static_cast<T*>(grad_logits), grad_ld);
+    }
+    return last_launch();
+  });
+}
+
+/// The sequence-level backward over N > 0 rows, as a per-token one: g_t =
+/// g_s · w_t per row (row_coef_kernel), then enqueue_row_backward, from the
+/// rows converted by enqueue_rows, g_s [S] and lse [N].
 inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
                                const workspace_view& ws, const float* seq_grad, const float* lse,
                                void* grad_logits, int64_t grad_ld_arg, bool grad_float32,
                                cudaStream_t stream) {
   const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
-  // Per-token weights: per-row coefficients g_s · w_t, indexed by the row
-  // itself, so backward_kernel is the same kernel with or without them.
-  const int32_t* row_seq = ws.row_seq;
-  if (x.token_weights != nullptr) {
-    launch(row_coef_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, ws.row_seq, seq_grad,
-           x.token_weights, x.n_rows, ws.row_coef, ws.row_index, ws.flag);
-    if (last_launch() != status::success) return status::cuda_error;
-    seq_grad = ws.row_coef;
-    row_seq = ws.row_index;
-  }
-  return visit_dtype(x.logits_dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(w.splits));
-    const auto* z = static_cast<const T*>(x.logits);
-    if (grad_float32) {
-      launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
-             row_seq, seq_grad, lse, static_cast<float*>(grad_logits), grad_ld);
-    } else {
-      launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, x.ld, x.vocab, ws.cols,
-             row_seq, seq_grad, lse, static_cast<T*>(grad_logits), grad_ld);
-    }
-    return last_launch();
-  });
+  launch(row_coef_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, ws.row_seq, seq_grad,
+         x.token_weights, x.n_rows, ws.row_coef, ws.flag);
+  if (last_launch() != status::success) return status::cuda_error;
+  return enqueue_row_backward(x.logits, x.logits_dtype, x.n_rows, x.vocab, x.ld, w.splits,
+                              ws.cols, ws.row_coef, lse, grad_logits, grad_ld, grad_float32,
+                              stream);
 }
 
 /// Pair loss, metrics, per-sequence gradients and the backward pass, with

@@ -406,9 +406,9 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
 
 /// The per-token primitive from hidden states (DESIGN §6) is these two
 /// passes with the pair step left out: pass 1 plus copy_rows gives lse_t and
-/// ℓ_t; the backward for any per-token g_t is pass 2 with coef = g_t and
-/// coef_index = row_index (t for scored rows), the indexing per-token
-/// weights already use, so backward_kernel and the GEMMs stay as they are.
+/// ℓ_t; the backward for any per-token g_t is pass 2 with ws.row_coef = g_t,
+/// the one coefficient per row backward_kernel reads (issue 16), so
+/// backward_kernel and the GEMMs stay as they are.
 ///
 /// Pass 2: every chunk's logits again, the fused backward in place, then
 /// grad_H_c = G_c·W, grad_W (+)= G_cᵀ·H_c, grad_b (+)= Σ_rows G_c. g_s is in
@@ -424,15 +424,11 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
   const cudaDataType_t t = blas_type(in.type);
   const cudaDataType_t gwt = a.grad_weight_float32 ? CUDA_R_32F : t;
   const int elem = static_cast<int>(sizeof(T));
-  // Per-token weights: per-row coefficients, as enqueue_backward does.
-  const float* coef = ws.seq_grad;
-  const int32_t* coef_index = ws.row_seq;
-  if (in.token_weights != nullptr && in.n_rows > 0) {
+  // One coefficient per row, g_t = g_s · w_t, as enqueue_backward does.
+  if (in.n_rows > 0) {
     launch(row_coef_kernel<BLOCK>, grid_1d(in.n_rows), BLOCK, stream, ws.row_seq, ws.seq_grad,
-           in.token_weights, in.n_rows, ws.row_coef, ws.row_index, ws.flag);
+           in.token_weights, in.n_rows, ws.row_coef, ws.flag);
     if (last_launch() != status::success) return status::cuda_error;
-    coef = ws.row_coef;
-    coef_index = ws.row_index;
   }
   if (in.n_rows == 0) {  // nothing to add; an overwrite still means zeros
     if (!a.accumulate && a.grad_weight != nullptr && in.vocab > 0 && Hd > 0) {
@@ -451,7 +447,7 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
     if (st != status::success) return st;
     const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(l.base.splits));
     launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, ws.cols + r0,
-           coef_index + r0, coef, ws.lse + r0, chunk, l.ldc);
+           ws.row_coef + r0, ws.lse + r0, chunk, l.ldc);
     if (last_launch() != status::success) return status::cuda_error;
     const auto* hc = static_cast<const char*>(in.hidden) + r0 * ldh * elem;
     if (a.grad_hidden != nullptr) {

@@ -11,11 +11,15 @@
 //                    coefficients, the batch-coupled terms (one block,
 //                    double, fixed-order reductions)
 //   seq_grad_kernel  g_s = Σ of the coefficients of the pairs naming s
-//   row_coef_kernel  with per-token weights: g_s · w_t per row
-//   backward_kernel  grad[t, v] = g_s (𝟙[v = y_t] − exp(z − lse_t))
+//   row_coef_kernel  g_t = g_s · w_t per row (the per-token coefficient)
+//   backward_kernel  grad[t, v] = g_t (𝟙[v = y_t] − exp(z − lse_t)), the
+//                    per-token primitive's backward, shared by every caller
 //
-// Only forward_kernel and backward_kernel touch the N × V logits; the
-// others are O(N + S + P). All indices into N × V buffers are 64-bit.
+// The per-token primitive (token_kernels.cuh) adds token_rows_kernel (labels
+// and g_t per row, no sequences) and entropy_kernel.
+//
+// Only forward_kernel and backward_kernel (and the per-token primitive's
+// optional entropy_kernel) touch the N × V logits; the others are O(N + S + P). All indices into N × V buffers are 64-bit.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -557,36 +561,40 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   }
 }
 
-/// Per-token weights: the backward's coefficient of row t is g_{s(t)} · w_t.
-/// Writes it per row, and the row's own index (−1 when unscored), so that
-/// backward_kernel reads coef[row_index[t]] exactly as it reads g_s. A scored
-/// row's weight that is not finite is recorded (invalid_weight) and counts as
-/// 0, as in sequence_kernel: logits_grad, which runs no sequence_kernel,
-/// validates the weights here.
+/// The sequence-level backward as a per-token one: the coefficient of row t
+/// is g_t = g_{s(t)} · w_t (w_t = 1 without per-token weights), 0 for an
+/// unscored row, so backward_kernel is the per-token primitive's backward
+/// (token_logps_grad) whatever the caller. A scored row's weight that is not
+/// finite is recorded (invalid_weight) and counts as 0, as in
+/// sequence_kernel: logits_grad, which runs no sequence_kernel, validates the
+/// weights here. Without weights the coefficient is g_s itself, bit for bit.
 template <int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     row_coef_kernel(const int32_t* __restrict__ row_seq, const float* __restrict__ seq_grad,
                     const float* __restrict__ token_weights, int64_t n_rows,
-                    float* __restrict__ row_coef, int32_t* __restrict__ row_index,
-                    int* __restrict__ flag) {
+                    float* __restrict__ row_coef, int* __restrict__ flag) {
   for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
     const int32_t s = row_seq[t];
-    const bool scored = s >= 0;
-    float w = scored ? token_weights[t] : 0.0f;
+    if (s < 0) {
+      row_coef[t] = 0.0f;
+      continue;
+    }
+    if (token_weights == nullptr) {
+      row_coef[t] = seq_grad[s];
+      continue;
+    }
+    float w = token_weights[t];
     if (!isfinite(w)) {
       record(flag, status::invalid_weight);
       w = 0.0f;
     }
-    row_coef[t] = scored ? static_cast<float>(static_cast<double>(seq_grad[s]) *
-                                              static_cast<double>(w))
-                         : 0.0f;
-    row_index[t] = scored ? static_cast<int32_t>(t) : -1;
+    row_coef[t] = static_cast<float>(static_cast<double>(seq_grad[s]) * static_cast<double>(w));
   }
 }
 
 // ---------------------------------------------------------------------------
 /// grid (N, splits), BLOCK_SIZE threads: columns split_columns(j) of row t.
-///   scored row:   grad[t, v] = g (𝟙[v = y_t] − exp(z[t, v] − lse_t)), g = seq_grad[row_seq[t]]
+///   scored row:   grad[t, v] = g_t (𝟙[v = y_t] − exp(z[t, v] − lse_t)), g_t = row_grad[t]
 ///   unscored row: zeros, the logits are not read.
 /// Every column but the label's is −g·2^(z·log₂e − lse·log₂e): one FFMA with
 /// the pre-scaled lse, one ex2, one multiply. The label's g(1 − p) is written
@@ -602,8 +610,8 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 template <class T, class Out, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     backward_kernel(const T* logits, int64_t ld, int64_t vocab, const int32_t* __restrict__ cols,
-                    const int32_t* __restrict__ row_seq, const float* __restrict__ seq_grad,
-                    const float* __restrict__ lse, Out* grad, int64_t grad_ld) {
+                    const float* __restrict__ row_grad, const float* __restrict__ lse, Out* grad,
+                    int64_t grad_ld) {
   constexpr int W = vec_width<T>::value;
   constexpr int U = BWD_UNROLL;
   constexpr int ELEM = static_cast<int>(sizeof(T));
@@ -636,7 +644,7 @@ GEOPREF_UNROLL
     return;
   }
 
-  const float g = seq_grad[row_seq[t]];
+  const float g = row_grad[t];
   const float l = lse[t];
   const float neg_g = -g, neg_l2 = -(l * LOG2E);
   const bool has_label = c >= cr.begin && c < cr.end;  // this split writes the label's column

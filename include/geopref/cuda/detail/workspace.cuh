@@ -43,8 +43,7 @@ struct workspace_layout {
   size_t pair_scratch = 0;  // [P] × (4 double + 2 double + 2 uint64 + 3 int64): pair_kernel's
                             // pair losses, scales, p̂, w, sort values, keys, orders (train only)
   size_t seq_grad = 0;    // [S] float, g_s                                       (train only)
-  size_t row_coef = 0;    // [N] float, g_s · w_t with per-token weights          (train, grad)
-  size_t row_index = 0;   // [N] int32, t for scored rows, −1 otherwise           (train, grad)
+  size_t row_coef = 0;    // [N] float, g_t = g_s · w_t, the backward's coefficient (train, grad)
   size_t bytes = 0;       // total, from the aligned base
   int splits = 1;
 };
@@ -79,7 +78,6 @@ inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_byte
     w.pair_scratch = take(PAIR_SCRATCH_SLOTS * static_cast<size_t>(n_pairs) * 8);
     w.seq_grad = take(s * sizeof(float));
     w.row_coef = take(n * sizeof(float));
-    w.row_index = take(n * sizeof(int32_t));
   }
   w.bytes = used;
   return w;
@@ -104,7 +102,33 @@ inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem
   w.cols = take(n * sizeof(int32_t));
   w.row_seq = take(n * sizeof(int32_t));
   w.row_coef = take(n * sizeof(float));
-  w.row_index = take(n * sizeof(int32_t));
+  w.bytes = used;
+  return w;
+}
+
+/// The layout of the per-token primitive (token_logps, token_logps_grad):
+/// the flag, the label columns [N], and lse [N] plus the split partials
+/// (forward) or the checked coefficients g_t [N] (backward). The split count
+/// is train_step's for the same shape.
+inline workspace_layout make_token_layout(int64_t n_rows, int64_t vocab, int elem_bytes,
+                                          bool backward) {
+  workspace_layout w;
+  size_t used = 0;
+  auto take = [&used](size_t bytes) {
+    const size_t at = used;
+    used += align_up(bytes, WORKSPACE_ALIGN);
+    return at;
+  };
+  const auto n = static_cast<size_t>(n_rows);
+  w.splits = choose_splits(n_rows, vocab, elem_bytes);
+  w.flag = take(sizeof(int));
+  w.cols = take(n * sizeof(int32_t));
+  if (backward) {
+    w.row_coef = take(n * sizeof(float));
+  } else {
+    w.lse = take(n * sizeof(float));
+    w.partials = take(w.splits > 1 ? n * static_cast<size_t>(w.splits) * sizeof(lse_state) : 0);
+  }
   w.bytes = used;
   return w;
 }

@@ -1,0 +1,181 @@
+// geopref/cuda/detail/token_api.cuh — definitions of geopref/cuda/token_logps.cuh:
+// host-side checks, the workspace protocol, then the kernels train_step runs
+// (forward_kernel, backward_kernel) with the per-token rows of token_kernels.cuh.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "geopref/cuda/args.cuh"
+#include "geopref/cuda/detail/api.cuh"
+#include "geopref/cuda/detail/dispatch.cuh"
+#include "geopref/cuda/detail/token_kernels.cuh"
+#include "geopref/cuda/detail/workspace.cuh"
+#include "geopref/cuda/token_logps.cuh"
+
+namespace geopref::cuda {
+namespace detail {
+
+/// The rows as the sequence API's token_inputs without sequences, so that
+/// its shape, buffer and gradient checks apply unchanged.
+inline token_inputs as_tokens(const token_rows& r) noexcept {
+  token_inputs x;
+  x.logits = r.logits;
+  x.logits_dtype = r.logits_dtype;
+  x.n_rows = r.n_rows;
+  x.vocab = r.vocab;
+  x.ld = r.ld;
+  x.labels = r.labels;
+  x.label_type = r.label_type;
+  return x;
+}
+
+inline bool token_ranges_meet(byte_range a, byte_range b) noexcept {
+  return a.begin < b.end && b.begin < a.end;
+}
+
+/// [N] float arrays: their bytes (empty for a null pointer).
+inline byte_range row_bytes(const void* p, int64_t n) noexcept {
+  if (p == nullptr || n == 0) return {0, 0};
+  return used_bytes(p, n, 1, 1, 4);
+}
+
+inline status check_token_logps(const token_logps_args& a, bool buffers) noexcept {
+  const token_inputs x = as_tokens(a.rows);
+  status s = check_shapes(x);
+  if (s != status::success || !buffers) return s;
+  s = check_buffers(x);
+  if (s != status::success) return s;
+  const int64_t n = x.n_rows;
+  if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
+  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4))
+    return status::misaligned_pointer;
+  if (n == 0) return status::success;
+  // The outputs are written while blocks still read the logits (and the
+  // entropy pass reads lse): none may meet the logits or another output.
+  const byte_range z = used_bytes(x.logits, n, x.ld, x.vocab, dtype_bytes(x.logits_dtype));
+  const byte_range out[3] = {row_bytes(a.token_logps, n), row_bytes(a.lse, n),
+                             row_bytes(a.entropy, n)};
+  for (int i = 0; i < 3; ++i) {
+    if (token_ranges_meet(out[i], z)) return status::overlapping_buffers;
+    for (int k = i + 1; k < 3; ++k)
+      if (token_ranges_meet(out[i], out[k])) return status::overlapping_buffers;
+  }
+  return status::success;
+}
+
+inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept {
+  const token_inputs x = as_tokens(a.rows);
+  status s = check_shapes(x);
+  if (s != status::success) return s;
+  s = check_grad_stride(x, a.grad_ld);
+  if (s != status::success || !buffers) return s;
+  s = check_buffers(x);
+  if (s != status::success) return s;
+  const int64_t n = x.n_rows;
+  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr || a.grad_logits == nullptr))
+    return status::null_pointer;
+  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4)) return status::misaligned_pointer;
+  if (n == 0) return status::success;
+  byte_range g{};
+  s = check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
+  if (s != status::success) return s;
+  // backward_kernel reads lse while other blocks write the gradient.
+  if (token_ranges_meet(row_bytes(a.lse, n), g) || token_ranges_meet(row_bytes(a.grad_token_logps, n), g))
+    return status::overlapping_buffers;
+  return status::success;
+}
+
+inline status enqueue_token_rows(const token_rows& r, const workspace_view& ws,
+                                 const float* grad_in, cudaStream_t stream) {
+  if (cudaMemsetAsync(ws.flag, 0x7f, sizeof(int), stream) != cudaSuccess) return status::cuda_error;
+  if (r.n_rows == 0) return status::success;
+  return visit_index(r.label_type, [&](auto tag) {
+    using L = typename decltype(tag)::type;
+    launch(token_rows_kernel<L, BLOCK>, grid_1d(r.n_rows), BLOCK, stream,
+           static_cast<const L*>(r.labels), r.n_rows, r.vocab, r.ignore_index, grad_in, ws.cols,
+           ws.row_coef, ws.flag);
+    return last_launch();
+  });
+}
+
+}  // namespace detail
+
+inline status token_logps(void* workspace, size_t& workspace_bytes, const token_logps_args& args,
+                          cudaStream_t stream) noexcept {
+  status s = detail::check_token_logps(args, workspace != nullptr);
+  if (s != status::success) return s;
+  const token_rows& r = args.rows;
+  const detail::workspace_layout w =
+      detail::make_token_layout(r.n_rows, r.vocab, detail::dtype_bytes(r.logits_dtype), false);
+  if (workspace == nullptr) {
+    workspace_bytes = detail::workspace_request(w);
+    return status::success;
+  }
+  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  const token_inputs x = detail::as_tokens(r);
+  if (detail::tokens_meet_workspace(x, nullptr, 0, false, workspace, w)) return status::overlapping_buffers;
+  for (const float* p : {static_cast<const float*>(args.token_logps),
+                         static_cast<const float*>(args.lse),
+                         static_cast<const float*>(args.entropy)})
+    if (p != nullptr && r.n_rows > 0 &&
+        detail::meets_workspace(detail::row_bytes(p, r.n_rows), workspace, w))
+      return status::overlapping_buffers;
+  const detail::workspace_view ws = detail::carve(workspace, w);
+  s = detail::enqueue_token_rows(r, ws, nullptr, stream);
+  if (s != status::success || r.n_rows == 0) return s;
+  float* lse = args.lse != nullptr ? args.lse : ws.lse;
+  return detail::visit_dtype(r.logits_dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using namespace detail;
+    const auto* z = static_cast<const T*>(r.logits);
+    const dim3 grid(static_cast<unsigned>(r.n_rows), static_cast<unsigned>(w.splits));
+    launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, z, r.ld, r.vocab, ws.cols, lse,
+           args.token_logps, ws.partials);
+    if (last_launch() != status::success) return status::cuda_error;
+    if (w.splits > 1) {
+      launch(combine_kernel<BLOCK>, grid_1d(r.n_rows), BLOCK, stream, ws.partials, w.splits,
+             r.n_rows, ws.cols, lse, args.token_logps);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+    if (args.entropy != nullptr) {
+      launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK, stream, z, r.ld,
+             r.vocab, ws.cols, static_cast<const float*>(lse), args.entropy);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+    return status::success;
+  });
+}
+
+inline status token_logps_grad(void* workspace, size_t& workspace_bytes,
+                               const token_grad_args& args, cudaStream_t stream) noexcept {
+  status s = detail::check_token_grad(args, workspace != nullptr);
+  if (s != status::success) return s;
+  const token_rows& r = args.rows;
+  const detail::workspace_layout w =
+      detail::make_token_layout(r.n_rows, r.vocab, detail::dtype_bytes(r.logits_dtype), true);
+  if (workspace == nullptr) {
+    workspace_bytes = detail::workspace_request(w);
+    return status::success;
+  }
+  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  const token_inputs x = detail::as_tokens(r);
+  if (detail::tokens_meet_workspace(x, args.grad_logits, args.grad_ld, args.grad_float32,
+                                    workspace, w) ||
+      (r.n_rows > 0 &&
+       (detail::meets_workspace(detail::row_bytes(args.lse, r.n_rows), workspace, w) ||
+        detail::meets_workspace(detail::row_bytes(args.grad_token_logps, r.n_rows), workspace,
+                                w))))
+    return status::overlapping_buffers;
+  const detail::workspace_view ws = detail::carve(workspace, w);
+  s = detail::enqueue_token_rows(r, ws, args.grad_token_logps, stream);
+  if (s != status::success || r.n_rows == 0) return s;
+  const int64_t grad_ld = args.grad_ld == 0 ? r.ld : args.grad_ld;
+  return detail::enqueue_row_backward(r.logits, r.logits_dtype, r.n_rows, r.vocab, r.ld, w.splits,
+                                      ws.cols, ws.row_coef, args.lse, args.grad_logits, grad_ld,
+                                      args.grad_float32, stream);
+}
+
+}  // namespace geopref::cuda
