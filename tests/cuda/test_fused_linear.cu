@@ -882,7 +882,9 @@ sharded_result run_sharded(const lin_problem& p, cublasHandle_t h, const std::ve
   return out;
 }
 
-void check_sharded_case(const lin_config& c, const std::vector<int64_t>& bounds) {
+/// rerun: also a second run in slot order (the reversed run already has to
+/// give the first run's bits, so the fast set skips it).
+void check_sharded_case(const lin_config& c, const std::vector<int64_t>& bounds, bool rerun = false) {
   INFO(describe(c) << " K=" << bounds.size() - 1);
   lin_problem p = make_lin(c);
   // A scored label in the last column of the last slice.
@@ -919,16 +921,17 @@ void check_sharded_case(const lin_config& c, const std::vector<int64_t>& bounds)
   }
   {
     INFO("bitwise: run again, and with the records gathered in reverse slot order");
-    CHECK(run_sharded(p, h.h, bounds, in_order).all_bits == g.all_bits);
+    if (rerun) CHECK(run_sharded(p, h.h, bounds, in_order).all_bits == g.all_bits);
     CHECK(run_sharded(p, h.h, bounds, reversed).all_bits == g.all_bits);
   }
 }
 
 }  // namespace
 
-// The fast set: every dtype with K = 3 (uneven, the last slice of width 1
-// holding a label), K = 1 and K = 2 once each; the whole product is [matrix].
-TEST_CASE("vocab-parallel fused linear: K = 1, 2, 3 ranks equal the unsharded path",
+// The fast set (also under ASan in CI): every dtype with K = 3 (uneven, the
+// last slice of width 1 holding a label), and K = 2 in the section cases
+// below; K = 1 and the whole dtype × tiling product are [matrix].
+TEST_CASE("vocab-parallel fused linear: K = 3 ranks equal the unsharded path in every dtype",
           "[fused_linear][vocab_parallel][small]") {
   lin_config c;  // V = 37
   c.seed = 31;
@@ -936,10 +939,6 @@ TEST_CASE("vocab-parallel fused linear: K = 1, 2, 3 ranks equal the unsharded pa
     c.dtype = d;
     check_sharded_case(c, {0, 20, 36, 37});
   }
-  c.dtype = gc::dtype::float32;
-  check_sharded_case(c, {0, 37});
-  c.dtype = gc::dtype::bfloat16;
-  check_sharded_case(c, {0, 12, 37});
 }
 
 TEST_CASE("vocab-parallel fused linear: every dtype with every tiling",
@@ -952,7 +951,7 @@ TEST_CASE("vocab-parallel fused linear: every dtype with every tiling",
       c.dtype = d;
       c.seed = 33;
       c.chunk_rows = 3;
-      check_sharded_case(c, bounds);
+      check_sharded_case(c, bounds, true);
     }
 }
 
