@@ -744,7 +744,9 @@ TEST_CASE("fused linear: the workspace is the chunk plus O(N), never O(N·V); no
 TEST_CASE("fused linear: no rows still overwrites grad_weight and grad_bias with zeros",
           "[fused_linear][small]") {
   blas_handle h;
-  dmem W(static_cast<size_t>(5 * 3 * 4)), b(5 * 4), gw(5 * 3 * 4), gb(5 * 4);
+  // grad_weight with a row stride of 4 > H = 3: the zeros fill each row's 3
+  // columns and leave the padding column as it was.
+  dmem W(static_cast<size_t>(5 * 3 * 4)), b(5 * 4), gw(5 * 4 * 4), gb(5 * 4);
   poison(W);
   poison(b);
   poison(gw);
@@ -757,12 +759,17 @@ TEST_CASE("fused linear: no rows still overwrites grad_weight and grad_bias with
   a.in.vocab = 5;
   a.in.cublas = h.h;
   a.grad_weight = gw.get();
+  a.ld_grad_weight = 4;
   a.grad_bias = static_cast<float*>(gb.get());
   size_t bytes = 0;
   REQUIRE(gc::fused_linear_step(nullptr, bytes, a, geopref::options{}) == status::success);
   dmem ws(bytes);
   REQUIRE(gc::fused_linear_step(ws.get(), bytes, a, geopref::options{}) == status::success);
-  for (float x : download<float>(gw.get(), 15)) CHECK(x == 0.0f);
+  const std::vector<float> g = download<float>(gw.get(), 20);
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (i % 4 < 3) CHECK(g[i] == 0.0f);
+    else CHECK(std::isnan(g[i]));  // the padding keeps its poison
+  }
   for (float x : download<float>(gb.get(), 5)) CHECK(x == 0.0f);
 }
 

@@ -431,10 +431,14 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
     if (last_launch() != status::success) return status::cuda_error;
   }
   if (in.n_rows == 0) {  // nothing to add; an overwrite still means zeros
+    // A memset, not a k = 0 GEMM with beta = 0: whether a BLAS writes C for
+    // k = 0 is the library's choice, the zeros are ours.
     if (!a.accumulate && a.grad_weight != nullptr && in.vocab > 0 && Hd > 0) {
-      status st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, Hd, in.vocab, 0, in.weight, t, ldw, chunk,
-                       l.ldc, 0.0f, a.grad_weight, gwt, ldgw);
-      if (st != status::success) return st;
+      const size_t gw_elem = gwt == CUDA_R_32F ? 4 : sizeof(T);
+      if (cudaMemset2DAsync(a.grad_weight, static_cast<size_t>(ldgw) * gw_elem, 0,
+                            static_cast<size_t>(Hd) * gw_elem, static_cast<size_t>(in.vocab),
+                            stream) != cudaSuccess)
+        return status::cuda_error;
     }
     if (!a.accumulate && a.grad_bias != nullptr && in.vocab > 0 &&
         cudaMemsetAsync(a.grad_bias, 0, static_cast<size_t>(in.vocab) * 4, stream) != cudaSuccess)
