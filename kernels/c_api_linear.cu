@@ -15,6 +15,7 @@
 #include "geopref/c_api.h"
 #include "geopref/cuda/fused_linear.cuh"
 #include "geopref/cuda/linear_token_logps.cuh"
+#include "geopref/cuda/vocab_linear.cuh"
 
 namespace geopref::c_abi {
 geopref::status to_options(const geopref_options& c, geopref::options* o);  // c_api.cu
@@ -85,6 +86,31 @@ status to_linear_logps(const geopref_linear_logps_args& c, gc::linear_logps_args
   a->token_logps = c.token_logps;
   a->lse = c.lse;
   return status::success;
+}
+
+// The records and slice cross the C boundary as they are (c_api.cu checks
+// the record's layout).
+gc::vocab_slice to_slice(const geopref_vocab_slice& c) {
+  gc::vocab_slice s;
+  s.begin = c.begin;
+  s.total = c.total;
+  s.rank = c.rank;
+  s.n_ranks = c.n_ranks;
+  return s;
+}
+
+status to_vocab_linear_stats(const geopref_vocab_linear_stats_args& c,
+                             gc::vocab_linear_stats_args* a) {
+  a->slice = to_slice(c.slice);
+  a->records = reinterpret_cast<gc::vocab_record*>(c.records);
+  return to_linear(c.in, &a->in);
+}
+
+status to_vocab_linear_train(const geopref_vocab_linear_train_args& c,
+                             gc::vocab_linear_train_args* a) {
+  a->slice = to_slice(c.slice);
+  a->records = reinterpret_cast<const gc::vocab_record*>(c.records);
+  return to_linear_train(c.train, &a->train);
 }
 
 template <class CArgs, class Args>
@@ -211,6 +237,20 @@ geopref_status geopref_linear_token_logps_grad(void* workspace, size_t* workspac
   a.accumulate = args->accumulate != 0;
   return static_cast<int>(gc::linear_token_logps_grad(workspace, *workspace_bytes, a,
                                                       static_cast<cudaStream_t>(stream)));
+}
+
+geopref_status geopref_vocab_linear_stats(void* workspace, size_t* workspace_bytes,
+                                          const geopref_vocab_linear_stats_args* args,
+                                          const geopref_options* opt, geopref_stream_t stream) {
+  return call(to_vocab_linear_stats, gc::vocab_linear_stats, workspace, workspace_bytes, args, opt,
+              stream);
+}
+
+geopref_status geopref_vocab_linear_step(void* workspace, size_t* workspace_bytes,
+                                         const geopref_vocab_linear_train_args* args,
+                                         const geopref_options* opt, geopref_stream_t stream) {
+  return call(to_vocab_linear_train, gc::vocab_linear_step, workspace, workspace_bytes, args, opt,
+              stream);
 }
 
 }  // extern "C"

@@ -18,6 +18,7 @@
 
 #include "check_problem.hpp"
 #include "geopref/reference/fused_linear.hpp"
+#include "geopref/reference/vocab_linear.hpp"
 #include "geopref/reference/reference.hpp"
 #include "geopref/reference/vocab_parallel.hpp"
 #include "npy.hpp"
@@ -51,7 +52,8 @@ const char* const USAGE =
     "  several --loss names with --loss-weights: their weighted sum (one pass)\n"
     "  --geometric: the soft-label form f((2p-1) h) of every (margin) loss named\n"
     "  --vocab-shards K: the vocab-parallel path over K simulated ranks (columns split\n"
-    "    evenly, the last rank taking the rest); the same outputs as unsharded\n"
+    "    evenly, the last rank taking the rest; with --hidden the rows of W); the same\n"
+    "    outputs as unsharded\n"
     "  losses: %s\n"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n"
     "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy] for\n"
@@ -498,7 +500,15 @@ status run_reference_linear_typed(const tools::check_problem& p, const Label* la
   out.grad_hidden = r->grad_hidden.data();
   out.grad_weight = r->grad_weight.data();
   out.grad_bias = B.empty() ? nullptr : r->grad_bias.data();
-  const status st = reference::fused_linear(in, p.opt, out);
+  status st;
+  if (p.vocab_shards > 0) {  // K simulated ranks, rows of W split as the columns of --logits
+    std::vector<int64_t> bounds;
+    for (int k = 0; k < p.vocab_shards; ++k) bounds.push_back(tools::shard_begin(p.vocab, k, p.vocab_shards));
+    bounds.push_back(p.vocab);
+    st = reference::fused_linear_vocab_parallel(in, p.opt, bounds.data(), p.vocab_shards, nullptr, out);
+  } else {
+    st = reference::fused_linear(in, p.opt, out);
+  }
   r->loss = out.base.loss;
   r->stats = out.base.stats;
   return st;

@@ -462,15 +462,78 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
   a.grad_weight_float32 = 1;
   a.grad_bias = has_bias ? gb.get<float>() : nullptr;
 
-  size_t bytes = 0;
-  geopref_status st = geopref_fused_linear_step(nullptr, &bytes, &a, &opt, nullptr);
-  device_buffer workspace(st == GEOPREF_SUCCESS ? bytes : 0);
-  if (!workspace.ok()) return cuda_fail(error, "allocating the workspace", workspace.error());
-  if (st == GEOPREF_SUCCESS)
-    st = geopref_fused_linear_step(workspace.get<void>(), &bytes, &a, &opt, nullptr);
-  geopref_status recorded = GEOPREF_SUCCESS;
-  if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
-  if (st == GEOPREF_SUCCESS) st = recorded;
+  geopref_status st = GEOPREF_SUCCESS;
+  // One entry: size query, a workspace of that size, the call, the device status.
+  auto run_entry = [&](auto entry, const auto* args) {
+    if (st != GEOPREF_SUCCESS || e != cudaSuccess) return;
+    size_t bytes = 0;
+    st = entry(nullptr, &bytes, args, &opt, nullptr);
+    device_buffer workspace(st == GEOPREF_SUCCESS ? bytes : 0);
+    if (!workspace.ok()) {
+      e = workspace.error();
+      return;
+    }
+    if (st == GEOPREF_SUCCESS) st = entry(workspace.get<void>(), &bytes, args, &opt, nullptr);
+    geopref_status recorded = GEOPREF_SUCCESS;
+    if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+    if (st == GEOPREF_SUCCESS) st = recorded;
+  };
+  std::vector<double> gh_sum;  // --vocab-shards: Σ_r of the ranks' grad_hidden partials
+  if (p.vocab_shards == 0) {
+    run_entry(geopref_fused_linear_step, &a);
+  } else {
+    // K simulated ranks holding rows [begin, begin + width) of W and b: each
+    // one's records into its slot, then each one's step, writing its rows of
+    // grad_weight / grad_bias in place and its grad_hidden partial, summed
+    // here in rank order (a real caller's all-reduce).
+    const int k = p.vocab_shards;
+    const std::size_t elem = half ? 2 : 4;
+    const device_buffer records(N * static_cast<std::size_t>(k) * sizeof(geopref_vocab_record)),
+        part(N * Hd * elem);
+    if (!records.ok()) return cuda_fail(error, "allocating the records", records.error());
+    if (!part.ok()) return cuda_fail(error, "allocating grad_hidden", part.error());
+    gh_sum.assign(N * Hd, 0.0);
+    auto slice_of = [&](int rank, geopref_linear_inputs* in) {
+      geopref_vocab_slice sl;
+      sl.begin = shard_begin(p.vocab, rank, k);
+      sl.total = p.vocab;
+      sl.rank = rank;
+      sl.n_ranks = k;
+      in->vocab = (rank == k - 1 ? p.vocab : shard_begin(p.vocab, rank + 1, k)) - sl.begin;
+      in->weight = static_cast<const char*>(W.get<void>()) + static_cast<std::size_t>(sl.begin) * Hd * elem;
+      in->bias = has_bias ? static_cast<const char*>(B.get<void>()) + static_cast<std::size_t>(sl.begin) * elem
+                          : nullptr;
+      return sl;
+    };
+    for (int q = 0; q < k; ++q) {
+      geopref_vocab_linear_stats_args sa;
+      sa.in = a.in;
+      sa.slice = slice_of(q, &sa.in);
+      sa.records = records.get<geopref_vocab_record>() + static_cast<int64_t>(q) * p.n_rows;
+      run_entry(geopref_vocab_linear_stats, &sa);
+    }
+    std::vector<float> part_f(half ? 0 : N * Hd);
+    std::vector<uint16_t> part_h(half ? N * Hd : 0);
+    for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
+      geopref_vocab_linear_train_args ta;
+      ta.train = a;
+      ta.slice = slice_of(q, &ta.train.in);
+      ta.train.grad_weight = gw.get<float>() + static_cast<std::size_t>(ta.slice.begin) * Hd;
+      ta.train.grad_bias = has_bias ? gb.get<float>() + ta.slice.begin : nullptr;
+      ta.train.grad_hidden = part.get<void>();
+      ta.records = records.get<geopref_vocab_record>();
+      run_entry(geopref_vocab_linear_step, &ta);
+      if (st != GEOPREF_SUCCESS || e != cudaSuccess || N * Hd == 0) continue;
+      if (half) {
+        e = cudaMemcpy(part_h.data(), part.get<void>(), part_h.size() * 2, cudaMemcpyDeviceToHost);
+        for (std::size_t i = 0; e == cudaSuccess && i < part_h.size(); ++i) gh_sum[i] += half_bits_to_float(part_h[i]);
+      } else {
+        e = cudaMemcpy(part_f.data(), part.get<void>(), part_f.size() * 4, cudaMemcpyDeviceToHost);
+        for (std::size_t i = 0; e == cudaSuccess && i < part_f.size(); ++i) gh_sum[i] += part_f[i];
+      }
+    }
+  }
+  if (e != cudaSuccess) return cuda_fail(error, "running the step", e);
   if (st != GEOPREF_SUCCESS) {
     *error = std::string("geopref: ") + geopref_status_string(st);
     return false;
@@ -501,6 +564,7 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
     for (uint16_t b : gh_h) r->grad_hidden.push_back(half_bits_to_float(b));
   else
     r->grad_hidden.assign(gh_f.begin(), gh_f.end());
+  if (p.vocab_shards > 0) r->grad_hidden = gh_sum;
   r->stats.rewards_chosen = m.rewards_chosen;
   r->stats.rewards_rejected = m.rewards_rejected;
   r->stats.rewards_accuracies = m.rewards_accuracies;

@@ -830,6 +830,24 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t str
   return fill(ptr, value, bytes, stream);
 }
 cudaError_t cudaMemset(void* ptr, int value, size_t bytes) { return fill(ptr, value, bytes, nullptr); }
+// Rows of `width` bytes, `pitch` apart; as CUDA, width > pitch is an error and
+// only the bytes of each row are touched (the whole span must be one allocation).
+cudaError_t cudaMemset2DAsync(void* ptr, size_t pitch, int value, size_t width, size_t height,
+                              cudaStream_t stream) {
+  std::lock_guard<std::recursive_mutex> lock(g_api_mutex);
+  if (!valid_stream(stream)) return cudaErrorInvalidResourceHandle;
+  if (width > pitch) return cudaErrorInvalidValue;
+  if (width == 0 || height == 0) return cudaSuccess;
+  const size_t span = pitch * (height - 1) + width;
+  if (ptr == nullptr || !inside_allocation(ptr, span)) {
+    report("cudaMemset2D: the rows are not inside one device allocation");
+    return cudaErrorInvalidValue;
+  }
+  enqueue(stream, [ptr, pitch, value, width, height] {
+    for (size_t r = 0; r < height; ++r) std::memset(static_cast<char*>(ptr) + r * pitch, value, width);
+  });
+  return cudaSuccess;
+}
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   if (stream == nullptr || flags > cudaStreamNonBlocking) return cudaErrorInvalidValue;

@@ -455,6 +455,31 @@ GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps(
 GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps_grad(
     void* workspace, size_t* workspace_bytes, const geopref_linear_token_grad_args* args,
     geopref_stream_t stream);
+
+/* Vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh; in kernels/c_api_linear.cu, with
+ * cuBLAS): `in` / `train.in` describe the rank's slice of the projection (weight W_r [V_r, Hd],
+ * bias b_r, vocab = V_r) and the same hidden states on every rank. The records are exchanged as
+ * for geopref_vocab_parallel_*. grad_weight / grad_bias are the rank's slices; grad_hidden is
+ * this rank's partial G_r·W_r, which the caller sums over the ranks (an all-reduce). */
+typedef struct geopref_vocab_linear_stats_args {
+  geopref_linear_inputs in;
+  geopref_vocab_slice slice;
+  geopref_vocab_record* records; /* [N] out */
+} geopref_vocab_linear_stats_args;
+typedef struct geopref_vocab_linear_train_args {
+  geopref_linear_train_args train;
+  geopref_vocab_slice slice;
+  const geopref_vocab_record* records; /* [n_ranks, N] all-gathered, slots in any order */
+} geopref_vocab_linear_train_args;
+GEOPREF_C_EXPORT geopref_status geopref_vocab_linear_stats(void* workspace, size_t* workspace_bytes,
+                                                           const geopref_vocab_linear_stats_args* args,
+                                                           const geopref_options* opt,
+                                                           geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_vocab_linear_step(void* workspace, size_t* workspace_bytes,
+                                                          const geopref_vocab_linear_train_args* args,
+                                                          const geopref_options* opt,
+                                                          geopref_stream_t stream);
+
 /* Synchronises `stream`, then stores in *result the status recorded by the
  * last call that used `workspace`. Returns GEOPREF_CUDA_ERROR when the
  * synchronisation fails. */

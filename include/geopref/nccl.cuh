@@ -9,8 +9,17 @@
 //     ncclAllGather         records + rank·N → records [K, N]   (in place)
 //     vocab_parallel_train_step
 //
+//   geopref::nccl::linear_train_step(ws, bytes, args, records, opt, comm, stream):
+//     the same for the fused-linear path with W sharded by vocabulary
+//     (geopref/cuda/vocab_linear.cuh): vocab_linear_stats → ncclAllGather →
+//     vocab_linear_step. grad_hidden comes back as this rank's partial: sum
+//     it over the ranks yourself (ncclAllReduce, or in rank order; see
+//     vocab_linear.cuh).
+//
 // The communicator's rank and size must be the slice's rank and n_ranks
-// (checked: invalid_vocab_records). Everything is enqueued on `stream`; the
+// (checked: invalid_vocab_records). A rank that fails before the exchange
+// still takes part in it (with records that make every rank's step report
+// invalid_vocab_records), so a bad argument on one rank never hangs the rest. Everything is enqueued on `stream`; the
 // call returns without waiting, like every entry of the library. An NCCL
 // error is status::cuda_error with the NCCL result in *nccl_result.
 #pragma once
@@ -21,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "geopref/cuda/vocab_linear.cuh"
 #include "geopref/cuda/vocab_parallel.cuh"
 
 namespace geopref::nccl {
@@ -39,43 +49,107 @@ inline status gather_records(const cuda::vocab_record* mine, cuda::vocab_record*
   return r == ncclSuccess ? status::success : status::cuda_error;
 }
 
-/// The whole vocab-parallel step of this rank. args.records is ignored:
-/// `records` is the caller's [K, N] gather buffer (device memory, not part
-/// of the workspace). workspace == nullptr: only workspace_bytes is set (the
-/// larger of the two phases').
-inline status train_step(void* workspace, size_t& workspace_bytes, const cuda::vocab_train_args& args,
-                         cuda::vocab_record* records, const options& opt, ncclComm_t comm,
-                         cudaStream_t stream = nullptr, ncclResult_t* nccl_result = nullptr) noexcept {
+namespace detail {
+
+/// Fills this rank's slot of the gather buffer with records that belong to
+/// no rank (every byte 0xff: tag −1), so every rank's combine finds this rank
+/// missing and records invalid_vocab_records.
+inline status poison_slot(cuda::vocab_record* slot, int64_t n_rows, cudaStream_t stream) noexcept {
+  if (n_rows == 0) return status::success;
+  const auto bytes = static_cast<size_t>(n_rows) * sizeof(cuda::vocab_record);
+  return cudaMemsetAsync(slot, 0xff, bytes, stream) == cudaSuccess ? status::success : status::cuda_error;
+}
+
+/// stats → all-gather → step, shared by both entries. Every rank must reach
+/// the all-gather, or the others wait in it for ever: a failure this rank
+/// finds before the exchange (its slice against the communicator, its
+/// buffers, its workspace, the stats call's own checks) is therefore made
+/// collective — the rank still takes part with a poisoned slot, every other
+/// rank's step then reports invalid_vocab_records on the device, and this
+/// rank returns its own status without running the step. Only a rank that
+/// cannot take part at all (no communicator, a negative N, no gather buffer)
+/// returns at once; that is a programming error the caller's group shares.
+/// Failures after the exchange need no care: no collective follows.
+template <class StatsArgs, class StepArgs, class Stats, class Step>
+status exchange_step(void* workspace, size_t& workspace_bytes, StatsArgs stats, StepArgs step,
+                     const cuda::vocab_slice& slice, int64_t n, cuda::vocab_record* records,
+                     const options& opt, ncclComm_t comm, cudaStream_t stream, ncclResult_t* nccl_result,
+                     Stats run_stats, Step run_step) noexcept {
   int rank = -1, count = -1;
   if (ncclCommUserRank(comm, &rank) != ncclSuccess || ncclCommCount(comm, &count) != ncclSuccess)
     return status::cuda_error;
-  if (rank != args.slice.rank || count != args.slice.n_ranks) return status::invalid_vocab_records;
+  if (n < 0) return status::invalid_shape;
+  cuda::vocab_record* const slot = records != nullptr ? records + static_cast<int64_t>(rank) * n : nullptr;
+  stats.records = slot;
+  step.records = records;
+  size_t need_stats = 0, need_step = 0;
+  status local = (rank == slice.rank && count == slice.n_ranks) ? status::success
+                                                                  : status::invalid_vocab_records;
+  if (local == status::success) local = run_stats(nullptr, need_stats, stats, opt, stream);
+  if (local == status::success) local = run_step(nullptr, need_step, step, opt, stream);
+  if (workspace == nullptr) {  // the size query: no collective
+    workspace_bytes = need_stats > need_step ? need_stats : need_step;
+    return local;
+  }
+  if (n > 0 && records == nullptr) return status::null_pointer;
+  if (local == status::success && workspace_bytes < (need_stats > need_step ? need_stats : need_step))
+    local = status::workspace_too_small;
+  if (local == status::success) local = run_stats(workspace, workspace_bytes, stats, opt, stream);
+  if (local != status::success) {
+    const status p = poison_slot(slot, n, stream);
+    if (p != status::success) return p;
+  }
+  const status g = gather_records(slot, records, n, comm, stream, nccl_result);
+  if (local != status::success) return local;
+  if (g != status::success) return g;
+  // The stats' device flag is overwritten by the step's reset: a label out
+  // of range is found again by the step's own rows pass.
+  return run_step(workspace, workspace_bytes, step, opt, stream);
+}
+
+}  // namespace detail
+
+/// The whole vocab-parallel step of this rank. args.records is ignored:
+/// `records` is the caller's [K, N] gather buffer (device memory, not part
+/// of the workspace). workspace == nullptr: only workspace_bytes is set (the
+/// larger of the two phases'). A failure found before the exchange is made
+/// collective (detail::exchange_step): no rank is left waiting.
+inline status train_step(void* workspace, size_t& workspace_bytes, const cuda::vocab_train_args& args,
+                         cuda::vocab_record* records, const options& opt, ncclComm_t comm,
+                         cudaStream_t stream = nullptr, ncclResult_t* nccl_result = nullptr) noexcept {
   cuda::vocab_stats_args stats;
   stats.tokens = args.train.tokens;
   stats.slice = args.slice;
-  const int64_t n = args.train.tokens.n_rows;
-  stats.records = records != nullptr ? records + static_cast<int64_t>(rank) * n : nullptr;
-  cuda::vocab_train_args step = args;
-  step.records = records;
-  size_t need_stats = 0, need_step = 0;
-  status s = cuda::vocab_parallel_stats(nullptr, need_stats, stats, opt, stream);
-  if (s != status::success) return s;
-  s = cuda::vocab_parallel_train_step(nullptr, need_step, step, opt, stream);
-  if (s != status::success) return s;
-  const size_t need = need_stats > need_step ? need_stats : need_step;
-  if (workspace == nullptr) {
-    workspace_bytes = need;
-    return status::success;
-  }
-  if (workspace_bytes < need) return status::workspace_too_small;
-  if (n > 0 && records == nullptr) return status::null_pointer;
-  s = cuda::vocab_parallel_stats(workspace, workspace_bytes, stats, opt, stream);
-  if (s != status::success) return s;
-  s = gather_records(stats.records, records, n, comm, stream, nccl_result);
-  if (s != status::success) return s;
-  // The stats' device flag is overwritten by the step's reset: a label out
-  // of range is found again by the step's own rows pass.
-  return cuda::vocab_parallel_train_step(workspace, workspace_bytes, step, opt, stream);
+  return detail::exchange_step(
+      workspace, workspace_bytes, stats, args, args.slice, args.train.tokens.n_rows, records, opt, comm,
+      stream, nccl_result,
+      [](void* w, size_t& b, const cuda::vocab_stats_args& a, const options& o, cudaStream_t st) {
+        return cuda::vocab_parallel_stats(w, b, a, o, st);
+      },
+      [](void* w, size_t& b, const cuda::vocab_train_args& a, const options& o, cudaStream_t st) {
+        return cuda::vocab_parallel_train_step(w, b, a, o, st);
+      });
+}
+
+/// The whole vocab-parallel fused-linear step of this rank, as train_step:
+/// args.records is ignored, `records` is the caller's [K, N] gather buffer.
+/// grad_hidden is the rank's partial (not summed here).
+inline status linear_train_step(void* workspace, size_t& workspace_bytes,
+                                const cuda::vocab_linear_train_args& args, cuda::vocab_record* records,
+                                const options& opt, ncclComm_t comm, cudaStream_t stream = nullptr,
+                                ncclResult_t* nccl_result = nullptr) noexcept {
+  cuda::vocab_linear_stats_args stats;
+  stats.in = args.train.in;
+  stats.slice = args.slice;
+  return detail::exchange_step(
+      workspace, workspace_bytes, stats, args, args.slice, args.train.in.n_rows, records, opt, comm,
+      stream, nccl_result,
+      [](void* w, size_t& b, const cuda::vocab_linear_stats_args& a, const options& o, cudaStream_t st) {
+        return cuda::vocab_linear_stats(w, b, a, o, st);
+      },
+      [](void* w, size_t& b, const cuda::vocab_linear_train_args& a, const options& o, cudaStream_t st) {
+        return cuda::vocab_linear_step(w, b, a, o, st);
+      });
 }
 
 }  // namespace geopref::nccl

@@ -11,6 +11,7 @@
 
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/gradcheck.hpp"
+#include "geopref/reference/vocab_linear.hpp"
 
 using namespace geopref;
 
@@ -223,4 +224,89 @@ TEST_CASE("fused-linear reference: bad shapes are a status, nothing written", "[
   labels[0] = p.V;  // out of range: compute()'s own validation
   bad.labels = labels.data();
   CHECK(reference::fused_linear(bad, opt, out) == status::label_out_of_range);
+}
+
+// The vocab-parallel fused linear over K simulated ranks equals the
+// unsharded reference: both are double, the sharded one differs only in the
+// order of the lse sum (per slice, then across slices) and in summing
+// grad_H as K partials, each a sum over fewer columns. Those reorderings
+// move a result by a few ulps of the magnitudes summed (≤ V·2⁻⁵³ relative
+// for V = 11 terms of O(Hd) size), so 1e-12 (relative to 1 + |value|) holds
+// with three orders of margin and still fails on any wrong column, rank or
+// missing term (each changes a value by O(1e-2) or more here).
+TEST_CASE("vocab-parallel fused-linear reference: K = 1, 2, 3 ranks equal the unsharded one",
+          "[fused_linear][vocab_parallel]") {
+  const lin_problem p = make_lin(4, 3, 11, 41);
+  options opt;
+  opt.loss.type = loss_type::gdpo;
+  opt.loss.beta = 0.7;
+  for (bool accumulate : {false, true}) {
+    const auto in = inputs_of(p, true);
+    auto lb = p.labels;
+    lb[0] = p.V - 1;  // row 0 is in sequence 0 (lengths ≥ 1): a label in the last column
+    auto in2 = in;
+    in2.labels = lb.data();
+    const double prior = accumulate ? 0.3 : 0.0;
+    std::vector<double> gh(static_cast<size_t>(p.N * p.Hd)), gw(static_cast<size_t>(p.V * p.Hd), prior),
+        gb(static_cast<size_t>(p.V), prior), seq(static_cast<size_t>(p.S));
+    reference::linear_outputs want;
+    want.base.seq_logps = seq.data();
+    want.grad_hidden = gh.data();
+    want.grad_weight = gw.data();
+    want.grad_bias = gb.data();
+    want.accumulate = accumulate;
+    REQUIRE(reference::fused_linear(in2, opt, want) == status::success);
+    const std::vector<std::vector<int64_t>> tilings = {{0, 11}, {0, 4, 11}, {0, 7, 10, 11}, {0, 1, 2, 11}};
+    for (const auto& bounds : tilings) {
+      const int K = static_cast<int>(bounds.size()) - 1;
+      INFO("K = " << K << " accumulate = " << accumulate);
+      std::vector<double> gh2(gh.size()), gw2(gw.size(), prior), gb2(gb.size(), prior), seq2(seq.size()),
+          parts(static_cast<size_t>(K) * gh.size());
+      reference::linear_outputs got;
+      got.base.seq_logps = seq2.data();
+      got.grad_hidden = gh2.data();
+      got.grad_weight = gw2.data();
+      got.grad_bias = gb2.data();
+      got.accumulate = accumulate;
+      REQUIRE(reference::fused_linear_vocab_parallel(in2, opt, bounds.data(), K, nullptr, got,
+                                                     parts.data()) == status::success);
+      auto near = [](double a, double b) { return std::fabs(a - b) <= 1e-12 * (1 + std::fabs(b)); };
+      CHECK(near(got.base.loss, want.base.loss));
+      for (size_t i = 0; i < seq.size(); ++i) CHECK(near(seq2[i], seq[i]));
+      for (size_t i = 0; i < gh.size(); ++i) CHECK(near(gh2[i], gh[i]));
+      for (size_t i = 0; i < gw.size(); ++i) CHECK(near(gw2[i], gw[i]));
+      for (size_t i = 0; i < gb.size(); ++i) CHECK(near(gb2[i], gb[i]));
+      // The partials sum (in rank order) to grad_H exactly as returned.
+      for (size_t i = 0; i < gh.size(); ++i) {
+        double s = 0;
+        for (int r = 0; r < K; ++r) s += parts[static_cast<size_t>(r) * gh.size() + i];
+        CHECK(s == gh2[i]);
+      }
+      // Records gathered in reverse slot order: the same bits.
+      std::vector<int> rev(static_cast<size_t>(K));
+      for (int r = 0; r < K; ++r) rev[static_cast<size_t>(r)] = K - 1 - r;
+      std::vector<double> gh3(gh.size()), gw3(gw.size(), prior), gb3(gb.size(), prior);
+      reference::linear_outputs again;
+      again.grad_hidden = gh3.data();
+      again.grad_weight = gw3.data();
+      again.grad_bias = gb3.data();
+      again.accumulate = accumulate;
+      REQUIRE(reference::fused_linear_vocab_parallel(in2, opt, bounds.data(), K, rev.data(), again) ==
+              status::success);
+      CHECK(again.base.loss == got.base.loss);
+      CHECK(gh3 == gh2);
+      CHECK(gw3 == gw2);
+      CHECK(gb3 == gb2);
+    }
+  }
+  {  // a tiling that leaves a gap, or an empty slice, is invalid_vocab_records
+    const auto in = inputs_of(p, true);
+    reference::linear_outputs out;
+    const int64_t gap[] = {0, 4, 10};
+    const int64_t empty[] = {0, 4, 4, 11};
+    CHECK(reference::fused_linear_vocab_parallel(in, opt, gap, 2, nullptr, out) ==
+          status::invalid_vocab_records);
+    CHECK(reference::fused_linear_vocab_parallel(in, opt, empty, 3, nullptr, out) ==
+          status::invalid_vocab_records);
+  }
 }

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "geopref/cuda/fused_linear.cuh"
+#include "geopref/cuda/vocab_linear.cuh"
 #include "gpu_harness.cuh"
 #include "linear_bridge.hpp"
 
@@ -245,6 +246,18 @@ struct lin_outputs {
   }
 };
 
+/// A previous micro-batch's gradient in grad_weight and grad_bias.
+void preload_prior(const lin_problem& p, lin_outputs& o, float prior) {
+  const lin_config& c = p.c;
+  const int e = c.gw_float32 ? 4 : dtype_bytes(c.dtype);
+  std::vector<uint8_t> w(o.gw.bytes());
+  for (size_t i = 0; i + e <= w.size(); i += static_cast<size_t>(e))
+    encode(c.gw_float32 ? gc::dtype::float32 : c.dtype, prior, w.data() + i);
+  CUDA_REQUIRE(cudaMemcpy(o.gw.get(), w.data(), w.size(), cudaMemcpyHostToDevice));
+  std::vector<float> bb(static_cast<size_t>(c.vocab), prior);
+  CUDA_REQUIRE(cudaMemcpy(o.gb.get(), bb.data(), bb.size() * 4, cudaMemcpyHostToDevice));
+}
+
 /// The fused path. With `accumulate`, grad_weight / grad_bias first hold a
 /// known gradient (the value `prior`), subtracted again before the result
 /// is returned.
@@ -257,15 +270,7 @@ lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = 
   o.attach(a, p);
   const geopref::options opt = options_of(c);
   const float prior = 0.25f;
-  if (c.accumulate) {  // a previous micro-batch's gradient
-    const int e = c.gw_float32 ? 4 : dtype_bytes(c.dtype);
-    std::vector<uint8_t> w(o.gw.bytes());
-    for (size_t i = 0; i + e <= w.size(); i += static_cast<size_t>(e))
-      encode(c.gw_float32 ? gc::dtype::float32 : c.dtype, prior, w.data() + i);
-    CUDA_REQUIRE(cudaMemcpy(o.gw.get(), w.data(), w.size(), cudaMemcpyHostToDevice));
-    std::vector<float> bb(static_cast<size_t>(c.vocab), prior);
-    CUDA_REQUIRE(cudaMemcpy(o.gb.get(), bb.data(), bb.size() * 4, cudaMemcpyHostToDevice));
-  }
+  if (c.accumulate) preload_prior(p, o, prior);
   size_t bytes = 0;
   REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
   if (ws_bytes != nullptr) *ws_bytes = bytes;
@@ -390,7 +395,9 @@ struct lin_bounds {
   double loss = 0;
 };
 
-lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref) {
+/// extra_lse: added to every lse_t / ℓ_t bound (the vocab-parallel combine's
+/// merges, see "vocab-parallel fused linear" below).
+lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double extra_lse = 0.0) {
   const lin_config& c = p.c;
   const double u = U32, uT = unit_roundoff(c.dtype);
   const double u_gw = c.gw_float32 ? 0.0 : uT;
@@ -407,8 +414,8 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref) {
     }
     ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
     const double l = ref.base.lse[t], lp = ref.base.token_logps[t];
-    b.lse.push_back(ez[t] + eps_sum(V) + 4 * u * std::fabs(l));
-    b.logp.push_back(2 * ez[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
+    b.lse.push_back(ez[t] + eps_sum(V) + 4 * u * std::fabs(l) + extra_lse);
+    b.logp.push_back(2 * ez[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)) + extra_lse);
   }
   std::vector<int64_t> row_seq(static_cast<size_t>(N), -1);
   for (int64_t s = 0; s < S; ++s) {
@@ -737,7 +744,9 @@ TEST_CASE("fused linear: the workspace is the chunk plus O(N), never O(N·V); no
 TEST_CASE("fused linear: no rows still overwrites grad_weight and grad_bias with zeros",
           "[fused_linear][small]") {
   blas_handle h;
-  dmem W(static_cast<size_t>(5 * 3 * 4)), b(5 * 4), gw(5 * 3 * 4), gb(5 * 4);
+  // grad_weight with a row stride of 4 > H = 3: the zeros fill each row's 3
+  // columns and leave the padding column as it was.
+  dmem W(static_cast<size_t>(5 * 3 * 4)), b(5 * 4), gw(5 * 4 * 4), gb(5 * 4);
   poison(W);
   poison(b);
   poison(gw);
@@ -750,11 +759,231 @@ TEST_CASE("fused linear: no rows still overwrites grad_weight and grad_bias with
   a.in.vocab = 5;
   a.in.cublas = h.h;
   a.grad_weight = gw.get();
+  a.ld_grad_weight = 4;
   a.grad_bias = static_cast<float*>(gb.get());
   size_t bytes = 0;
   REQUIRE(gc::fused_linear_step(nullptr, bytes, a, geopref::options{}) == status::success);
   dmem ws(bytes);
   REQUIRE(gc::fused_linear_step(ws.get(), bytes, a, geopref::options{}) == status::success);
-  for (float x : download<float>(gw.get(), 15)) CHECK(x == 0.0f);
+  const std::vector<float> g = download<float>(gw.get(), 20);
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (i % 4 < 3) CHECK(g[i] == 0.0f);
+    else CHECK(std::isnan(g[i]));  // the padding keeps its poison
+  }
   for (float x : download<float>(gb.get(), 5)) CHECK(x == 0.0f);
+}
+
+// ---------------------------------------------------------------------------
+// The vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh): K
+// simulated ranks, each with its rows [bounds[r], bounds[r+1]) of W and b,
+// in one process. grad_W and grad_b are the concatenation of the ranks'
+// slices, grad_H the sum of their partials (in double, rank order: the
+// all-reduce the caller would run).
+//
+// Error model: the header's, with two additions.
+//   * lse_t: the slice's forward merges its splits as the unsharded chunk's
+//     combine does (inside eps_sum's bound); the records of K slices are then
+//     merged once more each: a rescale and an add, each rounding s by ≤ u,
+//     so ≤ 2Ku relative on the final sum, 2Ku absolute on lse_t and ℓ_t.
+//   * grad_H: each rank's partial G_r·W_r is rounded to the dtype on its own,
+//     so the rounding term is u_T · Σ_r |partial_r| (≥ u_T |grad_H| when the
+//     partials cancel). The GEMM term over V_r ⊂ V columns is inside the
+//     unsharded one.
+// Everything else (G, grad_W, grad_b per column) is the unsharded bound
+// column by column: the slice's columns see the same logits, the same chunk
+// rows (the budget below is set per slice to the same C) and the same g_s.
+namespace {
+
+struct sharded_result {
+  lin_result r;                  // grad_H summed, grad_W / grad_b concatenated
+  std::vector<double> gh_abs;    // Σ_r |partial_r|, [N, Hd]
+  std::vector<uint8_t> all_bits; // every rank's every output, for bitwise checks
+};
+
+/// Runs K ranks; rank r's records land in slot slot[r].
+sharded_result run_sharded(const lin_problem& p, cublasHandle_t h, const std::vector<int64_t>& bounds,
+                           const std::vector<int>& slot) {
+  const lin_config& c = p.c;
+  const int K = static_cast<int>(bounds.size()) - 1;
+  const int e = dtype_bytes(c.dtype);
+  lin_device d(p);
+  const geopref::options opt = options_of(c);
+  dmem gathered(static_cast<size_t>(K * p.N) * sizeof(gc::vocab_record));
+  poison(gathered);
+  auto slice_in = [&](int r, gc::linear_inputs& in, lin_problem& q) {
+    const int64_t w = bounds[r + 1] - bounds[r];
+    q = p;
+    q.c.vocab = w;
+    in.weight = static_cast<const uint8_t*>(d.W.get()) + bounds[r] * p.ldh * e;
+    in.bias = c.bias ? static_cast<const uint8_t*>(d.b.get()) + bounds[r] * e : nullptr;
+    in.vocab = w;
+    in.cublas = h;
+    const int64_t per16 = 16 / e;
+    in.chunk_bytes = static_cast<size_t>(c.chunk_rows * ((w + per16 - 1) / per16 * per16) * e);
+  };
+  auto run_with_guard = [&](auto&& call) {
+    size_t bytes = 0;
+    REQUIRE(call(nullptr, bytes) == status::success);
+    dmem mem(bytes + 1);  // exactly the bytes asked for, the base one past alignment
+    poison(mem);
+    void* ws = static_cast<uint8_t*>(mem.get()) + 1;
+    REQUIRE(call(ws, bytes) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
+    REQUIRE(dev == status::success);
+  };
+  auto* rec = static_cast<gc::vocab_record*>(gathered.get());
+  for (int r = 0; r < K; ++r) {
+    gc::vocab_linear_stats_args sa;
+    lin_problem q;
+    sa.in = train_args_of(p, d).in;
+    slice_in(r, sa.in, q);
+    sa.slice = {bounds[r], c.vocab, r, K};
+    sa.records = rec + static_cast<int64_t>(slot[r]) * p.N;
+    run_with_guard([&](void* ws, size_t& b) { return gc::vocab_linear_stats(ws, b, sa, opt); });
+  }
+  sharded_result out;
+  lin_result& R = out.r;
+  R.gh.assign(static_cast<size_t>(p.N * c.hidden), 0.0);
+  out.gh_abs = R.gh;
+  const float prior = 0.25f;
+  for (int r = 0; r < K; ++r) {
+    gc::vocab_linear_train_args ta;
+    lin_problem q;
+    ta.train = train_args_of(p, d);
+    slice_in(r, ta.train.in, q);
+    lin_outputs o(q);
+    o.attach(ta.train, q);
+    if (c.accumulate) preload_prior(q, o, prior);
+    ta.slice = {bounds[r], c.vocab, r, K};
+    ta.records = rec;
+    run_with_guard([&](void* ws, size_t& b) { return gc::vocab_linear_step(ws, b, ta, opt); });
+    lin_result x = o.read(q);
+    if (r == 0) {
+      R.loss = x.loss;
+      R.seq_logps = x.seq_logps;
+      R.lse = x.lse;
+      R.token_logps = x.token_logps;
+      R.grad_seq = x.grad_seq;
+    } else {  // the combined outputs: bitwise the same on every rank
+      CHECK(x.loss == R.loss);
+      CHECK(x.seq_logps == R.seq_logps);
+      CHECK(x.lse == R.lse);
+      CHECK(x.token_logps == R.token_logps);
+      CHECK(x.grad_seq == R.grad_seq);
+    }
+    for (size_t i = 0; i < R.gh.size(); ++i) {
+      R.gh[i] += x.gh[i];
+      out.gh_abs[i] += std::fabs(x.gh[i]);
+    }
+    for (double& v : x.gw) v -= c.accumulate ? prior : 0.0f;
+    for (double& v : x.gb) v -= c.accumulate ? prior : 0.0f;
+    R.gw.insert(R.gw.end(), x.gw.begin(), x.gw.end());
+    R.gb.insert(R.gb.end(), x.gb.begin(), x.gb.end());
+    for (const auto* bits : {&x.gh_bits, &x.gw_bits, &x.gb_bits})
+      out.all_bits.insert(out.all_bits.end(), bits->begin(), bits->end());
+  }
+  const float loss = static_cast<float>(R.loss);
+  const auto* lb = reinterpret_cast<const uint8_t*>(&loss);
+  out.all_bits.insert(out.all_bits.end(), lb, lb + 4);
+  return out;
+}
+
+/// rerun: also a second run in slot order (the reversed run already has to
+/// give the first run's bits, so the fast set skips it).
+void check_sharded_case(const lin_config& c, const std::vector<int64_t>& bounds, bool rerun = false) {
+  INFO(describe(c) << " K=" << bounds.size() - 1);
+  lin_problem p = make_lin(c);
+  // A scored label in the last column of the last slice.
+  for (int64_t s = 0; s < p.S; ++s)
+    if (p.offsets[s + 1] > p.offsets[s]) {
+      p.labels[p.offsets[s]] = c.vocab - 1;
+      break;
+    }
+  const int K = static_cast<int>(bounds.size()) - 1;
+  std::vector<int> in_order(K), reversed(K);
+  for (int r = 0; r < K; ++r) in_order[r] = r, reversed[r] = K - 1 - r;
+  blas_handle h;
+  const sharded_result g = run_sharded(p, h.h, bounds, in_order);
+  const linear_ref_result ref = run_ref(p);
+  lin_bounds b = bounds_of(p, ref, 2.0 * K * U32);
+  for (size_t i = 0; i < b.gh.size(); ++i) b.gh[i] += unit_roundoff(c.dtype) * g.gh_abs[i];
+  {
+    INFO("K ranks vs the CPU reference");
+    compare(p, g.r, ref, b, 1.0);
+  }
+  {
+    INFO("K ranks vs the unsharded fused path (each within the bound of the exact value)");
+    const lin_result u = run_fused(p, h.h);
+    linear_ref_result as_ref = ref;
+    as_ref.base.lse = u.lse;
+    as_ref.base.token_logps = u.token_logps;
+    as_ref.base.seq_logps = u.seq_logps;
+    as_ref.base.grad_seq_logps = u.grad_seq;
+    as_ref.base.loss = u.loss;
+    as_ref.grad_hidden = u.gh;
+    as_ref.grad_weight = u.gw;
+    as_ref.grad_bias = u.gb;
+    compare(p, g.r, as_ref, b, 2.0);
+  }
+  {
+    INFO("bitwise: run again, and with the records gathered in reverse slot order");
+    if (rerun) CHECK(run_sharded(p, h.h, bounds, in_order).all_bits == g.all_bits);
+    CHECK(run_sharded(p, h.h, bounds, reversed).all_bits == g.all_bits);
+  }
+}
+
+}  // namespace
+
+// The fast set (also under ASan in CI): every dtype with K = 3 (uneven, the
+// last slice of width 1 holding a label), and K = 2 in the section cases
+// below; K = 1 and the whole dtype × tiling product are [matrix].
+TEST_CASE("vocab-parallel fused linear: K = 3 ranks equal the unsharded path in every dtype",
+          "[fused_linear][vocab_parallel][small]") {
+  lin_config c;  // V = 37
+  c.seed = 31;
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    c.dtype = d;
+    check_sharded_case(c, {0, 20, 36, 37});
+  }
+}
+
+TEST_CASE("vocab-parallel fused linear: every dtype with every tiling",
+          "[fused_linear][vocab_parallel][matrix]") {
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16})
+    for (const std::vector<int64_t>& bounds :
+         std::vector<std::vector<int64_t>>{{0, 37}, {0, 12, 37}, {0, 20, 36, 37}, {0, 1, 2, 37},
+                                           {0, 9, 18, 27, 36, 37}}) {
+      lin_config c;
+      c.dtype = d;
+      c.seed = 33;
+      c.chunk_rows = 3;
+      check_sharded_case(c, bounds, true);
+    }
+}
+
+TEST_CASE("vocab-parallel fused linear: a budget of one row, accumulate vs overwrite",
+          "[fused_linear][vocab_parallel][small]") {
+  lin_config c;
+  c.dtype = gc::dtype::bfloat16;
+  c.seed = 32;
+  SECTION("one row per chunk, H = 1, a width-1 slice first") {
+    c.chunk_rows = 1;
+    c.hidden = 1;
+    check_sharded_case(c, {0, 1, 19, 37});
+  }
+  SECTION("accumulate into bfloat16 grad_weight, no bias, strides") {
+    c.accumulate = true;
+    c.gw_float32 = false;
+    c.bias = false;
+    c.pad = 3;
+    check_sharded_case(c, {0, 18, 37});
+  }
+  SECTION("accumulate into float, token weights, explicit pairs") {
+    c.accumulate = true;
+    c.token_weights = true;
+    c.explicit_pairs = true;
+    c.dtype = gc::dtype::float16;
+    check_sharded_case(c, {0, 5, 6, 37});
+  }
 }

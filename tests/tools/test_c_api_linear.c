@@ -75,6 +75,40 @@ int main(void) {
                   GEOPREF_PAIR_COUNT_MISMATCH);
   fails += expect("null args", geopref_fused_linear_step(NULL, &bytes, NULL, &opt, NULL),
                   GEOPREF_NULL_POINTER);
+
+  /* Vocab-parallel: rank 1 of 2 holds rows [64128, 128256) of W; the step's query is the
+   * slice's fused-linear workspace plus one [N] int32 piece (256 bytes of alignment slack). */
+  geopref_vocab_linear_train_args v;
+  v.train = a;
+  v.train.in.vocab = 64128;
+  v.slice.begin = 64128;
+  v.slice.total = 128256;
+  v.slice.rank = 1;
+  v.slice.n_ranks = 2;
+  v.records = NULL;
+  size_t plain = 0, sharded = 0;
+  fails += expect("slice, unsharded query",
+                  geopref_fused_linear_step(NULL, &plain, &v.train, &opt, NULL), GEOPREF_SUCCESS);
+  fails += expect("slice, sharded query", geopref_vocab_linear_step(NULL, &sharded, &v, &opt, NULL),
+                  GEOPREF_SUCCESS);
+  if (sharded < plain + 16384 * 4 || sharded > plain + 16384 * 4 + 256) {
+    fprintf(stderr, "vocab-linear step workspace %zu, fused-linear %zu\n", sharded, plain);
+    ++fails;
+  }
+  geopref_vocab_linear_stats_args st;
+  st.in = v.train.in;
+  st.slice = v.slice;
+  st.records = NULL;
+  fails += expect("stats query", geopref_vocab_linear_stats(NULL, &bytes, &st, &opt, NULL),
+                  GEOPREF_SUCCESS);
+  st.slice.begin = 64129; /* runs past the vocabulary */
+  fails += expect("slice past V", geopref_vocab_linear_stats(NULL, &bytes, &st, &opt, NULL),
+                  GEOPREF_INVALID_VOCAB_RECORDS);
+  st.slice = v.slice;
+  st.slice.rank = 2;
+  fails += expect("rank >= n_ranks", geopref_vocab_linear_stats(NULL, &bytes, &st, &opt, NULL),
+                  GEOPREF_INVALID_VOCAB_RECORDS);
+
   opt.beta = 0.0;
   fails += expect("beta 0", geopref_fused_linear_step(NULL, &bytes, &a, &opt, NULL),
                   GEOPREF_INVALID_BETA);

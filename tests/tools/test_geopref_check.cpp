@@ -771,6 +771,23 @@ TEST_CASE("geopref-check --hidden --weight --bias equals --logits on H Wt + b",
   CHECK(json_value(read_text(l + "/metrics.json"), "rewards/margins") ==
         Approx(json_value(read_text(a + "/metrics.json"), "rewards/margins")).epsilon(1e-13));
 
+  // --vocab-shards 3 (rows of W: [0, 2), [2, 4), [4, 7)): the unsharded outputs, grad_weight
+  // and grad_bias as the slices side by side, grad_hidden as the sum of the partials; double
+  // throughout, so equal to rounding (the sums only regroup).
+  {
+    const run_result rs = run_tool(lin_args + " --vocab-shards 3 --out " + path("l_out_k3"));
+    INFO(rs.err);
+    REQUIRE(rs.exit_code == 0);
+    const std::string k3 = path("l_out_k3");
+    CHECK(read_doubles(k3 + "/loss.npy")[0] == Approx(read_doubles(l + "/loss.npy")[0]).epsilon(1e-13));
+    for (const char* f : {"/logps.npy", "/grad_hidden.npy", "/grad_weight.npy", "/grad_bias.npy"}) {
+      INFO(f);
+      const auto want = read_doubles(l + f), got = read_doubles(k3 + f);
+      REQUIRE(got.size() == want.size());
+      for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-14).epsilon(1e-13));
+    }
+  }
+
   // Bad combinations: one line, non-zero exit.
   for (const std::string& bad :
        {std::string("--hidden ") + path("l_hidden.npy") + common + " --out " + path("l_bad"),

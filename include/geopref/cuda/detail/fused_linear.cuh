@@ -63,6 +63,7 @@ struct linear_layout {
   workspace_layout base;  // offsets relative to the aligned base
   int64_t chunk_rows = 0;  // C
   int64_t ldc = 0;         // chunk row stride: V rounded up to 16 bytes
+  size_t slice_cols = 0;   // [N] int32 when asked (the vocab-parallel path's label columns)
   size_t partials = 0;     // [C, base.splits] lse_state when base.splits > 1
   size_t chunk = 0;        // [C, ldc] of the input dtype
   size_t bytes = 0;        // total from the aligned base
@@ -76,7 +77,11 @@ inline int64_t budget_rows(size_t chunk_bytes, int64_t ldc, int elem) {
   return row == 0 ? 0 : static_cast<int64_t>(chunk_bytes / row);
 }
 
-inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs, bool train) {
+/// min_splits: the vocab-parallel records need the forward's per-split
+/// partial states, so at least 2 there; slice_cols: a [N] int32 piece for
+/// the slice's label columns (geopref/cuda/detail/vocab_linear.cuh).
+inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs, bool train,
+                                        int min_splits = 1, bool slice_cols = false) {
   linear_layout l;
   const int elem = dtype_bytes(in.type);
   // vocab 0: choose_splits then gives 1, so the base has no [N, splits]
@@ -87,7 +92,10 @@ inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs
   const int64_t fit = budget_rows(in.chunk_bytes, l.ldc, elem);
   l.chunk_rows = fit < in.n_rows ? fit : in.n_rows;
   l.base.splits = choose_splits(l.chunk_rows, in.vocab, elem);
+  if (l.base.splits < min_splits) l.base.splits = min_splits;
   size_t used = l.base.bytes;
+  l.slice_cols = used;
+  if (slice_cols) used += align_up(static_cast<size_t>(in.n_rows) * sizeof(int32_t), WORKSPACE_ALIGN);
   l.partials = used;
   if (l.base.splits > 1)
     used += align_up(static_cast<size_t>(l.chunk_rows) * static_cast<size_t>(l.base.splits) *
@@ -343,6 +351,34 @@ inline status chunk_logits(cublasHandle_t h, const linear_inputs& in, int64_t r0
 // ---------------------------------------------------------------------------
 // The passes.
 
+/// The chunk loop of both passes (and of the vocab-parallel ones): f(r0,
+/// rows) for the chunks [r0, r0 + rows) in row order, stopping at the first
+/// error.
+template <class F>
+inline status for_each_chunk(int64_t n_rows, int64_t chunk_rows, F&& f) {
+  for (int64_t r0 = 0; r0 < n_rows; r0 += chunk_rows) {
+    const int64_t rows = n_rows - r0 < chunk_rows ? n_rows - r0 : chunk_rows;
+    const status st = f(r0, rows);
+    if (st != status::success) return st;
+  }
+  return status::success;
+}
+
+/// One chunk of pass 1: Z_c, then forward_kernel over it with the label
+/// columns `cols` [N] (→ lse, ℓ_t of the chunk's rows, or with splits > 1
+/// the per-split partials and split 0's label logit in ws.token_logp).
+template <class T>
+inline status chunk_forward(cublasHandle_t h, const linear_inputs& in, const linear_layout& l,
+                            int64_t r0, int64_t rows, const int32_t* cols, const workspace_view& ws,
+                            lse_state* partials, T* chunk, cudaStream_t stream) {
+  const status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
+  if (st != status::success) return st;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(l.base.splits));
+  launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, cols + r0,
+         ws.lse + r0, ws.token_logp + r0, partials);
+  return last_launch() == status::success ? status::success : status::cuda_error;
+}
+
 /// Pass 1: every chunk's logits and fused forward (→ lse, ℓ_t in the
 /// workspace), then the per-sequence sums.
 template <class T>
@@ -354,20 +390,17 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
   status st = enqueue_rows(x, opt, ws, stream);
   if (st != status::success) return st;
   const int k = l.base.splits;
-  for (int64_t r0 = 0; r0 < in.n_rows; r0 += l.chunk_rows) {
-    const int64_t rows = in.n_rows - r0 < l.chunk_rows ? in.n_rows - r0 : l.chunk_rows;
-    st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
-    if (st != status::success) return st;
-    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(k));
-    launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, ws.cols + r0,
-           ws.lse + r0, ws.token_logp + r0, partials);
-    if (last_launch() != status::success) return status::cuda_error;
+  st = for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
+    const status c = chunk_forward<T>(h, in, l, r0, rows, ws.cols, ws, partials, chunk, stream);
+    if (c != status::success) return c;
     if (k > 1) {
       launch(combine_kernel<BLOCK>, grid_1d(rows), BLOCK, stream, partials, k, rows, ws.cols + r0,
              ws.lse + r0, ws.token_logp + r0);
       if (last_launch() != status::success) return status::cuda_error;
     }
-  }
+    return status::success;
+  });
+  if (st != status::success) return st;
   return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
 }
 
@@ -399,18 +432,21 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
     if (last_launch() != status::success) return status::cuda_error;
   }
   if (in.n_rows == 0) {  // nothing to add; an overwrite still means zeros
+    // A memset, not a k = 0 GEMM with beta = 0: whether a BLAS writes C for
+    // k = 0 is the library's choice, the zeros are ours.
     if (!a.accumulate && a.grad_weight != nullptr && in.vocab > 0 && Hd > 0) {
-      status st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, Hd, in.vocab, 0, in.weight, t, ldw, chunk,
-                       l.ldc, 0.0f, a.grad_weight, gwt, ldgw);
-      if (st != status::success) return st;
+      const size_t gw_elem = gwt == CUDA_R_32F ? 4 : sizeof(T);
+      if (cudaMemset2DAsync(a.grad_weight, static_cast<size_t>(ldgw) * gw_elem, 0,
+                            static_cast<size_t>(Hd) * gw_elem, static_cast<size_t>(in.vocab),
+                            stream) != cudaSuccess)
+        return status::cuda_error;
     }
     if (!a.accumulate && a.grad_bias != nullptr && in.vocab > 0 &&
         cudaMemsetAsync(a.grad_bias, 0, static_cast<size_t>(in.vocab) * 4, stream) != cudaSuccess)
       return status::cuda_error;
     return status::success;
   }
-  for (int64_t r0 = 0; r0 < in.n_rows; r0 += l.chunk_rows) {
-    const int64_t rows = in.n_rows - r0 < l.chunk_rows ? in.n_rows - r0 : l.chunk_rows;
+  return for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
     const bool add = a.accumulate || r0 > 0;
     status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
     if (st != status::success) return st;
@@ -435,8 +471,8 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
              in.vocab, add, a.grad_bias);
       if (last_launch() != status::success) return status::cuda_error;
     }
-  }
-  return status::success;
+    return status::success;
+  });
 }
 
 inline workspace_view carve_linear(void* workspace, const linear_layout& l, lse_state** partials,
@@ -452,8 +488,8 @@ inline workspace_view carve_linear(void* workspace, const linear_layout& l, lse_
 /// overlap checks; *layout and the carved pointers on success.
 inline status linear_workspace(void* workspace, size_t& workspace_bytes, const linear_inputs& in,
                                int64_t n_pairs, bool train, const linear_train_args* a,
-                               linear_layout* l) {
-  *l = make_linear_layout(in, n_pairs, train);
+                               linear_layout* l, int min_splits = 1, bool slice_cols = false) {
+  *l = make_linear_layout(in, n_pairs, train, min_splits, slice_cols);
   workspace_layout whole = l->base;
   whole.bytes = l->bytes;
   if (workspace == nullptr) {
@@ -463,6 +499,40 @@ inline status linear_workspace(void* workspace, size_t& workspace_bytes, const l
   if (workspace_bytes < workspace_request(whole)) return status::workspace_too_small;
   if (linear_meets_workspace(in, workspace, whole, a)) return status::overlapping_buffers;
   return status::success;
+}
+
+/// After pass 1 (lse, ℓ_t, the sequence sums in ws): the pair step as
+/// train_step runs it (no logits: its backward is ours), g_s, then pass 2.
+/// Shared with the vocab-parallel step, whose ws.cols are the slice's.
+template <class T, class MarginFor>
+inline status linear_pair_and_backward(cublasHandle_t h, const linear_train_args& a,
+                                       const options& opt, const linear_layout& l,
+                                       const workspace_view& ws, T* chunk,
+                                       const MarginFor& margin_for, cudaStream_t stream) {
+  train_args t;
+  t.tokens = rows_of(a.in);
+  t.n_pairs = a.n_pairs;
+  t.pairs = a.pairs;
+  t.soft_labels = a.soft_labels;
+  t.ref_logps = a.ref_logps;
+  t.weights = a.weights;
+  t.grad_loss = a.grad_loss;
+  t.grad_output = a.grad_output;
+  t.loss = a.loss;
+  t.stats = a.stats;
+  t.stat_sums = a.stat_sums;
+  t.grad_seq_logps = a.grad_seq_logps;
+  const status st = enqueue_train_tail(t, opt, l.base, ws, margin_for, stream);
+  if (st != status::success) return st;
+  const bool backward =
+      a.grad_hidden != nullptr || a.grad_weight != nullptr || a.grad_bias != nullptr;
+  if (!backward) return status::success;
+  if (a.grad_seq_logps == nullptr && a.in.n_seqs > 0) {  // the tail wrote g_s only when asked
+    launch(seq_grad_kernel<BLOCK>, grid_1d(a.in.n_seqs), BLOCK, stream, a.pairs, a.n_pairs,
+           a.in.n_seqs, ws.pair_coef, ws.seq_grad, static_cast<float*>(nullptr));
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  return linear_backward<T>(h, a, l, ws, chunk, stream);
 }
 
 template <class MarginFor>
@@ -487,33 +557,11 @@ inline status fused_linear_step_with(void* workspace, size_t& workspace_bytes,
     if (st != status::success) return st;
     st = copy_rows(ws, a.in.n_rows, a.lse, a.token_logps, stream);
     if (st != status::success) return st;
-    // The pair step as train_step runs it (no logits: its backward is ours).
-    train_args t;
-    t.tokens = rows_of(a.in);
-    t.n_pairs = a.n_pairs;
-    t.pairs = a.pairs;
-    t.soft_labels = a.soft_labels;
-    t.ref_logps = a.ref_logps;
-    t.weights = a.weights;
-    t.grad_loss = a.grad_loss;
-    t.grad_output = a.grad_output;
-    t.loss = a.loss;
-    t.stats = a.stats;
-    t.stat_sums = a.stat_sums;
-    t.grad_seq_logps = a.grad_seq_logps;
-    st = enqueue_train_tail(t, opt, l.base, ws, margin_for, stream);
-    if (st != status::success) return st;
-    const bool backward =
-        a.grad_hidden != nullptr || a.grad_weight != nullptr || a.grad_bias != nullptr;
-    if (!backward) return status::success;
-    if (a.grad_seq_logps == nullptr && a.in.n_seqs > 0) {  // the tail wrote g_s only when asked
-      launch(seq_grad_kernel<BLOCK>, grid_1d(a.in.n_seqs), BLOCK, stream, a.pairs, a.n_pairs,
-             a.in.n_seqs, ws.pair_coef, ws.seq_grad, static_cast<float*>(nullptr));
-      if (last_launch() != status::success) return status::cuda_error;
-    }
-    return linear_backward<T>(blas.get(), a, l, ws, static_cast<T*>(chunk), stream);
+    return linear_pair_and_backward<T>(blas.get(), a, opt, l, ws, static_cast<T*>(chunk),
+                                       margin_for, stream);
   });
 }
+
 
 }  // namespace geopref::cuda::detail
 

@@ -143,22 +143,21 @@ inline bool rows_meet_workspace(std::initializer_list<const float*> arrays, int6
   return false;
 }
 
-/// The forward over every chunk: Z_c, forward_kernel (→ combine_kernel)
-/// (→ entropy_kernel) into the caller's [N] outputs.
+/// The forward over every chunk, through fused_linear's chunk loop: Z_c and
+/// forward_kernel (chunk_forward, writing through `out`: the caller's lse
+/// and ℓ_t), combine_kernel for split rows, entropy_kernel when asked.
 template <class T>
 inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
                                    const linear_layout& l, const workspace_view& ws,
                                    lse_state* partials, T* chunk, float* lse, float* token_logps,
                                    float* entropy, cudaStream_t stream) {
   const int k = l.base.splits;
-  for (int64_t r0 = 0; r0 < in.n_rows; r0 += l.chunk_rows) {
-    const int64_t rows = in.n_rows - r0 < l.chunk_rows ? in.n_rows - r0 : l.chunk_rows;
-    status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
+  workspace_view out = ws;
+  out.lse = lse;
+  out.token_logp = token_logps;
+  return for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
+    status st = chunk_forward<T>(h, in, l, r0, rows, ws.cols, out, partials, chunk, stream);
     if (st != status::success) return st;
-    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(k));
-    launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, ws.cols + r0,
-           lse + r0, token_logps + r0, partials);
-    if (last_launch() != status::success) return status::cuda_error;
     if (k > 1) {
       launch(combine_kernel<BLOCK>, grid_1d(rows), BLOCK, stream, partials, k, rows, ws.cols + r0,
              lse + r0, token_logps + r0);
@@ -170,8 +169,8 @@ inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
              static_cast<const float*>(lse + r0), entropy + r0);
       if (last_launch() != status::success) return status::cuda_error;
     }
-  }
-  return status::success;
+    return status::success;
+  });
 }
 
 }  // namespace detail
