@@ -4,7 +4,9 @@
 // rest of the ABI (and the PyTorch extension, which compiles c_api.cu) does
 // not need cuBLAS. It instantiates the forward kernel for the 3 dtypes and
 // the backward for dtype → same dtype only (the chunk's gradient is always
-// in the input dtype), plus the two small bias kernels.
+// in the input dtype), plus the two small bias kernels; and the per-token
+// primitive from hidden states (geopref_linear_token_logps(_grad)), which adds
+// token_rows_kernel and entropy_kernel.
 #include <cublas_v2.h>
 
 #include <cstddef>
@@ -12,6 +14,7 @@
 
 #include "geopref/c_api.h"
 #include "geopref/cuda/fused_linear.cuh"
+#include "geopref/cuda/linear_token_logps.cuh"
 #include "geopref/cuda/vocab_linear.cuh"
 
 namespace geopref::c_abi {
@@ -125,6 +128,34 @@ geopref_status call(status (*to_cpp)(const CArgs&, Args*),
   return static_cast<int>(s);
 }
 
+status to_token_rows(const geopref_linear_token_rows& c, gc::linear_token_rows* r) {
+  if (c.dtype < GEOPREF_FLOAT32 || c.dtype > GEOPREF_BFLOAT16 || c.label_type < GEOPREF_INT32 ||
+      c.label_type > GEOPREF_INT64)
+    return status::unsupported_dtype;
+  r->hidden = c.hidden;
+  r->ld_hidden = c.ld_hidden;
+  r->weight = c.weight;
+  r->ld_weight = c.ld_weight;
+  r->bias = c.bias;
+  r->type = static_cast<gc::dtype>(c.dtype);
+  r->n_rows = c.n_rows;
+  r->hidden_size = c.hidden_size;
+  r->vocab = c.vocab;
+  r->labels = c.labels;
+  r->label_type = static_cast<gc::index_type>(c.label_type);
+  r->ignore_index = c.ignore_index;
+  r->chunk_bytes = c.chunk_bytes;
+  r->cublas = static_cast<cublasHandle_t>(c.cublas_handle);
+  return status::success;
+}
+
+void init_token_rows(geopref_linear_token_rows* r) {
+  r->dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = gc::linear_token_rows{}.ignore_index;
+  r->chunk_bytes = gc::linear_token_rows{}.chunk_bytes;
+}
+
 void init_inputs(geopref_linear_inputs* in) {
   in->dtype = GEOPREF_FLOAT32;
   in->label_type = GEOPREF_INT64;
@@ -160,6 +191,52 @@ geopref_status geopref_fused_linear_logps(void* workspace, size_t* workspace_byt
                                           const geopref_options* opt, geopref_stream_t stream) {
   return call(to_linear_logps, gc::fused_linear_logps, workspace, workspace_bytes, args, opt,
               stream);
+}
+
+void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_linear_token_logps_args{};
+  init_token_rows(&args->rows);
+}
+
+void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_linear_token_grad_args{};
+  init_token_rows(&args->rows);
+}
+
+geopref_status geopref_linear_token_logps(void* workspace, size_t* workspace_bytes,
+                                          const geopref_linear_token_logps_args* args,
+                                          geopref_stream_t stream) {
+  if (workspace_bytes == nullptr || args == nullptr) return static_cast<int>(status::null_pointer);
+  gc::linear_token_logps_args a;
+  status s = to_token_rows(args->rows, &a.rows);
+  if (s != status::success) return static_cast<int>(s);
+  a.token_logps = args->token_logps;
+  a.lse = args->lse;
+  a.entropy = args->entropy;
+  return static_cast<int>(gc::linear_token_logps(workspace, *workspace_bytes, a,
+                                                 static_cast<cudaStream_t>(stream)));
+}
+
+geopref_status geopref_linear_token_logps_grad(void* workspace, size_t* workspace_bytes,
+                                               const geopref_linear_token_grad_args* args,
+                                               geopref_stream_t stream) {
+  if (workspace_bytes == nullptr || args == nullptr) return static_cast<int>(status::null_pointer);
+  gc::linear_token_grad_args a;
+  status s = to_token_rows(args->rows, &a.rows);
+  if (s != status::success) return static_cast<int>(s);
+  a.lse = args->lse;
+  a.grad_token_logps = args->grad_token_logps;
+  a.grad_hidden = args->grad_hidden;
+  a.ld_grad_hidden = args->ld_grad_hidden;
+  a.grad_weight = args->grad_weight;
+  a.ld_grad_weight = args->ld_grad_weight;
+  a.grad_weight_float32 = args->grad_weight_float32 != 0;
+  a.grad_bias = args->grad_bias;
+  a.accumulate = args->accumulate != 0;
+  return static_cast<int>(gc::linear_token_logps_grad(workspace, *workspace_bytes, a,
+                                                      static_cast<cudaStream_t>(stream)));
 }
 
 geopref_status geopref_vocab_linear_stats(void* workspace, size_t* workspace_bytes,

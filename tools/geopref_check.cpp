@@ -39,7 +39,8 @@ const char* const USAGE =
     "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
     "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
     "                     [--vocab-shards K] [--device cpu|cuda] --out DIR\n"
-    "       geopref-check --per-token --logits L.npy --labels Y.npy [--token-grad G.npy]\n"
+    "       geopref-check --per-token (--logits L.npy | --hidden H.npy --weight WT.npy\n"
+    "                     [--bias B.npy]) --labels Y.npy [--token-grad G.npy]\n"
     "                     [--ignore-index K] [--device cpu|cuda] --out DIR\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
     "  H.npy  hidden states [N, Hd] or [S, T, Hd]; WT.npy  output projection [V, Hd]; B.npy [V]\n"
@@ -60,7 +61,8 @@ const char* const USAGE =
     "  --per-token: per-token log-probs, no sequences or loss (L [N, V] or [S, T, V]);\n"
     "  writes DIR/token_logps.npy and DIR/entropy.npy [N] (0 on rows labelled K), and\n"
     "  with --token-grad G.npy (float32/64, the labels' shape) DIR/grad_logits.npy,\n"
-    "  the gradient of sum_t G[t] * token_logps[t]\n";
+    "  the gradient of sum_t G[t] * token_logps[t] (with --hidden: DIR/grad_hidden.npy,\n"
+    "  DIR/grad_weight.npy [, DIR/grad_bias.npy])\n";
 
 // Bad command line (exit 2) and bad input (exit 1); each carries one line.
 struct usage_error {
@@ -277,6 +279,25 @@ std::vector<double> load_vector(const std::string& flag, const std::string& path
   return v;
 }
 
+/// --weight [and --bias] with --hidden: p->vocab held Hd (the hidden
+/// states' last axis); V comes from the weight.
+void load_linear(const cli& c, tools::check_problem* p) {
+  const npy_array& L = p->hidden;
+  p->hidden_size = p->vocab;
+  p->weight = load("--weight", c.weight);
+  const npy_array& W = p->weight;
+  if (W.dtype != L.dtype || W.ndim() != 2 || W.shape[1] != p->hidden_size)
+    throw input_error{describe("--weight", W) + "; expected " + tools::npy_dtype_name(L.dtype) +
+                      " [V, " + std::to_string(p->hidden_size) + "] (the hidden states' dtype and Hd)"};
+  p->vocab = W.shape[0];
+  if (!c.bias.empty()) {
+    p->bias = load("--bias", c.bias);
+    if (p->bias.dtype != L.dtype || p->bias.ndim() != 1 || p->bias.shape[0] != p->vocab)
+      throw input_error{describe("--bias", p->bias) + "; expected " +
+                        tools::npy_dtype_name(L.dtype) + " [" + std::to_string(p->vocab) + "]"};
+  }
+}
+
 tools::check_problem load_problem(const cli& c) {
   tools::check_problem p;
   p.linear = !c.hidden.empty();
@@ -291,16 +312,23 @@ tools::check_problem load_problem(const cli& c) {
 
   if (c.per_token) {
     // Rows only: [N, V] with [N], or [S, T, V] with [S, T] read as N = S·T rows.
+    // With --hidden: [N, Hd] or [S, T, Hd], and V from the weight.
     if (L.ndim() != 2 && L.ndim() != 3)
-      throw input_error{describe("--logits", L) + "; expected [N, V] or [S, T, V]"};
+      throw input_error{describe(lflag, L) + (p.linear ? "; expected [N, Hd] or [S, T, Hd]"
+                                                       : "; expected [N, V] or [S, T, V]")};
     const std::vector<int64_t> rows_shape(L.shape.begin(), L.shape.end() - 1);
     if (Y.shape != rows_shape)
-      throw input_error{describe("--labels", Y) + "; logits " + tools::npy_shape_string(L.shape) +
-                        " need labels " + tools::npy_shape_string(rows_shape)};
+      throw input_error{describe("--labels", Y) + "; " + lflag.substr(2) + " " +
+                        tools::npy_shape_string(L.shape) + " need labels " +
+                        tools::npy_shape_string(rows_shape)};
     p.n_rows = rows_shape.size() == 1 ? rows_shape[0] : rows_shape[0] * rows_shape[1];
     p.vocab = L.shape.back();
+    if (p.linear) load_linear(c, &p);
     if (p.n_rows > 0 && p.vocab == 0)
-      throw input_error{describe("--logits", L) + "; V must be at least 1"};
+      throw input_error{describe(p.linear ? "--weight" : "--logits",
+                                 p.linear ? p.weight : L) + "; V must be at least 1"};
+    if (p.linear && p.n_rows > 0 && p.hidden_size == 0)
+      throw input_error{describe(lflag, L) + "; Hd must be at least 1"};
     p.per_token = true;
     if (!c.token_grad.empty()) {
       const npy_array G = load("--token-grad", c.token_grad);
@@ -344,22 +372,7 @@ tools::check_problem load_problem(const cli& c) {
     throw input_error{describe(lflag, L) + (p.linear ? "; expected [N, Hd] or [S, T, Hd]" : "; expected [N, V] or [S, T, V]")};
   }
 
-  if (p.linear) {
-    // The last axis was Hd: V comes from the weight.
-    p.hidden_size = p.vocab;
-    p.weight = load("--weight", c.weight);
-    const npy_array& W = p.weight;
-    if (W.dtype != L.dtype || W.ndim() != 2 || W.shape[1] != p.hidden_size)
-      throw input_error{describe("--weight", W) + "; expected " + tools::npy_dtype_name(L.dtype) +
-                        " [V, " + std::to_string(p.hidden_size) + "] (the hidden states' dtype and Hd)"};
-    p.vocab = W.shape[0];
-    if (!c.bias.empty()) {
-      p.bias = load("--bias", c.bias);
-      if (p.bias.dtype != L.dtype || p.bias.ndim() != 1 || p.bias.shape[0] != p.vocab)
-        throw input_error{describe("--bias", p.bias) + "; expected " +
-                          tools::npy_dtype_name(L.dtype) + " [" + std::to_string(p.vocab) + "]"};
-    }
-  }
+  if (p.linear) load_linear(c, &p);
 
   if (!c.pairs.empty()) {
     const npy_array I = load("--pairs", c.pairs);
@@ -538,7 +551,47 @@ status run_tokens_labels(const tools::check_problem& p, const Logit* logits,
   return run_tokens_typed(p, logits, p.labels.i64.data(), r);
 }
 
+template <class Label>
+status run_tokens_linear_typed(const tools::check_problem& p, const Label* labels,
+                               tools::check_result* r) {
+  std::vector<double> H, W, B;  // float16/32 widen exactly
+  tools::npy_to_double(p.hidden, &H);
+  tools::npy_to_double(p.weight, &W);
+  if (p.bias.ndim() == 1) tools::npy_to_double(p.bias, &B);
+  reference::linear_token_rows<double, Label> in;
+  in.hidden = H.data();
+  in.weight = W.data();
+  in.bias = B.empty() ? nullptr : B.data();
+  in.n_rows = p.n_rows;
+  in.hidden_size = p.hidden_size;
+  in.vocab = p.vocab;
+  in.labels = labels;
+  in.ignore_index = p.opt.ignore_index;
+  const auto n = static_cast<std::size_t>(p.n_rows);
+  std::vector<double> lse(n, 0.0);
+  r->token_logps.assign(n, 0.0);
+  r->entropy.assign(n, 0.0);
+  reference::token_outputs out;
+  out.token_logps = r->token_logps.data();
+  out.lse = lse.data();
+  out.entropy = r->entropy.data();
+  const status st = reference::linear_token_logps(in, out);
+  if (st != status::success || p.token_grad.empty()) return st;
+  r->grad_hidden.assign(n * static_cast<std::size_t>(p.hidden_size), 0.0);
+  r->grad_weight.assign(static_cast<std::size_t>(p.vocab * p.hidden_size), 0.0);
+  r->grad_bias.assign(B.empty() ? 0 : static_cast<std::size_t>(p.vocab), 0.0);
+  reference::linear_token_grads g;
+  g.grad_hidden = r->grad_hidden.data();
+  g.grad_weight = r->grad_weight.data();
+  g.grad_bias = B.empty() ? nullptr : r->grad_bias.data();
+  return reference::linear_token_logps_grad(in, lse.data(), p.token_grad.data(), g);
+}
+
 status run_tokens(const tools::check_problem& p, tools::check_result* r) {
+  if (p.linear)
+    return p.labels.dtype == npy_dtype::int32
+               ? run_tokens_linear_typed(p, p.labels.i32.data(), r)
+               : run_tokens_linear_typed(p, p.labels.i64.data(), r);
   switch (p.logits.dtype) {
     case npy_dtype::float16: {
       std::vector<Eigen::half> h;
@@ -572,7 +625,12 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
   if (p.per_token) {
     write(dir / "token_logps.npy", npy_dtype::float64, {p.n_rows}, r.token_logps.data());
     write(dir / "entropy.npy", npy_dtype::float64, {p.n_rows}, r.entropy.data());
-    if (!r.grad64.empty())
+    if (p.linear && !r.grad_weight.empty()) {
+      write(dir / "grad_hidden.npy", npy_dtype::float64, p.hidden.shape, r.grad_hidden.data());
+      write(dir / "grad_weight.npy", npy_dtype::float64, p.weight.shape, r.grad_weight.data());
+      if (p.bias.ndim() == 1)
+        write(dir / "grad_bias.npy", npy_dtype::float64, p.bias.shape, r.grad_bias.data());
+    } else if (!r.grad64.empty())
       write(dir / "grad_logits.npy", npy_dtype::float64, p.logits.shape, r.grad64.data());
     else if (!r.grad32.empty())
       write(dir / "grad_logits.npy", npy_dtype::float32, p.logits.shape, r.grad32.data());

@@ -216,12 +216,106 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   return true;
 }
 
+/// --per-token with --hidden / --weight: geopref_linear_token_logps (and,
+/// with --token-grad, geopref_linear_token_logps_grad) with a 256 MiB chunk
+/// budget; H, W, b as run_cuda_linear uploads them, grad_weight and
+/// grad_bias back as float32, grad_hidden in the input dtype.
+static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std::string* error) {
+  const auto N = static_cast<std::size_t>(p.n_rows), V = static_cast<std::size_t>(p.vocab),
+             Hd = static_cast<std::size_t>(p.hidden_size);
+  const bool half = p.hidden.dtype == npy_dtype::float16, has_bias = p.bias.ndim() == 1;
+  const bool grad = !p.token_grad.empty();
+  auto up = [&](const npy_array& a) {
+    if (a.dtype == npy_dtype::float16) return device_buffer::upload(a.f16);
+    if (a.dtype == npy_dtype::float32) return device_buffer::upload(a.f32);
+    return device_buffer::upload(to_float(a.f64));
+  };
+  const device_buffer H = up(p.hidden), W = up(p.weight), B = has_bias ? up(p.bias) : device_buffer();
+  const device_buffer labels = p.labels.dtype == npy_dtype::int32 ? device_buffer::upload(p.labels.i32)
+                                                                  : device_buffer::upload(p.labels.i64);
+  const device_buffer g = device_buffer::upload(to_float(p.token_grad));
+  const device_buffer logps(N * 4), lse(N * 4), ent(N * 4), gh(grad ? N * Hd * (half ? 2 : 4) : 0),
+      gw(grad ? V * Hd * 4 : 0), gb(grad && has_bias ? V * 4 : 0);
+  cudaError_t e = cudaSuccess;
+  for (const device_buffer* b : {&H, &W, &B, &labels, &g, &logps, &lse, &ent, &gh, &gw, &gb})
+    if (e == cudaSuccess) e = b->error();
+  if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
+
+  geopref_linear_token_logps_args fa;
+  geopref_linear_token_logps_args_init(&fa);
+  geopref_linear_token_rows& rows = fa.rows;
+  rows.hidden = H.get<void>();
+  rows.weight = W.get<void>();
+  rows.bias = has_bias ? B.get<void>() : nullptr;
+  rows.dtype = half ? GEOPREF_FLOAT16 : GEOPREF_FLOAT32;
+  rows.n_rows = p.n_rows;
+  rows.hidden_size = p.hidden_size;
+  rows.vocab = p.vocab;
+  rows.labels = labels.get<void>();
+  rows.label_type = p.labels.dtype == npy_dtype::int32 ? GEOPREF_INT32 : GEOPREF_INT64;
+  rows.ignore_index = p.opt.ignore_index;
+  rows.chunk_bytes = std::size_t{256} << 20;
+  fa.token_logps = logps.get<float>();
+  fa.lse = lse.get<float>();
+  fa.entropy = ent.get<float>();
+  geopref_linear_token_grad_args ba;
+  geopref_linear_token_grad_args_init(&ba);
+  ba.rows = rows;
+  ba.lse = lse.get<float>();
+  ba.grad_token_logps = g.get<float>();
+  ba.grad_hidden = gh.get<void>();
+  ba.grad_weight = gw.get<void>();
+  ba.grad_weight_float32 = 1;
+  ba.grad_bias = has_bias ? gb.get<float>() : nullptr;
+
+  size_t fwd_bytes = 0, bwd_bytes = 0;
+  geopref_status st = geopref_linear_token_logps(nullptr, &fwd_bytes, &fa, nullptr);
+  if (st == GEOPREF_SUCCESS && grad) st = geopref_linear_token_logps_grad(nullptr, &bwd_bytes, &ba, nullptr);
+  device_buffer workspace(st == GEOPREF_SUCCESS ? (fwd_bytes > bwd_bytes ? fwd_bytes : bwd_bytes) : 0);
+  if (!workspace.ok()) return cuda_fail(error, "allocating the workspace", workspace.error());
+  geopref_status recorded = GEOPREF_SUCCESS;
+  if (st == GEOPREF_SUCCESS) st = geopref_linear_token_logps(workspace.get<void>(), &fwd_bytes, &fa, nullptr);
+  if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+  if (st == GEOPREF_SUCCESS) st = recorded;
+  if (st == GEOPREF_SUCCESS && grad) {
+    st = geopref_linear_token_logps_grad(workspace.get<void>(), &bwd_bytes, &ba, nullptr);
+    if (st == GEOPREF_SUCCESS) st = geopref_device_status(workspace.get<void>(), nullptr, &recorded);
+    if (st == GEOPREF_SUCCESS) st = recorded;
+  }
+  if (st != GEOPREF_SUCCESS) {
+    *error = std::string("geopref: ") + geopref_status_string(st);
+    return false;
+  }
+  std::vector<float> logps_h(N), ent_h(N), gw_h(grad ? V * Hd : 0), gb_h(grad && has_bias ? V : 0),
+      gh_f(grad && !half ? N * Hd : 0);
+  std::vector<uint16_t> gh_h(grad && half ? N * Hd : 0);
+  if (N > 0) e = cudaMemcpy(logps_h.data(), logps.get<void>(), N * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && N > 0) e = cudaMemcpy(ent_h.data(), ent.get<void>(), N * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gw_h.empty()) e = cudaMemcpy(gw_h.data(), gw.get<void>(), gw_h.size() * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gb_h.empty()) e = cudaMemcpy(gb_h.data(), gb.get<void>(), gb_h.size() * 4, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gh_h.empty()) e = cudaMemcpy(gh_h.data(), gh.get<void>(), gh_h.size() * 2, cudaMemcpyDeviceToHost);
+  if (e == cudaSuccess && !gh_f.empty()) e = cudaMemcpy(gh_f.data(), gh.get<void>(), gh_f.size() * 4, cudaMemcpyDeviceToHost);
+  if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
+  r->token_logps.assign(logps_h.begin(), logps_h.end());
+  r->entropy.assign(ent_h.begin(), ent_h.end());
+  if (grad) {
+    r->grad_weight.assign(gw_h.begin(), gw_h.end());
+    r->grad_bias.assign(gb_h.begin(), gb_h.end());
+    if (half)
+      for (uint16_t b : gh_h) r->grad_hidden.push_back(half_bits_to_float(b));
+    else
+      r->grad_hidden.assign(gh_f.begin(), gh_f.end());
+  }
+  return true;
+}
+
 bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     *error = "no usable CUDA device";
     return false;
   }
+  if (p.linear) return run_cuda_tokens_linear(p, r, error);
   const auto N = static_cast<std::size_t>(p.n_rows);
   int dtype = GEOPREF_FLOAT32;
   device_buffer logits;

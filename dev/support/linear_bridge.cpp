@@ -76,4 +76,54 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   return geopref::reference::compute(x, opt, o);
 }
 
+geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,
+                                           const double* g, linear_token_ref_result& r) {
+  const int64_t N = p.n_rows, Hd = p.hidden_size, V = p.vocab;
+  const auto n = static_cast<size_t>(N);
+  geopref::reference::linear_token_rows<double, int64_t> in;
+  in.hidden = p.hidden;
+  in.weight = p.weight;
+  in.bias = p.bias;
+  in.n_rows = N;
+  in.hidden_size = Hd;
+  in.vocab = V;
+  in.labels = p.labels;
+  in.ignore_index = ignore_index;
+  r.token_logps.assign(n, 0.0);
+  r.lse.assign(n, 0.0);
+  r.entropy.assign(n, 0.0);
+  geopref::reference::token_outputs o;
+  o.token_logps = r.token_logps.data();
+  o.lse = r.lse.data();
+  o.entropy = r.entropy.data();
+  geopref::status st = geopref::reference::linear_token_logps(in, o);
+  if (st != geopref::status::success) return st;
+  r.grad_hidden.assign(n * static_cast<size_t>(Hd), 0.0);
+  r.grad_weight.assign(static_cast<size_t>(V * Hd), 0.0);
+  r.grad_bias.assign(p.bias != nullptr ? static_cast<size_t>(V) : 0, 0.0);
+  geopref::reference::linear_token_grads gr;
+  gr.grad_hidden = r.grad_hidden.data();
+  gr.grad_weight = r.grad_weight.data();
+  gr.grad_bias = p.bias != nullptr ? r.grad_bias.data() : nullptr;
+  st = geopref::reference::linear_token_logps_grad(in, r.lse.data(), g, gr);
+  if (st != geopref::status::success) return st;
+  // Z and G for the tests' error bounds.
+  r.logits.assign(n * static_cast<size_t>(V), 0.0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t v = 0; v < V; ++v) {
+      double z = p.bias != nullptr ? p.bias[v] : 0.0;
+      for (int64_t k = 0; k < Hd; ++k) z += p.hidden[t * Hd + k] * p.weight[v * Hd + k];
+      r.logits[t * V + v] = z;
+    }
+  r.grad_logits.assign(n * static_cast<size_t>(V), 0.0);
+  geopref::reference::token_rows<double, int64_t> zr;
+  zr.logits = r.logits.data();
+  zr.n_rows = N;
+  zr.vocab = V;
+  zr.ld = V;
+  zr.labels = p.labels;
+  zr.ignore_index = ignore_index;
+  return geopref::reference::token_logps_grad(zr, r.lse.data(), g, r.grad_logits.data(), V);
+}
+
 }  // namespace geopref::support

@@ -37,6 +37,20 @@ struct linear_ref_result {
   std::vector<double> grad_bias;    // [V] (with a bias)
 };
 
+/// The per-token primitive from hidden states (reference::linear_token_logps,
+/// then linear_token_logps_grad with g [N] and the reference's own lse), on
+/// the fields hidden, weight, bias, sizes and labels of `in`.
+struct linear_token_ref_result {
+  std::vector<double> logits;                    // [N, V] Z in double
+  std::vector<double> token_logps, lse, entropy;  // [N]
+  std::vector<double> grad_logits;               // [N, V] G
+  std::vector<double> grad_hidden, grad_weight, grad_bias;  // [N, Hd], [V, Hd], [V] (with a bias)
+};
+
+geopref::status run_linear_token_reference(const linear_ref_problem& in, int64_t ignore_index,
+                                           const double* grad_token_logps,
+                                           linear_token_ref_result& out);
+
 geopref::status run_linear_reference(const linear_ref_problem& in, const geopref::options& opt,
                                      linear_ref_result& out);
 

@@ -14,6 +14,9 @@
  *                           tokens (and lse, entropy) from logits [N, V];
  *   geopref_token_logps_grad its backward for any per-token upstream gradient
  *                           g_t: g_t (1[v = y_t] - softmax_t), in place or not;
+ *   geopref_linear_token_logps(_grad) the same two from hidden states and the
+ *                           output projection (logits one chunk at a time;
+ *                           grad_hidden, grad_weight, grad_bias);
  *   geopref_device_status   the status the kernels recorded about device data
  *                           (a label out of range, bad offsets, ...);
  *                           synchronises the stream.
@@ -355,6 +358,45 @@ typedef struct geopref_token_grad_args {
   int64_t grad_ld;                 /* >= V; 0: ld */
   int grad_float32;                /* non-zero: gradient as float32, else in the logits dtype */
 } geopref_token_grad_args;
+/* The per-token primitive from hidden states (geopref/cuda/linear_token_logps.cuh;
+ * compiled in kernels/c_api_linear.cu): token log-probs and their backward
+ * from H [N, Hd] and W [V, Hd] (bias b [V]), the logits one chunk of rows at
+ * a time in the workspace. geopref_linear_token_*_args_init() zeroes the
+ * struct and sets float32, int64 labels, ignore_index = -100, chunk_bytes = 1 GiB. */
+typedef struct geopref_linear_token_rows {
+  const void* hidden;   /* [N, ld_hidden] row-major, dtype */
+  int64_t ld_hidden;    /* >= Hd; 0: Hd */
+  const void* weight;   /* [V, ld_weight] row-major, dtype */
+  int64_t ld_weight;    /* >= Hd; 0: Hd */
+  const void* bias;     /* [V] dtype, or NULL */
+  int dtype;            /* GEOPREF_FLOAT32 / FLOAT16 / BFLOAT16: H, W, b, the chunk, grad_hidden */
+  int64_t n_rows;       /* N */
+  int64_t hidden_size;  /* Hd */
+  int64_t vocab;        /* V */
+  const void* labels;   /* [N] label_type, already shifted */
+  int label_type;       /* GEOPREF_INT32 / INT64 */
+  int64_t ignore_index; /* label of unscored rows */
+  size_t chunk_bytes;   /* budget for one chunk of logits (>= one row, V rounded up to 16 bytes) */
+  void* cublas_handle;  /* a cublasHandle_t, or NULL: the call creates and destroys one */
+} geopref_linear_token_rows;
+typedef struct geopref_linear_token_logps_args {
+  geopref_linear_token_rows rows;
+  float* token_logps; /* [N] required: logp_t, 0 for unscored rows */
+  float* lse;         /* [N] optional: lse_t, 0 for unscored rows (the backward's input) */
+  float* entropy;     /* [N] optional: -sum_v p log p, 0 for unscored rows */
+} geopref_linear_token_logps_args;
+typedef struct geopref_linear_token_grad_args {
+  geopref_linear_token_rows rows;  /* the rows geopref_linear_token_logps was given */
+  const float* lse;                /* [N] its lse */
+  const float* grad_token_logps;   /* [N] g_t = dLoss/dlogp_t */
+  void* grad_hidden;          /* [N, ld_grad_hidden] dtype, or NULL; always overwritten */
+  int64_t ld_grad_hidden;     /* >= Hd; 0: Hd */
+  void* grad_weight;          /* [V, ld_grad_weight] dtype (float32 with grad_weight_float32), or NULL */
+  int64_t ld_grad_weight;     /* >= Hd; 0: Hd */
+  int grad_weight_float32;
+  float* grad_bias;           /* [V] float, or NULL; needs a bias */
+  int accumulate;             /* non-zero: grad_weight and grad_bias are added to */
+} geopref_linear_token_grad_args;
 GEOPREF_C_EXPORT void geopref_options_init(geopref_options* opt);
 GEOPREF_C_EXPORT void geopref_train_args_init(geopref_train_args* args);
 GEOPREF_C_EXPORT void geopref_logps_args_init(geopref_logps_args* args);
@@ -404,6 +446,15 @@ GEOPREF_C_EXPORT geopref_status geopref_token_logps(void* workspace, size_t* wor
 GEOPREF_C_EXPORT geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
                                                          const geopref_token_grad_args* args,
                                                          geopref_stream_t stream);
+GEOPREF_C_EXPORT void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args);
+GEOPREF_C_EXPORT void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args);
+/* workspace == NULL: sets *workspace_bytes only (it depends on chunk_bytes). */
+GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps(
+    void* workspace, size_t* workspace_bytes, const geopref_linear_token_logps_args* args,
+    geopref_stream_t stream);
+GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps_grad(
+    void* workspace, size_t* workspace_bytes, const geopref_linear_token_grad_args* args,
+    geopref_stream_t stream);
 
 /* Vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh; in kernels/c_api_linear.cu, with
  * cuBLAS): `in` / `train.in` describe the rank's slice of the projection (weight W_r [V_r, Hd],

@@ -805,3 +805,76 @@ TEST_CASE("geopref-check --hidden --weight --bias equals --logits on H Wt + b",
     CHECK(std::count(e.err.begin(), e.err.end(), '\n') == 1);
   }
 }
+
+TEST_CASE("geopref-check --per-token --hidden --weight --bias equals --per-token --logits on H Wt + b",
+          "[tools][fused_linear]") {
+  const int64_t S = 3, T = 3, N = S * T, Hd = 2, V = 5;  // [S, T, Hd] hidden states
+  std::mt19937_64 rng(78);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  std::vector<double> H(static_cast<std::size_t>(N * Hd)), W(static_cast<std::size_t>(V * Hd)),
+      b(static_cast<std::size_t>(V)), Z(static_cast<std::size_t>(N * V)), g(static_cast<std::size_t>(N));
+  for (auto& x : H) x = u(rng);
+  for (auto& x : W) x = 2 * u(rng);
+  for (auto& x : b) x = u(rng);
+  for (auto& x : g) x = u(rng);
+  std::vector<int64_t> labels(static_cast<std::size_t>(N));
+  for (int64_t t = 0; t < N; ++t) labels[t] = t % T == 1 ? -100 : static_cast<int64_t>(rng() % V);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t v = 0; v < V; ++v) {
+      double z = b[v];
+      for (int64_t k = 0; k < Hd; ++k) z += H[t * Hd + k] * W[v * Hd + k];
+      Z[t * V + v] = z;
+    }
+  const std::string common = " --per-token --labels " + save("pt_labels.npy", "<i8", "(3, 3)", labels) +
+                             " --token-grad " + save("pt_g.npy", "<f8", "(3, 3)", g);
+  REQUIRE(run_tool("--logits " + save("pt_logits.npy", "<f8", "(3, 3, 5)", Z) + common + " --out " +
+                   path("pt_out_logits"))
+              .exit_code == 0);
+  const run_result r = run_tool("--hidden " + save("pt_hidden.npy", "<f8", "(3, 3, 2)", H) +
+                                " --weight " + save("pt_weight.npy", "<f8", "(5, 2)", W) +
+                                " --bias " + save("pt_bias.npy", "<f8", "(5,)", b) + common +
+                                " --out " + path("pt_out"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const std::string a = path("pt_out_logits"), l = path("pt_out");
+  // The same double reference on Z formed two ways (here and by Eigen): equal
+  // to rounding.
+  for (const char* f : {"/token_logps.npy", "/entropy.npy"}) {
+    const auto x = read_doubles(a + f), y = read_doubles(l + f);
+    REQUIRE(x.size() == y.size());
+    for (std::size_t i = 0; i < x.size(); ++i) CHECK(y[i] == Approx(x[i]).margin(1e-13));
+  }
+  bytes none;
+  CHECK_FALSE(read_file(l + "/grad_logits.npy", &none));
+  const auto G = read_doubles(a + "/grad_logits.npy");
+  std::vector<int64_t> shape;
+  const auto gh = read_doubles(l + "/grad_hidden.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{S, T, Hd});
+  const auto gw = read_doubles(l + "/grad_weight.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{V, Hd});
+  const auto gb = read_doubles(l + "/grad_bias.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{V});
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0;
+      for (int64_t v = 0; v < V; ++v) e += G[t * V + v] * W[v * Hd + k];
+      CHECK(gh[t * Hd + k] == Approx(e).margin(1e-13));
+    }
+  for (int64_t v = 0; v < V; ++v) {
+    double eb = 0;
+    for (int64_t t = 0; t < N; ++t) eb += G[t * V + v];
+    CHECK(gb[v] == Approx(eb).margin(1e-13));
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0;
+      for (int64_t t = 0; t < N; ++t) e += G[t * V + v] * H[t * Hd + k];
+      CHECK(gw[v * Hd + k] == Approx(e).margin(1e-13));
+    }
+  }
+  // Labels that do not match the hidden states' rows: one line, non-zero exit.
+  const run_result e = run_tool("--hidden " + path("pt_hidden.npy") + " --weight " +
+                                path("pt_weight.npy") + " --per-token --labels " +
+                                save("pt_lbad.npy", "<i8", "(9,)", labels) + " --out " + path("pt_bad"));
+  INFO(e.err);
+  CHECK(e.exit_code != 0);
+  CHECK(std::count(e.err.begin(), e.err.end(), '\n') == 1);
+}

@@ -31,7 +31,8 @@
 // mode is the caller's: a handle that allows TF32 makes fp32 inputs use it).
 // With cublas == nullptr the call creates a handle and destroys it at the end,
 // which allocates and synchronises the device: pass a handle in a training
-// loop. Link CUDA::cublas (this header is the only one in geopref that needs it).
+// loop. Link CUDA::cublas (this header, and linear_token_logps.cuh which
+// includes it, are the only ones in geopref that need it).
 //
 // Not built yet: DESIGN §6's one-pass fast path (whole pairs per chunk, a
 // loss that is not batch-coupled: three GEMMs instead of four); it needs the

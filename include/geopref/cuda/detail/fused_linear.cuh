@@ -412,11 +412,12 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
 ///
 /// Pass 2: every chunk's logits again, the fused backward in place, then
 /// grad_H_c = G_c·W, grad_W (+)= G_cᵀ·H_c, grad_b (+)= Σ_rows G_c. g_s is in
-/// ws.seq_grad.
+/// ws.seq_grad; or, with row_coef_ready (linear_token_logps_grad), the
+/// per-token g_t is already in ws.row_coef.
 template <class T>
 inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
                               const linear_layout& l, const workspace_view& ws, T* chunk,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, bool row_coef_ready = false) {
   const linear_inputs& in = a.in;
   const int64_t Hd = in.hidden_size;
   const int64_t ldh = linear_ld(in.ld_hidden, Hd), ldw = linear_ld(in.ld_weight, Hd);
@@ -425,7 +426,7 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
   const cudaDataType_t gwt = a.grad_weight_float32 ? CUDA_R_32F : t;
   const int elem = static_cast<int>(sizeof(T));
   // One coefficient per row, g_t = g_s · w_t, as enqueue_backward does.
-  if (in.n_rows > 0) {
+  if (in.n_rows > 0 && !row_coef_ready) {
     launch(row_coef_kernel<BLOCK>, grid_1d(in.n_rows), BLOCK, stream, ws.row_seq, ws.seq_grad,
            in.token_weights, in.n_rows, ws.row_coef, ws.flag);
     if (last_launch() != status::success) return status::cuda_error;

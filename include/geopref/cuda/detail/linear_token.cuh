@@ -1,0 +1,242 @@
+// geopref/cuda/detail/linear_token.cuh — definitions of
+// geopref/cuda/linear_token_logps.cuh: the per-token primitive's rows
+// (token_rows_kernel) around fused_linear's chunked passes, with the pair
+// step left out.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+
+#include "geopref/cuda/fused_linear.cuh"
+#include "geopref/cuda/linear_token_logps.cuh"
+#include "geopref/cuda/token_logps.cuh"
+#include "geopref/cuda/detail/fused_linear.cuh"
+#include "geopref/cuda/detail/token_api.cuh"
+#include "geopref/cuda/detail/token_kernels.cuh"
+
+namespace geopref::cuda {
+namespace detail {
+
+/// The rows as fused_linear's inputs without sequences, so that its shape,
+/// buffer, workspace and overlap checks apply unchanged.
+inline linear_inputs as_linear(const linear_token_rows& r) noexcept {
+  linear_inputs in;
+  in.hidden = r.hidden;
+  in.ld_hidden = r.ld_hidden;
+  in.weight = r.weight;
+  in.ld_weight = r.ld_weight;
+  in.bias = r.bias;
+  in.type = r.type;
+  in.n_rows = r.n_rows;
+  in.hidden_size = r.hidden_size;
+  in.vocab = r.vocab;
+  in.labels = r.labels;
+  in.label_type = r.label_type;
+  in.chunk_bytes = r.chunk_bytes;
+  in.cublas = r.cublas;
+  return in;
+}
+
+/// The rows as token_logps' (no logits: token_rows_kernel reads the labels only).
+inline token_rows as_token_rows(const linear_token_rows& r) noexcept {
+  token_rows t;
+  t.logits_dtype = r.type;
+  t.n_rows = r.n_rows;
+  t.vocab = r.vocab;
+  t.ld = r.vocab;
+  t.labels = r.labels;
+  t.label_type = r.label_type;
+  t.ignore_index = r.ignore_index;
+  return t;
+}
+
+/// The gradients as a linear_train_args (no pairs), for check_linear_train
+/// and linear_backward.
+inline linear_train_args as_linear_train(const linear_token_grad_args& a) noexcept {
+  linear_train_args t;
+  t.in = as_linear(a.rows);
+  t.grad_hidden = a.grad_hidden;
+  t.ld_grad_hidden = a.ld_grad_hidden;
+  t.grad_weight = a.grad_weight;
+  t.ld_grad_weight = a.ld_grad_weight;
+  t.grad_weight_float32 = a.grad_weight_float32;
+  t.grad_bias = a.grad_bias;
+  t.accumulate = a.accumulate;
+  return t;
+}
+
+/// The [N] float arrays `rows` against the inputs H, W, b (read by every
+/// chunk's GEMM while they are written or read) and one another.
+inline bool token_rows_meet(const linear_inputs& in, const byte_range* rows, int n_rows_arrays,
+                            const byte_range* others, int n_others) noexcept {
+  const int elem = dtype_bytes(in.type);
+  const int64_t Hd = in.hidden_size;
+  byte_range inputs[3] = {{0, 0}, {0, 0}, {0, 0}};
+  inputs[0] = used_bytes(in.hidden, in.n_rows, linear_ld(in.ld_hidden, Hd), Hd, elem);
+  inputs[1] = used_bytes(in.weight, in.vocab, linear_ld(in.ld_weight, Hd), Hd, elem);
+  if (in.bias != nullptr) inputs[2] = used_bytes(in.bias, 1, in.vocab, in.vocab, elem);
+  for (int i = 0; i < n_rows_arrays; ++i) {
+    if (rows[i].begin == rows[i].end) continue;
+    for (const byte_range& x : inputs)
+      if (x.begin != x.end && ranges_meet(rows[i], x)) return true;
+    for (int j = 0; j < n_others; ++j)
+      if (others[j].begin != others[j].end && ranges_meet(rows[i], others[j])) return true;
+    for (int j = i + 1; j < n_rows_arrays; ++j)
+      if (rows[j].begin != rows[j].end && ranges_meet(rows[i], rows[j])) return true;
+  }
+  return false;
+}
+
+inline status check_linear_token_logps(const linear_token_logps_args& a, bool buffers) noexcept {
+  const linear_inputs in = as_linear(a.rows);
+  status s = check_linear_shapes(in);
+  if (s != status::success || !buffers) return s;
+  s = check_linear_buffers(in);
+  if (s != status::success) return s;
+  const int64_t n = in.n_rows;
+  if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
+  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4))
+    return status::misaligned_pointer;
+  if (n == 0) return status::success;
+  const byte_range out[3] = {row_bytes(a.token_logps, n), row_bytes(a.lse, n),
+                             row_bytes(a.entropy, n)};
+  return token_rows_meet(in, out, 3, nullptr, 0) ? status::overlapping_buffers : status::success;
+}
+
+inline status check_linear_token_grad(const linear_token_grad_args& a, bool buffers) noexcept {
+  const linear_train_args t = as_linear_train(a);
+  status s = check_linear_train(t, options{}, buffers);  // shapes, strides, gradients
+  if (s != status::success || !buffers) return s;
+  const linear_inputs& in = t.in;
+  const int64_t n = in.n_rows, Hd = in.hidden_size;
+  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr)) return status::null_pointer;
+  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4)) return status::misaligned_pointer;
+  if (n == 0) return status::success;
+  // lse is read by every chunk's backward_kernel while the gradients are
+  // written; an lse or g_t inside H, W or b would be read as both.
+  const int elem = dtype_bytes(in.type);
+  byte_range outs[3] = {{0, 0}, {0, 0}, {0, 0}};
+  if (a.grad_hidden != nullptr)
+    outs[0] = used_bytes(a.grad_hidden, n, linear_ld(a.ld_grad_hidden, Hd), Hd, elem);
+  if (a.grad_weight != nullptr)
+    outs[1] = used_bytes(a.grad_weight, in.vocab, linear_ld(a.ld_grad_weight, Hd), Hd,
+                         a.grad_weight_float32 ? 4 : elem);
+  if (a.grad_bias != nullptr) outs[2] = used_bytes(a.grad_bias, 1, in.vocab, in.vocab, 4);
+  const byte_range rows[2] = {row_bytes(a.lse, n), row_bytes(a.grad_token_logps, n)};
+  // lse and g_t may share memory with each other (both only read): check
+  // each alone against the inputs and the gradients.
+  if (token_rows_meet(in, rows, 1, outs, 3) || token_rows_meet(in, rows + 1, 1, outs, 3))
+    return status::overlapping_buffers;
+  return status::success;
+}
+
+/// The [N] arrays against the workspace.
+inline bool rows_meet_workspace(std::initializer_list<const float*> arrays, int64_t n,
+                                const void* workspace, const workspace_layout& w) {
+  if (n == 0) return false;
+  for (const float* p : arrays)
+    if (p != nullptr && meets_workspace(row_bytes(p, n), workspace, w)) return true;
+  return false;
+}
+
+/// The forward over every chunk, through fused_linear's chunk loop: Z_c and
+/// forward_kernel (chunk_forward, writing through `out`: the caller's lse
+/// and ℓ_t), combine_kernel for split rows, entropy_kernel when asked.
+template <class T>
+inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
+                                   const linear_layout& l, const workspace_view& ws,
+                                   lse_state* partials, T* chunk, float* lse, float* token_logps,
+                                   float* entropy, cudaStream_t stream) {
+  const int k = l.base.splits;
+  workspace_view out = ws;
+  out.lse = lse;
+  out.token_logp = token_logps;
+  return for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
+    status st = chunk_forward<T>(h, in, l, r0, rows, ws.cols, out, partials, chunk, stream);
+    if (st != status::success) return st;
+    if (k > 1) {
+      launch(combine_kernel<BLOCK>, grid_1d(rows), BLOCK, stream, partials, k, rows, ws.cols + r0,
+             lse + r0, token_logps + r0);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+    if (entropy != nullptr) {
+      launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(rows), BLOCK, stream,
+             static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
+             static_cast<const float*>(lse + r0), entropy + r0);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+    return status::success;
+  });
+}
+
+}  // namespace detail
+
+inline status linear_token_logps(void* workspace, size_t& workspace_bytes,
+                                 const linear_token_logps_args& args,
+                                 cudaStream_t stream) noexcept {
+  status s = detail::check_linear_token_logps(args, workspace != nullptr);
+  if (s != status::success) return s;
+  const linear_inputs in = detail::as_linear(args.rows);
+  detail::linear_layout l;
+  s = detail::linear_workspace(workspace, workspace_bytes, in, 0, false, nullptr, &l);
+  if (s != status::success || workspace == nullptr) return s;
+  detail::workspace_layout whole = l.base;
+  whole.bytes = l.bytes;
+  if (detail::rows_meet_workspace({args.token_logps, args.lse, args.entropy}, in.n_rows,
+                                  workspace, whole))
+    return status::overlapping_buffers;
+  detail::lse_state* partials = nullptr;
+  void* chunk = nullptr;
+  const detail::workspace_view ws = detail::carve_linear(workspace, l, &partials, &chunk);
+  s = detail::enqueue_token_rows(detail::as_token_rows(args.rows), ws, nullptr, stream);
+  if (s != status::success || in.n_rows == 0) return s;
+  detail::blas_scope blas;
+  s = blas.open(in.cublas, stream);
+  if (s != status::success) return s;
+  float* lse = args.lse != nullptr ? args.lse : ws.lse;
+  return detail::visit_dtype(in.type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return detail::linear_token_forward<T>(blas.get(), in, l, ws, partials, static_cast<T*>(chunk),
+                                           lse, args.token_logps, args.entropy, stream);
+  });
+}
+
+inline status linear_token_logps_grad(void* workspace, size_t& workspace_bytes,
+                                      const linear_token_grad_args& args,
+                                      cudaStream_t stream) noexcept {
+  status s = detail::check_linear_token_grad(args, workspace != nullptr);
+  if (s != status::success) return s;
+  const linear_train_args t = detail::as_linear_train(args);
+  detail::linear_layout l;
+  // train: the layout's row_coef [N] holds the checked g_t.
+  s = detail::linear_workspace(workspace, workspace_bytes, t.in, 0, true, &t, &l);
+  if (s != status::success || workspace == nullptr) return s;
+  detail::workspace_layout whole = l.base;
+  whole.bytes = l.bytes;
+  if (detail::rows_meet_workspace({args.lse, args.grad_token_logps}, t.in.n_rows, workspace,
+                                  whole))
+    return status::overlapping_buffers;
+  detail::lse_state* partials = nullptr;
+  void* chunk = nullptr;
+  detail::workspace_view ws = detail::carve_linear(workspace, l, &partials, &chunk);
+  // Label columns, and g_t checked into ws.row_coef (0 for unscored rows).
+  s = detail::enqueue_token_rows(detail::as_token_rows(args.rows), ws, args.grad_token_logps,
+                                 stream);
+  if (s != status::success) return s;
+  // backward_kernel reads lse through the view; the caller's is only read.
+  ws.lse = const_cast<float*>(args.lse);
+  detail::blas_scope blas;
+  s = blas.open(t.in.cublas, stream);
+  if (s != status::success) return s;
+  return detail::visit_dtype(t.in.type, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return detail::linear_backward<T>(blas.get(), t, l, ws, static_cast<T*>(chunk), stream,
+                                      /*row_coef_ready=*/true);
+  });
+}
+
+}  // namespace geopref::cuda

@@ -1,0 +1,623 @@
+// tests/cuda/test_linear_token.cu — geopref::cuda::linear_token_logps and
+// linear_token_logps_grad (geopref/cuda/linear_token_logps.cuh) against the
+// CPU reference (reference::linear_token_logps(_grad), in double) and
+// against the unfused path (one GEMM for all logits, token_logps,
+// token_logps_grad in place, then the two gradient GEMMs), on awkward shapes
+// (V not a multiple of 8, Hd = 1, V = 1, a one-row budget, split rows,
+// ignore_index rows, padded strides, accumulate vs overwrite); bitwise
+// repeatability; bad input. Runs on a GPU and on the host emulator.
+//
+// Error model: test_fused_linear.cu's, with the pair step left out. Each
+// logit carries e_z(t) = u_T·max_v|z_tv| + (Hd + 2)·u·max_v(Σ_k|h_tk w_vk| + |b_v|)
+// (the rounding of Z to the input dtype, u_T = 2⁻⁸ bf16, 2⁻¹¹ half, 0 float;
+// the fp32 GEMM's a priori bound). Then lse_t ≤ e_z + eps_sum + 4u|lse|,
+// ℓ_t ≤ 2e_z + eps_sum + 4u(|ℓ| + |lse|); the entropy as test_token.cu's
+// bound with err(lse) and a further e_z·Σ_v p_v|log p_v + H| (∂H/∂z_v =
+// −p_v(log p_v + H)); G_tv = g_t(𝟙 − p_tv) with the caller's exact g_t:
+// |g| p (e_z + err(lse))·1.01 + (u_T + 3u)|G| (G rounded to the input dtype
+// before the GEMMs, as the unfused path's G); grad_H, grad_W, grad_b as
+// test_fused_linear.cu (the GEMMs' γ bounds, one rounding per chunk for a
+// grad_weight in the input dtype). The backward reads the GPU's own lse, so
+// err(lse) enters G. Against the unfused path each side is within the bound
+// of the exact value, so the two differ by at most twice it.
+#include <catch2/catch.hpp>
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <sstream>
+#include <vector>
+
+#include "geopref/cuda/linear_token_logps.cuh"
+#include "gpu_harness.cuh"
+#include "linear_bridge.hpp"
+
+using namespace geopref::test;
+
+namespace {
+
+struct lt_config {
+  gc::dtype dtype = gc::dtype::float32;
+  int64_t rows = 9, hidden = 8, vocab = 37;  // 37: not a multiple of any vector width
+  int64_t chunk_rows = 4;                    // the budget, in rows
+  bool bias = true, accumulate = false, gw_float32 = true;
+  int64_t pad = 0;         // extra elements of each H / W / grad_hidden row
+  int64_t ignore = -100;   // ignore_index (a fifth of the rows carry it)
+  bool labels32 = false;   // int32 labels
+  uint64_t seed = 1;
+};
+
+std::string describe(const lt_config& c) {
+  std::ostringstream o;
+  o << dtype_name(c.dtype) << " N=" << c.rows << " Hd=" << c.hidden << " V=" << c.vocab
+    << " chunk=" << c.chunk_rows << " bias=" << c.bias << " acc=" << c.accumulate
+    << " gw32=" << c.gw_float32 << " pad=" << c.pad << " ignore=" << c.ignore
+    << " l32=" << c.labels32 << " seed=" << c.seed;
+  return o.str();
+}
+
+double unit_roundoff(gc::dtype d) {
+  return d == gc::dtype::bfloat16 ? 1.0 / 256 : (d == gc::dtype::float16 ? 1.0 / 2048 : 0.0);
+}
+
+struct lt_problem {
+  lt_config c;
+  int64_t ldh = 0;
+  std::vector<uint8_t> Hb, Wb, bb;  // device layout, with row padding
+  std::vector<double> H, W, b;      // dense doubles of the rounded elements
+  std::vector<int64_t> labels;
+  std::vector<float> g;
+  std::vector<double> g_d;
+};
+
+void fill(gc::dtype d, std::mt19937_64& rng, double scale, int64_t rows, int64_t cols, int64_t ld,
+          std::vector<uint8_t>& bytes, std::vector<double>& vals) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int e = dtype_bytes(d);
+  bytes.assign(static_cast<size_t>(rows * ld * e), 0xff);  // padding: NaN, never read
+  vals.assign(static_cast<size_t>(rows * cols), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k)
+      vals[r * cols + k] =
+          encode(d, static_cast<float>(scale) * u(rng), bytes.data() + (r * ld + k) * e);
+}
+
+lt_problem make_lt(const lt_config& c) {
+  std::mt19937_64 rng(c.seed);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  lt_problem p;
+  p.c = c;
+  p.ldh = c.hidden + c.pad;
+  const double scale = 1.5 / std::sqrt(static_cast<double>(c.hidden));  // logits O(2)
+  fill(c.dtype, rng, scale, c.rows, c.hidden, p.ldh, p.Hb, p.H);
+  fill(c.dtype, rng, scale * 3, c.vocab, c.hidden, p.ldh, p.Wb, p.W);
+  if (c.bias) fill(c.dtype, rng, 0.5, 1, c.vocab, c.vocab, p.bb, p.b);
+  for (int64_t t = 0; t < c.rows; ++t) {
+    p.labels.push_back(unit(rng) < 0.2 ? c.ignore
+                                       : static_cast<int64_t>(rng() % static_cast<uint64_t>(c.vocab)));
+    const uint64_t r = rng() % 8;  // some exact zeros and some large values
+    p.g.push_back(r == 0 ? 0.0f : (r == 1 ? 20.0f * normal(rng) : normal(rng)));
+  }
+  p.g_d.assign(p.g.begin(), p.g.end());
+  return p;
+}
+
+int64_t ldc_of(const lt_config& c) {
+  const int64_t per16 = 16 / dtype_bytes(c.dtype);
+  return (c.vocab + per16 - 1) / per16 * per16;
+}
+
+struct lt_device {
+  dmem H, W, b, labels, g;
+  explicit lt_device(const lt_problem& p)
+      : H(upload(p.Hb)), W(upload(p.Wb)), b(upload(p.bb)),
+        labels(p.c.labels32 ? upload(std::vector<int32_t>(p.labels.begin(), p.labels.end()))
+                            : upload(p.labels)),
+        g(upload(p.g)) {}
+};
+
+gc::linear_token_rows rows_of(const lt_problem& p, const lt_device& d, cublasHandle_t h) {
+  const lt_config& c = p.c;
+  gc::linear_token_rows r;
+  r.hidden = d.H.get();
+  r.ld_hidden = p.ldh;
+  r.weight = d.W.get();
+  r.ld_weight = p.ldh;
+  r.bias = c.bias ? d.b.get() : nullptr;
+  r.type = c.dtype;
+  r.n_rows = c.rows;
+  r.hidden_size = c.hidden;
+  r.vocab = c.vocab;
+  r.labels = d.labels.get();
+  r.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
+  r.ignore_index = c.ignore;
+  r.chunk_bytes = static_cast<size_t>(c.chunk_rows * ldc_of(c) * dtype_bytes(c.dtype));
+  r.cublas = h;
+  return r;
+}
+
+std::vector<double> read_matrix(gc::dtype d, const std::vector<uint8_t>& bytes, int64_t rows,
+                                int64_t cols, int64_t ld) {
+  std::vector<double> v(static_cast<size_t>(rows * cols));
+  const int e = dtype_bytes(d);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) v[r * cols + k] = decode(d, bytes.data() + (r * ld + k) * e);
+  return v;
+}
+
+std::vector<double> to_d(const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); }
+
+struct lt_result {
+  std::vector<double> token_logps, lse, entropy, gh, gw, gb;
+  std::vector<uint8_t> tlp_bits, gh_bits, gw_bits, gb_bits;
+};
+
+/// A workspace of exactly `bytes`, its base one byte past alignment (a
+/// layout one piece short writes into the guard band), poisoned.
+struct exact_ws {
+  dmem mem;
+  void* p;
+  explicit exact_ws(size_t bytes) : mem(bytes + 1) {
+    poison(mem);
+    p = static_cast<uint8_t*>(mem.get()) + 1;
+  }
+};
+
+/// The fused path: forward, then the backward with the forward's lse. With
+/// `accumulate`, grad_weight / grad_bias first hold 0.25, subtracted again.
+lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
+  const lt_config& c = p.c;
+  const int e = dtype_bytes(c.dtype), egw = c.gw_float32 ? 4 : e;
+  lt_device d(p);
+  const size_t n = static_cast<size_t>(c.rows);
+  dmem tlp(n * 4), lse(n * 4), ent(n * 4), gh(static_cast<size_t>(c.rows * p.ldh * e)),
+      gw(static_cast<size_t>(c.vocab * p.ldh * egw)), gb(static_cast<size_t>(c.vocab) * 4);
+  for (const dmem* m : {&tlp, &lse, &ent, &gh, &gw, &gb}) poison(*m);
+  const float prior = 0.25f;
+  if (c.accumulate) {
+    std::vector<uint8_t> w(gw.bytes());
+    for (size_t i = 0; i + egw <= w.size(); i += static_cast<size_t>(egw))
+      encode(c.gw_float32 ? gc::dtype::float32 : c.dtype, prior, w.data() + i);
+    CUDA_REQUIRE(cudaMemcpy(gw.get(), w.data(), w.size(), cudaMemcpyHostToDevice));
+    std::vector<float> bb(static_cast<size_t>(c.vocab), prior);
+    CUDA_REQUIRE(cudaMemcpy(gb.get(), bb.data(), bb.size() * 4, cudaMemcpyHostToDevice));
+  }
+  gc::linear_token_logps_args fa;
+  fa.rows = rows_of(p, d, h);
+  fa.token_logps = tlp.get<float>();
+  fa.lse = lse.get<float>();
+  fa.entropy = ent.get<float>();
+  size_t bytes = 0;
+  REQUIRE(gc::linear_token_logps(nullptr, bytes, fa) == status::success);
+  {
+    exact_ws ws(bytes);
+    REQUIRE(gc::linear_token_logps(ws.p, bytes, fa) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws.p, nullptr, &dev) == status::success);
+    REQUIRE(dev == status::success);
+  }
+  gc::linear_token_grad_args ga;
+  ga.rows = fa.rows;
+  ga.lse = lse.get<float>();
+  ga.grad_token_logps = d.g.get<float>();
+  ga.grad_hidden = gh.get();
+  ga.ld_grad_hidden = p.ldh;
+  ga.grad_weight = gw.get();
+  ga.ld_grad_weight = p.ldh;
+  ga.grad_weight_float32 = c.gw_float32;
+  ga.grad_bias = c.bias ? gb.get<float>() : nullptr;
+  ga.accumulate = c.accumulate;
+  REQUIRE(gc::linear_token_logps_grad(nullptr, bytes, ga) == status::success);
+  {
+    exact_ws ws(bytes);
+    REQUIRE(gc::linear_token_logps_grad(ws.p, bytes, ga) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws.p, nullptr, &dev) == status::success);
+    REQUIRE(dev == status::success);
+  }
+  lt_result r;
+  r.tlp_bits = download<uint8_t>(tlp.get(), tlp.bytes());
+  r.token_logps = to_d(download<float>(tlp.get(), n));
+  r.lse = to_d(download<float>(lse.get(), n));
+  r.entropy = to_d(download<float>(ent.get(), n));
+  r.gh_bits = download<uint8_t>(gh.get(), gh.bytes());
+  r.gw_bits = download<uint8_t>(gw.get(), gw.bytes());
+  r.gh = read_matrix(c.dtype, r.gh_bits, c.rows, c.hidden, p.ldh);
+  r.gw = read_matrix(c.gw_float32 ? gc::dtype::float32 : c.dtype, r.gw_bits, c.vocab, c.hidden,
+                     p.ldh);
+  if (c.bias) {
+    r.gb_bits = download<uint8_t>(gb.get(), gb.bytes());
+    r.gb = to_d(download<float>(gb.get(), static_cast<size_t>(c.vocab)));
+  }
+  if (c.accumulate) {
+    for (auto& x : r.gw) x -= prior;
+    for (auto& x : r.gb) x -= prior;
+  }
+  return r;
+}
+
+/// The unfused path: Z = H·Wᵀ + b for all rows in one GEMM (dtype T),
+/// token_logps, token_logps_grad in place (dtype T), then grad_H = G·W and
+/// grad_W = Gᵀ·H (float) in one GEMM each, grad_b on the host.
+lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
+  const lt_config& c = p.c;
+  const int e = dtype_bytes(c.dtype);
+  const cudaDataType_t t = gc::detail::blas_type(c.dtype);
+  lt_device d(p);
+  const int64_t N = c.rows, V = c.vocab, Hd = c.hidden;
+  std::vector<uint8_t> zb(static_cast<size_t>(N * V * e), 0);
+  if (c.bias)
+    for (int64_t r = 0; r < N; ++r)
+      std::memcpy(zb.data() + r * V * e, p.bb.data(), static_cast<size_t>(V * e));
+  dmem Z = upload(zb);
+  const float one = 1.0f, zero = 0.0f, beta = c.bias ? 1.0f : 0.0f;
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(V), static_cast<int>(N),
+                       static_cast<int>(Hd), &one, d.W.get(), t, static_cast<int>(p.ldh),
+                       d.H.get(), t, static_cast<int>(p.ldh), &beta, Z.get(), t,
+                       static_cast<int>(V), CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  gc::token_rows rows;
+  rows.logits = Z.get();
+  rows.logits_dtype = c.dtype;
+  rows.n_rows = N;
+  rows.vocab = V;
+  rows.ld = V;
+  rows.labels = d.labels.get();
+  rows.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
+  rows.ignore_index = c.ignore;
+  const size_t n = static_cast<size_t>(N);
+  dmem tlp(n * 4), lse(n * 4), ent(n * 4);
+  gc::token_logps_args fa;
+  fa.rows = rows;
+  fa.token_logps = tlp.get<float>();
+  fa.lse = lse.get<float>();
+  fa.entropy = ent.get<float>();
+  size_t bytes = 0;
+  REQUIRE(gc::token_logps(nullptr, bytes, fa) == status::success);
+  {
+    dmem ws(bytes);
+    REQUIRE(gc::token_logps(ws.get(), bytes, fa) == status::success);
+  }
+  gc::token_grad_args ga;
+  ga.rows = rows;
+  ga.lse = lse.get<float>();
+  ga.grad_token_logps = d.g.get<float>();
+  ga.grad_logits = Z.get();  // in place
+  REQUIRE(gc::token_logps_grad(nullptr, bytes, ga) == status::success);
+  {
+    dmem ws(bytes);
+    REQUIRE(gc::token_logps_grad(ws.get(), bytes, ga) == status::success);
+  }
+  dmem gh(static_cast<size_t>(N * Hd * 4)), gw(static_cast<size_t>(V * Hd * 4));
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(Hd), static_cast<int>(N),
+                       static_cast<int>(V), &one, d.W.get(), t, static_cast<int>(p.ldh), Z.get(),
+                       t, static_cast<int>(V), &zero, gh.get(), CUDA_R_32F, static_cast<int>(Hd),
+                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(Hd), static_cast<int>(V),
+                       static_cast<int>(N), &one, d.H.get(), t, static_cast<int>(p.ldh), Z.get(),
+                       t, static_cast<int>(V), &zero, gw.get(), CUDA_R_32F, static_cast<int>(Hd),
+                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  lt_result r;
+  r.token_logps = to_d(download<float>(tlp.get(), n));
+  r.lse = to_d(download<float>(lse.get(), n));
+  r.entropy = to_d(download<float>(ent.get(), n));
+  r.gh = to_d(download<float>(gh.get(), static_cast<size_t>(N * Hd)));
+  r.gw = to_d(download<float>(gw.get(), static_cast<size_t>(V * Hd)));
+  if (c.bias) {
+    const std::vector<uint8_t> G = download<uint8_t>(Z.get(), Z.bytes());
+    r.gb.assign(static_cast<size_t>(V), 0.0);
+    for (int64_t row = 0; row < N; ++row)
+      for (int64_t v = 0; v < V; ++v) r.gb[v] += decode(c.dtype, G.data() + (row * V + v) * e);
+  }
+  return r;
+}
+
+geopref::support::linear_token_ref_result run_ref(const lt_problem& p) {
+  geopref::support::linear_ref_problem in;
+  in.hidden = p.H.data();
+  in.weight = p.W.data();
+  in.bias = p.c.bias ? p.b.data() : nullptr;
+  in.n_rows = p.c.rows;
+  in.hidden_size = p.c.hidden;
+  in.vocab = p.c.vocab;
+  in.labels = p.labels.data();
+  geopref::support::linear_token_ref_result r;
+  REQUIRE(geopref::support::run_linear_token_reference(in, p.c.ignore, p.g_d.data(), r) ==
+          status::success);
+  return r;
+}
+
+struct lt_bounds {
+  std::vector<double> lse, logp, entropy, gh, gw, gb;
+};
+
+lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_ref_result& ref) {
+  const lt_config& c = p.c;
+  const double u = U32, uT = unit_roundoff(c.dtype);
+  const double u_gw = c.gw_float32 ? 0.0 : uT;
+  const int64_t N = c.rows, V = c.vocab, Hd = c.hidden;
+  lt_bounds b;
+  std::vector<double> ez(static_cast<size_t>(N));
+  for (int64_t t = 0; t < N; ++t) {
+    double zmax = 0, amax = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      zmax = std::max(zmax, std::fabs(ref.logits[t * V + v]));
+      double a = c.bias ? std::fabs(p.b[v]) : 0.0;
+      for (int64_t k = 0; k < Hd; ++k) a += std::fabs(p.H[t * Hd + k] * p.W[v * Hd + k]);
+      amax = std::max(amax, a);
+    }
+    ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
+    const double l = ref.lse[t], lp = ref.token_logps[t], hh = ref.entropy[t];
+    b.lse.push_back(ez[t] + eps_sum(V) + 4 * u * std::fabs(l));
+    b.logp.push_back(2 * ez[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
+    double second = 0, sens = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      const double dd = l - ref.logits[t * V + v];
+      const double pr = std::exp(-dd);
+      if (pr == 0.0) continue;
+      second += pr * dd * (u * dd + 4 * u);
+      sens += pr * std::fabs(-dd + hh);
+    }
+    b.entropy.push_back(b.lse[t] * (1 + hh) + ez[t] * sens * 1.01 + second + eps_sum(V) * hh +
+                        2 * u * hh + 1e-30);
+  }
+  std::vector<double> eG(static_cast<size_t>(N * V), 0.0);
+  for (int64_t t = 0; t < N; ++t) {
+    if (p.labels[t] == c.ignore) continue;
+    const double cg = std::fabs(p.g_d[t]);
+    for (int64_t v = 0; v < V; ++v) {
+      const double pr = std::exp(ref.logits[t * V + v] - ref.lse[t]);
+      const double G = std::fabs(ref.grad_logits[t * V + v]);
+      eG[t * V + v] = cg * pr * (ez[t] + b.lse[t]) * 1.01 + (uT + 3 * u) * G;
+    }
+  }
+  const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0, a = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        e += eG[t * V + v] * std::fabs(p.W[v * Hd + k]);
+        a += std::fabs(ref.grad_logits[t * V + v] * p.W[v * Hd + k]);
+      }
+      b.gh.push_back(e + static_cast<double>(V + 2) * u * a + uT * std::fabs(ref.grad_hidden[t * Hd + k]));
+    }
+  for (int64_t v = 0; v < V; ++v) {
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0, a = 0;
+      for (int64_t t = 0; t < N; ++t) {
+        e += eG[t * V + v] * std::fabs(p.H[t * Hd + k]);
+        a += std::fabs(ref.grad_logits[t * V + v] * p.H[t * Hd + k]);
+      }
+      // accumulate: the prior 0.25 joins each rounding (u_gw · 0.25 per chunk).
+      b.gw.push_back(e + static_cast<double>(N + 2) * u * a +
+                     static_cast<double>(chunks + 1) * std::max(u_gw, 2 * u) * (a + 0.25));
+    }
+    double e = 0, a = 0;
+    for (int64_t t = 0; t < N; ++t) {
+      e += eG[t * V + v];
+      a += std::fabs(ref.grad_logits[t * V + v]);
+    }
+    b.gb.push_back(e + static_cast<double>(N + 3) * u * (a + 0.25));
+  }
+  return b;
+}
+
+void check_all(const char* what, const std::vector<double>& got, const std::vector<double>& want,
+               const std::vector<double>& bound, double factor) {
+  REQUIRE(got.size() == want.size());
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(got[i] - want[i]);
+    if (!(err <= factor * bound[i]) && bad++ < 5) {
+      INFO(what << "[" << i << "]: got " << got[i] << " want " << want[i] << " err " << err
+                << " bound " << factor * bound[i]);
+      CHECK(false);
+    }
+  }
+  CHECK(bad == 0);
+}
+
+struct blas_handle {
+  cublasHandle_t h = nullptr;
+  blas_handle() { REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS); }
+  ~blas_handle() { cublasDestroy(h); }
+};
+
+void compare(const lt_problem& p, const lt_result& g, const std::vector<double>& lse,
+             const std::vector<double>& logp, const std::vector<double>& ent,
+             const std::vector<double>& gh, const std::vector<double>& gw,
+             const std::vector<double>& gb, const lt_bounds& b, double factor) {
+  check_all("lse", g.lse, lse, b.lse, factor);
+  check_all("token_logps", g.token_logps, logp, b.logp, factor);
+  check_all("entropy", g.entropy, ent, b.entropy, factor);
+  check_all("grad_hidden", g.gh, gh, b.gh, factor);
+  check_all("grad_weight", g.gw, gw, b.gw, factor);
+  if (p.c.bias) check_all("grad_bias", g.gb, gb, b.gb, factor);
+}
+
+void check_lt_case(const lt_config& c) {
+  INFO(describe(c));
+  const lt_problem p = make_lt(c);
+  blas_handle h;
+  const lt_result g = run_fused(p, h.h);
+  const auto ref = run_ref(p);
+  const lt_bounds b = bounds_of(p, ref);
+  {
+    INFO("fused vs the CPU reference");
+    compare(p, g, ref.lse, ref.token_logps, ref.entropy, ref.grad_hidden, ref.grad_weight,
+            ref.grad_bias, b, 1.0);
+  }
+  {
+    INFO("fused vs the unfused path (each within the bound of the exact value)");
+    const lt_result u = run_unfused(p, h.h);
+    compare(p, g, u.lse, u.token_logps, u.entropy, u.gh, u.gw, u.gb, b, 2.0);
+  }
+  {
+    INFO("unscored rows: exact zeros");
+    for (int64_t t = 0; t < c.rows; ++t)
+      if (p.labels[t] == c.ignore) {
+        CHECK(g.token_logps[t] == 0.0);
+        CHECK(g.lse[t] == 0.0);
+        CHECK(g.entropy[t] == 0.0);
+        for (int64_t k = 0; k < c.hidden; ++k) CHECK(g.gh[t * c.hidden + k] == 0.0);
+      }
+  }
+  {
+    INFO("bitwise repeatable");
+    const lt_result g2 = run_fused(p, h.h);
+    CHECK(g2.tlp_bits == g.tlp_bits);
+    CHECK(g2.gh_bits == g.gh_bits);
+    CHECK(g2.gw_bits == g.gw_bits);
+    CHECK(g2.gb_bits == g.gb_bits);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear_token_logps(_grad) equal the reference and the unfused path: awkward shapes",
+          "[linear_token][small]") {
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    lt_config c;
+    c.dtype = d;
+    c.seed = 3;
+    check_lt_case(c);  // V = 37, N = 9 in chunks of 4 (a short last chunk)
+    lt_config one = c;
+    one.chunk_rows = 1;  // a budget of one row
+    one.accumulate = true;
+    one.seed = 4;
+    check_lt_case(one);
+    lt_config narrow = c;
+    narrow.hidden = 1;  // Hd = 1
+    narrow.gw_float32 = false;  // grad_weight in the input dtype, rounded per chunk
+    narrow.accumulate = true;
+    narrow.pad = 3;
+    narrow.bias = false;
+    narrow.seed = 5;
+    check_lt_case(narrow);
+  }
+  lt_config v1;
+  v1.vocab = 1;  // ℓ_t = 0: every gradient 0
+  v1.hidden = 3;
+  v1.rows = 4;
+  check_lt_case(v1);
+  lt_config ign;
+  ign.ignore = 5;  // a label in [0, V) as ignore_index
+  ign.labels32 = true;
+  ign.vocab = 9;
+  ign.rows = 12;
+  ign.chunk_rows = 5;
+  ign.seed = 7;
+  check_lt_case(ign);
+  lt_config big;  // one row per chunk and V = 4100 (fp32): split rows
+  big.rows = 3;
+  big.hidden = 2;
+  big.vocab = 4100;
+  big.chunk_rows = 1;
+  big.seed = 8;
+  {
+    gc::linear_inputs in;
+    in.type = big.dtype;
+    in.n_rows = big.rows;
+    in.hidden_size = big.hidden;
+    in.vocab = big.vocab;
+    in.chunk_bytes = static_cast<size_t>(big.chunk_rows * ldc_of(big) * 4);
+    REQUIRE(gc::detail::make_linear_layout(in, 0, false).base.splits > 1);
+  }
+  check_lt_case(big);
+}
+
+TEST_CASE("linear_token_logps(_grad): bad input is a status, device problems in device_status",
+          "[linear_token][small]") {
+  lt_config c;
+  const lt_problem p = make_lt(c);
+  blas_handle h;
+  lt_device d(p);
+  dmem tlp(static_cast<size_t>(c.rows) * 4), lse(static_cast<size_t>(c.rows) * 4),
+      gh(static_cast<size_t>(c.rows * c.hidden * 4)), gw(static_cast<size_t>(c.vocab * c.hidden * 4)),
+      gb(static_cast<size_t>(c.vocab) * 4);
+  gc::linear_token_logps_args fa;
+  fa.rows = rows_of(p, d, h.h);
+  fa.token_logps = tlp.get<float>();
+  fa.lse = lse.get<float>();
+  gc::linear_token_grad_args ga;
+  ga.rows = fa.rows;
+  ga.lse = lse.get<float>();
+  ga.grad_token_logps = d.g.get<float>();
+  ga.grad_hidden = gh.get();
+  ga.grad_weight = gw.get();
+  ga.grad_weight_float32 = true;
+  ga.grad_bias = gb.get<float>();
+  size_t bytes = 0;
+  REQUIRE(gc::linear_token_logps_grad(nullptr, bytes, ga) == status::success);
+  dmem ws(bytes);
+  auto fwd = [&](const gc::linear_token_logps_args& a) {
+    size_t b = bytes;
+    return gc::linear_token_logps(ws.get(), b, a);
+  };
+  auto bwd = [&](const gc::linear_token_grad_args& a) {
+    size_t b = bytes;
+    return gc::linear_token_logps_grad(ws.get(), b, a);
+  };
+  REQUIRE(fwd(fa) == status::success);
+  REQUIRE(bwd(ga) == status::success);
+  { auto a = fa; a.rows.hidden = nullptr; CHECK(fwd(a) == status::null_pointer); }
+  { auto a = fa; a.token_logps = nullptr; CHECK(fwd(a) == status::null_pointer); }
+  { auto a = fa; a.rows.vocab = 0; CHECK(fwd(a) == status::invalid_shape); }
+  { auto a = fa; a.rows.ld_hidden = c.hidden - 1; CHECK(fwd(a) == status::invalid_stride); }
+  { auto a = fa; a.rows.chunk_bytes = 4; size_t b = 0;  // below one row of logits
+    CHECK(gc::linear_token_logps(nullptr, b, a) == status::workspace_too_small); }
+  { auto a = fa; a.lse = fa.token_logps; CHECK(fwd(a) == status::overlapping_buffers); }
+  { auto a = fa; a.lse = static_cast<float*>(const_cast<void*>(a.rows.weight));
+    CHECK(fwd(a) == status::overlapping_buffers); }
+  { auto a = fa; size_t b = 16; CHECK(gc::linear_token_logps(ws.get(), b, a) == status::workspace_too_small); }
+  { auto a = ga; a.lse = nullptr; CHECK(bwd(a) == status::null_pointer); }
+  { auto a = ga; a.grad_token_logps = nullptr; CHECK(bwd(a) == status::null_pointer); }
+  { auto a = ga; a.rows.bias = nullptr; CHECK(bwd(a) == status::null_pointer); }  // grad_bias without a bias
+  { auto a = ga; a.ld_grad_hidden = c.hidden - 1; CHECK(bwd(a) == status::invalid_stride); }
+  { auto a = ga; a.lse = static_cast<const float*>(gh.get()); CHECK(bwd(a) == status::overlapping_buffers); }
+  { auto a = ga; a.grad_weight = gh.get(); CHECK(bwd(a) == status::overlapping_buffers); }
+  { auto a = ga; a.grad_hidden = const_cast<void*>(a.rows.hidden); CHECK(bwd(a) == status::overlapping_buffers); }
+  { auto a = ga; a.lse = static_cast<const float*>(ws.get()); CHECK(bwd(a) == status::overlapping_buffers); }
+  // Device-side: a label out of range, a NaN g_t of a scored row.
+  {
+    std::vector<int64_t> labels = p.labels;
+    int64_t scored = 0;
+    while (labels[scored] == c.ignore) ++scored;
+    labels[scored] = c.vocab;
+    dmem bad = upload(labels);
+    auto a = fa;
+    a.rows.labels = bad.get();
+    REQUIRE(fwd(a) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    CHECK(dev == status::label_out_of_range);
+  }
+  {
+    std::vector<float> g = p.g;
+    int64_t scored = 0;
+    while (p.labels[scored] == c.ignore) ++scored;
+    g[scored] = NAN;
+    dmem bad = upload(g);
+    auto a = ga;
+    a.grad_token_logps = bad.get<float>();
+    REQUIRE(bwd(a) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    CHECK(dev == status::invalid_upstream_grad);
+  }
+  // N = 0: success, nothing read; an overwrite of grad_weight / grad_bias is zeros.
+  {
+    auto a = ga;
+    a.rows.n_rows = 0;
+    std::vector<float> ones(static_cast<size_t>(c.vocab * c.hidden), 1.0f);
+    CUDA_REQUIRE(cudaMemcpy(gw.get(), ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
+    size_t b = 0;
+    REQUIRE(gc::linear_token_logps_grad(nullptr, b, a) == status::success);
+    dmem w0(b);
+    REQUIRE(gc::linear_token_logps_grad(w0.get(), b, a) == status::success);
+    for (float x : download<float>(gw.get(), ones.size())) CHECK(x == 0.0f);
+  }
+}
