@@ -59,6 +59,13 @@ struct lin_config {
   bool explicit_pairs = false;
   int64_t pad = 0;  // extra elements of each H / W / grad_hidden row (strides)
   loss_type loss = loss_type::gdpo;
+  // The loss plus TRL's sft term (weight 1): couples the batch through the
+  // chosen-token count. Its g_s part is a constant per sequence, so the error
+  // model's curvature bound (the margin term's) still covers g_s.
+  bool with_sft = false;
+  // Margins from L̄_s = L_s / n_s: err(L̄_s) ≤ err(L_s), so the model's
+  // un-divided L_s bound stays a valid (looser) bound.
+  bool average_logps = false;
   double beta = 0.5;
   uint64_t seed = 1;
 };
@@ -68,7 +75,8 @@ std::string describe(const lin_config& c) {
   o << dtype_name(c.dtype) << " P=" << c.pairs << " Hd=" << c.hidden << " V=" << c.vocab
     << " chunk=" << c.chunk_rows << " bias=" << c.bias << " tw=" << c.token_weights
     << " acc=" << c.accumulate << " gw32=" << c.gw_float32 << " pairs=" << c.explicit_pairs
-    << " pad=" << c.pad << " loss=" << geopref::loss_name(c.loss) << " seed=" << c.seed;
+    << " pad=" << c.pad << " loss=" << geopref::loss_name(c.loss) << (c.with_sft ? "+sft" : "")
+    << " avg=" << c.average_logps << " seed=" << c.seed;
   return o.str();
 }
 
@@ -143,6 +151,14 @@ geopref::options options_of(const lin_config& c) {
   geopref::options opt;
   opt.loss.type = c.loss;
   opt.loss.beta = c.beta;
+  opt.average_logps = c.average_logps;
+  if (c.with_sft) {
+    opt.loss.n_terms = 2;
+    opt.loss.terms[0] = c.loss;
+    opt.loss.terms[1] = loss_type::sft;
+    opt.loss.term_weights[0] = 1.0;
+    opt.loss.term_weights[1] = 1.0;
+  }
   return opt;
 }
 
@@ -588,6 +604,18 @@ TEST_CASE("fused linear: options and layouts", "[fused_linear]") {
     c.explicit_pairs = true;
     c.chunk_rows = 1000;
     c.dtype = gc::dtype::float32;
+    check_lin_case(c);
+  }
+  SECTION("dpo + sft (batch-coupled: the chosen-token mean), pairs across chunks") {
+    c.loss = loss_type::dpo;
+    c.with_sft = true;
+    c.chunk_rows = 3;
+    check_lin_case(c);
+  }
+  SECTION("gdpo on length-averaged log-probs (average_logps), bf16") {
+    c.average_logps = true;
+    c.dtype = gc::dtype::bfloat16;
+    c.max_len = 6;
     check_lin_case(c);
   }
   SECTION("dpo, V a multiple of 8 plus 1, chunk of 3 rows, longer sequences") {
