@@ -186,6 +186,41 @@ struct pair_buffers {
   }
 };
 
+/// The per-token primitive's buffers, shared by both of its paths: the
+/// upstream gradient G and the forward's outputs.
+struct token_buffers {
+  device_buffer g, logps, lse, ent;
+
+  explicit token_buffers(const check_problem& p)
+      : g(device_buffer::upload(to_float(p.token_grad))),
+        logps(static_cast<std::size_t>(p.n_rows) * sizeof(float)),
+        lse(static_cast<std::size_t>(p.n_rows) * sizeof(float)),
+        ent(static_cast<std::size_t>(p.n_rows) * sizeof(float)) {}
+
+  cudaError_t error() const { return first_error({&g, &logps, &lse, &ent}); }
+
+  /// The forward's outputs and the backward's inputs of the two argument structs.
+  template <class Fwd, class Bwd>
+  void set(Fwd* fa, Bwd* ba) const {
+    fa->token_logps = logps.get<float>();
+    fa->lse = lse.get<float>();
+    fa->entropy = ent.get<float>();
+    ba->lse = lse.get<float>();
+    ba->grad_token_logps = g.get<float>();
+  }
+
+  /// token_logps and entropy back into r.
+  cudaError_t take_results(cudaError_t e, const check_problem& p, check_result* r) const {
+    std::vector<float> logps_h(static_cast<std::size_t>(p.n_rows)), ent_h(logps_h.size());
+    e = fetch(e, &logps_h, logps);
+    e = fetch(e, &ent_h, ent);
+    if (e != cudaSuccess) return e;
+    r->token_logps.assign(logps_h.begin(), logps_h.end());
+    r->entropy.assign(ent_h.begin(), ent_h.end());
+    return cudaSuccess;
+  }
+};
+
 /// One entry that takes options, unless *st or *e already holds an error:
 /// size query, a workspace of that size, the call, the device status.
 template <class Entry, class Args>
@@ -346,10 +381,11 @@ static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std:
   const device_buffer H = upload_real(p.hidden), W = upload_real(p.weight),
                       B = has_bias ? upload_real(p.bias) : device_buffer();
   const device_buffer labels = upload_labels(p.labels);
-  const device_buffer g = device_buffer::upload(to_float(p.token_grad));
-  const device_buffer logps(N * 4), lse(N * 4), ent(N * 4), gh(grad ? N * Hd * (half ? 2 : 4) : 0),
-      gw(grad ? V * Hd * 4 : 0), gb(grad && has_bias ? V * 4 : 0);
-  cudaError_t e = first_error({&H, &W, &B, &labels, &g, &logps, &lse, &ent, &gh, &gw, &gb});
+  const token_buffers tb(p);
+  const device_buffer gh(grad ? N * Hd * (half ? 2 : 4) : 0), gw(grad ? V * Hd * 4 : 0),
+      gb(grad && has_bias ? V * 4 : 0);
+  cudaError_t e = first_error({&H, &W, &B, &labels, &gh, &gw, &gb});
+  if (e == cudaSuccess) e = tb.error();
   if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
 
   geopref_linear_token_logps_args fa;
@@ -366,14 +402,10 @@ static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std:
   rows.label_type = c_label_type(p.labels);
   rows.ignore_index = p.opt.ignore_index;
   rows.chunk_bytes = std::size_t{256} << 20;
-  fa.token_logps = logps.get<float>();
-  fa.lse = lse.get<float>();
-  fa.entropy = ent.get<float>();
   geopref_linear_token_grad_args ba;
   geopref_linear_token_grad_args_init(&ba);
   ba.rows = rows;
-  ba.lse = lse.get<float>();
-  ba.grad_token_logps = g.get<float>();
+  tb.set(&fa, &ba);
   ba.grad_hidden = gh.get<void>();
   ba.grad_weight = gw.get<void>();
   ba.grad_weight_float32 = 1;
@@ -382,18 +414,14 @@ static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std:
   if (!run_token_calls(geopref_linear_token_logps, &fa, geopref_linear_token_logps_grad, &ba, grad,
                        error))
     return false;
-  std::vector<float> logps_h(N), ent_h(N);
   linear_grads_host gr;
   gr.gw.resize(grad ? V * Hd : 0);
   gr.gb.resize(grad && has_bias ? V : 0);
   gr.gh_f.resize(grad && !half ? N * Hd : 0);
   gr.gh_h.resize(grad && half ? N * Hd : 0);
-  e = fetch(e, &logps_h, logps);
-  e = fetch(e, &ent_h, ent);
+  e = tb.take_results(e, p, r);
   e = gr.fetch_all(e, gw, gb, gh);
   if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
-  r->token_logps.assign(logps_h.begin(), logps_h.end());
-  r->entropy.assign(ent_h.begin(), ent_h.end());
   if (grad) gr.take(half, r);
   return true;
 }
@@ -405,10 +433,10 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   const int dtype = c_dtype(p.logits);
   const device_buffer logits = upload_real(p.logits);
   const device_buffer labels = upload_labels(p.labels);
-  const device_buffer g = device_buffer::upload(to_float(p.token_grad));
-  const device_buffer logps(N * sizeof(float)), lse(N * sizeof(float)), ent(N * sizeof(float)),
-      grad(p.token_grad.empty() ? 0 : N * static_cast<std::size_t>(p.vocab) * sizeof(float));
-  cudaError_t e = first_error({&logits, &labels, &g, &logps, &lse, &ent, &grad});
+  const token_buffers tb(p);
+  const device_buffer grad(p.token_grad.empty() ? 0 : N * static_cast<std::size_t>(p.vocab) * sizeof(float));
+  cudaError_t e = first_error({&logits, &labels, &grad});
+  if (e == cudaSuccess) e = tb.error();
   if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
 
   geopref_token_rows rows;
@@ -423,28 +451,20 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   geopref_token_logps_args fa;
   geopref_token_logps_args_init(&fa);
   fa.rows = rows;
-  fa.token_logps = logps.get<float>();
-  fa.lse = lse.get<float>();
-  fa.entropy = ent.get<float>();
   geopref_token_grad_args ba;
   geopref_token_grad_args_init(&ba);
   ba.rows = rows;
-  ba.lse = lse.get<float>();
-  ba.grad_token_logps = g.get<float>();
+  tb.set(&fa, &ba);
   ba.grad_logits = grad.get<void>();
   ba.grad_float32 = 1;
 
   if (!run_token_calls(geopref_token_logps, &fa, geopref_token_logps_grad, &ba,
                        !p.token_grad.empty(), error))
     return false;
-  std::vector<float> logps_h(N), ent_h(N);
   r->grad32.assign(p.token_grad.empty() ? 0 : N * static_cast<std::size_t>(p.vocab), 0.0f);
-  e = fetch(e, &logps_h, logps);
-  e = fetch(e, &ent_h, ent);
+  e = tb.take_results(e, p, r);
   e = fetch(e, &r->grad32, grad);
   if (e != cudaSuccess) return cuda_fail(error, "copying the results back", e);
-  r->token_logps.assign(logps_h.begin(), logps_h.end());
-  r->entropy.assign(ent_h.begin(), ent_h.end());
   return true;
 }
 
