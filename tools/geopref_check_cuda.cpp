@@ -107,6 +107,18 @@ cudaError_t fetch(cudaError_t e, std::vector<T>* v, const device_buffer& b) {
   return cudaMemcpy(v->data(), b.get<void>(), v->size() * sizeof(T), cudaMemcpyDeviceToHost);
 }
 
+/// Rank `rank`'s slice of the --vocab-shards ranks, and its width.
+geopref_vocab_slice shard_slice(const check_problem& p, int rank, int64_t* width) {
+  const int k = p.vocab_shards;
+  geopref_vocab_slice sl;
+  sl.begin = shard_begin(p.vocab, rank, k);
+  sl.total = p.vocab;
+  sl.rank = rank;
+  sl.n_ranks = k;
+  *width = (rank == k - 1 ? p.vocab : shard_begin(p.vocab, rank + 1, k)) - sl.begin;
+  return sl;
+}
+
 /// The pair problem's inputs and outputs on the device, shared by run_cuda
 /// and run_cuda_linear: the sequences, the pairs and their optional arrays
 /// (float32, the API's type), the loss, the metrics and the sequence log-probs.
@@ -327,19 +339,10 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
     const int elem = dtype == GEOPREF_FLOAT32 ? 4 : 2;
     const device_buffer records(N * static_cast<std::size_t>(k) * sizeof(geopref_vocab_record));
     if (!records.ok()) return cuda_fail(error, "allocating the records", records.error());
-    auto slice_of = [&](int rank, int64_t* width) {
-      geopref_vocab_slice sl;
-      sl.begin = shard_begin(p.vocab, rank, k);
-      sl.total = p.vocab;
-      sl.rank = rank;
-      sl.n_ranks = k;
-      *width = (rank == k - 1 ? p.vocab : shard_begin(p.vocab, rank + 1, k)) - sl.begin;
-      return sl;
-    };
     for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
       geopref_vocab_stats_args sa;
       int64_t width = 0;
-      sa.slice = slice_of(q, &width);
+      sa.slice = shard_slice(p, q, &width);
       sa.tokens = a.tokens;
       sa.tokens.logits = static_cast<const char*>(a.tokens.logits) + sa.slice.begin * elem;
       sa.tokens.vocab = width;
@@ -349,7 +352,7 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
     for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
       geopref_vocab_train_args ta;
       int64_t width = 0;
-      ta.slice = slice_of(q, &width);
+      ta.slice = shard_slice(p, q, &width);
       ta.train = a;
       ta.train.tokens.logits = static_cast<const char*>(a.tokens.logits) + ta.slice.begin * elem;
       ta.train.tokens.vocab = width;
@@ -524,12 +527,7 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
     if (!part.ok()) return cuda_fail(error, "allocating grad_hidden", part.error());
     gh_sum.assign(N * Hd, 0.0);
     auto slice_of = [&](int rank, geopref_linear_inputs* in) {
-      geopref_vocab_slice sl;
-      sl.begin = shard_begin(p.vocab, rank, k);
-      sl.total = p.vocab;
-      sl.rank = rank;
-      sl.n_ranks = k;
-      in->vocab = (rank == k - 1 ? p.vocab : shard_begin(p.vocab, rank + 1, k)) - sl.begin;
+      const geopref_vocab_slice sl = shard_slice(p, rank, &in->vocab);
       in->weight = static_cast<const char*>(W.get<void>()) + static_cast<std::size_t>(sl.begin) * Hd * elem;
       in->bias = has_bias ? static_cast<const char*>(B.get<void>()) + static_cast<std::size_t>(sl.begin) * elem
                           : nullptr;
