@@ -164,10 +164,6 @@ inline status check_linear_buffers(const linear_inputs& in) noexcept {
   return status::success;
 }
 
-inline bool ranges_meet(byte_range a, byte_range b) noexcept {
-  return a.begin < b.end && b.begin < a.end;
-}
-
 inline status check_linear_train(const linear_train_args& a, const options& opt,
                                  bool buffers) noexcept {
   const linear_inputs& in = a.in;

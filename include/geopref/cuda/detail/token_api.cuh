@@ -32,10 +32,6 @@ inline token_inputs as_tokens(const token_rows& r) noexcept {
   return x;
 }
 
-inline bool token_ranges_meet(byte_range a, byte_range b) noexcept {
-  return a.begin < b.end && b.begin < a.end;
-}
-
 /// [N] float arrays: their bytes (empty for a null pointer).
 inline byte_range row_bytes(const void* p, int64_t n) noexcept {
   if (p == nullptr || n == 0) return {0, 0};
@@ -59,9 +55,9 @@ inline status check_token_logps(const token_logps_args& a, bool buffers) noexcep
   const byte_range out[3] = {row_bytes(a.token_logps, n), row_bytes(a.lse, n),
                              row_bytes(a.entropy, n)};
   for (int i = 0; i < 3; ++i) {
-    if (token_ranges_meet(out[i], z)) return status::overlapping_buffers;
+    if (ranges_meet(out[i], z)) return status::overlapping_buffers;
     for (int k = i + 1; k < 3; ++k)
-      if (token_ranges_meet(out[i], out[k])) return status::overlapping_buffers;
+      if (ranges_meet(out[i], out[k])) return status::overlapping_buffers;
   }
   return status::success;
 }
@@ -83,7 +79,7 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
   s = check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
   if (s != status::success) return s;
   // backward_kernel reads lse while other blocks write the gradient.
-  if (token_ranges_meet(row_bytes(a.lse, n), g) || token_ranges_meet(row_bytes(a.grad_token_logps, n), g))
+  if (ranges_meet(row_bytes(a.lse, n), g) || ranges_meet(row_bytes(a.grad_token_logps, n), g))
     return status::overlapping_buffers;
   return status::success;
 }
