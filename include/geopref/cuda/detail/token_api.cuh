@@ -11,6 +11,7 @@
 #include "geopref/cuda/args.cuh"
 #include "geopref/cuda/detail/api.cuh"
 #include "geopref/cuda/detail/dispatch.cuh"
+#include "geopref/cuda/detail/row_forward.cuh"
 #include "geopref/cuda/detail/token_kernels.cuh"
 #include "geopref/cuda/detail/workspace.cuh"
 #include "geopref/cuda/token_logps.cuh"
@@ -127,15 +128,9 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
     using T = typename decltype(tag)::type;
     using namespace detail;
     const auto* z = static_cast<const T*>(r.logits);
-    const dim3 grid(static_cast<unsigned>(r.n_rows), static_cast<unsigned>(w.splits));
-    launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, z, r.ld, r.vocab, ws.cols, lse,
-           args.token_logps, ws.partials);
-    if (last_launch() != status::success) return status::cuda_error;
-    if (w.splits > 1) {
-      launch(combine_kernel<BLOCK>, grid_1d(r.n_rows), BLOCK, stream, ws.partials, w.splits,
-             r.n_rows, ws.cols, lse, args.token_logps);
-      if (last_launch() != status::success) return status::cuda_error;
-    }
+    const status f = enqueue_row_forward(z, r.ld, r.vocab, r.n_rows, w.splits, ws.cols, lse,
+                                         args.token_logps, ws.partials, stream);
+    if (f != status::success) return f;
     if (args.entropy != nullptr) {
       launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK, stream, z, r.ld,
              r.vocab, ws.cols, static_cast<const float*>(lse), args.entropy);
