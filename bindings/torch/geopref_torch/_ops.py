@@ -260,15 +260,26 @@ def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse,
 # ---- linear_pref_loss. With a reduced loss the forward computed the
 # gradients at an upstream gradient of 1 (one fused pass over the chunks,
 # no logits kept), so the backward only scales them by the upstream scalar,
-# in place (the saved gradient becomes .grad without a copy; a second
-# backward through the same graph then fails loudly on the version check
-# instead of scaling twice). Reduction "none" has a per-pair upstream, which
+# in place when nothing else can see them (the saved gradient becomes .grad
+# without a copy; callers of the raw operator: its grad outputs are that
+# storage), by a copy otherwise (retain_graph=True, tracing). Reduction "none" has a per-pair upstream, which
 # does not factor out: its backward runs the step again with it
 # (linear_pref_loss_grad). The per-sequence log-probs and metrics are not
 # differentiable here (use linear_sequence_logps for a gradient through
 # log-probs), so that an unused output never costs a pass over the logits.
 
 _LINEAR_PREF_CONFIG = 9  # inputs[9:] are loss ... check
+
+
+def _graph_kept():
+    """Whether the running backward keeps the graph (retain_graph=True, as
+    gradcheck and jacobians do): then the saved gradients must stay as they
+    are. Asked of autograd's engine; if this torch cannot tell, assume so
+    (a copy instead of an in-place multiply: correct, more memory)."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def _linear_pref_loss_setup(ctx, inputs, output):
@@ -295,9 +306,19 @@ def _linear_pref_loss_backward(ctx, grad_loss, *_):
         raise RuntimeError(f"geopref.linear_pref_loss: the forward ran with grad_mask = "
                            f"{list(ctx.grad_mask)}, without the gradient of {missing}")
     if ctx.scaled:
+        if torch.is_grad_enabled():  # create_graph=True: these gradients are constants here
+            _no_double_backward(ctx)
         grads = ctx.saved_tensors
         up = grad_loss.reshape(())
-        out = tuple(g.mul_(up) if n else None for g, n in zip(grads, need))
+        # In place only on plain eager tensors whose graph is freed after
+        # this backward: under tracing (torch.compile, opcheck) the saved
+        # gradients may be graph outputs, which a traced backward must not
+        # mutate (the out-of-place multiply is functional, and inductor may
+        # still do it in place); with retain_graph another backward reads them.
+        if all(type(g) is torch.Tensor for g in grads) and not _graph_kept():
+            out = tuple(g.mul_(up) if n else None for g, n in zip(grads, need))
+        else:
+            out = tuple(g * up if n else None for g, n in zip(grads, need))
     else:
         hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = ctx.saved_tensors
         grads = ops.linear_pref_loss_grad(grad_loss, hidden, weight, bias, labels, offsets, pairs,

@@ -287,7 +287,7 @@ def fused_linear_preference_loss(
     grad_hidden [N, H] and grad_weight [V, H] is in use. With reduction
     "none" the backward runs the step again with the per-pair upstream.
     """
-    x, y, off = _tokens(hidden, labels, offsets, what="hidden")
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
     soft_labels, config = _loss_config(off, pairs, x.device, loss_type, beta, soft_labels,
                                        label_smoothing, reduction, normalizer, average_logps,
                                        ignore_index, alpha, gamma, epsilon, tau)
@@ -316,7 +316,7 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     Shapes and dtypes as fused_linear_preference_loss. Differentiable with
     respect to hidden, weight and bias (a backward pass of three GEMMs per
     chunk: the logits again, grad_hidden, grad_weight)."""
-    x, y, off = _tokens(hidden, labels, offsets, what="hidden")
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
     return ops.linear_sequence_logps(x, weight, bias, y, off, bool(average_logps),
                                      int(ignore_index), int(chunk_bytes), bool(check))[0]
 
