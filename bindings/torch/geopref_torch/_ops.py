@@ -289,7 +289,7 @@ def _linear_pref_loss_setup(ctx, inputs, output):
     _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
     ctx.grad_mask = tuple(grad_mask)
-    ctx.scaled = reduction != "none"
+    ctx.scaled = reduction != "none"  # else the forward's gradients (if any) are unused
     if ctx.scaled:
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
@@ -300,12 +300,12 @@ def _linear_pref_loss_backward(ctx, grad_loss, *_):
     need = ctx.needs_input_grad[:3]
     if grad_loss is None or not any(need):
         return (None,) * 22
-    missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
-               if n and not m]
-    if missing:
-        raise RuntimeError(f"geopref.linear_pref_loss: the forward ran with grad_mask = "
-                           f"{list(ctx.grad_mask)}, without the gradient of {missing}")
     if ctx.scaled:
+        missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
+                   if n and not m]
+        if missing:
+            raise RuntimeError(f"geopref.linear_pref_loss: the forward ran with grad_mask = "
+                               f"{list(ctx.grad_mask)}, without the gradient of {missing}")
         if torch.is_grad_enabled():  # create_graph=True: these gradients are constants here
             _no_double_backward(ctx)
         grads = ctx.saved_tensors

@@ -242,6 +242,18 @@ def _grad_mask(*tensors):
     return [bool(on and t is not None and t.requires_grad) for t in tensors]
 
 
+def _autocast(hidden, weight, bias):
+    """Under torch.autocast, the dtype autocast would give the lm_head's
+    F.linear (float32 master weights with bfloat16 activations, say): one
+    dtype for all three, as the operators need. Differentiable casts, so
+    weight.grad stays in the weight's dtype."""
+    dev = hidden.device.type
+    if not torch.is_autocast_enabled(dev):
+        return hidden, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(None if t is None else t.to(dt) for t in (hidden, weight, bias))
+
+
 def fused_linear_preference_loss(
         hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
         offsets: Optional[torch.Tensor] = None, *, bias: Optional[torch.Tensor] = None,
@@ -267,7 +279,9 @@ def fused_linear_preference_loss(
     hidden: [B, T, H] (B = 2P sequences, chosen first) with labels [B, T], or
       [N, H] packed rows with labels [N] and offsets [S + 1]. weight: [V, H],
       bias: [V] or None; one dtype for all three: float32, float16, bfloat16
-      (float64 on CPU). Differentiable with respect to all three.
+      (float64 on CPU), or under torch.autocast the autocast dtype (all three
+      cast to it, as autocast casts an F.linear). Differentiable with respect
+      to all three.
     Every other argument is dpo_loss's (loss_type, beta, ref_logps,
       soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
       average_logps, ignore_index, alpha, gamma, epsilon, tau, check).
@@ -287,16 +301,20 @@ def fused_linear_preference_loss(
     grad_hidden [N, H] and grad_weight [V, H] is in use. With reduction
     "none" the backward runs the step again with the per-pair upstream.
     """
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
     soft_labels, config = _loss_config(off, pairs, x.device, loss_type, beta, soft_labels,
                                        label_smoothing, reduction, normalizer, average_logps,
                                        ignore_index, alpha, gamma, epsilon, tau)
+    # Gradients in the forward only where the backward scales them; a
+    # per-pair upstream (reduction "none") needs the step again anyway.
+    mask = _grad_mask(x, weight, bias) if config[7] != "none" else [False] * 3
     # A host copy of the offsets (the C ABI's opt-in one-pass path, when it
     # lands) is free for the [B, T, H] layout (built on the host from B and
     # T) and costs a device-to-host synchronisation for packed offsets on CUDA.
     value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(
         x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, *config,
-        int(chunk_bytes), _grad_mask(hidden, weight, bias), bool(check))
+        int(chunk_bytes), mask, bool(check))
     return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
 
 
@@ -316,6 +334,7 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     Shapes and dtypes as fused_linear_preference_loss. Differentiable with
     respect to hidden, weight and bias (a backward pass of three GEMMs per
     chunk: the logits again, grad_hidden, grad_weight)."""
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
     return ops.linear_sequence_logps(x, weight, bias, y, off, bool(average_logps),
                                      int(ignore_index), int(chunk_bytes), bool(check))[0]

@@ -281,6 +281,27 @@ def test_fused_linear_logps_matches_composition(dtype, device):
                     f"logps average={average}", slack=slack)
 
 
+def test_autocast_casts_like_f_linear(device):
+    """float32 master weights and activations under torch.autocast: the loss
+    runs in the autocast dtype (as the lm_head's F.linear would), the
+    gradients land in float32 .grad, equal to an explicit cast's."""
+    pb = make(15, dtype=torch.float32, device=device)
+    dt = torch.bfloat16
+    x, w, b = leaves(pb)
+    with torch.autocast(device_type=device, dtype=dt):
+        out = gp.fused_linear_preference_loss(x, w, pb["labels"], pb["offsets"], bias=b,
+                                              loss_type="gdpo", soft_labels=pb["soft"])
+    out.loss.backward()
+    x2, w2, b2 = leaves(pb)
+    want = gp.fused_linear_preference_loss(x2.to(dt), w2.to(dt), pb["labels"], pb["offsets"],
+                                           bias=b2.to(dt), loss_type="gdpo",
+                                           soft_labels=pb["soft"])
+    want.loss.backward()
+    assert torch.equal(out.loss, want.loss)
+    for a, e in zip((x, w, b), (x2, w2, b2)):
+        assert a.grad.dtype == torch.float32 and torch.equal(a.grad, e.grad)
+
+
 def test_seq_logps_of_the_loss_not_differentiable():
     """The loss's per-sequence log-probs are an output to log (a gradient
     through them needs fused_linear_logps): autograd says so."""
