@@ -191,8 +191,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
   geopref_linear_train_args a;
   geopref_linear_train_args_init(&a);
   a.in = c_linear(t, labels, offsets, chunk_bytes, op);
-  // Where the one-pass path's host copies of offsets and pairs would go
-  // (a.in / a.host_offsets, a.host_pairs once the C ABI has them).
+  // The one-pass path's host copies of offsets and pairs (host_offsets /
+  // host_pairs at the end of geopref_linear_train_args, not in this C ABI
+  // yet) would be set here, from CPU int64 tensors the schema would take as
+  // `Tensor? host_offsets, Tensor? host_pairs` (null: the two-pass path).
   pr.fill(a);
   if (up.defined()) a.grad_output = up.data_ptr<float>();
   a.loss = value.data_ptr<float>();
