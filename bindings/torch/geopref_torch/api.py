@@ -268,7 +268,7 @@ def fused_linear_preference_loss(
     lm_head's weight and bias) instead of the logits, which never exist whole:
     on CUDA they are formed one chunk of rows at a time (at most chunk_bytes),
     with the loss, the metrics and the gradients with respect to hidden,
-    weight and bias computed in the same pass (geopref's fused_linear_step).
+    weight and bias computed in the same call (geopref's fused_linear_step).
     Replaces `dpo_loss(lm_head(hidden), labels, ...)`:
 
         out = gp.fused_linear_preference_loss(hidden, lm_head.weight, labels,
