@@ -258,13 +258,13 @@ def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse,
 
 
 # ---- linear_pref_loss. With a reduced loss the forward computed the
-# gradients at an upstream gradient of 1 (one fused pass over the chunks,
-# no logits kept), so the backward only scales them by the upstream scalar,
-# in place when nothing else can see them (the saved gradient becomes .grad
-# without a copy; callers of the raw operator: its grad outputs are that
-# storage), by a copy otherwise (retain_graph=True, tracing). Reduction "none" has a per-pair upstream, which
-# does not factor out: its backward runs the step again with it
-# (linear_pref_loss_grad). The per-sequence log-probs and metrics are not
+# gradients at an upstream gradient of 1 (one fused_linear_step, no logits
+# kept), so the backward only scales them by the upstream scalar, in place
+# when nothing else can see them (the saved gradient becomes .grad without a
+# copy; callers of the raw operator: its grad outputs are that storage), by a
+# copy otherwise (retain_graph=True, tracing). Reduction "none" has a
+# per-pair upstream, which does not factor out: its backward runs the step
+# again with it (linear_pref_loss_grad). The per-sequence log-probs and metrics are not
 # differentiable here (use linear_sequence_logps for a gradient through
 # log-probs), so that an unused output never costs a pass over the logits.
 

@@ -155,8 +155,8 @@ def check_grads(got, want, A, pb, device, what, slack=0.0):
     error in lse and exp (~1e-6 relative of |g_t| p_v), so the error of
     grad_hidden = G·W is within (2U + 1e-5) (A·|W|) elementwise, A =
     magnitude() (likewise Aᵀ·|H| for grad_weight, Σ_t A for grad_bias), plus
-    float16's subnormal floor and the output's rounding 2U|want|. `slack` adds slack·(A·|W|, ...) for an
-    error the caller knows of in G itself."""
+    float16's subnormal floor and the output's rounding 2U|want|. `slack`
+    adds slack·(A·|W|, ...) for an error the caller knows of in G itself."""
     dtype = pb["hidden"].dtype
     u = U[dtype]
     Wd, Hd = pb["weight"].detach().cpu().double().abs(), pb["hidden"].detach().cpu().double().abs()
