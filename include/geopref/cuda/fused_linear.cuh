@@ -70,10 +70,12 @@
 // uploaded to the workspace and compared with the device arrays on the
 // device: a difference records status::host_layout_mismatch (read it with
 // device_status), whichever path runs. The upload is a cudaMemcpyAsync from
-// pageable host memory (the host copies and the plan's lists are consumed
-// before the call returns), so a call with host copies cannot be captured
-// into a CUDA graph; without them it can. The workspace size is the same
-// with or without them.
+// host memory: from pageable memory CUDA stages it before the call returns
+// (and may wait for the stream's earlier work to do so); host copies in
+// pinned memory are read when the stream reaches the copy, so keep them
+// unchanged until then. Either way a call with host copies cannot be
+// captured into a CUDA graph (the plan's lists are pageable); without them
+// it can. The workspace size is the same with or without them.
 //
 // Determinism: chunks run in a fixed order, grad_W and grad_b accumulate
 // chunk by chunk in that order (cuBLAS beta = 1), no atomics; cuBLAS itself
