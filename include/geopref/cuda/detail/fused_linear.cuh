@@ -599,4 +599,12 @@ inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
                                         detail::builtin_margin{any_loss<double>(opt.loss)}, stream);
 }
 
+template <class Loss, class>
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream) noexcept {
+  return detail::fused_linear_step_with(workspace, workspace_bytes, args, opt,
+                                        detail::custom_margin<Loss>{loss}, stream);
+}
+
 }  // namespace geopref::cuda
