@@ -55,7 +55,8 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   out.grad_bias = p.bias != nullptr ? r.grad_bias.data() : nullptr;
   geopref::status st =
       p.user_loss_beta > 0
-          ? geopref::reference::fused_linear_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
+          ? geopref::reference::fused_linear_with_loss(in, opt, log_cosh_loss{p.user_loss_beta},
+                                                       out)
           : geopref::reference::fused_linear(in, opt, out);
   if (st != geopref::status::success) return st;
   b.loss = out.base.loss;

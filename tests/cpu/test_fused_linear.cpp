@@ -344,8 +344,9 @@ TEST_CASE("fused-linear reference with a caller's loss: the built-in functor giv
     return out.base.loss;
   };
   std::vector<double> gh0, gw0, gb0, gh1, gw1, gb1;
-  const double l0 = run([&](reference::linear_outputs& o) { return reference::fused_linear(in, opt, o); },
-                        gh0, gw0, gb0);
+  const double l0 = run(
+      [&](reference::linear_outputs& o) { return reference::fused_linear(in, opt, o); }, gh0, gw0,
+      gb0);
   const double l1 = run(
       [&](reference::linear_outputs& o) {
         return reference::fused_linear_with_loss(in, opt, dpo_loss<double>{0.7}, o);
@@ -359,7 +360,9 @@ TEST_CASE("fused-linear reference with a caller's loss: the built-in functor giv
   const log_cosh lc{0.9};
   std::vector<double> gh, gw, gb;
   const double l = run(
-      [&](reference::linear_outputs& o) { return reference::fused_linear_with_loss(in, opt, lc, o); },
+      [&](reference::linear_outputs& o) {
+        return reference::fused_linear_with_loss(in, opt, lc, o);
+      },
       gh, gw, gb);
   CHECK(l != l0);
   auto loss_with = [&](const reference::linear_inputs<double, int64_t, int64_t>& a) {

@@ -16,9 +16,11 @@
 //     ℓ_t by ≤ 2 e_z(t); plus the kernels' own fp32 error (eps_sum, 4u|·|).
 //   * L_s: Σ_{t∈s} w_t err(ℓ_t) (÷ n_s when averaged) + 2u|L_s|.
 //   * the loss: Σ_s |g_s| err(L_s), doubled for the curvature over the
-//     interval (err(L) ≪ 1/β here), + 2u|loss|; g_s: the dpo family's
-//     |f''| ≤ β²/4, so err(g_s) ≤ β²/4 · (w/norm) · (err(L_a) + err(L_b))
-//     (·|2p̂−1|² ≤ 1 for the geometric form) + 2u|g_s|.
+//     interval (err(L) ≪ 1/β here), plus ½ K (err(L_a) + err(L_b))² per pair
+//     (where f' ≈ 0), + 2u|loss|; g_s: K bounds the loss's second
+//     derivative (dpo's |f''| ≤ β²/4; every other loss's in curvature_of),
+//     so err(g_s) ≤ K · (w/norm) · (err(L_a) + err(L_b)) (·|2p̂−1|² ≤ 1 for
+//     the geometric form) + 2u|g_s|.
 //   * G_tv = c_t(𝟙 − p_tv), c_t = g_s w_t: |c| p (err(z) + err(lse)) · 1.01 +
 //     err(c)|𝟙 − p| + (u_T + 3u)|G| (G is rounded to the input dtype before
 //     the gradient GEMMs: that is the unfused path's G too).
@@ -78,7 +80,7 @@ struct lin_config {
   bool pair_weights = false;  // per-pair weights w_i in [0.5, 1.5)
   bool grad_output = false;   // reduction::none's upstream [P], |g_i| in [0.5, 1.5), both signs
   double grad_loss = 1.0;
-  double user_loss = 0.0;     // > 0: user_loss.hpp's log_cosh_loss{user_loss} through the Loss overloads
+  double user_loss = 0.0;     // > 0: user_loss.hpp's log_cosh_loss{user_loss}, the Loss overloads
 };
 
 std::string describe(const lin_config& c) {
@@ -267,7 +269,8 @@ std::vector<double> read_matrix(gc::dtype d, const std::vector<uint8_t>& bytes, 
 struct lin_outputs {
   dmem loss, seq, lse, tlp, gseq, gh, gw, gb;
   lin_outputs(const lin_problem& p)
-      : loss(static_cast<size_t>(n_losses(p)) * 4), seq(static_cast<size_t>(p.S) * 4 + 4), lse(static_cast<size_t>(p.N) * 4),
+      : loss(static_cast<size_t>(n_losses(p)) * 4), seq(static_cast<size_t>(p.S) * 4 + 4),
+        lse(static_cast<size_t>(p.N) * 4),
         tlp(static_cast<size_t>(p.N) * 4), gseq(static_cast<size_t>(p.S) * 4 + 4),
         gh(static_cast<size_t>(p.N * p.ldh * dtype_bytes(p.c.dtype))),
         gw(static_cast<size_t>(p.c.vocab * p.ldh * (p.c.gw_float32 ? 4 : dtype_bytes(p.c.dtype)))),
@@ -405,7 +408,8 @@ lin_result run_unfused(const lin_problem& p, cublasHandle_t h) {
   a.grad_output = c.grad_output ? static_cast<const float*>(d.gout.get()) : nullptr;
   a.grad_loss = c.grad_loss;
   const int64_t n_loss = lin_outputs::n_losses(p);
-  dmem loss(static_cast<size_t>(n_loss) * 4), seq(static_cast<size_t>(p.S) * 4 + 4), gseq(static_cast<size_t>(p.S) * 4 + 4),
+  dmem loss(static_cast<size_t>(n_loss) * 4), seq(static_cast<size_t>(p.S) * 4 + 4),
+      gseq(static_cast<size_t>(p.S) * 4 + 4),
       lse(static_cast<size_t>(N) * 4), tlp(static_cast<size_t>(N) * 4);
   a.loss = static_cast<float*>(loss.get());
   a.seq_logps = static_cast<float*>(seq.get());
@@ -534,8 +538,8 @@ curvature curvature_of(const lin_config& c) {
       // f'' = β² [σ''(z)(z + c) + σ'(z)] and |zσ''| ≤ 0.16, |σ''| ≤ 1/(6√3) <
       // 0.0963, σ' ≤ 1/4 give f'' ≤ β² (0.41 + 0.0963 |c|).
       case loss_type::exo_pair:
-        k.add_margin(lambda,
-                     b2 * (0.41 + 0.0963 * std::fabs(std::log(c.epsilon) - std::log1p(-c.epsilon))));
+        k.add_margin(lambda, b2 * (0.41 + 0.0963 * std::fabs(std::log(c.epsilon) -
+                                                             std::log1p(-c.epsilon))));
         break;
       // nca_pair: ∂/∂ρ_w = β[½σ(z_w) − σ(−z_w)] → β² (3/2) σσ̄ ≤ 3β²/8;
       // ∂/∂ρ_l = ½βσ(z_l) → ½β² σσ̄ ≤ β²/8; no cross terms.
@@ -635,7 +639,8 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     const double up0 = std::fabs(c.grad_loss);
     REQUIRE(up0 > 0);
     b.loss = 2 * u * std::fabs(ref.base.loss);
-    for (int64_t s = 0; s < S; ++s) b.loss += 2 * std::fabs(ref.base.grad_seq_logps[s]) / up0 * b.seq[s];
+    for (int64_t s = 0; s < S; ++s)
+      b.loss += 2 * std::fabs(ref.base.grad_seq_logps[s]) / up0 * b.seq[s];
     for (int64_t i = 0; i < c.pairs; ++i) {
       const double eh = b.seq[first(i)] + b.seq[second(i)];
       b.loss += (K.sorted ? sc_max : sc[i]) / up0 * 0.5 * K.max() * eh * eh;
