@@ -8,6 +8,11 @@ concatenated layout), hidden size H, vocabulary V and bf16, each method runs
 the loss and its backward with respect to the hidden states X [S, T, H] and the
 output projection W [V, H]:
 
+  geopref   geopref_torch.fused_linear_preference_loss (the PyTorch package,
+            bindings/torch, built with its CUDA kernels): geopref's
+            fused_linear_step through torch's custom operator, autograd and
+            caching allocator, in this process, so that its time and peak
+            memory are measured exactly as the others'
   eager     F.linear(X, W) → TRL's log-softmax / gather / masked sum → the
             geometric DPO loss; autograd backward (the logits and their
             gradient exist whole: N·V·2 bytes each)
@@ -18,8 +23,12 @@ output projection W [V, H]:
 
 Times are medians of CUDA-event times around a cold L2; "peak_MiB" is
 torch.cuda.max_memory_allocated during the step minus the inputs and their
-gradients. With --geopref-json (bench_fused_linear's Google Benchmark JSON)
-the geopref step row of the same V is printed alongside, with its workspace.
+gradients. "step/geopref" divides by the geopref row of the same V: the
+in-process one when it ran, else, with --geopref-json (bench_fused_linear's
+Google Benchmark JSON), the C++ bench's fused_linear_step row ("geopref_cpp",
+printed alongside with its workspace). Every method computes the same loss
+(geometric DPO, reference-free) except Liger's, which is binary DPO (it takes
+no soft labels): the same work.
 --json writes the rows (after every row, so a cut-short run keeps them).
 """
 import argparse
@@ -43,7 +52,9 @@ def parse_args():
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--vocab", default="32000,128256")
-    p.add_argument("--methods", default="eager,compile,liger,matmuls")
+    p.add_argument("--methods", default="geopref,eager,compile,liger,matmuls")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 30,
+                   help="geopref's budget for one chunk of logits (default 1 GiB)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="3 iterations")
     p.add_argument("--geopref-json", help="bench_fused_linear --benchmark_out JSON")
@@ -102,7 +113,18 @@ def inputs(args, v):
 def run(name, args, v, timer):
     x, w, labels, soft = inputs(args, v)
     base = torch.cuda.memory_allocated() + x.numel() * 2 + w.numel() * 2  # + their gradients
-    if name == "eager":
+    if name == "geopref":
+        import geopref_torch as gp
+        if not gp.has_cuda_kernels():
+            raise RuntimeError("geopref_torch was built without its CUDA kernels")
+
+        def fn():
+            # check=False: no synchronisation to read the kernels' verdict on
+            # the labels (the other methods do not validate either).
+            return gp.fused_linear_preference_loss(x, w, labels, loss_type="gdpo", beta=BETA,
+                                                   soft_labels=soft, chunk_bytes=args.chunk_bytes,
+                                                   check=False).loss
+    elif name == "eager":
         fn = lambda: gdpo_from_hidden(x, w, labels, soft)  # noqa: E731
     elif name == "compile":
         compiled = torch.compile(gdpo_from_hidden)
@@ -172,13 +194,15 @@ def main():
     timer = cold_timer()
     geo = geopref_rows(args.geopref_json)
     rows = []
-    print(f"{'method':<10} {'V':>7} {'forward ms':>11} {'step ms':>9} {'peak MiB':>9} {'step/geopref':>12}")
+    print(f"{'method':<11} {'V':>7} {'forward ms':>11} {'step ms':>9} {'peak MiB':>9} {'step/geopref':>12}")
     for v in [int(s) for s in args.vocab.split(",")]:
+        base = math.nan  # the geopref step time the ratios divide by
         if v in geo:
             secs, ws = geo[v]
-            r = dict(method="geopref", V=v, step_s=secs, peak_MiB=ws)
+            base = secs
+            r = dict(method="geopref_cpp", V=v, step_s=secs, peak_MiB=ws)
             rows.append(r)
-            print(f"{'geopref':<10} {v:>7} {'':>11} {secs * 1e3:>9.2f} {ws or float('nan'):>9.0f} {1.0:>12.2f}")
+            print(f"{'geopref_cpp':<11} {v:>7} {'':>11} {secs * 1e3:>9.2f} {ws or float('nan'):>9.0f} {1.0:>12.2f}")
         for m in args.methods.split(","):
             try:
                 r = run(m, args, v, timer)
@@ -189,10 +213,12 @@ def main():
             torch.cuda.empty_cache()
             rows.append(r)
             if "error" in r:
-                print(f"{m:<10} {v:>7} {r['error']}")
+                print(f"{m:<11} {v:>7} {r['error']}")
             else:
-                ratio = r["step_s"] / geo[v][0] if v in geo else math.nan
-                print(f"{m:<10} {v:>7} {r['forward_s'] * 1e3:>11.2f} {r['step_s'] * 1e3:>9.2f} "
+                if m == "geopref":
+                    base = r["step_s"]
+                ratio = r["step_s"] / base
+                print(f"{m:<11} {v:>7} {r['forward_s'] * 1e3:>11.2f} {r['step_s'] * 1e3:>9.2f} "
                       f"{r.get('peak_MiB', math.nan):>9.0f} {ratio:>12.2f}")
             if args.json:
                 with open(args.json, "w") as f:

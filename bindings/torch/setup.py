@@ -3,10 +3,13 @@
     pip install --no-build-isolation ./bindings/torch
 
 What is compiled:
-  * always: the operator schemas and their CPU kernels (csrc/ops.cpp, over
-    the CPU reference in include/geopref/reference, which needs Eigen's headers);
-  * with CUDA: the CUDA kernels (csrc/ops_cuda.cpp) and the library's C ABI
-    (kernels/c_api.cu, through csrc/c_api.cu), for TORCH_CUDA_ARCH_LIST.
+  * always: the operator schemas and their CPU kernels (csrc/ops.cpp and the
+    fused-linear operators' csrc/ops_linear.cpp, over the CPU reference in
+    include/geopref/reference, which needs Eigen's headers);
+  * with CUDA: the CUDA kernels (csrc/ops_cuda.cpp, csrc/ops_linear_cuda.cpp)
+    and the library's C ABI (kernels/c_api.cu and kernels/c_api_linear.cu,
+    through csrc/c_api.cu and csrc/c_api_linear.cu), for TORCH_CUDA_ARCH_LIST,
+    linked with cuBLAS (the fused-linear path's GEMMs).
 
 GEOPREF_TORCH_CUDA chooses: 0 = CPU only, 1 = CUDA (an error if torch or the
 machine has no CUDA toolkit), unset/auto = CUDA when torch was built with CUDA,
@@ -98,15 +101,18 @@ if cuda:
         print("geopref-torch: linking the compiled kernels " + kernels_lib)
     ext = CUDAExtension(
         "geopref_torch._C",
-        sources=["csrc/ops.cpp", "csrc/ops_cuda.cpp"] + ([] if kernels_lib else ["csrc/c_api.cu"]),
+        sources=["csrc/ops.cpp", "csrc/ops_linear.cpp", "csrc/ops_cuda.cpp",
+                 "csrc/ops_linear_cuda.cpp"]
+        + ([] if kernels_lib else ["csrc/c_api.cu", "csrc/c_api_linear.cu"]),
         include_dirs=include_dirs,
         extra_objects=[kernels_lib] if kernels_lib else [],
+        libraries=["cublas"],
         extra_compile_args={"cxx": ["-O2"], "nvcc": nvcc_flags},
     )
 else:
     ext = CppExtension(
         "geopref_torch._C",
-        sources=["csrc/ops.cpp"],
+        sources=["csrc/ops.cpp", "csrc/ops_linear.cpp"],
         include_dirs=include_dirs,
         extra_compile_args={"cxx": ["-O2"]},
     )

@@ -3,6 +3,7 @@
 
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
+#include "user_loss.hpp"
 
 namespace geopref::support {
 
@@ -25,6 +26,8 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   in.ref_logps = p.ref_logps;
   in.weights = p.weights;
   in.token_weights = p.token_weights;
+  in.grad_loss = p.grad_loss;
+  in.grad_pair_losses = p.grad_pair_losses;
 
   const auto n = static_cast<size_t>(N), s = static_cast<size_t>(p.n_seqs),
              np = static_cast<size_t>(p.n_pairs);
@@ -50,7 +53,11 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   out.grad_hidden = r.grad_hidden.data();
   out.grad_weight = r.grad_weight.data();
   out.grad_bias = p.bias != nullptr ? r.grad_bias.data() : nullptr;
-  geopref::status st = geopref::reference::fused_linear(in, opt, out);
+  geopref::status st =
+      p.user_loss_beta > 0
+          ? geopref::reference::fused_linear_with_loss(in, opt, log_cosh_loss{p.user_loss_beta},
+                                                       out)
+          : geopref::reference::fused_linear(in, opt, out);
   if (st != geopref::status::success) return st;
   b.loss = out.base.loss;
   b.stats = out.base.stats;
@@ -70,10 +77,14 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   x.ref_logps = p.ref_logps;
   x.weights = p.weights;
   x.token_weights = p.token_weights;
+  x.grad_loss = p.grad_loss;
+  x.grad_pair_losses = p.grad_pair_losses;
   b.grad_logits.assign(n * static_cast<size_t>(V), 0.0);
   geopref::reference::outputs o;
   if (N > 0) o.grad_logits = b.grad_logits.data();
-  return geopref::reference::compute(x, opt, o);
+  return p.user_loss_beta > 0
+             ? geopref::reference::compute_with_loss(x, opt, log_cosh_loss{p.user_loss_beta}, o)
+             : geopref::reference::compute(x, opt, o);
 }
 
 geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,

@@ -2,16 +2,17 @@
 # The fused-linear path (issue 12) on the GPU for scripts/gpu-check.sh:
 # bench_fused_linear (fused_linear_step and fused_linear_logps against the
 # cuBLAS GEMMs they contain, same process; N = 16384, H = 4096,
-# V ∈ {32000, 128256}, bf16, 1 GiB chunk budget), then the PyTorch peers
-# (bench/peers/fused_linear_peers.py: Liger-Kernel's LigerFusedLinearDPOLoss,
-# linear + TRL's log-softmax eager and torch.compile, the matmuls alone):
-# time and peak memory. Record the tables in docs/benchmarks.md.
+# V ∈ {32000, 128256}, bf16, 1 GiB chunk budget). The PyTorch peers
+# (bench/peers/fused_linear_peers.py: geopref_torch's
+# fused_linear_preference_loss, Liger-Kernel's LigerFusedLinearDPOLoss,
+# linear + TRL's log-softmax eager and torch.compile, the matmuls alone, in
+# one process) run in 30-integration.sh, once the PyTorch package is built,
+# against this step's JSON. Record the tables in docs/benchmarks.md.
 #
-# Writes $OUT/bench_fused_linear.json and $OUT/fused_linear_peers.json.
+# Writes $OUT/bench_fused_linear.json.
 # Environment: GEOPREF_GPU_CHECK_BUILD (the build with bench_fused_linear;
 # without it this step builds its own in build-gpu-fused-linear),
-# GEOPREF_BENCH_QUICK=1 (3 iterations), GEOPREF_BENCH_PEERS=0 (skip the peers),
-# GEOPREF_PEERS_SECONDS (their limit, default 240).
+# GEOPREF_BENCH_QUICK=1 (3 iterations).
 # Exit: 0 ok or no GPU (skipped), 1 when the build or a row failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,18 +55,5 @@ case $rc in
   77) say "no usable device; skipped" ;;
   *) say "bench_fused_linear exited $rc"; status=1 ;;
 esac
-if [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 ]]; then
-  if compgen -G "$root/.whl/liger_kernel-*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/geopref-peers \
-      "$root"/.whl/liger_kernel-*.whl && export PYTHONPATH=/tmp/geopref-peers${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  say "PyTorch peers ${quick[*]}"
-  geo=()
-  [[ -s $OUT/bench_fused_linear.json ]] && geo=(--geopref-json "$OUT/bench_fused_linear.json")
-  PYTHONUNBUFFERED=1 timeout "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/fused_linear_peers.py \
-    "${quick[@]}" "${geo[@]}" --json "$OUT/fused_linear_peers.json"
-  rc=$?
-  [[ $rc -eq 124 ]] && say "peers stopped at their time limit; rows so far kept"
-fi
 say "done, status $status"
 exit $status

@@ -10,8 +10,13 @@
 #      runs its tests (bindings/torch/tests) on CPU and CUDA: every loss
 #      against plain PyTorch per dtype, opcheck, gradcheck, torch.compile,
 #      bad inputs; then times it against the plain formulation
-#      (bindings/torch/examples/bench_vs_plain.py) and token_logps against
-#      TRL's selective log-softmax (bench/peers/torch_peers.py --token).
+#      (bindings/torch/examples/bench_vs_plain.py), token_logps against
+#      TRL's selective log-softmax (bench/peers/torch_peers.py --token), and
+#      the fused-linear loss against Liger-Kernel's LigerFusedLinearDPOLoss
+#      and PyTorch (linear + TRL's log-softmax, eager and compiled) in one
+#      process (bench/peers/fused_linear_peers.py; time and peak memory at
+#      N = 16384, H = 4096, V ∈ {32000, 128256}, bf16), with
+#      25-fused-linear.sh's C++ rows when $OUT has them.
 # Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
 # geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
 # --stage); without it steps 1's geopref-check and 3 are reported as skipped.
@@ -120,6 +125,28 @@ if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; 
        rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit" && rc=0; exit $rc' _ \
       "$OUT/bench_peers_token_op.json"
   fi
+  # The fused-linear peers. Without the package (its build failed) they run
+  # without the geopref row rather than not at all. Liger-Kernel from .whl/
+  # (scripts/gpu-check.sh --stage) when the machine lacks it.
+  peers_path=$site
+  if compgen -G "$root/.whl/liger_kernel-*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --target "$build/peers-site" "$root"/.whl/liger_kernel-*.whl \
+      >"$logs/liger-install.log" 2>&1 && peers_path=$peers_path:$build/peers-site
+  fi
+  methods=geopref,eager,compile,liger,matmuls
+  [[ -d $site/geopref_torch ]] || methods=eager,compile,liger,matmuls
+  geo=()
+  [[ -s $OUT/bench_fused_linear.json ]] && geo=(--geopref-json "$OUT/bench_fused_linear.json")
+  quick=()
+  [[ "${GEOPREF_BENCH_QUICK:-0}" == 1 ]] && quick=(--quick)
+  # GEOPREF_BENCH_PEERS=0 skips them, GEOPREF_PEERS_SECONDS limits them (240).
+  [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 ]] &&
+  check torch-fused-linear-peers env PYTHONPATH="$peers_path${PYTHONPATH:+:$PYTHONPATH}" \
+    PYTHONUNBUFFERED=1 bash -c \
+    'timeout "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/fused_linear_peers.py "$@"
+     rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit; rows so far kept" && rc=0
+     exit $rc' _ --methods "$methods" "${quick[@]}" "${geo[@]}" --json "$OUT/fused_linear_peers.json"
 else
   say "PyTorch with CUDA not importable: torch steps skipped"
   names+=(torch-tests) results+=("skipped (no torch)")

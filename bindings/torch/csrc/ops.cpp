@@ -43,9 +43,11 @@
 
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common.h"
+#include "cpu.h"
 #include "geopref/reference/reference.hpp"
 
 namespace geopref_torch {
@@ -54,28 +56,10 @@ namespace {
 namespace ref = geopref::reference;
 using c10::optional;
 
-template <class T>
-struct type_tag {
-  using type = T;
-};
-
-// The reference reads half and bfloat16 as Eigen's types: the same 16 bits.
-static_assert(sizeof(Eigen::half) == sizeof(at::Half));
-static_assert(sizeof(Eigen::bfloat16) == sizeof(at::BFloat16));
-
 /// Calls fn(type_tag<Logit>{}) with the reference's type for the logits' dtype.
 template <class Fn>
 auto visit_logits(const Tensor& logits, const char* op, Fn&& fn) {
-  const auto t = logits.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                   "geopref.", op, ": logits must be float32, float64, float16 or bfloat16, got ",
-                   t);
-  switch (t) {
-    case at::kFloat: return fn(type_tag<float>{});
-    case at::kDouble: return fn(type_tag<double>{});
-    case at::kHalf: return fn(type_tag<Eigen::half>{});
-    default: return fn(type_tag<Eigen::bfloat16>{});
-  }
+  return visit_float(logits, "logits", op, std::forward<Fn>(fn));
 }
 
 /// The reference's token inputs over CPU tensors; labels and offsets as int64
@@ -101,37 +85,6 @@ struct cpu_tokens {
     return in;
   }
 };
-
-/// pref_loss's tensors as the reference takes them (float inputs in double).
-struct cpu_pairs {
-  Tensor pairs, soft, ref_logps, weights;
-  int64_t n_pairs;
-  cpu_pairs(const Tensor& logits, int64_t n_seqs, const optional<Tensor>& p,
-            const optional<Tensor>& s, const optional<Tensor>& r, const optional<Tensor>& w,
-            const char* op)
-      : pairs(optional_pairs(p, logits, op)),
-        n_pairs(pair_count(pairs, n_seqs)) {
-    soft = optional_vector(s, n_pairs, logits, at::kDouble, "soft_labels", op);
-    ref_logps = optional_vector(r, n_seqs, logits, at::kDouble, "ref_logps", op);
-    weights = optional_vector(w, n_pairs, logits, at::kDouble, "weights", op);
-  }
-
-  template <class In>
-  void fill(In& in) const {
-    in.n_pairs = n_pairs;
-    in.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
-    in.soft_labels = soft.defined() ? soft.data_ptr<double>() : nullptr;
-    in.ref_logps = ref_logps.defined() ? ref_logps.data_ptr<double>() : nullptr;
-    in.weights = weights.defined() ? weights.data_ptr<double>() : nullptr;
-  }
-};
-
-Tensor metrics_tensor(const geopref::metrics& m, const Tensor& like) {
-  const std::vector<double> v{m.rewards_chosen,  m.rewards_rejected, m.rewards_accuracies,
-                              m.rewards_margins, m.logps_chosen,     m.logps_rejected,
-                              m.calibration_error};
-  return at::tensor(v, like.options().dtype(at::kDouble));
-}
 
 loss_args make_args(c10::string_view loss, double beta, double alpha, double gamma, double epsilon,
                     double tau, bool average_logps, c10::string_view reduction, double normalizer,

@@ -4,7 +4,12 @@ PyTorch: the loss, the metrics, and the gradient of every model parameter.
 Nothing is downloaded: the model is built here and the data is random tokens.
 
     pip install --no-build-isolation ./bindings/torch
-    python3 bindings/torch/examples/train_tiny_lm.py [--steps 8] [--loss gdpo]
+    python3 bindings/torch/examples/train_tiny_lm.py [--steps 8] [--loss gdpo] [--fused-linear]
+
+--fused-linear computes geopref's side from the last hidden states and the LM
+head (fused_linear_preference_loss, fused_linear_logps for the reference)
+instead of the logits: the gradients reach the head's weight and, through
+the hidden states, the rest of the model.
 
 The batch is TRL's concatenated layout: P prompts, each with a chosen and a
 rejected completion, stacked as [2P, T] (chosen rows first). The plain
@@ -38,13 +43,17 @@ class TinyCausalLM(nn.Module):
         self.head = nn.Linear(dim, vocab, bias=False)
 
     def forward(self, input_ids):
+        return self.head(self.hidden(input_ids))  # [B, T, V]
+
+    def hidden(self, input_ids):
+        """The last hidden states [B, T, dim]: what the LM head projects."""
         T = input_ids.shape[1]
         x = self.tok(input_ids) + self.pos(torch.arange(T, device=input_ids.device))
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=1)
         h = self.norm1(x)
         x = x + self.attn(h, h, h, attn_mask=causal, need_weights=False)[0]
         x = x + self.mlp(self.norm2(x))
-        return self.head(self.norm3(x))  # [B, T, V]
+        return self.norm3(x)
 
 
 def make_batch(gen, P, prompt_len, max_completion, vocab):
@@ -106,6 +115,8 @@ def main():
     ap.add_argument("--loss", default="gdpo", choices=["gdpo", "sigmoid"])
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fused-linear", action="store_true",
+                    help="geopref from hidden states and the LM head, not the logits")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -124,11 +135,19 @@ def main():
     for step in range(args.steps):
         ids, mask, soft = make_batch(gen, P, prompt_len=5, max_completion=9, vocab=vocab)
         labels = shifted_labels(ids, mask)
-        with torch.no_grad():  # the reference model's pass: the same op, forward only
-            ref_logps = gp.sequence_logps(reference(ids), labels)
         logits = policy(ids)
-        out = gp.dpo_loss(logits, labels, loss_type=args.loss, beta=args.beta,
-                          soft_labels=soft, ref_logps=ref_logps)
+        if args.fused_linear:  # never the [2P, T, V] logits on geopref's side
+            with torch.no_grad():
+                ref_logps = gp.fused_linear_logps(reference.hidden(ids), reference.head.weight,
+                                                  labels)
+            out = gp.fused_linear_preference_loss(policy.hidden(ids), policy.head.weight, labels,
+                                                  loss_type=args.loss, beta=args.beta,
+                                                  soft_labels=soft, ref_logps=ref_logps)
+        else:
+            with torch.no_grad():  # the reference model's pass: the same op, forward only
+                ref_logps = gp.sequence_logps(reference(ids), labels)
+            out = gp.dpo_loss(logits, labels, loss_type=args.loss, beta=args.beta,
+                              soft_labels=soft, ref_logps=ref_logps)
         grads = torch.autograd.grad(out.loss, params, retain_graph=True)
 
         with torch.no_grad():

@@ -3,18 +3,21 @@ operators (torch.ops.geopref.*) with CPU kernels (the library's CPU reference),
 CUDA kernels (the fused path, when built with CUDA), autograd and fake kernels,
 so torch.compile(fullgraph=True) traces them without graph breaks.
 
-High-level API in TRL's terms: dpo_loss, sequence_logps, and the per-token
-primitive token_logps for losses kept in one's own code (see api.py).
+High-level API in TRL's terms: dpo_loss, sequence_logps, the per-token
+primitive token_logps for losses kept in one's own code, and the fused-linear
+forms fused_linear_preference_loss / fused_linear_logps, from the last hidden
+states and the lm_head instead of the logits (see api.py).
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _ops  # noqa: F401  (registers the operators, fake kernels and autograd)
-from .api import (METRIC_NAMES, TRL_LOSS_TYPES, DPOOutput, dpo_loss, loss_types,
+from .api import (DEFAULT_CHUNK_BYTES, METRIC_NAMES, TRL_LOSS_TYPES, DPOOutput, dpo_loss,
+                  fused_linear_logps, fused_linear_preference_loss, loss_types,
                   metrics_to_floats, sequence_logps, token_logps)
 
-__all__ = ["METRIC_NAMES", "TRL_LOSS_TYPES", "DPOOutput", "dpo_loss", "loss_types",
-           "metrics_to_floats", "sequence_logps", "token_logps",
-           "has_cuda_kernels"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "METRIC_NAMES", "TRL_LOSS_TYPES", "DPOOutput", "dpo_loss",
+           "fused_linear_logps", "fused_linear_preference_loss", "loss_types",
+           "metrics_to_floats", "sequence_logps", "token_logps", "has_cuda_kernels"]
 
 
 def has_cuda_kernels() -> bool:

@@ -190,3 +190,174 @@ def _no_double_backward(ctx, *grads):
 torch.library.register_autograd("geopref::logits_grad", _no_double_backward)
 torch.library.register_autograd("geopref::pref_loss_grad_seq", _no_double_backward)
 torch.library.register_autograd("geopref::token_logps_grad", _no_double_backward)
+
+
+# ---- The fused-linear operators (csrc/ops_linear.cpp): the loss from
+# hidden states [N, H], the projection weight [V, H] and an optional bias [V]
+# instead of the logits. grad_mask = (hidden, weight, bias) says which
+# gradients the operators compute; those not asked for are [0].
+
+def _check_linear(hidden, weight, bias, labels, offsets, op):
+    if hidden.dim() != 2:
+        raise ValueError(f"geopref.{op}: hidden must be 2-D [N, H], got {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"geopref.{op}: weight must be [V, H] with H = {hidden.shape[1]}, "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"geopref.{op}: bias must be [V] = [{weight.shape[0]}], "
+                         f"got {tuple(bias.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != hidden.shape[0]:
+        raise ValueError(f"geopref.{op}: labels must be [N] = [{hidden.shape[0]}], "
+                         f"got {tuple(labels.shape)}")
+    if offsets.dim() != 1 or offsets.shape[0] < 1:
+        raise ValueError(f"geopref.{op}: offsets must be [S + 1], got {tuple(offsets.shape)}")
+
+
+def _linear_grads_fake(hidden, weight, bias, grad_mask):
+    n, h, v = hidden.shape[0], hidden.shape[1], weight.shape[0]
+    has_bias = bias is not None
+    return (hidden.new_empty((n, h) if grad_mask[0] else (0,)),
+            weight.new_empty((v, h) if grad_mask[1] else (0,)),
+            (bias if has_bias else hidden).new_empty((v,) if grad_mask[2] and has_bias else (0,)))
+
+
+@torch.library.register_fake("geopref::linear_pref_loss")
+def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
+                           weights, loss, beta, alpha, gamma, epsilon, tau, average_logps,
+                           reduction, normalizer, ignore_index, chunk_bytes, grad_mask, check):
+    _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss")
+    s = offsets.shape[0] - 1
+    p = pairs.shape[0] if pairs is not None else s // 2
+    dt = _float_out(hidden)
+    value = hidden.new_empty((p,) if reduction == "none" else (), dtype=dt)
+    return (value, hidden.new_empty((s,), dtype=dt), hidden.new_empty((7,), dtype=torch.float64),
+            *_linear_grads_fake(hidden, weight, bias, grad_mask))
+
+
+@torch.library.register_fake("geopref::linear_pref_loss_grad")
+def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, *args):
+    _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_grad")
+    return _linear_grads_fake(hidden, weight, bias, args[-2])
+
+
+@torch.library.register_fake("geopref::linear_sequence_logps")
+def _linear_sequence_logps_fake(hidden, weight, bias, labels, offsets, average_logps,
+                                ignore_index, chunk_bytes, check):
+    _check_linear(hidden, weight, bias, labels, offsets, "linear_sequence_logps")
+    n, s = hidden.shape[0], offsets.shape[0] - 1
+    dt = _float_out(hidden)
+    return (hidden.new_empty((s,), dtype=dt), hidden.new_empty((n,), dtype=dt),
+            hidden.new_empty((s,), dtype=torch.int64))
+
+
+@torch.library.register_fake("geopref::linear_sequence_logps_grad")
+def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse, grad_seq,
+                                     ignore_index, chunk_bytes, grad_mask, check):
+    _check_linear(hidden, weight, bias, labels, offsets, "linear_sequence_logps_grad")
+    return _linear_grads_fake(hidden, weight, bias, grad_mask)
+
+
+# ---- linear_pref_loss. With a reduced loss the forward computed the
+# gradients at an upstream gradient of 1 (one fused_linear_step, no logits
+# kept), so the backward only scales them by the upstream scalar, in place
+# when nothing else can see them (the saved gradient becomes .grad without a
+# copy; callers of the raw operator: its grad outputs are that storage), by a
+# copy otherwise (retain_graph=True, tracing). Reduction "none" has a
+# per-pair upstream, which does not factor out: its backward runs the step
+# again with it (linear_pref_loss_grad). The per-sequence log-probs and metrics are not
+# differentiable here (use linear_sequence_logps for a gradient through
+# log-probs), so that an unused output never costs a pass over the logits.
+
+_LINEAR_PREF_CONFIG = 9  # inputs[9:] are loss ... check
+
+
+def _graph_kept():
+    """Whether the running backward keeps the graph (retain_graph=True, as
+    gradcheck and jacobians do): then the saved gradients must stay as they
+    are. Asked of autograd's engine; if this torch cannot tell, assume so
+    (a copy instead of an in-place multiply: correct, more memory)."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def _linear_pref_loss_setup(ctx, inputs, output):
+    hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = inputs[:9]
+    ctx.config = inputs[_LINEAR_PREF_CONFIG:]
+    reduction, grad_mask = inputs[16], inputs[20]
+    _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias = output
+    ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
+    ctx.grad_mask = tuple(grad_mask)
+    ctx.scaled = reduction != "none"  # else the forward's gradients (if any) are unused
+    if ctx.scaled:
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+    else:
+        ctx.save_for_backward(hidden, weight, bias, labels, offsets, pairs, soft, ref, weights)
+
+
+def _linear_pref_loss_backward(ctx, grad_loss, *_):
+    need = ctx.needs_input_grad[:3]
+    if grad_loss is None or not any(need):
+        return (None,) * 22
+    if ctx.scaled:
+        missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
+                   if n and not m]
+        if missing:
+            raise RuntimeError(f"geopref.linear_pref_loss: the forward ran with grad_mask = "
+                               f"{list(ctx.grad_mask)}, without the gradient of {missing}")
+        if torch.is_grad_enabled():  # create_graph=True: these gradients are constants here
+            _no_double_backward(ctx)
+        grads = ctx.saved_tensors
+        up = grad_loss.reshape(())
+        # In place only on plain eager tensors whose graph is freed after
+        # this backward: under tracing (torch.compile, opcheck) the saved
+        # gradients may be graph outputs, which a traced backward must not
+        # mutate (the out-of-place multiply is functional, and inductor may
+        # still do it in place); with retain_graph another backward reads them.
+        if all(type(g) is torch.Tensor for g in grads) and not _graph_kept():
+            out = tuple(g.mul_(up) if n else None for g, n in zip(grads, need))
+        else:
+            out = tuple(g * up if n else None for g, n in zip(grads, need))
+    else:
+        hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = ctx.saved_tensors
+        grads = ops.linear_pref_loss_grad(grad_loss, hidden, weight, bias, labels, offsets, pairs,
+                                          soft, ref, weights, *ctx.config[:11],
+                                          [bool(n) for n in need], ctx.config[12])
+        out = tuple(g if n else None for g, n in zip(grads, need))
+    return out + (None,) * 19
+
+
+torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_backward,
+                                setup_context=_linear_pref_loss_setup)
+
+
+# ---- linear_sequence_logps: d seq_logps_s / d L_s is 1, or 1/n_s when averaged.
+
+def _linear_sequence_logps_setup(ctx, inputs, output):
+    hidden, weight, bias, labels, offsets, average_logps, ignore_index, chunk_bytes, check = inputs
+    _, lse, counts = output
+    ctx.average_logps, ctx.ignore_index = average_logps, ignore_index
+    ctx.chunk_bytes, ctx.check = chunk_bytes, check
+    ctx.save_for_backward(hidden, weight, bias, labels, offsets, lse, counts)
+    ctx.mark_non_differentiable(lse, counts)
+
+
+def _linear_sequence_logps_backward(ctx, grad_seq_logps, *_):
+    need = ctx.needs_input_grad[:3]
+    if grad_seq_logps is None or not any(need):
+        return (None,) * 9
+    hidden, weight, bias, labels, offsets, lse, counts = ctx.saved_tensors
+    g = grad_seq_logps.to(lse.dtype)
+    if ctx.average_logps:
+        g = torch.where(counts > 0, g / counts.clamp(min=1).to(g.dtype), torch.zeros_like(g))
+    grads = ops.linear_sequence_logps_grad(hidden, weight, bias, labels, offsets, lse, g,
+                                           ctx.ignore_index, ctx.chunk_bytes,
+                                           [bool(n) for n in need], ctx.check)
+    return tuple(x if n else None for x, n in zip(grads, need)) + (None,) * 6
+
+
+torch.library.register_autograd("geopref::linear_sequence_logps", _linear_sequence_logps_backward,
+                                setup_context=_linear_sequence_logps_setup)
+torch.library.register_autograd("geopref::linear_pref_loss_grad", _no_double_backward)
+torch.library.register_autograd("geopref::linear_sequence_logps_grad", _no_double_backward)

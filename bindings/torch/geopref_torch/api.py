@@ -7,6 +7,10 @@
     out.logps                                         # [2P] per-sequence log-probs
     out.metrics["rewards/accuracies"]                 # TRL's metric names, 0-dim tensors
 
+    # From the last hidden states and lm_head instead of the logits (never whole):
+    out = gp.fused_linear_preference_loss(hidden, lm_head.weight, labels, bias=lm_head.bias,
+                                          loss_type="gdpo", soft_labels=p, ref_logps=ref)
+
 Sequences follow TRL's concatenated layout: the first P are the chosen
 responses, the last P the rejected ones (or pass `pairs`). Labels are already
 shifted (row t scores labels[t]; TRL: labels = input_ids[:, 1:] against
@@ -61,24 +65,27 @@ class DPOOutput(NamedTuple):
     metrics: Dict[str, torch.Tensor]   # METRIC_NAMES -> 0-dim float64 tensors (no host sync)
 
 
-def _tokens(logits, labels, offsets):
-    """[B, T, V] + [B, T] (padded rows: offsets = b * T) or [N, V] + [N] + offsets."""
+def _tokens(logits, labels, offsets, what="logits"):
+    """[B, T, X] + [B, T] (padded rows: offsets = b * T) or [N, X] + [N] + offsets;
+    X is V for logits, H for hidden states (`what` names them in errors)."""
+    x = "V" if what == "logits" else "H"
     if logits.dim() == 3:
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"geopref: labels must be [B, T] = {list(logits.shape[:2])} for "
-                             f"[B, T, V] logits, got {list(labels.shape)}")
+                             f"[B, T, {x}] {what}, got {list(labels.shape)}")
         if offsets is not None:
-            raise ValueError("geopref: offsets are implied by [B, T, V] logits; pass [N, V] "
-                             "logits for a packed layout")
+            raise ValueError(f"geopref: offsets are implied by [B, T, {x}] {what}; "
+                             f"pass [N, {x}] {what} for a packed layout")
         b, t = logits.shape[0], logits.shape[1]
         offsets = torch.arange(b + 1, device=logits.device, dtype=torch.int64) * t
         return logits.reshape(b * t, logits.shape[2]), labels.reshape(b * t), offsets
     if logits.dim() == 2:
         if offsets is None:
-            raise ValueError("geopref: [N, V] logits need offsets [S + 1] (sequence s owns rows "
-                             "offsets[s]:offsets[s+1])")
+            raise ValueError(f"geopref: [N, {x}] {what} need offsets [S + 1] "
+                             "(sequence s owns rows offsets[s]:offsets[s+1])")
         return logits, labels, offsets
-    raise ValueError(f"geopref: logits must be [B, T, V] or [N, V], got {list(logits.shape)}")
+    raise ValueError(f"geopref: {what} must be [B, T, {x}] or "
+                     f"[N, {x}], got {list(logits.shape)}")
 
 
 def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
@@ -111,6 +118,28 @@ def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
     if average_logps is None:
         average_logps = loss_type == "ipo"  # TRL's IPO uses length-averaged log-probs
     return name, soft_labels, epsilon, average_logps
+
+
+def _loss_config(offsets, pairs, device, loss_type, beta, soft_labels, label_smoothing,
+                 reduction, normalizer, average_logps, ignore_index, alpha, gamma, epsilon, tau):
+    """The keyword arguments of dpo_loss (and fused_linear_preference_loss) ->
+    (soft labels as a tensor or None, the operator's arguments from `loss` to
+    `ignore_index` in its schema's order)."""
+    name, soft_labels, epsilon, average_logps = _resolve(loss_type, label_smoothing, soft_labels,
+                                                         epsilon, average_logps)
+    n_seqs = offsets.shape[0] - 1
+    n_pairs = pairs.shape[0] if pairs is not None else n_seqs // 2
+    if isinstance(soft_labels, (int, float)):
+        soft_labels = torch.full((n_pairs,), float(soft_labels), device=device)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"geopref: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if normalizer is not None:
+        if reduction != "mean":
+            raise ValueError("geopref: normalizer replaces the mean; leave reduction='mean'")
+        reduction = "normalizer"
+    return soft_labels, (name, float(beta), float(alpha), float(gamma), float(epsilon),
+                         float(tau), bool(average_logps), reduction, float(normalizer or 0.0),
+                         int(ignore_index))
 
 
 def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch.Tensor] = None,
@@ -151,22 +180,11 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     message.
     """
     z, y, off = _tokens(logits, labels, offsets)
-    name, soft_labels, epsilon, average_logps = _resolve(loss_type, label_smoothing, soft_labels,
-                                                         epsilon, average_logps)
-    n_seqs = off.shape[0] - 1
-    n_pairs = pairs.shape[0] if pairs is not None else n_seqs // 2
-    if isinstance(soft_labels, (int, float)):
-        soft_labels = torch.full((n_pairs,), float(soft_labels), device=z.device)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"geopref: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if normalizer is not None:
-        if reduction != "mean":
-            raise ValueError("geopref: normalizer replaces the mean; leave reduction='mean'")
-        reduction = "normalizer"
+    soft_labels, config = _loss_config(off, pairs, z.device, loss_type, beta, soft_labels,
+                                       label_smoothing, reduction, normalizer, average_logps,
+                                       ignore_index, alpha, gamma, epsilon, tau)
     value, seq_logps, metrics, _, _, _ = ops.pref_loss(
-        z, y, off, pairs, soft_labels, ref_logps, weights, name, float(beta), float(alpha),
-        float(gamma), float(epsilon), float(tau), bool(average_logps), reduction,
-        float(normalizer or 0.0), int(ignore_index), bool(check))
+        z, y, off, pairs, soft_labels, ref_logps, weights, *config, bool(check))
     return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
 
 
@@ -212,6 +230,114 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
     if return_entropy:
         return logps.reshape(shape), entropy.reshape(shape)
     return logps.reshape(shape)
+
+
+# The library's default budget for one chunk of logits (geopref::cuda::linear_inputs).
+DEFAULT_CHUNK_BYTES = 1 << 30
+
+
+def _grad_mask(*tensors):
+    """Which of hidden, weight, bias the backward will need a gradient for."""
+    on = torch.is_grad_enabled()
+    return [bool(on and t is not None and t.requires_grad) for t in tensors]
+
+
+def _autocast(hidden, weight, bias):
+    """Under torch.autocast, the dtype autocast would give the lm_head's
+    F.linear (float32 master weights with bfloat16 activations, say): one
+    dtype for all three, as the operators need. Differentiable casts, so
+    weight.grad stays in the weight's dtype."""
+    dev = hidden.device.type
+    if not torch.is_autocast_enabled(dev):
+        return hidden, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(None if t is None else t.to(dt) for t in (hidden, weight, bias))
+
+
+def fused_linear_preference_loss(
+        hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+        offsets: Optional[torch.Tensor] = None, *, bias: Optional[torch.Tensor] = None,
+        loss_type: str = "sigmoid", beta: float = 0.1, ref_logps: Optional[torch.Tensor] = None,
+        soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+        pairs: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
+        reduction: str = "mean", normalizer: Optional[float] = None,
+        average_logps: Optional[bool] = None, ignore_index: int = -100, alpha: float = 1.0,
+        gamma: float = 0.0, epsilon: Optional[float] = None, tau: float = 0.05,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True) -> DPOOutput:
+    """dpo_loss from the last hidden states and the output projection (the
+    lm_head's weight and bias) instead of the logits, which never exist whole:
+    on CUDA they are formed one chunk of rows at a time (at most chunk_bytes),
+    with the loss, the metrics and the gradients with respect to hidden,
+    weight and bias computed in the same call (geopref's fused_linear_step).
+    Replaces `dpo_loss(lm_head(hidden), labels, ...)`:
+
+        out = gp.fused_linear_preference_loss(hidden, lm_head.weight, labels,
+                                              bias=lm_head.bias, loss_type="gdpo",
+                                              soft_labels=p, ref_logps=ref)
+        out.loss.backward()   # hidden.grad (into the model), lm_head.weight.grad, .bias.grad
+
+    hidden: [B, T, H] (B = 2P sequences, chosen first) with labels [B, T], or
+      [N, H] packed rows with labels [N] and offsets [S + 1]. weight: [V, H],
+      bias: [V] or None; one dtype for all three: float32, float16, bfloat16
+      (float64 on CPU), or under torch.autocast the autocast dtype (all three
+      cast to it, as autocast casts an F.linear). Differentiable with respect
+      to all three.
+    Every other argument is dpo_loss's (loss_type, beta, ref_logps,
+      soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
+      average_logps, ignore_index, alpha, gamma, epsilon, tau, check).
+    chunk_bytes: the CUDA path's budget for one chunk of logits (whole rows of
+      V rounded up to 16 bytes; less than one row is a ValueError). The
+      workspace is about this much plus O(N); the result does not depend on
+      it beyond float rounding. On CPU the logits are formed whole.
+
+    Returns DPOOutput(loss, logps [S], metrics). Unlike dpo_loss's, logps
+    here is not differentiable (a gradient through it would cost another pass
+    over the logits): use fused_linear_logps for that.
+
+    The gradients are computed in the forward (for an upstream gradient of 1)
+    when hidden, weight or bias requires grad and grad mode is on, and held
+    until backward, which multiplies them by the upstream gradient (as
+    Liger-Kernel's fused-linear losses do): between the two, the memory of
+    grad_hidden [N, H] and grad_weight [V, H] is in use. With reduction
+    "none" the backward runs the step again with the per-pair upstream.
+    """
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    soft_labels, config = _loss_config(off, pairs, x.device, loss_type, beta, soft_labels,
+                                       label_smoothing, reduction, normalizer, average_logps,
+                                       ignore_index, alpha, gamma, epsilon, tau)
+    # Gradients in the forward only where the backward scales them; a
+    # per-pair upstream (reduction "none") needs the step again anyway.
+    mask = _grad_mask(x, weight, bias) if config[7] != "none" else [False] * 3
+    # A host copy of the offsets (the C ABI's opt-in one-pass path, when it
+    # lands) is free for the [B, T, H] layout (built on the host from B and
+    # T) and costs a device-to-host synchronisation for packed offsets on CUDA.
+    value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(
+        x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, *config,
+        int(chunk_bytes), mask, bool(check))
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
+
+
+def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                       offsets: Optional[torch.Tensor] = None, *,
+                       bias: Optional[torch.Tensor] = None, average_logps: bool = False,
+                       ignore_index: int = -100, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                       check: bool = True) -> torch.Tensor:
+    """sequence_logps from hidden states and the output projection, the
+    logits never whole (one chunk of at most chunk_bytes at a time on CUDA):
+    the reference model's pass, whose output is fused_linear_preference_loss's
+    ref_logps (with the same average_logps), e.g.
+
+        with torch.no_grad():
+            ref = gp.fused_linear_logps(ref_hidden, ref_lm_head.weight, labels)
+
+    Shapes and dtypes as fused_linear_preference_loss. Differentiable with
+    respect to hidden, weight and bias (a backward pass of three GEMMs per
+    chunk: the logits again, grad_hidden, grad_weight)."""
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    return ops.linear_sequence_logps(x, weight, bias, y, off, bool(average_logps),
+                                     int(ignore_index), int(chunk_bytes), bool(check))[0]
 
 
 def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, float]:

@@ -1,4 +1,5 @@
-"""The TRL-style training example runs and agrees with plain PyTorch at every step."""
+"""The TRL-style training example runs and agrees with plain PyTorch at every step
+(from the logits, and from the hidden states and LM head: fused linear)."""
 import importlib.util
 import os
 import sys
@@ -11,7 +12,8 @@ def test_train_tiny_lm_agrees_with_plain_pytorch(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("train_tiny_lm", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    for loss in ("gdpo", "sigmoid"):
-        monkeypatch.setattr(sys, "argv", [EXAMPLE, "--steps", "3", "--loss", loss])
+    for loss, fused in (("gdpo", False), ("sigmoid", False), ("gdpo", True)):
+        argv = [EXAMPLE, "--steps", "3", "--loss", loss] + (["--fused-linear"] if fused else [])
+        monkeypatch.setattr(sys, "argv", argv)
         assert example.main() == 0
         assert "3 of 3 steps agreed" in capsys.readouterr().out

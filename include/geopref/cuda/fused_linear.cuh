@@ -192,6 +192,15 @@ inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
 /// arguments would be rejected).
 inline bool fused_linear_one_pass(const linear_train_args& args, const options& opt) noexcept;
 
+/// The same with a caller's margin loss (see train_step<Loss>): it replaces
+/// the loss of every margin term of opt.loss; the chunks, GEMMs and kernels
+/// are those of fused_linear_step, only the pair kernel is instantiated per
+/// Loss type. The CPU reference's fused_linear_with_loss is its check.
+template <class Loss, class = std::enable_if_t<is_margin_loss_v<Loss>>>
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream = nullptr) noexcept;
+
 }  // namespace geopref::cuda
 
 #include "geopref/cuda/geopref.cuh"  // device_status; the shared checks and kernels

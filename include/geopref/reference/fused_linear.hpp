@@ -62,11 +62,11 @@ struct linear_outputs {
   bool accumulate = false;
 };
 
-/// Validates the shapes, then compute() on Z = H·Wᵀ + b and the gradient
-/// products. On error nothing is written.
-template <class Elem, class Label, class Offset>
-status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options& opt,
-                    linear_outputs& out) {
+namespace detail {
+/// fused_linear with `run(x, o)` in place of compute(x, opt, o).
+template <class Elem, class Label, class Offset, class Run>
+status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_outputs& out,
+                        const Run& run) {
   using mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const int64_t N = in.n_rows, Hd = in.hidden_size, V = in.vocab;
   const int64_t ldh = in.ld_hidden == 0 ? Hd : in.ld_hidden;
@@ -112,7 +112,7 @@ status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options&
   } else {
     o.grad_logits = nullptr;
   }
-  const status s = compute(x, opt, o);
+  const status s = run(x, o);
   if (s != status::success) return s;
   o.grad_logits = out.base.grad_logits;  // the caller's, untouched
   o.grad_ld = out.base.grad_ld;
@@ -138,6 +138,27 @@ status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options&
       out.grad_bias[v] = out.accumulate ? out.grad_bias[v] + g : g;
     }
   return status::success;
+}
+}  // namespace detail
+
+/// Validates the shapes, then compute() on Z = H·Wᵀ + b and the gradient
+/// products. On error nothing is written.
+template <class Elem, class Label, class Offset>
+status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options& opt,
+                    linear_outputs& out) {
+  return detail::fused_linear_via(in, out, [&](const auto& x, outputs& o) {
+    return compute(x, opt, o);
+  });
+}
+
+/// The same with a caller's margin loss: compute_with_loss() on Z, the CPU
+/// mirror of geopref::cuda::fused_linear_step<Loss>.
+template <class Elem, class Label, class Offset, class Loss>
+status fused_linear_with_loss(const linear_inputs<Elem, Label, Offset>& in, const options& opt,
+                              const Loss& loss, linear_outputs& out) {
+  return detail::fused_linear_via(in, out, [&](const auto& x, outputs& o) {
+    return compute_with_loss(x, opt, loss, o);
+  });
 }
 
 // ---------------------------------------------------------------------------

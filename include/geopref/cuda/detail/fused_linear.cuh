@@ -825,4 +825,12 @@ inline bool fused_linear_one_pass(const linear_train_args& args, const options& 
   return detail::one_pass_plan_for(args, opt, l, &plan);
 }
 
+template <class Loss, class>
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream) noexcept {
+  return detail::fused_linear_step_with(workspace, workspace_bytes, args, opt,
+                                        detail::custom_margin<Loss>{loss}, stream);
+}
+
 }  // namespace geopref::cuda

@@ -1,0 +1,118 @@
+// bindings/torch/csrc/linear.h — what the CPU and CUDA kernels of the
+// fused-linear operators (ops_linear.cpp, ops_linear_cuda.cpp) share: the
+// checks of hidden states, projection and bias, the chunk budget, the
+// gradient mask, and the per-row upstream gradient of the log-probs'
+// backward. Device-agnostic (ATen only).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <cstdint>
+#include <tuple>
+
+#include "common.h"
+
+namespace geopref_torch {
+
+/// The fused-linear inputs after the checks: hidden [N, Hd] and weight
+/// [V, Hd] with unit-stride rows (a copy only when not already so), bias [V]
+/// contiguous or undefined.
+struct linear_tensors {
+  Tensor hidden, weight, bias;
+  int64_t n_rows() const { return hidden.size(0); }
+  int64_t hidden_size() const { return hidden.size(1); }
+  int64_t vocab() const { return weight.size(0); }
+};
+
+inline Tensor unit_rows(const Tensor& x) {
+  const bool rows_ok = x.size(1) <= 1 || x.stride(1) == 1;
+  const bool ld_ok = x.size(0) <= 1 || x.stride(0) >= x.size(1);
+  return rows_ok && ld_ok ? x : x.contiguous();
+}
+
+/// Shapes, dtypes and devices of hidden, weight, bias, labels and offsets,
+/// and the chunk budget: the same errors on every device.
+inline linear_tensors check_linear(const Tensor& hidden, const Tensor& weight,
+                                   const c10::optional<Tensor>& bias, const Tensor& labels,
+                                   const Tensor& offsets, int64_t chunk_bytes, const char* op) {
+  TORCH_CHECK_VALUE(hidden.dim() == 2, "geopref.", op, ": hidden must be 2-D [N, H], got ",
+                    hidden.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(1), "geopref.", op,
+                    ": weight must be [V, H] with H = ", hidden.size(1), ", got ", weight.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == hidden.size(0), "geopref.", op,
+                    ": labels must be [N] = [", hidden.size(0), "], got ", labels.sizes());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 1, "geopref.", op,
+                    ": offsets must be [S + 1] with S >= 0, got ", offsets.sizes());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
+                   "geopref.", op, ": labels must be int32 or int64, got ", labels.scalar_type());
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong,
+                   "geopref.", op, ": offsets must be int32 or int64, got ", offsets.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == hidden.scalar_type(), "geopref.", op,
+                   ": hidden and weight must have one dtype, got ", hidden.scalar_type(), " and ",
+                   weight.scalar_type());
+  const at::Device dev = hidden.device();
+  TORCH_CHECK_VALUE(weight.device() == dev && labels.device() == dev && offsets.device() == dev,
+                    "geopref.", op, ": hidden, weight, labels and offsets must be on one device");
+  linear_tensors t{unit_rows(hidden), unit_rows(weight), Tensor()};
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "geopref.", op,
+                      ": bias must be [V] = [", weight.size(0), "], got ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == hidden.scalar_type(), "geopref.", op,
+                     ": bias must have the dtype of hidden and weight (", hidden.scalar_type(),
+                     "), got ", bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == dev, "geopref.", op,
+                      ": bias must be on the device of hidden and weight");
+    t.bias = bias->contiguous();
+  }
+  // The CUDA path's chunk holds whole rows of logits, V rounded up to 16
+  // bytes (geopref/cuda/fused_linear.cuh). The CPU reference forms the
+  // logits whole, but rejects the same budgets so that an error does not
+  // depend on the device.
+  const int64_t elem = static_cast<int64_t>(hidden.element_size());
+  const int64_t per16 = elem < 16 ? 16 / elem : 1;
+  const int64_t row = (weight.size(0) + per16 - 1) / per16 * per16 * elem;
+  TORCH_CHECK_VALUE(chunk_bytes > 0 && (hidden.size(0) == 0 || chunk_bytes >= row), "geopref.",
+                    op, ": chunk_bytes = ", chunk_bytes,
+                    " holds less than one row of logits (", row, " bytes for V = ",
+                    weight.size(0), ")");
+  return t;
+}
+
+/// grad_mask = (hidden, weight, bias): which gradients to compute. The
+/// bias's is false without a bias.
+inline std::array<bool, 3> effective_mask(std::array<bool, 3> mask, const linear_tensors& t) {
+  if (!t.bias.defined()) mask[2] = false;
+  return mask;
+}
+
+/// Empty [0] tensors stand for gradients not asked for (the fake kernels
+/// give the same shapes).
+inline Tensor empty_grad(const Tensor& like) { return at::empty({0}, like.options()); }
+
+/// The per-row upstream gradient of the per-sequence log-probs' backward:
+/// g_t = grad_seq[s] for the rows t of sequence s, and the labels with every
+/// row outside all sequences set to ignore_index (such a row's lse was never
+/// computed, so the per-token backward must not score it). Runs on the
+/// tensors' device without a host synchronisation (offsets are not read on
+/// the host). Assumes offsets the forward accepted (non-decreasing, from 0).
+inline std::tuple<Tensor, Tensor> rows_of_sequences(const Tensor& labels, const Tensor& offsets,
+                                                    const Tensor& grad_seq, int64_t ignore_index) {
+  const int64_t N = labels.size(0), S = offsets.size(0) - 1;
+  const auto i64 = labels.options().dtype(at::kLong);
+  if (S == 0 || N == 0)
+    return {at::zeros({N}, grad_seq.options()), at::full({N}, ignore_index, i64)};
+  const Tensor off = offsets.to(at::kLong).contiguous();
+  const Tensor rows = at::arange(N, i64);
+  // s(t) = #{s' >= 1 : offsets[s'] <= t}: the sequence whose range holds t,
+  // or S for rows at or past offsets[S].
+  const Tensor seq = at::searchsorted(off.slice(0, 1), rows, /*out_int32=*/false, /*right=*/true);
+  const Tensor inside = seq < S;
+  const Tensor g = at::where(inside, grad_seq.index_select(0, seq.clamp_max(S - 1)),
+                             at::zeros({}, grad_seq.options()));
+  const Tensor y = at::where(inside, labels.to(at::kLong), at::full({}, ignore_index, i64));
+  return {g, y};
+}
+
+}  // namespace geopref_torch

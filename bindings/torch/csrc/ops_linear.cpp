@@ -1,0 +1,287 @@
+// bindings/torch/csrc/ops_linear.cpp — the fused-linear geopref torch
+// operators: the loss from hidden states and the output projection (an
+// lm_head's weight and bias) instead of the logits. Their schemas and CPU
+// kernels, which call the CPU reference (geopref/reference/fused_linear.hpp,
+// double); the CUDA kernels are in ops_linear_cuda.cpp (the chunked path of
+// geopref/cuda/fused_linear.cuh through the C ABI, never holding the
+// logits), fake kernels and autograd in geopref_torch/_ops.py. A file of its
+// own so that the CPU build compiles it beside ops.cpp (in parallel, and
+// again only when it changes).
+//
+//   linear_pref_loss(hidden, weight, bias?, labels, offsets, pairs?, soft_labels?,
+//                    ref_logps?, weights?, loss, beta, alpha, gamma, epsilon, tau,
+//                    average_logps, reduction, normalizer, ignore_index, chunk_bytes,
+//                    grad_mask, check)
+//       -> (loss, seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
+//     pref_loss's forward on Z = hidden·weightᵀ + bias, and, for the inputs
+//     grad_mask = (hidden, weight, bias) names, the gradients of the loss at
+//     an upstream gradient of 1 (of the sum of the per-pair losses for
+//     reduction "none"), computed in the same call as the loss: on CUDA one
+//     fused_linear_step, so the backward is a multiply by the upstream
+//     gradient (Liger-Kernel's scheme). Gradients not asked for are [0].
+//     grad_hidden [N, H] and grad_weight [V, H] in the input dtype,
+//     grad_bias [V] in the bias's.
+//   linear_pref_loss_grad(grad_output, <linear_pref_loss's arguments>)
+//       -> (grad_hidden, grad_weight, grad_bias)
+//     The gradients for any upstream gradient ([] or, for reduction "none",
+//     [P] per pair): the forward runs again (the backward of reduction "none").
+//   linear_sequence_logps(hidden, weight, bias?, labels, offsets, average_logps,
+//                         ignore_index, chunk_bytes, check) -> (seq_logps, lse, counts)
+//     sequence_logps on Z (the reference model's pass), differentiable.
+//   linear_sequence_logps_grad(hidden, weight, bias?, labels, offsets, lse, grad_seq,
+//                              ignore_index, chunk_bytes, grad_mask, check)
+//       -> (grad_hidden, grad_weight, grad_bias)
+//     Its backward: G[t, v] = grad_seq[s] (1[v = y_t] - exp(Z[t, v] - lse_t))
+//     for the scored rows t of sequence s, then G·W, Gᵀ·H, Σ_t G[t, ·]; the
+//     per-token backward from hidden states (linear_token_logps_grad) with
+//     g_t = grad_seq of the row's sequence.
+//
+// chunk_bytes is the CUDA path's budget for one chunk of logits (rows of V
+// rounded up to 16 bytes); the CPU reference forms the logits whole but
+// rejects a budget below one row all the same.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+#include "common.h"
+#include "cpu.h"
+#include "geopref/reference/fused_linear.hpp"
+#include "linear.h"
+
+namespace geopref_torch {
+namespace {
+
+namespace ref = geopref::reference;
+using c10::optional;
+
+using grads3 = std::tuple<Tensor, Tensor, Tensor>;
+
+/// The three gradients in double, as the reference writes them, and their
+/// conversion to the inputs' dtypes ([0] for those not asked for).
+struct cpu_grads {
+  std::array<bool, 3> mask;
+  Tensor hidden, weight, bias;  // double, or undefined
+  cpu_grads(const linear_tensors& t, std::array<bool, 3> m) : mask(effective_mask(m, t)) {
+    const auto f64 = t.hidden.options().dtype(at::kDouble);
+    if (mask[0]) hidden = at::empty({t.n_rows(), t.hidden_size()}, f64);
+    if (mask[1]) weight = at::empty({t.vocab(), t.hidden_size()}, f64);
+    if (mask[2]) bias = at::empty({t.vocab()}, f64);
+  }
+  bool any() const { return mask[0] || mask[1] || mask[2]; }
+  template <class Out>
+  void fill(Out& out) const {
+    out.grad_hidden = mask[0] ? hidden.data_ptr<double>() : nullptr;
+    out.grad_weight = mask[1] ? weight.data_ptr<double>() : nullptr;
+    out.grad_bias = mask[2] ? bias.data_ptr<double>() : nullptr;
+    out.accumulate = false;  // autograd accumulates .grad itself
+  }
+  grads3 result(const linear_tensors& t) const {
+    return {mask[0] ? hidden.to(t.hidden.scalar_type()) : empty_grad(t.hidden),
+            mask[1] ? weight.to(t.weight.scalar_type()) : empty_grad(t.weight),
+            mask[2] ? bias.to(t.bias.scalar_type()) : empty_grad(t.hidden)};
+  }
+};
+
+template <class Elem>
+ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tensors& t,
+                                                              const Tensor& labels,
+                                                              const Tensor& offsets) {
+  ref::linear_inputs<Elem, int64_t, int64_t> in;
+  in.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
+  in.ld_hidden = row_stride(t.hidden);
+  in.weight = static_cast<const Elem*>(t.weight.data_ptr());
+  in.ld_weight = row_stride(t.weight);
+  in.bias = t.bias.defined() ? static_cast<const Elem*>(t.bias.data_ptr()) : nullptr;
+  in.n_rows = t.n_rows();
+  in.hidden_size = t.hidden_size();
+  in.vocab = t.vocab();
+  in.labels = labels.data_ptr<int64_t>();
+  in.offsets = offsets.data_ptr<int64_t>();
+  in.n_seqs = offsets.size(0) - 1;
+  return in;
+}
+
+/// linear_pref_loss (upstream undefined: gradients at upstream 1) and
+/// linear_pref_loss_grad (upstream given) on the CPU reference.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
+    const Tensor* upstream, const Tensor& hidden, const Tensor& weight,
+    const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check, const char* op) {
+  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
+                                                    beta, alpha, gamma, epsilon, tau, normalizer,
+                                                    average_logps, ignore_index, check});
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const Tensor y = labels.to(at::kLong).contiguous(), off = offsets.to(at::kLong).contiguous();
+  const int64_t S = offsets.size(0) - 1;
+  const cpu_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, op);
+  const bool per_pair = opt.reduce == geopref::reduction::none;
+  Tensor up;
+  if (upstream != nullptr) {
+    const int64_t n_up = per_pair ? pr.n_pairs : 1;
+    TORCH_CHECK_VALUE(upstream->numel() == n_up && upstream->device() == t.hidden.device(),
+                      "geopref.", op, ": grad_output must hold ", n_up,
+                      " value(s) on the device of hidden, got ", upstream->sizes());
+    up = upstream->to(at::kDouble).contiguous().reshape({-1});
+  }
+  const auto f64 = t.hidden.options().dtype(at::kDouble);
+  Tensor seq = at::empty({S}, f64), pair_losses = at::empty({pr.n_pairs}, f64);
+  Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
+  const cpu_grads g(t, grad_mask);
+  ref::linear_outputs out;
+  out.base.seq_logps = seq.data_ptr<double>();
+  out.base.seq_counts = counts.data_ptr<int64_t>();
+  out.base.pair_losses = pair_losses.data_ptr<double>();
+  g.fill(out);
+  const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
+    auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off);
+    pr.fill(in);
+    if (up.defined()) {
+      if (per_pair) in.grad_pair_losses = up.data_ptr<double>();
+      else in.grad_loss = up.data_ptr<double>()[0];
+    }
+    return ref::fused_linear(in, opt, out);
+  });
+  check_status(static_cast<int>(st), op);
+  const auto od = out_dtype(t.hidden);
+  const Tensor value = per_pair ? pair_losses : at::scalar_tensor(out.base.loss, f64);
+  const auto [gh, gw, gb] = g.result(t);
+  return {value.to(od), seq.to(od), metrics_tensor(out.base.stats, t.hidden), gh, gw, gb};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cpu(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check) {
+  return linear_step_cpu(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
+                         ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
+                         average_logps, reduction, normalizer, ignore_index, chunk_bytes,
+                         grad_mask, check, "linear_pref_loss");
+}
+
+grads3 linear_pref_loss_grad_cpu(
+    const Tensor& grad_output, const Tensor& hidden, const Tensor& weight,
+    const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check) {
+  const auto r = linear_step_cpu(&grad_output, hidden, weight, bias, labels, offsets, pairs,
+                                 soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
+                                 epsilon, tau, average_logps, reduction, normalizer, ignore_index,
+                                 chunk_bytes, grad_mask, check, "linear_pref_loss_grad");
+  return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& offsets, bool average_logps, int64_t ignore_index, int64_t chunk_bytes,
+    bool /*check*/) {
+  const char* op = "linear_sequence_logps";
+  geopref::options opt;
+  opt.average_logps = average_logps;
+  opt.ignore_index = ignore_index;
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const Tensor y = labels.to(at::kLong).contiguous(), off = offsets.to(at::kLong).contiguous();
+  const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
+  const auto f64 = t.hidden.options().dtype(at::kDouble);
+  Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64);
+  Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
+  ref::linear_outputs out;
+  out.base.lse = lse.data_ptr<double>();
+  out.base.seq_logps = seq.data_ptr<double>();
+  out.base.seq_counts = counts.data_ptr<int64_t>();
+  const int64_t no_pair = 0;  // explicit pairing with P = 0: no pair terms at all
+  const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
+    auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off);
+    in.n_pairs = 0;
+    in.pairs = &no_pair;
+    return ref::fused_linear(in, opt, out);
+  });
+  check_status(static_cast<int>(st), op);
+  const auto od = out_dtype(t.hidden);
+  return {seq.to(od), lse.to(od), counts};
+}
+
+grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
+                                      const optional<Tensor>& bias, const Tensor& labels,
+                                      const Tensor& offsets, const Tensor& lse,
+                                      const Tensor& grad_seq, int64_t ignore_index,
+                                      int64_t chunk_bytes, std::array<bool, 3> grad_mask,
+                                      bool /*check*/) {
+  const char* op = "linear_sequence_logps_grad";
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
+                        grad_seq.size(0) == S,
+                    "geopref.", op, ": lse must be [N] = [", N, "] and grad_seq [S] = [", S,
+                    "], got ", lse.sizes(), " and ", grad_seq.sizes());
+  const auto [g_rows, y] = rows_of_sequences(labels, offsets, grad_seq.to(at::kDouble),
+                                             ignore_index);
+  const Tensor l = lse.to(at::kDouble).contiguous(), g = g_rows.contiguous();
+  const Tensor yc = y.contiguous();
+  const cpu_grads grads(t, grad_mask);
+  if (!grads.any()) return grads.result(t);
+  ref::linear_token_grads out;
+  grads.fill(out);
+  const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
+    using Elem = typename decltype(tag)::type;
+    ref::linear_token_rows<Elem, int64_t> rows;
+    rows.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
+    rows.ld_hidden = row_stride(t.hidden);
+    rows.weight = static_cast<const Elem*>(t.weight.data_ptr());
+    rows.ld_weight = row_stride(t.weight);
+    rows.bias = t.bias.defined() ? static_cast<const Elem*>(t.bias.data_ptr()) : nullptr;
+    rows.n_rows = N;
+    rows.hidden_size = t.hidden_size();
+    rows.vocab = t.vocab();
+    rows.labels = yc.data_ptr<int64_t>();
+    rows.ignore_index = ignore_index;
+    return ref::linear_token_logps_grad(rows, l.data_ptr<double>(), g.data_ptr<double>(), out);
+  });
+  check_status(static_cast<int>(st), op);
+  return grads.result(t);
+}
+
+}  // namespace
+}  // namespace geopref_torch
+
+#define GEOPREF_LINEAR_PREF_LOSS_ARGS                                                            \
+  "Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor offsets, Tensor? pairs, " \
+  "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, str loss, float beta, "            \
+  "float alpha, float gamma, float epsilon, float tau, bool average_logps, str reduction, "   \
+  "float normalizer, int ignore_index, int chunk_bytes, bool[3] grad_mask, bool check"
+
+TORCH_LIBRARY_FRAGMENT(geopref, m) {
+  m.def("linear_pref_loss(" GEOPREF_LINEAR_PREF_LOSS_ARGS
+        ") -> (Tensor loss, Tensor seq_logps, Tensor metrics, Tensor grad_hidden, "
+        "Tensor grad_weight, Tensor grad_bias)");
+  m.def("linear_pref_loss_grad(Tensor grad_output, " GEOPREF_LINEAR_PREF_LOSS_ARGS
+        ") -> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_sequence_logps(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
+      "Tensor offsets, bool average_logps, int ignore_index, int chunk_bytes, bool check) "
+      "-> (Tensor seq_logps, Tensor lse, Tensor counts)");
+  m.def(
+      "linear_sequence_logps_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
+      "Tensor offsets, Tensor lse, Tensor grad_seq, int ignore_index, int chunk_bytes, "
+      "bool[3] grad_mask, bool check) -> (Tensor grad_hidden, Tensor grad_weight, "
+      "Tensor grad_bias)");
+}
+
+TORCH_LIBRARY_IMPL(geopref, CPU, m) {
+  m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cpu);
+  m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cpu);
+  m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cpu);
+  m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cpu);
+}

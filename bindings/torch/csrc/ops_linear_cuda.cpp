@@ -1,0 +1,322 @@
+// bindings/torch/csrc/ops_linear_cuda.cpp — CUDA kernels of the fused-linear
+// geopref torch operators (schemas and documentation: ops_linear.cpp). Each
+// runs the chunked path of geopref/cuda/fused_linear.cuh through the C ABI
+// (geopref_fused_linear_step / _logps, geopref_linear_token_logps_grad,
+// compiled into this extension from kernels/c_api_linear.cu): the logits
+// exist one chunk of at most chunk_bytes at a time, in a workspace from
+// torch's caching allocator, on the current CUDA stream; the GEMMs run on
+// torch's own cuBLAS handle for that stream (its math mode, e.g. TF32 for
+// float32 when torch allows it, and its workspace), which the library
+// borrows and restores. `check` synchronises to read the kernels' verdict
+// on device data, as in ops_cuda.cpp.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+#include "common.h"
+#include "geopref/c_api.h"
+#include "linear.h"
+
+namespace geopref_torch {
+namespace {
+
+using c10::optional;
+using grads3 = std::tuple<Tensor, Tensor, Tensor>;
+
+int c_dtype(const Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return GEOPREF_FLOAT32;
+    case at::kHalf: return GEOPREF_FLOAT16;
+    case at::kBFloat16: return GEOPREF_BFLOAT16;
+    default:
+      TORCH_CHECK_TYPE(false, "geopref.", op,
+                       ": CUDA hidden and weight must be float32, float16 or bfloat16 (float64 "
+                       "is CPU only), got ", t.scalar_type());
+  }
+  return -1;
+}
+
+int c_index(const Tensor& t) { return t.scalar_type() == at::kInt ? GEOPREF_INT32 : GEOPREF_INT64; }
+
+geopref_options c_options(const geopref::options& o) {
+  geopref_options c;
+  geopref_options_init(&c);
+  c.loss = static_cast<int>(o.loss.type);
+  c.beta = o.loss.beta;
+  c.alpha = o.loss.alpha;
+  c.gamma = o.loss.gamma;
+  c.epsilon = o.loss.epsilon;
+  c.tau = o.loss.tau;
+  c.reduction = static_cast<int>(o.reduce);
+  c.normalizer = o.normalizer;
+  c.average_logps = o.average_logps ? 1 : 0;
+  c.ignore_index = o.ignore_index;
+  return c;
+}
+
+/// The C ABI's hidden states, projection and token rows. The tensors must
+/// outlive the call.
+geopref_linear_inputs c_linear(const linear_tensors& t, const Tensor& labels,
+                               const Tensor& offsets, int64_t chunk_bytes, const char* op) {
+  geopref_linear_inputs in{};
+  in.hidden = t.hidden.data_ptr();
+  in.ld_hidden = row_stride(t.hidden);
+  in.weight = t.weight.data_ptr();
+  in.ld_weight = row_stride(t.weight);
+  in.bias = t.bias.defined() ? t.bias.data_ptr() : nullptr;
+  in.dtype = c_dtype(t.hidden, op);
+  in.n_rows = t.n_rows();
+  in.hidden_size = t.hidden_size();
+  in.vocab = t.vocab();
+  in.labels = labels.data_ptr();
+  in.label_type = c_index(labels);
+  in.offsets = offsets.data_ptr();
+  in.offset_type = c_index(offsets);
+  in.n_seqs = offsets.size(0) - 1;
+  in.chunk_bytes = static_cast<size_t>(chunk_bytes);
+  // torch's handle, already bound to the current stream and its workspace.
+  in.cublas_handle = at::cuda::getCurrentCUDABlasHandle();
+  return in;
+}
+
+geopref_stream_t current_stream() {
+  return reinterpret_cast<geopref_stream_t>(at::cuda::getCurrentCUDAStream().stream());
+}
+
+/// One C entry the two-phase way (size query, workspace from the caching
+/// allocator, launch, and with `check` the recorded device status).
+template <class Args, class Entry>
+void launch(const Args& a, const geopref_options* opt, const Tensor& like, bool check,
+            Entry entry, const char* op) {
+  size_t bytes = 0;
+  const geopref_stream_t stream = current_stream();
+  check_status(entry(nullptr, &bytes, &a, opt, stream), op);
+  // At least one byte: a null workspace would make the second call a size query.
+  Tensor ws = at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                        like.options().dtype(at::kByte));
+  check_status(entry(ws.data_ptr(), &bytes, &a, opt, stream), op);
+  if (check) {
+    geopref_status recorded = GEOPREF_SUCCESS;
+    check_status(geopref_device_status(ws.data_ptr(), stream, &recorded), op);
+    check_status(recorded, op);
+  }
+}
+
+/// The gradients the C ABI writes: grad_hidden and grad_weight in the input
+/// dtype (fresh: the call overwrites, autograd accumulates .grad itself),
+/// grad_bias in float32 (the library's), returned in the bias's dtype.
+struct cuda_grads {
+  std::array<bool, 3> mask;
+  Tensor hidden, weight, bias;
+  cuda_grads(const linear_tensors& t, std::array<bool, 3> m) : mask(effective_mask(m, t)) {
+    hidden = mask[0] ? at::empty({t.n_rows(), t.hidden_size()}, t.hidden.options())
+                     : empty_grad(t.hidden);
+    weight = mask[1] ? at::empty({t.vocab(), t.hidden_size()}, t.weight.options())
+                     : empty_grad(t.weight);
+    bias = mask[2] ? at::empty({t.vocab()}, t.hidden.options().dtype(at::kFloat))
+                   : empty_grad(t.hidden);
+  }
+  bool any() const { return mask[0] || mask[1] || mask[2]; }
+  template <class Args>
+  void fill(Args& a) const {
+    a.grad_hidden = mask[0] ? hidden.data_ptr() : nullptr;
+    a.grad_weight = mask[1] ? weight.data_ptr() : nullptr;
+    a.grad_bias = mask[2] ? bias.data_ptr<float>() : nullptr;
+    a.grad_weight_float32 = 0;
+    a.accumulate = 0;
+  }
+  grads3 result(const linear_tensors& t) const {
+    return {hidden, weight, mask[2] ? bias.to(t.bias.scalar_type()) : bias};
+  }
+};
+
+/// Pairs, soft labels, reference log-probs and weights as the C ABI takes
+/// them (int64, float32).
+struct cuda_pairs {
+  Tensor pairs, soft, ref_logps, weights;
+  int64_t n_pairs;
+  cuda_pairs(const Tensor& like, int64_t n_seqs, const optional<Tensor>& p,
+             const optional<Tensor>& s, const optional<Tensor>& r, const optional<Tensor>& w,
+             const char* op)
+      : pairs(optional_pairs(p, like, op)), n_pairs(pair_count(pairs, n_seqs)) {
+    soft = optional_vector(s, n_pairs, like, at::kFloat, "soft_labels", op);
+    ref_logps = optional_vector(r, n_seqs, like, at::kFloat, "ref_logps", op);
+    weights = optional_vector(w, n_pairs, like, at::kFloat, "weights", op);
+  }
+  void fill(geopref_linear_train_args& a) const {
+    a.n_pairs = n_pairs;
+    a.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
+    a.soft_labels = soft.defined() ? soft.data_ptr<float>() : nullptr;
+    a.ref_logps = ref_logps.defined() ? ref_logps.data_ptr<float>() : nullptr;
+    a.weights = weights.defined() ? weights.data_ptr<float>() : nullptr;
+  }
+};
+
+/// linear_pref_loss (upstream null: gradients at upstream 1) and
+/// linear_pref_loss_grad (upstream given, on the device: no host sync).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
+    const Tensor* upstream, const Tensor& hidden, const Tensor& weight,
+    const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check, const char* op) {
+  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
+                                                    beta, alpha, gamma, epsilon, tau, normalizer,
+                                                    average_logps, ignore_index, check});
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const int64_t S = offsets.size(0) - 1;
+  const cuda_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, op);
+  const bool per_pair = opt.reduce == geopref::reduction::none;
+  Tensor up;
+  if (upstream != nullptr) {
+    const int64_t n_up = per_pair ? pr.n_pairs : 1;
+    TORCH_CHECK_VALUE(upstream->numel() == n_up && upstream->device() == t.hidden.device(),
+                      "geopref.", op, ": grad_output must hold ", n_up,
+                      " value(s) on the device of hidden, got ", upstream->sizes());
+    up = upstream->to(at::kFloat).contiguous().reshape({-1});
+  }
+  const auto f32 = t.hidden.options().dtype(at::kFloat);
+  Tensor value = per_pair ? at::empty({pr.n_pairs}, f32) : at::empty({}, f32);
+  Tensor seq = at::empty({S}, f32);
+  Tensor metrics = at::empty({7}, t.hidden.options().dtype(at::kDouble));
+  const cuda_grads g(t, grad_mask);
+  geopref_linear_train_args a;
+  geopref_linear_train_args_init(&a);
+  a.in = c_linear(t, labels, offsets, chunk_bytes, op);
+  // The one-pass path's host copies of offsets and pairs (host_offsets /
+  // host_pairs at the end of geopref_linear_train_args, not in this C ABI
+  // yet) would be set here, from CPU int64 tensors the schema would take as
+  // `Tensor? host_offsets, Tensor? host_pairs` (null: the two-pass path).
+  pr.fill(a);
+  if (up.defined()) a.grad_output = up.data_ptr<float>();
+  a.loss = value.data_ptr<float>();
+  a.seq_logps = seq.data_ptr<float>();
+  a.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
+  g.fill(a);
+  const geopref_options copt = c_options(opt);
+  launch(a, &copt, t.hidden, check, geopref_fused_linear_step, op);
+  const auto [gh, gw, gb] = g.result(t);
+  return {value, seq, metrics, gh, gw, gb};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cuda(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check) {
+  return linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
+                          ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
+                          average_logps, reduction, normalizer, ignore_index, chunk_bytes,
+                          grad_mask, check, "linear_pref_loss");
+}
+
+grads3 linear_pref_loss_grad_cuda(
+    const Tensor& grad_output, const Tensor& hidden, const Tensor& weight,
+    const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check) {
+  const auto r = linear_step_cuda(&grad_output, hidden, weight, bias, labels, offsets, pairs,
+                                  soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
+                                  epsilon, tau, average_logps, reduction, normalizer,
+                                  ignore_index, chunk_bytes, grad_mask, check,
+                                  "linear_pref_loss_grad");
+  return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cuda(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& offsets, bool average_logps, int64_t ignore_index, int64_t chunk_bytes,
+    bool check) {
+  const char* op = "linear_sequence_logps";
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
+  geopref::options opt;
+  opt.average_logps = average_logps;
+  opt.ignore_index = ignore_index;
+  const auto f32 = t.hidden.options().dtype(at::kFloat);
+  Tensor seq = at::empty({S}, f32), lse = at::empty({N}, f32);
+  Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
+  geopref_linear_logps_args a;
+  geopref_linear_logps_args_init(&a);
+  a.in = c_linear(t, labels, offsets, chunk_bytes, op);
+  a.seq_logps = seq.data_ptr<float>();
+  a.seq_counts = counts.data_ptr<int64_t>();
+  a.lse = lse.data_ptr<float>();
+  const geopref_options copt = c_options(opt);
+  launch(a, &copt, t.hidden, check, geopref_fused_linear_logps, op);
+  return {seq, lse, counts};
+}
+
+grads3 linear_sequence_logps_grad_cuda(const Tensor& hidden, const Tensor& weight,
+                                       const optional<Tensor>& bias, const Tensor& labels,
+                                       const Tensor& offsets, const Tensor& lse,
+                                       const Tensor& grad_seq, int64_t ignore_index,
+                                       int64_t chunk_bytes, std::array<bool, 3> grad_mask,
+                                       bool check) {
+  const char* op = "linear_sequence_logps_grad";
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
+                        grad_seq.size(0) == S && lse.device() == t.hidden.device() &&
+                        grad_seq.device() == t.hidden.device(),
+                    "geopref.", op, ": lse must be [N] = [", N, "] and grad_seq [S] = [", S,
+                    "] on the device of hidden, got ", lse.sizes(), " and ", grad_seq.sizes());
+  const cuda_grads g(t, grad_mask);
+  if (!g.any()) return g.result(t);
+  // g_t = grad_seq of the row's sequence; rows outside every sequence unscored.
+  const auto [g_rows, y] = rows_of_sequences(labels, offsets, grad_seq.to(at::kFloat),
+                                             ignore_index);
+  const Tensor l = lse.to(at::kFloat).contiguous(), gt = g_rows.contiguous();
+  const Tensor yc = y.contiguous();
+  geopref_linear_token_grad_args a;
+  geopref_linear_token_grad_args_init(&a);
+  geopref_linear_token_rows& r = a.rows;
+  r.hidden = t.hidden.data_ptr();
+  r.ld_hidden = row_stride(t.hidden);
+  r.weight = t.weight.data_ptr();
+  r.ld_weight = row_stride(t.weight);
+  r.bias = t.bias.defined() ? t.bias.data_ptr() : nullptr;
+  r.dtype = c_dtype(t.hidden, op);
+  r.n_rows = N;
+  r.hidden_size = t.hidden_size();
+  r.vocab = t.vocab();
+  r.labels = yc.data_ptr();
+  r.label_type = GEOPREF_INT64;
+  r.ignore_index = ignore_index;
+  r.chunk_bytes = static_cast<size_t>(chunk_bytes);
+  r.cublas_handle = at::cuda::getCurrentCUDABlasHandle();
+  a.lse = l.data_ptr<float>();
+  a.grad_token_logps = gt.data_ptr<float>();
+  g.fill(a);
+  auto entry = [](void* ws, size_t* bytes, const geopref_linear_token_grad_args* args,
+                  const geopref_options*, geopref_stream_t stream) {
+    return geopref_linear_token_logps_grad(ws, bytes, args, stream);
+  };
+  launch(a, nullptr, t.hidden, check, entry, op);
+  return g.result(t);
+}
+
+}  // namespace
+}  // namespace geopref_torch
+
+TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
+  m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cuda);
+  m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cuda);
+  m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cuda);
+  m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cuda);
+}
