@@ -58,15 +58,21 @@ path_run run_path(const lin_problem& p, cublasHandle_t h, path_wanted want,
   REQUIRE(gc::fused_linear_one_pass(a, opt) == (want == path_wanted::one_pass));
   const float prior = 0.25f;
   if (c.accumulate) preload_prior(p, o, prior);
+  // The built-in losses, or the caller's through the Loss overload (the
+  // same paths: only the pair kernel differs).
+  auto step = [&](void* w, size_t& n) {
+    return c.user_loss > 0 ? gc::fused_linear_step(w, n, a, opt, log_cosh_loss{c.user_loss})
+                           : gc::fused_linear_step(w, n, a, opt);
+  };
   size_t bytes = 0;
-  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
+  REQUIRE(step(nullptr, bytes) == status::success);
   dmem mem(bytes + 1);
   poison(mem);
   void* ws = static_cast<uint8_t*>(mem.get()) + 1;
 #if defined(GEOPREF_HOST_EMULATION)
   const long long before = h->gemm_calls;
 #endif
-  REQUIRE(gc::fused_linear_step(ws, bytes, a, opt) == status::success);
+  REQUIRE(step(ws, bytes) == status::success);
   status dev = status::internal_error;
   REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
   REQUIRE(dev == status::success);
@@ -305,6 +311,13 @@ TEST_CASE("fused linear one pass: shared sequences, sequences in no pair, option
     c.accumulate = true;
     lin_problem p = with_pairs(c, pairs);
     p.c.chunk_rows = p.N;  // everything fits: one chunk
+    check_one_pass_case(p);
+  }
+  SECTION("a caller's loss (log cosh through fused_linear_step<Loss>), bfloat16") {
+    c.dtype = gc::dtype::bfloat16;
+    c.user_loss = 0.7;
+    lin_problem p = with_pairs(c, pairs);
+    p.c.chunk_rows = widest_component(p) + 1;
     check_one_pass_case(p);
   }
   SECTION("ipo (a non-dpo margin), V a multiple of 8, the last sequences empty") {
