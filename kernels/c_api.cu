@@ -36,6 +36,7 @@ static_assert(GEOPREF_MISALIGNED_POINTER == static_cast<int>(status::misaligned_
 static_assert(GEOPREF_OVERLAPPING_BUFFERS == static_cast<int>(status::overlapping_buffers));
 static_assert(GEOPREF_UNSUPPORTED_DTYPE == static_cast<int>(status::unsupported_dtype));
 static_assert(GEOPREF_CUDA_ERROR == static_cast<int>(status::cuda_error));
+static_assert(GEOPREF_HOST_LAYOUT_MISMATCH == static_cast<int>(status::host_layout_mismatch));
 static_assert(GEOPREF_INTERNAL_ERROR == static_cast<int>(status::internal_error));
 static_assert(GEOPREF_FLOAT32 == static_cast<int>(gc::dtype::float32));
 static_assert(GEOPREF_FLOAT16 == static_cast<int>(gc::dtype::float16));

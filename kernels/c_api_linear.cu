@@ -67,6 +67,8 @@ status to_linear_train(const geopref_linear_train_args& c, gc::linear_train_args
   if (s != status::success) return s;
   copy_pair_fields(c, a);
   copy_linear_grads(c, a);
+  a->host_offsets = c.host_offsets;
+  a->host_pairs = c.host_pairs;
   return status::success;
 }
 
@@ -147,6 +149,19 @@ geopref_status geopref_fused_linear_step(void* workspace, size_t* workspace_byte
                                          const geopref_linear_train_args* args,
                                          const geopref_options* opt, geopref_stream_t stream) {
   return call(to_linear_train, gc::fused_linear_step, workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* args,
+                                            const geopref_options* opt, int* one_pass) {
+  if (args == nullptr || opt == nullptr || one_pass == nullptr)
+    return static_cast<int>(status::null_pointer);
+  geopref::options o;
+  gc::linear_train_args a;
+  status s = geopref::c_abi::to_options(*opt, &o);
+  if (s == status::success) s = to_linear_train(*args, &a);
+  if (s != status::success) return static_cast<int>(s);
+  *one_pass = gc::fused_linear_one_pass(a, o) ? 1 : 0;
+  return static_cast<int>(status::success);
 }
 
 geopref_status geopref_fused_linear_logps(void* workspace, size_t* workspace_bytes,

@@ -509,6 +509,10 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
   a.grad_weight = gw.get<void>();
   a.grad_weight_float32 = 1;
   a.grad_bias = has_bias ? gb.get<float>() : nullptr;
+  // The offsets and pairs are on the host already: their host copies let the
+  // step take its one-pass path when it applies (fused_linear.cuh).
+  a.host_offsets = p.offsets.data();
+  a.host_pairs = p.pairs.empty() ? nullptr : p.pairs.data();
 
   geopref_status st = GEOPREF_SUCCESS;
   std::vector<double> gh_sum;  // --vocab-shards: Σ_r of the ranks' grad_hidden partials

@@ -7,6 +7,11 @@
 //                                     logits per chunk twice (pass 1, pass 2),
 //                                     grad_H = G·W, grad_W += Gᵀ·H (fp32)
 //   gpu/fused_linear/step/bf16/...    fused_linear_step: loss, metrics, grad_H, grad_W
+//                                     (two passes: no host copies of offsets / pairs)
+//   gpu/fused_linear/gemms_one_pass/... the one-pass path's three GEMMs per segment alone,
+//                                     with its plan (TRL's layout: two segments per chunk)
+//   gpu/fused_linear/step_one_pass/... fused_linear_step given the host copies (one pass);
+//                                     vs_two_pass: its time / the step row's
 //   gpu/fused_linear/logps_gemms/...  the logits GEMMs of the forward alone
 //   gpu/fused_linear/logps/bf16/...   fused_linear_logps (the reference model's pass)
 //
@@ -58,6 +63,7 @@ struct linear_problem {
   int64_t N, H, V, T = 1024;
   gb::device_buffer hidden, weight, labels, offsets, soft, gh, gw, loss, workspace;
   gc::linear_train_args args;
+  std::vector<int64_t> host_offsets;  // the one-pass rows' host copy
   size_t ws_bytes = 0;
   std::string error;
 
@@ -80,6 +86,7 @@ struct linear_problem {
     for (int64_t s = 0; s <= S; ++s) off[s] = s * T;
     labels = gb::device_buffer::upload(lab);
     offsets = gb::device_buffer::upload(off);
+    host_offsets = off;
     soft = gb::device_buffer::upload(std::vector<float>(size_t(P), 0.8f));
     loss = gb::device_buffer(4);
     args.in.hidden = hidden.get();
@@ -141,7 +148,33 @@ void enqueue_gemms(linear_problem& p, bool backward) {
     }
 }
 
-enum class row { gemms, step, logps_gemms, logps };
+/// The one-pass path's GEMMs alone, with its plan's segments.
+void enqueue_gemms_one_pass(linear_problem& p, const gc::detail::one_pass_plan& plan) {
+  const int64_t C = p.chunk_rows(), ldc = (p.V + 7) / 8 * 8;
+  auto* chunk = static_cast<char*>(p.workspace.get()) + (p.ws_bytes - size_t(C * ldc * 2) - 512);
+  chunk -= reinterpret_cast<uintptr_t>(chunk) % 256;
+  const float one = 1.0f, zero = 0.0f;
+  bool first = true;
+  for (const gc::detail::row_segment& sg : plan.segments) {
+    auto* z = chunk + sg.at * ldc * 2;
+    const auto* hc = p.hidden.get<__nv_bfloat16>() + sg.row0 * p.H;
+    cublasGemmEx(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, int(p.V), int(sg.rows), int(p.H), &one,
+                 p.weight.get(), CUDA_R_16BF, int(p.H), hc, CUDA_R_16BF, int(p.H), &zero, z,
+                 CUDA_R_16BF, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cublasGemmEx(g_blas, CUBLAS_OP_N, CUBLAS_OP_N, int(p.H), int(sg.rows), int(p.V), &one,
+                 p.weight.get(), CUDA_R_16BF, int(p.H), z, CUDA_R_16BF, int(ldc), &zero,
+                 p.gh.get<__nv_bfloat16>() + sg.row0 * p.H, CUDA_R_16BF, int(p.H),
+                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const float beta = first ? 0.0f : 1.0f;
+    first = false;
+    cublasGemmEx(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, int(p.H), int(p.V), int(sg.rows), &one, hc,
+                 CUDA_R_16BF, int(p.H), z, CUDA_R_16BF, int(ldc), &beta, p.gw.get(), CUDA_R_32F,
+                 int(p.H), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  }
+}
+
+enum class row { gemms, step, gemms_one_pass, step_one_pass, logps_gemms, logps };
+double g_step_seconds = 0;  // the two-pass step row's mean, for vs_two_pass
 
 void bench_row(benchmark::State& state, row kind, int64_t V) {
   linear_problem p(g_rows, g_hidden, V);
@@ -156,11 +189,26 @@ void bench_row(benchmark::State& state, row kind, int64_t V) {
   la.in = p.args.in;
   gb::device_buffer seq(size_t(p.args.in.n_seqs) * 4);
   la.seq_logps = seq.get<float>();
+  gc::linear_train_args one_pass = p.args;
+  one_pass.host_offsets = p.host_offsets.data();  // TRL's layout: pairs null
+  gc::detail::one_pass_plan plan;
+  if (kind == row::gemms_one_pass || kind == row::step_one_pass) {
+    if (!gc::fused_linear_one_pass(one_pass, geopref::options{}) ||
+        !gc::detail::build_one_pass_plan(p.host_offsets.data(), p.args.in.n_seqs, nullptr,
+                                         p.args.n_pairs, p.chunk_rows(), &plan)) {
+      state.SkipWithError("no one-pass plan: a pair does not fit the chunk (raise --chunk-mib)");
+      return;
+    }
+  }
   auto enqueue = [&] {
     switch (kind) {
       case row::gemms: enqueue_gemms(p, true); break;
+      case row::gemms_one_pass: enqueue_gemms_one_pass(p, plan); break;
       case row::logps_gemms: enqueue_gemms(p, false); break;
       case row::step: gc::fused_linear_step(p.workspace.get(), p.ws_bytes, p.args, geopref::options{}); break;
+      case row::step_one_pass:
+        gc::fused_linear_step(p.workspace.get(), p.ws_bytes, one_pass, geopref::options{});
+        break;
       case row::logps: {
         size_t b = p.ws_bytes;
         gc::fused_linear_logps(p.workspace.get(), b, la, geopref::options{});
@@ -183,11 +231,17 @@ void bench_row(benchmark::State& state, row kind, int64_t V) {
     ++n;
   }
   const double mean = n > 0 ? sum / double(n) : 0;
-  const bool gemm_row = kind == row::gemms || kind == row::logps_gemms;
+  const bool gemm_row =
+      kind == row::gemms || kind == row::gemms_one_pass || kind == row::logps_gemms;
   if (gemm_row) g_gemm_seconds = mean;
-  const double flop = 2.0 * double(p.N) * double(p.H) * double(p.V) *
-                      (kind == row::gemms || kind == row::step ? 4 : 1);
+  if (kind == row::step) g_step_seconds = mean;
+  const int gemm_count = kind == row::gemms || kind == row::step
+                             ? 4
+                             : (kind == row::gemms_one_pass || kind == row::step_one_pass ? 3 : 1);
+  const double flop = 2.0 * double(p.N) * double(p.H) * double(p.V) * gemm_count;
   state.counters["ratio"] = gemm_row || g_gemm_seconds == 0 ? 1.0 : mean / g_gemm_seconds;
+  if (kind == row::step_one_pass && g_step_seconds > 0)
+    state.counters["vs_two_pass"] = mean / g_step_seconds;
   state.counters["TFLOPs"] = mean > 0 ? flop / mean * 1e-12 : 0;
   state.counters["workspace_MiB"] = double(p.ws_bytes) / double(1 << 20);
   state.counters["logits_MiB"] = double(p.N) * double(p.V) * 2 / double(1 << 20);
@@ -239,6 +293,12 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("gpu/fused_linear/gemms/bf16" + s).c_str(), bench_row, row::gemms, V)
         ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("gpu/fused_linear/step/bf16" + s).c_str(), bench_row, row::step, V)
+        ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("gpu/fused_linear/gemms_one_pass/bf16" + s).c_str(), bench_row,
+                                 row::gemms_one_pass, V)
+        ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("gpu/fused_linear/step_one_pass/bf16" + s).c_str(), bench_row,
+                                 row::step_one_pass, V)
         ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("gpu/fused_linear/logps_gemms/bf16" + s).c_str(), bench_row,
                                  row::logps_gemms, V)

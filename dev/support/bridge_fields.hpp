@@ -12,8 +12,9 @@
 
 namespace geopref::support {
 
-/// The token rows' sequences and the pairs with their optional arrays, from
-/// a ref_problem / linear_ref_problem into reference::inputs / linear_inputs.
+/// The token rows' sequences, the pairs with their optional arrays and the
+/// upstream gradients, from a ref_problem / linear_ref_problem into
+/// reference::inputs / linear_inputs.
 template <class Problem, class In>
 void set_sequences_and_pairs(const Problem& p, In* in) {
   in->labels = p.labels;
@@ -25,6 +26,8 @@ void set_sequences_and_pairs(const Problem& p, In* in) {
   in->ref_logps = p.ref_logps;
   in->weights = p.weights;
   in->token_weights = p.token_weights;
+  in->grad_loss = p.grad_loss;
+  in->grad_pair_losses = p.grad_pair_losses;
 }
 
 /// r's forward and pair outputs, zeroed and sized for N rows, S sequences

@@ -4,6 +4,7 @@
 #include "bridge_fields.hpp"
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
+#include "user_loss.hpp"
 
 namespace geopref::support {
 namespace {
@@ -57,7 +58,11 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   geopref::reference::linear_outputs out;
   point_outputs(N, p.n_seqs, p.n_pairs, &b, &out.base);
   point_grads(p, &r, &out);
-  geopref::status st = geopref::reference::fused_linear(in, opt, out);
+  geopref::status st =
+      p.user_loss_beta > 0
+          ? geopref::reference::fused_linear_with_loss(in, opt, log_cosh_loss{p.user_loss_beta},
+                                                       out)
+          : geopref::reference::fused_linear(in, opt, out);
   if (st != geopref::status::success) return st;
   b.loss = out.base.loss;
   b.stats = out.base.stats;
@@ -70,7 +75,9 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   b.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
   geopref::reference::outputs o;
   if (N > 0) o.grad_logits = b.grad_logits.data();
-  return geopref::reference::compute(x, opt, o);
+  return p.user_loss_beta > 0
+             ? geopref::reference::compute_with_loss(x, opt, log_cosh_loss{p.user_loss_beta}, o)
+             : geopref::reference::compute(x, opt, o);
 }
 
 geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,

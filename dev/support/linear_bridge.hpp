@@ -27,6 +27,9 @@ struct linear_ref_problem {
   const double* ref_logps = nullptr;
   const double* weights = nullptr;
   const double* token_weights = nullptr;
+  double grad_loss = 1.0;
+  const double* grad_pair_losses = nullptr;  // [P] or null (reduction::none's grad_output)
+  double user_loss_beta = 0.0;  // > 0: user_loss.hpp's log_cosh_loss replaces every margin term
 };
 
 struct linear_ref_result {

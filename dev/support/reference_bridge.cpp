@@ -17,8 +17,6 @@ geopref::status run_typed(const ref_problem& p, const geopref::options& opt, boo
   in.vocab = p.vocab;
   in.ld = p.ld;
   set_sequences_and_pairs(p, &in);
-  in.grad_loss = p.grad_loss;
-  in.grad_pair_losses = p.grad_pair_losses;
 
   const auto n = static_cast<size_t>(p.n_rows);
   geopref::reference::outputs out;

@@ -82,6 +82,7 @@ enum {
   GEOPREF_OVERLAPPING_BUFFERS,
   GEOPREF_UNSUPPORTED_DTYPE,
   GEOPREF_CUDA_ERROR,
+  GEOPREF_HOST_LAYOUT_MISMATCH,
   GEOPREF_INTERNAL_ERROR
 };
 
@@ -287,6 +288,10 @@ typedef struct geopref_linear_train_args {
   int grad_weight_float32;
   float* grad_bias;           /* [V] float, or NULL; needs a bias */
   int accumulate;             /* non-zero: grad_weight and grad_bias are added to */
+  /* Host copies for the one-pass path (fused_linear.cuh; NULL: two passes). Added at the end
+   * in 0.3, which moved the fields after `train` in geopref_vocab_linear_train_args too. */
+  const int64_t* host_offsets; /* [S + 1] host memory, the values of in.offsets */
+  const int64_t* host_pairs;   /* [P, 2] host memory, the values of pairs; NULL when pairs is */
 } geopref_linear_train_args;
 /* Zero everything; types float32 / int64; grad_loss = 1; chunk_bytes = 1 GiB. */
 GEOPREF_C_EXPORT void geopref_linear_train_args_init(geopref_linear_train_args* args);
@@ -300,6 +305,11 @@ GEOPREF_C_EXPORT geopref_status geopref_fused_linear_logps(void* workspace, size
                                                            const geopref_linear_logps_args* args,
                                                            const geopref_options* opt,
                                                            geopref_stream_t stream);
+/* Host only: *one_pass = 1 when geopref_fused_linear_step with these arguments runs the
+ * one-pass path (three GEMMs per segment), else 0. */
+GEOPREF_C_EXPORT geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* args,
+                                                              const geopref_options* opt,
+                                                              int* one_pass);
 /* Vocab parallelism (geopref/cuda/vocab_parallel.cuh, docs/distributed.md):
  * the same layouts as geopref::cuda::vocab_record / vocab_slice. */
 typedef struct geopref_vocab_record {

@@ -38,6 +38,8 @@ enum class status : int {
                           // lse or g_s it reads; or logits, gradient, lse, g_s overlap the workspace
   unsupported_dtype,      // dtype not compiled in
   cuda_error,             // a CUDA runtime call failed; cudaGetLastError() gives its code
+  host_layout_mismatch,   // fused linear: the host copies of offsets / pairs (host_offsets,
+                          // host_pairs) differ from the device arrays (recorded on the device)
   internal_error,
 };
 
@@ -70,6 +72,7 @@ inline const char* status_string(status s) noexcept {
     case status::overlapping_buffers: return "overlapping buffers: the gradient overlaps the logits, lse or g_s, or a logits/gradient/lse/g_s buffer overlaps the workspace (only an exact in-place gradient is allowed)";
     case status::unsupported_dtype: return "unsupported dtype";
     case status::cuda_error: return "CUDA runtime error";
+    case status::host_layout_mismatch: return "host layout mismatch: host_offsets / host_pairs differ from the device offsets / pairs";
     case status::internal_error: return "internal error";
   }
   return "unknown status";

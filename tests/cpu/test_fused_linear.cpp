@@ -310,3 +310,80 @@ TEST_CASE("vocab-parallel fused-linear reference: K = 1, 2, 3 ranks equal the un
           status::invalid_vocab_records);
   }
 }
+
+namespace {
+/// A caller's margin loss: f = log cosh(βh − 1), f' = β tanh(βh − 1).
+struct log_cosh {
+  double beta;
+  double value(double h, double) const {
+    const double x = std::fabs(beta * h - 1.0);
+    return x + std::log1p(std::exp(-2.0 * x)) - std::log(2.0);
+  }
+  double derivative(double h, double) const { return beta * std::tanh(beta * h - 1.0); }
+};
+}  // namespace
+
+TEST_CASE("fused-linear reference with a caller's loss: the built-in functor gives the built-in "
+          "numbers; a new one passes the gradient check",
+          "[fused_linear]") {
+  const lin_problem p = make_lin(3, 3, 7, 71, true);
+  options opt;
+  opt.loss.type = loss_type::dpo;
+  opt.loss.beta = 0.7;
+  const auto in = inputs_of(p, true);
+  auto run = [&](auto&& call, std::vector<double>& gh, std::vector<double>& gw,
+                 std::vector<double>& gb) {
+    gh.assign(static_cast<size_t>(p.N * p.Hd), 0.0);
+    gw.assign(static_cast<size_t>(p.V * p.Hd), 0.0);
+    gb.assign(static_cast<size_t>(p.V), 0.0);
+    reference::linear_outputs out;
+    out.grad_hidden = gh.data();
+    out.grad_weight = gw.data();
+    out.grad_bias = gb.data();
+    REQUIRE(call(out) == status::success);
+    return out.base.loss;
+  };
+  std::vector<double> gh0, gw0, gb0, gh1, gw1, gb1;
+  const double l0 = run(
+      [&](reference::linear_outputs& o) { return reference::fused_linear(in, opt, o); }, gh0, gw0,
+      gb0);
+  const double l1 = run(
+      [&](reference::linear_outputs& o) {
+        return reference::fused_linear_with_loss(in, opt, dpo_loss<double>{0.7}, o);
+      },
+      gh1, gw1, gb1);
+  CHECK(l1 == l0);
+  CHECK(gh1 == gh0);
+  CHECK(gw1 == gw0);
+  CHECK(gb1 == gb0);
+
+  const log_cosh lc{0.9};
+  std::vector<double> gh, gw, gb;
+  const double l = run(
+      [&](reference::linear_outputs& o) {
+        return reference::fused_linear_with_loss(in, opt, lc, o);
+      },
+      gh, gw, gb);
+  CHECK(l != l0);
+  auto loss_with = [&](const reference::linear_inputs<double, int64_t, int64_t>& a) {
+    reference::linear_outputs out;
+    REQUIRE(reference::fused_linear_with_loss(a, opt, lc, out) == status::success);
+    return out.base.loss;
+  };
+  const auto rh = gradcheck::check_gradient(
+      [&](const std::vector<double>& x) {
+        auto a = in;
+        a.hidden = x.data();
+        return loss_with(a);
+      },
+      p.H, gh);
+  CHECK(rh.passed(1e-7));
+  const auto rw = gradcheck::check_gradient(
+      [&](const std::vector<double>& x) {
+        auto a = in;
+        a.weight = x.data();
+        return loss_with(a);
+      },
+      p.W, gw);
+  CHECK(rw.passed(1e-7));
+}

@@ -65,8 +65,51 @@ int main(void) {
   fails += expect("null args", geopref_fused_linear_step(NULL, &bytes, NULL, &opt, NULL),
                   GEOPREF_NULL_POINTER);
 
+  /* The one-pass decision (host only): 64 sequences of 256 rows, TRL's pairs (512 rows each),
+   * 1046-row chunks. */
+  {
+    int64_t host_offsets[65];
+    int64_t s;
+    int one = -1;
+    float dummy = 0.0f;
+    for (s = 0; s <= 64; ++s) host_offsets[s] = 256 * s;
+    b = a;
+    b.grad_weight = &dummy; /* a gradient is asked for (never touched by the query) */
+    b.grad_weight_float32 = 1;
+    fails += expect("one pass, no host copies", geopref_fused_linear_one_pass(&b, &opt, &one),
+                    GEOPREF_SUCCESS);
+    fails += one != 0;
+    b.host_offsets = host_offsets;
+    fails += expect("one pass", geopref_fused_linear_one_pass(&b, &opt, &one), GEOPREF_SUCCESS);
+    if (one != 1) fprintf(stderr, "one pass: got %d, want 1\n", one), ++fails;
+    b.in.chunk_bytes = (size_t)511 * 128256 * 2; /* a pair (512 rows) does not fit */
+    fails += expect("one pass, pairs too wide", geopref_fused_linear_one_pass(&b, &opt, &one),
+                    GEOPREF_SUCCESS);
+    if (one != 0) fprintf(stderr, "one pass with 511-row chunks: got %d, want 0\n", one), ++fails;
+    b.in.chunk_bytes = a.in.chunk_bytes;
+    host_offsets[3] = 1; /* decreasing: malformed host copies never take the one pass */
+    fails += expect("one pass, bad offsets", geopref_fused_linear_one_pass(&b, &opt, &one),
+                    GEOPREF_SUCCESS);
+    fails += one != 0;
+    fails += expect("one pass, null", geopref_fused_linear_one_pass(&b, &opt, NULL),
+                    GEOPREF_NULL_POINTER);
+    /* The workspace does not depend on the path. */
+    host_offsets[3] = 768;
+    {
+      size_t with = 0, without = 0;
+      fails += expect("query with host copies", geopref_fused_linear_step(NULL, &with, &b, &opt, NULL),
+                      GEOPREF_SUCCESS);
+      b.host_offsets = NULL;
+      fails += expect("query without", geopref_fused_linear_step(NULL, &without, &b, &opt, NULL),
+                      GEOPREF_SUCCESS);
+      if (with != without) fprintf(stderr, "workspace %zu vs %zu\n", with, without), ++fails;
+    }
+  }
+
   /* Vocab-parallel: rank 1 of 2 holds rows [64128, 128256) of W; the step's query is the
-   * slice's fused-linear workspace plus one [N] int32 piece (256 bytes of alignment slack). */
+   * slice's fused-linear workspace plus one [N] int32 piece (256 bytes of alignment slack),
+   * less the one-pass plan's piece, which the vocab-parallel step (always two passes) does
+   * not reserve: (S + 1 + 3P + S) int64, 2048 bytes here. */
   geopref_vocab_linear_train_args v;
   v.train = a;
   v.train.in.vocab = 64128;
@@ -80,7 +123,7 @@ int main(void) {
                   geopref_fused_linear_step(NULL, &plain, &v.train, &opt, NULL), GEOPREF_SUCCESS);
   fails += expect("slice, sharded query", geopref_vocab_linear_step(NULL, &sharded, &v, &opt, NULL),
                   GEOPREF_SUCCESS);
-  if (sharded < plain + 16384 * 4 || sharded > plain + 16384 * 4 + 256) {
+  if (sharded < plain + 16384 * 4 - 2048 || sharded > plain + 16384 * 4 - 2048 + 256) {
     fprintf(stderr, "vocab-linear step workspace %zu, fused-linear %zu\n", sharded, plain);
     ++fails;
   }

@@ -38,6 +38,10 @@ using cudaDataType = cudaDataType_t;
 struct cublasContext {
   cudaStream_t stream = nullptr;
   cublasPointerMode_t mode = CUBLAS_POINTER_MODE_HOST;
+  // Not cuBLAS: the products this handle accepted (m, n > 0), so a test can
+  // count the GEMMs of a call (fused linear: three per segment in one pass,
+  // four per chunk in two).
+  long long gemm_calls = 0;
 };
 using cublasHandle_t = cublasContext*;
 
@@ -115,6 +119,7 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t tran
     return CUBLAS_STATUS_NOT_SUPPORTED;  // the emulator models host scalars only
   const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  ++handle->gemm_calls;
   // One emulated thread does the whole product, queued like a kernel.
   cuda_emu::launch(dim3(1), dim3(1), handle->stream, [=] {
     for (int64_t j = 0; j < n; ++j)

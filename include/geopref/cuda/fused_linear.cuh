@@ -34,9 +34,48 @@
 // loop. Link CUDA::cublas (this header, and linear_token_logps.cuh which
 // includes it, are the only ones in geopref that need it).
 //
-// Not built yet: DESIGN §6's one-pass fast path (whole pairs per chunk, a
-// loss that is not batch-coupled: three GEMMs instead of four); it needs the
-// pair step split into per-chunk pair values and one final reduction.
+// One pass, three GEMMs (DESIGN §6's fast path): when every pair's loss
+// depends only on its own two sequences, a chunk that holds whole pairs can
+// finish its pair terms, g_s and backward right after its forward. The host
+// must then know which rows each chunk holds, and offsets and pairs are
+// device arrays the library never waits for; so the path is opt-in through
+// host copies of them (linear_train_args::host_offsets, host_pairs). It runs
+// when all of these hold (fused_linear_one_pass() says whether they do):
+//   * host_offsets is given, and host_pairs too when pairs is;
+//   * no loss term couples the batch (no sorted term: aot, aot_unpaired; no
+//     sft term);
+//   * a gradient is asked for and N > 0, and some row is in a sequence;
+//   * the plan exists: the connected components of the pair graph
+//     (sequences joined by pairs; one chosen with two rejected is one
+//     component of three sequences) packed greedily, in the order of their
+//     first sequence, into chunks of at most C rows; a component of more
+//     than C rows means the whole call runs two passes.
+// Per chunk: for each run of adjacent rows (a segment; TRL's layout puts a
+// chunk's chosen and rejected rows in two), Z = H·Wᵀ + b and the forward;
+// the chunk's sequence sums, its pairs' terms and g_s; the backward in place,
+// grad_H = G·W and grad_W (+)= Gᵀ·H per segment. Rows after offsets[S] (in
+// no sequence) get no GEMM: their grad_hidden rows are set to zero. After
+// the chunks the sequence sums and the pair step run over everything, as in
+// two passes, so loss, metrics, seq_logps and grad_seq_logps are the same
+// bits as the two-pass path's whenever the logits GEMM gives each row the
+// same bits whatever rows it is called with (always in the host emulator;
+// cuBLAS chooses its kernel by shape, so on a GPU the last bits may differ,
+// within the error the tests allow). The cost beyond the GEMMs: a few more,
+// smaller kernel launches per chunk (the pair step over the chunk's pairs,
+// one block), and an O(S + P) host plan per call. A component larger than C
+// rows is a status-free fallback, documented, not an error.
+//
+// The host copies are checked on the host (invalid_offsets,
+// pair_index_out_of_range, as the device would record) and, when given,
+// uploaded to the workspace and compared with the device arrays on the
+// device: a difference records status::host_layout_mismatch (read it with
+// device_status), whichever path runs. The upload is a cudaMemcpyAsync from
+// host memory: from pageable memory CUDA stages it before the call returns
+// (and may wait for the stream's earlier work to do so); host copies in
+// pinned memory are read when the stream reaches the copy, so keep them
+// unchanged until then. Either way a call with host copies cannot be
+// captured into a CUDA graph (the plan's lists are pageable); without them
+// it can. The workspace size is the same with or without them.
 //
 // Determinism: chunks run in a fixed order, grad_W and grad_b accumulate
 // chunk by chunk in that order (cuBLAS beta = 1), no atomics; cuBLAS itself
@@ -127,6 +166,13 @@ struct linear_train_args {
   bool grad_weight_float32 = false;  // float accumulation across chunks and micro-batches
   float* grad_bias = nullptr;    // [V] float; needs a bias
   bool accumulate = false;       // grad_weight += …, grad_bias += … instead of =
+
+  // Host copies of the token layout, for the one-pass path (see the header
+  // comment; both optional, read during the call only). vocab_linear_step
+  // ignores them (it always runs two passes).
+  const int64_t* host_offsets = nullptr;  // [S+1] host memory, the values of in.offsets
+  const int64_t* host_pairs = nullptr;    // [P, 2] host memory, the values of pairs (null when
+                                          // pairs is null: TRL's layout a_i = i, b_i = P + i)
 };
 
 /// Forward only (pass 1): per-sequence log-probs from hidden states.
@@ -135,10 +181,25 @@ inline status fused_linear_logps(void* workspace, size_t& workspace_bytes,
                                  cudaStream_t stream = nullptr) noexcept;
 
 /// Loss, metrics, log-probs and the gradients with respect to the hidden
-/// states, the weight and the bias (two passes over the chunks).
+/// states, the weight and the bias (one pass over the chunks when
+/// fused_linear_one_pass(), else two).
 inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
                                 const linear_train_args& args, const options& opt,
                                 cudaStream_t stream = nullptr) noexcept;
+
+/// Whether fused_linear_step with these arguments runs the one-pass path
+/// (host only: reads the host copies, builds the plan; false also when the
+/// arguments would be rejected).
+inline bool fused_linear_one_pass(const linear_train_args& args, const options& opt) noexcept;
+
+/// The same with a caller's margin loss (see train_step<Loss>): it replaces
+/// the loss of every margin term of opt.loss; the chunks, GEMMs and kernels
+/// are those of fused_linear_step, only the pair kernel is instantiated per
+/// Loss type. The CPU reference's fused_linear_with_loss is its check.
+template <class Loss, class = std::enable_if_t<is_margin_loss_v<Loss>>>
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream = nullptr) noexcept;
 
 }  // namespace geopref::cuda
 

@@ -78,6 +78,12 @@ inline status vocab_linear_step(void* workspace, size_t& workspace_bytes,
                                 const vocab_linear_train_args& args, const options& opt,
                                 cudaStream_t stream = nullptr) noexcept;
 
+/// The same with a caller's margin loss (see train_step<Loss>).
+template <class Loss, class = std::enable_if_t<is_margin_loss_v<Loss>>>
+inline status vocab_linear_step(void* workspace, size_t& workspace_bytes,
+                                const vocab_linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream = nullptr) noexcept;
+
 }  // namespace geopref::cuda
 
 #include "geopref/cuda/detail/vocab_linear.cuh"

@@ -156,23 +156,20 @@ inline void write_hidden_grad(const linear_mat& gh, int64_t ldgh, double* grad_h
     for (int64_t k = 0; k < gh.cols(); ++k) grad_hidden[t * ldgh + k] = gh(t, k);
 }
 
-}  // namespace detail
-
-/// Validates the shapes, then compute() on Z = H·Wᵀ + b and the gradient
-/// products. On error nothing is written.
-template <class Elem, class Label, class Offset>
-status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options& opt,
-                    linear_outputs& out) {
-  using mat = detail::linear_mat;
+/// fused_linear with `run(x, o)` in place of compute(x, opt, o).
+template <class Elem, class Label, class Offset, class Run>
+status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_outputs& out,
+                        const Run& run) {
+  using mat = linear_mat;
   const int64_t N = in.n_rows, Hd = in.hidden_size, V = in.vocab;
   int64_t ldh = 0, ldw = 0, ldgh = 0, ldgw = 0;
-  const status c = detail::check_linear(in, out, &ldh, &ldw, &ldgh, &ldgw);
+  const status c = check_linear(in, out, &ldh, &ldw, &ldgh, &ldgw);
   if (c != status::success) return c;
 
-  const mat H = detail::widen_rows(in.hidden, N, Hd, ldh);
-  const mat W = detail::widen_rows(in.weight, V, Hd, ldw);
-  mat Z = detail::project(H, W, in.bias);
-  inputs<double, Label, Offset> x = detail::logits_inputs(in, Z);
+  const mat H = widen_rows(in.hidden, N, Hd, ldh);
+  const mat W = widen_rows(in.weight, V, Hd, ldw);
+  mat Z = project(H, W, in.bias);
+  inputs<double, Label, Offset> x = logits_inputs(in, Z);
   const bool backward =
       out.grad_hidden != nullptr || out.grad_weight != nullptr || out.grad_bias != nullptr;
   mat G;
@@ -184,16 +181,37 @@ status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options&
   } else {
     o.grad_logits = nullptr;
   }
-  const status s = compute(x, opt, o);
+  const status s = run(x, o);
   if (s != status::success) return s;
   o.grad_logits = out.base.grad_logits;  // the caller's, untouched
   o.grad_ld = out.base.grad_ld;
   out.base = o;
   if (!backward) return status::success;
 
-  if (out.grad_hidden != nullptr) detail::write_hidden_grad(G * W, ldgh, out.grad_hidden);
-  detail::write_weight_grads(G, H, 0, ldgw, out);
+  if (out.grad_hidden != nullptr) write_hidden_grad(G * W, ldgh, out.grad_hidden);
+  write_weight_grads(G, H, 0, ldgw, out);
   return status::success;
+}
+}  // namespace detail
+
+/// Validates the shapes, then compute() on Z = H·Wᵀ + b and the gradient
+/// products. On error nothing is written.
+template <class Elem, class Label, class Offset>
+status fused_linear(const linear_inputs<Elem, Label, Offset>& in, const options& opt,
+                    linear_outputs& out) {
+  return detail::fused_linear_via(in, out, [&](const auto& x, outputs& o) {
+    return compute(x, opt, o);
+  });
+}
+
+/// The same with a caller's margin loss: compute_with_loss() on Z, the CPU
+/// mirror of geopref::cuda::fused_linear_step<Loss>.
+template <class Elem, class Label, class Offset, class Loss>
+status fused_linear_with_loss(const linear_inputs<Elem, Label, Offset>& in, const options& opt,
+                              const Loss& loss, linear_outputs& out) {
+  return detail::fused_linear_via(in, out, [&](const auto& x, outputs& o) {
+    return compute_with_loss(x, opt, loss, o);
+  });
 }
 
 // ---------------------------------------------------------------------------

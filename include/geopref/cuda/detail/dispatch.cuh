@@ -135,7 +135,7 @@ inline status enqueue_sequences(const token_inputs& x, const options& opt,
     const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
     launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
            x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
-           out_counts, ws.flag);
+           out_counts, ws.flag, static_cast<const int64_t*>(nullptr), int64_t{0});
     if (last_launch() != status::success) return status::cuda_error;
   }
   return status::success;
@@ -220,17 +220,14 @@ inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
                               stream);
 }
 
-/// Pair loss, metrics, per-sequence gradients and the backward pass, with
-/// the margin functors `margin_for(t)` (builtin_margin, or a caller's loss).
-template <class MarginFor>
-inline status enqueue_train_tail(const train_args& a, const options& opt,
-                                 const workspace_layout& w, const workspace_view& ws,
-                                 const MarginFor& margin_for, cudaStream_t stream) {
-  const token_inputs& x = a.tokens;
+/// pair_kernel's parameters for train_step's inputs and workspace (every
+/// pair; fused linear's one pass narrows them to a chunk's).
+inline pair_params make_pair_params(const train_args& a, const options& opt,
+                                    const workspace_view& ws) {
   const int64_t P = a.n_pairs;
   pair_params p;
   p.n_pairs = P;
-  p.n_seqs = x.n_seqs;
+  p.n_seqs = a.tokens.n_seqs;
   p.pairs = a.pairs;
   p.soft_labels = a.soft_labels;
   p.ref_logps = a.ref_logps;
@@ -264,6 +261,18 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
   p.live = reinterpret_cast<int64_t*>(slot + 10 * P);
   static_assert(PAIR_SCRATCH_SLOTS == 11, "pair_kernel's scratch: 11 arrays of P 8-byte slots");
   p.flag = ws.flag;
+  return p;
+}
+
+/// Pair loss, metrics, per-sequence gradients and the backward pass, with
+/// the margin functors `margin_for(t)` (builtin_margin, or a caller's loss).
+template <class MarginFor>
+inline status enqueue_train_tail(const train_args& a, const options& opt,
+                                 const workspace_layout& w, const workspace_view& ws,
+                                 const MarginFor& margin_for, cudaStream_t stream) {
+  const token_inputs& x = a.tokens;
+  const int64_t P = a.n_pairs;
+  const pair_params p = make_pair_params(a, opt, ws);
   launch(pair_kernel<BLOCK, MarginFor>, 1, BLOCK, stream, p, margin_for);
   if (last_launch() != status::success) return status::cuda_error;
 

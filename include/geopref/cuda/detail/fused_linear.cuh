@@ -19,6 +19,7 @@
 #include "geopref/cuda/detail/api.cuh"
 #include "geopref/cuda/detail/dispatch.cuh"
 #include "geopref/cuda/detail/kernels.cuh"
+#include "geopref/cuda/detail/one_pass.cuh"
 #include "geopref/cuda/detail/workspace.cuh"
 
 namespace geopref::cuda::detail {
@@ -64,6 +65,7 @@ struct linear_layout {
   int64_t chunk_rows = 0;  // C
   int64_t ldc = 0;         // chunk row stride: V rounded up to 16 bytes
   size_t slice_cols = 0;   // [N] int32 when asked (the vocab-parallel path's label columns)
+  size_t plan = 0;         // [one_pass_slots(S, P)] int64 (fused_linear_step, either path)
   size_t partials = 0;     // [C, base.splits] lse_state when base.splits > 1
   size_t chunk = 0;        // [C, ldc] of the input dtype
   size_t bytes = 0;        // total from the aligned base
@@ -80,8 +82,11 @@ inline int64_t budget_rows(size_t chunk_bytes, int64_t ldc, int elem) {
 /// min_splits: the vocab-parallel records need the forward's per-split
 /// partial states, so at least 2 there; slice_cols: a [N] int32 piece for
 /// the slice's label columns (geopref/cuda/detail/vocab_linear.cuh).
+/// plan: fused_linear_step's room for the one-pass plan (reserved whether or
+/// not that path runs, so the size never depends on the path).
 inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs, bool train,
-                                        int min_splits = 1, bool slice_cols = false) {
+                                        int min_splits = 1, bool slice_cols = false,
+                                        bool plan = false) {
   linear_layout l;
   const int elem = dtype_bytes(in.type);
   // vocab 0: choose_splits then gives 1, so the base has no [N, splits]
@@ -96,6 +101,8 @@ inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs
   size_t used = l.base.bytes;
   l.slice_cols = used;
   if (slice_cols) used += align_up(static_cast<size_t>(in.n_rows) * sizeof(int32_t), WORKSPACE_ALIGN);
+  l.plan = used;
+  if (plan) used += align_up(one_pass_slots(in.n_seqs, n_pairs) * sizeof(int64_t), WORKSPACE_ALIGN);
   l.partials = used;
   if (l.base.splits > 1)
     used += align_up(static_cast<size_t>(l.chunk_rows) * static_cast<size_t>(l.base.splits) *
@@ -484,8 +491,9 @@ inline workspace_view carve_linear(void* workspace, const linear_layout& l, lse_
 /// overlap checks; *layout and the carved pointers on success.
 inline status linear_workspace(void* workspace, size_t& workspace_bytes, const linear_inputs& in,
                                int64_t n_pairs, bool train, const linear_train_args* a,
-                               linear_layout* l, int min_splits = 1, bool slice_cols = false) {
-  *l = make_linear_layout(in, n_pairs, train, min_splits, slice_cols);
+                               linear_layout* l, int min_splits = 1, bool slice_cols = false,
+                               bool plan = false) {
+  *l = make_linear_layout(in, n_pairs, train, min_splits, slice_cols, plan);
   workspace_layout whole = l->base;
   whole.bytes = l->bytes;
   if (workspace == nullptr) {
@@ -497,14 +505,9 @@ inline status linear_workspace(void* workspace, size_t& workspace_bytes, const l
   return status::success;
 }
 
-/// After pass 1 (lse, ℓ_t, the sequence sums in ws): the pair step as
-/// train_step runs it (no logits: its backward is ours), g_s, then pass 2.
-/// Shared with the vocab-parallel step, whose ws.cols are the slice's.
-template <class T, class MarginFor>
-inline status linear_pair_and_backward(cublasHandle_t h, const linear_train_args& a,
-                                       const options& opt, const linear_layout& l,
-                                       const workspace_view& ws, T* chunk,
-                                       const MarginFor& margin_for, cudaStream_t stream) {
+/// train_step's arguments for the pair step (no logits: the backward is
+/// ours).
+inline train_args tail_args_of(const linear_train_args& a) {
   train_args t;
   t.tokens = rows_of(a.in);
   t.n_pairs = a.n_pairs;
@@ -518,6 +521,18 @@ inline status linear_pair_and_backward(cublasHandle_t h, const linear_train_args
   t.stats = a.stats;
   t.stat_sums = a.stat_sums;
   t.grad_seq_logps = a.grad_seq_logps;
+  return t;
+}
+
+/// After pass 1 (lse, ℓ_t, the sequence sums in ws): the pair step as
+/// train_step runs it (no logits: its backward is ours), g_s, then pass 2.
+/// Shared with the vocab-parallel step, whose ws.cols are the slice's.
+template <class T, class MarginFor>
+inline status linear_pair_and_backward(cublasHandle_t h, const linear_train_args& a,
+                                       const options& opt, const linear_layout& l,
+                                       const workspace_view& ws, T* chunk,
+                                       const MarginFor& margin_for, cudaStream_t stream) {
+  const train_args t = tail_args_of(a);
   const status st = enqueue_train_tail(t, opt, l.base, ws, margin_for, stream);
   if (st != status::success) return st;
   const bool backward =
@@ -531,6 +546,196 @@ inline status linear_pair_and_backward(cublasHandle_t h, const linear_train_args
   return linear_backward<T>(h, a, l, ws, chunk, stream);
 }
 
+// ---------------------------------------------------------------------------
+// The one pass (fused_linear.cuh's header comment; the plan and its kernels
+// in detail/one_pass.cuh).
+
+/// Whether the call asks for what the one-pass path needs, before any plan.
+inline bool wants_one_pass(const linear_train_args& a, const options& opt) noexcept {
+  return a.host_offsets != nullptr && (a.pairs == nullptr || a.host_pairs != nullptr) &&
+         !has_coupled_term(opt.loss) && a.in.n_rows > 0 &&
+         (a.grad_hidden != nullptr || a.grad_weight != nullptr || a.grad_bias != nullptr);
+}
+
+/// The host copies' checks (when given).
+inline status check_linear_host_layout(const linear_train_args& a) noexcept {
+  return check_host_layout(a.host_offsets, a.in.n_seqs, a.in.n_rows, a.host_pairs, a.pairs,
+                           a.n_pairs);
+}
+
+/// The plan's piece of the workspace: [host offsets (S+1) | host pairs (2P)
+/// | the plan's lists].
+struct plan_view {
+  int64_t* offsets;
+  int64_t* pairs;
+  int64_t* lists;
+};
+
+inline plan_view carve_plan(void* workspace, const linear_layout& l, int64_t n_seqs,
+                            int64_t n_pairs) {
+  char* base = reinterpret_cast<char*>(align_up_ptr(reinterpret_cast<uintptr_t>(workspace)));
+  plan_view v;
+  v.offsets = reinterpret_cast<int64_t*>(base + l.plan);
+  v.pairs = v.offsets + n_seqs + 1;
+  v.lists = v.pairs + 2 * n_pairs;
+  return v;
+}
+
+/// After enqueue_rows (ws.offsets canonical): uploads the host copies into
+/// the workspace and records host_layout_mismatch where they differ from
+/// the device arrays.
+inline status enqueue_host_layout(const linear_train_args& a, const workspace_view& ws,
+                                  const plan_view& pv, cudaStream_t stream) {
+  const int64_t S = a.in.n_seqs;
+  const int64_t n_pv = a.pairs != nullptr && a.host_pairs != nullptr ? 2 * a.n_pairs : 0;
+  if (cudaMemcpyAsync(pv.offsets, a.host_offsets, static_cast<size_t>(S + 1) * sizeof(int64_t),
+                      cudaMemcpyHostToDevice, stream) != cudaSuccess ||
+      (n_pv > 0 && cudaMemcpyAsync(pv.pairs, a.host_pairs, static_cast<size_t>(n_pv) * sizeof(int64_t),
+                                   cudaMemcpyHostToDevice, stream) != cudaSuccess))
+    return status::cuda_error;
+  // S == 0: ws.offsets was not written by enqueue_rows; offsets[0] == 0 is
+  // all there is (checked on the host).
+  const int64_t n_off = S > 0 ? S + 1 : 0;
+  if (n_off + n_pv == 0) return status::success;
+  launch(host_layout_kernel<BLOCK>, grid_1d(n_off + n_pv), BLOCK, stream, ws.offsets, pv.offsets,
+         n_off, a.pairs, pv.pairs, n_pv, ws.flag);
+  return last_launch();
+}
+
+/// The one pass: per chunk of the plan, per segment the logits and the
+/// forward; the chunk's sequence sums, pair terms (phase A over its pairs)
+/// and g_s; per segment the backward in place and the three products. Then
+/// the sequence sums and the pair step over everything, as two passes end.
+template <class T, class MarginFor>
+inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, const options& opt,
+                              const linear_layout& l, const workspace_view& ws,
+                              lse_state* partials, T* chunk, const one_pass_plan& plan,
+                              const plan_view& pv, const MarginFor& margin_for,
+                              cudaStream_t stream) {
+  const linear_inputs& in = a.in;
+  const token_inputs x = rows_of(in);
+  if (has_coupled_term(opt.loss)) return status::internal_error;  // the plan's caller checked
+  status st = enqueue_rows(x, opt, ws, stream);
+  if (st != status::success) return st;
+  st = enqueue_host_layout(a, ws, pv, stream);
+  if (st != status::success) return st;
+  const int64_t N = in.n_rows, Hd = in.hidden_size, V = in.vocab;
+  const int64_t ldh = linear_ld(in.ld_hidden, Hd), ldw = linear_ld(in.ld_weight, Hd);
+  const int64_t ldgh = linear_ld(a.ld_grad_hidden, Hd), ldgw = linear_ld(a.ld_grad_weight, Hd);
+  const cudaDataType_t t = blas_type(in.type);
+  const cudaDataType_t gwt = a.grad_weight_float32 ? CUDA_R_32F : t;
+  const auto elem = static_cast<int64_t>(sizeof(T));
+  const int k = l.base.splits;
+  const size_t n_lists = plan.upload.size();
+  if (n_lists > 0 && cudaMemcpyAsync(pv.lists, plan.upload.data(), n_lists * sizeof(int64_t),
+                                     cudaMemcpyHostToDevice, stream) != cudaSuccess)
+    return status::cuda_error;
+  const int64_t* seq_list = pv.lists;
+  const int64_t* pair_list = pv.lists + plan.n_seq_list;
+  // Rows in no segment: lse = ℓ = 0 (as the forward writes for unscored
+  // rows), zero gradient rows.
+  if (cudaMemsetAsync(ws.lse, 0, static_cast<size_t>(N) * sizeof(float), stream) != cudaSuccess ||
+      cudaMemsetAsync(ws.token_logp, 0, static_cast<size_t>(N) * sizeof(float), stream) !=
+          cudaSuccess)
+    return status::cuda_error;
+  if (a.grad_hidden != nullptr && plan.rows_end < N &&
+      cudaMemset2DAsync(static_cast<char*>(a.grad_hidden) + plan.rows_end * ldgh * elem,
+                        static_cast<size_t>(ldgh * elem), 0, static_cast<size_t>(Hd * elem),
+                        static_cast<size_t>(N - plan.rows_end), stream) != cudaSuccess)
+    return status::cuda_error;
+
+  pair_params pp = make_pair_params(tail_args_of(a), opt, ws);
+  pp.loss_out = nullptr;  // the chunk's pair step writes coefficients only
+  pp.stats = nullptr;
+  pp.sums = nullptr;
+  bool first_product = true;  // grad_W, grad_b: overwrite on the call's first segment
+  for (size_t c = 0; c < plan.chunks(); ++c) {
+    const int64_t sb = plan.seg_begin[c], se = plan.seg_begin[c + 1];
+    for (int64_t g = sb; g < se; ++g) {  // the chunk's logits and forward
+      const row_segment& sg = plan.segments[static_cast<size_t>(g)];
+      T* z = chunk + sg.at * l.ldc;
+      st = chunk_logits<T>(h, in, sg.row0, sg.rows, l.ldc, z, stream);
+      if (st != status::success) return st;
+      lse_state* part = partials + sg.at * k;
+      launch(forward_kernel<T, BLOCK>, dim3(static_cast<unsigned>(sg.rows), static_cast<unsigned>(k)),
+             BLOCK, stream, z, l.ldc, V, ws.cols + sg.row0, ws.lse + sg.row0,
+             ws.token_logp + sg.row0, part);
+      if (last_launch() != status::success) return status::cuda_error;
+      if (k > 1) {
+        launch(combine_kernel<BLOCK>, grid_1d(sg.rows), BLOCK, stream, part, k, sg.rows,
+               ws.cols + sg.row0, ws.lse + sg.row0, ws.token_logp + sg.row0);
+        if (last_launch() != status::success) return status::cuda_error;
+      }
+    }
+    // The chunk's sequences and pairs: L_s, n_s, the pairs' coefficients, g_s.
+    const int64_t q0 = plan.seq_begin[c], nq = plan.seq_begin[c + 1] - q0;
+    const int64_t p0 = plan.pair_begin[c], np = plan.pair_begin[c + 1] - p0;
+    constexpr int64_t MAX_SEQ_BLOCKS = 65535;
+    launch(sequence_kernel<BLOCK>, static_cast<unsigned>(nq < MAX_SEQ_BLOCKS ? nq : MAX_SEQ_BLOCKS),
+           BLOCK, stream, ws.offsets, in.n_seqs, N, ws.token_logp, ws.cols, in.token_weights,
+           uses_average_logps(opt), static_cast<const float*>(nullptr), ws.seq_logp, ws.seq_count,
+           static_cast<float*>(nullptr), static_cast<int64_t*>(nullptr), ws.flag, seq_list + q0,
+           nq);
+    if (last_launch() != status::success) return status::cuda_error;
+    if (np > 0) {
+      pp.subset = pair_list + p0;
+      pp.n_subset = np;
+      launch(pair_kernel<BLOCK, MarginFor>, 1, BLOCK, stream, pp, margin_for);
+      if (last_launch() != status::success) return status::cuda_error;
+    }
+    launch(chunk_seq_grad_kernel<BLOCK>, grid_1d(nq), BLOCK, stream, a.pairs, a.n_pairs,
+           seq_list + q0, nq, pair_list + p0, np, static_cast<const double*>(ws.pair_coef),
+           ws.seq_grad);
+    if (last_launch() != status::success) return status::cuda_error;
+    for (int64_t g = sb; g < se; ++g) {  // the backward and the three products
+      const row_segment& sg = plan.segments[static_cast<size_t>(g)];
+      T* z = chunk + sg.at * l.ldc;
+      const float* tw = in.token_weights != nullptr ? in.token_weights + sg.row0 : nullptr;
+      launch(row_coef_kernel<BLOCK>, grid_1d(sg.rows), BLOCK, stream, ws.row_seq + sg.row0,
+             static_cast<const float*>(ws.seq_grad), tw, sg.rows, ws.row_coef + sg.row0, ws.flag);
+      if (last_launch() != status::success) return status::cuda_error;
+      launch(backward_kernel<T, T, BLOCK>,
+             dim3(static_cast<unsigned>(sg.rows), static_cast<unsigned>(k)), BLOCK, stream, z,
+             l.ldc, V, ws.cols + sg.row0, ws.row_coef + sg.row0, ws.lse + sg.row0, z, l.ldc);
+      if (last_launch() != status::success) return status::cuda_error;
+      const bool add = a.accumulate || !first_product;
+      first_product = false;
+      if (a.grad_hidden != nullptr) {
+        auto* gh = static_cast<char*>(a.grad_hidden) + sg.row0 * ldgh * elem;
+        st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_N, Hd, sg.rows, V, in.weight, t, ldw, z, l.ldc, 0.0f,
+                  gh, t, ldgh);
+        if (st != status::success) return st;
+      }
+      if (a.grad_weight != nullptr) {
+        const auto* hc = static_cast<const char*>(in.hidden) + sg.row0 * ldh * elem;
+        st = gemm(h, CUBLAS_OP_N, CUBLAS_OP_T, Hd, V, sg.rows, hc, t, ldh, z, l.ldc,
+                  add ? 1.0f : 0.0f, a.grad_weight, gwt, ldgw);
+        if (st != status::success) return st;
+      }
+      if (a.grad_bias != nullptr) {
+        launch(bias_grad_kernel<T, BLOCK>, grid_1d(V), BLOCK, stream, z, l.ldc, sg.rows, V, add,
+               a.grad_bias);
+        if (last_launch() != status::success) return status::cuda_error;
+      }
+    }
+  }
+  // Everything the two-pass path reports, from the same per-row values.
+  st = enqueue_sequences(x, opt, ws, a.ref_logps, a.seq_logps, a.seq_counts, stream);
+  if (st != status::success) return st;
+  st = copy_rows(ws, N, a.lse, a.token_logps, stream);
+  if (st != status::success) return st;
+  return enqueue_train_tail(tail_args_of(a), opt, l.base, ws, margin_for, stream);
+}
+
+/// The one-pass plan for these arguments, when that path applies (the host
+/// copies already checked).
+inline bool one_pass_plan_for(const linear_train_args& a, const options& opt,
+                              const linear_layout& l, one_pass_plan* plan) noexcept {
+  if (!wants_one_pass(a, opt)) return false;
+  return build_one_pass_plan(a.host_offsets, a.in.n_seqs, a.pairs != nullptr ? a.host_pairs : nullptr,
+                             a.n_pairs, l.chunk_rows, plan);
+}
+
 template <class MarginFor>
 inline status fused_linear_step_with(void* workspace, size_t& workspace_bytes,
                                      const linear_train_args& a, const options& opt,
@@ -538,19 +743,31 @@ inline status fused_linear_step_with(void* workspace, size_t& workspace_bytes,
   status s = check_linear_train(a, opt, workspace != nullptr);
   if (s != status::success) return s;
   linear_layout l;
-  s = linear_workspace(workspace, workspace_bytes, a.in, a.n_pairs, true, &a, &l);
+  s = linear_workspace(workspace, workspace_bytes, a.in, a.n_pairs, true, &a, &l, 1, false, true);
   if (s != status::success || workspace == nullptr) return s;
+  s = check_linear_host_layout(a);
+  if (s != status::success) return s;
+  one_pass_plan plan;
+  const bool one_pass = one_pass_plan_for(a, opt, l, &plan);
   lse_state* partials = nullptr;
   void* chunk = nullptr;
   const workspace_view ws = carve_linear(workspace, l, &partials, &chunk);
+  const plan_view pv = carve_plan(workspace, l, a.in.n_seqs, a.n_pairs);
   blas_scope blas;
   s = blas.open(a.in.cublas, stream);
   if (s != status::success) return s;
   return visit_dtype(a.in.type, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (one_pass)
+      return linear_one_pass<T>(blas.get(), a, opt, l, ws, partials, static_cast<T*>(chunk), plan,
+                                pv, margin_for, stream);
     status st = linear_forward<T>(blas.get(), a.in, opt, l, ws, partials, static_cast<T*>(chunk),
                                   a.ref_logps, a.seq_logps, a.seq_counts, stream);
     if (st != status::success) return st;
+    if (a.host_offsets != nullptr) {  // given but unused: still checked against the device
+      st = enqueue_host_layout(a, ws, pv, stream);
+      if (st != status::success) return st;
+    }
     st = copy_rows(ws, a.in.n_rows, a.lse, a.token_logps, stream);
     if (st != status::success) return st;
     return linear_pair_and_backward<T>(blas.get(), a, opt, l, ws, static_cast<T*>(chunk),
@@ -593,6 +810,23 @@ inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
   if (const status s = validate(opt); s != status::success) return s;
   return detail::fused_linear_step_with(workspace, workspace_bytes, args, opt,
                                         detail::builtin_margin{any_loss<double>(opt.loss)}, stream);
+}
+
+inline bool fused_linear_one_pass(const linear_train_args& args, const options& opt) noexcept {
+  if (detail::check_linear_train(args, opt, false) != status::success ||
+      detail::check_linear_host_layout(args) != status::success)
+    return false;
+  const detail::linear_layout l = detail::make_linear_layout(args.in, args.n_pairs, true);
+  detail::one_pass_plan plan;
+  return detail::one_pass_plan_for(args, opt, l, &plan);
+}
+
+template <class Loss, class>
+inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
+                                const linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream) noexcept {
+  return detail::fused_linear_step_with(workspace, workspace_bytes, args, opt,
+                                        detail::custom_margin<Loss>{loss}, stream);
 }
 
 }  // namespace geopref::cuda

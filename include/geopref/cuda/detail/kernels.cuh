@@ -195,6 +195,9 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// form (L̄_s = L_s / n_s, 0 when n_s = 0, if `average`). Also validates
 /// ref_logps[s] (NaN or +inf is an error) and the weights of scored rows
 /// (NaN or ±inf: an error, the row then counts with weight 0).
+///
+/// `subset` (fused linear's one pass, else null): the sequences subset[0 ..
+/// n_subset) only, each summed exactly as without it.
 template <int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     sequence_kernel(const int64_t* __restrict__ offsets, int64_t n_seqs, int64_t n_rows,
@@ -202,10 +205,13 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
                     const float* __restrict__ token_weights, bool average,
                     const float* __restrict__ ref_logps, double* __restrict__ seq_sum,
                     int64_t* __restrict__ seq_count, float* __restrict__ out_logps,
-                    int64_t* __restrict__ out_counts, int* __restrict__ flag) {
+                    int64_t* __restrict__ out_counts, int* __restrict__ flag,
+                    const int64_t* __restrict__ subset, int64_t n_subset) {
   __shared__ double sum_smem[BLOCK_SIZE / 32];
   __shared__ long long count_smem[BLOCK_SIZE / 32];
-  for (int64_t s = blockIdx.x; s < n_seqs; s += gridDim.x) {  // uniform over the block
+  const int64_t n_list = subset != nullptr ? n_subset : n_seqs;
+  for (int64_t q = blockIdx.x; q < n_list; q += gridDim.x) {  // uniform over the block
+    const int64_t s = subset != nullptr ? subset[q] : q;
     const int64_t b = clamp64(offsets[s], 0, n_rows);
     const int64_t e = clamp64(offsets[s + 1], b, n_rows);
     double sum = 0.0;
@@ -267,6 +273,11 @@ struct pair_params {
   uint64_t* key_x, *key_y;    // [P] their total-order keys (scratch)
   int64_t* perm_x, *perm_y, *live;  // [P] sorted orders and the non-zero-weight pairs
   int* flag;
+  // Fused linear's one pass: phase A over the pairs subset[0 .. n_subset)
+  // only (their coef), then return; never with a batch-coupled term (the
+  // caller checks: phases B and C would need every pair).
+  const int64_t* subset = nullptr;
+  int64_t n_subset = 0;
 };
 
 /// The metrics' sums, then the batch counts, in the order they are reduced.
@@ -349,7 +360,9 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, Mar
 
   // ---- (A) per pair.
   double acc[SUM_COUNT] = {};
-  for (int64_t i = threadIdx.x; i < P; i += BLOCK_SIZE) {
+  const int64_t n_list = p.subset != nullptr ? p.n_subset : P;
+  for (int64_t q = threadIdx.x; q < n_list; q += BLOCK_SIZE) {
+    const int64_t i = p.subset != nullptr ? p.subset[q] : q;
     const int64_t a = first(i), b = second(i);
     if (!valid(a) || !valid(b)) record(p.flag, status::pair_index_out_of_range);
     double prob = 1.0;
@@ -426,6 +439,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE) pair_kernel(pair_params p, Mar
     p.coef[2 * i] = ca;
     p.coef[2 * i + 1] = cb;
   }
+  if (p.subset != nullptr) return;  // uniform: the chunk's coefficients are all it wants
   block_sums<BLOCK_SIZE, SUM_COUNT>(acc, red);  // also orders (A)'s writes before (B)
   const auto n_live = static_cast<int64_t>(acc[SUM_LIVE]);
 

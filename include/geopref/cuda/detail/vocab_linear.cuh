@@ -91,9 +91,13 @@ inline status vocab_linear_stats(void* workspace, size_t& workspace_bytes,
   });
 }
 
-inline status vocab_linear_step(void* workspace, size_t& workspace_bytes,
-                                const vocab_linear_train_args& args, const options& opt,
-                                cudaStream_t stream) noexcept {
+namespace detail {
+/// vocab_linear_step with the margin loss of every margin term given by
+/// margin_for (builtin_margin or custom_margin<Loss>), as train_step_with.
+template <class MarginFor>
+inline status vocab_linear_step_with(void* workspace, size_t& workspace_bytes,
+                                     const vocab_linear_train_args& args, const options& opt,
+                                     const MarginFor& margin, cudaStream_t stream) noexcept {
   const linear_train_args& a = args.train;
   const linear_inputs& in = a.in;
   status s = detail::check_linear_train(a, opt, workspace != nullptr);
@@ -123,12 +127,28 @@ inline status vocab_linear_step(void* workspace, size_t& workspace_bytes,
   detail::blas_scope blas;
   s = blas.open(in.cublas, stream);
   if (s != status::success) return s;
-  const detail::builtin_margin margin{any_loss<double>(opt.loss)};
   return detail::visit_dtype(in.type, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return detail::linear_pair_and_backward<T>(blas.get(), a, opt, l, v.ws,
                                                static_cast<T*>(v.chunk), margin, stream);
   });
+}
+}  // namespace detail
+
+inline status vocab_linear_step(void* workspace, size_t& workspace_bytes,
+                                const vocab_linear_train_args& args, const options& opt,
+                                cudaStream_t stream) noexcept {
+  if (const status s = validate(opt); s != status::success) return s;
+  return detail::vocab_linear_step_with(workspace, workspace_bytes, args, opt,
+                                        detail::builtin_margin{any_loss<double>(opt.loss)}, stream);
+}
+
+template <class Loss, class>
+inline status vocab_linear_step(void* workspace, size_t& workspace_bytes,
+                                const vocab_linear_train_args& args, const options& opt,
+                                const Loss& loss, cudaStream_t stream) noexcept {
+  return detail::vocab_linear_step_with(workspace, workspace_bytes, args, opt,
+                                        detail::custom_margin<Loss>{loss}, stream);
 }
 
 }  // namespace geopref::cuda

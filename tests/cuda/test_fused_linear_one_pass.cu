@@ -1,0 +1,481 @@
+// tests/cuda/test_fused_linear_one_pass.cu — fused_linear_step's one-pass
+// path (three GEMMs per segment, whole pairs per chunk; enabled by host
+// copies of the offsets and pairs) against the two-pass path and the CPU
+// reference, on awkward layouts; the plan; the host copies' checks.
+//
+// It includes test_fused_linear.cu (one translation unit, which CMake builds
+// in its place) so the problems, runs and error model there serve both
+// files unchanged. The error model is that file's, with one change of input:
+// grad_weight / grad_bias are accumulated once per segment rather than once
+// per chunk, so the bound's count of accumulations is the plan's segment
+// count (bounds_for below).
+//
+// Bitwise: both paths compute each row's lse and ℓ_t with the same kernels
+// and split count, then run the same final sequence sums and pair step. In
+// the host emulator the GEMM gives a row the same bits whatever rows it is
+// called with, so loss, metrics, seq_logps, grad_seq_logps, lse, ℓ_t (and
+// grad_hidden, a per-row product) are checked bitwise equal there. cuBLAS
+// picks its kernel by shape, so on a GPU the rows' logits may round
+// differently; there the check is the implication "same lse and ℓ_t bits ⇒
+// same loss, metrics, seq_logps and grad_seq_logps bits", plus the error
+// model against the reference.
+#include "test_fused_linear.cu"
+
+#include <cstring>
+
+namespace {
+
+/// How a run is asked for.
+enum class path_wanted { two_pass, one_pass, fallback };
+
+struct path_run {
+  lin_result r;
+  std::vector<uint8_t> metric_bits, seq_bits, gseq_bits, lse_bits, tlp_bits;
+  float loss = 0;
+  long long gemms = -1;  // the emulator's count, else -1
+};
+
+/// fused_linear_step with (one_pass, fallback) or without (two_pass) the host
+/// copies; checks fused_linear_one_pass() agrees with what was wanted. The
+/// workspace is exactly the bytes asked for, its base one byte past a
+/// 256-byte boundary (as run_fused), poisoned.
+path_run run_path(const lin_problem& p, cublasHandle_t h, path_wanted want,
+                  const geopref::options* opt_in = nullptr) {
+  const lin_config& c = p.c;
+  lin_device d(p);
+  lin_outputs o(p);
+  gc::linear_train_args a = train_args_of(p, d);
+  a.in.cublas = h;
+  o.attach(a, p);
+  dmem stats(sizeof(geopref::metrics));
+  poison(stats);
+  a.stats = static_cast<geopref::metrics*>(stats.get());
+  if (want != path_wanted::two_pass) {
+    a.host_offsets = p.offsets.data();
+    a.host_pairs = c.explicit_pairs ? p.pairs.data() : nullptr;
+  }
+  const geopref::options opt = opt_in != nullptr ? *opt_in : options_of(c);
+  REQUIRE(gc::fused_linear_one_pass(a, opt) == (want == path_wanted::one_pass));
+  const float prior = 0.25f;
+  if (c.accumulate) preload_prior(p, o, prior);
+  // The built-in losses, or the caller's through the Loss overload (the
+  // same paths: only the pair kernel differs).
+  auto step = [&](void* w, size_t& n) {
+    return c.user_loss > 0 ? gc::fused_linear_step(w, n, a, opt, log_cosh_loss{c.user_loss})
+                           : gc::fused_linear_step(w, n, a, opt);
+  };
+  size_t bytes = 0;
+  REQUIRE(step(nullptr, bytes) == status::success);
+  dmem mem(bytes + 1);
+  poison(mem);
+  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
+#if defined(GEOPREF_HOST_EMULATION)
+  const long long before = h->gemm_calls;
+#endif
+  REQUIRE(step(ws, bytes) == status::success);
+  status dev = status::internal_error;
+  REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
+  REQUIRE(dev == status::success);
+  path_run out;
+#if defined(GEOPREF_HOST_EMULATION)
+  out.gemms = h->gemm_calls - before;
+#endif
+  out.r = o.read(p);
+  if (c.accumulate) {
+    for (auto& x : out.r.gw) x -= prior;
+    for (auto& x : out.r.gb) x -= prior;
+  }
+  out.metric_bits = download<uint8_t>(stats.get(), sizeof(geopref::metrics));
+  out.seq_bits = download<uint8_t>(o.seq.get(), static_cast<size_t>(p.S) * 4);
+  out.gseq_bits = download<uint8_t>(o.gseq.get(), static_cast<size_t>(p.S) * 4);
+  out.lse_bits = download<uint8_t>(o.lse.get(), static_cast<size_t>(p.N) * 4);
+  out.tlp_bits = download<uint8_t>(o.tlp.get(), static_cast<size_t>(p.N) * 4);
+  out.loss = download<float>(o.loss.get(), 1)[0];
+  return out;
+}
+
+/// The plan fused_linear_step builds for a problem (the test's own copy).
+gc::detail::one_pass_plan plan_of(const lin_problem& p) {
+  gc::detail::one_pass_plan plan;
+  const int64_t rows = std::min<int64_t>(p.c.chunk_rows, p.N);
+  REQUIRE(gc::detail::build_one_pass_plan(p.offsets.data(), p.S,
+                                          p.c.explicit_pairs ? p.pairs.data() : nullptr,
+                                          p.c.pairs, rows, &plan));
+  return plan;
+}
+
+/// The header's bounds with `products` accumulations of grad_W / grad_b (a
+/// chunk size whose chunk count is at least that).
+lin_bounds bounds_for(const lin_problem& p, const linear_ref_result& ref, int64_t products) {
+  lin_problem q = p;
+  q.c.chunk_rows = std::max<int64_t>(1, p.N / std::max<int64_t>(1, products));
+  return bounds_of(q, ref);
+}
+
+/// One pass vs the reference (error model), vs two passes (bitwise where
+/// the header says, else twice the bound), determinism, GEMM counts.
+void check_one_pass_case(const lin_problem& p) {
+  INFO(describe(p.c) << " N=" << p.N << " S=" << p.S);
+  blas_handle h;
+  const gc::detail::one_pass_plan plan = plan_of(p);
+  const auto segs = static_cast<int64_t>(plan.segments.size());
+  INFO("plan: " << plan.chunks() << " chunks, " << segs << " segments");
+  const path_run one = run_path(p, h.h, path_wanted::one_pass);
+  const path_run two = run_path(p, h.h, path_wanted::two_pass);
+  const linear_ref_result ref = run_ref(p);
+  const int64_t two_chunks = (p.N + p.c.chunk_rows - 1) / p.c.chunk_rows;
+  {
+    INFO("one pass vs the CPU reference");
+    compare(p, one.r, ref, bounds_for(p, ref, std::max(segs, two_chunks)), 1.0);
+  }
+  {
+    INFO("one pass vs two passes");
+    const bool same_rows = one.lse_bits == two.lse_bits && one.tlp_bits == two.tlp_bits;
+#if defined(GEOPREF_HOST_EMULATION)
+    CHECK(same_rows);
+    CHECK(one.r.gh_bits == two.r.gh_bits);
+    CHECK(one.gemms == 3 * segs);         // logits, grad_H, grad_W per segment
+    CHECK(two.gemms == 4 * two_chunks);   // logits twice, grad_H, grad_W per chunk
+#endif
+    if (same_rows) {
+      CHECK(one.loss == two.loss);
+      CHECK(one.metric_bits == two.metric_bits);
+      CHECK(one.seq_bits == two.seq_bits);
+      CHECK(one.gseq_bits == two.gseq_bits);
+    }
+    linear_ref_result as_ref = ref;
+    as_ref.base.lse = two.r.lse;
+    as_ref.base.token_logps = two.r.token_logps;
+    as_ref.base.seq_logps = two.r.seq_logps;
+    as_ref.base.grad_seq_logps = two.r.grad_seq;
+    as_ref.base.loss = two.r.loss;
+    as_ref.grad_hidden = two.r.gh;
+    as_ref.grad_weight = two.r.gw;
+    as_ref.grad_bias = two.r.gb;
+    compare(p, one.r, as_ref, bounds_for(p, ref, std::max(segs, two_chunks)), 2.0);
+  }
+  {
+    INFO("one pass: bitwise repeatable");
+    const path_run again = run_path(p, h.h, path_wanted::one_pass);
+    CHECK(again.r.gh_bits == one.r.gh_bits);
+    CHECK(again.r.gw_bits == one.r.gw_bits);
+    CHECK(again.r.gb_bits == one.r.gb_bits);
+    CHECK(again.loss == one.loss);
+    CHECK(again.metric_bits == one.metric_bits);
+    CHECK(again.gseq_bits == one.gseq_bits);
+  }
+}
+
+/// make_lin with explicit pairs replaced by `pairs` (indices into the
+/// 2P + 1 sequences make_lin draws; P = pairs.size() / 2 == c.pairs).
+lin_problem with_pairs(lin_config c, const std::vector<int64_t>& pairs) {
+  c.explicit_pairs = true;
+  c.pairs = static_cast<int64_t>(pairs.size() / 2);
+  lin_problem p = make_lin(c);
+  p.pairs = pairs;
+  return p;
+}
+
+/// The longest component's rows (the smallest budget with a plan).
+int64_t widest_component(const lin_problem& p) {
+  for (int64_t rows = 1; rows <= p.N; ++rows) {
+    gc::detail::one_pass_plan plan;
+    if (gc::detail::build_one_pass_plan(p.offsets.data(), p.S,
+                                        p.c.explicit_pairs ? p.pairs.data() : nullptr, p.c.pairs,
+                                        rows, &plan))
+      return rows;
+  }
+  return p.N;
+}
+
+}  // namespace
+
+TEST_CASE("fused linear one pass: the plan", "[fused_linear][one_pass][small]") {
+  namespace gd = gc::detail;
+  // 7 sequences of rows 2,0,3,1,2,2,1 (offsets[7] = 11 of N = 12 rows);
+  // pairs (0,2), (0,3): one chosen, two rejected; (5,4); 1 and 6 in none.
+  const std::vector<int64_t> off = {0, 2, 2, 5, 6, 8, 10, 11};
+  const std::vector<int64_t> pairs = {0, 2, 0, 3, 5, 4};
+  gd::one_pass_plan plan;
+  SECTION("components in first-appearance order, packed greedily") {
+    // Components: {0,2,3} 6 rows, {1} 0 rows (no chunk), {4,5} 4 rows, {6} 1 row.
+    REQUIRE(gd::build_one_pass_plan(off.data(), 7, pairs.data(), 3, 6, &plan));
+    REQUIRE(plan.chunks() == 2);
+    // chunk 0: sequences 0, 2, 3, rows [0,2) [2,5) [5,6) (1 is empty):
+    // one segment [0, 6); chunk 1: 4, 5, 6, rows [6, 11), one segment.
+    CHECK(plan.seq_begin == std::vector<int64_t>{0, 3, 6});
+    CHECK(std::vector<int64_t>(plan.upload.begin(), plan.upload.begin() + 6) ==
+          std::vector<int64_t>{0, 2, 3, 4, 5, 6});
+    CHECK(plan.pair_begin == std::vector<int64_t>{0, 2, 3});
+    CHECK(std::vector<int64_t>(plan.upload.begin() + 6, plan.upload.end()) ==
+          std::vector<int64_t>{0, 1, 2});
+    REQUIRE(plan.segments.size() == 2);
+    CHECK(plan.segments[0].row0 == 0);
+    CHECK(plan.segments[0].rows == 6);
+    CHECK(plan.segments[0].at == 0);
+    CHECK(plan.segments[1].row0 == 6);
+    CHECK(plan.segments[1].rows == 5);
+    CHECK(plan.segments[1].at == 0);
+    CHECK(plan.seg_begin == std::vector<int64_t>{0, 1, 2});
+    CHECK(plan.rows_end == 11);
+  }
+  SECTION("a component wider than a chunk: no plan") {
+    CHECK(!gd::build_one_pass_plan(off.data(), 7, pairs.data(), 3, 5, &plan));
+  }
+  SECTION("TRL's layout: chosen and rejected rows are two segments per chunk") {
+    // 4 pairs, 8 sequences of 2 rows: pair i = (i, 4 + i).
+    const std::vector<int64_t> trl = {0, 2, 4, 6, 8, 10, 12, 14, 16};
+    REQUIRE(gd::build_one_pass_plan(trl.data(), 8, nullptr, 4, 8, &plan));
+    REQUIRE(plan.chunks() == 2);
+    REQUIRE(plan.segments.size() == 4);
+    CHECK(plan.segments[0].row0 == 0);
+    CHECK(plan.segments[0].rows == 4);
+    CHECK(plan.segments[1].row0 == 8);
+    CHECK(plan.segments[1].rows == 4);
+    CHECK(plan.segments[1].at == 4);
+    CHECK(plan.segments[2].row0 == 4);
+    CHECK(plan.segments[3].row0 == 12);
+  }
+  SECTION("no row in any sequence: no plan (two passes)") {
+    const std::vector<int64_t> empty = {0, 0, 0};
+    CHECK(!gd::build_one_pass_plan(empty.data(), 2, nullptr, 1, 4, &plan));
+  }
+  SECTION("the host checks") {
+    CHECK(gd::check_host_layout(off.data(), 7, 12, pairs.data(), pairs.data(), 3) ==
+          status::success);
+    CHECK(gd::check_host_layout(off.data(), 7, 10, nullptr, nullptr, 3) ==
+          status::invalid_offsets);  // offsets[S] = 11 > N
+    std::vector<int64_t> bad = off;
+    bad[3] = 1;  // decreasing
+    CHECK(gd::check_host_layout(bad.data(), 7, 12, nullptr, nullptr, 3) == status::invalid_offsets);
+    bad = off;
+    bad[0] = 1;
+    CHECK(gd::check_host_layout(bad.data(), 7, 12, nullptr, nullptr, 3) == status::invalid_offsets);
+    std::vector<int64_t> bp = pairs;
+    bp[5] = 7;  // == S
+    CHECK(gd::check_host_layout(off.data(), 7, 12, bp.data(), bp.data(), 3) ==
+          status::pair_index_out_of_range);
+    bp[5] = -1;
+    CHECK(gd::check_host_layout(off.data(), 7, 12, bp.data(), bp.data(), 3) ==
+          status::pair_index_out_of_range);
+    // host pairs without device pairs (or without host offsets)
+    CHECK(gd::check_host_layout(off.data(), 7, 12, pairs.data(), nullptr, 3) == status::null_pointer);
+    CHECK(gd::check_host_layout(nullptr, 7, 12, pairs.data(), pairs.data(), 3) ==
+          status::null_pointer);
+  }
+}
+
+TEST_CASE("fused linear one pass equals two passes and the reference: TRL layout",
+          "[fused_linear][one_pass][small]") {
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    lin_config c;
+    c.dtype = d;
+    c.seed = 41;
+    c.pairs = 4;
+    c.max_len = 5;  // packed, unequal lengths, some empty; 15% ignored labels
+    lin_problem p = make_lin(c);
+    p.c.chunk_rows = widest_component(p);  // many chunks, each as full as the widest pair
+    check_one_pass_case(p);
+  }
+}
+
+TEST_CASE("fused linear one pass: shared sequences, sequences in no pair, options",
+          "[fused_linear][one_pass][small]") {
+  lin_config c;
+  c.seed = 42;
+  c.max_len = 4;
+  // 2P + 1 = 9 sequences: one chosen (0) against two rejected (1, 2); 3 vs 4;
+  // 5 and 6 against each other twice; 7 and 8 in no pair.
+  const std::vector<int64_t> pairs = {0, 1, 0, 2, 3, 4, 6, 5};
+  SECTION("float32, bias, overwrite, chunks of the widest component") {
+    lin_problem p = with_pairs(c, pairs);
+    p.c.chunk_rows = widest_component(p);
+    check_one_pass_case(p);
+  }
+  SECTION("bfloat16 into bfloat16 grad_weight, accumulate, no bias, strides, V = 65, H = 1") {
+    c.dtype = gc::dtype::bfloat16;
+    c.accumulate = true;
+    c.gw_float32 = false;
+    c.bias = false;
+    c.pad = 3;
+    c.vocab = 65;
+    c.hidden = 1;
+    lin_problem p = with_pairs(c, pairs);
+    p.c.chunk_rows = widest_component(p) + 3;
+    check_one_pass_case(p);
+  }
+  SECTION("float16, token weights, average_logps, accumulate into float, one chunk") {
+    c.dtype = gc::dtype::float16;
+    c.token_weights = true;
+    c.average_logps = true;
+    c.accumulate = true;
+    lin_problem p = with_pairs(c, pairs);
+    p.c.chunk_rows = p.N;  // everything fits: one chunk
+    check_one_pass_case(p);
+  }
+  SECTION("a caller's loss (log cosh through fused_linear_step<Loss>), bfloat16") {
+    c.dtype = gc::dtype::bfloat16;
+    c.user_loss = 0.7;
+    lin_problem p = with_pairs(c, pairs);
+    p.c.chunk_rows = widest_component(p) + 1;
+    check_one_pass_case(p);
+  }
+  SECTION("ipo (a non-dpo margin), V a multiple of 8, the last sequences empty") {
+    c.loss = loss_type::ipo;
+    c.vocab = 64;
+    lin_problem p = with_pairs(c, pairs);
+    // Sequences 7 and 8 (in no pair) emptied: more rows after offsets[S].
+    const int64_t end6 = p.offsets[7];
+    p.offsets[8] = end6;
+    p.offsets[9] = end6;
+    p.c.chunk_rows = widest_component(p);
+    check_one_pass_case(p);
+  }
+}
+
+TEST_CASE("fused linear one pass: when it does not apply, two passes run and are right",
+          "[fused_linear][one_pass][small]") {
+  lin_config c;
+  c.seed = 43;
+  c.pairs = 3;
+  c.max_len = 4;
+  lin_problem p = make_lin(c);
+  blas_handle h;
+  const linear_ref_result ref = run_ref(p);
+  SECTION("a component wider than the budget") {
+    p.c.chunk_rows = widest_component(p) - 1;
+    REQUIRE(p.c.chunk_rows >= 1);
+    const path_run f = run_path(p, h.h, path_wanted::fallback);
+    compare(p, f.r, ref, bounds_of(p, ref), 1.0);
+    const path_run two = run_path(p, h.h, path_wanted::two_pass);
+    CHECK(f.r.gh_bits == two.r.gh_bits);  // the same two passes, bit for bit
+    CHECK(f.r.gw_bits == two.r.gw_bits);
+    CHECK(f.loss == two.loss);
+#if defined(GEOPREF_HOST_EMULATION)
+    CHECK(f.gemms == two.gemms);
+#endif
+  }
+  SECTION("a batch-coupled term (sft)") {
+    lin_config s = c;
+    s.loss = loss_type::dpo;
+    s.with_sft = true;
+    lin_problem q = make_lin(s);
+    q.c.chunk_rows = q.N;
+    const path_run f = run_path(q, h.h, path_wanted::fallback);
+    const linear_ref_result rq = run_ref(q);
+    compare(q, f.r, rq, bounds_of(q, rq), 1.0);
+  }
+  SECTION("the other conditions") {
+    lin_device d(p);
+    lin_outputs o(p);
+    gc::linear_train_args a = train_args_of(p, d);
+    o.attach(a, p);
+    a.host_offsets = p.offsets.data();
+    const geopref::options opt = options_of(p.c);
+    a.in.chunk_bytes = size_t{1} << 30;
+    CHECK(gc::fused_linear_one_pass(a, opt));
+    geopref::options aot = opt;
+    aot.loss.type = loss_type::aot;
+    CHECK(!gc::fused_linear_one_pass(a, aot));  // sorted: coupled
+    auto b = a;
+    b.host_offsets = nullptr;
+    CHECK(!gc::fused_linear_one_pass(b, opt));
+    b = a;
+    b.grad_hidden = nullptr;
+    b.grad_weight = nullptr;
+    b.grad_bias = nullptr;
+    CHECK(!gc::fused_linear_one_pass(b, opt));  // forward only: one GEMM per chunk anyway
+    b = a;
+    b.pairs = static_cast<const int64_t*>(d.offsets.get());  // pairs given, host_pairs not
+    b.n_pairs = 1;
+    CHECK(!gc::fused_linear_one_pass(b, opt));
+    // The workspace does not depend on the path.
+    size_t with = 0, without = 0;
+    REQUIRE(gc::fused_linear_step(nullptr, with, a, opt) == status::success);
+    b = a;
+    b.host_offsets = nullptr;
+    REQUIRE(gc::fused_linear_step(nullptr, without, b, opt) == status::success);
+    CHECK(with == without);
+  }
+}
+
+TEST_CASE("fused linear one pass: host copies that are malformed or disagree",
+          "[fused_linear][one_pass][small]") {
+  lin_config c;
+  c.seed = 44;
+  c.explicit_pairs = true;
+  lin_problem p = with_pairs(c, {0, 1, 2, 3, 4, 5});
+  p.c.chunk_rows = p.N;
+  blas_handle h;
+  lin_device d(p);
+  lin_outputs o(p);
+  gc::linear_train_args a = train_args_of(p, d);
+  a.in.cublas = h.h;
+  o.attach(a, p);
+  const geopref::options opt = options_of(p.c);
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
+  dmem mem(bytes + 1);
+  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
+  auto device_after = [&](const gc::linear_train_args& x) {
+    poison(mem);
+    REQUIRE(gc::fused_linear_step(ws, bytes, x, opt) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
+    return dev;
+  };
+  std::vector<int64_t> off = p.offsets, pr = p.pairs;
+  a.host_offsets = off.data();
+  a.host_pairs = pr.data();
+  REQUIRE(gc::fused_linear_one_pass(a, opt));
+  CHECK(device_after(a) == status::success);
+
+  SECTION("malformed: a host status, nothing launched") {
+    std::vector<int64_t> bad = off;
+    bad[0] = 1;
+    auto b = a;
+    b.host_offsets = bad.data();
+    CHECK(gc::fused_linear_step(ws, bytes, b, opt) == status::invalid_offsets);
+    bad = off;
+    bad.back() = p.N + 1;
+    b.host_offsets = bad.data();
+    CHECK(gc::fused_linear_step(ws, bytes, b, opt) == status::invalid_offsets);
+    std::vector<int64_t> bp = pr;
+    bp[3] = p.S;
+    b = a;
+    b.host_pairs = bp.data();
+    CHECK(gc::fused_linear_step(ws, bytes, b, opt) == status::pair_index_out_of_range);
+  }
+  SECTION("valid, but not the device's: host_layout_mismatch on the device, in bounds") {
+    // A boundary moved by one row (still a valid layout).
+    std::vector<int64_t> moved = off;
+    for (size_t s = 1; s + 1 < moved.size(); ++s)
+      if (moved[s] > moved[s - 1]) {
+        --moved[s];
+        break;
+      }
+    REQUIRE(moved != off);
+    auto b = a;
+    b.host_offsets = moved.data();
+    CHECK(gc::fused_linear_one_pass(b, opt));
+    CHECK(device_after(b) == status::host_layout_mismatch);
+    // Pairs swapped between two pairs (valid, different).
+    std::vector<int64_t> swapped = pr;
+    std::swap(swapped[1], swapped[3]);
+    b = a;
+    b.host_pairs = swapped.data();
+    CHECK(device_after(b) == status::host_layout_mismatch);
+    // Also reported when the copies are not used (a coupled loss: two passes).
+    geopref::options sft = opt;
+    sft.loss.n_terms = 2;
+    sft.loss.terms[0] = loss_type::dpo;
+    sft.loss.terms[1] = loss_type::sft;
+    sft.loss.term_weights[0] = sft.loss.term_weights[1] = 1.0;
+    CHECK(!gc::fused_linear_one_pass(b, sft));
+    poison(mem);
+    REQUIRE(gc::fused_linear_step(ws, bytes, b, sft) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
+    CHECK(dev == status::host_layout_mismatch);
+  }
+}
