@@ -76,6 +76,7 @@ struct lin_config {
   // as loss_config.
   std::vector<std::pair<loss_type, double>> terms;
   double gamma = 0.0, epsilon = 0.0, bco_delta = 0.0;
+  double alpha = 1.0, tau = 0.05;  // ropo / gropo's α, discopop's τ (loss_config's defaults)
   geopref::reduction reduce = geopref::reduction::mean;
   bool pair_weights = false;  // per-pair weights w_i in [0.5, 1.5)
   bool grad_output = false;   // reduction::none's upstream [P], |g_i| in [0.5, 1.5), both signs
@@ -189,6 +190,8 @@ geopref::options options_of(const lin_config& c) {
   opt.loss.gamma = c.gamma;
   opt.loss.epsilon = c.epsilon;
   opt.loss.bco_delta = c.bco_delta;
+  opt.loss.alpha = c.alpha;
+  opt.loss.tau = c.tau;
   opt.reduce = c.reduce;
   opt.average_logps = c.average_logps;
   if (!c.terms.empty()) {
@@ -496,6 +499,9 @@ struct lin_bounds {
 struct curvature {
   double ww = 0, wl = 0, lw = 0, ll = 0;
   bool sorted = false;  // a sorted term: position k's weight and upstream act on another pair
+  // aot_unpaired: position k pairs the k-th chosen with the k-th rejected,
+  // so a sequence's partner is any sequence of the other side.
+  bool unpaired = false;
   double max() const { return std::max(std::max(ww, wl), std::max(lw, ll)); }
   void add_margin(double lambda, double k) {
     ww += lambda * k, wl += lambda * k, lw += lambda * k, ll += lambda * k;
@@ -566,6 +572,50 @@ curvature curvature_of(const lin_config& c) {
         k.add_margin(lambda, b2 / 4);
         k.sorted = true;
         break;
+      // aot_unpaired: cdpo of sort(ρ_w)_k − sort(ρ_l)_k: β²/4 as aot, with the
+      // ranks of each side fixed (check_preconditions); the partner's error is
+      // the largest on its side (curvature::unpaired).
+      case loss_type::aot_unpaired:
+        k.add_margin(lambda, b2 / 4);
+        k.sorted = true;
+        k.unpaired = true;
+        break;
+      // ropo: f = ασ(−z) + γ softplus(−z), f'' = β² [ασ''(−z) + γσ(z)σ(−z)];
+      // |σ''| ≤ 1/(6√3) < 0.0963 gives β² (0.0963 α + γ/4) (gropo: ·(2p̂−1)² ≤ 1).
+      case loss_type::ropo:
+      case loss_type::gropo: k.add_margin(lambda, b2 * (0.0963 * c.alpha + c.gamma / 4)); break;
+      // discopop, m = σ(z/τ), A = softplus(−z), B = e^{−z}: ∂²f/∂z² =
+      // (1−m)A'' + mB'' + 2m'(B'−A') + m''(B−A), m'' ~ 1/τ². No closed sup:
+      // scanned (step 2e−5 on [−8, 30]; f'' → 0 beyond) it is 13.20 at
+      // τ = 0.05 (z ≈ 0.054); 14 β² is used, for that τ only.
+      case loss_type::discopop:
+        REQUIRE(c.tau == 0.05);
+        k.add_margin(lambda, 14 * b2);
+        break;
+      // apo_zero: ∂/∂ρ_w = −βσ'(z_w), ∂/∂ρ_l = βσ'(z_l): β²|σ''| ≤ 0.0963β² on
+      // the diagonal, no cross terms.
+      case loss_type::apo_zero:
+        k.ww += lambda * 0.0963 * b2;
+        k.ll += lambda * 0.0963 * b2;
+        break;
+      // apo_down: ∂/∂ρ_w = β[σ'(z_w) − σ'(d)], ∂/∂ρ_l = βσ'(d), d = β(ρ_w − ρ_l):
+      // ∂²/∂ρ_w² = β²[σ''(z_w) − σ''(d)] ≤ 2·0.0963β², every other entry ±β²σ''(d).
+      case loss_type::apo_down:
+        k.ww += lambda * 2 * 0.0963 * b2;
+        k.wl += lambda * 0.0963 * b2;
+        k.lw += lambda * 0.0963 * b2;
+        k.ll += lambda * 0.0963 * b2;
+        break;
+      // orpo, g(x) = x − log(1 − eˣ), g' = 1/(1 − eˣ), g'' = eˣ/(1 − eˣ)²:
+      // ∂²f/∂x_w² = β[σ(o)σ(−o) g'(x_w)² − σ(−o) g''(x_w)] (x_l alike, +g''),
+      // cross −βσσ̄ g'(x_w)g'(x_l). Unbounded as x → 0: on x ≤ −1 (checked in
+      // check_preconditions) g' ≤ 1.582, g'' ≤ 0.9207: β·1.547 and β·0.626.
+      case loss_type::orpo:
+        k.ww += lambda * c.beta * 1.547;
+        k.ll += lambda * c.beta * 1.547;
+        k.wl += lambda * c.beta * 0.626;
+        k.lw += lambda * c.beta * 0.626;
+        break;
       // sft: −(Σ w u / norm)/Σ n_a per chosen sequence, no log-prob in it.
       case loss_type::sft: break;
       default: FAIL("no curvature bound for " << geopref::loss_name(t)); break;
@@ -623,11 +673,16 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
   auto first = [&](int64_t i) { return c.explicit_pairs ? p.pairs[2 * i] : i; };
   auto second = [&](int64_t i) { return c.explicit_pairs ? p.pairs[2 * i + 1] : c.pairs + i; };
   std::vector<double> eg(static_cast<size_t>(S), 0.0);
+  double ea_max = 0, eb_max = 0;  // the largest error on each side (aot_unpaired)
+  for (int64_t i = 0; i < c.pairs; ++i) {
+    ea_max = std::max(ea_max, b.seq[first(i)]);
+    eb_max = std::max(eb_max, b.seq[second(i)]);
+  }
   for (int64_t i = 0; i < c.pairs; ++i) {
     const int64_t a = first(i), bb = second(i);
     const double si = K.sorted ? sc_max : sc[i];
-    eg[a] += si * (K.ww * b.seq[a] + K.wl * b.seq[bb]);
-    eg[bb] += si * (K.lw * b.seq[a] + K.ll * b.seq[bb]);
+    eg[a] += si * (K.ww * b.seq[a] + K.wl * (K.unpaired ? eb_max : b.seq[bb]));
+    eg[bb] += si * (K.lw * (K.unpaired ? ea_max : b.seq[a]) + K.ll * b.seq[bb]);
   }
   for (int64_t s = 0; s < S; ++s) b.grad_seq.push_back(eg[s] + 2 * u * std::fabs(ref.base.grad_seq_logps[s]));
   // The loss: to first order Σ_s |∂Loss/∂L_s| err(L_s) (g_s without the
@@ -642,7 +697,7 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     for (int64_t s = 0; s < S; ++s)
       b.loss += 2 * std::fabs(ref.base.grad_seq_logps[s]) / up0 * b.seq[s];
     for (int64_t i = 0; i < c.pairs; ++i) {
-      const double eh = b.seq[first(i)] + b.seq[second(i)];
+      const double eh = K.unpaired ? ea_max + eb_max : b.seq[first(i)] + b.seq[second(i)];
       b.loss += (K.sorted ? sc_max : sc[i]) / up0 * 0.5 * K.max() * eh * eh;
     }
   } else {
@@ -793,6 +848,43 @@ void check_preconditions(const lin_problem& p, const linear_ref_result& ref, con
       return o;
     };
     REQUIRE(order(d) != order(r));
+  }
+  if (has_term(c, loss_type::aot_unpaired)) {
+    // Each side's log-ratios keep their ranks, and the two sides' orders
+    // differ (else it is cdpo pair by pair).
+    REQUIRE(!p.no_ref);
+    std::vector<double> rw(static_cast<size_t>(c.pairs)), rl(rw.size());
+    for (int64_t i = 0; i < c.pairs; ++i) {
+      rw[i] = ref.base.seq_logps[first(i)] - p.ref_d[first(i)];
+      rl[i] = ref.base.seq_logps[second(i)] - p.ref_d[second(i)];
+    }
+    for (int64_t i = 0; i < c.pairs; ++i)
+      for (int64_t j = i + 1; j < c.pairs; ++j) {
+        INFO("pairs " << i << ", " << j << ": ρ_w " << rw[i] << ", " << rw[j] << "; ρ_l " << rl[i]
+                      << ", " << rl[j]);
+        REQUIRE(std::fabs(rw[i] - rw[j]) > 2 * (b.seq[first(i)] + b.seq[first(j)]));
+        REQUIRE(std::fabs(rl[i] - rl[j]) > 2 * (b.seq[second(i)] + b.seq[second(j)]));
+      }
+    auto order = [](const std::vector<double>& v) {
+      std::vector<size_t> o(v.size());
+      for (size_t i = 0; i < o.size(); ++i) o[i] = i;
+      std::stable_sort(o.begin(), o.end(), [&](size_t x, size_t y) { return v[x] < v[y]; });
+      return o;
+    };
+    REQUIRE(order(rw) != order(rl));
+  }
+  if (has_term(c, loss_type::orpo)) {
+    // curvature_of's orpo bound holds on x̄ ≤ −1: every averaged log-prob of
+    // a pair, moved by twice its error, stays there (and is not empty).
+    for (int64_t i = 0; i < c.pairs; ++i)
+      for (int64_t s : {first(i), second(i)}) {
+        int64_t n = 0;
+        for (int64_t t = p.offsets[s]; t < p.offsets[s + 1]; ++t) n += p.labels[t] >= 0;
+        REQUIRE(n > 0);
+        // (orpo's seq_logps are already the averages x̄_s.)
+        INFO("sequence " << s << ": x̄ = " << ref.base.seq_logps[s]);
+        REQUIRE(ref.base.seq_logps[s] + 2 * b.seq[s] <= -1.0);
+      }
   }
 }
 
@@ -975,6 +1067,48 @@ TEST_CASE("fused linear: the loss family", "[fused_linear]") {
     c.grad_output = true;
     c.grad_loss = 0.5;
     c.pair_weights = true;
+    check_lin_case(c);
+  }
+  SECTION("cipo (quadratic, soft targets), bfloat16") {
+    c.loss = loss_type::cipo;
+    c.dtype = gc::dtype::bfloat16;
+    check_lin_case(c);
+  }
+  SECTION("ropo (α = 1.3, γ = 0.4)") {
+    c.loss = loss_type::ropo;
+    c.alpha = 1.3;
+    c.gamma = 0.4;
+    check_lin_case(c);
+  }
+  SECTION("gropo: ropo's geometric form with the soft labels, pairs across chunks") {
+    c.loss = loss_type::gropo;
+    c.alpha = 0.8;
+    c.gamma = 0.6;
+    c.chunk_rows = 3;
+    check_lin_case(c);
+  }
+  SECTION("discopop (τ = 0.05, TRL's default)") {
+    c.loss = loss_type::discopop;
+    check_lin_case(c);
+  }
+  SECTION("apo_zero (two-sided)") {
+    c.loss = loss_type::apo_zero;
+    check_lin_case(c);
+  }
+  SECTION("apo_down (two-sided, cross terms), explicit pairs sharing sequences") {
+    c.loss = loss_type::apo_down;
+    c.explicit_pairs = true;
+    check_lin_case(c);
+  }
+  SECTION("orpo: odds ratio of the averaged log-probs, reference-free, every x̄ ≤ −1") {
+    c.loss = loss_type::orpo;
+    c.seed = 49;  // no empty sequence (x̄ of none would be 0)
+    check_lin_case(c);
+  }
+  SECTION("aot_unpaired: each side sorted on its own, orders that differ") {
+    c.loss = loss_type::aot_unpaired;
+    c.pairs = 6;
+    c.seed = 42;
     check_lin_case(c);
   }
   SECTION("sum reduction, grad_loss 2, two-sided in a combination with dpo") {
