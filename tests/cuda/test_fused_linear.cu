@@ -1069,9 +1069,8 @@ TEST_CASE("fused linear: the loss family", "[fused_linear]") {
     c.pair_weights = true;
     check_lin_case(c);
   }
-  SECTION("cipo (quadratic, soft targets), bfloat16") {
+  SECTION("cipo (quadratic, soft targets)") {
     c.loss = loss_type::cipo;
-    c.dtype = gc::dtype::bfloat16;
     check_lin_case(c);
   }
   SECTION("ropo (α = 1.3, γ = 0.4)") {
@@ -1091,8 +1090,9 @@ TEST_CASE("fused linear: the loss family", "[fused_linear]") {
     c.loss = loss_type::discopop;
     check_lin_case(c);
   }
-  SECTION("apo_zero (two-sided)") {
+  SECTION("apo_zero (two-sided), bfloat16: its small curvature still shows a 1% change of β") {
     c.loss = loss_type::apo_zero;
+    c.dtype = gc::dtype::bfloat16;
     check_lin_case(c);
   }
   SECTION("apo_down (two-sided, cross terms), explicit pairs sharing sequences") {

@@ -320,6 +320,12 @@ TEST_CASE("fused linear one pass: shared sequences, sequences in no pair, option
     p.c.chunk_rows = widest_component(p) + 1;
     check_one_pass_case(p);
   }
+  SECTION("apo_zero (a two-sided term: pair-local, so one pass), shared sequences") {
+    c.loss = loss_type::apo_zero;
+    lin_problem p = with_pairs(c, pairs);
+    p.c.chunk_rows = widest_component(p) + 2;
+    check_one_pass_case(p);
+  }
   SECTION("ipo (a non-dpo margin), V a multiple of 8, the last sequences empty") {
     c.loss = loss_type::ipo;
     c.vocab = 64;
@@ -377,6 +383,8 @@ TEST_CASE("fused linear one pass: when it does not apply, two passes run and are
     geopref::options aot = opt;
     aot.loss.type = loss_type::aot;
     CHECK(!gc::fused_linear_one_pass(a, aot));  // sorted: coupled
+    aot.loss.type = loss_type::aot_unpaired;
+    CHECK(!gc::fused_linear_one_pass(a, aot));  // each side sorted across the batch
     auto b = a;
     b.host_offsets = nullptr;
     CHECK(!gc::fused_linear_one_pass(b, opt));
