@@ -985,10 +985,11 @@ TEST_CASE("fused linear: options and layouts", "[fused_linear]") {
 }
 
 // The rest of the loss family through the fused path. Each case's g_s bound
-// comes from its own loss's curvature (curvature_of); hinge and aot also
-// check that their margins keep clear of the kink and of rank swaps
+// comes from its own loss's curvature (curvature_of); hinge, aot and
+// aot_unpaired also check that their margins keep clear of the kink and of
+// rank swaps, orpo that its averaged log-probs stay where its bound holds
 // (check_preconditions). Every case is one problem of ~20 rows: the whole
-// test case takes well under a second on the emulator. Mostly float32: the
+// test case takes about a second on the emulator. Mostly float32: the
 // pair step is the same code for every dtype, and float's bounds are tight
 // enough to see a 1% change of β; a few cases keep the 16-bit types.
 TEST_CASE("fused linear: the loss family", "[fused_linear]") {
