@@ -244,7 +244,7 @@ def _linear_grads_fake(hidden, weight, bias, grad_mask):
 def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
                            weights, loss, beta, alpha, gamma, epsilon, tau, average_logps,
                            reduction, normalizer, ignore_index, chunk_bytes, grad_mask, check,
-                           host_offsets, host_pairs):
+                           host_offsets=None, host_pairs=None):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss")
     _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss")
     s = offsets.shape[0] - 1
@@ -256,10 +256,15 @@ def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_la
 
 
 @torch.library.register_fake("geopref::linear_pref_loss_grad")
-def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, *args):
+def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, pairs, *config,
+                                host_offsets=None, host_pairs=None):
+    # config: soft_labels ... check (16 values), then the host copies when given.
+    config, host = config[:16], config[16:] + (None, None)
+    host_offsets = host[0] if host_offsets is None else host_offsets
+    host_pairs = host[1] if host_pairs is None else host_pairs
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_grad")
-    _check_host_layout(args[-2], args[-1], offsets, args[0], "linear_pref_loss_grad")
-    return _linear_grads_fake(hidden, weight, bias, args[-4])
+    _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss_grad")
+    return _linear_grads_fake(hidden, weight, bias, config[-2])
 
 
 @torch.library.register_fake("geopref::linear_sequence_logps")

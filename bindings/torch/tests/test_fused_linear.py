@@ -557,10 +557,10 @@ def test_host_copies_checked_on_cpu():
         assert torch.equal(a, e)
     shifted = off.clone()
     shifted[1:-1] += 1  # every boundary one row late
-    with pytest.raises(ValueError, match=r"host layout mismatch .*host_offsets element 1 is"):
+    with pytest.raises(ValueError, match=r"host layout mismatch.*host_offsets element 1 is"):
         call(host_offsets=shifted)
     swapped = pairs.flip(1)
-    with pytest.raises(ValueError, match=r"host layout mismatch .*host_pairs element 0 is 3"):
+    with pytest.raises(ValueError, match=r"host layout mismatch.*host_pairs element 0 is 3"):
         call(host_pairs=swapped)
     # Reduction "none": the backward's linear_pref_loss_grad gets them too.
     none, _ = call("none", host_offsets=off, upstream=torch.linspace(-1, 1, 3))
