@@ -275,11 +275,14 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
 bool linear_one_pass_cpu(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>&,
-    const optional<Tensor>&, const optional<Tensor>&, c10::string_view, double, double, double,
-    double, double, bool, c10::string_view, double, int64_t, int64_t chunk_bytes,
-    std::array<bool, 3>, bool, const optional<Tensor>& host_offsets,
+    const optional<Tensor>&, const optional<Tensor>&, c10::string_view loss, double beta,
+    double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3>, bool check, const optional<Tensor>& host_offsets,
     const optional<Tensor>& host_pairs) {
   const char* op = "linear_one_pass";
+  to_options(loss_args{std::string(loss), std::string(reduction), beta, alpha, gamma, epsilon,
+                       tau, normalizer, average_logps, ignore_index, check});
   check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
   return false;

@@ -216,7 +216,8 @@ def _check_linear(hidden, weight, bias, labels, offsets, op):
 def _check_host_layout(host_offsets, host_pairs, offsets, pairs, op):
     """The host copies' shapes, dtype and device, as csrc/linear.h checks them
     (their values only the real kernels can compare)."""
-    for h, like, name in ((host_offsets, offsets, "host_offsets"), (host_pairs, pairs, "host_pairs")):
+    for h, like, name in ((host_offsets, offsets, "host_offsets"),
+                          (host_pairs, pairs, "host_pairs")):
         if h is None:
             continue
         if like is None:
