@@ -17,6 +17,7 @@
 #include "geopref/config.hpp"
 #include "geopref/cuda/geopref.cuh"
 #include "geopref/cuda/vocab_parallel.cuh"
+#include "c_api_common.cuh"
 
 namespace {
 
@@ -86,8 +87,6 @@ GEOPREF_SAME_OFFSET(calibration_error);
 }  // namespace
 
 namespace geopref::c_abi {
-// Out-of-range enum values from C are not cast blindly: each maps to the
-// status the C++ API gives for an unknown value. Shared with c_api_linear.cu.
 status to_options(const geopref_options& c, geopref::options* o) {
   if (c.loss < 0 || c.loss >= geopref::LOSS_TYPE_COUNT) return status::invalid_loss;
   if (c.reduction < GEOPREF_REDUCTION_MEAN || c.reduction > GEOPREF_REDUCTION_NORMALIZER)
@@ -122,58 +121,35 @@ status to_options(const geopref_options& c, geopref::options* o) {
 }  // namespace geopref::c_abi
 
 namespace {
-using geopref::c_abi::to_options;
+using namespace geopref::c_abi;
 
 status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
-  if (c.logits_dtype < GEOPREF_FLOAT32 || c.logits_dtype > GEOPREF_BFLOAT16 ||
-      c.label_type < GEOPREF_INT32 || c.label_type > GEOPREF_INT64 ||
-      c.offset_type < GEOPREF_INT32 || c.offset_type > GEOPREF_INT64)
+  if (!valid_dtype(c.logits_dtype) || !valid_index_type(c.label_type) ||
+      !valid_index_type(c.offset_type))
     return status::unsupported_dtype;
   t->logits = c.logits;
   t->logits_dtype = static_cast<gc::dtype>(c.logits_dtype);
   t->n_rows = c.n_rows;
   t->vocab = c.vocab;
   t->ld = c.ld;
-  t->labels = c.labels;
-  t->label_type = static_cast<gc::index_type>(c.label_type);
-  t->offsets = c.offsets;
-  t->offset_type = static_cast<gc::index_type>(c.offset_type);
-  t->n_seqs = c.n_seqs;
-  t->token_weights = c.token_weights;
+  copy_sequences(c, t);
   return status::success;
 }
 
 status to_train(const geopref_train_args& c, gc::train_args* a) {
   const status s = to_tokens(c.tokens, &a->tokens);
   if (s != status::success) return s;
-  a->n_pairs = c.n_pairs;
-  a->pairs = c.pairs;
-  a->soft_labels = c.soft_labels;
-  a->ref_logps = c.ref_logps;
-  a->weights = c.weights;
-  a->grad_loss = c.grad_loss;
-  a->grad_output = c.grad_output;
-  a->loss = c.loss;
-  a->stats = reinterpret_cast<geopref::metrics*>(c.stats);
-  a->seq_logps = c.seq_logps;
-  a->seq_counts = c.seq_counts;
-  a->token_logps = c.token_logps;
-  a->lse = c.lse;
-  a->grad_seq_logps = c.grad_seq_logps;
+  copy_pair_fields(c, a);
   a->grad_logits = c.grad_logits;
   a->grad_ld = c.grad_ld;
   a->grad_float32 = c.grad_float32 != 0;
-  a->stat_sums = reinterpret_cast<geopref::metric_sums*>(c.stat_sums);
   return status::success;
 }
 
 status to_logps(const geopref_logps_args& c, gc::logps_args* a) {
   const status s = to_tokens(c.tokens, &a->tokens);
   if (s != status::success) return s;
-  a->seq_logps = c.seq_logps;
-  a->seq_counts = c.seq_counts;
-  a->token_logps = c.token_logps;
-  a->lse = c.lse;
+  copy_seq_outputs(c, a);
   return status::success;
 }
 
@@ -195,32 +171,18 @@ static_assert(offsetof(geopref_metric_sums, pairs) == offsetof(geopref::metric_s
 static_assert(sizeof(geopref_vocab_record) == sizeof(gc::vocab_record));
 static_assert(offsetof(geopref_vocab_record, tag) == offsetof(gc::vocab_record, tag));
 
-gc::vocab_slice to_slice(const geopref_vocab_slice& c) {
-  gc::vocab_slice s;
-  s.begin = c.begin;
-  s.total = c.total;
-  s.rank = c.rank;
-  s.n_ranks = c.n_ranks;
-  return s;
-}
-
 status to_vocab_stats(const geopref_vocab_stats_args& c, gc::vocab_stats_args* a) {
-  const status s = to_tokens(c.tokens, &a->tokens);
-  a->slice = to_slice(c.slice);
-  a->records = reinterpret_cast<gc::vocab_record*>(c.records);
-  return s;
+  copy_vocab_fields(c, a);
+  return to_tokens(c.tokens, &a->tokens);
 }
 
 status to_vocab_train(const geopref_vocab_train_args& c, gc::vocab_train_args* a) {
-  const status s = to_train(c.train, &a->train);
-  a->slice = to_slice(c.slice);
-  a->records = reinterpret_cast<const gc::vocab_record*>(c.records);
-  return s;
+  copy_vocab_fields(c, a);
+  return to_train(c.train, &a->train);
 }
 
 status to_rows(const geopref_token_rows& c, gc::token_rows* r) {
-  if (c.logits_dtype < GEOPREF_FLOAT32 || c.logits_dtype > GEOPREF_BFLOAT16 ||
-      c.label_type < GEOPREF_INT32 || c.label_type > GEOPREF_INT64)
+  if (!valid_dtype(c.logits_dtype) || !valid_index_type(c.label_type))
     return status::unsupported_dtype;
   r->logits = c.logits;
   r->logits_dtype = static_cast<gc::dtype>(c.logits_dtype);
@@ -233,47 +195,20 @@ status to_rows(const geopref_token_rows& c, gc::token_rows* r) {
   return status::success;
 }
 
-geopref_status token_logps(void* workspace, size_t* bytes, const geopref_token_logps_args* c,
-                           cudaStream_t stream) {
-  if (bytes == nullptr || c == nullptr) return static_cast<int>(status::null_pointer);
-  gc::token_logps_args a;
-  status s = to_rows(c->rows, &a.rows);
-  a.token_logps = c->token_logps;
-  a.lse = c->lse;
-  a.entropy = c->entropy;
-  if (s == status::success) s = gc::token_logps(workspace, *bytes, a, stream);
-  return static_cast<int>(s);
+status to_token_logps(const geopref_token_logps_args& c, gc::token_logps_args* a) {
+  a->token_logps = c.token_logps;
+  a->lse = c.lse;
+  a->entropy = c.entropy;
+  return to_rows(c.rows, &a->rows);
 }
 
-geopref_status token_logps_grad(void* workspace, size_t* bytes, const geopref_token_grad_args* c,
-                                cudaStream_t stream) {
-  if (bytes == nullptr || c == nullptr) return static_cast<int>(status::null_pointer);
-  gc::token_grad_args a;
-  status s = to_rows(c->rows, &a.rows);
-  a.lse = c->lse;
-  a.grad_token_logps = c->grad_token_logps;
-  a.grad_logits = c->grad_logits;
-  a.grad_ld = c->grad_ld;
-  a.grad_float32 = c->grad_float32 != 0;
-  if (s == status::success) s = gc::token_logps_grad(workspace, *bytes, a, stream);
-  return static_cast<int>(s);
-}
-
-/// The shape of every C entry: null checks, the C structs to C++ ones, the
-/// C++ entry, its status as an int.
-template <class CArgs, class Args>
-geopref_status call(status (*to_cpp)(const CArgs&, Args*),
-                    status (*entry)(void*, size_t&, const Args&, const geopref::options&, cudaStream_t),
-                    void* workspace, size_t* bytes, const CArgs* args, const geopref_options* opt,
-                    cudaStream_t stream) {
-  if (bytes == nullptr || args == nullptr || opt == nullptr)
-    return static_cast<int>(status::null_pointer);
-  geopref::options o;
-  Args a;
-  status s = to_options(*opt, &o);
-  if (s == status::success) s = to_cpp(*args, &a);
-  if (s == status::success) s = entry(workspace, *bytes, a, o, stream);
-  return static_cast<int>(s);
+status to_token_grad(const geopref_token_grad_args& c, gc::token_grad_args* a) {
+  a->lse = c.lse;
+  a->grad_token_logps = c.grad_token_logps;
+  a->grad_logits = c.grad_logits;
+  a->grad_ld = c.grad_ld;
+  a->grad_float32 = c.grad_float32 != 0;
+  return to_rows(c.rows, &a->rows);
 }
 
 geopref_status train_step(void* workspace, size_t* bytes, const geopref_train_args* args,
@@ -302,6 +237,19 @@ geopref_status vocab_train(void* workspace, size_t* bytes, const geopref_vocab_t
                              cudaStream_t);
   const entry_t entry = gc::vocab_parallel_train_step;
   return call(to_vocab_train, entry, workspace, bytes, args, opt, stream);
+}
+
+// The defaults the *_args_init functions set in a zeroed struct.
+void init_tokens(geopref_tokens* t) {
+  t->logits_dtype = GEOPREF_FLOAT32;
+  t->label_type = GEOPREF_INT64;
+  t->offset_type = GEOPREF_INT64;
+}
+
+void init_rows(geopref_token_rows* r) {
+  r->logits_dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = geopref::options{}.ignore_index;
 }
 
 }  // namespace
@@ -334,53 +282,43 @@ void geopref_options_init(geopref_options* opt) {
 void geopref_train_args_init(geopref_train_args* args) {
   if (args == nullptr) return;
   *args = geopref_train_args{};
-  args->tokens.logits_dtype = GEOPREF_FLOAT32;
-  args->tokens.label_type = GEOPREF_INT64;
-  args->tokens.offset_type = GEOPREF_INT64;
+  init_tokens(&args->tokens);
   args->grad_loss = 1.0;
 }
 
 void geopref_logps_args_init(geopref_logps_args* args) {
   if (args == nullptr) return;
   *args = geopref_logps_args{};
-  args->tokens.logits_dtype = GEOPREF_FLOAT32;
-  args->tokens.label_type = GEOPREF_INT64;
-  args->tokens.offset_type = GEOPREF_INT64;
+  init_tokens(&args->tokens);
 }
 
 void geopref_grad_args_init(geopref_grad_args* args) {
   if (args == nullptr) return;
   *args = geopref_grad_args{};
-  args->tokens.logits_dtype = GEOPREF_FLOAT32;
-  args->tokens.label_type = GEOPREF_INT64;
-  args->tokens.offset_type = GEOPREF_INT64;
+  init_tokens(&args->tokens);
 }
 
 void geopref_token_logps_args_init(geopref_token_logps_args* args) {
   if (args == nullptr) return;
   *args = geopref_token_logps_args{};
-  args->rows.logits_dtype = GEOPREF_FLOAT32;
-  args->rows.label_type = GEOPREF_INT64;
-  args->rows.ignore_index = geopref::options{}.ignore_index;
+  init_rows(&args->rows);
 }
 
 void geopref_token_grad_args_init(geopref_token_grad_args* args) {
   if (args == nullptr) return;
   *args = geopref_token_grad_args{};
-  args->rows.logits_dtype = GEOPREF_FLOAT32;
-  args->rows.label_type = GEOPREF_INT64;
-  args->rows.ignore_index = geopref::options{}.ignore_index;
+  init_rows(&args->rows);
 }
 
 geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
                                    const geopref_token_logps_args* args, geopref_stream_t stream) {
-  return token_logps(workspace, workspace_bytes, args, stream);
+  return call(to_token_logps, gc::token_logps, workspace, workspace_bytes, args, stream);
 }
 
 geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
                                         const geopref_token_grad_args* args,
                                         geopref_stream_t stream) {
-  return token_logps_grad(workspace, workspace_bytes, args, stream);
+  return call(to_token_grad, gc::token_logps_grad, workspace, workspace_bytes, args, stream);
 }
 
 geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,

@@ -410,16 +410,104 @@ tools::check_problem load_problem(const cli& c) {
   return p;
 }
 
+/// f(labels) with the labels in their own type.
+template <class F>
+status with_labels(const tools::check_problem& p, F f) {
+  if (p.labels.dtype == npy_dtype::int32) return f(p.labels.i32.data());
+  return f(p.labels.i64.data());
+}
+
+/// f(logits, labels) with both in their own types.
+template <class F>
+status with_logits(const tools::check_problem& p, F f) {
+  auto with = [&](const auto* logits) {
+    return with_labels(p, [&](const auto* labels) { return f(logits, labels); });
+  };
+  switch (p.logits.dtype) {
+    case npy_dtype::float16: {
+      // The reference reads binary16 through Eigen::half, bit for bit.
+      std::vector<Eigen::half> h;
+      h.reserve(p.logits.f16.size());
+      for (uint16_t b : p.logits.f16) h.push_back(Eigen::numext::bit_cast<Eigen::half>(b));
+      return with(h.data());
+    }
+    case npy_dtype::float32: return with(p.logits.f32.data());
+    default: return with(p.logits.f64.data());
+  }
+}
+
+/// The optional per-pair and per-token arrays of reference::inputs /
+/// reference::linear_inputs (null where the file was not given).
+template <class In>
+void set_optional_arrays(const tools::check_problem& p, In* in) {
+  in->pairs = p.pairs.empty() ? nullptr : p.pairs.data();
+  in->soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
+  in->ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();
+  in->weights = p.weights.empty() ? nullptr : p.weights.data();
+  in->token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
+}
+
+/// --vocab-shards K: the K + 1 bounds of the even shards of the vocabulary.
+std::vector<int64_t> shard_bounds(const tools::check_problem& p) {
+  std::vector<int64_t> bounds;
+  for (int k = 0; k < p.vocab_shards; ++k) bounds.push_back(tools::shard_begin(p.vocab, k, p.vocab_shards));
+  bounds.push_back(p.vocab);
+  return bounds;
+}
+
+/// --hidden, --weight, --bias as double: float16/32 widen exactly, so the
+/// reference sees the file's values.
+struct linear_host {
+  std::vector<double> H, W, B;
+  explicit linear_host(const tools::check_problem& p) {
+    tools::npy_to_double(p.hidden, &H);
+    tools::npy_to_double(p.weight, &W);
+    if (p.bias.ndim() == 1) tools::npy_to_double(p.bias, &B);
+  }
+  /// The projection fields of reference::linear_inputs / linear_token_rows.
+  template <class In>
+  void set(const tools::check_problem& p, In* in) const {
+    in->hidden = H.data();
+    in->weight = W.data();
+    in->bias = B.empty() ? nullptr : B.data();
+    in->n_rows = p.n_rows;
+    in->hidden_size = p.hidden_size;
+    in->vocab = p.vocab;
+  }
+  /// r's projection gradients, zeroed and sized, as out's grad_hidden,
+  /// grad_weight, grad_bias.
+  template <class Out>
+  void point_grads(const tools::check_problem& p, tools::check_result* r, Out* out) const {
+    r->grad_hidden.assign(static_cast<std::size_t>(p.n_rows * p.hidden_size), 0.0);
+    r->grad_weight.assign(static_cast<std::size_t>(p.vocab * p.hidden_size), 0.0);
+    r->grad_bias.assign(B.empty() ? 0 : static_cast<std::size_t>(p.vocab), 0.0);
+    out->grad_hidden = r->grad_hidden.data();
+    out->grad_weight = r->grad_weight.data();
+    out->grad_bias = B.empty() ? nullptr : r->grad_bias.data();
+  }
+};
+
+/// r's token_logps and entropy (zeroed, [N]) and *lse as a per-token
+/// forward's outputs.
+reference::token_outputs token_outputs_into(const tools::check_problem& p, tools::check_result* r,
+                                            std::vector<double>* lse) {
+  const auto n = static_cast<std::size_t>(p.n_rows);
+  lse->assign(n, 0.0);
+  r->token_logps.assign(n, 0.0);
+  r->entropy.assign(n, 0.0);
+  reference::token_outputs out;
+  out.token_logps = r->token_logps.data();
+  out.lse = lse->data();
+  out.entropy = r->entropy.data();
+  return out;
+}
+
 template <class Logit, class Label>
 status run_reference_typed(const tools::check_problem& p, const Logit* logits, const Label* labels,
                            tools::check_result* r) {
   auto in = reference::make_inputs(logits, p.n_rows, p.vocab, labels,
                                    p.offsets.data(), p.n_seqs, p.n_pairs);
-  in.pairs = p.pairs.empty() ? nullptr : p.pairs.data();
-  in.soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
-  in.ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();
-  in.weights = p.weights.empty() ? nullptr : p.weights.data();
-  in.token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
+  set_optional_arrays(p, &in);
 
   r->pair_losses.assign(static_cast<std::size_t>(p.n_pairs), 0.0);
   r->seq_logps.assign(static_cast<std::size_t>(p.n_seqs), 0.0);
@@ -431,9 +519,7 @@ status run_reference_typed(const tools::check_problem& p, const Logit* logits, c
   out.grad_ld = p.vocab;
   status st;
   if (p.vocab_shards > 0) {
-    std::vector<int64_t> bounds;
-    for (int k = 0; k < p.vocab_shards; ++k) bounds.push_back(tools::shard_begin(p.vocab, k, p.vocab_shards));
-    bounds.push_back(p.vocab);
+    const std::vector<int64_t> bounds = shard_bounds(p);
     st = reference::compute_vocab_parallel(in, p.opt, bounds.data(), p.vocab_shards, nullptr, out);
   } else {
     st = reference::compute(in, p.opt, out);
@@ -443,68 +529,32 @@ status run_reference_typed(const tools::check_problem& p, const Logit* logits, c
   return st;
 }
 
-template <class Logit>
-status run_reference_labels(const tools::check_problem& p, const Logit* logits,
-                            tools::check_result* r) {
-  if (p.labels.dtype == npy_dtype::int32)
-    return run_reference_typed(p, logits, p.labels.i32.data(), r);
-  return run_reference_typed(p, logits, p.labels.i64.data(), r);
-}
-
 status run_reference(const tools::check_problem& p, tools::check_result* r) {
-  switch (p.logits.dtype) {
-    case npy_dtype::float16: {
-      // The reference reads binary16 through Eigen::half, bit for bit.
-      std::vector<Eigen::half> h;
-      h.reserve(p.logits.f16.size());
-      for (uint16_t b : p.logits.f16) h.push_back(Eigen::numext::bit_cast<Eigen::half>(b));
-      return run_reference_labels(p, h.data(), r);
-    }
-    case npy_dtype::float32: return run_reference_labels(p, p.logits.f32.data(), r);
-    default: return run_reference_labels(p, p.logits.f64.data(), r);
-  }
+  return with_logits(p, [&](const auto* logits, const auto* labels) {
+    return run_reference_typed(p, logits, labels, r);
+  });
 }
 
 template <class Label>
 status run_reference_linear_typed(const tools::check_problem& p, const Label* labels,
                                   tools::check_result* r) {
-  // float16/32 widen to double exactly: the reference sees the file's values.
-  std::vector<double> H, W, B;
-  tools::npy_to_double(p.hidden, &H);
-  tools::npy_to_double(p.weight, &W);
-  if (p.bias.ndim() == 1) tools::npy_to_double(p.bias, &B);
+  const linear_host h(p);
   reference::linear_inputs<double, Label, int64_t> in;
-  in.hidden = H.data();
-  in.weight = W.data();
-  in.bias = B.empty() ? nullptr : B.data();
-  in.n_rows = p.n_rows;
-  in.hidden_size = p.hidden_size;
-  in.vocab = p.vocab;
+  h.set(p, &in);
   in.labels = labels;
   in.offsets = p.offsets.data();
   in.n_seqs = p.n_seqs;
   in.n_pairs = p.n_pairs;
-  in.pairs = p.pairs.empty() ? nullptr : p.pairs.data();
-  in.soft_labels = p.soft_labels.empty() ? nullptr : p.soft_labels.data();
-  in.ref_logps = p.ref_logps.empty() ? nullptr : p.ref_logps.data();
-  in.weights = p.weights.empty() ? nullptr : p.weights.data();
-  in.token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
+  set_optional_arrays(p, &in);
   r->pair_losses.assign(static_cast<std::size_t>(p.n_pairs), 0.0);
   r->seq_logps.assign(static_cast<std::size_t>(p.n_seqs), 0.0);
-  r->grad_hidden.assign(static_cast<std::size_t>(p.n_rows * p.hidden_size), 0.0);
-  r->grad_weight.assign(static_cast<std::size_t>(p.vocab * p.hidden_size), 0.0);
-  r->grad_bias.assign(B.empty() ? 0 : static_cast<std::size_t>(p.vocab), 0.0);
   reference::linear_outputs out;
   out.base.pair_losses = r->pair_losses.data();
   out.base.seq_logps = r->seq_logps.data();
-  out.grad_hidden = r->grad_hidden.data();
-  out.grad_weight = r->grad_weight.data();
-  out.grad_bias = B.empty() ? nullptr : r->grad_bias.data();
+  h.point_grads(p, r, &out);
   status st;
   if (p.vocab_shards > 0) {  // K simulated ranks, rows of W split as the columns of --logits
-    std::vector<int64_t> bounds;
-    for (int k = 0; k < p.vocab_shards; ++k) bounds.push_back(tools::shard_begin(p.vocab, k, p.vocab_shards));
-    bounds.push_back(p.vocab);
+    const std::vector<int64_t> bounds = shard_bounds(p);
     st = reference::fused_linear_vocab_parallel(in, p.opt, bounds.data(), p.vocab_shards, nullptr, out);
   } else {
     st = reference::fused_linear(in, p.opt, out);
@@ -515,9 +565,7 @@ status run_reference_linear_typed(const tools::check_problem& p, const Label* la
 }
 
 status run_reference_linear(const tools::check_problem& p, tools::check_result* r) {
-  if (p.labels.dtype == npy_dtype::int32)
-    return run_reference_linear_typed(p, p.labels.i32.data(), r);
-  return run_reference_linear_typed(p, p.labels.i64.data(), r);
+  return with_labels(p, [&](const auto* labels) { return run_reference_linear_typed(p, labels, r); });
 }
 
 template <class Logit, class Label>
@@ -530,78 +578,37 @@ status run_tokens_typed(const tools::check_problem& p, const Logit* logits, cons
   in.ld = p.vocab;
   in.labels = labels;
   in.ignore_index = p.opt.ignore_index;
-  const auto n = static_cast<std::size_t>(p.n_rows);
-  std::vector<double> lse(n, 0.0);
-  r->token_logps.assign(n, 0.0);
-  r->entropy.assign(n, 0.0);
-  reference::token_outputs out;
-  out.token_logps = r->token_logps.data();
-  out.lse = lse.data();
-  out.entropy = r->entropy.data();
+  std::vector<double> lse;
+  reference::token_outputs out = token_outputs_into(p, r, &lse);
   const status st = reference::token_logps(in, out);
   if (st != status::success || p.token_grad.empty()) return st;
-  r->grad64.assign(n * static_cast<std::size_t>(p.vocab), 0.0);
+  r->grad64.assign(static_cast<std::size_t>(p.n_rows * p.vocab), 0.0);
   return reference::token_logps_grad(in, lse.data(), p.token_grad.data(), r->grad64.data());
-}
-
-template <class Logit>
-status run_tokens_labels(const tools::check_problem& p, const Logit* logits,
-                         tools::check_result* r) {
-  if (p.labels.dtype == npy_dtype::int32) return run_tokens_typed(p, logits, p.labels.i32.data(), r);
-  return run_tokens_typed(p, logits, p.labels.i64.data(), r);
 }
 
 template <class Label>
 status run_tokens_linear_typed(const tools::check_problem& p, const Label* labels,
                                tools::check_result* r) {
-  std::vector<double> H, W, B;  // float16/32 widen exactly
-  tools::npy_to_double(p.hidden, &H);
-  tools::npy_to_double(p.weight, &W);
-  if (p.bias.ndim() == 1) tools::npy_to_double(p.bias, &B);
+  const linear_host h(p);
   reference::linear_token_rows<double, Label> in;
-  in.hidden = H.data();
-  in.weight = W.data();
-  in.bias = B.empty() ? nullptr : B.data();
-  in.n_rows = p.n_rows;
-  in.hidden_size = p.hidden_size;
-  in.vocab = p.vocab;
+  h.set(p, &in);
   in.labels = labels;
   in.ignore_index = p.opt.ignore_index;
-  const auto n = static_cast<std::size_t>(p.n_rows);
-  std::vector<double> lse(n, 0.0);
-  r->token_logps.assign(n, 0.0);
-  r->entropy.assign(n, 0.0);
-  reference::token_outputs out;
-  out.token_logps = r->token_logps.data();
-  out.lse = lse.data();
-  out.entropy = r->entropy.data();
+  std::vector<double> lse;
+  reference::token_outputs out = token_outputs_into(p, r, &lse);
   const status st = reference::linear_token_logps(in, out);
   if (st != status::success || p.token_grad.empty()) return st;
-  r->grad_hidden.assign(n * static_cast<std::size_t>(p.hidden_size), 0.0);
-  r->grad_weight.assign(static_cast<std::size_t>(p.vocab * p.hidden_size), 0.0);
-  r->grad_bias.assign(B.empty() ? 0 : static_cast<std::size_t>(p.vocab), 0.0);
   reference::linear_token_grads g;
-  g.grad_hidden = r->grad_hidden.data();
-  g.grad_weight = r->grad_weight.data();
-  g.grad_bias = B.empty() ? nullptr : r->grad_bias.data();
+  h.point_grads(p, r, &g);
   return reference::linear_token_logps_grad(in, lse.data(), p.token_grad.data(), g);
 }
 
 status run_tokens(const tools::check_problem& p, tools::check_result* r) {
   if (p.linear)
-    return p.labels.dtype == npy_dtype::int32
-               ? run_tokens_linear_typed(p, p.labels.i32.data(), r)
-               : run_tokens_linear_typed(p, p.labels.i64.data(), r);
-  switch (p.logits.dtype) {
-    case npy_dtype::float16: {
-      std::vector<Eigen::half> h;
-      h.reserve(p.logits.f16.size());
-      for (uint16_t b : p.logits.f16) h.push_back(Eigen::numext::bit_cast<Eigen::half>(b));
-      return run_tokens_labels(p, h.data(), r);
-    }
-    case npy_dtype::float32: return run_tokens_labels(p, p.logits.f32.data(), r);
-    default: return run_tokens_labels(p, p.logits.f64.data(), r);
-  }
+    return with_labels(p, [&](const auto* labels) { return run_tokens_linear_typed(p, labels, r); });
+  return with_logits(p, [&](const auto* logits, const auto* labels) {
+    return run_tokens_typed(p, logits, labels, r);
+  });
 }
 
 void write(const std::filesystem::path& path, npy_dtype t, const std::vector<int64_t>& shape,

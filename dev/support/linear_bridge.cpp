@@ -1,58 +1,63 @@
 // dev/support/linear_bridge.cpp — see linear_bridge.hpp.
 #include "linear_bridge.hpp"
 
+#include "bridge_fields.hpp"
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
 #include "user_loss.hpp"
 
 namespace geopref::support {
+namespace {
+
+/// The projection fields of reference::linear_inputs / linear_token_rows.
+template <class In>
+void set_projection(const linear_ref_problem& p, In* in) {
+  in->hidden = p.hidden;
+  in->weight = p.weight;
+  in->bias = p.bias;
+  in->n_rows = p.n_rows;
+  in->hidden_size = p.hidden_size;
+  in->vocab = p.vocab;
+}
+
+/// The gradients of H, W and b, zeroed and sized, as `out` (linear_outputs
+/// or linear_token_grads) writes them; grad_bias only with a bias.
+template <class Result, class Out>
+void point_grads(const linear_ref_problem& p, Result* r, Out* out) {
+  r->grad_hidden.assign(static_cast<size_t>(p.n_rows * p.hidden_size), 0.0);
+  r->grad_weight.assign(static_cast<size_t>(p.vocab * p.hidden_size), 0.0);
+  r->grad_bias.assign(p.bias != nullptr ? static_cast<size_t>(p.vocab) : 0, 0.0);
+  out->grad_hidden = r->grad_hidden.data();
+  out->grad_weight = r->grad_weight.data();
+  out->grad_bias = p.bias != nullptr ? r->grad_bias.data() : nullptr;
+}
+
+/// Z = H·Wᵀ + b [N, V] in double, for the tests' error bounds.
+std::vector<double> logits_of(const linear_ref_problem& p) {
+  const int64_t N = p.n_rows, Hd = p.hidden_size, V = p.vocab;
+  std::vector<double> z(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t v = 0; v < V; ++v) {
+      double s = p.bias != nullptr ? p.bias[v] : 0.0;
+      for (int64_t k = 0; k < Hd; ++k) s += p.hidden[t * Hd + k] * p.weight[v * Hd + k];
+      z[static_cast<size_t>(t * V + v)] = s;
+    }
+  return z;
+}
+
+}  // namespace
 
 geopref::status run_linear_reference(const linear_ref_problem& p, const geopref::options& opt,
                                      linear_ref_result& r) {
-  const int64_t N = p.n_rows, Hd = p.hidden_size, V = p.vocab;
+  const int64_t N = p.n_rows, V = p.vocab;
   geopref::reference::linear_inputs<double, int64_t, int64_t> in;
-  in.hidden = p.hidden;
-  in.weight = p.weight;
-  in.bias = p.bias;
-  in.n_rows = N;
-  in.hidden_size = Hd;
-  in.vocab = V;
-  in.labels = p.labels;
-  in.offsets = p.offsets;
-  in.n_seqs = p.n_seqs;
-  in.n_pairs = p.n_pairs;
-  in.pairs = p.pairs;
-  in.soft_labels = p.soft_labels;
-  in.ref_logps = p.ref_logps;
-  in.weights = p.weights;
-  in.token_weights = p.token_weights;
-  in.grad_loss = p.grad_loss;
-  in.grad_pair_losses = p.grad_pair_losses;
+  set_projection(p, &in);
+  set_sequences_and_pairs(p, &in);
 
-  const auto n = static_cast<size_t>(N), s = static_cast<size_t>(p.n_seqs),
-             np = static_cast<size_t>(p.n_pairs);
   ref_result& b = r.base;
-  b.token_logps.assign(n, 0.0);
-  b.lse.assign(n, 0.0);
-  b.seq_logps.assign(s, 0.0);
-  b.seq_counts.assign(s, 0);
-  b.pair_losses.assign(np, 0.0);
-  b.margins.assign(np, 0.0);
-  b.grad_seq_logps.assign(s, 0.0);
-  r.grad_hidden.assign(n * static_cast<size_t>(Hd), 0.0);
-  r.grad_weight.assign(static_cast<size_t>(V * Hd), 0.0);
-  r.grad_bias.assign(p.bias != nullptr ? static_cast<size_t>(V) : 0, 0.0);
   geopref::reference::linear_outputs out;
-  out.base.token_logps = b.token_logps.data();
-  out.base.lse = b.lse.data();
-  out.base.seq_logps = b.seq_logps.data();
-  out.base.seq_counts = b.seq_counts.data();
-  out.base.pair_losses = b.pair_losses.data();
-  out.base.margins = b.margins.data();
-  out.base.grad_seq_logps = b.grad_seq_logps.data();
-  out.grad_hidden = r.grad_hidden.data();
-  out.grad_weight = r.grad_weight.data();
-  out.grad_bias = p.bias != nullptr ? r.grad_bias.data() : nullptr;
+  point_outputs(N, p.n_seqs, p.n_pairs, &b, &out.base);
+  point_grads(p, &r, &out);
   geopref::status st =
       p.user_loss_beta > 0
           ? geopref::reference::fused_linear_with_loss(in, opt, log_cosh_loss{p.user_loss_beta},
@@ -63,23 +68,11 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   b.stats = out.base.stats;
 
   // Z and G = ∂Loss/∂Z for the tests' error bounds.
-  r.logits.assign(n * static_cast<size_t>(V), 0.0);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t v = 0; v < V; ++v) {
-      double z = p.bias != nullptr ? p.bias[v] : 0.0;
-      for (int64_t k = 0; k < Hd; ++k) z += p.hidden[t * Hd + k] * p.weight[v * Hd + k];
-      r.logits[static_cast<size_t>(t * V + v)] = z;
-    }
+  r.logits = logits_of(p);
   auto x = geopref::reference::make_inputs<double, int64_t, int64_t>(
       r.logits.data(), N, V, p.labels, p.offsets, p.n_seqs, p.n_pairs);
-  x.pairs = p.pairs;
-  x.soft_labels = p.soft_labels;
-  x.ref_logps = p.ref_logps;
-  x.weights = p.weights;
-  x.token_weights = p.token_weights;
-  x.grad_loss = p.grad_loss;
-  x.grad_pair_losses = p.grad_pair_losses;
-  b.grad_logits.assign(n * static_cast<size_t>(V), 0.0);
+  set_sequences_and_pairs(p, &x);
+  b.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
   geopref::reference::outputs o;
   if (N > 0) o.grad_logits = b.grad_logits.data();
   return p.user_loss_beta > 0
@@ -89,44 +82,22 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
 
 geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,
                                            const double* g, linear_token_ref_result& r) {
-  const int64_t N = p.n_rows, Hd = p.hidden_size, V = p.vocab;
-  const auto n = static_cast<size_t>(N);
+  const int64_t N = p.n_rows, V = p.vocab;
   geopref::reference::linear_token_rows<double, int64_t> in;
-  in.hidden = p.hidden;
-  in.weight = p.weight;
-  in.bias = p.bias;
-  in.n_rows = N;
-  in.hidden_size = Hd;
-  in.vocab = V;
+  set_projection(p, &in);
   in.labels = p.labels;
   in.ignore_index = ignore_index;
-  r.token_logps.assign(n, 0.0);
-  r.lse.assign(n, 0.0);
-  r.entropy.assign(n, 0.0);
   geopref::reference::token_outputs o;
-  o.token_logps = r.token_logps.data();
-  o.lse = r.lse.data();
-  o.entropy = r.entropy.data();
+  point_token_outputs(N, &r, &o);
   geopref::status st = geopref::reference::linear_token_logps(in, o);
   if (st != geopref::status::success) return st;
-  r.grad_hidden.assign(n * static_cast<size_t>(Hd), 0.0);
-  r.grad_weight.assign(static_cast<size_t>(V * Hd), 0.0);
-  r.grad_bias.assign(p.bias != nullptr ? static_cast<size_t>(V) : 0, 0.0);
   geopref::reference::linear_token_grads gr;
-  gr.grad_hidden = r.grad_hidden.data();
-  gr.grad_weight = r.grad_weight.data();
-  gr.grad_bias = p.bias != nullptr ? r.grad_bias.data() : nullptr;
+  point_grads(p, &r, &gr);
   st = geopref::reference::linear_token_logps_grad(in, r.lse.data(), g, gr);
   if (st != geopref::status::success) return st;
   // Z and G for the tests' error bounds.
-  r.logits.assign(n * static_cast<size_t>(V), 0.0);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t v = 0; v < V; ++v) {
-      double z = p.bias != nullptr ? p.bias[v] : 0.0;
-      for (int64_t k = 0; k < Hd; ++k) z += p.hidden[t * Hd + k] * p.weight[v * Hd + k];
-      r.logits[t * V + v] = z;
-    }
-  r.grad_logits.assign(n * static_cast<size_t>(V), 0.0);
+  r.logits = logits_of(p);
+  r.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
   geopref::reference::token_rows<double, int64_t> zr;
   zr.logits = r.logits.data();
   zr.n_rows = N;

@@ -1,6 +1,7 @@
 // dev/support/reference_bridge.cpp — see reference_bridge.hpp.
 #include "reference_bridge.hpp"
 
+#include "bridge_fields.hpp"
 #include "geopref/reference/reference.hpp"
 #include "user_loss.hpp"
 
@@ -15,37 +16,12 @@ geopref::status run_typed(const ref_problem& p, const geopref::options& opt, boo
   in.n_rows = p.n_rows;
   in.vocab = p.vocab;
   in.ld = p.ld;
-  in.labels = p.labels;
-  in.offsets = p.offsets;
-  in.n_seqs = p.n_seqs;
-  in.n_pairs = p.n_pairs;
-  in.pairs = p.pairs;
-  in.soft_labels = p.soft_labels;
-  in.ref_logps = p.ref_logps;
-  in.weights = p.weights;
-  in.token_weights = p.token_weights;
-  in.grad_loss = p.grad_loss;
-  in.grad_pair_losses = p.grad_pair_losses;
+  set_sequences_and_pairs(p, &in);
 
-  const auto n = static_cast<size_t>(p.n_rows), s = static_cast<size_t>(p.n_seqs),
-             np = static_cast<size_t>(p.n_pairs);
-  r.token_logps.assign(n, 0.0);
-  r.lse.assign(n, 0.0);
-  r.seq_logps.assign(s, 0.0);
-  r.seq_counts.assign(s, 0);
-  r.pair_losses.assign(np, 0.0);
-  r.margins.assign(np, 0.0);
-  r.grad_seq_logps.assign(s, 0.0);
-  r.grad_logits.assign(with_grad ? n * static_cast<size_t>(p.vocab) : 0, 0.0);
-
+  const auto n = static_cast<size_t>(p.n_rows);
   geopref::reference::outputs out;
-  out.token_logps = r.token_logps.data();
-  out.lse = r.lse.data();
-  out.seq_logps = r.seq_logps.data();
-  out.seq_counts = r.seq_counts.data();
-  out.pair_losses = r.pair_losses.data();
-  out.margins = r.margins.data();
-  out.grad_seq_logps = r.grad_seq_logps.data();
+  point_outputs(p.n_rows, p.n_seqs, p.n_pairs, &r, &out);
+  r.grad_logits.assign(with_grad ? n * static_cast<size_t>(p.vocab) : 0, 0.0);
   if (with_grad && n > 0) {
     out.grad_logits = r.grad_logits.data();
     out.grad_ld = p.vocab;
@@ -110,17 +86,11 @@ geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const doub
   in.ld = p.ld;
   in.labels = p.labels;
   in.ignore_index = ignore;
-  const auto n = static_cast<size_t>(p.n_rows);
-  r.token_logps.assign(n, 0.0);
-  r.lse.assign(n, 0.0);
-  r.entropy.assign(n, 0.0);
   geopref::reference::token_outputs out;
-  out.token_logps = r.token_logps.data();
-  out.lse = r.lse.data();
-  out.entropy = r.entropy.data();
+  point_token_outputs(p.n_rows, &r, &out);
   geopref::status st = geopref::reference::token_logps(in, out);
   if (st != geopref::status::success || g == nullptr) return st;
-  r.grad_logits.assign(n * static_cast<size_t>(p.vocab), 0.0);
+  r.grad_logits.assign(static_cast<size_t>(p.n_rows) * static_cast<size_t>(p.vocab), 0.0);
   return geopref::reference::token_logps_grad(in, r.lse.data(), g, r.grad_logits.data(), p.vocab);
 }
 }  // namespace

@@ -42,6 +42,18 @@ struct rows_problem {
     r.labels = labels.data();
     return r;
   }
+  // The same rows for the sequence API, over sequences [offsets[s], offsets[s + 1]).
+  reference::inputs<double, int64_t, int64_t> sequences(const std::vector<int64_t>& offsets) const {
+    reference::inputs<double, int64_t, int64_t> in;
+    in.logits = z.data();
+    in.n_rows = n;
+    in.vocab = v;
+    in.ld = ld;
+    in.labels = labels.data();
+    in.offsets = offsets.data();
+    in.n_seqs = static_cast<int64_t>(offsets.size()) - 1;
+    return in;
+  }
 };
 
 struct fwd {
@@ -69,14 +81,7 @@ TEST_CASE("token_logps: compute()'s log-probs and lse, an independent entropy", 
   const fwd f = forward(in);
   // The sequence API over one sequence holding every row: the same ℓ_t and lse_t.
   const std::vector<int64_t> offsets = {0, p.n};
-  reference::inputs<double, int64_t, int64_t> seq;
-  seq.logits = p.z.data();
-  seq.n_rows = p.n;
-  seq.vocab = p.v;
-  seq.ld = p.ld;
-  seq.labels = p.labels.data();
-  seq.offsets = offsets.data();
-  seq.n_seqs = 1;
+  reference::inputs<double, int64_t, int64_t> seq = p.sequences(offsets);
   const int64_t no_pair[2] = {0, 0};
   seq.pairs = no_pair;
   std::vector<double> logp(static_cast<size_t>(p.n)), lse(logp.size());
@@ -174,14 +179,7 @@ TEST_CASE("logits_grad is token_logps_grad with g_t = g_s w_t", "[token]") {
   const std::vector<double> g_seq = {0.7, -1.5, 2.25};
   std::vector<double> tw;
   for (int64_t t = 0; t < p.n; ++t) tw.push_back(0.5 + 0.1 * static_cast<double>(t));
-  reference::inputs<double, int64_t, int64_t> seq;
-  seq.logits = p.z.data();
-  seq.n_rows = p.n;
-  seq.vocab = p.v;
-  seq.ld = p.ld;
-  seq.labels = p.labels.data();
-  seq.offsets = offsets.data();
-  seq.n_seqs = 3;
+  reference::inputs<double, int64_t, int64_t> seq = p.sequences(offsets);
   seq.token_weights = tw.data();
   const auto in = p.rows(p.z);
   const fwd f = forward(in);

@@ -755,6 +755,20 @@ inline void compare_margin_pairs(const problem& pr, const gpu_result& g, const r
   ck_gs.report();
 }
 
+/// Columns [V, grad_ld) of gradient row t (`row`, out_es bytes an element)
+/// untouched: the poison (0xff) out of place, the logits' own bytes in place.
+inline void check_grad_padding(checker& ck_pad, const problem& pr, int64_t t, const uint8_t* row,
+                               int64_t grad_ld, int out_es, bool in_place) {
+  const int es = dtype_bytes(pr.cfg.dtype);
+  for (int64_t v = pr.v; v < grad_ld; ++v) {
+    const uint8_t* e = row + v * out_es;
+    bool same = true;
+    for (int b = 0; b < out_es; ++b)
+      same = same && e[b] == (in_place ? pr.logits[static_cast<size_t>((t * pr.ld + v) * es + b)] : 0xff);
+    ck_pad(t * grad_ld + v, same ? 0.0 : 1.0, 0.0, 0.0);
+  }
+}
+
 /// The gradient with respect to the logits, from the coefficients' error
 /// bounds tol_g [S] (summed form).
 inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_result& ref,
@@ -767,7 +781,7 @@ inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_r
 
   if (!c.grad) return;
   const gc::dtype out_dt = c.grad_fp32 ? gc::dtype::float32 : c.dtype;
-  const int out_es = dtype_bytes(out_dt), es = dtype_bytes(c.dtype);
+  const int out_es = dtype_bytes(out_dt);
   const double u_out = out_roundoff(c);
   const double floor = out_dt == gc::dtype::float16 ? 0x1p-25 : 1e-40;
   std::vector<int64_t> row_seq(static_cast<size_t>(pr.n), -1);
@@ -795,14 +809,7 @@ inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_r
                          (3 * U32 + u_out) * std::fabs(want) + floor;
       ck_grad(t * pr.v + v, got, want, tol);
     }
-    // Padding columns: the poison (0xff) out of place, the sentinel in place.
-    for (int64_t v = pr.v; v < g.grad_ld; ++v) {
-      const uint8_t* e = row + v * out_es;
-      bool same = true;
-      for (int b = 0; b < out_es; ++b)
-        same = same && e[b] == (c.in_place ? pr.logits[static_cast<size_t>((t * pr.ld + v) * es + b)] : 0xff);
-      ck_pad(t * g.grad_ld + v, same ? 0.0 : 1.0, 0.0, 0.0);
-    }
+    check_grad_padding(ck_pad, pr, t, row, g.grad_ld, out_es, c.in_place);
   }
   ck_grad.report();
   ck_zero.report();

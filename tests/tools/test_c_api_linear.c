@@ -6,13 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "c_api_check.h"
 #include "geopref/c_api.h"
-
-static int expect(const char* what, geopref_status got, geopref_status want) {
-  if (got == want) return 0;
-  fprintf(stderr, "%s: got %d (%s), want %d\n", what, got, geopref_status_string(got), want);
-  return 1;
-}
 
 int main(void) {
   int fails = 0;
@@ -32,13 +27,7 @@ int main(void) {
   a.in.chunk_bytes = (size_t)256 << 20;
   size_t bytes = 0;
   fails += expect("query", geopref_fused_linear_step(NULL, &bytes, &a, &opt, NULL), GEOPREF_SUCCESS);
-  /* 256 MiB hold 1046 rows of 128256 bf16 logits (V rounded up to 16 bytes). */
-  const size_t chunk = (size_t)1046 * 128256 * 2;
-  if (bytes < chunk || bytes > chunk + ((size_t)1 << 20)) {
-    fprintf(stderr, "workspace %zu bytes: expected the %zu-byte chunk plus under 1 MiB\n", bytes,
-            chunk);
-    ++fails;
-  }
+  fails += expect_chunk_workspace("step", bytes);
   printf("fused linear: workspace %zu bytes for N=16384 V=128256 (logits: %zu bytes)\n", bytes,
          (size_t)16384 * 128256 * 2);
 

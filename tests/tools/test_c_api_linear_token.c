@@ -6,13 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "c_api_check.h"
 #include "geopref/c_api.h"
-
-static int expect(const char* what, geopref_status got, geopref_status want) {
-  if (got == want) return 0;
-  fprintf(stderr, "%s: got %d (%s), want %d\n", what, got, geopref_status_string(got), want);
-  return 1;
-}
 
 int main(void) {
   int fails = 0;
@@ -31,22 +26,14 @@ int main(void) {
   f.rows.chunk_bytes = (size_t)256 << 20;
   size_t bytes = 0;
   fails += expect("query", geopref_linear_token_logps(NULL, &bytes, &f, NULL), GEOPREF_SUCCESS);
-  const size_t chunk = (size_t)1046 * 128256 * 2; /* 1046 rows fit */
-  if (bytes < chunk || bytes > chunk + ((size_t)1 << 20)) {
-    fprintf(stderr, "forward workspace %zu bytes: expected the %zu-byte chunk plus under 1 MiB\n",
-            bytes, chunk);
-    ++fails;
-  }
+  fails += expect_chunk_workspace("forward", bytes);
   geopref_linear_token_grad_args g;
   geopref_linear_token_grad_args_init(&g);
   g.rows = f.rows;
   size_t gbytes = 0;
   fails += expect("grad query", geopref_linear_token_logps_grad(NULL, &gbytes, &g, NULL),
                   GEOPREF_SUCCESS);
-  if (gbytes < chunk || gbytes > chunk + ((size_t)1 << 20)) {
-    fprintf(stderr, "backward workspace %zu bytes: expected the chunk plus under 1 MiB\n", gbytes);
-    ++fails;
-  }
+  fails += expect_chunk_workspace("backward", gbytes);
   printf("linear token logps: workspace %zu / %zu bytes for N=16384 V=128256 (logits: %zu)\n",
          bytes, gbytes, (size_t)16384 * 128256 * 2);
 

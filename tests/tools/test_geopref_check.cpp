@@ -706,6 +706,55 @@ TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check
   }
 }
 
+namespace {
+
+// Z = H·Wᵀ + b [N, V] for hidden states H [N, Hd] and a projection W [V, Hd].
+std::vector<double> project(const std::vector<double>& H, const std::vector<double>& W,
+                            const std::vector<double>& b, int64_t N, int64_t Hd, int64_t V) {
+  std::vector<double> Z(static_cast<std::size_t>(N * V));
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t v = 0; v < V; ++v) {
+      double z = b[v];
+      for (int64_t k = 0; k < Hd; ++k) z += H[t * Hd + k] * W[v * Hd + k];
+      Z[t * V + v] = z;
+    }
+  return Z;
+}
+
+// dir's grad_hidden [S, T, Hd], grad_weight [V, Hd] and grad_bias [V]
+// against the chain rule through Z = H·Wᵀ + b from the gradient G [N, V] of
+// the run on Z: G·W, Gᵀ·H, Σ_t G, each element within `margin`.
+void check_projection_grads(const std::string& dir, const std::vector<double>& G,
+                            const std::vector<double>& H, const std::vector<double>& W, int64_t S,
+                            int64_t T, int64_t Hd, int64_t V, double margin) {
+  const int64_t N = S * T;
+  std::vector<int64_t> shape;
+  const auto gh = read_doubles(dir + "/grad_hidden.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{S, T, Hd});
+  const auto gw = read_doubles(dir + "/grad_weight.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{V, Hd});
+  const auto gb = read_doubles(dir + "/grad_bias.npy", &shape);
+  CHECK(shape == std::vector<int64_t>{V});
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0;
+      for (int64_t v = 0; v < V; ++v) e += G[t * V + v] * W[v * Hd + k];
+      CHECK(gh[t * Hd + k] == Approx(e).margin(margin));
+    }
+  for (int64_t v = 0; v < V; ++v) {
+    double eb = 0;
+    for (int64_t t = 0; t < N; ++t) eb += G[t * V + v];
+    CHECK(gb[v] == Approx(eb).margin(margin));
+    for (int64_t k = 0; k < Hd; ++k) {
+      double e = 0;
+      for (int64_t t = 0; t < N; ++t) e += G[t * V + v] * H[t * Hd + k];
+      CHECK(gw[v * Hd + k] == Approx(e).margin(margin));
+    }
+  }
+}
+
+}  // namespace
+
 // --hidden / --weight / --bias: the same results as --logits on H·Wᵀ + b
 // formed here, and grad_hidden = G·W, grad_weight = Gᵀ·H, grad_bias = Σ_t G
 // from that run's grad_logits (all in double: equal to rounding).
@@ -715,18 +764,13 @@ TEST_CASE("geopref-check --hidden --weight --bias equals --logits on H Wt + b",
   std::mt19937_64 rng(77);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
   std::vector<double> H(static_cast<std::size_t>(N * Hd)), W(static_cast<std::size_t>(V * Hd)),
-      b(static_cast<std::size_t>(V)), Z(static_cast<std::size_t>(N * V));
+      b(static_cast<std::size_t>(V));
   for (auto& x : H) x = u(rng);
   for (auto& x : W) x = 2 * u(rng);
   for (auto& x : b) x = u(rng);
   std::vector<int64_t> labels(static_cast<std::size_t>(N));
   for (int64_t t = 0; t < N; ++t) labels[t] = t % T == T - 1 ? -100 : static_cast<int64_t>(rng() % V);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t v = 0; v < V; ++v) {
-      double z = b[v];
-      for (int64_t k = 0; k < Hd; ++k) z += H[t * Hd + k] * W[v * Hd + k];
-      Z[t * V + v] = z;
-    }
+  const std::vector<double> Z = project(H, W, b, N, Hd, V);
   const std::string common = " --labels " + save("l_labels.npy", "<i8", "(4, 3)", labels) +
                              " --soft-labels " + save("l_soft.npy", "<f8", "(2,)", std::vector<double>{0.9, 0.3}) +
                              " --loss gdpo --beta 0.5";
@@ -744,30 +788,7 @@ TEST_CASE("geopref-check --hidden --weight --bias equals --logits on H Wt + b",
   const auto la = read_doubles(a + "/logps.npy"), ll = read_doubles(l + "/logps.npy");
   REQUIRE(la.size() == ll.size());
   for (std::size_t i = 0; i < la.size(); ++i) CHECK(ll[i] == Approx(la[i]).epsilon(1e-13));
-  const auto G = read_doubles(a + "/grad_logits.npy");
-  std::vector<int64_t> shape;
-  const auto gh = read_doubles(l + "/grad_hidden.npy", &shape);
-  CHECK(shape == std::vector<int64_t>{S, T, Hd});
-  const auto gw = read_doubles(l + "/grad_weight.npy", &shape);
-  CHECK(shape == std::vector<int64_t>{V, Hd});
-  const auto gb = read_doubles(l + "/grad_bias.npy", &shape);
-  CHECK(shape == std::vector<int64_t>{V});
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0;
-      for (int64_t v = 0; v < V; ++v) e += G[t * V + v] * W[v * Hd + k];
-      CHECK(gh[t * Hd + k] == Approx(e).margin(1e-14));
-    }
-  for (int64_t v = 0; v < V; ++v) {
-    double eb = 0;
-    for (int64_t t = 0; t < N; ++t) eb += G[t * V + v];
-    CHECK(gb[v] == Approx(eb).margin(1e-14));
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0;
-      for (int64_t t = 0; t < N; ++t) e += G[t * V + v] * H[t * Hd + k];
-      CHECK(gw[v * Hd + k] == Approx(e).margin(1e-14));
-    }
-  }
+  check_projection_grads(l, read_doubles(a + "/grad_logits.npy"), H, W, S, T, Hd, V, 1e-14);
   CHECK(json_value(read_text(l + "/metrics.json"), "rewards/margins") ==
         Approx(json_value(read_text(a + "/metrics.json"), "rewards/margins")).epsilon(1e-13));
 
@@ -812,19 +833,14 @@ TEST_CASE("geopref-check --per-token --hidden --weight --bias equals --per-token
   std::mt19937_64 rng(78);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
   std::vector<double> H(static_cast<std::size_t>(N * Hd)), W(static_cast<std::size_t>(V * Hd)),
-      b(static_cast<std::size_t>(V)), Z(static_cast<std::size_t>(N * V)), g(static_cast<std::size_t>(N));
+      b(static_cast<std::size_t>(V)), g(static_cast<std::size_t>(N));
   for (auto& x : H) x = u(rng);
   for (auto& x : W) x = 2 * u(rng);
   for (auto& x : b) x = u(rng);
   for (auto& x : g) x = u(rng);
   std::vector<int64_t> labels(static_cast<std::size_t>(N));
   for (int64_t t = 0; t < N; ++t) labels[t] = t % T == 1 ? -100 : static_cast<int64_t>(rng() % V);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t v = 0; v < V; ++v) {
-      double z = b[v];
-      for (int64_t k = 0; k < Hd; ++k) z += H[t * Hd + k] * W[v * Hd + k];
-      Z[t * V + v] = z;
-    }
+  const std::vector<double> Z = project(H, W, b, N, Hd, V);
   const std::string common = " --per-token --labels " + save("pt_labels.npy", "<i8", "(3, 3)", labels) +
                              " --token-grad " + save("pt_g.npy", "<f8", "(3, 3)", g);
   REQUIRE(run_tool("--logits " + save("pt_logits.npy", "<f8", "(3, 3, 5)", Z) + common + " --out " +
@@ -846,30 +862,7 @@ TEST_CASE("geopref-check --per-token --hidden --weight --bias equals --per-token
   }
   bytes none;
   CHECK_FALSE(read_file(l + "/grad_logits.npy", &none));
-  const auto G = read_doubles(a + "/grad_logits.npy");
-  std::vector<int64_t> shape;
-  const auto gh = read_doubles(l + "/grad_hidden.npy", &shape);
-  CHECK(shape == std::vector<int64_t>{S, T, Hd});
-  const auto gw = read_doubles(l + "/grad_weight.npy", &shape);
-  CHECK(shape == std::vector<int64_t>{V, Hd});
-  const auto gb = read_doubles(l + "/grad_bias.npy", &shape);
-  CHECK(shape == std::vector<int64_t>{V});
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0;
-      for (int64_t v = 0; v < V; ++v) e += G[t * V + v] * W[v * Hd + k];
-      CHECK(gh[t * Hd + k] == Approx(e).margin(1e-13));
-    }
-  for (int64_t v = 0; v < V; ++v) {
-    double eb = 0;
-    for (int64_t t = 0; t < N; ++t) eb += G[t * V + v];
-    CHECK(gb[v] == Approx(eb).margin(1e-13));
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0;
-      for (int64_t t = 0; t < N; ++t) e += G[t * V + v] * H[t * Hd + k];
-      CHECK(gw[v * Hd + k] == Approx(e).margin(1e-13));
-    }
-  }
+  check_projection_grads(l, read_doubles(a + "/grad_logits.npy"), H, W, S, T, Hd, V, 1e-13);
   // Labels that do not match the hidden states' rows: one line, non-zero exit.
   const run_result e = run_tool("--hidden " + path("pt_hidden.npy") + " --weight " +
                                 path("pt_weight.npy") + " --per-token --labels " +

@@ -63,37 +63,60 @@ struct linear_outputs {
 };
 
 namespace detail {
-/// fused_linear with `run(x, o)` in place of compute(x, opt, o).
-template <class Elem, class Label, class Offset, class Run>
-status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_outputs& out,
-                        const Run& run) {
-  using mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+using linear_mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// An element as the kernels read it, in double (16-bit types through float).
+template <class Elem>
+double widen(Elem x) {
+  if constexpr (std::is_same_v<Elem, double>) return x;
+  else return static_cast<double>(static_cast<float>(x));
+}
+
+/// Rows [row0, row0 + rows) × columns [0, cols) of a row-major [*, ld]
+/// array, in double (p is only read, so it may be null when nothing is).
+template <class Elem>
+linear_mat widen_rows(const Elem* p, int64_t rows, int64_t cols, int64_t ld, int64_t row0 = 0) {
+  linear_mat m(rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) m(r, k) = widen(p[(row0 + r) * ld + k]);
+  return m;
+}
+
+/// Z = H·Wᵀ + b, b [W.rows()] or null.
+template <class Elem>
+linear_mat project(const linear_mat& H, const linear_mat& W, const Elem* bias) {
+  linear_mat Z = H * W.transpose();
+  if (bias != nullptr)
+    for (int64_t t = 0; t < Z.rows(); ++t)
+      for (int64_t v = 0; v < Z.cols(); ++v) Z(t, v) += widen(bias[v]);
+  return Z;
+}
+
+/// The shape, stride and pointer checks of fused_linear and
+/// fused_linear_vocab_parallel; the strides with 0 resolved to Hd.
+template <class Elem, class Label, class Offset>
+status check_linear(const linear_inputs<Elem, Label, Offset>& in, const linear_outputs& out,
+                    int64_t* ldh, int64_t* ldw, int64_t* ldgh, int64_t* ldgw) {
   const int64_t N = in.n_rows, Hd = in.hidden_size, V = in.vocab;
-  const int64_t ldh = in.ld_hidden == 0 ? Hd : in.ld_hidden;
-  const int64_t ldw = in.ld_weight == 0 ? Hd : in.ld_weight;
-  const int64_t ldgh = out.ld_grad_hidden == 0 ? Hd : out.ld_grad_hidden;
-  const int64_t ldgw = out.ld_grad_weight == 0 ? Hd : out.ld_grad_weight;
+  *ldh = in.ld_hidden == 0 ? Hd : in.ld_hidden;
+  *ldw = in.ld_weight == 0 ? Hd : in.ld_weight;
+  *ldgh = out.ld_grad_hidden == 0 ? Hd : out.ld_grad_hidden;
+  *ldgw = out.ld_grad_weight == 0 ? Hd : out.ld_grad_weight;
   if (N < 0 || Hd < 0 || V < 0 || (N > 0 && (Hd == 0 || V == 0))) return status::invalid_shape;
-  if (ldh < Hd || ldw < Hd || ldgh < Hd || ldgw < Hd) return status::invalid_stride;
+  if (*ldh < Hd || *ldw < Hd || *ldgh < Hd || *ldgw < Hd) return status::invalid_stride;
   if (N > 0 && (in.hidden == nullptr || in.weight == nullptr)) return status::null_pointer;
   if (out.grad_bias != nullptr && in.bias == nullptr) return status::null_pointer;
+  return status::success;
+}
 
-  auto widen = [](Elem x) {
-    if constexpr (std::is_same_v<Elem, double>) return x;
-    else return static_cast<double>(static_cast<float>(x));
-  };
-  mat H(N, Hd), W(V, Hd);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < Hd; ++k) H(t, k) = widen(in.hidden[t * ldh + k]);
-  for (int64_t v = 0; v < V; ++v)
-    for (int64_t k = 0; k < Hd; ++k) W(v, k) = widen(in.weight[v * ldw + k]);
-  mat Z = H * W.transpose();
-  if (in.bias != nullptr)
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t v = 0; v < V; ++v) Z(t, v) += widen(in.bias[v]);
-
+/// compute()'s inputs on the logits Z [N, V] of `in`: its sequences, pairs
+/// and upstream gradients.
+template <class Elem, class Label, class Offset>
+inputs<double, Label, Offset> logits_inputs(const linear_inputs<Elem, Label, Offset>& in,
+                                            const linear_mat& Z) {
   inputs<double, Label, Offset> x = make_inputs<double, Label, Offset>(
-      Z.data(), N, V, in.labels, in.offsets, in.n_seqs, in.n_pairs);
+      Z.data(), in.n_rows, in.vocab, in.labels, in.offsets, in.n_seqs, in.n_pairs);
   x.pairs = in.pairs;
   x.soft_labels = in.soft_labels;
   x.ref_logps = in.ref_logps;
@@ -101,6 +124,52 @@ status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_out
   x.token_weights = in.token_weights;
   x.grad_loss = in.grad_loss;
   x.grad_pair_losses = in.grad_pair_losses;
+  return x;
+}
+
+/// From G [N, w], the logits gradient of projection rows [v0, v0 + w):
+/// grad_weight rows (+)= Gᵀ·H and grad_bias (+)= Σ_t G[t, ·] (each when
+/// given; `out` is linear_outputs or linear_token_grads).
+template <class Out>
+void write_weight_grads(const linear_mat& G, const linear_mat& H, int64_t v0, int64_t ldgw,
+                        Out& out) {
+  const int64_t N = G.rows(), w = G.cols(), Hd = H.cols();
+  if (out.grad_weight != nullptr) {
+    const linear_mat gw = G.transpose() * H;
+    for (int64_t v = 0; v < w; ++v)
+      for (int64_t k = 0; k < Hd; ++k) {
+        double& d = out.grad_weight[(v0 + v) * ldgw + k];
+        d = out.accumulate ? d + gw(v, k) : gw(v, k);
+      }
+  }
+  if (out.grad_bias != nullptr)
+    for (int64_t v = 0; v < w; ++v) {
+      const double g = N > 0 ? G.col(v).sum() : 0.0;
+      double& d = out.grad_bias[v0 + v];
+      d = out.accumulate ? d + g : g;
+    }
+}
+
+/// grad_hidden = gh [N, Hd] into the caller's [N, ldgh] array.
+inline void write_hidden_grad(const linear_mat& gh, int64_t ldgh, double* grad_hidden) {
+  for (int64_t t = 0; t < gh.rows(); ++t)
+    for (int64_t k = 0; k < gh.cols(); ++k) grad_hidden[t * ldgh + k] = gh(t, k);
+}
+
+/// fused_linear with `run(x, o)` in place of compute(x, opt, o).
+template <class Elem, class Label, class Offset, class Run>
+status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_outputs& out,
+                        const Run& run) {
+  using mat = linear_mat;
+  const int64_t N = in.n_rows, Hd = in.hidden_size, V = in.vocab;
+  int64_t ldh = 0, ldw = 0, ldgh = 0, ldgw = 0;
+  const status c = check_linear(in, out, &ldh, &ldw, &ldgh, &ldgw);
+  if (c != status::success) return c;
+
+  const mat H = widen_rows(in.hidden, N, Hd, ldh);
+  const mat W = widen_rows(in.weight, V, Hd, ldw);
+  mat Z = project(H, W, in.bias);
+  inputs<double, Label, Offset> x = logits_inputs(in, Z);
   const bool backward =
       out.grad_hidden != nullptr || out.grad_weight != nullptr || out.grad_bias != nullptr;
   mat G;
@@ -119,24 +188,8 @@ status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_out
   out.base = o;
   if (!backward) return status::success;
 
-  if (out.grad_hidden != nullptr) {
-    const mat gh = G * W;
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t k = 0; k < Hd; ++k) out.grad_hidden[t * ldgh + k] = gh(t, k);
-  }
-  if (out.grad_weight != nullptr) {
-    const mat gw = G.transpose() * H;
-    for (int64_t v = 0; v < V; ++v)
-      for (int64_t k = 0; k < Hd; ++k) {
-        double& d = out.grad_weight[v * ldgw + k];
-        d = out.accumulate ? d + gw(v, k) : gw(v, k);
-      }
-  }
-  if (out.grad_bias != nullptr)
-    for (int64_t v = 0; v < V; ++v) {
-      const double g = N > 0 ? G.col(v).sum() : 0.0;
-      out.grad_bias[v] = out.accumulate ? out.grad_bias[v] + g : g;
-    }
+  if (out.grad_hidden != nullptr) write_hidden_grad(G * W, ldgh, out.grad_hidden);
+  write_weight_grads(G, H, 0, ldgw, out);
   return status::success;
 }
 }  // namespace detail
@@ -191,8 +244,6 @@ struct linear_token_grads {
 
 namespace detail {
 
-using linear_mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
 /// H, W and Z = H·Wᵀ + b in double from the (rounded) elements as given.
 template <class Elem, class Label>
 status linear_token_logits(const linear_token_rows<Elem, Label>& in, linear_mat& H, linear_mat& W,
@@ -204,20 +255,9 @@ status linear_token_logits(const linear_token_rows<Elem, Label>& in, linear_mat&
   if (ldh < Hd || ldw < Hd) return status::invalid_stride;
   if (N > 0 && (in.hidden == nullptr || in.weight == nullptr || in.labels == nullptr))
     return status::null_pointer;
-  auto widen = [](Elem x) {
-    if constexpr (std::is_same_v<Elem, double>) return x;
-    else return static_cast<double>(static_cast<float>(x));
-  };
-  H.resize(N, Hd);
-  W.resize(V, Hd);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < Hd; ++k) H(t, k) = widen(in.hidden[t * ldh + k]);
-  for (int64_t v = 0; v < V; ++v)
-    for (int64_t k = 0; k < Hd; ++k) W(v, k) = widen(in.weight[v * ldw + k]);
-  Z = H * W.transpose();
-  if (in.bias != nullptr)
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t v = 0; v < V; ++v) Z(t, v) += widen(in.bias[v]);
+  H = widen_rows(in.hidden, N, Hd, ldh);
+  W = widen_rows(in.weight, V, Hd, ldw);
+  Z = project(H, W, in.bias);
   return status::success;
 }
 
@@ -263,24 +303,8 @@ status linear_token_logps_grad(const linear_token_rows<Elem, Label>& in, const d
   s = token_logps_grad(detail::linear_token_as_rows(Z, in.labels, in.ignore_index), lse,
                        grad_token_logps, G.data(), V);
   if (s != status::success) return s;
-  if (out.grad_hidden != nullptr) {
-    const detail::linear_mat gh = G * W;
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t k = 0; k < Hd; ++k) out.grad_hidden[t * ldgh + k] = gh(t, k);
-  }
-  if (out.grad_weight != nullptr) {
-    const detail::linear_mat gw = G.transpose() * H;
-    for (int64_t v = 0; v < V; ++v)
-      for (int64_t k = 0; k < Hd; ++k) {
-        double& d = out.grad_weight[v * ldgw + k];
-        d = out.accumulate ? d + gw(v, k) : gw(v, k);
-      }
-  }
-  if (out.grad_bias != nullptr)
-    for (int64_t v = 0; v < V; ++v) {
-      const double g = N > 0 ? G.col(v).sum() : 0.0;
-      out.grad_bias[v] = out.accumulate ? out.grad_bias[v] + g : g;
-    }
+  if (out.grad_hidden != nullptr) detail::write_hidden_grad(G * W, ldgh, out.grad_hidden);
+  detail::write_weight_grads(G, H, 0, ldgw, out);
   return status::success;
 }
 

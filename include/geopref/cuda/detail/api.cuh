@@ -69,6 +69,11 @@ inline status check_buffers(const token_inputs& x) noexcept {
 struct byte_range {
   uintptr_t begin, end;
 };
+/// Whether two byte ranges share a byte. An empty range strictly inside the
+/// other counts as meeting it: callers skip empty ranges where that matters.
+inline bool ranges_meet(byte_range a, byte_range b) noexcept {
+  return a.begin < b.end && b.begin < a.end;
+}
 inline byte_range used_bytes(const void* p, int64_t n, int64_t ld, int64_t v, int elem) noexcept {
   const auto b = reinterpret_cast<uintptr_t>(p);
   return {b, b + static_cast<uintptr_t>(((n - 1) * ld + v) * elem)};
@@ -97,7 +102,7 @@ inline status check_grad_buffer(const token_inputs& x, const void* grad_logits, 
                         !(grad_float32 && x.logits_dtype != dtype::float32);
   const byte_range z = used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes);
   const byte_range g = used_bytes(grad_logits, x.n_rows, grad_ld, x.vocab, out_bytes);
-  if (!in_place && z.begin < g.end && g.begin < z.end) return status::overlapping_buffers;
+  if (!in_place && ranges_meet(z, g)) return status::overlapping_buffers;
   *range = g;
   return status::success;
 }
@@ -150,10 +155,10 @@ inline status check_grad(const grad_args& a, const options& opt, bool buffers) n
   if (s != status::success) return s;
   // backward_kernel reads lse and g_s while other blocks write the gradient.
   const byte_range l = used_bytes(a.lse, x.n_rows, 1, 1, 4);
-  if (l.begin < g.end && g.begin < l.end) return status::overlapping_buffers;
+  if (ranges_meet(l, g)) return status::overlapping_buffers;
   if (x.n_seqs > 0) {
     const byte_range q = used_bytes(a.grad_seq_logps, x.n_seqs, 1, 1, 4);
-    if (q.begin < g.end && g.begin < q.end) return status::overlapping_buffers;
+    if (ranges_meet(q, g)) return status::overlapping_buffers;
   }
   return status::success;
 }

@@ -20,6 +20,7 @@
 #include "geopref/cuda/detail/dispatch.cuh"
 #include "geopref/cuda/detail/kernels.cuh"
 #include "geopref/cuda/detail/one_pass.cuh"
+#include "geopref/cuda/detail/row_forward.cuh"
 #include "geopref/cuda/detail/workspace.cuh"
 
 namespace geopref::cuda::detail {
@@ -169,10 +170,6 @@ inline status check_linear_buffers(const linear_inputs& in) noexcept {
       !aligned(in.offsets, index_bytes(in.offset_type)) || !aligned(in.token_weights, 4))
     return status::misaligned_pointer;
   return status::success;
-}
-
-inline bool ranges_meet(byte_range a, byte_range b) noexcept {
-  return a.begin < b.end && b.begin < a.end;
 }
 
 inline status check_linear_train(const linear_train_args& a, const options& opt,
@@ -400,12 +397,8 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
   st = for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
     const status c = chunk_forward<T>(h, in, l, r0, rows, ws.cols, ws, partials, chunk, stream);
     if (c != status::success) return c;
-    if (k > 1) {
-      launch(combine_kernel<BLOCK>, grid_1d(rows), BLOCK, stream, partials, k, rows, ws.cols + r0,
-             ws.lse + r0, ws.token_logp + r0);
-      if (last_launch() != status::success) return status::cuda_error;
-    }
-    return status::success;
+    return enqueue_combine(partials, k, rows, ws.cols + r0, ws.lse + r0, ws.token_logp + r0,
+                           stream);
   });
   if (st != status::success) return st;
   return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
@@ -660,16 +653,9 @@ inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, cons
       T* z = chunk + sg.at * l.ldc;
       st = chunk_logits<T>(h, in, sg.row0, sg.rows, l.ldc, z, stream);
       if (st != status::success) return st;
-      lse_state* part = partials + sg.at * k;
-      launch(forward_kernel<T, BLOCK>, dim3(static_cast<unsigned>(sg.rows), static_cast<unsigned>(k)),
-             BLOCK, stream, z, l.ldc, V, ws.cols + sg.row0, ws.lse + sg.row0,
-             ws.token_logp + sg.row0, part);
-      if (last_launch() != status::success) return status::cuda_error;
-      if (k > 1) {
-        launch(combine_kernel<BLOCK>, grid_1d(sg.rows), BLOCK, stream, part, k, sg.rows,
-               ws.cols + sg.row0, ws.lse + sg.row0, ws.token_logp + sg.row0);
-        if (last_launch() != status::success) return status::cuda_error;
-      }
+      st = enqueue_row_forward<T>(z, l.ldc, V, sg.rows, k, ws.cols + sg.row0, ws.lse + sg.row0,
+                                  ws.token_logp + sg.row0, partials + sg.at * k, stream);
+      if (st != status::success) return st;
     }
     // The chunk's sequences and pairs: L_s, n_s, the pairs' coefficients, g_s.
     const int64_t q0 = plan.seq_begin[c], nq = plan.seq_begin[c + 1] - q0;

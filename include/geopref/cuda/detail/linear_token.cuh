@@ -15,6 +15,7 @@
 #include "geopref/cuda/linear_token_logps.cuh"
 #include "geopref/cuda/token_logps.cuh"
 #include "geopref/cuda/detail/fused_linear.cuh"
+#include "geopref/cuda/detail/row_forward.cuh"
 #include "geopref/cuda/detail/token_api.cuh"
 #include "geopref/cuda/detail/token_kernels.cuh"
 
@@ -158,11 +159,8 @@ inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
   return for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
     status st = chunk_forward<T>(h, in, l, r0, rows, ws.cols, out, partials, chunk, stream);
     if (st != status::success) return st;
-    if (k > 1) {
-      launch(combine_kernel<BLOCK>, grid_1d(rows), BLOCK, stream, partials, k, rows, ws.cols + r0,
-             lse + r0, token_logps + r0);
-      if (last_launch() != status::success) return status::cuda_error;
-    }
+    st = enqueue_combine(partials, k, rows, ws.cols + r0, lse + r0, token_logps + r0, stream);
+    if (st != status::success) return st;
     if (entropy != nullptr) {
       launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(rows), BLOCK, stream,
              static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,

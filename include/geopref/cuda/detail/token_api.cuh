@@ -11,6 +11,7 @@
 #include "geopref/cuda/args.cuh"
 #include "geopref/cuda/detail/api.cuh"
 #include "geopref/cuda/detail/dispatch.cuh"
+#include "geopref/cuda/detail/row_forward.cuh"
 #include "geopref/cuda/detail/token_kernels.cuh"
 #include "geopref/cuda/detail/workspace.cuh"
 #include "geopref/cuda/token_logps.cuh"
@@ -30,10 +31,6 @@ inline token_inputs as_tokens(const token_rows& r) noexcept {
   x.labels = r.labels;
   x.label_type = r.label_type;
   return x;
-}
-
-inline bool token_ranges_meet(byte_range a, byte_range b) noexcept {
-  return a.begin < b.end && b.begin < a.end;
 }
 
 /// [N] float arrays: their bytes (empty for a null pointer).
@@ -59,9 +56,9 @@ inline status check_token_logps(const token_logps_args& a, bool buffers) noexcep
   const byte_range out[3] = {row_bytes(a.token_logps, n), row_bytes(a.lse, n),
                              row_bytes(a.entropy, n)};
   for (int i = 0; i < 3; ++i) {
-    if (token_ranges_meet(out[i], z)) return status::overlapping_buffers;
+    if (ranges_meet(out[i], z)) return status::overlapping_buffers;
     for (int k = i + 1; k < 3; ++k)
-      if (token_ranges_meet(out[i], out[k])) return status::overlapping_buffers;
+      if (ranges_meet(out[i], out[k])) return status::overlapping_buffers;
   }
   return status::success;
 }
@@ -83,7 +80,7 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
   s = check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
   if (s != status::success) return s;
   // backward_kernel reads lse while other blocks write the gradient.
-  if (token_ranges_meet(row_bytes(a.lse, n), g) || token_ranges_meet(row_bytes(a.grad_token_logps, n), g))
+  if (ranges_meet(row_bytes(a.lse, n), g) || ranges_meet(row_bytes(a.grad_token_logps, n), g))
     return status::overlapping_buffers;
   return status::success;
 }
@@ -131,15 +128,9 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
     using T = typename decltype(tag)::type;
     using namespace detail;
     const auto* z = static_cast<const T*>(r.logits);
-    const dim3 grid(static_cast<unsigned>(r.n_rows), static_cast<unsigned>(w.splits));
-    launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, z, r.ld, r.vocab, ws.cols, lse,
-           args.token_logps, ws.partials);
-    if (last_launch() != status::success) return status::cuda_error;
-    if (w.splits > 1) {
-      launch(combine_kernel<BLOCK>, grid_1d(r.n_rows), BLOCK, stream, ws.partials, w.splits,
-             r.n_rows, ws.cols, lse, args.token_logps);
-      if (last_launch() != status::success) return status::cuda_error;
-    }
+    const status f = enqueue_row_forward(z, r.ld, r.vocab, r.n_rows, w.splits, ws.cols, lse,
+                                         args.token_logps, ws.partials, stream);
+    if (f != status::success) return f;
     if (args.entropy != nullptr) {
       launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK, stream, z, r.ld,
              r.vocab, ws.cols, static_cast<const float*>(lse), args.entropy);

@@ -48,6 +48,17 @@ struct workspace_layout {
   int splits = 1;
 };
 
+/// Hands out the offsets of consecutive pieces, each WORKSPACE_ALIGN-aligned
+/// (take(bytes) returns a piece's offset); `used` is the layout's size so far.
+struct layout_cursor {
+  size_t used = 0;
+  size_t operator()(size_t bytes) {
+    const size_t at = used;
+    used += align_up(bytes, WORKSPACE_ALIGN);
+    return at;
+  }
+};
+
 /// 8-byte slots per pair of pair_kernel's scratch (see pair_params).
 inline constexpr size_t PAIR_SCRATCH_SLOTS = 11;
 
@@ -56,12 +67,7 @@ inline constexpr size_t PAIR_SCRATCH_SLOTS = 11;
 inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_bytes, int64_t n_seqs,
                                     int64_t n_pairs, bool train) {
   workspace_layout w;
-  size_t used = 0;
-  auto take = [&used](size_t bytes) {
-    const size_t at = used;
-    used += align_up(bytes, WORKSPACE_ALIGN);
-    return at;
-  };
+  layout_cursor take;
   const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
   w.splits = choose_splits(n_rows, vocab, elem_bytes);
   w.flag = take(sizeof(int));
@@ -79,7 +85,7 @@ inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_byte
     w.seq_grad = take(s * sizeof(float));
     w.row_coef = take(n * sizeof(float));
   }
-  w.bytes = used;
+  w.bytes = take.used;
   return w;
 }
 
@@ -89,12 +95,7 @@ inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_byte
 inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem_bytes,
                                          int64_t n_seqs) {
   workspace_layout w;
-  size_t used = 0;
-  auto take = [&used](size_t bytes) {
-    const size_t at = used;
-    used += align_up(bytes, WORKSPACE_ALIGN);
-    return at;
-  };
+  layout_cursor take;
   const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
   w.splits = choose_splits(n_rows, vocab, elem_bytes);
   w.flag = take(sizeof(int));
@@ -102,7 +103,7 @@ inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem
   w.cols = take(n * sizeof(int32_t));
   w.row_seq = take(n * sizeof(int32_t));
   w.row_coef = take(n * sizeof(float));
-  w.bytes = used;
+  w.bytes = take.used;
   return w;
 }
 
@@ -113,12 +114,7 @@ inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem
 inline workspace_layout make_token_layout(int64_t n_rows, int64_t vocab, int elem_bytes,
                                           bool backward) {
   workspace_layout w;
-  size_t used = 0;
-  auto take = [&used](size_t bytes) {
-    const size_t at = used;
-    used += align_up(bytes, WORKSPACE_ALIGN);
-    return at;
-  };
+  layout_cursor take;
   const auto n = static_cast<size_t>(n_rows);
   w.splits = choose_splits(n_rows, vocab, elem_bytes);
   w.flag = take(sizeof(int));
@@ -129,7 +125,7 @@ inline workspace_layout make_token_layout(int64_t n_rows, int64_t vocab, int ele
     w.lse = take(n * sizeof(float));
     w.partials = take(w.splits > 1 ? n * static_cast<size_t>(w.splits) * sizeof(lse_state) : 0);
   }
-  w.bytes = used;
+  w.bytes = take.used;
   return w;
 }
 
