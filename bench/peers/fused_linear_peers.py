@@ -118,12 +118,19 @@ def run(name, args, v, timer):
         if not gp.has_cuda_kernels():
             raise RuntimeError("geopref_torch was built without its CUDA kernels")
 
+        kw = dict(loss_type="gdpo", beta=BETA, soft_labels=soft, chunk_bytes=args.chunk_bytes,
+                  check=False)
+        # [B, T, H] hidden states: the host offsets are s * T, built without
+        # a device read, so the call takes fused_linear_step's one pass
+        # (three GEMMs per chunk) even with check=False.
+        with torch.enable_grad():
+            one_pass = gp.fused_linear_one_pass(x, w, labels, **kw)
+        print(f"geopref path (V = {v}): {'one pass' if one_pass else 'two passes'}", flush=True)
+
         def fn():
             # check=False: no synchronisation to read the kernels' verdict on
             # the labels (the other methods do not validate either).
-            return gp.fused_linear_preference_loss(x, w, labels, loss_type="gdpo", beta=BETA,
-                                                   soft_labels=soft, chunk_bytes=args.chunk_bytes,
-                                                   check=False).loss
+            return gp.fused_linear_preference_loss(x, w, labels, **kw).loss
     elif name == "eager":
         fn = lambda: gdpo_from_hidden(x, w, labels, soft)  # noqa: E731
     elif name == "compile":

@@ -80,6 +80,61 @@ inline linear_tensors check_linear(const Tensor& hidden, const Tensor& weight,
   return t;
 }
 
+/// The optional host copies of offsets [S + 1] and pairs [P, 2] (the CUDA
+/// path's opt-in one pass, geopref/cuda/fused_linear.cuh): CPU int64, the
+/// shapes of what they copy, host_pairs only beside pairs. Returns them
+/// contiguous (undefined when not given). `values`: also compare them with
+/// offsets and pairs element by element (the CPU kernels, where both are host
+/// memory: the same verdict as the library's host_layout_mismatch, which the
+/// CUDA path records on the device and reports with `check`).
+inline std::tuple<Tensor, Tensor> check_host_layout(const c10::optional<Tensor>& host_offsets,
+                                                    const c10::optional<Tensor>& host_pairs,
+                                                    const Tensor& offsets,
+                                                    const c10::optional<Tensor>& pairs,
+                                                    bool values, const char* op) {
+  Tensor ho, hp;
+  const auto host_i64 = [&](const Tensor& h, const char* name) {
+    TORCH_CHECK_VALUE(h.device().is_cpu(), "geopref.", op, ": ", name,
+                      " must be a CPU tensor (a host copy), got one on ", h.device());
+    TORCH_CHECK_TYPE(h.scalar_type() == at::kLong, "geopref.", op, ": ", name,
+                     " must be int64, got ", h.scalar_type());
+  };
+  if (host_offsets.has_value() && host_offsets->defined()) {
+    host_i64(*host_offsets, "host_offsets");
+    TORCH_CHECK_VALUE(host_offsets->dim() == 1 && host_offsets->size(0) == offsets.size(0),
+                      "geopref.", op, ": host_offsets must be [S + 1] = [", offsets.size(0),
+                      "] like offsets, got ", host_offsets->sizes());
+    ho = host_offsets->contiguous();
+  }
+  const bool has_pairs = pairs.has_value() && pairs->defined();
+  if (host_pairs.has_value() && host_pairs->defined()) {
+    host_i64(*host_pairs, "host_pairs");
+    TORCH_CHECK_VALUE(has_pairs, "geopref.", op,
+                      ": host_pairs is given without pairs (TRL's layout needs none)");
+    TORCH_CHECK_VALUE(host_pairs->sizes() == pairs->sizes(), "geopref.", op,
+                      ": host_pairs must have the shape of pairs ", pairs->sizes(), ", got ",
+                      host_pairs->sizes());
+    hp = host_pairs->contiguous();
+  }
+  if (values) {
+    // The first differing element names the mismatch (a list can be long).
+    const auto compare = [&](const Tensor& host, const Tensor& dev, const char* name,
+                             const char* dev_name) {
+      const Tensor a = host.reshape({-1}), b = dev.to(at::kLong).cpu().contiguous().reshape({-1});
+      const Tensor diff = at::nonzero(a != b);
+      if (diff.size(0) == 0) return;
+      const int64_t i = diff[0][0].item<int64_t>();
+      TORCH_CHECK_VALUE(false, "geopref.", op, ": ",
+                        geopref::status_string(geopref::status::host_layout_mismatch), " (",
+                        name, " element ", i, " is ", a[i].item<int64_t>(), ", ", dev_name,
+                        " has ", b[i].item<int64_t>(), ")");
+    };
+    if (ho.defined()) compare(ho, offsets, "host_offsets", "offsets");
+    if (hp.defined()) compare(hp, *pairs, "host_pairs", "pairs");
+  }
+  return {ho, hp};
+}
+
 /// grad_mask = (hidden, weight, bias): which gradients to compute. The
 /// bias's is false without a bias.
 inline std::array<bool, 3> effective_mask(std::array<bool, 3> mask, const linear_tensors& t) {

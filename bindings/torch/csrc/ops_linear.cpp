@@ -11,7 +11,7 @@
 //   linear_pref_loss(hidden, weight, bias?, labels, offsets, pairs?, soft_labels?,
 //                    ref_logps?, weights?, loss, beta, alpha, gamma, epsilon, tau,
 //                    average_logps, reduction, normalizer, ignore_index, chunk_bytes,
-//                    grad_mask, check)
+//                    grad_mask, check, host_offsets?, host_pairs?)
 //       -> (loss, seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
 //     pref_loss's forward on Z = hidden·weightᵀ + bias, and, for the inputs
 //     grad_mask = (hidden, weight, bias) names, the gradients of the loss at
@@ -25,6 +25,15 @@
 //       -> (grad_hidden, grad_weight, grad_bias)
 //     The gradients for any upstream gradient ([] or, for reduction "none",
 //     [P] per pair): the forward runs again (the backward of reduction "none").
+//   host_offsets [S + 1], host_pairs [P, 2]: optional CPU int64 copies of
+//     offsets and pairs (host_pairs only with pairs). On CUDA they opt in to
+//     fused_linear_step's one pass (three GEMMs per chunk instead of four,
+//     geopref/cuda/fused_linear.cuh) and are compared with the device arrays
+//     there (a difference: host_layout_mismatch, reported with `check`); on
+//     CPU they are compared here, at once. Wrong shape, dtype or device: an error.
+//   linear_one_pass(<linear_pref_loss's arguments>) -> bool
+//     Whether linear_pref_loss with these arguments runs that one pass (a
+//     host-side query, geopref_fused_linear_one_pass; always false on CPU).
 //   linear_sequence_logps(hidden, weight, bias?, labels, offsets, average_logps,
 //                         ignore_index, chunk_bytes, check) -> (seq_logps, lse, counts)
 //     sequence_logps on Z (the reference model's pass), differentiable.
@@ -113,11 +122,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const char* op) {
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs, const char* op) {
   const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
                                                     beta, alpha, gamma, epsilon, tau, normalizer,
                                                     average_logps, ignore_index, check});
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  // The reference has no one-pass path to feed; the host copies are checked
+  // against offsets and pairs all the same, so that a wrong copy fails on
+  // CPU as it does on CUDA (host_layout_mismatch there).
+  check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
   const Tensor y = labels.to(at::kLong).contiguous(), off = offsets.to(at::kLong).contiguous();
   const int64_t S = offsets.size(0) - 1;
   const cpu_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, op);
@@ -161,11 +175,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cpu(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check) {
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs) {
   return linear_step_cpu(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
                          ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
                          average_logps, reduction, normalizer, ignore_index, chunk_bytes,
-                         grad_mask, check, "linear_pref_loss");
+                         grad_mask, check, host_offsets, host_pairs, "linear_pref_loss");
 }
 
 grads3 linear_pref_loss_grad_cpu(
@@ -175,11 +190,13 @@ grads3 linear_pref_loss_grad_cpu(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check) {
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs) {
   const auto r = linear_step_cpu(&grad_output, hidden, weight, bias, labels, offsets, pairs,
                                  soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
                                  epsilon, tau, average_logps, reduction, normalizer, ignore_index,
-                                 chunk_bytes, grad_mask, check, "linear_pref_loss_grad");
+                                 chunk_bytes, grad_mask, check, host_offsets, host_pairs,
+                                 "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
 }
 
@@ -253,6 +270,24 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
   return grads.result(t);
 }
 
+/// linear_one_pass on CPU: the reference forms the logits whole, there is no
+/// one-pass path; the arguments are checked as linear_pref_loss checks them.
+bool linear_one_pass_cpu(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>&,
+    const optional<Tensor>&, const optional<Tensor>&, c10::string_view loss, double beta,
+    double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3>, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs) {
+  const char* op = "linear_one_pass";
+  to_options(loss_args{std::string(loss), std::string(reduction), beta, alpha, gamma, epsilon,
+                       tau, normalizer, average_logps, ignore_index, check});
+  check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
+  return false;
+}
+
 }  // namespace
 }  // namespace geopref_torch
 
@@ -260,7 +295,8 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
   "Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor offsets, Tensor? pairs, " \
   "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, str loss, float beta, "            \
   "float alpha, float gamma, float epsilon, float tau, bool average_logps, str reduction, "   \
-  "float normalizer, int ignore_index, int chunk_bytes, bool[3] grad_mask, bool check"
+  "float normalizer, int ignore_index, int chunk_bytes, bool[3] grad_mask, bool check, "      \
+  "Tensor? host_offsets=None, Tensor? host_pairs=None"
 
 TORCH_LIBRARY_FRAGMENT(geopref, m) {
   m.def("linear_pref_loss(" GEOPREF_LINEAR_PREF_LOSS_ARGS
@@ -268,6 +304,7 @@ TORCH_LIBRARY_FRAGMENT(geopref, m) {
         "Tensor grad_weight, Tensor grad_bias)");
   m.def("linear_pref_loss_grad(Tensor grad_output, " GEOPREF_LINEAR_PREF_LOSS_ARGS
         ") -> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def("linear_one_pass(" GEOPREF_LINEAR_PREF_LOSS_ARGS ") -> bool");
   m.def(
       "linear_sequence_logps(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
       "Tensor offsets, bool average_logps, int ignore_index, int chunk_bytes, bool check) "
@@ -282,6 +319,7 @@ TORCH_LIBRARY_FRAGMENT(geopref, m) {
 TORCH_LIBRARY_IMPL(geopref, CPU, m) {
   m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cpu);
   m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cpu);
+  m.impl("linear_one_pass", &geopref_torch::linear_one_pass_cpu);
   m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cpu);
   m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cpu);
 }

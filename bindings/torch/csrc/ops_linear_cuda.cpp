@@ -166,7 +166,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const char* op) {
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs, const char* op, bool* one_pass = nullptr) {
   const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
                                                     beta, alpha, gamma, epsilon, tau, normalizer,
                                                     average_logps, ignore_index, check});
@@ -187,21 +188,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
   Tensor value = per_pair ? at::empty({pr.n_pairs}, f32) : at::empty({}, f32);
   Tensor seq = at::empty({S}, f32);
   Tensor metrics = at::empty({7}, t.hidden.options().dtype(at::kDouble));
-  const cuda_grads g(t, grad_mask);
   geopref_linear_train_args a;
   geopref_linear_train_args_init(&a);
   a.in = c_linear(t, labels, offsets, chunk_bytes, op);
-  // The one-pass path's host copies of offsets and pairs (host_offsets /
-  // host_pairs at the end of geopref_linear_train_args, not in this C ABI
-  // yet) would be set here, from CPU int64 tensors the schema would take as
-  // `Tensor? host_offsets, Tensor? host_pairs` (null: the two-pass path).
+  // The one-pass path's host copies (CPU int64, checked here for shape and
+  // dtype; their values against the device arrays by the library, which
+  // records host_layout_mismatch for `check` to report). Null: two passes.
+  const auto [host_off, host_pr] =
+      check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/false, op);
+  a.host_offsets = host_off.defined() ? host_off.data_ptr<int64_t>() : nullptr;
+  a.host_pairs = host_pr.defined() ? host_pr.data_ptr<int64_t>() : nullptr;
   pr.fill(a);
   if (up.defined()) a.grad_output = up.data_ptr<float>();
   a.loss = value.data_ptr<float>();
   a.seq_logps = seq.data_ptr<float>();
   a.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
-  g.fill(a);
   const geopref_options copt = c_options(opt);
+  if (one_pass != nullptr) {
+    // linear_one_pass: the host-side query only. It reads which gradients
+    // are asked for, not their memory: the inputs' own pointers stand in for
+    // the gradients (never written), so the query allocates nothing.
+    const auto m = effective_mask(grad_mask, t);
+    a.grad_hidden = m[0] ? t.hidden.data_ptr() : nullptr;
+    a.grad_weight = m[1] ? t.weight.data_ptr() : nullptr;
+    a.grad_bias = m[2] ? static_cast<float*>(t.bias.data_ptr()) : nullptr;
+    int on = 0;
+    check_status(geopref_fused_linear_one_pass(&a, &copt, &on), op);
+    *one_pass = on != 0;
+    return {};
+  }
+  const cuda_grads g(t, grad_mask);
+  g.fill(a);
   launch(a, &copt, t.hidden, check, geopref_fused_linear_step, op);
   const auto [gh, gw, gb] = g.result(t);
   return {value, seq, metrics, gh, gw, gb};
@@ -213,11 +230,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cuda
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check) {
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs) {
   return linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
                           ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
                           average_logps, reduction, normalizer, ignore_index, chunk_bytes,
-                          grad_mask, check, "linear_pref_loss");
+                          grad_mask, check, host_offsets, host_pairs, "linear_pref_loss");
 }
 
 grads3 linear_pref_loss_grad_cuda(
@@ -227,13 +245,30 @@ grads3 linear_pref_loss_grad_cuda(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check) {
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs) {
   const auto r = linear_step_cuda(&grad_output, hidden, weight, bias, labels, offsets, pairs,
                                   soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
                                   epsilon, tau, average_logps, reduction, normalizer,
-                                  ignore_index, chunk_bytes, grad_mask, check,
-                                  "linear_pref_loss_grad");
+                                  ignore_index, chunk_bytes, grad_mask, check, host_offsets,
+                                  host_pairs, "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
+}
+
+bool linear_one_pass_cuda(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
+    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
+    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
+    const optional<Tensor>& host_pairs) {
+  bool on = false;
+  linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
+                   weights, loss, beta, alpha, gamma, epsilon, tau, average_logps, reduction,
+                   normalizer, ignore_index, chunk_bytes, grad_mask, check, host_offsets,
+                   host_pairs, "linear_one_pass", &on);
+  return on;
 }
 
 std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cuda(
@@ -317,6 +352,7 @@ grads3 linear_sequence_logps_grad_cuda(const Tensor& hidden, const Tensor& weigh
 TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
   m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cuda);
   m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cuda);
+  m.impl("linear_one_pass", &geopref_torch::linear_one_pass_cuda);
   m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cuda);
   m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cuda);
 }

@@ -12,11 +12,13 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _ops  # noqa: F401  (registers the operators, fake kernels and autograd)
 from .api import (DEFAULT_CHUNK_BYTES, METRIC_NAMES, TRL_LOSS_TYPES, DPOOutput, dpo_loss,
-                  fused_linear_logps, fused_linear_preference_loss, loss_types,
+                  fused_linear_logps, fused_linear_one_pass, fused_linear_preference_loss,
+                  loss_types,
                   metrics_to_floats, sequence_logps, token_logps)
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "METRIC_NAMES", "TRL_LOSS_TYPES", "DPOOutput", "dpo_loss",
-           "fused_linear_logps", "fused_linear_preference_loss", "loss_types",
+           "fused_linear_logps", "fused_linear_one_pass",
+           "fused_linear_preference_loss", "loss_types",
            "metrics_to_floats", "sequence_logps", "token_logps", "has_cuda_kernels"]
 
 

@@ -213,6 +213,26 @@ def _check_linear(hidden, weight, bias, labels, offsets, op):
         raise ValueError(f"geopref.{op}: offsets must be [S + 1], got {tuple(offsets.shape)}")
 
 
+def _check_host_layout(host_offsets, host_pairs, offsets, pairs, op):
+    """The host copies' shapes, dtype and device, as csrc/linear.h checks them
+    (their values only the real kernels can compare)."""
+    for h, like, name in ((host_offsets, offsets, "host_offsets"),
+                          (host_pairs, pairs, "host_pairs")):
+        if h is None:
+            continue
+        if like is None:
+            raise ValueError(f"geopref.{op}: host_pairs is given without pairs "
+                             "(TRL's layout needs none)")
+        if h.device.type != "cpu":
+            raise ValueError(f"geopref.{op}: {name} must be a CPU tensor (a host copy), "
+                             f"got one on {h.device}")
+        if h.dtype != torch.int64:
+            raise TypeError(f"geopref.{op}: {name} must be int64, got {h.dtype}")
+        if h.shape != like.shape:
+            raise ValueError(f"geopref.{op}: {name} must have the shape of "
+                             f"{name[5:]} {tuple(like.shape)}, got {tuple(h.shape)}")
+
+
 def _linear_grads_fake(hidden, weight, bias, grad_mask):
     n, h, v = hidden.shape[0], hidden.shape[1], weight.shape[0]
     has_bias = bias is not None
@@ -224,8 +244,10 @@ def _linear_grads_fake(hidden, weight, bias, grad_mask):
 @torch.library.register_fake("geopref::linear_pref_loss")
 def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
                            weights, loss, beta, alpha, gamma, epsilon, tau, average_logps,
-                           reduction, normalizer, ignore_index, chunk_bytes, grad_mask, check):
+                           reduction, normalizer, ignore_index, chunk_bytes, grad_mask, check,
+                           host_offsets=None, host_pairs=None):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss")
+    _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss")
     s = offsets.shape[0] - 1
     p = pairs.shape[0] if pairs is not None else s // 2
     dt = _float_out(hidden)
@@ -235,9 +257,15 @@ def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_la
 
 
 @torch.library.register_fake("geopref::linear_pref_loss_grad")
-def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, *args):
+def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, pairs, *config,
+                                host_offsets=None, host_pairs=None):
+    # config: soft_labels ... check (16 values), then the host copies when given.
+    config, host = config[:16], config[16:] + (None, None)
+    host_offsets = host[0] if host_offsets is None else host_offsets
+    host_pairs = host[1] if host_pairs is None else host_pairs
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_grad")
-    return _linear_grads_fake(hidden, weight, bias, args[-2])
+    _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss_grad")
+    return _linear_grads_fake(hidden, weight, bias, config[-2])
 
 
 @torch.library.register_fake("geopref::linear_sequence_logps")
@@ -268,7 +296,7 @@ def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse,
 # differentiable here (use linear_sequence_logps for a gradient through
 # log-probs), so that an unused output never costs a pass over the logits.
 
-_LINEAR_PREF_CONFIG = 9  # inputs[9:] are loss ... check
+_LINEAR_PREF_CONFIG = 9  # inputs[9:22] are loss ... check, inputs[22:24] the host copies
 
 
 def _graph_kept():
@@ -284,7 +312,7 @@ def _graph_kept():
 
 def _linear_pref_loss_setup(ctx, inputs, output):
     hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = inputs[:9]
-    ctx.config = inputs[_LINEAR_PREF_CONFIG:]
+    ctx.config = inputs[_LINEAR_PREF_CONFIG:22]
     reduction, grad_mask = inputs[16], inputs[20]
     _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
@@ -293,13 +321,14 @@ def _linear_pref_loss_setup(ctx, inputs, output):
     if ctx.scaled:
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
-        ctx.save_for_backward(hidden, weight, bias, labels, offsets, pairs, soft, ref, weights)
+        ctx.save_for_backward(hidden, weight, bias, labels, offsets, pairs, soft, ref, weights,
+                              *inputs[22:24])
 
 
 def _linear_pref_loss_backward(ctx, grad_loss, *_):
     need = ctx.needs_input_grad[:3]
     if grad_loss is None or not any(need):
-        return (None,) * 22
+        return (None,) * 24
     if ctx.scaled:
         missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
                    if n and not m]
@@ -320,12 +349,14 @@ def _linear_pref_loss_backward(ctx, grad_loss, *_):
         else:
             out = tuple(g * up if n else None for g, n in zip(grads, need))
     else:
-        hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = ctx.saved_tensors
+        (hidden, weight, bias, labels, offsets, pairs, soft, ref, weights, host_offsets,
+         host_pairs) = ctx.saved_tensors
         grads = ops.linear_pref_loss_grad(grad_loss, hidden, weight, bias, labels, offsets, pairs,
                                           soft, ref, weights, *ctx.config[:11],
-                                          [bool(n) for n in need], ctx.config[12])
+                                          [bool(n) for n in need], ctx.config[12], host_offsets,
+                                          host_pairs)
         out = tuple(g if n else None for g, n in zip(grads, need))
-    return out + (None,) * 19
+    return out + (None,) * 21
 
 
 torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_backward,

@@ -242,6 +242,51 @@ def _grad_mask(*tensors):
     return [bool(on and t is not None and t.requires_grad) for t in tensors]
 
 
+def _as_host(values, like, name):
+    """A caller's host copy (a CPU tensor or a list) as the CPU int64 tensor
+    the operators take, in the shape of what it copies."""
+    h = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.int64)
+    if h.device.type != "cpu":
+        raise ValueError(f"geopref: {name} must be a CPU tensor or a list (a host copy), "
+                         f"got a tensor on {h.device}")
+    return h.to(torch.int64).reshape(like.shape)
+
+
+def _host_layout(x, padded, off, pairs, check, host_offsets=None, host_pairs=None):
+    """The host copies of offsets and pairs that opt fused_linear_step in to
+    its one pass (CPU int64; None: not given, two passes):
+      offsets: for the padded [B, T, H] layout (padded = (B, T)) built on the
+        host as s * T, no device read; else the caller's host_offsets; else a
+        .cpu() copy of the offsets when they are already host memory, or when
+        check=True (which synchronises the stream anyway); else None.
+      pairs: None for TRL's layout (pairs None); else the caller's host_pairs;
+        else a .cpu() copy under the same rule (host memory, check=True, or
+        host_offsets given: the caller accepted the read); else None.
+    The CPU kernels compare the copies with offsets and pairs; on CUDA the
+    library does, on the device (host_layout_mismatch, raised with check)."""
+    on_host = x.device.type == "cpu"
+    if padded is not None:
+        b, t = padded
+        h_off = torch.arange(b + 1, dtype=torch.int64) * t
+    elif host_offsets is not None:
+        h_off = _as_host(host_offsets, off, "host_offsets")
+    elif on_host or check:
+        h_off = off.to(device="cpu", dtype=torch.int64)
+    else:
+        h_off = None
+    if pairs is None:
+        if host_pairs is not None:
+            raise ValueError("geopref: host_pairs is given without pairs (TRL's layout needs none)")
+        h_pairs = None
+    elif host_pairs is not None:
+        h_pairs = _as_host(host_pairs, pairs, "host_pairs")
+    elif on_host or check or host_offsets is not None:
+        h_pairs = pairs.to(device="cpu", dtype=torch.int64)
+    else:
+        h_pairs = None
+    return h_off, h_pairs
+
+
 def _autocast(hidden, weight, bias):
     """Under torch.autocast, the dtype autocast would give the lm_head's
     F.linear (float32 master weights with bfloat16 activations, say): one
@@ -263,7 +308,8 @@ def fused_linear_preference_loss(
         reduction: str = "mean", normalizer: Optional[float] = None,
         average_logps: Optional[bool] = None, ignore_index: int = -100, alpha: float = 1.0,
         gamma: float = 0.0, epsilon: Optional[float] = None, tau: float = 0.05,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True) -> DPOOutput:
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True,
+        host_offsets=None, host_pairs=None) -> DPOOutput:
     """dpo_loss from the last hidden states and the output projection (the
     lm_head's weight and bias) instead of the logits, which never exist whole:
     on CUDA they are formed one chunk of rows at a time (at most chunk_bytes),
@@ -289,6 +335,26 @@ def fused_linear_preference_loss(
       V rounded up to 16 bytes; less than one row is a ValueError). The
       workspace is about this much plus O(N); the result does not depend on
       it beyond float rounding. On CPU the logits are formed whole.
+    host_offsets, host_pairs: host copies (CPU tensors or lists) of packed
+      offsets [S + 1] and of pairs [P, 2], for the one-pass path below.
+
+    One pass or two (CUDA). With host copies of the offsets (and of the
+    pairs, when given) the library knows on the host which rows each chunk
+    holds, and for losses that do not couple the batch (all but aot,
+    aot_unpaired and an sft term) runs one pass of three GEMMs per chunk
+    (logits, grad_hidden, grad_weight) instead of two passes and four. The
+    copies cost nothing for [B, T, H] hidden states (the offsets are s * T,
+    built on the host; pairs, if given, as below). For packed offsets and for
+    pairs on CUDA, reading them is a device-to-host synchronisation, so they
+    are copied only when check=True (which synchronises after the call
+    anyway) or when host_offsets is given (then pairs too, unless host_pairs
+    is); with check=False and no host_offsets the call stays free of host
+    reads and runs two passes. A training loop that builds its offsets and
+    pairs on the host passes them here and keeps check=False. The copies are
+    compared with the device arrays (on CUDA by the kernels: a difference is
+    reported with check=True; on CPU at once): a wrong copy raises ValueError.
+    A call with host copies cannot be captured in a CUDA graph.
+    fused_linear_one_pass(...) says which path a call takes.
 
     Returns DPOOutput(loss, logps [S], metrics). Unlike dpo_loss's, logps
     here is not differentiable (a gradient through it would cost another pass
@@ -301,7 +367,24 @@ def fused_linear_preference_loss(
     grad_hidden [N, H] and grad_weight [V, H] is in use. With reduction
     "none" the backward runs the step again with the per-pair upstream.
     """
+    args = _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, ref_logps,
+                             soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
+                             average_logps, ignore_index, alpha, gamma, epsilon, tau,
+                             chunk_bytes, check, host_offsets, host_pairs)
+    value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(*args)
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
+
+
+def _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, ref_logps,
+                      soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
+                      average_logps, ignore_index, alpha, gamma, epsilon, tau, chunk_bytes,
+                      check, host_offsets, host_pairs):
+    """fused_linear_preference_loss's arguments -> linear_pref_loss's, in its
+    schema's order."""
     hidden, weight, bias = _autocast(hidden, weight, bias)
+    padded = tuple(hidden.shape[:2]) if hidden.dim() == 3 else None
+    if padded is not None and (host_offsets is not None):
+        raise ValueError("geopref: host_offsets are implied by [B, T, H] hidden states")
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
     soft_labels, config = _loss_config(off, pairs, x.device, loss_type, beta, soft_labels,
                                        label_smoothing, reduction, normalizer, average_logps,
@@ -309,13 +392,34 @@ def fused_linear_preference_loss(
     # Gradients in the forward only where the backward scales them; a
     # per-pair upstream (reduction "none") needs the step again anyway.
     mask = _grad_mask(x, weight, bias) if config[7] != "none" else [False] * 3
-    # A host copy of the offsets (the C ABI's opt-in one-pass path, when it
-    # lands) is free for the [B, T, H] layout (built on the host from B and
-    # T) and costs a device-to-host synchronisation for packed offsets on CUDA.
-    value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(
-        x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, *config,
-        int(chunk_bytes), mask, bool(check))
-    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
+    h_off, h_pairs = _host_layout(x, padded, off, pairs, bool(check), host_offsets, host_pairs)
+    return (x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, *config,
+            int(chunk_bytes), mask, bool(check), h_off, h_pairs)
+
+
+def fused_linear_one_pass(
+        hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+        offsets: Optional[torch.Tensor] = None, **kwargs) -> bool:
+    """Whether fused_linear_preference_loss with these arguments (the same
+    ones, in the same grad mode: the one pass needs a gradient asked for)
+    runs the one-pass path on CUDA: a host-side query of the library
+    (geopref_fused_linear_one_pass; no kernel, no allocation beyond the
+    arguments' own conversion). Always False on CPU, where the reference
+    forms the logits whole. For tests and benchmarks; not traceable."""
+    names = ("bias", "loss_type", "beta", "ref_logps", "soft_labels", "label_smoothing", "pairs",
+             "weights", "reduction", "normalizer", "average_logps", "ignore_index", "alpha",
+             "gamma", "epsilon", "tau", "chunk_bytes", "check", "host_offsets", "host_pairs")
+    unknown = set(kwargs) - set(names)
+    if unknown:
+        raise TypeError(f"geopref.fused_linear_one_pass: unknown arguments {sorted(unknown)}")
+    defaults = dict(bias=None, loss_type="sigmoid", beta=0.1, ref_logps=None, soft_labels=None,
+                    label_smoothing=0.0, pairs=None, weights=None, reduction="mean",
+                    normalizer=None, average_logps=None, ignore_index=-100, alpha=1.0,
+                    gamma=0.0, epsilon=None, tau=0.05, chunk_bytes=DEFAULT_CHUNK_BYTES,
+                    check=True, host_offsets=None, host_pairs=None)
+    defaults.update(kwargs)
+    args = _linear_pref_args(hidden, weight, labels, offsets, *(defaults[n] for n in names))
+    return bool(ops.linear_one_pass(*args))
 
 
 def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

@@ -489,3 +489,145 @@ def test_cuda_chunk_budget_one_row_and_side_stream():
     assert torch.equal(again.loss, whole.loss)
     for a, e in zip(g_again, g_whole):
         assert torch.equal(a, e)
+
+
+# ---- host copies of offsets and pairs (the CUDA path's one pass).
+
+def test_host_layout_helper_builds_the_copies():
+    """gp.api._host_layout: s * T for [B, T, H] (no device read), and for
+    packed offsets and pairs a host copy only where reading them is free
+    (host memory) or the caller allowed it (check=True, host_offsets=)."""
+    from geopref_torch.api import _host_layout
+    off = torch.tensor([0, 3, 3, 7, 9])
+    pairs = torch.tensor([[0, 2], [3, 1]])
+    cpu, dev = torch.empty(10, 4), torch.empty(10, 4, device="meta")  # meta: not host memory
+    h_off, h_pairs = _host_layout(dev, (4, 6), off, None, check=False)
+    assert h_off.device.type == "cpu" and h_off.dtype == torch.int64
+    assert h_off.tolist() == [0, 6, 12, 18, 24] and h_pairs is None
+    # Packed on the device: nothing without check or host_offsets.
+    assert _host_layout(dev, None, off, pairs, check=False) == (None, None)
+    h_off, h_pairs = _host_layout(dev, None, off.int(), pairs, check=True)
+    assert h_off.dtype == torch.int64 and h_off.tolist() == off.tolist()
+    assert torch.equal(h_pairs, pairs)
+    h_off, h_pairs = _host_layout(dev, None, off, pairs, check=False, host_offsets=[0, 3, 3, 7, 9])
+    assert h_off.tolist() == off.tolist() and torch.equal(h_pairs, pairs)
+    h_off, h_pairs = _host_layout(dev, None, off, pairs, check=False, host_offsets=off,
+                                  host_pairs=[[0, 2], [3, 1]])
+    assert torch.equal(h_pairs, pairs)
+    # Host memory: always copied (free).
+    h_off, h_pairs = _host_layout(cpu, None, off, pairs, check=False)
+    assert h_off.tolist() == off.tolist() and torch.equal(h_pairs, pairs)
+    with pytest.raises(ValueError, match="host_pairs is given without pairs"):
+        _host_layout(cpu, None, off, None, check=False, host_pairs=[[0, 1]])
+    with pytest.raises(ValueError, match="must be a CPU tensor or a list"):
+        _host_layout(cpu, None, off, None, check=False, host_offsets=off.to("meta"))
+
+
+def test_padded_layout_matches_packed():
+    """[B, T, H] hidden states (host offsets s * T built by the api, checked
+    by the CPU kernel) give the packed form's bits."""
+    pb = make(43, P=3, T=4, layout="padded")
+    B, T = 6, 4
+    x, w, b = leaves(pb)
+    out = gp.fused_linear_preference_loss(x.reshape(B, T, -1), w, pb["labels"].reshape(B, T),
+                                          bias=b, loss_type="gdpo", soft_labels=pb["soft"],
+                                          ref_logps=pb["ref"], **PARAMS)
+    out.loss.backward()
+    want, g_want = run_op(pb, "gdpo", **PARAMS)
+    assert torch.equal(out.loss, want.loss) and torch.equal(out.logps, want.logps)
+    for a, e in zip((x.grad, w.grad, b.grad), g_want):
+        assert torch.equal(a, e)
+
+
+def test_host_copies_checked_on_cpu():
+    """Host copies that differ from offsets / pairs are the library's
+    host_layout_mismatch on CPU too (at once); wrong dtype, device or shape a
+    clear error; right ones change nothing."""
+    pb = make(47)
+    off = pb["offsets"]
+    pairs = torch.tensor([[0, 3], [1, 4], [2, 5]])
+
+    def call(reduction="mean", **kw):
+        return run_op(pb, "gdpo", reduction=reduction, pairs=pairs, **kw, **PARAMS)
+
+    base, g_base = call()
+    same, g_same = call(host_offsets=off.tolist(), host_pairs=pairs.clone())
+    assert torch.equal(same.loss, base.loss)
+    for a, e in zip(g_same, g_base):
+        assert torch.equal(a, e)
+    shifted = off.clone()
+    shifted[1:-1] += 1  # every boundary one row late
+    with pytest.raises(ValueError, match=r"host layout mismatch.*host_offsets element 1 is"):
+        call(host_offsets=shifted)
+    swapped = pairs.flip(1)
+    with pytest.raises(ValueError, match=r"host layout mismatch.*host_pairs element 0 is 3"):
+        call(host_pairs=swapped)
+    # Reduction "none": the backward's linear_pref_loss_grad gets them too.
+    none, _ = call("none", host_offsets=off, upstream=torch.linspace(-1, 1, 3))
+    assert none.loss.shape == (3,)
+    args = _linear_args(pb)
+    with pytest.raises(ValueError, match="host layout mismatch"):
+        ops.linear_pref_loss_grad(torch.tensor(1.0), *args, shifted, None)
+    with pytest.raises(TypeError, match="host_offsets must be int64"):
+        ops.linear_pref_loss(*args, off.int(), None)
+    with pytest.raises(ValueError, match=r"host_offsets must be \[S \+ 1\]"):
+        ops.linear_pref_loss(*args, off[:-1], None)
+    with pytest.raises(ValueError, match="host_pairs is given without pairs"):
+        ops.linear_pref_loss(*args, off, pairs)
+    # CPU: no one-pass path, the query says so.
+    assert not gp.fused_linear_one_pass(pb["hidden"], pb["weight"], pb["labels"], off,
+                                        loss_type="gdpo")
+
+
+def test_torch_compile_fullgraph_padded_host_offsets(device):
+    """The [B, T, H] form builds its host offsets inside the traced function:
+    no graph break, the eager bits."""
+    torch._dynamo.reset()
+    pb = make(53, P=2, T=3, layout="padded", device=device)
+
+    def step(x, w, b, y, p, r):
+        out = gp.fused_linear_preference_loss(x.reshape(4, 3, -1), w, y.reshape(4, 3), bias=b,
+                                              loss_type="gdpo", soft_labels=p, ref_logps=r)
+        return out.loss, out.logps
+
+    rest = (pb["labels"], pb["soft"], pb["ref"])
+    explanation = torch._dynamo.explain(step)(*leaves(pb), *rest)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    a, e = leaves(pb), leaves(pb)
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(*a, *rest)
+    want = step(*e, *rest)
+    got[0].backward()
+    want[0].backward()
+    for g, w in zip(got + tuple(t.grad for t in a), want + tuple(t.grad for t in e)):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and the CUDA kernels")
+def test_cuda_one_pass_taken_and_equal_to_two_passes():
+    """On CUDA the [B, T, H] layout takes the one pass (host offsets free);
+    packed offsets with check=False and no host copy take two; the results
+    agree to float32 accumulation order (cuBLAS may pick another kernel for
+    another row count); a wrong host copy is reported with check=True."""
+    pb = make(59, P=4, T=16, H=32, V=1001, layout="padded", dtype=torch.float32, device="cuda")
+    x, w, b = leaves(pb)
+    y, off = pb["labels"], pb["offsets"]
+    kw = dict(bias=b, loss_type="gdpo", soft_labels=pb["soft"], ref_logps=pb["ref"], **PARAMS)
+    row = (1001 + 3) // 4 * 4 * 4
+    for chunk in (1 << 20, 2 * 16 * row):  # whole; two sequences (one pair) a chunk
+        assert gp.fused_linear_one_pass(x.reshape(8, 16, -1), w, y.reshape(8, 16),
+                                        chunk_bytes=chunk, **kw)
+        assert not gp.fused_linear_one_pass(x, w, y, off, chunk_bytes=chunk, check=False, **kw)
+        assert gp.fused_linear_one_pass(x, w, y, off, chunk_bytes=chunk, check=True, **kw)
+        one, g_one = run_op(pb, "gdpo", chunk_bytes=chunk, host_offsets=off.cpu(), **PARAMS)
+        two, g_two = run_op(pb, "gdpo", chunk_bytes=chunk, check=False, **PARAMS)
+        close(one.loss, two.loss, 1e-6, 1e-5, "one-pass loss")
+        close(one.logps, two.logps, 1e-5, 1e-5, "one-pass logps")
+        for a, e in zip(g_one, g_two):
+            close(a, e, 1e-6, 1e-4, "one-pass grad")
+    # Coupled losses (a sorted term) never take it.
+    assert not gp.fused_linear_one_pass(x, w, y, off, check=True,
+                                        **dict(kw, loss_type="aot"))
+    shifted = off.cpu().clone()
+    shifted[1:-1] += 1
+    with pytest.raises(ValueError, match="host layout mismatch"):
+        run_op(pb, "gdpo", host_offsets=shifted, **PARAMS)
