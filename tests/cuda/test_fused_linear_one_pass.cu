@@ -236,6 +236,18 @@ TEST_CASE("fused linear one pass: the plan", "[fused_linear][one_pass][small]") 
     CHECK(plan.segments[2].row0 == 4);
     CHECK(plan.segments[3].row0 == 12);
   }
+  SECTION("scattered partners: past 4 segments per chunk on average, no plan") {
+    // 20 sequences of one row; 0..4 against 10, 12, 14, 16, 18. Budget 10:
+    // chunk 0 = {0..4, 10, 12, 14, 16, 18} (6 segments), chunk 1 = the ten
+    // unpaired rows 5..9, 11, 13, 15, 17, 19 (6 segments): 12 > 4 · 2.
+    std::vector<int64_t> ones(21);
+    for (int64_t s = 0; s <= 20; ++s) ones[static_cast<size_t>(s)] = s;
+    const std::vector<int64_t> far = {0, 10, 1, 12, 2, 14, 3, 16, 4, 18};
+    CHECK(!gd::build_one_pass_plan(ones.data(), 20, far.data(), 5, 10, &plan));
+    // One chunk of all 20 rows is a single segment: the plan exists.
+    REQUIRE(gd::build_one_pass_plan(ones.data(), 20, far.data(), 5, 20, &plan));
+    CHECK(plan.segments.size() == 1);
+  }
   SECTION("no row in any sequence: no plan (two passes)") {
     const std::vector<int64_t> empty = {0, 0, 0};
     CHECK(!gd::build_one_pass_plan(empty.data(), 2, nullptr, 1, 4, &plan));
@@ -285,12 +297,18 @@ TEST_CASE("fused linear one pass: shared sequences, sequences in no pair, option
   c.seed = 42;
   c.max_len = 4;
   // 2P + 1 = 9 sequences: one chosen (0) against two rejected (1, 2); 3 vs 4;
-  // 5 and 6 against each other twice; 7 and 8 in no pair.
+  // 6 against 5; 7 and 8 in no pair.
   const std::vector<int64_t> pairs = {0, 1, 0, 2, 3, 4, 6, 5};
   SECTION("float32, bias, overwrite, chunks of the widest component") {
     lin_problem p = with_pairs(c, pairs);
     p.c.chunk_rows = widest_component(p);
     check_one_pass_case(p);
+  }
+  SECTION("a duplicated pair, a sequence against itself, both orders of one pair") {
+    // P = 5, S = 11: (0,1) twice, (2,2), (3,4) and (4,3); 5..10 in no pair.
+    lin_problem q = with_pairs(c, {0, 1, 0, 1, 2, 2, 3, 4, 4, 3});
+    q.c.chunk_rows = widest_component(q);
+    check_one_pass_case(q);
   }
   SECTION("bfloat16 into bfloat16 grad_weight, accumulate, no bias, strides, V = 65, H = 1") {
     c.dtype = gc::dtype::bfloat16;

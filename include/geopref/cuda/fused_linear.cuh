@@ -49,7 +49,10 @@
 //     (sequences joined by pairs; one chosen with two rejected is one
 //     component of three sequences) packed greedily, in the order of their
 //     first sequence, into chunks of at most C rows; a component of more
-//     than C rows means the whole call runs two passes.
+//     than C rows means the whole call runs two passes;
+//   * the chunks average at most 4 segments (runs of adjacent rows, below):
+//     scattered pairs make many short GEMMs and round a bf16 grad_W once
+//     per segment, so past that two passes run.
 // Per chunk: for each run of adjacent rows (a segment; TRL's layout puts a
 // chunk's chosen and rejected rows in two), Z = H·Wᵀ + b and the forward;
 // the chunk's sequence sums, its pairs' terms and g_s; the backward in place,
@@ -189,7 +192,8 @@ inline status fused_linear_step(void* workspace, size_t& workspace_bytes,
 
 /// Whether fused_linear_step with these arguments runs the one-pass path
 /// (host only: reads the host copies, builds the plan; false also when the
-/// arguments would be rejected).
+/// shapes, options or host copies would be rejected; the buffers' pointers,
+/// alignment and overlaps are checked by the step alone).
 inline bool fused_linear_one_pass(const linear_train_args& args, const options& opt) noexcept;
 
 /// The same with a caller's margin loss (see train_step<Loss>): it replaces

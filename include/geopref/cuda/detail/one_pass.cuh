@@ -87,10 +87,14 @@ inline status check_host_layout(const int64_t* offsets, int64_t n_seqs, int64_t 
   return status::success;
 }
 
+/// Segments per chunk, on average, beyond which no one-pass plan is made.
+constexpr int64_t ONE_PASS_MAX_SEGMENTS = 4;
+
 /// Builds the plan for chunks of at most `chunk_rows` rows from checked host
 /// copies (`pairs` null: a_i = i, b_i = P + i, S == 2P). False when no
 /// one-pass plan exists: a component has more rows than a chunk, no row is
-/// in any sequence, or the host memory for the plan cannot be had.
+/// in any sequence, the chunks average more than ONE_PASS_MAX_SEGMENTS
+/// segments, or the host memory for the plan cannot be had.
 inline bool build_one_pass_plan(const int64_t* offsets, int64_t n_seqs, const int64_t* pairs,
                                 int64_t n_pairs, int64_t chunk_rows,
                                 one_pass_plan* out) noexcept {
@@ -176,6 +180,12 @@ inline bool build_one_pass_plan(const int64_t* offsets, int64_t n_seqs, const in
       }
       p.seg_begin.push_back(static_cast<int64_t>(p.segments.size()));
     }
+    // Scattered pairs give many short segments, each three GEMM calls of few
+    // rows and one more rounding of grad_W and grad_b. TRL's layout gives two
+    // per chunk, one chosen against two rejected three; past
+    // ONE_PASS_MAX_SEGMENTS per chunk on average, two passes (large GEMMs,
+    // one rounding per chunk) are the better choice.
+    if (static_cast<int64_t>(p.segments.size()) > ONE_PASS_MAX_SEGMENTS * n_chunks) return false;
     return true;
   } catch (const std::bad_alloc&) {
     return false;  // the two-pass path needs no host memory
