@@ -10,6 +10,60 @@
 
 namespace geopref {
 
+/// The logit transform of the models people train, applied to every logit
+/// before the softmax:
+///
+///   z' = c · tanh(s · z / c) / T     (softcap c > 0: Gemma's final_logit_softcapping)
+///   z' = s · z / T                   (softcap 0: no cap)
+///
+/// s is the model's logit scale (Granite's and Falcon-H1's logit multiplier,
+/// Cohere's logit_scale), T the sampling temperature (GRPO). Log-probs,
+/// entropies and every gradient are those of z'; gradients are with respect
+/// to the untransformed z (or H, W): ∂z'/∂z = (s/T)(1 − tanh²(s·z/c)), or s/T.
+/// The default is the identity, which runs the untransformed kernels.
+/// (docs/math.md §2.1.)
+///
+/// The field list (type, name, default, CLI flag, summary) is the one place a
+/// field is declared: the struct, the C struct's check, the PyTorch keywords
+/// and geopref-check's flags are built from it.
+#define GEOPREF_LOGIT_TRANSFORM_FIELDS(X)                                                    \
+  X(double, scale, 1.0, "logit-scale", "s: multiplies the logits first; finite and > 0")    \
+  X(double, softcap, 0.0, "softcap", "c: c*tanh(s*z/c) when > 0; 0 means no cap; finite")   \
+  X(double, temperature, 1.0, "temperature", "T: divides last; finite and > 0")
+
+struct logit_transform {
+#define GEOPREF_X(type, name, def, flag, doc) type name = def;
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+};
+
+/// True for the default transform (s = 1, no cap, T = 1): the plain kernels.
+inline bool is_identity(const logit_transform& t) noexcept {
+  return t.scale == 1.0 && t.softcap == 0.0 && t.temperature == 1.0;
+}
+
+inline status validate(const logit_transform& t) noexcept {
+  const bool ok = std::isfinite(t.scale) && t.scale > 0.0 && std::isfinite(t.softcap) &&
+                  t.softcap >= 0.0 && std::isfinite(t.temperature) && t.temperature > 0.0;
+  return ok ? status::success : status::invalid_logit_transform;
+}
+
+/// z' in double (the CPU reference). s·z/c and the division by T are formed
+/// as written above, so z' = z exactly for the identity.
+inline double apply(const logit_transform& t, double z) noexcept {
+  if (t.softcap > 0.0) return t.softcap * std::tanh(t.scale * z / t.softcap) / t.temperature;
+  return t.scale * z / t.temperature;
+}
+
+/// ∂z'/∂z at z, in double.
+inline double slope(const logit_transform& t, double z) noexcept {
+  if (t.softcap > 0.0) {
+    const double th = std::tanh(t.scale * z / t.softcap);
+    return t.scale / t.temperature * (1.0 - th * th);
+  }
+  return t.scale / t.temperature;
+}
+
 /// How per-pair losses w_i f_i are combined into the loss.
 enum class reduction : int {
   mean,        // (1/P) Σ w_i f_i  (P = number of pairs; weights do not change the divisor)

@@ -40,6 +40,8 @@ enum class status : int {
   cuda_error,             // a CUDA runtime call failed; cudaGetLastError() gives its code
   host_layout_mismatch,   // fused linear: the host copies of offsets / pairs (host_offsets,
                           // host_pairs) differ from the device arrays (recorded on the device)
+  invalid_logit_transform,// the logit transform: scale not finite and > 0, softcap negative or not
+                          // finite, temperature not finite and > 0
   internal_error,
 };
 
@@ -73,6 +75,7 @@ inline const char* status_string(status s) noexcept {
     case status::unsupported_dtype: return "unsupported dtype";
     case status::cuda_error: return "CUDA runtime error";
     case status::host_layout_mismatch: return "host layout mismatch: host_offsets / host_pairs differ from the device offsets / pairs";
+    case status::invalid_logit_transform: return "invalid logit transform: logit_scale and temperature must be finite and > 0, softcap finite and >= 0 (0: no cap)";
     case status::internal_error: return "internal error";
   }
   return "unknown status";

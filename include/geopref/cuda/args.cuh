@@ -41,6 +41,7 @@ struct token_inputs {
   int64_t n_rows = 0;  // N, 0 <= N <= 2^31 - 1 (N·V itself may exceed 2^31: indices are 64-bit)
   int64_t vocab = 0;   // V, 1 <= V <= 2^31 - 1 when N > 0
   int64_t ld = 0;      // row stride in elements, >= V
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 
   const void* labels = nullptr;  // [N] label_type; ignore_index (options) marks unscored rows
   index_type label_type = index_type::int64;

@@ -112,6 +112,7 @@ struct linear_inputs {
   int64_t n_rows = 0;            // N, as token_inputs
   int64_t hidden_size = 0;       // Hd >= 1 when N > 0
   int64_t vocab = 0;             // V >= 1 when N > 0
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 
   // Token rows exactly as token_inputs (labels, offsets, token weights).
   const void* labels = nullptr;  // [N]

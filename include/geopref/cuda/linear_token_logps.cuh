@@ -54,6 +54,7 @@ struct linear_token_rows {
   const void* labels = nullptr;  // [N] label_type, already shifted
   index_type label_type = index_type::int64;
   int64_t ignore_index = -100;   // the label of unscored rows
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 
   size_t chunk_bytes = size_t{1} << 30;  // budget for the chunk's logits (fused_linear.cuh)
   cublasHandle_t cublas = nullptr;       // the caller's handle, or null (fused_linear.cuh)

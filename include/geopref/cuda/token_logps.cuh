@@ -50,6 +50,7 @@ struct token_rows {
   const void* labels = nullptr;  // [N] label_type, already shifted (labels[t] = input_ids[t + 1])
   index_type label_type = index_type::int64;
   int64_t ignore_index = -100;   // the label of unscored rows
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 };
 
 /// Arguments of token_logps.

@@ -38,6 +38,7 @@ struct linear_inputs {
   int64_t ld_weight = 0;         // >= Hd; 0 means Hd
   const Elem* bias = nullptr;    // [V] or null
   int64_t n_rows = 0, hidden_size = 0, vocab = 0;
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
   const Label* labels = nullptr;
   const Offset* offsets = nullptr;
   int64_t n_seqs = 0, n_pairs = 0;
@@ -229,6 +230,7 @@ struct linear_token_rows {
   int64_t n_rows = 0, hidden_size = 0, vocab = 0;
   const Label* labels = nullptr;  // [N]
   int64_t ignore_index = -100;
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 };
 
 /// The gradients of linear_token_logps_grad, each optional; grad_weight and

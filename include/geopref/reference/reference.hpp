@@ -25,6 +25,7 @@ struct inputs {
   int64_t n_rows = 0;             // N token rows
   int64_t vocab = 0;              // V
   int64_t ld = 0;                 // row stride, >= V
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
   const Label* labels = nullptr;  // [N]; row t scores labels[t] (already shifted by the caller)
   const Offset* offsets = nullptr;  // [S + 1]; sequence s owns rows [offsets[s], offsets[s+1])
   int64_t n_seqs = 0;               // S
@@ -168,6 +169,7 @@ struct token_rows {
   int64_t n_rows = 0, vocab = 0, ld = 0;
   const Label* labels = nullptr;  // [N], already shifted
   int64_t ignore_index = -100;
+  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 };
 
 /// Outputs of token_logps; every pointer optional.
