@@ -161,7 +161,7 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   return status::success;
 }
 
-/// The pair step (docs/math.md, "Composition"): per pair, the log-prob form
+/// The pair step (docs/math.md §7, "The pair step"): per pair, the log-prob form
 /// each term asks for, its log-ratios, value and derivatives, converted to
 /// ∂/∂L_s of the summed log-prob (1/n_s for averaged forms); then the
 /// batch-coupled terms (sft, sorted). out.loss is the unreduced Σ of the
