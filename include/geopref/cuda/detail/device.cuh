@@ -152,6 +152,17 @@ GEOPREF_UNROLL
 // 16-byte global accesses with cache hints, for data that is touched once.
 // Written in PTX on the device; plain accesses on the host (emulator).
 
+/// A GPU stops a kernel that makes a misaligned 16-byte access (a misaligned
+/// address error); the host emulator faults the same way, so a wrong
+/// alignment decision shows as cuda_error there too, not as host behaviour.
+__device__ __forceinline__ void check_aligned16(const void* p) {
+#if defined(GEOPREF_HOST_EMULATION)
+  if (reinterpret_cast<uintptr_t>(p) % 16u != 0) cuda_emu::fault("misaligned 16-byte global access");
+#else
+  (void)p;
+#endif
+}
+
 /// Read-only for the whole kernel (the forward's logits): the non-coherent
 /// path, not kept in L1.
 __device__ __forceinline__ uint4 load_once(const uint4* p) {
@@ -162,6 +173,7 @@ __device__ __forceinline__ uint4 load_once(const uint4* p) {
                : "l"(p));
   return v;
 #else
+  check_aligned16(p);
   return *p;
 #endif
 }
@@ -176,6 +188,7 @@ __device__ __forceinline__ uint4 load_once_rw(const uint4* p) {
                : "l"(p));
   return v;
 #else
+  check_aligned16(p);
   return *p;
 #endif
 }
@@ -188,6 +201,7 @@ __device__ __forceinline__ void store_once(uint4* p, const uint4& v) {
                "r"(v.z), "r"(v.w)
                : "memory");
 #else
+  check_aligned16(p);
   *p = v;
 #endif
 }

@@ -673,7 +673,15 @@ GEOPREF_UNROLL
   const float neg_g = -g, neg_l2 = -(l * LOG2E), coef = map.coef(neg_g);
   const bool has_label = c >= cr.begin && c < cr.end;  // this split writes the label's column
   float z_label = 0.0f;
-  if (has_label && threadIdx.x == 0) z_label = to_float(row[c]);
+  // With a soft-cap the label column's value is formed before the loop and
+  // kept in shared memory: a register live across its longer loop body was
+  // spilled (the static report's spill count).
+  constexpr bool LABEL_IN_SMEM = Map::SOFTCAP;
+  __shared__ float label_out[1];  // unused (and removed) without a transform
+  if (has_label && threadIdx.x == 0) {
+    z_label = to_float(row[c]);
+    if constexpr (LABEL_IN_SMEM) label_out[0] = map.label_grad(z_label, neg_g, l);
+  }
   __syncthreads();  // z_label is read before any thread overwrites it (in place)
   auto grad_at = [&](float z) { return map.grad(z, coef, neg_l2); };
   if (vector_ok) {
@@ -714,7 +722,13 @@ GEOPREF_UNROLL
       out[i] = from_float<Out>(grad_at(to_float(row[i])));
   }
   __syncthreads();  // the label column's first value is stored
-  if (has_label && threadIdx.x == 0) out[c] = from_float<Out>(map.label_grad(z_label, neg_g, l));
+  if (has_label && threadIdx.x == 0) {
+    if constexpr (LABEL_IN_SMEM) {
+      out[c] = from_float<Out>(label_out[0]);
+    } else {
+      out[c] = from_float<Out>(map.label_grad(z_label, neg_g, l));
+    }
+  }
 }
 
 }  // namespace geopref::cuda::detail
