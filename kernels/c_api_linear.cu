@@ -25,7 +25,8 @@ using geopref::status;
 using namespace geopref::c_abi;
 
 // The projection fields geopref_linear_inputs and geopref_linear_token_rows
-// share with their C++ twins; the caller has checked the dtype.
+// share with their C++ twins (the logit transform among them: it is applied to
+// the logits the projection makes); the caller has checked the dtype.
 template <class C, class Cpp>
 void copy_projection(const C& c, Cpp* r) {
   r->hidden = c.hidden;
@@ -39,6 +40,7 @@ void copy_projection(const C& c, Cpp* r) {
   r->vocab = c.vocab;
   r->chunk_bytes = c.chunk_bytes;
   r->cublas = static_cast<cublasHandle_t>(c.cublas_handle);
+  r->logit_transform = to_logit_transform(c.logit_transform);
 }
 
 // The gradient fields of geopref_linear_train_args and
@@ -119,6 +121,7 @@ void init_token_rows(geopref_linear_token_rows* r) {
   r->label_type = GEOPREF_INT64;
   r->ignore_index = gc::linear_token_rows{}.ignore_index;
   r->chunk_bytes = gc::linear_token_rows{}.chunk_bytes;
+  r->logit_transform = default_logit_transform();
 }
 
 void init_inputs(geopref_linear_inputs* in) {
@@ -126,6 +129,7 @@ void init_inputs(geopref_linear_inputs* in) {
   in->label_type = GEOPREF_INT64;
   in->offset_type = GEOPREF_INT64;
   in->chunk_bytes = gc::linear_inputs{}.chunk_bytes;
+  in->logit_transform = default_logit_transform();
 }
 
 }  // namespace
