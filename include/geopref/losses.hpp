@@ -301,9 +301,10 @@ template <class T>
 using gropo_loss = geometric<ropo_loss<T>>;
 
 // ---------------------------------------------------------------------------
-// Terms that read more than the margin (DESIGN §6). ρ_w = x_w − R_w and
-// ρ_l = x_l − R_l are the two responses' log-ratios (x the log-prob in the
-// term's form); each term returns its value and both partial derivatives.
+// Terms that read more than the margin (docs/math.md §5, "Terms beyond the
+// margin"). ρ_w = x_w − R_w and ρ_l = x_l − R_l are the two responses'
+// log-ratios (x the log-prob in the term's form); each term returns its value
+// and both partial derivatives.
 
 /// The result of a two-sided term: f and ∂f/∂ρ_w, ∂f/∂ρ_l.
 template <class T>
@@ -535,7 +536,7 @@ GEOPREF_HD_INLINE pair_grad<T> two_sided_term(loss_type t, T beta, T bco_delta, 
   }
 }
 
-/// Lower-case name as in the DESIGN table and TRL ("dpo", "exo_pair", ...).
+/// Lower-case name as in docs/math.md §5's tables and TRL ("dpo", "exo_pair", ...).
 inline const char* loss_name(loss_type t) noexcept {
   switch (t) {
 #define GEOPREF_X(name, kind, avg, free) \

@@ -1,9 +1,10 @@
-// The loss family beyond the margin (DESIGN §6): two-sided terms, orpo, the
-// batch-coupled terms (sft, aot, aot_unpaired), margin transforms, the
-// geometric form of every margin loss, weighted combinations and per-token
-// weights, each checked against formulas written here from the sources
-// (TRL v0.28.0 trl/trainer/dpo_trainer.py and trl/experimental/orpo/
-// orpo_trainer.py), in long double and without the library's functors:
+// The loss family beyond the margin (docs/math.md §5, "Terms beyond the
+// margin"): two-sided terms, orpo, the batch-coupled terms (sft, aot,
+// aot_unpaired), margin transforms, the geometric form of every margin loss,
+// weighted combinations and per-token weights, each checked against formulas
+// written here from the sources (TRL v0.28.0 trl/trainer/dpo_trainer.py and
+// trl/experimental/orpo/orpo_trainer.py), in long double and without the
+// library's functors:
 //   * the loss and per-pair losses, from the reference's token log-probs;
 //   * g_s = ∂Loss/∂L_s against central differences of those formulas;
 //   * the whole chain down to the logits against finite differences

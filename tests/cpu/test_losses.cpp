@@ -1,6 +1,8 @@
 // The margin losses on their own: derivatives against finite differences over
 // margins −50..50, float and double evaluation without overflow, the
-// identities DESIGN §2 promises, runtime dispatch and parameter validation.
+// identities docs/math.md §4 and §5 state (p̂ = 1, p̂ = 0.5, swapped pairs;
+// cdpo and robust reducing to dpo, cdpo's minimum), runtime dispatch and
+// parameter validation.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -165,7 +167,7 @@ TEST_CASE("swapping a pair's responses with p -> 1-p leaves the symmetric losses
 }
 
 TEST_CASE("hand values of each loss", "[losses]") {
-  // Values computed on paper from the formulas in DESIGN §2 (β = 1 unless said).
+  // Values computed on paper from the formulas of docs/math.md §5 (β = 1 unless said).
   const double ln2 = std::log(2.0);
   CHECK(dpo_loss<double>{1.0}.value(0.0, 1.0) == Approx(ln2).epsilon(1e-15));
   CHECK(dpo_loss<double>{2.0}.value(std::log(3.0) / 2.0, 1.0) == Approx(std::log(4.0 / 3.0)).epsilon(1e-15));

@@ -752,10 +752,11 @@ TEST_CASE("N * V > 2^31 elements", "[gpu][large]") {
 }
 
 // ---------------------------------------------------------------------------
-// The loss family beyond the margin (DESIGN §6) on the GPU path: every
-// loss kind, transforms, the geometric form, combinations, per-token weights
-// and a caller's own margin loss, each against the reference (whose own
-// formulas are checked in tests/cpu/test_family.cpp).
+// The loss family beyond the margin (docs/math.md §5, "Terms beyond the
+// margin") on the GPU path: every loss kind, transforms, the geometric form,
+// combinations, per-token weights and a caller's own margin loss, each
+// against the reference (whose own formulas are checked in
+// tests/cpu/test_family.cpp).
 namespace {
 
 geopref::loss_config family_config(loss_type t) {

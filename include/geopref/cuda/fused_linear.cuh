@@ -34,13 +34,14 @@
 // loop. Link CUDA::cublas (this header, and linear_token_logps.cuh which
 // includes it, are the only ones in geopref that need it).
 //
-// One pass, three GEMMs (DESIGN §6's fast path): when every pair's loss
-// depends only on its own two sequences, a chunk that holds whole pairs can
-// finish its pair terms, g_s and backward right after its forward. The host
-// must then know which rows each chunk holds, and offsets and pairs are
-// device arrays the library never waits for; so the path is opt-in through
-// host copies of them (linear_train_args::host_offsets, host_pairs). It runs
-// when all of these hold (fused_linear_one_pass() says whether they do):
+// One pass, three GEMMs (the fast path; docs/math.md §7, "From hidden states:
+// the fused-linear path"): when every pair's loss depends only on its own two
+// sequences, a chunk that holds whole pairs can finish its pair terms, g_s
+// and backward right after its forward. The host must then know which rows
+// each chunk holds, and offsets and pairs are device arrays the library never
+// waits for; so the path is opt-in through host copies of them
+// (linear_train_args::host_offsets, host_pairs). It runs when all of these
+// hold (fused_linear_one_pass() says whether they do):
 //   * host_offsets is given, and host_pairs too when pairs is;
 //   * no loss term couples the batch (no sorted term: aot, aot_unpaired; no
 //     sft term);

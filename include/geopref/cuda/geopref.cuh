@@ -11,7 +11,8 @@
 //   logits_grad     the backward pass alone, from the lse and grad_seq_logps
 //                   of a train_step run without a gradient (an autograd
 //                   forward/backward split): one more read of the logits and
-//                   one write of the gradient, the design's floor.
+//                   one write of the gradient, the floor of
+//                   docs/benchmarks.md, "Bytes moved".
 //
 // Calling convention (every entry):
 //   1. call with workspace == nullptr: only workspace_bytes is set (arguments

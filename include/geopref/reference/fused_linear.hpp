@@ -125,6 +125,7 @@ inputs<double, Label, Offset> logits_inputs(const linear_inputs<Elem, Label, Off
   x.token_weights = in.token_weights;
   x.grad_loss = in.grad_loss;
   x.grad_pair_losses = in.grad_pair_losses;
+  x.logit_transform = in.logit_transform;
   return x;
 }
 
@@ -265,7 +266,8 @@ status linear_token_logits(const linear_token_rows<Elem, Label>& in, linear_mat&
 
 template <class Label>
 token_rows<double, Label> linear_token_as_rows(const linear_mat& Z, const Label* labels,
-                                               int64_t ignore_index) {
+                                               int64_t ignore_index,
+                                               const logit_transform& transform) {
   token_rows<double, Label> r;
   r.logits = Z.data();
   r.n_rows = Z.rows();
@@ -273,6 +275,7 @@ token_rows<double, Label> linear_token_as_rows(const linear_mat& Z, const Label*
   r.ld = Z.cols();
   r.labels = labels;
   r.ignore_index = ignore_index;
+  r.logit_transform = transform;
   return r;
 }
 
@@ -284,7 +287,8 @@ status linear_token_logps(const linear_token_rows<Elem, Label>& in, token_output
   detail::linear_mat H, W, Z;
   const status s = detail::linear_token_logits(in, H, W, Z);
   if (s != status::success) return s;
-  return token_logps(detail::linear_token_as_rows(Z, in.labels, in.ignore_index), out);
+  return token_logps(
+      detail::linear_token_as_rows(Z, in.labels, in.ignore_index, in.logit_transform), out);
 }
 
 /// Given g_t = ∂Loss/∂ℓ_t [N] and the forward's lse [N] (both read for scored
@@ -302,7 +306,8 @@ status linear_token_logps_grad(const linear_token_rows<Elem, Label>& in, const d
   status s = detail::linear_token_logits(in, H, W, Z);
   if (s != status::success) return s;
   detail::linear_mat G(N, V);
-  s = token_logps_grad(detail::linear_token_as_rows(Z, in.labels, in.ignore_index), lse,
+  s = token_logps_grad(
+      detail::linear_token_as_rows(Z, in.labels, in.ignore_index, in.logit_transform), lse,
                        grad_token_logps, G.data(), V);
   if (s != status::success) return s;
   if (out.grad_hidden != nullptr) detail::write_hidden_grad(G * W, ldgh, out.grad_hidden);

@@ -91,10 +91,11 @@ struct outputs {
   metric_sums sums{};                // the metrics as sums and the pair count (data parallel)
 };
 
-/// The pair step alone (DESIGN §6): from per-sequence sums and counts to the
-/// loss, per-pair losses, margins, metrics and g_s, for every loss term of
-/// opt.loss. compute() runs exactly this between its forward and backward;
-/// tests use it to see how the pair step responds to its inputs.
+/// The pair step alone (docs/math.md §7, "The pair step"): from per-sequence
+/// sums and counts to the loss, per-pair losses, margins, metrics and g_s, for
+/// every loss term of opt.loss. compute() runs exactly this between its
+/// forward and backward; tests use it to see how the pair step responds to
+/// its inputs.
 struct pair_inputs {
   int64_t n_seqs = 0, n_pairs = 0;
   const double* seq_sums = nullptr;     // [S] L_s (token-weighted sums)

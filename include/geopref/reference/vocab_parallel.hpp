@@ -46,6 +46,7 @@ status vocab_stats(const inputs<Logit, Label, Offset>& in, int64_t begin, int64_
     return status::null_pointer;
   if (S > 0 && in.offsets == nullptr) return status::null_pointer;
   if (const status s = validate(opt); s != status::success) return s;
+  if (const status s = validate(in.logit_transform); s != status::success) return s;
   inputs<Logit, Label, Offset> whole = in;  // the labels against the whole vocabulary
   whole.vocab = total;
   whole.ld = total;
@@ -57,9 +58,11 @@ status vocab_stats(const inputs<Logit, Label, Offset>& in, int64_t begin, int64_
     const auto y = static_cast<int64_t>(in.labels[t]);
     if (t < rows_in_seqs && y != opt.ignore_index) {
       const Logit* z = in.logits + t * in.ld;
-      for (int64_t v = 0; v < W; ++v) r.m = std::max(r.m, detail::to_double(z[v]));
-      for (int64_t v = 0; v < W; ++v) r.s += std::exp(detail::to_double(z[v]) - r.m);
-      if (y >= begin && y < begin + W) r.owns = true, r.label = detail::to_double(z[y - begin]);
+      const logit_transform& tr = in.logit_transform;
+      for (int64_t v = 0; v < W; ++v) r.m = std::max(r.m, detail::logit_at(tr, z[v]));
+      for (int64_t v = 0; v < W; ++v) r.s += std::exp(detail::logit_at(tr, z[v]) - r.m);
+      if (y >= begin && y < begin + W)
+        r.owns = true, r.label = detail::logit_at(tr, z[y - begin]);
     }
     out[t] = r;
   }

@@ -404,10 +404,11 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
   return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
 }
 
-/// The per-token primitive from hidden states (DESIGN §6) is these two
-/// passes with the pair step left out: pass 1 plus copy_rows gives lse_t and
-/// ℓ_t; the backward for any per-token g_t is pass 2 with ws.row_coef = g_t,
-/// the one coefficient per row backward_kernel reads (issue 16), so
+/// The per-token primitive from hidden states (docs/math.md §7, "The
+/// per-token primitive", paragraph "From hidden states") is these two passes
+/// with the pair step left out: pass 1 plus copy_rows gives lse_t and ℓ_t;
+/// the backward for any per-token g_t is pass 2 with ws.row_coef = g_t, the
+/// one coefficient per row backward_kernel reads (issue 16), so
 /// backward_kernel and the GEMMs stay as they are.
 ///
 /// Pass 2: every chunk's logits again, the fused backward in place, then

@@ -322,8 +322,8 @@ GEOPREF_UNROLL
   __syncthreads();  // red may be reused after this
 }
 
-/// A single block, in phases separated by barriers (docs/math.md,
-/// "Composition"): (A) thread i handles pairs i, i + BLOCK, ...: validation,
+/// A single block, in phases separated by barriers (docs/math.md §7,
+/// "The pair step"): (A) thread i handles pairs i, i + BLOCK, ...: validation,
 /// metrics, every per-pair term; (B) each sft term from block sums; (C) each
 /// sorted term: ranks by counting (stable, deterministic), then one thread
 /// per sorted position; (D) the loss, a fixed-order sum of the pair losses.

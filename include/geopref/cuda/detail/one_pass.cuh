@@ -1,7 +1,8 @@
 // geopref/cuda/detail/one_pass.cuh — the plan of fused_linear_step's one-pass
-// path (DESIGN §6: whole pairs per chunk, three GEMMs) and its two small
-// kernels. The chunk loop itself is in detail/fused_linear.cuh, next to the
-// two-pass one it mirrors.
+// path (whole pairs per chunk, three GEMMs; docs/math.md §7, "From hidden
+// states: the fused-linear path", paragraph "One pass, three GEMMs") and its
+// two small kernels. The chunk loop itself is in detail/fused_linear.cuh, next
+// to the two-pass one it mirrors.
 //
 // The host must know which rows each chunk holds, so the plan is built from
 // the caller's host copies of the offsets and pairs (linear_train_args::

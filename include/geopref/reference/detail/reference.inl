@@ -46,6 +46,17 @@ inline double to_double(Logit x) {
 
 inline bool is_finite(double x) { return std::isfinite(x); }
 
+/// The logit the softmax sees, z' = apply(transform, z) (options.hpp), and
+/// ∂z'/∂z. The identity transform gives z itself and 1, exactly.
+template <class Logit>
+inline double logit_at(const logit_transform& tr, Logit x) {
+  return apply(tr, to_double(x));
+}
+template <class Logit>
+inline double logit_slope(const logit_transform& tr, Logit x) {
+  return slope(tr, to_double(x));
+}
+
 /// The effective row stride of grad_logits (0 means "same as the logits").
 template <class Logit, class Label, class Offset>
 inline int64_t grad_stride(const inputs<Logit, Label, Offset>& in, const outputs& out) {
@@ -81,6 +92,7 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
                        const outputs& out) {
   // What to compute.
   if (const status s = validate(opt); s != status::success) return s;
+  if (const status s = validate(in.logit_transform); s != status::success) return s;
   if (all_terms_reference_free(opt.loss) && in.ref_logps != nullptr)
     return status::reference_not_allowed;
 
@@ -149,7 +161,7 @@ status validate_inputs(const inputs<Logit, Label, Offset>& in, const options& op
   return status::success;
 }
 
-/// The pair step (docs/math.md, "Composition"): per pair, the log-prob form
+/// The pair step (docs/math.md §7, "The pair step"): per pair, the log-prob form
 /// each term asks for, its log-ratios, value and derivatives, converted to
 /// ∂/∂L_s of the summed log-prob (1/n_s for averaged forms); then the
 /// batch-coupled terms (sft, sorted). out.loss is the unreduced Σ of the
@@ -383,10 +395,11 @@ void write_logits_grad(const inputs<Logit, Label, Offset>& in, const options& op
       const int64_t y = in.labels[t];
       double* g_row = grad_logits + t * gld;
       for (int64_t v = 0; v < V; ++v) {
-        const double d = to_double(z[v]) - lse[t];
+        const double d = logit_at(in.logit_transform, z[v]) - lse[t];
         // 1 − e^{ℓ} as −expm1(ℓ) keeps the label column accurate when the
-        // model is confident.
-        g_row[v] = v == y ? g * -std::expm1(d) : g * -std::exp(d);
+        // model is confident; the chain rule through the transform last.
+        g_row[v] = (v == y ? g * -std::expm1(d) : g * -std::exp(d)) *
+                   logit_slope(in.logit_transform, z[v]);
       }
     }
   }
@@ -421,15 +434,17 @@ void run(const inputs<Logit, Label, Offset>& in, const options& opt, const Margi
     if (!scored(t)) continue;
     const auto z = Z.row(t);
     double m = -std::numeric_limits<double>::infinity();
+    const logit_transform& tr = in.logit_transform;
     for (int64_t v = 0; v < V; ++v) {
-      const double x = to_double(z(v));
+      const double x = logit_at(tr, z(v));
       if (x > m) m = x;  // NaN never wins here, but poisons the sum below
     }
     double sum = 0.0;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(to_double(z(v)) - m);
-    // A row without a finite maximum (all −∞, or a +∞) gives NaN: m − m is NaN.
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(logit_at(tr, z(v)) - m);
+    // A row without a finite maximum (all −∞, or a +∞) gives NaN: m − m is NaN
+    // (a soft-cap maps ±∞ to ±c/T, which is finite).
     lse[t] = m + std::log(sum);
-    logp[t] = to_double(z(static_cast<int64_t>(in.labels[t]))) - lse[t];
+    logp[t] = logit_at(tr, z(static_cast<int64_t>(in.labels[t]))) - lse[t];
   }
 
   run_rows(in, opt, margin_for, lse, logp, out);
@@ -578,6 +593,7 @@ status logits_grad(const inputs<Logit, Label, Offset>& in, const options& opt,
                 grad_logits == nullptr))
     return status::null_pointer;
   if (S > 0 && (in.offsets == nullptr || grad_seq_logps == nullptr)) return status::null_pointer;
+  if (const status s = validate(in.logit_transform); s != status::success) return s;
   if (const status s = detail::validate_offsets_labels(in, opt); s != status::success) return s;
   if (in.token_weights != nullptr && S > 0)  // as compute(): scored rows' weights only
     for (int64_t t = 0; t < static_cast<int64_t>(in.offsets[S]); ++t)

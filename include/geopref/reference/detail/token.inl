@@ -21,6 +21,7 @@ status validate_token_rows(const token_rows<Logit, Label>& in) {
   if (in.ld < V) return status::invalid_stride;
   if (N > 0 && in.ld > std::numeric_limits<int64_t>::max() / N) return status::invalid_shape;
   if (N > 0 && (in.logits == nullptr || in.labels == nullptr)) return status::null_pointer;
+  if (const status s = validate(in.logit_transform); s != status::success) return s;
   for (int64_t t = 0; t < N; ++t) {
     const auto y = static_cast<int64_t>(in.labels[t]);
     if (y != in.ignore_index && (y < 0 || y >= V)) return status::label_out_of_range;
@@ -40,15 +41,16 @@ status token_logps(const token_rows<Logit, Label>& in, token_outputs& out) {
       const Logit* z = in.logits + t * in.ld;
       // lse = m + log Σ exp(z − m); a row without a finite maximum gives NaN
       // (m − m), as compute() does.
+      const logit_transform& tr = in.logit_transform;
       double m = -std::numeric_limits<double>::infinity();
-      for (int64_t v = 0; v < in.vocab; ++v) m = std::fmax(m, detail::to_double(z[v]));
+      for (int64_t v = 0; v < in.vocab; ++v) m = std::fmax(m, detail::logit_at(tr, z[v]));
       double sum = 0.0;
-      for (int64_t v = 0; v < in.vocab; ++v) sum += std::exp(detail::to_double(z[v]) - m);
+      for (int64_t v = 0; v < in.vocab; ++v) sum += std::exp(detail::logit_at(tr, z[v]) - m);
       lse = m + std::log(sum);
-      logp = detail::to_double(z[y]) - lse;
+      logp = detail::logit_at(tr, z[y]) - lse;
       if (out.entropy != nullptr)
         for (int64_t v = 0; v < in.vocab; ++v) {
-          const double d = lse - detail::to_double(z[v]);
+          const double d = lse - detail::logit_at(tr, z[v]);
           const double p = std::exp(-d);
           if (p != 0.0) h += p * d;  // p = 0 (z = −∞) adds 0, not 0·∞; NaN is kept
         }
@@ -83,10 +85,12 @@ status token_logps_grad(const token_rows<Logit, Label>& in, const double* lse,
     }
     const Logit* z = in.logits + t * in.ld;
     const double g = grad_token_logps[t];
+    const logit_transform& tr = in.logit_transform;
     for (int64_t v = 0; v < V; ++v) {
-      const double d = detail::to_double(z[v]) - lse[t];
-      // The label column as −expm1, accurate when p → 1 (as write_logits_grad).
-      g_row[v] = v == y ? g * -std::expm1(d) : g * -std::exp(d);
+      const double d = detail::logit_at(tr, z[v]) - lse[t];
+      // The label column as −expm1, accurate when p → 1 (as write_logits_grad),
+      // then the chain rule through the transform.
+      g_row[v] = (v == y ? g * -std::expm1(d) : g * -std::exp(d)) * detail::logit_slope(tr, z[v]);
     }
   }
   return status::success;
