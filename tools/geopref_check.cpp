@@ -725,6 +725,12 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
                static_cast<long long>(p.n_rows), static_cast<long long>(p.vocab),
                static_cast<long long>(p.n_seqs), static_cast<long long>(p.n_pairs));
   std::fprintf(f, "  \"average_logps\": %s,\n", uses_average_logps(p.opt) ? "true" : "false");
+  // The transform the outputs are of, one key per flag ("logit_scale", ...).
+  for (const auto& t : tools::TRANSFORM_FLAGS) {
+    std::string key(t.flag + 2);
+    for (char& ch : key) ch = ch == '-' ? '_' : ch;
+    json_number(f, key.c_str(), p.transform.*(t.field));
+  }
   json_number(f, "loss", r.loss);
   json_number(f, "rewards/chosen", r.stats.rewards_chosen);
   json_number(f, "rewards/rejected", r.stats.rewards_rejected);

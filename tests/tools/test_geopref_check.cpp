@@ -986,6 +986,14 @@ TEST_CASE("geopref-check: --logit-scale, --temperature and --softcap reach every
       check_scaled(plain2, got, "/grad_logits.npy", 2.0);
       check_metrics_equal(plain2, got);
     }
+    // metrics.json records the transform the outputs are of.
+    const std::string json = read_text(run_ok("--logits " + L + loss + " --logit-scale 2.5 "
+                                              "--softcap 30 --temperature 0.75", "lt_json") +
+                                       "/metrics.json");
+    CHECK(json_value(json, "logit_scale") == 2.5);
+    CHECK(json_value(json, "softcap") == 30.0);
+    CHECK(json_value(json, "temperature") == 0.75);
+    CHECK(json_value(read_text(plain2 + "/metrics.json"), "logit_scale") == 1.0);
   }
   SECTION("sequence loss: --softcap 3 on z is no flag on 3 tanh(z/3), and not no flag on z") {
     const std::string plain = run_ok("--logits " + L + loss, "lt_plain");
