@@ -16,6 +16,7 @@ geopref::status run_typed(const ref_problem& p, const geopref::options& opt, boo
   in.n_rows = p.n_rows;
   in.vocab = p.vocab;
   in.ld = p.ld;
+  in.logit_transform = p.logit_transform;
   set_sequences_and_pairs(p, &in);
 
   const auto n = static_cast<size_t>(p.n_rows);
@@ -84,6 +85,7 @@ geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const doub
   in.n_rows = p.n_rows;
   in.vocab = p.vocab;
   in.ld = p.ld;
+  in.logit_transform = p.logit_transform;
   in.labels = p.labels;
   in.ignore_index = ignore;
   geopref::reference::token_outputs out;

@@ -19,6 +19,7 @@ struct ref_problem {
   ref_dtype dtype = ref_dtype::f32;
   const void* logits = nullptr;  // [N, ld]
   int64_t n_rows = 0, vocab = 0, ld = 0;
+  geopref::logit_transform logit_transform{};
   const int64_t* labels = nullptr;   // [N]
   const int64_t* offsets = nullptr;  // [S + 1]
   int64_t n_seqs = 0, n_pairs = 0;

@@ -159,6 +159,7 @@ struct case_config {
   int64_t grad_pad = 0, grad_misalign = 0;
   bool extreme = false;  // ±1e4 entries, −inf entries, rows shifted by 1e4
   double scale = 3.0;    // standard deviation of ordinary logits
+  geopref::logit_transform logit_transform{};  // applied to every logit (options.hpp)
   uint64_t seed = 1;
 };
 
@@ -175,7 +176,8 @@ inline std::string describe(const case_config& c) {
     << " fp32grad=" << c.grad_fp32 << " in_place=" << c.in_place << " grad_pad=" << c.grad_pad
     << " extreme=" << c.extreme << " token_weights=" << c.token_weights
     << " terms=" << c.opt.loss.n_terms << " transform=" << geopref::transform_name(c.opt.loss.transform)
-    << " geometric=" << c.opt.loss.geometric;
+    << " geometric=" << c.opt.loss.geometric << " logit_scale=" << c.logit_transform.scale
+    << " softcap=" << c.logit_transform.softcap << " temperature=" << c.logit_transform.temperature;
   for (int k = 0; k < c.opt.loss.n_terms && k < geopref::MAX_LOSS_TERMS; ++k)
     o << " " << geopref::loss_name(c.opt.loss.terms[k]) << "*" << c.opt.loss.term_weights[k];
   return o.str();
@@ -273,6 +275,7 @@ inline void make_problem(const case_config& c, problem& pr) {
   r.n_rows = pr.n;
   r.vocab = pr.v;
   r.ld = pr.ld;
+  r.logit_transform = c.logit_transform;
   r.labels = pr.labels.data();
   r.offsets = pr.offsets.data();
   r.n_seqs = pr.s;
@@ -402,6 +405,7 @@ struct device_io {
     x.n_rows = pr.n;
     x.vocab = pr.v;
     x.ld = ld;
+    x.logit_transform = pr.cfg.logit_transform;
     x.labels = labels.get();
     x.label_type = pr.cfg.label_type;
     x.offsets = offsets.get();
@@ -532,6 +536,35 @@ inline double out_roundoff(const case_config& c) {
 
 inline double eps_sum(int64_t vocab) { return 2.0 * (static_cast<double>(vocab) / 128.0 + 128.0) * U32; }
 
+/// The logit transform's error on the device (arith.cuh's maps), for a raw
+/// logit z: `value` bounds |Δz'|, `slope` |Δ∂z'/∂z|. The identity is exact.
+/// A scale is one product with a constant rounded once (2 U32 relative to
+/// z'). A soft-cap z' = k·tanh(u·z): u·z and k are rounded (U32 each) and the
+/// tanh is tanhf for float logits (a few ulp: 4 U32 allowed) or, for 16-bit
+/// logits on a GPU, the MUFU's tanh.approx.f32, whose relative error the PTX
+/// ISA gives as about 2⁻¹¹ (2⁻¹⁰ allowed; the emulator uses tanhf);
+/// Δslope = (s/T)·2|tanh|·Δtanh plus the constant's rounding.
+struct transform_error {
+  double value = 0, slope = 0;
+};
+inline transform_error transform_error_at(const case_config& c, double z) {
+  const geopref::logit_transform& tr = c.logit_transform;
+  transform_error e;
+  if (geopref::is_identity(tr)) return e;
+  const double zt = geopref::apply(tr, z), st = tr.scale / tr.temperature;
+  if (tr.softcap == 0.0) {
+    e.value = 2 * U32 * std::fabs(zt);
+    e.slope = 2 * U32 * st;
+    return e;
+  }
+  const double k = tr.softcap / tr.temperature, th = std::tanh(tr.scale * z / tr.softcap);
+  const double dth = (c.dtype == gc::dtype::float32 ? 4 * U32 : 0x1p-10) * std::fabs(th) +
+                     U32 * std::fabs(tr.scale * z / tr.softcap) * (1 - th * th);
+  e.value = k * dth + 2 * U32 * std::fabs(zt);
+  e.slope = st * (2 * std::fabs(th) * dth + 2 * U32);
+  return e;
+}
+
 inline void compare_margin_pairs(const problem& pr, const gpu_result& g, const ref_result& ref,
                                  const std::vector<double>& tol_l, std::vector<double>& tol_g);
 inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_result& ref,
@@ -650,9 +683,15 @@ inline void compare(const problem& pr, const gpu_result& g) {
       ck_tok(t, g.token_logps[t], 0.0, 0.0);
       continue;
     }
-    const double zy = pr.z[static_cast<size_t>(t * pr.ld + pr.labels[t])];
-    tol_lse[t] = eps_sum(pr.v) + 2 * U32 * std::fabs(ref.lse[t]);
-    tol_tok[t] = tol_lse[t] + 2 * U32 * (std::fabs(ref.token_logps[t]) + std::fabs(zy));
+    const double zy_raw = pr.z[static_cast<size_t>(t * pr.ld + pr.labels[t])];
+    const double zy = geopref::apply(c.logit_transform, zy_raw);
+    // The transform's error moves lse by at most the largest |Δz'| of the row.
+    double dz_max = 0;
+    for (int64_t v = 0; v < pr.v; ++v)
+      dz_max = std::max(dz_max, transform_error_at(c, pr.z[static_cast<size_t>(t * pr.ld + v)]).value);
+    tol_lse[t] = eps_sum(pr.v) + 2 * U32 * std::fabs(ref.lse[t]) + dz_max;
+    tol_tok[t] = tol_lse[t] + 2 * U32 * (std::fabs(ref.token_logps[t]) + std::fabs(zy)) +
+                 transform_error_at(c, zy_raw).value;
     ck_lse(t, g.lse[t], ref.lse[t], tol_lse[t]);
     ck_tok(t, g.token_logps[t], ref.token_logps[t], tol_tok[t]);
   }
@@ -800,12 +839,17 @@ inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_r
       }
       const double tw = c.token_weights ? pr.tw_d[t] : 1.0;
       const double gs = ref.grad_seq_logps[row_seq[t]] * tw;
-      const double d = pr.z[static_cast<size_t>(t * pr.ld + v)] - ref.lse[t];
+      const double z = pr.z[static_cast<size_t>(t * pr.ld + v)];
+      const double d = geopref::apply(c.logit_transform, z) - ref.lse[t];
       const double p = std::exp(d);
       const double ind = v == pr.labels[t] ? 1.0 : 0.0;
-      const double eps_p = tol_lse[t] + (2 * std::fabs(d) + 6) * U32;
-      const double tol = (p > 0 ? std::fabs(gs) * p * eps_p : 0.0) +
-                         tol_g[row_seq[t]] * std::fabs(tw) * std::fabs(ind - p) +
+      // The element is g_s·(𝟙 − p)·∂z'/∂z (slope 1 without a transform).
+      const transform_error te = transform_error_at(c, z);
+      const double sl = std::fabs(geopref::slope(c.logit_transform, z));
+      const double eps_p = tol_lse[t] + te.value + (2 * std::fabs(d) + 6) * U32;
+      const double tol = ((p > 0 ? std::fabs(gs) * p * eps_p : 0.0) +
+                          tol_g[row_seq[t]] * std::fabs(tw) * std::fabs(ind - p)) * sl +
+                         std::fabs(gs) * std::fabs(ind - p) * te.slope +
                          (3 * U32 + u_out) * std::fabs(want) + floor;
       ck_grad(t * pr.v + v, got, want, tol);
     }

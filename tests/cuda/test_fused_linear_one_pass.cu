@@ -505,3 +505,199 @@ TEST_CASE("fused linear one pass: host copies that are malformed or disagree",
     CHECK(dev == status::host_layout_mismatch);
   }
 }
+
+// ---------------------------------------------------------------------------
+// Issue 24: cases for faults a mutation run planted in the one pass that the
+// cases above let through (dev/mutations/issue24.md).
+namespace {
+
+/// p with the sequence layout `offsets` (S + 1 entries, S = p.S): N =
+/// offsets[S] + 1 (one row after every sequence), and new hidden states,
+/// labels (15% ignored) and token weights in [0.5, 1.5) for those rows.
+void relayout(lin_problem& p, const std::vector<int64_t>& offsets) {
+  REQUIRE(static_cast<int64_t>(offsets.size()) == p.S + 1);
+  const lin_config& c = p.c;
+  std::mt19937_64 rng(c.seed ^ 0x2400);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  p.offsets = offsets;
+  p.N = offsets.back() + 1;
+  fill(c.dtype, rng, 1.5 / std::sqrt(static_cast<double>(c.hidden)), p.N, c.hidden, p.ldh, p.Hb, p.H);
+  p.labels.clear();
+  for (int64_t t = 0; t < p.N; ++t)
+    p.labels.push_back(unit(rng) < 0.15 ? -100 : static_cast<int64_t>(rng() % static_cast<uint64_t>(c.vocab)));
+  p.token_weights.clear();
+  p.tw_d.clear();
+  if (c.token_weights)
+    for (int64_t t = 0; t < p.N; ++t) {
+      p.token_weights.push_back(static_cast<float>(0.5 + unit(rng)));
+      p.tw_d.push_back(p.token_weights.back());
+    }
+}
+
+/// Contiguous runs in a sorted list of rows: the segments of a chunk that
+/// holds exactly those rows (the test's own count, for a plan the library
+/// refuses to build).
+int64_t runs(const std::vector<int64_t>& rows) {
+  int64_t n = 0;
+  for (size_t i = 0; i < rows.size(); ++i) n += i == 0 || rows[i] != rows[i - 1] + 1;
+  return n;
+}
+
+}  // namespace
+
+// Fault: the limit of ONE_PASS_MAX_SEGMENTS (4) segments per chunk on average
+// off by one either way (>= in place of >, or one more segment allowed). 16
+// one-row sequences and an empty 17th, chunks of 8 rows, explicit pairs
+// (self pairs add no edge, so they only complete P = 8): the components pack
+// into two chunks of 8 rows each.
+//   at the limit: (0,8) (2,10) (4,12) (6,14): chunk 0 = rows 0-4, 8, 10, 12,
+//     chunk 1 = rows 5-7, 9, 11, 13-15: 4 + 4 = 8 = 4·2 segments: one pass,
+//     3 GEMMs per segment, against the reference and the two passes;
+//   one past: (0,15) (1,8) (2,10) (3,12): chunk 0 = rows 0-3, 8, 10, 12, 15,
+//     chunk 1 = rows 4-7, 9, 11, 13, 14: 5 + 4 = 9 segments: no plan,
+//     fused_linear_one_pass() false, the two passes' 4 GEMMs per chunk.
+TEST_CASE("fused linear one pass: exactly at the segments-per-chunk limit, and one past it",
+          "[fused_linear][one_pass][small]") {
+  std::vector<int64_t> off(18);
+  for (int64_t s = 0; s <= 16; ++s) off[static_cast<size_t>(s)] = s;
+  off[17] = 16;  // sequence 16 empty: in no chunk
+  lin_config c;
+  c.seed = 45;
+  c.max_len = 2;
+  c.chunk_rows = 8;
+  REQUIRE(gc::detail::ONE_PASS_MAX_SEGMENTS == 4);
+  SECTION("at the limit: one pass") {
+    lin_problem p = with_pairs(c, {0, 8, 2, 10, 4, 12, 6, 14, 1, 1, 3, 3, 5, 5, 7, 7});
+    relayout(p, off);
+    const gc::detail::one_pass_plan plan = plan_of(p);
+    REQUIRE(plan.chunks() == 2);
+    CHECK(plan.seg_begin == std::vector<int64_t>{0, 4, 8});
+    CHECK(runs({0, 1, 2, 3, 4, 8, 10, 12}) == 4);
+    CHECK(runs({5, 6, 7, 9, 11, 13, 14, 15}) == 4);
+    check_one_pass_case(p);  // REQUIREs the one pass, counts 3 GEMMs per segment
+  }
+  SECTION("one past the limit: two passes") {
+    lin_problem p = with_pairs(c, {0, 15, 1, 8, 2, 10, 3, 12, 4, 4, 5, 5, 6, 6, 7, 7});
+    relayout(p, off);
+    // The chunks the packing makes (first-appearance order, 8 rows each) and
+    // their segments, counted here: 5 + 4.
+    REQUIRE(runs({0, 1, 2, 3, 8, 10, 12, 15}) == 5);
+    REQUIRE(runs({4, 5, 6, 7, 9, 11, 13, 14}) == 4);
+    gc::detail::one_pass_plan plan;
+    CHECK(!gc::detail::build_one_pass_plan(p.offsets.data(), p.S, p.pairs.data(), p.c.pairs,
+                                           p.c.chunk_rows, &plan));
+    // A budget of all rows holds everything in one chunk: one segment, a plan.
+    CHECK(gc::detail::build_one_pass_plan(p.offsets.data(), p.S, p.pairs.data(), p.c.pairs, p.N,
+                                          &plan));
+    blas_handle h;
+    const path_run f = run_path(p, h.h, path_wanted::fallback);  // REQUIREs one_pass() false
+    const linear_ref_result ref = run_ref(p);
+    compare(p, f.r, ref, bounds_of(p, ref), 1.0);
+#if defined(GEOPREF_HOST_EMULATION)
+    CHECK(f.gemms == 4 * ((p.N + p.c.chunk_rows - 1) / p.c.chunk_rows));
+#endif
+  }
+}
+
+// Fault: the one pass's token weights indexed from the chunk buffer's row
+// (the segment's `at`) instead of the segment's first row (row0). Ragged
+// sequences (1, 2, 3 rows), per-row weights, the at-limit pairs above and
+// chunks of 16 rows: each chunk holds four segments and every segment but
+// the first starts past the chunk's first row (row0 ≠ at). Against the
+// reference and the two passes (check_one_pass_case), in float and bfloat16.
+TEST_CASE("fused linear one pass: token weights when a chunk's later segments start elsewhere",
+          "[fused_linear][one_pass][small]") {
+  std::vector<int64_t> off = {0};
+  for (int64_t s = 0; s < 16; ++s) off.push_back(off.back() + 1 + (s * 7) % 3);
+  off.push_back(off.back());  // sequence 16 empty
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16}) {
+    lin_config c;
+    c.dtype = d;
+    c.seed = 46;
+    c.token_weights = true;
+    c.chunk_rows = 16;
+    lin_problem p = with_pairs(c, {0, 8, 2, 10, 4, 12, 6, 14, 1, 1, 3, 3, 5, 5, 7, 7});
+    relayout(p, off);
+    const gc::detail::one_pass_plan plan = plan_of(p);
+    int moved = 0;  // segments after a chunk's first whose rows start elsewhere than their place
+    for (size_t k = 0; k < plan.chunks(); ++k)
+      for (int64_t g = plan.seg_begin[k] + 1; g < plan.seg_begin[k + 1]; ++g)
+        moved += plan.segments[static_cast<size_t>(g)].row0 != plan.segments[static_cast<size_t>(g)].at;
+    INFO("plan: " << plan.chunks() << " chunks, " << plan.segments.size() << " segments");
+    REQUIRE(plan.chunks() >= 2);
+    REQUIRE(moved >= 2 * static_cast<int>(plan.chunks()));
+    bool differ = false;  // the weights differ row by row
+    for (size_t t = 1; t < p.token_weights.size(); ++t) differ = differ || p.token_weights[t] != p.token_weights[0];
+    REQUIRE(differ);
+    check_one_pass_case(p);
+  }
+}
+
+// Fault: the host/device layout comparison skipping the second index of a
+// pair (the rejected side) or the last offset offsets[S] (e.g. a loop one
+// short, or S offsets compared instead of S + 1). Host copies that differ
+// from the device arrays in that one value only — each still a valid layout
+// — must give host_layout_mismatch on the device, on the one pass and when
+// the copies go unused (a coupled loss: two passes).
+TEST_CASE("fused linear one pass: host copies differing only in a rejected index or in offsets[S]",
+          "[fused_linear][one_pass][small]") {
+  lin_config c;
+  c.seed = 47;
+  c.explicit_pairs = true;
+  lin_problem p = with_pairs(c, {0, 1, 2, 3, 4, 5});  // P = 3, S = 7 (6 in no pair)
+  p.c.chunk_rows = p.N;
+  blas_handle h;
+  lin_device d(p);
+  lin_outputs o(p);
+  gc::linear_train_args a = train_args_of(p, d);
+  a.in.cublas = h.h;
+  o.attach(a, p);
+  const geopref::options opt = options_of(p.c);
+  geopref::options sft = opt;
+  sft.loss.n_terms = 2;
+  sft.loss.terms[0] = loss_type::dpo;
+  sft.loss.terms[1] = loss_type::sft;
+  sft.loss.term_weights[0] = sft.loss.term_weights[1] = 1.0;
+  size_t bytes = 0;
+  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
+  dmem mem(bytes + 1);
+  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
+  auto device_after = [&](const gc::linear_train_args& x, const geopref::options& o2) {
+    poison(mem);
+    REQUIRE(gc::fused_linear_step(ws, bytes, x, o2) == status::success);
+    status dev = status::internal_error;
+    REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
+    return dev;
+  };
+  const std::vector<int64_t> off = p.offsets, pr = p.pairs;
+  a.host_offsets = off.data();
+  a.host_pairs = pr.data();
+  REQUIRE(gc::fused_linear_one_pass(a, opt));
+  CHECK(device_after(a, opt) == status::success);  // the control
+  CHECK(device_after(a, sft) == status::success);
+
+  for (size_t i : {size_t{1}, size_t{5}}) {  // the first pair's rejected index, the last pair's
+    INFO("host_pairs[" << i << "] = 6 (the device's " << pr[i] << ")");
+    std::vector<int64_t> bp = pr;
+    bp[i] = 6;
+    REQUIRE(gc::detail::check_host_layout(off.data(), p.S, p.N, bp.data(), bp.data(), 3) ==
+            status::success);
+    auto b = a;
+    b.host_pairs = bp.data();
+    CHECK(gc::fused_linear_one_pass(b, opt));
+    CHECK(device_after(b, opt) == status::host_layout_mismatch);
+    CHECK(device_after(b, sft) == status::host_layout_mismatch);
+  }
+  {
+    // offsets[S] one row later (N = offsets[S] + 1: still valid).
+    std::vector<int64_t> bo = off;
+    ++bo.back();
+    INFO("host offsets[S] = " << bo.back() << " (the device's " << off.back() << ")");
+    REQUIRE(gc::detail::check_host_layout(bo.data(), p.S, p.N, pr.data(), pr.data(), 3) ==
+            status::success);
+    auto b = a;
+    b.host_offsets = bo.data();
+    CHECK(device_after(b, opt) == status::host_layout_mismatch);
+    CHECK(device_after(b, sft) == status::host_layout_mismatch);
+  }
+}

@@ -84,6 +84,7 @@ gc::token_rows rows_of(const token_problem& tp, const void* logits, int64_t ld, 
   r.n_rows = pr.n;
   r.vocab = pr.v;
   r.ld = ld;
+  r.logit_transform = pr.cfg.logit_transform;
   r.labels = labels.get();
   r.label_type = pr.cfg.label_type;
   r.ignore_index = ignore;
@@ -168,9 +169,16 @@ void compare_token(const token_case& tc, const token_problem& tp, const token_gp
       if (tc.entropy) ck_ent(t, g.entropy[t], 0.0, 0.0);
       continue;
     }
-    const double zy = pr.z[static_cast<size_t>(t * pr.ld + pr.labels[t])];
-    tol_lse[t] = eps_sum(pr.v) + 2 * U32 * std::fabs(ref.lse[t]);
-    const double tol_tok = tol_lse[t] + 2 * U32 * (std::fabs(ref.token_logps[t]) + std::fabs(zy));
+    // With a logit transform, every z below is z' and the lse moves by at
+    // most the row's largest |Δz'| (gpu_harness.cuh, transform_error_at).
+    const double zy_raw = pr.z[static_cast<size_t>(t * pr.ld + pr.labels[t])];
+    const double zy = geopref::apply(c.logit_transform, zy_raw);
+    double dz_max = 0;
+    for (int64_t v = 0; v < pr.v; ++v)
+      dz_max = std::max(dz_max, transform_error_at(c, pr.z[static_cast<size_t>(t * pr.ld + v)]).value);
+    tol_lse[t] = eps_sum(pr.v) + 2 * U32 * std::fabs(ref.lse[t]) + dz_max;
+    const double tol_tok = tol_lse[t] + 2 * U32 * (std::fabs(ref.token_logps[t]) + std::fabs(zy)) +
+                           transform_error_at(c, zy_raw).value;
     if (std::isnan(ref.lse[t])) {  // NaN stays NaN (docs/math.md)
       CHECK(std::isnan(g.lse[t]));
       CHECK(std::isnan(g.token_logps[t]));
@@ -182,7 +190,8 @@ void compare_token(const token_case& tc, const token_problem& tp, const token_gp
     if (tc.entropy) {
       double second = 0.0;
       for (int64_t v = 0; v < pr.v; ++v) {
-        const double d = ref.lse[t] - pr.z[static_cast<size_t>(t * pr.ld + v)];
+        const double d =
+            ref.lse[t] - geopref::apply(c.logit_transform, pr.z[static_cast<size_t>(t * pr.ld + v)]);
         const double p = std::exp(-d);
         if (p != 0.0) second += p * d * (U32 * d + 4 * U32);
       }
@@ -219,10 +228,16 @@ void compare_token(const token_case& tc, const token_problem& tp, const token_gp
         continue;
       }
       const double gt = tp.g_d[static_cast<size_t>(t)];
-      const double d = pr.z[static_cast<size_t>(t * pr.ld + v)] - ref.lse[t];
+      const double z = pr.z[static_cast<size_t>(t * pr.ld + v)];
+      const double d = geopref::apply(c.logit_transform, z) - ref.lse[t];
       const double p = std::exp(d);
-      const double eps_p = tol_lse[t] + (2 * std::fabs(d) + 6) * U32;
-      const double tol = (p > 0 ? std::fabs(gt) * p * eps_p : 0.0) + (3 * U32 + u_out) * std::fabs(want) + floor;
+      const double ind = v == pr.labels[t] ? 1.0 : 0.0;
+      const transform_error te = transform_error_at(c, z);
+      const double eps_p = tol_lse[t] + te.value + (2 * std::fabs(d) + 6) * U32;
+      const double tol = (p > 0 ? std::fabs(gt) * p * eps_p : 0.0) *
+                             std::fabs(geopref::slope(c.logit_transform, z)) +
+                         std::fabs(gt) * std::fabs(ind - p) * te.slope +
+                         (3 * U32 + u_out) * std::fabs(want) + floor;
       ck_grad(t * pr.v + v, got, want, tol);
     }
     check_grad_padding(ck_pad, pr, t, row, g.grad_ld, out_es, c.in_place);
@@ -297,6 +312,59 @@ TEST_CASE("token_logps: extreme and NaN logits, ignore_index, in place", "[gpu][
   tc.entropy = false;
   tc.base.grad = false;
   check_token_case(tc);
+}
+
+TEST_CASE("token_logps with a logit transform: scale, soft-cap, temperature", "[gpu][small][token]") {
+  // Every map the kernels have (scale_map; softcap_map with the MUFU's tanh
+  // for 16-bit logits, tanhf for float), every dtype, with the entropy, the
+  // prologue/body/tail layout, split rows (V = 8203) and in place.
+  uint64_t seed = 16700;
+  const geopref::logit_transform maps[] = {{0.5, 0.0, 0.8}, {1.0, 4.0, 1.0}, {1.6, 2.5, 1.3}};
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    for (const auto& tr : maps) {
+      for (int64_t vocab : {int64_t{7}, int64_t{8203}}) {
+        token_case tc = base_case(dt, vocab, ++seed);
+        tc.base.logit_transform = tr;
+        tc.base.pad = vocab == 7 ? 3 : 0;
+        tc.base.misalign = vocab == 7 ? 1 : 0;
+        tc.base.in_place = vocab == 8203 && dt != gc::dtype::float32;
+        tc.base.grad_fp32 = dt == gc::dtype::bfloat16 && !tc.base.in_place;
+        check_token_case(tc);
+      }
+    }
+  }
+  // ±1e4 and −∞ logits under a cap: bounded to ±c/T, finite everywhere.
+  token_case tc = base_case(gc::dtype::float32, 263, ++seed);
+  tc.base.extreme = true;
+  tc.base.logit_transform = {1.0, 30.0, 1.0};
+  check_token_case(tc);
+}
+
+TEST_CASE("token_logps: an invalid logit transform is refused before anything runs",
+          "[gpu][small][token]") {
+  token_case tc = base_case(gc::dtype::bfloat16, 33, 16790);
+  const token_problem tp = make_token(tc);
+  const problem& pr = tp.pr;
+  const device_logits logits(pr);
+  const dmem labels = upload(pr.labels);
+  dmem logp(pr.n * sizeof(float)), g = upload(tp.g), grad(pr.n * pr.v * 2);
+  for (const geopref::logit_transform& bad :
+       {geopref::logit_transform{0.0, 0.0, 1.0}, geopref::logit_transform{1.0, -1.0, 1.0},
+        geopref::logit_transform{1.0, 0.0, 0.0}, geopref::logit_transform{NAN, 0.0, 1.0},
+        geopref::logit_transform{1.0, INFINITY, 1.0}, geopref::logit_transform{1.0, 0.0, -2.0}}) {
+    gc::token_logps_args fa;
+    fa.rows = rows_of(tp, logits.ptr, pr.ld, labels, tc.ignore);
+    fa.rows.logit_transform = bad;
+    fa.token_logps = logp.get<float>();
+    size_t bytes = 0;
+    CHECK(gc::token_logps(nullptr, bytes, fa) == status::invalid_logit_transform);
+    gc::token_grad_args ga;
+    ga.rows = fa.rows;
+    ga.lse = logp.get<float>();
+    ga.grad_token_logps = g.get<float>();
+    ga.grad_logits = grad.get();
+    CHECK(gc::token_logps_grad(nullptr, bytes, ga) == status::invalid_logit_transform);
+  }
 }
 
 TEST_CASE("train_step's gradient is token_logps_grad with g_t = g_s", "[gpu][small][token]") {

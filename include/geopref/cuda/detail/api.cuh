@@ -46,6 +46,7 @@ inline status check_shapes(const token_inputs& x) noexcept {
   // Rows are gridDim.x and labels/sequences are stored as int32 per row.
   if (x.n_rows > I32 || x.vocab > I32 || x.n_seqs >= I32) return status::invalid_shape;
   if (x.n_rows > 0 && x.vocab == 0) return status::invalid_shape;
+  if (const status s = validate(x.logit_transform); s != status::success) return s;
   if (x.ld < x.vocab) return status::invalid_stride;
   // N · ld · 4 bytes must be addressable with 64-bit arithmetic.
   if (x.n_rows > 0 && x.ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)

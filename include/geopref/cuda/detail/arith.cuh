@@ -133,6 +133,92 @@ GEOPREF_HD_INLINE float lse_finish(lse_state st) {
 }
 
 // ---------------------------------------------------------------------------
+// The logit transform z' = c·tanh(s·z/c)/T (c = 0: s·z/T; options.hpp), as
+// the three maps the logits kernels are instantiated with. Each gives, for a
+// raw logit z (already widened to float):
+//   value(z)             z'
+//   log2(z)              z'·log₂e, for the row maximum (every map is
+//                        increasing, so the maximum of z' is the map of the
+//                        maximum of z: the packed 16-bit max still works)
+//   exp2_arg(z, neg_m)   z'·log₂e + neg_m, the argument of the softmax's ex2
+//   coef(g)              g·s/T, the row's gradient coefficient (once per row)
+//   grad(z, coef, neg_l) coef·(∂z'/∂z)/(s/T)·2^exp2_arg(z, neg_l): the
+//                        gradient of a non-label column
+//   label_grad(z, g, l)  g·∂z'/∂z·expm1(z' − l): the label column's, without
+//                        the cancellation of 1 − p as p → 1
+// identity_map is exactly the untransformed arithmetic (its instantiations
+// compile to the same SASS as before the transform existed).
+
+struct identity_map {
+  GEOPREF_HD_INLINE float value(float z) const { return z; }
+  GEOPREF_HD_INLINE float log2(float z) const { return z * LOG2E; }
+  GEOPREF_HD_INLINE float exp2_arg(float z, float neg_m) const { return fmaf(z, LOG2E, neg_m); }
+  GEOPREF_HD_INLINE float coef(float g) const { return g; }
+  GEOPREF_HD_INLINE float grad(float z, float coef, float neg_l) const {
+    return coef * ex2_ftz(exp2_arg(z, neg_l));
+  }
+  GEOPREF_HD_INLINE float label_grad(float z, float g, float l) const { return g * expm1f(z - l); }
+};
+
+/// z' = a·z, a = s/T: the same instruction count as the identity (log₂e is
+/// folded into one pre-scaled constant).
+struct scale_map {
+  float a = 1.0f;        // s/T
+  float a_log2e = LOG2E;  // s/T·log₂e
+  GEOPREF_HD_INLINE float value(float z) const { return a * z; }
+  GEOPREF_HD_INLINE float log2(float z) const { return z * a_log2e; }
+  GEOPREF_HD_INLINE float exp2_arg(float z, float neg_m) const { return fmaf(z, a_log2e, neg_m); }
+  GEOPREF_HD_INLINE float coef(float g) const { return g * a; }
+  GEOPREF_HD_INLINE float grad(float z, float coef, float neg_l) const {
+    return coef * ex2_ftz(exp2_arg(z, neg_l));
+  }
+  GEOPREF_HD_INLINE float label_grad(float z, float g, float l) const {
+    return g * a * expm1f(a * z - l);
+  }
+};
+
+/// tanh for the soft-cap. FAST: the MUFU's tanh.approx.f32 (one instruction;
+/// relative error about 2⁻¹¹ per the PTX ISA, which is below the rounding of
+/// a bfloat16 logit, 2⁻⁹, and equal to a half's, 2⁻¹¹: used for 16-bit
+/// logits, where it keeps the forward at two MUFU per element). Otherwise
+/// tanhf (a few ulp; float logits, whose own rounding is 2⁻²⁴). The host
+/// version (emulator, host tests) is tanhf for both.
+template <bool FAST>
+GEOPREF_HD_INLINE float softcap_tanh(float x) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (FAST) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+#endif
+  return tanhf(x);
+}
+
+/// z' = k·tanh(u·z), u = s/c, k = c/T; ∂z'/∂z = (s/T)(1 − tanh²).
+template <bool FAST>
+struct softcap_map {
+  float u = 1.0f;           // s/c
+  float k = 1.0f;           // c/T
+  float k_log2e = LOG2E;    // c/T·log₂e
+  float slope = 1.0f;       // s/T
+  GEOPREF_HD_INLINE float value(float z) const { return k * softcap_tanh<FAST>(u * z); }
+  GEOPREF_HD_INLINE float log2(float z) const { return softcap_tanh<FAST>(u * z) * k_log2e; }
+  GEOPREF_HD_INLINE float exp2_arg(float z, float neg_m) const {
+    return fmaf(softcap_tanh<FAST>(u * z), k_log2e, neg_m);
+  }
+  GEOPREF_HD_INLINE float coef(float g) const { return g * slope; }
+  GEOPREF_HD_INLINE float grad(float z, float coef, float neg_l) const {
+    const float th = softcap_tanh<FAST>(u * z);
+    return coef * fmaf(-th, th, 1.0f) * ex2_ftz(fmaf(th, k_log2e, neg_l));
+  }
+  GEOPREF_HD_INLINE float label_grad(float z, float g, float l) const {
+    const float th = softcap_tanh<FAST>(u * z);
+    return g * slope * fmaf(-th, th, 1.0f) * expm1f(k * th - l);
+  }
+};
+
+// ---------------------------------------------------------------------------
 // Row partition.
 //
 // A row of V elements starting at byte address `addr` is read as a scalar

@@ -36,6 +36,30 @@ status visit_dtype(dtype d, Fn&& fn) {
   return status::unsupported_dtype;
 }
 
+/// Calls fn(map) with the logits kernels' map (arith.cuh) of the transform
+/// `tr` for logits of type T: identity_map for the identity (the plain
+/// kernels), scale_map without a cap, softcap_map with one (the MUFU's tanh
+/// for 16-bit logits, tanhf for float). The constants are formed in double
+/// and rounded once. fn returns status.
+template <class T, class Fn>
+status visit_map(const logit_transform& tr, Fn&& fn) {
+  constexpr double log2e = 1.4426950408889634;
+  if (is_identity(tr)) return fn(identity_map{});
+  const double slope = tr.scale / tr.temperature;
+  if (tr.softcap == 0.0) {
+    scale_map m;
+    m.a = static_cast<float>(slope);
+    m.a_log2e = static_cast<float>(slope * log2e);
+    return fn(m);
+  }
+  softcap_map<sizeof(T) == 2> m;
+  m.u = static_cast<float>(tr.scale / tr.softcap);
+  m.k = static_cast<float>(tr.softcap / tr.temperature);
+  m.k_log2e = static_cast<float>(tr.softcap / tr.temperature * log2e);
+  m.slope = static_cast<float>(slope);
+  return fn(m);
+}
+
 template <class Fn>
 status visit_index(index_type d, Fn&& fn) {
   switch (d) {
@@ -154,9 +178,12 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
     st = visit_dtype(x.logits_dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(w.splits));
-      launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, static_cast<const T*>(x.logits), x.ld,
-             x.vocab, ws.cols, ws.lse, ws.token_logp, ws.partials);
-      return last_launch();
+      return visit_map<T>(x.logit_transform, [&](auto map) {
+        launch(forward_kernel<T, decltype(map), BLOCK>, grid, BLOCK, stream,
+               static_cast<const T*>(x.logits), x.ld, x.vocab, ws.cols, ws.lse, ws.token_logp,
+               ws.partials, map);
+        return last_launch();
+      });
     });
     if (st != status::success) return st;
     if (w.splits > 1) {
@@ -186,21 +213,25 @@ inline status copy_rows(const workspace_view& ws, int64_t n, float* lse, float* 
 /// of backward_kernel from the label columns [N] (−1: unscored, zero row),
 /// one coefficient per row g_t [N] and lse [N].
 inline status enqueue_row_backward(const void* logits, dtype logits_dtype, int64_t n_rows,
-                                   int64_t vocab, int64_t ld, int splits, const int32_t* cols,
-                                   const float* row_grad, const float* lse, void* grad_logits,
-                                   int64_t grad_ld, bool grad_float32, cudaStream_t stream) {
+                                   int64_t vocab, int64_t ld, const logit_transform& transform,
+                                   int splits, const int32_t* cols, const float* row_grad,
+                                   const float* lse, void* grad_logits, int64_t grad_ld,
+                                   bool grad_float32, cudaStream_t stream) {
   return visit_dtype(logits_dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(splits));
     const auto* z = static_cast<const T*>(logits);
-    if (grad_float32) {
-      launch(backward_kernel<T, float, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols, row_grad,
-             lse, static_cast<float*>(grad_logits), grad_ld);
-    } else {
-      launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols, row_grad, lse,
-             static_cast<T*>(grad_logits), grad_ld);
-    }
-    return last_launch();
+    return visit_map<T>(transform, [&](auto map) {
+      using Map = decltype(map);
+      if (grad_float32) {
+        launch(backward_kernel<T, float, Map, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols,
+               row_grad, lse, static_cast<float*>(grad_logits), grad_ld, map);
+      } else {
+        launch(backward_kernel<T, T, Map, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols,
+               row_grad, lse, static_cast<T*>(grad_logits), grad_ld, map);
+      }
+      return last_launch();
+    });
   });
 }
 
@@ -215,7 +246,8 @@ inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
   launch(row_coef_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, ws.row_seq, seq_grad,
          x.token_weights, x.n_rows, ws.row_coef, ws.flag);
   if (last_launch() != status::success) return status::cuda_error;
-  return enqueue_row_backward(x.logits, x.logits_dtype, x.n_rows, x.vocab, x.ld, w.splits,
+  return enqueue_row_backward(x.logits, x.logits_dtype, x.n_rows, x.vocab, x.ld,
+                              x.logit_transform, w.splits,
                               ws.cols, ws.row_coef, lse, grad_logits, grad_ld, grad_float32,
                               stream);
 }

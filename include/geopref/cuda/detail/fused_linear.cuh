@@ -125,6 +125,7 @@ inline token_inputs rows_of(const linear_inputs& in) {
   x.n_rows = in.n_rows;
   x.vocab = in.vocab;
   x.ld = in.vocab;
+  x.logit_transform = in.logit_transform;
   x.labels = in.labels;
   x.label_type = in.label_type;
   x.offsets = in.offsets;
@@ -145,6 +146,7 @@ inline status check_linear_shapes(const linear_inputs& in) noexcept {
   if (in.n_rows > I32 || in.vocab > I32 || in.hidden_size > I32 || in.n_seqs >= I32)
     return status::invalid_shape;
   if (in.n_rows > 0 && (in.vocab == 0 || in.hidden_size == 0)) return status::invalid_shape;
+  if (const status s = validate(in.logit_transform); s != status::success) return s;
   const int64_t ldh = linear_ld(in.ld_hidden, in.hidden_size);
   const int64_t ldw = linear_ld(in.ld_weight, in.hidden_size);
   if (ldh < in.hidden_size || ldw < in.hidden_size || ldh > I32 || ldw > I32)
@@ -378,9 +380,11 @@ inline status chunk_forward(cublasHandle_t h, const linear_inputs& in, const lin
   const status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
   if (st != status::success) return st;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(l.base.splits));
-  launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, cols + r0,
-         ws.lse + r0, ws.token_logp + r0, partials);
-  return last_launch() == status::success ? status::success : status::cuda_error;
+  return visit_map<T>(in.logit_transform, [&](auto map) {
+    launch(forward_kernel<T, decltype(map), BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab,
+           cols + r0, ws.lse + r0, ws.token_logp + r0, partials, map);
+    return last_launch() == status::success ? status::success : status::cuda_error;
+  });
 }
 
 /// Pass 1: every chunk's logits and fused forward (→ lse, ℓ_t in the
@@ -452,9 +456,12 @@ inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
     status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
     if (st != status::success) return st;
     const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(l.base.splits));
-    launch(backward_kernel<T, T, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab, ws.cols + r0,
-           ws.row_coef + r0, ws.lse + r0, chunk, l.ldc);
-    if (last_launch() != status::success) return status::cuda_error;
+    st = visit_map<T>(in.logit_transform, [&](auto map) {
+      launch(backward_kernel<T, T, decltype(map), BLOCK>, grid, BLOCK, stream, chunk, l.ldc,
+             in.vocab, ws.cols + r0, ws.row_coef + r0, ws.lse + r0, chunk, l.ldc, map);
+      return last_launch();
+    });
+    if (st != status::success) return status::cuda_error;
     const auto* hc = static_cast<const char*>(in.hidden) + r0 * ldh * elem;
     if (a.grad_hidden != nullptr) {
       auto* gh = static_cast<char*>(a.grad_hidden) + r0 * ldgh * elem;
@@ -654,8 +661,9 @@ inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, cons
       T* z = chunk + sg.at * l.ldc;
       st = chunk_logits<T>(h, in, sg.row0, sg.rows, l.ldc, z, stream);
       if (st != status::success) return st;
-      st = enqueue_row_forward<T>(z, l.ldc, V, sg.rows, k, ws.cols + sg.row0, ws.lse + sg.row0,
-                                  ws.token_logp + sg.row0, partials + sg.at * k, stream);
+      st = enqueue_row_forward<T>(z, l.ldc, V, in.logit_transform, sg.rows, k, ws.cols + sg.row0,
+                                  ws.lse + sg.row0, ws.token_logp + sg.row0, partials + sg.at * k,
+                                  stream);
       if (st != status::success) return st;
     }
     // The chunk's sequences and pairs: L_s, n_s, the pairs' coefficients, g_s.
@@ -685,10 +693,14 @@ inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, cons
       launch(row_coef_kernel<BLOCK>, grid_1d(sg.rows), BLOCK, stream, ws.row_seq + sg.row0,
              static_cast<const float*>(ws.seq_grad), tw, sg.rows, ws.row_coef + sg.row0, ws.flag);
       if (last_launch() != status::success) return status::cuda_error;
-      launch(backward_kernel<T, T, BLOCK>,
-             dim3(static_cast<unsigned>(sg.rows), static_cast<unsigned>(k)), BLOCK, stream, z,
-             l.ldc, V, ws.cols + sg.row0, ws.row_coef + sg.row0, ws.lse + sg.row0, z, l.ldc);
-      if (last_launch() != status::success) return status::cuda_error;
+      st = visit_map<T>(in.logit_transform, [&](auto map) {
+        launch(backward_kernel<T, T, decltype(map), BLOCK>,
+               dim3(static_cast<unsigned>(sg.rows), static_cast<unsigned>(k)), BLOCK, stream, z,
+               l.ldc, V, ws.cols + sg.row0, ws.row_coef + sg.row0, ws.lse + sg.row0, z, l.ldc,
+               map);
+        return last_launch();
+      });
+      if (st != status::success) return status::cuda_error;
       const bool add = a.accumulate || !first_product;
       first_product = false;
       if (a.grad_hidden != nullptr) {

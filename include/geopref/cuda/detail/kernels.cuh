@@ -93,11 +93,16 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// power-of-two rescale, only when the maximum rises), then each element is
 /// one FFMA (x·log₂e − m), one ex2 and one add. Vector q of the split is
 /// always handled by thread (q − begin) mod BLOCK_SIZE.
-template <class T, int BLOCK_SIZE>
+///
+/// `map` is the logit transform (arith.cuh): the softmax is of map.value(z).
+/// Since every map is increasing, the group's maximum is taken on the raw
+/// words and mapped once; each element's FFMA becomes map.exp2_arg (the same
+/// FFMA with another constant for a scale, a tanh before it for a soft-cap).
+template <class T, class Map, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     forward_kernel(const T* __restrict__ logits, int64_t ld, int64_t vocab,
                    const int32_t* __restrict__ cols, float* __restrict__ lse,
-                   float* __restrict__ token_logp, lse_state* __restrict__ partials) {
+                   float* __restrict__ token_logp, lse_state* __restrict__ partials, Map map) {
   constexpr int W = vec_width<T>::value;
   constexpr int U = FWD_UNROLL;
   constexpr int ELEM = static_cast<int>(sizeof(T));
@@ -125,16 +130,16 @@ GEOPREF_UNROLL
     for (int u = 0; u < U; ++u) buf[u] = load_once(body + q + u * BLOCK_SIZE);
     // The group's maximum straight from the packed words, then each element
     // unpacked once for its FFMA.
-    st = lse_raise(st, max_words<T, U>(buf) * LOG2E);
+    st = lse_raise(st, map.log2(max_words<T, U>(buf)));
     const float neg_m = -st.m;
     float part[U];
 GEOPREF_UNROLL
     for (int u = 0; u < U; ++u) {
       float x[W];
       unpack<T>(buf[u], x);
-      part[u] = ex2_ftz(fmaf(x[0], LOG2E, neg_m));
+      part[u] = ex2_ftz(map.exp2_arg(x[0], neg_m));
 GEOPREF_UNROLL
-      for (int e = 1; e < W; ++e) part[u] += ex2_ftz(fmaf(x[e], LOG2E, neg_m));
+      for (int e = 1; e < W; ++e) part[u] += ex2_ftz(map.exp2_arg(x[e], neg_m));
     }
     float sum = part[0];
 GEOPREF_UNROLL
@@ -147,17 +152,20 @@ GEOPREF_NO_UNROLL
   for (; q < vr.end; q += BLOCK_SIZE) {
     float x[W];
     unpack<T>(load_once(body + q), x);
+GEOPREF_UNROLL
+    for (int e = 0; e < W; ++e) x[e] = map.value(x[e]);
     st = lse_update<W>(st, x);
   }
   if (j == 0)
-    for (int64_t i = threadIdx.x; i < sp.pro; i += BLOCK_SIZE) st = lse_update1(st, to_float(row[i]));
+    for (int64_t i = threadIdx.x; i < sp.pro; i += BLOCK_SIZE)
+      st = lse_update1(st, map.value(to_float(row[i])));
   if (j == k - 1)
     for (int64_t i = sp.tail + threadIdx.x; i < vocab; i += BLOCK_SIZE)
-      st = lse_update1(st, to_float(row[i]));
+      st = lse_update1(st, map.value(to_float(row[i])));
 
   st = block_reduce<BLOCK_SIZE>(st, merge_lse{}, lse_empty(), smem);
   if (threadIdx.x == 0) {
-    const float z_label = to_float(row[c]);  // c in [0, V): validated by rows_kernel
+    const float z_label = map.value(to_float(row[c]));  // c in [0, V): validated by rows_kernel
     if (k == 1) {
       const float l = lse_finish(st);
       lse[t] = l;
@@ -621,11 +629,13 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// on these two pointers). Columns [V, grad_ld) are never written.
 /// The 16-byte path needs the gradient row to be aligned where the logits
 /// row is (same prologue); otherwise the block falls back to scalar code.
-template <class T, class Out, int BLOCK_SIZE>
+/// With a logit transform (`map`, arith.cuh) the gradient is with respect to
+/// the raw logit: each element times ∂z'/∂z (map.grad, map.label_grad).
+template <class T, class Out, class Map, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     backward_kernel(const T* logits, int64_t ld, int64_t vocab, const int32_t* __restrict__ cols,
                     const float* __restrict__ row_grad, const float* __restrict__ lse, Out* grad,
-                    int64_t grad_ld) {
+                    int64_t grad_ld, Map map) {
   constexpr int W = vec_width<T>::value;
   constexpr int U = BWD_UNROLL;
   constexpr int ELEM = static_cast<int>(sizeof(T));
@@ -660,12 +670,12 @@ GEOPREF_UNROLL
 
   const float g = row_grad[t];
   const float l = lse[t];
-  const float neg_g = -g, neg_l2 = -(l * LOG2E);
+  const float neg_g = -g, neg_l2 = -(l * LOG2E), coef = map.coef(neg_g);
   const bool has_label = c >= cr.begin && c < cr.end;  // this split writes the label's column
   float z_label = 0.0f;
   if (has_label && threadIdx.x == 0) z_label = to_float(row[c]);
   __syncthreads();  // z_label is read before any thread overwrites it (in place)
-  auto grad_at = [&](float z) { return neg_g * ex2_ftz(fmaf(z, LOG2E, neg_l2)); };
+  auto grad_at = [&](float z) { return map.grad(z, coef, neg_l2); };
   if (vector_ok) {
     const auto* ib = reinterpret_cast<const uint4*>(row + sp.pro);
     Out* ob = out + sp.pro;
@@ -704,7 +714,7 @@ GEOPREF_UNROLL
       out[i] = from_float<Out>(grad_at(to_float(row[i])));
   }
   __syncthreads();  // the label column's first value is stored
-  if (has_label && threadIdx.x == 0) out[c] = from_float<Out>(neg_g * expm1f(z_label - l));
+  if (has_label && threadIdx.x == 0) out[c] = from_float<Out>(map.label_grad(z_label, neg_g, l));
 }
 
 }  // namespace geopref::cuda::detail

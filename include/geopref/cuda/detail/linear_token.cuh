@@ -35,6 +35,7 @@ inline linear_inputs as_linear(const linear_token_rows& r) noexcept {
   in.n_rows = r.n_rows;
   in.hidden_size = r.hidden_size;
   in.vocab = r.vocab;
+  in.logit_transform = r.logit_transform;
   in.labels = r.labels;
   in.label_type = r.label_type;
   in.chunk_bytes = r.chunk_bytes;
@@ -162,10 +163,13 @@ inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
     st = enqueue_combine(partials, k, rows, ws.cols + r0, lse + r0, token_logps + r0, stream);
     if (st != status::success) return st;
     if (entropy != nullptr) {
-      launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(rows), BLOCK, stream,
-             static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
-             static_cast<const float*>(lse + r0), entropy + r0);
-      if (last_launch() != status::success) return status::cuda_error;
+      st = visit_map<T>(in.logit_transform, [&](auto map) {
+        launch(entropy_kernel<T, decltype(map), BLOCK>, static_cast<unsigned>(rows), BLOCK,
+               stream, static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
+               static_cast<const float*>(lse + r0), entropy + r0, map);
+        return last_launch();
+      });
+      if (st != status::success) return status::cuda_error;
     }
     return status::success;
   });

@@ -34,13 +34,17 @@ inline status enqueue_combine(const lse_state* partials, int splits, int64_t row
 /// is enqueue_rows' label column (−1: unscored); partials holds rows·splits
 /// states when splits > 1.
 template <class T>
-inline status enqueue_row_forward(const T* z, int64_t ld, int64_t vocab, int64_t rows, int splits,
+inline status enqueue_row_forward(const T* z, int64_t ld, int64_t vocab,
+                                  const logit_transform& transform, int64_t rows, int splits,
                                   const int32_t* cols, float* lse, float* token_logp,
                                   lse_state* partials, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
-  launch(forward_kernel<T, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols, lse, token_logp,
-         partials);
-  if (last_launch() != status::success) return status::cuda_error;
+  const status st = visit_map<T>(transform, [&](auto map) {
+    launch(forward_kernel<T, decltype(map), BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols, lse,
+           token_logp, partials, map);
+    return last_launch();
+  });
+  if (st != status::success) return status::cuda_error;
   return enqueue_combine(partials, splits, rows, cols, lse, token_logp, stream);
 }
 

@@ -28,6 +28,7 @@ inline token_inputs as_tokens(const token_rows& r) noexcept {
   x.n_rows = r.n_rows;
   x.vocab = r.vocab;
   x.ld = r.ld;
+  x.logit_transform = r.logit_transform;
   x.labels = r.labels;
   x.label_type = r.label_type;
   return x;
@@ -128,15 +129,14 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
     using T = typename decltype(tag)::type;
     using namespace detail;
     const auto* z = static_cast<const T*>(r.logits);
-    const status f = enqueue_row_forward(z, r.ld, r.vocab, r.n_rows, w.splits, ws.cols, lse,
-                                         args.token_logps, ws.partials, stream);
-    if (f != status::success) return f;
-    if (args.entropy != nullptr) {
-      launch(entropy_kernel<T, BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK, stream, z, r.ld,
-             r.vocab, ws.cols, static_cast<const float*>(lse), args.entropy);
-      if (last_launch() != status::success) return status::cuda_error;
-    }
-    return status::success;
+    const status f = enqueue_row_forward(z, r.ld, r.vocab, r.logit_transform, r.n_rows, w.splits,
+                                         ws.cols, lse, args.token_logps, ws.partials, stream);
+    if (f != status::success || args.entropy == nullptr) return f;
+    return visit_map<T>(r.logit_transform, [&](auto map) {
+      launch(entropy_kernel<T, decltype(map), BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK,
+             stream, z, r.ld, r.vocab, ws.cols, static_cast<const float*>(lse), args.entropy, map);
+      return last_launch() == status::success ? status::success : status::cuda_error;
+    });
   });
 }
 
@@ -164,7 +164,8 @@ inline status token_logps_grad(void* workspace, size_t& workspace_bytes,
   s = detail::enqueue_token_rows(r, ws, args.grad_token_logps, stream);
   if (s != status::success || r.n_rows == 0) return s;
   const int64_t grad_ld = args.grad_ld == 0 ? r.ld : args.grad_ld;
-  return detail::enqueue_row_backward(r.logits, r.logits_dtype, r.n_rows, r.vocab, r.ld, w.splits,
+  return detail::enqueue_row_backward(r.logits, r.logits_dtype, r.n_rows, r.vocab, r.ld,
+                                      r.logit_transform, w.splits,
                                       ws.cols, ws.row_coef, args.lse, args.grad_logits, grad_ld,
                                       args.grad_float32, stream);
 }

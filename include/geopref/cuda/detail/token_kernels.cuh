@@ -62,11 +62,13 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// is 0·(−FLT_MAX), never 0·∞. A NaN p (NaN logits, or a non-finite lse_t)
 /// keeps H_t NaN. Each thread adds in float, the block in double, in a fixed
 /// order: deterministic. Unscored rows get 0, their logits are not read.
-template <class T, int BLOCK_SIZE>
+/// With a logit transform (`map`, arith.cuh) it is the entropy of softmax(z'):
+/// a_v = map.exp2_arg(z_v, −lse_t·log₂e).
+template <class T, class Map, int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     entropy_kernel(const T* __restrict__ logits, int64_t ld, int64_t vocab,
                    const int32_t* __restrict__ cols, const float* __restrict__ lse,
-                   float* __restrict__ entropy) {
+                   float* __restrict__ entropy, Map map) {
   constexpr int W = vec_width<T>::value;
   constexpr int U = FWD_UNROLL;
   constexpr int ELEM = static_cast<int>(sizeof(T));
@@ -82,7 +84,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
   // acc += p·a, with a ≥ −FLT_MAX so that p = 0 gives 0 (fmaxf drops a NaN a,
   // but then p is NaN too).
   auto add = [&](float acc, float z) {
-    const float a = fmaf(z, LOG2E, neg_l2);
+    const float a = map.exp2_arg(z, neg_l2);
     return fmaf(ex2_ftz(a), fmaxf(a, -3.4028234663852886e38f), acc);
   };
   const row_span sp = partition_row(reinterpret_cast<uint64_t>(row), vocab, ELEM);

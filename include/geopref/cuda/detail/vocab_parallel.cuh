@@ -292,10 +292,12 @@ inline status vocab_parallel_stats(void* workspace, size_t& workspace_bytes,
   s = detail::visit_dtype(x.logits_dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dim3 grid(static_cast<unsigned>(x.n_rows), static_cast<unsigned>(v.splits));
-    detail::launch(detail::forward_kernel<T, detail::BLOCK>, grid, detail::BLOCK, stream,
-                   static_cast<const T*>(x.logits), x.ld, x.vocab, local, ws.lse, ws.token_logp,
-                   partials);
-    return detail::last_launch();
+    return detail::visit_map<T>(x.logit_transform, [&](auto map) {
+      detail::launch(detail::forward_kernel<T, decltype(map), detail::BLOCK>, grid, detail::BLOCK,
+                     stream, static_cast<const T*>(x.logits), x.ld, x.vocab, local, ws.lse,
+                     ws.token_logp, partials, map);
+      return detail::last_launch();
+    });
   });
   if (s != status::success) return s;
   detail::launch(detail::slice_record_kernel<detail::BLOCK>, detail::grid_1d(x.n_rows),

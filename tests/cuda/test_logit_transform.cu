@@ -1,0 +1,185 @@
+// tests/cuda/test_logit_transform.cu — the logit transform z' = c·tanh(s·z/c)/T
+// (c = 0: s·z/T; options.hpp) through the sequence entries: train_step
+// (loss, metrics, log-probs, gradient), sequence_logps and logits_grad
+// against the CPU reference, element by element with gpu_harness.cuh's error
+// model (which adds the transform's own error, transform_error_at); every
+// dtype and map, split rows, in place, the float gradient; bitwise
+// repeatability (check_case); the identity spelled out giving the plain
+// kernels' bits; invalid transforms refused by every size query. The
+// per-token entries are in test_token.cu, the fused-linear and vocab-parallel
+// entries in test_fused_linear.cu and test_vocab_parallel.cu.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include "gpu_harness.cuh"
+
+using namespace geopref::test;
+using geopref::loss_type;
+
+namespace {
+
+// A scale with a temperature (scale_map), Gemma's cap on logits of its size
+// (softcap_map, mild), and a hard cap with all three set.
+const geopref::logit_transform MAPS[] = {{0.5, 0.0, 0.8}, {1.0, 30.0, 1.0}, {1.7, 2.5, 1.3}};
+
+case_config transform_case(gc::dtype dt, const geopref::logit_transform& tr, uint64_t seed) {
+  case_config c;
+  c.dtype = dt;
+  c.vocab = 37;
+  c.pad = 3;
+  c.misalign = 1;
+  c.seq_lens = {5, 0, 7, 3, 4, 6};
+  c.masked_seqs = {3};
+  c.extra_rows = 2;
+  c.weights = true;
+  c.grad_output = true;
+  c.opt.loss.type = loss_type::gdpo;
+  c.logit_transform = tr;
+  c.seed = seed;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("train_step with a logit transform, every dtype and map", "[gpu][small][transform]") {
+  uint64_t seed = 21000;
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    for (const auto& tr : MAPS) {
+      case_config c = transform_case(dt, tr, ++seed);
+      check_case(c);  // out of place, the logits' dtype, a misaligned base
+      c.in_place = true;
+      c.seed = ++seed;
+      check_case(c);
+      // Split rows (V·elem over the split threshold at this N), token
+      // weights, an fp32 gradient with its own stride, int32 indices.
+      c.in_place = false;
+      c.vocab = 8203;
+      c.pad = 0;
+      c.misalign = 0;
+      c.token_weights = true;
+      c.grad_fp32 = true;
+      c.grad_pad = 5;
+      c.label_type = gc::index_type::int32;
+      c.seed = ++seed;
+      check_case(c);
+    }
+  }
+}
+
+TEST_CASE("train_step with a logit transform: other losses, extreme logits", "[gpu][small][transform]") {
+  uint64_t seed = 21100;
+  // A combination with a length-normalised term, and ipo on averaged log-probs.
+  case_config c = transform_case(gc::dtype::bfloat16, MAPS[2], ++seed);
+  c.opt.loss.n_terms = 2;
+  c.opt.loss.terms[0] = loss_type::cdpo;
+  c.opt.loss.term_weights[0] = 1.0;
+  c.opt.loss.terms[1] = loss_type::sft;
+  c.opt.loss.term_weights[1] = 0.5;
+  check_case(c);
+  c = transform_case(gc::dtype::float32, MAPS[0], ++seed);
+  c.opt.loss.type = loss_type::ipo;
+  c.opt.average_logps = true;
+  check_case(c);
+  // ±1e4 and −∞ entries: a cap keeps every z' finite (±c/T).
+  c = transform_case(gc::dtype::float32, MAPS[1], ++seed);
+  c.extreme = true;
+  check_case(c);
+}
+
+TEST_CASE("the identity transform spelled out runs the plain kernels, bit for bit",
+          "[gpu][small][transform]") {
+  case_config c = transform_case(gc::dtype::bfloat16, geopref::logit_transform{}, 21200);
+  problem a;
+  make_problem(c, a);
+  set_reference(a);
+  const gpu_result plain = run_gpu(a);
+  c.logit_transform = {1.0, 0.0, 1.0};
+  problem b;
+  make_problem(c, b);
+  set_reference(b);
+  const gpu_result spelled = run_gpu(b);
+  CHECK(same_bits(plain.loss, spelled.loss));
+  CHECK(same_bits(plain.token_logps, spelled.token_logps));
+  CHECK(same_bits(plain.grad, spelled.grad));
+  // And a transform changes them (the case above cannot pass by accident).
+  c.logit_transform = MAPS[0];
+  problem t;
+  make_problem(c, t);
+  set_reference(t);
+  CHECK_FALSE(same_bits(plain.token_logps, run_gpu(t).token_logps));
+}
+
+TEST_CASE("sequence_logps and logits_grad with a logit transform", "[gpu][small][transform]") {
+  uint64_t seed = 21300;
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::bfloat16}) {
+    case_config c = transform_case(dt, MAPS[2], ++seed);
+    c.ref = false;
+    problem pr;
+    make_problem(c, pr);
+    const gpu_result fused = run_gpu(pr);
+    REQUIRE(fused.host_status == status::success);
+    const device_logits logits(pr);
+    const device_io io(pr);
+    dmem seq(pr.s * sizeof(float)), lse(pr.n * sizeof(float));
+    for (const dmem* d : {&seq, &lse}) poison(*d);
+    gc::logps_args la;
+    la.tokens = io.tokens(pr, logits.ptr, pr.ld);
+    la.seq_logps = seq.get<float>();
+    la.lse = lse.get<float>();
+    size_t bytes = 0;
+    REQUIRE(gc::sequence_logps(nullptr, bytes, la, c.opt) == status::success);
+    dmem ws(bytes);
+    REQUIRE(gc::sequence_logps(ws.get(), bytes, la, c.opt) == status::success);
+    CUDA_REQUIRE(cudaDeviceSynchronize());
+    // The same forward kernels as train_step's: the same bits.
+    CHECK(same_bits(download<float>(seq.get(), pr.s), fused.seq_logps));
+    CHECK(same_bits(download<float>(lse.get(), pr.n), fused.lse));
+
+    // logits_grad from train_step's lse and g_s: train_step's gradient.
+    const dmem lse_in = upload(fused.lse), gs_in = upload(fused.grad_seq);
+    dmem grad(pr.n * pr.v * static_cast<size_t>(dtype_bytes(dt)));
+    gc::grad_args ga;
+    ga.tokens = la.tokens;
+    ga.lse = lse_in.get<float>();
+    ga.grad_seq_logps = gs_in.get<float>();
+    ga.grad_logits = grad.get();
+    ga.grad_ld = pr.v;
+    REQUIRE(gc::logits_grad(nullptr, bytes, ga, c.opt) == status::success);
+    dmem ws2(bytes);
+    REQUIRE(gc::logits_grad(ws2.get(), bytes, ga, c.opt) == status::success);
+    CUDA_REQUIRE(cudaDeviceSynchronize());
+    CHECK(same_bits(download<uint8_t>(grad.get(), grad.bytes()), fused.grad));
+  }
+}
+
+TEST_CASE("an invalid logit transform is refused by every size query", "[gpu][small][transform]") {
+  case_config c = transform_case(gc::dtype::bfloat16, geopref::logit_transform{}, 21400);
+  problem pr;
+  make_problem(c, pr);
+  const device_logits logits(pr);
+  const device_io io(pr);
+  const device_grad grad(pr, logits);
+  for (const geopref::logit_transform& bad :
+       {geopref::logit_transform{0.0, 0.0, 1.0}, geopref::logit_transform{-1.0, 0.0, 1.0},
+        geopref::logit_transform{INFINITY, 0.0, 1.0}, geopref::logit_transform{1.0, -3.0, 1.0},
+        geopref::logit_transform{1.0, NAN, 1.0}, geopref::logit_transform{1.0, 0.0, 0.0},
+        geopref::logit_transform{1.0, 0.0, NAN}}) {
+    INFO("s " << bad.scale << " c " << bad.softcap << " T " << bad.temperature);
+    gc::train_args a = io.train(pr, logits.ptr, pr.ld, grad.ptr, grad.api_ld);
+    a.tokens.logit_transform = bad;
+    size_t bytes = 0;
+    CHECK(gc::train_step(nullptr, bytes, a, c.opt) == status::invalid_logit_transform);
+    gc::logps_args la;
+    la.tokens = a.tokens;
+    la.seq_logps = a.seq_logps;
+    CHECK(gc::sequence_logps(nullptr, bytes, la, c.opt) == status::invalid_logit_transform);
+    gc::grad_args ga;
+    ga.tokens = a.tokens;
+    ga.lse = a.lse;
+    ga.grad_seq_logps = a.grad_seq_logps;
+    ga.grad_logits = a.grad_logits;
+    CHECK(gc::logits_grad(nullptr, bytes, ga, c.opt) == status::invalid_logit_transform);
+  }
+}
