@@ -37,6 +37,7 @@ static_assert(GEOPREF_OVERLAPPING_BUFFERS == static_cast<int>(status::overlappin
 static_assert(GEOPREF_UNSUPPORTED_DTYPE == static_cast<int>(status::unsupported_dtype));
 static_assert(GEOPREF_CUDA_ERROR == static_cast<int>(status::cuda_error));
 static_assert(GEOPREF_HOST_LAYOUT_MISMATCH == static_cast<int>(status::host_layout_mismatch));
+static_assert(GEOPREF_INVALID_LOGIT_TRANSFORM == static_cast<int>(status::invalid_logit_transform));
 static_assert(GEOPREF_INTERNAL_ERROR == static_cast<int>(status::internal_error));
 static_assert(GEOPREF_FLOAT32 == static_cast<int>(gc::dtype::float32));
 static_assert(GEOPREF_FLOAT16 == static_cast<int>(gc::dtype::float16));
@@ -133,7 +134,7 @@ status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
   t->vocab = c.vocab;
   t->ld = c.ld;
   copy_sequences(c, t);
-  return status::success;
+  return to_logit_transform(c.logit_transform, &t->logit_transform);
 }
 
 status to_train(const geopref_train_args& c, gc::train_args* a) {
@@ -192,7 +193,7 @@ status to_rows(const geopref_token_rows& c, gc::token_rows* r) {
   r->labels = c.labels;
   r->label_type = static_cast<gc::index_type>(c.label_type);
   r->ignore_index = c.ignore_index;
-  return status::success;
+  return to_logit_transform(c.logit_transform, &r->logit_transform);
 }
 
 status to_token_logps(const geopref_token_logps_args& c, gc::token_logps_args* a) {
@@ -244,12 +245,14 @@ void init_tokens(geopref_tokens* t) {
   t->logits_dtype = GEOPREF_FLOAT32;
   t->label_type = GEOPREF_INT64;
   t->offset_type = GEOPREF_INT64;
+  t->logit_transform = default_logit_transform();
 }
 
 void init_rows(geopref_token_rows* r) {
   r->logits_dtype = GEOPREF_FLOAT32;
   r->label_type = GEOPREF_INT64;
   r->ignore_index = geopref::options{}.ignore_index;
+  r->logit_transform = default_logit_transform();
 }
 
 }  // namespace

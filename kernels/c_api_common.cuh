@@ -30,6 +30,42 @@ status to_options(const geopref_options& c, geopref::options* o);
 inline bool valid_dtype(int t) { return t >= GEOPREF_FLOAT32 && t <= GEOPREF_BFLOAT16; }
 inline bool valid_index_type(int t) { return t >= GEOPREF_INT32 && t <= GEOPREF_INT64; }
 
+// geopref_logit_transform is geopref::logit_transform field for field: both
+// come from GEOPREF_LOGIT_TRANSFORM_FIELDS, the C struct by hand (C has no
+// X-macro-built public structs), so the list checks it here: every field of
+// the list is a member of the C struct with the list's type, and the C struct
+// has no other member (its size is the fields' sizes, all double). A field
+// added to the list without its C member fails to compile here.
+#define GEOPREF_X(type, name, def, flag, doc)                                            \
+  static_assert(std::is_same_v<decltype(geopref_logit_transform::name), type>,            \
+                "geopref_logit_transform." #name " must have the field list's type");
+GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+#define GEOPREF_X(type, name, def, flag, doc) +sizeof(type)
+static_assert(sizeof(geopref_logit_transform) == 0 GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X),
+              "geopref_logit_transform has a member the field list does not");
+#undef GEOPREF_X
+
+/// The C transform to the C++ one, one assignment per field of the list, and
+/// its verdict. Checked at the boundary, as the enums are: a struct zeroed by
+/// hand (scale = temperature = 0, the likeliest C mistake) is reported by
+/// every entry, its workspace query included, whatever the C++ entry checks.
+inline status to_logit_transform(const geopref_logit_transform& c, geopref::logit_transform* t) {
+#define GEOPREF_X(type, name, def, flag, doc) t->name = c.name;
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return validate(*t);
+}
+
+/// The identity transform (the list's defaults), which every *_args_init sets.
+inline geopref_logit_transform default_logit_transform() {
+  geopref_logit_transform c;
+#define GEOPREF_X(type, name, def, flag, doc) c.name = def;
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return c;
+}
+
 /// The sequence fields of geopref_tokens / geopref_linear_inputs (labels,
 /// offsets, token weights); the caller has checked both index types.
 template <class C, class Cpp>

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "geopref/options.hpp"
@@ -30,6 +31,9 @@ struct check_problem {
   std::vector<double> weights;       // [P]; empty: all 1
   std::vector<double> token_weights; // [N]; empty: all 1
   options opt;
+  // --logit-scale / --softcap / --temperature: applied to every logit of every
+  // entry kind (sequence loss, --per-token, --hidden, --vocab-shards).
+  logit_transform transform{};
   int vocab_shards = 0;              // > 0: the vocab-parallel path over that many simulated ranks
   // --per-token: the per-token primitive instead of a loss (no sequences).
   bool per_token = false;
@@ -39,6 +43,25 @@ struct check_problem {
 /// Rank k's first column of K even shards of V (the last rank takes the rest),
 /// as geopref::cuda::even_slice.
 inline int64_t shard_begin(int64_t vocab, int k, int n) { return vocab / n * k; }
+
+/// geopref-check's flag for one field of the logit transform: built from
+/// GEOPREF_LOGIT_TRANSFORM_FIELDS (one per field, the list's flag name and
+/// summary), so a field added to the list is a flag without a change here.
+struct transform_flag {
+  const char* flag;                     // "--logit-scale", ...
+  const char* doc;                      // the list's summary ("s: multiplies ...")
+  double default_value;
+  double logit_transform::*field;
+};
+#define GEOPREF_X(type, name, def, flag, doc)                                              \
+  static_assert(std::is_same_v<type, double>, "geopref-check parses doubles only: " #name);
+GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+inline constexpr transform_flag TRANSFORM_FLAGS[] = {
+#define GEOPREF_X(type, name, def, flag, doc) {"--" flag, doc, def, &logit_transform::name},
+    GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+};
 
 struct check_result {
   double loss = 0;                   // reduced loss (Σ w_i f_i for reduction none)

@@ -5,6 +5,7 @@
 // compare. docs/integration.md describes every option and output.
 #include <Eigen/Core>
 
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -39,9 +40,11 @@ const char* const USAGE =
     "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
     "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
     "                     [--vocab-shards K] [--device cpu|cuda] --out DIR\n"
+    "                     %s\n"
     "       geopref-check --per-token (--logits L.npy | --hidden H.npy --weight WT.npy\n"
     "                     [--bias B.npy]) --labels Y.npy [--token-grad G.npy]\n"
     "                     [--ignore-index K] [--device cpu|cuda] --out DIR\n"
+    "                     %s\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
     "  H.npy  hidden states [N, Hd] or [S, T, Hd]; WT.npy  output projection [V, Hd]; B.npy [V]\n"
     "         (one float dtype): logits H WT^T + B, chunked on the GPU, never held whole\n"
@@ -55,6 +58,10 @@ const char* const USAGE =
     "    evenly, the last rank taking the rest; with --hidden the rows of W); the same\n"
     "    outputs as unsharded\n"
     "  losses: %s\n"
+    "  logit transform, of every logit z before the softmax (every form above, CPU and\n"
+    "  CUDA): z' = C tanh(S z / C) / T, or S z / T with C = 0; log-probs, entropies and\n"
+    "  metrics are those of z', gradients are with respect to z (or H, WT, B):\n"
+    "%s"
     "writes DIR/loss.npy, DIR/logps.npy, DIR/grad_logits.npy, DIR/metrics.json\n"
     "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy] for\n"
     "  grad_logits.npy)\n"
@@ -81,7 +88,36 @@ struct cli {
   std::string token_grad;
   int64_t ignore_index = -100;
   int64_t vocab_shards = 0;  // 0: unsharded
+  logit_transform transform{};
 };
+
+/// The metavariable of a transform flag: its summary's symbol ("s: ..." -> S).
+std::string transform_metavar(const tools::transform_flag& f) {
+  std::string m(f.doc, std::strcspn(f.doc, ":"));
+  for (char& ch : m) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return m;
+}
+
+/// "[--logit-scale S] [--softcap C] ...": the transform's flags for the synopsis.
+std::string transform_synopsis() {
+  std::string s;
+  for (const auto& f : tools::TRANSFORM_FLAGS)
+    s += std::string(s.empty() ? "" : " ") + "[" + f.flag + " " + transform_metavar(f) + "]";
+  return s;
+}
+
+/// One line per transform flag: its summary and default.
+std::string transform_help() {
+  std::string s;
+  for (const auto& f : tools::TRANSFORM_FLAGS) {
+    char line[256];
+    std::snprintf(line, sizeof line, "    %-17s %s (default %g)\n",
+                  (std::string(f.flag) + " " + transform_metavar(f)).c_str(), f.doc,
+                  f.default_value);
+    s += line;
+  }
+  return s;
+}
 
 /// Every built-in loss name, from the registry.
 std::string all_loss_names() {
@@ -122,12 +158,21 @@ int64_t parse_int(const std::string& flag, const char* s) {
   return static_cast<int64_t>(v);
 }
 
+/// The transform flag named `a`, or null.
+const tools::transform_flag* find_transform_flag(const std::string& a) {
+  for (const auto& f : tools::TRANSFORM_FLAGS)
+    if (a == f.flag) return &f;
+  return nullptr;
+}
+
 cli parse_args(int argc, char** argv) {
   cli c;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::printf(USAGE, all_loss_names().c_str());
+      const std::string synopsis = transform_synopsis();
+      std::printf(USAGE, synopsis.c_str(), synopsis.c_str(), all_loss_names().c_str(),
+                  transform_help().c_str());
       std::exit(0);
     }
     if (a == "--average-logps") {
@@ -171,6 +216,8 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--epsilon") c.cfg.epsilon = parse_double(a, v);
     else if (a == "--tau") c.cfg.tau = parse_double(a, v);
     else if (a == "--ignore-index") c.ignore_index = parse_int(a, v);
+    else if (const tools::transform_flag* f = find_transform_flag(a))
+      c.transform.*(f->field) = parse_double(a, v);
     else if (a == "--vocab-shards") {
       c.vocab_shards = parse_int(a, v);
       if (c.vocab_shards < 1 || c.vocab_shards > 65536)
@@ -300,6 +347,11 @@ void load_linear(const cli& c, tools::check_problem* p) {
 
 tools::check_problem load_problem(const cli& c) {
   tools::check_problem p;
+  // The library's own verdict and message, before any file is read (the
+  // CUDA path would give the same status, after uploading everything).
+  p.transform = c.transform;
+  if (const status st = validate(p.transform); st != status::success)
+    throw input_error{std::string("geopref: ") + status_string(st)};
   p.linear = !c.hidden.empty();
   const std::string lflag = p.linear ? "--hidden" : "--logits";
   if (p.linear) p.hidden = load("--hidden", c.hidden);
@@ -464,7 +516,8 @@ struct linear_host {
     tools::npy_to_double(p.weight, &W);
     if (p.bias.ndim() == 1) tools::npy_to_double(p.bias, &B);
   }
-  /// The projection fields of reference::linear_inputs / linear_token_rows.
+  /// The projection fields of reference::linear_inputs / linear_token_rows, and
+  /// the logit transform applied to the logits they make.
   template <class In>
   void set(const tools::check_problem& p, In* in) const {
     in->hidden = H.data();
@@ -473,6 +526,7 @@ struct linear_host {
     in->n_rows = p.n_rows;
     in->hidden_size = p.hidden_size;
     in->vocab = p.vocab;
+    in->logit_transform = p.transform;
   }
   /// r's projection gradients, zeroed and sized, as out's grad_hidden,
   /// grad_weight, grad_bias.
@@ -507,6 +561,7 @@ status run_reference_typed(const tools::check_problem& p, const Logit* logits, c
                            tools::check_result* r) {
   auto in = reference::make_inputs(logits, p.n_rows, p.vocab, labels,
                                    p.offsets.data(), p.n_seqs, p.n_pairs);
+  in.logit_transform = p.transform;
   set_optional_arrays(p, &in);
 
   r->pair_losses.assign(static_cast<std::size_t>(p.n_pairs), 0.0);
@@ -578,6 +633,7 @@ status run_tokens_typed(const tools::check_problem& p, const Logit* logits, cons
   in.ld = p.vocab;
   in.labels = labels;
   in.ignore_index = p.opt.ignore_index;
+  in.logit_transform = p.transform;
   std::vector<double> lse;
   reference::token_outputs out = token_outputs_into(p, r, &lse);
   const status st = reference::token_logps(in, out);
@@ -669,6 +725,12 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
                static_cast<long long>(p.n_rows), static_cast<long long>(p.vocab),
                static_cast<long long>(p.n_seqs), static_cast<long long>(p.n_pairs));
   std::fprintf(f, "  \"average_logps\": %s,\n", uses_average_logps(p.opt) ? "true" : "false");
+  // The transform the outputs are of, one key per flag ("logit_scale", ...).
+  for (const auto& t : tools::TRANSFORM_FLAGS) {
+    std::string key(t.flag + 2);
+    for (char& ch : key) ch = ch == '-' ? '_' : ch;
+    json_number(f, key.c_str(), p.transform.*(t.field));
+  }
   json_number(f, "loss", r.loss);
   json_number(f, "rewards/chosen", r.stats.rewards_chosen);
   json_number(f, "rewards/rejected", r.stats.rewards_rejected);

@@ -60,6 +60,16 @@ geopref_options c_options(const check_problem& p) {
 }
 
 
+/// --logit-scale / --softcap / --temperature as the C ABI's struct, one
+/// assignment per field of GEOPREF_LOGIT_TRANSFORM_FIELDS.
+geopref_logit_transform c_transform(const check_problem& p) {
+  geopref_logit_transform t;
+#define GEOPREF_X(type, name, def, flag, doc) t.name = p.transform.name;
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return t;
+}
+
 bool no_device(std::string* error) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0) return false;
@@ -323,6 +333,7 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   a.tokens.n_rows = p.n_rows;
   a.tokens.vocab = p.vocab;
   a.tokens.ld = p.vocab;
+  a.tokens.logit_transform = c_transform(p);  // the vocab shards copy a.tokens
   pb.set_sequences(p, &a.tokens);
   pb.set_pairs(p, &a);
   a.grad_logits = grad.get<void>();
@@ -405,6 +416,7 @@ static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std:
   rows.label_type = c_label_type(p.labels);
   rows.ignore_index = p.opt.ignore_index;
   rows.chunk_bytes = std::size_t{256} << 20;
+  rows.logit_transform = c_transform(p);
   geopref_linear_token_grad_args ba;
   geopref_linear_token_grad_args_init(&ba);
   ba.rows = rows;
@@ -442,7 +454,9 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   if (e == cudaSuccess) e = tb.error();
   if (e != cudaSuccess) return cuda_fail(error, "copying the inputs to the device", e);
 
-  geopref_token_rows rows;
+  geopref_token_logps_args fa;
+  geopref_token_logps_args_init(&fa);  // every field of the rows set, new ones included
+  geopref_token_rows rows = fa.rows;
   rows.logits = logits.get<void>();
   rows.logits_dtype = dtype;
   rows.n_rows = p.n_rows;
@@ -451,8 +465,7 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   rows.labels = labels.get<void>();
   rows.label_type = c_label_type(p.labels);
   rows.ignore_index = p.opt.ignore_index;
-  geopref_token_logps_args fa;
-  geopref_token_logps_args_init(&fa);
+  rows.logit_transform = c_transform(p);
   fa.rows = rows;
   geopref_token_grad_args ba;
   geopref_token_grad_args_init(&ba);
@@ -504,6 +517,7 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
   a.in.vocab = p.vocab;
   pb.set_sequences(p, &a.in);
   a.in.chunk_bytes = std::size_t{256} << 20;
+  a.in.logit_transform = c_transform(p);  // the vocab shards copy a.in
   pb.set_pairs(p, &a);
   a.grad_hidden = gh.get<void>();
   a.grad_weight = gw.get<void>();

@@ -156,6 +156,23 @@ typedef struct geopref_options {
   double nll_weight;    /* data parallel: sum w_i over the live pairs of every rank */
 } geopref_options;
 
+/* The logit transform (geopref::logit_transform, geopref/options.hpp), applied
+ * to every logit before the softmax:
+ *   z' = softcap * tanh(scale * z / softcap) / temperature   (softcap > 0)
+ *   z' = scale * z / temperature                             (softcap == 0)
+ * Log-probs, entropies and gradients are those of z'; the gradients are with
+ * respect to the untransformed logits (or hidden states and weight). The
+ * *_args_init functions set the identity (1, 0, 1), which runs the plain
+ * kernels. A struct zeroed by hand has scale = temperature = 0, which is
+ * rejected (GEOPREF_INVALID_LOGIT_TRANSFORM): use the init functions, or set
+ * all three. The fields are those of GEOPREF_LOGIT_TRANSFORM_FIELDS, in its
+ * order (kernels/c_api_common.cuh checks it). */
+typedef struct geopref_logit_transform {
+  double scale;       /* s: multiplies the logits first; finite and > 0 (default 1) */
+  double softcap;     /* c: c tanh(s z / c) when > 0; 0: no cap; finite (default 0) */
+  double temperature; /* T: divides last; finite and > 0 (default 1) */
+} geopref_logit_transform;
+
 /* The token rows a forward pass reads (device pointers). */
 typedef struct geopref_tokens {
   const void* logits;   /* [N, ld] row-major, logits_dtype; columns [V, ld) never read */
@@ -169,6 +186,9 @@ typedef struct geopref_tokens {
   int offset_type;      /* GEOPREF_INT32 / INT64 */
   int64_t n_seqs;       /* S */
   const float* token_weights; /* [N] per-token weights or NULL (see geopref/cuda/args.cuh) */
+  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
+   * this one (the *_args structs: their fields after `tokens` / `train`). */
+  geopref_logit_transform logit_transform;
 } geopref_tokens;
 
 /* TRL's metrics (layout-identical to geopref::metrics). */
@@ -200,7 +220,7 @@ typedef struct geopref_logps_args {
 } geopref_logps_args;
 
 /* Arguments of geopref_train_step. geopref_train_args_init() zeroes
- * everything and sets grad_loss = 1. */
+ * everything and sets grad_loss = 1 and the identity logit transform. */
 typedef struct geopref_train_args {
   geopref_tokens tokens;
   int64_t n_pairs;            /* P */
@@ -225,7 +245,8 @@ typedef struct geopref_train_args {
 
 /* Arguments of geopref_logits_grad (geopref::cuda::grad_args): the gradient
  * train_step would write, from its lse and grad_seq_logps outputs. Scaling
- * grad_seq_logps scales the gradient. geopref_grad_args_init() zeroes it. */
+ * grad_seq_logps scales the gradient. geopref_grad_args_init() zeroes it and
+ * sets the identity logit transform (give the one train_step was given). */
 typedef struct geopref_grad_args {
   geopref_tokens tokens;        /* the tokens train_step was given */
   const float* lse;             /* [N] train_step's lse output */
@@ -257,6 +278,9 @@ typedef struct geopref_linear_inputs {
   const float* token_weights; /* [N] or NULL */
   size_t chunk_bytes;   /* budget for one chunk of logits (>= one row, V rounded up to 16 bytes) */
   void* cublas_handle;  /* a cublasHandle_t, or NULL: the call creates and destroys one */
+  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
+   * this one (the fused-linear *_args structs: their fields after `in` / `train`). */
+  geopref_logit_transform logit_transform;
 } geopref_linear_inputs;
 typedef struct geopref_linear_logps_args {
   geopref_linear_inputs in;
@@ -294,7 +318,8 @@ typedef struct geopref_linear_train_args {
   const int64_t* host_offsets; /* [S + 1] host memory, the values of in.offsets */
   const int64_t* host_pairs;   /* [P, 2] host memory, the values of pairs; NULL when pairs is */
 } geopref_linear_train_args;
-/* Zero everything; types float32 / int64; grad_loss = 1; chunk_bytes = 1 GiB. */
+/* Zero everything; types float32 / int64; grad_loss = 1; chunk_bytes = 1 GiB; the identity
+ * logit transform. */
 GEOPREF_C_EXPORT void geopref_linear_train_args_init(geopref_linear_train_args* args);
 GEOPREF_C_EXPORT void geopref_linear_logps_args_init(geopref_linear_logps_args* args);
 /* workspace == NULL: sets *workspace_bytes only (it depends on chunk_bytes). */
@@ -350,9 +375,13 @@ typedef struct geopref_token_rows {
   const void* labels;   /* [N] label_type, already shifted */
   int label_type;       /* GEOPREF_INT32 / INT64 */
   int64_t ignore_index; /* label of unscored rows (default -100) */
+  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
+   * this one (geopref_token_logps_args, geopref_token_grad_args: their fields after `rows`). */
+  geopref_logit_transform logit_transform;
 } geopref_token_rows;
 /* Arguments of geopref_token_logps. geopref_token_logps_args_init() zeroes it
- * and sets ignore_index = -100, float32 logits, int64 labels. */
+ * and sets ignore_index = -100, float32 logits, int64 labels, the identity
+ * logit transform. */
 typedef struct geopref_token_logps_args {
   geopref_token_rows rows;
   float* token_logps; /* [N] required: z[t, y_t] - lse_t, 0 for unscored rows */
@@ -373,7 +402,8 @@ typedef struct geopref_token_grad_args {
  * compiled in kernels/c_api_linear.cu): token log-probs and their backward
  * from H [N, Hd] and W [V, Hd] (bias b [V]), the logits one chunk of rows at
  * a time in the workspace. geopref_linear_token_*_args_init() zeroes the
- * struct and sets float32, int64 labels, ignore_index = -100, chunk_bytes = 1 GiB. */
+ * struct and sets float32, int64 labels, ignore_index = -100, chunk_bytes = 1 GiB,
+ * the identity logit transform. */
 typedef struct geopref_linear_token_rows {
   const void* hidden;   /* [N, ld_hidden] row-major, dtype */
   int64_t ld_hidden;    /* >= Hd; 0: Hd */
@@ -389,6 +419,9 @@ typedef struct geopref_linear_token_rows {
   int64_t ignore_index; /* label of unscored rows */
   size_t chunk_bytes;   /* budget for one chunk of logits (>= one row, V rounded up to 16 bytes) */
   void* cublas_handle;  /* a cublasHandle_t, or NULL: the call creates and destroys one */
+  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
+   * this one (the linear token *_args structs: their fields after `rows`). */
+  geopref_logit_transform logit_transform;
 } geopref_linear_token_rows;
 typedef struct geopref_linear_token_logps_args {
   geopref_linear_token_rows rows;

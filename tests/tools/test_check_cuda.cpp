@@ -76,7 +76,11 @@ void compare(const std::string& what, const std::vector<double>& cpu,
 // summed over up to T = 40 tokens per sequence (logps 1e-4 absolute); the
 // loss and rewards carry β times that; the gradient is a softmax difference
 // scaled by |g_s| <= β, stored in float32 (1e-6 absolute + 1e-4 relative).
-void both(const std::string& name, const std::string& inputs, bool per_token = false) {
+// --hidden runs (`linear`) write grad_hidden / grad_weight / grad_bias in place
+// of grad_logits: sums over V or N of the chunk's gradient times W or H
+// (float32 GEMMs on the GPU), so a looser relative bound.
+void both(const std::string& name, const std::string& inputs, bool per_token = false,
+          bool linear = false) {
   std::printf("%s\n", name.c_str());
   std::string err;
   const std::string cpu = path(name + "_cpu"), gpu = path(name + "_gpu");
@@ -102,14 +106,24 @@ void both(const std::string& name, const std::string& inputs, bool per_token = f
             read_any(gpu + "/token_logps.npy"), 1e-5, 1e-5);
     compare("entropy.npy", read_any(cpu + "/entropy.npy"), read_any(gpu + "/entropy.npy"), 1e-5,
             1e-5);
-    compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
-            read_any(gpu + "/grad_logits.npy"), 2e-6, 1e-4);
+    if (linear) {
+      for (const char* f : {"/grad_hidden.npy", "/grad_weight.npy", "/grad_bias.npy"})
+        compare(f + 1, read_any(cpu + f), read_any(gpu + f), 1e-5, 1e-3);
+    } else {
+      compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
+              read_any(gpu + "/grad_logits.npy"), 2e-6, 1e-4);
+    }
     return;
   }
   compare("loss.npy", read_any(cpu + "/loss.npy"), read_any(gpu + "/loss.npy"), 1e-5, 1e-5);
   compare("logps.npy", read_any(cpu + "/logps.npy"), read_any(gpu + "/logps.npy"), 1e-4, 1e-5);
-  compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
-          read_any(gpu + "/grad_logits.npy"), 1e-6, 1e-4);
+  if (linear) {
+    for (const char* f : {"/grad_hidden.npy", "/grad_weight.npy", "/grad_bias.npy"})
+      compare(f + 1, read_any(cpu + f), read_any(gpu + f), 1e-5, 1e-3);
+  } else {
+    compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
+            read_any(gpu + "/grad_logits.npy"), 1e-6, 1e-4);
+  }
   for (const char* k : {"rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                         "logps/rejected", "rewards/accuracies", "calibration_error"})
     compare(k, {json_value(cpu + "/metrics.json", k)}, {json_value(gpu + "/metrics.json", k)},
@@ -165,6 +179,15 @@ int main() {
          "--per-token --logits " + path("a_l.npy") + " --labels " + path("a_y.npy") +
              " --token-grad " + save("a_g.npy", "<f4", "(75,)", g),
          true);
+    // The logit transform (a cap that bends most of these logits, a scale, a
+    // temperature) through the loss, the vocab shards and the per-token path.
+    const std::string tr = " --logit-scale 1.5 --softcap 4 --temperature 0.8";
+    both("f32_gdpo_transform", in + " --loss gdpo --beta 0.1" + tr);
+    both("f32_dpo_transform_vocab_shards_3", in + " --loss dpo --beta 0.1 --vocab-shards 3" + tr);
+    both("f32_per_token_transform",
+         "--per-token --logits " + path("a_l.npy") + " --labels " + path("a_y.npy") +
+             " --token-grad " + path("a_g.npy") + tr,
+         true);
   }
   // [S, T, V] float16, explicit pairs, weights, reduction none, averaged logps.
   {
@@ -193,6 +216,7 @@ int main() {
         " --soft-labels " + save("b_p.npy", "<f4", "(4,)", std::vector<float>{1, 0.7f, 0.2f, 0.5f});
     both("f16_gdpo_none_avg", in + " --loss gdpo --beta 2 --reduction none --average-logps");
     both("f16_simpo_sum", in + " --loss simpo --beta 2 --gamma 0.3 --reduction sum");
+    both("f16_gdpo_none_softcap", in + " --loss gdpo --beta 2 --reduction none --softcap 3");
     both("f16_gdpo_none_vocab_shards_2",
          in + " --loss gdpo --beta 2 --reduction none --average-logps --vocab-shards 2");
   }
@@ -208,6 +232,34 @@ int main() {
                            " --offsets " +
                            save("c_o.npy", "<i8", "(5,)", std::vector<int64_t>{0, 3, 6, 9, 12});
     both("f64_robust", in + " --loss robust --epsilon 0.2 --beta 0.5");
+  }
+  // --hidden / --weight / --bias (the fused-linear path, chunked on the GPU)
+  // with and without the logit transform, as a loss and per token.
+  {
+    const int64_t S = 4, T = 8, Hd = 16, V = 300;
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> H(static_cast<std::size_t>(S * T * Hd)), W(static_cast<std::size_t>(V * Hd)),
+        b(static_cast<std::size_t>(V)), g(static_cast<std::size_t>(S * T));
+    for (float& x : H) x = u(rng);
+    for (float& x : W) x = 0.5f * u(rng);
+    for (float& x : b) x = u(rng);
+    for (float& x : g) x = u(rng);
+    std::vector<int64_t> labels(static_cast<std::size_t>(S * T));
+    for (auto& y : labels) y = static_cast<int64_t>(rng() % V);
+    for (int64_t t = 0; t < S * T; t += 7) labels[static_cast<std::size_t>(t)] = -100;
+    const std::string lin = "--hidden " + save("h_h.npy", "<f4", "(4, 8, 16)", H) + " --weight " +
+                            save("h_w.npy", "<f4", "(300, 16)", W) + " --bias " +
+                            save("h_b.npy", "<f4", "(300,)", b) + " --labels " +
+                            save("h_y.npy", "<i8", "(4, 8)", labels);
+    const std::string tr = " --logit-scale 2 --softcap 3 --temperature 0.9";
+    const std::string soft =
+        " --soft-labels " + save("h_p.npy", "<f8", "(2,)", std::vector<double>{0.8, 0.3});
+    both("hidden_gdpo", lin + soft + " --loss gdpo --beta 0.5", false, true);
+    both("hidden_gdpo_transform", lin + soft + " --loss gdpo --beta 0.5" + tr, false, true);
+    both("hidden_gdpo_transform_vocab_shards_2",
+         lin + soft + " --loss gdpo --beta 0.5 --vocab-shards 2" + tr, false, true);
+    both("hidden_per_token_transform",
+         lin + " --per-token --token-grad " + save("h_g.npy", "<f4", "(4, 8)", g) + tr, true, true);
   }
   // A library status raised on the device: a label out of range.
   {

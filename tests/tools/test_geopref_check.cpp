@@ -871,3 +871,199 @@ TEST_CASE("geopref-check --per-token --hidden --weight --bias equals --per-token
   CHECK(e.exit_code != 0);
   CHECK(std::count(e.err.begin(), e.err.end(), '\n') == 1);
 }
+
+// ---------------------------------------------------------------------------
+// The logit transform: --logit-scale, --softcap, --temperature, one flag per
+// field of GEOPREF_LOGIT_TRANSFORM_FIELDS. z' = s·z/T is exact in double for
+// s = 2, T = 1 and for s = 1, T = 0.5, so the tool on z with either flag must
+// write exactly what it writes on the file 2z without flags, and the gradient
+// with respect to z exactly 2× the one with respect to 2z (the chain rule's
+// factor s/T = 2 is a power of two). The softcap has no such identity: there
+// the outputs must differ from the untransformed ones and equal, to rounding,
+// the tool's on c·tanh(z/c) formed here.
+namespace {
+
+std::string tool_stdout(const std::string& args) {
+  const std::string out_file = path("stdout.txt");
+  const std::string cmd = std::string("'") + GEOPREF_CHECK_EXE + "' " + args + " > '" + out_file +
+                          "' 2> /dev/null";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  return read_text(out_file);
+}
+
+// dir_b's file f is dir_a's times `factor`, element for element: exactly
+// (tol 0) or to a relative tolerance.
+void check_scaled(const std::string& dir_a, const std::string& dir_b, const char* f,
+                  double factor = 1.0, double tol = 0.0) {
+  INFO(dir_b << f << " vs " << factor << " x " << dir_a << f);
+  const auto a = read_doubles(dir_a + f), b = read_doubles(dir_b + f);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (tol == 0.0) CHECK(b[i] == factor * a[i]);
+    else CHECK(b[i] == Approx(factor * a[i]).epsilon(tol).margin(tol));
+  }
+}
+
+// Some element of dir_b's f differs from dir_a's by more than `gap`.
+bool differs(const std::string& dir_a, const std::string& dir_b, const char* f, double gap) {
+  const auto a = read_doubles(dir_a + f), b = read_doubles(dir_b + f);
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+    if (std::abs(a[i] - b[i]) > gap) return true;
+  return false;
+}
+
+void check_metrics_equal(const std::string& dir_a, const std::string& dir_b) {
+  const std::string ja = read_text(dir_a + "/metrics.json"), jb = read_text(dir_b + "/metrics.json");
+  for (const char* k : {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                        "logps/chosen", "logps/rejected", "calibration_error"}) {
+    INFO(k);
+    CHECK(json_value(jb, k) == json_value(ja, k));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("geopref-check: every field of the logit transform is a flag in --help",
+          "[check][logit_transform]") {
+  const std::string help = tool_stdout("--help");
+  int fields = 0;
+#define GEOPREF_X(type, name, def, flag, doc)                                              \
+  ++fields;                                                                                \
+  CHECK(help.find(std::string("[--") + flag + " ") != std::string::npos);                 \
+  CHECK(help.find(doc) != std::string::npos);
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  CHECK(fields == 3);  // scale, softcap, temperature; a new field: a new flag and a new test
+}
+
+TEST_CASE("geopref-check: --logit-scale, --temperature and --softcap reach every entry kind",
+          "[check][logit_transform]") {
+  const int64_t S = 4, T = 3, N = S * T, V = 6, Hd = 2;
+  std::mt19937_64 rng(91);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  std::vector<double> H(static_cast<std::size_t>(N * Hd)), W(static_cast<std::size_t>(V * Hd)),
+      b(static_cast<std::size_t>(V)), g(static_cast<std::size_t>(N));
+  for (auto& x : H) x = 2 * u(rng);
+  for (auto& x : W) x = 2 * u(rng);
+  for (auto& x : b) x = u(rng);
+  for (auto& x : g) x = u(rng);
+  std::vector<int64_t> labels(static_cast<std::size_t>(N));
+  for (int64_t t = 0; t < N; ++t) labels[t] = t % T == 0 ? -100 : static_cast<int64_t>(rng() % V);
+  const std::vector<double> z = project(H, W, b, N, Hd, V);
+  std::vector<double> z2 = z, zc = z;  // 2z exactly; 3·tanh(z/3) as the reference forms it
+  for (auto& x : z2) x *= 2;
+  geopref::logit_transform cap;
+  cap.softcap = 3.0;
+  for (auto& x : zc) x = geopref::apply(cap, x);
+
+  const std::string Y = save("lt_labels.npy", "<i8", "(4, 3)", labels);
+  const std::string G = save("lt_g.npy", "<f8", "(4, 3)", g);
+  const std::string L = save("lt_z.npy", "<f8", "(4, 3, 6)", z);
+  const std::string L2 = save("lt_z2.npy", "<f8", "(4, 3, 6)", z2);
+  const std::string Lc = save("lt_zc.npy", "<f8", "(4, 3, 6)", zc);
+  const std::string lin = " --hidden " + save("lt_h.npy", "<f8", "(4, 3, 2)", H) + " --weight " +
+                          save("lt_w.npy", "<f8", "(6, 2)", W) + " --bias " +
+                          save("lt_b.npy", "<f8", "(6,)", b);
+  const std::string loss = " --labels " + Y + " --soft-labels " +
+                           save("lt_soft.npy", "<f8", "(2,)", std::vector<double>{0.8, 0.3}) +
+                           " --loss gdpo --beta 0.5";
+  const std::string tok = " --per-token --labels " + Y + " --token-grad " + G;
+  auto run_ok = [](const std::string& args, const std::string& out) {
+    const run_result r = run_tool(args + " --out " + path(out));
+    INFO(args << " -> " << r.err);
+    REQUIRE(r.exit_code == 0);
+    return path(out);
+  };
+  const char* seq_files[] = {"/loss.npy", "/logps.npy"};
+  const char* tok_files[] = {"/token_logps.npy", "/entropy.npy"};
+
+  SECTION("sequence loss: --logit-scale 2 and --temperature 0.5 on z are no flag on 2z") {
+    const std::string plain2 = run_ok("--logits " + L2 + loss, "lt_plain2");
+    for (const char* flag : {" --logit-scale 2", " --temperature 0.5"}) {
+      INFO(flag);
+      const std::string got = run_ok("--logits " + L + loss + flag, "lt_scaled");
+      for (const char* f : seq_files) check_scaled(plain2, got, f);
+      check_scaled(plain2, got, "/grad_logits.npy", 2.0);
+      check_metrics_equal(plain2, got);
+    }
+    // metrics.json records the transform the outputs are of.
+    const std::string json = read_text(run_ok("--logits " + L + loss + " --logit-scale 2.5 "
+                                              "--softcap 30 --temperature 0.75", "lt_json") +
+                                       "/metrics.json");
+    CHECK(json_value(json, "logit_scale") == 2.5);
+    CHECK(json_value(json, "softcap") == 30.0);
+    CHECK(json_value(json, "temperature") == 0.75);
+    CHECK(json_value(read_text(plain2 + "/metrics.json"), "logit_scale") == 1.0);
+  }
+  SECTION("sequence loss: --softcap 3 on z is no flag on 3 tanh(z/3), and not no flag on z") {
+    const std::string plain = run_ok("--logits " + L + loss, "lt_plain");
+    const std::string capped = run_ok("--logits " + Lc + loss, "lt_capped_z");
+    const std::string got = run_ok("--logits " + L + loss + " --softcap 3", "lt_cap");
+    for (const char* f : seq_files) check_scaled(capped, got, f);
+    CHECK(differs(plain, got, "/loss.npy", 1e-6));
+    CHECK(differs(plain, got, "/grad_logits.npy", 1e-6));
+    // ∂z'/∂z = 1 - tanh²(z/3) per element, on the capped run's gradient.
+    const auto gc = read_doubles(capped + "/grad_logits.npy"), gz = read_doubles(got + "/grad_logits.npy");
+    REQUIRE(gc.size() == gz.size());
+    for (std::size_t i = 0; i < gz.size(); ++i)
+      CHECK(gz[i] == Approx(gc[i] * geopref::slope(cap, z[i])).margin(1e-15).epsilon(1e-13));
+  }
+  SECTION("--vocab-shards: the unsharded outputs under the transform") {
+    const std::string one = run_ok("--logits " + L + loss + " --softcap 3 --temperature 0.7", "lt_k1");
+    const std::string k3 = run_ok("--logits " + L + loss + " --softcap 3 --temperature 0.7 --vocab-shards 3",
+                                  "lt_k3");
+    for (const char* f : {"/loss.npy", "/logps.npy", "/grad_logits.npy"}) check_scaled(one, k3, f, 1.0, 1e-13);
+    const std::string plain = run_ok("--logits " + L + loss + " --vocab-shards 3", "lt_k3_plain");
+    CHECK(differs(plain, k3, "/loss.npy", 1e-6));
+  }
+  SECTION("--hidden (with and without --vocab-shards): --logits H Wt + b under the same flags") {
+    const std::string flags = " --logit-scale 1.5 --softcap 2 --temperature 0.8";
+    const std::string on_z = run_ok("--logits " + L + loss + flags, "lt_lz");
+    for (const char* shards : {"", " --vocab-shards 2"}) {
+      INFO(shards);
+      const std::string got = run_ok(lin + loss + flags + shards, "lt_lin");
+      for (const char* f : seq_files) check_scaled(on_z, got, f, 1.0, 1e-13);
+      check_projection_grads(got, read_doubles(on_z + "/grad_logits.npy"), H, W, S, T, Hd, V, 1e-13);
+    }
+    const std::string plain = run_ok(lin + loss, "lt_lin_plain");
+    CHECK(differs(plain, on_z, "/loss.npy", 1e-6));
+  }
+  SECTION("--per-token: --logit-scale 2 on z is no flag on 2z; --hidden follows --logits") {
+    const std::string plain2 = run_ok("--logits " + L2 + tok, "lt_t_plain2");
+    const std::string got = run_ok("--logits " + L + tok + " --logit-scale 2", "lt_t_scaled");
+    for (const char* f : tok_files) check_scaled(plain2, got, f);
+    check_scaled(plain2, got, "/grad_logits.npy", 2.0);
+    const std::string capped = run_ok("--logits " + L + tok + " --softcap 3", "lt_t_cap");
+    const std::string capped_z = run_ok("--logits " + Lc + tok, "lt_t_cap_z");
+    for (const char* f : tok_files) check_scaled(capped_z, capped, f);
+    CHECK(differs(capped_z, run_ok("--logits " + L + tok, "lt_t_plain"), "/token_logps.npy", 1e-6));
+    const std::string lin_cap = run_ok(lin + tok + " --softcap 3", "lt_t_lin_cap");
+    for (const char* f : tok_files) check_scaled(capped, lin_cap, f, 1.0, 1e-13);
+    check_projection_grads(lin_cap, read_doubles(capped + "/grad_logits.npy"), H, W, S, T, Hd, V,
+                           1e-13);
+  }
+}
+
+TEST_CASE("geopref-check: an invalid logit transform is the library's status, exit 1",
+          "[check][logit_transform]") {
+  const ragged r(5);
+  const std::string inputs = r.save_all() + " --loss dpo";
+  const std::string tok = "--per-token --logits " + path("r_logits.npy") + " --labels " +
+                          path("r_labels.npy");
+  const std::string msg = geopref::status_string(geopref::status::invalid_logit_transform);
+  for (const char* bad : {" --logit-scale 0", " --logit-scale -1", " --logit-scale nan",
+                          " --softcap -0.5", " --softcap inf", " --temperature 0",
+                          " --temperature -2", " --temperature inf"}) {
+    for (const std::string& base : {inputs, tok, inputs + " --vocab-shards 2"}) {
+      const run_result e = run_tool(base + bad + " --out " + path("lt_bad"));
+      INFO(base << bad << " -> " << e.err);
+      CHECK(e.exit_code == 1);
+      CHECK(count_lines(e.err) == 1);
+      CHECK(e.err.find(msg) != std::string::npos);
+    }
+  }
+  // Not a number: a usage error (exit 2), as for every numeric flag.
+  const run_result e = run_tool(inputs + " --softcap soft --out " + path("lt_bad"));
+  CHECK(e.exit_code == 2);
+  CHECK(e.err.find("--softcap expects a number") != std::string::npos);
+}

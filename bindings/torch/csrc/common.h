@@ -7,8 +7,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "geopref/losses.hpp"
 #include "geopref/options.hpp"
@@ -80,6 +82,48 @@ inline geopref::options to_options(const loss_args& a) {
   // tensor is converted or any work is enqueued.
   check_status(static_cast<int>(geopref::validate(o)), "pref_loss");
   return o;
+}
+
+// The logit transform crosses the operators' schemas as one `float[]
+// logit_transform`: the values of GEOPREF_LOGIT_TRANSFORM_FIELDS in the list's
+// order (geopref_torch builds it from its keywords, which it reads from
+// logit_transform_fields() below). A list, not one schema argument per field,
+// so that a field added to the list changes no schema and no backward.
+#define GEOPREF_X(type, name, def, flag, doc) \
+  static_assert(std::is_same_v<type, double>, "the schema passes floats: " #name);
+GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+#define GEOPREF_X(type, name, def, flag, doc) +1
+inline constexpr std::size_t LOGIT_TRANSFORM_FIELDS = 0 GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X);
+#undef GEOPREF_X
+
+/// A field's Python keyword: its CLI flag with '_' for '-' ("logit-scale" -> logit_scale).
+inline std::string transform_keyword(const char* flag) {
+  std::string k(flag);
+  for (char& c : k)
+    if (c == '-') c = '_';
+  return k;
+}
+
+/// The operators' logit_transform list as the library's struct, validated here
+/// (as to_options validates the options) so that a bad value is a ValueError
+/// naming the values before any tensor is touched.
+inline geopref::logit_transform to_logit_transform(c10::ArrayRef<double> v, const char* op) {
+  TORCH_CHECK_VALUE(v.size() == LOGIT_TRANSFORM_FIELDS, "geopref.", op, ": logit_transform must "
+                    "hold ", LOGIT_TRANSFORM_FIELDS, " values (the fields of geopref::logit_transform "
+                    "in order), got ", v.size());
+  geopref::logit_transform t;
+  std::string given;
+  std::size_t k = 0;
+#define GEOPREF_X(type, name, def, flag, doc)                                      \
+  t.name = v[k++];                                                               \
+  given += (given.empty() ? "" : ", ") + transform_keyword(flag) + "=" + c10::str(t.name);
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  const geopref::status st = geopref::validate(t);
+  TORCH_CHECK_VALUE(st == geopref::status::success, "geopref.", op, ": ",
+                    geopref::status_string(st), " (got ", given, ")");
+  return t;
 }
 
 /// Logits, labels and offsets: shapes and devices (dtypes are the kernels'

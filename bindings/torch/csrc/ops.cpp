@@ -6,7 +6,7 @@
 //
 //   pref_loss(logits, labels, offsets, pairs?, soft_labels?, ref_logps?, weights?,
 //             loss, beta, alpha, gamma, epsilon, tau, average_logps, reduction,
-//             normalizer, ignore_index, check)
+//             normalizer, ignore_index, check, logit_transform)
 //       -> (loss, seq_logps, metrics, lse, grad_seq, seq_scale)
 //     The training step's forward. lse [N] and grad_seq [S] (g_s = dLoss/dL_s
 //     for an upstream gradient of 1) are what the backward needs: for a
@@ -17,20 +17,33 @@
 //   pref_loss_grad_seq(grad_output, <pref_loss's arguments>) -> grad_seq
 //     g_s for an upstream gradient per pair (reduction none): the forward runs
 //     again, since g_s is not linear in a per-pair upstream.
-//   sequence_logps(logits, labels, offsets, average_logps, ignore_index, check)
-//       -> (seq_logps, lse, counts)
+//   sequence_logps(logits, labels, offsets, average_logps, ignore_index, check,
+//                  logit_transform) -> (seq_logps, lse, counts)
 //     The forward alone (the reference model's pass), differentiable.
-//   logits_grad(logits, labels, offsets, lse, grad_seq, ignore_index, check) -> grad
+//   logits_grad(logits, labels, offsets, lse, grad_seq, ignore_index, check,
+//               logit_transform) -> grad
 //     The backward pass alone: grad[t, v] = g_s (1[v = y_t] - exp(z[t, v] - lse_t)).
-//   token_logps(logits, labels, ignore_index, entropy, check) -> (logps, lse, entropy)
+//   token_logps(logits, labels, ignore_index, entropy, check, logit_transform)
+//       -> (logps, lse, entropy)
 //     The per-token primitive: logps [N] = z[t, y_t] - lse_t (0 for rows whose
 //     label is ignore_index), lse [N] (0 there), entropy [N] when asked for
 //     (else [0]). No sequences.
-//   token_logps_grad(logits, labels, lse, grad, ignore_index, check) -> grad_logits
+//   token_logps_grad(logits, labels, lse, grad, ignore_index, check, logit_transform)
+//       -> grad_logits
 //     Its backward: grad_logits[t, v] = grad_t (1[v = y_t] - exp(z[t, v] - lse_t)),
 //     zero rows where the label is ignore_index; in the logits' dtype.
 //   loss_names() -> str[]
 //     The losses the compiled library knows, in its order.
+//   logit_transform_fields() -> (names, defaults, flags, docs)
+//     GEOPREF_LOGIT_TRANSFORM_FIELDS, from which geopref_torch makes its
+//     keywords (logit_scale, softcap, temperature).
+//
+// logit_transform: float[], the fields of geopref::logit_transform in the
+// list's order (scale, softcap, temperature); every operator that reads
+// logits (or forms them from hidden states) applies z' = c tanh(s z / c) / T
+// (s z / T for c = 0) to each logit before the softmax, and its backward
+// differentiates through it: the formulas above hold with z' for z, times
+// dz'/dz. Invalid values: ValueError (common.h, to_logit_transform).
 //
 // Float outputs are float32 (float64 for float64 logits); metrics [7] are
 // float64 in the order of geopref::metrics (TRL's names, see _ops.py).
@@ -67,10 +80,13 @@ auto visit_logits(const Tensor& logits, const char* op, Fn&& fn) {
 /// rather than 16 type combinations).
 struct cpu_tokens {
   Tensor logits, labels, offsets;  // keep the converted tensors alive
-  cpu_tokens(const Tensor& z, const Tensor& y, const Tensor& off, const char* op)
+  geopref::logit_transform transform;
+  cpu_tokens(const Tensor& z, const Tensor& y, const Tensor& off,
+             c10::ArrayRef<double> logit_transform, const char* op)
       : logits(check_tokens(z, y, off, op)),
         labels(y.to(at::kLong).contiguous()),
-        offsets(off.to(at::kLong).contiguous()) {}
+        offsets(off.to(at::kLong).contiguous()),
+        transform(to_logit_transform(logit_transform, op)) {}
 
   template <class Logit>
   ref::inputs<Logit, int64_t, int64_t> inputs() const {
@@ -79,6 +95,7 @@ struct cpu_tokens {
     in.n_rows = logits.size(0);
     in.vocab = logits.size(1);
     in.ld = row_stride(logits);
+    in.logit_transform = transform;
     in.labels = labels.data_ptr<int64_t>();
     in.offsets = offsets.data_ptr<int64_t>();
     in.n_seqs = offsets.size(0) - 1;
@@ -99,11 +116,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    c10::ArrayRef<double> logit_transform) {
   const geopref::options opt = to_options(make_args(loss, beta, alpha, gamma, epsilon, tau,
                                                     average_logps, reduction, normalizer,
                                                     ignore_index, check));
-  const cpu_tokens tok(logits, labels, offsets, "pref_loss");
+  const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss");
   const int64_t N = logits.size(0), S = offsets.size(0) - 1;
   const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss");
   const auto f64 = logits.options().dtype(at::kDouble);
@@ -134,11 +152,12 @@ Tensor pref_loss_grad_seq_cpu(
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    c10::ArrayRef<double> logit_transform) {
   const geopref::options opt = to_options(make_args(loss, beta, alpha, gamma, epsilon, tau,
                                                     average_logps, reduction, normalizer,
                                                     ignore_index, check));
-  const cpu_tokens tok(logits, labels, offsets, "pref_loss_grad_seq");
+  const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss_grad_seq");
   const int64_t S = offsets.size(0) - 1;
   const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss_grad_seq");
   const bool per_pair = opt.reduce == geopref::reduction::none;
@@ -163,11 +182,12 @@ Tensor pref_loss_grad_seq_cpu(
 
 std::tuple<Tensor, Tensor, Tensor> sequence_logps_cpu(const Tensor& logits, const Tensor& labels,
                                                       const Tensor& offsets, bool average_logps,
-                                                      int64_t ignore_index, bool /*check*/) {
+                                                      int64_t ignore_index, bool /*check*/,
+                                                      c10::ArrayRef<double> logit_transform) {
   geopref::options opt;
   opt.average_logps = average_logps;
   opt.ignore_index = ignore_index;
-  const cpu_tokens tok(logits, labels, offsets, "sequence_logps");
+  const cpu_tokens tok(logits, labels, offsets, logit_transform, "sequence_logps");
   const int64_t N = logits.size(0), S = offsets.size(0) - 1;
   const auto f64 = logits.options().dtype(at::kDouble);
   Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64);
@@ -190,10 +210,10 @@ std::tuple<Tensor, Tensor, Tensor> sequence_logps_cpu(const Tensor& logits, cons
 
 Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
                        const Tensor& lse, const Tensor& grad_seq, int64_t ignore_index,
-                       bool /*check*/) {
+                       bool /*check*/, c10::ArrayRef<double> logit_transform) {
   geopref::options opt;
   opt.ignore_index = ignore_index;
-  const cpu_tokens tok(logits, labels, offsets, "logits_grad");
+  const cpu_tokens tok(logits, labels, offsets, logit_transform, "logits_grad");
   const int64_t N = logits.size(0), V = logits.size(1), S = offsets.size(0) - 1;
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
                         grad_seq.size(0) == S,
@@ -214,8 +234,13 @@ Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor&
 struct cpu_rows {
   Tensor logits, labels;
   int64_t ignore_index;
-  cpu_rows(const Tensor& z, const Tensor& y, int64_t ignore, const char* op)
-      : logits(check_rows(z, y, op)), labels(y.to(at::kLong).contiguous()), ignore_index(ignore) {}
+  geopref::logit_transform transform;
+  cpu_rows(const Tensor& z, const Tensor& y, int64_t ignore, c10::ArrayRef<double> logit_transform,
+           const char* op)
+      : logits(check_rows(z, y, op)),
+        labels(y.to(at::kLong).contiguous()),
+        ignore_index(ignore),
+        transform(to_logit_transform(logit_transform, op)) {}
   template <class Logit>
   ref::token_rows<Logit, int64_t> rows() const {
     ref::token_rows<Logit, int64_t> r;
@@ -225,14 +250,16 @@ struct cpu_rows {
     r.ld = row_stride(logits);
     r.labels = labels.data_ptr<int64_t>();
     r.ignore_index = ignore_index;
+    r.logit_transform = transform;
     return r;
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor> token_logps_cpu(const Tensor& logits, const Tensor& labels,
                                                    int64_t ignore_index, bool entropy,
-                                                   bool /*check*/) {
-  const cpu_rows rows(logits, labels, ignore_index, "token_logps");
+                                                   bool /*check*/,
+                                                   c10::ArrayRef<double> logit_transform) {
+  const cpu_rows rows(logits, labels, ignore_index, logit_transform, "token_logps");
   const int64_t N = logits.size(0);
   const auto f64 = logits.options().dtype(at::kDouble);
   Tensor logp = at::empty({N}, f64), lse = at::empty({N}, f64);
@@ -250,8 +277,9 @@ std::tuple<Tensor, Tensor, Tensor> token_logps_cpu(const Tensor& logits, const T
 }
 
 Tensor token_logps_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor& lse,
-                            const Tensor& grad, int64_t ignore_index, bool /*check*/) {
-  const cpu_rows rows(logits, labels, ignore_index, "token_logps_grad");
+                            const Tensor& grad, int64_t ignore_index, bool /*check*/,
+                            c10::ArrayRef<double> logit_transform) {
+  const cpu_rows rows(logits, labels, ignore_index, logit_transform, "token_logps_grad");
   const int64_t N = logits.size(0), V = logits.size(1);
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N,
                     "geopref.token_logps_grad: lse and grad must be [N] = [", N, "], got ",
@@ -264,6 +292,21 @@ Tensor token_logps_grad_cpu(const Tensor& logits, const Tensor& labels, const Te
   });
   check_status(static_cast<int>(st), "token_logps_grad");
   return out.to(logits.scalar_type());
+}
+
+/// GEOPREF_LOGIT_TRANSFORM_FIELDS as data: each field's name, default, CLI
+/// flag and summary, in the list's order (the order of the operators'
+/// logit_transform argument). geopref_torch names its keywords after the flags.
+std::tuple<std::vector<std::string>, std::vector<double>, std::vector<std::string>,
+           std::vector<std::string>>
+logit_transform_fields() {
+  std::vector<std::string> names, flags, docs;
+  std::vector<double> defaults;
+#define GEOPREF_X(type, name, def, flag, doc) \
+  names.emplace_back(#name), defaults.push_back(def), flags.emplace_back(flag), docs.emplace_back(doc);
+  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return {names, defaults, flags, docs};
 }
 
 std::vector<std::string> loss_names() {
@@ -280,7 +323,7 @@ std::vector<std::string> loss_names() {
   "Tensor logits, Tensor labels, Tensor offsets, Tensor? pairs, Tensor? soft_labels, "         \
   "Tensor? ref_logps, Tensor? weights, str loss, float beta, float alpha, float gamma, "       \
   "float epsilon, float tau, bool average_logps, str reduction, float normalizer, "            \
-  "int ignore_index, bool check"
+  "int ignore_index, bool check, float[] logit_transform"
 
 TORCH_LIBRARY(geopref, m) {
   m.def("pref_loss(" GEOPREF_PREF_LOSS_ARGS
@@ -289,17 +332,20 @@ TORCH_LIBRARY(geopref, m) {
   m.def("pref_loss_grad_seq(Tensor grad_output, " GEOPREF_PREF_LOSS_ARGS ") -> Tensor");
   m.def(
       "sequence_logps(Tensor logits, Tensor labels, Tensor offsets, bool average_logps, "
-      "int ignore_index, bool check) -> (Tensor seq_logps, Tensor lse, Tensor counts)");
+      "int ignore_index, bool check, float[] logit_transform) "
+      "-> (Tensor seq_logps, Tensor lse, Tensor counts)");
   m.def(
       "logits_grad(Tensor logits, Tensor labels, Tensor offsets, Tensor lse, Tensor grad_seq, "
-      "int ignore_index, bool check) -> Tensor");
+      "int ignore_index, bool check, float[] logit_transform) -> Tensor");
   m.def(
-      "token_logps(Tensor logits, Tensor labels, int ignore_index, bool entropy, bool check) "
-      "-> (Tensor logps, Tensor lse, Tensor entropy)");
+      "token_logps(Tensor logits, Tensor labels, int ignore_index, bool entropy, bool check, "
+      "float[] logit_transform) -> (Tensor logps, Tensor lse, Tensor entropy)");
   m.def(
       "token_logps_grad(Tensor logits, Tensor labels, Tensor lse, Tensor grad, int ignore_index, "
-      "bool check) -> Tensor");
+      "bool check, float[] logit_transform) -> Tensor");
   m.def("loss_names() -> str[]", &geopref_torch::loss_names);
+  m.def("logit_transform_fields() -> (str[] names, float[] defaults, str[] flags, str[] docs)",
+        &geopref_torch::logit_transform_fields);
 }
 
 TORCH_LIBRARY_IMPL(geopref, CPU, m) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <tuple>
 
+#include "c_abi.h"
 #include "common.h"
 #include "geopref/c_api.h"
 
@@ -42,13 +43,14 @@ int c_index_type(const Tensor& t) {
 /// The C ABI's token view. `z` is check_tokens' result; the tensors must
 /// outlive the call.
 geopref_tokens c_tokens(const Tensor& z, const Tensor& labels, const Tensor& offsets,
-                        const char* op) {
+                        const geopref::logit_transform& tr, const char* op) {
   geopref_tokens t{};
   t.logits = z.data_ptr();
   t.logits_dtype = c_logits_dtype(z, op);
   t.n_rows = z.size(0);
   t.vocab = z.size(1);
   t.ld = row_stride(z);
+  t.logit_transform = c_transform(tr);
   t.labels = labels.data_ptr();
   t.label_type = c_index_type(labels);
   t.offsets = offsets.data_ptr();
@@ -122,11 +124,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    c10::ArrayRef<double> logit_transform) {
   const char* op = "pref_loss";
   const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
                                                     beta, alpha, gamma, epsilon, tau, normalizer,
                                                     average_logps, ignore_index, check});
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t N = z.size(0), S = offsets.size(0) - 1;
@@ -139,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
   Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
   geopref_train_args a;
   geopref_train_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, op);
+  a.tokens = c_tokens(z, labels, offsets, tr, op);
   pr.fill(a);
   a.loss = value.data_ptr<float>();
   a.seq_logps = seq.data_ptr<float>();
@@ -156,11 +160,13 @@ Tensor pref_loss_grad_seq_cuda(
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check) {
+    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    c10::ArrayRef<double> logit_transform) {
   const char* op = "pref_loss_grad_seq";
   const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
                                                     beta, alpha, gamma, epsilon, tau, normalizer,
                                                     average_logps, ignore_index, check});
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t S = offsets.size(0) - 1;
@@ -173,7 +179,7 @@ Tensor pref_loss_grad_seq_cuda(
   Tensor gseq = at::empty({S}, z.options().dtype(at::kFloat));
   geopref_train_args a;
   geopref_train_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, op);
+  a.tokens = c_tokens(z, labels, offsets, tr, op);
   pr.fill(a);
   a.grad_output = up.data_ptr<float>();
   a.grad_seq_logps = gseq.data_ptr<float>();
@@ -183,8 +189,10 @@ Tensor pref_loss_grad_seq_cuda(
 
 std::tuple<Tensor, Tensor, Tensor> sequence_logps_cuda(const Tensor& logits, const Tensor& labels,
                                                        const Tensor& offsets, bool average_logps,
-                                                       int64_t ignore_index, bool check) {
+                                                       int64_t ignore_index, bool check,
+                                                       c10::ArrayRef<double> logit_transform) {
   const char* op = "sequence_logps";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t N = z.size(0), S = offsets.size(0) - 1;
@@ -196,7 +204,7 @@ std::tuple<Tensor, Tensor, Tensor> sequence_logps_cuda(const Tensor& logits, con
   Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
   geopref_logps_args a;
   geopref_logps_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, op);
+  a.tokens = c_tokens(z, labels, offsets, tr, op);
   a.seq_logps = seq.data_ptr<float>();
   a.seq_counts = counts.data_ptr<int64_t>();
   a.lse = lse.data_ptr<float>();
@@ -207,8 +215,9 @@ std::tuple<Tensor, Tensor, Tensor> sequence_logps_cuda(const Tensor& logits, con
 
 Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
                         const Tensor& lse, const Tensor& grad_seq, int64_t ignore_index,
-                        bool check) {
+                        bool check, c10::ArrayRef<double> logit_transform) {
   const char* op = "logits_grad";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t N = z.size(0), V = z.size(1), S = offsets.size(0) - 1;
@@ -223,7 +232,7 @@ Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor
   opt.ignore_index = ignore_index;
   geopref_grad_args a;
   geopref_grad_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, op);
+  a.tokens = c_tokens(z, labels, offsets, tr, op);
   a.lse = l.data_ptr<float>();
   a.grad_seq_logps = g.data_ptr<float>();
   a.grad_logits = grad.data_ptr();
@@ -235,7 +244,7 @@ Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor
 
 /// The C ABI's rows of the per-token primitive; `z` is check_rows' result.
 geopref_token_rows c_rows(const Tensor& z, const Tensor& labels, int64_t ignore_index,
-                          const char* op) {
+                          const geopref::logit_transform& tr, const char* op) {
   geopref_token_rows r{};
   r.logits = z.data_ptr();
   r.logits_dtype = c_logits_dtype(z, op);
@@ -245,6 +254,7 @@ geopref_token_rows c_rows(const Tensor& z, const Tensor& labels, int64_t ignore_
   r.labels = labels.data_ptr();
   r.label_type = c_index_type(labels);
   r.ignore_index = ignore_index;
+  r.logit_transform = c_transform(tr);
   return r;
 }
 
@@ -266,8 +276,10 @@ void launch_rows(const Args& a, const Tensor& like, bool check, RunFn run_fn, co
 
 std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const Tensor& labels,
                                                     int64_t ignore_index, bool entropy,
-                                                    bool check) {
+                                                    bool check,
+                                                    c10::ArrayRef<double> logit_transform) {
   const char* op = "token_logps";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_rows(logits, labels, op);
   const int64_t N = z.size(0);
@@ -276,7 +288,7 @@ std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const 
   Tensor ent = at::empty({entropy ? N : 0}, f32);
   geopref_token_logps_args a;
   geopref_token_logps_args_init(&a);
-  a.rows = c_rows(z, labels, ignore_index, op);
+  a.rows = c_rows(z, labels, ignore_index, tr, op);
   a.token_logps = logp.data_ptr<float>();
   a.lse = lse.data_ptr<float>();
   a.entropy = entropy ? ent.data_ptr<float>() : nullptr;
@@ -285,8 +297,10 @@ std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const 
 }
 
 Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor& lse,
-                             const Tensor& grad, int64_t ignore_index, bool check) {
+                             const Tensor& grad, int64_t ignore_index, bool check,
+                             c10::ArrayRef<double> logit_transform) {
   const char* op = "token_logps_grad";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_rows(logits, labels, op);
   const int64_t N = z.size(0), V = z.size(1);
@@ -298,7 +312,7 @@ Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const T
   Tensor out = at::empty({N, V}, z.options());
   geopref_token_grad_args a;
   geopref_token_grad_args_init(&a);
-  a.rows = c_rows(z, labels, ignore_index, op);
+  a.rows = c_rows(z, labels, ignore_index, tr, op);
   a.lse = l.data_ptr<float>();
   a.grad_token_logps = g.data_ptr<float>();
   a.grad_logits = out.data_ptr();

@@ -11,7 +11,7 @@
 //   linear_pref_loss(hidden, weight, bias?, labels, offsets, pairs?, soft_labels?,
 //                    ref_logps?, weights?, loss, beta, alpha, gamma, epsilon, tau,
 //                    average_logps, reduction, normalizer, ignore_index, chunk_bytes,
-//                    grad_mask, check, host_offsets?, host_pairs?)
+//                    grad_mask, check, logit_transform, host_offsets?, host_pairs?)
 //       -> (loss, seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
 //     pref_loss's forward on Z = hidden·weightᵀ + bias, and, for the inputs
 //     grad_mask = (hidden, weight, bias) names, the gradients of the loss at
@@ -35,15 +35,18 @@
 //     Whether linear_pref_loss with these arguments runs that one pass (a
 //     host-side query, geopref_fused_linear_one_pass; always false on CPU).
 //   linear_sequence_logps(hidden, weight, bias?, labels, offsets, average_logps,
-//                         ignore_index, chunk_bytes, check) -> (seq_logps, lse, counts)
+//                         ignore_index, chunk_bytes, check, logit_transform)
+//       -> (seq_logps, lse, counts)
 //     sequence_logps on Z (the reference model's pass), differentiable.
 //   linear_sequence_logps_grad(hidden, weight, bias?, labels, offsets, lse, grad_seq,
-//                              ignore_index, chunk_bytes, grad_mask, check)
+//                              ignore_index, chunk_bytes, grad_mask, check, logit_transform)
 //       -> (grad_hidden, grad_weight, grad_bias)
 //     Its backward: G[t, v] = grad_seq[s] (1[v = y_t] - exp(Z[t, v] - lse_t))
 //     for the scored rows t of sequence s, then G·W, Gᵀ·H, Σ_t G[t, ·]; the
 //     per-token backward from hidden states (linear_token_logps_grad) with
 //     g_t = grad_seq of the row's sequence.
+//
+// logit_transform is ops.cpp's: applied to every logit of Z.
 //
 // chunk_bytes is the CUDA path's budget for one chunk of logits (rows of V
 // rounded up to 16 bytes); the CPU reference forms the logits whole but
@@ -97,7 +100,8 @@ struct cpu_grads {
 template <class Elem>
 ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tensors& t,
                                                               const Tensor& labels,
-                                                              const Tensor& offsets) {
+                                                              const Tensor& offsets,
+                                                              const geopref::logit_transform& tr) {
   ref::linear_inputs<Elem, int64_t, int64_t> in;
   in.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
   in.ld_hidden = row_stride(t.hidden);
@@ -107,6 +111,7 @@ ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tenso
   in.n_rows = t.n_rows();
   in.hidden_size = t.hidden_size();
   in.vocab = t.vocab();
+  in.logit_transform = tr;
   in.labels = labels.data_ptr<int64_t>();
   in.offsets = offsets.data_ptr<int64_t>();
   in.n_seqs = offsets.size(0) - 1;
@@ -122,11 +127,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs, const char* op) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op) {
   const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
                                                     beta, alpha, gamma, epsilon, tau, normalizer,
                                                     average_logps, ignore_index, check});
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   // The reference has no one-pass path to feed; the host copies are checked
   // against offsets and pairs all the same, so that a wrong copy fails on
@@ -154,7 +160,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
   out.base.pair_losses = pair_losses.data_ptr<double>();
   g.fill(out);
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
-    auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off);
+    auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off, tr);
     pr.fill(in);
     if (up.defined()) {
       if (per_pair) in.grad_pair_losses = up.data_ptr<double>();
@@ -175,12 +181,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cpu(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   return linear_step_cpu(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
                          ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
                          average_logps, reduction, normalizer, ignore_index, chunk_bytes,
-                         grad_mask, check, host_offsets, host_pairs, "linear_pref_loss");
+                         grad_mask, check, logit_transform, host_offsets, host_pairs,
+                         "linear_pref_loss");
 }
 
 grads3 linear_pref_loss_grad_cpu(
@@ -190,21 +197,22 @@ grads3 linear_pref_loss_grad_cpu(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   const auto r = linear_step_cpu(&grad_output, hidden, weight, bias, labels, offsets, pairs,
                                  soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
                                  epsilon, tau, average_logps, reduction, normalizer, ignore_index,
-                                 chunk_bytes, grad_mask, check, host_offsets, host_pairs,
-                                 "linear_pref_loss_grad");
+                                 chunk_bytes, grad_mask, check, logit_transform, host_offsets,
+                                 host_pairs, "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, bool average_logps, int64_t ignore_index, int64_t chunk_bytes,
-    bool /*check*/) {
+    bool /*check*/, c10::ArrayRef<double> logit_transform) {
   const char* op = "linear_sequence_logps";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   geopref::options opt;
   opt.average_logps = average_logps;
   opt.ignore_index = ignore_index;
@@ -220,7 +228,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
   out.base.seq_counts = counts.data_ptr<int64_t>();
   const int64_t no_pair = 0;  // explicit pairing with P = 0: no pair terms at all
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
-    auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off);
+    auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off, tr);
     in.n_pairs = 0;
     in.pairs = &no_pair;
     return ref::fused_linear(in, opt, out);
@@ -235,8 +243,9 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
                                       const Tensor& offsets, const Tensor& lse,
                                       const Tensor& grad_seq, int64_t ignore_index,
                                       int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-                                      bool /*check*/) {
+                                      bool /*check*/, c10::ArrayRef<double> logit_transform) {
   const char* op = "linear_sequence_logps_grad";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
@@ -264,6 +273,7 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
     rows.vocab = t.vocab();
     rows.labels = yc.data_ptr<int64_t>();
     rows.ignore_index = ignore_index;
+    rows.logit_transform = tr;
     return ref::linear_token_logps_grad(rows, l.data_ptr<double>(), g.data_ptr<double>(), out);
   });
   check_status(static_cast<int>(st), op);
@@ -278,11 +288,12 @@ bool linear_one_pass_cpu(
     const optional<Tensor>&, const optional<Tensor>&, c10::string_view loss, double beta,
     double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3>, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs) {
+    std::array<bool, 3>, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   const char* op = "linear_one_pass";
   to_options(loss_args{std::string(loss), std::string(reduction), beta, alpha, gamma, epsilon,
                        tau, normalizer, average_logps, ignore_index, check});
+  to_logit_transform(logit_transform, op);
   check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
   return false;
@@ -296,7 +307,7 @@ bool linear_one_pass_cpu(
   "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, str loss, float beta, "            \
   "float alpha, float gamma, float epsilon, float tau, bool average_logps, str reduction, "   \
   "float normalizer, int ignore_index, int chunk_bytes, bool[3] grad_mask, bool check, "      \
-  "Tensor? host_offsets=None, Tensor? host_pairs=None"
+  "float[] logit_transform, Tensor? host_offsets=None, Tensor? host_pairs=None"
 
 TORCH_LIBRARY_FRAGMENT(geopref, m) {
   m.def("linear_pref_loss(" GEOPREF_LINEAR_PREF_LOSS_ARGS
@@ -307,13 +318,13 @@ TORCH_LIBRARY_FRAGMENT(geopref, m) {
   m.def("linear_one_pass(" GEOPREF_LINEAR_PREF_LOSS_ARGS ") -> bool");
   m.def(
       "linear_sequence_logps(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
-      "Tensor offsets, bool average_logps, int ignore_index, int chunk_bytes, bool check) "
-      "-> (Tensor seq_logps, Tensor lse, Tensor counts)");
+      "Tensor offsets, bool average_logps, int ignore_index, int chunk_bytes, bool check, "
+      "float[] logit_transform) -> (Tensor seq_logps, Tensor lse, Tensor counts)");
   m.def(
       "linear_sequence_logps_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
       "Tensor offsets, Tensor lse, Tensor grad_seq, int ignore_index, int chunk_bytes, "
-      "bool[3] grad_mask, bool check) -> (Tensor grad_hidden, Tensor grad_weight, "
-      "Tensor grad_bias)");
+      "bool[3] grad_mask, bool check, float[] logit_transform) -> (Tensor grad_hidden, "
+      "Tensor grad_weight, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(geopref, CPU, m) {

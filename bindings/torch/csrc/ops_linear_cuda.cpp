@@ -18,6 +18,7 @@
 #include <string>
 #include <tuple>
 
+#include "c_abi.h"
 #include "common.h"
 #include "geopref/c_api.h"
 #include "linear.h"
@@ -62,7 +63,8 @@ geopref_options c_options(const geopref::options& o) {
 /// The C ABI's hidden states, projection and token rows. The tensors must
 /// outlive the call.
 geopref_linear_inputs c_linear(const linear_tensors& t, const Tensor& labels,
-                               const Tensor& offsets, int64_t chunk_bytes, const char* op) {
+                               const Tensor& offsets, int64_t chunk_bytes,
+                               const geopref::logit_transform& tr, const char* op) {
   geopref_linear_inputs in{};
   in.hidden = t.hidden.data_ptr();
   in.ld_hidden = row_stride(t.hidden);
@@ -73,6 +75,7 @@ geopref_linear_inputs c_linear(const linear_tensors& t, const Tensor& labels,
   in.n_rows = t.n_rows();
   in.hidden_size = t.hidden_size();
   in.vocab = t.vocab();
+  in.logit_transform = c_transform(tr);
   in.labels = labels.data_ptr();
   in.label_type = c_index(labels);
   in.offsets = offsets.data_ptr();
@@ -166,11 +169,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs, const char* op, bool* one_pass = nullptr) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op,
+    bool* one_pass = nullptr) {
   const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
                                                     beta, alpha, gamma, epsilon, tau, normalizer,
                                                     average_logps, ignore_index, check});
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   const int64_t S = offsets.size(0) - 1;
@@ -190,7 +195,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
   Tensor metrics = at::empty({7}, t.hidden.options().dtype(at::kDouble));
   geopref_linear_train_args a;
   geopref_linear_train_args_init(&a);
-  a.in = c_linear(t, labels, offsets, chunk_bytes, op);
+  a.in = c_linear(t, labels, offsets, chunk_bytes, tr, op);
   // The one-pass path's host copies (CPU int64, checked here for shape and
   // dtype; their values against the device arrays by the library, which
   // records host_layout_mismatch for `check` to report). Null: two passes.
@@ -230,12 +235,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cuda
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   return linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
                           ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
                           average_logps, reduction, normalizer, ignore_index, chunk_bytes,
-                          grad_mask, check, host_offsets, host_pairs, "linear_pref_loss");
+                          grad_mask, check, logit_transform, host_offsets, host_pairs,
+                          "linear_pref_loss");
 }
 
 grads3 linear_pref_loss_grad_cuda(
@@ -245,13 +251,13 @@ grads3 linear_pref_loss_grad_cuda(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   const auto r = linear_step_cuda(&grad_output, hidden, weight, bias, labels, offsets, pairs,
                                   soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
                                   epsilon, tau, average_logps, reduction, normalizer,
-                                  ignore_index, chunk_bytes, grad_mask, check, host_offsets,
-                                  host_pairs, "linear_pref_loss_grad");
+                                  ignore_index, chunk_bytes, grad_mask, check, logit_transform,
+                                  host_offsets, host_pairs, "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
 }
 
@@ -261,21 +267,22 @@ bool linear_one_pass_cuda(
     const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
     double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
     c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, const optional<Tensor>& host_offsets,
-    const optional<Tensor>& host_pairs) {
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   bool on = false;
   linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
                    weights, loss, beta, alpha, gamma, epsilon, tau, average_logps, reduction,
-                   normalizer, ignore_index, chunk_bytes, grad_mask, check, host_offsets,
-                   host_pairs, "linear_one_pass", &on);
+                   normalizer, ignore_index, chunk_bytes, grad_mask, check, logit_transform,
+                   host_offsets, host_pairs, "linear_one_pass", &on);
   return on;
 }
 
 std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cuda(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, bool average_logps, int64_t ignore_index, int64_t chunk_bytes,
-    bool check) {
+    bool check, c10::ArrayRef<double> logit_transform) {
   const char* op = "linear_sequence_logps";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
@@ -287,7 +294,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cuda(
   Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
   geopref_linear_logps_args a;
   geopref_linear_logps_args_init(&a);
-  a.in = c_linear(t, labels, offsets, chunk_bytes, op);
+  a.in = c_linear(t, labels, offsets, chunk_bytes, tr, op);
   a.seq_logps = seq.data_ptr<float>();
   a.seq_counts = counts.data_ptr<int64_t>();
   a.lse = lse.data_ptr<float>();
@@ -301,8 +308,9 @@ grads3 linear_sequence_logps_grad_cuda(const Tensor& hidden, const Tensor& weigh
                                        const Tensor& offsets, const Tensor& lse,
                                        const Tensor& grad_seq, int64_t ignore_index,
                                        int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-                                       bool check) {
+                                       bool check, c10::ArrayRef<double> logit_transform) {
   const char* op = "linear_sequence_logps_grad";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
@@ -335,6 +343,7 @@ grads3 linear_sequence_logps_grad_cuda(const Tensor& hidden, const Tensor& weigh
   r.ignore_index = ignore_index;
   r.chunk_bytes = static_cast<size_t>(chunk_bytes);
   r.cublas_handle = at::cuda::getCurrentCUDABlasHandle();
+  r.logit_transform = c_transform(tr);
   a.lse = l.data_ptr<float>();
   a.grad_token_logps = gt.data_ptr<float>();
   g.fill(a);

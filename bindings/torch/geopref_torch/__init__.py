@@ -6,17 +6,21 @@ so torch.compile(fullgraph=True) traces them without graph breaks.
 High-level API in TRL's terms: dpo_loss, sequence_logps, the per-token
 primitive token_logps for losses kept in one's own code, and the fused-linear
 forms fused_linear_preference_loss / fused_linear_logps, from the last hidden
-states and the lm_head instead of the logits (see api.py).
+states and the lm_head instead of the logits (see api.py). Every one of them
+takes the logit transform as keywords (logit_scale, softcap, temperature:
+LOGIT_TRANSFORM_FIELDS, read from the library's field list).
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _ops  # noqa: F401  (registers the operators, fake kernels and autograd)
+from ._ops import LOGIT_TRANSFORM_FIELDS
 from .api import (DEFAULT_CHUNK_BYTES, METRIC_NAMES, TRL_LOSS_TYPES, DPOOutput, dpo_loss,
                   fused_linear_logps, fused_linear_one_pass, fused_linear_preference_loss,
                   loss_types,
                   metrics_to_floats, sequence_logps, token_logps)
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "METRIC_NAMES", "TRL_LOSS_TYPES", "DPOOutput", "dpo_loss",
+__all__ = ["DEFAULT_CHUNK_BYTES", "LOGIT_TRANSFORM_FIELDS", "METRIC_NAMES", "TRL_LOSS_TYPES",
+           "DPOOutput", "dpo_loss",
            "fused_linear_logps", "fused_linear_one_pass",
            "fused_linear_preference_loss", "loss_types",
            "metrics_to_floats", "sequence_logps", "token_logps", "has_cuda_kernels"]

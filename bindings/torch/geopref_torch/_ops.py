@@ -8,11 +8,29 @@ csrc/ops_cuda.cpp); this module adds what torch.compile and autograd need:
     themselves (logits_grad, pref_loss_grad_seq), so that the backward is
     traced too and runs the fused kernel on CUDA.
 """
+from typing import NamedTuple
+
 import torch
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.geopref.*)
 
 ops = torch.ops.geopref
+
+
+class LogitTransformField(NamedTuple):
+    """One field of the library's logit transform (GEOPREF_LOGIT_TRANSFORM_FIELDS)."""
+    name: str       # the C++ / C field: scale, softcap, temperature
+    default: float
+    flag: str       # geopref-check's flag, without the dashes: logit-scale, ...
+    doc: str
+    keyword: str    # the Python keyword: the flag with '_' for '-' (logit_scale, ...)
+
+
+# Read once from the compiled library: the keywords of every function that
+# reads logits, in the order of the operators' `logit_transform` argument.
+LOGIT_TRANSFORM_FIELDS = tuple(
+    LogitTransformField(n, d, f, doc, f.replace("-", "_"))
+    for n, d, f, doc in zip(*ops.logit_transform_fields()))
 
 
 def _float_out(logits):
@@ -35,7 +53,7 @@ def _check_shapes(logits, labels, offsets, op):
 @torch.library.register_fake("geopref::pref_loss")
 def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weights, loss, beta,
                     alpha, gamma, epsilon, tau, average_logps, reduction, normalizer,
-                    ignore_index, check):
+                    ignore_index, check, logit_transform):
     _check_shapes(logits, labels, offsets, "pref_loss")
     n, s = logits.shape[0], offsets.shape[0] - 1
     p = pairs.shape[0] if pairs is not None else s // 2
@@ -53,7 +71,8 @@ def _pref_loss_grad_seq_fake(grad_output, logits, labels, offsets, *args):
 
 
 @torch.library.register_fake("geopref::sequence_logps")
-def _sequence_logps_fake(logits, labels, offsets, average_logps, ignore_index, check):
+def _sequence_logps_fake(logits, labels, offsets, average_logps, ignore_index, check,
+                         logit_transform):
     _check_shapes(logits, labels, offsets, "sequence_logps")
     n, s = logits.shape[0], offsets.shape[0] - 1
     dt = _float_out(logits)
@@ -62,7 +81,8 @@ def _sequence_logps_fake(logits, labels, offsets, average_logps, ignore_index, c
 
 
 @torch.library.register_fake("geopref::logits_grad")
-def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, check):
+def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, check,
+                      logit_transform):
     _check_shapes(logits, labels, offsets, "logits_grad")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
@@ -71,7 +91,8 @@ def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, chec
 # upstream gradient (a [S] multiply); a per-pair upstream (reduction none)
 # needs the pair terms again (pref_loss_grad_seq). An upstream gradient on
 # seq_logps adds seq_scale * grad to g_s. Labels, offsets, pairs, soft labels,
-# reference log-probs and weights get no gradient.
+# reference log-probs and weights get no gradient. The logit transform is the
+# last of ctx.config: logits_grad differentiates through it.
 
 def _pref_loss_setup(ctx, inputs, output):
     logits, labels, offsets, pairs, soft, ref, weights = inputs[:7]
@@ -85,7 +106,8 @@ def _pref_loss_setup(ctx, inputs, output):
 def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
     logits, labels, offsets, pairs, soft, ref, weights, lse, grad_seq, seq_scale = \
         ctx.saved_tensors
-    reduction, ignore_index, check = ctx.config[7], ctx.config[9], ctx.config[10]
+    reduction, ignore_index, check, transform = (ctx.config[7], ctx.config[9], ctx.config[10],
+                                                 ctx.config[11])
     g = None
     if grad_loss is not None:
         if reduction == "none":
@@ -98,8 +120,9 @@ def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
         g = extra if g is None else g + extra
     grad_logits = None
     if g is not None and ctx.needs_input_grad[0]:
-        grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ignore_index, check)
-    return (grad_logits,) + (None,) * 17
+        grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ignore_index, check,
+                                      transform)
+    return (grad_logits,) + (None,) * 18
 
 
 torch.library.register_autograd("geopref::pref_loss", _pref_loss_backward,
@@ -109,9 +132,10 @@ torch.library.register_autograd("geopref::pref_loss", _pref_loss_backward,
 # ---- sequence_logps: d seq_logps_s / d L_s is 1, or 1/n_s when averaged.
 
 def _sequence_logps_setup(ctx, inputs, output):
-    logits, labels, offsets, average_logps, ignore_index, check = inputs
+    logits, labels, offsets, average_logps, ignore_index, check, transform = inputs
     _, lse, counts = output
     ctx.average_logps, ctx.ignore_index, ctx.check = average_logps, ignore_index, check
+    ctx.transform = transform
     ctx.save_for_backward(logits, labels, offsets, lse, counts)
     ctx.mark_non_differentiable(lse, counts)
 
@@ -119,12 +143,13 @@ def _sequence_logps_setup(ctx, inputs, output):
 def _sequence_logps_backward(ctx, grad_seq_logps, *_):
     logits, labels, offsets, lse, counts = ctx.saved_tensors
     if grad_seq_logps is None or not ctx.needs_input_grad[0]:
-        return (None,) * 6
+        return (None,) * 7
     g = grad_seq_logps.to(lse.dtype)
     if ctx.average_logps:
         g = torch.where(counts > 0, g / counts.clamp(min=1).to(g.dtype), torch.zeros_like(g))
-    grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ctx.ignore_index, ctx.check)
-    return (grad_logits,) + (None,) * 5
+    grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ctx.ignore_index, ctx.check,
+                                  ctx.transform)
+    return (grad_logits,) + (None,) * 6
 
 
 torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backward,
@@ -144,7 +169,7 @@ def _check_rows(logits, labels, op):
 
 
 @torch.library.register_fake("geopref::token_logps")
-def _token_logps_fake(logits, labels, ignore_index, entropy, check):
+def _token_logps_fake(logits, labels, ignore_index, entropy, check, logit_transform):
     _check_rows(logits, labels, "token_logps")
     n, dt = logits.shape[0], _float_out(logits)
     return (logits.new_empty((n,), dtype=dt), logits.new_empty((n,), dtype=dt),
@@ -152,15 +177,15 @@ def _token_logps_fake(logits, labels, ignore_index, entropy, check):
 
 
 @torch.library.register_fake("geopref::token_logps_grad")
-def _token_logps_grad_fake(logits, labels, lse, grad, ignore_index, check):
+def _token_logps_grad_fake(logits, labels, lse, grad, ignore_index, check, logit_transform):
     _check_rows(logits, labels, "token_logps_grad")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _token_logps_setup(ctx, inputs, output):
-    logits, labels, ignore_index, _, check = inputs
+    logits, labels, ignore_index, _, check, transform = inputs
     _, lse, entropy = output
-    ctx.ignore_index, ctx.check = ignore_index, check
+    ctx.ignore_index, ctx.check, ctx.transform = ignore_index, check, transform
     ctx.save_for_backward(logits, labels, lse)
     ctx.mark_non_differentiable(lse, entropy)
 
@@ -168,10 +193,10 @@ def _token_logps_setup(ctx, inputs, output):
 def _token_logps_backward(ctx, grad_logps, *_):
     logits, labels, lse = ctx.saved_tensors
     if grad_logps is None or not ctx.needs_input_grad[0]:
-        return (None,) * 5
+        return (None,) * 6
     grad_logits = ops.token_logps_grad(logits, labels, lse, grad_logps.to(lse.dtype),
-                                       ctx.ignore_index, ctx.check)
-    return (grad_logits,) + (None,) * 4
+                                       ctx.ignore_index, ctx.check, ctx.transform)
+    return (grad_logits,) + (None,) * 5
 
 
 torch.library.register_autograd("geopref::token_logps", _token_logps_backward,
@@ -245,7 +270,7 @@ def _linear_grads_fake(hidden, weight, bias, grad_mask):
 def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
                            weights, loss, beta, alpha, gamma, epsilon, tau, average_logps,
                            reduction, normalizer, ignore_index, chunk_bytes, grad_mask, check,
-                           host_offsets=None, host_pairs=None):
+                           logit_transform, host_offsets=None, host_pairs=None):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss")
     _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss")
     s = offsets.shape[0] - 1
@@ -259,18 +284,18 @@ def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_la
 @torch.library.register_fake("geopref::linear_pref_loss_grad")
 def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, pairs, *config,
                                 host_offsets=None, host_pairs=None):
-    # config: soft_labels ... check (16 values), then the host copies when given.
-    config, host = config[:16], config[16:] + (None, None)
+    # config: soft_labels ... logit_transform (17 values), then the host copies when given.
+    config, host = config[:17], config[17:] + (None, None)
     host_offsets = host[0] if host_offsets is None else host_offsets
     host_pairs = host[1] if host_pairs is None else host_pairs
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_grad")
     _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss_grad")
-    return _linear_grads_fake(hidden, weight, bias, config[-2])
+    return _linear_grads_fake(hidden, weight, bias, config[-3])
 
 
 @torch.library.register_fake("geopref::linear_sequence_logps")
 def _linear_sequence_logps_fake(hidden, weight, bias, labels, offsets, average_logps,
-                                ignore_index, chunk_bytes, check):
+                                ignore_index, chunk_bytes, check, logit_transform):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_sequence_logps")
     n, s = hidden.shape[0], offsets.shape[0] - 1
     dt = _float_out(hidden)
@@ -280,7 +305,7 @@ def _linear_sequence_logps_fake(hidden, weight, bias, labels, offsets, average_l
 
 @torch.library.register_fake("geopref::linear_sequence_logps_grad")
 def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse, grad_seq,
-                                     ignore_index, chunk_bytes, grad_mask, check):
+                                     ignore_index, chunk_bytes, grad_mask, check, logit_transform):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_sequence_logps_grad")
     return _linear_grads_fake(hidden, weight, bias, grad_mask)
 
@@ -296,7 +321,7 @@ def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse,
 # differentiable here (use linear_sequence_logps for a gradient through
 # log-probs), so that an unused output never costs a pass over the logits.
 
-_LINEAR_PREF_CONFIG = 9  # inputs[9:22] are loss ... check, inputs[22:24] the host copies
+_LINEAR_PREF_CONFIG = 9  # inputs[9:23]: loss ... check, logit_transform; [23:25] the host copies
 
 
 def _graph_kept():
@@ -312,7 +337,7 @@ def _graph_kept():
 
 def _linear_pref_loss_setup(ctx, inputs, output):
     hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = inputs[:9]
-    ctx.config = inputs[_LINEAR_PREF_CONFIG:22]
+    ctx.config = inputs[_LINEAR_PREF_CONFIG:23]
     reduction, grad_mask = inputs[16], inputs[20]
     _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
@@ -322,13 +347,13 @@ def _linear_pref_loss_setup(ctx, inputs, output):
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
         ctx.save_for_backward(hidden, weight, bias, labels, offsets, pairs, soft, ref, weights,
-                              *inputs[22:24])
+                              *inputs[23:25])
 
 
 def _linear_pref_loss_backward(ctx, grad_loss, *_):
     need = ctx.needs_input_grad[:3]
     if grad_loss is None or not any(need):
-        return (None,) * 24
+        return (None,) * 25
     if ctx.scaled:
         missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
                    if n and not m]
@@ -353,10 +378,10 @@ def _linear_pref_loss_backward(ctx, grad_loss, *_):
          host_pairs) = ctx.saved_tensors
         grads = ops.linear_pref_loss_grad(grad_loss, hidden, weight, bias, labels, offsets, pairs,
                                           soft, ref, weights, *ctx.config[:11],
-                                          [bool(n) for n in need], ctx.config[12], host_offsets,
-                                          host_pairs)
+                                          [bool(n) for n in need], ctx.config[12], ctx.config[13],
+                                          host_offsets, host_pairs)
         out = tuple(g if n else None for g, n in zip(grads, need))
-    return out + (None,) * 21
+    return out + (None,) * 22
 
 
 torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_backward,
@@ -366,10 +391,11 @@ torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_b
 # ---- linear_sequence_logps: d seq_logps_s / d L_s is 1, or 1/n_s when averaged.
 
 def _linear_sequence_logps_setup(ctx, inputs, output):
-    hidden, weight, bias, labels, offsets, average_logps, ignore_index, chunk_bytes, check = inputs
+    (hidden, weight, bias, labels, offsets, average_logps, ignore_index, chunk_bytes, check,
+     transform) = inputs
     _, lse, counts = output
     ctx.average_logps, ctx.ignore_index = average_logps, ignore_index
-    ctx.chunk_bytes, ctx.check = chunk_bytes, check
+    ctx.chunk_bytes, ctx.check, ctx.transform = chunk_bytes, check, transform
     ctx.save_for_backward(hidden, weight, bias, labels, offsets, lse, counts)
     ctx.mark_non_differentiable(lse, counts)
 
@@ -377,15 +403,15 @@ def _linear_sequence_logps_setup(ctx, inputs, output):
 def _linear_sequence_logps_backward(ctx, grad_seq_logps, *_):
     need = ctx.needs_input_grad[:3]
     if grad_seq_logps is None or not any(need):
-        return (None,) * 9
+        return (None,) * 10
     hidden, weight, bias, labels, offsets, lse, counts = ctx.saved_tensors
     g = grad_seq_logps.to(lse.dtype)
     if ctx.average_logps:
         g = torch.where(counts > 0, g / counts.clamp(min=1).to(g.dtype), torch.zeros_like(g))
     grads = ops.linear_sequence_logps_grad(hidden, weight, bias, labels, offsets, lse, g,
                                            ctx.ignore_index, ctx.chunk_bytes,
-                                           [bool(n) for n in need], ctx.check)
-    return tuple(x if n else None for x, n in zip(grads, need)) + (None,) * 6
+                                           [bool(n) for n in need], ctx.check, ctx.transform)
+    return tuple(x if n else None for x, n in zip(grads, need)) + (None,) * 7
 
 
 torch.library.register_autograd("geopref::linear_sequence_logps", _linear_sequence_logps_backward,

@@ -20,7 +20,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
-from ._ops import ops
+from ._ops import LOGIT_TRANSFORM_FIELDS, ops
 
 # The order of the metrics tensor (geopref::metrics), with TRL's names; the
 # last one is geopref's soft-label calibration, mean |sigmoid(beta h) - p|.
@@ -57,6 +57,23 @@ def loss_types() -> Tuple[str, ...]:
     order. A loss added to the library appears here, and dpo_loss accepts it,
     without a change to this package."""
     return _LOSS_NAMES
+
+
+# The keywords of the logit transform, one per field of the library's list
+# (LOGIT_TRANSFORM_FIELDS), in its order: logit_scale, softcap, temperature.
+LOGIT_TRANSFORM_KEYWORDS = tuple(f.keyword for f in LOGIT_TRANSFORM_FIELDS)
+
+
+def _logit_transform(**values):
+    """The operators' logit_transform argument from a function's keywords:
+    their values in the field list's order. Every function that reads logits
+    passes all of its transform keywords here, so a field the library adds
+    without a keyword here is a TypeError at the first call (and the test of
+    the signatures fails), never a silent default."""
+    if set(values) != set(LOGIT_TRANSFORM_KEYWORDS):
+        raise TypeError(f"geopref: the logit transform takes {list(LOGIT_TRANSFORM_KEYWORDS)}, "
+                        f"got {sorted(values)}")
+    return [float(values[k]) for k in LOGIT_TRANSFORM_KEYWORDS]
 
 
 class DPOOutput(NamedTuple):
@@ -150,7 +167,8 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
              reduction: str = "mean", normalizer: Optional[float] = None,
              average_logps: Optional[bool] = None, ignore_index: int = -100,
              alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
-             tau: float = 0.05, check: bool = True) -> DPOOutput:
+             tau: float = 0.05, logit_scale: float = 1.0, softcap: float = 0.0,
+             temperature: float = 1.0, check: bool = True) -> DPOOutput:
     """A DPO-family loss from the policy's logits, forward and backward fused.
 
     logits: [B, T, V] (B = 2P sequences, chosen first) with labels [B, T], or
@@ -170,6 +188,15 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
       simpo always averages). alpha, gamma: ropo/gropo weights, simpo's gamma
       (TRL's simpo_gamma); epsilon: robust/exo_pair; tau: discopop (TRL's
       discopop_tau).
+    logit_scale, softcap, temperature: the logit transform, applied to every
+      logit z before the softmax: z' = softcap * tanh(logit_scale * z /
+      softcap) / temperature, or logit_scale * z / temperature with softcap 0
+      (the default, identity). Gemma's final_logit_softcapping is softcap,
+      Granite's / Cohere's logit scale logit_scale, a sampling temperature
+      temperature. The log-probs, loss and metrics are those of z'; the
+      gradient is with respect to the logits given. logit_scale and
+      temperature must be finite and > 0, softcap finite and >= 0
+      (ValueError otherwise).
     check: on CUDA, read the kernels' verdict on the data (labels, offsets,
       soft labels...) after the call; it synchronises, so pass False inside
       CUDA graphs.
@@ -183,24 +210,33 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     soft_labels, config = _loss_config(off, pairs, z.device, loss_type, beta, soft_labels,
                                        label_smoothing, reduction, normalizer, average_logps,
                                        ignore_index, alpha, gamma, epsilon, tau)
+    transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                 temperature=temperature)
     value, seq_logps, metrics, _, _, _ = ops.pref_loss(
-        z, y, off, pairs, soft_labels, ref_logps, weights, *config, bool(check))
+        z, y, off, pairs, soft_labels, ref_logps, weights, *config, bool(check), transform)
     return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
                    offsets: Optional[torch.Tensor] = None, *, average_logps: bool = False,
-                   ignore_index: int = -100, check: bool = True) -> torch.Tensor:
+                   ignore_index: int = -100, logit_scale: float = 1.0, softcap: float = 0.0,
+                   temperature: float = 1.0, check: bool = True) -> torch.Tensor:
     """[S] per-sequence log-probs L_s = sum of log softmax(z_t)[y_t] over scored
     rows (L_s / n_s with average_logps; 0 for a sequence with no scored row).
     The reference model's pass (its output is dpo_loss's ref_logps, with the
-    same average_logps), and a differentiable primitive for a loss of one's own."""
+    same average_logps), and a differentiable primitive for a loss of one's own.
+    logit_scale, softcap, temperature: the logit transform, as dpo_loss's
+    (a reference model's log-probs take its own model's transform)."""
     z, y, off = _tokens(logits, labels, offsets)
-    return ops.sequence_logps(z, y, off, bool(average_logps), int(ignore_index), bool(check))[0]
+    transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                 temperature=temperature)
+    return ops.sequence_logps(z, y, off, bool(average_logps), int(ignore_index), bool(check),
+                              transform)[0]
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, *,
-                return_entropy: bool = False, check: bool = True):
+                return_entropy: bool = False, logit_scale: float = 1.0, softcap: float = 0.0,
+                temperature: float = 1.0, check: bool = True):
     """Per-token log-probs of the selected tokens, log softmax(z_t)[y_t], the
     way TRL's selective_log_softmax computes them but fused (no [N, V]
     log-softmax is ever held): the building block for a loss kept in one's
@@ -212,6 +248,9 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
     ignore_index: rows with this label get log-prob 0 and zero gradient.
     return_entropy: also return the per-token entropy -sum_v p log p (0 on
       ignored rows; not differentiable; a second read of the logits).
+    logit_scale, softcap, temperature: the logit transform, as dpo_loss's:
+      log-probs and entropy of softmax(z') (GRPO's sampling temperature is
+      temperature), the gradient with respect to the logits given.
     check: on CUDA, read the kernels' verdict on the data (labels out of
       range, a non-finite upstream gradient) after the forward and after the
       backward; each read synchronises the stream, so a training loop that
@@ -225,8 +264,10 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
     shape = labels.shape
     z = logits.reshape(-1, logits.shape[-1])
     y = labels.reshape(-1)
+    transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                 temperature=temperature)
     logps, _, entropy = ops.token_logps(z, y, int(ignore_index), bool(return_entropy),
-                                        bool(check))
+                                        bool(check), transform)
     if return_entropy:
         return logps.reshape(shape), entropy.reshape(shape)
     return logps.reshape(shape)
@@ -308,6 +349,7 @@ def fused_linear_preference_loss(
         reduction: str = "mean", normalizer: Optional[float] = None,
         average_logps: Optional[bool] = None, ignore_index: int = -100, alpha: float = 1.0,
         gamma: float = 0.0, epsilon: Optional[float] = None, tau: float = 0.05,
+        logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True,
         host_offsets=None, host_pairs=None) -> DPOOutput:
     """dpo_loss from the last hidden states and the output projection (the
@@ -330,7 +372,10 @@ def fused_linear_preference_loss(
       to all three.
     Every other argument is dpo_loss's (loss_type, beta, ref_logps,
       soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
-      average_logps, ignore_index, alpha, gamma, epsilon, tau, check).
+      average_logps, ignore_index, alpha, gamma, epsilon, tau, logit_scale,
+      softcap, temperature, check); the logit transform applies to the
+      logits hidden·weightᵀ + bias, the gradients are with respect to hidden,
+      weight and bias.
     chunk_bytes: the CUDA path's budget for one chunk of logits (whole rows of
       V rounded up to 16 bytes; less than one row is a ValueError). The
       workspace is about this much plus O(N); the result does not depend on
@@ -370,7 +415,9 @@ def fused_linear_preference_loss(
     args = _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, ref_logps,
                              soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
                              average_logps, ignore_index, alpha, gamma, epsilon, tau,
-                             chunk_bytes, check, host_offsets, host_pairs)
+                             chunk_bytes, check, host_offsets, host_pairs,
+                             _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                              temperature=temperature))
     value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(*args)
     return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
 
@@ -378,7 +425,7 @@ def fused_linear_preference_loss(
 def _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, ref_logps,
                       soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
                       average_logps, ignore_index, alpha, gamma, epsilon, tau, chunk_bytes,
-                      check, host_offsets, host_pairs):
+                      check, host_offsets, host_pairs, transform):
     """fused_linear_preference_loss's arguments -> linear_pref_loss's, in its
     schema's order."""
     hidden, weight, bias = _autocast(hidden, weight, bias)
@@ -394,7 +441,7 @@ def _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, re
     mask = _grad_mask(x, weight, bias) if config[7] != "none" else [False] * 3
     h_off, h_pairs = _host_layout(x, padded, off, pairs, bool(check), host_offsets, host_pairs)
     return (x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, *config,
-            int(chunk_bytes), mask, bool(check), h_off, h_pairs)
+            int(chunk_bytes), mask, bool(check), transform, h_off, h_pairs)
 
 
 def fused_linear_one_pass(
@@ -409,7 +456,7 @@ def fused_linear_one_pass(
     names = ("bias", "loss_type", "beta", "ref_logps", "soft_labels", "label_smoothing", "pairs",
              "weights", "reduction", "normalizer", "average_logps", "ignore_index", "alpha",
              "gamma", "epsilon", "tau", "chunk_bytes", "check", "host_offsets", "host_pairs")
-    unknown = set(kwargs) - set(names)
+    unknown = set(kwargs) - set(names) - set(LOGIT_TRANSFORM_KEYWORDS)
     if unknown:
         raise TypeError(f"geopref.fused_linear_one_pass: unknown arguments {sorted(unknown)}")
     defaults = dict(bias=None, loss_type="sigmoid", beta=0.1, ref_logps=None, soft_labels=None,
@@ -417,16 +464,20 @@ def fused_linear_one_pass(
                     normalizer=None, average_logps=None, ignore_index=-100, alpha=1.0,
                     gamma=0.0, epsilon=None, tau=0.05, chunk_bytes=DEFAULT_CHUNK_BYTES,
                     check=True, host_offsets=None, host_pairs=None)
+    defaults.update({f.keyword: f.default for f in LOGIT_TRANSFORM_FIELDS})
     defaults.update(kwargs)
-    args = _linear_pref_args(hidden, weight, labels, offsets, *(defaults[n] for n in names))
+    transform = _logit_transform(**{k: defaults[k] for k in LOGIT_TRANSFORM_KEYWORDS})
+    args = _linear_pref_args(hidden, weight, labels, offsets, *(defaults[n] for n in names),
+                             transform)
     return bool(ops.linear_one_pass(*args))
 
 
 def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                        offsets: Optional[torch.Tensor] = None, *,
                        bias: Optional[torch.Tensor] = None, average_logps: bool = False,
-                       ignore_index: int = -100, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                       check: bool = True) -> torch.Tensor:
+                       ignore_index: int = -100, logit_scale: float = 1.0,
+                       softcap: float = 0.0, temperature: float = 1.0,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True) -> torch.Tensor:
     """sequence_logps from hidden states and the output projection, the
     logits never whole (one chunk of at most chunk_bytes at a time on CUDA):
     the reference model's pass, whose output is fused_linear_preference_loss's
@@ -435,13 +486,17 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         with torch.no_grad():
             ref = gp.fused_linear_logps(ref_hidden, ref_lm_head.weight, labels)
 
-    Shapes and dtypes as fused_linear_preference_loss. Differentiable with
+    Shapes, dtypes and the logit transform (logit_scale, softcap,
+    temperature) as fused_linear_preference_loss. Differentiable with
     respect to hidden, weight and bias (a backward pass of three GEMMs per
     chunk: the logits again, grad_hidden, grad_weight)."""
     hidden, weight, bias = _autocast(hidden, weight, bias)
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                 temperature=temperature)
     return ops.linear_sequence_logps(x, weight, bias, y, off, bool(average_logps),
-                                     int(ignore_index), int(chunk_bytes), bool(check))[0]
+                                     int(ignore_index), int(chunk_bytes), bool(check),
+                                     transform)[0]
 
 
 def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, float]:

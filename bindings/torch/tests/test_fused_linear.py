@@ -357,10 +357,15 @@ def test_gradcheck_float64(reduction):
 
 # ---- opcheck, torch.compile.
 
-def _linear_args(pb, loss="gdpo", reduction="mean", mask=(True, True, True), chunk=1 << 20):
+IDENTITY = [1.0, 0.0, 1.0]  # the operators' logit_transform: (scale, softcap, temperature)
+CAPPED = [1.5, 4.0, 0.8]
+
+
+def _linear_args(pb, loss="gdpo", reduction="mean", mask=(True, True, True), chunk=1 << 20,
+                 transform=IDENTITY):
     return (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], None, pb["soft"],
             None if loss == "simpo" else pb["ref"], None, loss, 0.7, 0.8, 0.3, 0.15, 0.3, False,
-            reduction, 5.0, -100, chunk, list(mask), True)
+            reduction, 5.0, -100, chunk, list(mask), True, list(transform))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -372,20 +377,21 @@ def test_opcheck(dtype, device):
     samples = [
         (ops.linear_pref_loss, _linear_args(pbg)),
         (ops.linear_pref_loss, _linear_args(nobias, "simpo", "sum", mask=(True, False, False))),
-        (ops.linear_pref_loss, _linear_args(pbg, "ropo", "none")),
+        (ops.linear_pref_loss, _linear_args(pbg, "ropo", "none", transform=CAPPED)),
+        (ops.linear_pref_loss, _linear_args(pbg, "dpo", transform=CAPPED)),
         (ops.linear_pref_loss_grad, (torch.linspace(-1, 1, 3, device=device),)
-         + _linear_args(pb, "gropo", "none")),
+         + _linear_args(pb, "gropo", "none", transform=CAPPED)),
         (ops.linear_sequence_logps, (x, w, b, pb["labels"], pb["offsets"], True, -100, 1 << 20,
-                                     True)),
+                                     True, IDENTITY)),
         (ops.linear_sequence_logps, (x, w, None, pb["labels"].int(), pb["offsets"].int(), False,
-                                     -100, 1 << 20, True)),
+                                     -100, 1 << 20, True, CAPPED)),
     ]
     _, lse, _ = ops.linear_sequence_logps(pb["hidden"], pb["weight"], pb["bias"], pb["labels"],
-                                          pb["offsets"], False, -100, 1 << 20, True)
+                                          pb["offsets"], False, -100, 1 << 20, True, CAPPED)
     samples.append((ops.linear_sequence_logps_grad,
                     (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], lse,
                      torch.linspace(-1, 1, 6, device=device), -100, 1 << 20, [True, True, True],
-                     True)))
+                     True, CAPPED)))
     for op, args in samples:
         torch.library.opcheck(op, args)
 

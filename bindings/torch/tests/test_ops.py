@@ -221,13 +221,17 @@ def test_gradcheck_sequence_logps():
 
 # ---- torch.library.opcheck on every operator.
 
-def _loss_args(pb, loss="gdpo", reduction="mean", pairs=None, weights=True):
+IDENTITY = [1.0, 0.0, 1.0]  # the operators' logit_transform: (scale, softcap, temperature)
+CAPPED = [1.5, 4.0, 0.8]
+
+
+def _loss_args(pb, loss="gdpo", reduction="mean", pairs=None, weights=True, transform=IDENTITY):
     P = pb["soft"].numel()
     w = torch.linspace(0.0, 2.0, P, dtype=torch.float64, device=pb["logits"].device) \
         if weights else None
     return (pb["logits"], pb["labels"], pb["offsets"], pairs, pb["soft"],
             None if loss == "simpo" else pb["ref"], w, loss, 0.7, 0.8, 0.3, 0.15, 0.3, False,
-            reduction, 5.0, -100, True)
+            reduction, 5.0, -100, True, list(transform))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -238,20 +242,22 @@ def test_opcheck_every_operator(dtype, device):
     samples = [
         (ops.pref_loss, _loss_args(pb)),
         (ops.pref_loss, _loss_args(pb, "simpo", "sum", pairs=pairs, weights=False)),
-        (ops.pref_loss, _loss_args(pb, "ropo", "none")),
+        (ops.pref_loss, _loss_args(pb, "ropo", "none", transform=CAPPED)),
         (ops.pref_loss, _loss_args(pb, "ipo", "normalizer", pairs=pairs)),
         # The two backward operators are not differentiable themselves (they
         # raise on a double backward): checked with inputs that need no grad.
         (ops.pref_loss_grad_seq, (torch.linspace(-1, 1, 3, device=device),)
-         + _loss_args(dict(pb, logits=pb["logits"].detach()), "gropo", "none")),
-        (ops.sequence_logps, (pb["logits"], pb["labels"], pb["offsets"], True, -100, True)),
+         + _loss_args(dict(pb, logits=pb["logits"].detach()), "gropo", "none", transform=CAPPED)),
+        (ops.sequence_logps, (pb["logits"], pb["labels"], pb["offsets"], True, -100, True,
+                              IDENTITY)),
         (ops.sequence_logps, (pb["logits"], pb["labels"].int(), pb["offsets"].int(), False, -100,
-                              True)),
+                              True, CAPPED)),
     ]
     _, lse, _ = ops.sequence_logps(pb["logits"].detach(), pb["labels"], pb["offsets"], False,
-                                   -100, True)
+                                   -100, True, CAPPED)
     samples.append((ops.logits_grad, (pb["logits"].detach(), pb["labels"], pb["offsets"], lse,
-                                      torch.linspace(-1, 1, 6, device=device), -100, True)))
+                                      torch.linspace(-1, 1, 6, device=device), -100, True,
+                                      CAPPED)))
     for op, args in samples:
         torch.library.opcheck(op, args)
 

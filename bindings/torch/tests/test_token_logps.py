@@ -87,13 +87,14 @@ def test_gradcheck_float64():
 def test_opcheck(dtype, device):
     logits, labels = make(5, shape=(11,), dtype=dtype, device=device)
     z = logits.clone().requires_grad_(True)
-    torch.library.opcheck(ops.token_logps, (z, labels, -100, True, True))
+    identity, capped = [1.0, 0.0, 1.0], [1.5, 4.0, 0.8]  # (scale, softcap, temperature)
+    torch.library.opcheck(ops.token_logps, (z, labels, -100, True, True, identity))
     other = torch.where(labels == -100, torch.full_like(labels, 4), labels).int()
-    torch.library.opcheck(ops.token_logps, (z, other, 4, False, True))
-    _, lse, _ = ops.token_logps(logits, labels, -100, False, True)
+    torch.library.opcheck(ops.token_logps, (z, other, 4, False, True, capped))
+    _, lse, _ = ops.token_logps(logits, labels, -100, False, True, capped)
     torch.library.opcheck(ops.token_logps_grad,
                           (logits, labels, lse, torch.linspace(-1, 1, 11, device=device), -100,
-                           True))
+                           True, capped))
 
 
 def _grpo_like(z, y, old, adv):
