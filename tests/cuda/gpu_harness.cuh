@@ -565,6 +565,14 @@ inline transform_error transform_error_at(const case_config& c, double z) {
   return e;
 }
 
+/// What the transform adds to the error of row t's lse: its largest |Δz'|.
+inline double row_transform_error(const problem& pr, int64_t t) {
+  double e = 0;
+  for (int64_t v = 0; v < pr.v; ++v)
+    e = std::max(e, transform_error_at(pr.cfg, pr.z[static_cast<size_t>(t * pr.ld + v)]).value);
+  return e;
+}
+
 inline void compare_margin_pairs(const problem& pr, const gpu_result& g, const ref_result& ref,
                                  const std::vector<double>& tol_l, std::vector<double>& tol_g);
 inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_result& ref,
@@ -685,11 +693,7 @@ inline void compare(const problem& pr, const gpu_result& g) {
     }
     const double zy_raw = pr.z[static_cast<size_t>(t * pr.ld + pr.labels[t])];
     const double zy = geopref::apply(c.logit_transform, zy_raw);
-    // The transform's error moves lse by at most the largest |Δz'| of the row.
-    double dz_max = 0;
-    for (int64_t v = 0; v < pr.v; ++v)
-      dz_max = std::max(dz_max, transform_error_at(c, pr.z[static_cast<size_t>(t * pr.ld + v)]).value);
-    tol_lse[t] = eps_sum(pr.v) + 2 * U32 * std::fabs(ref.lse[t]) + dz_max;
+    tol_lse[t] = eps_sum(pr.v) + 2 * U32 * std::fabs(ref.lse[t]) + row_transform_error(pr, t);
     tol_tok[t] = tol_lse[t] + 2 * U32 * (std::fabs(ref.token_logps[t]) + std::fabs(zy)) +
                  transform_error_at(c, zy_raw).value;
     ck_lse(t, g.lse[t], ref.lse[t], tol_lse[t]);
