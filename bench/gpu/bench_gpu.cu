@@ -169,9 +169,10 @@ struct fused_call {
   size_t workspace_bytes = 0;
   geopref::status st = geopref::status::success;
 
-  fused_call(const gpu_problem& pb, void* grad) {
+  fused_call(const gpu_problem& pb, void* grad, const geopref::logit_transform& tr = {}) {
     const gb::shape& s = pb.s;
     args.tokens.logits = pb.logits.get();
+    args.tokens.logit_transform = tr;
     args.tokens.logits_dtype = dt_api(pb.dtype);
     args.tokens.n_rows = s.rows;
     args.tokens.vocab = s.vocab;
@@ -263,13 +264,13 @@ const char* phase_name(phase p) {
   return p == phase::forward ? "forward" : p == phase::backward ? "backward" : "step";
 }
 
-void bm_fused(benchmark::State& state, gb::shape s, dt d, phase ph) {
+void bm_fused(benchmark::State& state, gb::shape s, dt d, phase ph, geopref::logit_transform tr) {
   gpu_problem& pb = problem_for(s, d);
   if (!pb.error.empty()) {
     state.SkipWithError(pb.error.c_str());
     return;
   }
-  fused_call fwd(pb, nullptr), step(pb, pb.grad.get());
+  fused_call fwd(pb, nullptr, tr), step(pb, pb.grad.get(), tr);
   for (const fused_call* c : {&fwd, &step}) {
     if (c->st != geopref::status::success) {
       state.SkipWithError((std::string("train_step: ") + geopref::status_string(c->st)).c_str());
@@ -588,7 +589,15 @@ int main(int argc, char** argv) {
       const std::string tail = "/" + dname + "/N:" + std::to_string(s.rows) + "/V:" + std::to_string(v);
       for (phase ph : {phase::forward, phase::backward, phase::step}) {
         benchmark::RegisterBenchmark(("gpu/fused/" + std::string(phase_name(ph)) + tail).c_str(),
-                                     bm_fused, s, d, ph)
+                                     bm_fused, s, d, ph, geopref::logit_transform{})
+            ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
+      }
+      // The logit transform's costliest map, Gemma's soft-cap (docs/math.md §2.1): the
+      // same bytes as gpu/fused, so its frac_copy against gpu/fused's is the cost of
+      // the tanh (16-bit logits: the MUFU's; float: tanhf).
+      for (phase ph : {phase::forward, phase::backward}) {
+        benchmark::RegisterBenchmark(("gpu/fused_softcap/" + std::string(phase_name(ph)) + tail).c_str(),
+                                     bm_fused, s, d, ph, geopref::logit_transform{1.0, 30.0, 1.0})
             ->UseManualTime()->Iterations(g_iters)->Unit(benchmark::kMillisecond);
       }
       for (phase ph : {phase::forward, phase::backward}) {
