@@ -508,38 +508,40 @@ using field_t = T;
 /// list followed by the options' own fields).
 ///
 /// Columns: P (the path prefix, empty here: `loss.` in GEOPREF_OPTIONS_FIELDS),
-/// kind, C++ type, C++ member, geopref_options member, default, CLI flag
+/// kind, C++ type (fully qualified: the list is expanded outside the
+/// namespace too), C++ member, geopref_options member, default, CLI flag
 /// (without the dashes; the Python keyword is it with '_' for '-'), summary.
 /// Kinds:
 ///   real     a double                     boolean  a bool (int 0/1 in C)
 ///   integer  an int64_t                   enum     an enum class (int in C; by name
 ///                                                  in the CLI and Python)
 ///   count    n_terms: how many of the terms below (implied by the list of
-///            names the CLI's --loss and Python's loss= take)
+///            names the CLI's --loss and Python's loss_type= take)
 ///   list     an array of MAX_LOSS_TERMS entries (the terms and their weights)
-#define GEOPREF_LOSS_CONFIG_FIELDS(X, P)                                                           \
-  X(P, enum, loss_type, type, loss, loss_type::dpo, "loss",                                        \
-    "the loss, when n_terms == 0 (a loss name)")                                                   \
-  X(P, real, double, beta, beta, 0.1, "beta", "all losses: beta > 0")                              \
-  X(P, real, double, alpha, alpha, 1.0, "alpha", "ropo/gropo: weight of sigma(-beta h), >= 0")     \
-  X(P, real, double, gamma, gamma, 0.0, "gamma",                                                   \
-    "ropo/gropo: weight of -log sigma(beta h), >= 0; simpo: target margin >= 0")                   \
-  X(P, real, double, epsilon, epsilon, 0.0, "epsilon", "robust: [0, 0.5); exo_pair: (0, 1)")       \
-  X(P, real, double, tau, tau, 0.05, "tau", "discopop: temperature > 0 (TRL's default 0.05)")      \
-  X(P, real, double, bco_delta, bco_delta, 0.0, "bco-delta",                                       \
-    "bco_pair: the running mean reward delta (finite), the caller's state")                        \
-  X(P, enum, margin_transform, transform, transform, margin_transform::reverse_kl,                 \
-    "margin-transform",                                                                            \
-    "the margin transform of every margin term (TRL's f_divergence_type): reverse_kl, js, alpha")  \
-  X(P, real, double, f_alpha, f_alpha, 1.0, "f-alpha",                                             \
-    "the alpha transform's coefficient a > 0 (TRL's f_alpha_divergence_coef)")                     \
-  X(P, boolean, bool, geometric, geometric, false, "geometric",                                    \
-    "the geometric soft-label form f((2p-1) h) of every margin term")                              \
-  X(P, count, int, n_terms, n_terms, 0, "loss",                                                    \
-    "> 0: the weighted combination terms/term_weights replaces type (several loss names)")         \
-  X(P, list, loss_type[MAX_LOSS_TERMS], terms, terms, {}, "loss",                                  \
-    "the combination's losses (TRL's list of loss_type)")                                          \
-  X(P, list, double[MAX_LOSS_TERMS], term_weights, term_weights, {}, "loss-weights",               \
+#define GEOPREF_LOSS_CONFIG_FIELDS(X, P)                                                            \
+  X(P, enum, ::geopref::loss_type, type, loss, ::geopref::loss_type::dpo, "loss",                   \
+    "the loss, when n_terms == 0 (a loss name)")                                                    \
+  X(P, real, double, beta, beta, 0.1, "beta", "all losses: beta > 0")                               \
+  X(P, real, double, alpha, alpha, 1.0, "alpha", "ropo/gropo: weight of sigma(-beta h), >= 0")      \
+  X(P, real, double, gamma, gamma, 0.0, "gamma",                                                    \
+    "ropo/gropo: weight of -log sigma(beta h), >= 0; simpo: target margin >= 0")                    \
+  X(P, real, double, epsilon, epsilon, 0.0, "epsilon", "robust: [0, 0.5); exo_pair: (0, 1)")        \
+  X(P, real, double, tau, tau, 0.05, "tau", "discopop: temperature > 0 (TRL's default 0.05)")       \
+  X(P, real, double, bco_delta, bco_delta, 0.0, "bco-delta",                                        \
+    "bco_pair: the running mean reward delta (finite), the caller's state")                         \
+  X(P, enum, ::geopref::margin_transform, transform, transform,                                     \
+    ::geopref::margin_transform::reverse_kl,                                                        \
+    "margin-transform",                                                                             \
+    "the margin transform of every margin term (TRL's f_divergence_type): reverse_kl, js, alpha")   \
+  X(P, real, double, f_alpha, f_alpha, 1.0, "f-alpha",                                              \
+    "the alpha transform's coefficient a > 0 (TRL's f_alpha_divergence_coef)")                      \
+  X(P, boolean, bool, geometric, geometric, false, "geometric",                                     \
+    "the geometric soft-label form f((2p-1) h) of every margin term")                               \
+  X(P, count, int, n_terms, n_terms, 0, "loss",                                                     \
+    "> 0: the weighted combination terms/term_weights replaces type (several loss names)")          \
+  X(P, list, ::geopref::loss_type[::geopref::MAX_LOSS_TERMS], terms, terms, {}, "loss",             \
+    "the combination's losses (TRL's list of loss_type)")                                           \
+  X(P, list, double[::geopref::MAX_LOSS_TERMS], term_weights, term_weights, {}, "loss-weights",     \
     "the combination's finite weights (TRL's loss_weights; default 1 each)")
 
 /// Every loss parameter (GEOPREF_LOSS_CONFIG_FIELDS). A weighted combination

@@ -90,19 +90,19 @@ inline const char* reduction_name(reduction r) noexcept {
 /// ranks to the global loss and gradient. The NLL term (sft) is coupled
 /// through the batch's token count; nll_tokens and nll_weight make it sum
 /// too. 0: the rank's own batch is the whole batch (a single process).
-#define GEOPREF_OPTIONS_OWN_FIELDS(X, P)                                                           \
-  X(P, enum, reduction, reduce, reduction, reduction::mean, "reduction",                           \
-    "how per-pair losses w_i f_i are combined: mean, sum, none or normalizer")                     \
-  X(P, real, double, normalizer, normalizer, 0.0, "normalizer",                                    \
-    "reduction normalizer's divisor (finite, > 0): a caller-given count, for gradient "            \
-    "accumulation or data parallelism")                                                            \
-  X(P, boolean, bool, average_logps, average_logps, false, "average-logps",                        \
-    "terms read L_s / n_s instead of L_s (simpo and orpo always do)")                              \
-  X(P, integer, int64_t, ignore_index, ignore_index, -100, "ignore-index",                         \
-    "rows whose label equals this are not scored")                                                 \
-  X(P, real, double, nll_tokens, nll_tokens, 0.0, "nll-tokens",                                    \
-    "data parallel, > 0: sum of n_{a_i} over the non-zero-weight pairs of every rank (0: local)")  \
-  X(P, real, double, nll_weight, nll_weight, 0.0, "nll-weight",                                    \
+#define GEOPREF_OPTIONS_OWN_FIELDS(X, P)                                                            \
+  X(P, enum, ::geopref::reduction, reduce, reduction, ::geopref::reduction::mean, "reduction",      \
+    "how per-pair losses w_i f_i are combined: mean, sum, none or normalizer")                      \
+  X(P, real, double, normalizer, normalizer, 0.0, "normalizer",                                     \
+    "reduction normalizer's divisor (finite, > 0): a caller-given count, for gradient "             \
+    "accumulation or data parallelism")                                                             \
+  X(P, boolean, bool, average_logps, average_logps, false, "average-logps",                         \
+    "terms read L_s / n_s instead of L_s (simpo and orpo always do)")                               \
+  X(P, integer, int64_t, ignore_index, ignore_index, -100, "ignore-index",                          \
+    "rows whose label equals this are not scored")                                                  \
+  X(P, real, double, nll_tokens, nll_tokens, 0.0, "nll-tokens",                                     \
+    "data parallel, > 0: sum of n_{a_i} over the non-zero-weight pairs of every rank (0: local)")   \
+  X(P, real, double, nll_weight, nll_weight, 0.0, "nll-weight",                                     \
     "data parallel, with nll_tokens: sum of w_i over the non-zero-weight pairs of every rank")
 
 /// Every field of geopref::options, in order: the loss configuration's
