@@ -87,40 +87,6 @@ GEOPREF_SAME_OFFSET(calibration_error);
 
 }  // namespace
 
-namespace geopref::c_abi {
-status to_options(const geopref_options& c, geopref::options* o) {
-  if (c.loss < 0 || c.loss >= geopref::LOSS_TYPE_COUNT) return status::invalid_loss;
-  if (c.reduction < GEOPREF_REDUCTION_MEAN || c.reduction > GEOPREF_REDUCTION_NORMALIZER)
-    return status::invalid_reduction;
-  o->loss.type = static_cast<geopref::loss_type>(c.loss);
-  o->loss.beta = c.beta;
-  o->loss.alpha = c.alpha;
-  o->loss.gamma = c.gamma;
-  o->loss.epsilon = c.epsilon;
-  o->loss.tau = c.tau;
-  o->loss.bco_delta = c.bco_delta;
-  if (c.transform < GEOPREF_TRANSFORM_REVERSE_KL || c.transform > GEOPREF_TRANSFORM_ALPHA)
-    return status::invalid_loss_option;
-  o->loss.transform = static_cast<geopref::margin_transform>(c.transform);
-  o->loss.f_alpha = c.f_alpha;
-  o->loss.geometric = c.geometric != 0;
-  if (c.n_terms < 0 || c.n_terms > GEOPREF_MAX_LOSS_TERMS) return status::invalid_loss_option;
-  o->loss.n_terms = c.n_terms;
-  for (int k = 0; k < c.n_terms; ++k) {
-    if (c.terms[k] < 0 || c.terms[k] >= geopref::LOSS_TYPE_COUNT) return status::invalid_loss;
-    o->loss.terms[k] = static_cast<geopref::loss_type>(c.terms[k]);
-    o->loss.term_weights[k] = c.term_weights[k];
-  }
-  o->reduce = static_cast<geopref::reduction>(c.reduction);
-  o->normalizer = c.normalizer;
-  o->average_logps = c.average_logps != 0;
-  o->ignore_index = c.ignore_index;
-  o->nll_tokens = c.nll_tokens;
-  o->nll_weight = c.nll_weight;
-  return status::success;
-}
-}  // namespace geopref::c_abi
-
 namespace {
 using namespace geopref::c_abi;
 
@@ -261,25 +227,7 @@ extern "C" {
 
 void geopref_options_init(geopref_options* opt) {
   if (opt == nullptr) return;
-  const geopref::options d{};
-  opt->loss = static_cast<int>(d.loss.type);
-  opt->beta = d.loss.beta;
-  opt->alpha = d.loss.alpha;
-  opt->gamma = d.loss.gamma;
-  opt->epsilon = d.loss.epsilon;
-  opt->tau = d.loss.tau;
-  opt->reduction = static_cast<int>(d.reduce);
-  opt->normalizer = d.normalizer;
-  opt->average_logps = d.average_logps ? 1 : 0;
-  opt->ignore_index = d.ignore_index;
-  opt->bco_delta = d.loss.bco_delta;
-  opt->transform = static_cast<int>(d.loss.transform);
-  opt->f_alpha = d.loss.f_alpha;
-  opt->geometric = d.loss.geometric ? 1 : 0;
-  opt->nll_tokens = d.nll_tokens;
-  opt->nll_weight = d.nll_weight;
-  opt->n_terms = 0;
-  for (int k = 0; k < GEOPREF_MAX_LOSS_TERMS; ++k) opt->terms[k] = 0, opt->term_weights[k] = 0.0;
+  *opt = geopref::to_c(geopref::options{});  // one assignment per field of GEOPREF_OPTIONS_FIELDS
 }
 
 void geopref_train_args_init(geopref_train_args* args) {

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "geopref/c_api.h"
+#include "geopref/c_options.hpp"
 #include "geopref/cuda/args.cuh"
 #include "geopref/cuda/vocab_args.cuh"
 #include "geopref/options.hpp"
@@ -22,9 +23,13 @@
 
 namespace geopref::c_abi {
 
-// Out-of-range enum values from C are not cast blindly: each maps to the
-// status the C++ API gives for an unknown value. Defined in c_api.cu.
-status to_options(const geopref_options& c, geopref::options* o);
+// The C options to C++ ones, generated from GEOPREF_OPTIONS_FIELDS
+// (geopref/c_options.hpp, which also checks geopref_options against the
+// list). Out-of-range enum values from C are not cast blindly: each maps to
+// the status the C++ API gives for an unknown value.
+inline status to_options(const geopref_options& c, geopref::options* o) {
+  return geopref::from_c(c, o);
+}
 
 // An int from C that names a dtype / an index type (checked before the cast).
 inline bool valid_dtype(int t) { return t >= GEOPREF_FLOAT32 && t <= GEOPREF_BFLOAT16; }

@@ -37,8 +37,9 @@ const char* const USAGE =
     "                     [--token-weights T.npy]\n"
     "                     --loss NAME[,NAME...] [--loss-weights W1,W2,...] [--geometric]\n"
     "                     [--beta B] [--alpha A] [--gamma G] [--epsilon E] [--tau T] [--bco-delta D]\n"
-    "                     [--f-divergence reverse_kl|js|alpha] [--f-alpha A]\n"
-    "                     [--average-logps] [--reduction mean|sum|none] [--ignore-index K]\n"
+    "                     [--margin-transform reverse_kl|js|alpha] [--f-alpha A]\n"
+    "                     [--average-logps] [--reduction mean|sum|none|normalizer]\n"
+    "                     [--normalizer N] [--ignore-index K] [--nll-tokens NT] [--nll-weight NW]\n"
     "                     [--vocab-shards K] [--device cpu|cuda] --out DIR\n"
     "                     %s\n"
     "       geopref-check --per-token (--logits L.npy | --hidden H.npy --weight WT.npy\n"
@@ -58,6 +59,8 @@ const char* const USAGE =
     "    evenly, the last rank taking the rest; with --hidden the rows of W); the same\n"
     "    outputs as unsharded\n"
     "  losses: %s\n"
+    "  options (GEOPREF_OPTIONS_FIELDS; --f-divergence is --margin-transform's old name):\n"
+    "%s"
     "  logit transform, of every logit z before the softmax (every form above, CPU and\n"
     "  CUDA): z' = C tanh(S z / C) / T, or S z / T with C = 0; log-probs, entropies and\n"
     "  metrics are those of z', gradients are with respect to z (or H, WT, B):\n"
@@ -82,11 +85,12 @@ struct input_error {
 struct cli {
   std::string logits, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights, out;
   std::string hidden, weight, bias;
-  std::string loss, loss_weights, reduce = "mean", device = "cpu", f_divergence, f_alpha;
-  loss_config cfg{};
-  bool average_logps = false, geometric = false, per_token = false;
+  std::string loss, loss_weights, reduce = "mean", device = "cpu";
+  std::string margin_transform_name, margin_transform_flag = "--margin-transform";
+  options opt{};  // the fields of GEOPREF_OPTIONS_FIELDS
+  std::vector<std::string> given;  // the options' flags on the command line
+  bool per_token = false;
   std::string token_grad;
-  int64_t ignore_index = -100;
   int64_t vocab_shards = 0;  // 0: unsharded
   logit_transform transform{};
 };
@@ -116,6 +120,34 @@ std::string transform_help() {
                   f.default_value);
     s += line;
   }
+  return s;
+}
+
+/// The value a field's flag takes in the help ("" for a flag without one).
+std::string option_metavar(const char* kind, const char* flag) {
+  const std::string k = kind, f = flag;
+  if (k == "boolean") return "";
+  if (f == "loss") return "NAME[,NAME...]";
+  if (f == "loss-weights") return "W1,W2,...";
+  if (f == "reduction") return "mean|sum|none|normalizer";
+  if (f == "margin-transform") return "reverse_kl|js|alpha";
+  if (k == "integer") return "K";
+  return "X";
+}
+
+/// The flags of GEOPREF_OPTIONS_FIELDS, each with its value, then one line
+/// per field it sets (a flag several fields share, as --loss, once).
+std::string options_help() {
+  std::string s, last;
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc)               \
+  if (last != flag) {                                                        \
+    last = flag;                                                             \
+    const std::string m = option_metavar(#kind, flag);                       \
+    s += std::string("    --") + flag + (m.empty() ? "" : " " + m) + "\n";   \
+  }                                                                          \
+  s += std::string("        ") + #name + ": " + doc + "\n";
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
   return s;
 }
 
@@ -158,6 +190,49 @@ int64_t parse_int(const std::string& flag, const char* s) {
   return static_cast<int64_t>(v);
 }
 
+/// The value after flag `a` (argv[++i]).
+const char* next_value(const std::string& a, int& i, int argc, char** argv) {
+  if (i + 1 >= argc) throw usage_error{a + " needs a value"};
+  return argv[++i];
+}
+
+// A field of GEOPREF_OPTIONS_FIELDS set from its flag by its C++ type: a
+// number, or (bool) the flag alone. The enums and the terms (--loss,
+// --loss-weights, --margin-transform, --reduction) are read by name in
+// parse_args; their set_field is the catch-all, which takes nothing.
+bool set_field(double* f, const std::string& a, int& i, int argc, char** argv) {
+  *f = parse_double(a, next_value(a, i, argc, argv));
+  return true;
+}
+bool set_field(int64_t* f, const std::string& a, int& i, int argc, char** argv) {
+  *f = parse_int(a, next_value(a, i, argc, argv));
+  return true;
+}
+bool set_field(bool* f, const std::string&, int&, int, char**) {
+  *f = true;
+  return true;
+}
+template <class T>
+bool set_field(T*, const std::string&, int&, int, char**) {
+  return false;
+}
+
+/// Parses argv[i] when it is the flag of a number or boolean field of
+/// GEOPREF_OPTIONS_FIELDS (generated: one test per field).
+bool parse_option_field(cli& c, const std::string& a, int& i, int argc, char** argv) {
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) \
+  if (a == "--" flag && set_field(&c.opt.P name, a, i, argc, argv)) return true;
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return false;
+}
+
+bool was_given(const cli& c, const std::string& flag) {
+  for (const auto& g : c.given)
+    if (g == flag) return true;
+  return false;
+}
+
 /// The transform flag named `a`, or null.
 const tools::transform_flag* find_transform_flag(const std::string& a) {
   for (const auto& f : tools::TRANSFORM_FLAGS)
@@ -172,15 +247,11 @@ cli parse_args(int argc, char** argv) {
     if (a == "--help" || a == "-h") {
       const std::string synopsis = transform_synopsis();
       std::printf(USAGE, synopsis.c_str(), synopsis.c_str(), all_loss_names().c_str(),
-                  transform_help().c_str());
+                  options_help().c_str(), transform_help().c_str());
       std::exit(0);
     }
-    if (a == "--average-logps") {
-      c.average_logps = true;
-      continue;
-    }
-    if (a == "--geometric") {
-      c.geometric = true;
+    if (parse_option_field(c, a, i, argc, argv)) {
+      c.given.push_back(a);
       continue;
     }
     if (a == "--per-token") {
@@ -203,19 +274,12 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--token-weights") c.token_weights = v;
     else if (a == "--token-grad") c.token_grad = v;
     else if (a == "--loss-weights") c.loss_weights = v;
-    else if (a == "--f-divergence") c.f_divergence = v;
-    else if (a == "--f-alpha") c.f_alpha = v;
-    else if (a == "--bco-delta") c.cfg.bco_delta = parse_double(a, v);
+    else if (a == "--margin-transform" || a == "--f-divergence")
+      c.margin_transform_name = v, c.margin_transform_flag = a;
     else if (a == "--out") c.out = v;
     else if (a == "--loss") c.loss = v;
-    else if (a == "--reduction") c.reduce = v;
+    else if (a == "--reduction") c.reduce = v, c.given.push_back(a);
     else if (a == "--device") c.device = v;
-    else if (a == "--beta") c.cfg.beta = parse_double(a, v);
-    else if (a == "--alpha") c.cfg.alpha = parse_double(a, v);
-    else if (a == "--gamma") c.cfg.gamma = parse_double(a, v);
-    else if (a == "--epsilon") c.cfg.epsilon = parse_double(a, v);
-    else if (a == "--tau") c.cfg.tau = parse_double(a, v);
-    else if (a == "--ignore-index") c.ignore_index = parse_int(a, v);
     else if (const tools::transform_flag* f = find_transform_flag(a))
       c.transform.*(f->field) = parse_double(a, v);
     else if (a == "--vocab-shards") {
@@ -243,13 +307,17 @@ cli parse_args(int argc, char** argv) {
         {"--offsets", !c.offsets.empty()}, {"--pairs", !c.pairs.empty()},
         {"--soft-labels", !c.soft_labels.empty()}, {"--ref-logps", !c.ref_logps.empty()},
         {"--weights", !c.weights.empty()}, {"--token-weights", !c.token_weights.empty()},
-        {"--average-logps", c.average_logps}, {"--geometric", c.geometric},
-        {"--f-divergence", !c.f_divergence.empty()}, {"--f-alpha", !c.f_alpha.empty()},
+        {c.margin_transform_flag.c_str(), !c.margin_transform_name.empty()},
         {"--vocab-shards", c.vocab_shards != 0}};
     for (const auto& [flag, given] : not_here)
       if (given)
         throw usage_error{std::string(flag) + " has no meaning with --per-token (use --token-grad "
                           "for an upstream gradient)"};
+    // Of the options, only --ignore-index means something to the primitive.
+    for (const auto& g : c.given)
+      if (g != "--ignore-index")
+        throw usage_error{g + " has no meaning with --per-token (use --token-grad for an "
+                          "upstream gradient)"};
     if (c.device != "cpu" && c.device != "cuda")
       throw usage_error{"--device must be cpu or cuda, not '" + c.device + "'"};
     return c;
@@ -275,28 +343,24 @@ cli parse_args(int argc, char** argv) {
     loss_type t{};
     if (!parse_loss_type(names[k].c_str(), &t))
       throw usage_error{"unknown loss '" + names[k] + "' (losses: " + all_loss_names() + ")"};
-    c.cfg.terms[k] = t;
-    c.cfg.term_weights[k] = lw[k];
-    if (c.geometric && (kind_of(t) != loss_kind::margin || is_geometric(t)))
+    c.opt.loss.terms[k] = t;
+    c.opt.loss.term_weights[k] = lw[k];
+    if (c.opt.loss.geometric && (kind_of(t) != loss_kind::margin || is_geometric(t)))
       throw usage_error{"--geometric: loss '" + names[k] + "' has no margin to put in soft-label form" +
                         (is_geometric(t) ? " (it already is one)" : "")};
   }
-  c.cfg.type = c.cfg.terms[0];
-  c.cfg.n_terms = names.size() > 1 || !c.loss_weights.empty() ? static_cast<int>(names.size()) : 0;
-  c.cfg.geometric = c.geometric;
-  if (!c.f_divergence.empty()) {
-    if (c.f_divergence == "reverse_kl") c.cfg.transform = margin_transform::reverse_kl;
-    else if (c.f_divergence == "js") c.cfg.transform = margin_transform::js;
-    else if (c.f_divergence == "alpha") c.cfg.transform = margin_transform::alpha;
-    else throw usage_error{"--f-divergence must be reverse_kl, js or alpha, not '" + c.f_divergence + "'"};
-  }
-  if (!c.f_alpha.empty()) {
-    if (c.cfg.transform != margin_transform::alpha)
-      throw usage_error{"--f-alpha needs --f-divergence alpha"};
-    c.cfg.f_alpha = parse_double("--f-alpha", c.f_alpha.c_str());
-  }
-  if (c.reduce != "mean" && c.reduce != "sum" && c.reduce != "none")
-    throw usage_error{"--reduction must be mean, sum or none, not '" + c.reduce + "'"};
+  c.opt.loss.type = c.opt.loss.terms[0];
+  c.opt.loss.n_terms = names.size() > 1 || !c.loss_weights.empty() ? static_cast<int>(names.size()) : 0;
+  if (!c.margin_transform_name.empty() &&
+      !parse_enum(c.margin_transform_name.c_str(), &c.opt.loss.transform))
+    throw usage_error{c.margin_transform_flag + " must be reverse_kl, js or alpha, not '" +
+                      c.margin_transform_name + "'"};
+  if (was_given(c, "--f-alpha") && c.opt.loss.transform != margin_transform::alpha)
+    throw usage_error{"--f-alpha needs " + c.margin_transform_flag + " alpha"};
+  if (!parse_enum(c.reduce.c_str(), &c.opt.reduce))
+    throw usage_error{"--reduction must be mean, sum, none or normalizer, not '" + c.reduce + "'"};
+  if (was_given(c, "--normalizer") != (c.opt.reduce == reduction::normalizer))
+    throw usage_error{"--normalizer N goes with --reduction normalizer (and it needs one)"};
   if (c.device != "cpu" && c.device != "cuda")
     throw usage_error{"--device must be cpu or cuda, not '" + c.device + "'"};
   return c;
@@ -389,7 +453,7 @@ tools::check_problem load_problem(const cli& c) {
                           tools::npy_shape_string(Y.shape) + " (the labels' shape)"};
       tools::npy_to_double(G, &p.token_grad);
     }
-    p.opt.ignore_index = c.ignore_index;
+    p.opt.ignore_index = c.opt.ignore_index;
     return p;
   }
 
@@ -449,12 +513,7 @@ tools::check_problem load_problem(const cli& c) {
     tools::npy_to_double(T, &p.token_weights);
   }
 
-  p.opt.loss = c.cfg;
-  p.opt.reduce = c.reduce == "sum" ? reduction::sum
-                 : c.reduce == "none" ? reduction::none
-                                      : reduction::mean;
-  p.opt.average_logps = c.average_logps;
-  p.opt.ignore_index = c.ignore_index;
+  p.opt = c.opt;
   if (c.vocab_shards > p.vocab)
     throw input_error{"--vocab-shards " + std::to_string(c.vocab_shards) + " exceeds the vocabulary (" +
                       std::to_string(p.vocab) + " columns): every rank needs a column"};

@@ -494,30 +494,66 @@ inline constexpr int LOSS_TYPE_COUNT = 0
 /// At most this many terms in one weighted combination.
 inline constexpr int MAX_LOSS_TERMS = 8;
 
-/// Every loss parameter, with the meaning it has for each loss.
+/// `field_t<type> name` declares a member of any type, arrays included
+/// (`field_t<double[8]> w` is `double w[8]`), so that a field list can
+/// declare a struct whose members are arrays.
+template <class T>
+using field_t = T;
+
+/// The field list of loss_config: every loss parameter, with the meaning it
+/// has for each loss, declared once. The struct below is declared from it;
+/// the C struct's check and conversion (geopref/c_options.hpp), geopref-check's
+/// flags and the PyTorch keywords (bindings/torch) are built from it or
+/// checked against it (GEOPREF_OPTIONS_FIELDS in geopref/options.hpp is this
+/// list followed by the options' own fields).
+///
+/// Columns: P (the path prefix, empty here: `loss.` in GEOPREF_OPTIONS_FIELDS),
+/// kind, C++ type (fully qualified: the list is expanded outside the
+/// namespace too), C++ member, geopref_options member, default, CLI flag
+/// (without the dashes; the Python keyword is it with '_' for '-'), summary.
+/// Kinds:
+///   real     a double                     boolean  a bool (int 0/1 in C)
+///   integer  an int64_t                   enum     an enum class (int in C; by name
+///                                                  in the CLI and Python)
+///   count    n_terms: how many of the terms below (implied by the list of
+///            names the CLI's --loss and Python's loss_type= take)
+///   list     an array of MAX_LOSS_TERMS entries (the terms and their weights)
+#define GEOPREF_LOSS_CONFIG_FIELDS(X, P)                                                            \
+  X(P, enum, ::geopref::loss_type, type, loss, ::geopref::loss_type::dpo, "loss",                   \
+    "the loss, when n_terms == 0 (a loss name)")                                                    \
+  X(P, real, double, beta, beta, 0.1, "beta", "all losses: beta > 0")                               \
+  X(P, real, double, alpha, alpha, 1.0, "alpha", "ropo/gropo: weight of sigma(-beta h), >= 0")      \
+  X(P, real, double, gamma, gamma, 0.0, "gamma",                                                    \
+    "ropo/gropo: weight of -log sigma(beta h), >= 0; simpo: target margin >= 0")                    \
+  X(P, real, double, epsilon, epsilon, 0.0, "epsilon", "robust: [0, 0.5); exo_pair: (0, 1)")        \
+  X(P, real, double, tau, tau, 0.05, "tau", "discopop: temperature > 0 (TRL's default 0.05)")       \
+  X(P, real, double, bco_delta, bco_delta, 0.0, "bco-delta",                                        \
+    "bco_pair: the running mean reward delta (finite), the caller's state")                         \
+  X(P, enum, ::geopref::margin_transform, transform, transform,                                     \
+    ::geopref::margin_transform::reverse_kl,                                                        \
+    "margin-transform",                                                                             \
+    "the margin transform of every margin term (TRL's f_divergence_type): reverse_kl, js, alpha")   \
+  X(P, real, double, f_alpha, f_alpha, 1.0, "f-alpha",                                              \
+    "the alpha transform's coefficient a > 0 (TRL's f_alpha_divergence_coef)")                      \
+  X(P, boolean, bool, geometric, geometric, false, "geometric",                                     \
+    "the geometric soft-label form f((2p-1) h) of every margin term")                               \
+  X(P, count, int, n_terms, n_terms, 0, "loss",                                                     \
+    "> 0: the weighted combination terms/term_weights replaces type (several loss names)")          \
+  X(P, list, ::geopref::loss_type[::geopref::MAX_LOSS_TERMS], terms, terms, {}, "loss",             \
+    "the combination's losses (TRL's list of loss_type)")                                           \
+  X(P, list, double[::geopref::MAX_LOSS_TERMS], term_weights, term_weights, {}, "loss-weights",     \
+    "the combination's finite weights (TRL's loss_weights; default 1 each)")
+
+/// Every loss parameter (GEOPREF_LOSS_CONFIG_FIELDS). A weighted combination
+/// (TRL's list of loss_type with loss_weights): n_terms > 0 terms terms[k]
+/// with finite weights term_weights[k] replace `type`; the combination's loss
+/// is sum_k term_weights[k] * term_k. The margin transform of every margin
+/// term: see margin_transform (f_alpha is used by alpha only). geometric: an
+/// error with a term that has no margin.
 struct loss_config {
-  loss_type type = loss_type::dpo;  // the loss, when n_terms == 0
-  double beta = 0.1;     // all losses: β > 0
-  double alpha = 1.0;    // ropo/gropo: weight of σ(−βh), α >= 0
-  double gamma = 0.0;    // ropo/gropo: weight of −log σ(βh), γ >= 0; simpo: target margin γ >= 0
-  double epsilon = 0.0;  // robust: ε ∈ [0, 0.5); exo_pair: ε ∈ (0, 1)
-  double tau = 0.05;     // discopop: temperature τ > 0 (TRL's default 0.05)
-  double bco_delta = 0.0;  // bco_pair: the running mean reward δ (finite), the caller's state
-
-  // The margin transform of every margin term (TRL's f_divergence_type) and
-  // its coefficient (f_alpha_divergence_coef, > 0, used by alpha only).
-  margin_transform transform = margin_transform::reverse_kl;
-  double f_alpha = 1.0;
-  // The geometric soft-label form f((2p̂ − 1)·h) of every margin term
-  // (an error with a term that has no margin).
-  bool geometric = false;
-
-  // A weighted combination (TRL's list of loss_type with loss_weights):
-  // n_terms > 0 terms terms[k] with finite weights term_weights[k] replace
-  // `type`. The combination's loss is Σ_k term_weights[k] · term_k.
-  int n_terms = 0;
-  loss_type terms[MAX_LOSS_TERMS] = {};
-  double term_weights[MAX_LOSS_TERMS] = {};
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) field_t<type> name = def;
+  GEOPREF_LOSS_CONFIG_FIELDS(GEOPREF_X, )
+#undef GEOPREF_X
 };
 
 /// The terms that read both log-ratios (kinds two_sided and odds_ratio), by

@@ -73,24 +73,91 @@ enum class reduction : int {
                // gradient accumulation or data parallelism
 };
 
-/// Everything about *what* is computed that is not a buffer.
+inline const char* reduction_name(reduction r) noexcept {
+  switch (r) {
+    case reduction::mean: return "mean";
+    case reduction::sum: return "sum";
+    case reduction::none: return "none";
+    case reduction::normalizer: return "normalizer";
+  }
+  return "unknown";
+}
+
+/// The options' own fields (after GEOPREF_LOSS_CONFIG_FIELDS, whose columns
+/// and kinds they share). Data parallelism (docs/distributed.md): a rank's
+/// batch is part of a global one; with reduction::normalizer = the global
+/// divisor (e.g. the global pair count) the pair terms already sum over
+/// ranks to the global loss and gradient. The NLL term (sft) is coupled
+/// through the batch's token count; nll_tokens and nll_weight make it sum
+/// too. 0: the rank's own batch is the whole batch (a single process).
+#define GEOPREF_OPTIONS_OWN_FIELDS(X, P)                                                            \
+  X(P, enum, ::geopref::reduction, reduce, reduction, ::geopref::reduction::mean, "reduction",      \
+    "how per-pair losses w_i f_i are combined: mean, sum, none or normalizer")                      \
+  X(P, real, double, normalizer, normalizer, 0.0, "normalizer",                                     \
+    "reduction normalizer's divisor (finite, > 0): a caller-given count, for gradient "             \
+    "accumulation or data parallelism")                                                             \
+  X(P, boolean, bool, average_logps, average_logps, false, "average-logps",                         \
+    "terms read L_s / n_s instead of L_s (simpo and orpo always do)")                               \
+  X(P, integer, int64_t, ignore_index, ignore_index, -100, "ignore-index",                          \
+    "rows whose label equals this are not scored")                                                  \
+  X(P, real, double, nll_tokens, nll_tokens, 0.0, "nll-tokens",                                     \
+    "data parallel, > 0: sum of n_{a_i} over the non-zero-weight pairs of every rank (0: local)")   \
+  X(P, real, double, nll_weight, nll_weight, 0.0, "nll-weight",                                     \
+    "data parallel, with nll_tokens: sum of w_i over the non-zero-weight pairs of every rank")
+
+/// Every field of geopref::options, in order: the loss configuration's
+/// (members of options::loss, P = `loss.`), then the options' own (P empty).
+/// Access a field of an options `o` as `o.P name`.
+#define GEOPREF_OPTIONS_FIELDS(X) \
+  GEOPREF_LOSS_CONFIG_FIELDS(X, loss.) GEOPREF_OPTIONS_OWN_FIELDS(X, )
+
+/// Everything about *what* is computed that is not a buffer
+/// (GEOPREF_OPTIONS_FIELDS).
 struct options {
   loss_config loss{};
-  reduction reduce = reduction::mean;
-  double normalizer = 0.0;     // used only with reduction::normalizer; finite and > 0
-  bool average_logps = false;  // terms read L̄_s = L_s / n_s instead of L_s (simpo and orpo
-                               // always do)
-  int64_t ignore_index = -100; // rows whose label equals this are not scored
-
-  // Data parallelism (docs/distributed.md). A rank's batch is part of a
-  // global one; with reduction::normalizer = the global divisor (e.g. the
-  // global pair count) the pair terms already sum over ranks to the global
-  // loss and gradient. The NLL term (sft) is coupled through
-  // the batch's token count; these two globals make them sum too. 0: the
-  // rank's own batch is the whole batch (a single process).
-  double nll_tokens = 0.0;  // > 0: Σ n_{a_i} over the non-zero-weight pairs of every rank
-  double nll_weight = 0.0;  // with nll_tokens: Σ w_i over the non-zero-weight pairs of every rank
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) field_t<type> name = def;
+  GEOPREF_OPTIONS_OWN_FIELDS(GEOPREF_X, )
+#undef GEOPREF_X
 };
+
+/// The enums of the field list by name: their value count and names (the
+/// names the CLI and the PyTorch keywords take).
+template <class E>
+struct enum_info;
+template <>
+struct enum_info<loss_type> {
+  static constexpr status invalid = status::invalid_loss;  // the status of a value out of range
+  static constexpr int count = LOSS_TYPE_COUNT;
+  static const char* name(loss_type t) noexcept { return loss_name(t); }
+};
+template <>
+struct enum_info<margin_transform> {
+  static constexpr status invalid = status::invalid_loss_option;  // the status of a value out of range
+  static constexpr int count = 3;
+  static const char* name(margin_transform t) noexcept { return transform_name(t); }
+};
+template <>
+struct enum_info<reduction> {
+  static constexpr status invalid = status::invalid_reduction;  // the status of a value out of range
+  static constexpr int count = 4;
+  static const char* name(reduction r) noexcept { return reduction_name(r); }
+};
+
+/// Parses an enum of the field list by name; false (and *out untouched) when unknown.
+template <class E>
+bool parse_enum(const char* name, E* out) noexcept {
+  if (name == nullptr) return false;
+  for (int i = 0; i < enum_info<E>::count; ++i) {
+    const char* a = enum_info<E>::name(static_cast<E>(i));
+    const char* b = name;
+    while (*a != '\0' && *a == *b) ++a, ++b;
+    if (*a == '\0' && *b == '\0') {
+      *out = static_cast<E>(i);
+      return true;
+    }
+  }
+  return false;
+}
 
 /// True when the per-sequence log-probs the API reports (seq_logps) and the
 /// metrics are length-normalised: average_logps, or every term forces it

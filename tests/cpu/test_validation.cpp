@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "geopref/c_options.hpp"
 #include "test_util.hpp"  // the reference, the gradient checker, seeded problems
 
 using namespace geopref;
@@ -209,4 +211,49 @@ TEST_CASE("status strings are distinct and non-empty", "[validation]") {
     CHECK(std::find(seen.begin(), seen.end(), m) == seen.end());
     seen.push_back(m);
   }
+}
+
+TEST_CASE("geopref_options <-> geopref::options: every field of the list crosses both ways",
+          "[validation][c_options]") {
+  // Defaults: the C struct of options{} converts back to options{}.
+  options d{}, back{};
+  back.loss.beta = 7.0;
+  REQUIRE(from_c(to_c(d), &back) == status::success);
+  CHECK(back.loss.beta == d.loss.beta);
+  // A value other than the default in every field, through C and back.
+  options o{};
+  o.loss.type = loss_type::ipo;
+  o.loss.beta = 0.3, o.loss.alpha = 0.4, o.loss.gamma = 0.5, o.loss.epsilon = 0.2;
+  o.loss.tau = 0.7, o.loss.bco_delta = -0.25, o.loss.f_alpha = 0.6;
+  o.loss.transform = margin_transform::alpha;
+  o.loss.geometric = true;
+  o.loss.n_terms = 2;
+  o.loss.terms[0] = loss_type::dpo, o.loss.terms[1] = loss_type::sft;
+  o.loss.term_weights[0] = 0.75, o.loss.term_weights[1] = -1.5;
+  o.reduce = reduction::normalizer, o.normalizer = 12.0, o.average_logps = true;
+  o.ignore_index = -7, o.nll_tokens = 33.0, o.nll_weight = 4.5;
+  options r{};
+  REQUIRE(from_c(to_c(o), &r) == status::success);
+  int fields = 0;
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc)                          \
+  ++fields;                                                                            \
+  CHECK(std::memcmp(&r.P name, &o.P name, sizeof(o.P name)) == 0);                     \
+  CHECK(std::memcmp(&r.P name, &d.P name, sizeof(d.P name)) != 0);
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  CHECK(fields == 19);
+  // Out-of-range values from C: the C++ API's status, never a cast.
+  geopref_options c = to_c(options{});
+  c.loss = LOSS_TYPE_COUNT;
+  CHECK(from_c(c, &r) == status::invalid_loss);
+  c = to_c(options{}), c.reduction = 4;
+  CHECK(from_c(c, &r) == status::invalid_reduction);
+  c = to_c(options{}), c.transform = -1;
+  CHECK(from_c(c, &r) == status::invalid_loss_option);
+  c = to_c(options{}), c.n_terms = MAX_LOSS_TERMS + 1;
+  CHECK(from_c(c, &r) == status::invalid_loss_option);
+  c = to_c(options{}), c.n_terms = 1, c.terms[0] = -3;
+  CHECK(from_c(c, &r) == status::invalid_loss);
+  c.n_terms = 0;  // terms past n_terms are never read
+  CHECK(from_c(c, &r) == status::success);
 }

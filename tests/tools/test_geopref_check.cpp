@@ -325,7 +325,7 @@ TEST_CASE("geopref-check: combinations, --geometric, --f-divergence, --bco-delta
       {" --loss gdpo --geometric", "already is one"},
       {" --loss dpo,sft2", "unknown loss 'sft2'"},
       {" --loss dpo --f-divergence kl", "--f-divergence must be"},
-      {" --loss dpo --f-alpha 0.5", "--f-alpha needs --f-divergence alpha"},
+      {" --loss dpo --f-alpha 0.5", "--f-alpha needs --margin-transform alpha"},
       {" --loss dpo --f-divergence alpha --f-alpha 0", "geopref: invalid loss option"},
       {" --loss dpo --bco-delta x", "--bco-delta expects a number"},
       {" --loss dpo --token-weights " + save("c_twbad.npy", "<f8", "(8,)", std::vector<double>(8, 1.0)),
@@ -1066,4 +1066,75 @@ TEST_CASE("geopref-check: an invalid logit transform is the library's status, ex
   const run_result e = run_tool(inputs + " --softcap soft --out " + path("lt_bad"));
   CHECK(e.exit_code == 2);
   CHECK(e.err.find("--softcap expects a number") != std::string::npos);
+}
+
+TEST_CASE("geopref-check: every field of the options is a flag in --help",
+          "[check][options]") {
+  const std::string help = tool_stdout("--help");
+  int fields = 0;
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc)                               \
+  ++fields;                                                                                 \
+  CHECK(help.find(std::string("--") + flag) != std::string::npos);                          \
+  CHECK(help.find(doc) != std::string::npos);
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  CHECK(fields == 19);  // a new field: a new flag, and this count
+}
+
+TEST_CASE("geopref-check: --margin-transform, --normalizer, --nll-tokens and --nll-weight",
+          "[check][options]") {
+  const ragged r(23);
+  const std::string inputs = r.save_all();
+  const std::string ref_arg = " --ref-logps " + save("o_ref.npy", "<f8", "(6,)", r.ref);
+  std::vector<std::pair<std::string, geopref::options>> vs;
+  geopref::options base;
+  base.loss.beta = 0.7;
+  {
+    geopref::options o = base;
+    o.loss.transform = geopref::margin_transform::js;
+    vs.emplace_back(" --loss dpo --margin-transform js", o);
+  }
+  {
+    geopref::options o = base;
+    o.loss.type = geopref::loss_type::ipo;
+    o.reduce = geopref::reduction::normalizer, o.normalizer = 5.0;
+    vs.emplace_back(" --loss ipo --reduction normalizer --normalizer 5", o);
+  }
+  {
+    geopref::options o = base;
+    o.loss.n_terms = 2;
+    o.loss.terms[0] = geopref::loss_type::dpo, o.loss.terms[1] = geopref::loss_type::sft;
+    o.loss.term_weights[0] = 1, o.loss.term_weights[1] = 0.5;
+    o.reduce = geopref::reduction::normalizer, o.normalizer = 4.0;
+    o.nll_tokens = 20.0, o.nll_weight = 3.0;
+    vs.emplace_back(" --loss dpo,sft --loss-weights 1,0.5 --reduction normalizer --normalizer 4"
+                    " --nll-tokens 20 --nll-weight 3", o);
+  }
+  int k = 0;
+  for (const auto& [args, opt] : vs) {
+    INFO("geopref-check" << args);
+    auto in = r.inputs();
+    in.ref_logps = r.ref.data();
+    const direct d = call_reference(in, opt);
+    const std::string out = path("out_options_" + std::to_string(k++));
+    const run_result rr = run_tool(inputs + ref_arg + " --beta 0.7" + args + " --out " + out);
+    INFO("stderr: " << rr.err);
+    REQUIRE(rr.exit_code == 0);
+    check_outputs(out, d, false, {ragged::N, ragged::V});
+  }
+  const std::string out = " --out " + path("out_options_err");
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {" --loss dpo --normalizer 4", "--normalizer N goes with --reduction normalizer"},
+      {" --loss dpo --reduction normalizer", "--normalizer N goes with --reduction normalizer"},
+      {" --loss dpo --margin-transform kl", "--margin-transform must be"},
+      {" --loss dpo --nll-tokens x", "--nll-tokens expects a number"},
+  };
+  for (const auto& b : bad) {
+    INFO("geopref-check" << b.first);
+    const run_result rr = run_tool(inputs + ref_arg + b.first + out);
+    INFO("stderr: " << rr.err);
+    CHECK(rr.exit_code != 0);
+    CHECK(count_lines(rr.err) == 1);
+    CHECK(rr.err.find(b.second) != std::string::npos);
+  }
 }

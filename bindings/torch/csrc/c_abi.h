@@ -1,9 +1,10 @@
 // bindings/torch/csrc/c_abi.h — what the CUDA kernels of the geopref torch
 // operators (ops_cuda.cpp, ops_linear_cuda.cpp) share on the C ABI's side:
-// the logit transform as its C struct.
+// the logit transform and the options as their C structs.
 #pragma once
 
 #include "geopref/c_api.h"
+#include "geopref/c_options.hpp"
 #include "geopref/options.hpp"
 
 namespace geopref_torch {
@@ -17,5 +18,9 @@ inline geopref_logit_transform c_transform(const geopref::logit_transform& t) {
 #undef GEOPREF_X
   return c;
 }
+
+/// The options as geopref_options: one conversion per field of
+/// GEOPREF_OPTIONS_FIELDS (geopref/c_options.hpp checks the C struct against it).
+inline geopref_options c_options(const geopref::options& o) { return geopref::to_c(o); }
 
 }  // namespace geopref_torch

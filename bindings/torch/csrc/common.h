@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
+#include <cmath>
 
 #include "geopref/losses.hpp"
 #include "geopref/options.hpp"
@@ -51,37 +53,108 @@ inline std::string known_losses() {
   return s;
 }
 
-/// Everything of pref_loss that is not a tensor, as the schema passes it.
-struct loss_args {
-  std::string loss, reduction;
-  double beta, alpha, gamma, epsilon, tau, normalizer;
-  bool average_logps;
-  int64_t ignore_index;
-  bool check;
-};
+// The options cross the operators' schemas as one `float[] options`: the
+// fields of GEOPREF_OPTIONS_FIELDS in the list's order, each as `width`
+// values (1, or MAX_LOSS_TERMS for the terms arrays): numbers as they are,
+// bools as 0/1, enums as their index in the library's order (names from
+// options_fields()). geopref_torch builds it from its keywords, which it
+// reads from options_fields() (ops.cpp); a field added to the list changes
+// no schema and no backward.
 
-inline geopref::options to_options(const loss_args& a) {
+/// How many values a field takes in the packed list.
+template <class T>
+constexpr std::size_t packed_width() {
+  return std::is_array_v<T> ? std::extent_v<T> : 1;
+}
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) +packed_width<geopref::field_t<type>>()
+inline constexpr std::size_t OPTIONS_WIDTH = 0 GEOPREF_OPTIONS_FIELDS(GEOPREF_X);
+#undef GEOPREF_X
+
+// One field's value(s) from the packed list, checked: integers and enums
+// must be integral (an enum also in range), so that a bad value is a
+// ValueError naming the field, never a cast.
+inline int64_t packed_integer(double v, const char* field, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(v) && v == static_cast<double>(static_cast<int64_t>(v)),
+                    "geopref.", op, ": options field ", field, " must be an integer, got ", v);
+  return static_cast<int64_t>(v);
+}
+inline void from_packed(const double* v, double* f, const char*, const char*) { *f = *v; }
+inline void from_packed(const double* v, bool* f, const char*, const char*) { *f = *v != 0.0; }
+inline void from_packed(const double* v, int64_t* f, const char* field, const char* op) {
+  *f = packed_integer(*v, field, op);
+}
+inline void from_packed(const double* v, int* f, const char* field, const char* op) {
+  const int64_t n = packed_integer(*v, field, op);
+  TORCH_CHECK_VALUE(n >= 0 && n <= geopref::MAX_LOSS_TERMS, "geopref.", op, ": options field ",
+                    field, " must be in [0, ", geopref::MAX_LOSS_TERMS, "], got ", n);
+  *f = static_cast<int>(n);
+}
+template <class E, std::enable_if_t<std::is_enum_v<E>, int> = 0>
+void from_packed(const double* v, E* f, const char* field, const char* op) {
+  const int64_t i = packed_integer(*v, field, op);
+  TORCH_CHECK_VALUE(i >= 0 && i < geopref::enum_info<E>::count, "geopref.", op,
+                    ": options field ", field, " must be an index in [0, ",
+                    geopref::enum_info<E>::count, "), got ", i);
+  *f = static_cast<E>(i);
+}
+template <class T, std::size_t N>
+void from_packed(const double* v, T (*f)[N], const char* field, const char* op) {
+  for (std::size_t k = 0; k < N; ++k) from_packed(v + k, &(*f)[k], field, op);
+}
+
+/// The operators' options list as the library's struct, one conversion per
+/// field of GEOPREF_OPTIONS_FIELDS in its order, validated here (the library
+/// validates again; checking here gives the error before any tensor is
+/// converted or any work is enqueued).
+inline geopref::options to_options(c10::ArrayRef<double> v, const char* op) {
+  TORCH_CHECK_VALUE(v.size() == OPTIONS_WIDTH, "geopref.", op, ": options must hold ",
+                    OPTIONS_WIDTH, " values (the fields of GEOPREF_OPTIONS_FIELDS in order), got ",
+                    v.size());
   geopref::options o;
-  TORCH_CHECK_VALUE(geopref::parse_loss_type(a.loss.c_str(), &o.loss.type), "geopref: unknown loss '",
-                    a.loss, "' (known: ", known_losses(), ")");
-  if (a.reduction == "mean") o.reduce = geopref::reduction::mean;
-  else if (a.reduction == "sum") o.reduce = geopref::reduction::sum;
-  else if (a.reduction == "none") o.reduce = geopref::reduction::none;
-  else if (a.reduction == "normalizer") o.reduce = geopref::reduction::normalizer;
-  else TORCH_CHECK_VALUE(false, "geopref: reduction must be mean, sum, none or normalizer, got '",
-                         a.reduction, "'");
-  o.loss.beta = a.beta;
-  o.loss.alpha = a.alpha;
-  o.loss.gamma = a.gamma;
-  o.loss.epsilon = a.epsilon;
-  o.loss.tau = a.tau;
-  o.normalizer = a.normalizer;
-  o.average_logps = a.average_logps;
-  o.ignore_index = a.ignore_index;
-  // The library validates again; checking here gives the error before any
-  // tensor is converted or any work is enqueued.
-  check_status(static_cast<int>(geopref::validate(o)), "pref_loss");
+  std::size_t k = 0;
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) \
+  from_packed(v.data() + k, &o.P name, #name, op);            \
+  k += packed_width<geopref::field_t<type>>();
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  check_status(static_cast<int>(geopref::validate(o)), op);
   return o;
+}
+
+// The other way (options_fields()'s defaults): a field's value(s) appended.
+inline void to_packed(double f, std::vector<double>* v) { v->push_back(f); }
+inline void to_packed(bool f, std::vector<double>* v) { v->push_back(f ? 1.0 : 0.0); }
+inline void to_packed(int64_t f, std::vector<double>* v) { v->push_back(static_cast<double>(f)); }
+inline void to_packed(int f, std::vector<double>* v) { v->push_back(f); }
+template <class E, std::enable_if_t<std::is_enum_v<E>, int> = 0>
+void to_packed(E f, std::vector<double>* v) {
+  v->push_back(static_cast<int>(f));
+}
+template <class T, std::size_t N>
+void to_packed(const T (&f)[N], std::vector<double>* v) {
+  for (std::size_t k = 0; k < N; ++k) to_packed(f[k], v);
+}
+inline std::vector<double> pack_options(const geopref::options& o) {
+  std::vector<double> v;
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) to_packed(o.P name, &v);
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return v;
+}
+
+// The names an enum field takes ("" for the others), comma-separated.
+template <class T>
+std::string field_choices(const T*) {
+  if constexpr (std::is_enum_v<T>) {
+    std::string s;
+    for (int i = 0; i < geopref::enum_info<T>::count; ++i)
+      s += std::string(i ? "," : "") + geopref::enum_info<T>::name(static_cast<T>(i));
+    return s;
+  } else if constexpr (std::is_array_v<T>) {
+    return field_choices(static_cast<const std::remove_extent_t<T>*>(nullptr));
+  } else {
+    return "";
+  }
 }
 
 // The logit transform crosses the operators' schemas as one `float[]

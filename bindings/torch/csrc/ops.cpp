@@ -5,8 +5,7 @@
 // (geopref_torch/_ops.py), so that torch.compile traces every operator.
 //
 //   pref_loss(logits, labels, offsets, pairs?, soft_labels?, ref_logps?, weights?,
-//             loss, beta, alpha, gamma, epsilon, tau, average_logps, reduction,
-//             normalizer, ignore_index, check, logit_transform)
+//             options, check, logit_transform)
 //       -> (loss, seq_logps, metrics, lse, grad_seq, seq_scale)
 //     The training step's forward. lse [N] and grad_seq [S] (g_s = dLoss/dL_s
 //     for an upstream gradient of 1) are what the backward needs: for a
@@ -34,6 +33,12 @@
 //     zero rows where the label is ignore_index; in the logits' dtype.
 //   loss_names() -> str[]
 //     The losses the compiled library knows, in its order.
+//   options_fields() -> (names, kinds, widths, defaults, flags, docs, choices)
+//     GEOPREF_OPTIONS_FIELDS, from which geopref_torch makes its keywords.
+//
+// options: float[], the fields of geopref::options (GEOPREF_OPTIONS_FIELDS)
+// in the list's order, each as `width` values: numbers, bools as 0/1, enums
+// as indices into `choices` (common.h, to_options). Invalid values: ValueError.
 //   logit_transform_fields() -> (names, defaults, flags, docs)
 //     GEOPREF_LOGIT_TRANSFORM_FIELDS, from which geopref_torch makes its
 //     keywords (logit_scale, softcap, temperature).
@@ -103,24 +108,12 @@ struct cpu_tokens {
   }
 };
 
-loss_args make_args(c10::string_view loss, double beta, double alpha, double gamma, double epsilon,
-                    double tau, bool average_logps, c10::string_view reduction, double normalizer,
-                    int64_t ignore_index, bool check) {
-  return loss_args{std::string(loss), std::string(reduction), beta,          alpha,
-                   gamma,             epsilon,                tau,           normalizer,
-                   average_logps,     ignore_index,           check};
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
     const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
-  const geopref::options opt = to_options(make_args(loss, beta, alpha, gamma, epsilon, tau,
-                                                    average_logps, reduction, normalizer,
-                                                    ignore_index, check));
+  const geopref::options opt = to_options(options, "pref_loss");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss");
   const int64_t N = logits.size(0), S = offsets.size(0) - 1;
   const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss");
@@ -150,13 +143,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
 Tensor pref_loss_grad_seq_cpu(
     const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
-  const geopref::options opt = to_options(make_args(loss, beta, alpha, gamma, epsilon, tau,
-                                                    average_logps, reduction, normalizer,
-                                                    ignore_index, check));
+  const geopref::options opt = to_options(options, "pref_loss_grad_seq");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss_grad_seq");
   const int64_t S = offsets.size(0) - 1;
   const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss_grad_seq");
@@ -309,6 +298,26 @@ logit_transform_fields() {
   return {names, defaults, flags, docs};
 }
 
+/// GEOPREF_OPTIONS_FIELDS as data, in the list's order (the order of the
+/// operators' `options` argument): each field's C++ name, kind, width in
+/// the packed list, CLI flag, summary and (enums) names, and the packed
+/// defaults (geopref::options{}). geopref_torch makes its keywords from it.
+std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>,
+           std::vector<double>, std::vector<std::string>, std::vector<std::string>,
+           std::vector<std::string>>
+options_fields() {
+  std::vector<std::string> names, kinds, flags, docs, choices;
+  std::vector<int64_t> widths;
+#define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc)                      \
+  names.emplace_back(#name), kinds.emplace_back(#kind), flags.emplace_back(flag),   \
+      docs.emplace_back(doc),                                                       \
+      widths.push_back(static_cast<int64_t>(packed_width<geopref::field_t<type>>())), \
+      choices.push_back(field_choices(static_cast<const geopref::field_t<type>*>(nullptr)));
+  GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
+#undef GEOPREF_X
+  return {names, kinds, widths, pack_options(geopref::options{}), flags, docs, choices};
+}
+
 std::vector<std::string> loss_names() {
   std::vector<std::string> v;
   for (int i = 0; i < geopref::LOSS_TYPE_COUNT; ++i)
@@ -321,9 +330,7 @@ std::vector<std::string> loss_names() {
 
 #define GEOPREF_PREF_LOSS_ARGS                                                                  \
   "Tensor logits, Tensor labels, Tensor offsets, Tensor? pairs, Tensor? soft_labels, "         \
-  "Tensor? ref_logps, Tensor? weights, str loss, float beta, float alpha, float gamma, "       \
-  "float epsilon, float tau, bool average_logps, str reduction, float normalizer, "            \
-  "int ignore_index, bool check, float[] logit_transform"
+  "Tensor? ref_logps, Tensor? weights, float[] options, bool check, float[] logit_transform"
 
 TORCH_LIBRARY(geopref, m) {
   m.def("pref_loss(" GEOPREF_PREF_LOSS_ARGS
@@ -344,6 +351,9 @@ TORCH_LIBRARY(geopref, m) {
       "token_logps_grad(Tensor logits, Tensor labels, Tensor lse, Tensor grad, int ignore_index, "
       "bool check, float[] logit_transform) -> Tensor");
   m.def("loss_names() -> str[]", &geopref_torch::loss_names);
+  m.def("options_fields() -> (str[] names, str[] kinds, int[] widths, float[] defaults, "
+        "str[] flags, str[] docs, str[] choices)",
+        &geopref_torch::options_fields);
   m.def("logit_transform_fields() -> (str[] names, float[] defaults, str[] flags, str[] docs)",
         &geopref_torch::logit_transform_fields);
 }

@@ -59,21 +59,6 @@ geopref_tokens c_tokens(const Tensor& z, const Tensor& labels, const Tensor& off
   return t;
 }
 
-geopref_options c_options(const geopref::options& o) {
-  geopref_options c;
-  geopref_options_init(&c);
-  c.loss = static_cast<int>(o.loss.type);
-  c.beta = o.loss.beta;
-  c.alpha = o.loss.alpha;
-  c.gamma = o.loss.gamma;
-  c.epsilon = o.loss.epsilon;
-  c.tau = o.loss.tau;
-  c.reduction = static_cast<int>(o.reduce);
-  c.normalizer = o.normalizer;
-  c.average_logps = o.average_logps ? 1 : 0;
-  c.ignore_index = o.ignore_index;
-  return c;
-}
 
 geopref_stream_t current_stream() {
   return reinterpret_cast<geopref_stream_t>(at::cuda::getCurrentCUDAStream().stream());
@@ -122,14 +107,10 @@ struct cuda_pairs {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
     const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
   const char* op = "pref_loss";
-  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
-                                                    beta, alpha, gamma, epsilon, tau, normalizer,
-                                                    average_logps, ignore_index, check});
+  const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
@@ -158,14 +139,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
 Tensor pref_loss_grad_seq_cuda(
     const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
   const char* op = "pref_loss_grad_seq";
-  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
-                                                    beta, alpha, gamma, epsilon, tau, normalizer,
-                                                    average_logps, ignore_index, check});
+  const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);

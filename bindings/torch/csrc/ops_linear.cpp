@@ -9,8 +9,7 @@
 // again only when it changes).
 //
 //   linear_pref_loss(hidden, weight, bias?, labels, offsets, pairs?, soft_labels?,
-//                    ref_logps?, weights?, loss, beta, alpha, gamma, epsilon, tau,
-//                    average_logps, reduction, normalizer, ignore_index, chunk_bytes,
+//                    ref_logps?, weights?, options, chunk_bytes,
 //                    grad_mask, check, logit_transform, host_offsets?, host_pairs?)
 //       -> (loss, seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
 //     pref_loss's forward on Z = hidden·weightᵀ + bias, and, for the inputs
@@ -124,14 +123,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
     const Tensor* upstream, const Tensor& hidden, const Tensor& weight,
     const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op) {
-  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
-                                                    beta, alpha, gamma, epsilon, tau, normalizer,
-                                                    average_logps, ignore_index, check});
+  const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   // The reference has no one-pass path to feed; the host copies are checked
@@ -178,14 +173,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cpu(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   return linear_step_cpu(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
-                         ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
-                         average_logps, reduction, normalizer, ignore_index, chunk_bytes,
+                         ref_logps, weights, options, chunk_bytes,
                          grad_mask, check, logit_transform, host_offsets, host_pairs,
                          "linear_pref_loss");
 }
@@ -194,14 +186,11 @@ grads3 linear_pref_loss_grad_cpu(
     const Tensor& grad_output, const Tensor& hidden, const Tensor& weight,
     const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   const auto r = linear_step_cpu(&grad_output, hidden, weight, bias, labels, offsets, pairs,
-                                 soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
-                                 epsilon, tau, average_logps, reduction, normalizer, ignore_index,
+                                 soft_labels, ref_logps, weights, options,
                                  chunk_bytes, grad_mask, check, logit_transform, host_offsets,
                                  host_pairs, "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
@@ -285,14 +274,11 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
 bool linear_one_pass_cpu(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>&,
-    const optional<Tensor>&, const optional<Tensor>&, c10::string_view loss, double beta,
-    double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>&, const optional<Tensor>&, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3>, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   const char* op = "linear_one_pass";
-  to_options(loss_args{std::string(loss), std::string(reduction), beta, alpha, gamma, epsilon,
-                       tau, normalizer, average_logps, ignore_index, check});
+  to_options(options, op);
   to_logit_transform(logit_transform, op);
   check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
   check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
@@ -304,9 +290,8 @@ bool linear_one_pass_cpu(
 
 #define GEOPREF_LINEAR_PREF_LOSS_ARGS                                                            \
   "Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor offsets, Tensor? pairs, " \
-  "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, str loss, float beta, "            \
-  "float alpha, float gamma, float epsilon, float tau, bool average_logps, str reduction, "   \
-  "float normalizer, int ignore_index, int chunk_bytes, bool[3] grad_mask, bool check, "      \
+  "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, float[] options, "                 \
+  "int chunk_bytes, bool[3] grad_mask, bool check, "                                          \
   "float[] logit_transform, Tensor? host_offsets=None, Tensor? host_pairs=None"
 
 TORCH_LIBRARY_FRAGMENT(geopref, m) {

@@ -44,21 +44,6 @@ int c_dtype(const Tensor& t, const char* op) {
 
 int c_index(const Tensor& t) { return t.scalar_type() == at::kInt ? GEOPREF_INT32 : GEOPREF_INT64; }
 
-geopref_options c_options(const geopref::options& o) {
-  geopref_options c;
-  geopref_options_init(&c);
-  c.loss = static_cast<int>(o.loss.type);
-  c.beta = o.loss.beta;
-  c.alpha = o.loss.alpha;
-  c.gamma = o.loss.gamma;
-  c.epsilon = o.loss.epsilon;
-  c.tau = o.loss.tau;
-  c.reduction = static_cast<int>(o.reduce);
-  c.normalizer = o.normalizer;
-  c.average_logps = o.average_logps ? 1 : 0;
-  c.ignore_index = o.ignore_index;
-  return c;
-}
 
 /// The C ABI's hidden states, projection and token rows. The tensors must
 /// outlive the call.
@@ -166,15 +151,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
     const Tensor* upstream, const Tensor& hidden, const Tensor& weight,
     const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op,
     bool* one_pass = nullptr) {
-  const geopref::options opt = to_options(loss_args{std::string(loss), std::string(reduction),
-                                                    beta, alpha, gamma, epsilon, tau, normalizer,
-                                                    average_logps, ignore_index, check});
+  const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
@@ -232,14 +213,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cuda(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   return linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
-                          ref_logps, weights, loss, beta, alpha, gamma, epsilon, tau,
-                          average_logps, reduction, normalizer, ignore_index, chunk_bytes,
+                          ref_logps, weights, options, chunk_bytes,
                           grad_mask, check, logit_transform, host_offsets, host_pairs,
                           "linear_pref_loss");
 }
@@ -248,15 +226,11 @@ grads3 linear_pref_loss_grad_cuda(
     const Tensor& grad_output, const Tensor& hidden, const Tensor& weight,
     const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   const auto r = linear_step_cuda(&grad_output, hidden, weight, bias, labels, offsets, pairs,
-                                  soft_labels, ref_logps, weights, loss, beta, alpha, gamma,
-                                  epsilon, tau, average_logps, reduction, normalizer,
-                                  ignore_index, chunk_bytes, grad_mask, check, logit_transform,
+                                  soft_labels, ref_logps, weights, options, chunk_bytes, grad_mask, check, logit_transform,
                                   host_offsets, host_pairs, "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
 }
@@ -264,15 +238,12 @@ grads3 linear_pref_loss_grad_cuda(
 bool linear_one_pass_cuda(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::string_view loss,
-    double beta, double alpha, double gamma, double epsilon, double tau, bool average_logps,
-    c10::string_view reduction, double normalizer, int64_t ignore_index, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
     const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
   bool on = false;
   linear_step_cuda(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
-                   weights, loss, beta, alpha, gamma, epsilon, tau, average_logps, reduction,
-                   normalizer, ignore_index, chunk_bytes, grad_mask, check, logit_transform,
+                   weights, options, chunk_bytes, grad_mask, check, logit_transform,
                    host_offsets, host_pairs, "linear_one_pass", &on);
   return on;
 }

@@ -33,6 +33,75 @@ LOGIT_TRANSFORM_FIELDS = tuple(
     for n, d, f, doc in zip(*ops.logit_transform_fields()))
 
 
+class OptionsField(NamedTuple):
+    """One field of the library's options (GEOPREF_OPTIONS_FIELDS)."""
+    name: str       # the C++ member: type, beta, ..., reduce, ..., nll_weight
+    kind: str       # real, boolean, integer, enum, count, list (geopref/losses.hpp)
+    width: int      # its values in the operators' `options` list (1, or MAX_LOSS_TERMS)
+    offset: int     # where they start there
+    default: tuple  # its default value(s), packed (an enum's index)
+    flag: str       # geopref-check's flag, without the dashes: loss, beta, bco-delta, ...
+    doc: str
+    choices: tuple  # an enum's names, in the library's order (else empty)
+    keyword: str    # the Python keyword (api.py): the flag with '_' for '-', but
+                    # loss_type (TRL's name) for the flag loss
+
+
+def _options_fields():
+    names, kinds, widths, defaults, flags, docs, choices = ops.options_fields()
+    out, at = [], 0
+    for n, k, w, f, doc, ch in zip(names, kinds, widths, flags, docs, choices):
+        kw = "loss_type" if f == "loss" else f.replace("-", "_")
+        out.append(OptionsField(n, k, w, at, tuple(defaults[at:at + w]), f, doc,
+                                tuple(ch.split(",")) if ch else (), kw))
+        at += w
+    return tuple(out)
+
+
+# Read once from the compiled library: the fields of the operators' packed
+# `options` argument, in its order.
+OPTIONS_FIELDS = _options_fields()
+OPTIONS_WIDTH = sum(f.width for f in OPTIONS_FIELDS)
+_FIELD = {f.name: f for f in OPTIONS_FIELDS}
+
+
+def option_value(options, name):
+    """A scalar field's value in a packed options list (an enum's name)."""
+    f = _FIELD[name]
+    v = options[f.offset]
+    return f.choices[int(v)] if f.choices else v
+
+
+def pack_options(**fields):
+    """The operators' `options` list: the library's defaults (geopref::options{})
+    with the given fields set, by their C++ names (beta=0.7, type="ipo",
+    reduce="sum", terms=["dpo", "sft"], term_weights=[1, 0.5], n_terms=2, ...);
+    enums by name (or index), arrays as lists of at most their width."""
+    unknown = set(fields) - set(_FIELD)
+    if unknown:
+        raise TypeError(f"geopref: unknown options fields {sorted(unknown)} "
+                        f"(fields: {[f.name for f in OPTIONS_FIELDS]})")
+    out = []
+    for f in OPTIONS_FIELDS:
+        v = fields.get(f.name)
+        if v is None:
+            out += f.default
+            continue
+        vals = list(v) if f.width > 1 else [v]
+        if len(vals) > f.width:
+            raise ValueError(f"geopref: {f.name} takes at most {f.width} values, got {len(vals)}")
+        packed = []
+        for x in vals:
+            if f.choices and isinstance(x, str):
+                if x not in f.choices:
+                    raise ValueError(f"geopref: {f.keyword} must be one of {list(f.choices)}, "
+                                     f"got {x!r}")
+                x = f.choices.index(x)
+            packed.append(float(x))
+        out += packed + list(f.default[len(packed):])
+    return out
+
+
 def _float_out(logits):
     # Float outputs are float32, float64 for float64 logits (CPU only).
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -51,14 +120,14 @@ def _check_shapes(logits, labels, offsets, op):
 
 
 @torch.library.register_fake("geopref::pref_loss")
-def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weights, loss, beta,
-                    alpha, gamma, epsilon, tau, average_logps, reduction, normalizer,
-                    ignore_index, check, logit_transform):
+def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weights, options,
+                    check, logit_transform):
     _check_shapes(logits, labels, offsets, "pref_loss")
     n, s = logits.shape[0], offsets.shape[0] - 1
     p = pairs.shape[0] if pairs is not None else s // 2
     dt = _float_out(logits)
-    value = logits.new_empty((p,) if reduction == "none" else (), dtype=dt)
+    none = option_value(options, "reduce") == "none"
+    value = logits.new_empty((p,) if none else (), dtype=dt)
     return (value, logits.new_empty((s,), dtype=dt), logits.new_empty((7,), dtype=torch.float64),
             logits.new_empty((n,), dtype=dt), logits.new_empty((s,), dtype=dt),
             logits.new_empty((s,), dtype=dt))
@@ -91,8 +160,8 @@ def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, chec
 # upstream gradient (a [S] multiply); a per-pair upstream (reduction none)
 # needs the pair terms again (pref_loss_grad_seq). An upstream gradient on
 # seq_logps adds seq_scale * grad to g_s. Labels, offsets, pairs, soft labels,
-# reference log-probs and weights get no gradient. The logit transform is the
-# last of ctx.config: logits_grad differentiates through it.
+# reference log-probs and weights get no gradient. ctx.config is (options,
+# check, logit_transform): logits_grad differentiates through the transform.
 
 def _pref_loss_setup(ctx, inputs, output):
     logits, labels, offsets, pairs, soft, ref, weights = inputs[:7]
@@ -106,8 +175,9 @@ def _pref_loss_setup(ctx, inputs, output):
 def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
     logits, labels, offsets, pairs, soft, ref, weights, lse, grad_seq, seq_scale = \
         ctx.saved_tensors
-    reduction, ignore_index, check, transform = (ctx.config[7], ctx.config[9], ctx.config[10],
-                                                 ctx.config[11])
+    options, check, transform = ctx.config
+    reduction = option_value(options, "reduce")
+    ignore_index = int(option_value(options, "ignore_index"))
     g = None
     if grad_loss is not None:
         if reduction == "none":
@@ -122,7 +192,7 @@ def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
     if g is not None and ctx.needs_input_grad[0]:
         grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ignore_index, check,
                                       transform)
-    return (grad_logits,) + (None,) * 18
+    return (grad_logits,) + (None,) * 9
 
 
 torch.library.register_autograd("geopref::pref_loss", _pref_loss_backward,
@@ -268,15 +338,15 @@ def _linear_grads_fake(hidden, weight, bias, grad_mask):
 
 @torch.library.register_fake("geopref::linear_pref_loss")
 def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
-                           weights, loss, beta, alpha, gamma, epsilon, tau, average_logps,
-                           reduction, normalizer, ignore_index, chunk_bytes, grad_mask, check,
-                           logit_transform, host_offsets=None, host_pairs=None):
+                           weights, options, chunk_bytes, grad_mask, check, logit_transform,
+                           host_offsets=None, host_pairs=None):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss")
     _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss")
     s = offsets.shape[0] - 1
     p = pairs.shape[0] if pairs is not None else s // 2
     dt = _float_out(hidden)
-    value = hidden.new_empty((p,) if reduction == "none" else (), dtype=dt)
+    none = option_value(options, "reduce") == "none"
+    value = hidden.new_empty((p,) if none else (), dtype=dt)
     return (value, hidden.new_empty((s,), dtype=dt), hidden.new_empty((7,), dtype=torch.float64),
             *_linear_grads_fake(hidden, weight, bias, grad_mask))
 
@@ -284,8 +354,8 @@ def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_la
 @torch.library.register_fake("geopref::linear_pref_loss_grad")
 def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, pairs, *config,
                                 host_offsets=None, host_pairs=None):
-    # config: soft_labels ... logit_transform (17 values), then the host copies when given.
-    config, host = config[:17], config[17:] + (None, None)
+    # config: soft_labels ... logit_transform (8 values), then the host copies when given.
+    config, host = config[:8], config[8:] + (None, None)
     host_offsets = host[0] if host_offsets is None else host_offsets
     host_pairs = host[1] if host_pairs is None else host_pairs
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_grad")
@@ -321,7 +391,7 @@ def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse,
 # differentiable here (use linear_sequence_logps for a gradient through
 # log-probs), so that an unused output never costs a pass over the logits.
 
-_LINEAR_PREF_CONFIG = 9  # inputs[9:23]: loss ... check, logit_transform; [23:25] the host copies
+_LINEAR_PREF_CONFIG = 9  # inputs[9:14]: options ... logit_transform; [14:16] the host copies
 
 
 def _graph_kept():
@@ -337,8 +407,8 @@ def _graph_kept():
 
 def _linear_pref_loss_setup(ctx, inputs, output):
     hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = inputs[:9]
-    ctx.config = inputs[_LINEAR_PREF_CONFIG:23]
-    reduction, grad_mask = inputs[16], inputs[20]
+    ctx.config = inputs[_LINEAR_PREF_CONFIG:14]
+    reduction, grad_mask = option_value(inputs[9], "reduce"), inputs[11]
     _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
     ctx.grad_mask = tuple(grad_mask)
@@ -347,13 +417,13 @@ def _linear_pref_loss_setup(ctx, inputs, output):
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
         ctx.save_for_backward(hidden, weight, bias, labels, offsets, pairs, soft, ref, weights,
-                              *inputs[23:25])
+                              *inputs[14:16])
 
 
 def _linear_pref_loss_backward(ctx, grad_loss, *_):
     need = ctx.needs_input_grad[:3]
     if grad_loss is None or not any(need):
-        return (None,) * 25
+        return (None,) * 16
     if ctx.scaled:
         missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
                    if n and not m]
@@ -377,11 +447,11 @@ def _linear_pref_loss_backward(ctx, grad_loss, *_):
         (hidden, weight, bias, labels, offsets, pairs, soft, ref, weights, host_offsets,
          host_pairs) = ctx.saved_tensors
         grads = ops.linear_pref_loss_grad(grad_loss, hidden, weight, bias, labels, offsets, pairs,
-                                          soft, ref, weights, *ctx.config[:11],
-                                          [bool(n) for n in need], ctx.config[12], ctx.config[13],
+                                          soft, ref, weights, *ctx.config[:2],
+                                          [bool(n) for n in need], ctx.config[3], ctx.config[4],
                                           host_offsets, host_pairs)
         out = tuple(g if n else None for g, n in zip(grads, need))
-    return out + (None,) * 22
+    return out + (None,) * 13
 
 
 torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_backward,

@@ -16,11 +16,11 @@ responses, the last P the rejected ones (or pass `pairs`). Labels are already
 shifted (row t scores labels[t]; TRL: labels = input_ids[:, 1:] against
 logits[:, :-1]) and -100 (ignore_index) marks prompt and padding tokens.
 """
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import LOGIT_TRANSFORM_FIELDS, ops
+from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, ops, pack_options
 
 # The order of the metrics tensor (geopref::metrics), with TRL's names; the
 # last one is geopref's soft-label calibration, mean |sigmoid(beta h) - p|.
@@ -105,24 +105,49 @@ def _tokens(logits, labels, offsets, what="logits"):
                      f"[N, {x}], got {list(logits.shape)}")
 
 
-def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
-    """TRL's name and label_smoothing -> (geopref loss, soft labels, epsilon, average)."""
+# The keywords of the options, one per field of the library's list
+# (OPTIONS_FIELDS; the three fields of a loss or combination share loss_type),
+# in the list's order: loss_type, beta, ..., margin_transform, ..., nll_weight.
+OPTIONS_KEYWORDS = tuple(dict.fromkeys(f.keyword for f in OPTIONS_FIELDS))
+
+# The defaults of the keywords (dpo_loss's and fused_linear_preference_loss's
+# signatures): the library's, except where TRL's differ or depend on the loss
+# (None: chosen by _resolve).
+OPTIONS_DEFAULTS = {f.keyword: (f.choices[int(f.default[0])] if f.choices else
+                                bool(f.default[0]) if f.kind == "boolean" else
+                                int(f.default[0]) if f.kind == "integer" else f.default[0])
+                    for f in OPTIONS_FIELDS if f.kind in ("real", "boolean", "integer", "enum")}
+OPTIONS_DEFAULTS.update(loss_type="sigmoid", loss_weights=None, epsilon=None, normalizer=None,
+                        average_logps=None)
+
+
+def _resolve_name(loss_type):
     known = loss_types()
     if loss_type in TRL_LOSS_TYPES:
-        name = TRL_LOSS_TYPES[loss_type]
-    elif loss_type in known:
-        name = loss_type
-    else:
-        raise ValueError(f"geopref: unknown loss_type {loss_type!r}; TRL names: "
-                         f"{sorted(TRL_LOSS_TYPES)}; geopref names: {list(known)}")
+        return TRL_LOSS_TYPES[loss_type]
+    if loss_type in known:
+        return loss_type
+    raise ValueError(f"geopref: unknown loss_type {loss_type!r}; TRL names: "
+                     f"{sorted(TRL_LOSS_TYPES)}; geopref names: {list(known)}")
+
+
+def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
+    """TRL's name(s) and label_smoothing -> (geopref losses, soft labels, epsilon, average)."""
+    combination = not isinstance(loss_type, str)
+    names = [_resolve_name(t) for t in (loss_type if combination else [loss_type])]
+    if combination and not names:
+        raise ValueError("geopref: loss_type is an empty list")
     if label_smoothing:
+        if combination:
+            raise ValueError("geopref: label_smoothing with a list of losses: pass soft labels "
+                             "or epsilon instead")
         if loss_type == "sigmoid":
             # cDPO: -(1-ls) log sigmoid(beta h) - ls log sigmoid(-beta h) is geopref's
             # cdpo with soft label 1 - ls.
             if soft_labels is not None:
                 raise ValueError("geopref: label_smoothing with soft_labels: pass soft labels "
                                  "and loss_type='cdpo' instead")
-            name, soft_labels = "cdpo", float(1.0 - label_smoothing)
+            names, soft_labels = ["cdpo"], float(1.0 - label_smoothing)
         elif loss_type in ("robust", "exo_pair"):
             if epsilon is not None:
                 raise ValueError("geopref: give label_smoothing or epsilon, not both")
@@ -131,43 +156,75 @@ def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
             raise ValueError(f"geopref: label_smoothing has no meaning for {loss_type!r}")
     if epsilon is None:
         # TRL's exo_pair uses 1e-3 when label_smoothing is 0.
-        epsilon = 1e-3 if name == "exo_pair" else 0.0
+        epsilon = 1e-3 if "exo_pair" in names else 0.0
     if average_logps is None:
         average_logps = loss_type == "ipo"  # TRL's IPO uses length-averaged log-probs
-    return name, soft_labels, epsilon, average_logps
+    return names, soft_labels, epsilon, average_logps
 
 
-def _loss_config(offsets, pairs, device, loss_type, beta, soft_labels, label_smoothing,
-                 reduction, normalizer, average_logps, ignore_index, alpha, gamma, epsilon, tau):
-    """The keyword arguments of dpo_loss (and fused_linear_preference_loss) ->
-    (soft labels as a tensor or None, the operator's arguments from `loss` to
-    `ignore_index` in its schema's order)."""
-    name, soft_labels, epsilon, average_logps = _resolve(loss_type, label_smoothing, soft_labels,
-                                                         epsilon, average_logps)
+def _loss_config(offsets, pairs, device, soft_labels, label_smoothing, **keywords):
+    """The option keywords of dpo_loss (and fused_linear_preference_loss) ->
+    (soft labels as a tensor or None, the operators' packed `options`: every
+    field of OPTIONS_FIELDS in its order). Every function passes all of its
+    option keywords here, so a field the library adds without a keyword is a
+    TypeError at the first call (and the test of the signatures fails)."""
+    if set(keywords) != set(OPTIONS_KEYWORDS):
+        raise TypeError(f"geopref: the options take {sorted(OPTIONS_KEYWORDS)}, "
+                        f"got {sorted(keywords)}")
+    k = dict(keywords)
+    names, soft_labels, k["epsilon"], k["average_logps"] = _resolve(
+        k["loss_type"], label_smoothing, soft_labels, k["epsilon"], k["average_logps"])
     n_seqs = offsets.shape[0] - 1
     n_pairs = pairs.shape[0] if pairs is not None else n_seqs // 2
     if isinstance(soft_labels, (int, float)):
         soft_labels = torch.full((n_pairs,), float(soft_labels), device=device)
+    reduction, normalizer = k["reduction"], k["normalizer"]
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"geopref: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if normalizer is not None:
         if reduction != "mean":
             raise ValueError("geopref: normalizer replaces the mean; leave reduction='mean'")
         reduction = "normalizer"
-    return soft_labels, (name, float(beta), float(alpha), float(gamma), float(epsilon),
-                         float(tau), bool(average_logps), reduction, float(normalizer or 0.0),
-                         int(ignore_index))
+    # A list of losses, or loss weights: a weighted combination (TRL's
+    # loss_type list with loss_weights; weights default to 1).
+    combination = not isinstance(k["loss_type"], str) or k["loss_weights"] is not None
+    weights = k["loss_weights"]
+    if weights is None:
+        weights = [1.0] * len(names)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names):
+        raise ValueError(f"geopref: {len(weights)} loss_weights for {len(names)} losses")
+    fields = {f.name: k[f.keyword] for f in OPTIONS_FIELDS
+              if f.kind in ("real", "boolean", "integer", "enum")}
+    fields.update(type=names[0], reduce=reduction, normalizer=float(normalizer or 0.0))
+    if combination:
+        if len(names) > _MAX_TERMS:
+            raise ValueError(f"geopref: at most {_MAX_TERMS} losses in a combination, "
+                             f"got {len(names)}")
+        fields.update(n_terms=len(names), terms=names, term_weights=weights)
+    return soft_labels, pack_options(**fields)
+
+
+_MAX_TERMS = next(f.width for f in OPTIONS_FIELDS if f.name == "terms")
+
+
+def _options_of(local):
+    """The option keywords among a function's arguments (its locals())."""
+    return {k: local[k] for k in OPTIONS_KEYWORDS}
 
 
 def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch.Tensor] = None,
-             *, loss_type: str = "sigmoid", beta: float = 0.1,
+             *, loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
              ref_logps: Optional[torch.Tensor] = None,
              soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
              pairs: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
              reduction: str = "mean", normalizer: Optional[float] = None,
              average_logps: Optional[bool] = None, ignore_index: int = -100,
              alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
-             tau: float = 0.05, logit_scale: float = 1.0, softcap: float = 0.0,
+             tau: float = 0.05, bco_delta: float = 0.0, margin_transform: str = "reverse_kl",
+             f_alpha: float = 1.0, geometric: bool = False,
+             loss_weights: Optional[Sequence[float]] = None, nll_tokens: float = 0.0,
+             nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0,
              temperature: float = 1.0, check: bool = True) -> DPOOutput:
     """A DPO-family loss from the policy's logits, forward and backward fused.
 
@@ -176,7 +233,9 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
       bfloat16 (float64 on CPU). Differentiable.
     loss_type: a TRL name ("sigmoid", "ipo", "hinge", "robust", "exo_pair",
       "discopop", "simpo") or any geopref name from loss_types() ("gdpo",
-      "cdpo", "gipo", "ropo", ...).
+      "cdpo", "gipo", "ropo", ...); or a list of them (at most 8), with
+      loss_weights (default 1 each): their weighted sum, TRL's list of loss
+      types with loss_weights, in one pass.
     beta: TRL's beta. ref_logps: [S] the reference model's log-probs in the
       same form (sequence_logps of its logits), None: reference-free.
     soft_labels: [P] (or a float) p = P(chosen > rejected) in [0, 1]; None: 1.
@@ -187,7 +246,16 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     average_logps: margins from L_s / n_s (default: TRL's choice, True for ipo;
       simpo always averages). alpha, gamma: ropo/gropo weights, simpo's gamma
       (TRL's simpo_gamma); epsilon: robust/exo_pair; tau: discopop (TRL's
-      discopop_tau).
+      discopop_tau); bco_delta: bco_pair's running mean reward (the caller's
+      state).
+    margin_transform: "reverse_kl" (default), "js" or "alpha" (with f_alpha
+      > 0): the transform phi of every margin term, h = phi(rho_w) -
+      phi(rho_l) (TRL's f_divergence_type and f_alpha_divergence_coef).
+    geometric: the soft-label geometric form f((2p - 1) h) of every margin
+      term (geometric=True with "sigmoid" is "gdpo").
+    nll_tokens, nll_weight: data parallel, for an sft term: the global sum
+      of the chosen responses' token counts and of the pair weights over the
+      live pairs of every rank (0: this rank's batch is the whole batch).
     logit_scale, softcap, temperature: the logit transform, applied to every
       logit z before the softmax: z' = softcap * tanh(logit_scale * z /
       softcap) / temperature, or logit_scale * z / temperature with softcap 0
@@ -207,13 +275,12 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     message.
     """
     z, y, off = _tokens(logits, labels, offsets)
-    soft_labels, config = _loss_config(off, pairs, z.device, loss_type, beta, soft_labels,
-                                       label_smoothing, reduction, normalizer, average_logps,
-                                       ignore_index, alpha, gamma, epsilon, tau)
+    soft_labels, options = _loss_config(off, pairs, z.device, soft_labels, label_smoothing,
+                                        **_options_of(locals()))
     transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                  temperature=temperature)
     value, seq_logps, metrics, _, _, _ = ops.pref_loss(
-        z, y, off, pairs, soft_labels, ref_logps, weights, *config, bool(check), transform)
+        z, y, off, pairs, soft_labels, ref_logps, weights, options, bool(check), transform)
     return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
 
 
@@ -343,13 +410,16 @@ def _autocast(hidden, weight, bias):
 def fused_linear_preference_loss(
         hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
         offsets: Optional[torch.Tensor] = None, *, bias: Optional[torch.Tensor] = None,
-        loss_type: str = "sigmoid", beta: float = 0.1, ref_logps: Optional[torch.Tensor] = None,
+        loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+        ref_logps: Optional[torch.Tensor] = None,
         soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
         pairs: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
         reduction: str = "mean", normalizer: Optional[float] = None,
         average_logps: Optional[bool] = None, ignore_index: int = -100, alpha: float = 1.0,
         gamma: float = 0.0, epsilon: Optional[float] = None, tau: float = 0.05,
-        logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
+        bco_delta: float = 0.0, margin_transform: str = "reverse_kl", f_alpha: float = 1.0,
+        geometric: bool = False, loss_weights: Optional[Sequence[float]] = None,
+        nll_tokens: float = 0.0, nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True,
         host_offsets=None, host_pairs=None) -> DPOOutput:
     """dpo_loss from the last hidden states and the output projection (the
@@ -372,8 +442,9 @@ def fused_linear_preference_loss(
       to all three.
     Every other argument is dpo_loss's (loss_type, beta, ref_logps,
       soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
-      average_logps, ignore_index, alpha, gamma, epsilon, tau, logit_scale,
-      softcap, temperature, check); the logit transform applies to the
+      average_logps, ignore_index, alpha, gamma, epsilon, tau, bco_delta,
+      margin_transform, f_alpha, geometric, loss_weights, nll_tokens,
+      nll_weight, logit_scale, softcap, temperature, check); the logit transform applies to the
       logits hidden·weightᵀ + bias, the gradients are with respect to hidden,
       weight and bias.
     chunk_bytes: the CUDA path's budget for one chunk of logits (whole rows of
@@ -412,20 +483,19 @@ def fused_linear_preference_loss(
     grad_hidden [N, H] and grad_weight [V, H] is in use. With reduction
     "none" the backward runs the step again with the per-pair upstream.
     """
-    args = _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, ref_logps,
-                             soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
-                             average_logps, ignore_index, alpha, gamma, epsilon, tau,
-                             chunk_bytes, check, host_offsets, host_pairs,
+    args = _linear_pref_args(hidden, weight, labels, offsets, bias, ref_logps, soft_labels,
+                             label_smoothing, pairs, weights, chunk_bytes, check, host_offsets,
+                             host_pairs,
                              _logit_transform(logit_scale=logit_scale, softcap=softcap,
-                                              temperature=temperature))
+                                              temperature=temperature),
+                             _options_of(locals()))
     value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(*args)
     return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
 
 
-def _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, ref_logps,
-                      soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
-                      average_logps, ignore_index, alpha, gamma, epsilon, tau, chunk_bytes,
-                      check, host_offsets, host_pairs, transform):
+def _linear_pref_args(hidden, weight, labels, offsets, bias, ref_logps, soft_labels,
+                      label_smoothing, pairs, weights, chunk_bytes, check, host_offsets,
+                      host_pairs, transform, keywords):
     """fused_linear_preference_loss's arguments -> linear_pref_loss's, in its
     schema's order."""
     hidden, weight, bias = _autocast(hidden, weight, bias)
@@ -433,14 +503,13 @@ def _linear_pref_args(hidden, weight, labels, offsets, bias, loss_type, beta, re
     if padded is not None and (host_offsets is not None):
         raise ValueError("geopref: host_offsets are implied by [B, T, H] hidden states")
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
-    soft_labels, config = _loss_config(off, pairs, x.device, loss_type, beta, soft_labels,
-                                       label_smoothing, reduction, normalizer, average_logps,
-                                       ignore_index, alpha, gamma, epsilon, tau)
+    soft_labels, options = _loss_config(off, pairs, x.device, soft_labels, label_smoothing,
+                                        **keywords)
     # Gradients in the forward only where the backward scales them; a
     # per-pair upstream (reduction "none") needs the step again anyway.
-    mask = _grad_mask(x, weight, bias) if config[7] != "none" else [False] * 3
+    mask = _grad_mask(x, weight, bias) if keywords["reduction"] != "none" else [False] * 3
     h_off, h_pairs = _host_layout(x, padded, off, pairs, bool(check), host_offsets, host_pairs)
-    return (x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, *config,
+    return (x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, options,
             int(chunk_bytes), mask, bool(check), transform, h_off, h_pairs)
 
 
@@ -453,22 +522,20 @@ def fused_linear_one_pass(
     (geopref_fused_linear_one_pass; no kernel, no allocation beyond the
     arguments' own conversion). Always False on CPU, where the reference
     forms the logits whole. For tests and benchmarks; not traceable."""
-    names = ("bias", "loss_type", "beta", "ref_logps", "soft_labels", "label_smoothing", "pairs",
-             "weights", "reduction", "normalizer", "average_logps", "ignore_index", "alpha",
-             "gamma", "epsilon", "tau", "chunk_bytes", "check", "host_offsets", "host_pairs")
-    unknown = set(kwargs) - set(names) - set(LOGIT_TRANSFORM_KEYWORDS)
+    names = ("bias", "ref_logps", "soft_labels", "label_smoothing", "pairs", "weights",
+             "chunk_bytes", "check", "host_offsets", "host_pairs")
+    unknown = set(kwargs) - set(names) - set(LOGIT_TRANSFORM_KEYWORDS) - set(OPTIONS_KEYWORDS)
     if unknown:
         raise TypeError(f"geopref.fused_linear_one_pass: unknown arguments {sorted(unknown)}")
-    defaults = dict(bias=None, loss_type="sigmoid", beta=0.1, ref_logps=None, soft_labels=None,
-                    label_smoothing=0.0, pairs=None, weights=None, reduction="mean",
-                    normalizer=None, average_logps=None, ignore_index=-100, alpha=1.0,
-                    gamma=0.0, epsilon=None, tau=0.05, chunk_bytes=DEFAULT_CHUNK_BYTES,
-                    check=True, host_offsets=None, host_pairs=None)
+    defaults = dict(bias=None, ref_logps=None, soft_labels=None, label_smoothing=0.0, pairs=None,
+                    weights=None, chunk_bytes=DEFAULT_CHUNK_BYTES, check=True, host_offsets=None,
+                    host_pairs=None)
     defaults.update({f.keyword: f.default for f in LOGIT_TRANSFORM_FIELDS})
+    defaults.update(OPTIONS_DEFAULTS)
     defaults.update(kwargs)
     transform = _logit_transform(**{k: defaults[k] for k in LOGIT_TRANSFORM_KEYWORDS})
     args = _linear_pref_args(hidden, weight, labels, offsets, *(defaults[n] for n in names),
-                             transform)
+                             transform, {k: defaults[k] for k in OPTIONS_KEYWORDS})
     return bool(ops.linear_one_pass(*args))
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import geopref_torch as gp
+from geopref_torch import pack_options
 from conftest import DEVICES
 import plain
 
@@ -364,8 +365,10 @@ CAPPED = [1.5, 4.0, 0.8]
 def _linear_args(pb, loss="gdpo", reduction="mean", mask=(True, True, True), chunk=1 << 20,
                  transform=IDENTITY):
     return (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], None, pb["soft"],
-            None if loss == "simpo" else pb["ref"], None, loss, 0.7, 0.8, 0.3, 0.15, 0.3, False,
-            reduction, 5.0, -100, chunk, list(mask), True, list(transform))
+            None if loss == "simpo" else pb["ref"], None,
+            pack_options(type=loss, beta=0.7, alpha=0.8, gamma=0.3, epsilon=0.15, tau=0.3,
+                         average_logps=False, reduce=reduction, normalizer=5.0,
+                         ignore_index=-100), chunk, list(mask), True, list(transform))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import geopref_torch as gp
+from geopref_torch import pack_options
 from conftest import DEVICES
 import plain
 
@@ -230,8 +231,10 @@ def _loss_args(pb, loss="gdpo", reduction="mean", pairs=None, weights=True, tran
     w = torch.linspace(0.0, 2.0, P, dtype=torch.float64, device=pb["logits"].device) \
         if weights else None
     return (pb["logits"], pb["labels"], pb["offsets"], pairs, pb["soft"],
-            None if loss == "simpo" else pb["ref"], w, loss, 0.7, 0.8, 0.3, 0.15, 0.3, False,
-            reduction, 5.0, -100, True, list(transform))
+            None if loss == "simpo" else pb["ref"], w,
+            pack_options(type=loss, beta=0.7, alpha=0.8, gamma=0.3, epsilon=0.15, tau=0.3,
+                         average_logps=False, reduce=reduction, normalizer=5.0,
+                         ignore_index=-100), True, list(transform))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -340,9 +343,11 @@ def test_error_types_from_the_operator_itself():
     """The raw operator (no Python wrapper in between) raises the same types."""
     pb = make_problem(31)
     args = list(_loss_args(pb))
-    args[7] = "nope"
-    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+    args[7] = pack_options(type=len(gp.loss_types()))  # one past the last loss
+    with pytest.raises(ValueError, match="options field type must be an index"):
         ops.pref_loss(*args)
+    with pytest.raises(ValueError, match="unknown loss_type 'nope'"):
+        gp.dpo_loss(pb["logits"], pb["labels"], pb["offsets"], loss_type="nope")
     args = list(_loss_args(pb))
     bad = pb["labels"].clone()
     bad[0] = -5
