@@ -19,6 +19,20 @@ using namespace geopref;
 
 namespace {
 
+/// Token rows over [n, ld] logits (the per-token entries' input).
+reference::token_rows<double, int64_t> token_rows_of(const double* logits, int64_t n, int64_t v,
+                                                     int64_t ld, const int64_t* labels,
+                                                     const logit_transform& tr) {
+  reference::token_rows<double, int64_t> r;
+  r.logits = logits;
+  r.n_rows = n;
+  r.vocab = v;
+  r.ld = ld;
+  r.labels = labels;
+  r.logit_transform = tr;
+  return r;
+}
+
 logit_transform make_transform(double s, double c, double t) {
   logit_transform tr;
   tr.scale = s;
@@ -193,13 +207,7 @@ TEST_CASE("logit transform: a soft-cap bounds ±∞ logits; a scale keeps their 
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<double> z = {1.0, inf, -inf};
   std::vector<int64_t> y = {0};
-  reference::token_rows<double, int64_t> rows;
-  rows.logits = z.data();
-  rows.n_rows = 1;
-  rows.vocab = 3;
-  rows.ld = 3;
-  rows.labels = y.data();
-  rows.logit_transform = make_transform(1.0, 2.0, 1.0);
+  auto rows = token_rows_of(z.data(), 1, 3, 3, y.data(), make_transform(1.0, 2.0, 1.0));
   double logp = 0, lse = 0;
   reference::token_outputs out;
   out.token_logps = &logp;
@@ -217,13 +225,7 @@ TEST_CASE("logit transform: a soft-cap bounds ±∞ logits; a scale keeps their 
 TEST_CASE("logit transform: per-token entries and their gradient", "[transform]") {
   const problem p(2437);
   for (const auto& tr : transforms()) {
-    reference::token_rows<double, int64_t> rows;
-    rows.logits = p.z.data();
-    rows.n_rows = p.n;
-    rows.vocab = p.v;
-    rows.ld = p.ld;
-    rows.labels = p.labels.data();
-    rows.logit_transform = tr;
+    const auto rows = token_rows_of(p.z.data(), p.n, p.v, p.ld, p.labels.data(), tr);
     const size_t n = static_cast<size_t>(p.n);
     std::vector<double> logp(n), lse(n), ent(n), logp2(n), lse2(n), ent2(n);
     reference::token_outputs out{logp.data(), lse.data(), ent.data()};
@@ -349,12 +351,7 @@ TEST_CASE("logit transform: from hidden states, fused_linear and linear_token_lo
   reference::token_outputs to;
   to.token_logps = lp.data();
   REQUIRE(reference::linear_token_logps(lt, to) == status::success);
-  reference::token_rows<double, int64_t> rows;
-  rows.logits = zt.data();
-  rows.n_rows = N;
-  rows.vocab = V;
-  rows.ld = V;
-  rows.labels = labels.data();
+  const auto rows = token_rows_of(zt.data(), N, V, V, labels.data(), logit_transform{});
   reference::token_outputs tp;
   tp.token_logps = lp_plain.data();
   REQUIRE(reference::token_logps(rows, tp) == status::success);
@@ -417,13 +414,7 @@ TEST_CASE("logit transform: invalid values are rejected before anything is read 
     std::vector<double> lse(static_cast<size_t>(p.n)), gs(static_cast<size_t>(p.s));
     CHECK(reference::logits_grad(in, gdpo(), lse.data(), gs.data(), grad.data(), p.v) ==
           status::invalid_logit_transform);
-    reference::token_rows<double, int64_t> rows;
-    rows.logits = p.z.data();
-    rows.n_rows = p.n;
-    rows.vocab = p.v;
-    rows.ld = p.ld;
-    rows.labels = p.labels.data();
-    rows.logit_transform = tr;
+    const auto rows = token_rows_of(p.z.data(), p.n, p.v, p.ld, p.labels.data(), tr);
     std::vector<double> lp(static_cast<size_t>(p.n), 3.0);
     reference::token_outputs to;
     to.token_logps = lp.data();
