@@ -18,6 +18,7 @@ void set_projection(const linear_ref_problem& p, In* in) {
   in->n_rows = p.n_rows;
   in->hidden_size = p.hidden_size;
   in->vocab = p.vocab;
+  in->logit_transform = p.logit_transform;
 }
 
 /// The gradients of H, W and b, zeroed and sized, as `out` (linear_outputs
@@ -72,6 +73,7 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   auto x = geopref::reference::make_inputs<double, int64_t, int64_t>(
       r.logits.data(), N, V, p.labels, p.offsets, p.n_seqs, p.n_pairs);
   set_sequences_and_pairs(p, &x);
+  x.logit_transform = p.logit_transform;
   b.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
   geopref::reference::outputs o;
   if (N > 0) o.grad_logits = b.grad_logits.data();
@@ -105,6 +107,7 @@ geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t 
   zr.ld = V;
   zr.labels = p.labels;
   zr.ignore_index = ignore_index;
+  zr.logit_transform = p.logit_transform;
   return geopref::reference::token_logps_grad(zr, r.lse.data(), g, r.grad_logits.data(), V);
 }
 

@@ -19,6 +19,7 @@ struct linear_ref_problem {
   const double* weight = nullptr;  // [V, Hd]
   const double* bias = nullptr;    // [V] or null
   int64_t n_rows = 0, hidden_size = 0, vocab = 0;
+  geopref::logit_transform logit_transform{};  // applied to every logit Z (options.hpp)
   const int64_t* labels = nullptr;
   const int64_t* offsets = nullptr;
   int64_t n_seqs = 0, n_pairs = 0;
@@ -34,7 +35,7 @@ struct linear_ref_problem {
 
 struct linear_ref_result {
   ref_result base;                  // compute()'s outputs on Z = H·Wᵀ + b; grad_logits = G [N, V]
-  std::vector<double> logits;       // [N, V] Z in double
+  std::vector<double> logits;       // [N, V] Z in double (before the logit transform)
   std::vector<double> grad_hidden;  // [N, Hd]
   std::vector<double> grad_weight;  // [V, Hd]
   std::vector<double> grad_bias;    // [V] (with a bias)

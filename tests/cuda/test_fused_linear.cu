@@ -82,6 +82,9 @@ struct lin_config {
   bool grad_output = false;   // reduction::none's upstream [P], |g_i| in [0.5, 1.5), both signs
   double grad_loss = 1.0;
   double user_loss = 0.0;     // > 0: user_loss.hpp's log_cosh_loss{user_loss}, the Loss overloads
+  // The logit transform z' = c·tanh(s·z/c)/T applied to every Z (options.hpp;
+  // the identity by default). bounds_of carries its error (see there).
+  geopref::logit_transform tr{};
 };
 
 std::string describe(const lin_config& c) {
@@ -97,6 +100,9 @@ std::string describe(const lin_config& c) {
   if (c.grad_output) o << " grad_output";
   if (c.grad_loss != 1.0) o << " grad_loss=" << c.grad_loss;
   if (c.user_loss > 0) o << " user_loss=" << c.user_loss;
+  if (!geopref::is_identity(c.tr))
+    o << " logit_scale=" << c.tr.scale << " softcap=" << c.tr.softcap
+      << " temperature=" << c.tr.temperature;
   return o.str();
 }
 
@@ -241,6 +247,7 @@ gc::linear_train_args train_args_of(const lin_problem& p, const lin_device& d) {
   a.in.n_rows = p.N;
   a.in.hidden_size = c.hidden;
   a.in.vocab = c.vocab;
+  a.in.logit_transform = c.tr;
   a.in.labels = d.labels.get();
   a.in.offsets = d.offsets.get();
   a.in.n_seqs = p.S;
@@ -399,6 +406,7 @@ lin_result run_unfused(const lin_problem& p, cublasHandle_t h) {
   a.tokens.n_rows = N;
   a.tokens.vocab = V;
   a.tokens.ld = V;
+  a.tokens.logit_transform = c.tr;
   a.tokens.labels = d.labels.get();
   a.tokens.offsets = d.offsets.get();
   a.tokens.n_seqs = p.S;
@@ -465,6 +473,7 @@ linear_ref_result run_ref(const lin_problem& p) {
   in.n_rows = p.N;
   in.hidden_size = p.c.hidden;
   in.vocab = p.c.vocab;
+  in.logit_transform = p.c.tr;
   in.labels = p.labels.data();
   in.offsets = p.offsets.data();
   in.n_seqs = p.S;
@@ -632,7 +641,24 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
   const double u_gw = c.gw_float32 ? 0.0 : uT;
   const int64_t N = p.N, V = c.vocab, Hd = c.hidden, S = p.S;
   lin_bounds b;
-  std::vector<double> ez(static_cast<size_t>(N));
+  // The logit transform (c.tr; the identity leaves every bound as it was):
+  // the softmax sees z' = map(z), so an error e_z of the raw logit becomes
+  // at most (s/T)·e_z in z' (|∂z'/∂z| ≤ s/T everywhere), plus the device's
+  // own error in forming z' from the rounded z (gpu_harness.cuh's
+  // transform_error_at: the constants' rounding, tanhf's or the MUFU's
+  // tanh). Let e'_z(t) be the largest of those over the row; it replaces
+  // e_z in lse and ℓ. G = c(𝟙 − p)·∂z'/∂z: the factor ∂z'/∂z is itself off
+  // by transform_error_at's slope term plus its change over [z ± e_z],
+  // |∂²z'/∂z²|·e_z with |∂²z'/∂z²| = (s/T)(s/c)·|2 tanh (1 − tanh²)| ≤
+  // (s/T)(s/c)·4/(3√3) < 0.77 (s/T)(s/c) (0 without a cap).
+  const geopref::logit_transform& tr = c.tr;
+  const bool ident = geopref::is_identity(tr);
+  const double s_T = tr.scale / tr.temperature;
+  const double curv = tr.softcap > 0 ? 0.77 * s_T * tr.scale / tr.softcap : 0.0;
+  case_config tc;  // transform_error_at's inputs: the dtype and the transform
+  tc.dtype = c.dtype;
+  tc.logit_transform = tr;
+  std::vector<double> ez(static_cast<size_t>(N)), ezp(static_cast<size_t>(N));
   for (int64_t t = 0; t < N; ++t) {
     double zmax = 0, amax = 0;
     for (int64_t v = 0; v < V; ++v) {
@@ -642,9 +668,16 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
       amax = std::max(amax, a);
     }
     ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
+    ezp[t] = ez[t];
+    if (!ident) {
+      double m = 0;
+      for (int64_t v = 0; v < V; ++v)
+        m = std::max(m, s_T * ez[t] + transform_error_at(tc, ref.logits[t * V + v]).value);
+      ezp[t] = m;
+    }
     const double l = ref.base.lse[t], lp = ref.base.token_logps[t];
-    b.lse.push_back(ez[t] + eps_sum(V) + 4 * u * std::fabs(l) + extra_lse);
-    b.logp.push_back(2 * ez[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)) + extra_lse);
+    b.lse.push_back(ezp[t] + eps_sum(V) + 4 * u * std::fabs(l) + extra_lse);
+    b.logp.push_back(2 * ezp[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)) + extra_lse);
   }
   std::vector<int64_t> row_seq(static_cast<size_t>(N), -1);
   for (int64_t s = 0; s < S; ++s) {
@@ -723,10 +756,17 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     const double w = c.token_weights ? p.tw_d[t] : 1.0;
     const double cg = std::fabs(ref.base.grad_seq_logps[s]) * w, ec = b.grad_seq[s] * w;
     for (int64_t v = 0; v < V; ++v) {
-      const double pr = std::exp(ref.logits[t * V + v] - ref.base.lse[t]);
+      const double z = ref.logits[t * V + v];
+      const double pr = std::exp(geopref::apply(tr, z) - ref.base.lse[t]);
       const double one_minus = std::fabs((v == p.labels[t] ? 1.0 : 0.0) - pr);
       const double G = std::fabs(ref.base.grad_logits[t * V + v]);
-      eG[t * V + v] = cg * pr * (ez[t] + b.lse[t]) * 1.01 + ec * one_minus + (uT + 3 * u) * G;
+      eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 + ec * one_minus + (uT + 3 * u) * G;
+      if (!ident) {
+        const double sl = std::fabs(geopref::slope(tr, z)) + curv * ez[t];
+        eG[t * V + v] = (eG[t * V + v] - (uT + 3 * u) * G) * sl +
+                        cg * one_minus * (transform_error_at(tc, z).slope + curv * ez[t]) +
+                        (uT + 3 * u) * G;
+      }
     }
   }
   const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
@@ -1547,5 +1587,76 @@ TEST_CASE("vocab-parallel fused linear: a caller's loss and a two-sided term",
     c.reduce = geopref::reduction::none;
     c.grad_output = true;
     check_sharded_case(c, {0, 18, 37});
+  }
+}
+
+// A logit transform through every fused-linear entry (issue 24's mutation
+// pass on the transform: chunk_forward, the backward's map, the size
+// query's validation and the vocab-parallel stats ignored it without a
+// failing fast test). fused_linear_step against the CPU reference and the
+// unfused train_step path (bounds_of's error model with its transform terms:
+// e'_z = (s/T)·e_z + transform_error_at, G's slope error), the vocab-parallel
+// step over K = 3 ranks, fused_linear_logps giving the step's bits; every
+// dtype's map (scale_map; softcap_map with tanhf for float, the MUFU tanh
+// for 16-bit logits); an invalid transform refused by every linear size query.
+TEST_CASE("fused linear with a logit transform: step, vocab-parallel step, logps",
+          "[fused_linear][small][transform]") {
+  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
+  uint64_t seed = 24100;
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16})
+    for (const auto& tr : maps) {
+      lin_config c;
+      c.dtype = d;
+      c.tr = tr;
+      c.seed = ++seed;
+      check_lin_case(c);  // chunks of 4 rows: pairs cross chunk boundaries
+      check_sharded_case(c, {0, 20, 36, 37});
+      // fused_linear_logps: the forward alone, the step's seq_logps bits.
+      const lin_problem p = make_lin(c);
+      blas_handle h;
+      lin_device dv(p);
+      gc::linear_logps_args a;
+      a.in = train_args_of(p, dv).in;
+      a.in.cublas = h.h;
+      dmem seq(static_cast<size_t>(p.S) * 4);
+      poison(seq);
+      a.seq_logps = static_cast<float*>(seq.get());
+      const geopref::options opt = options_of(c);
+      size_t bytes = 0;
+      REQUIRE(gc::fused_linear_logps(nullptr, bytes, a, opt) == status::success);
+      dmem ws(bytes);
+      REQUIRE(gc::fused_linear_logps(ws.get(), bytes, a, opt) == status::success);
+      const auto got = download<float>(seq.get(), static_cast<size_t>(p.S));
+      const lin_result full = run_fused(p, h.h);
+      for (int64_t s = 0; s < p.S; ++s) CHECK(got[s] == static_cast<float>(full.seq_logps[s]));
+    }
+}
+
+TEST_CASE("fused linear: an invalid logit transform is refused by every linear size query",
+          "[fused_linear][small][transform]") {
+  lin_config c;
+  const lin_problem p = make_lin(c);
+  lin_device d(p);
+  for (const geopref::logit_transform& bad :
+       {geopref::logit_transform{0.0, 0.0, 1.0}, geopref::logit_transform{1.0, -2.0, 1.0},
+        geopref::logit_transform{1.0, 0.0, 0.0}, geopref::logit_transform{NAN, 0.0, 1.0}}) {
+    INFO("s " << bad.scale << " c " << bad.softcap << " T " << bad.temperature);
+    gc::linear_train_args a = train_args_of(p, d);
+    a.in.logit_transform = bad;
+    const geopref::options opt = options_of(c);
+    size_t bytes = 0;
+    CHECK(gc::fused_linear_step(nullptr, bytes, a, opt) == status::invalid_logit_transform);
+    gc::linear_logps_args la;
+    la.in = a.in;
+    la.seq_logps = reinterpret_cast<float*>(16);  // never written: the size query
+    CHECK(gc::fused_linear_logps(nullptr, bytes, la, opt) == status::invalid_logit_transform);
+    gc::vocab_linear_stats_args sa;
+    sa.in = a.in;
+    sa.slice = {0, c.vocab, 0, 1};
+    CHECK(gc::vocab_linear_stats(nullptr, bytes, sa, opt) == status::invalid_logit_transform);
+    gc::vocab_linear_train_args va;
+    va.train = a;
+    va.slice = {0, c.vocab, 0, 1};
+    CHECK(gc::vocab_linear_step(nullptr, bytes, va, opt) == status::invalid_logit_transform);
   }
 }

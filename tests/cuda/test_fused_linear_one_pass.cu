@@ -701,3 +701,25 @@ TEST_CASE("fused linear one pass: host copies differing only in a rejected index
     CHECK(device_after(b, sft) == status::host_layout_mismatch);
   }
 }
+
+// The one pass with a logit transform (issue 24's mutation pass: the
+// segment loop's enqueue_row_forward and its backward ignored the transform
+// without a failing fast test): against two passes and the reference with
+// bounds_of's transform terms (test_fused_linear.cu), every dtype's map.
+TEST_CASE("fused linear one pass with a logit transform equals two passes and the reference",
+          "[fused_linear][one_pass][small][transform]") {
+  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
+  uint64_t seed = 24200;
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16})
+    for (const auto& tr : maps) {
+      lin_config c;
+      c.dtype = d;
+      c.seed = ++seed;
+      c.pairs = 4;
+      c.max_len = 5;
+      c.tr = tr;
+      lin_problem p = make_lin(c);
+      p.c.chunk_rows = widest_component(p);
+      check_one_pass_case(p);
+    }
+}

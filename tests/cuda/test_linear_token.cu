@@ -47,6 +47,7 @@ struct lt_config {
   int64_t ignore = -100;   // ignore_index (a fifth of the rows carry it)
   bool labels32 = false;   // int32 labels
   uint64_t seed = 1;
+  geopref::logit_transform tr{};  // z' = c·tanh(s·z/c)/T on every Z (options.hpp)
 };
 
 std::string describe(const lt_config& c) {
@@ -55,6 +56,9 @@ std::string describe(const lt_config& c) {
     << " chunk=" << c.chunk_rows << " bias=" << c.bias << " acc=" << c.accumulate
     << " gw32=" << c.gw_float32 << " pad=" << c.pad << " ignore=" << c.ignore
     << " l32=" << c.labels32 << " seed=" << c.seed;
+  if (!geopref::is_identity(c.tr))
+    o << " logit_scale=" << c.tr.scale << " softcap=" << c.tr.softcap
+      << " temperature=" << c.tr.temperature;
   return o.str();
 }
 
@@ -131,6 +135,7 @@ gc::linear_token_rows rows_of(const lt_problem& p, const lt_device& d, cublasHan
   r.n_rows = c.rows;
   r.hidden_size = c.hidden;
   r.vocab = c.vocab;
+  r.logit_transform = c.tr;
   r.labels = d.labels.get();
   r.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
   r.ignore_index = c.ignore;
@@ -265,6 +270,7 @@ lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
   rows.n_rows = N;
   rows.vocab = V;
   rows.ld = V;
+  rows.logit_transform = c.tr;
   rows.labels = d.labels.get();
   rows.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
   rows.ignore_index = c.ignore;
@@ -323,6 +329,7 @@ geopref::support::linear_token_ref_result run_ref(const lt_problem& p) {
   in.n_rows = p.c.rows;
   in.hidden_size = p.c.hidden;
   in.vocab = p.c.vocab;
+  in.logit_transform = p.c.tr;
   in.labels = p.labels.data();
   geopref::support::linear_token_ref_result r;
   REQUIRE(geopref::support::run_linear_token_reference(in, p.c.ignore, p.g_d.data(), r) ==
@@ -340,7 +347,19 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
   const double u_gw = c.gw_float32 ? 0.0 : uT;
   const int64_t N = c.rows, V = c.vocab, Hd = c.hidden;
   lt_bounds b;
-  std::vector<double> ez(static_cast<size_t>(N));
+  // The logit transform (c.tr), as test_fused_linear.cu's bounds_of: e_z
+  // becomes e'_z = max_v (s/T)·e_z + transform_error_at(z_v).value in lse,
+  // ℓ and the entropy (whose sensitivities are to z'); G's factor ∂z'/∂z
+  // adds transform_error_at's slope error and its change over [z ± e_z],
+  // < 0.77 (s/T)(s/c)·e_z. The identity leaves every bound as it was.
+  const geopref::logit_transform& tr = c.tr;
+  const bool ident = geopref::is_identity(tr);
+  const double s_T = tr.scale / tr.temperature;
+  const double curv = tr.softcap > 0 ? 0.77 * s_T * tr.scale / tr.softcap : 0.0;
+  case_config tc;
+  tc.dtype = c.dtype;
+  tc.logit_transform = tr;
+  std::vector<double> ez(static_cast<size_t>(N)), ezp(static_cast<size_t>(N));
   for (int64_t t = 0; t < N; ++t) {
     double zmax = 0, amax = 0;
     for (int64_t v = 0; v < V; ++v) {
@@ -350,18 +369,25 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
       amax = std::max(amax, a);
     }
     ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
+    ezp[t] = ez[t];
+    if (!ident) {
+      double m = 0;
+      for (int64_t v = 0; v < V; ++v)
+        m = std::max(m, s_T * ez[t] + transform_error_at(tc, ref.logits[t * V + v]).value);
+      ezp[t] = m;
+    }
     const double l = ref.lse[t], lp = ref.token_logps[t], hh = ref.entropy[t];
-    b.lse.push_back(ez[t] + eps_sum(V) + 4 * u * std::fabs(l));
-    b.logp.push_back(2 * ez[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
+    b.lse.push_back(ezp[t] + eps_sum(V) + 4 * u * std::fabs(l));
+    b.logp.push_back(2 * ezp[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
     double second = 0, sens = 0;
     for (int64_t v = 0; v < V; ++v) {
-      const double dd = l - ref.logits[t * V + v];
+      const double dd = l - geopref::apply(tr, ref.logits[t * V + v]);
       const double pr = std::exp(-dd);
       if (pr == 0.0) continue;
       second += pr * dd * (u * dd + 4 * u);
       sens += pr * std::fabs(-dd + hh);
     }
-    b.entropy.push_back(b.lse[t] * (1 + hh) + ez[t] * sens * 1.01 + second + eps_sum(V) * hh +
+    b.entropy.push_back(b.lse[t] * (1 + hh) + ezp[t] * sens * 1.01 + second + eps_sum(V) * hh +
                         2 * u * hh + 1e-30);
   }
   std::vector<double> eG(static_cast<size_t>(N * V), 0.0);
@@ -369,9 +395,17 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
     if (p.labels[t] == c.ignore) continue;
     const double cg = std::fabs(p.g_d[t]);
     for (int64_t v = 0; v < V; ++v) {
-      const double pr = std::exp(ref.logits[t * V + v] - ref.lse[t]);
+      const double z = ref.logits[t * V + v];
+      const double pr = std::exp(geopref::apply(tr, z) - ref.lse[t]);
       const double G = std::fabs(ref.grad_logits[t * V + v]);
-      eG[t * V + v] = cg * pr * (ez[t] + b.lse[t]) * 1.01 + (uT + 3 * u) * G;
+      eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 + (uT + 3 * u) * G;
+      if (!ident) {
+        const double one_minus = std::fabs((v == p.labels[t] ? 1.0 : 0.0) - pr);
+        eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 *
+                            (std::fabs(geopref::slope(tr, z)) + curv * ez[t]) +
+                        cg * one_minus * (transform_error_at(tc, z).slope + curv * ez[t]) +
+                        (uT + 3 * u) * G;
+      }
     }
   }
   const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
@@ -619,5 +653,50 @@ TEST_CASE("linear_token_logps(_grad): bad input is a status, device problems in 
     dmem w0(b);
     REQUIRE(gc::linear_token_logps_grad(w0.get(), b, a) == status::success);
     for (float x : download<float>(gw.get(), ones.size())) CHECK(x == 0.0f);
+  }
+}
+
+// A logit transform through both entries (issue 24's mutation pass on the
+// transform: linear_token_logps / _grad ignored it without a failing fast
+// test). Against the reference and the unfused token_logps path, with the
+// error model above (bounds_of's transform terms); every dtype's map (the
+// MUFU tanh is chosen for 16-bit logits), split-free rows of V = 37 with a
+// tail, a one-row budget, the entropy and its tail, ignore_index rows.
+TEST_CASE("linear_token_logps(_grad) with a logit transform equal the reference",
+          "[linear_token][small][transform]") {
+  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
+  uint64_t seed = 24300;
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16})
+    for (const auto& tr : maps) {
+      lt_config c;
+      c.dtype = d;
+      c.tr = tr;
+      c.seed = ++seed;
+      check_lt_case(c);
+      c.chunk_rows = 1;
+      c.gw_float32 = false;
+      c.seed = ++seed;
+      check_lt_case(c);
+    }
+}
+
+TEST_CASE("linear_token_logps(_grad): an invalid logit transform is refused by the size query",
+          "[linear_token][small][transform]") {
+  lt_config c;
+  const lt_problem p = make_lt(c);
+  blas_handle h;
+  lt_device d(p);
+  for (const geopref::logit_transform& bad :
+       {geopref::logit_transform{0.0, 0.0, 1.0}, geopref::logit_transform{1.0, -2.0, 1.0},
+        geopref::logit_transform{1.0, 0.0, 0.0}, geopref::logit_transform{NAN, 0.0, 1.0}}) {
+    INFO("s " << bad.scale << " c " << bad.softcap << " T " << bad.temperature);
+    gc::linear_token_logps_args fa;
+    fa.rows = rows_of(p, d, h.h);
+    fa.rows.logit_transform = bad;
+    size_t bytes = 0;
+    CHECK(gc::linear_token_logps(nullptr, bytes, fa) == status::invalid_logit_transform);
+    gc::linear_token_grad_args ga;
+    ga.rows = fa.rows;
+    CHECK(gc::linear_token_logps_grad(nullptr, bytes, ga) == status::invalid_logit_transform);
   }
 }

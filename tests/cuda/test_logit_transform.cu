@@ -11,8 +11,11 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "geopref/cuda/fused_linear.cuh"
+#include "geopref/cuda/linear_token_logps.cuh"
 #include "gpu_harness.cuh"
 
 using namespace geopref::test;
@@ -182,4 +185,113 @@ TEST_CASE("an invalid logit transform is refused by every size query", "[gpu][sm
     ga.grad_logits = a.grad_logits;
     CHECK(gc::logits_grad(nullptr, bytes, ga, c.opt) == status::invalid_logit_transform);
   }
+}
+
+// The map each transform and dtype is run with, and its constants (issue
+// 24's mutation pass: on the emulator both tanh flavours are tanhf, so
+// softcap_map's FAST flag chosen the wrong way round, fast tanh.approx for
+// float logits, gives the same numbers; only the map's type shows it). The
+// constants are formed in double and rounded once (dispatch.cuh visit_map),
+// so they are compared exactly.
+TEST_CASE("visit_map: the map and its constants for each transform and dtype",
+          "[gpu][small][transform]") {
+  namespace gd = gc::detail;
+  struct seen {
+    int kind = -1;  // 0 identity, 1 scale, 2 soft-cap with tanhf, 3 soft-cap with tanh.approx
+    float c[4] = {0, 0, 0, 0};
+  };
+  auto visit = [](gc::dtype dt, const geopref::logit_transform& tr) {
+    seen r;
+    const status st = gd::visit_dtype(dt, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      return gd::visit_map<T>(tr, [&](auto m) {
+        using M = decltype(m);
+        if constexpr (std::is_same_v<M, gd::identity_map>) {
+          r.kind = 0;
+        } else if constexpr (std::is_same_v<M, gd::scale_map>) {
+          r.kind = 1;
+          r.c[0] = m.a;
+          r.c[1] = m.a_log2e;
+        } else {
+          r.kind = std::is_same_v<M, gd::softcap_map<true>> ? 3 : 2;
+          r.c[0] = m.u;
+          r.c[1] = m.k;
+          r.c[2] = m.k_log2e;
+          r.c[3] = m.slope;
+        }
+        return status::success;
+      });
+    });
+    REQUIRE(st == status::success);
+    return r;
+  };
+  const double log2e = 1.4426950408889634;
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    INFO(dtype_name(dt));
+    CHECK(visit(dt, {}).kind == 0);
+    CHECK(visit(dt, {1.0, 0.0, 1.0}).kind == 0);
+    const seen s = visit(dt, {0.6, 0.0, 0.8});
+    CHECK(s.kind == 1);
+    CHECK(s.c[0] == static_cast<float>(0.6 / 0.8));
+    CHECK(s.c[1] == static_cast<float>(0.6 / 0.8 * log2e));
+    for (const geopref::logit_transform& tr :
+         {geopref::logit_transform{1.7, 2.5, 1.3}, geopref::logit_transform{1.0, 30.0, 1.0}}) {
+      INFO("s " << tr.scale << " c " << tr.softcap << " T " << tr.temperature);
+      const seen k = visit(dt, tr);
+      // tanh.approx (FAST) for 16-bit logits only: float logits need tanhf.
+      CHECK(k.kind == (dt == gc::dtype::float32 ? 2 : 3));
+      CHECK(k.c[0] == static_cast<float>(tr.scale / tr.softcap));
+      CHECK(k.c[1] == static_cast<float>(tr.softcap / tr.temperature));
+      CHECK(k.c[2] == static_cast<float>(tr.softcap / tr.temperature * log2e));
+      CHECK(k.c[3] == static_cast<float>(tr.scale / tr.temperature));
+    }
+  }
+}
+
+// The forward's unrolled body (forward_kernel's FWD_UNROLL groups, whose
+// row maximum is map.log2 of the packed words' maximum) with a transform.
+// The long rows above are split to 512..1023 vectors a split, too few for
+// a thread to reach the body, so a soft-cap's log2 without its tanh (the
+// maximum taken on raw logits: ≈ 430 instead of ≈ 14 in base 2 for z ≈ 10
+// under c = 30, every term then flushed to 0) went unseen. Here rows of 1023
+// vectors in one split (test_guards.cu's max_words case): every thread but
+// the last runs the body once. Every map, float32 and bfloat16, the
+// gradient too, against the reference with the harness's error model.
+TEST_CASE("a logit transform in the forward's unrolled body: rows of one split of 1023 vectors",
+          "[gpu][small][transform]") {
+  uint64_t seed = 24500;
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::bfloat16})
+    for (const auto& tr : MAPS) {
+      const int es = dtype_bytes(dt);
+      case_config c = transform_case(dt, tr, ++seed);
+      c.vocab = 1023 * (16 / es);
+      c.pad = 0;
+      c.misalign = 0;
+      c.seq_lens = {1, 1, 1, 1};
+      c.masked_seqs.clear();
+      c.extra_rows = 0;
+      c.mask_prob = 0.0;
+      INFO(describe(c));
+      REQUIRE(gc::detail::choose_splits(4, c.vocab, es) == 1);
+      check_case(c);
+    }
+}
+
+// The conversions between the entries' argument structs carry the
+// transform (white box: rows_of's copy feeds no kernel today, so only this
+// sees it dropped; as_tokens' and as_linear's also feed the validation).
+TEST_CASE("the argument conversions carry the logit transform", "[gpu][small][transform]") {
+  const geopref::logit_transform tr{1.7, 2.5, 1.3};
+  auto same = [&](const geopref::logit_transform& x) {
+    return x.scale == tr.scale && x.softcap == tr.softcap && x.temperature == tr.temperature;
+  };
+  gc::linear_inputs li;
+  li.logit_transform = tr;
+  CHECK(same(gc::detail::rows_of(li).logit_transform));
+  gc::token_rows tr_rows;
+  tr_rows.logit_transform = tr;
+  CHECK(same(gc::detail::as_tokens(tr_rows).logit_transform));
+  gc::linear_token_rows lt_rows;
+  lt_rows.logit_transform = tr;
+  CHECK(same(gc::detail::as_linear(lt_rows).logit_transform));
 }

@@ -428,3 +428,28 @@ TEST_CASE("data-parallel options on the GPU path: the global NLL normaliser, met
   CHECK(near(m.logps_rejected, r.stats.logps_rejected));
   CHECK(near(m.calibration_error, r.stats.calibration_error));
 }
+
+// A logit transform over K ranks (issue 24's mutation pass: the slice's
+// forward ignored the transform without a failing fast test). compare()'s
+// error model carries the transform (gpu_harness.cuh's transform_error_at);
+// the records hold z' of the label and the slice's lse of z'. A scale map and
+// a soft-cap, float32 over K = 3 (a width-1 slice holding labels) and
+// bfloat16 over K = 2 (the MUFU tanh for 16-bit logits on a GPU).
+TEST_CASE("vocab-parallel with a logit transform equals the reference",
+          "[gpu][small][vocab_parallel][transform]") {
+  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
+  uint64_t seed = 24400;
+  for (const auto& tr : maps) {
+    case_config c = vp_case(gc::dtype::float32, ++seed);
+    c.logit_transform = tr;
+    problem pr;
+    make_vp_problem(c, pr);
+    check_vocab_case(pr, {0, 30, 60, 61});
+    case_config b = vp_case(gc::dtype::bfloat16, ++seed);
+    b.logit_transform = tr;
+    b.grad_fp32 = true;
+    problem pb;
+    make_vp_problem(b, pb);
+    check_vocab_case(pb, even_bounds(pb.v, 2));
+  }
+}
