@@ -320,6 +320,10 @@ TEST_CASE("token_logps with a logit transform: scale, soft-cap, temperature", "[
   for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
     for (const auto& tr : maps) {
       for (int64_t vocab : {int64_t{7}, int64_t{8203}}) {
+        // Long (split) rows once per dtype, with a soft-cap (whose tanh is the
+        // MUFU's for 16-bit logits, tanhf for float): Gemma's for float, the
+        // hard one for the 16-bit types.
+        if (vocab == 8203 && tr.softcap != (dt == gc::dtype::float32 ? 4.0 : 2.5)) continue;
         token_case tc = base_case(dt, vocab, ++seed);
         tc.base.logit_transform = tr;
         tc.base.pad = vocab == 7 ? 3 : 0;
