@@ -99,8 +99,9 @@ status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
   t->n_rows = c.n_rows;
   t->vocab = c.vocab;
   t->ld = c.ld;
+  t->logit_transform = to_logit_transform(c.logit_transform);
   copy_sequences(c, t);
-  return to_logit_transform(c.logit_transform, &t->logit_transform);
+  return status::success;
 }
 
 status to_train(const geopref_train_args& c, gc::train_args* a) {
@@ -159,7 +160,8 @@ status to_rows(const geopref_token_rows& c, gc::token_rows* r) {
   r->labels = c.labels;
   r->label_type = static_cast<gc::index_type>(c.label_type);
   r->ignore_index = c.ignore_index;
-  return to_logit_transform(c.logit_transform, &r->logit_transform);
+  r->logit_transform = to_logit_transform(c.logit_transform);
+  return status::success;
 }
 
 status to_token_logps(const geopref_token_logps_args& c, gc::token_logps_args* a) {

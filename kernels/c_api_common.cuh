@@ -51,15 +51,13 @@ static_assert(sizeof(geopref_logit_transform) == 0 GEOPREF_LOGIT_TRANSFORM_FIELD
               "geopref_logit_transform has a member the field list does not");
 #undef GEOPREF_X
 
-/// The C transform to the C++ one, one assignment per field of the list, and
-/// its verdict. Checked at the boundary, as the enums are: a struct zeroed by
-/// hand (scale = temperature = 0, the likeliest C mistake) is reported by
-/// every entry, its workspace query included, whatever the C++ entry checks.
-inline status to_logit_transform(const geopref_logit_transform& c, geopref::logit_transform* t) {
-#define GEOPREF_X(type, name, def, flag, doc) t->name = c.name;
+/// The C transform to the C++ one, one assignment per field of the list.
+inline geopref::logit_transform to_logit_transform(const geopref_logit_transform& c) {
+  geopref::logit_transform t;
+#define GEOPREF_X(type, name, def, flag, doc) t.name = c.name;
   GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
 #undef GEOPREF_X
-  return validate(*t);
+  return t;
 }
 
 /// The identity transform (the list's defaults), which every *_args_init sets.

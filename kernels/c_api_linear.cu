@@ -26,10 +26,9 @@ using namespace geopref::c_abi;
 
 // The projection fields geopref_linear_inputs and geopref_linear_token_rows
 // share with their C++ twins (the logit transform among them: it is applied to
-// the logits the projection makes), and the transform's verdict; the caller
-// has checked the dtype.
+// the logits the projection makes); the caller has checked the dtype.
 template <class C, class Cpp>
-status copy_projection(const C& c, Cpp* r) {
+void copy_projection(const C& c, Cpp* r) {
   r->hidden = c.hidden;
   r->ld_hidden = c.ld_hidden;
   r->weight = c.weight;
@@ -41,7 +40,7 @@ status copy_projection(const C& c, Cpp* r) {
   r->vocab = c.vocab;
   r->chunk_bytes = c.chunk_bytes;
   r->cublas = static_cast<cublasHandle_t>(c.cublas_handle);
-  return to_logit_transform(c.logit_transform, &r->logit_transform);
+  r->logit_transform = to_logit_transform(c.logit_transform);
 }
 
 // The gradient fields of geopref_linear_train_args and
@@ -60,8 +59,9 @@ void copy_linear_grads(const C& c, Cpp* a) {
 status to_linear(const geopref_linear_inputs& c, gc::linear_inputs* in) {
   if (!valid_dtype(c.dtype) || !valid_index_type(c.label_type) || !valid_index_type(c.offset_type))
     return status::unsupported_dtype;
+  copy_projection(c, in);
   copy_sequences(c, in);
-  return copy_projection(c, in);
+  return status::success;
 }
 
 status to_linear_train(const geopref_linear_train_args& c, gc::linear_train_args* a) {
@@ -95,10 +95,11 @@ status to_vocab_linear_train(const geopref_vocab_linear_train_args& c,
 
 status to_token_rows(const geopref_linear_token_rows& c, gc::linear_token_rows* r) {
   if (!valid_dtype(c.dtype) || !valid_index_type(c.label_type)) return status::unsupported_dtype;
+  copy_projection(c, r);
   r->labels = c.labels;
   r->label_type = static_cast<gc::index_type>(c.label_type);
   r->ignore_index = c.ignore_index;
-  return copy_projection(c, r);
+  return status::success;
 }
 
 status to_token_logps(const geopref_linear_token_logps_args& c, gc::linear_token_logps_args* a) {

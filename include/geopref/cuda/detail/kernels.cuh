@@ -677,7 +677,7 @@ GEOPREF_UNROLL
   // kept in shared memory: a register live across its longer loop body was
   // spilled (the static report's spill count).
   constexpr bool LABEL_IN_SMEM = Map::SOFTCAP;
-  __shared__ float label_out[1];  // unused (and removed) without a transform
+  __shared__ float label_out[1];  // unused (and removed) without a soft-cap
   if (has_label && threadIdx.x == 0) {
     z_label = to_float(row[c]);
     if constexpr (LABEL_IN_SMEM) label_out[0] = map.label_grad(z_label, neg_g, l);
