@@ -326,8 +326,8 @@ struct nca_pair_loss {
   }
 };
 
-/// bco_pair (Jung et al., 2024; TRL `bco_pair`), δ the running mean reward
-/// (the caller's state):
+/// bco_pair (Jung et al., 2024; TRL `bco_pair`), δ a reward offset: 0 in TRL
+/// v1.16.0, the running mean reward (the caller's state) in TRL v0.28:
 ///   f = −log σ(βρ_w − δ) − log σ(−(βρ_l − δ))
 ///   ∂f/∂ρ_w = −β σ(δ − βρ_w),   ∂f/∂ρ_l = β σ(βρ_l − δ).
 template <class T>
@@ -401,8 +401,10 @@ struct orpo_loss {
 ///   reverse_kl: φ(ρ) = ρ                      φ' = 1
 ///   js:         φ(ρ) = ρ − softplus(ρ) = log σ(ρ)    φ' = σ(−ρ)
 ///   alpha:      φ(ρ) = −e^{−aρ}/a, a > 0      φ' = e^{−aρ}
-/// For alpha the exponent is capped at the largest finite one (as TRL's
-/// cap_exp does), where φ is then constant: φ' = 0 beyond the cap.
+/// For alpha the exponent −aρ is capped at the largest finite one of T,
+/// where φ is then constant: φ' = 0 beyond the cap. TRL v1.16.0's
+/// forward_kl is alpha with a = 1, its alpha_divergence coefficient α is
+/// a = 1 − α (docs/math.md, "TRL v1.16.0, loss by loss").
 enum class margin_transform : int { reverse_kl, js, alpha };
 
 template <class T>
@@ -528,13 +530,13 @@ using field_t = T;
   X(P, real, double, epsilon, epsilon, 0.0, "epsilon", "robust: [0, 0.5); exo_pair: (0, 1)")        \
   X(P, real, double, tau, tau, 0.05, "tau", "discopop: temperature > 0 (TRL's default 0.05)")       \
   X(P, real, double, bco_delta, bco_delta, 0.0, "bco-delta",                                        \
-    "bco_pair: the running mean reward delta (finite), the caller's state")                         \
+    "bco_pair: the reward offset delta (finite; 0 is TRL 1.x's bco_pair)")                          \
   X(P, enum, ::geopref::margin_transform, transform, transform,                                     \
     ::geopref::margin_transform::reverse_kl,                                                        \
     "margin-transform",                                                                             \
     "the margin transform of every margin term (TRL's f_divergence_type): reverse_kl, js, alpha")   \
   X(P, real, double, f_alpha, f_alpha, 1.0, "f-alpha",                                              \
-    "the alpha transform's coefficient a > 0 (TRL's f_alpha_divergence_coef)")                      \
+    "the alpha transform's coefficient a > 0 (1 - TRL's f_alpha_divergence_coef)")                  \
   X(P, boolean, bool, geometric, geometric, false, "geometric",                                     \
     "the geometric soft-label form f((2p-1) h) of every margin term")                               \
   X(P, count, int, n_terms, n_terms, 0, "loss",                                                     \
