@@ -173,11 +173,18 @@ struct token_rows {
   geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 };
 
-/// Outputs of token_logps; every pointer optional.
+/// Outputs of token_logps; every pointer optional. z′ is the transformed
+/// logit (docs/math.md §2.1), p_tv = exp(z′_tv − lse_t). The last three are
+/// the per-token statistics TRL 1.x's fused LM head logs (no gradient).
 struct token_outputs {
-  double* token_logps = nullptr;  // [N] ℓ_t = z[t, y_t] − lse_t, 0 for unscored rows
+  double* token_logps = nullptr;  // [N] ℓ_t = z′[t, y_t] − lse_t, 0 for unscored rows
   double* lse = nullptr;          // [N] lse_t, 0 for unscored rows
-  double* entropy = nullptr;      // [N] H_t = Σ_v p_tv (lse_t − z_tv), 0 for unscored rows
+  double* entropy = nullptr;      // [N] H_t = Σ_v p_tv (lse_t − z′_tv), 0 for unscored rows
+  double* log_sum_sq_probs = nullptr;  // [N] log Σ_v p_tv², 0 for unscored rows
+  double* mean_logits = nullptr;       // [N] (1/V) Σ_v z′_tv, 0 for unscored rows
+  uint8_t* is_top1 = nullptr;  // [N] 1 when y_t is the row's first arg-max of z′ (a tie with an
+                               // earlier column is not top-1, TRL's rule; a NaN in the row: 0),
+                               // 0 otherwise and for unscored rows
 };
 
 /// Validates (sizes, strides, null pointers, every row's label), then writes
@@ -185,14 +192,18 @@ struct token_outputs {
 template <class Logit, class Label>
 status token_logps(const token_rows<Logit, Label>& in, token_outputs& out);
 
-/// grad_logits[t, v] = g_t (𝟙[v = y_t] − exp(z[t, v] − lse_t)) for scored
-/// rows, zeros for the others; columns [V, grad_ld) untouched (grad_ld 0:
-/// ld). lse and grad_token_logps [N] are read for scored rows only; a
-/// non-finite g_t there is invalid_upstream_grad. May alias the logits
-/// (double logits, grad_ld == ld). On error nothing is written.
+/// grad_logits[t, v] = [g_t (𝟙[v = y_t] − p_tv) + e_t p_tv (Σ_u p_tu z′_tu − z′_tv)] ·
+/// ∂z′_tv/∂z_tv for scored rows (the gradient of Σ_t g_t ℓ_t + e_t H_t), zeros
+/// for the others; columns [V, grad_ld) untouched (grad_ld 0: ld).
+/// grad_entropy (e_t) is optional (null: 0); grad_token_logps (g_t) is
+/// required unless grad_entropy is given (null then: 0). lse and the upstream
+/// gradients [N] are read for scored rows only; a non-finite g_t or e_t there
+/// is invalid_upstream_grad. May alias the logits (double logits, grad_ld ==
+/// ld). On error nothing is written.
 template <class Logit, class Label>
 status token_logps_grad(const token_rows<Logit, Label>& in, const double* lse,
-                        const double* grad_token_logps, double* grad_logits, int64_t grad_ld = 0);
+                        const double* grad_token_logps, double* grad_logits, int64_t grad_ld = 0,
+                        const double* grad_entropy = nullptr);
 
 }  // namespace geopref::reference
 

@@ -1,0 +1,260 @@
+// The per-token statistics of the CPU reference (reference::token_logps's
+// log_sum_sq_probs, mean_logits and is_top1 outputs, and token_logps_grad's
+// entropy upstream): the values against formulas written here from the
+// softmax of the transformed logits, the top-1 tie rule on constructed rows,
+// and the gradient of Σ_t g_t ℓ_t + e_t H_t against finite differences in
+// double, with and without a logit transform.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "geopref/reference/gradcheck.hpp"
+#include "geopref/reference/reference.hpp"
+
+using namespace geopref;
+
+namespace {
+
+constexpr int64_t kIgnore = -100;
+
+logit_transform make_transform(double s, double c, double t) {
+  logit_transform tr;
+  tr.scale = s;
+  tr.softcap = c;
+  tr.temperature = t;
+  return tr;
+}
+
+/// z' written out here (docs/math.md §2.1), not the library's helper.
+double transformed(const logit_transform& tr, double z) {
+  const double x = tr.scale * z;
+  return (tr.softcap > 0.0 ? tr.softcap * std::tanh(x / tr.softcap) : x) / tr.temperature;
+}
+
+struct stats_problem {
+  int64_t n = 0, v = 0, ld = 0;
+  std::vector<double> z;        // [N, ld]
+  std::vector<int64_t> labels;  // [N], every fourth row ignored
+  std::vector<double> g, e;     // [N] upstream gradients of ℓ_t and H_t
+  logit_transform tr{};
+
+  stats_problem(int64_t rows, int64_t vocab, int64_t pad, uint64_t seed, logit_transform t = {})
+      : n(rows), v(vocab), ld(vocab + pad), tr(t) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal(0.0, 2.0);
+    for (int64_t i = 0; i < n * ld; ++i) z.push_back(normal(rng));
+    for (int64_t r = 0; r < n; ++r) {
+      labels.push_back(r % 4 == 3 ? kIgnore : static_cast<int64_t>(rng() % static_cast<uint64_t>(v)));
+      g.push_back(normal(rng));
+      e.push_back(normal(rng));
+    }
+  }
+  reference::token_rows<double, int64_t> rows(const std::vector<double>& logits) const {
+    reference::token_rows<double, int64_t> r;
+    r.logits = logits.data();
+    r.n_rows = n;
+    r.vocab = v;
+    r.ld = ld;
+    r.labels = labels.data();
+    r.logit_transform = tr;
+    return r;
+  }
+};
+
+struct stats {
+  std::vector<double> logp, lse, ent, lssp, mean;
+  std::vector<uint8_t> top1;
+};
+
+stats run(const reference::token_rows<double, int64_t>& in) {
+  const auto n = static_cast<size_t>(in.n_rows);
+  stats s;
+  s.logp.assign(n, -7.0);
+  s.lse = s.ent = s.lssp = s.mean = s.logp;
+  s.top1.assign(n, 7);
+  reference::token_outputs out;
+  out.token_logps = s.logp.data();
+  out.lse = s.lse.data();
+  out.entropy = s.ent.data();
+  out.log_sum_sq_probs = s.lssp.data();
+  out.mean_logits = s.mean.data();
+  out.is_top1 = s.top1.data();
+  REQUIRE(reference::token_logps(in, out) == status::success);
+  return s;
+}
+
+/// Σ_t g_t ℓ_t + e_t H_t over the scored rows.
+double objective_value(const stats_problem& p, const std::vector<double>& logits) {
+  const stats s = run(p.rows(logits));
+  double acc = 0.0;
+  for (int64_t r = 0; r < p.n; ++r) acc += p.g[r] * s.logp[r] + p.e[r] * s.ent[r];
+  return acc;
+}
+
+}  // namespace
+
+TEST_CASE("token statistics: log Σp², the mean logit and top-1 against the softmax written out",
+          "[token][stats]") {
+  const logit_transform transforms[] = {logit_transform{}, make_transform(1.7, 0.0, 0.8),
+                                        make_transform(1.3, 3.0, 0.7)};
+  for (const logit_transform& tr : transforms) {
+    for (const int64_t vocab : {int64_t{1}, int64_t{2}, int64_t{11}}) {
+      const stats_problem p(9, vocab, 3, 1701 + static_cast<uint64_t>(vocab), tr);
+      const stats s = run(p.rows(p.z));
+      for (int64_t r = 0; r < p.n; ++r) {
+        INFO("V " << vocab << ", softcap " << tr.softcap << ", row " << r);
+        if (p.labels[r] == kIgnore) {
+          CHECK(s.lssp[r] == 0.0);
+          CHECK(s.mean[r] == 0.0);
+          CHECK(s.top1[r] == 0);
+          continue;
+        }
+        std::vector<double> x;
+        for (int64_t c = 0; c < vocab; ++c) x.push_back(transformed(tr, p.z[r * p.ld + c]));
+        const double m = *std::max_element(x.begin(), x.end());
+        double sum = 0.0, mean = 0.0;
+        for (const double xc : x) sum += std::exp(xc - m), mean += xc;
+        double sq = 0.0;
+        for (const double xc : x) sq += (std::exp(xc - m) / sum) * (std::exp(xc - m) / sum);
+        // Relative 1e-12: a handful of double exp/log/tanh per term, V ≤ 11.
+        CHECK(s.lssp[r] == Approx(std::log(sq)).epsilon(1e-12).margin(1e-14));
+        CHECK(s.mean[r] == Approx(mean / static_cast<double>(vocab)).epsilon(1e-12).margin(1e-14));
+        const auto first_max = std::max_element(x.begin(), x.end()) - x.begin();
+        CHECK(s.top1[r] == (first_max == p.labels[r] ? 1 : 0));
+        // Σp² lies in [1/V, 1]: the log in [−log V, 0].
+        CHECK(s.lssp[r] <= 1e-15);
+        CHECK(s.lssp[r] >= -std::log(static_cast<double>(vocab)) - 1e-12);
+        if (vocab == 1) CHECK(s.top1[r] == 1);
+      }
+    }
+  }
+}
+
+TEST_CASE("token statistics: TRL's top-1 tie rule, NaN and −∞", "[token][stats]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  // Rows of V = 4; each with the label and the expected is_top1.
+  struct row {
+    std::vector<double> z;
+    int64_t label;
+    uint8_t top1;
+  };
+  const std::vector<row> cases = {
+      {{3, 5, 5, 1}, 1, 1},     // tie with a later column: the first arg-max
+      {{3, 5, 5, 1}, 2, 0},     // tie with an earlier column: not top-1
+      {{5, 3, 5, 1}, 0, 1},     //
+      {{1, 2, 3, 4}, 3, 1},     // the maximum last
+      {{1, 2, 3, 4}, 2, 0},     //
+      {{-inf, 0, -inf, -1}, 1, 1},  // −∞ elsewhere
+      {{-inf, -inf, -inf, 0}, 3, 1},
+      {{0, nan, 0, -1}, 0, 0},  // a NaN anywhere: not top-1
+      {{nan, 0, 0, 0}, 0, 0},
+  };
+  stats_problem p(static_cast<int64_t>(cases.size()), 4, 0, 1711);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::copy(cases[i].z.begin(), cases[i].z.end(), p.z.begin() + static_cast<int64_t>(i) * 4);
+    p.labels[i] = cases[i].label;
+  }
+  const stats s = run(p.rows(p.z));
+  for (size_t i = 0; i < cases.size(); ++i) {
+    INFO("case " << i);
+    CHECK(s.top1[i] == cases[i].top1);
+  }
+  // −∞ logits: Σp² and the entropy stay finite, the mean is −∞.
+  CHECK(std::isfinite(s.lssp[5]));
+  CHECK(std::isfinite(s.ent[5]));
+  CHECK(s.mean[5] == -inf);
+  // One finite logit: p = (0, 0, 0, 1), so log Σp² = 0 and H = 0.
+  CHECK(s.lssp[6] == 0.0);
+  CHECK(s.ent[6] == 0.0);
+}
+
+TEST_CASE("token_logps_grad with an entropy upstream: finite differences of Σ g ℓ + e H",
+          "[token][stats]") {
+  const logit_transform transforms[] = {logit_transform{}, make_transform(1.3, 3.0, 0.7)};
+  for (const logit_transform& tr : transforms) {
+    for (const int64_t pad : {int64_t{0}, int64_t{2}}) {
+      INFO("softcap " << tr.softcap << ", pad " << pad);
+      const stats_problem p(7, 5, pad, 1721 + static_cast<uint64_t>(pad), tr);
+      const auto in = p.rows(p.z);
+      const stats s = run(in);
+      std::vector<double> grad(static_cast<size_t>(p.n * p.v), 99.0);
+      REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), grad.data(), p.v,
+                                          p.e.data()) == status::success);
+      std::vector<double> x, gx;
+      for (int64_t r = 0; r < p.n; ++r)
+        for (int64_t c = 0; c < p.v; ++c) {
+          x.push_back(p.z[r * p.ld + c]);
+          gx.push_back(grad[r * p.v + c]);
+        }
+      const auto objective = [&](const std::vector<double>& y) {
+        std::vector<double> zz = p.z;
+        for (int64_t r = 0; r < p.n; ++r)
+          for (int64_t c = 0; c < p.v; ++c) zz[r * p.ld + c] = y[r * p.v + c];
+        return objective_value(p, zz);
+      };
+      // As test_token.cpp: the stencil's round-off is ~1e-11 absolute here
+      // (|f| ≈ 30, δ ≥ 1e-3), 1e-5 relative above the 1e-6 floor; dropping
+      // the entropy term moves components by O(e_t p (E − z′)) ≈ 1e-1.
+      const auto r = gradcheck::check_gradient(objective, x, gx);
+      INFO("worst " << r.worst_rel_error << " at " << r.worst_index);
+      CHECK(r.passed(1e-5));
+
+      // A wrong entropy upstream (one row's e_t off by 1 %) is caught.
+      std::vector<double> wrong = p.e;
+      wrong[1] *= 1.01;
+      std::vector<double> bad(grad.size());
+      REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), bad.data(), p.v,
+                                          wrong.data()) == status::success);
+      std::vector<double> bx;
+      for (int64_t rr = 0; rr < p.n; ++rr)
+        for (int64_t c = 0; c < p.v; ++c) bx.push_back(bad[rr * p.v + c]);
+      CHECK_FALSE(gradcheck::check_gradient(objective, x, bx).passed(1e-4));
+
+      // The two upstreams add: entropy alone + log-prob alone = both, and a
+      // zero entropy upstream is bitwise the log-prob-only gradient.
+      std::vector<double> only_g(grad.size()), only_e(grad.size()), zero_e(grad.size());
+      const std::vector<double> zeros(static_cast<size_t>(p.n), 0.0);
+      REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), only_g.data(), p.v) ==
+              status::success);
+      REQUIRE(reference::token_logps_grad(in, s.lse.data(), nullptr, only_e.data(), p.v,
+                                          p.e.data()) == status::success);
+      REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), zero_e.data(), p.v,
+                                          zeros.data()) == status::success);
+      CHECK(zero_e == only_g);
+      for (size_t i = 0; i < grad.size(); ++i)
+        CHECK(grad[i] == Approx(only_g[i] + only_e[i]).epsilon(1e-12).margin(1e-15));
+      // Ignored rows: zeros.
+      for (int64_t c = 0; c < p.v; ++c) CHECK(only_e[3 * p.v + c] == 0.0);
+    }
+  }
+}
+
+TEST_CASE("token_logps_grad: the entropy upstream's validation", "[token][stats]") {
+  const stats_problem p(5, 4, 0, 1731);
+  const auto in = p.rows(p.z);
+  const stats s = run(in);
+  std::vector<double> grad(static_cast<size_t>(p.n * p.v), 42.0);
+  // Neither upstream: null_pointer, nothing written.
+  CHECK(reference::token_logps_grad(in, s.lse.data(), nullptr, grad.data(), 0, nullptr) ==
+        status::null_pointer);
+  // A non-finite e_t on a scored row (row 0): invalid_upstream_grad.
+  std::vector<double> e = p.e;
+  e[0] = std::numeric_limits<double>::infinity();
+  CHECK(reference::token_logps_grad(in, s.lse.data(), p.g.data(), grad.data(), 0, e.data()) ==
+        status::invalid_upstream_grad);
+  e[0] = std::numeric_limits<double>::quiet_NaN();
+  CHECK(reference::token_logps_grad(in, s.lse.data(), nullptr, grad.data(), 0, e.data()) ==
+        status::invalid_upstream_grad);
+  for (const double x : grad) CHECK(x == 42.0);
+  // On an ignored row (row 3) it is never read.
+  e = p.e;
+  e[3] = std::numeric_limits<double>::quiet_NaN();
+  CHECK(reference::token_logps_grad(in, s.lse.data(), p.g.data(), grad.data(), 0, e.data()) ==
+        status::success);
+}
