@@ -3,7 +3,8 @@
 // entropy upstream): the values against formulas written here from the
 // softmax of the transformed logits, the top-1 tie rule on constructed rows,
 // and the gradient of Σ_t g_t ℓ_t + e_t H_t against finite differences in
-// double, with and without a logit transform.
+// double, with and without a logit transform; from hidden states, the same
+// statistics as on Z = H·Wᵀ + b and the gradient with respect to H and W.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/reference.hpp"
 
@@ -257,4 +259,102 @@ TEST_CASE("token_logps_grad: the entropy upstream's validation", "[token][stats]
   e[3] = std::numeric_limits<double>::quiet_NaN();
   CHECK(reference::token_logps_grad(in, s.lse.data(), p.g.data(), grad.data(), 0, e.data()) ==
         status::success);
+}
+
+TEST_CASE("from hidden states: the statistics of Z = H·Wᵀ + b, the entropy's gradient in H and W",
+          "[token][stats][linear_token]") {
+  const int64_t n = 6, hd = 4, v = 7;
+  std::mt19937_64 rng(1741);
+  std::normal_distribution<double> normal(0.0, 0.7);
+  std::vector<double> H(n * hd), W(v * hd), b(v), g(n), e(n);
+  for (double& x : H) x = normal(rng);
+  for (double& x : W) x = normal(rng);
+  for (double& x : b) x = normal(rng);
+  for (int64_t r = 0; r < n; ++r) g[r] = normal(rng), e[r] = normal(rng);
+  const std::vector<int64_t> labels = {0, 6, kIgnore, 3, 3, 1};
+  const logit_transform tr = make_transform(1.3, 3.0, 0.7);
+  const auto rows_of = [&](const std::vector<double>& h, const std::vector<double>& w) {
+    reference::linear_token_rows<double, int64_t> r;
+    r.hidden = h.data();
+    r.weight = w.data();
+    r.bias = b.data();
+    r.n_rows = n;
+    r.hidden_size = hd;
+    r.vocab = v;
+    r.labels = labels.data();
+    r.logit_transform = tr;
+    return r;
+  };
+  const auto forward = [&](const std::vector<double>& h, const std::vector<double>& w) {
+    const auto nn = static_cast<size_t>(n);
+    stats s;
+    s.logp.assign(nn, 0.0);
+    s.lse = s.ent = s.lssp = s.mean = s.logp;
+    s.top1.assign(nn, 7);
+    reference::token_outputs out;
+    out.token_logps = s.logp.data();
+    out.lse = s.lse.data();
+    out.entropy = s.ent.data();
+    out.log_sum_sq_probs = s.lssp.data();
+    out.mean_logits = s.mean.data();
+    out.is_top1 = s.top1.data();
+    REQUIRE(reference::linear_token_logps(rows_of(h, w), out) == status::success);
+    return s;
+  };
+  const stats f = forward(H, W);
+  // The same statistics as token_logps on Z written out here.
+  std::vector<double> Z(n * v);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < v; ++c) {
+      double acc = b[c];
+      for (int64_t k = 0; k < hd; ++k) acc += H[r * hd + k] * W[c * hd + k];
+      Z[r * v + c] = acc;
+    }
+  reference::token_rows<double, int64_t> zr;
+  zr.logits = Z.data();
+  zr.n_rows = n;
+  zr.vocab = v;
+  zr.ld = v;
+  zr.labels = labels.data();
+  zr.logit_transform = tr;
+  const stats z = run(zr);
+  for (int64_t r = 0; r < n; ++r) {
+    INFO("row " << r);
+    // Z is the same product in another summation order: 1e-12 relative.
+    CHECK(f.lssp[r] == Approx(z.lssp[r]).epsilon(1e-12).margin(1e-14));
+    CHECK(f.mean[r] == Approx(z.mean[r]).epsilon(1e-12).margin(1e-14));
+    CHECK(f.ent[r] == Approx(z.ent[r]).epsilon(1e-12).margin(1e-14));
+    CHECK(f.top1[r] == z.top1[r]);
+  }
+  // ∂/∂H and ∂/∂W of Σ g ℓ + e H against central differences.
+  std::vector<double> gH(n * hd, 9.0), gW(v * hd, 9.0);
+  reference::linear_token_grads grads;
+  grads.grad_hidden = gH.data();
+  grads.grad_weight = gW.data();
+  REQUIRE(reference::linear_token_logps_grad(rows_of(H, W), f.lse.data(), g.data(), grads,
+                                             e.data()) == status::success);
+  std::vector<double> x = H, gx = gH;
+  x.insert(x.end(), W.begin(), W.end());
+  gx.insert(gx.end(), gW.begin(), gW.end());
+  const auto objective = [&](const std::vector<double>& y) {
+    const std::vector<double> h(y.begin(), y.begin() + n * hd), w(y.begin() + n * hd, y.end());
+    const stats q = forward(h, w);
+    double acc = 0.0;
+    for (int64_t r = 0; r < n; ++r) acc += g[r] * q.logp[r] + e[r] * q.ent[r];
+    return acc;
+  };
+  // As above: round-off ~1e-11 absolute, 1e-5 relative above the 1e-6 floor.
+  const auto r = gradcheck::check_gradient(objective, x, gx);
+  INFO("worst " << r.worst_rel_error << " at " << r.worst_index);
+  CHECK(r.passed(1e-5));
+  // Without the entropy's upstream the same H-gradient is wrong.
+  std::vector<double> gH0(n * hd), gW0(v * hd);
+  reference::linear_token_grads g0;
+  g0.grad_hidden = gH0.data();
+  g0.grad_weight = gW0.data();
+  REQUIRE(reference::linear_token_logps_grad(rows_of(H, W), f.lse.data(), g.data(), g0) ==
+          status::success);
+  std::vector<double> bx = gH0;
+  bx.insert(bx.end(), gW0.begin(), gW0.end());
+  CHECK_FALSE(gradcheck::check_gradient(objective, x, bx).passed(1e-4));
 }

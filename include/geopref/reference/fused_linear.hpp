@@ -291,12 +291,14 @@ status linear_token_logps(const linear_token_rows<Elem, Label>& in, token_output
       detail::linear_token_as_rows(Z, in.labels, in.ignore_index, in.logit_transform), out);
 }
 
-/// Given g_t = ∂Loss/∂ℓ_t [N] and the forward's lse [N] (both read for scored
-/// rows only): G = token_logps_grad on Z, then grad_H = G·W,
+/// Given g_t = ∂Loss/∂ℓ_t [N], optionally e_t = ∂Loss/∂H_t [N] (the entropy's
+/// upstream; token_logps_grad's rules), and the forward's lse [N] (all read
+/// for scored rows only): G = token_logps_grad on Z, then grad_H = G·W,
 /// grad_W (+)= Gᵀ·H, grad_b (+)= Σ_t G[t, ·]. On error nothing is written.
 template <class Elem, class Label>
 status linear_token_logps_grad(const linear_token_rows<Elem, Label>& in, const double* lse,
-                               const double* grad_token_logps, linear_token_grads& out) {
+                               const double* grad_token_logps, linear_token_grads& out,
+                               const double* grad_entropy = nullptr) {
   const int64_t N = in.n_rows, Hd = in.hidden_size, V = in.vocab;
   const int64_t ldgh = out.ld_grad_hidden == 0 ? Hd : out.ld_grad_hidden;
   const int64_t ldgw = out.ld_grad_weight == 0 ? Hd : out.ld_grad_weight;
@@ -308,7 +310,7 @@ status linear_token_logps_grad(const linear_token_rows<Elem, Label>& in, const d
   detail::linear_mat G(N, V);
   s = token_logps_grad(
       detail::linear_token_as_rows(Z, in.labels, in.ignore_index, in.logit_transform), lse,
-                       grad_token_logps, G.data(), V);
+                       grad_token_logps, G.data(), V, grad_entropy);
   if (s != status::success) return s;
   if (out.grad_hidden != nullptr) detail::write_hidden_grad(G * W, ldgh, out.grad_hidden);
   detail::write_weight_grads(G, H, 0, ldgw, out);
