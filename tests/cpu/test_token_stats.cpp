@@ -174,6 +174,16 @@ TEST_CASE("token statistics: TRL's top-1 tie rule, NaN and −∞", "[token][sta
   // One finite logit: p = (0, 0, 0, 1), so log Σp² = 0 and H = 0.
   CHECK(s.lssp[6] == 0.0);
   CHECK(s.ent[6] == 0.0);
+
+  // A saturated soft-cap: tanh(20) and tanh(30) are both 1 in double, yet
+  // the arg-max is decided on z, where 30 is the only maximum.
+  stats_problem sat(2, 4, 0, 1712, make_transform(1.0, 1.0, 1.0));
+  sat.z = {30, 20, 0, 0, 20, 30, 0, 0};
+  sat.labels = {0, 1};
+  REQUIRE(std::tanh(20.0) == std::tanh(30.0));
+  const stats t = run(sat.rows(sat.z));
+  CHECK(t.top1[0] == 1);
+  CHECK(t.top1[1] == 0);
 }
 
 TEST_CASE("token_logps_grad with an entropy upstream: finite differences of Σ g ℓ + e H",

@@ -182,9 +182,9 @@ struct token_outputs {
   double* entropy = nullptr;      // [N] H_t = Σ_v p_tv (lse_t − z′_tv), 0 for unscored rows
   double* log_sum_sq_probs = nullptr;  // [N] log Σ_v p_tv², 0 for unscored rows
   double* mean_logits = nullptr;       // [N] (1/V) Σ_v z′_tv, 0 for unscored rows
-  uint8_t* is_top1 = nullptr;  // [N] 1 when y_t is the row's first arg-max of z′ (a tie with an
-                               // earlier column is not top-1, TRL's rule; a NaN in the row: 0),
-                               // 0 otherwise and for unscored rows
+  uint8_t* is_top1 = nullptr;  // [N] 1 when y_t is the row's first arg-max (a tie with an earlier
+                               // column is not top-1, TRL's rule; a NaN in the row: 0), decided
+                               // on z (the transform is increasing); 0 for unscored rows
 };
 
 /// Validates (sizes, strides, null pointers, every row's label), then writes

@@ -66,12 +66,14 @@ status token_logps(const token_rows<Logit, Label>& in, token_outputs& out) {
         mean /= static_cast<double>(in.vocab);
       }
       if (out.is_top1 != nullptr) {
-        // The first arg-max: nothing before y reaches z′_y, nothing after it
+        // The first arg-max: nothing before y reaches z_y, nothing after it
         // exceeds it, and no NaN anywhere (comparisons with NaN are false).
-        const double zy = detail::logit_at(tr, z[y]);
+        // Decided on the logits as given: the transform is increasing, so
+        // this is the arg-max of z′ in exact arithmetic (docs/math.md).
+        const double zy = detail::to_double(z[y]);
         top1 = !std::isnan(zy);
         for (int64_t v = 0; v < in.vocab && top1; ++v) {
-          const double zv = detail::logit_at(tr, z[v]);
+          const double zv = detail::to_double(z[v]);
           if (std::isnan(zv) || (v < y && zv >= zy) || (v > y && zv > zy)) top1 = false;
         }
       }
