@@ -179,7 +179,7 @@ TEST_CASE("token statistics: TRL's top-1 tie rule, NaN and −∞", "[token][sta
   // the arg-max is decided on z, where 30 is the only maximum.
   stats_problem sat(2, 4, 0, 1712, make_transform(1.0, 1.0, 1.0));
   sat.z = {30, 20, 0, 0, 20, 30, 0, 0};
-  sat.labels = {0, 1};
+  sat.labels = {0, 0};  // row 1: z′ ties at column 0 first, z does not
   REQUIRE(std::tanh(20.0) == std::tanh(30.0));
   const stats t = run(sat.rows(sat.z));
   CHECK(t.top1[0] == 1);
