@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The static cost report of the logits kernels (docs/benchmarks.md, "Static
 # cost"): the hot loops' SASS, MUFU and 16-byte loads per element, registers
-# and spills of every forward_kernel / backward_kernel / entropy_kernel instantiation in the
+# and spills of every forward_kernel / backward_kernel / stats_kernel instantiation in the
 # sm_90 code of kernels/c_api.cu, the predicted fraction of the copy rate on
 # H100 and H200, and a non-zero exit when a budget is exceeded.
 #

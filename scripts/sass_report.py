@@ -3,7 +3,7 @@
 
 Input: the output of `cuobjdump -sass` and `cuobjdump -res-usage` for the sm_90
 code of kernels/c_api.cu (scripts/sass-report.sh produces both). For every
-forward_kernel, backward_kernel and entropy_kernel instantiation it finds the hot loop (the
+forward_kernel, backward_kernel and stats_kernel instantiation it finds the hot loop (the
 innermost loop that holds the most 16-byte global loads) and reports, per logit
 element: SASS instructions, MUFU instructions, the 16-byte loads a thread has
 issued before it first uses a loaded register or stores, registers and spills;
@@ -186,10 +186,13 @@ MAPS = {"identity_map": "", "scale_map": "scale", "softcap_map": "softcap"}
 def kernel_info(name):
     """(kind, dtype name, element bytes, output element bytes, map) or None;
     map is "" (identity), "scale" or "softcap"."""
-    m = re.search(r"(forward|backward|entropy)_kernelI(13__nv_bfloat16|6__half|f)", name)
+    m = re.search(r"(forward|backward|stats)_kernelI(13__nv_bfloat16|6__half|f)", name)
     if not m:
         return None
     kind = m.group(1)
+    # stats_kernel<T, Map, STATS, 256>: STATS false is the entropy pass alone.
+    if kind == "stats":
+        kind = "stats" if re.search(r"Lb1ELi\d+E", name[m.end():]) else "entropy"
     dname, size = DTYPES[m.group(2)]
     out_size = size
     # backward_kernel<T, Out, Map, 256>: Out is mangled S3_ (the same type as T) or f.
@@ -258,7 +261,7 @@ def main():
         if spills > MAX_SPILLS:
             failures.append(f"{label}: {spills} spill instructions/bytes > {MAX_SPILLS}")
 
-    order = {"forward": 0, "backward": 1, "entropy": 2}
+    order = {"forward": 0, "backward": 1, "entropy": 2, "stats": 3}
     rows.sort(key=lambda r: (order[r[0]], r[2]))
     hdr = ["kernel", "loop insns / elems", "SASS/elem", "MUFU/elem", "16B loads in flight",
            "regs", "spills"] + [f"{c[0]} issue% / MUFU% -> ceiling" for c in CARDS]

@@ -13,7 +13,7 @@
 // These are the two passes of fused_linear_step (geopref/cuda/fused_linear.cuh)
 // with the pair step left out: per chunk of rows, Z_c = H_c·Wᵀ + b (cuBLAS,
 // fp32 accumulation, rounded to the input dtype), then forward_kernel
-// (→ combine_kernel) (→ entropy_kernel) for the forward, or backward_kernel
+// (→ combine_kernel) (→ stats_kernel) for the forward, or backward_kernel
 // in place with the coefficient g_t and the GEMMs for the backward. The
 // forward costs one GEMM per chunk, the backward three (Z_c again, grad_H_c,
 // grad_W); the memory beyond the caller's buffers is the chunk plus O(N).

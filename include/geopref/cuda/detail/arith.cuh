@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "geopref/config.hpp"
 
@@ -164,6 +165,10 @@ struct identity_map {
     return coef * ex2_ftz(exp2_arg(z, neg_l));
   }
   GEOPREF_HD_INLINE float label_grad(float z, float g, float l) const { return g * expm1f(z - l); }
+  GEOPREF_HD_INLINE float grad2(float z, float c0, float c1, float neg_l) const {
+    const float a = exp2_arg(z, neg_l);
+    return fmaf(c1, fmaxf(a, -256.0f), c0) * ex2_ftz(a);
+  }
 };
 
 /// z' = a·z, a = s/T: the same instruction count as the identity (log₂e is
@@ -181,6 +186,10 @@ struct scale_map {
   }
   GEOPREF_HD_INLINE float label_grad(float z, float g, float l) const {
     return g * a * expm1f(a * z - l);
+  }
+  GEOPREF_HD_INLINE float grad2(float z, float c0, float c1, float neg_l) const {
+    const float x = exp2_arg(z, neg_l);
+    return fmaf(c1, fmaxf(x, -256.0f), c0) * ex2_ftz(x);
   }
 };
 
@@ -238,7 +247,48 @@ struct softcap_map {
     const float th = softcap_tanh<FAST>(u * z);
     return g * slope * fmaf(-th, th, 1.0f) * expm1f(k * th - l);
   }
+  GEOPREF_HD_INLINE float grad2(float z, float c0, float c1, float neg_l) const {
+    const float th = softcap_tanh<FAST>(u * z);
+    const float x = fmaf(th, k_log2e, neg_l);
+    return fmaf(c1, fmaxf(x, -256.0f), c0) * fmaf(-th, th, 1.0f) * ex2_ftz(x);
+  }
 };
+
+/// The backward with an upstream gradient e_t of the entropy H_t as well as
+/// g_t of the log-prob (docs/math.md, "The per-token primitive"):
+///   ∂/∂z′_v = −p_v (g_t + e_t H_t + e_t ln 2 · a_v) + g_t 𝟙[v = y_t],
+/// a_v = (z′_v − lse_t)·log₂e, through Map's slope. backward_kernel calls
+/// at_row(t) once per row (Map::ENTROPY), which reads e_t and H_t and forms
+/// c0 = coef(−(g_t + e_t H_t)), c1 = coef(−e_t ln 2); each element is then one
+/// FFMA more than Map::grad. The label column adds the entropy's term,
+/// grad2(z_y, coef(−e_t H_t), c1), to Map's label_grad. A column with p = 0
+/// gives 0 (a is raised to −256 first, where ex2 is already 0).
+template <class Map>
+struct with_entropy {
+  static constexpr bool SOFTCAP = Map::SOFTCAP;
+  Map base;
+  const float* egrad = nullptr;    // [N] e_t, checked (0 for unscored rows)
+  const float* entropy = nullptr;  // [N] H_t, the forward's
+  float c1 = 0.0f, ce = 0.0f, eh = 0.0f;
+  GEOPREF_HD_INLINE void at_row(int64_t t) {
+    const float e = egrad[t];
+    eh = e * entropy[t];
+    c1 = base.coef(-e * LN2);
+    ce = base.coef(-eh);
+  }
+  GEOPREF_HD_INLINE float coef(float neg_g) const { return base.coef(neg_g - eh); }
+  GEOPREF_HD_INLINE float grad(float z, float coef, float neg_l) const {
+    return base.grad2(z, coef, c1, neg_l);
+  }
+  GEOPREF_HD_INLINE float label_grad(float z, float g, float l) const {
+    return base.label_grad(z, g, l) + base.grad2(z, ce, c1, -(l * LOG2E));
+  }
+};
+
+template <class Map>
+struct has_entropy_upstream : std::false_type {};
+template <class Map>
+struct has_entropy_upstream<with_entropy<Map>> : std::true_type {};
 
 // ---------------------------------------------------------------------------
 // Row partition.

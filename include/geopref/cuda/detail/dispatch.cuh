@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "geopref/cuda/args.cuh"
 #include "geopref/cuda/detail/kernels.cuh"
@@ -211,18 +212,34 @@ inline status copy_rows(const workspace_view& ws, int64_t n, float* lse, float* 
 
 /// The one backward pass over N > 0 rows, for every caller: grid (N, splits)
 /// of backward_kernel from the label columns [N] (−1: unscored, zero row),
-/// one coefficient per row g_t [N] and lse [N].
+/// one coefficient per row g_t [N] and lse [N]. ENTROPY_UPSTREAM (the
+/// per-token primitive only): also the entropy's upstream e_t [N] (checked,
+/// 0 for unscored rows) and the forward's H_t [N] (with_entropy, arith.cuh).
+template <bool ENTROPY_UPSTREAM = false>
 inline status enqueue_row_backward(const void* logits, dtype logits_dtype, int64_t n_rows,
                                    int64_t vocab, int64_t ld, const logit_transform& transform,
                                    int splits, const int32_t* cols, const float* row_grad,
                                    const float* lse, void* grad_logits, int64_t grad_ld,
-                                   bool grad_float32, cudaStream_t stream) {
+                                   bool grad_float32, cudaStream_t stream,
+                                   const float* row_egrad = nullptr,
+                                   const float* entropy = nullptr) {
   return visit_dtype(logits_dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(splits));
     const auto* z = static_cast<const T*>(logits);
-    return visit_map<T>(transform, [&](auto map) {
-      using Map = decltype(map);
+    return visit_map<T>(transform, [&](auto base) {
+      const auto map = [&] {
+        if constexpr (ENTROPY_UPSTREAM) {
+          with_entropy<decltype(base)> m;
+          m.base = base;
+          m.egrad = row_egrad;
+          m.entropy = entropy;
+          return m;
+        } else {
+          return base;
+        }
+      }();
+      using Map = std::remove_const_t<decltype(map)>;
       if (grad_float32) {
         launch(backward_kernel<T, float, Map, BLOCK>, grid, BLOCK, stream, z, ld, vocab, cols,
                row_grad, lse, static_cast<float*>(grad_logits), grad_ld, map);

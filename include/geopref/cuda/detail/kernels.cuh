@@ -16,10 +16,10 @@
 //                    per-token primitive's backward, shared by every caller
 //
 // The per-token primitive (token_kernels.cuh) adds token_rows_kernel (labels
-// and g_t per row, no sequences) and entropy_kernel.
+// and g_t per row, no sequences) and stats_kernel (entropy, statistics).
 //
 // Only forward_kernel and backward_kernel (and the per-token primitive's
-// optional entropy_kernel) touch the N × V logits; the others are O(N + S + P). All indices into N × V buffers are 64-bit.
+// optional stats_kernel) touch the N × V logits; the others are O(N + S + P). All indices into N × V buffers are 64-bit.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -670,6 +670,7 @@ GEOPREF_UNROLL
 
   const float g = row_grad[t];
   const float l = lse[t];
+  if constexpr (has_entropy_upstream<Map>::value) map.at_row(t);  // with_entropy (arith.cuh)
   const float neg_g = -g, neg_l2 = -(l * LOG2E), coef = map.coef(neg_g);
   const bool has_label = c >= cr.begin && c < cr.end;  // this split writes the label's column
   float z_label = 0.0f;

@@ -147,7 +147,7 @@ inline bool rows_meet_workspace(std::initializer_list<const float*> arrays, int6
 
 /// The forward over every chunk, through fused_linear's chunk loop: Z_c and
 /// forward_kernel (chunk_forward, writing through `out`: the caller's lse
-/// and ℓ_t), combine_kernel for split rows, entropy_kernel when asked.
+/// and ℓ_t), combine_kernel for split rows, stats_kernel (the entropy) when asked.
 template <class T>
 inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
                                    const linear_layout& l, const workspace_view& ws,
@@ -164,9 +164,11 @@ inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
     if (st != status::success) return st;
     if (entropy != nullptr) {
       st = visit_map<T>(in.logit_transform, [&](auto map) {
-        launch(entropy_kernel<T, decltype(map), BLOCK>, static_cast<unsigned>(rows), BLOCK,
+        token_stats_out o;
+        o.entropy = entropy + r0;
+        launch(stats_kernel<T, decltype(map), false, BLOCK>, static_cast<unsigned>(rows), BLOCK,
                stream, static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
-               static_cast<const float*>(lse + r0), entropy + r0, map);
+               static_cast<const float*>(lse + r0), o, map);
         return last_launch();
       });
       if (st != status::success) return status::cuda_error;

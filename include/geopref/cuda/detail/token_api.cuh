@@ -133,8 +133,10 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
                                          ws.cols, lse, args.token_logps, ws.partials, stream);
     if (f != status::success || args.entropy == nullptr) return f;
     return visit_map<T>(r.logit_transform, [&](auto map) {
-      launch(entropy_kernel<T, decltype(map), BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK,
-             stream, z, r.ld, r.vocab, ws.cols, static_cast<const float*>(lse), args.entropy, map);
+      token_stats_out out;
+      out.entropy = args.entropy;
+      launch(stats_kernel<T, decltype(map), false, BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK,
+             stream, z, r.ld, r.vocab, ws.cols, static_cast<const float*>(lse), out, map);
       return last_launch() == status::success ? status::success : status::cuda_error;
     });
   });
