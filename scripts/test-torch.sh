@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The PyTorch package (bindings/torch) from this clone: installs torch and
-# pytest from PyPI when they are missing, builds and installs geopref-torch
+# The PyTorch package (bindings/torch) from this clone: installs torch,
+# pytest and the pinned TRL and transformers when they are missing, builds and installs geopref-torch
 # the way a user does (pip install --no-build-isolation ./bindings/torch), then
 # runs its tests (bindings/torch/tests). Without a visible GPU only the CPU
 # operators are compiled (setup.py's automatic choice; GEOPREF_TORCH_CUDA=0/1
@@ -17,6 +17,10 @@ echo "== torch package: dependencies =="
 # the 2.15 series these tests were written against, with its CUDA libraries
 # (its import needs them even on CPU).
 "$py" -m pip install -q --disable-pip-version-check "torch==2.15.*" pytest ninja "setuptools>=64" wheel
+# The TRL release the TRL tests and docs/math.md describe, and the
+# transformers it is run with (current releases on 2026-12-07); their tests
+# build a tiny model locally and download nothing.
+"$py" -m pip install -q --disable-pip-version-check "trl==1.16.0" "transformers==5.25.0"
 t1=$(date +%s)
 
 echo "== torch package: pip install --no-build-isolation ./bindings/torch =="
