@@ -178,17 +178,28 @@ status from_c(const C* c, typename c_args<C>::cpp* o) {
 
 // ---- The blocks and argument structs both translation units use.
 
-// geopref_options: its members follow GEOPREF_OPTIONS_FIELDS (checked in
-// geopref/c_options.hpp, which converts them, not in the list's order); ABI 1.0
-// is today's layout, so read_args needs no member spans.
+// geopref_options: GEOPREF_OPTIONS_FIELDS (geopref/c_options.hpp) checks its
+// members' types and converts them; the list's order is not the C order, so
+// the members are listed here again in the C order, for the layout check and
+// for read_args to know where each begins (a field appended to the options
+// fails the check until it is listed here, at the end).
+#define GEOPREF_C_OPTIONS_MEMBERS(X)                                                           \
+  X(loss, ) X(beta, ) X(alpha, ) X(gamma, ) X(epsilon, ) X(tau, ) X(reduction, )              \
+  X(normalizer, ) X(average_logps, ) X(ignore_index, ) X(bco_delta, ) X(transform, )          \
+  X(f_alpha, ) X(geometric, ) X(n_terms, ) X(terms, ) X(term_weights, ) X(nll_tokens, )       \
+  X(nll_weight, )
 template <>
 struct c_args<geopref_options> {
+  using C = geopref_options;
   using cpp = geopref::options;
   static constexpr std::size_t size_1_0 = GEOPREF_OPTIONS_SIZE_1_0;
-  static constexpr field_span spans[] = {{0, 0, 1}};  // never matched: n >= size_1_0 > 0
+  static constexpr field_span spans[] = {GEOPREF_C_OPTIONS_MEMBERS(GEOPREF_C_SPAN)};
   static void init(geopref_options* c) { geopref_options_init(c); }
   static status convert(const geopref_options& c, cpp* o) { return geopref::from_c(c, o); }
 };
+static_assert(tiles(c_args<geopref_options>::spans, sizeof(std::size_t), sizeof(geopref_options),
+                    alignof(geopref_options)),
+              "geopref_options's members differ from GEOPREF_C_OPTIONS_MEMBERS");
 
 /// The C options as C++ ones, read by struct_size, then one conversion per
 /// field of GEOPREF_OPTIONS_FIELDS (out-of-range enum values map to the status
