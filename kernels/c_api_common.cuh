@@ -9,11 +9,13 @@
 // such as tokens.logit_transform where the C++ side nests it). From the list
 //   - a static_assert that the members tile the C struct: each starts where the
 //     previous one ends (after its alignment padding) and the last ends the
-//     struct, so the C struct has no member the list lacks, in any order;
+//     struct, so the list names every member of the C struct, in its order;
 //   - from_c(const C&, Cpp*): one conversion per member, chosen by the two
 //     types (the same type: assigned; an int to an enum: checked, then cast;
 //     an int to bool; a block: its own list), the first failure's status.
 // A member added to a C struct without its list entry fails to compile here.
+// (The C++ side is not enumerable: a C++ member no list names keeps its
+// default, which is what the C ABI gives for a field it does not carry.)
 #pragma once
 
 #include <cstddef>
@@ -32,10 +34,6 @@ namespace geopref::c_abi {
 /// Where a member of a C struct lies.
 struct field_span {
   std::size_t offset, size, align;
-};
-struct field_spans {
-  const field_span* data;
-  std::size_t n;
 };
 
 constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }

@@ -518,7 +518,9 @@ typedef struct geopref_vocab_linear_train_args {
 } geopref_vocab_linear_train_args;
 
 /* The sizes of the ABI 1.0 layouts: the smallest struct_size each entry
- * accepts (what a caller compiled against 1.0 headers passes). */
+ * accepts (what a caller compiled against 1.0 headers passes): offsetof the
+ * first field appended after 1.0, or sizeof for a struct that has not grown
+ * (its first appended field changes the macro to offsetof that field). */
 #define GEOPREF_OPTIONS_SIZE_1_0 sizeof(geopref_options)
 #define GEOPREF_TRAIN_ARGS_SIZE_1_0 offsetof(geopref_train_args, logit_transform)
 #define GEOPREF_LOGPS_ARGS_SIZE_1_0 offsetof(geopref_logps_args, logit_transform)
