@@ -38,6 +38,7 @@ static_assert(GEOPREF_UNSUPPORTED_DTYPE == static_cast<int>(status::unsupported_
 static_assert(GEOPREF_CUDA_ERROR == static_cast<int>(status::cuda_error));
 static_assert(GEOPREF_HOST_LAYOUT_MISMATCH == static_cast<int>(status::host_layout_mismatch));
 static_assert(GEOPREF_INVALID_LOGIT_TRANSFORM == static_cast<int>(status::invalid_logit_transform));
+static_assert(GEOPREF_INVALID_STRUCT_SIZE == static_cast<int>(status::invalid_struct_size));
 static_assert(GEOPREF_INTERNAL_ERROR == static_cast<int>(status::internal_error));
 static_assert(GEOPREF_FLOAT32 == static_cast<int>(gc::dtype::float32));
 static_assert(GEOPREF_FLOAT16 == static_cast<int>(gc::dtype::float16));
@@ -87,51 +88,6 @@ GEOPREF_SAME_OFFSET(calibration_error);
 
 }  // namespace
 
-namespace {
-using namespace geopref::c_abi;
-
-status to_tokens(const geopref_tokens& c, gc::token_inputs* t) {
-  if (!valid_dtype(c.logits_dtype) || !valid_index_type(c.label_type) ||
-      !valid_index_type(c.offset_type))
-    return status::unsupported_dtype;
-  t->logits = c.logits;
-  t->logits_dtype = static_cast<gc::dtype>(c.logits_dtype);
-  t->n_rows = c.n_rows;
-  t->vocab = c.vocab;
-  t->ld = c.ld;
-  t->logit_transform = to_logit_transform(c.logit_transform);
-  copy_sequences(c, t);
-  return status::success;
-}
-
-status to_train(const geopref_train_args& c, gc::train_args* a) {
-  const status s = to_tokens(c.tokens, &a->tokens);
-  if (s != status::success) return s;
-  copy_pair_fields(c, a);
-  a->grad_logits = c.grad_logits;
-  a->grad_ld = c.grad_ld;
-  a->grad_float32 = c.grad_float32 != 0;
-  return status::success;
-}
-
-status to_logps(const geopref_logps_args& c, gc::logps_args* a) {
-  const status s = to_tokens(c.tokens, &a->tokens);
-  if (s != status::success) return s;
-  copy_seq_outputs(c, a);
-  return status::success;
-}
-
-status to_grad(const geopref_grad_args& c, gc::grad_args* a) {
-  const status s = to_tokens(c.tokens, &a->tokens);
-  if (s != status::success) return s;
-  a->lse = c.lse;
-  a->grad_seq_logps = c.grad_seq_logps;
-  a->grad_logits = c.grad_logits;
-  a->grad_ld = c.grad_ld;
-  a->grad_float32 = c.grad_float32 != 0;
-  return status::success;
-}
-
 static_assert(sizeof(geopref_metric_sums) == sizeof(geopref::metric_sums));
 static_assert(offsetof(geopref_metric_sums, pairs) == offsetof(geopref::metric_sums, pairs));
 
@@ -139,89 +95,105 @@ static_assert(offsetof(geopref_metric_sums, pairs) == offsetof(geopref::metric_s
 static_assert(sizeof(geopref_vocab_record) == sizeof(gc::vocab_record));
 static_assert(offsetof(geopref_vocab_record, tag) == offsetof(gc::vocab_record, tag));
 
-status to_vocab_stats(const geopref_vocab_stats_args& c, gc::vocab_stats_args* a) {
-  copy_vocab_fields(c, a);
-  return to_tokens(c.tokens, &a->tokens);
-}
+// The C structs of this translation unit, member by member in their order, and
+// the C++ members they become (kernels/c_api_common.cuh makes the layout checks
+// and the conversions). The logit transform, appended to the argument structs
+// in ABI 1.1, lives in the C++ blocks.
+namespace geopref::c_abi {
 
-status to_vocab_train(const geopref_vocab_train_args& c, gc::vocab_train_args* a) {
-  copy_vocab_fields(c, a);
-  return to_train(c.train, &a->train);
-}
+#define GEOPREF_C_TOKENS_FIELDS(X)                                                             \
+  X(logits, logits) X(logits_dtype, logits_dtype) X(n_rows, n_rows) X(vocab, vocab) X(ld, ld) \
+  X(labels, labels) X(label_type, label_type) X(offsets, offsets)                             \
+  X(offset_type, offset_type) X(n_seqs, n_seqs) X(token_weights, token_weights)
+GEOPREF_C_BLOCK(geopref_tokens, cuda::token_inputs, GEOPREF_C_TOKENS_FIELDS)
 
-status to_rows(const geopref_token_rows& c, gc::token_rows* r) {
-  if (!valid_dtype(c.logits_dtype) || !valid_index_type(c.label_type))
-    return status::unsupported_dtype;
-  r->logits = c.logits;
-  r->logits_dtype = static_cast<gc::dtype>(c.logits_dtype);
-  r->n_rows = c.n_rows;
-  r->vocab = c.vocab;
-  r->ld = c.ld;
-  r->labels = c.labels;
-  r->label_type = static_cast<gc::index_type>(c.label_type);
-  r->ignore_index = c.ignore_index;
-  r->logit_transform = to_logit_transform(c.logit_transform);
-  return status::success;
-}
+#define GEOPREF_C_TOKEN_ROWS_FIELDS(X)                                                         \
+  X(logits, logits) X(logits_dtype, logits_dtype) X(n_rows, n_rows) X(vocab, vocab) X(ld, ld) \
+  X(labels, labels) X(label_type, label_type) X(ignore_index, ignore_index)
+GEOPREF_C_BLOCK(geopref_token_rows, cuda::token_rows, GEOPREF_C_TOKEN_ROWS_FIELDS)
 
-status to_token_logps(const geopref_token_logps_args& c, gc::token_logps_args* a) {
-  a->token_logps = c.token_logps;
-  a->lse = c.lse;
-  a->entropy = c.entropy;
-  return to_rows(c.rows, &a->rows);
-}
+#define GEOPREF_C_LOGPS_ARGS_FIELDS(X)                                                 \
+  X(tokens, tokens) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
+  X(token_logps, token_logps) X(lse, lse) X(logit_transform, tokens.logit_transform)
+GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args, GEOPREF_C_LOGPS_ARGS_FIELDS,
+               geopref_logps_args_init, GEOPREF_LOGPS_ARGS_SIZE_1_0)
 
-status to_token_grad(const geopref_token_grad_args& c, gc::token_grad_args* a) {
-  a->lse = c.lse;
-  a->grad_token_logps = c.grad_token_logps;
-  a->grad_logits = c.grad_logits;
-  a->grad_ld = c.grad_ld;
-  a->grad_float32 = c.grad_float32 != 0;
-  return to_rows(c.rows, &a->rows);
-}
+#define GEOPREF_C_TRAIN_ARGS_FIELDS(X)                                                      \
+  X(tokens, tokens) X(n_pairs, n_pairs) X(pairs, pairs) X(soft_labels, soft_labels)        \
+  X(ref_logps, ref_logps) X(weights, weights) X(grad_loss, grad_loss)                      \
+  X(grad_output, grad_output) X(loss, loss) X(stats, stats) X(seq_logps, seq_logps)        \
+  X(seq_counts, seq_counts) X(token_logps, token_logps) X(lse, lse)                        \
+  X(grad_seq_logps, grad_seq_logps) X(grad_logits, grad_logits) X(grad_ld, grad_ld)        \
+  X(grad_float32, grad_float32) X(stat_sums, stat_sums)                                    \
+  X(logit_transform, tokens.logit_transform)
+GEOPREF_C_ARGS(geopref_train_args, cuda::train_args, GEOPREF_C_TRAIN_ARGS_FIELDS,
+               geopref_train_args_init, GEOPREF_TRAIN_ARGS_SIZE_1_0)
 
-geopref_status train_step(void* workspace, size_t* bytes, const geopref_train_args* args,
-                          const geopref_options* opt, cudaStream_t stream) {
-  return call(to_train, gc::train_step, workspace, bytes, args, opt, stream);
-}
+#define GEOPREF_C_GRAD_ARGS_FIELDS(X)                                                       \
+  X(tokens, tokens) X(lse, lse) X(grad_seq_logps, grad_seq_logps)                          \
+  X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)            \
+  X(logit_transform, tokens.logit_transform)
+GEOPREF_C_ARGS(geopref_grad_args, cuda::grad_args, GEOPREF_C_GRAD_ARGS_FIELDS,
+               geopref_grad_args_init, GEOPREF_GRAD_ARGS_SIZE_1_0)
 
-geopref_status sequence_logps(void* workspace, size_t* bytes, const geopref_logps_args* args,
-                              const geopref_options* opt, cudaStream_t stream) {
-  return call(to_logps, gc::sequence_logps, workspace, bytes, args, opt, stream);
-}
+#define GEOPREF_C_VOCAB_STATS_ARGS_FIELDS(X) \
+  X(tokens, tokens) X(slice, slice) X(records, records) X(logit_transform, tokens.logit_transform)
+GEOPREF_C_ARGS(geopref_vocab_stats_args, cuda::vocab_stats_args,
+               GEOPREF_C_VOCAB_STATS_ARGS_FIELDS, geopref_vocab_stats_args_init,
+               GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0)
 
-geopref_status logits_grad(void* workspace, size_t* bytes, const geopref_grad_args* args,
-                           const geopref_options* opt, cudaStream_t stream) {
-  return call(to_grad, gc::logits_grad, workspace, bytes, args, opt, stream);
-}
+// `train` is a pointer to a geopref_train_args, read by its own struct_size.
+#define GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
+GEOPREF_C_ARGS(geopref_vocab_train_args, cuda::vocab_train_args,
+               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, geopref_vocab_train_args_init,
+               GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0)
 
-geopref_status vocab_stats(void* workspace, size_t* bytes, const geopref_vocab_stats_args* args,
-                           const geopref_options* opt, cudaStream_t stream) {
-  return call(to_vocab_stats, gc::vocab_parallel_stats, workspace, bytes, args, opt, stream);
-}
+#define GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS(X)                                       \
+  X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
+  X(logit_transform, rows.logit_transform)
+GEOPREF_C_ARGS(geopref_token_logps_args, cuda::token_logps_args,
+               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, geopref_token_logps_args_init,
+               GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
 
-geopref_status vocab_train(void* workspace, size_t* bytes, const geopref_vocab_train_args* args,
-                           const geopref_options* opt, cudaStream_t stream) {
-  using entry_t = status (*)(void*, size_t&, const gc::vocab_train_args&, const geopref::options&,
-                             cudaStream_t);
-  const entry_t entry = gc::vocab_parallel_train_step;
-  return call(to_vocab_train, entry, workspace, bytes, args, opt, stream);
-}
+#define GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS(X)                                              \
+  X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                       \
+  X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)         \
+  X(logit_transform, rows.logit_transform)
+GEOPREF_C_ARGS(geopref_token_grad_args, cuda::token_grad_args, GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS,
+               geopref_token_grad_args_init, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0)
+
+// ABI 1.0 is frozen: on LP64 its sizes are these for good (a field appended
+// to a struct without moving its SIZE_1_0 macro to offsetof the new field,
+// or a change to a frozen block, fails here).
+static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
+                                     GEOPREF_LOGPS_ARGS_SIZE_1_0 == 128 &&
+                                     GEOPREF_TRAIN_ARGS_SIZE_1_0 == 240 &&
+                                     GEOPREF_GRAD_ARGS_SIZE_1_0 == 136 &&
+                                     GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0 == 128 &&
+                                     GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0 == 48 &&
+                                     GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0 == 96 &&
+                                     GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0 == 112),
+              "the ABI 1.0 layouts are frozen");
+
+}  // namespace geopref::c_abi
+
+namespace {
+using namespace geopref::c_abi;
 
 // The defaults the *_args_init functions set in a zeroed struct.
 void init_tokens(geopref_tokens* t) {
   t->logits_dtype = GEOPREF_FLOAT32;
   t->label_type = GEOPREF_INT64;
   t->offset_type = GEOPREF_INT64;
-  t->logit_transform = default_logit_transform();
 }
 
 void init_rows(geopref_token_rows* r) {
   r->logits_dtype = GEOPREF_FLOAT32;
   r->label_type = GEOPREF_INT64;
   r->ignore_index = geopref::options{}.ignore_index;
-  r->logit_transform = default_logit_transform();
 }
+
+void init_slice(geopref_vocab_slice* s) { s->n_ranks = gc::vocab_slice{}.n_ranks; }
 
 }  // namespace
 
@@ -235,92 +207,140 @@ void geopref_options_init(geopref_options* opt) {
 void geopref_train_args_init(geopref_train_args* args) {
   if (args == nullptr) return;
   *args = geopref_train_args{};
+  args->struct_size = sizeof *args;
   init_tokens(&args->tokens);
   args->grad_loss = 1.0;
+  args->logit_transform = default_logit_transform();
 }
 
 void geopref_logps_args_init(geopref_logps_args* args) {
   if (args == nullptr) return;
   *args = geopref_logps_args{};
+  args->struct_size = sizeof *args;
   init_tokens(&args->tokens);
+  args->logit_transform = default_logit_transform();
 }
 
 void geopref_grad_args_init(geopref_grad_args* args) {
   if (args == nullptr) return;
   *args = geopref_grad_args{};
+  args->struct_size = sizeof *args;
   init_tokens(&args->tokens);
+  args->logit_transform = default_logit_transform();
+}
+
+void geopref_vocab_stats_args_init(geopref_vocab_stats_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_vocab_stats_args{};
+  args->struct_size = sizeof *args;
+  init_tokens(&args->tokens);
+  init_slice(&args->slice);
+  args->logit_transform = default_logit_transform();
+}
+
+void geopref_vocab_train_args_init(geopref_vocab_train_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_vocab_train_args{};
+  args->struct_size = sizeof *args;
+  init_slice(&args->slice);
 }
 
 void geopref_token_logps_args_init(geopref_token_logps_args* args) {
   if (args == nullptr) return;
   *args = geopref_token_logps_args{};
+  args->struct_size = sizeof *args;
   init_rows(&args->rows);
+  args->logit_transform = default_logit_transform();
 }
 
 void geopref_token_grad_args_init(geopref_token_grad_args* args) {
   if (args == nullptr) return;
   *args = geopref_token_grad_args{};
+  args->struct_size = sizeof *args;
   init_rows(&args->rows);
-}
-
-geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
-                                   const geopref_token_logps_args* args, geopref_stream_t stream) {
-  return call(to_token_logps, gc::token_logps, workspace, workspace_bytes, args, stream);
-}
-
-geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
-                                        const geopref_token_grad_args* args,
-                                        geopref_stream_t stream) {
-  return call(to_token_grad, gc::token_logps_grad, workspace, workspace_bytes, args, stream);
-}
-
-geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
-                                                 const geopref_options* opt,
-                                                 size_t* workspace_bytes) {
-  return train_step(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_sequence_logps_workspace_size(const geopref_logps_args* args,
-                                                     const geopref_options* opt,
-                                                     size_t* workspace_bytes) {
-  return sequence_logps(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
-                                                  const geopref_options* opt,
-                                                  size_t* workspace_bytes) {
-  return logits_grad(nullptr, workspace_bytes, args, opt, nullptr);
+  args->logit_transform = default_logit_transform();
 }
 
 geopref_status geopref_train_step(void* workspace, size_t* workspace_bytes,
                                   const geopref_train_args* args, const geopref_options* opt,
                                   geopref_stream_t stream) {
-  return train_step(workspace, workspace_bytes, args, opt, stream);
+  return call(gc::train_step, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_sequence_logps(void* workspace, size_t* workspace_bytes,
                                       const geopref_logps_args* args, const geopref_options* opt,
                                       geopref_stream_t stream) {
-  return sequence_logps(workspace, workspace_bytes, args, opt, stream);
+  return call(gc::sequence_logps, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_logits_grad(void* workspace, size_t* workspace_bytes,
                                    const geopref_grad_args* args, const geopref_options* opt,
                                    geopref_stream_t stream) {
-  return logits_grad(workspace, workspace_bytes, args, opt, stream);
+  return call(gc::logits_grad, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_vocab_parallel_stats(void* workspace, size_t* workspace_bytes,
                                             const geopref_vocab_stats_args* args,
                                             const geopref_options* opt, geopref_stream_t stream) {
-  return vocab_stats(workspace, workspace_bytes, args, opt, stream);
+  return call(gc::vocab_parallel_stats, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_vocab_parallel_train_step(void* workspace, size_t* workspace_bytes,
                                                  const geopref_vocab_train_args* args,
                                                  const geopref_options* opt,
                                                  geopref_stream_t stream) {
-  return vocab_train(workspace, workspace_bytes, args, opt, stream);
+  return call(gc::vocab_parallel_train_step, workspace, workspace_bytes, args, opt, stream);
+}
+
+geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
+                                   const geopref_token_logps_args* args, geopref_stream_t stream) {
+  return call(gc::token_logps, workspace, workspace_bytes, args, stream);
+}
+
+geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
+                                        const geopref_token_grad_args* args,
+                                        geopref_stream_t stream) {
+  return call(gc::token_logps_grad, workspace, workspace_bytes, args, stream);
+}
+
+// Every entry's size query: the entry with a NULL workspace and stream.
+geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
+                                                 const geopref_options* opt,
+                                                 size_t* workspace_bytes) {
+  return geopref_train_step(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_sequence_logps_workspace_size(const geopref_logps_args* args,
+                                                     const geopref_options* opt,
+                                                     size_t* workspace_bytes) {
+  return geopref_sequence_logps(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
+                                                  const geopref_options* opt,
+                                                  size_t* workspace_bytes) {
+  return geopref_logits_grad(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_vocab_parallel_stats_workspace_size(const geopref_vocab_stats_args* args,
+                                                           const geopref_options* opt,
+                                                           size_t* workspace_bytes) {
+  return geopref_vocab_parallel_stats(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_vocab_parallel_train_step_workspace_size(
+    const geopref_vocab_train_args* args, const geopref_options* opt, size_t* workspace_bytes) {
+  return geopref_vocab_parallel_train_step(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_token_logps_workspace_size(const geopref_token_logps_args* args,
+                                                  size_t* workspace_bytes) {
+  return geopref_token_logps(nullptr, workspace_bytes, args, nullptr);
+}
+
+geopref_status geopref_token_logps_grad_workspace_size(const geopref_token_grad_args* args,
+                                                       size_t* workspace_bytes) {
+  return geopref_token_logps_grad(nullptr, workspace_bytes, args, nullptr);
 }
 
 geopref_status geopref_device_status(const void* workspace, geopref_stream_t stream,

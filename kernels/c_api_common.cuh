@@ -1,17 +1,25 @@
 // kernels/c_api_common.cuh — internal to kernels/ (never installed): what the
 // two translation units of the C ABI (c_api.cu, and c_api_linear.cu, which
-// alone links cuBLAS) share: the shape of an entry (null checks, C structs to
-// C++ ones, the C++ call, its status as an int) and the conversions of the
-// field groups that several C structs have in common with their C++ twins.
+// alone links cuBLAS) share: reading an argument struct by its struct_size
+// (ABI 1.0, geopref/c_api.h), the C-to-C++ conversion generated from one field
+// list per C struct, and the shape of an entry.
 //
-// The copy_* helpers are templates over the C struct and the C++ struct
-// because the groups repeat by name (geopref_train_args and
-// geopref_linear_train_args carry the same pair fields, geopref_tokens and
-// geopref_linear_inputs the same sequence fields): one list of fields, so a
-// field added to a group on one side cannot be forgotten on the other.
+// Each C struct has a field list, X(c_member, cpp_member): every member of the
+// C struct after struct_size, in order, with the C++ member it becomes (a path
+// such as tokens.logit_transform where the C++ side nests it). From the list
+//   - a static_assert that the members tile the C struct: each starts where the
+//     previous one ends (after its alignment padding) and the last ends the
+//     struct, so the list names every member of the C struct, in its order;
+//   - from_c(const C&, Cpp*): one conversion per member, chosen by the two
+//     types (the same type: assigned; an int to an enum: checked, then cast;
+//     an int to bool; a block: its own list), the first failure's status.
+// A member added to a C struct without its list entry fails to compile here.
+// (The C++ side is not enumerable: a C++ member no list names keeps its
+// default, which is what the C ABI gives for a field it does not carry.)
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <type_traits>
 
 #include "geopref/c_api.h"
@@ -23,42 +31,193 @@
 
 namespace geopref::c_abi {
 
-// The C options to C++ ones, generated from GEOPREF_OPTIONS_FIELDS
-// (geopref/c_options.hpp, which also checks geopref_options against the
-// list). Out-of-range enum values from C are not cast blindly: each maps to
-// the status the C++ API gives for an unknown value.
-inline status to_options(const geopref_options& c, geopref::options* o) {
-  return geopref::from_c(c, o);
+/// Where a member of a C struct lies.
+struct field_span {
+  std::size_t offset, size, align;
+};
+
+constexpr std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+/// True when the members tile [start, total): no gap but alignment padding.
+template <std::size_t N>
+constexpr bool tiles(const field_span (&f)[N], std::size_t start, std::size_t total,
+                     std::size_t align) {
+  std::size_t end = start;
+  for (std::size_t k = 0; k < N; ++k) {
+    if (f[k].offset != align_up(end, f[k].align)) return false;
+    end = f[k].offset + f[k].size;
+  }
+  return align_up(end, align) == total;
 }
 
-// An int from C that names a dtype / an index type (checked before the cast).
-inline bool valid_dtype(int t) { return t >= GEOPREF_FLOAT32 && t <= GEOPREF_BFLOAT16; }
-inline bool valid_index_type(int t) { return t >= GEOPREF_INT32 && t <= GEOPREF_INT64; }
+// ---- Leaf conversions, by the C member's type and the C++ member's.
+template <class T>
+status from_c(const T& c, T* o) {
+  *o = c;
+  return status::success;
+}
+inline status from_c(int c, bool* o) {
+  *o = c != 0;
+  return status::success;
+}
+inline status from_c(int c, cuda::dtype* o) {
+  if (c < GEOPREF_FLOAT32 || c > GEOPREF_BFLOAT16) return status::unsupported_dtype;
+  *o = static_cast<cuda::dtype>(c);
+  return status::success;
+}
+inline status from_c(int c, cuda::index_type* o) {
+  if (c < GEOPREF_INT32 || c > GEOPREF_INT64) return status::unsupported_dtype;
+  *o = static_cast<cuda::index_type>(c);
+  return status::success;
+}
+// The device structs cross as they are (c_api.cu checks their layouts).
+inline status from_c(geopref_metrics* c, geopref::metrics** o) {
+  *o = reinterpret_cast<geopref::metrics*>(c);
+  return status::success;
+}
+inline status from_c(geopref_metric_sums* c, geopref::metric_sums** o) {
+  *o = reinterpret_cast<geopref::metric_sums*>(c);
+  return status::success;
+}
+inline status from_c(geopref_vocab_record* c, cuda::vocab_record** o) {
+  *o = reinterpret_cast<cuda::vocab_record*>(c);
+  return status::success;
+}
+inline status from_c(const geopref_vocab_record* c, const cuda::vocab_record** o) {
+  *o = reinterpret_cast<const cuda::vocab_record*>(c);
+  return status::success;
+}
+
+#define GEOPREF_C_SPAN(c_member, cpp_member) \
+  field_span{offsetof(C, c_member), sizeof(C::c_member), alignof(decltype(C::c_member))},
+#define GEOPREF_C_FROM(c_member, cpp_member) \
+  if (s == status::success) s = from_c(c.c_member, &o->cpp_member);
+
+/// A frozen block (embedded, no struct_size): its layout check and from_c.
+#define GEOPREF_C_BLOCK(CType, CppType, LIST)                                                 \
+  struct CType##_layout {                                                                     \
+    using C = CType;                                                                          \
+    static constexpr field_span spans[] = {LIST(GEOPREF_C_SPAN)};                             \
+  };                                                                                          \
+  static_assert(tiles(CType##_layout::spans, 0, sizeof(CType), alignof(CType)),               \
+                #CType "'s members differ from its field list " #LIST);                       \
+  inline status from_c(const CType& c, CppType* o) {                                          \
+    status s = status::success;                                                               \
+    LIST(GEOPREF_C_FROM)                                                                      \
+    return s;                                                                                 \
+  }
+
+/// What read_args knows of an argument struct C (specialised by GEOPREF_C_ARGS,
+/// inside namespace geopref::c_abi): its C++ twin `cpp`, init (its public init
+/// function), size_1_0, the spans of its members, and convert (the
+/// conversion of a whole struct of this library's layout).
+template <class C>
+struct c_args {};
+
+/// An argument struct (struct_size first, then the list): its layout check,
+/// from_c, its init function and its ABI 1.0 size.
+#define GEOPREF_C_ARGS(CType, CppType, LIST, init_fn, SIZE_1_0)                               \
+  template <>                                                                                 \
+  struct c_args<CType> {                                                                      \
+    using C = CType;                                                                          \
+    using cpp = CppType;                                                                      \
+    static constexpr std::size_t size_1_0 = SIZE_1_0;                                         \
+    static constexpr field_span spans[] = {LIST(GEOPREF_C_SPAN)};                             \
+    static void init(C* c) { init_fn(c); }                                                    \
+    static status convert(const C& c, cpp* o) {                                               \
+      status s = status::success;                                                             \
+      LIST(GEOPREF_C_FROM)                                                                    \
+      return s;                                                                               \
+    }                                                                                         \
+  };                                                                                          \
+  static_assert(offsetof(CType, struct_size) == 0, #CType " must start with struct_size");    \
+  static_assert(tiles(c_args<CType>::spans, sizeof(std::size_t), sizeof(CType),               \
+                      alignof(CType)),                                                        \
+                #CType "'s members differ from its field list " #LIST);                       \
+  static_assert(SIZE_1_0 <= sizeof(CType));
+
+/// The caller's argument struct as this library's layout, reading only the
+/// struct_size bytes the caller has: *local starts with the defaults of the
+/// struct's init function and takes the first min(struct_size, sizeof(C))
+/// bytes. struct_size must be at least the ABI 1.0 size and either end where
+/// a member of the layout this library knows starts (an older layout: the
+/// members from there on keep their defaults) or go past the layout with zero
+/// bytes only (a newer caller that left its newer fields at their zero
+/// defaults); anything else is invalid_struct_size.
+template <class C>
+status read_args(const C* user, C* local) {
+  using traits = c_args<C>;
+  traits::init(local);
+  const std::size_t n = user->struct_size;
+  if (n < traits::size_1_0) return status::invalid_struct_size;
+  if (n < sizeof(C)) {
+    bool at_member = false;
+    for (const field_span& f : traits::spans) at_member = at_member || f.offset == n;
+    if (!at_member) return status::invalid_struct_size;
+  }
+  std::memcpy(static_cast<void*>(local), user, n < sizeof(C) ? n : sizeof(C));
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(user);
+  for (std::size_t k = sizeof(C); k < n; ++k)
+    if (bytes[k] != 0) return status::invalid_struct_size;
+  local->struct_size = sizeof(C);
+  return status::success;
+}
+
+/// An argument struct by pointer, read by its own struct_size, converted: what
+/// every entry does with its arguments, and a vocab-parallel step with the
+/// train arguments it points to (required).
+template <class C>
+status from_c(const C* c, typename c_args<C>::cpp* o) {
+  if (c == nullptr) return status::null_pointer;
+  C local;
+  const status s = read_args(c, &local);
+  return s == status::success ? c_args<C>::convert(local, o) : s;
+}
+
+// ---- The blocks and argument structs both translation units use.
+
+// geopref_options: GEOPREF_OPTIONS_FIELDS (geopref/c_options.hpp) checks its
+// members' types and converts them; the list's order is not the C order, so
+// the members are listed here again in the C order, for the layout check and
+// for read_args to know where each begins (a field appended to the options
+// fails the check until it is listed here, at the end).
+#define GEOPREF_C_OPTIONS_MEMBERS(X)                                                           \
+  X(loss, ) X(beta, ) X(alpha, ) X(gamma, ) X(epsilon, ) X(tau, ) X(reduction, )              \
+  X(normalizer, ) X(average_logps, ) X(ignore_index, ) X(bco_delta, ) X(transform, )          \
+  X(f_alpha, ) X(geometric, ) X(n_terms, ) X(terms, ) X(term_weights, ) X(nll_tokens, )       \
+  X(nll_weight, )
+template <>
+struct c_args<geopref_options> {
+  using C = geopref_options;
+  using cpp = geopref::options;
+  static constexpr std::size_t size_1_0 = GEOPREF_OPTIONS_SIZE_1_0;
+  static constexpr field_span spans[] = {GEOPREF_C_OPTIONS_MEMBERS(GEOPREF_C_SPAN)};
+  static void init(geopref_options* c) { geopref_options_init(c); }
+  static status convert(const geopref_options& c, cpp* o) { return geopref::from_c(c, o); }
+};
+static_assert(tiles(c_args<geopref_options>::spans, sizeof(std::size_t), sizeof(geopref_options),
+                    alignof(geopref_options)),
+              "geopref_options's members differ from GEOPREF_C_OPTIONS_MEMBERS");
+
+/// The C options as C++ ones, read by struct_size, then one conversion per
+/// field of GEOPREF_OPTIONS_FIELDS (out-of-range enum values map to the status
+/// the C++ API gives for an unknown value, never to a blind cast).
+inline status to_options(const geopref_options* c, geopref::options* o) { return from_c(c, o); }
 
 // geopref_logit_transform is geopref::logit_transform field for field: both
-// come from GEOPREF_LOGIT_TRANSFORM_FIELDS, the C struct by hand (C has no
-// X-macro-built public structs), so the list checks it here: every field of
-// the list is a member of the C struct with the list's type, and the C struct
-// has no other member (its size is the fields' sizes, all double). A field
-// added to the list without its C member fails to compile here.
-#define GEOPREF_X(type, name, def, flag, doc)                                            \
-  static_assert(std::is_same_v<decltype(geopref_logit_transform::name), type>,            \
+// come from GEOPREF_LOGIT_TRANSFORM_FIELDS, the C struct by hand.
+// Its C list is that list (X pasted onto an adapter from the list's five
+// arguments to X's two).
+#define GEOPREF_C_LOGIT_TRANSFORM_FIELDS(X) GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_LT_##X)
+#define GEOPREF_LT_GEOPREF_C_SPAN(type, name, def, flag, doc) GEOPREF_C_SPAN(name, name)
+#define GEOPREF_LT_GEOPREF_C_FROM(type, name, def, flag, doc) GEOPREF_C_FROM(name, name)
+GEOPREF_C_BLOCK(geopref_logit_transform, geopref::logit_transform,
+                GEOPREF_C_LOGIT_TRANSFORM_FIELDS)
+#define GEOPREF_X(type, name, def, flag, doc)                                          \
+  static_assert(std::is_same_v<decltype(geopref_logit_transform::name), type>,          \
                 "geopref_logit_transform." #name " must have the field list's type");
 GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
 #undef GEOPREF_X
-#define GEOPREF_X(type, name, def, flag, doc) +sizeof(type)
-static_assert(sizeof(geopref_logit_transform) == 0 GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X),
-              "geopref_logit_transform has a member the field list does not");
-#undef GEOPREF_X
-
-/// The C transform to the C++ one, one assignment per field of the list.
-inline geopref::logit_transform to_logit_transform(const geopref_logit_transform& c) {
-  geopref::logit_transform t;
-#define GEOPREF_X(type, name, def, flag, doc) t.name = c.name;
-  GEOPREF_LOGIT_TRANSFORM_FIELDS(GEOPREF_X)
-#undef GEOPREF_X
-  return t;
-}
 
 /// The identity transform (the list's defaults), which every *_args_init sets.
 inline geopref_logit_transform default_logit_transform() {
@@ -69,84 +228,35 @@ inline geopref_logit_transform default_logit_transform() {
   return c;
 }
 
-/// The sequence fields of geopref_tokens / geopref_linear_inputs (labels,
-/// offsets, token weights); the caller has checked both index types.
-template <class C, class Cpp>
-void copy_sequences(const C& c, Cpp* t) {
-  t->labels = c.labels;
-  t->label_type = static_cast<cuda::index_type>(c.label_type);
-  t->offsets = c.offsets;
-  t->offset_type = static_cast<cuda::index_type>(c.offset_type);
-  t->n_seqs = c.n_seqs;
-  t->token_weights = c.token_weights;
-}
-
-/// The forward outputs of a logps call (and of a train step).
-template <class C, class Cpp>
-void copy_seq_outputs(const C& c, Cpp* a) {
-  a->seq_logps = c.seq_logps;
-  a->seq_counts = c.seq_counts;
-  a->token_logps = c.token_logps;
-  a->lse = c.lse;
-}
-
-/// The pair fields and outputs of geopref_train_args /
-/// geopref_linear_train_args (n_pairs … grad_seq_logps). The metric structs
-/// cross as they are (c_api.cu checks their layouts).
-template <class C, class Cpp>
-void copy_pair_fields(const C& c, Cpp* a) {
-  a->n_pairs = c.n_pairs;
-  a->pairs = c.pairs;
-  a->soft_labels = c.soft_labels;
-  a->ref_logps = c.ref_logps;
-  a->weights = c.weights;
-  a->grad_loss = c.grad_loss;
-  a->grad_output = c.grad_output;
-  a->loss = c.loss;
-  a->stats = reinterpret_cast<geopref::metrics*>(c.stats);
-  a->stat_sums = reinterpret_cast<geopref::metric_sums*>(c.stat_sums);
-  copy_seq_outputs(c, a);
-  a->grad_seq_logps = c.grad_seq_logps;
-}
-
-/// The vocab-parallel slice and records of a stats / train call (c_api.cu
-/// checks the record's layout).
-template <class C, class Cpp>
-void copy_vocab_fields(const C& c, Cpp* a) {
-  a->slice.begin = c.slice.begin;
-  a->slice.total = c.slice.total;
-  a->slice.rank = c.slice.rank;
-  a->slice.n_ranks = c.slice.n_ranks;
-  using record = std::remove_pointer_t<decltype(a->records)>;  // const or not, as the C++ field
-  a->records = reinterpret_cast<record*>(c.records);
-}
+#define GEOPREF_C_VOCAB_SLICE_FIELDS(X) X(begin, begin) X(total, total) X(rank, rank) X(n_ranks, n_ranks)
+GEOPREF_C_BLOCK(geopref_vocab_slice, cuda::vocab_slice, GEOPREF_C_VOCAB_SLICE_FIELDS)
 
 /// The shape of every C entry that takes options: null checks, the C structs
-/// to C++ ones, the C++ entry, its status as an int.
-template <class CArgs, class Args>
-geopref_status call(status (*to_cpp)(const CArgs&, Args*),
-                    status (*entry)(void*, size_t&, const Args&, const geopref::options&,
-                                    cudaStream_t),
+/// (read by their struct_size) to C++ ones, the C++ entry, its status as an int.
+/// (The entry's type follows from CArgs, so an overloaded entry resolves.)
+template <class CArgs, class Args = typename c_args<CArgs>::cpp>
+geopref_status call(status (*entry)(void*, size_t&, const std::common_type_t<Args>&,
+                                    const geopref::options&, cudaStream_t),
                     void* workspace, size_t* bytes, const CArgs* args, const geopref_options* opt,
                     cudaStream_t stream) {
   if (bytes == nullptr || args == nullptr || opt == nullptr)
     return static_cast<int>(status::null_pointer);
   geopref::options o;
   Args a;
-  status s = to_options(*opt, &o);
-  if (s == status::success) s = to_cpp(*args, &a);
+  status s = to_options(opt, &o);
+  if (s == status::success) s = from_c(args, &a);
   if (s == status::success) s = entry(workspace, *bytes, a, o, stream);
   return static_cast<int>(s);
 }
 
 /// The same for the per-token primitive's entries, which take no options.
-template <class CArgs, class Args>
-geopref_status call(status (*to_cpp)(const CArgs&, Args*),
-                    status (*entry)(void*, size_t&, const Args&, cudaStream_t), void* workspace,
-                    size_t* bytes, const CArgs* args, cudaStream_t stream) {
+template <class CArgs, class Args = typename c_args<CArgs>::cpp>
+geopref_status call(status (*entry)(void*, size_t&, const std::common_type_t<Args>&,
+                                    cudaStream_t),
+                    void* workspace, size_t* bytes, const CArgs* args, cudaStream_t stream) {
   if (bytes == nullptr || args == nullptr) return static_cast<int>(status::null_pointer);
   Args a;
-  status s = to_cpp(*args, &a);
+  status s = from_c(args, &a);
   if (s == status::success) s = entry(workspace, *bytes, a, stream);
   return static_cast<int>(s);
 }

@@ -18,102 +18,104 @@
 #include "geopref/cuda/vocab_linear.cuh"
 #include "c_api_common.cuh"
 
-namespace {
-
 namespace gc = geopref::cuda;
 using geopref::status;
+
+// The C structs of this translation unit, member by member in their order, and
+// the C++ members they become (kernels/c_api_common.cuh makes the layout checks
+// and the conversions).
+namespace geopref::c_abi {
+
+inline status from_c(void* c, cublasHandle_t* o) {
+  *o = static_cast<cublasHandle_t>(c);
+  return status::success;
+}
+
+#define GEOPREF_C_LINEAR_INPUTS_FIELDS(X)                                                     \
+  X(hidden, hidden) X(ld_hidden, ld_hidden) X(weight, weight) X(ld_weight, ld_weight)        \
+  X(bias, bias) X(dtype, type) X(n_rows, n_rows) X(hidden_size, hidden_size) X(vocab, vocab) \
+  X(labels, labels) X(label_type, label_type) X(offsets, offsets)                            \
+  X(offset_type, offset_type) X(n_seqs, n_seqs) X(token_weights, token_weights)              \
+  X(chunk_bytes, chunk_bytes) X(cublas_handle, cublas)
+GEOPREF_C_BLOCK(geopref_linear_inputs, cuda::linear_inputs, GEOPREF_C_LINEAR_INPUTS_FIELDS)
+
+#define GEOPREF_C_LINEAR_TOKEN_ROWS_FIELDS(X)                                                 \
+  X(hidden, hidden) X(ld_hidden, ld_hidden) X(weight, weight) X(ld_weight, ld_weight)        \
+  X(bias, bias) X(dtype, type) X(n_rows, n_rows) X(hidden_size, hidden_size) X(vocab, vocab) \
+  X(labels, labels) X(label_type, label_type) X(ignore_index, ignore_index)                  \
+  X(chunk_bytes, chunk_bytes) X(cublas_handle, cublas)
+GEOPREF_C_BLOCK(geopref_linear_token_rows, cuda::linear_token_rows,
+                GEOPREF_C_LINEAR_TOKEN_ROWS_FIELDS)
+
+#define GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS(X)                                  \
+  X(in, in) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
+  X(token_logps, token_logps) X(lse, lse) X(logit_transform, in.logit_transform)
+GEOPREF_C_ARGS(geopref_linear_logps_args, cuda::linear_logps_args,
+               GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS, geopref_linear_logps_args_init,
+               GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0)
+
+#define GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS(X)                                                \
+  X(in, in) X(n_pairs, n_pairs) X(pairs, pairs) X(soft_labels, soft_labels)                 \
+  X(ref_logps, ref_logps) X(weights, weights) X(grad_loss, grad_loss)                       \
+  X(grad_output, grad_output) X(loss, loss) X(stats, stats) X(stat_sums, stat_sums)         \
+  X(seq_logps, seq_logps) X(seq_counts, seq_counts) X(token_logps, token_logps) X(lse, lse) \
+  X(grad_seq_logps, grad_seq_logps) X(grad_hidden, grad_hidden)                             \
+  X(ld_grad_hidden, ld_grad_hidden) X(grad_weight, grad_weight)                             \
+  X(ld_grad_weight, ld_grad_weight) X(grad_weight_float32, grad_weight_float32)             \
+  X(grad_bias, grad_bias) X(accumulate, accumulate) X(host_offsets, host_offsets)           \
+  X(host_pairs, host_pairs) X(logit_transform, in.logit_transform)
+GEOPREF_C_ARGS(geopref_linear_train_args, cuda::linear_train_args,
+               GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, geopref_linear_train_args_init,
+               GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
+
+#define GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS(X) \
+  X(in, in) X(slice, slice) X(records, records) X(logit_transform, in.logit_transform)
+GEOPREF_C_ARGS(geopref_vocab_linear_stats_args, cuda::vocab_linear_stats_args,
+               GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS, geopref_vocab_linear_stats_args_init,
+               GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0)
+
+// `train` is a pointer to a geopref_linear_train_args, read by its own struct_size.
+#define GEOPREF_C_VOCAB_LINEAR_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
+GEOPREF_C_ARGS(geopref_vocab_linear_train_args, cuda::vocab_linear_train_args,
+               GEOPREF_C_VOCAB_LINEAR_TRAIN_ARGS_FIELDS, geopref_vocab_linear_train_args_init,
+               GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0)
+
+#define GEOPREF_C_LINEAR_TOKEN_LOGPS_ARGS_FIELDS(X)                                \
+  X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
+  X(logit_transform, rows.logit_transform)
+GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
+               GEOPREF_C_LINEAR_TOKEN_LOGPS_ARGS_FIELDS, geopref_linear_token_logps_args_init,
+               GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0)
+
+#define GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS(X)                                            \
+  X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                            \
+  X(grad_hidden, grad_hidden) X(ld_grad_hidden, ld_grad_hidden) X(grad_weight, grad_weight)  \
+  X(ld_grad_weight, ld_grad_weight) X(grad_weight_float32, grad_weight_float32)              \
+  X(grad_bias, grad_bias) X(accumulate, accumulate) X(logit_transform, rows.logit_transform)
+GEOPREF_C_ARGS(geopref_linear_token_grad_args, cuda::linear_token_grad_args,
+               GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, geopref_linear_token_grad_args_init,
+               GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)
+
+// ABI 1.0 is frozen: on LP64 its sizes are these for good (c_api.cu has the others).
+static_assert(sizeof(void*) != 8 || (GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 == 336 &&
+                                     GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0 == 176 &&
+                                     GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0 == 144 &&
+                                     GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0 == 192 &&
+                                     GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0 == 176 &&
+                                     GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0 == 48),
+              "the ABI 1.0 layouts are frozen");
+
+}  // namespace geopref::c_abi
+
+namespace {
 using namespace geopref::c_abi;
 
-// The projection fields geopref_linear_inputs and geopref_linear_token_rows
-// share with their C++ twins (the logit transform among them: it is applied to
-// the logits the projection makes); the caller has checked the dtype.
-template <class C, class Cpp>
-void copy_projection(const C& c, Cpp* r) {
-  r->hidden = c.hidden;
-  r->ld_hidden = c.ld_hidden;
-  r->weight = c.weight;
-  r->ld_weight = c.ld_weight;
-  r->bias = c.bias;
-  r->type = static_cast<gc::dtype>(c.dtype);
-  r->n_rows = c.n_rows;
-  r->hidden_size = c.hidden_size;
-  r->vocab = c.vocab;
-  r->chunk_bytes = c.chunk_bytes;
-  r->cublas = static_cast<cublasHandle_t>(c.cublas_handle);
-  r->logit_transform = to_logit_transform(c.logit_transform);
-}
-
-// The gradient fields of geopref_linear_train_args and
-// geopref_linear_token_grad_args.
-template <class C, class Cpp>
-void copy_linear_grads(const C& c, Cpp* a) {
-  a->grad_hidden = c.grad_hidden;
-  a->ld_grad_hidden = c.ld_grad_hidden;
-  a->grad_weight = c.grad_weight;
-  a->ld_grad_weight = c.ld_grad_weight;
-  a->grad_weight_float32 = c.grad_weight_float32 != 0;
-  a->grad_bias = c.grad_bias;
-  a->accumulate = c.accumulate != 0;
-}
-
-status to_linear(const geopref_linear_inputs& c, gc::linear_inputs* in) {
-  if (!valid_dtype(c.dtype) || !valid_index_type(c.label_type) || !valid_index_type(c.offset_type))
-    return status::unsupported_dtype;
-  copy_projection(c, in);
-  copy_sequences(c, in);
-  return status::success;
-}
-
-status to_linear_train(const geopref_linear_train_args& c, gc::linear_train_args* a) {
-  const status s = to_linear(c.in, &a->in);
-  if (s != status::success) return s;
-  copy_pair_fields(c, a);
-  copy_linear_grads(c, a);
-  a->host_offsets = c.host_offsets;
-  a->host_pairs = c.host_pairs;
-  return status::success;
-}
-
-status to_linear_logps(const geopref_linear_logps_args& c, gc::linear_logps_args* a) {
-  const status s = to_linear(c.in, &a->in);
-  if (s != status::success) return s;
-  copy_seq_outputs(c, a);
-  return status::success;
-}
-
-status to_vocab_linear_stats(const geopref_vocab_linear_stats_args& c,
-                             gc::vocab_linear_stats_args* a) {
-  copy_vocab_fields(c, a);
-  return to_linear(c.in, &a->in);
-}
-
-status to_vocab_linear_train(const geopref_vocab_linear_train_args& c,
-                             gc::vocab_linear_train_args* a) {
-  copy_vocab_fields(c, a);
-  return to_linear_train(c.train, &a->train);
-}
-
-status to_token_rows(const geopref_linear_token_rows& c, gc::linear_token_rows* r) {
-  if (!valid_dtype(c.dtype) || !valid_index_type(c.label_type)) return status::unsupported_dtype;
-  copy_projection(c, r);
-  r->labels = c.labels;
-  r->label_type = static_cast<gc::index_type>(c.label_type);
-  r->ignore_index = c.ignore_index;
-  return status::success;
-}
-
-status to_token_logps(const geopref_linear_token_logps_args& c, gc::linear_token_logps_args* a) {
-  a->token_logps = c.token_logps;
-  a->lse = c.lse;
-  a->entropy = c.entropy;
-  return to_token_rows(c.rows, &a->rows);
-}
-
-status to_token_grad(const geopref_linear_token_grad_args& c, gc::linear_token_grad_args* a) {
-  a->lse = c.lse;
-  a->grad_token_logps = c.grad_token_logps;
-  copy_linear_grads(c, a);
-  return to_token_rows(c.rows, &a->rows);
+// The defaults the *_args_init functions set in a zeroed struct.
+void init_inputs(geopref_linear_inputs* in) {
+  in->dtype = GEOPREF_FLOAT32;
+  in->label_type = GEOPREF_INT64;
+  in->offset_type = GEOPREF_INT64;
+  in->chunk_bytes = gc::linear_inputs{}.chunk_bytes;
 }
 
 void init_token_rows(geopref_linear_token_rows* r) {
@@ -121,16 +123,9 @@ void init_token_rows(geopref_linear_token_rows* r) {
   r->label_type = GEOPREF_INT64;
   r->ignore_index = gc::linear_token_rows{}.ignore_index;
   r->chunk_bytes = gc::linear_token_rows{}.chunk_bytes;
-  r->logit_transform = default_logit_transform();
 }
 
-void init_inputs(geopref_linear_inputs* in) {
-  in->dtype = GEOPREF_FLOAT32;
-  in->label_type = GEOPREF_INT64;
-  in->offset_type = GEOPREF_INT64;
-  in->chunk_bytes = gc::linear_inputs{}.chunk_bytes;
-  in->logit_transform = default_logit_transform();
-}
+void init_slice(geopref_vocab_slice* s) { s->n_ranks = gc::vocab_slice{}.n_ranks; }
 
 }  // namespace
 
@@ -139,20 +134,56 @@ extern "C" {
 void geopref_linear_train_args_init(geopref_linear_train_args* args) {
   if (args == nullptr) return;
   *args = geopref_linear_train_args{};
+  args->struct_size = sizeof *args;
   init_inputs(&args->in);
   args->grad_loss = 1.0;
+  args->logit_transform = default_logit_transform();
 }
 
 void geopref_linear_logps_args_init(geopref_linear_logps_args* args) {
   if (args == nullptr) return;
   *args = geopref_linear_logps_args{};
+  args->struct_size = sizeof *args;
   init_inputs(&args->in);
+  args->logit_transform = default_logit_transform();
+}
+
+void geopref_vocab_linear_stats_args_init(geopref_vocab_linear_stats_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_vocab_linear_stats_args{};
+  args->struct_size = sizeof *args;
+  init_inputs(&args->in);
+  init_slice(&args->slice);
+  args->logit_transform = default_logit_transform();
+}
+
+void geopref_vocab_linear_train_args_init(geopref_vocab_linear_train_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_vocab_linear_train_args{};
+  args->struct_size = sizeof *args;
+  init_slice(&args->slice);
+}
+
+void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_linear_token_logps_args{};
+  args->struct_size = sizeof *args;
+  init_token_rows(&args->rows);
+  args->logit_transform = default_logit_transform();
+}
+
+void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args) {
+  if (args == nullptr) return;
+  *args = geopref_linear_token_grad_args{};
+  args->struct_size = sizeof *args;
+  init_token_rows(&args->rows);
+  args->logit_transform = default_logit_transform();
 }
 
 geopref_status geopref_fused_linear_step(void* workspace, size_t* workspace_bytes,
                                          const geopref_linear_train_args* args,
                                          const geopref_options* opt, geopref_stream_t stream) {
-  return call(to_linear_train, gc::fused_linear_step, workspace, workspace_bytes, args, opt, stream);
+  return call(gc::fused_linear_step, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* args,
@@ -161,8 +192,8 @@ geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* ar
     return static_cast<int>(status::null_pointer);
   geopref::options o;
   gc::linear_train_args a;
-  status s = geopref::c_abi::to_options(*opt, &o);
-  if (s == status::success) s = to_linear_train(*args, &a);
+  status s = to_options(opt, &o);
+  if (s == status::success) s = from_c(args, &a);
   if (s != status::success) return static_cast<int>(s);
   *one_pass = gc::fused_linear_one_pass(a, o) ? 1 : 0;
   return static_cast<int>(status::success);
@@ -171,47 +202,66 @@ geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* ar
 geopref_status geopref_fused_linear_logps(void* workspace, size_t* workspace_bytes,
                                           const geopref_linear_logps_args* args,
                                           const geopref_options* opt, geopref_stream_t stream) {
-  return call(to_linear_logps, gc::fused_linear_logps, workspace, workspace_bytes, args, opt,
-              stream);
-}
-
-void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_linear_token_logps_args{};
-  init_token_rows(&args->rows);
-}
-
-void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_linear_token_grad_args{};
-  init_token_rows(&args->rows);
+  return call(gc::fused_linear_logps, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_linear_token_logps(void* workspace, size_t* workspace_bytes,
                                           const geopref_linear_token_logps_args* args,
                                           geopref_stream_t stream) {
-  return call(to_token_logps, gc::linear_token_logps, workspace, workspace_bytes, args, stream);
+  return call(gc::linear_token_logps, workspace, workspace_bytes, args, stream);
 }
 
 geopref_status geopref_linear_token_logps_grad(void* workspace, size_t* workspace_bytes,
                                                const geopref_linear_token_grad_args* args,
                                                geopref_stream_t stream) {
-  return call(to_token_grad, gc::linear_token_logps_grad, workspace, workspace_bytes, args,
-              stream);
+  return call(gc::linear_token_logps_grad, workspace, workspace_bytes, args, stream);
 }
 
 geopref_status geopref_vocab_linear_stats(void* workspace, size_t* workspace_bytes,
                                           const geopref_vocab_linear_stats_args* args,
                                           const geopref_options* opt, geopref_stream_t stream) {
-  return call(to_vocab_linear_stats, gc::vocab_linear_stats, workspace, workspace_bytes, args, opt,
-              stream);
+  return call(gc::vocab_linear_stats, workspace, workspace_bytes, args, opt, stream);
 }
 
 geopref_status geopref_vocab_linear_step(void* workspace, size_t* workspace_bytes,
                                          const geopref_vocab_linear_train_args* args,
                                          const geopref_options* opt, geopref_stream_t stream) {
-  return call(to_vocab_linear_train, gc::vocab_linear_step, workspace, workspace_bytes, args, opt,
-              stream);
+  return call(gc::vocab_linear_step, workspace, workspace_bytes, args, opt, stream);
+}
+
+// Every entry's size query: the entry with a NULL workspace and stream.
+geopref_status geopref_fused_linear_step_workspace_size(const geopref_linear_train_args* args,
+                                                        const geopref_options* opt,
+                                                        size_t* workspace_bytes) {
+  return geopref_fused_linear_step(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_fused_linear_logps_workspace_size(const geopref_linear_logps_args* args,
+                                                         const geopref_options* opt,
+                                                         size_t* workspace_bytes) {
+  return geopref_fused_linear_logps(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_linear_token_logps_workspace_size(
+    const geopref_linear_token_logps_args* args, size_t* workspace_bytes) {
+  return geopref_linear_token_logps(nullptr, workspace_bytes, args, nullptr);
+}
+
+geopref_status geopref_linear_token_logps_grad_workspace_size(
+    const geopref_linear_token_grad_args* args, size_t* workspace_bytes) {
+  return geopref_linear_token_logps_grad(nullptr, workspace_bytes, args, nullptr);
+}
+
+geopref_status geopref_vocab_linear_stats_workspace_size(
+    const geopref_vocab_linear_stats_args* args, const geopref_options* opt,
+    size_t* workspace_bytes) {
+  return geopref_vocab_linear_stats(nullptr, workspace_bytes, args, opt, nullptr);
+}
+
+geopref_status geopref_vocab_linear_step_workspace_size(
+    const geopref_vocab_linear_train_args* args, const geopref_options* opt,
+    size_t* workspace_bytes) {
+  return geopref_vocab_linear_step(nullptr, workspace_bytes, args, opt, nullptr);
 }
 
 }  // extern "C"

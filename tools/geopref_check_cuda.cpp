@@ -333,7 +333,7 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
   a.tokens.n_rows = p.n_rows;
   a.tokens.vocab = p.vocab;
   a.tokens.ld = p.vocab;
-  a.tokens.logit_transform = c_transform(p);  // the vocab shards copy a.tokens
+  a.logit_transform = c_transform(p);  // the vocab shards copy it
   pb.set_sequences(p, &a.tokens);
   pb.set_pairs(p, &a);
   a.grad_logits = grad.get<void>();
@@ -352,9 +352,11 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
     if (!records.ok()) return cuda_fail(error, "allocating the records", records.error());
     for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
       geopref_vocab_stats_args sa;
+      geopref_vocab_stats_args_init(&sa);
       int64_t width = 0;
       sa.slice = shard_slice(p, q, &width);
       sa.tokens = a.tokens;
+      sa.logit_transform = a.logit_transform;
       sa.tokens.logits = static_cast<const char*>(a.tokens.logits) + sa.slice.begin * elem;
       sa.tokens.vocab = width;
       sa.records = records.get<geopref_vocab_record>() + static_cast<int64_t>(q) * p.n_rows;
@@ -362,13 +364,15 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error) {
     }
     for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
       geopref_vocab_train_args ta;
+      geopref_vocab_train_args_init(&ta);
       int64_t width = 0;
       ta.slice = shard_slice(p, q, &width);
-      ta.train = a;
-      ta.train.tokens.logits = static_cast<const char*>(a.tokens.logits) + ta.slice.begin * elem;
-      ta.train.tokens.vocab = width;
-      ta.train.grad_logits = grad.get<float>() + ta.slice.begin;
-      ta.train.grad_ld = p.vocab;
+      geopref_train_args train = a;
+      train.tokens.logits = static_cast<const char*>(a.tokens.logits) + ta.slice.begin * elem;
+      train.tokens.vocab = width;
+      train.grad_logits = grad.get<float>() + ta.slice.begin;
+      train.grad_ld = p.vocab;
+      ta.train = &train;
       ta.records = records.get<geopref_vocab_record>();
       run_entry(geopref_vocab_parallel_train_step, &ta, opt, &st, &e);
     }
@@ -416,10 +420,11 @@ static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std:
   rows.label_type = c_label_type(p.labels);
   rows.ignore_index = p.opt.ignore_index;
   rows.chunk_bytes = std::size_t{256} << 20;
-  rows.logit_transform = c_transform(p);
+  fa.logit_transform = c_transform(p);
   geopref_linear_token_grad_args ba;
   geopref_linear_token_grad_args_init(&ba);
   ba.rows = rows;
+  ba.logit_transform = fa.logit_transform;
   tb.set(&fa, &ba);
   ba.grad_hidden = gh.get<void>();
   ba.grad_weight = gw.get<void>();
@@ -465,11 +470,12 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   rows.labels = labels.get<void>();
   rows.label_type = c_label_type(p.labels);
   rows.ignore_index = p.opt.ignore_index;
-  rows.logit_transform = c_transform(p);
   fa.rows = rows;
+  fa.logit_transform = c_transform(p);
   geopref_token_grad_args ba;
   geopref_token_grad_args_init(&ba);
   ba.rows = rows;
+  ba.logit_transform = fa.logit_transform;
   tb.set(&fa, &ba);
   ba.grad_logits = grad.get<void>();
   ba.grad_float32 = 1;
@@ -517,7 +523,7 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
   a.in.vocab = p.vocab;
   pb.set_sequences(p, &a.in);
   a.in.chunk_bytes = std::size_t{256} << 20;
-  a.in.logit_transform = c_transform(p);  // the vocab shards copy a.in
+  a.logit_transform = c_transform(p);  // the vocab shards copy it
   pb.set_pairs(p, &a);
   a.grad_hidden = gh.get<void>();
   a.grad_weight = gw.get<void>();
@@ -553,7 +559,9 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
     };
     for (int q = 0; q < k; ++q) {
       geopref_vocab_linear_stats_args sa;
+      geopref_vocab_linear_stats_args_init(&sa);
       sa.in = a.in;
+      sa.logit_transform = a.logit_transform;
       sa.slice = slice_of(q, &sa.in);
       sa.records = records.get<geopref_vocab_record>() + static_cast<int64_t>(q) * p.n_rows;
       run_entry(geopref_vocab_linear_stats, &sa, opt, &st, &e);
@@ -562,11 +570,13 @@ bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error
     std::vector<uint16_t> part_h(half ? N * Hd : 0);
     for (int q = 0; q < k && st == GEOPREF_SUCCESS && e == cudaSuccess; ++q) {
       geopref_vocab_linear_train_args ta;
-      ta.train = a;
-      ta.slice = slice_of(q, &ta.train.in);
-      ta.train.grad_weight = gw.get<float>() + static_cast<std::size_t>(ta.slice.begin) * Hd;
-      ta.train.grad_bias = has_bias ? gb.get<float>() + ta.slice.begin : nullptr;
-      ta.train.grad_hidden = part.get<void>();
+      geopref_vocab_linear_train_args_init(&ta);
+      geopref_linear_train_args train = a;
+      ta.slice = slice_of(q, &train.in);
+      train.grad_weight = gw.get<float>() + static_cast<std::size_t>(ta.slice.begin) * Hd;
+      train.grad_bias = has_bias ? gb.get<float>() + ta.slice.begin : nullptr;
+      train.grad_hidden = part.get<void>();
+      ta.train = &train;
       ta.records = records.get<geopref_vocab_record>();
       run_entry(geopref_vocab_linear_step, &ta, opt, &st, &e);
       if (st != GEOPREF_SUCCESS || e != cudaSuccess || N * Hd == 0) continue;

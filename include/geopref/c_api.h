@@ -28,6 +28,25 @@
  * allocates, throws, exits or prints. Pointers in the argument structs are
  * device pointers; the argument and option structs themselves are host memory.
  *
+ * ABI 1.0 and how it grows (docs/integration.md, "ABI 1.0"):
+ *  - An argument struct (what an entry takes by pointer: geopref_options and
+ *    every geopref_*_args) starts with `size_t struct_size`, which its
+ *    geopref_*_init function sets to sizeof the struct as compiled, along with
+ *    every default. Set the fields after init; never zero a struct by hand.
+ *  - The library reads only the struct_size bytes the caller's struct has:
+ *    fields past them keep their defaults. struct_size must be the size of a
+ *    released layout (GEOPREF_*_SIZE_1_0, or sizeof of a later one), or larger
+ *    than any the library knows with only zero bytes past what it knows;
+ *    anything else is GEOPREF_INVALID_STRUCT_SIZE.
+ *  - New fields are appended at the end of argument structs only. An argument
+ *    struct is never embedded in another (a vocab-parallel step points to its
+ *    train arguments). The blocks embedded in argument structs (geopref_tokens,
+ *    geopref_token_rows, geopref_linear_inputs, geopref_linear_token_rows,
+ *    geopref_vocab_slice, geopref_logit_transform) are frozen: they never
+ *    change; a field they lack is appended to the argument structs instead.
+ *  - ABI 1.1 appended `logit_transform` to the argument structs that describe
+ *    logits; a caller compiled against 1.0 gets the identity transform.
+ *
  * Built for logits of float32, float16 and bfloat16 (GEOPREF_FLOAT32, ...)
  * and labels/offsets of int32 and int64. The meaning of every field, the
  * mathematics and the metrics are documented in geopref/cuda/geopref.cuh,
@@ -48,6 +67,11 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The ABI's version: 1.0 is the first layout with struct sizes; each minor
+ * version appended fields at the end of argument structs. */
+#define GEOPREF_ABI_VERSION_MAJOR 1
+#define GEOPREF_ABI_VERSION_MINOR 1
 
 /* The same type as cudaStream_t, without including the CUDA headers.
  * NULL is the default stream. */
@@ -84,6 +108,7 @@ enum {
   GEOPREF_CUDA_ERROR,
   GEOPREF_HOST_LAYOUT_MISMATCH,
   GEOPREF_INVALID_LOGIT_TRANSFORM,
+  GEOPREF_INVALID_STRUCT_SIZE,
   GEOPREF_INTERNAL_ERROR
 };
 
@@ -133,8 +158,10 @@ enum {
   GEOPREF_REDUCTION_NORMALIZER /* (1/normalizer) sum_i w_i f_i */
 };
 
-/* What to compute. geopref_options_init() sets the library's defaults. */
+/* What to compute. geopref_options_init() sets struct_size and the library's
+ * defaults. */
 typedef struct geopref_options {
+  size_t struct_size;   /* geopref_options_init: sizeof(geopref_options) */
   int loss;             /* GEOPREF_LOSS_* (default dpo) */
   double beta;          /* all losses: beta > 0 (default 0.1) */
   double alpha;         /* ropo/gropo: alpha >= 0 (default 1) */
@@ -161,19 +188,20 @@ typedef struct geopref_options {
  *   z' = softcap * tanh(scale * z / softcap) / temperature   (softcap > 0)
  *   z' = scale * z / temperature                             (softcap == 0)
  * Log-probs, entropies and gradients are those of z'; the gradients are with
- * respect to the untransformed logits (or hidden states and weight). The
+ * respect to the untransformed logits (or hidden states and weight). It is the
+ * last field (ABI 1.1) of every argument struct that describes logits; the
  * *_args_init functions set the identity (1, 0, 1), which runs the plain
- * kernels. A struct zeroed by hand has scale = temperature = 0, which is
- * rejected (GEOPREF_INVALID_LOGIT_TRANSFORM): use the init functions, or set
- * all three. The fields are those of GEOPREF_LOGIT_TRANSFORM_FIELDS, in its
- * order (kernels/c_api_common.cuh checks it). */
+ * kernels, and a caller whose struct_size ends before it gets the identity.
+ * scale = temperature = 0 is rejected (GEOPREF_INVALID_LOGIT_TRANSFORM). The
+ * fields are those of GEOPREF_LOGIT_TRANSFORM_FIELDS, in its order
+ * (kernels/c_api_common.cuh checks it). A frozen block. */
 typedef struct geopref_logit_transform {
   double scale;       /* s: multiplies the logits first; finite and > 0 (default 1) */
   double softcap;     /* c: c tanh(s z / c) when > 0; 0: no cap; finite (default 0) */
   double temperature; /* T: divides last; finite and > 0 (default 1) */
 } geopref_logit_transform;
 
-/* The token rows a forward pass reads (device pointers). */
+/* The token rows a forward pass reads (device pointers). A frozen block. */
 typedef struct geopref_tokens {
   const void* logits;   /* [N, ld] row-major, logits_dtype; columns [V, ld) never read */
   int logits_dtype;     /* GEOPREF_FLOAT32 / FLOAT16 / BFLOAT16 */
@@ -186,9 +214,6 @@ typedef struct geopref_tokens {
   int offset_type;      /* GEOPREF_INT32 / INT64 */
   int64_t n_seqs;       /* S */
   const float* token_weights; /* [N] per-token weights or NULL (see geopref/cuda/args.cuh) */
-  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
-   * this one (the *_args structs: their fields after `tokens` / `train`). */
-  geopref_logit_transform logit_transform;
 } geopref_tokens;
 
 /* TRL's metrics (layout-identical to geopref::metrics). */
@@ -210,18 +235,25 @@ typedef struct geopref_metric_sums {
   double pairs;
 } geopref_metric_sums;
 
-/* Arguments of geopref_sequence_logps. */
+/* Arguments of geopref_sequence_logps. geopref_logps_args_init() sets
+ * struct_size, zeroes the rest and sets float32 / int64 and the identity
+ * logit transform. */
 typedef struct geopref_logps_args {
+  size_t struct_size;  /* geopref_logps_args_init: sizeof(geopref_logps_args) */
   geopref_tokens tokens;
   float* seq_logps;    /* [S] required: L_s, or L_s / n_s when length-normalised */
   int64_t* seq_counts; /* [S] optional: n_s */
   float* token_logps;  /* [N] optional */
   float* lse;          /* [N] optional */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_logps_args;
 
-/* Arguments of geopref_train_step. geopref_train_args_init() zeroes
- * everything and sets grad_loss = 1 and the identity logit transform. */
+/* Arguments of geopref_train_step. geopref_train_args_init() sets struct_size,
+ * zeroes the rest and sets float32 / int64, grad_loss = 1 and the identity
+ * logit transform. */
 typedef struct geopref_train_args {
+  size_t struct_size;         /* geopref_train_args_init: sizeof(geopref_train_args) */
   geopref_tokens tokens;
   int64_t n_pairs;            /* P */
   const int64_t* pairs;       /* [P, 2] or NULL: pair i = (i, P + i), needs S == 2P */
@@ -241,25 +273,30 @@ typedef struct geopref_train_args {
   int64_t grad_ld;            /* >= V; 0: ld */
   int grad_float32;           /* non-zero: gradient as float32, else in the logits dtype */
   geopref_metric_sums* stat_sums; /* [1] device struct; optional (data parallel) */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_train_args;
 
 /* Arguments of geopref_logits_grad (geopref::cuda::grad_args): the gradient
  * train_step would write, from its lse and grad_seq_logps outputs. Scaling
- * grad_seq_logps scales the gradient. geopref_grad_args_init() zeroes it and
- * sets the identity logit transform (give the one train_step was given). */
+ * grad_seq_logps scales the gradient. geopref_grad_args_init() as
+ * geopref_logps_args_init (give the logit transform train_step was given). */
 typedef struct geopref_grad_args {
+  size_t struct_size;           /* geopref_grad_args_init: sizeof(geopref_grad_args) */
   geopref_tokens tokens;        /* the tokens train_step was given */
   const float* lse;             /* [N] train_step's lse output */
   const float* grad_seq_logps;  /* [S] train_step's grad_seq_logps output (g_s) */
   void* grad_logits;            /* [N, grad_ld] required when N > 0; may equal tokens.logits */
   int64_t grad_ld;              /* >= V; 0: ld */
   int grad_float32;             /* non-zero: gradient as float32, else in the logits dtype */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_grad_args;
 
 /* Fused linear (geopref/cuda/fused_linear.cuh; compiled in kernels/c_api_linear.cu, which
  * links cuBLAS): the loss and its gradients from hidden states H [N, Hd] and the output
  * projection W [V, Hd] (bias b [V]), the logits existing one chunk of rows at a time in the
- * workspace. The token rows are geopref_tokens' fields without the logits. */
+ * workspace. The token rows are geopref_tokens' fields without the logits. A frozen block. */
 typedef struct geopref_linear_inputs {
   const void* hidden;   /* [N, ld_hidden] row-major, dtype */
   int64_t ld_hidden;    /* >= Hd; 0: Hd */
@@ -278,18 +315,19 @@ typedef struct geopref_linear_inputs {
   const float* token_weights; /* [N] or NULL */
   size_t chunk_bytes;   /* budget for one chunk of logits (>= one row, V rounded up to 16 bytes) */
   void* cublas_handle;  /* a cublasHandle_t, or NULL: the call creates and destroys one */
-  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
-   * this one (the fused-linear *_args structs: their fields after `in` / `train`). */
-  geopref_logit_transform logit_transform;
 } geopref_linear_inputs;
 typedef struct geopref_linear_logps_args {
+  size_t struct_size;  /* geopref_linear_logps_args_init: sizeof(geopref_linear_logps_args) */
   geopref_linear_inputs in;
   float* seq_logps;    /* [S] required */
   int64_t* seq_counts; /* [S] optional */
   float* token_logps;  /* [N] optional */
   float* lse;          /* [N] optional */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_linear_logps_args;
 typedef struct geopref_linear_train_args {
+  size_t struct_size;         /* geopref_linear_train_args_init: sizeof(geopref_linear_train_args) */
   geopref_linear_inputs in;
   int64_t n_pairs;            /* as geopref_train_args from here to grad_seq_logps */
   const int64_t* pairs;
@@ -313,13 +351,14 @@ typedef struct geopref_linear_train_args {
   int grad_weight_float32;
   float* grad_bias;           /* [V] float, or NULL; needs a bias */
   int accumulate;             /* non-zero: grad_weight and grad_bias are added to */
-  /* Host copies for the one-pass path (fused_linear.cuh; NULL: two passes). Added at the end
-   * in 0.3, which moved the fields after `train` in geopref_vocab_linear_train_args too. */
+  /* Host copies for the one-pass path (fused_linear.cuh; NULL: two passes). */
   const int64_t* host_offsets; /* [S + 1] host memory, the values of in.offsets */
   const int64_t* host_pairs;   /* [P, 2] host memory, the values of pairs; NULL when pairs is */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_linear_train_args;
-/* Zero everything; types float32 / int64; grad_loss = 1; chunk_bytes = 1 GiB; the identity
- * logit transform. */
+/* struct_size; the rest zero; types float32 / int64; grad_loss = 1; chunk_bytes = 1 GiB;
+ * the identity logit transform. */
 GEOPREF_C_EXPORT void geopref_linear_train_args_init(geopref_linear_train_args* args);
 GEOPREF_C_EXPORT void geopref_linear_logps_args_init(geopref_linear_logps_args* args);
 /* workspace == NULL: sets *workspace_bytes only (it depends on chunk_bytes). */
@@ -343,6 +382,7 @@ typedef struct geopref_vocab_record {
   int32_t tag;       /* 2 * rank + (1 if the slice owns the label) */
 } geopref_vocab_record;
 
+/* A frozen block. */
 typedef struct geopref_vocab_slice {
   int64_t begin; /* first global column of this rank's slice */
   int64_t total; /* V of the whole vocabulary */
@@ -350,14 +390,23 @@ typedef struct geopref_vocab_slice {
   int n_ranks;
 } geopref_vocab_slice;
 
+/* geopref_vocab_stats_args_init: struct_size, as geopref_logps_args_init for
+ * the tokens, one rank (n_ranks = 1), the identity logit transform. */
 typedef struct geopref_vocab_stats_args {
+  size_t struct_size;            /* geopref_vocab_stats_args_init: sizeof(geopref_vocab_stats_args) */
   geopref_tokens tokens;         /* the slice: logits [N, ld], vocab = its width; global labels */
   geopref_vocab_slice slice;
   geopref_vocab_record* records; /* [N] out */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_vocab_stats_args;
 
+/* The step points to its train arguments (an argument struct with its own
+ * struct_size and logit transform) instead of embedding them, so that either
+ * can grow. geopref_vocab_train_args_init: struct_size, train = NULL, one rank. */
 typedef struct geopref_vocab_train_args {
-  geopref_train_args train;             /* over the slice; grad_logits: the slice's gradient */
+  size_t struct_size;                   /* geopref_vocab_train_args_init: sizeof(geopref_vocab_train_args) */
+  const geopref_train_args* train;      /* required: over the slice; grad_logits: the slice's gradient */
   geopref_vocab_slice slice;
   const geopref_vocab_record* records;  /* [n_ranks, N] all-gathered, slots in any order */
 } geopref_vocab_train_args;
@@ -365,7 +414,7 @@ typedef struct geopref_vocab_train_args {
 /* The rows of the per-token primitive (geopref::cuda::token_rows): no
  * sequences, every row whose label is not ignore_index is scored. To run a
  * chunk of rows [r, r + n) of a larger problem, offset every pointer by r rows
- * and pass n_rows = n (rows are independent). */
+ * and pass n_rows = n (rows are independent). A frozen block. */
 typedef struct geopref_token_rows {
   const void* logits;   /* [N, ld] row-major, logits_dtype; columns [V, ld) never read */
   int logits_dtype;     /* GEOPREF_FLOAT32 / FLOAT16 / BFLOAT16 */
@@ -375,35 +424,38 @@ typedef struct geopref_token_rows {
   const void* labels;   /* [N] label_type, already shifted */
   int label_type;       /* GEOPREF_INT32 / INT64 */
   int64_t ignore_index; /* label of unscored rows (default -100) */
-  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
-   * this one (geopref_token_logps_args, geopref_token_grad_args: their fields after `rows`). */
-  geopref_logit_transform logit_transform;
 } geopref_token_rows;
-/* Arguments of geopref_token_logps. geopref_token_logps_args_init() zeroes it
- * and sets ignore_index = -100, float32 logits, int64 labels, the identity
- * logit transform. */
+/* Arguments of geopref_token_logps. geopref_token_logps_args_init() sets
+ * struct_size, zeroes the rest and sets ignore_index = -100, float32 logits,
+ * int64 labels, the identity logit transform. */
 typedef struct geopref_token_logps_args {
+  size_t struct_size; /* geopref_token_logps_args_init: sizeof(geopref_token_logps_args) */
   geopref_token_rows rows;
   float* token_logps; /* [N] required: z[t, y_t] - lse_t, 0 for unscored rows */
   float* lse;         /* [N] optional: lse_t, 0 for unscored rows (the backward's input) */
   float* entropy;     /* [N] optional: -sum_v p log p, 0 for unscored rows (a second read) */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_token_logps_args;
 /* Arguments of geopref_token_logps_grad: grad[t, v] = g_t (1[v = y_t] -
  * exp(z[t, v] - lse_t)) for scored rows, zero rows otherwise. */
 typedef struct geopref_token_grad_args {
+  size_t struct_size;              /* geopref_token_grad_args_init: sizeof(geopref_token_grad_args) */
   geopref_token_rows rows;         /* the rows geopref_token_logps was given */
   const float* lse;                /* [N] geopref_token_logps' lse */
   const float* grad_token_logps;   /* [N] g_t = dLoss/dlogp_t */
   void* grad_logits;               /* [N, grad_ld]; may equal rows.logits (in place) */
   int64_t grad_ld;                 /* >= V; 0: ld */
   int grad_float32;                /* non-zero: gradient as float32, else in the logits dtype */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform; /* the one geopref_token_logps was given */
 } geopref_token_grad_args;
 /* The per-token primitive from hidden states (geopref/cuda/linear_token_logps.cuh;
  * compiled in kernels/c_api_linear.cu): token log-probs and their backward
  * from H [N, Hd] and W [V, Hd] (bias b [V]), the logits one chunk of rows at
- * a time in the workspace. geopref_linear_token_*_args_init() zeroes the
- * struct and sets float32, int64 labels, ignore_index = -100, chunk_bytes = 1 GiB,
- * the identity logit transform. */
+ * a time in the workspace. geopref_linear_token_*_args_init() set struct_size,
+ * zero the rest and set float32, int64 labels, ignore_index = -100,
+ * chunk_bytes = 1 GiB, the identity logit transform. A frozen block. */
 typedef struct geopref_linear_token_rows {
   const void* hidden;   /* [N, ld_hidden] row-major, dtype */
   int64_t ld_hidden;    /* >= Hd; 0: Hd */
@@ -419,17 +471,18 @@ typedef struct geopref_linear_token_rows {
   int64_t ignore_index; /* label of unscored rows */
   size_t chunk_bytes;   /* budget for one chunk of logits (>= one row, V rounded up to 16 bytes) */
   void* cublas_handle;  /* a cublasHandle_t, or NULL: the call creates and destroys one */
-  /* Added at the end after 0.3.0, which moved the fields after it in every struct that embeds
-   * this one (the linear token *_args structs: their fields after `rows`). */
-  geopref_logit_transform logit_transform;
 } geopref_linear_token_rows;
 typedef struct geopref_linear_token_logps_args {
+  size_t struct_size; /* geopref_linear_token_logps_args_init: sizeof(geopref_linear_token_logps_args) */
   geopref_linear_token_rows rows;
   float* token_logps; /* [N] required: logp_t, 0 for unscored rows */
   float* lse;         /* [N] optional: lse_t, 0 for unscored rows (the backward's input) */
   float* entropy;     /* [N] optional: -sum_v p log p, 0 for unscored rows */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
 } geopref_linear_token_logps_args;
 typedef struct geopref_linear_token_grad_args {
+  size_t struct_size;              /* geopref_linear_token_grad_args_init: sizeof(geopref_linear_token_grad_args) */
   geopref_linear_token_rows rows;  /* the rows geopref_linear_token_logps was given */
   const float* lse;                /* [N] its lse */
   const float* grad_token_logps;   /* [N] g_t = dLoss/dlogp_t */
@@ -440,13 +493,71 @@ typedef struct geopref_linear_token_grad_args {
   int grad_weight_float32;
   float* grad_bias;           /* [V] float, or NULL; needs a bias */
   int accumulate;             /* non-zero: grad_weight and grad_bias are added to */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform; /* the one geopref_linear_token_logps was given */
 } geopref_linear_token_grad_args;
+
+/* Vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh; in kernels/c_api_linear.cu, with
+ * cuBLAS): `in` / `train->in` describe the rank's slice of the projection (weight W_r [V_r, Hd],
+ * bias b_r, vocab = V_r) and the same hidden states on every rank. The records are exchanged as
+ * for geopref_vocab_parallel_*. grad_weight / grad_bias are the rank's slices; grad_hidden is
+ * this rank's partial G_r·W_r, which the caller sums over the ranks (an all-reduce). */
+typedef struct geopref_vocab_linear_stats_args {
+  size_t struct_size; /* geopref_vocab_linear_stats_args_init: sizeof(geopref_vocab_linear_stats_args) */
+  geopref_linear_inputs in;
+  geopref_vocab_slice slice;
+  geopref_vocab_record* records; /* [N] out */
+  /* ABI 1.1 */
+  geopref_logit_transform logit_transform;
+} geopref_vocab_linear_stats_args;
+typedef struct geopref_vocab_linear_train_args {
+  size_t struct_size; /* geopref_vocab_linear_train_args_init: sizeof(geopref_vocab_linear_train_args) */
+  const geopref_linear_train_args* train; /* required (as geopref_vocab_train_args) */
+  geopref_vocab_slice slice;
+  const geopref_vocab_record* records; /* [n_ranks, N] all-gathered, slots in any order */
+} geopref_vocab_linear_train_args;
+
+/* The sizes of the ABI 1.0 layouts: the smallest struct_size each entry
+ * accepts (what a caller compiled against 1.0 headers passes): offsetof the
+ * first field appended after 1.0, or sizeof for a struct that has not grown
+ * (its first appended field changes the macro to offsetof that field). */
+#define GEOPREF_OPTIONS_SIZE_1_0 sizeof(geopref_options)
+#define GEOPREF_TRAIN_ARGS_SIZE_1_0 offsetof(geopref_train_args, logit_transform)
+#define GEOPREF_LOGPS_ARGS_SIZE_1_0 offsetof(geopref_logps_args, logit_transform)
+#define GEOPREF_GRAD_ARGS_SIZE_1_0 offsetof(geopref_grad_args, logit_transform)
+#define GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 offsetof(geopref_linear_train_args, logit_transform)
+#define GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0 offsetof(geopref_linear_logps_args, logit_transform)
+#define GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0 offsetof(geopref_vocab_stats_args, logit_transform)
+#define GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0 sizeof(geopref_vocab_train_args)
+#define GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0 offsetof(geopref_token_logps_args, logit_transform)
+#define GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0 offsetof(geopref_token_grad_args, logit_transform)
+#define GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0 \
+  offsetof(geopref_linear_token_logps_args, logit_transform)
+#define GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0 \
+  offsetof(geopref_linear_token_grad_args, logit_transform)
+#define GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0 \
+  offsetof(geopref_vocab_linear_stats_args, logit_transform)
+#define GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0 sizeof(geopref_vocab_linear_train_args)
+
+/* Set struct_size and every default; call before setting fields. */
 GEOPREF_C_EXPORT void geopref_options_init(geopref_options* opt);
 GEOPREF_C_EXPORT void geopref_train_args_init(geopref_train_args* args);
 GEOPREF_C_EXPORT void geopref_logps_args_init(geopref_logps_args* args);
 GEOPREF_C_EXPORT void geopref_grad_args_init(geopref_grad_args* args);
+GEOPREF_C_EXPORT void geopref_vocab_stats_args_init(geopref_vocab_stats_args* args);
+GEOPREF_C_EXPORT void geopref_vocab_train_args_init(geopref_vocab_train_args* args);
+GEOPREF_C_EXPORT void geopref_token_logps_args_init(geopref_token_logps_args* args);
+GEOPREF_C_EXPORT void geopref_token_grad_args_init(geopref_token_grad_args* args);
+GEOPREF_C_EXPORT void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args);
+GEOPREF_C_EXPORT void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args);
+GEOPREF_C_EXPORT void geopref_vocab_linear_stats_args_init(geopref_vocab_linear_stats_args* args);
+GEOPREF_C_EXPORT void geopref_vocab_linear_train_args_init(geopref_vocab_linear_train_args* args);
 
-/* Workspace size for these arguments (the buffers need not be set yet). */
+/* Every entry E(workspace, workspace_bytes, args[, opt], stream) has
+ * E_workspace_size(args[, opt], workspace_bytes), the same call with a NULL
+ * workspace: the workspace size for these arguments (the device buffers need
+ * not be set yet; the arguments are checked as the call checks them). Host
+ * only, no GPU needed. */
 GEOPREF_C_EXPORT geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
                                                                   const geopref_options* opt,
                                                                   size_t* workspace_bytes);
@@ -455,6 +566,28 @@ GEOPREF_C_EXPORT geopref_status geopref_sequence_logps_workspace_size(
 GEOPREF_C_EXPORT geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
                                                                    const geopref_options* opt,
                                                                    size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_stats_workspace_size(
+    const geopref_vocab_stats_args* args, const geopref_options* opt, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_train_step_workspace_size(
+    const geopref_vocab_train_args* args, const geopref_options* opt, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_token_logps_workspace_size(
+    const geopref_token_logps_args* args, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_token_logps_grad_workspace_size(
+    const geopref_token_grad_args* args, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_fused_linear_step_workspace_size(
+    const geopref_linear_train_args* args, const geopref_options* opt, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_fused_linear_logps_workspace_size(
+    const geopref_linear_logps_args* args, const geopref_options* opt, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps_workspace_size(
+    const geopref_linear_token_logps_args* args, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps_grad_workspace_size(
+    const geopref_linear_token_grad_args* args, size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_vocab_linear_stats_workspace_size(
+    const geopref_vocab_linear_stats_args* args, const geopref_options* opt,
+    size_t* workspace_bytes);
+GEOPREF_C_EXPORT geopref_status geopref_vocab_linear_step_workspace_size(
+    const geopref_vocab_linear_train_args* args, const geopref_options* opt,
+    size_t* workspace_bytes);
 
 /* workspace == NULL: sets *workspace_bytes only. Otherwise *workspace_bytes is
  * the size of `workspace` and the work is enqueued on `stream`. */
@@ -482,16 +615,12 @@ GEOPREF_C_EXPORT geopref_status geopref_vocab_parallel_train_step(
     void* workspace, size_t* workspace_bytes, const geopref_vocab_train_args* args,
     const geopref_options* opt, geopref_stream_t stream);
 
-GEOPREF_C_EXPORT void geopref_token_logps_args_init(geopref_token_logps_args* args);
-GEOPREF_C_EXPORT void geopref_token_grad_args_init(geopref_token_grad_args* args);
 GEOPREF_C_EXPORT geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
                                                     const geopref_token_logps_args* args,
                                                     geopref_stream_t stream);
 GEOPREF_C_EXPORT geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
                                                          const geopref_token_grad_args* args,
                                                          geopref_stream_t stream);
-GEOPREF_C_EXPORT void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args);
-GEOPREF_C_EXPORT void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args);
 /* workspace == NULL: sets *workspace_bytes only (it depends on chunk_bytes). */
 GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps(
     void* workspace, size_t* workspace_bytes, const geopref_linear_token_logps_args* args,
@@ -500,21 +629,6 @@ GEOPREF_C_EXPORT geopref_status geopref_linear_token_logps_grad(
     void* workspace, size_t* workspace_bytes, const geopref_linear_token_grad_args* args,
     geopref_stream_t stream);
 
-/* Vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh; in kernels/c_api_linear.cu, with
- * cuBLAS): `in` / `train.in` describe the rank's slice of the projection (weight W_r [V_r, Hd],
- * bias b_r, vocab = V_r) and the same hidden states on every rank. The records are exchanged as
- * for geopref_vocab_parallel_*. grad_weight / grad_bias are the rank's slices; grad_hidden is
- * this rank's partial G_r·W_r, which the caller sums over the ranks (an all-reduce). */
-typedef struct geopref_vocab_linear_stats_args {
-  geopref_linear_inputs in;
-  geopref_vocab_slice slice;
-  geopref_vocab_record* records; /* [N] out */
-} geopref_vocab_linear_stats_args;
-typedef struct geopref_vocab_linear_train_args {
-  geopref_linear_train_args train;
-  geopref_vocab_slice slice;
-  const geopref_vocab_record* records; /* [n_ranks, N] all-gathered, slots in any order */
-} geopref_vocab_linear_train_args;
 GEOPREF_C_EXPORT geopref_status geopref_vocab_linear_stats(void* workspace, size_t* workspace_bytes,
                                                            const geopref_vocab_linear_stats_args* args,
                                                            const geopref_options* opt,

@@ -32,8 +32,8 @@ template <class T>
 using c_field_t = typename c_field<T>::type;
 
 // Every field of the list is a member of geopref_options with the C type of
-// the list's type, and the C struct has no other member: its size is the
-// fields' sizes and its padding. (The C members are in the ABI's order —
+// the list's type, and the C struct has no other member but struct_size (ABI
+// 1.0, c_api.h): its size is struct_size, the fields' sizes and its padding. (The C members are in the ABI's order —
 // fields were appended release by release — not the list's, so the order is
 // not checked; the padding is 4 bytes after each of the four ints loss,
 // reduction, average_logps and transform, which precede 8-byte members.)
@@ -46,7 +46,9 @@ GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
 #undef GEOPREF_X
 inline constexpr std::size_t C_OPTIONS_PADDING = 4 * 4;
 #define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) +sizeof(c_field_t<type>)
-static_assert(sizeof(geopref_options) == C_OPTIONS_PADDING GEOPREF_OPTIONS_FIELDS(GEOPREF_X),
+static_assert(offsetof(geopref_options, struct_size) == 0);
+static_assert(sizeof(geopref_options) ==
+                  sizeof(std::size_t) + C_OPTIONS_PADDING GEOPREF_OPTIONS_FIELDS(GEOPREF_X),
               "geopref_options has a member GEOPREF_OPTIONS_FIELDS does not");
 #undef GEOPREF_X
 
@@ -97,7 +99,9 @@ void to_c(const T (&v)[N], c_field_t<T> (*c)[N]) {
 }  // namespace c_fields
 
 /// The C options as C++ ones, one conversion per field of the list, in its
-/// order; the first out-of-range value's status.
+/// order; the first out-of-range value's status. `c` is a whole struct of this
+/// library's layout (the C entries read the caller's by its struct_size first,
+/// kernels/c_api_common.cuh).
 inline status from_c(const geopref_options& c, options* o) {
   status s = status::success;
 #define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) \
@@ -107,9 +111,11 @@ inline status from_c(const geopref_options& c, options* o) {
   return s;
 }
 
-/// The C++ options as C ones (geopref_options_init: to_c(options{})).
+/// The C++ options as C ones, struct_size set (geopref_options_init:
+/// to_c(options{})).
 inline geopref_options to_c(const options& o) {
   geopref_options c;
+  c.struct_size = sizeof(geopref_options);
 #define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc) c_fields::to_c(o.P name, &c.c_name);
   GEOPREF_OPTIONS_FIELDS(GEOPREF_X)
 #undef GEOPREF_X

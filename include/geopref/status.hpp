@@ -42,6 +42,8 @@ enum class status : int {
                           // host_pairs) differ from the device arrays (recorded on the device)
   invalid_logit_transform,// the logit transform: scale not finite and > 0, softcap negative or not
                           // finite, temperature not finite and > 0
+  invalid_struct_size,    // C ABI: an argument struct's struct_size is below its ABI 1.0 size, between
+                          // two released layouts, or past the library's layout with non-zero bytes
   internal_error,
 };
 
@@ -76,6 +78,7 @@ inline const char* status_string(status s) noexcept {
     case status::cuda_error: return "CUDA runtime error";
     case status::host_layout_mismatch: return "host layout mismatch: host_offsets / host_pairs differ from the device offsets / pairs";
     case status::invalid_logit_transform: return "invalid logit transform: logit_scale and temperature must be finite and > 0, softcap finite and >= 0 (0: no cap)";
+    case status::invalid_struct_size: return "invalid struct size: struct_size is not the size of a released layout of this struct (set it with its geopref_*_init), or the bytes past the layout this library knows are not zero";
     case status::internal_error: return "internal error";
   }
   return "unknown status";

@@ -234,6 +234,7 @@ TEST_CASE("geopref_options <-> geopref::options: every field of the list crosses
   o.ignore_index = -7, o.nll_tokens = 33.0, o.nll_weight = 4.5;
   options r{};
   REQUIRE(from_c(to_c(o), &r) == status::success);
+  CHECK(to_c(o).struct_size == sizeof(geopref_options));  // ABI 1.0: what the C entries read first
   int fields = 0;
 #define GEOPREF_X(P, kind, type, name, c_name, def, flag, doc)                          \
   ++fields;                                                                            \

@@ -111,8 +111,10 @@ int main(void) {
    * less the one-pass plan's piece, which the vocab-parallel step (always two passes) does
    * not reserve: (S + 1 + 3P + S) int64, 2048 bytes here. */
   geopref_vocab_linear_train_args v;
-  v.train = a;
-  v.train.in.vocab = 64128;
+  geopref_linear_train_args slice_train = a;
+  geopref_vocab_linear_train_args_init(&v);
+  slice_train.in.vocab = 64128;
+  v.train = &slice_train;
   v.slice.begin = 64128;
   v.slice.total = 128256;
   v.slice.rank = 1;
@@ -120,7 +122,7 @@ int main(void) {
   v.records = NULL;
   size_t plain = 0, sharded = 0;
   fails += expect("slice, unsharded query",
-                  geopref_fused_linear_step(NULL, &plain, &v.train, &opt, NULL), GEOPREF_SUCCESS);
+                  geopref_fused_linear_step(NULL, &plain, &slice_train, &opt, NULL), GEOPREF_SUCCESS);
   fails += expect("slice, sharded query", geopref_vocab_linear_step(NULL, &sharded, &v, &opt, NULL),
                   GEOPREF_SUCCESS);
   if (sharded < plain + 16384 * 4 - 2048 || sharded > plain + 16384 * 4 - 2048 + 256) {
@@ -128,7 +130,8 @@ int main(void) {
     ++fails;
   }
   geopref_vocab_linear_stats_args st;
-  st.in = v.train.in;
+  geopref_vocab_linear_stats_args_init(&st);
+  st.in = slice_train.in;
   st.slice = v.slice;
   st.records = NULL;
   fails += expect("stats query", geopref_vocab_linear_stats(NULL, &bytes, &st, &opt, NULL),

@@ -1,6 +1,6 @@
 /* tests/tools/test_c_api_transform.c — the logit transform in the C ABI from
  * C99, host only: every *_args_init sets the identity (scale 1, softcap 0,
- * temperature 1) in the struct it embeds, and each entry's workspace query
+ * temperature 1) at the end of the argument struct (ABI 1.1), and each entry's workspace query
  * (no GPU) rejects a transform zeroed by hand, a negative softcap and a
  * non-finite temperature with GEOPREF_INVALID_LOGIT_TRANSFORM. The values
  * themselves are checked on the GPU (tests/cuda, geopref-check --device cuda). */
@@ -52,15 +52,15 @@ int main(void) {
   geopref_linear_logps_args_init(&lin_logps);
   geopref_linear_token_logps_args_init(&lin_tok);
   geopref_linear_token_grad_args_init(&lin_tok_grad);
-  fails += identity("geopref_train_args_init", train.tokens.logit_transform);
-  fails += identity("geopref_logps_args_init", logps.tokens.logit_transform);
-  fails += identity("geopref_grad_args_init", grad.tokens.logit_transform);
-  fails += identity("geopref_token_logps_args_init", tok.rows.logit_transform);
-  fails += identity("geopref_token_grad_args_init", tok_grad.rows.logit_transform);
-  fails += identity("geopref_linear_train_args_init", lin.in.logit_transform);
-  fails += identity("geopref_linear_logps_args_init", lin_logps.in.logit_transform);
-  fails += identity("geopref_linear_token_logps_args_init", lin_tok.rows.logit_transform);
-  fails += identity("geopref_linear_token_grad_args_init", lin_tok_grad.rows.logit_transform);
+  fails += identity("geopref_train_args_init", train.logit_transform);
+  fails += identity("geopref_logps_args_init", logps.logit_transform);
+  fails += identity("geopref_grad_args_init", grad.logit_transform);
+  fails += identity("geopref_token_logps_args_init", tok.logit_transform);
+  fails += identity("geopref_token_grad_args_init", tok_grad.logit_transform);
+  fails += identity("geopref_linear_train_args_init", lin.logit_transform);
+  fails += identity("geopref_linear_logps_args_init", lin_logps.logit_transform);
+  fails += identity("geopref_linear_token_logps_args_init", lin_tok.logit_transform);
+  fails += identity("geopref_linear_token_grad_args_init", lin_tok_grad.logit_transform);
 
   /* Small problems whose queries succeed with the identity: 4 rows of V = 8
    * (Hd = 4 from hidden states), 2 sequences, one pair. */
@@ -94,25 +94,25 @@ int main(void) {
   } while (0)
 
   GEOPREF_CHECK_ENTRY("train_step", geopref_train_step(NULL, &bytes, &train, &opt, NULL),
-                      train.tokens.logit_transform);
+                      train.logit_transform);
   GEOPREF_CHECK_ENTRY("sequence_logps", geopref_sequence_logps(NULL, &bytes, &logps, &opt, NULL),
-                      logps.tokens.logit_transform);
+                      logps.logit_transform);
   GEOPREF_CHECK_ENTRY("logits_grad", geopref_logits_grad(NULL, &bytes, &grad, &opt, NULL),
-                      grad.tokens.logit_transform);
+                      grad.logit_transform);
   GEOPREF_CHECK_ENTRY("token_logps", geopref_token_logps(NULL, &bytes, &tok, NULL),
-                      tok.rows.logit_transform);
+                      tok.logit_transform);
   GEOPREF_CHECK_ENTRY("token_logps_grad", geopref_token_logps_grad(NULL, &bytes, &tok_grad, NULL),
-                      tok_grad.rows.logit_transform);
+                      tok_grad.logit_transform);
   GEOPREF_CHECK_ENTRY("fused_linear_step", geopref_fused_linear_step(NULL, &bytes, &lin, &opt, NULL),
-                      lin.in.logit_transform);
+                      lin.logit_transform);
   GEOPREF_CHECK_ENTRY("fused_linear_logps",
                       geopref_fused_linear_logps(NULL, &bytes, &lin_logps, &opt, NULL),
-                      lin_logps.in.logit_transform);
+                      lin_logps.logit_transform);
   GEOPREF_CHECK_ENTRY("linear_token_logps", geopref_linear_token_logps(NULL, &bytes, &lin_tok, NULL),
-                      lin_tok.rows.logit_transform);
+                      lin_tok.logit_transform);
   GEOPREF_CHECK_ENTRY("linear_token_logps_grad",
                       geopref_linear_token_logps_grad(NULL, &bytes, &lin_tok_grad, NULL),
-                      lin_tok_grad.rows.logit_transform);
+                      lin_tok_grad.logit_transform);
 #undef GEOPREF_CHECK_ENTRY
   if (fails == 0) printf("logit transform: all C ABI checks passed\n");
   return fails == 0 ? 0 : 1;

@@ -43,14 +43,13 @@ int c_index_type(const Tensor& t) {
 /// The C ABI's token view. `z` is check_tokens' result; the tensors must
 /// outlive the call.
 geopref_tokens c_tokens(const Tensor& z, const Tensor& labels, const Tensor& offsets,
-                        const geopref::logit_transform& tr, const char* op) {
+                        const char* op) {
   geopref_tokens t{};
   t.logits = z.data_ptr();
   t.logits_dtype = c_logits_dtype(z, op);
   t.n_rows = z.size(0);
   t.vocab = z.size(1);
   t.ld = row_stride(z);
-  t.logit_transform = c_transform(tr);
   t.labels = labels.data_ptr();
   t.label_type = c_index_type(labels);
   t.offsets = offsets.data_ptr();
@@ -124,7 +123,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
   Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
   geopref_train_args a;
   geopref_train_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, tr, op);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.logit_transform = c_transform(tr);
   pr.fill(a);
   a.loss = value.data_ptr<float>();
   a.seq_logps = seq.data_ptr<float>();
@@ -156,7 +156,8 @@ Tensor pref_loss_grad_seq_cuda(
   Tensor gseq = at::empty({S}, z.options().dtype(at::kFloat));
   geopref_train_args a;
   geopref_train_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, tr, op);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.logit_transform = c_transform(tr);
   pr.fill(a);
   a.grad_output = up.data_ptr<float>();
   a.grad_seq_logps = gseq.data_ptr<float>();
@@ -181,7 +182,8 @@ std::tuple<Tensor, Tensor, Tensor> sequence_logps_cuda(const Tensor& logits, con
   Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
   geopref_logps_args a;
   geopref_logps_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, tr, op);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.logit_transform = c_transform(tr);
   a.seq_logps = seq.data_ptr<float>();
   a.seq_counts = counts.data_ptr<int64_t>();
   a.lse = lse.data_ptr<float>();
@@ -209,7 +211,8 @@ Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor
   opt.ignore_index = ignore_index;
   geopref_grad_args a;
   geopref_grad_args_init(&a);
-  a.tokens = c_tokens(z, labels, offsets, tr, op);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.logit_transform = c_transform(tr);
   a.lse = l.data_ptr<float>();
   a.grad_seq_logps = g.data_ptr<float>();
   a.grad_logits = grad.data_ptr();
@@ -221,7 +224,7 @@ Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor
 
 /// The C ABI's rows of the per-token primitive; `z` is check_rows' result.
 geopref_token_rows c_rows(const Tensor& z, const Tensor& labels, int64_t ignore_index,
-                          const geopref::logit_transform& tr, const char* op) {
+                          const char* op) {
   geopref_token_rows r{};
   r.logits = z.data_ptr();
   r.logits_dtype = c_logits_dtype(z, op);
@@ -231,7 +234,6 @@ geopref_token_rows c_rows(const Tensor& z, const Tensor& labels, int64_t ignore_
   r.labels = labels.data_ptr();
   r.label_type = c_index_type(labels);
   r.ignore_index = ignore_index;
-  r.logit_transform = c_transform(tr);
   return r;
 }
 
@@ -265,7 +267,8 @@ std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const 
   Tensor ent = at::empty({entropy ? N : 0}, f32);
   geopref_token_logps_args a;
   geopref_token_logps_args_init(&a);
-  a.rows = c_rows(z, labels, ignore_index, tr, op);
+  a.rows = c_rows(z, labels, ignore_index, op);
+  a.logit_transform = c_transform(tr);
   a.token_logps = logp.data_ptr<float>();
   a.lse = lse.data_ptr<float>();
   a.entropy = entropy ? ent.data_ptr<float>() : nullptr;
@@ -289,7 +292,8 @@ Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const T
   Tensor out = at::empty({N, V}, z.options());
   geopref_token_grad_args a;
   geopref_token_grad_args_init(&a);
-  a.rows = c_rows(z, labels, ignore_index, tr, op);
+  a.rows = c_rows(z, labels, ignore_index, op);
+  a.logit_transform = c_transform(tr);
   a.lse = l.data_ptr<float>();
   a.grad_token_logps = g.data_ptr<float>();
   a.grad_logits = out.data_ptr();

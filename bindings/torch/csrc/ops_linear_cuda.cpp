@@ -48,8 +48,7 @@ int c_index(const Tensor& t) { return t.scalar_type() == at::kInt ? GEOPREF_INT3
 /// The C ABI's hidden states, projection and token rows. The tensors must
 /// outlive the call.
 geopref_linear_inputs c_linear(const linear_tensors& t, const Tensor& labels,
-                               const Tensor& offsets, int64_t chunk_bytes,
-                               const geopref::logit_transform& tr, const char* op) {
+                               const Tensor& offsets, int64_t chunk_bytes, const char* op) {
   geopref_linear_inputs in{};
   in.hidden = t.hidden.data_ptr();
   in.ld_hidden = row_stride(t.hidden);
@@ -60,7 +59,6 @@ geopref_linear_inputs c_linear(const linear_tensors& t, const Tensor& labels,
   in.n_rows = t.n_rows();
   in.hidden_size = t.hidden_size();
   in.vocab = t.vocab();
-  in.logit_transform = c_transform(tr);
   in.labels = labels.data_ptr();
   in.label_type = c_index(labels);
   in.offsets = offsets.data_ptr();
@@ -176,7 +174,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cuda(
   Tensor metrics = at::empty({7}, t.hidden.options().dtype(at::kDouble));
   geopref_linear_train_args a;
   geopref_linear_train_args_init(&a);
-  a.in = c_linear(t, labels, offsets, chunk_bytes, tr, op);
+  a.in = c_linear(t, labels, offsets, chunk_bytes, op);
+  a.logit_transform = c_transform(tr);
   // The one-pass path's host copies (CPU int64, checked here for shape and
   // dtype; their values against the device arrays by the library, which
   // records host_layout_mismatch for `check` to report). Null: two passes.
@@ -265,7 +264,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cuda(
   Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
   geopref_linear_logps_args a;
   geopref_linear_logps_args_init(&a);
-  a.in = c_linear(t, labels, offsets, chunk_bytes, tr, op);
+  a.in = c_linear(t, labels, offsets, chunk_bytes, op);
+  a.logit_transform = c_transform(tr);
   a.seq_logps = seq.data_ptr<float>();
   a.seq_counts = counts.data_ptr<int64_t>();
   a.lse = lse.data_ptr<float>();
@@ -314,7 +314,7 @@ grads3 linear_sequence_logps_grad_cuda(const Tensor& hidden, const Tensor& weigh
   r.ignore_index = ignore_index;
   r.chunk_bytes = static_cast<size_t>(chunk_bytes);
   r.cublas_handle = at::cuda::getCurrentCUDABlasHandle();
-  r.logit_transform = c_transform(tr);
+  a.logit_transform = c_transform(tr);
   a.lse = l.data_ptr<float>();
   a.grad_token_logps = gt.data_ptr<float>();
   g.fill(a);
