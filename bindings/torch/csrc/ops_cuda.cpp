@@ -314,10 +314,140 @@ Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const T
   return out;
 }
 
+/// One C entry of the form entry(workspace, &bytes, args, options, stream),
+/// the two-phase way, with `check` the recorded device status.
+template <class Args, class Entry>
+void launch_entry(const Args& a, const geopref_options* opt, const Tensor& like, bool check,
+                  Entry entry, const char* op) {
+  size_t bytes = 0;
+  const geopref_stream_t stream = current_stream();
+  check_status(entry(nullptr, &bytes, &a, opt, stream), op);
+  Tensor ws = at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                        like.options().dtype(at::kByte));
+  check_status(entry(ws.data_ptr(), &bytes, &a, opt, stream), op);
+  if (check) {
+    geopref_status recorded = GEOPREF_SUCCESS;
+    check_status(geopref_device_status(ws.data_ptr(), stream, &recorded), op);
+    check_status(recorded, op);
+  }
+}
+
+// ---- Vocab parallel (ops_vocab.cpp documents the operators).
+
+Tensor vocab_parallel_stats_cuda(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                                 c10::IntArrayRef vocab_slice, c10::ArrayRef<double> options,
+                                 bool check, c10::ArrayRef<double> logit_transform) {
+  const char* op = "vocab_parallel_stats";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const auto sl = to_vocab_slice(vocab_slice, z.size(1), op);
+  geopref_vocab_stats_args a{};
+  a.tokens = c_tokens(z, labels, offsets, tr, op);
+  a.slice = c_slice(sl);
+  Tensor records = c_records_out(z.size(0), z, &a.records);
+  const geopref_options copt = c_options(opt);
+  launch_entry(a, &copt, z, check, geopref_vocab_parallel_stats, op);
+  return records;
+}
+
+/// vocab_parallel_train_step (pr given) and vocab_parallel_logps (pr null:
+/// explicit pairing with P = 0, no pair terms) through
+/// geopref_vocab_parallel_train_step.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vocab_step_cuda(
+    const Tensor& z, const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const cuda_pairs* pr, const Tensor& token_weights, const geopref_vocab_slice_fields& sl,
+    const geopref::options& opt, bool grad, bool check, const geopref::logit_transform& tr,
+    const optional<Tensor>& grad_output, const char* op) {
+  const int64_t N = z.size(0), W = z.size(1), S = offsets.size(0) - 1;
+  const int64_t P = pr != nullptr ? pr->n_pairs : 0;
+  const bool per_pair = opt.reduce == geopref::reduction::none;
+  const auto f32 = z.options().dtype(at::kFloat);
+  Tensor value = per_pair ? at::empty({P}, f32) : at::empty({}, f32);
+  Tensor seq = at::empty({S}, f32), counts = at::empty({S}, z.options().dtype(at::kLong));
+  Tensor metrics = at::empty({7}, z.options().dtype(at::kDouble));
+  Tensor sums = at::empty({METRIC_SUMS}, z.options().dtype(at::kDouble));
+  Tensor g = grad ? at::empty({N, W}, z.options()) : at::empty({0}, z.options());
+  Tensor no_pairs, up;
+  geopref_vocab_train_args a{};
+  geopref_train_args_init(&a.train);
+  a.train.tokens = c_tokens(z, labels, offsets, tr, op);
+  if (pr != nullptr) {
+    pr->fill(a.train);
+  } else {
+    no_pairs = at::zeros({1, 2}, z.options().dtype(at::kLong));  // P = 0: never read
+    a.train.n_pairs = 0;
+    a.train.pairs = no_pairs.data_ptr<int64_t>();
+    a.train.tokens.token_weights = float_or_null(token_weights);
+  }
+  if (grad_output.has_value() && grad_output->defined()) {
+    const int64_t n_up = per_pair ? P : 1;
+    TORCH_CHECK_VALUE(grad_output->numel() == n_up && grad_output->device() == z.device(),
+                      "geopref.", op, ": grad_output must hold ", n_up,
+                      " value(s) on the logits' device, got ", grad_output->sizes());
+    up = grad_output->to(at::kFloat).contiguous().reshape({-1});
+    a.train.grad_output = up.data_ptr<float>();
+  }
+  a.train.loss = value.data_ptr<float>();
+  a.train.seq_logps = seq.data_ptr<float>();
+  a.train.seq_counts = counts.data_ptr<int64_t>();
+  a.train.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
+  a.train.stat_sums = reinterpret_cast<geopref_metric_sums*>(sums.data_ptr<double>());
+  if (grad) {
+    a.train.grad_logits = g.data_ptr();
+    a.train.grad_ld = W;
+  }
+  a.slice = c_slice(sl);
+  a.records = c_gathered(records, sl.n_ranks, N, z, op);
+  const geopref_options copt = c_options(opt);
+  launch_entry(a, &copt, z, check, geopref_vocab_parallel_train_step, op);
+  return {value, seq, metrics, sums, g, counts};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> vocab_parallel_train_step_cuda(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::IntArrayRef vocab_slice,
+    c10::ArrayRef<double> options, bool grad, bool check,
+    c10::ArrayRef<double> logit_transform, const optional<Tensor>& grad_output) {
+  const char* op = "vocab_parallel_train_step";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const auto sl = to_vocab_slice(vocab_slice, z.size(1), op);
+  const cuda_pairs pr(z, offsets.size(0) - 1, pairs, soft_labels, ref_logps, weights,
+                      token_weights, op);
+  const auto r = vocab_step_cuda(z, labels, offsets, records, &pr, pr.token_weights, sl, opt, grad,
+                                 check, tr, grad_output, op);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
+}
+
+std::tuple<Tensor, Tensor> vocab_parallel_logps_cuda(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const optional<Tensor>& token_weights, c10::IntArrayRef vocab_slice,
+    c10::ArrayRef<double> options, bool check, c10::ArrayRef<double> logit_transform) {
+  const char* op = "vocab_parallel_logps";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const auto sl = to_vocab_slice(vocab_slice, z.size(1), op);
+  const Tensor tw = cuda_token_weights(token_weights, z, op);
+  const auto r = vocab_step_cuda(z, labels, offsets, records, nullptr, tw, sl, opt, false, check,
+                                 tr, {}, op);
+  return {std::get<1>(r), std::get<5>(r)};
+}
+
 }  // namespace
 }  // namespace geopref_torch
 
 TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
+  m.impl("vocab_parallel_stats", &geopref_torch::vocab_parallel_stats_cuda);
+  m.impl("vocab_parallel_train_step", &geopref_torch::vocab_parallel_train_step_cuda);
+  m.impl("vocab_parallel_logps", &geopref_torch::vocab_parallel_logps_cuda);
   m.impl("token_logps", &geopref_torch::token_logps_cuda);
   m.impl("token_logps_grad", &geopref_torch::token_logps_grad_cuda);
   m.impl("pref_loss", &geopref_torch::pref_loss_cuda);

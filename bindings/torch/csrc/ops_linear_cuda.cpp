@@ -418,10 +418,84 @@ grads3 linear_token_logps_grad_cuda(const Tensor& hidden, const Tensor& weight,
                                grad_mask, check, tr, op);
 }
 
+// ---- Vocab-parallel fused linear (ops_vocab.cpp documents the operators):
+// weight and bias are this rank's rows W_r [V_r, H], b_r [V_r].
+
+Tensor vocab_linear_stats_cuda(const Tensor& hidden, const Tensor& weight,
+                               const optional<Tensor>& bias, const Tensor& labels,
+                               const Tensor& offsets, c10::IntArrayRef vocab_slice,
+                               c10::ArrayRef<double> options, int64_t chunk_bytes, bool check,
+                               c10::ArrayRef<double> logit_transform) {
+  const char* op = "vocab_linear_stats";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const auto sl = to_vocab_slice(vocab_slice, t.vocab(), op);
+  geopref_vocab_linear_stats_args a{};
+  a.in = c_linear(t, labels, offsets, chunk_bytes, tr, op);
+  a.slice = c_slice(sl);
+  Tensor records = c_records_out(t.n_rows(), t.hidden, &a.records);
+  const geopref_options copt = c_options(opt);
+  launch(a, &copt, t.hidden, check, geopref_vocab_linear_stats, op);
+  return records;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vocab_linear_step_cuda(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias,
+    const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::IntArrayRef vocab_slice,
+    c10::ArrayRef<double> options, int64_t chunk_bytes, std::array<bool, 3> grad_mask,
+    bool check, c10::ArrayRef<double> logit_transform, const optional<Tensor>& grad_output) {
+  const char* op = "vocab_linear_step";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const auto sl = to_vocab_slice(vocab_slice, t.vocab(), op);
+  const int64_t S = offsets.size(0) - 1;
+  const cuda_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
+  const bool per_pair = opt.reduce == geopref::reduction::none;
+  const auto f32 = t.hidden.options().dtype(at::kFloat);
+  Tensor value = per_pair ? at::empty({pr.n_pairs}, f32) : at::empty({}, f32);
+  Tensor seq = at::empty({S}, f32);
+  Tensor metrics = at::empty({7}, t.hidden.options().dtype(at::kDouble));
+  Tensor sums = at::empty({METRIC_SUMS}, t.hidden.options().dtype(at::kDouble));
+  Tensor up;
+  geopref_vocab_linear_train_args a{};
+  geopref_linear_train_args_init(&a.train);
+  a.train.in = c_linear(t, labels, offsets, chunk_bytes, tr, op);
+  pr.fill(a.train);
+  if (grad_output.has_value() && grad_output->defined()) {
+    const int64_t n_up = per_pair ? pr.n_pairs : 1;
+    TORCH_CHECK_VALUE(grad_output->numel() == n_up && grad_output->device() == t.hidden.device(),
+                      "geopref.", op, ": grad_output must hold ", n_up,
+                      " value(s) on the device of hidden, got ", grad_output->sizes());
+    up = grad_output->to(at::kFloat).contiguous().reshape({-1});
+    a.train.grad_output = up.data_ptr<float>();
+  }
+  a.train.loss = value.data_ptr<float>();
+  a.train.seq_logps = seq.data_ptr<float>();
+  a.train.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
+  a.train.stat_sums = reinterpret_cast<geopref_metric_sums*>(sums.data_ptr<double>());
+  const cuda_grads g(t, grad_mask);
+  g.fill(a.train);
+  a.slice = c_slice(sl);
+  a.records = c_gathered(records, sl.n_ranks, t.n_rows(), t.hidden, op);
+  const geopref_options copt = c_options(opt);
+  launch(a, &copt, t.hidden, check, geopref_vocab_linear_step, op);
+  const auto [gh, gw, gb] = g.result(t);
+  return {value, seq, metrics, sums, gh, gw, gb};
+}
+
 }  // namespace
 }  // namespace geopref_torch
 
 TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
+  m.impl("vocab_linear_stats", &geopref_torch::vocab_linear_stats_cuda);
+  m.impl("vocab_linear_step", &geopref_torch::vocab_linear_step_cuda);
   m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cuda);
   m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cuda);
   m.impl("linear_pref_loss_accumulate", &geopref_torch::linear_pref_loss_accumulate_cuda);

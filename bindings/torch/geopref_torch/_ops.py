@@ -574,3 +574,166 @@ torch.library.register_autograd("geopref::linear_token_logps", _linear_token_log
 torch.library.register_autograd("geopref::linear_pref_loss_grad", _no_double_backward)
 torch.library.register_autograd("geopref::linear_sequence_logps_grad", _no_double_backward)
 torch.library.register_autograd("geopref::linear_token_logps_grad", _no_double_backward)
+
+
+# ---- The vocab-parallel operators (csrc/ops_vocab.cpp): one rank's part of
+# a step over logits (or a projection) split by vocabulary columns. The
+# records are an opaque tensor to all-gather: int32 [N, 4] on CUDA (the
+# library's 16-byte record), float64 [N, 4] on CPU (the reference's).
+# Only this rank's slice gets a gradient (grad_logits, or grad_hidden's
+# partial, grad_weight and grad_bias): the records are not differentiable,
+# and the rank's own gradient is already the whole derivative with respect
+# to its slice (lse's dependence on it included).
+
+VOCAB_SLICE_FIELDS = tuple(ops.vocab_slice_fields())
+
+
+def _records_fake(like, n):
+    dt = torch.float64 if like.device.type == "cpu" else torch.int32
+    return like.new_empty((n, 4), dtype=dt)
+
+
+@torch.library.register_fake("geopref::vocab_parallel_stats")
+def _vocab_parallel_stats_fake(logits, labels, offsets, vocab_slice, options, check,
+                               logit_transform):
+    _check_shapes(logits, labels, offsets, "vocab_parallel_stats")
+    return _records_fake(logits, logits.shape[0])
+
+
+def _vocab_value_fake(like, offsets, pairs, options):
+    s = offsets.shape[0] - 1
+    p = pairs.shape[0] if pairs is not None else s // 2
+    dt = _float_out(like)
+    none = option_value(options, "reduce") == "none"
+    return (like.new_empty((p,) if none else (), dtype=dt), like.new_empty((s,), dtype=dt),
+            like.new_empty((7,), dtype=torch.float64), like.new_empty((8,), dtype=torch.float64))
+
+
+@torch.library.register_fake("geopref::vocab_parallel_train_step")
+def _vocab_parallel_train_step_fake(logits, labels, offsets, records, pairs, soft_labels,
+                                    ref_logps, weights, token_weights, vocab_slice, options, grad,
+                                    check, logit_transform, grad_output=None):
+    _check_shapes(logits, labels, offsets, "vocab_parallel_train_step")
+    g = (torch.empty_like(logits, memory_format=torch.contiguous_format) if grad
+         else logits.new_empty((0,)))
+    return (*_vocab_value_fake(logits, offsets, pairs, options), g)
+
+
+@torch.library.register_fake("geopref::vocab_parallel_logps")
+def _vocab_parallel_logps_fake(logits, labels, offsets, records, token_weights, vocab_slice,
+                               options, check, logit_transform):
+    _check_shapes(logits, labels, offsets, "vocab_parallel_logps")
+    s = offsets.shape[0] - 1
+    return (logits.new_empty((s,), dtype=_float_out(logits)),
+            logits.new_empty((s,), dtype=torch.int64))
+
+
+@torch.library.register_fake("geopref::vocab_linear_stats")
+def _vocab_linear_stats_fake(hidden, weight, bias, labels, offsets, vocab_slice, options,
+                             chunk_bytes, check, logit_transform):
+    _check_linear(hidden, weight, bias, labels, offsets, "vocab_linear_stats")
+    return _records_fake(hidden, hidden.shape[0])
+
+
+@torch.library.register_fake("geopref::vocab_linear_step")
+def _vocab_linear_step_fake(hidden, weight, bias, labels, offsets, records, pairs, soft_labels,
+                            ref_logps, weights, token_weights, vocab_slice, options, chunk_bytes,
+                            grad_mask, check, logit_transform, grad_output=None):
+    _check_linear(hidden, weight, bias, labels, offsets, "vocab_linear_step")
+    return (*_vocab_value_fake(hidden, offsets, pairs, options),
+            *_linear_grads_fake(hidden, weight, bias, grad_mask))
+
+
+def _scale_saved(ctx, grads, grad_loss, need):
+    """The forward's gradients (at upstream 1) times a scalar upstream
+    gradient, as linear_pref_loss's backward: in place when nothing else sees them."""
+    if torch.is_grad_enabled():
+        _no_double_backward(ctx)
+    up = grad_loss.reshape(())
+    if all(type(g) is torch.Tensor for g in grads) and not _graph_kept():
+        return tuple(g.mul_(up) if n else None for g, n in zip(grads, need))
+    return tuple(g * up if n else None for g, n in zip(grads, need))
+
+
+def _vocab_step_setup(ctx, inputs, output):
+    a = _named("vocab_parallel_train_step", inputs)
+    _, seq_logps, metrics, sums, grad_logits = output
+    ctx.mark_non_differentiable(seq_logps, metrics, sums, grad_logits)
+    ctx.scaled = option_value(a["options"], "reduce") != "none"
+    ctx.had_grad = bool(a["grad"])
+    if ctx.scaled:
+        ctx.save_for_backward(grad_logits)
+    else:
+        _save_named(ctx, "vocab_parallel_train_step", inputs)
+
+
+def _vocab_step_backward(ctx, grad_loss, *_):
+    op = "vocab_parallel_train_step"
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return _grads_for(op, {})
+    if ctx.scaled:
+        if not ctx.had_grad:
+            raise RuntimeError(f"geopref.{op}: the forward ran with grad=False")
+        (g,) = _scale_saved(ctx, ctx.saved_tensors, grad_loss, (True,))
+    else:
+        t, _ = _saved_named(ctx)
+        t.pop("grad_output")
+        config = dict(ctx.config, grad=True)
+        g = ops.vocab_parallel_train_step(**t, **config, grad_output=grad_loss)[4]
+    return _grads_for(op, {"logits": g})
+
+
+torch.library.register_autograd("geopref::vocab_parallel_train_step", _vocab_step_backward,
+                                setup_context=_vocab_step_setup)
+
+
+def _vocab_linear_setup(ctx, inputs, output):
+    a = _named("vocab_linear_step", inputs)
+    _, seq_logps, metrics, sums, gh, gw, gb = output
+    ctx.mark_non_differentiable(seq_logps, metrics, sums, gh, gw, gb)
+    ctx.scaled = option_value(a["options"], "reduce") != "none"
+    ctx.grad_mask = tuple(a["grad_mask"])
+    if ctx.scaled:
+        ctx.save_for_backward(gh, gw, gb)
+    else:
+        _save_named(ctx, "vocab_linear_step", inputs)
+
+
+def _vocab_linear_backward(ctx, grad_loss, *_):
+    op = "vocab_linear_step"
+    need = ctx.needs_input_grad[:3]
+    if grad_loss is None or not any(need):
+        return _grads_for(op, {})
+    if ctx.scaled:
+        missing = [name for name, n, m in zip(_LINEAR_GRADS, need, ctx.grad_mask) if n and not m]
+        if missing:
+            raise RuntimeError(f"geopref.{op}: the forward ran with grad_mask = "
+                               f"{list(ctx.grad_mask)}, without the gradient of {missing}")
+        out = _scale_saved(ctx, ctx.saved_tensors, grad_loss, need)
+    else:
+        t, _ = _saved_named(ctx)
+        t.pop("grad_output")
+        config = dict(ctx.config, grad_mask=[bool(n) for n in need])
+        grads = ops.vocab_linear_step(**t, **config, grad_output=grad_loss)[4:]
+        out = tuple(g if n else None for g, n in zip(grads, need))
+    return _grads_for(op, dict(zip(_LINEAR_GRADS, out)))
+
+
+torch.library.register_autograd("geopref::vocab_linear_step", _vocab_linear_backward,
+                                setup_context=_vocab_linear_setup)
+
+
+# The records and the forward-only log-probs are not differentiable: their
+# operators say so (no autograd warning; a backward through them gives nothing).
+def _register_not_differentiable(op):
+    def setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
+
+    def backward(ctx, *grads):
+        return _grads_for(op, {})
+
+    torch.library.register_autograd(f"geopref::{op}", backward, setup_context=setup)
+
+
+for _op in ("vocab_parallel_stats", "vocab_parallel_logps", "vocab_linear_stats"):
+    _register_not_differentiable(_op)

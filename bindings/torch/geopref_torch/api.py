@@ -20,7 +20,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, ops, pack_options
+from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, VOCAB_SLICE_FIELDS, ops, pack_options
 
 # The order of the metrics tensor (geopref::metrics), with TRL's names; the
 # last one is geopref's soft-label calibration, mean |sigmoid(beta h) - p|.
@@ -742,3 +742,177 @@ def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dic
     """The metrics as {prefix + name: float}, as TRL logs them (copies to the host)."""
     values = torch.stack(list(metrics.values())).tolist()
     return {prefix + k: v for k, v in zip(metrics.keys(), values)}
+
+
+# ---- Vocab parallelism (docs/distributed.md §1): the logits, or the
+# lm_head's weight, split by vocabulary columns over K ranks. Each rank calls
+# *_stats on its slice, all-gathers the records with its own collective, and
+# calls the step with the gathered [K, N, 4]:
+#
+#     sl = gp.even_slice(V, rank, K)                 # VocabSlice(begin, total, rank, n_ranks)
+#     rec = gp.vocab_parallel_stats(my_logits, labels, vocab_slice=sl)
+#     gathered = torch.empty((K,) + rec.shape, dtype=rec.dtype, device=rec.device)
+#     dist.all_gather_into_tensor(gathered, rec)
+#     out = gp.vocab_parallel_loss(my_logits, labels, gathered, vocab_slice=sl, ...)
+#     out.loss.backward()                            # my_logits.grad: this rank's slice
+
+class VocabSlice(NamedTuple):
+    """Where a rank's slice lies in the vocabulary (geopref_vocab_slice)."""
+    begin: int    # the slice's first global column
+    total: int    # V, the whole vocabulary (labels are global columns)
+    rank: int     # 0 <= rank < n_ranks; records are combined in rank order
+    n_ranks: int  # K
+
+
+# The operators' vocab_slice list is VocabSlice's fields in this order, read
+# from the compiled library (the fields of geopref_vocab_slice).
+if VocabSlice._fields != VOCAB_SLICE_FIELDS:
+    raise ImportError(f"geopref_torch: VocabSlice {VocabSlice._fields} is not the library's "
+                      f"vocab slice {VOCAB_SLICE_FIELDS}")
+
+
+def even_slice(total: int, rank: int, n_ranks: int) -> Tuple[VocabSlice, int]:
+    """The library's even split (geopref::cuda::even_slice): rank r owns
+    [r·⌊V/K⌋, (r+1)·⌊V/K⌋), the last rank up to V. Returns (slice, width)."""
+    per = total // n_ranks
+    width = total - per * rank if rank == n_ranks - 1 else per
+    return VocabSlice(per * rank, total, rank, n_ranks), width
+
+
+def _vocab_slice(vocab_slice):
+    return [int(x) for x in VocabSlice(*vocab_slice)]
+
+
+def vocab_parallel_stats(logits: torch.Tensor, labels: torch.Tensor,
+                         offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                         ignore_index: int = -100, logit_scale: float = 1.0, softcap: float = 0.0,
+                         temperature: float = 1.0, check: bool = True) -> torch.Tensor:
+    """This rank's records [N, 4] from its slice of the logits ([B, T, V_r]
+    with labels [B, T], or [N, V_r] with labels [N] and offsets): one record
+    per row (the slice's log-sum-exp state and, when the slice owns the label,
+    its logit), to all-gather into [K, N, 4] for vocab_parallel_loss /
+    vocab_parallel_logps. An opaque tensor: int32 on CUDA (the library's
+    16-byte record), float64 on CPU (the reference's); gather it as it is.
+    Labels are global columns; the logit transform is dpo_loss's."""
+    z, y, off = _tokens(logits, labels, offsets)
+    return ops.vocab_parallel_stats(
+        z, y, off, _vocab_slice(vocab_slice), pack_options(ignore_index=int(ignore_index)),
+        bool(check), _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                      temperature=temperature))
+
+
+def vocab_parallel_loss(logits: torch.Tensor, labels: torch.Tensor, records: torch.Tensor,
+                        offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                        loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                        ref_logps: Optional[torch.Tensor] = None,
+                        soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+                        pairs: Optional[torch.Tensor] = None,
+                        weights: Optional[torch.Tensor] = None,
+                        token_weights: Optional[torch.Tensor] = None, reduction: str = "mean",
+                        normalizer: Optional[float] = None, average_logps: Optional[bool] = None,
+                        ignore_index: int = -100, alpha: float = 1.0, gamma: float = 0.0,
+                        epsilon: Optional[float] = None, tau: float = 0.05,
+                        bco_delta: float = 0.0, margin_transform: str = "reverse_kl",
+                        f_alpha: float = 1.0, geometric: bool = False,
+                        loss_weights: Optional[Sequence[float]] = None, nll_tokens: float = 0.0,
+                        nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0,
+                        temperature: float = 1.0, check: bool = True) -> DPOOutput:
+    """dpo_loss for one rank of a vocab-parallel step (geopref's
+    vocab_parallel_train_step): from this rank's slice of the logits and the
+    gathered records [K, N, 4] (every rank's vocab_parallel_stats, slots in
+    any order), the loss, log-probs and metrics of the whole vocabulary (the
+    same bits on every rank) and, in the backward, the gradient with respect
+    to this rank's slice only (computed in the forward, scaled by the
+    upstream gradient, as fused_linear_preference_loss). Every other keyword
+    is dpo_loss's. out.logps is not differentiable."""
+    tw = _token_weights(token_weights, labels)
+    z, y, off = _tokens(logits, labels, offsets)
+    soft_labels, options = _loss_config(off, pairs, z.device, soft_labels, label_smoothing,
+                                        **_options_of(locals()))
+    grad = bool(torch.is_grad_enabled() and z.requires_grad and reduction != "none")
+    value, seq_logps, metrics, sums, _ = ops.vocab_parallel_train_step(
+        z, y, off, records, pairs, soft_labels, ref_logps, weights, tw,
+        _vocab_slice(vocab_slice), options, grad, bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)
+
+
+def vocab_parallel_logps(logits: torch.Tensor, labels: torch.Tensor, records: torch.Tensor,
+                         offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                         loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                         token_weights: Optional[torch.Tensor] = None, reduction: str = "mean",
+                         normalizer: Optional[float] = None,
+                         average_logps: Optional[bool] = None, ignore_index: int = -100,
+                         alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
+                         tau: float = 0.05, bco_delta: float = 0.0,
+                         margin_transform: str = "reverse_kl", f_alpha: float = 1.0,
+                         geometric: bool = False, loss_weights: Optional[Sequence[float]] = None,
+                         nll_tokens: float = 0.0, nll_weight: float = 0.0,
+                         logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
+                         check: bool = True) -> torch.Tensor:
+    """sequence_logps for one rank of a vocab-parallel pass (the reference
+    model's): [S] per-sequence log-probs of the whole vocabulary from this
+    rank's slice and the gathered records, the same on every rank. The
+    keywords are sequence_logps's. Not differentiable."""
+    tw = _token_weights(token_weights, labels)
+    z, y, off = _tokens(logits, labels, offsets)
+    _, options = _loss_config(off, None, z.device, None, 0.0, **_options_of(locals()))
+    return ops.vocab_parallel_logps(
+        z, y, off, records, tw, _vocab_slice(vocab_slice), options, bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))[0]
+
+
+def vocab_linear_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                       offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                       bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
+                       logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True) -> torch.Tensor:
+    """vocab_parallel_stats from the hidden states (the same on every rank)
+    and this rank's rows of the lm_head, weight [V_r, H] and bias [V_r]
+    (geopref's vocab_linear_stats: the logits one chunk at a time on CUDA)."""
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    return ops.vocab_linear_stats(
+        x, weight, bias, y, off, _vocab_slice(vocab_slice),
+        pack_options(ignore_index=int(ignore_index)), int(chunk_bytes), bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))
+
+
+def vocab_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      records: torch.Tensor, offsets: Optional[torch.Tensor] = None, *,
+                      vocab_slice: VocabSlice, bias: Optional[torch.Tensor] = None,
+                      loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                      ref_logps: Optional[torch.Tensor] = None,
+                      soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+                      pairs: Optional[torch.Tensor] = None,
+                      weights: Optional[torch.Tensor] = None,
+                      token_weights: Optional[torch.Tensor] = None, reduction: str = "mean",
+                      normalizer: Optional[float] = None, average_logps: Optional[bool] = None,
+                      ignore_index: int = -100, alpha: float = 1.0, gamma: float = 0.0,
+                      epsilon: Optional[float] = None, tau: float = 0.05,
+                      bco_delta: float = 0.0, margin_transform: str = "reverse_kl",
+                      f_alpha: float = 1.0, geometric: bool = False,
+                      loss_weights: Optional[Sequence[float]] = None, nll_tokens: float = 0.0,
+                      nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0,
+                      temperature: float = 1.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      check: bool = True) -> DPOOutput:
+    """fused_linear_preference_loss for one rank of a vocab-parallel step
+    (geopref's vocab_linear_step): hidden states, this rank's weight [V_r, H]
+    and bias [V_r], and the gathered records of vocab_linear_stats. The loss,
+    log-probs and metrics are the whole vocabulary's; in the backward
+    weight.grad and bias.grad are this rank's slices, complete, and
+    hidden.grad is this rank's *partial* G_r·W_r: sum it over the ranks (an
+    all-reduce in the backward of the caller's copy to the tensor-parallel
+    region, as for any column-parallel linear layer). Every other keyword is
+    fused_linear_preference_loss's."""
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    tw = _token_weights(token_weights, labels)
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    soft_labels, options = _loss_config(off, pairs, x.device, soft_labels, label_smoothing,
+                                        **_options_of(locals()))
+    mask = _grad_mask(x, weight, bias) if reduction != "none" else [False] * 3
+    value, seq_logps, metrics, sums, _, _, _ = ops.vocab_linear_step(
+        x, weight, bias, y, off, records, pairs, soft_labels, ref_logps, weights, tw,
+        _vocab_slice(vocab_slice), options, int(chunk_bytes), mask, bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)

@@ -6,7 +6,8 @@ run the same tests where a GPU is built in):
   * metric_sums and metrics_from_sums (data parallel);
   * sequence_logps / fused_linear_logps with the options keywords;
   * the fused-linear gradient accumulators (grad_weight_float32, accumulate);
-  * linear_token_logps and its backward.
+  * linear_token_logps and its backward;
+  * the vocab-parallel operators over K simulated ranks, gathered in any order.
 Ragged sequences, rows outside every sequence and ignored rows throughout.
 """
 import itertools
@@ -305,3 +306,107 @@ def test_linear_token_logps(dtype, device):
             lambda x_, w_, b_: gp.linear_token_logps(x_, w_, pb["labels"], bias=b_,
                                                      temperature=0.7),
             tuple(t.clone().requires_grad_(True) for t in (x, w, b)))
+
+
+# ---- vocab parallel
+
+def slices(bounds):
+    k = len(bounds) - 1
+    return [gp.VocabSlice(bounds[r], bounds[-1], r, k) for r in range(k)]
+
+
+@pytest.mark.parametrize("bounds", [(0, V), (0, 5, V), (0, 1, 7, V)], ids=["K1", "K2", "K3"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_vocab_parallel_equals_the_unsharded_step(bounds, reduction, device):
+    pb = problem(9, device)
+    z, y, off = pb["logits"], pb["labels"], pb["offsets"]
+    if device == "cuda":
+        z = z.float()
+    kw = dict(ref_logps=pb["ref"], soft_labels=pb["soft"], loss_type="gdpo", beta=0.5,
+              reduction=reduction, token_weights=pb["tw"], softcap=4.0)
+    up = torch.linspace(-1, 2, P, dtype=z.dtype, device=device)
+    sls = slices(bounds)
+    parts = [z[:, s.begin:bounds[s.rank + 1]] for s in sls]
+    records = [gp.vocab_parallel_stats(p, y, off, vocab_slice=s, softcap=4.0)
+               for p, s in zip(parts, sls)]
+    gathered = torch.stack(records[::-1])  # slots in any order: the records carry their rank
+    whole = gp.dpo_loss(z, y, off, **kw)
+    zg = z.clone().requires_grad_(True)
+    (gp.dpo_loss(zg, y, off, **kw).loss * (up if reduction == "none" else 1)).sum().backward()
+    tol = torch.float32 if device == "cuda" else torch.float64
+    grads = []
+    for p, s in zip(parts, sls):
+        pg = p.clone().requires_grad_(True)
+        out = gp.vocab_parallel_loss(pg, y, gathered, off, vocab_slice=s, **kw)
+        close(out.loss, whole.loss, tol)
+        close(out.logps, whole.logps, tol)
+        close(out.metric_sums, whole.metric_sums, tol)
+        (out.loss * (up if reduction == "none" else 1)).sum().backward()
+        grads.append(pg.grad)
+    close(torch.cat(grads, dim=1), zg.grad, tol)
+    # The forward-only pass (the reference model).
+    for p, s in zip(parts, sls):
+        lp = gp.vocab_parallel_logps(p, y, gathered, off, vocab_slice=s, average_logps=True,
+                                     token_weights=pb["tw"], softcap=4.0)
+        close(lp, gp.sequence_logps(z, y, off, average_logps=True, token_weights=pb["tw"],
+                                    softcap=4.0), tol)
+
+
+def test_vocab_parallel_gradcheck_and_bad_records():
+    pb = problem(10)
+    z, y, off = pb["logits"], pb["labels"], pb["offsets"]
+    sls = slices((0, 4, V))
+    kw = dict(ref_logps=pb["ref"], loss_type="dpo", token_weights=pb["tw"])
+
+    def rank_loss(r, mine):
+        # The rank's loss as a function of its own slice, the records of
+        # every rank recomputed from it (so finite differences see lse move).
+        parts = [mine if q == r else z[:, s.begin:s.begin + (4 if q == 0 else V - 4)]
+                 for q, s in enumerate(sls)]
+        rec = torch.stack([gp.vocab_parallel_stats(p, y, off, vocab_slice=s)
+                           for p, s in zip(parts, sls)])
+        return gp.vocab_parallel_loss(mine, y, rec, off, vocab_slice=sls[r], **kw).loss
+
+    for r, (a, b) in enumerate(((0, 4), (4, V))):
+        assert torch.autograd.gradcheck(lambda m: rank_loss(r, m),
+                                        (z[:, a:b].clone().requires_grad_(True),))
+    rec = torch.stack([gp.vocab_parallel_stats(z[:, :4], y, off, vocab_slice=sls[0]),
+                       gp.vocab_parallel_stats(z[:, 4:], y, off, vocab_slice=sls[1])])
+    twice = torch.stack([rec[0], rec[0]])  # rank 1's records missing, rank 0's twice
+    with pytest.raises(ValueError, match="vocab"):
+        gp.vocab_parallel_loss(z[:, :4], y, twice, off, vocab_slice=sls[0])
+    with pytest.raises(ValueError, match=r"records must be the gathered \[n_ranks, N, 4\]"):
+        gp.vocab_parallel_loss(z[:, :4], y, rec[:1], off, vocab_slice=sls[0])
+    with pytest.raises(ValueError, match="does not hold a slice"):
+        gp.vocab_parallel_stats(z[:, :4], y, off, vocab_slice=gp.VocabSlice(8, V, 0, 2))
+    assert gp.even_slice(V, 1, 2) == (gp.VocabSlice(5, V, 1, 2), 6)
+
+
+@pytest.mark.parametrize("bounds", [(0, V), (0, 1, 7, V)], ids=["K1", "K3"])
+def test_vocab_linear_equals_the_unsharded_step(bounds, device):
+    pb = problem(11, device)
+    x, w, b = pb["hidden"], pb["weight"], pb["bias"]
+    if device == "cuda":
+        x, w, b = x.float(), w.float(), b.float()
+    y, off = pb["labels"], pb["offsets"]
+    kw = dict(ref_logps=pb["ref"], soft_labels=pb["soft"], loss_type="gdpo",
+              token_weights=pb["tw"])
+    whole, (gx, gw, gb) = grad_of(
+        lambda x_, w_, b_: gp.dpo_loss(F.linear(x_, w_, b_), y, off, **kw).loss, x, w, b)
+    sls = slices(bounds)
+    ws = [(w[s.begin:bounds[s.rank + 1]], b[s.begin:bounds[s.rank + 1]]) for s in sls]
+    rec = torch.stack([gp.vocab_linear_stats(x, wr, y, off, bias=br, vocab_slice=s)
+                       for (wr, br), s in zip(ws, sls)])
+    tol = torch.float32 if device == "cuda" else torch.float64
+    partial, gws, gbs = torch.zeros_like(x), [], []
+    for (wr, br), s in zip(ws, sls):
+        loss, (px, pw, pbias) = grad_of(
+            lambda x_, w_, b_: gp.vocab_linear_loss(x_, w_, y, rec, off, bias=b_, vocab_slice=s,
+                                                    **kw).loss, x, wr, br)
+        close(loss, whole, tol)
+        partial += px  # the caller's all-reduce of grad_hidden
+        gws.append(pw)
+        gbs.append(pbias)
+    close(partial, gx, tol)
+    close(torch.cat(gws), gw, tol)
+    close(torch.cat(gbs), gb, tol)
