@@ -101,7 +101,7 @@ if cuda:
         print("geopref-torch: linking the compiled kernels " + kernels_lib)
     ext = CUDAExtension(
         "geopref_torch._C",
-        sources=["csrc/ops.cpp", "csrc/ops_linear.cpp", "csrc/ops_cuda.cpp",
+        sources=["csrc/ops.cpp", "csrc/ops_linear.cpp", "csrc/ops_vocab.cpp", "csrc/ops_cuda.cpp",
                  "csrc/ops_linear_cuda.cpp"]
         + ([] if kernels_lib else ["csrc/c_api.cu", "csrc/c_api_linear.cu"]),
         include_dirs=include_dirs,
@@ -112,7 +112,7 @@ if cuda:
 else:
     ext = CppExtension(
         "geopref_torch._C",
-        sources=["csrc/ops.cpp", "csrc/ops_linear.cpp"],
+        sources=["csrc/ops.cpp", "csrc/ops_linear.cpp", "csrc/ops_vocab.cpp"],
         include_dirs=include_dirs,
         extra_compile_args={"cxx": ["-O2"]},
     )

@@ -273,6 +273,10 @@ inline int64_t pair_count(const Tensor& pairs, int64_t n_seqs) {
   return pairs.defined() ? pairs.size(0) : n_seqs / 2;
 }
 
+/// The values of a metric_sums tensor: geopref::metric_sums' fields (the
+/// seven metrics as sums, then the pair count P).
+inline constexpr int64_t METRIC_SUMS = 8;
+
 /// Float outputs are float32, float64 for float64 logits (CPU only).
 inline at::ScalarType out_dtype(const Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -33,10 +33,13 @@ inline Tensor unit_rows(const Tensor& x) {
 }
 
 /// Shapes, dtypes and devices of hidden, weight, bias, labels and offsets,
-/// and the chunk budget: the same errors on every device.
-inline linear_tensors check_linear(const Tensor& hidden, const Tensor& weight,
-                                   const c10::optional<Tensor>& bias, const Tensor& labels,
-                                   const Tensor& offsets, int64_t chunk_bytes, const char* op) {
+/// and the chunk budget: the same errors on every device. The per-token
+/// operators (linear_token_logps) have no offsets: check_linear_rows.
+inline linear_tensors check_linear_impl(const Tensor& hidden, const Tensor& weight,
+                                        const c10::optional<Tensor>& bias, const Tensor& labels,
+                                        const Tensor& offsets_or_labels, int64_t chunk_bytes,
+                                        const char* op) {
+  const Tensor& offsets = offsets_or_labels;
   TORCH_CHECK_VALUE(hidden.dim() == 2, "geopref.", op, ": hidden must be 2-D [N, H], got ",
                     hidden.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(1), "geopref.", op,
@@ -78,6 +81,61 @@ inline linear_tensors check_linear(const Tensor& hidden, const Tensor& weight,
                     " holds less than one row of logits (", row, " bytes for V = ",
                     weight.size(0), ")");
   return t;
+}
+inline linear_tensors check_linear(const Tensor& hidden, const Tensor& weight,
+                                   const c10::optional<Tensor>& bias, const Tensor& labels,
+                                   const Tensor& offsets, int64_t chunk_bytes, const char* op) {
+  return check_linear_impl(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+}
+/// check_linear without offsets (the labels stand in for them: [N] >= 1 row
+/// is not required, so an empty batch passes as with offsets [1]).
+inline linear_tensors check_linear_rows(const Tensor& hidden, const Tensor& weight,
+                                        const c10::optional<Tensor>& bias, const Tensor& labels,
+                                        int64_t chunk_bytes, const char* op) {
+  const Tensor no_offsets = at::zeros({1}, labels.options().dtype(at::kLong));
+  return check_linear_impl(hidden, weight, bias, labels, no_offsets, chunk_bytes, op);
+}
+
+/// The caller's gradient accumulators of the fused-linear step (the library's
+/// `accumulate`): grad_weight [V, H] float32 (the library's
+/// grad_weight_float32) or the weight's dtype, grad_bias [V] float32 (the
+/// library's grad_bias), both contiguous on the weight's device; either may be
+/// undefined. Returned as given (they are written in place).
+struct accumulators {
+  Tensor weight, bias;
+  bool any() const { return weight.defined() || bias.defined(); }
+  /// The library's grad_weight_float32: the accumulator is float32.
+  bool weight_float32() const { return weight.defined() && weight.scalar_type() == at::kFloat; }
+};
+inline accumulators check_accumulators(const c10::optional<Tensor>& grad_weight,
+                                       const c10::optional<Tensor>& grad_bias,
+                                       const linear_tensors& t, const char* op) {
+  accumulators a;
+  if (grad_weight.has_value() && grad_weight->defined()) {
+    const Tensor& g = *grad_weight;
+    TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == t.vocab() && g.size(1) == t.hidden_size(),
+                      "geopref.", op, ": grad_weight_acc must be [V, H] = [", t.vocab(), ", ",
+                      t.hidden_size(), "], got ", g.sizes());
+    TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat || g.scalar_type() == t.weight.scalar_type(),
+                     "geopref.", op, ": grad_weight_acc must be float32 or the weight's dtype (",
+                     t.weight.scalar_type(), "), got ", g.scalar_type());
+    TORCH_CHECK_VALUE(g.device() == t.weight.device() && g.is_contiguous(), "geopref.", op,
+                      ": grad_weight_acc must be contiguous, on the weight's device");
+    a.weight = g;
+  }
+  if (grad_bias.has_value() && grad_bias->defined()) {
+    const Tensor& g = *grad_bias;
+    TORCH_CHECK_VALUE(t.bias.defined(), "geopref.", op, ": grad_bias_acc is given without a bias");
+    TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == t.vocab(), "geopref.", op,
+                      ": grad_bias_acc must be [V] = [", t.vocab(), "], got ", g.sizes());
+    TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat, "geopref.", op,
+                     ": grad_bias_acc must be float32 (the library's grad_bias), got ",
+                     g.scalar_type());
+    TORCH_CHECK_VALUE(g.device() == t.weight.device() && g.is_contiguous(), "geopref.", op,
+                      ": grad_bias_acc must be contiguous, on the weight's device");
+    a.bias = g;
+  }
+  return a;
 }
 
 /// The optional host copies of offsets [S + 1] and pairs [P, 2] (the CUDA
@@ -152,8 +210,10 @@ inline Tensor empty_grad(const Tensor& like) { return at::empty({0}, like.option
 /// computed, so the per-token backward must not score it). Runs on the
 /// tensors' device without a host synchronisation (offsets are not read on
 /// the host). Assumes offsets the forward accepted (non-decreasing, from 0).
+/// With token weights [N] (defined), g_t is also multiplied by w_t.
 inline std::tuple<Tensor, Tensor> rows_of_sequences(const Tensor& labels, const Tensor& offsets,
-                                                    const Tensor& grad_seq, int64_t ignore_index) {
+                                                    const Tensor& grad_seq, int64_t ignore_index,
+                                                    const Tensor& token_weights = Tensor()) {
   const int64_t N = labels.size(0), S = offsets.size(0) - 1;
   const auto i64 = labels.options().dtype(at::kLong);
   if (S == 0 || N == 0)
@@ -164,8 +224,9 @@ inline std::tuple<Tensor, Tensor> rows_of_sequences(const Tensor& labels, const 
   // or S for rows at or past offsets[S].
   const Tensor seq = at::searchsorted(off.slice(0, 1), rows, /*out_int32=*/false, /*right=*/true);
   const Tensor inside = seq < S;
-  const Tensor g = at::where(inside, grad_seq.index_select(0, seq.clamp_max(S - 1)),
-                             at::zeros({}, grad_seq.options()));
+  Tensor g = at::where(inside, grad_seq.index_select(0, seq.clamp_max(S - 1)),
+                       at::zeros({}, grad_seq.options()));
+  if (token_weights.defined()) g = g * token_weights.to(g.scalar_type());
   const Tensor y = at::where(inside, labels.to(at::kLong), at::full({}, ignore_index, i64));
   return {g, y};
 }

@@ -5,23 +5,30 @@
 // (geopref_torch/_ops.py), so that torch.compile traces every operator.
 //
 //   pref_loss(logits, labels, offsets, pairs?, soft_labels?, ref_logps?, weights?,
-//             options, check, logit_transform)
-//       -> (loss, seq_logps, metrics, lse, grad_seq, seq_scale)
+//             token_weights?, options, check, logit_transform)
+//       -> (loss, seq_logps, metrics, lse, grad_seq, seq_scale, metric_sums)
 //     The training step's forward. lse [N] and grad_seq [S] (g_s = dLoss/dL_s
 //     for an upstream gradient of 1) are what the backward needs: for a
 //     reduced loss the backward is logits_grad(..., lse, grad_seq * upstream).
 //     seq_scale [S] = d seq_logps / d L_s (1, or 1/n_s where the margin is
 //     length-normalised, 0 for n_s = 0): how an upstream gradient on seq_logps
 //     reaches the summed log-probs, so seq_logps is differentiable too.
+//     token_weights [N] (LD-DPO's length desensitisation): L_s = Σ_t w_t ℓ_t
+//     over the scored rows (not differentiable). metric_sums [8] float64: the
+//     metrics as sums over the pairs, then P (geopref::metric_sums), for a
+//     data-parallel all-reduce.
 //   pref_loss_grad_seq(grad_output, <pref_loss's arguments>) -> grad_seq
 //     g_s for an upstream gradient per pair (reduction none): the forward runs
 //     again, since g_s is not linear in a per-pair upstream.
-//   sequence_logps(logits, labels, offsets, average_logps, ignore_index, check,
-//                  logit_transform) -> (seq_logps, lse, counts)
-//     The forward alone (the reference model's pass), differentiable.
-//   logits_grad(logits, labels, offsets, lse, grad_seq, ignore_index, check,
-//               logit_transform) -> grad
-//     The backward pass alone: grad[t, v] = g_s (1[v = y_t] - exp(z[t, v] - lse_t)).
+//   sequence_logps(logits, labels, offsets, token_weights?, options, check,
+//                  logit_transform) -> (seq_logps, lse, counts, seq_scale)
+//     The forward alone (the reference model's pass), differentiable; of the
+//     options it reads ignore_index and whether the margin averages
+//     (average_logps, or a loss that forces it), so a loss's options give
+//     the ref_logps that loss expects.
+//   logits_grad(logits, labels, offsets, token_weights?, lse, grad_seq, ignore_index,
+//               check, logit_transform) -> grad
+//     The backward pass alone: grad[t, v] = g_s w_t (1[v = y_t] - exp(z[t, v] - lse_t)).
 //   token_logps(logits, labels, ignore_index, entropy, check, logit_transform)
 //       -> (logps, lse, entropy)
 //     The per-token primitive: logps [N] = z[t, y_t] - lse_t (0 for rows whose
@@ -108,15 +115,17 @@ struct cpu_tokens {
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
     const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
   const geopref::options opt = to_options(options, "pref_loss");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss");
   const int64_t N = logits.size(0), S = offsets.size(0) - 1;
-  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss");
+  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                     "pref_loss");
   const auto f64 = logits.options().dtype(at::kDouble);
   Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64), gseq = at::empty({S}, f64);
   Tensor pair_losses = at::empty({pr.n_pairs}, f64);
@@ -137,18 +146,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
   Tensor value = opt.reduce == geopref::reduction::none ? pair_losses
                                                         : at::scalar_tensor(out.loss, f64);
   return {value.to(od),      seq.to(od),  metrics_tensor(out.stats, logits),
-          lse.to(od),        gseq.to(od), seq_scale(counts, opt, od)};
+          lse.to(od),        gseq.to(od), seq_scale(counts, opt, od),
+          metric_sums_tensor(out.sums, logits)};
 }
 
 Tensor pref_loss_grad_seq_cpu(
     const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
   const geopref::options opt = to_options(options, "pref_loss_grad_seq");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss_grad_seq");
   const int64_t S = offsets.size(0) - 1;
-  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, "pref_loss_grad_seq");
+  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                     "pref_loss_grad_seq");
   const bool per_pair = opt.reduce == geopref::reduction::none;
   const int64_t n_up = per_pair ? pr.n_pairs : 1;
   TORCH_CHECK_VALUE(grad_output.numel() == n_up && grad_output.device() == logits.device(),
@@ -169,15 +181,14 @@ Tensor pref_loss_grad_seq_cpu(
   return gseq.to(out_dtype(logits));
 }
 
-std::tuple<Tensor, Tensor, Tensor> sequence_logps_cpu(const Tensor& logits, const Tensor& labels,
-                                                      const Tensor& offsets, bool average_logps,
-                                                      int64_t ignore_index, bool /*check*/,
-                                                      c10::ArrayRef<double> logit_transform) {
-  geopref::options opt;
-  opt.average_logps = average_logps;
-  opt.ignore_index = ignore_index;
+std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_logps_cpu(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool /*check*/,
+    c10::ArrayRef<double> logit_transform) {
+  const geopref::options opt = to_options(options, "sequence_logps");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "sequence_logps");
   const int64_t N = logits.size(0), S = offsets.size(0) - 1;
+  const Tensor tw = cpu_token_weights(token_weights, tok.logits, N, "sequence_logps");
   const auto f64 = logits.options().dtype(at::kDouble);
   Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64);
   Tensor counts = at::empty({S}, logits.options().dtype(at::kLong));
@@ -190,20 +201,23 @@ std::tuple<Tensor, Tensor, Tensor> sequence_logps_cpu(const Tensor& logits, cons
     auto in = tok.inputs<typename decltype(tag)::type>();
     in.n_pairs = 0;
     in.pairs = &no_pair;
+    in.token_weights = data_or_null(tw);
     return ref::compute(in, opt, out);
   });
   check_status(static_cast<int>(st), "sequence_logps");
   const auto od = out_dtype(logits);
-  return {seq.to(od), lse.to(od), counts};
+  return {seq.to(od), lse.to(od), counts, seq_scale(counts, opt, od)};
 }
 
 Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
-                       const Tensor& lse, const Tensor& grad_seq, int64_t ignore_index,
-                       bool /*check*/, c10::ArrayRef<double> logit_transform) {
+                       const optional<Tensor>& token_weights, const Tensor& lse,
+                       const Tensor& grad_seq, int64_t ignore_index, bool /*check*/,
+                       c10::ArrayRef<double> logit_transform) {
   geopref::options opt;
   opt.ignore_index = ignore_index;
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "logits_grad");
   const int64_t N = logits.size(0), V = logits.size(1), S = offsets.size(0) - 1;
+  const Tensor tw = cpu_token_weights(token_weights, tok.logits, N, "logits_grad");
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad_seq.dim() == 1 &&
                         grad_seq.size(0) == S,
                     "geopref.logits_grad: lse must be [N] = [", N, "] and grad_seq [S] = [", S,
@@ -211,7 +225,8 @@ Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor&
   const Tensor l = lse.to(at::kDouble).contiguous(), g = grad_seq.to(at::kDouble).contiguous();
   Tensor grad = at::empty({N, V}, logits.options().dtype(at::kDouble));
   const geopref::status st = visit_logits(tok.logits, "logits_grad", [&](auto tag) {
-    const auto in = tok.inputs<typename decltype(tag)::type>();
+    auto in = tok.inputs<typename decltype(tag)::type>();
+    in.token_weights = data_or_null(tw);
     return ref::logits_grad(in, opt, l.data_ptr<double>(), g.data_ptr<double>(),
                             grad.data_ptr<double>(), V);
   });
@@ -330,20 +345,22 @@ std::vector<std::string> loss_names() {
 
 #define GEOPREF_PREF_LOSS_ARGS                                                                  \
   "Tensor logits, Tensor labels, Tensor offsets, Tensor? pairs, Tensor? soft_labels, "         \
-  "Tensor? ref_logps, Tensor? weights, float[] options, bool check, float[] logit_transform"
+  "Tensor? ref_logps, Tensor? weights, Tensor? token_weights, float[] options, bool check, "  \
+  "float[] logit_transform"
 
 TORCH_LIBRARY(geopref, m) {
   m.def("pref_loss(" GEOPREF_PREF_LOSS_ARGS
         ") -> (Tensor loss, Tensor seq_logps, Tensor metrics, Tensor lse, Tensor grad_seq, "
-        "Tensor seq_scale)");
+        "Tensor seq_scale, Tensor metric_sums)");
   m.def("pref_loss_grad_seq(Tensor grad_output, " GEOPREF_PREF_LOSS_ARGS ") -> Tensor");
   m.def(
-      "sequence_logps(Tensor logits, Tensor labels, Tensor offsets, bool average_logps, "
-      "int ignore_index, bool check, float[] logit_transform) "
-      "-> (Tensor seq_logps, Tensor lse, Tensor counts)");
+      "sequence_logps(Tensor logits, Tensor labels, Tensor offsets, Tensor? token_weights, "
+      "float[] options, bool check, float[] logit_transform) "
+      "-> (Tensor seq_logps, Tensor lse, Tensor counts, Tensor seq_scale)");
   m.def(
-      "logits_grad(Tensor logits, Tensor labels, Tensor offsets, Tensor lse, Tensor grad_seq, "
-      "int ignore_index, bool check, float[] logit_transform) -> Tensor");
+      "logits_grad(Tensor logits, Tensor labels, Tensor offsets, Tensor? token_weights, "
+      "Tensor lse, Tensor grad_seq, int ignore_index, bool check, float[] logit_transform) "
+      "-> Tensor");
   m.def(
       "token_logps(Tensor logits, Tensor labels, int ignore_index, bool entropy, bool check, "
       "float[] logit_transform) -> (Tensor logps, Tensor lse, Tensor entropy)");

@@ -82,31 +82,41 @@ void launch(const Args& a, const geopref_options& opt, const Tensor& like, bool 
   }
 }
 
-/// pref_loss's per-pair tensors as the C ABI takes them (float32).
+/// The optional token weights [N] as the C ABI takes them (float32; undefined: all 1).
+Tensor cuda_token_weights(const optional<Tensor>& tw, const Tensor& z, const char* op) {
+  return optional_vector(tw, z.size(0), z, at::kFloat, "token_weights", op);
+}
+const float* float_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+/// pref_loss's per-pair tensors and token weights as the C ABI takes them (float32).
 struct cuda_pairs {
-  Tensor pairs, soft, ref_logps, weights;
+  Tensor pairs, soft, ref_logps, weights, token_weights;
   int64_t n_pairs;
   cuda_pairs(const Tensor& logits, int64_t n_seqs, const optional<Tensor>& p,
              const optional<Tensor>& s, const optional<Tensor>& r, const optional<Tensor>& w,
-             const char* op)
+             const optional<Tensor>& tw, const char* op)
       : pairs(optional_pairs(p, logits, op)), n_pairs(pair_count(pairs, n_seqs)) {
     soft = optional_vector(s, n_pairs, logits, at::kFloat, "soft_labels", op);
     ref_logps = optional_vector(r, n_seqs, logits, at::kFloat, "ref_logps", op);
     weights = optional_vector(w, n_pairs, logits, at::kFloat, "weights", op);
+    token_weights = cuda_token_weights(tw, logits, op);
   }
+  /// After a.tokens is set (it fills tokens.token_weights).
   void fill(geopref_train_args& a) const {
     a.n_pairs = n_pairs;
     a.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
-    a.soft_labels = soft.defined() ? soft.data_ptr<float>() : nullptr;
-    a.ref_logps = ref_logps.defined() ? ref_logps.data_ptr<float>() : nullptr;
-    a.weights = weights.defined() ? weights.data_ptr<float>() : nullptr;
+    a.soft_labels = float_or_null(soft);
+    a.ref_logps = float_or_null(ref_logps);
+    a.weights = float_or_null(weights);
+    a.tokens.token_weights = float_or_null(token_weights);
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
     const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
   const char* op = "pref_loss";
   const geopref::options opt = to_options(options, op);
@@ -114,12 +124,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t N = z.size(0), S = offsets.size(0) - 1;
-  const cuda_pairs pr(z, S, pairs, soft_labels, ref_logps, weights, op);
+  const cuda_pairs pr(z, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
   const auto f32 = z.options().dtype(at::kFloat);
   Tensor value = opt.reduce == geopref::reduction::none ? at::empty({pr.n_pairs}, f32)
                                                         : at::empty({}, f32);
   Tensor seq = at::empty({S}, f32), lse = at::empty({N}, f32), gseq = at::empty({S}, f32);
   Tensor metrics = at::empty({7}, z.options().dtype(at::kDouble));
+  Tensor sums = at::empty({METRIC_SUMS}, z.options().dtype(at::kDouble));
   Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
   geopref_train_args a;
   geopref_train_args_init(&a);
@@ -130,16 +141,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cuda(
   a.seq_logps = seq.data_ptr<float>();
   a.seq_counts = counts.data_ptr<int64_t>();
   a.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
+  a.stat_sums = reinterpret_cast<geopref_metric_sums*>(sums.data_ptr<double>());
   a.lse = lse.data_ptr<float>();
   a.grad_seq_logps = gseq.data_ptr<float>();  // g_s at upstream 1; no gradient pass here
   launch(a, c_options(opt), z, check, geopref_train_step_workspace_size, geopref_train_step, op);
-  return {value, seq, metrics, lse, gseq, seq_scale(counts, opt, at::kFloat)};
+  return {value, seq, metrics, lse, gseq, seq_scale(counts, opt, at::kFloat), sums};
 }
 
 Tensor pref_loss_grad_seq_cuda(
     const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, bool check,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
     c10::ArrayRef<double> logit_transform) {
   const char* op = "pref_loss_grad_seq";
   const geopref::options opt = to_options(options, op);
@@ -147,7 +160,7 @@ Tensor pref_loss_grad_seq_cuda(
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t S = offsets.size(0) - 1;
-  const cuda_pairs pr(z, S, pairs, soft_labels, ref_logps, weights, op);
+  const cuda_pairs pr(z, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
   const int64_t n_up = opt.reduce == geopref::reduction::none ? pr.n_pairs : 1;
   TORCH_CHECK_VALUE(grad_output.numel() == n_up && grad_output.device() == z.device(),
                     "geopref.", op, ": grad_output must hold ", n_up,
@@ -165,36 +178,37 @@ Tensor pref_loss_grad_seq_cuda(
   return gseq;
 }
 
-std::tuple<Tensor, Tensor, Tensor> sequence_logps_cuda(const Tensor& logits, const Tensor& labels,
-                                                       const Tensor& offsets, bool average_logps,
-                                                       int64_t ignore_index, bool check,
-                                                       c10::ArrayRef<double> logit_transform) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_logps_cuda(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
+    c10::ArrayRef<double> logit_transform) {
   const char* op = "sequence_logps";
+  const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
   const Tensor z = check_tokens(logits, labels, offsets, op);
   const int64_t N = z.size(0), S = offsets.size(0) - 1;
-  geopref::options opt;
-  opt.average_logps = average_logps;
-  opt.ignore_index = ignore_index;
+  const Tensor tw = cuda_token_weights(token_weights, z, op);
   Tensor seq = at::empty({S}, z.options().dtype(at::kFloat));
   Tensor lse = at::empty({N}, z.options().dtype(at::kFloat));
   Tensor counts = at::empty({S}, z.options().dtype(at::kLong));
   geopref_logps_args a;
   geopref_logps_args_init(&a);
   a.tokens = c_tokens(z, labels, offsets, op);
+  a.tokens.token_weights = float_or_null(tw);
   a.logit_transform = c_transform(tr);
   a.seq_logps = seq.data_ptr<float>();
   a.seq_counts = counts.data_ptr<int64_t>();
   a.lse = lse.data_ptr<float>();
   launch(a, c_options(opt), z, check, geopref_sequence_logps_workspace_size,
          geopref_sequence_logps, op);
-  return {seq, lse, counts};
+  return {seq, lse, counts, seq_scale(counts, opt, at::kFloat)};
 }
 
 Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
-                        const Tensor& lse, const Tensor& grad_seq, int64_t ignore_index,
-                        bool check, c10::ArrayRef<double> logit_transform) {
+                        const optional<Tensor>& token_weights, const Tensor& lse,
+                        const Tensor& grad_seq, int64_t ignore_index, bool check,
+                        c10::ArrayRef<double> logit_transform) {
   const char* op = "logits_grad";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -207,11 +221,13 @@ Tensor logits_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor
                     "] on the logits' device, got ", lse.sizes(), " and ", grad_seq.sizes());
   const Tensor l = lse.to(at::kFloat).contiguous(), g = grad_seq.to(at::kFloat).contiguous();
   Tensor grad = at::empty({N, V}, z.options());
+  const Tensor tw = cuda_token_weights(token_weights, z, op);
   geopref::options opt;
   opt.ignore_index = ignore_index;
   geopref_grad_args a;
   geopref_grad_args_init(&a);
   a.tokens = c_tokens(z, labels, offsets, op);
+  a.tokens.token_weights = float_or_null(tw);
   a.logit_transform = c_transform(tr);
   a.lse = l.data_ptr<float>();
   a.grad_seq_logps = g.data_ptr<float>();
@@ -302,10 +318,146 @@ Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const T
   return out;
 }
 
+/// One C entry of the form entry(workspace, &bytes, args, options, stream),
+/// the two-phase way, with `check` the recorded device status.
+template <class Args, class Entry>
+void launch_entry(const Args& a, const geopref_options* opt, const Tensor& like, bool check,
+                  Entry entry, const char* op) {
+  size_t bytes = 0;
+  const geopref_stream_t stream = current_stream();
+  check_status(entry(nullptr, &bytes, &a, opt, stream), op);
+  Tensor ws = at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                        like.options().dtype(at::kByte));
+  check_status(entry(ws.data_ptr(), &bytes, &a, opt, stream), op);
+  if (check) {
+    geopref_status recorded = GEOPREF_SUCCESS;
+    check_status(geopref_device_status(ws.data_ptr(), stream, &recorded), op);
+    check_status(recorded, op);
+  }
+}
+
+// ---- Vocab parallel (ops_vocab.cpp documents the operators).
+
+Tensor vocab_parallel_stats_cuda(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                                 c10::IntArrayRef vocab_slice, c10::ArrayRef<double> options,
+                                 bool check, c10::ArrayRef<double> logit_transform) {
+  const char* op = "vocab_parallel_stats";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const auto sl = to_vocab_slice(vocab_slice, z.size(1), op);
+  geopref_vocab_stats_args a;
+  geopref_vocab_stats_args_init(&a);
+  a.tokens = c_tokens(z, labels, offsets, op);
+  a.logit_transform = c_transform(tr);
+  a.slice = c_slice(sl);
+  Tensor records = c_records_out(z.size(0), z, &a.records);
+  const geopref_options copt = c_options(opt);
+  launch_entry(a, &copt, z, check, geopref_vocab_parallel_stats, op);
+  return records;
+}
+
+/// vocab_parallel_train_step (pr given) and vocab_parallel_logps (pr null:
+/// explicit pairing with P = 0, no pair terms) through
+/// geopref_vocab_parallel_train_step.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vocab_step_cuda(
+    const Tensor& z, const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const cuda_pairs* pr, const Tensor& token_weights, const geopref_vocab_slice_fields& sl,
+    const geopref::options& opt, bool grad, bool check, const geopref::logit_transform& tr,
+    const optional<Tensor>& grad_output, const char* op) {
+  const int64_t N = z.size(0), W = z.size(1), S = offsets.size(0) - 1;
+  const int64_t P = pr != nullptr ? pr->n_pairs : 0;
+  const bool per_pair = opt.reduce == geopref::reduction::none;
+  const auto f32 = z.options().dtype(at::kFloat);
+  Tensor value = per_pair ? at::empty({P}, f32) : at::empty({}, f32);
+  Tensor seq = at::empty({S}, f32), counts = at::empty({S}, z.options().dtype(at::kLong));
+  Tensor metrics = at::empty({7}, z.options().dtype(at::kDouble));
+  Tensor sums = at::empty({METRIC_SUMS}, z.options().dtype(at::kDouble));
+  Tensor g = grad ? at::empty({N, W}, z.options()) : at::empty({0}, z.options());
+  Tensor no_pairs, up;
+  geopref_train_args t;
+  geopref_train_args_init(&t);
+  t.tokens = c_tokens(z, labels, offsets, op);
+  t.logit_transform = c_transform(tr);
+  if (pr != nullptr) {
+    pr->fill(t);
+  } else {
+    no_pairs = at::zeros({1, 2}, z.options().dtype(at::kLong));  // P = 0: never read
+    t.n_pairs = 0;
+    t.pairs = no_pairs.data_ptr<int64_t>();
+    t.tokens.token_weights = float_or_null(token_weights);
+  }
+  if (grad_output.has_value() && grad_output->defined()) {
+    const int64_t n_up = per_pair ? P : 1;
+    TORCH_CHECK_VALUE(grad_output->numel() == n_up && grad_output->device() == z.device(),
+                      "geopref.", op, ": grad_output must hold ", n_up,
+                      " value(s) on the logits' device, got ", grad_output->sizes());
+    up = grad_output->to(at::kFloat).contiguous().reshape({-1});
+    t.grad_output = up.data_ptr<float>();
+  }
+  t.loss = value.data_ptr<float>();
+  t.seq_logps = seq.data_ptr<float>();
+  t.seq_counts = counts.data_ptr<int64_t>();
+  t.stats = reinterpret_cast<geopref_metrics*>(metrics.data_ptr<double>());
+  t.stat_sums = reinterpret_cast<geopref_metric_sums*>(sums.data_ptr<double>());
+  if (grad) {
+    t.grad_logits = g.data_ptr();
+    t.grad_ld = W;
+  }
+  geopref_vocab_train_args a;
+  geopref_vocab_train_args_init(&a);
+  a.train = &t;
+  a.slice = c_slice(sl);
+  a.records = c_gathered(records, sl.n_ranks, N, z, op);
+  const geopref_options copt = c_options(opt);
+  launch_entry(a, &copt, z, check, geopref_vocab_parallel_train_step, op);
+  return {value, seq, metrics, sums, g, counts};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> vocab_parallel_train_step_cuda(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::IntArrayRef vocab_slice,
+    c10::ArrayRef<double> options, bool grad, bool check,
+    c10::ArrayRef<double> logit_transform, const optional<Tensor>& grad_output) {
+  const char* op = "vocab_parallel_train_step";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const auto sl = to_vocab_slice(vocab_slice, z.size(1), op);
+  const cuda_pairs pr(z, offsets.size(0) - 1, pairs, soft_labels, ref_logps, weights,
+                      token_weights, op);
+  const auto r = vocab_step_cuda(z, labels, offsets, records, &pr, pr.token_weights, sl, opt, grad,
+                                 check, tr, grad_output, op);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
+}
+
+std::tuple<Tensor, Tensor> vocab_parallel_logps_cuda(
+    const Tensor& logits, const Tensor& labels, const Tensor& offsets, const Tensor& records,
+    const optional<Tensor>& token_weights, c10::IntArrayRef vocab_slice,
+    c10::ArrayRef<double> options, bool check, c10::ArrayRef<double> logit_transform) {
+  const char* op = "vocab_parallel_logps";
+  const geopref::options opt = to_options(options, op);
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor z = check_tokens(logits, labels, offsets, op);
+  const auto sl = to_vocab_slice(vocab_slice, z.size(1), op);
+  const Tensor tw = cuda_token_weights(token_weights, z, op);
+  const auto r = vocab_step_cuda(z, labels, offsets, records, nullptr, tw, sl, opt, false, check,
+                                 tr, {}, op);
+  return {std::get<1>(r), std::get<5>(r)};
+}
+
 }  // namespace
 }  // namespace geopref_torch
 
 TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
+  m.impl("vocab_parallel_stats", &geopref_torch::vocab_parallel_stats_cuda);
+  m.impl("vocab_parallel_train_step", &geopref_torch::vocab_parallel_train_step_cuda);
+  m.impl("vocab_parallel_logps", &geopref_torch::vocab_parallel_logps_cuda);
   m.impl("token_logps", &geopref_torch::token_logps_cuda);
   m.impl("token_logps_grad", &geopref_torch::token_logps_grad_cuda);
   m.impl("pref_loss", &geopref_torch::pref_loss_cuda);

@@ -96,6 +96,27 @@ struct cpu_grads {
   }
 };
 
+/// The caller's accumulators as the reference's `accumulate` takes them: in
+/// double (their values copied in before the call, the sums copied back after).
+struct cpu_accumulators {
+  accumulators acc;
+  Tensor weight, bias;  // double copies, or undefined
+  explicit cpu_accumulators(const accumulators& a) : acc(a) {
+    if (a.weight.defined()) weight = a.weight.to(at::kDouble).contiguous();
+    if (a.bias.defined()) bias = a.bias.to(at::kDouble).contiguous();
+  }
+  template <class Out>
+  void fill(Out& out) const {
+    out.grad_weight = weight.defined() ? weight.data_ptr<double>() : nullptr;
+    out.grad_bias = bias.defined() ? bias.data_ptr<double>() : nullptr;
+    out.accumulate = true;
+  }
+  void write_back() const {
+    if (weight.defined()) acc.weight.copy_(weight);
+    if (bias.defined()) acc.bias.copy_(bias);
+  }
+};
+
 template <class Elem>
 ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tensors& t,
                                                               const Tensor& labels,
@@ -117,15 +138,40 @@ ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tenso
   return in;
 }
 
-/// linear_pref_loss (upstream undefined: gradients at upstream 1) and
-/// linear_pref_loss_grad (upstream given) on the CPU reference.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
+template <class Elem>
+ref::linear_token_rows<Elem, int64_t> make_linear_rows(const linear_tensors& t,
+                                                       const Tensor& labels, int64_t ignore_index,
+                                                       const geopref::logit_transform& tr) {
+  ref::linear_token_rows<Elem, int64_t> rows;
+  rows.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
+  rows.ld_hidden = row_stride(t.hidden);
+  rows.weight = static_cast<const Elem*>(t.weight.data_ptr());
+  rows.ld_weight = row_stride(t.weight);
+  rows.bias = t.bias.defined() ? static_cast<const Elem*>(t.bias.data_ptr()) : nullptr;
+  rows.n_rows = t.n_rows();
+  rows.hidden_size = t.hidden_size();
+  rows.vocab = t.vocab();
+  rows.labels = labels.data_ptr<int64_t>();
+  rows.ignore_index = ignore_index;
+  rows.logit_transform = tr;
+  return rows;
+}
+
+using step_result = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+/// linear_pref_loss (upstream undefined: gradients at upstream 1),
+/// linear_pref_loss_grad (upstream given) and, with accumulators,
+/// linear_pref_loss_accumulate (grad_weight and grad_bias added to the
+/// caller's buffers instead of returned) on the CPU reference.
+step_result linear_step_cpu(
     const Tensor* upstream, const Tensor& hidden, const Tensor& weight,
     const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
     const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
+    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
+    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
     std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
-    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op) {
+    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op,
+    const optional<Tensor>& grad_weight_acc = {}, const optional<Tensor>& grad_bias_acc = {}) {
   const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
@@ -135,7 +181,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
   check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
   const Tensor y = labels.to(at::kLong).contiguous(), off = offsets.to(at::kLong).contiguous();
   const int64_t S = offsets.size(0) - 1;
-  const cpu_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, op);
+  const cpu_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
+  const accumulators acc = check_accumulators(grad_weight_acc, grad_bias_acc, t, op);
+  if (acc.any()) grad_mask[1] = grad_mask[2] = false;  // into the accumulators instead
   const bool per_pair = opt.reduce == geopref::reduction::none;
   Tensor up;
   if (upstream != nullptr) {
@@ -149,11 +197,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
   Tensor seq = at::empty({S}, f64), pair_losses = at::empty({pr.n_pairs}, f64);
   Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
   const cpu_grads g(t, grad_mask);
+  const cpu_accumulators cacc(acc);
   ref::linear_outputs out;
   out.base.seq_logps = seq.data_ptr<double>();
   out.base.seq_counts = counts.data_ptr<int64_t>();
   out.base.pair_losses = pair_losses.data_ptr<double>();
   g.fill(out);
+  if (acc.any()) cacc.fill(out);
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
     auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off, tr);
     pr.fill(in);
@@ -164,48 +214,54 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_step_cpu(
     return ref::fused_linear(in, opt, out);
   });
   check_status(static_cast<int>(st), op);
+  cacc.write_back();
   const auto od = out_dtype(t.hidden);
   const Tensor value = per_pair ? pair_losses : at::scalar_tensor(out.base.loss, f64);
   const auto [gh, gw, gb] = g.result(t);
-  return {value.to(od), seq.to(od), metrics_tensor(out.base.stats, t.hidden), gh, gw, gb};
+  return {value.to(od), seq.to(od), metrics_tensor(out.base.stats, t.hidden), gh, gw, gb,
+          metric_sums_tensor(out.base.sums, t.hidden)};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_pref_loss_cpu(
-    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
-    const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
-    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
-  return linear_step_cpu(nullptr, hidden, weight, bias, labels, offsets, pairs, soft_labels,
-                         ref_logps, weights, options, chunk_bytes,
-                         grad_mask, check, logit_transform, host_offsets, host_pairs,
-                         "linear_pref_loss");
+// The arguments every fused-linear pref-loss operator takes, in the schema's
+// order (GEOPREF_LINEAR_PREF_LOSS_ARGS below).
+#define GEOPREF_LINEAR_PARAMS                                                                 \
+  const Tensor &hidden, const Tensor &weight, const optional<Tensor> &bias,                   \
+      const Tensor &labels, const Tensor &offsets, const optional<Tensor> &pairs,             \
+      const optional<Tensor> &soft_labels, const optional<Tensor> &ref_logps,                 \
+      const optional<Tensor> &weights, const optional<Tensor> &token_weights,                 \
+      c10::ArrayRef<double> options, int64_t chunk_bytes, std::array<bool, 3> grad_mask,      \
+      bool check, c10::ArrayRef<double> logit_transform, const optional<Tensor> &host_offsets, \
+      const optional<Tensor> &host_pairs
+#define GEOPREF_LINEAR_ARGS                                                                    \
+  hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights, \
+      options, chunk_bytes, grad_mask, check, logit_transform, host_offsets, host_pairs
+
+step_result linear_pref_loss_cpu(GEOPREF_LINEAR_PARAMS) {
+  return linear_step_cpu(nullptr, GEOPREF_LINEAR_ARGS, "linear_pref_loss");
 }
 
-grads3 linear_pref_loss_grad_cpu(
-    const Tensor& grad_output, const Tensor& hidden, const Tensor& weight,
-    const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
-    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
-    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
-  const auto r = linear_step_cpu(&grad_output, hidden, weight, bias, labels, offsets, pairs,
-                                 soft_labels, ref_logps, weights, options,
-                                 chunk_bytes, grad_mask, check, logit_transform, host_offsets,
-                                 host_pairs, "linear_pref_loss_grad");
+grads3 linear_pref_loss_grad_cpu(const Tensor& grad_output, GEOPREF_LINEAR_PARAMS) {
+  const auto r = linear_step_cpu(&grad_output, GEOPREF_LINEAR_ARGS, "linear_pref_loss_grad");
   return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
 }
 
-std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
+Tensor linear_pref_loss_accumulate_cpu(const Tensor& grad_output, GEOPREF_LINEAR_PARAMS,
+                                       const optional<Tensor>& grad_weight_acc,
+                                       const optional<Tensor>& grad_bias_acc) {
+  const auto r = linear_step_cpu(&grad_output, GEOPREF_LINEAR_ARGS,
+                                 "linear_pref_loss_accumulate", grad_weight_acc, grad_bias_acc);
+  return std::get<3>(r);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
-    const Tensor& offsets, bool average_logps, int64_t ignore_index, int64_t chunk_bytes,
-    bool /*check*/, c10::ArrayRef<double> logit_transform) {
+    const Tensor& offsets, const optional<Tensor>& token_weights, c10::ArrayRef<double> options,
+    int64_t chunk_bytes, bool /*check*/, c10::ArrayRef<double> logit_transform) {
   const char* op = "linear_sequence_logps";
+  const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
-  geopref::options opt;
-  opt.average_logps = average_logps;
-  opt.ignore_index = ignore_index;
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
+  const Tensor tw = cpu_token_weights(token_weights, t.hidden, t.n_rows(), op);
   const Tensor y = labels.to(at::kLong).contiguous(), off = offsets.to(at::kLong).contiguous();
   const int64_t N = t.n_rows(), S = offsets.size(0) - 1;
   const auto f64 = t.hidden.options().dtype(at::kDouble);
@@ -220,19 +276,42 @@ std::tuple<Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
     auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off, tr);
     in.n_pairs = 0;
     in.pairs = &no_pair;
+    in.token_weights = data_or_null(tw);
     return ref::fused_linear(in, opt, out);
   });
   check_status(static_cast<int>(st), op);
   const auto od = out_dtype(t.hidden);
-  return {seq.to(od), lse.to(od), counts};
+  return {seq.to(od), lse.to(od), counts, seq_scale(counts, opt, od)};
+}
+
+/// The per-token backward from hidden states on the reference: labels y
+/// (int64, contiguous), lse and g [N]; shared by linear_token_logps_grad and
+/// linear_sequence_logps_grad.
+grads3 linear_rows_grad_cpu(const linear_tensors& t, const Tensor& y, const Tensor& lse,
+                            const Tensor& g_rows, int64_t ignore_index,
+                            std::array<bool, 3> grad_mask, const geopref::logit_transform& tr,
+                            const char* op) {
+  const Tensor l = lse.to(at::kDouble).contiguous(), g = g_rows.to(at::kDouble).contiguous();
+  const cpu_grads grads(t, grad_mask);
+  if (!grads.any()) return grads.result(t);
+  ref::linear_token_grads out;
+  grads.fill(out);
+  const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
+    using Elem = typename decltype(tag)::type;
+    const auto rows = make_linear_rows<Elem>(t, y, ignore_index, tr);
+    return ref::linear_token_logps_grad(rows, l.data_ptr<double>(), g.data_ptr<double>(), out);
+  });
+  check_status(static_cast<int>(st), op);
+  return grads.result(t);
 }
 
 grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
                                       const optional<Tensor>& bias, const Tensor& labels,
-                                      const Tensor& offsets, const Tensor& lse,
-                                      const Tensor& grad_seq, int64_t ignore_index,
-                                      int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-                                      bool /*check*/, c10::ArrayRef<double> logit_transform) {
+                                      const Tensor& offsets, const optional<Tensor>& token_weights,
+                                      const Tensor& lse, const Tensor& grad_seq,
+                                      int64_t ignore_index, int64_t chunk_bytes,
+                                      std::array<bool, 3> grad_mask, bool /*check*/,
+                                      c10::ArrayRef<double> logit_transform) {
   const char* op = "linear_sequence_logps_grad";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
@@ -241,42 +320,56 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
                         grad_seq.size(0) == S,
                     "geopref.", op, ": lse must be [N] = [", N, "] and grad_seq [S] = [", S,
                     "], got ", lse.sizes(), " and ", grad_seq.sizes());
+  const Tensor tw = cpu_token_weights(token_weights, t.hidden, N, op);
   const auto [g_rows, y] = rows_of_sequences(labels, offsets, grad_seq.to(at::kDouble),
-                                             ignore_index);
-  const Tensor l = lse.to(at::kDouble).contiguous(), g = g_rows.contiguous();
-  const Tensor yc = y.contiguous();
-  const cpu_grads grads(t, grad_mask);
-  if (!grads.any()) return grads.result(t);
-  ref::linear_token_grads out;
-  grads.fill(out);
+                                             ignore_index, tw);
+  return linear_rows_grad_cpu(t, y.contiguous(), lse, g_rows, ignore_index, grad_mask, tr, op);
+}
+
+std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cpu(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    int64_t ignore_index, bool entropy, int64_t chunk_bytes, bool /*check*/,
+    c10::ArrayRef<double> logit_transform) {
+  const char* op = "linear_token_logps";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const linear_tensors t = check_linear_rows(hidden, weight, bias, labels, chunk_bytes, op);
+  const Tensor y = labels.to(at::kLong).contiguous();
+  const int64_t N = t.n_rows();
+  const auto f64 = t.hidden.options().dtype(at::kDouble);
+  Tensor logp = at::empty({N}, f64), lse = at::empty({N}, f64);
+  Tensor ent = at::empty({entropy ? N : 0}, f64);
+  ref::token_outputs out;
+  out.token_logps = logp.data_ptr<double>();
+  out.lse = lse.data_ptr<double>();
+  out.entropy = entropy ? ent.data_ptr<double>() : nullptr;
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
     using Elem = typename decltype(tag)::type;
-    ref::linear_token_rows<Elem, int64_t> rows;
-    rows.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
-    rows.ld_hidden = row_stride(t.hidden);
-    rows.weight = static_cast<const Elem*>(t.weight.data_ptr());
-    rows.ld_weight = row_stride(t.weight);
-    rows.bias = t.bias.defined() ? static_cast<const Elem*>(t.bias.data_ptr()) : nullptr;
-    rows.n_rows = N;
-    rows.hidden_size = t.hidden_size();
-    rows.vocab = t.vocab();
-    rows.labels = yc.data_ptr<int64_t>();
-    rows.ignore_index = ignore_index;
-    rows.logit_transform = tr;
-    return ref::linear_token_logps_grad(rows, l.data_ptr<double>(), g.data_ptr<double>(), out);
+    return ref::linear_token_logps(make_linear_rows<Elem>(t, y, ignore_index, tr), out);
   });
   check_status(static_cast<int>(st), op);
-  return grads.result(t);
+  const auto od = out_dtype(t.hidden);
+  return {logp.to(od), lse.to(od), ent.to(od)};
+}
+
+grads3 linear_token_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
+                                   const optional<Tensor>& bias, const Tensor& labels,
+                                   const Tensor& lse, const Tensor& grad, int64_t ignore_index,
+                                   int64_t chunk_bytes, std::array<bool, 3> grad_mask,
+                                   bool /*check*/, c10::ArrayRef<double> logit_transform) {
+  const char* op = "linear_token_logps_grad";
+  const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
+  const linear_tensors t = check_linear_rows(hidden, weight, bias, labels, chunk_bytes, op);
+  const int64_t N = t.n_rows();
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N,
+                    "geopref.", op, ": lse and grad must be [N] = [", N, "], got ", lse.sizes(),
+                    " and ", grad.sizes());
+  return linear_rows_grad_cpu(t, labels.to(at::kLong).contiguous(), lse, grad, ignore_index,
+                              grad_mask, tr, op);
 }
 
 /// linear_one_pass on CPU: the reference forms the logits whole, there is no
 /// one-pass path; the arguments are checked as linear_pref_loss checks them.
-bool linear_one_pass_cpu(
-    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
-    const Tensor& offsets, const optional<Tensor>& pairs, const optional<Tensor>&,
-    const optional<Tensor>&, const optional<Tensor>&, c10::ArrayRef<double> options, int64_t chunk_bytes,
-    std::array<bool, 3>, bool check, c10::ArrayRef<double> logit_transform,
-    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs) {
+bool linear_one_pass_cpu(GEOPREF_LINEAR_PARAMS) {
   const char* op = "linear_one_pass";
   to_options(options, op);
   to_logit_transform(logit_transform, op);
@@ -290,31 +383,48 @@ bool linear_one_pass_cpu(
 
 #define GEOPREF_LINEAR_PREF_LOSS_ARGS                                                            \
   "Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor offsets, Tensor? pairs, " \
-  "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, float[] options, "                 \
+  "Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, Tensor? token_weights, "         \
+  "float[] options, "                                                                         \
   "int chunk_bytes, bool[3] grad_mask, bool check, "                                          \
   "float[] logit_transform, Tensor? host_offsets=None, Tensor? host_pairs=None"
 
 TORCH_LIBRARY_FRAGMENT(geopref, m) {
   m.def("linear_pref_loss(" GEOPREF_LINEAR_PREF_LOSS_ARGS
         ") -> (Tensor loss, Tensor seq_logps, Tensor metrics, Tensor grad_hidden, "
-        "Tensor grad_weight, Tensor grad_bias)");
+        "Tensor grad_weight, Tensor grad_bias, Tensor metric_sums)");
   m.def("linear_pref_loss_grad(Tensor grad_output, " GEOPREF_LINEAR_PREF_LOSS_ARGS
         ") -> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def("linear_pref_loss_accumulate(Tensor grad_output, " GEOPREF_LINEAR_PREF_LOSS_ARGS
+        ", Tensor(a!)? grad_weight_acc=None, Tensor(b!)? grad_bias_acc=None) "
+        "-> Tensor grad_hidden");
   m.def("linear_one_pass(" GEOPREF_LINEAR_PREF_LOSS_ARGS ") -> bool");
   m.def(
       "linear_sequence_logps(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
-      "Tensor offsets, bool average_logps, int ignore_index, int chunk_bytes, bool check, "
-      "float[] logit_transform) -> (Tensor seq_logps, Tensor lse, Tensor counts)");
+      "Tensor offsets, Tensor? token_weights, float[] options, int chunk_bytes, bool check, "
+      "float[] logit_transform) -> (Tensor seq_logps, Tensor lse, Tensor counts, "
+      "Tensor seq_scale)");
   m.def(
       "linear_sequence_logps_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
-      "Tensor offsets, Tensor lse, Tensor grad_seq, int ignore_index, int chunk_bytes, "
-      "bool[3] grad_mask, bool check, float[] logit_transform) -> (Tensor grad_hidden, "
-      "Tensor grad_weight, Tensor grad_bias)");
+      "Tensor offsets, Tensor? token_weights, Tensor lse, Tensor grad_seq, int ignore_index, "
+      "int chunk_bytes, bool[3] grad_mask, bool check, float[] logit_transform) -> "
+      "(Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_token_logps(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
+      "int ignore_index, bool entropy, int chunk_bytes, bool check, float[] logit_transform) "
+      "-> (Tensor logps, Tensor lse, Tensor entropy)");
+  m.def(
+      "linear_token_logps_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
+      "Tensor lse, Tensor grad, int ignore_index, int chunk_bytes, bool[3] grad_mask, "
+      "bool check, float[] logit_transform) -> (Tensor grad_hidden, Tensor grad_weight, "
+      "Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(geopref, CPU, m) {
   m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cpu);
   m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cpu);
+  m.impl("linear_pref_loss_accumulate", &geopref_torch::linear_pref_loss_accumulate_cpu);
+  m.impl("linear_token_logps", &geopref_torch::linear_token_logps_cpu);
+  m.impl("linear_token_logps_grad", &geopref_torch::linear_token_logps_grad_cpu);
   m.impl("linear_one_pass", &geopref_torch::linear_one_pass_cpu);
   m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cpu);
   m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cpu);

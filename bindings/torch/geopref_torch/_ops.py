@@ -102,6 +102,48 @@ def pack_options(**fields):
     return out
 
 
+# ---- The operators' arguments by name. Autograd's setup_context receives an
+# operator's inputs as a positional tuple; these helpers name them after the
+# operator's schema (csrc/ops*.cpp), so that no backward depends on where an
+# argument sits (a field or input added to a schema moves nothing here).
+
+def _schema(op):
+    """(argument names, the names of the Tensor / Tensor? arguments) of op's schema."""
+    args = getattr(ops, op).default._schema.arguments
+    names = tuple(a.name for a in args)
+    tensors = frozenset(a.name for a in args if str(a.type) in ("Tensor", "Optional[Tensor]"))
+    return names, tensors
+
+
+def _named(op, inputs):
+    """{argument name: value} of a call of op (its inputs as setup_context gets them)."""
+    names, _ = _schema(op)
+    return dict(zip(names, inputs))
+
+
+def _save_named(ctx, op, inputs, *extra):
+    """Saves op's tensor inputs by name (for _saved_named) and the other
+    arguments as ctx.config, plus the tensors `extra` (returned after them)."""
+    names, tensor_names = _schema(op)
+    a = dict(zip(names, inputs))
+    ctx.tensor_names = tuple(n for n in names if n in tensor_names)
+    ctx.config = {n: a[n] for n in names if n not in tensor_names}
+    ctx.save_for_backward(*(a[n] for n in ctx.tensor_names), *extra)
+
+
+def _saved_named(ctx):
+    """(the saved tensor inputs by name, the extra saved tensors)."""
+    saved = ctx.saved_tensors
+    k = len(ctx.tensor_names)
+    return dict(zip(ctx.tensor_names, saved[:k])), saved[k:]
+
+
+def _grads_for(op, grads):
+    """The backward's result: grads {argument name: gradient}, None for the rest."""
+    names, _ = _schema(op)
+    return tuple(grads.get(n) for n in names)
+
+
 def _float_out(logits):
     # Float outputs are float32, float64 for float64 logits (CPU only).
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -120,8 +162,8 @@ def _check_shapes(logits, labels, offsets, op):
 
 
 @torch.library.register_fake("geopref::pref_loss")
-def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weights, options,
-                    check, logit_transform):
+def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights,
+                    options, check, logit_transform):
     _check_shapes(logits, labels, offsets, "pref_loss")
     n, s = logits.shape[0], offsets.shape[0] - 1
     p = pairs.shape[0] if pairs is not None else s // 2
@@ -130,7 +172,7 @@ def _pref_loss_fake(logits, labels, offsets, pairs, soft_labels, ref_logps, weig
     value = logits.new_empty((p,) if none else (), dtype=dt)
     return (value, logits.new_empty((s,), dtype=dt), logits.new_empty((7,), dtype=torch.float64),
             logits.new_empty((n,), dtype=dt), logits.new_empty((s,), dtype=dt),
-            logits.new_empty((s,), dtype=dt))
+            logits.new_empty((s,), dtype=dt), logits.new_empty((8,), dtype=torch.float64))
 
 
 @torch.library.register_fake("geopref::pref_loss_grad_seq")
@@ -140,17 +182,17 @@ def _pref_loss_grad_seq_fake(grad_output, logits, labels, offsets, *args):
 
 
 @torch.library.register_fake("geopref::sequence_logps")
-def _sequence_logps_fake(logits, labels, offsets, average_logps, ignore_index, check,
+def _sequence_logps_fake(logits, labels, offsets, token_weights, options, check,
                          logit_transform):
     _check_shapes(logits, labels, offsets, "sequence_logps")
     n, s = logits.shape[0], offsets.shape[0] - 1
     dt = _float_out(logits)
     return (logits.new_empty((s,), dtype=dt), logits.new_empty((n,), dtype=dt),
-            logits.new_empty((s,), dtype=torch.int64))
+            logits.new_empty((s,), dtype=torch.int64), logits.new_empty((s,), dtype=dt))
 
 
 @torch.library.register_fake("geopref::logits_grad")
-def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, check,
+def _logits_grad_fake(logits, labels, offsets, token_weights, lse, grad_seq, ignore_index, check,
                       logit_transform):
     _check_shapes(logits, labels, offsets, "logits_grad")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -159,30 +201,31 @@ def _logits_grad_fake(logits, labels, offsets, lse, grad_seq, ignore_index, chec
 # ---- pref_loss: d/dlogits through g_s. The loss's g_s is linear in a scalar
 # upstream gradient (a [S] multiply); a per-pair upstream (reduction none)
 # needs the pair terms again (pref_loss_grad_seq). An upstream gradient on
-# seq_logps adds seq_scale * grad to g_s. Labels, offsets, pairs, soft labels,
-# reference log-probs and weights get no gradient. ctx.config is (options,
-# check, logit_transform): logits_grad differentiates through the transform.
+# seq_logps adds seq_scale * grad to g_s. Only the logits get a gradient
+# (labels, offsets, pairs, soft labels, reference log-probs, pair and token
+# weights get none); logits_grad differentiates through the logit transform
+# and applies the token weights.
 
 def _pref_loss_setup(ctx, inputs, output):
-    logits, labels, offsets, pairs, soft, ref, weights = inputs[:7]
-    ctx.config = inputs[7:]
-    _, _, metrics, lse, grad_seq, seq_scale = output
-    ctx.save_for_backward(logits, labels, offsets, pairs, soft, ref, weights, lse, grad_seq,
-                          seq_scale)
-    ctx.mark_non_differentiable(metrics, lse, grad_seq, seq_scale)
+    _, _, metrics, lse, grad_seq, seq_scale, sums = output
+    _save_named(ctx, "pref_loss", inputs, lse, grad_seq, seq_scale)
+    ctx.mark_non_differentiable(metrics, lse, grad_seq, seq_scale, sums)
+
+
+def _logits_grad_of(t, config, lse, g):
+    """logits_grad for the inputs t (by name) of a pref_loss / sequence_logps call."""
+    return ops.logits_grad(t["logits"], t["labels"], t["offsets"], t["token_weights"], lse, g,
+                           int(option_value(config["options"], "ignore_index")),
+                           config["check"], config["logit_transform"])
 
 
 def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
-    logits, labels, offsets, pairs, soft, ref, weights, lse, grad_seq, seq_scale = \
-        ctx.saved_tensors
-    options, check, transform = ctx.config
-    reduction = option_value(options, "reduce")
-    ignore_index = int(option_value(options, "ignore_index"))
+    t, (lse, grad_seq, seq_scale) = _saved_named(ctx)
+    reduction = option_value(ctx.config["options"], "reduce")
     g = None
     if grad_loss is not None:
         if reduction == "none":
-            g = ops.pref_loss_grad_seq(grad_loss, logits, labels, offsets, pairs, soft, ref,
-                                       weights, *ctx.config)
+            g = ops.pref_loss_grad_seq(grad_loss, **t, **ctx.config)
         else:
             g = grad_seq * grad_loss.to(grad_seq.dtype)
     if grad_seq_logps is not None:
@@ -190,36 +233,29 @@ def _pref_loss_backward(ctx, grad_loss, grad_seq_logps, *_):
         g = extra if g is None else g + extra
     grad_logits = None
     if g is not None and ctx.needs_input_grad[0]:
-        grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ignore_index, check,
-                                      transform)
-    return (grad_logits,) + (None,) * 9
+        grad_logits = _logits_grad_of(t, ctx.config, lse, g)
+    return _grads_for("pref_loss", {"logits": grad_logits})
 
 
 torch.library.register_autograd("geopref::pref_loss", _pref_loss_backward,
                                 setup_context=_pref_loss_setup)
 
 
-# ---- sequence_logps: d seq_logps_s / d L_s is 1, or 1/n_s when averaged.
+# ---- sequence_logps: d seq_logps_s / d L_s is seq_scale: 1, or 1/n_s when
+# the options average (average_logps, or a loss that forces it).
 
 def _sequence_logps_setup(ctx, inputs, output):
-    logits, labels, offsets, average_logps, ignore_index, check, transform = inputs
-    _, lse, counts = output
-    ctx.average_logps, ctx.ignore_index, ctx.check = average_logps, ignore_index, check
-    ctx.transform = transform
-    ctx.save_for_backward(logits, labels, offsets, lse, counts)
-    ctx.mark_non_differentiable(lse, counts)
+    _, lse, counts, seq_scale = output
+    _save_named(ctx, "sequence_logps", inputs, lse, seq_scale)
+    ctx.mark_non_differentiable(lse, counts, seq_scale)
 
 
 def _sequence_logps_backward(ctx, grad_seq_logps, *_):
-    logits, labels, offsets, lse, counts = ctx.saved_tensors
+    t, (lse, seq_scale) = _saved_named(ctx)
     if grad_seq_logps is None or not ctx.needs_input_grad[0]:
-        return (None,) * 7
-    g = grad_seq_logps.to(lse.dtype)
-    if ctx.average_logps:
-        g = torch.where(counts > 0, g / counts.clamp(min=1).to(g.dtype), torch.zeros_like(g))
-    grad_logits = ops.logits_grad(logits, labels, offsets, lse, g, ctx.ignore_index, ctx.check,
-                                  ctx.transform)
-    return (grad_logits,) + (None,) * 6
+        return _grads_for("sequence_logps", {})
+    g = grad_seq_logps.to(lse.dtype) * seq_scale.to(lse.dtype)
+    return _grads_for("sequence_logps", {"logits": _logits_grad_of(t, ctx.config, lse, g)})
 
 
 torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backward,
@@ -338,8 +374,8 @@ def _linear_grads_fake(hidden, weight, bias, grad_mask):
 
 @torch.library.register_fake("geopref::linear_pref_loss")
 def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps,
-                           weights, options, chunk_bytes, grad_mask, check, logit_transform,
-                           host_offsets=None, host_pairs=None):
+                           weights, token_weights, options, chunk_bytes, grad_mask, check,
+                           logit_transform, host_offsets=None, host_pairs=None):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss")
     _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss")
     s = offsets.shape[0] - 1
@@ -348,35 +384,65 @@ def _linear_pref_loss_fake(hidden, weight, bias, labels, offsets, pairs, soft_la
     none = option_value(options, "reduce") == "none"
     value = hidden.new_empty((p,) if none else (), dtype=dt)
     return (value, hidden.new_empty((s,), dtype=dt), hidden.new_empty((7,), dtype=torch.float64),
-            *_linear_grads_fake(hidden, weight, bias, grad_mask))
+            *_linear_grads_fake(hidden, weight, bias, grad_mask),
+            hidden.new_empty((8,), dtype=torch.float64))
 
 
 @torch.library.register_fake("geopref::linear_pref_loss_grad")
-def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, pairs, *config,
+def _linear_pref_loss_grad_fake(grad_output, hidden, weight, bias, labels, offsets, pairs,
+                                soft_labels, ref_logps, weights, token_weights, options,
+                                chunk_bytes, grad_mask, check, logit_transform,
                                 host_offsets=None, host_pairs=None):
-    # config: soft_labels ... logit_transform (8 values), then the host copies when given.
-    config, host = config[:8], config[8:] + (None, None)
-    host_offsets = host[0] if host_offsets is None else host_offsets
-    host_pairs = host[1] if host_pairs is None else host_pairs
     _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_grad")
     _check_host_layout(host_offsets, host_pairs, offsets, pairs, "linear_pref_loss_grad")
-    return _linear_grads_fake(hidden, weight, bias, config[-3])
+    return _linear_grads_fake(hidden, weight, bias, grad_mask)
+
+
+@torch.library.register_fake("geopref::linear_pref_loss_accumulate")
+def _linear_pref_loss_accumulate_fake(grad_output, hidden, weight, bias, labels, offsets, pairs,
+                                      soft_labels, ref_logps, weights, token_weights, options,
+                                      chunk_bytes, grad_mask, check, logit_transform,
+                                      host_offsets=None, host_pairs=None, grad_weight_acc=None,
+                                      grad_bias_acc=None):
+    _check_linear(hidden, weight, bias, labels, offsets, "linear_pref_loss_accumulate")
+    return _linear_grads_fake(hidden, weight, bias, grad_mask)[0]
 
 
 @torch.library.register_fake("geopref::linear_sequence_logps")
-def _linear_sequence_logps_fake(hidden, weight, bias, labels, offsets, average_logps,
-                                ignore_index, chunk_bytes, check, logit_transform):
+def _linear_sequence_logps_fake(hidden, weight, bias, labels, offsets, token_weights, options,
+                                chunk_bytes, check, logit_transform):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_sequence_logps")
     n, s = hidden.shape[0], offsets.shape[0] - 1
     dt = _float_out(hidden)
     return (hidden.new_empty((s,), dtype=dt), hidden.new_empty((n,), dtype=dt),
-            hidden.new_empty((s,), dtype=torch.int64))
+            hidden.new_empty((s,), dtype=torch.int64), hidden.new_empty((s,), dtype=dt))
 
 
 @torch.library.register_fake("geopref::linear_sequence_logps_grad")
-def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse, grad_seq,
-                                     ignore_index, chunk_bytes, grad_mask, check, logit_transform):
+def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, token_weights, lse,
+                                     grad_seq, ignore_index, chunk_bytes, grad_mask, check,
+                                     logit_transform):
     _check_linear(hidden, weight, bias, labels, offsets, "linear_sequence_logps_grad")
+    return _linear_grads_fake(hidden, weight, bias, grad_mask)
+
+
+def _check_linear_rows(hidden, weight, bias, labels, op):
+    _check_linear(hidden, weight, bias, labels, labels.new_zeros((1,)), op)
+
+
+@torch.library.register_fake("geopref::linear_token_logps")
+def _linear_token_logps_fake(hidden, weight, bias, labels, ignore_index, entropy, chunk_bytes,
+                             check, logit_transform):
+    _check_linear_rows(hidden, weight, bias, labels, "linear_token_logps")
+    n, dt = hidden.shape[0], _float_out(hidden)
+    return (hidden.new_empty((n,), dtype=dt), hidden.new_empty((n,), dtype=dt),
+            hidden.new_empty((n if entropy else 0,), dtype=dt))
+
+
+@torch.library.register_fake("geopref::linear_token_logps_grad")
+def _linear_token_logps_grad_fake(hidden, weight, bias, labels, lse, grad, ignore_index,
+                                  chunk_bytes, grad_mask, check, logit_transform):
+    _check_linear_rows(hidden, weight, bias, labels, "linear_token_logps_grad")
     return _linear_grads_fake(hidden, weight, bias, grad_mask)
 
 
@@ -391,7 +457,7 @@ def _linear_sequence_logps_grad_fake(hidden, weight, bias, labels, offsets, lse,
 # differentiable here (use linear_sequence_logps for a gradient through
 # log-probs), so that an unused output never costs a pass over the logits.
 
-_LINEAR_PREF_CONFIG = 9  # inputs[9:14]: options ... logit_transform; [14:16] the host copies
+_LINEAR_GRADS = ("hidden", "weight", "bias")  # the differentiable inputs, as grad_mask orders them
 
 
 def _graph_kept():
@@ -406,26 +472,23 @@ def _graph_kept():
 
 
 def _linear_pref_loss_setup(ctx, inputs, output):
-    hidden, weight, bias, labels, offsets, pairs, soft, ref, weights = inputs[:9]
-    ctx.config = inputs[_LINEAR_PREF_CONFIG:14]
-    reduction, grad_mask = option_value(inputs[9], "reduce"), inputs[11]
-    _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias = output
-    ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias)
-    ctx.grad_mask = tuple(grad_mask)
-    ctx.scaled = reduction != "none"  # else the forward's gradients (if any) are unused
-    if ctx.scaled:
+    a = _named("linear_pref_loss", inputs)
+    _, seq_logps, metrics, grad_hidden, grad_weight, grad_bias, sums = output
+    ctx.mark_non_differentiable(seq_logps, metrics, grad_hidden, grad_weight, grad_bias, sums)
+    ctx.grad_mask = tuple(a["grad_mask"])
+    ctx.scaled = option_value(a["options"], "reduce") != "none"  # else the forward's gradients
+    if ctx.scaled:                                               # (if any) are unused
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
     else:
-        ctx.save_for_backward(hidden, weight, bias, labels, offsets, pairs, soft, ref, weights,
-                              *inputs[14:16])
+        _save_named(ctx, "linear_pref_loss", inputs)
 
 
 def _linear_pref_loss_backward(ctx, grad_loss, *_):
     need = ctx.needs_input_grad[:3]
     if grad_loss is None or not any(need):
-        return (None,) * 16
+        return _grads_for("linear_pref_loss", {})
     if ctx.scaled:
-        missing = [name for name, n, m in zip(("hidden", "weight", "bias"), need, ctx.grad_mask)
+        missing = [name for name, n, m in zip(_LINEAR_GRADS, need, ctx.grad_mask)
                    if n and not m]
         if missing:
             raise RuntimeError(f"geopref.linear_pref_loss: the forward ran with grad_mask = "
@@ -444,47 +507,233 @@ def _linear_pref_loss_backward(ctx, grad_loss, *_):
         else:
             out = tuple(g * up if n else None for g, n in zip(grads, need))
     else:
-        (hidden, weight, bias, labels, offsets, pairs, soft, ref, weights, host_offsets,
-         host_pairs) = ctx.saved_tensors
-        grads = ops.linear_pref_loss_grad(grad_loss, hidden, weight, bias, labels, offsets, pairs,
-                                          soft, ref, weights, *ctx.config[:2],
-                                          [bool(n) for n in need], ctx.config[3], ctx.config[4],
-                                          host_offsets, host_pairs)
+        t, _ = _saved_named(ctx)
+        config = dict(ctx.config, grad_mask=[bool(n) for n in need])
+        grads = ops.linear_pref_loss_grad(grad_loss, **t, **config)
         out = tuple(g if n else None for g, n in zip(grads, need))
-    return out + (None,) * 13
+    return _grads_for("linear_pref_loss", dict(zip(_LINEAR_GRADS, out)))
 
 
 torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_backward,
                                 setup_context=_linear_pref_loss_setup)
 
 
-# ---- linear_sequence_logps: d seq_logps_s / d L_s is 1, or 1/n_s when averaged.
+# ---- linear_sequence_logps: d seq_logps_s / d L_s is seq_scale (1, or 1/n_s
+# when the options average), and the token weights scale each row's g_t.
 
 def _linear_sequence_logps_setup(ctx, inputs, output):
-    (hidden, weight, bias, labels, offsets, average_logps, ignore_index, chunk_bytes, check,
-     transform) = inputs
-    _, lse, counts = output
-    ctx.average_logps, ctx.ignore_index = average_logps, ignore_index
-    ctx.chunk_bytes, ctx.check, ctx.transform = chunk_bytes, check, transform
-    ctx.save_for_backward(hidden, weight, bias, labels, offsets, lse, counts)
-    ctx.mark_non_differentiable(lse, counts)
+    _, lse, counts, seq_scale = output
+    _save_named(ctx, "linear_sequence_logps", inputs, lse, seq_scale)
+    ctx.mark_non_differentiable(lse, counts, seq_scale)
 
 
 def _linear_sequence_logps_backward(ctx, grad_seq_logps, *_):
     need = ctx.needs_input_grad[:3]
     if grad_seq_logps is None or not any(need):
-        return (None,) * 10
-    hidden, weight, bias, labels, offsets, lse, counts = ctx.saved_tensors
-    g = grad_seq_logps.to(lse.dtype)
-    if ctx.average_logps:
-        g = torch.where(counts > 0, g / counts.clamp(min=1).to(g.dtype), torch.zeros_like(g))
-    grads = ops.linear_sequence_logps_grad(hidden, weight, bias, labels, offsets, lse, g,
-                                           ctx.ignore_index, ctx.chunk_bytes,
-                                           [bool(n) for n in need], ctx.check, ctx.transform)
-    return tuple(x if n else None for x, n in zip(grads, need)) + (None,) * 7
+        return _grads_for("linear_sequence_logps", {})
+    t, (lse, seq_scale) = _saved_named(ctx)
+    c = ctx.config
+    g = grad_seq_logps.to(lse.dtype) * seq_scale.to(lse.dtype)
+    grads = ops.linear_sequence_logps_grad(
+        t["hidden"], t["weight"], t["bias"], t["labels"], t["offsets"], t["token_weights"], lse,
+        g, int(option_value(c["options"], "ignore_index")), c["chunk_bytes"],
+        [bool(n) for n in need], c["check"], c["logit_transform"])
+    return _grads_for("linear_sequence_logps",
+                      {k: x if n else None for k, x, n in zip(_LINEAR_GRADS, grads, need)})
 
 
 torch.library.register_autograd("geopref::linear_sequence_logps", _linear_sequence_logps_backward,
                                 setup_context=_linear_sequence_logps_setup)
+
+
+# ---- linear_token_logps: the per-token primitive from hidden states; its
+# backward is linear_token_logps_grad (lse and entropy are not differentiable).
+
+def _linear_token_logps_setup(ctx, inputs, output):
+    _, lse, entropy = output
+    _save_named(ctx, "linear_token_logps", inputs, lse)
+    ctx.mark_non_differentiable(lse, entropy)
+
+
+def _linear_token_logps_backward(ctx, grad_logps, *_):
+    need = ctx.needs_input_grad[:3]
+    if grad_logps is None or not any(need):
+        return _grads_for("linear_token_logps", {})
+    t, (lse,) = _saved_named(ctx)
+    c = ctx.config
+    grads = ops.linear_token_logps_grad(
+        t["hidden"], t["weight"], t["bias"], t["labels"], lse, grad_logps.to(lse.dtype),
+        c["ignore_index"], c["chunk_bytes"], [bool(n) for n in need], c["check"],
+        c["logit_transform"])
+    return _grads_for("linear_token_logps",
+                      {k: x if n else None for k, x, n in zip(_LINEAR_GRADS, grads, need)})
+
+
+torch.library.register_autograd("geopref::linear_token_logps", _linear_token_logps_backward,
+                                setup_context=_linear_token_logps_setup)
 torch.library.register_autograd("geopref::linear_pref_loss_grad", _no_double_backward)
 torch.library.register_autograd("geopref::linear_sequence_logps_grad", _no_double_backward)
+torch.library.register_autograd("geopref::linear_token_logps_grad", _no_double_backward)
+
+
+# ---- The vocab-parallel operators (csrc/ops_vocab.cpp): one rank's part of
+# a step over logits (or a projection) split by vocabulary columns. The
+# records are an opaque tensor to all-gather: int32 [N, 4] on CUDA (the
+# library's 16-byte record), float64 [N, 4] on CPU (the reference's).
+# Only this rank's slice gets a gradient (grad_logits, or grad_hidden's
+# partial, grad_weight and grad_bias): the records are not differentiable,
+# and the rank's own gradient is already the whole derivative with respect
+# to its slice (lse's dependence on it included).
+
+VOCAB_SLICE_FIELDS = tuple(ops.vocab_slice_fields())
+
+
+def _records_fake(like, n):
+    dt = torch.float64 if like.device.type == "cpu" else torch.int32
+    return like.new_empty((n, 4), dtype=dt)
+
+
+@torch.library.register_fake("geopref::vocab_parallel_stats")
+def _vocab_parallel_stats_fake(logits, labels, offsets, vocab_slice, options, check,
+                               logit_transform):
+    _check_shapes(logits, labels, offsets, "vocab_parallel_stats")
+    return _records_fake(logits, logits.shape[0])
+
+
+def _vocab_value_fake(like, offsets, pairs, options):
+    s = offsets.shape[0] - 1
+    p = pairs.shape[0] if pairs is not None else s // 2
+    dt = _float_out(like)
+    none = option_value(options, "reduce") == "none"
+    return (like.new_empty((p,) if none else (), dtype=dt), like.new_empty((s,), dtype=dt),
+            like.new_empty((7,), dtype=torch.float64), like.new_empty((8,), dtype=torch.float64))
+
+
+@torch.library.register_fake("geopref::vocab_parallel_train_step")
+def _vocab_parallel_train_step_fake(logits, labels, offsets, records, pairs, soft_labels,
+                                    ref_logps, weights, token_weights, vocab_slice, options, grad,
+                                    check, logit_transform, grad_output=None):
+    _check_shapes(logits, labels, offsets, "vocab_parallel_train_step")
+    g = (torch.empty_like(logits, memory_format=torch.contiguous_format) if grad
+         else logits.new_empty((0,)))
+    return (*_vocab_value_fake(logits, offsets, pairs, options), g)
+
+
+@torch.library.register_fake("geopref::vocab_parallel_logps")
+def _vocab_parallel_logps_fake(logits, labels, offsets, records, token_weights, vocab_slice,
+                               options, check, logit_transform):
+    _check_shapes(logits, labels, offsets, "vocab_parallel_logps")
+    s = offsets.shape[0] - 1
+    return (logits.new_empty((s,), dtype=_float_out(logits)),
+            logits.new_empty((s,), dtype=torch.int64))
+
+
+@torch.library.register_fake("geopref::vocab_linear_stats")
+def _vocab_linear_stats_fake(hidden, weight, bias, labels, offsets, vocab_slice, options,
+                             chunk_bytes, check, logit_transform):
+    _check_linear(hidden, weight, bias, labels, offsets, "vocab_linear_stats")
+    return _records_fake(hidden, hidden.shape[0])
+
+
+@torch.library.register_fake("geopref::vocab_linear_step")
+def _vocab_linear_step_fake(hidden, weight, bias, labels, offsets, records, pairs, soft_labels,
+                            ref_logps, weights, token_weights, vocab_slice, options, chunk_bytes,
+                            grad_mask, check, logit_transform, grad_output=None):
+    _check_linear(hidden, weight, bias, labels, offsets, "vocab_linear_step")
+    return (*_vocab_value_fake(hidden, offsets, pairs, options),
+            *_linear_grads_fake(hidden, weight, bias, grad_mask))
+
+
+def _scale_saved(ctx, grads, grad_loss, need):
+    """The forward's gradients (at upstream 1) times a scalar upstream
+    gradient, as linear_pref_loss's backward: in place when nothing else sees them."""
+    if torch.is_grad_enabled():
+        _no_double_backward(ctx)
+    up = grad_loss.reshape(())
+    if all(type(g) is torch.Tensor for g in grads) and not _graph_kept():
+        return tuple(g.mul_(up) if n else None for g, n in zip(grads, need))
+    return tuple(g * up if n else None for g, n in zip(grads, need))
+
+
+def _vocab_step_setup(ctx, inputs, output):
+    a = _named("vocab_parallel_train_step", inputs)
+    _, seq_logps, metrics, sums, grad_logits = output
+    ctx.mark_non_differentiable(seq_logps, metrics, sums, grad_logits)
+    ctx.scaled = option_value(a["options"], "reduce") != "none"
+    ctx.had_grad = bool(a["grad"])
+    if ctx.scaled:
+        ctx.save_for_backward(grad_logits)
+    else:
+        _save_named(ctx, "vocab_parallel_train_step", inputs)
+
+
+def _vocab_step_backward(ctx, grad_loss, *_):
+    op = "vocab_parallel_train_step"
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return _grads_for(op, {})
+    if ctx.scaled:
+        if not ctx.had_grad:
+            raise RuntimeError(f"geopref.{op}: the forward ran with grad=False")
+        (g,) = _scale_saved(ctx, ctx.saved_tensors, grad_loss, (True,))
+    else:
+        t, _ = _saved_named(ctx)
+        t.pop("grad_output")
+        config = dict(ctx.config, grad=True)
+        g = ops.vocab_parallel_train_step(**t, **config, grad_output=grad_loss)[4]
+    return _grads_for(op, {"logits": g})
+
+
+torch.library.register_autograd("geopref::vocab_parallel_train_step", _vocab_step_backward,
+                                setup_context=_vocab_step_setup)
+
+
+def _vocab_linear_setup(ctx, inputs, output):
+    a = _named("vocab_linear_step", inputs)
+    _, seq_logps, metrics, sums, gh, gw, gb = output
+    ctx.mark_non_differentiable(seq_logps, metrics, sums, gh, gw, gb)
+    ctx.scaled = option_value(a["options"], "reduce") != "none"
+    ctx.grad_mask = tuple(a["grad_mask"])
+    if ctx.scaled:
+        ctx.save_for_backward(gh, gw, gb)
+    else:
+        _save_named(ctx, "vocab_linear_step", inputs)
+
+
+def _vocab_linear_backward(ctx, grad_loss, *_):
+    op = "vocab_linear_step"
+    need = ctx.needs_input_grad[:3]
+    if grad_loss is None or not any(need):
+        return _grads_for(op, {})
+    if ctx.scaled:
+        missing = [name for name, n, m in zip(_LINEAR_GRADS, need, ctx.grad_mask) if n and not m]
+        if missing:
+            raise RuntimeError(f"geopref.{op}: the forward ran with grad_mask = "
+                               f"{list(ctx.grad_mask)}, without the gradient of {missing}")
+        out = _scale_saved(ctx, ctx.saved_tensors, grad_loss, need)
+    else:
+        t, _ = _saved_named(ctx)
+        t.pop("grad_output")
+        config = dict(ctx.config, grad_mask=[bool(n) for n in need])
+        grads = ops.vocab_linear_step(**t, **config, grad_output=grad_loss)[4:]
+        out = tuple(g if n else None for g, n in zip(grads, need))
+    return _grads_for(op, dict(zip(_LINEAR_GRADS, out)))
+
+
+torch.library.register_autograd("geopref::vocab_linear_step", _vocab_linear_backward,
+                                setup_context=_vocab_linear_setup)
+
+
+# The records and the forward-only log-probs are not differentiable: their
+# operators say so (no autograd warning; a backward through them gives nothing).
+def _register_not_differentiable(op):
+    def setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
+
+    def backward(ctx, *grads):
+        return _grads_for(op, {})
+
+    torch.library.register_autograd(f"geopref::{op}", backward, setup_context=setup)
+
+
+for _op in ("vocab_parallel_stats", "vocab_parallel_logps", "vocab_linear_stats"):
+    _register_not_differentiable(_op)

@@ -20,7 +20,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, ops, pack_options
+from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, VOCAB_SLICE_FIELDS, ops, pack_options
 
 # The order of the metrics tensor (geopref::metrics), with TRL's names; the
 # last one is geopref's soft-label calibration, mean |sigmoid(beta h) - p|.
@@ -76,10 +76,43 @@ def _logit_transform(**values):
     return [float(values[k]) for k in LOGIT_TRANSFORM_KEYWORDS]
 
 
+# The order of the metric_sums tensor (geopref::metric_sums): the metrics'
+# sums over this call's pairs, then the pair count P.
+METRIC_SUM_NAMES = METRIC_NAMES + ("pairs",)
+
+
 class DPOOutput(NamedTuple):
     loss: torch.Tensor                 # [] (mean, sum, normalizer) or [P] (none)
     logps: torch.Tensor                # [S] per-sequence log-probs (L_s, or L_s / n_s if averaged)
     metrics: Dict[str, torch.Tensor]   # METRIC_NAMES -> 0-dim float64 tensors (no host sync)
+    metric_sums: torch.Tensor          # [8] float64: the metrics as sums, then P (METRIC_SUM_NAMES)
+
+
+def metrics_from_sums(metric_sums: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The metrics of the global batch from metric_sums [8] after a data-parallel
+    all-reduce (sum) of every rank's DPOOutput.metric_sums: each sum divided by
+    the pair count, all zero when it is 0 (geopref::metrics_from_sums)::
+
+        dist.all_reduce(out.metric_sums)
+        metrics = gp.metrics_from_sums(out.metric_sums)
+    """
+    if metric_sums.shape != (len(METRIC_SUM_NAMES),):
+        raise ValueError(f"geopref: metric_sums must be [{len(METRIC_SUM_NAMES)}], "
+                         f"got {list(metric_sums.shape)}")
+    sums, pairs = metric_sums[:-1], metric_sums[-1]
+    means = torch.where(pairs > 0, sums / torch.where(pairs > 0, pairs, 1.0),
+                        torch.zeros_like(sums))
+    return dict(zip(METRIC_NAMES, means.unbind(0)))
+
+
+def _token_weights(token_weights, labels):
+    """Per-token weights shaped like the labels ([B, T] or [N]) -> [N]."""
+    if token_weights is None:
+        return None
+    if token_weights.shape != labels.shape:
+        raise ValueError(f"geopref: token_weights must have the labels' shape "
+                         f"{list(labels.shape)}, got {list(token_weights.shape)}")
+    return token_weights.reshape(-1)
 
 
 def _tokens(logits, labels, offsets, what="logits"):
@@ -218,6 +251,7 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
              ref_logps: Optional[torch.Tensor] = None,
              soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
              pairs: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
+             token_weights: Optional[torch.Tensor] = None,
              reduction: str = "mean", normalizer: Optional[float] = None,
              average_logps: Optional[bool] = None, ignore_index: int = -100,
              alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
@@ -241,6 +275,9 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     soft_labels: [P] (or a float) p = P(chosen > rejected) in [0, 1]; None: 1.
     label_smoothing: TRL's: cDPO for "sigmoid", epsilon for "robust"/"exo_pair".
     pairs: [P, 2] explicit (first, second) sequence indices; weights: [P] >= 0.
+    token_weights: per-token weights shaped like labels (LD-DPO's length
+      desensitisation): L_s = sum of w_t log p_t over the scored rows; finite;
+      not differentiable. None: all 1.
     reduction: "mean" (TRL's), "sum" or "none"; normalizer: divide the sum by
       this count instead (gradient accumulation / data parallel).
     average_logps: margins from L_s / n_s (default: TRL's choice, True for ipo;
@@ -269,36 +306,57 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
       soft labels...) after the call; it synchronises, so pass False inside
       CUDA graphs.
 
-    Returns DPOOutput(loss, logps [S], metrics {TRL name: 0-dim tensor}).
+    Returns DPOOutput(loss, logps [S], metrics {TRL name: 0-dim tensor},
+    metric_sums [8]: the metrics as sums over the pairs, then P, for a
+    data-parallel all-reduce and metrics_from_sums).
     Bad inputs raise ValueError (shapes, values, loss parameters), IndexError
     (a label or pair index out of range) or TypeError (dtypes), with geopref's
     message.
     """
+    tw = _token_weights(token_weights, labels)
     z, y, off = _tokens(logits, labels, offsets)
     soft_labels, options = _loss_config(off, pairs, z.device, soft_labels, label_smoothing,
                                         **_options_of(locals()))
     transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                  temperature=temperature)
-    value, seq_logps, metrics, _, _, _ = ops.pref_loss(
-        z, y, off, pairs, soft_labels, ref_logps, weights, options, bool(check), transform)
-    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
+    value, seq_logps, metrics, _, _, _, sums = ops.pref_loss(
+        z, y, off, pairs, soft_labels, ref_logps, weights, tw, options, bool(check), transform)
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
-                   offsets: Optional[torch.Tensor] = None, *, average_logps: bool = False,
-                   ignore_index: int = -100, logit_scale: float = 1.0, softcap: float = 0.0,
-                   temperature: float = 1.0, check: bool = True) -> torch.Tensor:
-    """[S] per-sequence log-probs L_s = sum of log softmax(z_t)[y_t] over scored
-    rows (L_s / n_s with average_logps; 0 for a sequence with no scored row).
-    The reference model's pass (its output is dpo_loss's ref_logps, with the
-    same average_logps), and a differentiable primitive for a loss of one's own.
+                   offsets: Optional[torch.Tensor] = None, *,
+                   loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                   token_weights: Optional[torch.Tensor] = None,
+                   reduction: str = "mean", normalizer: Optional[float] = None,
+                   average_logps: Optional[bool] = None, ignore_index: int = -100,
+                   alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
+                   tau: float = 0.05, bco_delta: float = 0.0,
+                   margin_transform: str = "reverse_kl", f_alpha: float = 1.0,
+                   geometric: bool = False, loss_weights: Optional[Sequence[float]] = None,
+                   nll_tokens: float = 0.0, nll_weight: float = 0.0, logit_scale: float = 1.0,
+                   softcap: float = 0.0, temperature: float = 1.0,
+                   check: bool = True) -> torch.Tensor:
+    """[S] per-sequence log-probs L_s = sum of w_t log softmax(z_t)[y_t] over
+    scored rows (L_s / n_s when averaged; 0 for a sequence with no scored row).
+    The reference model's pass (its output is dpo_loss's ref_logps), and a
+    differentiable primitive for a loss of one's own.
+
+    Takes dpo_loss's option keywords (every field of the library's options),
+    so one set of keywords serves both calls: with the same loss_type and
+    average_logps as dpo_loss the log-probs are in the form its margin uses
+    (averaged for "ipo" by default, as TRL, and always for simpo and orpo).
+    Of the options only that and ignore_index change the result; the others
+    are validated as dpo_loss validates them.
+    token_weights: per-token weights shaped like labels, as dpo_loss's.
     logit_scale, softcap, temperature: the logit transform, as dpo_loss's
     (a reference model's log-probs take its own model's transform)."""
+    tw = _token_weights(token_weights, labels)
     z, y, off = _tokens(logits, labels, offsets)
+    _, options = _loss_config(off, None, z.device, None, 0.0, **_options_of(locals()))
     transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                  temperature=temperature)
-    return ops.sequence_logps(z, y, off, bool(average_logps), int(ignore_index), bool(check),
-                              transform)[0]
+    return ops.sequence_logps(z, y, off, tw, options, bool(check), transform)[0]
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, *,
@@ -414,14 +472,18 @@ def fused_linear_preference_loss(
         ref_logps: Optional[torch.Tensor] = None,
         soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
         pairs: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
+        token_weights: Optional[torch.Tensor] = None,
         reduction: str = "mean", normalizer: Optional[float] = None,
         average_logps: Optional[bool] = None, ignore_index: int = -100, alpha: float = 1.0,
         gamma: float = 0.0, epsilon: Optional[float] = None, tau: float = 0.05,
         bco_delta: float = 0.0, margin_transform: str = "reverse_kl", f_alpha: float = 1.0,
         geometric: bool = False, loss_weights: Optional[Sequence[float]] = None,
-        nll_tokens: float = 0.0, nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
+        nll_tokens: float = 0.0, nll_weight: float = 0.0, logit_scale: float = 1.0,
+        softcap: float = 0.0, temperature: float = 1.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True,
-        host_offsets=None, host_pairs=None) -> DPOOutput:
+        host_offsets=None, host_pairs=None,
+        grad_weight_accumulator: Optional[torch.Tensor] = None,
+        grad_bias_accumulator: Optional[torch.Tensor] = None) -> DPOOutput:
     """dpo_loss from the last hidden states and the output projection (the
     lm_head's weight and bias) instead of the logits, which never exist whole:
     on CUDA they are formed one chunk of rows at a time (at most chunk_bytes),
@@ -441,7 +503,7 @@ def fused_linear_preference_loss(
       cast to it, as autocast casts an F.linear). Differentiable with respect
       to all three.
     Every other argument is dpo_loss's (loss_type, beta, ref_logps,
-      soft_labels, label_smoothing, pairs, weights, reduction, normalizer,
+      soft_labels, label_smoothing, pairs, weights, token_weights, reduction, normalizer,
       average_logps, ignore_index, alpha, gamma, epsilon, tau, bco_delta,
       margin_transform, f_alpha, geometric, loss_weights, nll_tokens,
       nll_weight, logit_scale, softcap, temperature, check); the logit transform applies to the
@@ -453,6 +515,15 @@ def fused_linear_preference_loss(
       it beyond float rounding. On CPU the logits are formed whole.
     host_offsets, host_pairs: host copies (CPU tensors or lists) of packed
       offsets [S + 1] and of pairs [P, 2], for the one-pass path below.
+    grad_weight_accumulator: [V, H] float32 (or the weight's dtype), a
+      master gradient buffer kept across micro-batches: the backward adds
+      upstream * dLoss/dweight into it (the library's grad_weight_float32
+      and accumulate: the chunks' sums in float32, no [V, H] temporary)
+      instead of giving the weight a .grad; grad_bias_accumulator: [V]
+      float32, the same for the bias (needed when the bias requires grad).
+      The backward then runs the step again with the upstream gradient (one
+      more logits GEMM per chunk), as for reduction "none"; the forward
+      computes the loss only. Eager mode (not for torch.compile).
 
     One pass or two (CUDA). With host copies of the offsets (and of the
     pairs, when given) the library knows on the host which rows each chunk
@@ -484,33 +555,89 @@ def fused_linear_preference_loss(
     "none" the backward runs the step again with the per-pair upstream.
     """
     args = _linear_pref_args(hidden, weight, labels, offsets, bias, ref_logps, soft_labels,
-                             label_smoothing, pairs, weights, chunk_bytes, check, host_offsets,
-                             host_pairs,
+                             label_smoothing, pairs, weights, token_weights, chunk_bytes, check,
+                             host_offsets, host_pairs,
                              _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                               temperature=temperature),
-                             _options_of(locals()))
-    value, seq_logps, metrics, _, _, _ = ops.linear_pref_loss(*args)
-    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))))
+                             _options_of(locals()),
+                             accumulate=(grad_weight_accumulator is not None
+                                         or grad_bias_accumulator is not None))
+    if grad_weight_accumulator is not None or grad_bias_accumulator is not None:
+        value, seq_logps, metrics, sums = _linear_accumulate(
+            args, grad_weight_accumulator, grad_bias_accumulator)
+    else:
+        value, seq_logps, metrics, _, _, _, sums = ops.linear_pref_loss(**args)
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)
 
 
 def _linear_pref_args(hidden, weight, labels, offsets, bias, ref_logps, soft_labels,
-                      label_smoothing, pairs, weights, chunk_bytes, check, host_offsets,
-                      host_pairs, transform, keywords):
-    """fused_linear_preference_loss's arguments -> linear_pref_loss's, in its
-    schema's order."""
+                      label_smoothing, pairs, weights, token_weights, chunk_bytes, check,
+                      host_offsets, host_pairs, transform, keywords, accumulate=False):
+    """fused_linear_preference_loss's arguments -> linear_pref_loss's, by the
+    names of its schema."""
     hidden, weight, bias = _autocast(hidden, weight, bias)
     padded = tuple(hidden.shape[:2]) if hidden.dim() == 3 else None
     if padded is not None and (host_offsets is not None):
         raise ValueError("geopref: host_offsets are implied by [B, T, H] hidden states")
+    tw = _token_weights(token_weights, labels)
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
     soft_labels, options = _loss_config(off, pairs, x.device, soft_labels, label_smoothing,
                                         **keywords)
     # Gradients in the forward only where the backward scales them; a
-    # per-pair upstream (reduction "none") needs the step again anyway.
-    mask = _grad_mask(x, weight, bias) if keywords["reduction"] != "none" else [False] * 3
+    # per-pair upstream (reduction "none") and the accumulators need the
+    # step again anyway.
+    mask = (_grad_mask(x, weight, bias) if keywords["reduction"] != "none" and not accumulate
+            else [False] * 3)
     h_off, h_pairs = _host_layout(x, padded, off, pairs, bool(check), host_offsets, host_pairs)
-    return (x, weight, bias, y, off, pairs, soft_labels, ref_logps, weights, options,
-            int(chunk_bytes), mask, bool(check), transform, h_off, h_pairs)
+    return dict(hidden=x, weight=weight, bias=bias, labels=y, offsets=off, pairs=pairs,
+                soft_labels=soft_labels, ref_logps=ref_logps, weights=weights, token_weights=tw,
+                options=options, chunk_bytes=int(chunk_bytes), grad_mask=mask,
+                check=bool(check), logit_transform=transform, host_offsets=h_off,
+                host_pairs=h_pairs)
+
+
+class _LinearAccumulate(torch.autograd.Function):
+    """fused_linear_preference_loss with the caller's gradient accumulators:
+    the forward computes the loss (linear_pref_loss without gradients), the
+    backward runs linear_pref_loss_accumulate with the upstream gradient,
+    which adds into the accumulators and returns grad_hidden. Only hidden
+    gets an autograd gradient."""
+
+    # weight and bias are inputs so that the backward runs when only they
+    # require grad (a frozen body); they get no autograd gradient.
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, args, acc_w, acc_b):
+        args = dict(args, hidden=hidden, weight=weight, bias=bias)
+        value, seq_logps, metrics, _, _, _, sums = ops.linear_pref_loss(**args)
+        ctx.args, ctx.acc = args, (acc_w, acc_b)
+        ctx.mark_non_differentiable(seq_logps, metrics, sums)
+        return value, seq_logps, metrics, sums
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grad_hidden = None
+        if grad_loss is not None:
+            args = dict(ctx.args, grad_mask=[bool(ctx.needs_input_grad[0]), False, False])
+            grad_hidden = ops.linear_pref_loss_accumulate(
+                grad_loss, **args, grad_weight_acc=ctx.acc[0], grad_bias_acc=ctx.acc[1])
+            if not ctx.needs_input_grad[0]:
+                grad_hidden = None
+        return grad_hidden, None, None, None, None, None
+
+
+def _linear_accumulate(args, acc_w, acc_b):
+    bias = args["bias"]
+    if acc_w is None and args["weight"].requires_grad:
+        raise ValueError("geopref: grad_bias_accumulator without grad_weight_accumulator for a "
+                         "weight that requires grad: give both, or neither")
+    if acc_b is None and bias is not None and bias.requires_grad:
+        raise ValueError("geopref: grad_weight_accumulator with a bias that requires grad: "
+                         "give grad_bias_accumulator too ([V] float32)")
+    if not torch.is_grad_enabled():
+        # No backward will run: the loss alone, as without accumulators.
+        value, seq_logps, metrics, _, _, _, sums = ops.linear_pref_loss(**args)
+        return value, seq_logps, metrics, sums
+    return _LinearAccumulate.apply(args["hidden"], args["weight"], bias, args, acc_w, acc_b)
 
 
 def fused_linear_one_pass(
@@ -523,27 +650,35 @@ def fused_linear_one_pass(
     arguments' own conversion). Always False on CPU, where the reference
     forms the logits whole. For tests and benchmarks; not traceable."""
     names = ("bias", "ref_logps", "soft_labels", "label_smoothing", "pairs", "weights",
-             "chunk_bytes", "check", "host_offsets", "host_pairs")
+             "token_weights", "chunk_bytes", "check", "host_offsets", "host_pairs")
     unknown = set(kwargs) - set(names) - set(LOGIT_TRANSFORM_KEYWORDS) - set(OPTIONS_KEYWORDS)
     if unknown:
         raise TypeError(f"geopref.fused_linear_one_pass: unknown arguments {sorted(unknown)}")
     defaults = dict(bias=None, ref_logps=None, soft_labels=None, label_smoothing=0.0, pairs=None,
-                    weights=None, chunk_bytes=DEFAULT_CHUNK_BYTES, check=True, host_offsets=None,
-                    host_pairs=None)
+                    weights=None, token_weights=None, chunk_bytes=DEFAULT_CHUNK_BYTES, check=True,
+                    host_offsets=None, host_pairs=None)
     defaults.update({f.keyword: f.default for f in LOGIT_TRANSFORM_FIELDS})
     defaults.update(OPTIONS_DEFAULTS)
     defaults.update(kwargs)
     transform = _logit_transform(**{k: defaults[k] for k in LOGIT_TRANSFORM_KEYWORDS})
     args = _linear_pref_args(hidden, weight, labels, offsets, *(defaults[n] for n in names),
                              transform, {k: defaults[k] for k in OPTIONS_KEYWORDS})
-    return bool(ops.linear_one_pass(*args))
+    return bool(ops.linear_one_pass(**args))
 
 
 def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                        offsets: Optional[torch.Tensor] = None, *,
-                       bias: Optional[torch.Tensor] = None, average_logps: bool = False,
-                       ignore_index: int = -100, logit_scale: float = 1.0,
-                       softcap: float = 0.0, temperature: float = 1.0,
+                       bias: Optional[torch.Tensor] = None,
+                       loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                       token_weights: Optional[torch.Tensor] = None,
+                       reduction: str = "mean", normalizer: Optional[float] = None,
+                       average_logps: Optional[bool] = None, ignore_index: int = -100,
+                       alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
+                       tau: float = 0.05, bco_delta: float = 0.0,
+                       margin_transform: str = "reverse_kl", f_alpha: float = 1.0,
+                       geometric: bool = False, loss_weights: Optional[Sequence[float]] = None,
+                       nll_tokens: float = 0.0, nll_weight: float = 0.0,
+                       logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
                        chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True) -> torch.Tensor:
     """sequence_logps from hidden states and the output projection, the
     logits never whole (one chunk of at most chunk_bytes at a time on CUDA):
@@ -554,19 +689,230 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
             ref = gp.fused_linear_logps(ref_hidden, ref_lm_head.weight, labels)
 
     Shapes, dtypes and the logit transform (logit_scale, softcap,
-    temperature) as fused_linear_preference_loss. Differentiable with
+    temperature) as fused_linear_preference_loss; the option keywords and
+    token_weights as sequence_logps's (the same keywords as the loss give
+    the log-probs in the form its margin uses). Differentiable with
     respect to hidden, weight and bias (a backward pass of three GEMMs per
     chunk: the logits again, grad_hidden, grad_weight)."""
     hidden, weight, bias = _autocast(hidden, weight, bias)
+    tw = _token_weights(token_weights, labels)
     x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    _, options = _loss_config(off, None, x.device, None, 0.0, **_options_of(locals()))
     transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                  temperature=temperature)
-    return ops.linear_sequence_logps(x, weight, bias, y, off, bool(average_logps),
-                                     int(ignore_index), int(chunk_bytes), bool(check),
-                                     transform)[0]
+    return ops.linear_sequence_logps(x, weight, bias, y, off, tw, options, int(chunk_bytes),
+                                     bool(check), transform)[0]
+
+
+def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                       ignore_index: int = -100, *, bias: Optional[torch.Tensor] = None,
+                       return_entropy: bool = False, logit_scale: float = 1.0,
+                       softcap: float = 0.0, temperature: float = 1.0,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True):
+    """token_logps from the last hidden states and the output projection, the
+    logits never whole (one chunk of at most chunk_bytes at a time on CUDA):
+    log softmax(hidden·weightᵀ + bias)[y_t] per token, for a loss kept in
+    one's own code (GRPO, KTO, SFT) without the [..., V] logits.
+
+    hidden: [..., H] with labels [...]; weight [V, H], bias [V] or None; one
+      dtype for all three (float32, float16, bfloat16; float64 on CPU), or the
+      autocast dtype. Differentiable with respect to hidden, weight and bias:
+      the backward is geopref's linear_token_logps_grad (the logits again per
+      chunk, then grad_hidden, grad_weight, grad_bias).
+    ignore_index, return_entropy, the logit transform and check: token_logps's;
+    chunk_bytes: fused_linear_preference_loss's.
+    Returns logps shaped like labels (and the entropy likewise when asked for).
+    """
+    if hidden.dim() < 1 or labels.shape != hidden.shape[:-1]:
+        raise ValueError(f"geopref: labels must have shape hidden.shape[:-1] = "
+                         f"{list(hidden.shape[:-1])}, got {list(labels.shape)}")
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    shape = labels.shape
+    transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                 temperature=temperature)
+    logps, _, entropy = ops.linear_token_logps(
+        hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
+        int(ignore_index), bool(return_entropy), int(chunk_bytes), bool(check), transform)
+    if return_entropy:
+        return logps.reshape(shape), entropy.reshape(shape)
+    return logps.reshape(shape)
 
 
 def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, float]:
     """The metrics as {prefix + name: float}, as TRL logs them (copies to the host)."""
     values = torch.stack(list(metrics.values())).tolist()
     return {prefix + k: v for k, v in zip(metrics.keys(), values)}
+
+
+# ---- Vocab parallelism (docs/distributed.md §1): the logits, or the
+# lm_head's weight, split by vocabulary columns over K ranks. Each rank calls
+# *_stats on its slice, all-gathers the records with its own collective, and
+# calls the step with the gathered [K, N, 4]:
+#
+#     sl = gp.even_slice(V, rank, K)                 # VocabSlice(begin, total, rank, n_ranks)
+#     rec = gp.vocab_parallel_stats(my_logits, labels, vocab_slice=sl)
+#     gathered = torch.empty((K,) + rec.shape, dtype=rec.dtype, device=rec.device)
+#     dist.all_gather_into_tensor(gathered, rec)
+#     out = gp.vocab_parallel_loss(my_logits, labels, gathered, vocab_slice=sl, ...)
+#     out.loss.backward()                            # my_logits.grad: this rank's slice
+
+class VocabSlice(NamedTuple):
+    """Where a rank's slice lies in the vocabulary (geopref_vocab_slice)."""
+    begin: int    # the slice's first global column
+    total: int    # V, the whole vocabulary (labels are global columns)
+    rank: int     # 0 <= rank < n_ranks; records are combined in rank order
+    n_ranks: int  # K
+
+
+# The operators' vocab_slice list is VocabSlice's fields in this order, read
+# from the compiled library (the fields of geopref_vocab_slice).
+if VocabSlice._fields != VOCAB_SLICE_FIELDS:
+    raise ImportError(f"geopref_torch: VocabSlice {VocabSlice._fields} is not the library's "
+                      f"vocab slice {VOCAB_SLICE_FIELDS}")
+
+
+def even_slice(total: int, rank: int, n_ranks: int) -> Tuple[VocabSlice, int]:
+    """The library's even split (geopref::cuda::even_slice): rank r owns
+    [r·⌊V/K⌋, (r+1)·⌊V/K⌋), the last rank up to V. Returns (slice, width)."""
+    per = total // n_ranks
+    width = total - per * rank if rank == n_ranks - 1 else per
+    return VocabSlice(per * rank, total, rank, n_ranks), width
+
+
+def _vocab_slice(vocab_slice):
+    return [int(x) for x in VocabSlice(*vocab_slice)]
+
+
+def vocab_parallel_stats(logits: torch.Tensor, labels: torch.Tensor,
+                         offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                         ignore_index: int = -100, logit_scale: float = 1.0, softcap: float = 0.0,
+                         temperature: float = 1.0, check: bool = True) -> torch.Tensor:
+    """This rank's records [N, 4] from its slice of the logits ([B, T, V_r]
+    with labels [B, T], or [N, V_r] with labels [N] and offsets): one record
+    per row (the slice's log-sum-exp state and, when the slice owns the label,
+    its logit), to all-gather into [K, N, 4] for vocab_parallel_loss /
+    vocab_parallel_logps. An opaque tensor: int32 on CUDA (the library's
+    16-byte record), float64 on CPU (the reference's); gather it as it is.
+    Labels are global columns; the logit transform is dpo_loss's."""
+    z, y, off = _tokens(logits, labels, offsets)
+    return ops.vocab_parallel_stats(
+        z, y, off, _vocab_slice(vocab_slice), pack_options(ignore_index=int(ignore_index)),
+        bool(check), _logit_transform(logit_scale=logit_scale, softcap=softcap,
+                                      temperature=temperature))
+
+
+def vocab_parallel_loss(logits: torch.Tensor, labels: torch.Tensor, records: torch.Tensor,
+                        offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                        loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                        ref_logps: Optional[torch.Tensor] = None,
+                        soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+                        pairs: Optional[torch.Tensor] = None,
+                        weights: Optional[torch.Tensor] = None,
+                        token_weights: Optional[torch.Tensor] = None, reduction: str = "mean",
+                        normalizer: Optional[float] = None, average_logps: Optional[bool] = None,
+                        ignore_index: int = -100, alpha: float = 1.0, gamma: float = 0.0,
+                        epsilon: Optional[float] = None, tau: float = 0.05,
+                        bco_delta: float = 0.0, margin_transform: str = "reverse_kl",
+                        f_alpha: float = 1.0, geometric: bool = False,
+                        loss_weights: Optional[Sequence[float]] = None, nll_tokens: float = 0.0,
+                        nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0,
+                        temperature: float = 1.0, check: bool = True) -> DPOOutput:
+    """dpo_loss for one rank of a vocab-parallel step (geopref's
+    vocab_parallel_train_step): from this rank's slice of the logits and the
+    gathered records [K, N, 4] (every rank's vocab_parallel_stats, slots in
+    any order), the loss, log-probs and metrics of the whole vocabulary (the
+    same bits on every rank) and, in the backward, the gradient with respect
+    to this rank's slice only (computed in the forward, scaled by the
+    upstream gradient, as fused_linear_preference_loss). Every other keyword
+    is dpo_loss's. out.logps is not differentiable."""
+    tw = _token_weights(token_weights, labels)
+    z, y, off = _tokens(logits, labels, offsets)
+    soft_labels, options = _loss_config(off, pairs, z.device, soft_labels, label_smoothing,
+                                        **_options_of(locals()))
+    grad = bool(torch.is_grad_enabled() and z.requires_grad and reduction != "none")
+    value, seq_logps, metrics, sums, _ = ops.vocab_parallel_train_step(
+        z, y, off, records, pairs, soft_labels, ref_logps, weights, tw,
+        _vocab_slice(vocab_slice), options, grad, bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)
+
+
+def vocab_parallel_logps(logits: torch.Tensor, labels: torch.Tensor, records: torch.Tensor,
+                         offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                         loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                         token_weights: Optional[torch.Tensor] = None, reduction: str = "mean",
+                         normalizer: Optional[float] = None,
+                         average_logps: Optional[bool] = None, ignore_index: int = -100,
+                         alpha: float = 1.0, gamma: float = 0.0, epsilon: Optional[float] = None,
+                         tau: float = 0.05, bco_delta: float = 0.0,
+                         margin_transform: str = "reverse_kl", f_alpha: float = 1.0,
+                         geometric: bool = False, loss_weights: Optional[Sequence[float]] = None,
+                         nll_tokens: float = 0.0, nll_weight: float = 0.0,
+                         logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
+                         check: bool = True) -> torch.Tensor:
+    """sequence_logps for one rank of a vocab-parallel pass (the reference
+    model's): [S] per-sequence log-probs of the whole vocabulary from this
+    rank's slice and the gathered records, the same on every rank. The
+    keywords are sequence_logps's. Not differentiable."""
+    tw = _token_weights(token_weights, labels)
+    z, y, off = _tokens(logits, labels, offsets)
+    _, options = _loss_config(off, None, z.device, None, 0.0, **_options_of(locals()))
+    return ops.vocab_parallel_logps(
+        z, y, off, records, tw, _vocab_slice(vocab_slice), options, bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))[0]
+
+
+def vocab_linear_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                       offsets: Optional[torch.Tensor] = None, *, vocab_slice: VocabSlice,
+                       bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
+                       logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
+                       chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True) -> torch.Tensor:
+    """vocab_parallel_stats from the hidden states (the same on every rank)
+    and this rank's rows of the lm_head, weight [V_r, H] and bias [V_r]
+    (geopref's vocab_linear_stats: the logits one chunk at a time on CUDA)."""
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    return ops.vocab_linear_stats(
+        x, weight, bias, y, off, _vocab_slice(vocab_slice),
+        pack_options(ignore_index=int(ignore_index)), int(chunk_bytes), bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))
+
+
+def vocab_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      records: torch.Tensor, offsets: Optional[torch.Tensor] = None, *,
+                      vocab_slice: VocabSlice, bias: Optional[torch.Tensor] = None,
+                      loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+                      ref_logps: Optional[torch.Tensor] = None,
+                      soft_labels: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+                      pairs: Optional[torch.Tensor] = None,
+                      weights: Optional[torch.Tensor] = None,
+                      token_weights: Optional[torch.Tensor] = None, reduction: str = "mean",
+                      normalizer: Optional[float] = None, average_logps: Optional[bool] = None,
+                      ignore_index: int = -100, alpha: float = 1.0, gamma: float = 0.0,
+                      epsilon: Optional[float] = None, tau: float = 0.05,
+                      bco_delta: float = 0.0, margin_transform: str = "reverse_kl",
+                      f_alpha: float = 1.0, geometric: bool = False,
+                      loss_weights: Optional[Sequence[float]] = None, nll_tokens: float = 0.0,
+                      nll_weight: float = 0.0, logit_scale: float = 1.0, softcap: float = 0.0,
+                      temperature: float = 1.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                      check: bool = True) -> DPOOutput:
+    """fused_linear_preference_loss for one rank of a vocab-parallel step
+    (geopref's vocab_linear_step): hidden states, this rank's weight [V_r, H]
+    and bias [V_r], and the gathered records of vocab_linear_stats. The loss,
+    log-probs and metrics are the whole vocabulary's; in the backward
+    weight.grad and bias.grad are this rank's slices, complete, and
+    hidden.grad is this rank's *partial* G_r·W_r: sum it over the ranks (an
+    all-reduce in the backward of the caller's copy to the tensor-parallel
+    region, as for any column-parallel linear layer). Every other keyword is
+    fused_linear_preference_loss's."""
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    tw = _token_weights(token_weights, labels)
+    x, y, off = _tokens(hidden, labels, offsets, what="hidden states")
+    soft_labels, options = _loss_config(off, pairs, x.device, soft_labels, label_smoothing,
+                                        **_options_of(locals()))
+    mask = _grad_mask(x, weight, bias) if reduction != "none" else [False] * 3
+    value, seq_logps, metrics, sums, _, _, _ = ops.vocab_linear_step(
+        x, weight, bias, y, off, records, pairs, soft_labels, ref_logps, weights, tw,
+        _vocab_slice(vocab_slice), options, int(chunk_bytes), mask, bool(check),
+        _logit_transform(logit_scale=logit_scale, softcap=softcap, temperature=temperature))
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)

@@ -60,12 +60,15 @@ MARGIN_LOSSES = _margin_losses()
 AVERAGING_LOSSES = {"simpo"}  # margins always from length-averaged log-probs
 
 
-def sequence_logps(logits, labels, offsets, average, ignore_index=-100):
-    """(L_s or L_s / n_s, n_s) from [N, V] logits, [N] labels, [S + 1] offsets."""
+def sequence_logps(logits, labels, offsets, average, ignore_index=-100, token_weights=None):
+    """(L_s or L_s / n_s, n_s) from [N, V] logits, [N] labels, [S + 1] offsets;
+    L_s = sum of w_t log p_t with token_weights [N]."""
     z = logits.double()
     logp = torch.log_softmax(z, dim=-1)
     scored = labels != ignore_index
     tok = logp.gather(1, torch.where(scored, labels, 0).long()[:, None]).squeeze(1)
+    if token_weights is not None:
+        tok = tok * token_weights.double()
     tok = torch.where(scored, tok, torch.zeros_like(tok))
     s = offsets.numel() - 1
     lengths = (offsets[1:] - offsets[:-1]).long()
@@ -80,10 +83,10 @@ def sequence_logps(logits, labels, offsets, average, ignore_index=-100):
 
 def pref_loss(logits, labels, offsets, loss, *, pairs=None, soft=None, ref=None, weights=None,
               beta=0.1, alpha=1.0, gamma=0.0, epsilon=0.0, tau=0.05, average=False,
-              reduction="mean", normalizer=None, ignore_index=-100):
+              reduction="mean", normalizer=None, ignore_index=-100, token_weights=None):
     """(loss, seq_logps, metrics list in METRIC_NAMES order), float64."""
     avg = average or loss in AVERAGING_LOSSES
-    L, _ = sequence_logps(logits, labels, offsets, avg, ignore_index)
+    L, _ = sequence_logps(logits, labels, offsets, avg, ignore_index, token_weights)
     s = L.numel()
     if pairs is None:
         P = s // 2

@@ -363,9 +363,9 @@ CAPPED = [1.5, 4.0, 0.8]
 
 
 def _linear_args(pb, loss="gdpo", reduction="mean", mask=(True, True, True), chunk=1 << 20,
-                 transform=IDENTITY):
+                 transform=IDENTITY, token_weights=None):
     return (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], None, pb["soft"],
-            None if loss == "simpo" else pb["ref"], None,
+            None if loss == "simpo" else pb["ref"], None, token_weights,
             pack_options(type=loss, beta=0.7, alpha=0.8, gamma=0.3, epsilon=0.15, tau=0.3,
                          average_logps=False, reduce=reduction, normalizer=5.0,
                          ignore_index=-100), chunk, list(mask), True, list(transform))
@@ -376,6 +376,7 @@ def test_opcheck(dtype, device):
     pb = make(19, dtype=dtype, device=device)
     x, w, b = leaves(pb)
     pbg = dict(pb, hidden=x, weight=w, bias=b)
+    tw = torch.linspace(0.5, 1.5, pb["labels"].numel(), dtype=torch.float64, device=device)
     nobias = dict(pbg, bias=None, weight=pb["weight"])  # a frozen lm_head without bias
     samples = [
         (ops.linear_pref_loss, _linear_args(pbg)),
@@ -384,17 +385,32 @@ def test_opcheck(dtype, device):
         (ops.linear_pref_loss, _linear_args(pbg, "dpo", transform=CAPPED)),
         (ops.linear_pref_loss_grad, (torch.linspace(-1, 1, 3, device=device),)
          + _linear_args(pb, "gropo", "none", transform=CAPPED)),
-        (ops.linear_sequence_logps, (x, w, b, pb["labels"], pb["offsets"], True, -100, 1 << 20,
-                                     True, IDENTITY)),
-        (ops.linear_sequence_logps, (x, w, None, pb["labels"].int(), pb["offsets"].int(), False,
-                                     -100, 1 << 20, True, CAPPED)),
+        (ops.linear_sequence_logps, (x, w, b, pb["labels"], pb["offsets"], None,
+                                     pack_options(average_logps=True), 1 << 20, True, IDENTITY)),
+        (ops.linear_sequence_logps, (x, w, None, pb["labels"].int(), pb["offsets"].int(), tw,
+                                     pack_options(), 1 << 20, True, CAPPED)),
+        (ops.linear_pref_loss, _linear_args(pbg, token_weights=tw)),
+        (ops.linear_token_logps, (x, w, b, pb["labels"], -100, True, 1 << 20, True, CAPPED)),
     ]
-    _, lse, _ = ops.linear_sequence_logps(pb["hidden"], pb["weight"], pb["bias"], pb["labels"],
-                                          pb["offsets"], False, -100, 1 << 20, True, CAPPED)
+    _, lse, _, _ = ops.linear_sequence_logps(pb["hidden"], pb["weight"], pb["bias"], pb["labels"],
+                                             pb["offsets"], None, pack_options(), 1 << 20, True,
+                                             CAPPED)
     samples.append((ops.linear_sequence_logps_grad,
-                    (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], lse,
+                    (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], tw, lse,
                      torch.linspace(-1, 1, 6, device=device), -100, 1 << 20, [True, True, True],
                      True, CAPPED)))
+    _, lse, _ = ops.linear_token_logps(pb["hidden"], pb["weight"], pb["bias"], pb["labels"], -100,
+                                       False, 1 << 20, True, CAPPED)
+    samples.append((ops.linear_token_logps_grad,
+                    (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], lse,
+                     torch.linspace(-1, 1, pb["labels"].numel(), device=device), -100, 1 << 20,
+                     [True, True, True], True, CAPPED)))
+    # The accumulating backward: float32 buffers the call adds into.
+    acc_w = torch.zeros(pb["weight"].shape, dtype=torch.float32, device=device)
+    acc_b = torch.zeros(pb["bias"].shape, dtype=torch.float32, device=device)
+    samples.append((ops.linear_pref_loss_accumulate,
+                    (torch.tensor(0.5, device=device),) + _linear_args(pb, mask=(True, False, False))
+                    + (None, None, acc_w, acc_b)))
     for op, args in samples:
         torch.library.opcheck(op, args)
 

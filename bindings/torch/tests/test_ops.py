@@ -226,12 +226,19 @@ IDENTITY = [1.0, 0.0, 1.0]  # the operators' logit_transform: (scale, softcap, t
 CAPPED = [1.5, 4.0, 0.8]
 
 
-def _loss_args(pb, loss="gdpo", reduction="mean", pairs=None, weights=True, transform=IDENTITY):
+def _token_weights(pb):
+    n = pb["labels"].numel()
+    return torch.linspace(0.5, 1.5, n, dtype=torch.float64, device=pb["labels"].device)
+
+
+def _loss_args(pb, loss="gdpo", reduction="mean", pairs=None, weights=True, transform=IDENTITY,
+               token_weights=False):
     P = pb["soft"].numel()
     w = torch.linspace(0.0, 2.0, P, dtype=torch.float64, device=pb["logits"].device) \
         if weights else None
     return (pb["logits"], pb["labels"], pb["offsets"], pairs, pb["soft"],
             None if loss == "simpo" else pb["ref"], w,
+            _token_weights(pb) if token_weights else None,
             pack_options(type=loss, beta=0.7, alpha=0.8, gamma=0.3, epsilon=0.15, tau=0.3,
                          average_logps=False, reduce=reduction, normalizer=5.0,
                          ignore_index=-100), True, list(transform))
@@ -251,14 +258,15 @@ def test_opcheck_every_operator(dtype, device):
         # raise on a double backward): checked with inputs that need no grad.
         (ops.pref_loss_grad_seq, (torch.linspace(-1, 1, 3, device=device),)
          + _loss_args(dict(pb, logits=pb["logits"].detach()), "gropo", "none", transform=CAPPED)),
-        (ops.sequence_logps, (pb["logits"], pb["labels"], pb["offsets"], True, -100, True,
-                              IDENTITY)),
-        (ops.sequence_logps, (pb["logits"], pb["labels"].int(), pb["offsets"].int(), False, -100,
-                              True, CAPPED)),
+        (ops.sequence_logps, (pb["logits"], pb["labels"], pb["offsets"], None,
+                              pack_options(average_logps=True), True, IDENTITY)),
+        (ops.sequence_logps, (pb["logits"], pb["labels"].int(), pb["offsets"].int(),
+                              _token_weights(pb), pack_options(), True, CAPPED)),
     ]
-    _, lse, _ = ops.sequence_logps(pb["logits"].detach(), pb["labels"], pb["offsets"], False,
-                                   -100, True, CAPPED)
-    samples.append((ops.logits_grad, (pb["logits"].detach(), pb["labels"], pb["offsets"], lse,
+    _, lse, _, _ = ops.sequence_logps(pb["logits"].detach(), pb["labels"], pb["offsets"], None,
+                                      pack_options(), True, CAPPED)
+    samples.append((ops.logits_grad, (pb["logits"].detach(), pb["labels"], pb["offsets"],
+                                      _token_weights(pb), lse,
                                       torch.linspace(-1, 1, 6, device=device), -100, True,
                                       CAPPED)))
     for op, args in samples:
@@ -343,7 +351,7 @@ def test_error_types_from_the_operator_itself():
     """The raw operator (no Python wrapper in between) raises the same types."""
     pb = make_problem(31)
     args = list(_loss_args(pb))
-    args[7] = pack_options(type=len(gp.loss_types()))  # one past the last loss
+    args[8] = pack_options(type=len(gp.loss_types()))  # one past the last loss
     with pytest.raises(ValueError, match="options field type must be an index"):
         ops.pref_loss(*args)
     with pytest.raises(ValueError, match="unknown loss_type 'nope'"):

@@ -84,9 +84,10 @@ def test_bad_option_values():
     bad = gp.pack_options()
     bad[0] = 0.5  # the loss type, not an index
     with pytest.raises(ValueError, match="options field type must be an integer"):
-        torch.ops.geopref.pref_loss(z, y, off, None, None, ref, None, bad, True, [1.0, 0.0, 1.0])
+        torch.ops.geopref.pref_loss(z, y, off, None, None, ref, None, None, bad, True,
+                                    [1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="options must hold"):
-        torch.ops.geopref.pref_loss(z, y, off, None, None, ref, None, bad[:-1], True,
+        torch.ops.geopref.pref_loss(z, y, off, None, None, ref, None, None, bad[:-1], True,
                                     [1.0, 0.0, 1.0])
 
 
