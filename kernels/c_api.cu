@@ -141,7 +141,10 @@ static_assert(offsetof(geopref_vocab_record, tag) == offsetof(gc::vocab_record, 
 
 status to_vocab_stats(const geopref_vocab_stats_args& c, gc::vocab_stats_args* a) {
   copy_vocab_fields(c, a);
-  return to_tokens(c.tokens, &a->tokens);
+  gc::token_inputs t;
+  const status s = to_tokens(c.tokens, &t);
+  a->tokens = t;  // the scored_logits block: the stats read no token weights
+  return s;
 }
 
 status to_vocab_train(const geopref_vocab_train_args& c, gc::vocab_train_args* a) {

@@ -84,13 +84,19 @@ status to_linear_logps(const geopref_linear_logps_args& c, gc::linear_logps_args
 status to_vocab_linear_stats(const geopref_vocab_linear_stats_args& c,
                              gc::vocab_linear_stats_args* a) {
   copy_vocab_fields(c, a);
-  return to_linear(c.in, &a->in);
+  gc::linear_inputs in;
+  const status s = to_linear(c.in, &in);
+  a->in = in;  // the scored_linear block: the stats read no token weights
+  return s;
 }
 
 status to_vocab_linear_train(const geopref_vocab_linear_train_args& c,
                              gc::vocab_linear_train_args* a) {
   copy_vocab_fields(c, a);
-  return to_linear_train(c.train, &a->train);
+  gc::linear_train_args t;
+  const status s = to_linear_train(c.train, &t);
+  a->train = t;  // linear_step_args: the vocab step reads no host copies
+  return s;
 }
 
 status to_token_rows(const geopref_linear_token_rows& c, gc::linear_token_rows* r) {
