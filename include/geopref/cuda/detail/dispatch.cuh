@@ -260,20 +260,14 @@ inline pair_params make_pair_params(const pair_set& a, const train_outputs& out,
                                     int64_t n_seqs, const options& opt, const workspace_view& ws) {
   const int64_t P = a.n_pairs;
   pair_params p;
-  p.n_pairs = P;
+  static_cast<pair_set&>(p) = a;
   p.n_seqs = n_seqs;
-  p.pairs = a.pairs;
-  p.soft_labels = a.soft_labels;
-  p.ref_logps = a.ref_logps;
-  p.weights = a.weights;
-  p.grad_output = a.grad_output;
   p.seq_sum = ws.seq_logp;
   p.seq_count = ws.seq_count;
   p.config = opt.loss;
   p.average_logps = opt.average_logps;
   p.shown_average = uses_average_logps(opt);
   p.divisor = reduction_divisor(opt, P);
-  p.grad_loss = a.grad_loss;
   p.per_pair = opt.reduce == reduction::none;
   p.loss_out = out.loss;
   p.stats = out.stats;
