@@ -107,6 +107,15 @@ namespace geopref::c_abi {
   X(offset_type, offset_type) X(n_seqs, n_seqs) X(token_weights, token_weights)
 GEOPREF_C_BLOCK(geopref_tokens, cuda::token_inputs, GEOPREF_C_TOKENS_FIELDS)
 
+// The vocab-parallel stats read the scored_logits block of the tokens (no
+// token weights: the records do not depend on them; the C member is ignored).
+inline status from_c(const geopref_tokens& c, cuda::scored_logits* o) {
+  cuda::token_inputs t;
+  const status s = from_c(c, &t);
+  *o = t;
+  return s;
+}
+
 #define GEOPREF_C_TOKEN_ROWS_FIELDS(X)                                                         \
   X(logits, logits) X(logits_dtype, logits_dtype) X(n_rows, n_rows) X(vocab, vocab) X(ld, ld) \
   X(labels, labels) X(label_type, label_type) X(ignore_index, ignore_index)

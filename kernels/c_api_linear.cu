@@ -68,6 +68,22 @@ GEOPREF_C_ARGS(geopref_linear_train_args, cuda::linear_train_args,
                GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, geopref_linear_train_args_init,
                GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
 
+// The vocab-parallel fused linear reads blocks of these: its stats the
+// scored_linear block (no token weights), its step linear_step_args (the host
+// copies of the one-pass path are not read: the step always runs two passes).
+inline status from_c(const geopref_linear_inputs& c, cuda::scored_linear* o) {
+  cuda::linear_inputs t;
+  const status s = from_c(c, &t);
+  *o = t;
+  return s;
+}
+inline status from_c(const geopref_linear_train_args* c, cuda::linear_step_args* o) {
+  cuda::linear_train_args t;
+  const status s = from_c(c, &t);
+  *o = t;
+  return s;
+}
+
 #define GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS(X) \
   X(in, in) X(slice, slice) X(records, records) X(logit_transform, in.logit_transform)
 GEOPREF_C_ARGS(geopref_vocab_linear_stats_args, cuda::vocab_linear_stats_args,

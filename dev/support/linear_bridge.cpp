@@ -1,25 +1,13 @@
 // dev/support/linear_bridge.cpp — see linear_bridge.hpp.
 #include "linear_bridge.hpp"
 
-#include "bridge_fields.hpp"
+#include "bridge_outputs.hpp"
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
 #include "user_loss.hpp"
 
 namespace geopref::support {
 namespace {
-
-/// The projection fields of reference::linear_inputs / linear_token_rows.
-template <class In>
-void set_projection(const linear_ref_problem& p, In* in) {
-  in->hidden = p.hidden;
-  in->weight = p.weight;
-  in->bias = p.bias;
-  in->n_rows = p.n_rows;
-  in->hidden_size = p.hidden_size;
-  in->vocab = p.vocab;
-  in->logit_transform = p.logit_transform;
-}
 
 /// The gradients of H, W and b, zeroed and sized, as `out` (linear_outputs
 /// or linear_token_grads) writes them; grad_bias only with a bias.
@@ -51,9 +39,11 @@ std::vector<double> logits_of(const linear_ref_problem& p) {
 geopref::status run_linear_reference(const linear_ref_problem& p, const geopref::options& opt,
                                      linear_ref_result& r) {
   const int64_t N = p.n_rows, V = p.vocab;
-  geopref::reference::linear_inputs<double, int64_t, int64_t> in;
-  set_projection(p, &in);
-  set_sequences_and_pairs(p, &in);
+  namespace ref = geopref::reference;
+  ref::linear_inputs<double, int64_t, int64_t> in;
+  static_cast<ref::linear_source<double>&>(in) = p;
+  static_cast<ref::sequence_rows<int64_t, int64_t>&>(in) = p;
+  static_cast<ref::pair_set&>(in) = p;
 
   ref_result& b = r.base;
   geopref::reference::linear_outputs out;
@@ -70,10 +60,11 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
 
   // Z and G = ∂Loss/∂Z for the tests' error bounds.
   r.logits = logits_of(p);
-  auto x = geopref::reference::make_inputs<double, int64_t, int64_t>(
-      r.logits.data(), N, V, p.labels, p.offsets, p.n_seqs, p.n_pairs);
-  set_sequences_and_pairs(p, &x);
-  x.logit_transform = p.logit_transform;
+  ref::inputs<double, int64_t, int64_t> x;
+  static_cast<ref::sequence_rows<int64_t, int64_t>&>(x) = p;
+  static_cast<ref::pair_set&>(x) = p;
+  x.logits = r.logits.data();
+  x.ld = V;
   b.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
   geopref::reference::outputs o;
   if (N > 0) o.grad_logits = b.grad_logits.data();
@@ -85,9 +76,10 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
 geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,
                                            const double* g, linear_token_ref_result& r) {
   const int64_t N = p.n_rows, V = p.vocab;
-  geopref::reference::linear_token_rows<double, int64_t> in;
-  set_projection(p, &in);
-  in.labels = p.labels;
+  namespace ref = geopref::reference;
+  ref::linear_token_rows<double, int64_t> in;
+  static_cast<ref::linear_source<double>&>(in) = p;
+  static_cast<ref::vocab_rows<int64_t>&>(in) = p;
   in.ignore_index = ignore_index;
   geopref::reference::token_outputs o;
   point_token_outputs(N, &r, &o);
@@ -100,14 +92,11 @@ geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t 
   // Z and G for the tests' error bounds.
   r.logits = logits_of(p);
   r.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
-  geopref::reference::token_rows<double, int64_t> zr;
+  ref::token_rows<double, int64_t> zr;
+  static_cast<ref::vocab_rows<int64_t>&>(zr) = p;
   zr.logits = r.logits.data();
-  zr.n_rows = N;
-  zr.vocab = V;
   zr.ld = V;
-  zr.labels = p.labels;
   zr.ignore_index = ignore_index;
-  zr.logit_transform = p.logit_transform;
   return geopref::reference::token_logps_grad(zr, r.lse.data(), g, r.grad_logits.data(), V);
 }
 

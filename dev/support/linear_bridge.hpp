@@ -7,29 +7,18 @@
 #include <vector>
 
 #include "geopref/options.hpp"
+#include "geopref/reference/blocks.hpp"
 #include "geopref/status.hpp"
 #include "reference_bridge.hpp"
 
 namespace geopref::support {
 
 /// Host copies of one problem, the inputs as the double values of the
-/// (rounded) elements the GPU reads.
-struct linear_ref_problem {
-  const double* hidden = nullptr;  // [N, Hd]
-  const double* weight = nullptr;  // [V, Hd]
-  const double* bias = nullptr;    // [V] or null
-  int64_t n_rows = 0, hidden_size = 0, vocab = 0;
-  geopref::logit_transform logit_transform{};  // applied to every logit Z (options.hpp)
-  const int64_t* labels = nullptr;
-  const int64_t* offsets = nullptr;
-  int64_t n_seqs = 0, n_pairs = 0;
-  const int64_t* pairs = nullptr;
-  const double* soft_labels = nullptr;
-  const double* ref_logps = nullptr;
-  const double* weights = nullptr;
-  const double* token_weights = nullptr;
-  double grad_loss = 1.0;
-  const double* grad_pair_losses = nullptr;  // [P] or null (reduction::none's grad_output)
+/// (rounded) elements the GPU reads: the reference's blocks as they are
+/// (hidden [N, Hd], weight [V, Hd], bias [V] or null; ld 0).
+struct linear_ref_problem : geopref::reference::linear_source<double>,
+                            geopref::reference::sequence_rows<int64_t, int64_t>,
+                            geopref::reference::pair_set {
   double user_loss_beta = 0.0;  // > 0: user_loss.hpp's log_cosh_loss replaces every margin term
 };
 

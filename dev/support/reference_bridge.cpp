@@ -1,7 +1,7 @@
 // dev/support/reference_bridge.cpp — see reference_bridge.hpp.
 #include "reference_bridge.hpp"
 
-#include "bridge_fields.hpp"
+#include "bridge_outputs.hpp"
 #include "geopref/reference/reference.hpp"
 #include "user_loss.hpp"
 
@@ -11,13 +11,12 @@ namespace {
 template <class Logit>
 geopref::status run_typed(const ref_problem& p, const geopref::options& opt, bool with_grad,
                           ref_result& r) {
-  geopref::reference::inputs<Logit, int64_t, int64_t> in;
+  namespace ref = geopref::reference;
+  ref::inputs<Logit, int64_t, int64_t> in;
+  static_cast<ref::sequence_rows<int64_t, int64_t>&>(in) = p;
+  static_cast<ref::pair_set&>(in) = p;
   in.logits = static_cast<const Logit*>(p.logits);
-  in.n_rows = p.n_rows;
-  in.vocab = p.vocab;
   in.ld = p.ld;
-  in.logit_transform = p.logit_transform;
-  set_sequences_and_pairs(p, &in);
 
   const auto n = static_cast<size_t>(p.n_rows);
   geopref::reference::outputs out;
@@ -51,16 +50,10 @@ geopref::status run_pair_step(const ref_problem& p, const geopref::options& opt,
                               const std::vector<double>& seq_sums,
                               const std::vector<int64_t>& seq_counts, ref_result& r) {
   geopref::reference::pair_inputs in;
+  static_cast<geopref::reference::pair_set&>(in) = p;
   in.n_seqs = p.n_seqs;
-  in.n_pairs = p.n_pairs;
   in.seq_sums = seq_sums.data();
   in.seq_counts = seq_counts.data();
-  in.pairs = p.pairs;
-  in.soft_labels = p.soft_labels;
-  in.ref_logps = p.ref_logps;
-  in.weights = p.weights;
-  in.grad_loss = p.grad_loss;
-  in.grad_pair_losses = p.grad_pair_losses;
   r.pair_losses.assign(static_cast<size_t>(p.n_pairs), 0.0);
   r.margins.assign(static_cast<size_t>(p.n_pairs), 0.0);
   r.grad_seq_logps.assign(static_cast<size_t>(p.n_seqs), 0.0);
@@ -81,12 +74,9 @@ template <class Logit>
 geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const double* g,
                                 token_ref_result& r) {
   geopref::reference::token_rows<Logit, int64_t> in;
+  static_cast<geopref::reference::vocab_rows<int64_t>&>(in) = p;
   in.logits = static_cast<const Logit*>(p.logits);
-  in.n_rows = p.n_rows;
-  in.vocab = p.vocab;
   in.ld = p.ld;
-  in.logit_transform = p.logit_transform;
-  in.labels = p.labels;
   in.ignore_index = ignore;
   geopref::reference::token_outputs out;
   point_token_outputs(p.n_rows, &r, &out);

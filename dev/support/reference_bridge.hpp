@@ -7,30 +7,23 @@
 #include <vector>
 
 #include "geopref/options.hpp"
+#include "geopref/reference/blocks.hpp"
 #include "geopref/status.hpp"
 
 namespace geopref::support {
 
 enum class ref_dtype { f32, f16, bf16 };
 
-/// Host copies of one problem. Half and bfloat16 logits are raw bits, read by
-/// the reference as Eigen::half / Eigen::bfloat16: exactly what the GPU reads.
-struct ref_problem {
+/// Host copies of one problem: the reference's blocks (its rows, sequences,
+/// token weights and pairs as they are), the logits as untyped host memory.
+/// Half and bfloat16 logits are raw bits, read by the reference as
+/// Eigen::half / Eigen::bfloat16: exactly what the GPU reads.
+struct ref_problem : geopref::reference::sequence_rows<int64_t, int64_t>,
+                     geopref::reference::pair_set {
   ref_dtype dtype = ref_dtype::f32;
   const void* logits = nullptr;  // [N, ld]
-  int64_t n_rows = 0, vocab = 0, ld = 0;
-  geopref::logit_transform logit_transform{};
-  const int64_t* labels = nullptr;   // [N]
-  const int64_t* offsets = nullptr;  // [S + 1]
-  int64_t n_seqs = 0, n_pairs = 0;
-  const int64_t* pairs = nullptr;        // [P, 2] or null
-  const double* soft_labels = nullptr;   // [P] or null
-  const double* ref_logps = nullptr;     // [S] or null
-  const double* weights = nullptr;       // [P] or null
-  const double* token_weights = nullptr;  // [N] or null
-  double grad_loss = 1.0;
+  int64_t ld = 0;
   double user_loss_beta = 0.0;  // > 0: user_loss.hpp's log_cosh_loss replaces every margin term
-  const double* grad_pair_losses = nullptr;  // [P] or null
 };
 
 struct ref_result {

@@ -118,7 +118,7 @@ int main() {
   cudaStream_t stream;
   cudaStreamCreate(&stream);
   int64_t width = 0;
-  gc::vocab_train_args va;
+  geopref::nccl::train_args va;
   va.train = a;
   va.train.loss = d_loss + 1;
   va.train.grad_logits = d_grad;
@@ -127,11 +127,12 @@ int main() {
   va.train.tokens.vocab = width;
   va.train.grad_logits = d_grad + va.slice.begin;
   va.train.grad_ld = V;
+  va.records = d_records;  // [1, N]: the gather buffer of a one-rank group
   ncclResult_t nr = ncclSuccess;
-  s = geopref::nccl::train_step(nullptr, bytes, va, d_records, opt, comm, stream, &nr);
+  s = geopref::nccl::train_step(nullptr, bytes, va, opt, comm, stream, &nr);
   if (s != geopref::status::success) return fail("nccl::train_step size", s);
   cudaMalloc(&ws, bytes);
-  s = geopref::nccl::train_step(ws, bytes, va, d_records, opt, comm, stream, &nr);
+  s = geopref::nccl::train_step(ws, bytes, va, opt, comm, stream, &nr);
   if (s != geopref::status::success) {
     std::printf("vocab_parallel_nccl: NCCL says %s\n", ncclGetErrorString(nr));
     return fail("nccl::train_step", s);

@@ -4,12 +4,12 @@
 // communicator and stream. Needs nccl.h and libnccl (link it yourself); the
 // rest of the library does not.
 //
-//   geopref::nccl::train_step(ws, bytes, args, records, opt, comm, stream):
+//   geopref::nccl::train_step(ws, bytes, args, opt, comm, stream):
 //     vocab_parallel_stats  → records + rank·N   (this rank's slot)
 //     ncclAllGather         records + rank·N → records [K, N]   (in place)
 //     vocab_parallel_train_step
 //
-//   geopref::nccl::linear_train_step(ws, bytes, args, records, opt, comm, stream):
+//   geopref::nccl::linear_train_step(ws, bytes, args, opt, comm, stream):
 //     the same for the fused-linear path with W sharded by vocabulary
 //     (geopref/cuda/vocab_linear.cuh): vocab_linear_stats → ncclAllGather →
 //     vocab_linear_step. grad_hidden comes back as this rank's partial: sum
@@ -34,6 +34,26 @@
 #include "geopref/cuda/vocab_parallel.cuh"
 
 namespace geopref::nccl {
+
+/// Arguments of train_step: this rank's train_args over its slice of the
+/// logits (as cuda::vocab_train_args'), where the slice lies, and the gather
+/// buffer the exchange fills.
+struct train_args {
+  cuda::train_args train;
+  cuda::vocab_slice slice;
+  cuda::vocab_record* records = nullptr;  // [K, N] device memory, not part of the workspace:
+                                          // this rank's slot is written by the stats, the
+                                          // others by the all-gather (in place)
+};
+
+/// Arguments of linear_train_step: this rank's linear_step_args over its
+/// slice of the projection (as cuda::vocab_linear_train_args'), the slice and
+/// the gather buffer.
+struct linear_train_args {
+  cuda::linear_step_args train;
+  cuda::vocab_slice slice;
+  cuda::vocab_record* records = nullptr;  // [K, N], as train_args::records
+};
 
 /// All-gathers every rank's records [N] into gathered [K, N] (rank r's at
 /// r·N; `mine` may be gathered + rank·N, NCCL's in-place form).
@@ -109,20 +129,22 @@ status exchange_step(void* workspace, size_t& workspace_bytes, StatsArgs stats, 
 
 }  // namespace detail
 
-/// The whole vocab-parallel step of this rank. args.records is ignored:
-/// `records` is the caller's [K, N] gather buffer (device memory, not part
-/// of the workspace). workspace == nullptr: only workspace_bytes is set (the
-/// larger of the two phases'). A failure found before the exchange is made
-/// collective (detail::exchange_step): no rank is left waiting.
-inline status train_step(void* workspace, size_t& workspace_bytes, const cuda::vocab_train_args& args,
-                         cuda::vocab_record* records, const options& opt, ncclComm_t comm,
-                         cudaStream_t stream = nullptr, ncclResult_t* nccl_result = nullptr) noexcept {
+/// The whole vocab-parallel step of this rank. workspace == nullptr: only
+/// workspace_bytes is set (the larger of the two phases'). A failure found
+/// before the exchange is made collective (detail::exchange_step): no rank
+/// is left waiting.
+inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
+                         const options& opt, ncclComm_t comm, cudaStream_t stream = nullptr,
+                         ncclResult_t* nccl_result = nullptr) noexcept {
   cuda::vocab_stats_args stats;
-  stats.tokens = args.train.tokens;
+  stats.tokens = args.train.tokens;  // the scored_logits block: no token weights
   stats.slice = args.slice;
+  cuda::vocab_train_args step;
+  step.train = args.train;
+  step.slice = args.slice;
   return detail::exchange_step(
-      workspace, workspace_bytes, stats, args, args.slice, args.train.tokens.n_rows, records, opt, comm,
-      stream, nccl_result,
+      workspace, workspace_bytes, stats, step, args.slice, args.train.tokens.n_rows, args.records,
+      opt, comm, stream, nccl_result,
       [](void* w, size_t& b, const cuda::vocab_stats_args& a, const options& o, cudaStream_t st) {
         return cuda::vocab_parallel_stats(w, b, a, o, st);
       },
@@ -131,19 +153,21 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const cuda::v
       });
 }
 
-/// The whole vocab-parallel fused-linear step of this rank, as train_step:
-/// args.records is ignored, `records` is the caller's [K, N] gather buffer.
+/// The whole vocab-parallel fused-linear step of this rank, as train_step.
 /// grad_hidden is the rank's partial (not summed here).
 inline status linear_train_step(void* workspace, size_t& workspace_bytes,
-                                const cuda::vocab_linear_train_args& args, cuda::vocab_record* records,
-                                const options& opt, ncclComm_t comm, cudaStream_t stream = nullptr,
+                                const linear_train_args& args, const options& opt,
+                                ncclComm_t comm, cudaStream_t stream = nullptr,
                                 ncclResult_t* nccl_result = nullptr) noexcept {
   cuda::vocab_linear_stats_args stats;
-  stats.in = args.train.in;
+  stats.in = args.train.in;  // the scored_linear block: no token weights
   stats.slice = args.slice;
+  cuda::vocab_linear_train_args step;
+  step.train = args.train;
+  step.slice = args.slice;
   return detail::exchange_step(
-      workspace, workspace_bytes, stats, args, args.slice, args.train.in.n_rows, records, opt, comm,
-      stream, nccl_result,
+      workspace, workspace_bytes, stats, step, args.slice, args.train.in.n_rows, args.records, opt,
+      comm, stream, nccl_result,
       [](void* w, size_t& b, const cuda::vocab_linear_stats_args& a, const options& o, cudaStream_t st) {
         return cuda::vocab_linear_stats(w, b, a, o, st);
       },

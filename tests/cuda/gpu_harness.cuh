@@ -398,13 +398,12 @@ struct device_io {
       poison(*d);
   }
 
-  gc::token_inputs tokens(const problem& pr, const void* logits, int64_t ld) const {
-    gc::token_inputs x;
-    x.logits = logits;
-    x.logits_dtype = pr.cfg.dtype;
+  /// The rows, sequences and token weights without logits (what
+  /// vocab_parallel_logps reads).
+  gc::sequence_rows rows(const problem& pr) const {
+    gc::sequence_rows x;
     x.n_rows = pr.n;
     x.vocab = pr.v;
-    x.ld = ld;
     x.logit_transform = pr.cfg.logit_transform;
     x.labels = labels.get();
     x.label_type = pr.cfg.label_type;
@@ -412,6 +411,19 @@ struct device_io {
     x.offset_type = pr.cfg.offset_type;
     x.n_seqs = pr.s;
     x.token_weights = pr.cfg.token_weights ? tw.get<float>() : nullptr;
+    return x;
+  }
+
+  /// rows(pr) with the logits: its three blocks, and logits_source.
+  gc::token_inputs tokens(const problem& pr, const void* logits, int64_t ld) const {
+    gc::token_inputs x;
+    const gc::sequence_rows r = rows(pr);
+    static_cast<gc::vocab_rows&>(x) = r;
+    static_cast<gc::sequences&>(x) = r;
+    static_cast<gc::token_weighting&>(x) = r;
+    x.logits = logits;
+    x.logits_dtype = pr.cfg.dtype;
+    x.ld = ld;
     return x;
   }
 

@@ -287,7 +287,7 @@ struct lin_outputs {
         gb(static_cast<size_t>(p.c.vocab) * 4) {
     for (const dmem* m : {&loss, &seq, &lse, &tlp, &gseq, &gh, &gw, &gb}) poison(*m);
   }
-  void attach(gc::linear_train_args& a, const lin_problem& p) {
+  void attach(gc::linear_step_args& a, const lin_problem& p) {
     a.loss = static_cast<float*>(loss.get());
     a.seq_logps = static_cast<float*>(seq.get());
     a.lse = static_cast<float*>(lse.get());
@@ -1387,7 +1387,7 @@ sharded_result run_sharded(const lin_problem& p, cublasHandle_t h, const std::ve
   const geopref::options opt = options_of(c);
   dmem gathered(static_cast<size_t>(K * p.N) * sizeof(gc::vocab_record));
   poison(gathered);
-  auto slice_in = [&](int r, gc::linear_inputs& in, lin_problem& q) {
+  auto slice_in = [&](int r, gc::scored_linear& in, lin_problem& q) {
     const int64_t w = bounds[r + 1] - bounds[r];
     q = p;
     q.c.vocab = w;

@@ -477,6 +477,8 @@ TEST_CASE("records overlapping the workspace by their whole extent, every entry"
   const gc::vocab_slice sl = slice24(30, pr.v, 1, K);
   gc::token_inputs tok = io.tokens(pr, logits.ptr + 30 * 4, pr.ld);
   tok.vocab = pr.v - width;
+  gc::sequence_rows rows = io.rows(pr);  // vocab_parallel_logps reads no logits
+  rows.vocab = tok.vocab;
   blas24 h;
   small_linear lin({1, 5, -100, 11, 7, 0});
   const gc::linear_inputs lin_in = lin.in(6, 6, h.h);
@@ -509,8 +511,8 @@ TEST_CASE("records overlapping the workspace by their whole extent, every entry"
       {"vocab_parallel_logps", K * pr.n,
        [&](void* w, size_t& b, gc::vocab_record* r) {
          gc::vocab_logps_args a;
-         a.logps.tokens = tok;
-         a.logps.seq_logps = io.seq_logps.get<float>();
+         a.tokens = rows;
+         a.seq_logps = io.seq_logps.get<float>();
          a.slice = sl;
          a.records = r;
          return gc::vocab_parallel_logps(w, b, a, c.opt);
@@ -668,6 +670,10 @@ TEST_CASE("a slice's rank at or above K is rejected by every vocab-parallel entr
   tok.vocab = 10;
   tok.ld = 10;
   tok.n_seqs = 2;
+  gc::sequence_rows rows;
+  rows.n_rows = 6;
+  rows.vocab = 10;
+  rows.n_seqs = 2;
   gc::linear_inputs in;
   in.type = gc::dtype::float32;
   in.n_rows = 6;
@@ -689,7 +695,7 @@ TEST_CASE("a slice's rank at or above K is rejected by every vocab-parallel entr
     t.slice = sl;
     CHECK(gc::vocab_parallel_train_step(nullptr, bytes, t, opt) == want);
     gc::vocab_logps_args l;
-    l.logps.tokens = tok;
+    l.tokens = rows;
     l.slice = sl;
     CHECK(gc::vocab_parallel_logps(nullptr, bytes, l, opt) == want);
     gc::vocab_linear_stats_args ls;
@@ -746,9 +752,9 @@ TEST_CASE("a label owned by no slice, through vocab_parallel_logps and vocab_lin
         CHECK(dev == status::success);  // each slice alone is fine
       }
       gc::vocab_logps_args l;
-      l.logps.tokens = io.tokens(pr, logits.ptr, pr.ld);
-      l.logps.tokens.vocab = 20;
-      l.logps.seq_logps = io.seq_logps.get<float>();
+      l.tokens = io.rows(pr);
+      l.tokens.vocab = 20;
+      l.seq_logps = io.seq_logps.get<float>();
       l.slice = slice24(0, pr.v, 0, 2);
       l.records = records.get<gc::vocab_record>();
       size_t bytes = 0;

@@ -16,6 +16,8 @@
 
 #include "geopref/cuda/fused_linear.cuh"
 #include "geopref/cuda/linear_token_logps.cuh"
+#include "geopref/cuda/vocab_linear.cuh"
+#include "geopref/cuda/vocab_parallel.cuh"
 #include "gpu_harness.cuh"
 
 using namespace geopref::test;
@@ -281,21 +283,31 @@ TEST_CASE("a logit transform in the forward's unrolled body: rows of one split o
     }
 }
 
-// The conversions between the entries' argument structs carry the
-// transform (white box: rows_of's copy feeds no kernel today, so only this
-// sees it dropped; as_tokens' and as_linear's also feed the validation).
-TEST_CASE("the argument conversions carry the logit transform", "[gpu][small][transform]") {
+// The transform is declared once, in the vocab_rows block every rows
+// struct embeds, so a slice of one entry's arguments for another (the
+// vocab-parallel stats, nccl.cuh, the hidden-state primitive's rows as
+// fused_linear's inputs) cannot drop it.
+TEST_CASE("the argument blocks carry the logit transform", "[gpu][small][transform]") {
+  static_assert(std::is_base_of_v<gc::vocab_rows, gc::token_inputs> &&
+                std::is_base_of_v<gc::vocab_rows, gc::token_rows> &&
+                std::is_base_of_v<gc::vocab_rows, gc::linear_inputs> &&
+                std::is_base_of_v<gc::vocab_rows, gc::linear_token_rows> &&
+                std::is_base_of_v<gc::vocab_rows, gc::sequence_rows>);
   const geopref::logit_transform tr{1.7, 2.5, 1.3};
   auto same = [&](const geopref::logit_transform& x) {
     return x.scale == tr.scale && x.softcap == tr.softcap && x.temperature == tr.temperature;
   };
+  gc::token_inputs x;
+  x.logit_transform = tr;
+  gc::vocab_stats_args st;
+  st.tokens = x;
+  CHECK(same(st.tokens.logit_transform));
   gc::linear_inputs li;
   li.logit_transform = tr;
-  CHECK(same(gc::detail::rows_of(li).logit_transform));
-  gc::token_rows tr_rows;
-  tr_rows.logit_transform = tr;
-  CHECK(same(gc::detail::as_tokens(tr_rows).logit_transform));
+  gc::vocab_linear_stats_args ls;
+  ls.in = li;
+  CHECK(same(ls.in.logit_transform));
   gc::linear_token_rows lt_rows;
   lt_rows.logit_transform = tr;
-  CHECK(same(gc::detail::as_linear(lt_rows).logit_transform));
+  CHECK(same(gc::detail::unsequenced(lt_rows).logit_transform));
 }

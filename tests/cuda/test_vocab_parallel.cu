@@ -290,17 +290,16 @@ TEST_CASE("vocab-parallel: the forward-only combine equals the step's", "[gpu][s
   make_vp_problem(c, pr);
   const std::vector<int64_t> bounds = even_bounds(pr.v, 3);
   const vp_run step = run_tiled(pr, bounds, {0, 1, 2});
-  device_logits logits(pr);
-  device_io io(pr);
+  device_io io(pr);  // no logits on the device: the combine needs only the records
   dmem records(static_cast<size_t>(pr.n * 3) * sizeof(gc::vocab_record));
   CUDA_REQUIRE(cudaMemcpy(records.get(), step.records.data(), step.records.size(), cudaMemcpyHostToDevice));
   gc::vocab_logps_args a;
-  a.logps.tokens = io.tokens(pr, logits.ptr + bounds[1] * dtype_bytes(c.dtype), pr.ld);
-  a.logps.tokens.vocab = bounds[2] - bounds[1];
-  a.logps.seq_logps = io.seq_logps.get<float>();
-  a.logps.seq_counts = io.seq_counts.get<int64_t>();
-  a.logps.token_logps = io.token_logps.get<float>();
-  a.logps.lse = io.lse.get<float>();
+  a.tokens = io.rows(pr);  // the combine reads no logits
+  a.tokens.vocab = bounds[2] - bounds[1];
+  a.seq_logps = io.seq_logps.get<float>();
+  a.seq_counts = io.seq_counts.get<int64_t>();
+  a.token_logps = io.token_logps.get<float>();
+  a.lse = io.lse.get<float>();
   a.slice = gc::even_slice(pr.v, 1, 3, nullptr);
   a.records = records.get<gc::vocab_record>();
   size_t bytes = 0;

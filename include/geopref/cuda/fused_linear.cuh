@@ -102,68 +102,27 @@
 
 namespace geopref::cuda {
 
-/// The hidden states, the projection and the token rows.
-struct linear_inputs {
+/// Block *source* (linear): the hidden states and the projection the
+/// rows' logits are computed from, one chunk at a time, and how.
+struct linear_source {
   const void* hidden = nullptr;  // [N, ld_hidden] row-major, `type`
   int64_t ld_hidden = 0;         // >= Hd; 0 means Hd
   const void* weight = nullptr;  // [V, ld_weight] row-major, `type` (an nn.Linear's weight)
   int64_t ld_weight = 0;         // >= Hd; 0 means Hd
   const void* bias = nullptr;    // [V] `type`, or null
   dtype type = dtype::bfloat16;  // of hidden, weight, bias, the chunk logits and grad_hidden
-  int64_t n_rows = 0;            // N, as token_inputs
   int64_t hidden_size = 0;       // Hd >= 1 when N > 0
-  int64_t vocab = 0;             // V >= 1 when N > 0
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
-
-  // Token rows exactly as token_inputs (labels, offsets, token weights).
-  const void* labels = nullptr;  // [N]
-  index_type label_type = index_type::int64;
-  const void* offsets = nullptr;  // [S + 1]
-  index_type offset_type = index_type::int64;
-  int64_t n_seqs = 0;
-  const float* token_weights = nullptr;  // [N] or null
 
   size_t chunk_bytes = size_t{1} << 30;  // budget for the chunk's logits (see above)
   cublasHandle_t cublas = nullptr;       // the caller's handle, or null (see above)
 };
 
-/// Forward only: the reference model's per-sequence log-probs (logps_args'
-/// outputs) from its own hidden states and projection.
-struct linear_logps_args {
-  linear_inputs in;
-  float* seq_logps = nullptr;     // [S] required, the form train_args::ref_logps expects
-  int64_t* seq_counts = nullptr;  // [S] optional
-  float* token_logps = nullptr;   // [N] optional
-  float* lse = nullptr;           // [N] optional
-};
-
-/// A training step from hidden states: train_args' pairs, labels, reference
-/// log-probs, weights, upstream gradient and outputs, plus the gradients with
-/// respect to the hidden states, the weight and the bias.
-struct linear_train_args {
-  linear_inputs in;
-
-  int64_t n_pairs = 0;
-  const int64_t* pairs = nullptr;      // as train_args
-  const float* soft_labels = nullptr;  // as train_args
-  const float* ref_logps = nullptr;    // as train_args
-  const float* weights = nullptr;      // as train_args
-  double grad_loss = 1.0;              // as train_args
-  const float* grad_output = nullptr;  // as train_args
-
-  float* loss = nullptr;            // as train_args (every output optional)
-  metrics* stats = nullptr;
-  metric_sums* stat_sums = nullptr;  // as train_args (data parallel)
-  float* seq_logps = nullptr;
-  int64_t* seq_counts = nullptr;
-  float* token_logps = nullptr;
-  float* lse = nullptr;
-  float* grad_seq_logps = nullptr;
-
-  // Gradients; each optional (null: not computed). When all three are null
-  // pass 2 is skipped. grad_hidden is always overwritten (every row, zeros
-  // for unscored rows); grad_weight and grad_bias are overwritten, or added
-  // to with `accumulate` (gradient accumulation over micro-batches).
+/// Block *linear gradients*: each optional (null: not computed); when all
+/// three are null the backward is skipped. grad_hidden is always
+/// overwritten (every row, zeros for unscored rows); grad_weight and
+/// grad_bias are overwritten, or added to with `accumulate` (gradient
+/// accumulation over micro-batches). No gradient may meet an input or another.
+struct linear_gradients {
   void* grad_hidden = nullptr;   // [N, ld_grad_hidden], `type`
   int64_t ld_grad_hidden = 0;    // >= Hd; 0 means Hd
   void* grad_weight = nullptr;   // [V, ld_grad_weight], `type`, or float with grad_weight_float32
@@ -171,10 +130,34 @@ struct linear_train_args {
   bool grad_weight_float32 = false;  // float accumulation across chunks and micro-batches
   float* grad_bias = nullptr;    // [V] float; needs a bias
   bool accumulate = false;       // grad_weight += …, grad_bias += … instead of =
+};
 
+/// The rows of a linear source a sequence entry scores, without token
+/// weights (what vocab_linear_stats reads).
+struct scored_linear : linear_source, vocab_rows, sequences {};
+
+/// The hidden states, the projection and the token rows (vocab_rows,
+/// sequences and token weights exactly as token_inputs').
+struct linear_inputs : scored_linear, token_weighting {};
+
+/// Forward only: the reference model's per-sequence log-probs (logps_args'
+/// outputs, seq_logps required) from its own hidden states and projection.
+struct linear_logps_args : logps_outputs {
+  linear_inputs in;
+};
+
+/// A training step from hidden states: train_args' pairs and outputs, plus
+/// the gradients with respect to the hidden states, the weight and the bias
+/// (what vocab_linear_step reads of a rank's step).
+struct linear_step_args : pair_set, train_outputs, linear_gradients {
+  linear_inputs in;
+};
+
+/// Arguments of fused_linear_step: linear_step_args and the optional host
+/// copies of the layout that opt into the one-pass path.
+struct linear_train_args : linear_step_args {
   // Host copies of the token layout, for the one-pass path (see the header
-  // comment; both optional, read during the call only). vocab_linear_step
-  // ignores them (it always runs two passes).
+  // comment; both optional, read during the call only).
   const int64_t* host_offsets = nullptr;  // [S+1] host memory, the values of in.offsets
   const int64_t* host_pairs = nullptr;    // [P, 2] host memory, the values of pairs (null when
                                           // pairs is null: TRL's layout a_i = i, b_i = P + i)

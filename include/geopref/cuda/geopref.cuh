@@ -20,6 +20,10 @@
 //   2. allocate that many bytes (any alignment: the library rounds the base
 //      up inside the bytes it asked for) and call again with the same
 //      arguments. The size depends only on N, V, the logits dtype, S and P.
+//   Every entry is (workspace, workspace_bytes, args, [options,] stream): one
+//   argument struct, built from the blocks of geopref/cuda/args.cuh (each
+//   field declared once; docs/architecture.md, "Argument blocks"), holding
+//   only what the entry reads.
 //   Everything is enqueued on `stream`; the call returns without waiting.
 //   The library never allocates, synchronises (except device_status), throws,
 //   exits or prints.
@@ -95,9 +99,10 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
                          cudaStream_t stream = nullptr) noexcept;
 
 /// Backward pass alone: the gradient train_step would write, from its lse and
-/// grad_seq_logps outputs (see grad_args). Uses opt.ignore_index; the whole
-/// of `opt` is validated. Device-side label and offset errors are recorded
-/// as in train_step.
+/// grad_seq_logps outputs (see grad_args). Reads opt.ignore_index alone (the
+/// options of the train_step, so that the same rows are scored); the rest of
+/// `opt` is neither read nor validated. Device-side label and offset errors
+/// are recorded as in train_step.
 inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_args& args,
                           const options& opt, cudaStream_t stream = nullptr) noexcept;
 

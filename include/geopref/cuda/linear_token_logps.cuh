@@ -34,58 +34,27 @@
 #include <cstdint>
 
 #include "geopref/cuda/args.cuh"
+#include "geopref/cuda/fused_linear.cuh"  // linear_source, linear_gradients
 #include "geopref/status.hpp"
 
 namespace geopref::cuda {
 
-/// The hidden states, the projection and the token rows (no sequences:
-/// every row whose label is not ignore_index is scored).
-struct linear_token_rows {
-  const void* hidden = nullptr;  // [N, ld_hidden] row-major, `type`
-  int64_t ld_hidden = 0;         // >= Hd; 0 means Hd
-  const void* weight = nullptr;  // [V, ld_weight] row-major, `type` (an nn.Linear's weight)
-  int64_t ld_weight = 0;         // >= Hd; 0 means Hd
-  const void* bias = nullptr;    // [V] `type`, or null
-  dtype type = dtype::bfloat16;  // of hidden, weight, bias, the chunk logits and grad_hidden
-  int64_t n_rows = 0;            // N <= 2^31 - 1
-  int64_t hidden_size = 0;       // Hd >= 1 when N > 0
-  int64_t vocab = 0;             // V >= 1 when N > 0
-
-  const void* labels = nullptr;  // [N] label_type, already shifted
-  index_type label_type = index_type::int64;
-  int64_t ignore_index = -100;   // the label of unscored rows
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
-
-  size_t chunk_bytes = size_t{1} << 30;  // budget for the chunk's logits (fused_linear.cuh)
-  cublasHandle_t cublas = nullptr;       // the caller's handle, or null (fused_linear.cuh)
+/// The hidden states, the projection (linear_source) and the token rows
+/// (vocab_rows, labels already shifted); no sequences: every row whose label
+/// is not ignore_index is scored.
+struct linear_token_rows : linear_source, vocab_rows {
+  int64_t ignore_index = -100;  // the label of unscored rows
 };
 
 /// Arguments of linear_token_logps (the outputs of token_logps_args).
-struct linear_token_logps_args {
+struct linear_token_logps_args : token_outputs {
   linear_token_rows rows;
-  float* token_logps = nullptr;  // [N] required when N > 0: ℓ_t, 0 for unscored rows
-  float* lse = nullptr;          // [N] optional: lse_t, 0 for unscored rows (the saved input
-                                 // of linear_token_logps_grad)
-  float* entropy = nullptr;      // [N] optional: H_t, 0 for unscored rows; one more read of
-                                 // each chunk, no extra GEMM
 };
 
-/// Arguments of linear_token_logps_grad. The gradients follow
-/// linear_train_args: each optional, grad_hidden always overwritten (zeros
-/// for unscored rows), grad_weight and grad_bias overwritten or, with
-/// `accumulate`, added to. No gradient may meet an input or another.
-struct linear_token_grad_args {
-  linear_token_rows rows;                   // the rows linear_token_logps was given
-  const float* lse = nullptr;               // [N] its lse; read for scored rows only
-  const float* grad_token_logps = nullptr;  // [N] g_t; read for scored rows only
-
-  void* grad_hidden = nullptr;   // [N, ld_grad_hidden], `type`
-  int64_t ld_grad_hidden = 0;    // >= Hd; 0 means Hd
-  void* grad_weight = nullptr;   // [V, ld_grad_weight], `type`, or float with grad_weight_float32
-  int64_t ld_grad_weight = 0;    // >= Hd; 0 means Hd
-  bool grad_weight_float32 = false;
-  float* grad_bias = nullptr;    // [V] float; needs a bias
-  bool accumulate = false;       // grad_weight += …, grad_bias += … instead of =
+/// Arguments of linear_token_logps_grad: token_grad_inputs and the gradients
+/// (linear_gradients, as linear_train_args').
+struct linear_token_grad_args : token_grad_inputs, linear_gradients {
+  linear_token_rows rows;  // the rows linear_token_logps was given
 };
 
 /// Token log-probs (and lse, entropy) of the selected tokens from H and W.

@@ -37,44 +37,25 @@
 
 namespace geopref::cuda {
 
-/// The rows the primitive reads. There are no sequences: every row whose
-/// label is not ignore_index is scored.
-struct token_rows {
-  const void* logits = nullptr;  // [N, ld] row-major, logits_dtype; columns [V, ld) never read;
-                                 // aligned to the element size (rows need not be 16-byte aligned)
-  dtype logits_dtype = dtype::float32;
-  int64_t n_rows = 0;  // N, 0 <= N <= 2^31 - 1 (N·V may exceed 2^31)
-  int64_t vocab = 0;   // V, 1 <= V <= 2^31 - 1 when N > 0
-  int64_t ld = 0;      // row stride in elements, >= V
-
-  const void* labels = nullptr;  // [N] label_type, already shifted (labels[t] = input_ids[t + 1])
-  index_type label_type = index_type::int64;
-  int64_t ignore_index = -100;   // the label of unscored rows
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
+/// The rows the primitive reads: logits_source and vocab_rows (labels
+/// already shifted, labels[t] = input_ids[t + 1]). There are no sequences:
+/// every row whose label is not ignore_index is scored.
+struct token_rows : logits_source, vocab_rows {
+  int64_t ignore_index = -100;  // the label of unscored rows
 };
 
-/// Arguments of token_logps.
-struct token_logps_args {
+/// Arguments of token_logps (token_outputs: token_logps required when N > 0).
+struct token_logps_args : token_outputs {
   token_rows rows;
-  float* token_logps = nullptr;  // [N] required when N > 0: ℓ_t, 0 for unscored rows
-  float* lse = nullptr;          // [N] optional: lse_t = log Σ_v exp z[t, v], 0 for unscored
-                                 // rows (the saved input of token_logps_grad)
-  float* entropy = nullptr;      // [N] optional: H_t = −Σ_v p_tv log p_tv, 0 for unscored rows;
-                                 // costs a second read of the logits
 };
 
-/// Arguments of token_logps_grad.
-struct token_grad_args {
+/// Arguments of token_logps_grad: token_grad_inputs, and the gradient
+/// (logits_gradient, required when N > 0) grad[t, v] = g_t (𝟙[v = y_t] −
+/// exp(z[t, v] − lse_t)) for scored rows, 0 for unscored rows. In place
+/// allowed (grad_logits == rows.logits, same ld and dtype); any other
+/// overlap with the logits, lse or g is rejected (overlapping_buffers).
+struct token_grad_args : token_grad_inputs, logits_gradient {
   token_rows rows;  // the rows token_logps was given
-  const float* lse = nullptr;               // [N] token_logps' lse; read for scored rows only
-  const float* grad_token_logps = nullptr;  // [N] g_t = ∂Loss/∂ℓ_t; read for scored rows only
-  // grad[t, v] = g_t (𝟙[v = y_t] − exp(z[t, v] − lse_t)) for scored rows, 0
-  // for unscored rows; columns [V, grad_ld) never written. In place allowed
-  // (grad_logits == rows.logits, same ld and dtype); any other overlap with
-  // the logits, lse or g is rejected (overlapping_buffers).
-  void* grad_logits = nullptr;  // [N, grad_ld], required when N > 0
-  int64_t grad_ld = 0;          // >= V; 0 means ld
-  bool grad_float32 = false;    // false: the logits dtype; true: float
 };
 
 /// Token log-probs (and lse, entropy) of the selected tokens.

@@ -44,11 +44,19 @@ inline vocab_slice even_slice(int64_t total, int rank, int n_ranks, int64_t* wid
   return s;
 }
 
+/// Block *shard*: where this rank's slice lies, and every rank's records
+/// gathered [n_ranks, N] (slots in any order): what the combining entries read.
+struct vocab_shard {
+  vocab_slice slice;
+  const vocab_record* records = nullptr;  // [n_ranks, N]
+};
+
 /// Arguments of vocab_parallel_stats. tokens.logits is the rank's slice
 /// [N, ld] with tokens.vocab = V_r (its width, >= 1 when N > 0); labels and
-/// offsets are the global ones (the same on every rank).
+/// offsets are the global ones (the same on every rank). No token weights:
+/// a record holds no sequence sum.
 struct vocab_stats_args {
-  token_inputs tokens;
+  scored_logits tokens;
   vocab_slice slice;
   vocab_record* records = nullptr;  // [N] out: this rank's records (e.g. its own slot of the
                                     // gather buffer, for an in-place all-gather)
@@ -57,19 +65,19 @@ struct vocab_stats_args {
 /// Arguments of vocab_parallel_train_step: train_args over the rank's slice
 /// (tokens as in vocab_stats_args; grad_logits, when set, is the rank's
 /// slice of the gradient, [N, grad_ld] with V_r columns written), plus the
-/// gathered records. Every output but the gradient is the full, combined
-/// one and bitwise the same on every rank.
-struct vocab_train_args {
+/// shard. Every output but the gradient is the full, combined one and
+/// bitwise the same on every rank.
+struct vocab_train_args : vocab_shard {
   train_args train;
-  vocab_slice slice;
-  const vocab_record* records = nullptr;  // [n_ranks, N]: every rank's records, slots in any order
 };
 
-/// Arguments of vocab_parallel_logps (forward only, e.g. the reference model).
-struct vocab_logps_args {
-  logps_args logps;
-  vocab_slice slice;
-  const vocab_record* records = nullptr;  // [n_ranks, N]
+/// Arguments of vocab_parallel_logps (forward only, e.g. the reference
+/// model): the combine of the gathered records needs no logits, so `tokens`
+/// is the rows, their sequences and token weights alone, with tokens.vocab =
+/// V_r (the rank's width, as in vocab_stats_args); logps_outputs as
+/// sequence_logps' (seq_logps required).
+struct vocab_logps_args : logps_outputs, vocab_shard {
+  sequence_rows tokens;
 };
 
 }  // namespace geopref::cuda

@@ -45,26 +45,26 @@
 
 #include <cstddef>
 
-#include "geopref/cuda/fused_linear.cuh"  // linear_inputs, linear_train_args
+#include "geopref/cuda/fused_linear.cuh"  // scored_linear, linear_step_args
 #include "geopref/cuda/vocab_args.cuh"    // vocab_record, vocab_slice
 
 namespace geopref::cuda {
 
-/// Arguments of vocab_linear_stats: the rank's slice of the projection and
-/// where it lies; records [N] out (e.g. the rank's slot of the gather buffer).
+/// Arguments of vocab_linear_stats: the rank's slice of the projection (no
+/// token weights: a record holds no sequence sum) and where it lies;
+/// records [N] out (e.g. the rank's slot of the gather buffer).
 struct vocab_linear_stats_args {
-  linear_inputs in;
+  scored_linear in;
   vocab_slice slice;
   vocab_record* records = nullptr;  // [N] out
 };
 
-/// Arguments of vocab_linear_step: linear_train_args over the rank's slice
+/// Arguments of vocab_linear_step: linear_step_args over the rank's slice
 /// (grad_weight [V_r, ·] and grad_bias [V_r] its own slices; grad_hidden
-/// [N, ·] this rank's partial, always overwritten), plus the gathered records.
-struct vocab_linear_train_args {
-  linear_train_args train;
-  vocab_slice slice;
-  const vocab_record* records = nullptr;  // [n_ranks, N]: every rank's records, slots in any order
+/// [N, ·] this rank's partial, always overwritten), plus the shard. No host
+/// copies of the layout: the step always runs two passes.
+struct vocab_linear_train_args : vocab_shard {
+  linear_step_args train;
 };
 
 /// Step 1: pass 1 over the rank's slice → its records. The workspace query

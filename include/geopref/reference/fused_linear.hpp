@@ -28,39 +28,16 @@
 
 namespace geopref::reference {
 
-/// Inputs: the hidden states and projection, then the fields of inputs<>
-/// other than the logits.
+/// Inputs: the hidden states and projection (linear_source), then the
+/// blocks of inputs<> other than the logits.
 template <class Elem, class Label, class Offset>
-struct linear_inputs {
-  const Elem* hidden = nullptr;  // [N, ld_hidden] row-major
-  int64_t ld_hidden = 0;         // >= Hd; 0 means Hd
-  const Elem* weight = nullptr;  // [V, ld_weight] row-major
-  int64_t ld_weight = 0;         // >= Hd; 0 means Hd
-  const Elem* bias = nullptr;    // [V] or null
-  int64_t n_rows = 0, hidden_size = 0, vocab = 0;
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
-  const Label* labels = nullptr;
-  const Offset* offsets = nullptr;
-  int64_t n_seqs = 0, n_pairs = 0;
-  const int64_t* pairs = nullptr;
-  const double* soft_labels = nullptr;
-  const double* ref_logps = nullptr;
-  const double* weights = nullptr;
-  const double* token_weights = nullptr;
-  double grad_loss = 1.0;
-  const double* grad_pair_losses = nullptr;
-};
+struct linear_inputs : linear_source<Elem>, sequence_rows<Label, Offset>, pair_set {};
 
-/// compute()'s outputs (its grad_logits is ignored) and the three gradients,
-/// each optional; grad_weight and grad_bias are added to with `accumulate`.
-struct linear_outputs {
+/// compute()'s outputs (its grad_logits is ignored) and the three gradients
+/// (linear_gradients), each optional; grad_weight and grad_bias are added to
+/// with `accumulate`.
+struct linear_outputs : linear_gradients {
   outputs base;
-  double* grad_hidden = nullptr;  // [N, ld_grad_hidden]
-  int64_t ld_grad_hidden = 0;     // 0 means Hd
-  double* grad_weight = nullptr;  // [V, ld_grad_weight]
-  int64_t ld_grad_weight = 0;     // 0 means Hd
-  double* grad_bias = nullptr;    // [V], needs a bias
-  bool accumulate = false;
 };
 
 namespace detail {
@@ -111,21 +88,16 @@ status check_linear(const linear_inputs<Elem, Label, Offset>& in, const linear_o
   return status::success;
 }
 
-/// compute()'s inputs on the logits Z [N, V] of `in`: its sequences, pairs
-/// and upstream gradients.
+/// compute()'s inputs on the logits Z [N, V] of `in`: its rows, sequences,
+/// token weights, pairs and upstream gradients, as they are.
 template <class Elem, class Label, class Offset>
 inputs<double, Label, Offset> logits_inputs(const linear_inputs<Elem, Label, Offset>& in,
                                             const linear_mat& Z) {
-  inputs<double, Label, Offset> x = make_inputs<double, Label, Offset>(
-      Z.data(), in.n_rows, in.vocab, in.labels, in.offsets, in.n_seqs, in.n_pairs);
-  x.pairs = in.pairs;
-  x.soft_labels = in.soft_labels;
-  x.ref_logps = in.ref_logps;
-  x.weights = in.weights;
-  x.token_weights = in.token_weights;
-  x.grad_loss = in.grad_loss;
-  x.grad_pair_losses = in.grad_pair_losses;
-  x.logit_transform = in.logit_transform;
+  inputs<double, Label, Offset> x;
+  static_cast<sequence_rows<Label, Offset>&>(x) = in;
+  static_cast<pair_set&>(x) = in;
+  x.logits = Z.data();
+  x.ld = in.vocab;
   return x;
 }
 
@@ -219,31 +191,18 @@ status fused_linear_with_loss(const linear_inputs<Elem, Label, Offset>& in, cons
 // ---------------------------------------------------------------------------
 // The per-token primitive from hidden states.
 
-/// The rows of linear_token_logps: hidden states, projection, labels; no
-/// sequences (every row whose label is not ignore_index is scored).
+/// The rows of linear_token_logps: hidden states, projection (linear_source)
+/// and the rows; no sequences (every row whose label is not ignore_index is
+/// scored).
 template <class Elem, class Label>
-struct linear_token_rows {
-  const Elem* hidden = nullptr;  // [N, ld_hidden] row-major
-  int64_t ld_hidden = 0;         // >= Hd; 0 means Hd
-  const Elem* weight = nullptr;  // [V, ld_weight] row-major
-  int64_t ld_weight = 0;         // >= Hd; 0 means Hd
-  const Elem* bias = nullptr;    // [V] or null
-  int64_t n_rows = 0, hidden_size = 0, vocab = 0;
-  const Label* labels = nullptr;  // [N]
+struct linear_token_rows : linear_source<Elem>, vocab_rows<Label> {
   int64_t ignore_index = -100;
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 };
 
-/// The gradients of linear_token_logps_grad, each optional; grad_weight and
-/// grad_bias are added to with `accumulate`, grad_hidden always overwritten.
-struct linear_token_grads {
-  double* grad_hidden = nullptr;  // [N, ld_grad_hidden]
-  int64_t ld_grad_hidden = 0;     // 0 means Hd
-  double* grad_weight = nullptr;  // [V, ld_grad_weight]
-  int64_t ld_grad_weight = 0;     // 0 means Hd
-  double* grad_bias = nullptr;    // [V], needs a bias
-  bool accumulate = false;
-};
+/// The gradients of linear_token_logps_grad (linear_gradients), each
+/// optional; grad_weight and grad_bias are added to with `accumulate`,
+/// grad_hidden always overwritten.
+using linear_token_grads = linear_gradients;
 
 namespace detail {
 
@@ -264,18 +223,15 @@ status linear_token_logits(const linear_token_rows<Elem, Label>& in, linear_mat&
   return status::success;
 }
 
-template <class Label>
-token_rows<double, Label> linear_token_as_rows(const linear_mat& Z, const Label* labels,
-                                               int64_t ignore_index,
-                                               const logit_transform& transform) {
+/// The per-token rows over Z [N, V]: the vocab_rows block of `in` as it is.
+template <class Elem, class Label>
+token_rows<double, Label> linear_token_as_rows(const linear_token_rows<Elem, Label>& in,
+                                               const linear_mat& Z) {
   token_rows<double, Label> r;
+  static_cast<vocab_rows<Label>&>(r) = in;
   r.logits = Z.data();
-  r.n_rows = Z.rows();
-  r.vocab = Z.cols();
   r.ld = Z.cols();
-  r.labels = labels;
-  r.ignore_index = ignore_index;
-  r.logit_transform = transform;
+  r.ignore_index = in.ignore_index;
   return r;
 }
 
@@ -287,8 +243,7 @@ status linear_token_logps(const linear_token_rows<Elem, Label>& in, token_output
   detail::linear_mat H, W, Z;
   const status s = detail::linear_token_logits(in, H, W, Z);
   if (s != status::success) return s;
-  return token_logps(
-      detail::linear_token_as_rows(Z, in.labels, in.ignore_index, in.logit_transform), out);
+  return token_logps(detail::linear_token_as_rows(in, Z), out);
 }
 
 /// Given g_t = ∂Loss/∂ℓ_t [N], optionally e_t = ∂Loss/∂H_t [N] (the entropy's
@@ -308,9 +263,8 @@ status linear_token_logps_grad(const linear_token_rows<Elem, Label>& in, const d
   status s = detail::linear_token_logits(in, H, W, Z);
   if (s != status::success) return s;
   detail::linear_mat G(N, V);
-  s = token_logps_grad(
-      detail::linear_token_as_rows(Z, in.labels, in.ignore_index, in.logit_transform), lse,
-                       grad_token_logps, G.data(), V, grad_entropy);
+  s = token_logps_grad(detail::linear_token_as_rows(in, Z), lse, grad_token_logps, G.data(), V,
+                       grad_entropy);
   if (s != status::success) return s;
   if (out.grad_hidden != nullptr) detail::write_hidden_grad(G * W, ldgh, out.grad_hidden);
   detail::write_weight_grads(G, H, 0, ldgw, out);

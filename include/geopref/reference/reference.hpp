@@ -13,35 +13,16 @@
 #include <cstdint>
 
 #include "geopref/losses.hpp"
+#include "geopref/reference/blocks.hpp"
 #include "geopref/options.hpp"
 #include "geopref/status.hpp"
 
 namespace geopref::reference {
 
-/// The inputs, as raw host pointers. Sizes are element counts.
+/// The inputs, as raw host pointers (the blocks of blocks.hpp). Sizes are
+/// element counts.
 template <class Logit, class Label, class Offset>
-struct inputs {
-  const Logit* logits = nullptr;  // [N, ld] row-major; columns [V, ld) are never read
-  int64_t n_rows = 0;             // N token rows
-  int64_t vocab = 0;              // V
-  int64_t ld = 0;                 // row stride, >= V
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
-  const Label* labels = nullptr;  // [N]; row t scores labels[t] (already shifted by the caller)
-  const Offset* offsets = nullptr;  // [S + 1]; sequence s owns rows [offsets[s], offsets[s+1])
-  int64_t n_seqs = 0;               // S
-  int64_t n_pairs = 0;              // P
-  const int64_t* pairs = nullptr;   // [P, 2] (first, second) sequence indices; null: (i, P + i), needs S == 2P
-  const double* soft_labels = nullptr;  // [P] p̂ in [0, 1]; null: all 1 (binary)
-  const double* ref_logps = nullptr;    // [S] reference log-probs, in the same form as the margin
-                                        // uses (L̄ when length-normalised); null: reference-free
-  const double* weights = nullptr;      // [P] per-pair weights >= 0; null: all 1
-  const double* token_weights = nullptr;  // [N] finite per-token weights: L_s = Σ_t w_t ℓ_t over
-                                          // scored rows; null: all 1 (read for scored rows only)
-  double grad_loss = 1.0;               // upstream gradient of the reduced loss (scales every reduction)
-  const double* grad_pair_losses = nullptr;  // [P] reduction::none only: pair i's upstream gradient is
-                                             // grad_loss · grad_pair_losses[i]; null: all 1; ignored
-                                             // by the other reductions
-};
+struct inputs : logits_source<Logit>, sequence_rows<Label, Offset>, pair_set {};
 
 /// The common case in one call: [N, V] logits with ld = V, labels, offsets,
 /// S sequences and P pairs. The optional inputs (pairs, soft labels,
@@ -76,9 +57,7 @@ inputs<Logit, Label, Offset> make_inputs(const Logit* logits, int64_t n_rows, in
 /// The outputs. Every pointer is optional (null: not computed); the
 /// reference writes only what is asked for, and never columns [V, ld) of
 /// grad_logits.
-struct outputs {
-  double* token_logps = nullptr;     // [N] ℓ_t for scored rows, 0 for unscored rows
-  double* lse = nullptr;             // [N] logsumexp of scored rows, 0 for unscored rows
+struct outputs : row_outputs {
   double* seq_logps = nullptr;       // [S] L_s, or L̄_s when length-normalised (0 for n_s = 0)
   int64_t* seq_counts = nullptr;     // [S] n_s, scored rows of sequence s
   double* pair_losses = nullptr;     // [P] w_i f_i (before the divisor)
@@ -96,16 +75,10 @@ struct outputs {
 /// every loss term of opt.loss. compute() runs exactly this between its
 /// forward and backward; tests use it to see how the pair step responds to
 /// its inputs.
-struct pair_inputs {
-  int64_t n_seqs = 0, n_pairs = 0;
+struct pair_inputs : pair_set {
+  int64_t n_seqs = 0;
   const double* seq_sums = nullptr;     // [S] L_s (token-weighted sums)
   const int64_t* seq_counts = nullptr;  // [S] n_s
-  const int64_t* pairs = nullptr;       // as in inputs
-  const double* soft_labels = nullptr;
-  const double* ref_logps = nullptr;
-  const double* weights = nullptr;
-  double grad_loss = 1.0;
-  const double* grad_pair_losses = nullptr;
 };
 struct pair_outputs {
   double* pair_losses = nullptr;  // [P]
@@ -165,21 +138,16 @@ status logits_grad(const inputs<Logit, Label, Offset>& in, const options& opt,
 
 /// The rows the primitive reads (raw host pointers).
 template <class Logit, class Label>
-struct token_rows {
-  const Logit* logits = nullptr;  // [N, ld] row-major; columns [V, ld) never read
-  int64_t n_rows = 0, vocab = 0, ld = 0;
-  const Label* labels = nullptr;  // [N], already shifted
+struct token_rows : logits_source<Logit>, vocab_rows<Label> {
   int64_t ignore_index = -100;
-  geopref::logit_transform logit_transform{};  // applied to every logit before the softmax
 };
 
-/// Outputs of token_logps; every pointer optional. z′ is the transformed
-/// logit (docs/math.md §2.1), p_tv = exp(z′_tv − lse_t). The last three are
-/// the per-token statistics TRL 1.x's fused LM head logs (no gradient).
-struct token_outputs {
-  double* token_logps = nullptr;  // [N] ℓ_t = z′[t, y_t] − lse_t, 0 for unscored rows
-  double* lse = nullptr;          // [N] lse_t, 0 for unscored rows
-  double* entropy = nullptr;      // [N] H_t = Σ_v p_tv (lse_t − z′_tv), 0 for unscored rows
+/// Outputs of token_logps (row_outputs: ℓ_t = z′[t, y_t] − lse_t and lse_t);
+/// every pointer optional. z′ is the transformed logit (docs/math.md §2.1),
+/// p_tv = exp(z′_tv − lse_t). The last three are the per-token statistics
+/// TRL 1.x's fused LM head logs (no gradient).
+struct token_outputs : row_outputs {
+  double* entropy = nullptr;           // [N] H_t = Σ_v p_tv (lse_t − z′_tv), 0 for unscored rows
   double* log_sum_sq_probs = nullptr;  // [N] log Σ_v p_tv², 0 for unscored rows
   double* mean_logits = nullptr;       // [N] (1/V) Σ_v z′_tv, 0 for unscored rows
   uint8_t* is_top1 = nullptr;  // [N] 1 when y_t is the row's first arg-max (a tie with an earlier

@@ -40,31 +40,49 @@ inline bool aligned(const void* p, int bytes) noexcept {
 }
 
 /// The checks the workspace size depends on (also made by the size query).
-inline status check_shapes(const token_inputs& x) noexcept {
+/// The per-token entries have no sequences (q default: S = 0).
+inline status check_shapes(const logits_source& z, const vocab_rows& r,
+                           const sequences& q = sequences{}) noexcept {
   constexpr int64_t I32 = std::numeric_limits<int32_t>::max();
-  if (x.n_rows < 0 || x.vocab < 0 || x.ld < 0 || x.n_seqs < 0) return status::invalid_shape;
+  if (r.n_rows < 0 || r.vocab < 0 || z.ld < 0 || q.n_seqs < 0) return status::invalid_shape;
   // Rows are gridDim.x and labels/sequences are stored as int32 per row.
-  if (x.n_rows > I32 || x.vocab > I32 || x.n_seqs >= I32) return status::invalid_shape;
-  if (x.n_rows > 0 && x.vocab == 0) return status::invalid_shape;
-  if (const status s = validate(x.logit_transform); s != status::success) return s;
-  if (x.ld < x.vocab) return status::invalid_stride;
+  if (r.n_rows > I32 || r.vocab > I32 || q.n_seqs >= I32) return status::invalid_shape;
+  if (r.n_rows > 0 && r.vocab == 0) return status::invalid_shape;
+  if (const status s = validate(r.logit_transform); s != status::success) return s;
+  if (z.ld < r.vocab) return status::invalid_stride;
   // N · ld · 4 bytes must be addressable with 64-bit arithmetic.
-  if (x.n_rows > 0 && x.ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)
+  if (r.n_rows > 0 && z.ld > std::numeric_limits<int64_t>::max() / 8 / r.n_rows)
     return status::invalid_shape;
-  if (dtype_bytes(x.logits_dtype) == 0 || index_bytes(x.label_type) == 0 ||
-      index_bytes(x.offset_type) == 0)
+  if (dtype_bytes(z.logits_dtype) == 0 || index_bytes(r.label_type) == 0 ||
+      index_bytes(q.offset_type) == 0)
     return status::unsupported_dtype;
   return status::success;
 }
+inline status check_shapes(const scored_logits& x) noexcept { return check_shapes(x, x, x); }
 
-inline status check_buffers(const token_inputs& x) noexcept {
-  if (x.n_rows > 0 && (x.logits == nullptr || x.labels == nullptr)) return status::null_pointer;
-  if (x.n_seqs > 0 && x.offsets == nullptr) return status::null_pointer;
-  if (!aligned(x.logits, dtype_bytes(x.logits_dtype)) || !aligned(x.labels, index_bytes(x.label_type)) ||
-      !aligned(x.offsets, index_bytes(x.offset_type)) || !aligned(x.token_weights, 4))
+/// The rows' own buffers: labels, offsets and (w non-null) token weights.
+inline status check_row_buffers(const vocab_rows& r, const sequences& q,
+                                const token_weighting* w) noexcept {
+  if (r.n_rows > 0 && r.labels == nullptr) return status::null_pointer;
+  if (q.n_seqs > 0 && q.offsets == nullptr) return status::null_pointer;
+  if (!aligned(r.labels, index_bytes(r.label_type)) ||
+      !aligned(q.offsets, index_bytes(q.offset_type)) ||
+      (w != nullptr && !aligned(w->token_weights, 4)))
     return status::misaligned_pointer;
   return status::success;
 }
+
+/// Every null pointer is reported before any misaligned one.
+inline status check_buffers(const logits_source& z, const vocab_rows& r,
+                            const sequences& q = sequences{},
+                            const token_weighting* w = nullptr) noexcept {
+  if (r.n_rows > 0 && z.logits == nullptr) return status::null_pointer;
+  if (const status s = check_row_buffers(r, q, w); s != status::success) return s;
+  if (!aligned(z.logits, dtype_bytes(z.logits_dtype))) return status::misaligned_pointer;
+  return status::success;
+}
+inline status check_buffers(const scored_logits& x) noexcept { return check_buffers(x, x, x); }
+inline status check_buffers(const token_inputs& x) noexcept { return check_buffers(x, x, x, &x); }
 
 /// Byte range [begin, end) of an [N, ld] buffer's N·V used elements.
 struct byte_range {
@@ -81,8 +99,9 @@ inline byte_range used_bytes(const void* p, int64_t n, int64_t ld, int64_t v, in
 }
 
 /// The gradient's stride (grad_ld 0 means ld), checked with the shapes.
-inline status check_grad_stride(const token_inputs& x, int64_t grad_ld_arg) noexcept {
-  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+inline status check_grad_stride(const logits_source& z, const vocab_rows& x,
+                                int64_t grad_ld_arg) noexcept {
+  const int64_t grad_ld = grad_ld_arg == 0 ? z.ld : grad_ld_arg;
   if (grad_ld < x.vocab || grad_ld < 0) return status::invalid_stride;
   if (x.n_rows > 0 && grad_ld > std::numeric_limits<int64_t>::max() / 8 / x.n_rows)
     return status::invalid_shape;
@@ -91,19 +110,21 @@ inline status check_grad_stride(const token_inputs& x, int64_t grad_ld_arg) noex
 
 /// A non-null gradient buffer over N > 0 rows: alignment, and no overlap with
 /// the logits unless exactly in place. Returns the used bytes in *range.
-inline status check_grad_buffer(const token_inputs& x, const void* grad_logits, int64_t grad_ld_arg,
-                                bool grad_float32, byte_range* range) noexcept {
-  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
-  const int in_bytes = dtype_bytes(x.logits_dtype);
+inline status check_grad_buffer(const logits_source& z, const vocab_rows& x,
+                                const logits_gradient& d, byte_range* range) noexcept {
+  const void* grad_logits = d.grad_logits;
+  const bool grad_float32 = d.grad_float32;
+  const int64_t grad_ld = d.grad_ld == 0 ? z.ld : d.grad_ld;
+  const int in_bytes = dtype_bytes(z.logits_dtype);
   const int out_bytes = grad_float32 ? 4 : in_bytes;
   if (!aligned(grad_logits, out_bytes)) return status::misaligned_pointer;
   // In place is exactly the same buffer, layout and type; any other overlap
   // would let one block overwrite logits another block has yet to read.
-  const bool in_place = grad_logits == x.logits && grad_ld == x.ld && out_bytes == in_bytes &&
-                        !(grad_float32 && x.logits_dtype != dtype::float32);
-  const byte_range z = used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes);
+  const bool in_place = grad_logits == z.logits && grad_ld == z.ld && out_bytes == in_bytes &&
+                        !(grad_float32 && z.logits_dtype != dtype::float32);
+  const byte_range zr = used_bytes(z.logits, x.n_rows, z.ld, x.vocab, in_bytes);
   const byte_range g = used_bytes(grad_logits, x.n_rows, grad_ld, x.vocab, out_bytes);
-  if (!in_place && ranges_meet(z, g)) return status::overlapping_buffers;
+  if (!in_place && ranges_meet(zr, g)) return status::overlapping_buffers;
   *range = g;
   return status::success;
 }
@@ -118,7 +139,7 @@ inline status check_train(const train_args& a, const options& opt, bool buffers)
   if (a.pairs == nullptr && x.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
   if (all_terms_reference_free(opt.loss) && a.ref_logps != nullptr) return status::reference_not_allowed;
   if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
-  s = check_grad_stride(x, a.grad_ld);
+  s = check_grad_stride(x, x, a.grad_ld);
   if (s != status::success || !buffers) return s;
 
   s = check_buffers(x);
@@ -131,18 +152,16 @@ inline status check_train(const train_args& a, const options& opt, bool buffers)
     return status::misaligned_pointer;
   if (a.grad_logits != nullptr && x.n_rows > 0) {
     byte_range g{};
-    return check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
+    return check_grad_buffer(x, x, a, &g);
   }
   return status::success;
 }
 
-inline status check_grad(const grad_args& a, const options& opt, bool buffers) noexcept {
+inline status check_grad(const grad_args& a, bool buffers) noexcept {
   const token_inputs& x = a.tokens;
-  status s = validate(opt);
+  status s = check_shapes(x);
   if (s != status::success) return s;
-  s = check_shapes(x);
-  if (s != status::success) return s;
-  s = check_grad_stride(x, a.grad_ld);
+  s = check_grad_stride(x, x, a.grad_ld);
   if (s != status::success || !buffers) return s;
 
   s = check_buffers(x);
@@ -152,7 +171,7 @@ inline status check_grad(const grad_args& a, const options& opt, bool buffers) n
   if (!aligned(a.lse, 4) || !aligned(a.grad_seq_logps, 4)) return status::misaligned_pointer;
   if (x.n_rows == 0) return status::success;
   byte_range g{};
-  s = check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
+  s = check_grad_buffer(x, x, a, &g);
   if (s != status::success) return s;
   // backward_kernel reads lse and g_s while other blocks write the gradient.
   const byte_range l = used_bytes(a.lse, x.n_rows, 1, 1, 4);
@@ -187,20 +206,21 @@ inline bool meets_workspace(byte_range r, const void* workspace, const workspace
 }
 
 /// The logits and (when given) the gradient of N > 0 rows against the workspace.
-inline bool tokens_meet_workspace(const token_inputs& x, const void* grad, int64_t grad_ld_arg,
-                                  bool grad_float32, const void* workspace,
+inline bool tokens_meet_workspace(const logits_source& z, const vocab_rows& x,
+                                  const logits_gradient& d, const void* workspace,
                                   const workspace_layout& w) noexcept {
   if (x.n_rows == 0) return false;
-  const int in_bytes = dtype_bytes(x.logits_dtype);
-  if (meets_workspace(used_bytes(x.logits, x.n_rows, x.ld, x.vocab, in_bytes), workspace, w))
+  const int in_bytes = dtype_bytes(z.logits_dtype);
+  if (meets_workspace(used_bytes(z.logits, x.n_rows, z.ld, x.vocab, in_bytes), workspace, w))
     return true;
-  if (grad == nullptr) return false;
-  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
-  return meets_workspace(used_bytes(grad, x.n_rows, grad_ld, x.vocab, grad_float32 ? 4 : in_bytes),
-                         workspace, w);
+  if (d.grad_logits == nullptr) return false;
+  const int64_t grad_ld = d.grad_ld == 0 ? z.ld : d.grad_ld;
+  return meets_workspace(
+      used_bytes(d.grad_logits, x.n_rows, grad_ld, x.vocab, d.grad_float32 ? 4 : in_bytes),
+      workspace, w);
 }
 
-inline workspace_layout layout_for(const token_inputs& x, int64_t n_pairs, bool train) noexcept {
+inline workspace_layout layout_for(const scored_logits& x, int64_t n_pairs, bool train) noexcept {
   return make_layout(x.n_rows, x.vocab, dtype_bytes(x.logits_dtype), x.n_seqs, n_pairs, train);
 }
 
@@ -216,13 +236,12 @@ inline status sequence_logps(void* workspace, size_t& workspace_bytes, const log
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
-  if (detail::tokens_meet_workspace(args.tokens, nullptr, 0, false, workspace, w))
+  if (detail::tokens_meet_workspace(args.tokens, args.tokens, logits_gradient{}, workspace, w))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
-  s = detail::enqueue_forward(args.tokens, opt, w, ws, nullptr, args.seq_logps, args.seq_counts,
-                              stream);
+  s = detail::enqueue_forward(args.tokens, opt, w, ws, nullptr, args, stream);
   if (s != status::success) return s;
-  return detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
+  return detail::copy_rows(ws, args.tokens.n_rows, args, stream);
 }
 
 namespace detail {
@@ -238,14 +257,12 @@ inline status train_step_with(void* workspace, size_t& workspace_bytes, const tr
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
-  if (detail::tokens_meet_workspace(args.tokens, args.grad_logits, args.grad_ld,
-                                    args.grad_float32, workspace, w))
+  if (detail::tokens_meet_workspace(args.tokens, args.tokens, args, workspace, w))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
-  s = detail::enqueue_forward(args.tokens, opt, w, ws, args.ref_logps, args.seq_logps,
-                              args.seq_counts, stream);
+  s = detail::enqueue_forward(args.tokens, opt, w, ws, args.ref_logps, args, stream);
   if (s != status::success) return s;
-  s = detail::copy_rows(ws, args.tokens.n_rows, args.lse, args.token_logps, stream);
+  s = detail::copy_rows(ws, args.tokens.n_rows, args, stream);
   if (s != status::success) return s;
   return detail::enqueue_train_tail(args, opt, w, ws, margin_for, stream);
 }
@@ -267,7 +284,9 @@ inline status train_step(void* workspace, size_t& workspace_bytes, const train_a
 
 inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_args& args,
                           const options& opt, cudaStream_t stream) noexcept {
-  status s = detail::check_grad(args, opt, workspace != nullptr);
+  // Reads opt.ignore_index alone (any value is valid): the loss, reduction
+  // and the rest of opt are neither read nor validated.
+  status s = detail::check_grad(args, workspace != nullptr);
   if (s != status::success) return s;
   const token_inputs& x = args.tokens;
   const detail::workspace_layout w =
@@ -278,18 +297,16 @@ inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_a
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
   // logits_grad reads lse and g_s while rows_kernel writes the workspace.
-  if (detail::tokens_meet_workspace(x, args.grad_logits, args.grad_ld, args.grad_float32,
-                                    workspace, w) ||
+  if (detail::tokens_meet_workspace(x, x, args, workspace, w) ||
       (x.n_rows > 0 &&
        detail::meets_workspace(detail::used_bytes(args.lse, x.n_rows, 1, 1, 4), workspace, w)) ||
       (x.n_seqs > 0 && detail::meets_workspace(
                            detail::used_bytes(args.grad_seq_logps, x.n_seqs, 1, 1, 4), workspace, w)))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
-  s = detail::enqueue_rows(x, opt, ws, stream);
+  s = detail::enqueue_rows(x, x, opt.ignore_index, ws, stream);
   if (s != status::success || x.n_rows == 0) return s;
-  return detail::enqueue_backward(x, w, ws, args.grad_seq_logps, args.lse, args.grad_logits,
-                                  args.grad_ld, args.grad_float32, stream);
+  return detail::enqueue_backward(x, w, ws, args.grad_seq_logps, args.lse, args, stream);
 }
 
 inline status device_status(const void* workspace, cudaStream_t stream, status* result) noexcept {

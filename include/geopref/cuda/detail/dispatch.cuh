@@ -124,15 +124,15 @@ inline workspace_view carve(void* workspace, const workspace_layout& w) {
 
 /// Resets the flag, then offsets → rows: the canonical offsets, the label
 /// column and the sequence of every row (forward and logits_grad).
-inline status enqueue_rows(const token_inputs& x, const options& opt, const workspace_view& ws,
-                           cudaStream_t stream) {
+inline status enqueue_rows(const vocab_rows& x, const sequences& q, int64_t ignore_index,
+                           const workspace_view& ws, cudaStream_t stream) {
   if (cudaMemsetAsync(ws.flag, 0x7f, sizeof(int), stream) != cudaSuccess) return status::cuda_error;
-  const int64_t n = x.n_rows, s = x.n_seqs;
+  const int64_t n = x.n_rows, s = q.n_seqs;
   if (s > 0) {
-    const status st = visit_index(x.offset_type, [&](auto tag) {
+    const status st = visit_index(q.offset_type, [&](auto tag) {
       using O = typename decltype(tag)::type;
       launch(offsets_kernel<O, BLOCK>, grid_1d(s + 1), BLOCK, stream,
-             static_cast<const O*>(x.offsets), s, n, ws.offsets, ws.flag);
+             static_cast<const O*>(q.offsets), s, n, ws.offsets, ws.flag);
       return last_launch();
     });
     if (st != status::success) return st;
@@ -141,7 +141,7 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
     return visit_index(x.label_type, [&](auto tag) {
       using L = typename decltype(tag)::type;
       launch(rows_kernel<L, BLOCK>, grid_1d(n), BLOCK, stream, static_cast<const L*>(x.labels), n,
-             x.vocab, opt.ignore_index, ws.offsets, s, ws.cols, ws.row_seq, ws.flag);
+             x.vocab, ignore_index, ws.offsets, s, ws.cols, ws.row_seq, ws.flag);
       return last_launch();
     });
   }
@@ -151,15 +151,16 @@ inline status enqueue_rows(const token_inputs& x, const options& opt, const work
 /// The per-sequence sums L_s, n_s from the per-row ℓ_t in the workspace
 /// (and the caller's copies); validates `ref_logps` (train_step). Also the
 /// fused-linear path's step after its chunks.
-inline status enqueue_sequences(const token_inputs& x, const options& opt,
+inline status enqueue_sequences(const vocab_rows& x, const sequences& q,
+                                const token_weighting& tw, const options& opt,
                                 const workspace_view& ws, const float* ref_logps, float* out_seq,
                                 int64_t* out_counts, cudaStream_t stream) {
-  const int64_t n = x.n_rows, s = x.n_seqs;
+  const int64_t n = x.n_rows, s = q.n_seqs;
   if (s > 0) {
     constexpr int64_t MAX_SEQ_BLOCKS = 65535;
     const auto blocks = static_cast<unsigned>(s < MAX_SEQ_BLOCKS ? s : MAX_SEQ_BLOCKS);
     launch(sequence_kernel<BLOCK>, blocks, BLOCK, stream, ws.offsets, s, n, ws.token_logp, ws.cols,
-           x.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
+           tw.token_weights, uses_average_logps(opt), ref_logps, ws.seq_logp, ws.seq_count, out_seq,
            out_counts, ws.flag, static_cast<const int64_t*>(nullptr), int64_t{0});
     if (last_launch() != status::success) return status::cuda_error;
   }
@@ -168,11 +169,11 @@ inline status enqueue_sequences(const token_inputs& x, const options& opt,
 
 /// Forward pass up to the per-sequence log-probs: enqueue_rows, then
 /// forward (→ combine) → sequence. `ref_logps` is only validated here
-/// (train_step).
+/// (train_step). Writes out's seq_logps and seq_counts (when non-null).
 inline status enqueue_forward(const token_inputs& x, const options& opt, const workspace_layout& w,
-                              const workspace_view& ws, const float* ref_logps, float* out_seq,
-                              int64_t* out_counts, cudaStream_t stream) {
-  status st = enqueue_rows(x, opt, ws, stream);
+                              const workspace_view& ws, const float* ref_logps,
+                              const logps_outputs& out, cudaStream_t stream) {
+  status st = enqueue_rows(x, x, opt.ignore_index, ws, stream);
   if (st != status::success) return st;
   const int64_t n = x.n_rows;
   if (n > 0) {
@@ -193,12 +194,14 @@ inline status enqueue_forward(const token_inputs& x, const options& opt, const w
       if (last_launch() != status::success) return status::cuda_error;
     }
   }
-  return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
+  return enqueue_sequences(x, x, x, opt, ws, ref_logps, out.seq_logps, out.seq_counts, stream);
 }
 
 /// Copies the optional per-row outputs out of the workspace.
-inline status copy_rows(const workspace_view& ws, int64_t n, float* lse, float* token_logps,
+inline status copy_rows(const workspace_view& ws, int64_t n, const row_outputs& out,
                         cudaStream_t stream) {
+  float* const lse = out.lse;
+  float* const token_logps = out.token_logps;
   const size_t bytes = static_cast<size_t>(n) * sizeof(float);
   if (n > 0 && lse != nullptr &&
       cudaMemcpyAsync(lse, ws.lse, bytes, cudaMemcpyDeviceToDevice, stream) != cudaSuccess)
@@ -257,42 +260,35 @@ inline status enqueue_row_backward(const void* logits, dtype logits_dtype, int64
 /// rows converted by enqueue_rows, g_s [S] and lse [N].
 inline status enqueue_backward(const token_inputs& x, const workspace_layout& w,
                                const workspace_view& ws, const float* seq_grad, const float* lse,
-                               void* grad_logits, int64_t grad_ld_arg, bool grad_float32,
-                               cudaStream_t stream) {
-  const int64_t grad_ld = grad_ld_arg == 0 ? x.ld : grad_ld_arg;
+                               const logits_gradient& d, cudaStream_t stream) {
+  const int64_t grad_ld = d.grad_ld == 0 ? x.ld : d.grad_ld;
   launch(row_coef_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, ws.row_seq, seq_grad,
          x.token_weights, x.n_rows, ws.row_coef, ws.flag);
   if (last_launch() != status::success) return status::cuda_error;
   return enqueue_row_backward(x.logits, x.logits_dtype, x.n_rows, x.vocab, x.ld,
                               x.logit_transform, w.splits,
-                              ws.cols, ws.row_coef, lse, grad_logits, grad_ld, grad_float32,
+                              ws.cols, ws.row_coef, lse, d.grad_logits, grad_ld, d.grad_float32,
                               stream);
 }
 
-/// pair_kernel's parameters for train_step's inputs and workspace (every
-/// pair; fused linear's one pass narrows them to a chunk's).
-inline pair_params make_pair_params(const train_args& a, const options& opt,
-                                    const workspace_view& ws) {
+/// pair_kernel's parameters for a step's pairs, outputs and workspace over
+/// S sequences (every pair; fused linear's one pass narrows them to a chunk's).
+inline pair_params make_pair_params(const pair_set& a, const train_outputs& out,
+                                    int64_t n_seqs, const options& opt, const workspace_view& ws) {
   const int64_t P = a.n_pairs;
   pair_params p;
-  p.n_pairs = P;
-  p.n_seqs = a.tokens.n_seqs;
-  p.pairs = a.pairs;
-  p.soft_labels = a.soft_labels;
-  p.ref_logps = a.ref_logps;
-  p.weights = a.weights;
-  p.grad_output = a.grad_output;
+  static_cast<pair_set&>(p) = a;
+  p.n_seqs = n_seqs;
   p.seq_sum = ws.seq_logp;
   p.seq_count = ws.seq_count;
   p.config = opt.loss;
   p.average_logps = opt.average_logps;
   p.shown_average = uses_average_logps(opt);
   p.divisor = reduction_divisor(opt, P);
-  p.grad_loss = a.grad_loss;
   p.per_pair = opt.reduce == reduction::none;
-  p.loss_out = a.loss;
-  p.stats = a.stats;
-  p.sums = a.stat_sums;
+  p.loss_out = out.loss;
+  p.stats = out.stats;
+  p.sums = out.stat_sums;
   p.nll_tokens = opt.nll_tokens;
   p.nll_weight = opt.nll_weight;
   p.coef = ws.pair_coef;
@@ -313,6 +309,24 @@ inline pair_params make_pair_params(const train_args& a, const options& opt,
   return p;
 }
 
+/// The pair step: pair loss and metrics (pair_kernel), then g_s (written
+/// to out.grad_seq_logps when non-null) when asked for or when a backward
+/// follows. Shared by train_step and the fused-linear and vocab-parallel steps.
+template <class MarginFor>
+inline status enqueue_pair_step(const pair_set& a, const train_outputs& out, int64_t n_seqs,
+                                bool backward, const options& opt, const workspace_view& ws,
+                                const MarginFor& margin_for, cudaStream_t stream) {
+  const pair_params p = make_pair_params(a, out, n_seqs, opt, ws);
+  launch(pair_kernel<BLOCK, MarginFor>, 1, BLOCK, stream, p, margin_for);
+  if (last_launch() != status::success) return status::cuda_error;
+  if (n_seqs > 0 && (backward || out.grad_seq_logps != nullptr)) {
+    launch(seq_grad_kernel<BLOCK>, grid_1d(n_seqs), BLOCK, stream, a.pairs, a.n_pairs, n_seqs,
+           ws.pair_coef, ws.seq_grad, out.grad_seq_logps);
+    if (last_launch() != status::success) return status::cuda_error;
+  }
+  return status::success;
+}
+
 /// Pair loss, metrics, per-sequence gradients and the backward pass, with
 /// the margin functors `margin_for(t)` (builtin_margin, or a caller's loss).
 template <class MarginFor>
@@ -320,20 +334,10 @@ inline status enqueue_train_tail(const train_args& a, const options& opt,
                                  const workspace_layout& w, const workspace_view& ws,
                                  const MarginFor& margin_for, cudaStream_t stream) {
   const token_inputs& x = a.tokens;
-  const int64_t P = a.n_pairs;
-  const pair_params p = make_pair_params(a, opt, ws);
-  launch(pair_kernel<BLOCK, MarginFor>, 1, BLOCK, stream, p, margin_for);
-  if (last_launch() != status::success) return status::cuda_error;
-
   const bool backward = a.grad_logits != nullptr && x.n_rows > 0;
-  if (x.n_seqs > 0 && (backward || a.grad_seq_logps != nullptr)) {
-    launch(seq_grad_kernel<BLOCK>, grid_1d(x.n_seqs), BLOCK, stream, a.pairs, P, x.n_seqs,
-           ws.pair_coef, ws.seq_grad, a.grad_seq_logps);
-    if (last_launch() != status::success) return status::cuda_error;
-  }
-  if (!backward) return status::success;
-  return enqueue_backward(x, w, ws, ws.seq_grad, ws.lse, a.grad_logits, a.grad_ld, a.grad_float32,
-                          stream);
+  const status st = enqueue_pair_step(a, a, x.n_seqs, backward, opt, ws, margin_for, stream);
+  if (st != status::success || !backward) return st;
+  return enqueue_backward(x, w, ws, ws.seq_grad, ws.lse, a, stream);
 }
 
 }  // namespace geopref::cuda::detail

@@ -85,7 +85,7 @@ inline int64_t budget_rows(size_t chunk_bytes, int64_t ldc, int elem) {
 /// the slice's label columns (geopref/cuda/detail/vocab_linear.cuh).
 /// plan: fused_linear_step's room for the one-pass plan (reserved whether or
 /// not that path runs, so the size never depends on the path).
-inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs, bool train,
+inline linear_layout make_linear_layout(const scored_linear& in, int64_t n_pairs, bool train,
                                         int min_splits = 1, bool slice_cols = false,
                                         bool plan = false) {
   linear_layout l;
@@ -117,28 +117,10 @@ inline linear_layout make_linear_layout(const linear_inputs& in, int64_t n_pairs
   return l;
 }
 
-/// The token rows of the chunk loop as token_inputs (no logits: enqueue_rows
-/// and the sequence step read only labels, offsets and weights).
-inline token_inputs rows_of(const linear_inputs& in) {
-  token_inputs x;
-  x.logits_dtype = in.type;
-  x.n_rows = in.n_rows;
-  x.vocab = in.vocab;
-  x.ld = in.vocab;
-  x.logit_transform = in.logit_transform;
-  x.labels = in.labels;
-  x.label_type = in.label_type;
-  x.offsets = in.offsets;
-  x.offset_type = in.offset_type;
-  x.n_seqs = in.n_seqs;
-  x.token_weights = in.token_weights;
-  return x;
-}
-
 // ---------------------------------------------------------------------------
 // Checks.
 
-inline status check_linear_shapes(const linear_inputs& in) noexcept {
+inline status check_linear_shapes(const scored_linear& in) noexcept {
   constexpr int64_t I32 = std::numeric_limits<int32_t>::max();
   if (in.n_rows < 0 || in.vocab < 0 || in.hidden_size < 0 || in.n_seqs < 0)
     return status::invalid_shape;
@@ -162,19 +144,26 @@ inline status check_linear_shapes(const linear_inputs& in) noexcept {
   return status::success;
 }
 
-inline status check_linear_buffers(const linear_inputs& in) noexcept {
+/// Every null pointer is reported before any misaligned one; tw non-null:
+/// the token weights' alignment too.
+inline status check_linear_buffers(const scored_linear& in,
+                                   const token_weighting* tw = nullptr) noexcept {
   const int elem = dtype_bytes(in.type);
   if (in.n_rows > 0 && (in.hidden == nullptr || in.weight == nullptr || in.labels == nullptr))
     return status::null_pointer;
   if (in.n_seqs > 0 && in.offsets == nullptr) return status::null_pointer;
   if (!aligned(in.hidden, elem) || !aligned(in.weight, elem) || !aligned(in.bias, elem) ||
       !aligned(in.labels, index_bytes(in.label_type)) ||
-      !aligned(in.offsets, index_bytes(in.offset_type)) || !aligned(in.token_weights, 4))
+      !aligned(in.offsets, index_bytes(in.offset_type)) ||
+      (tw != nullptr && !aligned(tw->token_weights, 4)))
     return status::misaligned_pointer;
   return status::success;
 }
+inline status check_linear_buffers(const linear_inputs& in) noexcept {
+  return check_linear_buffers(in, &in);
+}
 
-inline status check_linear_train(const linear_train_args& a, const options& opt,
+inline status check_linear_train(const linear_step_args& a, const options& opt,
                                  bool buffers) noexcept {
   const linear_inputs& in = a.in;
   status s = validate(opt);
@@ -247,8 +236,8 @@ inline status check_linear_logps(const linear_logps_args& a, const options& opt,
 
 /// Inputs and gradients against the workspace (the chunk and bookkeeping
 /// are written while they are read or written).
-inline bool linear_meets_workspace(const linear_inputs& in, const void* workspace,
-                                   const workspace_layout& w, const linear_train_args* a) {
+inline bool linear_meets_workspace(const scored_linear& in, const void* workspace,
+                                   const workspace_layout& w, const linear_gradients* a) {
   const int elem = dtype_bytes(in.type);
   const int64_t Hd = in.hidden_size;
   if (in.n_rows == 0 || Hd == 0 || in.vocab == 0) return false;
@@ -337,7 +326,7 @@ inline status gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
 
 /// The chunk's logits: Z_c [rows, ldc] = H_c [rows, Hd] · Wᵀ (+ b).
 template <class T>
-inline status chunk_logits(cublasHandle_t h, const linear_inputs& in, int64_t r0, int64_t rows,
+inline status chunk_logits(cublasHandle_t h, const scored_linear& in, int64_t r0, int64_t rows,
                            int64_t ldc, T* chunk, cudaStream_t stream) {
   const int elem = static_cast<int>(sizeof(T));
   const int64_t ldh = linear_ld(in.ld_hidden, in.hidden_size);
@@ -374,7 +363,7 @@ inline status for_each_chunk(int64_t n_rows, int64_t chunk_rows, F&& f) {
 /// columns `cols` [N] (→ lse, ℓ_t of the chunk's rows, or with splits > 1
 /// the per-split partials and split 0's label logit in ws.token_logp).
 template <class T>
-inline status chunk_forward(cublasHandle_t h, const linear_inputs& in, const linear_layout& l,
+inline status chunk_forward(cublasHandle_t h, const scored_linear& in, const linear_layout& l,
                             int64_t r0, int64_t rows, const int32_t* cols, const workspace_view& ws,
                             lse_state* partials, T* chunk, cudaStream_t stream) {
   const status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
@@ -394,8 +383,7 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
                              const linear_layout& l, const workspace_view& ws,
                              lse_state* partials, T* chunk, const float* ref_logps,
                              float* out_seq, int64_t* out_counts, cudaStream_t stream) {
-  const token_inputs x = rows_of(in);
-  status st = enqueue_rows(x, opt, ws, stream);
+  status st = enqueue_rows(in, in, opt.ignore_index, ws, stream);
   if (st != status::success) return st;
   const int k = l.base.splits;
   st = for_each_chunk(in.n_rows, l.chunk_rows, [&](int64_t r0, int64_t rows) {
@@ -405,7 +393,7 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
                            stream);
   });
   if (st != status::success) return st;
-  return enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
+  return enqueue_sequences(in, in, in, opt, ws, ref_logps, out_seq, out_counts, stream);
 }
 
 /// The per-token primitive from hidden states (docs/math.md §7, "The
@@ -420,7 +408,7 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
 /// ws.seq_grad; or, with row_coef_ready (linear_token_logps_grad), the
 /// per-token g_t is already in ws.row_coef.
 template <class T>
-inline status linear_backward(cublasHandle_t h, const linear_train_args& a,
+inline status linear_backward(cublasHandle_t h, const linear_step_args& a,
                               const linear_layout& l, const workspace_view& ws, T* chunk,
                               cudaStream_t stream, bool row_coef_ready = false) {
   const linear_inputs& in = a.in;
@@ -494,8 +482,8 @@ inline workspace_view carve_linear(void* workspace, const linear_layout& l, lse_
 
 /// The workspace protocol shared by both entries: size query, size and
 /// overlap checks; *layout and the carved pointers on success.
-inline status linear_workspace(void* workspace, size_t& workspace_bytes, const linear_inputs& in,
-                               int64_t n_pairs, bool train, const linear_train_args* a,
+inline status linear_workspace(void* workspace, size_t& workspace_bytes, const scored_linear& in,
+                               int64_t n_pairs, bool train, const linear_gradients* a,
                                linear_layout* l, int min_splits = 1, bool slice_cols = false,
                                bool plan = false) {
   *l = make_linear_layout(in, n_pairs, train, min_splits, slice_cols, plan);
@@ -510,44 +498,19 @@ inline status linear_workspace(void* workspace, size_t& workspace_bytes, const l
   return status::success;
 }
 
-/// train_step's arguments for the pair step (no logits: the backward is
-/// ours).
-inline train_args tail_args_of(const linear_train_args& a) {
-  train_args t;
-  t.tokens = rows_of(a.in);
-  t.n_pairs = a.n_pairs;
-  t.pairs = a.pairs;
-  t.soft_labels = a.soft_labels;
-  t.ref_logps = a.ref_logps;
-  t.weights = a.weights;
-  t.grad_loss = a.grad_loss;
-  t.grad_output = a.grad_output;
-  t.loss = a.loss;
-  t.stats = a.stats;
-  t.stat_sums = a.stat_sums;
-  t.grad_seq_logps = a.grad_seq_logps;
-  return t;
-}
-
 /// After pass 1 (lse, ℓ_t, the sequence sums in ws): the pair step as
 /// train_step runs it (no logits: its backward is ours), g_s, then pass 2.
 /// Shared with the vocab-parallel step, whose ws.cols are the slice's.
 template <class T, class MarginFor>
-inline status linear_pair_and_backward(cublasHandle_t h, const linear_train_args& a,
+inline status linear_pair_and_backward(cublasHandle_t h, const linear_step_args& a,
                                        const options& opt, const linear_layout& l,
                                        const workspace_view& ws, T* chunk,
                                        const MarginFor& margin_for, cudaStream_t stream) {
-  const train_args t = tail_args_of(a);
-  const status st = enqueue_train_tail(t, opt, l.base, ws, margin_for, stream);
-  if (st != status::success) return st;
   const bool backward =
       a.grad_hidden != nullptr || a.grad_weight != nullptr || a.grad_bias != nullptr;
-  if (!backward) return status::success;
-  if (a.grad_seq_logps == nullptr && a.in.n_seqs > 0) {  // the tail wrote g_s only when asked
-    launch(seq_grad_kernel<BLOCK>, grid_1d(a.in.n_seqs), BLOCK, stream, a.pairs, a.n_pairs,
-           a.in.n_seqs, ws.pair_coef, ws.seq_grad, static_cast<float*>(nullptr));
-    if (last_launch() != status::success) return status::cuda_error;
-  }
+  const status st =
+      enqueue_pair_step(a, a, a.in.n_seqs, backward, opt, ws, margin_for, stream);
+  if (st != status::success || !backward) return st;
   return linear_backward<T>(h, a, l, ws, chunk, stream);
 }
 
@@ -618,9 +581,8 @@ inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, cons
                               const plan_view& pv, const MarginFor& margin_for,
                               cudaStream_t stream) {
   const linear_inputs& in = a.in;
-  const token_inputs x = rows_of(in);
   if (has_coupled_term(opt.loss)) return status::internal_error;  // the plan's caller checked
-  status st = enqueue_rows(x, opt, ws, stream);
+  status st = enqueue_rows(in, in, opt.ignore_index, ws, stream);
   if (st != status::success) return st;
   st = enqueue_host_layout(a, ws, pv, stream);
   if (st != status::success) return st;
@@ -649,7 +611,7 @@ inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, cons
                         static_cast<size_t>(N - plan.rows_end), stream) != cudaSuccess)
     return status::cuda_error;
 
-  pair_params pp = make_pair_params(tail_args_of(a), opt, ws);
+  pair_params pp = make_pair_params(a, a, in.n_seqs, opt, ws);
   pp.loss_out = nullptr;  // the chunk's pair step writes coefficients only
   pp.stats = nullptr;
   pp.sums = nullptr;
@@ -723,11 +685,12 @@ inline status linear_one_pass(cublasHandle_t h, const linear_train_args& a, cons
     }
   }
   // Everything the two-pass path reports, from the same per-row values.
-  st = enqueue_sequences(x, opt, ws, a.ref_logps, a.seq_logps, a.seq_counts, stream);
+  st = enqueue_sequences(in, in, in, opt, ws, a.ref_logps, a.seq_logps, a.seq_counts, stream);
   if (st != status::success) return st;
-  st = copy_rows(ws, N, a.lse, a.token_logps, stream);
+  st = copy_rows(ws, N, a, stream);
   if (st != status::success) return st;
-  return enqueue_train_tail(tail_args_of(a), opt, l.base, ws, margin_for, stream);
+  // No logits gradient: g_s is written when asked for, the backward is done.
+  return enqueue_pair_step(a, a, in.n_seqs, false, opt, ws, margin_for, stream);
 }
 
 /// The one-pass plan for these arguments, when that path applies (the host
@@ -771,7 +734,7 @@ inline status fused_linear_step_with(void* workspace, size_t& workspace_bytes,
       st = enqueue_host_layout(a, ws, pv, stream);
       if (st != status::success) return st;
     }
-    st = copy_rows(ws, a.in.n_rows, a.lse, a.token_logps, stream);
+    st = copy_rows(ws, a.in.n_rows, a, stream);
     if (st != status::success) return st;
     return linear_pair_and_backward<T>(blas.get(), a, opt, l, ws, static_cast<T*>(chunk),
                                        margin_for, stream);
@@ -803,7 +766,7 @@ inline status fused_linear_logps(void* workspace, size_t& workspace_bytes,
                                           static_cast<T*>(chunk), nullptr, args.seq_logps,
                                           args.seq_counts, stream);
     if (st != status::success) return st;
-    return detail::copy_rows(ws, args.in.n_rows, args.lse, args.token_logps, stream);
+    return detail::copy_rows(ws, args.in.n_rows, args, stream);
   });
 }
 

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "geopref/cuda/args.cuh"
 #include "geopref/cuda/detail/arith.cuh"
 #include "geopref/cuda/detail/device.cuh"
 #include "geopref/losses.hpp"
@@ -256,17 +257,14 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 /// Everything pair_kernel reads and writes. The per-pair scratch arrays are
 /// workspace; coef is [P, 2]: ∂Loss/∂L_{a_i} and ∂Loss/∂L_{b_i} of the
 /// *summed* log-probs (1/n_s already applied for averaged forms).
-struct pair_params {
-  int64_t n_pairs, n_seqs;
-  const int64_t* pairs;  // [P, 2] or null (a_i = i, b_i = P + i)
-  const float* soft_labels, *ref_logps, *weights, *grad_output;
+struct pair_params : pair_set {  // the step's pairs block as given (geopref/cuda/args.cuh)
+  int64_t n_seqs;
   const double* seq_sum;     // [S] L_s, token-weighted sums
   const int64_t* seq_count;  // [S] n_s
   loss_config config;        // the terms, transform, geometric flag, parameters
   bool average_logps;        // options::average_logps
   bool shown_average;        // uses_average_logps(options): the metrics' form
   double divisor;     // reduction_divisor(options, P)
-  double grad_loss;   // host upstream gradient
   bool per_pair;      // reduction::none
   float* loss_out;    // [1] or [P], optional
   metrics* stats;     // optional

@@ -22,53 +22,14 @@
 namespace geopref::cuda {
 namespace detail {
 
-/// The rows as fused_linear's inputs without sequences, so that its shape,
-/// buffer, workspace and overlap checks apply unchanged.
-inline linear_inputs as_linear(const linear_token_rows& r) noexcept {
+/// The rows as fused_linear's inputs: the same two blocks (linear_source,
+/// vocab_rows), no sequences and no token weights, so that its shape,
+/// buffer, workspace and overlap checks and its chunk loop apply unchanged.
+inline linear_inputs unsequenced(const linear_token_rows& r) noexcept {
   linear_inputs in;
-  in.hidden = r.hidden;
-  in.ld_hidden = r.ld_hidden;
-  in.weight = r.weight;
-  in.ld_weight = r.ld_weight;
-  in.bias = r.bias;
-  in.type = r.type;
-  in.n_rows = r.n_rows;
-  in.hidden_size = r.hidden_size;
-  in.vocab = r.vocab;
-  in.logit_transform = r.logit_transform;
-  in.labels = r.labels;
-  in.label_type = r.label_type;
-  in.chunk_bytes = r.chunk_bytes;
-  in.cublas = r.cublas;
+  static_cast<linear_source&>(in) = r;
+  static_cast<vocab_rows&>(in) = r;
   return in;
-}
-
-/// The rows as token_logps' (no logits: token_rows_kernel reads the labels only).
-inline token_rows as_token_rows(const linear_token_rows& r) noexcept {
-  token_rows t;
-  t.logits_dtype = r.type;
-  t.n_rows = r.n_rows;
-  t.vocab = r.vocab;
-  t.ld = r.vocab;
-  t.labels = r.labels;
-  t.label_type = r.label_type;
-  t.ignore_index = r.ignore_index;
-  return t;
-}
-
-/// The gradients as a linear_train_args (no pairs), for check_linear_train
-/// and linear_backward.
-inline linear_train_args as_linear_train(const linear_token_grad_args& a) noexcept {
-  linear_train_args t;
-  t.in = as_linear(a.rows);
-  t.grad_hidden = a.grad_hidden;
-  t.ld_grad_hidden = a.ld_grad_hidden;
-  t.grad_weight = a.grad_weight;
-  t.ld_grad_weight = a.ld_grad_weight;
-  t.grad_weight_float32 = a.grad_weight_float32;
-  t.grad_bias = a.grad_bias;
-  t.accumulate = a.accumulate;
-  return t;
 }
 
 /// The [N] float arrays `rows` against the inputs H, W, b (read by every
@@ -94,7 +55,7 @@ inline bool token_rows_meet(const linear_inputs& in, const byte_range* rows, int
 }
 
 inline status check_linear_token_logps(const linear_token_logps_args& a, bool buffers) noexcept {
-  const linear_inputs in = as_linear(a.rows);
+  const linear_inputs in = unsequenced(a.rows);
   status s = check_linear_shapes(in);
   if (s != status::success || !buffers) return s;
   s = check_linear_buffers(in);
@@ -110,8 +71,10 @@ inline status check_linear_token_logps(const linear_token_logps_args& a, bool bu
 }
 
 inline status check_linear_token_grad(const linear_token_grad_args& a, bool buffers) noexcept {
-  const linear_train_args t = as_linear_train(a);
-  status s = check_linear_train(t, options{}, buffers);  // shapes, strides, gradients
+  linear_step_args t;  // no pairs: check_linear_train checks shapes, strides, gradients
+  t.in = unsequenced(a.rows);
+  static_cast<linear_gradients&>(t) = a;
+  status s = check_linear_train(t, options{}, buffers);
   if (s != status::success || !buffers) return s;
   const linear_inputs& in = t.in;
   const int64_t n = in.n_rows, Hd = in.hidden_size;
@@ -184,7 +147,7 @@ inline status linear_token_logps(void* workspace, size_t& workspace_bytes,
                                  cudaStream_t stream) noexcept {
   status s = detail::check_linear_token_logps(args, workspace != nullptr);
   if (s != status::success) return s;
-  const linear_inputs in = detail::as_linear(args.rows);
+  const linear_inputs in = detail::unsequenced(args.rows);
   detail::linear_layout l;
   s = detail::linear_workspace(workspace, workspace_bytes, in, 0, false, nullptr, &l);
   if (s != status::success || workspace == nullptr) return s;
@@ -196,7 +159,7 @@ inline status linear_token_logps(void* workspace, size_t& workspace_bytes,
   detail::lse_state* partials = nullptr;
   void* chunk = nullptr;
   const detail::workspace_view ws = detail::carve_linear(workspace, l, &partials, &chunk);
-  s = detail::enqueue_token_rows(detail::as_token_rows(args.rows), ws, nullptr, stream);
+  s = detail::enqueue_token_rows(args.rows, args.rows.ignore_index, ws, nullptr, stream);
   if (s != status::success || in.n_rows == 0) return s;
   detail::blas_scope blas;
   s = blas.open(in.cublas, stream);
@@ -214,7 +177,9 @@ inline status linear_token_logps_grad(void* workspace, size_t& workspace_bytes,
                                       cudaStream_t stream) noexcept {
   status s = detail::check_linear_token_grad(args, workspace != nullptr);
   if (s != status::success) return s;
-  const linear_train_args t = detail::as_linear_train(args);
+  linear_step_args t;  // the per-token backward is pass 2 without pairs
+  t.in = detail::unsequenced(args.rows);
+  static_cast<linear_gradients&>(t) = args;
   detail::linear_layout l;
   // train: the layout's row_coef [N] holds the checked g_t.
   s = detail::linear_workspace(workspace, workspace_bytes, t.in, 0, true, &t, &l);
@@ -228,7 +193,7 @@ inline status linear_token_logps_grad(void* workspace, size_t& workspace_bytes,
   void* chunk = nullptr;
   detail::workspace_view ws = detail::carve_linear(workspace, l, &partials, &chunk);
   // Label columns, and g_t checked into ws.row_coef (0 for unscored rows).
-  s = detail::enqueue_token_rows(detail::as_token_rows(args.rows), ws, args.grad_token_logps,
+  s = detail::enqueue_token_rows(args.rows, args.rows.ignore_index, ws, args.grad_token_logps,
                                  stream);
   if (s != status::success) return s;
   // backward_kernel reads lse through the view; the caller's is only read.

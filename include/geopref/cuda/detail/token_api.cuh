@@ -19,21 +19,6 @@
 namespace geopref::cuda {
 namespace detail {
 
-/// The rows as the sequence API's token_inputs without sequences, so that
-/// its shape, buffer and gradient checks apply unchanged.
-inline token_inputs as_tokens(const token_rows& r) noexcept {
-  token_inputs x;
-  x.logits = r.logits;
-  x.logits_dtype = r.logits_dtype;
-  x.n_rows = r.n_rows;
-  x.vocab = r.vocab;
-  x.ld = r.ld;
-  x.logit_transform = r.logit_transform;
-  x.labels = r.labels;
-  x.label_type = r.label_type;
-  return x;
-}
-
 /// [N] float arrays: their bytes (empty for a null pointer).
 inline byte_range row_bytes(const void* p, int64_t n) noexcept {
   if (p == nullptr || n == 0) return {0, 0};
@@ -41,10 +26,11 @@ inline byte_range row_bytes(const void* p, int64_t n) noexcept {
 }
 
 inline status check_token_logps(const token_logps_args& a, bool buffers) noexcept {
-  const token_inputs x = as_tokens(a.rows);
-  status s = check_shapes(x);
+  // The sequence entries' checks, over the rows' blocks (no sequences).
+  const token_rows& x = a.rows;
+  status s = check_shapes(x, x);
   if (s != status::success || !buffers) return s;
-  s = check_buffers(x);
+  s = check_buffers(x, x);
   if (s != status::success) return s;
   const int64_t n = x.n_rows;
   if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
@@ -65,12 +51,12 @@ inline status check_token_logps(const token_logps_args& a, bool buffers) noexcep
 }
 
 inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept {
-  const token_inputs x = as_tokens(a.rows);
-  status s = check_shapes(x);
+  const token_rows& x = a.rows;
+  status s = check_shapes(x, x);
   if (s != status::success) return s;
-  s = check_grad_stride(x, a.grad_ld);
+  s = check_grad_stride(x, x, a.grad_ld);
   if (s != status::success || !buffers) return s;
-  s = check_buffers(x);
+  s = check_buffers(x, x);
   if (s != status::success) return s;
   const int64_t n = x.n_rows;
   if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr || a.grad_logits == nullptr))
@@ -78,7 +64,7 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
   if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4)) return status::misaligned_pointer;
   if (n == 0) return status::success;
   byte_range g{};
-  s = check_grad_buffer(x, a.grad_logits, a.grad_ld, a.grad_float32, &g);
+  s = check_grad_buffer(x, x, a, &g);
   if (s != status::success) return s;
   // backward_kernel reads lse while other blocks write the gradient.
   if (ranges_meet(row_bytes(a.lse, n), g) || ranges_meet(row_bytes(a.grad_token_logps, n), g))
@@ -86,14 +72,17 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
   return status::success;
 }
 
-inline status enqueue_token_rows(const token_rows& r, const workspace_view& ws,
-                                 const float* grad_in, cudaStream_t stream) {
+/// The rows' label columns (and, grad_in non-null, g_t checked into
+/// ws.row_coef); shared with the hidden-state primitive.
+inline status enqueue_token_rows(const vocab_rows& r, int64_t ignore_index,
+                                 const workspace_view& ws, const float* grad_in,
+                                 cudaStream_t stream) {
   if (cudaMemsetAsync(ws.flag, 0x7f, sizeof(int), stream) != cudaSuccess) return status::cuda_error;
   if (r.n_rows == 0) return status::success;
   return visit_index(r.label_type, [&](auto tag) {
     using L = typename decltype(tag)::type;
     launch(token_rows_kernel<L, BLOCK>, grid_1d(r.n_rows), BLOCK, stream,
-           static_cast<const L*>(r.labels), r.n_rows, r.vocab, r.ignore_index, grad_in, ws.cols,
+           static_cast<const L*>(r.labels), r.n_rows, r.vocab, ignore_index, grad_in, ws.cols,
            ws.row_coef, ws.flag);
     return last_launch();
   });
@@ -113,8 +102,8 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
-  const token_inputs x = detail::as_tokens(r);
-  if (detail::tokens_meet_workspace(x, nullptr, 0, false, workspace, w)) return status::overlapping_buffers;
+  if (detail::tokens_meet_workspace(r, r, logits_gradient{}, workspace, w))
+    return status::overlapping_buffers;
   for (const float* p : {static_cast<const float*>(args.token_logps),
                          static_cast<const float*>(args.lse),
                          static_cast<const float*>(args.entropy)})
@@ -122,7 +111,7 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
         detail::meets_workspace(detail::row_bytes(p, r.n_rows), workspace, w))
       return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
-  s = detail::enqueue_token_rows(r, ws, nullptr, stream);
+  s = detail::enqueue_token_rows(r, r.ignore_index, ws, nullptr, stream);
   if (s != status::success || r.n_rows == 0) return s;
   float* lse = args.lse != nullptr ? args.lse : ws.lse;
   return detail::visit_dtype(r.logits_dtype, [&](auto tag) {
@@ -154,16 +143,14 @@ inline status token_logps_grad(void* workspace, size_t& workspace_bytes,
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
-  const token_inputs x = detail::as_tokens(r);
-  if (detail::tokens_meet_workspace(x, args.grad_logits, args.grad_ld, args.grad_float32,
-                                    workspace, w) ||
+  if (detail::tokens_meet_workspace(r, r, args, workspace, w) ||
       (r.n_rows > 0 &&
        (detail::meets_workspace(detail::row_bytes(args.lse, r.n_rows), workspace, w) ||
         detail::meets_workspace(detail::row_bytes(args.grad_token_logps, r.n_rows), workspace,
                                 w))))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
-  s = detail::enqueue_token_rows(r, ws, args.grad_token_logps, stream);
+  s = detail::enqueue_token_rows(r, r.ignore_index, ws, args.grad_token_logps, stream);
   if (s != status::success || r.n_rows == 0) return s;
   const int64_t grad_ld = args.grad_ld == 0 ? r.ld : args.grad_ld;
   return detail::enqueue_row_backward(r.logits, r.logits_dtype, r.n_rows, r.vocab, r.ld,

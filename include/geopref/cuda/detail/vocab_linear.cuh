@@ -44,13 +44,12 @@ inline vocab_linear_view carve_vocab_linear(void* workspace, const linear_layout
 inline status vocab_linear_stats(void* workspace, size_t& workspace_bytes,
                                  const vocab_linear_stats_args& args, const options& opt,
                                  cudaStream_t stream) noexcept {
-  const linear_inputs& in = args.in;
+  const scored_linear& in = args.in;
   status s = validate(opt);
   if (s != status::success) return s;
   s = detail::check_linear_shapes(in);
   if (s != status::success) return s;
-  const token_inputs x = detail::rows_of(in);
-  s = detail::check_slice(x, args.slice);
+  s = detail::check_slice(in, args.slice);
   if (s != status::success) return s;
   detail::linear_layout l;
   // Two splits at least: slice_record_kernel merges the forward's partials.
@@ -67,7 +66,7 @@ inline status vocab_linear_stats(void* workspace, size_t& workspace_bytes,
                               workspace, whole))
     return status::overlapping_buffers;
   const detail::vocab_linear_view v = detail::carve_vocab_linear(workspace, l);
-  s = detail::enqueue_rows(detail::global_rows(x, args.slice), opt, v.ws, stream);
+  s = detail::enqueue_rows(detail::global_rows(in, args.slice), in, opt.ignore_index, v.ws, stream);
   if (s != status::success || in.n_rows == 0) return s;
   // Outside the slice: column 0, which forward_kernel's split 0 reads as the
   // "label" and slice_record_kernel discards.
@@ -98,23 +97,21 @@ template <class MarginFor>
 inline status vocab_linear_step_with(void* workspace, size_t& workspace_bytes,
                                      const vocab_linear_train_args& args, const options& opt,
                                      const MarginFor& margin, cudaStream_t stream) noexcept {
-  const linear_train_args& a = args.train;
+  const linear_step_args& a = args.train;
   const linear_inputs& in = a.in;
   status s = detail::check_linear_train(a, opt, workspace != nullptr);
   if (s != status::success) return s;
-  const token_inputs x = detail::rows_of(in);
-  s = detail::check_slice(x, args.slice);
+  s = detail::check_slice(in, args.slice);
   if (s != status::success) return s;
   detail::linear_layout l;
   s = detail::linear_workspace(workspace, workspace_bytes, in, a.n_pairs, true, &a, &l, 1, true);
   if (s != status::success || workspace == nullptr) return s;
   detail::workspace_layout whole = l.base;
   whole.bytes = l.bytes;
-  s = detail::check_records(x, args.slice, args.records, workspace, whole);
+  s = detail::check_records(in, args, workspace, whole);
   if (s != status::success) return s;
   detail::vocab_linear_view v = detail::carve_vocab_linear(workspace, l);
-  s = detail::enqueue_vocab_combine(x, args.slice, args.records, opt, v.ws, a.ref_logps,
-                                    a.seq_logps, a.seq_counts, a.lse, a.token_logps, stream);
+  s = detail::enqueue_vocab_combine(in, in, in, args, opt, v.ws, a.ref_logps, a, stream);
   if (s != status::success) return s;
   if (in.n_rows > 0) {
     // Pass 2's label columns: the slice's own, or V_r (a column no split

@@ -125,7 +125,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
 // Host side.
 
 /// The slice against the slice's token_inputs (whose vocab is V_r).
-inline status check_slice(const token_inputs& x, const vocab_slice& sl) noexcept {
+inline status check_slice(const vocab_rows& x, const vocab_slice& sl) noexcept {
   if (sl.n_ranks < 1 || sl.rank < 0 || sl.rank >= sl.n_ranks) return status::invalid_vocab_records;
   // The tag 2·rank + 1 must fit an int32.
   if (sl.n_ranks > std::numeric_limits<int32_t>::max() / 2) return status::invalid_vocab_records;
@@ -136,10 +136,9 @@ inline status check_slice(const token_inputs& x, const vocab_slice& sl) noexcept
 }
 
 /// The rows as the whole vocabulary sees them: labels are validated against V.
-inline token_inputs global_rows(const token_inputs& x, const vocab_slice& sl) noexcept {
-  token_inputs g = x;
+inline vocab_rows global_rows(const vocab_rows& x, const vocab_slice& sl) noexcept {
+  vocab_rows g = x;
   g.vocab = sl.total;
-  g.ld = sl.total;
   return g;
 }
 
@@ -153,10 +152,10 @@ struct vocab_layout {
   int splits = 1;       // the local forward's splits (>= 2)
 };
 
-inline vocab_layout make_vocab_layout(const token_inputs& x, int64_t n_pairs, bool train,
-                                      bool stats) noexcept {
+inline vocab_layout make_vocab_layout(const vocab_rows& x, const sequences& q, int elem_bytes,
+                                      int64_t n_pairs, bool train, bool stats) noexcept {
   vocab_layout v;
-  v.base = layout_for(x, n_pairs, train);
+  v.base = make_layout(x.n_rows, x.vocab, elem_bytes, q.n_seqs, n_pairs, train);
   const auto n = static_cast<size_t>(x.n_rows);
   v.slice_cols = v.base.bytes;
   v.base.bytes += align_up(n * sizeof(int32_t), WORKSPACE_ALIGN);
@@ -185,27 +184,28 @@ inline status enqueue_slice_cols(const workspace_view& ws, int64_t n, const voca
 }
 
 /// offsets → rows → combine → sequences: the forward half of the step.
-inline status enqueue_vocab_combine(const token_inputs& x, const vocab_slice& sl,
-                                    const vocab_record* records, const options& opt,
-                                    const workspace_view& ws, const float* ref_logps,
-                                    float* out_seq, int64_t* out_counts, float* out_lse,
-                                    float* out_token_logps, cudaStream_t stream) {
-  status s = enqueue_rows(global_rows(x, sl), opt, ws, stream);
+inline status enqueue_vocab_combine(const vocab_rows& x, const sequences& q,
+                                    const token_weighting& tw, const vocab_shard& sh,
+                                    const options& opt, const workspace_view& ws,
+                                    const float* ref_logps, const logps_outputs& out,
+                                    cudaStream_t stream) {
+  status s = enqueue_rows(global_rows(x, sh.slice), q, opt.ignore_index, ws, stream);
   if (s != status::success) return s;
   if (x.n_rows > 0) {
-    launch(vocab_combine_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, records, sl.n_ranks,
-           x.n_rows, ws.cols, ws.lse, ws.token_logp, ws.flag);
+    launch(vocab_combine_kernel<BLOCK>, grid_1d(x.n_rows), BLOCK, stream, sh.records,
+           sh.slice.n_ranks, x.n_rows, ws.cols, ws.lse, ws.token_logp, ws.flag);
     if (last_launch() != status::success) return status::cuda_error;
   }
-  s = enqueue_sequences(x, opt, ws, ref_logps, out_seq, out_counts, stream);
+  s = enqueue_sequences(x, q, tw, opt, ws, ref_logps, out.seq_logps, out.seq_counts, stream);
   if (s != status::success) return s;
-  return copy_rows(ws, x.n_rows, out_lse, out_token_logps, stream);
+  return copy_rows(ws, x.n_rows, out, stream);
 }
 
 /// The gathered records: present, aligned, clear of the workspace.
-inline status check_records(const token_inputs& x, const vocab_slice& sl,
-                            const vocab_record* records, const void* workspace,
+inline status check_records(const vocab_rows& x, const vocab_shard& sh, const void* workspace,
                             const workspace_layout& w) noexcept {
+  const vocab_slice& sl = sh.slice;
+  const vocab_record* records = sh.records;
   if (x.n_rows == 0) return status::success;
   if (records == nullptr) return status::null_pointer;
   if (!aligned(records, alignof(vocab_record))) return status::misaligned_pointer;
@@ -226,19 +226,17 @@ inline status vocab_train_with(void* workspace, size_t& workspace_bytes, const v
   if (s != status::success) return s;
   s = check_slice(x, args.slice);
   if (s != status::success) return s;
-  const vocab_layout v = make_vocab_layout(x, a.n_pairs, true, false);
+  const vocab_layout v = make_vocab_layout(x, x, dtype_bytes(x.logits_dtype), a.n_pairs, true, false);
   if (workspace == nullptr) {
     workspace_bytes = workspace_request(v.base);
     return status::success;
   }
   if (workspace_bytes < workspace_request(v.base)) return status::workspace_too_small;
-  s = check_records(x, args.slice, args.records, workspace, v.base);
+  s = check_records(x, args, workspace, v.base);
   if (s != status::success) return s;
-  if (tokens_meet_workspace(x, a.grad_logits, a.grad_ld, a.grad_float32, workspace, v.base))
-    return status::overlapping_buffers;
+  if (tokens_meet_workspace(x, x, a, workspace, v.base)) return status::overlapping_buffers;
   workspace_view ws = carve(workspace, v.base);
-  s = enqueue_vocab_combine(x, args.slice, args.records, opt, ws, a.ref_logps, a.seq_logps,
-                            a.seq_counts, a.lse, a.token_logps, stream);
+  s = enqueue_vocab_combine(x, x, x, args, opt, ws, a.ref_logps, a, stream);
   if (s != status::success) return s;
   if (a.grad_logits != nullptr && x.n_rows > 0) {
     // The local backward: the slice's own label column, or none (V_r: a
@@ -257,14 +255,15 @@ inline status vocab_train_with(void* workspace, size_t& workspace_bytes, const v
 inline status vocab_parallel_stats(void* workspace, size_t& workspace_bytes,
                                    const vocab_stats_args& args, const options& opt,
                                    cudaStream_t stream) noexcept {
-  const token_inputs& x = args.tokens;
+  const scored_logits& x = args.tokens;
   status s = validate(opt);
   if (s != status::success) return s;
   s = detail::check_shapes(x);
   if (s != status::success) return s;
   s = detail::check_slice(x, args.slice);
   if (s != status::success) return s;
-  const detail::vocab_layout v = detail::make_vocab_layout(x, 0, false, true);
+  const detail::vocab_layout v =
+      detail::make_vocab_layout(x, x, detail::dtype_bytes(x.logits_dtype), 0, false, true);
   if (workspace == nullptr) {
     workspace_bytes = detail::workspace_request(v.base);
     return status::success;
@@ -274,13 +273,13 @@ inline status vocab_parallel_stats(void* workspace, size_t& workspace_bytes,
   if (x.n_rows > 0 && args.records == nullptr) return status::null_pointer;
   if (!detail::aligned(args.records, alignof(vocab_record))) return status::misaligned_pointer;
   if (workspace_bytes < detail::workspace_request(v.base)) return status::workspace_too_small;
-  if (detail::tokens_meet_workspace(x, nullptr, 0, false, workspace, v.base) ||
+  if (detail::tokens_meet_workspace(x, x, logits_gradient{}, workspace, v.base) ||
       (x.n_rows > 0 &&
        detail::meets_workspace(detail::used_bytes(args.records, x.n_rows, 1, 1, sizeof(vocab_record)),
                                workspace, v.base)))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, v.base);
-  s = detail::enqueue_rows(detail::global_rows(x, args.slice), opt, ws, stream);
+  s = detail::enqueue_rows(detail::global_rows(x, args.slice), x, opt.ignore_index, ws, stream);
   if (s != status::success || x.n_rows == 0) return s;
   int32_t* local = detail::piece<int32_t>(workspace, v.slice_cols);
   // Outside the slice: column 0, which forward_kernel's split 0 reads as the
@@ -325,22 +324,36 @@ inline status vocab_parallel_train_step(void* workspace, size_t& workspace_bytes
 inline status vocab_parallel_logps(void* workspace, size_t& workspace_bytes,
                                    const vocab_logps_args& args, const options& opt,
                                    cudaStream_t stream) noexcept {
-  const logps_args& a = args.logps;
-  status s = detail::check_logps(a, opt, workspace != nullptr);
+  // No logits are read: the rows' own checks (check_shapes' with ld = V_r,
+  // float32), the records' and the outputs'.
+  const sequence_rows& x = args.tokens;
+  status s = validate(opt);
   if (s != status::success) return s;
-  s = detail::check_slice(a.tokens, args.slice);
+  logits_source no_logits;
+  no_logits.ld = x.vocab;
+  s = detail::check_shapes(no_logits, x, x);
   if (s != status::success) return s;
-  const detail::vocab_layout v = detail::make_vocab_layout(a.tokens, 0, false, false);
+  if (workspace != nullptr) {
+    s = detail::check_row_buffers(x, x, &x);
+    if (s != status::success) return s;
+    if (x.n_seqs > 0 && args.seq_logps == nullptr) return status::null_pointer;
+    if (!detail::aligned(args.seq_logps, 4) || !detail::aligned(args.seq_counts, 8) ||
+        !detail::aligned(args.token_logps, 4) || !detail::aligned(args.lse, 4))
+      return status::misaligned_pointer;
+  }
+  s = detail::check_slice(x, args.slice);
+  if (s != status::success) return s;
+  // The workspace size depends on N, V_r and S alone (4-byte rows).
+  const detail::vocab_layout v = detail::make_vocab_layout(x, x, 4, 0, false, false);
   if (workspace == nullptr) {
     workspace_bytes = detail::workspace_request(v.base);
     return status::success;
   }
   if (workspace_bytes < detail::workspace_request(v.base)) return status::workspace_too_small;
-  s = detail::check_records(a.tokens, args.slice, args.records, workspace, v.base);
+  s = detail::check_records(x, args, workspace, v.base);
   if (s != status::success) return s;
   const detail::workspace_view ws = detail::carve(workspace, v.base);
-  return detail::enqueue_vocab_combine(a.tokens, args.slice, args.records, opt, ws, nullptr,
-                                       a.seq_logps, a.seq_counts, a.lse, a.token_logps, stream);
+  return detail::enqueue_vocab_combine(x, x, x, args, opt, ws, nullptr, args, stream);
 }
 
 }  // namespace geopref::cuda

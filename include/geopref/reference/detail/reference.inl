@@ -483,16 +483,10 @@ void run_rows(const inputs<Logit, Label, Offset>& in, const options& opt, const 
 
   // ---- the pair step: every term's losses and coefficients, ∂Loss/∂L_s.
   pair_inputs pin;
+  static_cast<pair_set&>(pin) = in;
   pin.n_seqs = S;
-  pin.n_pairs = P;
   pin.seq_sums = seq_sum.data();
   pin.seq_counts = count.data();
-  pin.pairs = in.pairs;
-  pin.soft_labels = in.soft_labels;
-  pin.ref_logps = in.ref_logps;
-  pin.weights = in.weights;
-  pin.grad_loss = in.grad_loss;
-  pin.grad_pair_losses = in.grad_pair_losses;
   std::vector<double> pair_loss(static_cast<size_t>(P)), margin(static_cast<size_t>(P));
   std::vector<double> grad_sum(static_cast<size_t>(S), 0.0);
   pair_outputs pout;

@@ -1,7 +1,7 @@
-// dev/support/bridge_fields.hpp — internal to the two bridges
-// (reference_bridge.cpp, linear_bridge.cpp): the field groups their plain
-// problem structs share with the reference's argument structs, set in one
-// place. Templates over both sides, since the groups repeat by name.
+// dev/support/bridge_outputs.hpp — internal to the two bridges
+// (reference_bridge.cpp, linear_bridge.cpp): the result vectors, sized and
+// zeroed, that the reference's outputs point into. (Their inputs need no
+// helper: the problem structs embed the reference's blocks.)
 #pragma once
 
 #include <cstddef>
@@ -11,24 +11,6 @@
 #include "reference_bridge.hpp"
 
 namespace geopref::support {
-
-/// The token rows' sequences, the pairs with their optional arrays and the
-/// upstream gradients, from a ref_problem / linear_ref_problem into
-/// reference::inputs / linear_inputs.
-template <class Problem, class In>
-void set_sequences_and_pairs(const Problem& p, In* in) {
-  in->labels = p.labels;
-  in->offsets = p.offsets;
-  in->n_seqs = p.n_seqs;
-  in->n_pairs = p.n_pairs;
-  in->pairs = p.pairs;
-  in->soft_labels = p.soft_labels;
-  in->ref_logps = p.ref_logps;
-  in->weights = p.weights;
-  in->token_weights = p.token_weights;
-  in->grad_loss = p.grad_loss;
-  in->grad_pair_losses = p.grad_pair_losses;
-}
 
 /// r's forward and pair outputs, zeroed and sized for N rows, S sequences
 /// and P pairs, as the reference::outputs `out` writes them (grad_logits is
