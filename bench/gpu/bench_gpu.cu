@@ -264,6 +264,30 @@ const char* phase_name(phase p) {
   return p == phase::forward ? "forward" : p == phase::backward ? "backward" : "step";
 }
 
+/// A warm-up call, then the timed loop (the L2 flushed before each call),
+/// then the device's status. False, with the benchmark skipped and why, when
+/// any of them fails.
+template <class Call>
+bool timed_runs(benchmark::State& state, Call& call, const char* name, double* seconds) {
+  if (call.run(nullptr) != geopref::status::success ||
+      call.device_status() != geopref::status::success) {
+    state.SkipWithError((std::string(name) + " failed on the warm-up call").c_str());
+    return false;
+  }
+  gb::event_pair ev;
+  gb::l2_flusher l2;
+  geopref::status st = geopref::status::success;
+  for (auto _ : state) {
+    gb::cuda_event_timer timer(state, ev, l2, nullptr, seconds);
+    st = call.run(nullptr);
+  }
+  if (st != geopref::status::success || call.device_status() != geopref::status::success) {
+    state.SkipWithError((std::string(name) + " failed while timed").c_str());
+    return false;
+  }
+  return true;
+}
+
 void bm_fused(benchmark::State& state, gb::shape s, dt d, phase ph, geopref::logit_transform tr) {
   gpu_problem& pb = problem_for(s, d);
   if (!pb.error.empty()) {
@@ -283,43 +307,14 @@ void bm_fused(benchmark::State& state, gb::shape s, dt d, phase ph, geopref::log
       state.SkipWithError((std::string("logits_grad: ") + geopref::status_string(bwd.st)).c_str());
       return;
     }
-    if (bwd.run(nullptr) != geopref::status::success ||
-        bwd.device_status() != geopref::status::success) {
-      state.SkipWithError("logits_grad failed on the warm-up call");
-      return;
-    }
-    gb::event_pair ev;
-    gb::l2_flusher l2;
     double seconds = 0;
-    geopref::status st = geopref::status::success;
-    for (auto _ : state) {
-      gb::cuda_event_timer timer(state, ev, l2, nullptr, &seconds);
-      st = bwd.run(nullptr);
-    }
-    if (st != geopref::status::success || bwd.device_status() != geopref::status::success) {
-      state.SkipWithError("logits_grad failed while timed");
-      return;
-    }
+    if (!timed_runs(state, bwd, "logits_grad", &seconds)) return;
     set_counters(state, s, gb::fused_backward_bytes(s, sizes(d)), seconds, bwd.extra_bytes());
     return;
   }
   fused_call& main = ph == phase::forward ? fwd : step;
-  if (main.run(nullptr) != geopref::status::success || main.device_status() != geopref::status::success) {
-    state.SkipWithError("train_step failed on the warm-up call");
-    return;
-  }
-  gb::event_pair ev;
-  gb::l2_flusher l2;
   double seconds = 0;
-  geopref::status st = geopref::status::success;
-  for (auto _ : state) {
-    gb::cuda_event_timer timer(state, ev, l2, nullptr, &seconds);
-    st = main.run(nullptr);
-  }
-  if (st != geopref::status::success || main.device_status() != geopref::status::success) {
-    state.SkipWithError("train_step failed while timed");
-    return;
-  }
+  if (!timed_runs(state, main, "train_step", &seconds)) return;
   const gb::element_sizes e = sizes(d);
   const double bytes = ph == phase::forward    ? gb::fused_forward_bytes(s, e)
                        : ph == phase::backward ? gb::fused_backward_bytes(s, e)

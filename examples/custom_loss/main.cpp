@@ -68,15 +68,7 @@ bool run_case(const char* name, const batch& b, const options& opt,
   // Reference inputs in double (the gradient check perturbs them).
   std::vector<double> z(b.logits.begin(), b.logits.end()), soft(b.soft.begin(), b.soft.end()),
       ref(b.ref.begin(), b.ref.end());
-  reference::inputs<double, int32_t, int32_t> in;
-  in.logits = z.data();
-  in.n_rows = b.N;
-  in.vocab = b.V;
-  in.ld = b.V;
-  in.labels = b.labels.data();
-  in.offsets = b.offsets.data();
-  in.n_seqs = b.S;
-  in.n_pairs = b.P;
+  auto in = reference::make_inputs(z.data(), b.N, b.V, b.labels.data(), b.offsets.data(), b.S, b.P);
   in.soft_labels = soft.data();
   in.ref_logps = ref.data();
 

@@ -12,14 +12,16 @@
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/vocab_linear.hpp"
+#include "test_util.hpp"
 
 using namespace geopref;
 
 namespace {
 
-struct lin_problem {
-  int64_t N = 0, Hd = 0, V = 0, S = 0, P = 0;
-  std::vector<double> H, W, b;  // [N, Hd], [V, Hd], [V]
+using lin_in = reference::linear_inputs<double, int64_t, int64_t>;
+
+struct lin_problem : test::linear_weights {
+  int64_t S = 0, P = 0;
   std::vector<int64_t> labels, offsets;
   std::vector<double> soft, ref, token_weights;
 };
@@ -29,20 +31,16 @@ struct lin_problem {
 // logits stay O(√Hd).
 lin_problem make_lin(int64_t P, int64_t Hd, int64_t V, uint64_t seed, bool token_weights = false) {
   std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(-1.0, 1.0), unit(0.0, 1.0);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
   lin_problem p;
   p.P = P;
   p.S = 2 * P;
-  p.Hd = Hd;
-  p.V = V;
   p.offsets.assign(1, 0);
   for (int64_t s = 0; s < p.S; ++s) p.offsets.push_back(p.offsets.back() + 1 + static_cast<int64_t>(rng() % 3));
-  p.N = p.offsets.back() + 1;  // one trailing row outside every sequence
-  for (int64_t t = 0; t < p.N; ++t)
+  const int64_t N = p.offsets.back() + 1;  // one trailing row outside every sequence
+  for (int64_t t = 0; t < N; ++t)
     p.labels.push_back(unit(rng) < 0.15 ? -100 : static_cast<int64_t>(rng() % static_cast<uint64_t>(V)));
-  for (int64_t i = 0; i < p.N * Hd; ++i) p.H.push_back(u(rng));
-  for (int64_t i = 0; i < V * Hd; ++i) p.W.push_back(u(rng));
-  for (int64_t v = 0; v < V; ++v) p.b.push_back(u(rng));
+  static_cast<test::linear_weights&>(p) = test::linear_weights(N, Hd, V, rng);
   for (int64_t i = 0; i < P; ++i) p.soft.push_back(unit(rng));
   for (int64_t s = 0; s < p.S; ++s) p.ref.push_back(-3.0 * unit(rng));
   if (token_weights)
@@ -52,12 +50,7 @@ lin_problem make_lin(int64_t P, int64_t Hd, int64_t V, uint64_t seed, bool token
 
 reference::linear_inputs<double, int64_t, int64_t> inputs_of(const lin_problem& p, bool bias) {
   reference::linear_inputs<double, int64_t, int64_t> in;
-  in.hidden = p.H.data();
-  in.weight = p.W.data();
-  in.bias = bias ? p.b.data() : nullptr;
-  in.n_rows = p.N;
-  in.hidden_size = p.Hd;
-  in.vocab = p.V;
+  p.set(in, bias);
   in.labels = p.labels.data();
   in.offsets = p.offsets.data();
   in.n_seqs = p.S;
@@ -72,6 +65,21 @@ double loss_of(const reference::linear_inputs<double, int64_t, int64_t>& in, con
   reference::linear_outputs out;
   REQUIRE(reference::fused_linear(in, opt, out) == status::success);
   return out.base.loss;
+}
+
+/// The gradient check of `loss(in)` in one input matrix, `field` (the
+/// member: hidden, weight or bias) at x0, against the analytic `grad`.
+template <class In, class Field, class Loss>
+void check_input_gradient(const In& in, Field field, const std::vector<double>& x0,
+                          const std::vector<double>& grad, Loss&& loss) {
+  const auto r = gradcheck::check_gradient(
+      [&](const std::vector<double>& x) {
+        auto a = in;
+        a.*field = x.data();
+        return loss(a);
+      },
+      x0, grad);
+  CHECK(r.passed(1e-7));
 }
 
 }  // namespace
@@ -94,30 +102,10 @@ TEST_CASE("fused-linear reference: gradients of H, W and b pass the gradient che
     REQUIRE(reference::fused_linear(in, opt, out) == status::success);
     INFO("loss " << loss_name(type));
 
-    const auto rh = gradcheck::check_gradient(
-        [&](const std::vector<double>& x) {
-          auto a = in;
-          a.hidden = x.data();
-          return loss_of(a, opt);
-        },
-        p.H, gh);
-    CHECK(rh.passed(1e-7));
-    const auto rw = gradcheck::check_gradient(
-        [&](const std::vector<double>& x) {
-          auto a = in;
-          a.weight = x.data();
-          return loss_of(a, opt);
-        },
-        p.W, gw);
-    CHECK(rw.passed(1e-7));
-    const auto rb = gradcheck::check_gradient(
-        [&](const std::vector<double>& x) {
-          auto a = in;
-          a.bias = x.data();
-          return loss_of(a, opt);
-        },
-        p.b, gb);
-    CHECK(rb.passed(1e-7));
+    auto loss = [&](const auto& a) { return loss_of(a, opt); };
+    check_input_gradient(in, &lin_in::hidden, p.H, gh, loss);
+    check_input_gradient(in, &lin_in::weight, p.W, gw, loss);
+    check_input_gradient(in, &lin_in::bias, p.b, gb, loss);
   }
 }
 
@@ -370,20 +358,6 @@ TEST_CASE("fused-linear reference with a caller's loss: the built-in functor giv
     REQUIRE(reference::fused_linear_with_loss(a, opt, lc, out) == status::success);
     return out.base.loss;
   };
-  const auto rh = gradcheck::check_gradient(
-      [&](const std::vector<double>& x) {
-        auto a = in;
-        a.hidden = x.data();
-        return loss_with(a);
-      },
-      p.H, gh);
-  CHECK(rh.passed(1e-7));
-  const auto rw = gradcheck::check_gradient(
-      [&](const std::vector<double>& x) {
-        auto a = in;
-        a.weight = x.data();
-        return loss_with(a);
-      },
-      p.W, gw);
-  CHECK(rw.passed(1e-7));
+  check_input_gradient(in, &lin_in::hidden, p.H, gh, loss_with);
+  check_input_gradient(in, &lin_in::weight, p.W, gw, loss_with);
 }

@@ -11,27 +11,22 @@
 #include <vector>
 
 #include "geopref/reference/fused_linear.hpp"
+#include "test_util.hpp"
 
 using namespace geopref;
 
 namespace {
 
-struct tok_problem {
-  int64_t N = 0, Hd = 0, V = 0;
-  std::vector<double> H, W, b, g;  // [N, Hd], [V, Hd], [V], [N]
-  std::vector<int64_t> labels;     // every third row ignore_index
+struct tok_problem : test::linear_weights {
+  std::vector<double> g;        // [N]
+  std::vector<int64_t> labels;  // every third row ignore_index
 };
 
 tok_problem make_tok(int64_t N, int64_t Hd, int64_t V, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
   tok_problem p;
-  p.N = N;
-  p.Hd = Hd;
-  p.V = V;
-  for (int64_t i = 0; i < N * Hd; ++i) p.H.push_back(u(rng));
-  for (int64_t i = 0; i < V * Hd; ++i) p.W.push_back(u(rng));
-  for (int64_t v = 0; v < V; ++v) p.b.push_back(u(rng));
+  static_cast<test::linear_weights&>(p) = test::linear_weights(N, Hd, V, rng);
   for (int64_t t = 0; t < N; ++t) {
     p.labels.push_back(t % 3 == 2 ? -100 : static_cast<int64_t>(rng() % static_cast<uint64_t>(V)));
     p.g.push_back(u(rng));
@@ -41,12 +36,7 @@ tok_problem make_tok(int64_t N, int64_t Hd, int64_t V, uint64_t seed) {
 
 reference::linear_token_rows<double, int64_t> rows_of(const tok_problem& p, bool bias) {
   reference::linear_token_rows<double, int64_t> r;
-  r.hidden = p.H.data();
-  r.weight = p.W.data();
-  r.bias = bias ? p.b.data() : nullptr;
-  r.n_rows = p.N;
-  r.hidden_size = p.Hd;
-  r.vocab = p.V;
+  p.set(r, bias);
   r.labels = p.labels.data();
   return r;
 }

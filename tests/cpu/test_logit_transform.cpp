@@ -14,6 +14,7 @@
 #include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/reference.hpp"
 #include "geopref/reference/vocab_parallel.hpp"
+#include "test_util.hpp"
 
 using namespace geopref;
 
@@ -24,11 +25,7 @@ reference::token_rows<double, int64_t> token_rows_of(const double* logits, int64
                                                      int64_t ld, const int64_t* labels,
                                                      const logit_transform& tr) {
   reference::token_rows<double, int64_t> r;
-  r.logits = logits;
-  r.n_rows = n;
-  r.vocab = v;
-  r.ld = ld;
-  r.labels = labels;
+  test::set_rows(r, logits, n, v, ld, labels);
   r.logit_transform = tr;
   return r;
 }
@@ -296,11 +293,7 @@ TEST_CASE("logit transform: from hidden states, fused_linear and linear_token_lo
       zt[t * V + v] = apply(tr, acc);
     }
   reference::inputs<double, int64_t, int64_t> plain;
-  plain.logits = zt.data();
-  plain.n_rows = N;
-  plain.vocab = V;
-  plain.ld = V;
-  plain.labels = labels.data();
+  test::set_rows(plain, zt.data(), N, V, V, labels.data());
   plain.offsets = offsets.data();
   plain.n_seqs = 2;
   plain.n_pairs = 1;
@@ -308,12 +301,7 @@ TEST_CASE("logit transform: from hidden states, fused_linear and linear_token_lo
   REQUIRE(reference::compute(plain, gdpo(), po) == status::success);
 
   reference::linear_inputs<double, int64_t, int64_t> li;
-  li.hidden = h.data();
-  li.weight = w.data();
-  li.bias = b.data();
-  li.n_rows = N;
-  li.hidden_size = Hd;
-  li.vocab = V;
+  test::set_linear_head(li, h.data(), w.data(), b.data(), N, Hd, V);
   li.logit_transform = tr;
   li.labels = labels.data();
   li.offsets = offsets.data();

@@ -12,6 +12,7 @@
 
 #include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/reference.hpp"
+#include "test_util.hpp"
 
 using namespace geopref;
 
@@ -35,21 +36,13 @@ struct rows_problem {
   }
   reference::token_rows<double, int64_t> rows(const std::vector<double>& logits) const {
     reference::token_rows<double, int64_t> r;
-    r.logits = logits.data();
-    r.n_rows = n;
-    r.vocab = v;
-    r.ld = ld;
-    r.labels = labels.data();
+    test::set_rows(r, logits.data(), n, v, ld, labels.data());
     return r;
   }
   // The same rows for the sequence API, over sequences [offsets[s], offsets[s + 1]).
   reference::inputs<double, int64_t, int64_t> sequences(const std::vector<int64_t>& offsets) const {
     reference::inputs<double, int64_t, int64_t> in;
-    in.logits = z.data();
-    in.n_rows = n;
-    in.vocab = v;
-    in.ld = ld;
-    in.labels = labels.data();
+    test::set_rows(in, z.data(), n, v, ld, labels.data());
     in.offsets = offsets.data();
     in.n_seqs = static_cast<int64_t>(offsets.size()) - 1;
     return in;

@@ -208,4 +208,49 @@ inline loss_config config_for(loss_type t, double beta = 0.7) {
   return c;
 }
 
+/// The logits' fields of a reference inputs or token_rows (by member name):
+/// [n, ld] row-major, V = v, and their labels.
+template <class Rows>
+void set_rows(Rows& r, const double* logits, int64_t n, int64_t v, int64_t ld,
+              const int64_t* labels) {
+  r.logits = logits;
+  r.n_rows = n;
+  r.vocab = v;
+  r.ld = ld;
+  r.labels = labels;
+}
+
+/// The head's fields of a reference linear_inputs or linear_token_rows (by
+/// member name): H [N, Hd], W [V, Hd], b [V] (null: none).
+template <class Rows>
+void set_linear_head(Rows& r, const double* H, const double* W, const double* b, int64_t N,
+                     int64_t Hd, int64_t V) {
+  r.hidden = H;
+  r.weight = W;
+  r.bias = b;
+  r.n_rows = N;
+  r.hidden_size = Hd;
+  r.vocab = V;
+}
+
+/// The inputs of a linear head, in double: H [N, Hd] and W [V, Hd] and
+/// b [V] drawn from U(−1, 1) in that order, from `rng`.
+struct linear_weights {
+  int64_t N = 0, Hd = 0, V = 0;
+  std::vector<double> H, W, b;
+  linear_weights() = default;
+  linear_weights(int64_t n, int64_t hd, int64_t v, std::mt19937_64& rng) : N(n), Hd(hd), V(v) {
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    for (int64_t i = 0; i < N * Hd; ++i) H.push_back(u(rng));
+    for (int64_t i = 0; i < V * Hd; ++i) W.push_back(u(rng));
+    for (int64_t k = 0; k < V; ++k) b.push_back(u(rng));
+  }
+  /// The head's fields of a reference linear_inputs or linear_token_rows
+  /// (by member name), with or without the bias.
+  template <class Rows>
+  void set(Rows& r, bool bias) const {
+    set_linear_head(r, H.data(), W.data(), bias ? b.data() : nullptr, N, Hd, V);
+  }
+};
+
 }  // namespace geopref::test

@@ -49,6 +49,10 @@
 #include <string>
 #include <vector>
 
+#if defined(GEOPREF_HOST_EMULATION)
+#include <sys/mman.h>
+#endif
+
 #include "geopref/cuda/geopref.cuh"
 #include "device_buffer.hpp"
 #include "reference_bridge.hpp"
@@ -88,6 +92,50 @@ std::vector<T> download(const void* p, size_t n) {
   std::vector<T> v(n);
   if (n > 0) CUDA_REQUIRE(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
   return v;
+}
+
+#if defined(GEOPREF_HOST_EMULATION)
+/// A reserved, untouched anonymous mapping: pages cost memory only once
+/// written (the emulator's kernels read host memory: rows 2³² elements apart).
+struct sparse_mapping {
+  uint8_t* ptr = nullptr;
+  size_t bytes = 0;
+  explicit sparse_mapping(size_t b) : bytes(b) {
+    void* p = mmap(nullptr, b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED) ptr = static_cast<uint8_t*>(p);
+  }
+  ~sparse_mapping() {
+    if (ptr != nullptr) munmap(ptr, bytes);
+  }
+  sparse_mapping(const sparse_mapping&) = delete;
+  sparse_mapping& operator=(const sparse_mapping&) = delete;
+};
+#endif
+
+/// A two-phase entry run once: the size query (null workspace), then the call
+/// on a workspace of exactly the bytes asked for; both REQUIREd to succeed.
+/// Returns the workspace (for device_status_of). GEOPREF_RUN(gc::entry,
+/// args...) calls gc::entry(workspace, bytes, args...).
+template <class Call>
+dmem run_two_phase(Call&& call) {
+  size_t bytes = 0;
+  REQUIRE(call(nullptr, bytes) == status::success);
+  dmem ws(bytes);
+  REQUIRE(call(ws.get(), bytes) == status::success);
+  return ws;
+}
+#define GEOPREF_RUN(entry, ...)  \
+  ::geopref::test::run_two_phase( \
+      [&](void* ws_, size_t& bytes_) { return entry(ws_, bytes_, __VA_ARGS__); })
+
+/// What the device recorded in a workspace (device_status REQUIREd to answer).
+inline status device_status_of(const void* ws, cudaStream_t stream = nullptr) {
+  status dev = status::internal_error;
+  REQUIRE(geopref::cuda::device_status(ws, stream, &dev) == status::success);
+  return dev;
+}
+inline status device_status_of(const dmem& ws, cudaStream_t stream = nullptr) {
+  return device_status_of(ws.get(), stream);
 }
 
 // ---------------------------------------------------------------------------
@@ -181,6 +229,77 @@ inline std::string describe(const case_config& c) {
   for (int k = 0; k < c.opt.loss.n_terms && k < geopref::MAX_LOSS_TERMS; ++k)
     o << " " << geopref::loss_name(c.opt.loss.terms[k]) << "*" << c.opt.loss.term_weights[k];
   return o.str();
+}
+
+/// The small layout most cases start from: V = 37 (a multiple of no vector
+/// width), a padded ld and rows off a 16-byte boundary (the scalar prologue),
+/// an empty and an all-masked sequence, rows after offsets[S], pair weights,
+/// an upstream gradient of 0.75, gdpo.
+inline case_config small_case(gc::dtype dt, uint64_t seed) {
+  case_config c;
+  c.dtype = dt;
+  c.vocab = 37;
+  c.pad = 3;
+  c.misalign = 1;
+  c.seq_lens = {5, 0, 7, 3, 4, 6};
+  c.masked_seqs = {3};
+  c.extra_rows = 2;
+  c.weights = true;
+  c.grad_output = true;
+  c.grad_loss = 0.75;
+  c.opt.loss.type = geopref::loss_type::gdpo;
+  c.seed = seed;
+  return c;
+}
+
+/// A gdpo case of `seq_lens` rows over V columns (TRL pairs); the rest as
+/// case_config's defaults.
+inline case_config gdpo_case(gc::dtype dt, int64_t vocab, std::vector<int64_t> seq_lens,
+                             uint64_t seed) {
+  case_config c;
+  c.dtype = dt;
+  c.vocab = vocab;
+  c.seq_lens = std::move(seq_lens);
+  c.opt.loss.type = geopref::loss_type::gdpo;
+  c.seed = seed;
+  return c;
+}
+
+/// Packed float16 sequences: empty ones, all-masked ones, rows after
+/// offsets[S]; V = 777; cdpo; `pairs` as case_config::explicit_pairs.
+inline case_config packed_case(int64_t pairs, uint64_t seed) {
+  case_config c;
+  c.dtype = gc::dtype::float16;
+  c.vocab = 777;
+  c.seq_lens = {0, 14, 1, 0, 23, 5, 9, 0, 2, 16};
+  c.masked_seqs = {5, 8};
+  c.extra_rows = 6;
+  c.explicit_pairs = pairs;
+  c.opt.loss.type = geopref::loss_type::cdpo;
+  c.seed = seed;
+  return c;
+}
+
+/// `run(c)` on a case in three gradient layouts, each with the next seed:
+/// out of place in the logits dtype at grad_ld = V; in place; a float
+/// gradient at a padded, misaligned stride, with int32 labels and offsets and
+/// 5 explicit pairs.
+template <class Run>
+void for_each_grad_layout(case_config c, uint64_t& seed, Run&& run) {
+  c.seed = ++seed;
+  run(c);
+  c.in_place = true;
+  c.seed = ++seed;
+  run(c);
+  c.in_place = false;
+  c.grad_fp32 = true;
+  c.grad_pad = 5;
+  c.grad_misalign = 3;
+  c.label_type = gc::index_type::int32;
+  c.offset_type = gc::index_type::int32;
+  c.explicit_pairs = 5;
+  c.seed = ++seed;
+  run(c);
 }
 
 struct problem {
@@ -369,6 +488,18 @@ struct device_grad {
   }
 };
 
+/// The logits' fields of a token_inputs or token_rows: the problem's dtype,
+/// [N, V] at stride ld, its logit transform.
+template <class Args>
+void set_logits(Args& x, const problem& pr, const void* logits, int64_t ld) {
+  x.logits = logits;
+  x.logits_dtype = pr.cfg.dtype;
+  x.n_rows = pr.n;
+  x.vocab = pr.v;
+  x.ld = ld;
+  x.logit_transform = pr.cfg.logit_transform;
+}
+
 /// The problem's small inputs and every optional output, on the device.
 struct device_io {
   dmem labels, offsets, pairs, soft, ref, weights, grad_out, tw;
@@ -465,6 +596,42 @@ struct device_io {
   }
 };
 
+/// logits_grad's arguments: the rows `tokens`, lse [N] and g_s [S] on the
+/// device, the gradient at `grad` with stride grad_ld (0: the logits' ld).
+inline gc::grad_args grad_args_of(const gc::token_inputs& tokens, const dmem& lse,
+                                  const dmem& grad_seq, void* grad, int64_t grad_ld) {
+  gc::grad_args a;
+  a.tokens = tokens;
+  a.lse = lse.get<float>();
+  a.grad_seq_logps = grad_seq.get<float>();
+  a.grad_logits = grad;
+  a.grad_ld = grad_ld;
+  return a;
+}
+
+/// A two-phase entry on a poisoned workspace: the size query (REQUIREd to
+/// succeed; `asked` gets its bytes when not null), then the call given
+/// `shortfall` bytes fewer than asked for. Returns the call's status; when it
+/// succeeded, `*device` holds what the device recorded.
+template <class Call>
+status run_poisoned(Call&& call, status* device, cudaStream_t stream = nullptr,
+                    size_t shortfall = 0, size_t* asked = nullptr) {
+  size_t bytes = 0;
+  REQUIRE(call(nullptr, bytes) == status::success);
+  if (asked != nullptr) *asked = bytes;
+  dmem ws(bytes);
+  poison(ws);
+  // The uploads and poisoning are on the legacy default stream: cudaMemset
+  // is asynchronous, and cudaMemcpy from pageable memory may return before
+  // the data lands. A non-blocking `stream` is not ordered after them, so
+  // wait for them before enqueuing on it.
+  CUDA_REQUIRE(cudaDeviceSynchronize());
+  size_t given = bytes - shortfall;
+  const status st = call(ws.get(), given);
+  if (st == status::success) *device = device_status_of(ws, stream);
+  return st;
+}
+
 /// Runs train_step once with freshly poisoned outputs.
 /// The entry a run calls: train_step with the built-in losses unless a test
 /// passes another (a caller's own loss through train_step<Loss>).
@@ -486,20 +653,9 @@ inline gpu_result run_gpu(const problem& pr, cudaStream_t stream = nullptr,
   r.grad_ld = grad.ld;
   const gc::train_args a = io.train(pr, logits.ptr, pr.ld, grad.ptr, grad.api_ld);
 
-  size_t bytes = 0;
-  REQUIRE(step(nullptr, bytes, a, c.opt, stream) == status::success);
-  r.workspace_bytes = bytes;
-  dmem ws(bytes);
-  poison(ws);
-  // The uploads and poisoning above are on the legacy default stream:
-  // cudaMemset is asynchronous, and cudaMemcpy from pageable memory may
-  // return before the data lands. A non-blocking `stream` is not ordered
-  // after them, so wait for them before enqueuing on it.
-  CUDA_REQUIRE(cudaDeviceSynchronize());
-  size_t given = bytes - workspace_shortfall;
-  r.host_status = step(ws.get(), given, a, c.opt, stream);
+  r.host_status = run_poisoned([&](void* w, size_t& b) { return step(w, b, a, c.opt, stream); },
+                               &r.device, stream, workspace_shortfall, &r.workspace_bytes);
   if (r.host_status != status::success) return r;
-  REQUIRE(gc::device_status(ws.get(), stream, &r.device) == status::success);
   CUDA_REQUIRE(cudaDeviceSynchronize());
 
   io.download_into(pr, r);
@@ -881,6 +1037,25 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
+/// Runs a problem (its reference set) and compares the run with the reference.
+inline gpu_result run_compared(const problem& pr) {
+  gpu_result r = run_gpu(pr);
+  compare(pr, r);
+  return r;
+}
+
+/// Every output of two runs, bit for bit.
+inline void same_outputs(const gpu_result& a, const gpu_result& b) {
+  CHECK(same_bits(a.loss, b.loss));
+  CHECK(std::memcmp(&a.stats, &b.stats, sizeof(geopref::metrics)) == 0);
+  CHECK(same_bits(a.seq_logps, b.seq_logps));
+  CHECK(same_bits(a.seq_counts, b.seq_counts));
+  CHECK(same_bits(a.token_logps, b.token_logps));
+  CHECK(same_bits(a.lse, b.lse));
+  CHECK(same_bits(a.grad_seq, b.grad_seq));
+  CHECK(same_bits(a.grad, b.grad));
+}
+
 /// Runs a problem twice: compares the first run with the reference and the
 /// second with the first, bit for bit.
 inline void check_case(const case_config& c) {
@@ -891,14 +1066,7 @@ inline void check_case(const case_config& c) {
   compare(pr, first);
   const gpu_result second = run_gpu(pr);
   INFO(describe(c) << " (second run, bitwise)");
-  CHECK(same_bits(second.loss, first.loss));
-  CHECK(std::memcmp(&second.stats, &first.stats, sizeof(geopref::metrics)) == 0);
-  CHECK(same_bits(second.seq_logps, first.seq_logps));
-  CHECK(same_bits(second.seq_counts, first.seq_counts));
-  CHECK(same_bits(second.token_logps, first.token_logps));
-  CHECK(same_bits(second.lse, first.lse));
-  CHECK(same_bits(second.grad_seq, first.grad_seq));
-  CHECK(same_bits(second.grad, first.grad));
+  same_outputs(second, first);
 }
 
 }  // namespace geopref::test

@@ -44,6 +44,7 @@
 #include "geopref/cuda/vocab_linear.cuh"
 #include "gpu_harness.cuh"
 #include "linear_bridge.hpp"
+#include "linear_harness.cuh"
 
 using namespace geopref::test;
 using geopref::loss_type;
@@ -106,10 +107,6 @@ std::string describe(const lin_config& c) {
   return o.str();
 }
 
-double unit_roundoff(gc::dtype d) {
-  return d == gc::dtype::bfloat16 ? 1.0 / 256 : (d == gc::dtype::float16 ? 1.0 / 2048 : 0.0);
-}
-
 /// A problem: rounded inputs as bytes (device layout, with row padding) and
 /// as doubles (dense), the token rows and pair inputs.
 struct lin_problem {
@@ -122,18 +119,6 @@ struct lin_problem {
   std::vector<double> soft_d, ref_d, tw_d, weights_d, gout_d;
   bool no_ref = false;  // every term reference-free (simpo, ...): no ref_logps passed
 };
-
-void fill(gc::dtype d, std::mt19937_64& rng, double scale, int64_t rows, int64_t cols, int64_t ld,
-          std::vector<uint8_t>& bytes, std::vector<double>& vals) {
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  const int e = dtype_bytes(d);
-  bytes.assign(static_cast<size_t>(rows * ld * e), 0xff);  // padding: NaN, never read
-  vals.assign(static_cast<size_t>(rows * cols), 0.0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k)
-      vals[r * cols + k] =
-          encode(d, static_cast<float>(scale) * u(rng), bytes.data() + (r * ld + k) * e);
-}
 
 geopref::options options_of(const lin_config& c);
 
@@ -265,16 +250,6 @@ gc::linear_train_args train_args_of(const lin_problem& p, const lin_device& d) {
   return a;
 }
 
-/// Reads back a [rows, cols] matrix of `d` with row stride ld.
-std::vector<double> read_matrix(gc::dtype d, const std::vector<uint8_t>& bytes, int64_t rows,
-                                int64_t cols, int64_t ld) {
-  std::vector<double> v(static_cast<size_t>(rows * cols));
-  const int e = dtype_bytes(d);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) v[r * cols + k] = decode(d, bytes.data() + (r * ld + k) * e);
-  return v;
-}
-
 /// Poisoned outputs of the right sizes.
 struct lin_outputs {
   dmem loss, seq, lse, tlp, gseq, gh, gw, gb;
@@ -330,18 +305,38 @@ struct lin_outputs {
 /// A previous micro-batch's gradient in grad_weight and grad_bias.
 void preload_prior(const lin_problem& p, lin_outputs& o, float prior) {
   const lin_config& c = p.c;
-  const int e = c.gw_float32 ? 4 : dtype_bytes(c.dtype);
-  std::vector<uint8_t> w(o.gw.bytes());
-  for (size_t i = 0; i + e <= w.size(); i += static_cast<size_t>(e))
-    encode(c.gw_float32 ? gc::dtype::float32 : c.dtype, prior, w.data() + i);
-  CUDA_REQUIRE(cudaMemcpy(o.gw.get(), w.data(), w.size(), cudaMemcpyHostToDevice));
-  std::vector<float> bb(static_cast<size_t>(c.vocab), prior);
-  CUDA_REQUIRE(cudaMemcpy(o.gb.get(), bb.data(), bb.size() * 4, cudaMemcpyHostToDevice));
+  preload_prior(o.gw, c.gw_float32 ? gc::dtype::float32 : c.dtype, o.gb, c.vocab, prior);
+}
+
+/// What an accumulating call finds in grad_weight / grad_bias (preload_prior).
+constexpr float PRIOR = 0.25f;
+
+/// fused_linear_step with the built-in losses, or the caller's through the
+/// Loss overload, on an exact workspace (run_exact: `ws_bytes` gets its size).
+void step_fused(const lin_config& c, const gc::linear_train_args& a, const geopref::options& opt,
+                size_t* ws_bytes = nullptr) {
+  run_exact(
+      [&](void* w, size_t& n) {
+        return c.user_loss > 0 ? gc::fused_linear_step(w, n, a, opt, log_cosh_loss{c.user_loss})
+                               : gc::fused_linear_step(w, n, a, opt);
+      },
+      ws_bytes);
+}
+
+/// The outputs; with `accumulate`, PRIOR subtracted again. Exact for a float
+/// grad_weight / grad_bias only up to one rounding of the sum: the bound adds
+/// u_out·prior (see compare()).
+lin_result read_fused(const lin_problem& p, const lin_outputs& o) {
+  lin_result r = o.read(p);
+  if (p.c.accumulate) {
+    for (auto& x : r.gw) x -= PRIOR;
+    for (auto& x : r.gb) x -= PRIOR;
+  }
+  return r;
 }
 
 /// The fused path. With `accumulate`, grad_weight / grad_bias first hold a
-/// known gradient (the value `prior`), subtracted again before the result
-/// is returned.
+/// known gradient (PRIOR), subtracted again before the result is returned.
 lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = nullptr) {
   const lin_config& c = p.c;
   lin_device d(p);
@@ -349,36 +344,9 @@ lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = 
   gc::linear_train_args a = train_args_of(p, d);
   a.in.cublas = h;
   o.attach(a, p);
-  const geopref::options opt = options_of(c);
-  const float prior = 0.25f;
-  if (c.accumulate) preload_prior(p, o, prior);
-  // The built-in losses, or the caller's through the Loss overload.
-  auto step = [&](void* w, size_t& n) {
-    return c.user_loss > 0 ? gc::fused_linear_step(w, n, a, opt, log_cosh_loss{c.user_loss})
-                           : gc::fused_linear_step(w, n, a, opt);
-  };
-  size_t bytes = 0;
-  REQUIRE(step(nullptr, bytes) == status::success);
-  if (ws_bytes != nullptr) *ws_bytes = bytes;
-  // Exactly `bytes`, one byte past a 256-byte boundary, ending where the
-  // allocation ends: the library's rounding of the base uses all 255 spare
-  // bytes, so a layout one piece short (the chunk is last) writes into the
-  // guard band (AddressSanitizer in the sanitizer build).
-  dmem mem(bytes + 1);
-  poison(mem);
-  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
-  REQUIRE(step(ws, bytes) == status::success);
-  status dev = status::internal_error;
-  REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
-  REQUIRE(dev == status::success);
-  lin_result r = o.read(p);
-  if (c.accumulate) {
-    // Exact for a float grad_weight / grad_bias only up to one rounding of the
-    // sum: the bound adds u_out·prior (see compare()).
-    for (auto& x : r.gw) x -= prior;
-    for (auto& x : r.gb) x -= prior;
-  }
-  return r;
+  if (c.accumulate) preload_prior(p, o, PRIOR);
+  step_fused(c, a, options_of(c), ws_bytes);  // a layout one piece short (the chunk is last) shows
+  return read_fused(p, o);
 }
 
 /// The unfused path: Z = H·Wᵀ + b for all rows in one GEMM (dtype T, the
@@ -386,20 +354,10 @@ lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = 
 /// grad_H = G·W and grad_W = Gᵀ·H (float) in one GEMM each, grad_b on the host.
 lin_result run_unfused(const lin_problem& p, cublasHandle_t h) {
   const lin_config& c = p.c;
-  const int e = dtype_bytes(c.dtype);
-  const cudaDataType_t t = gc::detail::blas_type(c.dtype);
   lin_device d(p);
-  const int64_t N = p.N, V = c.vocab, Hd = c.hidden;
-  std::vector<uint8_t> zb(static_cast<size_t>(N * V * e), 0);
-  if (c.bias)
-    for (int64_t r = 0; r < N; ++r) std::memcpy(zb.data() + r * V * e, p.bb.data(), static_cast<size_t>(V * e));
-  dmem Z = upload(zb);
-  const float one = 1.0f, zero = 0.0f, beta = c.bias ? 1.0f : 0.0f;
-  REQUIRE(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(V), static_cast<int>(N),
-                       static_cast<int>(Hd), &one, d.W.get(), t, static_cast<int>(p.ldh),
-                       d.H.get(), t, static_cast<int>(p.ldh), &beta, Z.get(), t,
-                       static_cast<int>(V), CUBLAS_COMPUTE_32F,
-                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  const int64_t N = p.N, V = c.vocab;
+  const unfused_linear lin{h, c.dtype, d.H, d.W, p.ldh, N, V, c.hidden};
+  dmem Z = lin.logits(c.bias ? p.bb : std::vector<uint8_t>{});
   gc::train_args a;
   a.tokens.logits = Z.get();
   a.tokens.logits_dtype = c.dtype;
@@ -433,35 +391,15 @@ lin_result run_unfused(const lin_problem& p, cublasHandle_t h) {
     return c.user_loss > 0 ? gc::train_step(w, n, a, opt, log_cosh_loss{c.user_loss})
                            : gc::train_step(w, n, a, opt);
   };
-  size_t bytes = 0;
-  REQUIRE(step(nullptr, bytes) == status::success);
-  dmem ws(bytes);
-  REQUIRE(step(ws.get(), bytes) == status::success);
-  dmem gh(static_cast<size_t>(N * Hd * 4)), gw(static_cast<size_t>(V * Hd * 4));
-  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(Hd), static_cast<int>(N),
-                       static_cast<int>(V), &one, d.W.get(), t, static_cast<int>(p.ldh), Z.get(),
-                       t, static_cast<int>(V), &zero, gh.get(), CUDA_R_32F, static_cast<int>(Hd),
-                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
-  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(Hd), static_cast<int>(V),
-                       static_cast<int>(N), &one, d.H.get(), t, static_cast<int>(p.ldh), Z.get(),
-                       t, static_cast<int>(V), &zero, gw.get(), CUDA_R_32F, static_cast<int>(Hd),
-                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  run_two_phase(step);
   lin_result r;
-  auto to_d = [](const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); };
+  lin.backward(Z, c.bias, r.gh, r.gw, r.gb);
   r.losses = to_d(download<float>(loss.get(), static_cast<size_t>(n_loss)));
   r.loss = r.losses[0];
   r.seq_logps = to_d(download<float>(seq.get(), static_cast<size_t>(p.S)));
   r.grad_seq = to_d(download<float>(gseq.get(), static_cast<size_t>(p.S)));
   r.lse = to_d(download<float>(lse.get(), static_cast<size_t>(N)));
   r.token_logps = to_d(download<float>(tlp.get(), static_cast<size_t>(N)));
-  r.gh = to_d(download<float>(gh.get(), static_cast<size_t>(N * Hd)));
-  r.gw = to_d(download<float>(gw.get(), static_cast<size_t>(V * Hd)));
-  const std::vector<uint8_t> G = download<uint8_t>(Z.get(), Z.bytes());
-  if (c.bias) {
-    r.gb.assign(static_cast<size_t>(V), 0.0);
-    for (int64_t row = 0; row < N; ++row)
-      for (int64_t v = 0; v < V; ++v) r.gb[v] += decode(c.dtype, G.data() + (row * V + v) * e);
-  }
   return r;
 }
 
@@ -658,23 +596,11 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
   case_config tc;  // transform_error_at's inputs: the dtype and the transform
   tc.dtype = c.dtype;
   tc.logit_transform = tr;
-  std::vector<double> ez(static_cast<size_t>(N)), ezp(static_cast<size_t>(N));
+  const row_logit_errors errs(c.dtype, tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr, N,
+                              V, Hd);
+  const std::vector<double>& ez = errs.ez;
+  const std::vector<double>& ezp = errs.ezp;
   for (int64_t t = 0; t < N; ++t) {
-    double zmax = 0, amax = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      zmax = std::max(zmax, std::fabs(ref.logits[t * V + v]));
-      double a = c.bias ? std::fabs(p.b[v]) : 0.0;
-      for (int64_t k = 0; k < Hd; ++k) a += std::fabs(p.H[t * Hd + k] * p.W[v * Hd + k]);
-      amax = std::max(amax, a);
-    }
-    ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
-    ezp[t] = ez[t];
-    if (!ident) {
-      double m = 0;
-      for (int64_t v = 0; v < V; ++v)
-        m = std::max(m, s_T * ez[t] + transform_error_at(tc, ref.logits[t * V + v]).value);
-      ezp[t] = m;
-    }
     const double l = ref.base.lse[t], lp = ref.base.token_logps[t];
     b.lse.push_back(ezp[t] + eps_sum(V) + 4 * u * std::fabs(l) + extra_lse);
     b.logp.push_back(2 * ezp[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)) + extra_lse);
@@ -832,12 +758,6 @@ void compare(const lin_problem& p, const lin_result& g, const linear_ref_result&
   check_all("grad_weight", g.gw, ref.grad_weight, b.gw, factor);
   if (p.c.bias) check_all("grad_bias", g.gb, ref.grad_bias, b.gb, factor);
 }
-
-struct blas_handle {
-  cublasHandle_t h = nullptr;
-  blas_handle() { REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS); }
-  ~blas_handle() { cublasDestroy(h); }
-};
 
 bool has_term(const lin_config& c, loss_type t) {
   if (c.terms.empty()) return c.loss == t;
@@ -1195,10 +1115,7 @@ TEST_CASE("fused linear logps: the forward alone gives train_step's log-probs",
   a.seq_counts = static_cast<int64_t*>(counts.get());
   a.lse = static_cast<float*>(lse.get());
   const geopref::options opt = options_of(c);
-  size_t bytes = 0;
-  REQUIRE(gc::fused_linear_logps(nullptr, bytes, a, opt) == status::success);
-  dmem ws(bytes);
-  REQUIRE(gc::fused_linear_logps(ws.get(), bytes, a, opt) == status::success);
+  dmem ws = GEOPREF_RUN(gc::fused_linear_logps, a, opt);
   const auto got = download<float>(seq.get(), static_cast<size_t>(p.S));
   const lin_result full = run_fused(p, h.h);
   for (int64_t s = 0; s < p.S; ++s) CHECK(got[s] == static_cast<float>(full.seq_logps[s]));
@@ -1338,10 +1255,7 @@ TEST_CASE("fused linear: no rows still overwrites grad_weight and grad_bias with
   a.grad_weight = gw.get();
   a.ld_grad_weight = 4;
   a.grad_bias = static_cast<float*>(gb.get());
-  size_t bytes = 0;
-  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, geopref::options{}) == status::success);
-  dmem ws(bytes);
-  REQUIRE(gc::fused_linear_step(ws.get(), bytes, a, geopref::options{}) == status::success);
+  dmem ws = GEOPREF_RUN(gc::fused_linear_step, a, geopref::options{});
   const std::vector<float> g = download<float>(gw.get(), 20);
   for (size_t i = 0; i < g.size(); ++i) {
     if (i % 4 < 3) CHECK(g[i] == 0.0f);
@@ -1622,10 +1536,7 @@ TEST_CASE("fused linear with a logit transform: step, vocab-parallel step, logps
       poison(seq);
       a.seq_logps = static_cast<float*>(seq.get());
       const geopref::options opt = options_of(c);
-      size_t bytes = 0;
-      REQUIRE(gc::fused_linear_logps(nullptr, bytes, a, opt) == status::success);
-      dmem ws(bytes);
-      REQUIRE(gc::fused_linear_logps(ws.get(), bytes, a, opt) == status::success);
+      dmem ws = GEOPREF_RUN(gc::fused_linear_logps, a, opt);
       const auto got = download<float>(seq.get(), static_cast<size_t>(p.S));
       const lin_result full = run_fused(p, h.h);
       for (int64_t s = 0; s < p.S; ++s) CHECK(got[s] == static_cast<float>(full.seq_logps[s]));

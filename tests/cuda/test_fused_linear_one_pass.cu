@@ -56,35 +56,17 @@ path_run run_path(const lin_problem& p, cublasHandle_t h, path_wanted want,
   }
   const geopref::options opt = opt_in != nullptr ? *opt_in : options_of(c);
   REQUIRE(gc::fused_linear_one_pass(a, opt) == (want == path_wanted::one_pass));
-  const float prior = 0.25f;
-  if (c.accumulate) preload_prior(p, o, prior);
-  // The built-in losses, or the caller's through the Loss overload (the
-  // same paths: only the pair kernel differs).
-  auto step = [&](void* w, size_t& n) {
-    return c.user_loss > 0 ? gc::fused_linear_step(w, n, a, opt, log_cosh_loss{c.user_loss})
-                           : gc::fused_linear_step(w, n, a, opt);
-  };
-  size_t bytes = 0;
-  REQUIRE(step(nullptr, bytes) == status::success);
-  dmem mem(bytes + 1);
-  poison(mem);
-  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
+  if (c.accumulate) preload_prior(p, o, PRIOR);
 #if defined(GEOPREF_HOST_EMULATION)
-  const long long before = h->gemm_calls;
+  const long long before = h->gemm_calls;  // the size query runs none
 #endif
-  REQUIRE(step(ws, bytes) == status::success);
-  status dev = status::internal_error;
-  REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
-  REQUIRE(dev == status::success);
+  // The user's loss takes the same paths: only the pair kernel differs.
+  step_fused(c, a, opt);
   path_run out;
 #if defined(GEOPREF_HOST_EMULATION)
   out.gemms = h->gemm_calls - before;
 #endif
-  out.r = o.read(p);
-  if (c.accumulate) {
-    for (auto& x : out.r.gw) x -= prior;
-    for (auto& x : out.r.gb) x -= prior;
-  }
+  out.r = read_fused(p, o);
   out.metric_bits = download<uint8_t>(stats.get(), sizeof(geopref::metrics));
   out.seq_bits = download<uint8_t>(o.seq.get(), static_cast<size_t>(p.S) * 4);
   out.gseq_bits = download<uint8_t>(o.gseq.get(), static_cast<size_t>(p.S) * 4);

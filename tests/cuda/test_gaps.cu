@@ -40,6 +40,20 @@ struct tight_workspace {
   }
 };
 
+/// A two-phase entry on a tight_workspace one byte past alignment (both
+/// phases REQUIREd to succeed); returns what the device recorded.
+template <class Call>
+status run_tight(Call&& call) {
+  size_t bytes = 0;
+  REQUIRE(call(nullptr, bytes) == status::success);
+  tight_workspace ws(bytes, 1);
+  CUDA_REQUIRE(cudaDeviceSynchronize());
+  REQUIRE(call(ws.ptr, bytes) == status::success);
+  return device_status_of(ws.ptr);
+}
+#define GEOPREF_RUN_TIGHT(entry, ...) \
+  run_tight([&](void* ws_, size_t& bytes_) { return entry(ws_, bytes_, __VA_ARGS__); })
+
 /// train_step over logits already in place at `logits` (stride ld), gradient
 /// to `grad` (stride grad_ld; null: none), workspace `ws_offset` bytes past a
 /// 256-byte boundary and exactly as large as asked.
@@ -85,25 +99,6 @@ problem make(const case_config& c) {
 // mapping, past row 0's data, where the pages are still zero, so the fault
 // gives wrong numbers, never a crash. The GPU covers this with [large].
 #if defined(GEOPREF_HOST_EMULATION)
-namespace {
-
-/// A reserved, untouched anonymous mapping: pages cost memory only once written.
-struct sparse_mapping {
-  uint8_t* ptr = nullptr;
-  size_t bytes = 0;
-  explicit sparse_mapping(size_t b) : bytes(b) {
-    void* p = mmap(nullptr, b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p != MAP_FAILED) ptr = static_cast<uint8_t*>(p);
-  }
-  ~sparse_mapping() {
-    if (ptr != nullptr) munmap(ptr, bytes);
-  }
-  sparse_mapping(const sparse_mapping&) = delete;
-  sparse_mapping& operator=(const sparse_mapping&) = delete;
-};
-
-}  // namespace
-
 TEST_CASE("row strides above 2^32 elements: 64-bit row offsets (emulator only)", "[gpu][gaps]") {
   for (bool in_place : {true, false}) {
     case_config c;
@@ -205,20 +200,8 @@ TEST_CASE("workspaces of exactly the asked size at a pointer 1 byte past a bound
       dmem lse = upload(fused.lse), gs = upload(fused.grad_seq);
       dmem g2(static_cast<size_t>(pr.n * grad_ld * out_es));
       poison(g2);
-      gc::grad_args a;
-      a.tokens = io.tokens(pr, z.ptr, pr.ld);
-      a.lse = lse.get<float>();
-      a.grad_seq_logps = gs.get<float>();
-      a.grad_logits = g2.get();
-      a.grad_ld = grad_ld;
-      size_t bytes = 0;
-      REQUIRE(gc::logits_grad(nullptr, bytes, a, c.opt) == status::success);
-      tight_workspace ws(bytes, 1);
-      CUDA_REQUIRE(cudaDeviceSynchronize());
-      REQUIRE(gc::logits_grad(ws.ptr, bytes, a, c.opt) == status::success);
-      status dev = status::internal_error;
-      REQUIRE(gc::device_status(ws.ptr, nullptr, &dev) == status::success);
-      CHECK(dev == status::success);
+      gc::grad_args a = grad_args_of(io.tokens(pr, z.ptr, pr.ld), lse, gs, g2.get(), grad_ld);
+      CHECK(GEOPREF_RUN_TIGHT(gc::logits_grad, a, c.opt) == status::success);
       CHECK(same_bits(download<uint8_t>(g2.get(), g2.bytes()), fused.grad));
     }
 
@@ -231,14 +214,7 @@ TEST_CASE("workspaces of exactly the asked size at a pointer 1 byte past a bound
       a.seq_counts = io.seq_counts.get<int64_t>();
       a.token_logps = io.token_logps.get<float>();
       a.lse = io.lse.get<float>();
-      size_t bytes = 0;
-      REQUIRE(gc::sequence_logps(nullptr, bytes, a, c.opt) == status::success);
-      tight_workspace ws(bytes, 1);
-      CUDA_REQUIRE(cudaDeviceSynchronize());
-      REQUIRE(gc::sequence_logps(ws.ptr, bytes, a, c.opt) == status::success);
-      status dev = status::internal_error;
-      REQUIRE(gc::device_status(ws.ptr, nullptr, &dev) == status::success);
-      CHECK(dev == status::success);
+      CHECK(GEOPREF_RUN_TIGHT(gc::sequence_logps, a, c.opt) == status::success);
       gpu_result r;
       io.download_into(pr, r);
       CHECK(same_bits(r.seq_logps, fused.seq_logps));
@@ -537,24 +513,12 @@ TEST_CASE("split rows, misaligned row starts, gradient in place", "[gpu][small][
     // train_step against the reference; then logits_grad in place over the
     // same layout, from its lse and g_s, against its gradient bit for bit.
     const problem pr = make(c);
-    const gpu_result fused = run_gpu(pr);
-    compare(pr, fused);
+    const gpu_result fused = run_compared(pr);
     device_io io(pr);
     dmem lse = upload(fused.lse), gs = upload(fused.grad_seq);
     device_logits z(pr);
-    gc::grad_args a;
-    a.tokens = io.tokens(pr, z.ptr, pr.ld);
-    a.lse = lse.get<float>();
-    a.grad_seq_logps = gs.get<float>();
-    a.grad_logits = z.ptr;  // in place
-    size_t bytes = 0;
-    REQUIRE(gc::logits_grad(nullptr, bytes, a, c.opt) == status::success);
-    tight_workspace ws(bytes, 1);
-    CUDA_REQUIRE(cudaDeviceSynchronize());
-    REQUIRE(gc::logits_grad(ws.ptr, bytes, a, c.opt) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.ptr, nullptr, &dev) == status::success);
-    CHECK(dev == status::success);
+    gc::grad_args a = grad_args_of(io.tokens(pr, z.ptr, pr.ld), lse, gs, z.ptr, 0);  // in place
+    CHECK(GEOPREF_RUN_TIGHT(gc::logits_grad, a, c.opt) == status::success);
     CHECK(same_bits(download<uint8_t>(z.ptr, pr.logits.size()), fused.grad));
   }
 }

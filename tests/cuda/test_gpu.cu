@@ -18,23 +18,6 @@ using geopref::reduction;
 
 namespace {
 
-case_config small_case(gc::dtype dt, uint64_t seed) {
-  case_config c;
-  c.dtype = dt;
-  c.vocab = 37;  // not a multiple of any vector width
-  c.pad = 3;
-  c.misalign = 1;  // every row starts off a 16-byte boundary: scalar prologue
-  c.seq_lens = {5, 0, 7, 3, 4, 6};
-  c.masked_seqs = {3};
-  c.extra_rows = 2;
-  c.weights = true;
-  c.grad_output = true;
-  c.grad_loss = 0.75;
-  c.opt.loss.type = loss_type::gdpo;
-  c.seed = seed;
-  return c;
-}
-
 geopref::loss_config loss_of(loss_type t) {
   geopref::loss_config l;
   l.type = t;
@@ -58,22 +41,8 @@ geopref::loss_config loss_of(loss_type t) {
 
 TEST_CASE("small problems in every dtype, in and out of place", "[gpu][small]") {
   uint64_t seed = 100;
-  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
-    case_config c = small_case(dt, ++seed);
-    check_case(c);  // out of place, gradient in the logits dtype, grad_ld = V
-    c.in_place = true;
-    c.seed = ++seed;
-    check_case(c);
-    c.in_place = false;
-    c.grad_fp32 = true;
-    c.grad_pad = 5;
-    c.grad_misalign = 3;
-    c.label_type = gc::index_type::int32;
-    c.offset_type = gc::index_type::int32;
-    c.explicit_pairs = 5;
-    c.seed = ++seed;
-    check_case(c);
-  }
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16})
+    for_each_grad_layout(small_case(dt, 0), seed, check_case);
 }
 
 TEST_CASE("every loss, every reduction, plain and length-normalised", "[gpu][matrix]") {
@@ -185,17 +154,9 @@ TEST_CASE("packed sequences: empty, all-masked, outside rows, explicit pairs", "
   uint64_t seed = 5000;
   for (bool avg : {false, true}) {
     for (int64_t pairs : {-1, 0, 1, 11}) {
-      case_config c;
-      c.dtype = gc::dtype::float16;
-      c.vocab = 777;
-      c.seq_lens = {0, 14, 1, 0, 23, 5, 9, 0, 2, 16};
-      c.masked_seqs = {5, 8};
-      c.extra_rows = 6;
-      c.explicit_pairs = pairs;
+      case_config c = packed_case(pairs, ++seed);
       c.weights = true;
       c.opt.average_logps = avg;
-      c.opt.loss.type = loss_type::cdpo;
-      c.seed = ++seed;
       check_case(c);
     }
   }
@@ -291,12 +252,8 @@ TEST_CASE("sequence_logps matches the reference and feeds train_step", "[gpu][sm
     a.seq_counts = counts.get<int64_t>();
     a.token_logps = tok.get<float>();
     a.lse = lse.get<float>();
-    size_t bytes = 0;
-    REQUIRE(gc::sequence_logps(nullptr, bytes, a, c.opt) == status::success);
-    dmem ws(bytes);
-    REQUIRE(gc::sequence_logps(ws.get(), bytes, a, c.opt) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    dmem ws = GEOPREF_RUN(gc::sequence_logps, a, c.opt);
+    const status dev = device_status_of(ws);
     REQUIRE(dev == status::success);
     const auto got = download<float>(out.get(), pr.s);
     const auto got_counts = download<int64_t>(counts.get(), pr.s);
@@ -446,25 +403,21 @@ status run_logits_grad(const problem& pr, const std::vector<float>& lse_in,
   const device_grad grad(with_grad, logits);
   const dmem lse = upload(lse_in), grad_seq = upload(grad_seq_in);
 
-  gc::grad_args a;
-  a.tokens = io.tokens(with_grad, logits.ptr, pr.ld);
-  a.lse = lse.get<float>();
-  a.grad_seq_logps = grad_seq.get<float>();
-  a.grad_logits = grad.ptr;
-  a.grad_ld = grad.api_ld;
+  gc::grad_args a =
+      grad_args_of(io.tokens(with_grad, logits.ptr, pr.ld), lse, grad_seq, grad.ptr, grad.api_ld);
   a.grad_float32 = pr.cfg.grad_fp32;
   if (tweak != nullptr) tweak(a);
 
   size_t bytes = 0;
   status st = gc::logits_grad(nullptr, bytes, a, pr.cfg.opt);
-  if (st != status::success) return st;
+  if (st != status::success) return st;  // the size query's own rejection
   dmem ws(bytes);
   poison(ws);
   CUDA_REQUIRE(cudaDeviceSynchronize());
   size_t given = bytes - workspace_shortfall;
   st = gc::logits_grad(ws.get(), given, a, pr.cfg.opt);
   if (st != status::success) return st;
-  REQUIRE(gc::device_status(ws.get(), nullptr, device) == status::success);
+  *device = device_status_of(ws);
   *grad_out = grad.download_all(with_grad);
   return status::success;
 }
@@ -478,8 +431,7 @@ void check_split_backward(const case_config& c) {
   problem pr;
   make_problem(c, pr);
   set_reference(pr);
-  const gpu_result fused = run_gpu(pr);
-  compare(pr, fused);
+  const gpu_result fused = run_compared(pr);
   problem no_grad = pr;
   no_grad.cfg.grad = false;
   const gpu_result fwd = run_gpu(no_grad);
@@ -498,23 +450,11 @@ void check_split_backward(const case_config& c) {
 
 TEST_CASE("logits_grad after a train_step without gradient is bitwise the fused gradient", "[gpu][small]") {
   uint64_t seed = 9500;
-  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
-    case_config c = small_case(dt, ++seed);  // padded ld, misaligned rows, masked rows, extra rows
-    check_split_backward(c);
-    c.in_place = true;
-    c.seed = ++seed;
-    check_split_backward(c);
-    c.in_place = false;
-    c.grad_fp32 = true;
-    c.grad_pad = 5;
-    c.grad_misalign = 3;
-    c.label_type = gc::index_type::int32;
-    c.offset_type = gc::index_type::int32;
-    c.explicit_pairs = 5;
-    c.opt.average_logps = true;
-    c.seed = ++seed;
-    check_split_backward(c);
-  }
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16})
+    for_each_grad_layout(small_case(dt, 0), seed, [](case_config c) {
+      c.opt.average_logps = c.grad_fp32;  // averaged in the third layout
+      check_split_backward(c);
+    });
   case_config c = small_case(gc::dtype::bfloat16, ++seed);
   c.vocab = 30000;  // rows split across blocks (few rows, large V)
   c.seq_lens = {3, 2, 0, 4};
@@ -684,12 +624,8 @@ TEST_CASE("N * V > 2^31 elements", "[gpu][large]") {
   a.grad_logits = z;  // in place
   geopref::options opt;
   opt.loss.type = loss_type::dpo;
-  size_t bytes = 0;
-  REQUIRE(gc::train_step(nullptr, bytes, a, opt) == status::success);
-  dmem ws(bytes);
-  REQUIRE(gc::train_step(ws.get(), bytes, a, opt) == status::success);
-  status dev = status::internal_error;
-  REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+  dmem ws = GEOPREF_RUN(gc::train_step, a, opt);
+  const status dev = device_status_of(ws);
   REQUIRE(dev == status::success);
 
   const auto got_tok = download<float>(tok.get(), n), got_lse = download<float>(lse.get(), n);

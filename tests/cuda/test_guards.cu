@@ -62,14 +62,10 @@ TEST_CASE("the running max rises inside the unrolled body, twice per thread, eve
     const int es = dtype_bytes(dt), w = 16 / es;
     constexpr int64_t PER = 2 * gd::FWD_UNROLL * gd::BLOCK;  // vectors per split
     const int64_t nvec = gd::MAX_SPLITS * PER;
-    case_config c;
-    c.dtype = dt;
-    c.vocab = nvec * w;       // 2^19 floats, 2^20 16-bit values
-    c.seq_lens = {1, 0};      // one scored row; P = 1 against an empty sequence
+    // 2^19 floats, 2^20 16-bit values; one scored row, P = 1 against an empty sequence
+    case_config c = gdpo_case(dt, nvec * w, {1, 0}, ++seed);
     c.mask_prob = 0.0;
     c.grad = false;
-    c.opt.loss.type = loss_type::gdpo;
-    c.seed = ++seed;
     INFO(describe(c));
     REQUIRE(gd::choose_splits(1, c.vocab, es) == gd::MAX_SPLITS);
     REQUIRE(gd::split_range(nvec, 0, gd::MAX_SPLITS).end == PER);
@@ -85,8 +81,7 @@ TEST_CASE("the running max rises inside the unrolled body, twice per thread, eve
       set_logit(pr, 0, col, 200.0f * static_cast<float>(pos) / static_cast<float>(PER) + noise(rng));
     }
     set_reference(pr);
-    const gpu_result r = run_gpu(pr);
-    compare(pr, r);
+    run_compared(pr);
   }
 }
 
@@ -103,14 +98,9 @@ TEST_CASE("16-bit rows whose maximum is only in the high half of a packed word",
           "[gpu][small][gaps]") {
   uint64_t seed = 24200;
   for (gc::dtype dt : {gc::dtype::float16, gc::dtype::bfloat16}) {
-    case_config c;
-    c.dtype = dt;
-    c.vocab = 1023 * 8;
-    c.seq_lens = {1, 1, 1, 1};
+    case_config c = gdpo_case(dt, 1023 * 8, {1, 1, 1, 1}, ++seed);
     c.mask_prob = 0.0;
     c.scale = 2.0;
-    c.opt.loss.type = loss_type::gdpo;
-    c.seed = ++seed;
     INFO(describe(c));
     REQUIRE(gd::choose_splits(4, c.vocab, 2) == 1);
     problem pr;
@@ -126,8 +116,7 @@ TEST_CASE("16-bit rows whose maximum is only in the high half of a packed word",
     }
     REQUIRE(110.0 - neighbours >= 90.0);
     set_reference(pr);
-    const gpu_result g = run_gpu(pr);
-    compare(pr, g);
+    run_compared(pr);
   }
 }
 
@@ -146,17 +135,15 @@ TEST_CASE("gradients misaligned against the logits take the scalar path exactly"
   for (gc::dtype dt : all_dtypes) {
     const int w = 16 / dtype_bytes(dt);
     for (int variant = 0; variant < 3; ++variant) {
-      case_config c;
-      c.dtype = dt;
-      c.vocab = dt == gc::dtype::float32 ? 4101 : 8203;  // 1025 vectors: 2 splits per row
-      c.seq_lens = {2, 1, 2, 1};
+      const uint64_t misalign_from = seed;  // the grad_misalign draw reads the seed before ++
+      // 1025 vectors: 2 splits per row
+      case_config c = gdpo_case(dt, dt == gc::dtype::float32 ? 4101 : 8203, {2, 1, 2, 1}, ++seed);
       c.extra_rows = 1;
       c.grad_pad = 3;
       c.grad_fp32 = variant == 2;
       c.misalign = variant == 1 ? 1 : 0;
-      c.grad_misalign = variant == 1 ? 0 : 1 + static_cast<int64_t>(seed % static_cast<uint64_t>(w - 1));
-      c.opt.loss.type = loss_type::gdpo;
-      c.seed = ++seed;
+      c.grad_misalign =
+          variant == 1 ? 0 : 1 + static_cast<int64_t>(misalign_from % static_cast<uint64_t>(w - 1));
       INFO(describe(c) << " grad_misalign=" << c.grad_misalign);
       REQUIRE(gd::choose_splits(7, c.vocab, dtype_bytes(dt)) == 2);
       check_case(c);
@@ -175,14 +162,9 @@ TEST_CASE("a token weight of +inf or -inf is invalid_weight and counts as 0",
           "[gpu][small][gaps]") {
   uint64_t seed = 24400;
   for (float bad : {INFINITY, -INFINITY}) {
-    case_config c;
-    c.dtype = gc::dtype::float32;
-    c.vocab = 37;
-    c.seq_lens = {5, 7, 6, 4};
+    case_config c = gdpo_case(gc::dtype::float32, 37, {5, 7, 6, 4}, ++seed);
     c.mask_prob = 0.0;
     c.token_weights = true;
-    c.opt.loss.type = loss_type::gdpo;
-    c.seed = ++seed;
     INFO(describe(c) << " bad weight " << bad);
     problem pr;
     make_problem(c, pr);
@@ -203,19 +185,13 @@ TEST_CASE("a token weight of +inf or -inf is invalid_weight and counts as 0",
     dmem lse = upload(r.lse), gs = upload(r.grad_seq);
     dmem g2(static_cast<size_t>(pr.n * pr.v * 4));
     poison(g2);
-    gc::grad_args a;
-    a.tokens = io.tokens(pr, z.ptr, pr.ld);
-    a.lse = lse.get<float>();
-    a.grad_seq_logps = gs.get<float>();
-    a.grad_logits = g2.get();
-    a.grad_ld = pr.v;
+    gc::grad_args a = grad_args_of(io.tokens(pr, z.ptr, pr.ld), lse, gs, g2.get(), pr.v);
     size_t bytes = 0;
     REQUIRE(gc::logits_grad(nullptr, bytes, a, c.opt) == status::success);
     dmem ws(bytes);
     CUDA_REQUIRE(cudaDeviceSynchronize());
     REQUIRE(gc::logits_grad(ws.get(), bytes, a, c.opt) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    const status dev = device_status_of(ws);
     CHECK(dev == status::invalid_weight);
     CHECK(same_bits(download<uint8_t>(g2.get(), g2.bytes()), r.grad));
   }
@@ -285,8 +261,7 @@ TEST_CASE("ignored rows' upstream gradient and logits never reach the gradient",
     dmem ws(bytes);
     CUDA_REQUIRE(cudaDeviceSynchronize());
     REQUIRE(gc::token_logps(ws.get(), bytes, fa) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    const status dev = device_status_of(ws);
     CHECK(dev == status::success);
     gc::token_grad_args ba;
     ba.rows = fa.rows;
@@ -294,11 +269,8 @@ TEST_CASE("ignored rows' upstream gradient and logits never reach the gradient",
     ba.grad_token_logps = dg.get<float>();
     ba.grad_logits = grad.ptr;
     ba.grad_ld = grad.api_ld;
-    REQUIRE(gc::token_logps_grad(nullptr, bytes, ba) == status::success);
-    dmem ws2(bytes);
-    REQUIRE(gc::token_logps_grad(ws2.get(), bytes, ba) == status::success);
-    REQUIRE(gc::device_status(ws2.get(), nullptr, &dev) == status::success);
-    CHECK(dev == status::success);  // no ignored row's g_t was read
+    const dmem ws2 = GEOPREF_RUN(gc::token_logps_grad, ba);
+    CHECK(device_status_of(ws2) == status::success);  // no ignored row's g_t was read
     const std::vector<float> got_lse = download<float>(lse.get(), pr.n);
     const std::vector<uint8_t> got = grad.download_all(pr);
 
@@ -462,12 +434,7 @@ const char* place_name(int where) {
 TEST_CASE("records overlapping the workspace by their whole extent, every entry",
           "[gpu][small][gaps][vocab_parallel]") {
   constexpr int K = 2;
-  case_config c;
-  c.dtype = gc::dtype::float32;
-  c.vocab = 61;
-  c.seq_lens = {5, 7, 6, 4};
-  c.opt.loss.type = loss_type::gdpo;
-  c.seed = 24601;
+  const case_config c = gdpo_case(gc::dtype::float32, 61, {5, 7, 6, 4}, 24601);
   problem pr;
   make_problem(c, pr);
   set_reference(pr);
@@ -549,6 +516,42 @@ TEST_CASE("records overlapping the workspace by their whole extent, every entry"
   }
 }
 
+/// The size query of every linear entry on the shapes and strides of
+/// `t` (its inputs, and its gradients' strides for linear_token_logps_grad),
+/// vocab-parallel as the one slice [0, V) of one rank; with `forward`, the
+/// forward entries too (fused_linear_logps, linear_token_logps,
+/// vocab_linear_stats). Each CHECKed to be `want`.
+void check_linear_queries(const gc::linear_train_args& t, const geopref::options& opt, status want,
+                          bool forward) {
+  size_t bytes = 0;
+  CHECK(gc::fused_linear_step(nullptr, bytes, t, opt) == want);
+  gc::linear_token_grad_args tg;
+  tg.rows.ld_hidden = t.in.ld_hidden;
+  tg.rows.ld_weight = t.in.ld_weight;
+  tg.rows.type = t.in.type;
+  tg.rows.n_rows = t.in.n_rows;
+  tg.rows.hidden_size = t.in.hidden_size;
+  tg.rows.vocab = t.in.vocab;
+  tg.ld_grad_hidden = t.ld_grad_hidden;
+  tg.ld_grad_weight = t.ld_grad_weight;
+  CHECK(gc::linear_token_logps_grad(nullptr, bytes, tg) == want);
+  gc::vocab_linear_train_args vt;
+  vt.train = t;
+  vt.slice = slice24(0, t.in.vocab, 0, 1);
+  CHECK(gc::vocab_linear_step(nullptr, bytes, vt, opt) == want);
+  if (!forward) return;
+  gc::linear_logps_args l;
+  l.in = t.in;
+  CHECK(gc::fused_linear_logps(nullptr, bytes, l, opt) == want);
+  gc::linear_token_logps_args tl;
+  tl.rows = tg.rows;
+  CHECK(gc::linear_token_logps(nullptr, bytes, tl) == want);
+  gc::vocab_linear_stats_args vs;
+  vs.in = t.in;
+  vs.slice = vt.slice;
+  CHECK(gc::vocab_linear_stats(nullptr, bytes, vs, opt) == want);
+}
+
 // ---------------------------------------------------------------------------
 // Fault: a linear entry's stride check missing one stride (any of ld_hidden,
 // ld_weight, ld_grad_hidden, ld_grad_weight accepted below the hidden size).
@@ -579,34 +582,8 @@ TEST_CASE("every linear entry's size query rejects each stride below the hidden 
       t.n_pairs = 1;
       if (sw == grad_hidden) t.ld_grad_hidden = ld;
       if (sw == grad_weight) t.ld_grad_weight = ld;
-      size_t bytes = 0;
-      CHECK(gc::fused_linear_step(nullptr, bytes, t, opt) == want);
-      gc::linear_token_grad_args tg;
-      tg.rows.ld_hidden = in.ld_hidden;
-      tg.rows.ld_weight = in.ld_weight;
-      tg.rows.type = in.type;
-      tg.rows.n_rows = in.n_rows;
-      tg.rows.hidden_size = HD;
-      tg.rows.vocab = in.vocab;
-      tg.ld_grad_hidden = t.ld_grad_hidden;
-      tg.ld_grad_weight = t.ld_grad_weight;
-      CHECK(gc::linear_token_logps_grad(nullptr, bytes, tg) == want);
-      gc::vocab_linear_train_args vt;
-      vt.train = t;
-      vt.slice = slice24(0, in.vocab, 0, 1);
-      CHECK(gc::vocab_linear_step(nullptr, bytes, vt, opt) == want);
-      if (sw == hidden || sw == weight) {  // the forward entries take the input strides only
-        gc::linear_logps_args l;
-        l.in = in;
-        CHECK(gc::fused_linear_logps(nullptr, bytes, l, opt) == want);
-        gc::linear_token_logps_args tl;
-        tl.rows = tg.rows;
-        CHECK(gc::linear_token_logps(nullptr, bytes, tl) == want);
-        gc::vocab_linear_stats_args vs;
-        vs.in = in;
-        vs.slice = vt.slice;
-        CHECK(gc::vocab_linear_stats(nullptr, bytes, vs, opt) == want);
-      }
+      // The forward entries take the input strides only.
+      check_linear_queries(t, opt, want, sw == hidden || sw == weight);
     }
   }
 }
@@ -630,28 +607,7 @@ TEST_CASE("hidden size 0 with rows is invalid_shape in every linear entry",
     gc::linear_train_args t;
     t.in = in;
     t.n_pairs = 1;
-    size_t bytes = 0;
-    CHECK(gc::fused_linear_step(nullptr, bytes, t, opt) == want);
-    gc::linear_logps_args l;
-    l.in = in;
-    CHECK(gc::fused_linear_logps(nullptr, bytes, l, opt) == want);
-    gc::linear_token_logps_args tl;
-    tl.rows.type = in.type;
-    tl.rows.n_rows = in.n_rows;
-    tl.rows.hidden_size = hd;
-    tl.rows.vocab = in.vocab;
-    CHECK(gc::linear_token_logps(nullptr, bytes, tl) == want);
-    gc::linear_token_grad_args tg;
-    tg.rows = tl.rows;
-    CHECK(gc::linear_token_logps_grad(nullptr, bytes, tg) == want);
-    gc::vocab_linear_stats_args vs;
-    vs.in = in;
-    vs.slice = slice24(0, in.vocab, 0, 1);
-    CHECK(gc::vocab_linear_stats(nullptr, bytes, vs, opt) == want);
-    gc::vocab_linear_train_args vt;
-    vt.train = t;
-    vt.slice = vs.slice;
-    CHECK(gc::vocab_linear_step(nullptr, bytes, vt, opt) == want);
+    check_linear_queries(t, opt, want, true);
   }
 }
 
@@ -743,12 +699,8 @@ TEST_CASE("a label owned by no slice, through vocab_parallel_logps and vocab_lin
         a.tokens.vocab = end[r] - begin[r];
         a.slice = slice24(begin[r], pr.v, r, 2);
         a.records = records.get<gc::vocab_record>() + r * pr.n;
-        size_t bytes = 0;
-        REQUIRE(gc::vocab_parallel_stats(nullptr, bytes, a, c.opt) == status::success);
-        dmem ws(bytes);
-        REQUIRE(gc::vocab_parallel_stats(ws.get(), bytes, a, c.opt) == status::success);
-        status dev = status::internal_error;
-        REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+        dmem ws = GEOPREF_RUN(gc::vocab_parallel_stats, a, c.opt);
+        const status dev = device_status_of(ws);
         CHECK(dev == status::success);  // each slice alone is fine
       }
       gc::vocab_logps_args l;
@@ -757,12 +709,8 @@ TEST_CASE("a label owned by no slice, through vocab_parallel_logps and vocab_lin
       l.seq_logps = io.seq_logps.get<float>();
       l.slice = slice24(0, pr.v, 0, 2);
       l.records = records.get<gc::vocab_record>();
-      size_t bytes = 0;
-      REQUIRE(gc::vocab_parallel_logps(nullptr, bytes, l, c.opt) == status::success);
-      dmem ws(bytes);
-      REQUIRE(gc::vocab_parallel_logps(ws.get(), bytes, l, c.opt) == status::success);
-      status dev = status::internal_error;
-      REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+      dmem ws = GEOPREF_RUN(gc::vocab_parallel_logps, l, c.opt);
+      const status dev = device_status_of(ws);
       CHECK(dev == (gap ? status::invalid_vocab_records : status::success));
     }
     {  // the linear path
@@ -775,24 +723,16 @@ TEST_CASE("a label owned by no slice, through vocab_parallel_logps and vocab_lin
         a.in = lin.in(begin[r], end[r] - begin[r], h.h);
         a.slice = slice24(begin[r], small_linear::V, r, 2);
         a.records = records.get<gc::vocab_record>() + r * small_linear::N;
-        size_t bytes = 0;
-        REQUIRE(gc::vocab_linear_stats(nullptr, bytes, a, geopref::options{}) == status::success);
-        dmem ws(bytes);
-        REQUIRE(gc::vocab_linear_stats(ws.get(), bytes, a, geopref::options{}) == status::success);
-        status dev = status::internal_error;
-        REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+        dmem ws = GEOPREF_RUN(gc::vocab_linear_stats, a, geopref::options{});
+        const status dev = device_status_of(ws);
         CHECK(dev == status::success);
       }
       gc::vocab_linear_train_args t;
       t.train = lin.train(lin.in(begin[1], end[1] - begin[1], h.h));
       t.slice = slice24(begin[1], small_linear::V, 1, 2);
       t.records = records.get<gc::vocab_record>();
-      size_t bytes = 0;
-      REQUIRE(gc::vocab_linear_step(nullptr, bytes, t, geopref::options{}) == status::success);
-      dmem ws(bytes);
-      REQUIRE(gc::vocab_linear_step(ws.get(), bytes, t, geopref::options{}) == status::success);
-      status dev = status::internal_error;
-      REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+      dmem ws = GEOPREF_RUN(gc::vocab_linear_step, t, geopref::options{});
+      const status dev = device_status_of(ws);
       CHECK(dev == (gap ? status::invalid_vocab_records : status::success));
     }
   }

@@ -33,6 +33,7 @@
 #include "geopref/cuda/linear_token_logps.cuh"
 #include "gpu_harness.cuh"
 #include "linear_bridge.hpp"
+#include "linear_harness.cuh"
 
 using namespace geopref::test;
 
@@ -62,10 +63,6 @@ std::string describe(const lt_config& c) {
   return o.str();
 }
 
-double unit_roundoff(gc::dtype d) {
-  return d == gc::dtype::bfloat16 ? 1.0 / 256 : (d == gc::dtype::float16 ? 1.0 / 2048 : 0.0);
-}
-
 struct lt_problem {
   lt_config c;
   int64_t ldh = 0;
@@ -75,18 +72,6 @@ struct lt_problem {
   std::vector<float> g;
   std::vector<double> g_d;
 };
-
-void fill(gc::dtype d, std::mt19937_64& rng, double scale, int64_t rows, int64_t cols, int64_t ld,
-          std::vector<uint8_t>& bytes, std::vector<double>& vals) {
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  const int e = dtype_bytes(d);
-  bytes.assign(static_cast<size_t>(rows * ld * e), 0xff);  // padding: NaN, never read
-  vals.assign(static_cast<size_t>(rows * cols), 0.0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k)
-      vals[r * cols + k] =
-          encode(d, static_cast<float>(scale) * u(rng), bytes.data() + (r * ld + k) * e);
-}
 
 lt_problem make_lt(const lt_config& c) {
   std::mt19937_64 rng(c.seed);
@@ -144,31 +129,9 @@ gc::linear_token_rows rows_of(const lt_problem& p, const lt_device& d, cublasHan
   return r;
 }
 
-std::vector<double> read_matrix(gc::dtype d, const std::vector<uint8_t>& bytes, int64_t rows,
-                                int64_t cols, int64_t ld) {
-  std::vector<double> v(static_cast<size_t>(rows * cols));
-  const int e = dtype_bytes(d);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) v[r * cols + k] = decode(d, bytes.data() + (r * ld + k) * e);
-  return v;
-}
-
-std::vector<double> to_d(const std::vector<float>& f) { return std::vector<double>(f.begin(), f.end()); }
-
 struct lt_result {
   std::vector<double> token_logps, lse, entropy, gh, gw, gb;
   std::vector<uint8_t> tlp_bits, gh_bits, gw_bits, gb_bits;
-};
-
-/// A workspace of exactly `bytes`, its base one byte past alignment (a
-/// layout one piece short writes into the guard band), poisoned.
-struct exact_ws {
-  dmem mem;
-  void* p;
-  explicit exact_ws(size_t bytes) : mem(bytes + 1) {
-    poison(mem);
-    p = static_cast<uint8_t*>(mem.get()) + 1;
-  }
 };
 
 /// The fused path: forward, then the backward with the forward's lse. With
@@ -182,28 +145,14 @@ lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
       gw(static_cast<size_t>(c.vocab * p.ldh * egw)), gb(static_cast<size_t>(c.vocab) * 4);
   for (const dmem* m : {&tlp, &lse, &ent, &gh, &gw, &gb}) poison(*m);
   const float prior = 0.25f;
-  if (c.accumulate) {
-    std::vector<uint8_t> w(gw.bytes());
-    for (size_t i = 0; i + egw <= w.size(); i += static_cast<size_t>(egw))
-      encode(c.gw_float32 ? gc::dtype::float32 : c.dtype, prior, w.data() + i);
-    CUDA_REQUIRE(cudaMemcpy(gw.get(), w.data(), w.size(), cudaMemcpyHostToDevice));
-    std::vector<float> bb(static_cast<size_t>(c.vocab), prior);
-    CUDA_REQUIRE(cudaMemcpy(gb.get(), bb.data(), bb.size() * 4, cudaMemcpyHostToDevice));
-  }
+  if (c.accumulate)
+    preload_prior(gw, c.gw_float32 ? gc::dtype::float32 : c.dtype, gb, c.vocab, prior);
   gc::linear_token_logps_args fa;
   fa.rows = rows_of(p, d, h);
   fa.token_logps = tlp.get<float>();
   fa.lse = lse.get<float>();
   fa.entropy = ent.get<float>();
-  size_t bytes = 0;
-  REQUIRE(gc::linear_token_logps(nullptr, bytes, fa) == status::success);
-  {
-    exact_ws ws(bytes);
-    REQUIRE(gc::linear_token_logps(ws.p, bytes, fa) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.p, nullptr, &dev) == status::success);
-    REQUIRE(dev == status::success);
-  }
+  GEOPREF_RUN_EXACT(gc::linear_token_logps, fa);
   gc::linear_token_grad_args ga;
   ga.rows = fa.rows;
   ga.lse = lse.get<float>();
@@ -215,14 +164,7 @@ lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
   ga.grad_weight_float32 = c.gw_float32;
   ga.grad_bias = c.bias ? gb.get<float>() : nullptr;
   ga.accumulate = c.accumulate;
-  REQUIRE(gc::linear_token_logps_grad(nullptr, bytes, ga) == status::success);
-  {
-    exact_ws ws(bytes);
-    REQUIRE(gc::linear_token_logps_grad(ws.p, bytes, ga) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.p, nullptr, &dev) == status::success);
-    REQUIRE(dev == status::success);
-  }
+  GEOPREF_RUN_EXACT(gc::linear_token_logps_grad, ga);
   lt_result r;
   r.tlp_bits = download<uint8_t>(tlp.get(), tlp.bytes());
   r.token_logps = to_d(download<float>(tlp.get(), n));
@@ -249,21 +191,10 @@ lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
 /// grad_W = Gᵀ·H (float) in one GEMM each, grad_b on the host.
 lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
   const lt_config& c = p.c;
-  const int e = dtype_bytes(c.dtype);
-  const cudaDataType_t t = gc::detail::blas_type(c.dtype);
   lt_device d(p);
-  const int64_t N = c.rows, V = c.vocab, Hd = c.hidden;
-  std::vector<uint8_t> zb(static_cast<size_t>(N * V * e), 0);
-  if (c.bias)
-    for (int64_t r = 0; r < N; ++r)
-      std::memcpy(zb.data() + r * V * e, p.bb.data(), static_cast<size_t>(V * e));
-  dmem Z = upload(zb);
-  const float one = 1.0f, zero = 0.0f, beta = c.bias ? 1.0f : 0.0f;
-  REQUIRE(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(V), static_cast<int>(N),
-                       static_cast<int>(Hd), &one, d.W.get(), t, static_cast<int>(p.ldh),
-                       d.H.get(), t, static_cast<int>(p.ldh), &beta, Z.get(), t,
-                       static_cast<int>(V), CUBLAS_COMPUTE_32F,
-                       CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  const int64_t N = c.rows, V = c.vocab;
+  const unfused_linear lin{h, c.dtype, d.H, d.W, p.ldh, N, V, c.hidden};
+  dmem Z = lin.logits(c.bias ? p.bb : std::vector<uint8_t>{});
   gc::token_rows rows;
   rows.logits = Z.get();
   rows.logits_dtype = c.dtype;
@@ -281,43 +212,18 @@ lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
   fa.token_logps = tlp.get<float>();
   fa.lse = lse.get<float>();
   fa.entropy = ent.get<float>();
-  size_t bytes = 0;
-  REQUIRE(gc::token_logps(nullptr, bytes, fa) == status::success);
-  {
-    dmem ws(bytes);
-    REQUIRE(gc::token_logps(ws.get(), bytes, fa) == status::success);
-  }
+  GEOPREF_RUN(gc::token_logps, fa);
   gc::token_grad_args ga;
   ga.rows = rows;
   ga.lse = lse.get<float>();
   ga.grad_token_logps = d.g.get<float>();
   ga.grad_logits = Z.get();  // in place
-  REQUIRE(gc::token_logps_grad(nullptr, bytes, ga) == status::success);
-  {
-    dmem ws(bytes);
-    REQUIRE(gc::token_logps_grad(ws.get(), bytes, ga) == status::success);
-  }
-  dmem gh(static_cast<size_t>(N * Hd * 4)), gw(static_cast<size_t>(V * Hd * 4));
-  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(Hd), static_cast<int>(N),
-                       static_cast<int>(V), &one, d.W.get(), t, static_cast<int>(p.ldh), Z.get(),
-                       t, static_cast<int>(V), &zero, gh.get(), CUDA_R_32F, static_cast<int>(Hd),
-                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
-  REQUIRE(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(Hd), static_cast<int>(V),
-                       static_cast<int>(N), &one, d.H.get(), t, static_cast<int>(p.ldh), Z.get(),
-                       t, static_cast<int>(V), &zero, gw.get(), CUDA_R_32F, static_cast<int>(Hd),
-                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  GEOPREF_RUN(gc::token_logps_grad, ga);
   lt_result r;
+  lin.backward(Z, c.bias, r.gh, r.gw, r.gb);
   r.token_logps = to_d(download<float>(tlp.get(), n));
   r.lse = to_d(download<float>(lse.get(), n));
   r.entropy = to_d(download<float>(ent.get(), n));
-  r.gh = to_d(download<float>(gh.get(), static_cast<size_t>(N * Hd)));
-  r.gw = to_d(download<float>(gw.get(), static_cast<size_t>(V * Hd)));
-  if (c.bias) {
-    const std::vector<uint8_t> G = download<uint8_t>(Z.get(), Z.bytes());
-    r.gb.assign(static_cast<size_t>(V), 0.0);
-    for (int64_t row = 0; row < N; ++row)
-      for (int64_t v = 0; v < V; ++v) r.gb[v] += decode(c.dtype, G.data() + (row * V + v) * e);
-  }
   return r;
 }
 
@@ -359,23 +265,11 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
   case_config tc;
   tc.dtype = c.dtype;
   tc.logit_transform = tr;
-  std::vector<double> ez(static_cast<size_t>(N)), ezp(static_cast<size_t>(N));
+  const row_logit_errors errs(c.dtype, tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr, N,
+                              V, Hd);
+  const std::vector<double>& ez = errs.ez;
+  const std::vector<double>& ezp = errs.ezp;
   for (int64_t t = 0; t < N; ++t) {
-    double zmax = 0, amax = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      zmax = std::max(zmax, std::fabs(ref.logits[t * V + v]));
-      double a = c.bias ? std::fabs(p.b[v]) : 0.0;
-      for (int64_t k = 0; k < Hd; ++k) a += std::fabs(p.H[t * Hd + k] * p.W[v * Hd + k]);
-      amax = std::max(amax, a);
-    }
-    ez[t] = uT * zmax + static_cast<double>(Hd + 2) * u * amax;
-    ezp[t] = ez[t];
-    if (!ident) {
-      double m = 0;
-      for (int64_t v = 0; v < V; ++v)
-        m = std::max(m, s_T * ez[t] + transform_error_at(tc, ref.logits[t * V + v]).value);
-      ezp[t] = m;
-    }
     const double l = ref.lse[t], lp = ref.token_logps[t], hh = ref.entropy[t];
     b.lse.push_back(ezp[t] + eps_sum(V) + 4 * u * std::fabs(l));
     b.logp.push_back(2 * ezp[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
@@ -453,12 +347,6 @@ void check_all(const char* what, const std::vector<double>& got, const std::vect
   }
   CHECK(bad == 0);
 }
-
-struct blas_handle {
-  cublasHandle_t h = nullptr;
-  blas_handle() { REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS); }
-  ~blas_handle() { cublasDestroy(h); }
-};
 
 void compare(const lt_problem& p, const lt_result& g, const std::vector<double>& lse,
              const std::vector<double>& logp, const std::vector<double>& ent,
@@ -625,8 +513,7 @@ TEST_CASE("linear_token_logps(_grad): bad input is a status, device problems in 
     auto a = fa;
     a.rows.labels = bad.get();
     REQUIRE(fwd(a) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    const status dev = device_status_of(ws);
     CHECK(dev == status::label_out_of_range);
   }
   {
@@ -638,8 +525,7 @@ TEST_CASE("linear_token_logps(_grad): bad input is a status, device problems in 
     auto a = ga;
     a.grad_token_logps = bad.get<float>();
     REQUIRE(bwd(a) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    const status dev = device_status_of(ws);
     CHECK(dev == status::invalid_upstream_grad);
   }
   // N = 0: success, nothing read; an overwrite of grad_weight / grad_bias is zeros.

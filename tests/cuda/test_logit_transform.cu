@@ -29,20 +29,11 @@ namespace {
 // (softcap_map, mild), and a hard cap with all three set.
 const geopref::logit_transform MAPS[] = {{0.5, 0.0, 0.8}, {1.0, 30.0, 1.0}, {1.7, 2.5, 1.3}};
 
+// small_case with the transform and an upstream gradient of 1.
 case_config transform_case(gc::dtype dt, const geopref::logit_transform& tr, uint64_t seed) {
-  case_config c;
-  c.dtype = dt;
-  c.vocab = 37;
-  c.pad = 3;
-  c.misalign = 1;
-  c.seq_lens = {5, 0, 7, 3, 4, 6};
-  c.masked_seqs = {3};
-  c.extra_rows = 2;
-  c.weights = true;
-  c.grad_output = true;
-  c.opt.loss.type = loss_type::gdpo;
+  case_config c = small_case(dt, seed);
+  c.grad_loss = 1.0;
   c.logit_transform = tr;
-  c.seed = seed;
   return c;
 }
 
@@ -137,10 +128,7 @@ TEST_CASE("sequence_logps and logits_grad with a logit transform", "[gpu][small]
     la.tokens = io.tokens(pr, logits.ptr, pr.ld);
     la.seq_logps = seq.get<float>();
     la.lse = lse.get<float>();
-    size_t bytes = 0;
-    REQUIRE(gc::sequence_logps(nullptr, bytes, la, c.opt) == status::success);
-    dmem ws(bytes);
-    REQUIRE(gc::sequence_logps(ws.get(), bytes, la, c.opt) == status::success);
+    dmem ws = GEOPREF_RUN(gc::sequence_logps, la, c.opt);
     CUDA_REQUIRE(cudaDeviceSynchronize());
     // The same forward kernels as train_step's: the same bits.
     CHECK(same_bits(download<float>(seq.get(), pr.s), fused.seq_logps));
@@ -149,15 +137,8 @@ TEST_CASE("sequence_logps and logits_grad with a logit transform", "[gpu][small]
     // logits_grad from train_step's lse and g_s: train_step's gradient.
     const dmem lse_in = upload(fused.lse), gs_in = upload(fused.grad_seq);
     dmem grad(pr.n * pr.v * static_cast<size_t>(dtype_bytes(dt)));
-    gc::grad_args ga;
-    ga.tokens = la.tokens;
-    ga.lse = lse_in.get<float>();
-    ga.grad_seq_logps = gs_in.get<float>();
-    ga.grad_logits = grad.get();
-    ga.grad_ld = pr.v;
-    REQUIRE(gc::logits_grad(nullptr, bytes, ga, c.opt) == status::success);
-    dmem ws2(bytes);
-    REQUIRE(gc::logits_grad(ws2.get(), bytes, ga, c.opt) == status::success);
+    gc::grad_args ga = grad_args_of(la.tokens, lse_in, gs_in, grad.get(), pr.v);
+    const dmem ws2 = GEOPREF_RUN(gc::logits_grad, ga, c.opt);
     CUDA_REQUIRE(cudaDeviceSynchronize());
     CHECK(same_bits(download<uint8_t>(grad.get(), grad.bytes()), fused.grad));
   }

@@ -79,12 +79,7 @@ gc::token_rows rows_of(const token_problem& tp, const void* logits, int64_t ld, 
                        int64_t ignore) {
   const problem& pr = tp.pr;
   gc::token_rows r;
-  r.logits = logits;
-  r.logits_dtype = pr.cfg.dtype;
-  r.n_rows = pr.n;
-  r.vocab = pr.v;
-  r.ld = ld;
-  r.logit_transform = pr.cfg.logit_transform;
+  set_logits(r, pr, logits, ld);
   r.labels = labels.get();
   r.label_type = pr.cfg.label_type;
   r.ignore_index = ignore;
@@ -110,14 +105,8 @@ token_gpu_result run_token_gpu(const token_case& tc, const token_problem& tp) {
   fa.token_logps = logp.get<float>();
   fa.lse = lse.get<float>();
   fa.entropy = tc.entropy ? ent.get<float>() : nullptr;
-  size_t bytes = 0;
-  REQUIRE(gc::token_logps(nullptr, bytes, fa) == status::success);
-  dmem ws(bytes);
-  poison(ws);
-  CUDA_REQUIRE(cudaDeviceSynchronize());
-  r.fwd = gc::token_logps(ws.get(), bytes, fa);
+  r.fwd = run_poisoned([&](void* w, size_t& b) { return gc::token_logps(w, b, fa); }, &r.fwd_device);
   if (r.fwd != status::success) return r;
-  REQUIRE(gc::device_status(ws.get(), nullptr, &r.fwd_device) == status::success);
   r.token_logps = download<float>(logp.get(), pr.n);
   r.lse = download<float>(lse.get(), pr.n);
   if (tc.entropy) r.entropy = download<float>(ent.get(), pr.n);
@@ -130,14 +119,9 @@ token_gpu_result run_token_gpu(const token_case& tc, const token_problem& tp) {
   ba.grad_logits = grad.ptr;
   ba.grad_ld = grad.api_ld;
   ba.grad_float32 = c.grad_fp32;
-  size_t gbytes = 0;
-  REQUIRE(gc::token_logps_grad(nullptr, gbytes, ba) == status::success);
-  dmem gws(gbytes);
-  poison(gws);
-  CUDA_REQUIRE(cudaDeviceSynchronize());
-  r.bwd = gc::token_logps_grad(gws.get(), gbytes, ba);
+  r.bwd = run_poisoned([&](void* w, size_t& b) { return gc::token_logps_grad(w, b, ba); },
+                       &r.bwd_device);
   if (r.bwd != status::success) return r;
-  REQUIRE(gc::device_status(gws.get(), nullptr, &r.bwd_device) == status::success);
   r.grad = grad.download_all(pr);
   r.grad_ld = grad.ld;
   return r;
@@ -512,22 +496,6 @@ TEST_CASE("token_logps: host-side argument errors", "[gpu][small][token]") {
 // forward_kernel, entropy_kernel or backward_kernel reads or writes row 0's
 // neighbourhood instead of row 1.
 #if defined(GEOPREF_HOST_EMULATION)
-namespace {
-struct reserved {
-  uint8_t* ptr = nullptr;
-  size_t bytes = 0;
-  explicit reserved(size_t b) : bytes(b) {
-    void* p = mmap(nullptr, b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p != MAP_FAILED) ptr = static_cast<uint8_t*>(p);
-  }
-  ~reserved() {
-    if (ptr != nullptr) munmap(ptr, bytes);
-  }
-  reserved(const reserved&) = delete;
-  reserved& operator=(const reserved&) = delete;
-};
-}  // namespace
-
 TEST_CASE("token_logps: row strides above 2^32 elements (emulator only)", "[gpu][token][gaps]") {
   for (bool in_place : {true, false}) {
     token_case tc = base_case(gc::dtype::bfloat16, 8203, in_place ? 16401 : 16402);
@@ -544,12 +512,12 @@ TEST_CASE("token_logps: row strides above 2^32 elements (emulator only)", "[gpu]
     const int64_t big_ld = (int64_t{1} << 32) + pr.v + 5;
     const int64_t grad_ld = in_place ? big_ld : (int64_t{1} << 32) + pr.v + 9;
     const int es = 2, out_es = in_place ? 2 : 4;
-    reserved zmap(static_cast<size_t>((big_ld + pr.v + 1) * es));
+    sparse_mapping zmap(static_cast<size_t>((big_ld + pr.v + 1) * es));
     if (zmap.ptr == nullptr) FAIL("cannot reserve 8 GB of address space with mmap(MAP_NORESERVE)");
     uint8_t* logits = zmap.ptr + es;  // misaligned by one element
     for (int64_t t = 0; t < pr.n; ++t)
       std::memcpy(logits + t * big_ld * es, pr.logits.data() + t * pr.v * es, static_cast<size_t>(pr.v * es));
-    reserved gmap(in_place ? 0 : static_cast<size_t>((grad_ld + pr.v + 16) * out_es));
+    sparse_mapping gmap(in_place ? 0 : static_cast<size_t>((grad_ld + pr.v + 16) * out_es));
     uint8_t* grad = logits;
     if (!in_place) {
       if (gmap.ptr == nullptr) FAIL("cannot reserve 16 GB of address space with mmap(MAP_NORESERVE)");
@@ -564,10 +532,7 @@ TEST_CASE("token_logps: row strides above 2^32 elements (emulator only)", "[gpu]
     fa.token_logps = logp.get<float>();
     fa.lse = lse.get<float>();
     fa.entropy = ent.get<float>();
-    size_t bytes = 0;
-    REQUIRE(gc::token_logps(nullptr, bytes, fa) == status::success);
-    dmem ws(bytes);
-    REQUIRE(gc::token_logps(ws.get(), bytes, fa) == status::success);
+    dmem ws = GEOPREF_RUN(gc::token_logps, fa);
     token_gpu_result r;
     REQUIRE(gc::device_status(ws.get(), nullptr, &r.fwd_device) == status::success);
     r.fwd = status::success;

@@ -78,8 +78,7 @@ vp_run run_vocab_parallel(const problem& pr, const std::vector<int64_t>& begin,
     dmem ws(bytes);
     poison(ws);
     REQUIRE(gc::vocab_parallel_stats(ws.get(), bytes, a, c.opt) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+    const status dev = device_status_of(ws);
     if (dev != status::success) out.stats_device = dev;
   }
   out.records = download<uint8_t>(records.get(), records.bytes());
@@ -122,17 +121,6 @@ vp_run run_tiled(const problem& pr, const std::vector<int64_t>& bounds, const st
                             std::vector<int64_t>(bounds.begin() + 1, bounds.end()), slot);
 }
 
-void same_outputs(const gpu_result& a, const gpu_result& b) {
-  CHECK(same_bits(a.loss, b.loss));
-  CHECK(std::memcmp(&a.stats, &b.stats, sizeof(geopref::metrics)) == 0);
-  CHECK(same_bits(a.seq_logps, b.seq_logps));
-  CHECK(same_bits(a.seq_counts, b.seq_counts));
-  CHECK(same_bits(a.token_logps, b.token_logps));
-  CHECK(same_bits(a.lse, b.lse));
-  CHECK(same_bits(a.grad_seq, b.grad_seq));
-  CHECK(same_bits(a.grad, b.grad));
-}
-
 /// K ranks against the reference; every rank the same bits; a second run
 /// with the slots reversed (records arriving in another order) the same bits.
 void check_vocab_case(const problem& pr, const std::vector<int64_t>& bounds) {
@@ -163,19 +151,8 @@ void check_vocab_case(const problem& pr, const std::vector<int64_t>& bounds) {
 }
 
 case_config vp_case(gc::dtype dt, uint64_t seed) {
-  case_config c;
-  c.dtype = dt;
+  case_config c = small_case(dt, seed);
   c.vocab = 61;  // odd: no slice is a multiple of a vector width for long
-  c.pad = 3;
-  c.misalign = 1;
-  c.seq_lens = {5, 0, 7, 3, 4, 6};
-  c.masked_seqs = {3};
-  c.extra_rows = 2;
-  c.weights = true;
-  c.grad_output = true;
-  c.grad_loss = 0.75;
-  c.opt.loss.type = loss_type::gdpo;
-  c.seed = seed;
   return c;
 }
 
@@ -302,12 +279,8 @@ TEST_CASE("vocab-parallel: the forward-only combine equals the step's", "[gpu][s
   a.lse = io.lse.get<float>();
   a.slice = gc::even_slice(pr.v, 1, 3, nullptr);
   a.records = records.get<gc::vocab_record>();
-  size_t bytes = 0;
-  REQUIRE(gc::vocab_parallel_logps(nullptr, bytes, a, c.opt) == status::success);
-  dmem ws(bytes);
-  REQUIRE(gc::vocab_parallel_logps(ws.get(), bytes, a, c.opt) == status::success);
-  status dev = status::internal_error;
-  REQUIRE(gc::device_status(ws.get(), nullptr, &dev) == status::success);
+  dmem ws = GEOPREF_RUN(gc::vocab_parallel_logps, a, c.opt);
+  const status dev = device_status_of(ws);
   CHECK(dev == status::success);
   gpu_result r;
   io.download_into(pr, r);

@@ -163,23 +163,11 @@ TEST_CASE("harness: the error bounds accept fp32 kernel arithmetic", "[cuda][har
   uint64_t seed = 1;
   for (gc::dtype dt : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
     for (int layout = 0; layout < 3; ++layout) {
-      case_config c;
-      c.dtype = dt;
-      c.vocab = 37;
-      c.pad = 3;
-      c.misalign = 1;
-      c.seq_lens = {5, 0, 7, 3, 4, 6};
-      c.masked_seqs = {3};
-      c.extra_rows = 2;
-      c.weights = true;
-      c.grad_output = true;
-      c.grad_loss = 0.75;
+      case_config c = small_case(dt, ++seed);
       c.in_place = layout == 1;
       c.grad_fp32 = layout == 2;
       c.grad_pad = layout == 2 ? 5 : 0;
       c.explicit_pairs = layout == 2 ? 5 : -1;
-      c.opt.loss.type = loss_type::gdpo;
-      c.seed = ++seed;
       check_model(c);
       c.extreme = true;
       c.vocab = 513;
@@ -237,16 +225,7 @@ TEST_CASE("harness: the error bounds accept fp32 kernel arithmetic", "[cuda][har
       check_model(c);
     }
   for (int64_t pairs : {-1, 0, 11}) {
-    case_config c;
-    c.dtype = gc::dtype::float16;
-    c.vocab = 777;
-    c.seq_lens = {0, 14, 1, 0, 23, 5, 9, 0, 2, 16};
-    c.masked_seqs = {5, 8};
-    c.extra_rows = 6;
-    c.explicit_pairs = pairs;
-    c.opt.loss.type = loss_type::cdpo;
-    c.seed = ++seed;
-    check_model(c);
+    check_model(packed_case(pairs, ++seed));
   }
 }
 
