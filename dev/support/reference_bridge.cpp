@@ -72,7 +72,7 @@ geopref::status run_pair_step(const ref_problem& p, const geopref::options& opt,
 namespace {
 template <class Logit>
 geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const double* g,
-                                token_ref_result& r) {
+                                const double* e, token_ref_result& r) {
   geopref::reference::token_rows<Logit, int64_t> in;
   static_cast<geopref::reference::vocab_rows<int64_t>&>(in) = p;
   in.logits = static_cast<const Logit*>(p.logits);
@@ -80,19 +80,30 @@ geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const doub
   in.ignore_index = ignore;
   geopref::reference::token_outputs out;
   point_token_outputs(p.n_rows, &r, &out);
+  const auto n = static_cast<size_t>(p.n_rows);
+  r.log_sum_sq_probs.assign(n, 0.0);
+  r.mean_logits.assign(n, 0.0);
+  r.is_top1.assign(n, 0);
+  out.log_sum_sq_probs = r.log_sum_sq_probs.data();
+  out.mean_logits = r.mean_logits.data();
+  out.is_top1 = r.is_top1.data();
   geopref::status st = geopref::reference::token_logps(in, out);
   if (st != geopref::status::success || g == nullptr) return st;
   r.grad_logits.assign(static_cast<size_t>(p.n_rows) * static_cast<size_t>(p.vocab), 0.0);
-  return geopref::reference::token_logps_grad(in, r.lse.data(), g, r.grad_logits.data(), p.vocab);
+  return geopref::reference::token_logps_grad(in, r.lse.data(), g, r.grad_logits.data(), p.vocab,
+                                              e);
 }
 }  // namespace
 
 geopref::status run_token_reference(const ref_problem& in, int64_t ignore,
-                                    const double* grad_token_logps, token_ref_result& out) {
+                                    const double* grad_token_logps, token_ref_result& out,
+                                    const double* grad_entropy) {
+  const double* g = grad_token_logps;
+  const double* e = grad_entropy;
   switch (in.dtype) {
-    case ref_dtype::f32: return run_token_typed<float>(in, ignore, grad_token_logps, out);
-    case ref_dtype::f16: return run_token_typed<Eigen::half>(in, ignore, grad_token_logps, out);
-    case ref_dtype::bf16: return run_token_typed<Eigen::bfloat16>(in, ignore, grad_token_logps, out);
+    case ref_dtype::f32: return run_token_typed<float>(in, ignore, g, e, out);
+    case ref_dtype::f16: return run_token_typed<Eigen::half>(in, ignore, g, e, out);
+    case ref_dtype::bf16: return run_token_typed<Eigen::bfloat16>(in, ignore, g, e, out);
   }
   return geopref::status::unsupported_dtype;
 }

@@ -54,8 +54,14 @@ geopref::status run_pair_step(const ref_problem& in, const geopref::options& opt
 /// rest are not read. token_logps, lse, entropy [N]; grad_logits [N, V].
 struct token_ref_result {
   std::vector<double> token_logps, lse, entropy, grad_logits;
+  std::vector<double> log_sum_sq_probs, mean_logits;  // the per-token statistics
+  std::vector<uint8_t> is_top1;
 };
+/// reference::token_logps (every output, statistics included), then with
+/// grad_token_logps token_logps_grad, with the entropy's upstream when
+/// grad_entropy is given.
 geopref::status run_token_reference(const ref_problem& in, int64_t ignore,
-                                    const double* grad_token_logps, token_ref_result& out);
+                                    const double* grad_token_logps, token_ref_result& out,
+                                    const double* grad_entropy = nullptr);
 
 }  // namespace geopref::support

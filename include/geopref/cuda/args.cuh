@@ -146,12 +146,29 @@ struct saved_lse {
 struct token_outputs : row_outputs {
   float* entropy = nullptr;  // [N] optional: H_t = −Σ_v p_tv log p_tv, 0 for unscored rows;
                              // costs one more read of the logits
+  // TRL 1.x's per-token statistics (docs/math.md, "The per-token primitive"),
+  // each optional (0 for unscored rows), from the same second read as the
+  // entropy (asking for any of them costs that read, and a few instructions
+  // per element more; none asked: no second read):
+  float* log_sum_sq_probs = nullptr;  // [N] log Σ_v p_tv²
+  float* mean_logits = nullptr;       // [N] (1/V) Σ_v z′_tv, of the transformed logits
+  uint8_t* is_top1 = nullptr;         // [N] 1 when y_t is the row's first arg-max of z (a tie
+                                      // with an earlier column is not top-1; a NaN: 0)
 };
 
 /// Block *token gradient inputs* of the per-token backward: the forward's lse
 /// and the upstream gradient g_t = ∂Loss/∂ℓ_t.
 struct token_grad_inputs : saved_lse {
   const float* grad_token_logps = nullptr;  // [N] g_t; read for scored rows only
+};
+
+/// Block *entropy upstream* of the per-token backward from logits: an upstream
+/// gradient e_t = ∂Loss/∂H_t of the entropy too (the gradient becomes that of
+/// Σ_t g_t ℓ_t + e_t H_t, docs/math.md), with the forward's H_t.
+struct entropy_upstream {
+  const float* grad_entropy = nullptr;  // [N] optional e_t; read for scored rows only (NaN or
+                                        // ±inf there: device-side invalid_upstream_grad)
+  const float* entropy = nullptr;       // [N] token_logps' H_t; required with grad_entropy
 };
 
 // ---------------------------------------------------------------------------

@@ -54,7 +54,7 @@ struct token_logps_args : token_outputs {
 /// exp(z[t, v] − lse_t)) for scored rows, 0 for unscored rows. In place
 /// allowed (grad_logits == rows.logits, same ld and dtype); any other
 /// overlap with the logits, lse or g is rejected (overlapping_buffers).
-struct token_grad_args : token_grad_inputs, logits_gradient {
+struct token_grad_args : token_grad_inputs, entropy_upstream, logits_gradient {
   token_rows rows;  // the rows token_logps was given
 };
 

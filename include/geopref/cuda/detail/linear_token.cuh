@@ -62,12 +62,14 @@ inline status check_linear_token_logps(const linear_token_logps_args& a, bool bu
   if (s != status::success) return s;
   const int64_t n = in.n_rows;
   if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
-  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4))
+  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4) ||
+      !aligned(a.log_sum_sq_probs, 4) || !aligned(a.mean_logits, 4))
     return status::misaligned_pointer;
   if (n == 0) return status::success;
-  const byte_range out[3] = {row_bytes(a.token_logps, n), row_bytes(a.lse, n),
-                             row_bytes(a.entropy, n)};
-  return token_rows_meet(in, out, 3, nullptr, 0) ? status::overlapping_buffers : status::success;
+  const byte_range out[6] = {row_bytes(a.token_logps, n),      row_bytes(a.lse, n),
+                             row_bytes(a.entropy, n),          row_bytes(a.log_sum_sq_probs, n),
+                             row_bytes(a.mean_logits, n),      byte_rows(a.is_top1, n)};
+  return token_rows_meet(in, out, 6, nullptr, 0) ? status::overlapping_buffers : status::success;
 }
 
 inline status check_linear_token_grad(const linear_token_grad_args& a, bool buffers) noexcept {
@@ -115,7 +117,7 @@ template <class T>
 inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
                                    const linear_layout& l, const workspace_view& ws,
                                    lse_state* partials, T* chunk, float* lse, float* token_logps,
-                                   float* entropy, cudaStream_t stream) {
+                                   const token_outputs& stats, cudaStream_t stream) {
   const int k = l.base.splits;
   workspace_view out = ws;
   out.lse = lse;
@@ -125,13 +127,18 @@ inline status linear_token_forward(cublasHandle_t h, const linear_inputs& in,
     if (st != status::success) return st;
     st = enqueue_combine(partials, k, rows, ws.cols + r0, lse + r0, token_logps + r0, stream);
     if (st != status::success) return st;
-    if (entropy != nullptr) {
+    const bool more = wants_statistics(stats);
+    if (stats.entropy != nullptr || more) {
       st = visit_map<T>(in.logit_transform, [&](auto map) {
-        token_stats_out o;
-        o.entropy = entropy + r0;
-        launch(stats_kernel<T, decltype(map), false, BLOCK>, static_cast<unsigned>(rows), BLOCK,
-               stream, static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
-               static_cast<const float*>(lse + r0), o, map);
+        const token_stats_out o = stats_out(stats, r0);
+        if (more)
+          launch(stats_kernel<T, decltype(map), true, BLOCK>, static_cast<unsigned>(rows), BLOCK,
+                 stream, static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
+                 static_cast<const float*>(lse + r0), o, map);
+        else
+          launch(stats_kernel<T, decltype(map), false, BLOCK>, static_cast<unsigned>(rows), BLOCK,
+                 stream, static_cast<const T*>(chunk), l.ldc, in.vocab, ws.cols + r0,
+                 static_cast<const float*>(lse + r0), o, map);
         return last_launch();
       });
       if (st != status::success) return status::cuda_error;
@@ -153,8 +160,11 @@ inline status linear_token_logps(void* workspace, size_t& workspace_bytes,
   if (s != status::success || workspace == nullptr) return s;
   detail::workspace_layout whole = l.base;
   whole.bytes = l.bytes;
-  if (detail::rows_meet_workspace({args.token_logps, args.lse, args.entropy}, in.n_rows,
-                                  workspace, whole))
+  if (detail::rows_meet_workspace({args.token_logps, args.lse, args.entropy,
+                                   args.log_sum_sq_probs, args.mean_logits},
+                                  in.n_rows, workspace, whole) ||
+      (in.n_rows > 0 &&
+       detail::meets_workspace(detail::byte_rows(args.is_top1, in.n_rows), workspace, whole)))
     return status::overlapping_buffers;
   detail::lse_state* partials = nullptr;
   void* chunk = nullptr;
@@ -168,7 +178,7 @@ inline status linear_token_logps(void* workspace, size_t& workspace_bytes,
   return detail::visit_dtype(in.type, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return detail::linear_token_forward<T>(blas.get(), in, l, ws, partials, static_cast<T*>(chunk),
-                                           lse, args.token_logps, args.entropy, stream);
+                                           lse, args.token_logps, args, stream);
   });
 }
 

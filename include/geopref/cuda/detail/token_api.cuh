@@ -24,6 +24,24 @@ inline byte_range row_bytes(const void* p, int64_t n) noexcept {
   if (p == nullptr || n == 0) return {0, 0};
   return used_bytes(p, n, 1, 1, 4);
 }
+/// [N] byte arrays (is_top1): their bytes (empty for a null pointer).
+inline byte_range byte_rows(const void* p, int64_t n) noexcept {
+  if (p == nullptr || n == 0) return {0, 0};
+  return used_bytes(p, n, 1, 1, 1);
+}
+/// Whether any statistic beyond the entropy is asked for.
+inline bool wants_statistics(const token_outputs& o) noexcept {
+  return o.log_sum_sq_probs != nullptr || o.mean_logits != nullptr || o.is_top1 != nullptr;
+}
+/// The outputs of the second read (stats_kernel), offset by r0 rows.
+inline token_stats_out stats_out(const token_outputs& o, int64_t r0) noexcept {
+  token_stats_out s;
+  s.entropy = o.entropy != nullptr ? o.entropy + r0 : nullptr;
+  s.log_sum_sq_probs = o.log_sum_sq_probs != nullptr ? o.log_sum_sq_probs + r0 : nullptr;
+  s.mean_logits = o.mean_logits != nullptr ? o.mean_logits + r0 : nullptr;
+  s.is_top1 = o.is_top1 != nullptr ? o.is_top1 + r0 : nullptr;
+  return s;
+}
 
 inline status check_token_logps(const token_logps_args& a, bool buffers) noexcept {
   // The sequence entries' checks, over the rows' blocks (no sequences).
@@ -34,17 +52,19 @@ inline status check_token_logps(const token_logps_args& a, bool buffers) noexcep
   if (s != status::success) return s;
   const int64_t n = x.n_rows;
   if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
-  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4))
+  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4) ||
+      !aligned(a.log_sum_sq_probs, 4) || !aligned(a.mean_logits, 4))
     return status::misaligned_pointer;
   if (n == 0) return status::success;
   // The outputs are written while blocks still read the logits (and the
-  // entropy pass reads lse): none may meet the logits or another output.
+  // statistics pass reads lse): none may meet the logits or another output.
   const byte_range z = used_bytes(x.logits, n, x.ld, x.vocab, dtype_bytes(x.logits_dtype));
-  const byte_range out[3] = {row_bytes(a.token_logps, n), row_bytes(a.lse, n),
-                             row_bytes(a.entropy, n)};
-  for (int i = 0; i < 3; ++i) {
+  const byte_range out[6] = {row_bytes(a.token_logps, n),      row_bytes(a.lse, n),
+                             row_bytes(a.entropy, n),          row_bytes(a.log_sum_sq_probs, n),
+                             row_bytes(a.mean_logits, n),      byte_rows(a.is_top1, n)};
+  for (int i = 0; i < 6; ++i) {
     if (ranges_meet(out[i], z)) return status::overlapping_buffers;
-    for (int k = i + 1; k < 3; ++k)
+    for (int k = i + 1; k < 6; ++k)
       if (ranges_meet(out[i], out[k])) return status::overlapping_buffers;
   }
   return status::success;
@@ -59,15 +79,19 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
   s = check_buffers(x, x);
   if (s != status::success) return s;
   const int64_t n = x.n_rows;
-  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr || a.grad_logits == nullptr))
+  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr || a.grad_logits == nullptr ||
+                (a.grad_entropy != nullptr && a.entropy == nullptr)))
     return status::null_pointer;
-  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4)) return status::misaligned_pointer;
+  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4) || !aligned(a.grad_entropy, 4) ||
+      !aligned(a.entropy, 4))
+    return status::misaligned_pointer;
   if (n == 0) return status::success;
   byte_range g{};
   s = check_grad_buffer(x, x, a, &g);
   if (s != status::success) return s;
-  // backward_kernel reads lse while other blocks write the gradient.
-  if (ranges_meet(row_bytes(a.lse, n), g) || ranges_meet(row_bytes(a.grad_token_logps, n), g))
+  // backward_kernel reads lse (and e_t, H_t) while other blocks write the gradient.
+  if (ranges_meet(row_bytes(a.lse, n), g) || ranges_meet(row_bytes(a.grad_token_logps, n), g) ||
+      ranges_meet(row_bytes(a.grad_entropy, n), g) || ranges_meet(row_bytes(a.entropy, n), g))
     return status::overlapping_buffers;
   return status::success;
 }
@@ -76,14 +100,14 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
 /// ws.row_coef); shared with the hidden-state primitive.
 inline status enqueue_token_rows(const vocab_rows& r, int64_t ignore_index,
                                  const workspace_view& ws, const float* grad_in,
-                                 cudaStream_t stream) {
+                                 cudaStream_t stream, const float* egrad_in = nullptr) {
   if (cudaMemsetAsync(ws.flag, 0x7f, sizeof(int), stream) != cudaSuccess) return status::cuda_error;
   if (r.n_rows == 0) return status::success;
   return visit_index(r.label_type, [&](auto tag) {
     using L = typename decltype(tag)::type;
     launch(token_rows_kernel<L, BLOCK>, grid_1d(r.n_rows), BLOCK, stream,
            static_cast<const L*>(r.labels), r.n_rows, r.vocab, ignore_index, grad_in, ws.cols,
-           ws.row_coef, ws.flag);
+           ws.row_coef, ws.flag, egrad_in);
     return last_launch();
   });
 }
@@ -106,10 +130,14 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
     return status::overlapping_buffers;
   for (const float* p : {static_cast<const float*>(args.token_logps),
                          static_cast<const float*>(args.lse),
-                         static_cast<const float*>(args.entropy)})
+                         static_cast<const float*>(args.entropy),
+                         static_cast<const float*>(args.log_sum_sq_probs),
+                         static_cast<const float*>(args.mean_logits)})
     if (p != nullptr && r.n_rows > 0 &&
         detail::meets_workspace(detail::row_bytes(p, r.n_rows), workspace, w))
       return status::overlapping_buffers;
+  if (r.n_rows > 0 && detail::meets_workspace(detail::byte_rows(args.is_top1, r.n_rows), workspace, w))
+    return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
   s = detail::enqueue_token_rows(r, r.ignore_index, ws, nullptr, stream);
   if (s != status::success || r.n_rows == 0) return s;
@@ -120,12 +148,16 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
     const auto* z = static_cast<const T*>(r.logits);
     const status f = enqueue_row_forward(z, r.ld, r.vocab, r.logit_transform, r.n_rows, w.splits,
                                          ws.cols, lse, args.token_logps, ws.partials, stream);
-    if (f != status::success || args.entropy == nullptr) return f;
+    const bool stats = wants_statistics(args);
+    if (f != status::success || (args.entropy == nullptr && !stats)) return f;
     return visit_map<T>(r.logit_transform, [&](auto map) {
-      token_stats_out out;
-      out.entropy = args.entropy;
-      launch(stats_kernel<T, decltype(map), false, BLOCK>, static_cast<unsigned>(r.n_rows), BLOCK,
-             stream, z, r.ld, r.vocab, ws.cols, static_cast<const float*>(lse), out, map);
+      const token_stats_out out = stats_out(args, 0);
+      if (stats)
+        launch(stats_kernel<T, decltype(map), true, BLOCK>, static_cast<unsigned>(r.n_rows),
+               BLOCK, stream, z, r.ld, r.vocab, ws.cols, static_cast<const float*>(lse), out, map);
+      else
+        launch(stats_kernel<T, decltype(map), false, BLOCK>, static_cast<unsigned>(r.n_rows),
+               BLOCK, stream, z, r.ld, r.vocab, ws.cols, static_cast<const float*>(lse), out, map);
       return last_launch() == status::success ? status::success : status::cuda_error;
     });
   });
@@ -147,12 +179,21 @@ inline status token_logps_grad(void* workspace, size_t& workspace_bytes,
       (r.n_rows > 0 &&
        (detail::meets_workspace(detail::row_bytes(args.lse, r.n_rows), workspace, w) ||
         detail::meets_workspace(detail::row_bytes(args.grad_token_logps, r.n_rows), workspace,
-                                w))))
+                                w) ||
+        detail::meets_workspace(detail::row_bytes(args.grad_entropy, r.n_rows), workspace, w) ||
+        detail::meets_workspace(detail::row_bytes(args.entropy, r.n_rows), workspace, w))))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
-  s = detail::enqueue_token_rows(r, r.ignore_index, ws, args.grad_token_logps, stream);
+  s = detail::enqueue_token_rows(r, r.ignore_index, ws, args.grad_token_logps, stream,
+                                 args.grad_entropy);
   if (s != status::success || r.n_rows == 0) return s;
   const int64_t grad_ld = args.grad_ld == 0 ? r.ld : args.grad_ld;
+  if (args.grad_entropy != nullptr)  // with_entropy (arith.cuh): one FFMA per element more
+    return detail::enqueue_row_backward<true>(r.logits, r.logits_dtype, r.n_rows, r.vocab, r.ld,
+                                              r.logit_transform, w.splits, ws.cols, ws.row_coef,
+                                              args.lse, args.grad_logits, grad_ld,
+                                              args.grad_float32, stream, args.grad_entropy,
+                                              args.entropy);
   return detail::enqueue_row_backward(r.logits, r.logits_dtype, r.n_rows, r.vocab, r.ld,
                                       r.logit_transform, w.splits,
                                       ws.cols, ws.row_coef, args.lse, args.grad_logits, grad_ld,

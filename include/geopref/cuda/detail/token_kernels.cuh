@@ -24,7 +24,8 @@
 namespace geopref::cuda::detail {
 
 /// Per row: the label column (−1 for ignore_index or an invalid label, which
-/// is also recorded as label_out_of_range). When `grad_in` is set, the
+/// is also recorded as label_out_of_range). `egrad_in` (the entropy's
+/// upstream, optional) is checked on scored rows. When `grad_in` is set, the
 /// backward's coefficient row_grad[t] = grad_in[t] for scored rows (read for
 /// those only; NaN or ±inf is recorded as invalid_upstream_grad and counts as
 /// 0) and 0 for unscored rows.
@@ -33,7 +34,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
     token_rows_kernel(const Label* __restrict__ labels, int64_t n_rows, int64_t vocab,
                       int64_t ignore_index, const float* __restrict__ grad_in,
                       int32_t* __restrict__ cols, float* __restrict__ row_grad,
-                      int* __restrict__ flag) {
+                      int* __restrict__ flag, const float* __restrict__ egrad_in) {
   for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
     int32_t c = -1;
     const auto y = static_cast<int64_t>(labels[t]);
@@ -50,6 +51,11 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
       }
       row_grad[t] = g;
     }
+    // The entropy's upstream is only checked here (the backward reads the
+    // caller's e_t, so a bad one leaves that row's gradient unspecified, as
+    // every device-side error leaves the outputs).
+    if (egrad_in != nullptr && c >= 0 && !isfinite(egrad_in[t]))
+      record(flag, status::invalid_upstream_grad);
   }
 }
 
