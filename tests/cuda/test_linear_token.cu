@@ -586,3 +586,95 @@ TEST_CASE("linear_token_logps(_grad): an invalid logit transform is refused by t
     CHECK(gc::linear_token_logps_grad(nullptr, bytes, ga) == status::invalid_logit_transform);
   }
 }
+
+namespace {
+
+/// linear_token_logps with TRL 1.x's statistics (every chunk's stats_kernel
+/// read): log Σp², the mean logit and top-1 against the softmax of the
+/// reference's Z written out here, within the error of the device's Z
+/// (row_logit_errors: e'_z per row); top-1 only where the row's largest
+/// logit leads the others by more than twice e_z (else rounding decides).
+void check_linear_stats(const lt_config& c) {
+  const lt_problem p = make_lt(c);
+  blas_handle h;
+  lt_device d(p);
+  const size_t n = static_cast<size_t>(c.rows);
+  dmem tlp(n * 4), lse(n * 4), lssp(n * 4), mean(n * 4), top1(n + 16);
+  for (const dmem* m : {&tlp, &lse, &lssp, &mean, &top1}) poison(*m);
+  gc::linear_token_logps_args fa;
+  fa.rows = rows_of(p, d, h.h);
+  fa.token_logps = tlp.get<float>();
+  fa.lse = lse.get<float>();
+  fa.log_sum_sq_probs = lssp.get<float>();
+  fa.mean_logits = mean.get<float>();
+  fa.is_top1 = top1.get<uint8_t>();
+  GEOPREF_RUN_EXACT(gc::linear_token_logps, fa);
+  const std::vector<float> g_lssp = download<float>(lssp.get(), c.rows),
+                           g_mean = download<float>(mean.get(), c.rows);
+  const std::vector<uint8_t> g_top1 = download<uint8_t>(top1.get(), c.rows);
+  const geopref::support::linear_token_ref_result ref = run_ref(p);
+  const int64_t V = c.vocab;
+  const row_logit_errors errs(c.dtype, c.tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr,
+                              c.rows, V, c.hidden);
+  INFO(describe(c));
+  checker ck_lssp("log_sum_sq_probs"), ck_mean("mean_logits"), ck_top1("is_top1");
+  int decided = 0;
+  for (int64_t t = 0; t < c.rows; ++t) {
+    if (p.labels[t] == c.ignore) {
+      ck_lssp(t, g_lssp[t], 0.0, 0.0);
+      ck_mean(t, g_mean[t], 0.0, 0.0);
+      ck_top1(t, g_top1[t], 0.0, 0.0);
+      continue;
+    }
+    std::vector<double> x(static_cast<size_t>(V));
+    double m = -1e300, second = -1e300;
+    int64_t arg = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      const double z = ref.logits[t * V + v];
+      x[static_cast<size_t>(v)] = geopref::apply(c.tr, z);
+      if (z > m) second = m, m = z, arg = v;
+      else if (z > second) second = z;
+    }
+    const double xm = *std::max_element(x.begin(), x.end());
+    double s = 0, sq = 0, mean_x = 0;
+    for (const double xv : x) s += std::exp(xv - xm), mean_x += xv;
+    for (const double xv : x) sq += std::exp(2 * (xv - xm));
+    // Σp² moves by twice the relative change of the p's (2·e'_z, and the
+    // lse's e'_z), plus its float sums; the mean by the largest e'_z.
+    const double tol = 4 * errs.ezp[t] + 2 * eps_sum(V) + 16 * U32;
+    ck_lssp(t, g_lssp[t], std::log(sq) - 2 * std::log(s), tol);
+    ck_mean(t, g_mean[t], mean_x / static_cast<double>(V),
+            errs.ezp[t] + (eps_sum(V) + 8 * U32) * (std::fabs(ref.lse[t]) + 10.0));
+    if (m - second > 2 * errs.ez[t] || V == 1) {
+      ck_top1(t, g_top1[t], arg == p.labels[t] ? 1.0 : 0.0, 0.0);
+      ++decided;
+    }
+  }
+  ck_lssp.report();
+  ck_mean.report();
+  ck_top1.report();
+  CHECK(decided > 0);
+}
+
+}  // namespace
+
+TEST_CASE("linear_token_logps: the per-token statistics from hidden states",
+          "[gpu][small][linear_token][stats]") {
+  uint64_t seed = 18000;
+  for (gc::dtype dt : {gc::dtype::float32, gc::dtype::bfloat16}) {
+    for (const bool cap : {false, true}) {
+      lt_config c;
+      c.dtype = dt;
+      c.seed = ++seed;
+      if (cap) {
+        c.tr.scale = 1.3;
+        c.tr.softcap = 5.0;
+        c.tr.temperature = 0.7;
+      }
+      check_linear_stats(c);
+      c.vocab = 1;  // one column: top-1 always, Σp² = 1
+      c.seed = ++seed;
+      check_linear_stats(c);
+    }
+  }
+}
