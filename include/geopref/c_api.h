@@ -172,7 +172,7 @@ typedef struct geopref_options {
   double normalizer;    /* GEOPREF_REDUCTION_NORMALIZER only: finite, > 0 */
   int average_logps;    /* non-zero: margins from L_s / n_s (forced for simpo) */
   int64_t ignore_index; /* label of unscored rows (default -100) */
-  double bco_delta;     /* bco_pair: the running mean reward (default 0) */
+  double bco_delta;     /* bco_pair: the reward offset (default 0, TRL 1.x's bco_pair) */
   int transform;        /* GEOPREF_TRANSFORM_* of every margin term (default reverse_kl) */
   double f_alpha;       /* GEOPREF_TRANSFORM_ALPHA: coefficient > 0 (default 1) */
   int geometric;        /* non-zero: soft-label geometric form of every margin term */

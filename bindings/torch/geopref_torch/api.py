@@ -283,11 +283,12 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     average_logps: margins from L_s / n_s (default: TRL's choice, True for ipo;
       simpo always averages). alpha, gamma: ropo/gropo weights, simpo's gamma
       (TRL's simpo_gamma); epsilon: robust/exo_pair; tau: discopop (TRL's
-      discopop_tau); bco_delta: bco_pair's running mean reward (the caller's
-      state).
+      discopop_tau); bco_delta: bco_pair's reward offset (0: TRL 1.16's
+      bco_pair).
     margin_transform: "reverse_kl" (default), "js" or "alpha" (with f_alpha
       > 0): the transform phi of every margin term, h = phi(rho_w) -
-      phi(rho_l) (TRL's f_divergence_type and f_alpha_divergence_coef).
+      phi(rho_l) (TRL's f_divergence_type; f_alpha is 1 - TRL 1.16's
+      f_alpha_divergence_coef, docs/math.md 5).
     geometric: the soft-label geometric form f((2p - 1) h) of every margin
       term (geometric=True with "sigmoid" is "gdpo").
     nll_tokens, nll_weight: data parallel, for an sft term: the global sum
