@@ -73,8 +73,11 @@ struct stats {
   std::vector<uint8_t> top1;
 };
 
-stats run(const reference::token_rows<double, int64_t>& in) {
-  const auto n = static_cast<size_t>(in.n_rows);
+/// Every output of n rows, poisoned, filled by `entry(out)` (token_logps or
+/// linear_token_logps), which must succeed.
+template <class Entry>
+stats run_outputs(int64_t n_rows, Entry&& entry) {
+  const auto n = static_cast<size_t>(n_rows);
   stats s;
   s.logp.assign(n, -7.0);
   s.lse = s.ent = s.lssp = s.mean = s.logp;
@@ -86,8 +89,14 @@ stats run(const reference::token_rows<double, int64_t>& in) {
   out.log_sum_sq_probs = s.lssp.data();
   out.mean_logits = s.mean.data();
   out.is_top1 = s.top1.data();
-  REQUIRE(reference::token_logps(in, out) == status::success);
+  REQUIRE(entry(out) == status::success);
   return s;
+}
+
+stats run(const reference::token_rows<double, int64_t>& in) {
+  return run_outputs(in.n_rows, [&](reference::token_outputs& out) {
+    return reference::token_logps(in, out);
+  });
 }
 
 /// Σ_t g_t ℓ_t + e_t H_t over the scored rows.
@@ -296,20 +305,9 @@ TEST_CASE("from hidden states: the statistics of Z = H·Wᵀ + b, the entropy's 
     return r;
   };
   const auto forward = [&](const std::vector<double>& h, const std::vector<double>& w) {
-    const auto nn = static_cast<size_t>(n);
-    stats s;
-    s.logp.assign(nn, 0.0);
-    s.lse = s.ent = s.lssp = s.mean = s.logp;
-    s.top1.assign(nn, 7);
-    reference::token_outputs out;
-    out.token_logps = s.logp.data();
-    out.lse = s.lse.data();
-    out.entropy = s.ent.data();
-    out.log_sum_sq_probs = s.lssp.data();
-    out.mean_logits = s.mean.data();
-    out.is_top1 = s.top1.data();
-    REQUIRE(reference::linear_token_logps(rows_of(h, w), out) == status::success);
-    return s;
+    return run_outputs(n, [&](reference::token_outputs& out) {
+      return reference::linear_token_logps(rows_of(h, w), out);
+    });
   };
   const stats f = forward(H, W);
   // The same statistics as token_logps on Z written out here.
