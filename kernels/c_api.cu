@@ -159,7 +159,8 @@ GEOPREF_C_ARGS(geopref_vocab_train_args, cuda::vocab_train_args,
 
 #define GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS(X)                                       \
   X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
-  X(logit_transform, rows.logit_transform)
+  X(logit_transform, rows.logit_transform) X(log_sum_sq_probs, log_sum_sq_probs)  \
+  X(mean_logits, mean_logits) X(is_top1, is_top1)
 GEOPREF_C_ARGS(geopref_token_logps_args, cuda::token_logps_args,
                GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, geopref_token_logps_args_init,
                GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
@@ -167,7 +168,8 @@ GEOPREF_C_ARGS(geopref_token_logps_args, cuda::token_logps_args,
 #define GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS(X)                                              \
   X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                       \
   X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)         \
-  X(logit_transform, rows.logit_transform)
+  X(logit_transform, rows.logit_transform) X(grad_entropy, grad_entropy)                \
+  X(entropy, entropy)
 GEOPREF_C_ARGS(geopref_token_grad_args, cuda::token_grad_args, GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS,
                geopref_token_grad_args_init, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0)
 

@@ -98,7 +98,8 @@ GEOPREF_C_ARGS(geopref_vocab_linear_train_args, cuda::vocab_linear_train_args,
 
 #define GEOPREF_C_LINEAR_TOKEN_LOGPS_ARGS_FIELDS(X)                                \
   X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
-  X(logit_transform, rows.logit_transform)
+  X(logit_transform, rows.logit_transform) X(log_sum_sq_probs, log_sum_sq_probs)  \
+  X(mean_logits, mean_logits) X(is_top1, is_top1)
 GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
                GEOPREF_C_LINEAR_TOKEN_LOGPS_ARGS_FIELDS, geopref_linear_token_logps_args_init,
                GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0)
@@ -107,7 +108,8 @@ GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
   X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                            \
   X(grad_hidden, grad_hidden) X(ld_grad_hidden, ld_grad_hidden) X(grad_weight, grad_weight)  \
   X(ld_grad_weight, ld_grad_weight) X(grad_weight_float32, grad_weight_float32)              \
-  X(grad_bias, grad_bias) X(accumulate, accumulate) X(logit_transform, rows.logit_transform)
+  X(grad_bias, grad_bias) X(accumulate, accumulate) X(logit_transform, rows.logit_transform) \
+  X(grad_entropy, grad_entropy) X(entropy, entropy)
 GEOPREF_C_ARGS(geopref_linear_token_grad_args, cuda::linear_token_grad_args,
                GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, geopref_linear_token_grad_args_init,
                GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)

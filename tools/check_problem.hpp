@@ -38,6 +38,7 @@ struct check_problem {
   // --per-token: the per-token primitive instead of a loss (no sequences).
   bool per_token = false;
   std::vector<double> token_grad;    // [N] --token-grad G: the gradient of Σ_t G_t ℓ_t; empty: none
+  std::vector<double> entropy_grad;  // [N] --entropy-grad E: and of Σ_t E_t H_t; empty: none
 };
 
 /// Rank k's first column of K even shards of V (the last rank takes the rest),
@@ -75,6 +76,8 @@ struct check_result {
   metrics stats;
   std::vector<double> token_logps;   // [N] --per-token: ℓ_t, 0 on unscored rows
   std::vector<double> entropy;       // [N] --per-token: H_t, 0 on unscored rows
+  std::vector<double> log_sum_sq_probs, mean_logits;  // [N] --per-token: TRL 1.x's statistics
+  std::vector<int32_t> is_top1;      // [N] --per-token: 1 when y_t is the first arg-max
 };
 
 /// Runs the problem on the GPU through the C ABI (geopref_check_cuda.cpp).
@@ -86,7 +89,8 @@ bool run_cuda(const check_problem& p, check_result* r, std::string* error);
 bool run_cuda_linear(const check_problem& p, check_result* r, std::string* error);
 
 /// --per-token on the GPU (geopref_token_logps, and geopref_token_logps_grad
-/// with --token-grad): token_logps, entropy and grad32.
+/// with --token-grad / --entropy-grad): token_logps, entropy, the statistics
+/// and grad32.
 bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error);
 
 }  // namespace geopref::tools

@@ -44,6 +44,7 @@ const char* const USAGE =
     "                     %s\n"
     "       geopref-check --per-token (--logits L.npy | --hidden H.npy --weight WT.npy\n"
     "                     [--bias B.npy]) --labels Y.npy [--token-grad G.npy]\n"
+    "                     [--entropy-grad E.npy]\n"
     "                     [--ignore-index K] [--device cpu|cuda] --out DIR\n"
     "                     %s\n"
     "  L.npy  float16/32/64 logits, [N, V] (needs --offsets) or [S, T, V] (offsets s*T)\n"
@@ -69,10 +70,12 @@ const char* const USAGE =
     "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy] for\n"
     "  grad_logits.npy)\n"
     "  --per-token: per-token log-probs, no sequences or loss (L [N, V] or [S, T, V]);\n"
-    "  writes DIR/token_logps.npy and DIR/entropy.npy [N] (0 on rows labelled K), and\n"
-    "  with --token-grad G.npy (float32/64, the labels' shape) DIR/grad_logits.npy,\n"
-    "  the gradient of sum_t G[t] * token_logps[t] (with --hidden: DIR/grad_hidden.npy,\n"
-    "  DIR/grad_weight.npy [, DIR/grad_bias.npy])\n";
+    "  writes DIR/token_logps.npy, DIR/entropy.npy, DIR/log_sum_sq_probs.npy,\n"
+    "  DIR/mean_logits.npy (float64) and DIR/is_top1.npy (int32 0/1; the first arg-max\n"
+    "  of z) [N], all 0 on rows labelled K; with --token-grad G.npy and/or\n"
+    "  --entropy-grad E.npy (float32/64, the labels' shape; an absent one is 0)\n"
+    "  DIR/grad_logits.npy, the gradient of sum_t G[t] * token_logps[t] + E[t] * entropy[t]\n"
+    "  (with --hidden: DIR/grad_hidden.npy, DIR/grad_weight.npy [, DIR/grad_bias.npy])\n";
 
 // Bad command line (exit 2) and bad input (exit 1); each carries one line.
 struct usage_error {
@@ -90,7 +93,7 @@ struct cli {
   options opt{};  // the fields of GEOPREF_OPTIONS_FIELDS
   std::vector<std::string> given;  // the options' flags on the command line
   bool per_token = false;
-  std::string token_grad;
+  std::string token_grad, entropy_grad;
   int64_t vocab_shards = 0;  // 0: unsharded
   logit_transform transform{};
 };
@@ -273,6 +276,7 @@ cli parse_args(int argc, char** argv) {
     else if (a == "--weights") c.weights = v;
     else if (a == "--token-weights") c.token_weights = v;
     else if (a == "--token-grad") c.token_grad = v;
+    else if (a == "--entropy-grad") c.entropy_grad = v;
     else if (a == "--loss-weights") c.loss_weights = v;
     else if (a == "--margin-transform" || a == "--f-divergence")
       c.margin_transform_name = v, c.margin_transform_flag = a;
@@ -299,6 +303,8 @@ cli parse_args(int argc, char** argv) {
   if (c.labels.empty()) throw usage_error{"--labels is required"};
   if (c.out.empty()) throw usage_error{"--out is required"};
   if (!c.token_grad.empty() && !c.per_token) throw usage_error{"--token-grad needs --per-token"};
+  if (!c.entropy_grad.empty() && !c.per_token)
+    throw usage_error{"--entropy-grad needs --per-token"};
   if (c.per_token) {
     // The primitive has no sequences, pairs or loss: say so rather than
     // ignore an option.
@@ -446,12 +452,19 @@ tools::check_problem load_problem(const cli& c) {
     if (p.linear && p.n_rows > 0 && p.hidden_size == 0)
       throw input_error{describe(lflag, L) + "; Hd must be at least 1"};
     p.per_token = true;
-    if (!c.token_grad.empty()) {
-      const npy_array G = load("--token-grad", c.token_grad);
+    // The upstream gradients of the log-probs and of the entropy, each in the
+    // labels' shape; given one, the other is 0.
+    const auto upstream = [&](const char* flag, const std::string& file, std::vector<double>* out) {
+      const npy_array G = load(flag, file);
       if (!(G.dtype == npy_dtype::float32 || G.dtype == npy_dtype::float64) || G.shape != Y.shape)
-        throw input_error{describe("--token-grad", G) + "; expected float32/64 " +
+        throw input_error{describe(flag, G) + "; expected float32/64 " +
                           tools::npy_shape_string(Y.shape) + " (the labels' shape)"};
-      tools::npy_to_double(G, &p.token_grad);
+      tools::npy_to_double(G, out);
+    };
+    if (!c.token_grad.empty()) upstream("--token-grad", c.token_grad, &p.token_grad);
+    if (!c.entropy_grad.empty()) {
+      upstream("--entropy-grad", c.entropy_grad, &p.entropy_grad);
+      if (p.token_grad.empty()) p.token_grad.assign(p.entropy_grad.size(), 0.0);
     }
     p.opt.ignore_index = c.opt.ignore_index;
     return p;
@@ -600,18 +613,24 @@ struct linear_host {
   }
 };
 
-/// r's token_logps and entropy (zeroed, [N]) and *lse as a per-token
-/// forward's outputs.
+/// r's token_logps, entropy and statistics (zeroed, [N]) and *lse as a
+/// per-token forward's outputs.
 reference::token_outputs token_outputs_into(const tools::check_problem& p, tools::check_result* r,
-                                            std::vector<double>* lse) {
+                                            std::vector<double>* lse, std::vector<uint8_t>* top1) {
   const auto n = static_cast<std::size_t>(p.n_rows);
   lse->assign(n, 0.0);
   r->token_logps.assign(n, 0.0);
   r->entropy.assign(n, 0.0);
+  r->log_sum_sq_probs.assign(n, 0.0);
+  r->mean_logits.assign(n, 0.0);
+  top1->assign(n, 0);
   reference::token_outputs out;
   out.token_logps = r->token_logps.data();
   out.lse = lse->data();
   out.entropy = r->entropy.data();
+  out.log_sum_sq_probs = r->log_sum_sq_probs.data();
+  out.mean_logits = r->mean_logits.data();
+  out.is_top1 = top1->data();
   return out;
 }
 
@@ -682,6 +701,11 @@ status run_reference_linear(const tools::check_problem& p, tools::check_result* 
   return with_labels(p, [&](const auto* labels) { return run_reference_linear_typed(p, labels, r); });
 }
 
+/// --entropy-grad's E [N], or null.
+const double* entropy_upstream(const tools::check_problem& p) {
+  return p.entropy_grad.empty() ? nullptr : p.entropy_grad.data();
+}
+
 template <class Logit, class Label>
 status run_tokens_typed(const tools::check_problem& p, const Logit* logits, const Label* labels,
                         tools::check_result* r) {
@@ -694,11 +718,14 @@ status run_tokens_typed(const tools::check_problem& p, const Logit* logits, cons
   in.ignore_index = p.opt.ignore_index;
   in.logit_transform = p.transform;
   std::vector<double> lse;
-  reference::token_outputs out = token_outputs_into(p, r, &lse);
+  std::vector<uint8_t> top1;
+  reference::token_outputs out = token_outputs_into(p, r, &lse, &top1);
   const status st = reference::token_logps(in, out);
+  r->is_top1.assign(top1.begin(), top1.end());
   if (st != status::success || p.token_grad.empty()) return st;
   r->grad64.assign(static_cast<std::size_t>(p.n_rows * p.vocab), 0.0);
-  return reference::token_logps_grad(in, lse.data(), p.token_grad.data(), r->grad64.data());
+  return reference::token_logps_grad(in, lse.data(), p.token_grad.data(), r->grad64.data(), 0,
+                                     entropy_upstream(p));
 }
 
 template <class Label>
@@ -710,12 +737,15 @@ status run_tokens_linear_typed(const tools::check_problem& p, const Label* label
   in.labels = labels;
   in.ignore_index = p.opt.ignore_index;
   std::vector<double> lse;
-  reference::token_outputs out = token_outputs_into(p, r, &lse);
+  std::vector<uint8_t> top1;
+  reference::token_outputs out = token_outputs_into(p, r, &lse, &top1);
   const status st = reference::linear_token_logps(in, out);
+  r->is_top1.assign(top1.begin(), top1.end());
   if (st != status::success || p.token_grad.empty()) return st;
   reference::linear_token_grads g;
   h.point_grads(p, r, &g);
-  return reference::linear_token_logps_grad(in, lse.data(), p.token_grad.data(), g);
+  return reference::linear_token_logps_grad(in, lse.data(), p.token_grad.data(), g,
+                                            entropy_upstream(p));
 }
 
 status run_tokens(const tools::check_problem& p, tools::check_result* r) {
@@ -747,6 +777,10 @@ void write_outputs(const cli& c, const tools::check_problem& p, const tools::che
   if (p.per_token) {
     write(dir / "token_logps.npy", npy_dtype::float64, {p.n_rows}, r.token_logps.data());
     write(dir / "entropy.npy", npy_dtype::float64, {p.n_rows}, r.entropy.data());
+    write(dir / "log_sum_sq_probs.npy", npy_dtype::float64, {p.n_rows},
+          r.log_sum_sq_probs.data());
+    write(dir / "mean_logits.npy", npy_dtype::float64, {p.n_rows}, r.mean_logits.data());
+    write(dir / "is_top1.npy", npy_dtype::int32, {p.n_rows}, r.is_top1.data());
     if (p.linear && !r.grad_weight.empty()) {
       write(dir / "grad_hidden.npy", npy_dtype::float64, p.hidden.shape, r.grad_hidden.data());
       write(dir / "grad_weight.npy", npy_dtype::float64, p.weight.shape, r.grad_weight.data());

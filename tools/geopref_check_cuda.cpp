@@ -209,36 +209,59 @@ struct pair_buffers {
 };
 
 /// The per-token primitive's buffers, shared by both of its paths: the
-/// upstream gradient G and the forward's outputs.
+/// upstream gradients G (and E) and the forward's outputs.
 struct token_buffers {
-  device_buffer g, logps, lse, ent;
+  device_buffer g, e, logps, lse, ent, lssp, mean, top1;
 
   explicit token_buffers(const check_problem& p)
       : g(device_buffer::upload(to_float(p.token_grad))),
-        logps(static_cast<std::size_t>(p.n_rows) * sizeof(float)),
-        lse(static_cast<std::size_t>(p.n_rows) * sizeof(float)),
-        ent(static_cast<std::size_t>(p.n_rows) * sizeof(float)) {}
+        e(device_buffer::upload(to_float(p.entropy_grad))),
+        logps(rows_of(p, sizeof(float))), lse(rows_of(p, sizeof(float))),
+        ent(rows_of(p, sizeof(float))), lssp(rows_of(p, sizeof(float))),
+        mean(rows_of(p, sizeof(float))), top1(rows_of(p, 1)) {}
 
-  cudaError_t error() const { return first_error({&g, &logps, &lse, &ent}); }
+  static std::size_t rows_of(const check_problem& p, std::size_t elem) {
+    return static_cast<std::size_t>(p.n_rows) * elem;
+  }
 
-  /// The forward's outputs and the backward's inputs of the two argument structs.
+  cudaError_t error() const {
+    return first_error({&g, &e, &logps, &lse, &ent, &lssp, &mean, &top1});
+  }
+
+  /// The forward's outputs and the backward's inputs of the two argument
+  /// structs (ABI 1.2: the statistics, and E with the forward's entropy).
   template <class Fwd, class Bwd>
-  void set(Fwd* fa, Bwd* ba) const {
+  void set(const check_problem& p, Fwd* fa, Bwd* ba) const {
     fa->token_logps = logps.get<float>();
     fa->lse = lse.get<float>();
     fa->entropy = ent.get<float>();
+    fa->log_sum_sq_probs = lssp.get<float>();
+    fa->mean_logits = mean.get<float>();
+    fa->is_top1 = top1.get<uint8_t>();
     ba->lse = lse.get<float>();
     ba->grad_token_logps = g.get<float>();
+    if (!p.entropy_grad.empty()) {
+      ba->grad_entropy = e.get<float>();
+      ba->entropy = ent.get<float>();
+    }
   }
 
-  /// token_logps and entropy back into r.
-  cudaError_t take_results(cudaError_t e, const check_problem& p, check_result* r) const {
-    std::vector<float> logps_h(static_cast<std::size_t>(p.n_rows)), ent_h(logps_h.size());
-    e = fetch(e, &logps_h, logps);
-    e = fetch(e, &ent_h, ent);
-    if (e != cudaSuccess) return e;
+  /// token_logps, entropy and the statistics back into r.
+  cudaError_t take_results(cudaError_t err, const check_problem& p, check_result* r) const {
+    const auto n = static_cast<std::size_t>(p.n_rows);
+    std::vector<float> logps_h(n), ent_h(n), lssp_h(n), mean_h(n);
+    std::vector<uint8_t> top1_h(n);
+    err = fetch(err, &logps_h, logps);
+    err = fetch(err, &ent_h, ent);
+    err = fetch(err, &lssp_h, lssp);
+    err = fetch(err, &mean_h, mean);
+    err = fetch(err, &top1_h, top1);
+    if (err != cudaSuccess) return err;
     r->token_logps.assign(logps_h.begin(), logps_h.end());
     r->entropy.assign(ent_h.begin(), ent_h.end());
+    r->log_sum_sq_probs.assign(lssp_h.begin(), lssp_h.end());
+    r->mean_logits.assign(mean_h.begin(), mean_h.end());
+    r->is_top1.assign(top1_h.begin(), top1_h.end());
     return cudaSuccess;
   }
 };
@@ -425,7 +448,7 @@ static bool run_cuda_tokens_linear(const check_problem& p, check_result* r, std:
   geopref_linear_token_grad_args_init(&ba);
   ba.rows = rows;
   ba.logit_transform = fa.logit_transform;
-  tb.set(&fa, &ba);
+  tb.set(p, &fa, &ba);
   ba.grad_hidden = gh.get<void>();
   ba.grad_weight = gw.get<void>();
   ba.grad_weight_float32 = 1;
@@ -476,7 +499,7 @@ bool run_cuda_tokens(const check_problem& p, check_result* r, std::string* error
   geopref_token_grad_args_init(&ba);
   ba.rows = rows;
   ba.logit_transform = fa.logit_transform;
-  tb.set(&fa, &ba);
+  tb.set(p, &fa, &ba);
   ba.grad_logits = grad.get<void>();
   ba.grad_float32 = 1;
 

@@ -74,7 +74,8 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
 }
 
 geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,
-                                           const double* g, linear_token_ref_result& r) {
+                                           const double* g, linear_token_ref_result& r,
+                                           const double* e) {
   const int64_t N = p.n_rows, V = p.vocab;
   namespace ref = geopref::reference;
   ref::linear_token_rows<double, int64_t> in;
@@ -87,7 +88,7 @@ geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t 
   if (st != geopref::status::success) return st;
   geopref::reference::linear_token_grads gr;
   point_grads(p, &r, &gr);
-  st = geopref::reference::linear_token_logps_grad(in, r.lse.data(), g, gr);
+  st = geopref::reference::linear_token_logps_grad(in, r.lse.data(), g, gr, e);
   if (st != geopref::status::success) return st;
   // Z and G for the tests' error bounds.
   r.logits = logits_of(p);
@@ -97,7 +98,7 @@ geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t 
   zr.logits = r.logits.data();
   zr.ld = V;
   zr.ignore_index = ignore_index;
-  return geopref::reference::token_logps_grad(zr, r.lse.data(), g, r.grad_logits.data(), V);
+  return geopref::reference::token_logps_grad(zr, r.lse.data(), g, r.grad_logits.data(), V, e);
 }
 
 }  // namespace geopref::support

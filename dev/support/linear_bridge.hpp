@@ -31,8 +31,9 @@ struct linear_ref_result {
 };
 
 /// The per-token primitive from hidden states (reference::linear_token_logps,
-/// then linear_token_logps_grad with g [N] and the reference's own lse), on
-/// the fields hidden, weight, bias, sizes and labels of `in`.
+/// then linear_token_logps_grad with g [N], optionally the entropy's upstream
+/// e [N], and the reference's own lse), on the fields hidden, weight, bias,
+/// sizes and labels of `in`.
 struct linear_token_ref_result {
   std::vector<double> logits;                    // [N, V] Z in double
   std::vector<double> token_logps, lse, entropy;  // [N]
@@ -42,7 +43,8 @@ struct linear_token_ref_result {
 
 geopref::status run_linear_token_reference(const linear_ref_problem& in, int64_t ignore_index,
                                            const double* grad_token_logps,
-                                           linear_token_ref_result& out);
+                                           linear_token_ref_result& out,
+                                           const double* grad_entropy = nullptr);
 
 geopref::status run_linear_reference(const linear_ref_problem& in, const geopref::options& opt,
                                      linear_ref_result& out);

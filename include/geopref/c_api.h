@@ -46,6 +46,12 @@
  *    change; a field they lack is appended to the argument structs instead.
  *  - ABI 1.1 appended `logit_transform` to the argument structs that describe
  *    logits; a caller compiled against 1.0 gets the identity transform.
+ *  - ABI 1.2 appended TRL 1.x's per-token statistics to the per-token
+ *    primitive: `log_sum_sq_probs`, `mean_logits` and `is_top1` to
+ *    geopref_(linear_)token_logps_args, the entropy's upstream gradient
+ *    (`grad_entropy`, with the forward's `entropy`) to
+ *    geopref_(linear_)token_grad_args; a caller compiled against 1.0 or 1.1
+ *    gets none of them (NULL).
  *
  * Built for logits of float32, float16 and bfloat16 (GEOPREF_FLOAT32, ...)
  * and labels/offsets of int32 and int64. The meaning of every field, the
@@ -71,7 +77,7 @@ extern "C" {
 /* The ABI's version: 1.0 is the first layout with struct sizes; each minor
  * version appended fields at the end of argument structs. */
 #define GEOPREF_ABI_VERSION_MAJOR 1
-#define GEOPREF_ABI_VERSION_MINOR 1
+#define GEOPREF_ABI_VERSION_MINOR 2
 
 /* The same type as cudaStream_t, without including the CUDA headers.
  * NULL is the default stream. */
@@ -436,6 +442,11 @@ typedef struct geopref_token_logps_args {
   float* entropy;     /* [N] optional: -sum_v p log p, 0 for unscored rows (a second read) */
   /* ABI 1.1 */
   geopref_logit_transform logit_transform;
+  /* ABI 1.2: TRL 1.x's per-token statistics, each optional (NULL: not computed;
+   * any of them: one second read of the logits, shared with the entropy's) */
+  float* log_sum_sq_probs; /* [N] log sum_v p_v^2, 0 for unscored rows */
+  float* mean_logits;      /* [N] (1/V) sum_v z'_v of the transformed logits, 0 for unscored rows */
+  uint8_t* is_top1;        /* [N] 1 when y_t is the first arg-max of the raw logits, else 0 */
 } geopref_token_logps_args;
 /* Arguments of geopref_token_logps_grad: grad[t, v] = g_t (1[v = y_t] -
  * exp(z[t, v] - lse_t)) for scored rows, zero rows otherwise. */
@@ -449,6 +460,9 @@ typedef struct geopref_token_grad_args {
   int grad_float32;                /* non-zero: gradient as float32, else in the logits dtype */
   /* ABI 1.1 */
   geopref_logit_transform logit_transform; /* the one geopref_token_logps was given */
+  /* ABI 1.2: the entropy's upstream gradient, optional */
+  const float* grad_entropy; /* [N] e_t = dLoss/dH_t, or NULL; read for scored rows only */
+  const float* entropy;      /* [N] geopref_token_logps' entropy; required with grad_entropy */
 } geopref_token_grad_args;
 /* The per-token primitive from hidden states (geopref/cuda/linear_token_logps.cuh;
  * compiled in kernels/c_api_linear.cu): token log-probs and their backward
@@ -480,6 +494,10 @@ typedef struct geopref_linear_token_logps_args {
   float* entropy;     /* [N] optional: -sum_v p log p, 0 for unscored rows */
   /* ABI 1.1 */
   geopref_logit_transform logit_transform;
+  /* ABI 1.2: as geopref_token_logps_args' */
+  float* log_sum_sq_probs; /* [N] optional */
+  float* mean_logits;      /* [N] optional */
+  uint8_t* is_top1;        /* [N] optional */
 } geopref_linear_token_logps_args;
 typedef struct geopref_linear_token_grad_args {
   size_t struct_size;              /* geopref_linear_token_grad_args_init: sizeof(geopref_linear_token_grad_args) */
@@ -495,6 +513,9 @@ typedef struct geopref_linear_token_grad_args {
   int accumulate;             /* non-zero: grad_weight and grad_bias are added to */
   /* ABI 1.1 */
   geopref_logit_transform logit_transform; /* the one geopref_linear_token_logps was given */
+  /* ABI 1.2: as geopref_token_grad_args' */
+  const float* grad_entropy; /* [N] e_t, or NULL */
+  const float* entropy;      /* [N] geopref_linear_token_logps' entropy; required with grad_entropy */
 } geopref_linear_token_grad_args;
 
 /* Vocab-parallel fused linear (geopref/cuda/vocab_linear.cuh; in kernels/c_api_linear.cu, with

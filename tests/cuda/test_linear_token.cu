@@ -47,6 +47,7 @@ struct lt_config {
   int64_t pad = 0;         // extra elements of each H / W / grad_hidden row
   int64_t ignore = -100;   // ignore_index (a fifth of the rows carry it)
   bool labels32 = false;   // int32 labels
+  bool entropy_upstream = false;  // the backward also takes e_t = ∂Loss/∂H_t
   uint64_t seed = 1;
   geopref::logit_transform tr{};  // z' = c·tanh(s·z/c)/T on every Z (options.hpp)
 };
@@ -56,7 +57,7 @@ std::string describe(const lt_config& c) {
   o << dtype_name(c.dtype) << " N=" << c.rows << " Hd=" << c.hidden << " V=" << c.vocab
     << " chunk=" << c.chunk_rows << " bias=" << c.bias << " acc=" << c.accumulate
     << " gw32=" << c.gw_float32 << " pad=" << c.pad << " ignore=" << c.ignore
-    << " l32=" << c.labels32 << " seed=" << c.seed;
+    << " l32=" << c.labels32 << " e_t=" << c.entropy_upstream << " seed=" << c.seed;
   if (!geopref::is_identity(c.tr))
     o << " logit_scale=" << c.tr.scale << " softcap=" << c.tr.softcap
       << " temperature=" << c.tr.temperature;
@@ -69,8 +70,8 @@ struct lt_problem {
   std::vector<uint8_t> Hb, Wb, bb;  // device layout, with row padding
   std::vector<double> H, W, b;      // dense doubles of the rounded elements
   std::vector<int64_t> labels;
-  std::vector<float> g;
-  std::vector<double> g_d;
+  std::vector<float> g, e;    // g_t, and e_t (entropy_upstream; else empty)
+  std::vector<double> g_d, e_d;
 };
 
 lt_problem make_lt(const lt_config& c) {
@@ -91,6 +92,13 @@ lt_problem make_lt(const lt_config& c) {
     p.g.push_back(r == 0 ? 0.0f : (r == 1 ? 20.0f * normal(rng) : normal(rng)));
   }
   p.g_d.assign(p.g.begin(), p.g.end());
+  if (c.entropy_upstream) {
+    for (int64_t t = 0; t < c.rows; ++t) {
+      const uint64_t r = rng() % 8;  // as g_t: some exact zeros and some large values
+      p.e.push_back(r == 0 ? 0.0f : (r == 1 ? 10.0f * normal(rng) : normal(rng)));
+    }
+    p.e_d.assign(p.e.begin(), p.e.end());
+  }
   return p;
 }
 
@@ -100,12 +108,12 @@ int64_t ldc_of(const lt_config& c) {
 }
 
 struct lt_device {
-  dmem H, W, b, labels, g;
+  dmem H, W, b, labels, g, e;
   explicit lt_device(const lt_problem& p)
       : H(upload(p.Hb)), W(upload(p.Wb)), b(upload(p.bb)),
         labels(p.c.labels32 ? upload(std::vector<int32_t>(p.labels.begin(), p.labels.end()))
                             : upload(p.labels)),
-        g(upload(p.g)) {}
+        g(upload(p.g)), e(p.e.empty() ? dmem() : upload(p.e)) {}
 };
 
 gc::linear_token_rows rows_of(const lt_problem& p, const lt_device& d, cublasHandle_t h) {
@@ -164,6 +172,10 @@ lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
   ga.grad_weight_float32 = c.gw_float32;
   ga.grad_bias = c.bias ? gb.get<float>() : nullptr;
   ga.accumulate = c.accumulate;
+  if (c.entropy_upstream) {  // e_t with the forward's own H_t
+    ga.grad_entropy = d.e.get<float>();
+    ga.entropy = ent.get<float>();
+  }
   GEOPREF_RUN_EXACT(gc::linear_token_logps_grad, ga);
   lt_result r;
   r.tlp_bits = download<uint8_t>(tlp.get(), tlp.bytes());
@@ -218,6 +230,10 @@ lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
   ga.lse = lse.get<float>();
   ga.grad_token_logps = d.g.get<float>();
   ga.grad_logits = Z.get();  // in place
+  if (c.entropy_upstream) {
+    ga.grad_entropy = d.e.get<float>();
+    ga.entropy = ent.get<float>();
+  }
   GEOPREF_RUN(gc::token_logps_grad, ga);
   lt_result r;
   lin.backward(Z, c.bias, r.gh, r.gw, r.gb);
@@ -238,7 +254,8 @@ geopref::support::linear_token_ref_result run_ref(const lt_problem& p) {
   in.logit_transform = p.c.tr;
   in.labels = p.labels.data();
   geopref::support::linear_token_ref_result r;
-  REQUIRE(geopref::support::run_linear_token_reference(in, p.c.ignore, p.g_d.data(), r) ==
+  REQUIRE(geopref::support::run_linear_token_reference(
+              in, p.c.ignore, p.g_d.data(), r, p.e_d.empty() ? nullptr : p.e_d.data()) ==
           status::success);
   return r;
 }
@@ -300,6 +317,26 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
                         cg * one_minus * (transform_error_at(tc, z).slope + curv * ez[t]) +
                         (uT + 3 * u) * G;
       }
+      if (!c.entropy_upstream || pr == 0.0) continue;
+      // The entropy's term of G (with respect to z'): −e_t p_v (ln p_v + H_t).
+      // A shift δ of z'_v − lse_t (δ ≤ e'_z + err(lse)) moves it by at most
+      // |e_t| p_v (|ln p_v + H_t| + 1) δ; the backward reads the forward's
+      // H_t (error ≤ b.entropy) and forms ln p_v = (z'_v − lse_t) in float
+      // (2u(|z'_v| + |lse_t|)); its three products and the FFMA that joins
+      // g_t's term round at most 4u of the term's parts. Through the
+      // transform, as g_t's term: times (|∂z'/∂z| + curv·e_z), plus the
+      // slope's own error times the term.
+      const double ce = std::fabs(p.e_d[t]);
+      const double zp = geopref::apply(tr, z), lnp = zp - ref.lse[t];
+      const double term = pr * std::fabs(lnp + ref.entropy[t]);
+      const double shift = ce * pr * (std::fabs(lnp + ref.entropy[t]) + 1) *
+                           (ezp[t] + b.lse[t]) * 1.01;
+      const double arith = ce * pr *
+                           (b.entropy[t] + 2 * u * (std::fabs(zp) + std::fabs(ref.lse[t])) +
+                            4 * u * (std::fabs(lnp) + ref.entropy[t] + 1));
+      eG[t * V + v] += ident ? shift + arith
+                             : (shift + arith) * (std::fabs(geopref::slope(tr, z)) + curv * ez[t]) +
+                                   ce * term * (transform_error_at(tc, z).slope + curv * ez[t]);
     }
   }
   const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
@@ -449,6 +486,74 @@ TEST_CASE("linear_token_logps(_grad) equal the reference and the unfused path: a
     REQUIRE(gc::detail::make_linear_layout(in, 0, false).base.splits > 1);
   }
   check_lt_case(big);
+}
+
+TEST_CASE("linear_token_logps_grad with the entropy's upstream equals the reference and the "
+          "unfused path",
+          "[linear_token][small][stats]") {
+  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
+    lt_config c;
+    c.dtype = d;
+    c.entropy_upstream = true;
+    c.seed = 11;
+    check_lt_case(c);  // V = 37, N = 9 in chunks of 4: e_t and H_t offset per chunk
+    lt_config one = c;
+    one.chunk_rows = 1;
+    one.accumulate = true;
+    one.seed = 12;
+    check_lt_case(one);
+    lt_config capped = c;  // through the soft-cap's slope, with a scale and a temperature
+    capped.tr.scale = 1.25;
+    capped.tr.softcap = 3.0;
+    capped.tr.temperature = 0.8;
+    capped.seed = 13;
+    check_lt_case(capped);
+  }
+  lt_config v1;  // V = 1: H_t = 0 and p = 1, every gradient 0
+  v1.vocab = 1;
+  v1.hidden = 3;
+  v1.rows = 4;
+  v1.entropy_upstream = true;
+  check_lt_case(v1);
+}
+
+TEST_CASE("linear_token_logps_grad: the entropy's upstream needs the forward's entropy",
+          "[linear_token][small][stats]") {
+  lt_config c;
+  c.entropy_upstream = true;
+  lt_problem p = make_lt(c);
+  p.labels[0] = c.ignore;  // an ignored row, for the NaN below
+  p.labels[1] = 2;         // and a scored one
+  blas_handle h;
+  lt_device d(p);
+  dmem lse(static_cast<size_t>(c.rows) * 4), gh(static_cast<size_t>(c.rows * c.hidden * 4));
+  gc::linear_token_grad_args ga;
+  ga.rows = rows_of(p, d, h.h);
+  ga.lse = lse.get<float>();
+  ga.grad_token_logps = d.g.get<float>();
+  ga.grad_hidden = gh.get();
+  ga.grad_entropy = d.e.get<float>();
+  size_t bytes = 0;
+  REQUIRE(gc::linear_token_logps_grad(nullptr, bytes, ga) == status::success);
+  dmem ws(bytes);
+  CHECK(gc::linear_token_logps_grad(ws.get(), bytes, ga) == status::null_pointer);
+  ga.entropy = reinterpret_cast<const float*>(d.e.get<char>() + 2);
+  CHECK(gc::linear_token_logps_grad(ws.get(), bytes, ga) == status::misaligned_pointer);
+  ga.entropy = reinterpret_cast<const float*>(gh.get());  // H_t inside grad_hidden
+  CHECK(gc::linear_token_logps_grad(ws.get(), bytes, ga) == status::overlapping_buffers);
+  // A NaN e_t on a scored row is device-side invalid_upstream_grad; on an
+  // ignored row it is never read.
+  dmem ent(static_cast<size_t>(c.rows) * 4);
+  ga.entropy = ent.get<float>();
+  for (const auto& [row, want] : {std::pair<int64_t, status>{0, status::success},
+                                  std::pair<int64_t, status>{1, status::invalid_upstream_grad}}) {
+    std::vector<float> e = p.e;
+    e[static_cast<size_t>(row)] = NAN;
+    dmem bad = upload(e);
+    ga.grad_entropy = bad.get<float>();
+    REQUIRE(gc::linear_token_logps_grad(ws.get(), bytes, ga) == status::success);
+    CHECK(device_status_of(ws) == want);
+  }
 }
 
 TEST_CASE("linear_token_logps(_grad): bad input is a status, device problems in device_status",

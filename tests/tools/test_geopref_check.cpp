@@ -67,6 +67,15 @@ std::vector<double> read_doubles(const std::string& p, std::vector<int64_t>* sha
   return a.f64;
 }
 
+std::vector<int32_t> read_ints(const std::string& p) {
+  npy_array a;
+  std::string err;
+  INFO(p << ": " << err);
+  REQUIRE(geopref::tools::read_npy(p, &a, &err));
+  REQUIRE(a.dtype == geopref::tools::npy_dtype::int32);
+  return a.i32;
+}
+
 // Reads "key": number from metrics.json; NaN when absent or null.
 double json_value(const std::string& json, const std::string& key) {
   const std::string k = "\"" + key + "\": ";
@@ -585,16 +594,18 @@ TEST_CASE("geopref-check: malformed .npy files are clean errors", "[check][npy]"
 }
 
 // ---------------------------------------------------------------------------
-// --per-token: token_logps.npy (and entropy.npy) against
-// reference::token_logps called directly, and with --token-grad the gradient
-// of Σ_t G_t ℓ_t against reference::token_logps_grad: the same code on the
-// same doubles, so equal bit for bit.
+// --per-token: token_logps.npy, entropy.npy and the statistics against
+// reference::token_logps called directly, and with --token-grad (and
+// --entropy-grad) the gradient of Σ_t G_t ℓ_t (+ E_t H_t) against
+// reference::token_logps_grad: the same code on the same doubles, so equal
+// bit for bit.
 namespace {
 
 template <class Logit, class Label>
 void check_per_token(const std::string& out_dir, const Logit* logits, int64_t N, int64_t V,
                      const Label* labels, int64_t ignore, const std::vector<double>* g,
-                     const std::vector<int64_t>& logits_shape) {
+                     const std::vector<int64_t>& logits_shape,
+                     const std::vector<double>* e = nullptr) {
   geopref::reference::token_rows<Logit, Label> in;
   in.logits = logits;
   in.n_rows = N;
@@ -602,16 +613,24 @@ void check_per_token(const std::string& out_dir, const Logit* logits, int64_t N,
   in.ld = V;
   in.labels = labels;
   in.ignore_index = ignore;
-  std::vector<double> logp(static_cast<std::size_t>(N)), lse(logp.size()), ent(logp.size());
+  std::vector<double> logp(static_cast<std::size_t>(N)), lse(logp.size()), ent(logp.size()),
+      lssp(logp.size()), mean(logp.size());
+  std::vector<uint8_t> top1(logp.size());
   geopref::reference::token_outputs out;
   out.token_logps = logp.data();
   out.lse = lse.data();
   out.entropy = ent.data();
+  out.log_sum_sq_probs = lssp.data();
+  out.mean_logits = mean.data();
+  out.is_top1 = top1.data();
   REQUIRE(geopref::reference::token_logps(in, out) == geopref::status::success);
   std::vector<int64_t> shape;
   CHECK(read_doubles(out_dir + "/token_logps.npy", &shape) == logp);
   CHECK(shape == std::vector<int64_t>{N});
   CHECK(read_doubles(out_dir + "/entropy.npy", &shape) == ent);
+  CHECK(read_doubles(out_dir + "/log_sum_sq_probs.npy", &shape) == lssp);
+  CHECK(read_doubles(out_dir + "/mean_logits.npy", &shape) == mean);
+  CHECK(read_ints(out_dir + "/is_top1.npy") == std::vector<int32_t>(top1.begin(), top1.end()));
   for (int64_t t = 0; t < N; ++t)
     if (static_cast<int64_t>(labels[t]) == ignore) CHECK(logp[static_cast<std::size_t>(t)] == 0.0);
   if (g == nullptr) {
@@ -620,7 +639,8 @@ void check_per_token(const std::string& out_dir, const Logit* logits, int64_t N,
     return;
   }
   std::vector<double> grad(static_cast<std::size_t>(N * V));
-  REQUIRE(geopref::reference::token_logps_grad(in, lse.data(), g->data(), grad.data()) ==
+  REQUIRE(geopref::reference::token_logps_grad(in, lse.data(), g->data(), grad.data(), 0,
+                                               e == nullptr ? nullptr : e->data()) ==
           geopref::status::success);
   CHECK(read_doubles(out_dir + "/grad_logits.npy", &shape) == grad);
   CHECK(shape == logits_shape);
@@ -649,6 +669,24 @@ TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check
     INFO("stderr: " << rr.err);
     REQUIRE(rr.exit_code == 0);
     check_per_token(path("out_tok_g"), r.logits.data(), 9, 5, r.labels.data(), -100, &g, {9, 5});
+    // The entropy's upstream E too, and E alone (G then 0).
+    std::vector<double> e(9);
+    for (int t = 0; t < 9; ++t) e[static_cast<std::size_t>(t)] = std::sin(0.7 * t + 0.2) * 1.5;
+    e[4] = std::nan("");  // an ignored row's: never read
+    const std::string E = save("t_e.npy", "<f8", "(9,)", e);
+    const run_result re =
+        run_tool("--per-token --logits " + L + " --labels " + Y + " --token-grad " +
+                 path("t_g.npy") + " --entropy-grad " + E + " --out " + path("out_tok_ge"));
+    INFO("stderr: " << re.err);
+    REQUIRE(re.exit_code == 0);
+    check_per_token(path("out_tok_ge"), r.logits.data(), 9, 5, r.labels.data(), -100, &g, {9, 5},
+                    &e);
+    const run_result r0 = run_tool("--per-token --logits " + L + " --labels " + Y +
+                                   " --entropy-grad " + E + " --out " + path("out_tok_e"));
+    REQUIRE(r0.exit_code == 0);
+    const std::vector<double> zero(9, 0.0);
+    check_per_token(path("out_tok_e"), r.logits.data(), 9, 5, r.labels.data(), -100, &zero,
+                    {9, 5}, &e);
   }
   {
     // [S, T, V] float16 logits, int32 labels [S, T], a custom ignore index,
@@ -692,6 +730,15 @@ TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check
        1, "the labels' shape"},
       {"--per-token --logits " + L + " --labels " + Y + " --token-grad " +
            save("t_gnan.npy", "<f8", "(9,)", bad_g) + " --out " + path("out_e"),
+       1, "upstream gradient"},
+      {"--logits " + L + " --labels " + Y + " --entropy-grad " + path("t_g.npy") +
+           " --loss dpo --out " + path("out_e"),
+       2, "--entropy-grad needs --per-token"},
+      {"--per-token --logits " + L + " --labels " + Y + " --entropy-grad " +
+           path("t_g8.npy") + " --out " + path("out_e"),
+       1, "--entropy-grad"},
+      {"--per-token --logits " + L + " --labels " + Y + " --entropy-grad " +
+           path("t_gnan.npy") + " --out " + path("out_e"),
        1, "upstream gradient"},
       {"--per-token --logits " + L + " --labels " + save("t_y8.npy", "<i8", "(8,)", std::vector<int64_t>(8)) +
            " --out " + path("out_e"),

@@ -120,6 +120,11 @@ FIELDS = {
     "geopref_linear_token_logps_args.token_logps": "out:logps",
     "geopref_grad_args.grad_logits": "none: returned (logits_grad's output)",
     "geopref_token_grad_args.grad_logits": "none: returned (token_logps_grad's output)",
+    # ABI 1.2: TRL 1.x's per-token statistics and the entropy's upstream
+    "log_sum_sq_probs": "out:log_sum_sq_probs", "mean_logits": "out:mean_logits",
+    "is_top1": "out:is_top1", "grad_entropy": "arg:grad_entropy",
+    "geopref_token_grad_args.entropy": "arg:entropy",
+    "geopref_linear_token_grad_args.entropy": "arg:entropy",
     # what the fused and vocab-parallel steps keep to themselves: their
     # gradients come from the same call, no backward needs lse or g_s
     "geopref_linear_train_args.lse": "none: the fused step's backward is in the call",
@@ -144,6 +149,14 @@ NESTED = ("geopref_tokens", "geopref_train_args", "geopref_linear_inputs",
 # accumulate into a float32 grad_weight too; PyTorch's accumulators are
 # fused_linear_preference_loss's (linear_pref_loss_accumulate) only.
 KNOWN_GAPS = {
+    # ABI 1.2's statistics and entropy upstream: not in the operators yet
+    ("geopref_token_logps", "log_sum_sq_probs"), ("geopref_token_logps", "mean_logits"),
+    ("geopref_token_logps", "is_top1"), ("geopref_token_logps_grad", "grad_entropy"),
+    ("geopref_token_logps_grad", "entropy"),
+    ("geopref_linear_token_logps", "log_sum_sq_probs"),
+    ("geopref_linear_token_logps", "mean_logits"), ("geopref_linear_token_logps", "is_top1"),
+    ("geopref_linear_token_logps_grad", "grad_entropy"),
+    ("geopref_linear_token_logps_grad", "entropy"),
     ("geopref_linear_token_logps_grad", "grad_weight_float32"),
     ("geopref_linear_token_logps_grad", "accumulate"),
     ("geopref_vocab_linear_step", "grad_weight_float32"),

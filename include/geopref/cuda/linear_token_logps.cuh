@@ -8,7 +8,9 @@
 //   linear_token_logps_grad  given g_t = ∂Loss/∂ℓ_t [N] (fp32) and the
 //                            forward's lse, grad_H = G·W, grad_W (+)= Gᵀ·H,
 //                            grad_b (+)= Σ_t G[t, ·], with
-//                            G[t, v] = g_t (𝟙[v = y_t] − exp(Z[t, v] − lse_t)).
+//                            G[t, v] = g_t (𝟙[v = y_t] − exp(Z[t, v] − lse_t)),
+//                            plus, given e_t = ∂Loss/∂H_t and the forward's
+//                            H_t, the entropy's term (token_logps_grad's).
 //
 // These are the two passes of fused_linear_step (geopref/cuda/fused_linear.cuh)
 // with the pair step left out: per chunk of rows, Z_c = H_c·Wᵀ + b (cuBLAS,
@@ -51,9 +53,10 @@ struct linear_token_logps_args : token_outputs {
   linear_token_rows rows;
 };
 
-/// Arguments of linear_token_logps_grad: token_grad_inputs and the gradients
-/// (linear_gradients, as linear_train_args').
-struct linear_token_grad_args : token_grad_inputs, linear_gradients {
+/// Arguments of linear_token_logps_grad: token_grad_inputs, the entropy's
+/// optional upstream (entropy_upstream, as token_logps_grad's) and the
+/// gradients (linear_gradients, as linear_train_args').
+struct linear_token_grad_args : token_grad_inputs, entropy_upstream, linear_gradients {
   linear_token_rows rows;  // the rows linear_token_logps was given
 };
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <limits>
 
 // geopref.cuh before anything of detail/ (it declares the entries, then
@@ -406,11 +407,14 @@ inline status linear_forward(cublasHandle_t h, const linear_inputs& in, const op
 /// Pass 2: every chunk's logits again, the fused backward in place, then
 /// grad_H_c = G_c·W, grad_W (+)= G_cᵀ·H_c, grad_b (+)= Σ_rows G_c. g_s is in
 /// ws.seq_grad; or, with row_coef_ready (linear_token_logps_grad), the
-/// per-token g_t is already in ws.row_coef.
-template <class T>
+/// per-token g_t is already in ws.row_coef. ENTROPY_UPSTREAM
+/// (linear_token_logps_grad only): the entropy's upstream e_t [N] (checked)
+/// and the forward's H_t [N] join g_t (with_entropy, arith.cuh).
+template <class T, bool ENTROPY_UPSTREAM = false>
 inline status linear_backward(cublasHandle_t h, const linear_step_args& a,
                               const linear_layout& l, const workspace_view& ws, T* chunk,
-                              cudaStream_t stream, bool row_coef_ready = false) {
+                              cudaStream_t stream, bool row_coef_ready = false,
+                              const float* row_egrad = nullptr, const float* entropy = nullptr) {
   const linear_inputs& in = a.in;
   const int64_t Hd = in.hidden_size;
   const int64_t ldh = linear_ld(in.ld_hidden, Hd), ldw = linear_ld(in.ld_weight, Hd);
@@ -444,9 +448,21 @@ inline status linear_backward(cublasHandle_t h, const linear_step_args& a,
     status st = chunk_logits<T>(h, in, r0, rows, l.ldc, chunk, stream);
     if (st != status::success) return st;
     const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(l.base.splits));
-    st = visit_map<T>(in.logit_transform, [&](auto map) {
-      launch(backward_kernel<T, T, decltype(map), BLOCK>, grid, BLOCK, stream, chunk, l.ldc,
-             in.vocab, ws.cols + r0, ws.row_coef + r0, ws.lse + r0, chunk, l.ldc, map);
+    st = visit_map<T>(in.logit_transform, [&](auto base) {
+      const auto map = [&] {
+        if constexpr (ENTROPY_UPSTREAM) {
+          with_entropy<decltype(base)> m;  // the chunk's rows: e_t and H_t from r0
+          m.base = base;
+          m.egrad = row_egrad + r0;
+          m.entropy = entropy + r0;
+          return m;
+        } else {
+          return base;
+        }
+      }();
+      using Map = std::remove_const_t<decltype(map)>;
+      launch(backward_kernel<T, T, Map, BLOCK>, grid, BLOCK, stream, chunk, l.ldc, in.vocab,
+             ws.cols + r0, ws.row_coef + r0, ws.lse + r0, chunk, l.ldc, map);
       return last_launch();
     });
     if (st != status::success) return status::cuda_error;

@@ -80,8 +80,12 @@ inline status check_linear_token_grad(const linear_token_grad_args& a, bool buff
   if (s != status::success || !buffers) return s;
   const linear_inputs& in = t.in;
   const int64_t n = in.n_rows, Hd = in.hidden_size;
-  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr)) return status::null_pointer;
-  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4)) return status::misaligned_pointer;
+  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr ||
+                (a.grad_entropy != nullptr && a.entropy == nullptr)))
+    return status::null_pointer;
+  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4) || !aligned(a.grad_entropy, 4) ||
+      !aligned(a.entropy, 4))
+    return status::misaligned_pointer;
   if (n == 0) return status::success;
   // lse is read by every chunk's backward_kernel while the gradients are
   // written; an lse or g_t inside H, W or b would be read as both.
@@ -93,11 +97,12 @@ inline status check_linear_token_grad(const linear_token_grad_args& a, bool buff
     outs[1] = used_bytes(a.grad_weight, in.vocab, linear_ld(a.ld_grad_weight, Hd), Hd,
                          a.grad_weight_float32 ? 4 : elem);
   if (a.grad_bias != nullptr) outs[2] = used_bytes(a.grad_bias, 1, in.vocab, in.vocab, 4);
-  const byte_range rows[2] = {row_bytes(a.lse, n), row_bytes(a.grad_token_logps, n)};
-  // lse and g_t may share memory with each other (both only read): check
-  // each alone against the inputs and the gradients.
-  if (token_rows_meet(in, rows, 1, outs, 3) || token_rows_meet(in, rows + 1, 1, outs, 3))
-    return status::overlapping_buffers;
+  const byte_range rows[4] = {row_bytes(a.lse, n), row_bytes(a.grad_token_logps, n),
+                              row_bytes(a.grad_entropy, n), row_bytes(a.entropy, n)};
+  // lse, g_t, e_t and H_t may share memory with one another (all only read):
+  // check each alone against the inputs and the gradients.
+  for (int i = 0; i < 4; ++i)
+    if (token_rows_meet(in, rows + i, 1, outs, 3)) return status::overlapping_buffers;
   return status::success;
 }
 
@@ -196,15 +201,16 @@ inline status linear_token_logps_grad(void* workspace, size_t& workspace_bytes,
   if (s != status::success || workspace == nullptr) return s;
   detail::workspace_layout whole = l.base;
   whole.bytes = l.bytes;
-  if (detail::rows_meet_workspace({args.lse, args.grad_token_logps}, t.in.n_rows, workspace,
-                                  whole))
+  if (detail::rows_meet_workspace({args.lse, args.grad_token_logps, args.grad_entropy,
+                                   args.entropy},
+                                  t.in.n_rows, workspace, whole))
     return status::overlapping_buffers;
   detail::lse_state* partials = nullptr;
   void* chunk = nullptr;
   detail::workspace_view ws = detail::carve_linear(workspace, l, &partials, &chunk);
-  // Label columns, and g_t checked into ws.row_coef (0 for unscored rows).
+  // Label columns, g_t checked into ws.row_coef (0 for unscored rows), e_t checked.
   s = detail::enqueue_token_rows(args.rows, args.rows.ignore_index, ws, args.grad_token_logps,
-                                 stream);
+                                 stream, args.grad_entropy);
   if (s != status::success) return s;
   // backward_kernel reads lse through the view; the caller's is only read.
   ws.lse = const_cast<float*>(args.lse);
@@ -213,6 +219,10 @@ inline status linear_token_logps_grad(void* workspace, size_t& workspace_bytes,
   if (s != status::success) return s;
   return detail::visit_dtype(t.in.type, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    if (args.grad_entropy != nullptr)  // with_entropy (arith.cuh), as token_logps_grad
+      return detail::linear_backward<T, true>(blas.get(), t, l, ws, static_cast<T*>(chunk),
+                                              stream, /*row_coef_ready=*/true, args.grad_entropy,
+                                              args.entropy);
     return detail::linear_backward<T>(blas.get(), t, l, ws, static_cast<T*>(chunk), stream,
                                       /*row_coef_ready=*/true);
   });
