@@ -3,6 +3,11 @@
 #include "c_api_device.h"
 
 #include <cuda_runtime.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 extern "C" {
 
@@ -26,6 +31,30 @@ int test_to_device(void* dst, const void* src, size_t bytes) {
 
 int test_to_host(void* dst, const void* src, size_t bytes) {
   return cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost) == cudaSuccess ? 0 : 1;
+}
+
+void* test_upload(const void* host, size_t bytes) {
+  void* d = test_device_alloc(bytes);
+  if (d != nullptr && test_to_device(d, host, bytes) != 0) {
+    test_device_free(d);
+    d = nullptr;
+  }
+  if (d == nullptr) {
+    std::fprintf(stderr, "device allocation / copy of %zu bytes failed\n", bytes);
+    std::exit(1);
+  }
+  return d;
+}
+
+unsigned char* test_against_guard(size_t size) {
+  const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  auto* m = static_cast<unsigned char*>(
+      mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (m == MAP_FAILED || mprotect(m + page, page, PROT_NONE) != 0 || size > page) {
+    std::fprintf(stderr, "mmap/mprotect failed\n");
+    std::exit(1);
+  }
+  return m + page - size;
 }
 
 }  // extern "C"

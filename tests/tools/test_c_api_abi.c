@@ -17,14 +17,11 @@
  * against the page guard, give bit for bit the results of today's structs
  * with the identity transform (train_step, token_logps, linear_token_logps);
  * today's structs with a soft-cap give other, finite values. */
-#define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS under -std=c99 */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "c_api_check.h"
 #include "c_api_device.h"
@@ -75,19 +72,6 @@ ABI_CHECK(train_sums, offsetof(struct train_args_1_0, stat_sums) ==
 ABI_CHECK(token, sizeof(struct token_logps_args_1_0) == GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0);
 ABI_CHECK(linear_token,
           sizeof(struct linear_token_logps_args_1_0) == GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0);
-
-/* A fresh mapping of two pages, the second PROT_NONE: the address `size`
- * bytes before the guard (8-aligned as every size here is). Never unmapped. */
-static unsigned char* against_guard(size_t size) {
-  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  unsigned char* m = (unsigned char*)mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
-                                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED || mprotect(m + page, page, PROT_NONE) != 0) {
-    fprintf(stderr, "mmap/mprotect failed\n");
-    exit(1);
-  }
-  return m + page - size;
-}
 
 static void set_size(void* s, size_t size) { memcpy(s, &size, sizeof size); }
 
@@ -175,7 +159,7 @@ static int check_sizes(const char* what, const void* args, size_t size, size_t s
   }
 
   /* The 1.0 struct against the guard page: an over-read faults. */
-  guarded = against_guard(size_1_0);
+  guarded = test_against_guard(size_1_0);
   memcpy(guarded, args, size_1_0);
   set_size(guarded, size_1_0);
   got = 0;
@@ -298,7 +282,7 @@ static int host_checks(void) {
   /* The train arguments a vocab-parallel step points to are read by their
    * own struct_size: a 1.0 one against the guard, a bad one, none. */
   fails += expect("vocab step", q_vocab_parallel_train_step(&vtrain, &want), GEOPREF_SUCCESS);
-  guarded = against_guard(GEOPREF_TRAIN_ARGS_SIZE_1_0);
+  guarded = test_against_guard(GEOPREF_TRAIN_ARGS_SIZE_1_0);
   memcpy(guarded, &train_slice, GEOPREF_TRAIN_ARGS_SIZE_1_0);
   set_size(guarded, GEOPREF_TRAIN_ARGS_SIZE_1_0);
   vtrain.train = (const geopref_train_args*)(const void*)guarded;
@@ -311,7 +295,7 @@ static int host_checks(void) {
   vtrain.train = NULL;
   fails += expect("vocab step, no train args", q_vocab_parallel_train_step(&vtrain, &got),
                   GEOPREF_NULL_POINTER);
-  guarded = against_guard(GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
+  guarded = test_against_guard(GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
   memcpy(guarded, &lin_slice, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
   set_size(guarded, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
   fails += expect("vocab linear step", q_vocab_linear_step(&vltrain, &want), GEOPREF_SUCCESS);
@@ -335,19 +319,6 @@ static unsigned g_seed = 12345u;
 static float uniform(void) { /* [-4, 4) */
   g_seed = g_seed * 1664525u + 1013904223u;
   return (float)((g_seed >> 8) & 0xffffu) / 8192.0f - 4.0f;
-}
-
-static void* upload(const void* host, size_t bytes) {
-  void* d = test_device_alloc(bytes);
-  if (d != NULL && test_to_device(d, host, bytes) != 0) {
-    test_device_free(d);
-    d = NULL;
-  }
-  if (d == NULL) {
-    fprintf(stderr, "device allocation / copy of %zu bytes failed\n", bytes);
-    exit(1);
-  }
-  return d;
 }
 
 /* Outputs of one call, back on the host. */
@@ -381,21 +352,6 @@ static int fetch(const outputs* o, results* r, int what) {
   if (test_to_host(r->token_logps, o->token_logps, sizeof r->token_logps) != 0) return 1;
   return test_to_host(r->lse, o->lse, sizeof r->lse);
 }
-
-/* Runs an entry twice (query, then the call) and checks the device status. */
-#define RUN(what, call_with_ws)                                                              \
-  do {                                                                                       \
-    void* ws = NULL;                                                                         \
-    size_t bytes = 0;                                                                        \
-    geopref_status st = GEOPREF_SUCCESS, recorded = GEOPREF_INTERNAL_ERROR;                  \
-    fails += expect(what " (query)", (ws = NULL, call_with_ws), GEOPREF_SUCCESS);            \
-    ws = test_device_alloc(bytes > 0 ? bytes : 1);                                           \
-    st = call_with_ws;                                                                       \
-    if (st == GEOPREF_SUCCESS) st = geopref_device_status(ws, NULL, &recorded);              \
-    fails += expect(what, st, GEOPREF_SUCCESS);                                              \
-    fails += expect(what " (device status)", recorded, GEOPREF_SUCCESS);                     \
-    test_device_free(ws);                                                                    \
-  } while (0)
 
 static int same(const char* what, const results* a, const results* b) {
   if (memcmp(a, b, sizeof *a) == 0) return 0;
@@ -432,11 +388,11 @@ static int device_checks(void) {
   for (k = 0; k < N; ++k) labels[k] = (int64_t)((k * 7 + 3) % V);
   labels[3] = -100; /* one unscored row */
   for (k = 0; k <= S; ++k) offsets[k] = (int64_t)(2 * k);
-  d_logits = upload(logits, sizeof logits);
-  d_labels = upload(labels, sizeof labels);
-  d_offsets = upload(offsets, sizeof offsets);
-  d_hidden = upload(hidden, sizeof hidden);
-  d_weight = upload(weight, sizeof weight);
+  d_logits = test_upload(logits, sizeof logits);
+  d_labels = test_upload(labels, sizeof labels);
+  d_offsets = test_upload(offsets, sizeof offsets);
+  d_hidden = test_upload(hidden, sizeof hidden);
+  d_weight = test_upload(weight, sizeof weight);
   o.loss = (float*)test_device_alloc(sizeof(float));
   o.seq_logps = (float*)test_device_alloc(S * sizeof(float));
   o.token_logps = (float*)test_device_alloc(N * sizeof(float));
@@ -458,14 +414,14 @@ static int device_checks(void) {
   train.grad_logits = o.grad;
   train.grad_float32 = 1;
   poison(&o);
-  RUN("train_step", geopref_train_step(ws, &bytes, &train, &opt, NULL));
+  TEST_RUN_ENTRY("train_step", geopref_train_step(ws, &bytes, &train, &opt, NULL));
   fails += fetch(&o, &now, 0);
   /* The 1.0 caller: its own struct, its size, nothing past it. */
-  train_1_0 = (struct train_args_1_0*)(void*)against_guard(sizeof *train_1_0);
+  train_1_0 = (struct train_args_1_0*)(void*)test_against_guard(sizeof *train_1_0);
   memcpy(train_1_0, &train, sizeof *train_1_0); /* every 1.0 field as above */
   train_1_0->struct_size = sizeof *train_1_0;
   poison(&o);
-  RUN("train_step, ABI 1.0",
+  TEST_RUN_ENTRY("train_step, ABI 1.0",
       geopref_train_step(ws, &bytes, (const geopref_train_args*)(const void*)train_1_0, &opt,
                          NULL));
   fails += fetch(&o, &old, 0);
@@ -473,7 +429,7 @@ static int device_checks(void) {
   /* Today's caller with a soft-cap: it still works, and it changes the values. */
   train.logit_transform.softcap = 2.0;
   poison(&o);
-  RUN("train_step, soft-cap", geopref_train_step(ws, &bytes, &train, &opt, NULL));
+  TEST_RUN_ENTRY("train_step, soft-cap", geopref_train_step(ws, &bytes, &train, &opt, NULL));
   fails += fetch(&o, &capped, 0);
   if (!finite_all(&capped.loss, 1) || !finite_all(capped.grad, N * V) ||
       capped.loss == now.loss || memcmp(capped.grad, now.grad, sizeof now.grad) == 0)
@@ -487,20 +443,20 @@ static int device_checks(void) {
   tok.token_logps = o.token_logps;
   tok.lse = o.lse;
   poison(&o);
-  RUN("token_logps", geopref_token_logps(ws, &bytes, &tok, NULL));
+  TEST_RUN_ENTRY("token_logps", geopref_token_logps(ws, &bytes, &tok, NULL));
   fails += fetch(&o, &now, 1);
-  tok_1_0 = (struct token_logps_args_1_0*)(void*)against_guard(sizeof *tok_1_0);
+  tok_1_0 = (struct token_logps_args_1_0*)(void*)test_against_guard(sizeof *tok_1_0);
   memcpy(tok_1_0, &tok, sizeof *tok_1_0);
   tok_1_0->struct_size = sizeof *tok_1_0;
   poison(&o);
-  RUN("token_logps, ABI 1.0",
+  TEST_RUN_ENTRY("token_logps, ABI 1.0",
       geopref_token_logps(ws, &bytes, (const geopref_token_logps_args*)(const void*)tok_1_0,
                           NULL));
   fails += fetch(&o, &old, 1);
   fails += same("token_logps", &now, &old);
   tok.logit_transform.softcap = 2.0;
   poison(&o);
-  RUN("token_logps, soft-cap", geopref_token_logps(ws, &bytes, &tok, NULL));
+  TEST_RUN_ENTRY("token_logps, soft-cap", geopref_token_logps(ws, &bytes, &tok, NULL));
   fails += fetch(&o, &capped, 1);
   if (!finite_all(capped.token_logps, N) || capped.token_logps[0] == now.token_logps[0])
     fprintf(stderr, "token_logps, soft-cap: %g (identity %g)\n", capped.token_logps[0],
@@ -515,20 +471,20 @@ static int device_checks(void) {
   lin.token_logps = o.token_logps;
   lin.lse = o.lse;
   poison(&o);
-  RUN("linear_token_logps", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
+  TEST_RUN_ENTRY("linear_token_logps", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
   fails += fetch(&o, &now, 1);
-  lin_1_0 = (struct linear_token_logps_args_1_0*)(void*)against_guard(sizeof *lin_1_0);
+  lin_1_0 = (struct linear_token_logps_args_1_0*)(void*)test_against_guard(sizeof *lin_1_0);
   memcpy(lin_1_0, &lin, sizeof *lin_1_0);
   lin_1_0->struct_size = sizeof *lin_1_0;
   poison(&o);
-  RUN("linear_token_logps, ABI 1.0",
+  TEST_RUN_ENTRY("linear_token_logps, ABI 1.0",
       geopref_linear_token_logps(
           ws, &bytes, (const geopref_linear_token_logps_args*)(const void*)lin_1_0, NULL));
   fails += fetch(&o, &old, 1);
   fails += same("linear_token_logps", &now, &old);
   lin.logit_transform.softcap = 1.0;
   poison(&o);
-  RUN("linear_token_logps, soft-cap", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
+  TEST_RUN_ENTRY("linear_token_logps, soft-cap", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
   fails += fetch(&o, &capped, 1);
   if (!finite_all(capped.token_logps, N) || capped.token_logps[0] == now.token_logps[0])
     fprintf(stderr, "linear_token_logps, soft-cap: %g (identity %g)\n", capped.token_logps[0],

@@ -12,15 +12,12 @@
  * float products; the results are within 64 float32 roundings (u = 2^-24)
  * of the largest term involved, 4e-6 of it: TOL below. A wrong field mapping
  * or a missing term moves a value by 1e-2 or more here. */
-#define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS under -std=c99 */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "c_api_check.h"
 #include "c_api_device.h"
@@ -35,17 +32,9 @@ static float uniform(void) { /* [-4, 4) */
   return (float)((g_seed >> 8) & 0xffffu) / 8192.0f - 4.0f;
 }
 
-static void* upload(const void* host, size_t bytes) {
-  void* d = test_device_alloc(bytes);
-  if (d == NULL || test_to_device(d, host, bytes) != 0) {
-    fprintf(stderr, "device allocation / copy of %zu bytes failed\n", bytes);
-    exit(1);
-  }
-  return d;
-}
 static void* zeros(size_t bytes) {
   void* h = calloc(1, bytes);
-  void* d = upload(h, bytes);
+  void* d = test_upload(h, bytes);
   free(h);
   return d;
 }
@@ -55,33 +44,6 @@ static void fetch(void* host, const void* dev, size_t bytes) {
     exit(1);
   }
 }
-
-/* `size` bytes ending at a PROT_NONE page: a read past them faults. */
-static unsigned char* against_guard(size_t size) {
-  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  const size_t pages = (size + page - 1) / page + 1;
-  unsigned char* base = (unsigned char*)mmap(NULL, pages * page, PROT_READ | PROT_WRITE,
-                                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (base == MAP_FAILED || mprotect(base + (pages - 1) * page, page, PROT_NONE) != 0) {
-    fprintf(stderr, "guard page failed\n");
-    exit(1);
-  }
-  return base + (pages - 1) * page - size;
-}
-
-#define RUN(what, call_with_ws)                                                              \
-  do {                                                                                       \
-    void* ws = NULL;                                                                         \
-    size_t bytes = 0;                                                                        \
-    geopref_status st = GEOPREF_SUCCESS, recorded = GEOPREF_INTERNAL_ERROR;                  \
-    fails += expect(what " (query)", call_with_ws, GEOPREF_SUCCESS);                         \
-    ws = test_device_alloc(bytes > 0 ? bytes : 1);                                           \
-    st = call_with_ws;                                                                       \
-    if (st == GEOPREF_SUCCESS) st = geopref_device_status(ws, NULL, &recorded);              \
-    fails += expect(what, st, GEOPREF_SUCCESS);                                              \
-    fails += expect(what " (device status)", recorded, GEOPREF_SUCCESS);                     \
-    test_device_free(ws);                                                                    \
-  } while (0)
 
 /* The row's statistics in double (identity transform). */
 typedef struct {
@@ -128,6 +90,18 @@ static int near(const char* what, int64_t i, double got, double want, double sca
 typedef struct {
   void *logp, *lse, *ent, *lssp, *mean, *top1;
 } stats_dev;
+
+/* The outputs of a token_logps or linear_token_logps argument struct. */
+#define POINT_STATS(args, s)                                                 \
+  ((args).token_logps = (float*)(s).logp, (args).lse = (float*)(s).lse,      \
+   (args).entropy = (float*)(s).ent, (args).log_sum_sq_probs = (float*)(s).lssp, \
+   (args).mean_logits = (float*)(s).mean, (args).is_top1 = (uint8_t*)(s).top1)
+
+/* The inputs of a token_logps_grad or linear_token_logps_grad argument
+ * struct: the forward's lse and entropy, g_t and e_t. */
+#define POINT_UPSTREAM(args, s, g, e)                                               \
+  ((args).lse = (const float*)(s).lse, (args).grad_token_logps = (const float*)(g), \
+   (args).grad_entropy = (const float*)(e), (args).entropy = (const float*)(s).ent)
 
 static stats_dev stats_alloc(void) {
   stats_dev s;
@@ -212,12 +186,12 @@ static int device_checks(void) {
       for (k = 0; k < HD; ++k) acc += (double)hidden[t * HD + k] * weight[v * HD + k];
       zl[t * V + v] = acc;
     }
-  d_logits = upload(logits, sizeof logits);
-  d_labels = upload(labels, sizeof labels);
-  d_hidden = upload(hidden, sizeof hidden);
-  d_weight = upload(weight, sizeof weight);
-  d_g = upload(g, sizeof g);
-  d_e = upload(e, sizeof e);
+  d_logits = test_upload(logits, sizeof logits);
+  d_labels = test_upload(labels, sizeof labels);
+  d_hidden = test_upload(hidden, sizeof hidden);
+  d_weight = test_upload(weight, sizeof weight);
+  d_g = test_upload(g, sizeof g);
+  d_e = test_upload(e, sizeof e);
   d_grad = zeros(sizeof grad);
   d_gh = zeros(sizeof gh);
   s = stats_alloc();
@@ -228,25 +202,17 @@ static int device_checks(void) {
   tok.rows.labels = d_labels;
   tok.rows.n_rows = N;
   tok.rows.vocab = tok.rows.ld = V;
-  tok.token_logps = (float*)s.logp;
-  tok.lse = (float*)s.lse;
-  tok.entropy = (float*)s.ent;
-  tok.log_sum_sq_probs = (float*)s.lssp;
-  tok.mean_logits = (float*)s.mean;
-  tok.is_top1 = (uint8_t*)s.top1;
-  RUN("token_logps", geopref_token_logps(ws, &bytes, &tok, NULL));
+  POINT_STATS(tok, s);
+  TEST_RUN_ENTRY("token_logps", geopref_token_logps(ws, &bytes, &tok, NULL));
   fails += check_stats("token_logps", &s, z, labels);
 
   /* Its backward with g_t and e_t. */
   geopref_token_grad_args_init(&tg);
   tg.rows = tok.rows;
-  tg.lse = (const float*)s.lse;
-  tg.grad_token_logps = (const float*)d_g;
+  POINT_UPSTREAM(tg, s, d_g, d_e);
   tg.grad_logits = d_grad;
   tg.grad_float32 = 1;
-  tg.grad_entropy = (const float*)d_e;
-  tg.entropy = (const float*)s.ent;
-  RUN("token_logps_grad", geopref_token_logps_grad(ws, &bytes, &tg, NULL));
+  TEST_RUN_ENTRY("token_logps_grad", geopref_token_logps_grad(ws, &bytes, &tg, NULL));
   fetch(grad, d_grad, sizeof grad);
   for (t = 0; t < N; ++t)
     for (v = 0; v < V; ++v) {
@@ -256,16 +222,16 @@ static int device_checks(void) {
 
   /* A 1.1 caller: the struct ends before grad_entropy (against the guard):
    * the gradient of g_t alone, as today's call without e_t, bit for bit. */
-  guarded = against_guard(offsetof(geopref_token_grad_args, grad_entropy));
+  guarded = test_against_guard(offsetof(geopref_token_grad_args, grad_entropy));
   memcpy(guarded, &tg, offsetof(geopref_token_grad_args, grad_entropy));
   ((geopref_token_grad_args*)(void*)guarded)->struct_size =
       offsetof(geopref_token_grad_args, grad_entropy);
-  RUN("token_logps_grad, ABI 1.1",
+  TEST_RUN_ENTRY("token_logps_grad, ABI 1.1",
       geopref_token_logps_grad(ws, &bytes, (const geopref_token_grad_args*)(const void*)guarded,
                                NULL));
   fetch(grad_old, d_grad, sizeof grad_old);
   tg.grad_entropy = NULL;
-  RUN("token_logps_grad, no e_t", geopref_token_logps_grad(ws, &bytes, &tg, NULL));
+  TEST_RUN_ENTRY("token_logps_grad, no e_t", geopref_token_logps_grad(ws, &bytes, &tg, NULL));
   fetch(grad, d_grad, sizeof grad);
   if (memcmp(grad, grad_old, sizeof grad) != 0)
     fprintf(stderr, "token_logps_grad: the 1.1 caller's gradient differs\n"), ++fails;
@@ -285,24 +251,16 @@ static int device_checks(void) {
   lin.rows.hidden_size = HD;
   lin.rows.vocab = V;
   lin.rows.chunk_bytes = 3 * V * 4; /* three rows a chunk: a short last chunk */
-  lin.token_logps = (float*)s.logp;
-  lin.lse = (float*)s.lse;
-  lin.entropy = (float*)s.ent;
-  lin.log_sum_sq_probs = (float*)s.lssp;
-  lin.mean_logits = (float*)s.mean;
-  lin.is_top1 = (uint8_t*)s.top1;
-  RUN("linear_token_logps", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
+  POINT_STATS(lin, s);
+  TEST_RUN_ENTRY("linear_token_logps", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
   fails += check_stats("linear_token_logps", &s, zl, labels);
 
   /* Its backward with g_t and e_t: grad_H = G·W. */
   geopref_linear_token_grad_args_init(&lg);
   lg.rows = lin.rows;
-  lg.lse = (const float*)s.lse;
-  lg.grad_token_logps = (const float*)d_g;
+  POINT_UPSTREAM(lg, s, d_g, d_e);
   lg.grad_hidden = d_gh;
-  lg.grad_entropy = (const float*)d_e;
-  lg.entropy = (const float*)s.ent;
-  RUN("linear_token_logps_grad", geopref_linear_token_logps_grad(ws, &bytes, &lg, NULL));
+  TEST_RUN_ENTRY("linear_token_logps_grad", geopref_linear_token_logps_grad(ws, &bytes, &lg, NULL));
   fetch(gh, d_gh, sizeof gh);
   for (t = 0; t < N; ++t)
     for (k = 0; k < HD; ++k) {
