@@ -21,8 +21,9 @@
 #                  library, CMake packages), unpacked from Debian's packages
 #                  with dpkg -x, nothing installed; the Debian 12 builds need
 #                  glibc >= 2.32, which the GPU image has
-#     .whl/        the Liger-Kernel wheel (pure Python) for bench/peers/, and
-#                  pytest's wheels for the PyTorch package's tests
+#     .whl/        the Liger-Kernel and TRL 1.16.0 wheels (pure Python) for
+#                  bench/peers/, and pytest's wheels for the PyTorch package's
+#                  tests
 #
 # Environment: GEOPREF_GPU_CHECK_BUDGET (seconds, default 450),
 # GEOPREF_GPU_CHECK_BUILD (build folder, default build-gpu-check), GEOPREF_COMMIT
@@ -43,6 +44,11 @@ if [[ "${1:-}" == "--stage" ]]; then
     python3 -m pip download -q --no-deps --only-binary=:all: -d .whl liger-kernel ||
       echo "stage: no Liger-Kernel wheel; its peer rows will say so"
   fi
+  # TRL's wheel (pure Python) for bench/peers/trl_head_peers.py, which loads
+  # only its fused-head kernel file: the release docs/math.md describes.
+  mkdir -p .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .whl "trl==1.16.0" ||
+    echo "stage: no TRL wheel; the TRL head peer rows will say so"
   # pytest (and its few dependencies) for the PyTorch package's tests.
   mkdir -p .whl
   python3 -m pip download -q --only-binary=:all: -d .whl pytest ||

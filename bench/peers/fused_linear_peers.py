@@ -36,6 +36,8 @@ import json
 import math
 import sys
 
+from cuda_timer import cold_timer, median  # bench/peers/cuda_timer.py
+
 try:
     import torch
     import torch.nn.functional as F
@@ -75,27 +77,6 @@ def gdpo_from_hidden(x, w, labels, soft):
     p = soft.shape[0]
     h = logps[:p] - logps[p:]
     return -F.logsigmoid(BETA * (2.0 * soft - 1.0) * h).mean()
-
-
-class cold_timer:
-    def __init__(self):
-        l2 = torch.cuda.get_device_properties(0).L2_cache_size
-        self.flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
-        self.start = torch.cuda.Event(enable_timing=True)
-        self.stop = torch.cuda.Event(enable_timing=True)
-
-    def __call__(self, fn):
-        self.flush.zero_()
-        self.start.record()
-        fn()
-        self.stop.record()
-        self.stop.synchronize()
-        return self.start.elapsed_time(self.stop) * 1e-3
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
 
 
 def inputs(args, v):

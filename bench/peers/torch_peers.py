@@ -46,6 +46,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import benchjson  # noqa: E402  (bench/benchjson.py)
+from cuda_timer import cold_timer, median  # noqa: E402  (bench/peers/cuda_timer.py)
 
 try:
     import torch
@@ -162,29 +163,6 @@ def token_loss_plain(logits, labels, ref, soft):
 def token_loss_geopref(logits, labels, ref, soft):
     import geopref_torch
     return (geopref_torch.token_logps(logits, labels, check=False) * _token_weights(labels)).sum()
-
-
-class cold_timer:
-    """CUDA events around one call, the L2 emptied first (bench/gpu/cuda_timer.cuh)."""
-
-    def __init__(self):
-        l2 = torch.cuda.get_device_properties(0).L2_cache_size
-        self.flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
-        self.start = torch.cuda.Event(enable_timing=True)
-        self.stop = torch.cuda.Event(enable_timing=True)
-
-    def __call__(self, fn):
-        self.flush.zero_()
-        self.start.record()
-        fn()
-        self.stop.record()
-        self.stop.synchronize()
-        return self.start.elapsed_time(self.stop) * 1e-3
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
 
 
 def load_geopref(path):

@@ -16,7 +16,9 @@
 #      and PyTorch (linear + TRL's log-softmax, eager and compiled) in one
 #      process (bench/peers/fused_linear_peers.py; time and peak memory at
 #      N = 16384, H = 4096, V ∈ {32000, 128256}, bf16), with
-#      25-fused-linear.sh's C++ rows when $OUT has them.
+#      25-fused-linear.sh's C++ rows when $OUT has them; and TRL 1.16.0's
+#      fused LM head against geopref's (bench/peers/trl_head_peers.py, the
+#      same shapes, time and peak memory).
 # Logs: $OUT/integration/ (OUT defaults to build-gpu-int/out). Eigen for
 # geopref-check comes from the system or from .deps/root (scripts/gpu-check.sh
 # --stage); without it steps 1's geopref-check and 3 are reported as skipped.
@@ -147,6 +149,15 @@ if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; 
     'timeout "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/fused_linear_peers.py "$@"
      rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit; rows so far kept" && rc=0
      exit $rc' _ --methods "$methods" "${quick[@]}" "${geo[@]}" --json "$OUT/fused_linear_peers.json"
+  # TRL 1.16.0's fused LM head (its Triton fold; TRL from the installed
+  # package or the staged wheel) against geopref's, as DPOTrainer asks for it:
+  # time and peak memory, N = 16384, H = 4096, V in {32000, 128256}, bf16.
+  [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 && -d $site/geopref_torch ]] &&
+  check torch-trl-head-peers env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
+    PYTHONUNBUFFERED=1 bash -c \
+    'timeout "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/trl_head_peers.py "$@"
+     rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit; rows so far kept" && rc=0
+     exit $rc' _ "${quick[@]}" --trl-wheel-dir "$root/.whl" --json "$OUT/trl_head_peers.json"
 else
   say "PyTorch with CUDA not importable: torch steps skipped"
   names+=(torch-tests) results+=("skipped (no torch)")
