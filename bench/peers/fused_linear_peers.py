@@ -36,35 +36,24 @@ import json
 import math
 import sys
 
-from cuda_timer import cold_timer, median  # bench/peers/cuda_timer.py
+from peer_bench import add_common_args, cold_timer, liger_dpo_loss, median, parse, skipped  # bench/peers/
 
 try:
     import torch
     import torch.nn.functional as F
-except ImportError as _e:  # reported by main()
+except ImportError:  # main() says so (peer_bench.skipped)
     torch = F = None
-    _TORCH_ERROR = _e
 
 BETA = 0.1
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=16384)
+    add_common_args(p)
     p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--vocab", default="32000,128256")
     p.add_argument("--methods", default="geopref,eager,compile,liger,matmuls")
-    p.add_argument("--chunk-bytes", type=int, default=1 << 30,
-                   help="geopref's budget for one chunk of logits (default 1 GiB)")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--quick", action="store_true", help="3 iterations")
     p.add_argument("--geopref-json", help="bench_fused_linear --benchmark_out JSON")
-    p.add_argument("--json", help="write the rows here")
-    a = p.parse_args()
-    if a.quick:
-        a.iters = 3
-    return a
+    return parse(p)
 
 
 def gdpo_from_hidden(x, w, labels, soft):
@@ -119,14 +108,8 @@ def run(name, args, v, timer):
         fn = lambda: compiled(x, w, labels, soft)  # noqa: E731
     elif name == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
-        try:
-            loss_fn = LigerFusedLinearDPOLoss(beta=BETA, compute_nll_loss=False, use_ref_model=False)
-        except TypeError:
-            loss_fn = LigerFusedLinearDPOLoss(beta=BETA)
-
-        def fn():
-            r = loss_fn(w, x, labels)
-            return r[0] if isinstance(r, tuple) else r
+        loss_fn = liger_dpo_loss(LigerFusedLinearDPOLoss, BETA)
+        fn = lambda: loss_fn(w, x, labels)  # noqa: E731
     elif name == "matmuls":
         xd, wd = x.detach(), w.detach()
         n = args.rows
@@ -173,11 +156,7 @@ def geopref_rows(path):
 
 def main():
     args = parse_args()
-    if torch is None:
-        print(f"fused_linear_peers: PyTorch not available ({_TORCH_ERROR}); skipped")
-        return 77
-    if not torch.cuda.is_available():
-        print("fused_linear_peers: no CUDA device; skipped")
+    if skipped("fused_linear_peers"):
         return 77
     timer = cold_timer()
     geo = geopref_rows(args.geopref_json)

@@ -46,14 +46,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import benchjson  # noqa: E402  (bench/benchjson.py)
-from cuda_timer import cold_timer, median  # noqa: E402  (bench/peers/cuda_timer.py)
+from peer_bench import cold_timer, liger_dpo_loss, median, skipped  # noqa: E402  (bench/peers/)
 
 try:
     import torch
     import torch.nn.functional as F
-except ImportError as _e:  # reported by main(); the module still imports
+except ImportError:  # main() says so (peer_bench.skipped); the module still imports
     torch = F = None
-    _TORCH_ERROR = _e
 
 BETA = 0.1
 
@@ -189,11 +188,7 @@ def load_geopref(path):
 
 def main():
     args = parse_args()
-    if torch is None:
-        print(f"torch_peers: PyTorch not importable ({_TORCH_ERROR}); skipped")
-        return 0
-    if not torch.cuda.is_available():
-        print("torch_peers: no CUDA device; skipped")
+    if skipped("torch_peers"):
         return 0
     geo_times, geo_extra = load_geopref(args.geopref_json)
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -310,14 +305,10 @@ def run_liger(liger, args, dname, dtype, v, timer):
         w = (torch.randn(v, h, device="cuda", generator=gen, dtype=dtype) * 0.02).requires_grad_(True)
         target = torch.randint(0, v, (s, args.seq_len), device="cuda", generator=gen)
         target[:, -1] = -100
-        try:
-            loss_fn = liger(beta=BETA, compute_nll_loss=False, use_ref_model=False)
-        except TypeError:
-            loss_fn = liger(beta=BETA)
+        loss_fn = liger_dpo_loss(liger, BETA)
 
         def call():
-            r = loss_fn(w, xh, target)
-            return r[0] if isinstance(r, tuple) else r
+            return loss_fn(w, xh, target)
 
         def step():
             xh.grad = None

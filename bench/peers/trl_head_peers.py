@@ -19,7 +19,7 @@ entropy) and the same upstream gradients on the log-probs and the entropy,
 so the backward does the same work. Every row is scored (TRL's compact path
 drops the -100 rows before its call; so does geopref's head).
 
-Times are medians of CUDA-event times around a cold L2 (cuda_timer.py);
+Times are medians of CUDA-event times around a cold L2 (peer_bench.py);
 "peak_MiB" is torch.cuda.max_memory_allocated during the step minus the
 inputs and their gradients. "x trl" is trl's time over geopref's (> 1:
 geopref faster). "max|dlogp|" is the largest difference of the two heads'
@@ -39,13 +39,12 @@ import sys
 import time
 import types
 
-from cuda_timer import cold_timer, median  # bench/peers/cuda_timer.py
+from peer_bench import add_common_args, cold_timer, median, parse, skipped  # bench/peers/
 
 try:
     import torch
-except ImportError as _e:  # reported by main()
+except ImportError:  # main() says so (peer_bench.skipped)
     torch = None
-    _TORCH_ERROR = _e
 
 OUTPUTS = {"dpo": ("log_probs", "entropy", "mean_logits", "is_top1"),
            "grpo": ("log_probs", "entropy")}
@@ -55,22 +54,12 @@ TRL_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16.0
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=16384)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--vocab", default="32000,128256")
+    add_common_args(p)
     p.add_argument("--outputs", default="dpo", choices=sorted(OUTPUTS))
     p.add_argument("--methods", default="geopref,trl")
-    p.add_argument("--chunk-bytes", type=int, default=1 << 30,
-                   help="geopref's budget for one chunk of logits (default 1 GiB)")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--quick", action="store_true", help="3 iterations")
     p.add_argument("--trl-wheel-dir", default=".whl",
                    help="where a staged trl wheel is looked for when trl does not import")
-    p.add_argument("--json", help="write the rows here")
-    a = p.parse_args()
-    if a.quick:
-        a.iters = 3
-    return a
+    return parse(p)
 
 
 def trl_head(wheel_dir):
@@ -163,11 +152,7 @@ def fmt(row):
 
 def main():
     args = parse_args()
-    if torch is None:
-        print(f"trl_head_peers: PyTorch not importable ({_TORCH_ERROR}); skipped")
-        return 0
-    if not torch.cuda.is_available():
-        print("trl_head_peers: no CUDA device; skipped")
+    if skipped("trl_head_peers"):
         return 0
     methods = args.methods.split(",")
     trl_fn = trl_head(args.trl_wheel_dir) if "trl" in methods else None
