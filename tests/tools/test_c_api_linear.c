@@ -42,26 +42,16 @@ int main(void) {
     ++fails;
   }
 
+  /* One field of `a` changed (in b) per bad query. */
   geopref_linear_train_args b = a;
-  b.in.chunk_bytes = 128256 * 2 - 1; /* less than one row */
-  fails += expect("budget below one row", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
-                  GEOPREF_WORKSPACE_TOO_SMALL);
-  b = a;
-  b.in.dtype = 7;
-  fails += expect("unknown dtype", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
-                  GEOPREF_UNSUPPORTED_DTYPE);
-  b = a;
-  b.in.ld_hidden = 4095;
-  fails += expect("ld_hidden < Hd", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
-                  GEOPREF_INVALID_STRIDE);
-  b = a;
-  b.in.hidden_size = 0;
-  fails += expect("Hd = 0 with rows", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
-                  GEOPREF_INVALID_SHAPE);
-  b = a;
-  b.n_pairs = 31; /* default pairing needs S == 2P */
-  fails += expect("pair count", geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL),
-                  GEOPREF_PAIR_COUNT_MISMATCH);
+#define BAD_STEP(what, change, want) \
+  (b = a, change, fails += expect(what, geopref_fused_linear_step(NULL, &bytes, &b, &opt, NULL), want))
+  BAD_STEP("budget below one row", b.in.chunk_bytes = 128256 * 2 - 1, GEOPREF_WORKSPACE_TOO_SMALL);
+  BAD_STEP("unknown dtype", b.in.dtype = 7, GEOPREF_UNSUPPORTED_DTYPE);
+  BAD_STEP("ld_hidden < Hd", b.in.ld_hidden = 4095, GEOPREF_INVALID_STRIDE);
+  BAD_STEP("Hd = 0 with rows", b.in.hidden_size = 0, GEOPREF_INVALID_SHAPE);
+  BAD_STEP("pair count", b.n_pairs = 31, GEOPREF_PAIR_COUNT_MISMATCH); /* pairing needs S == 2P */
+#undef BAD_STEP
   fails += expect("null args", geopref_fused_linear_step(NULL, &bytes, NULL, &opt, NULL),
                   GEOPREF_NULL_POINTER);
 

@@ -37,26 +37,20 @@ int main(void) {
   printf("linear token logps: workspace %zu / %zu bytes for N=16384 V=128256 (logits: %zu)\n",
          bytes, gbytes, (size_t)16384 * 128256 * 2);
 
+  /* One field of f (in b) or g (in c) changed per bad query. */
   geopref_linear_token_logps_args b = f;
-  b.rows.chunk_bytes = 128256 * 2 - 1; /* less than one row */
-  fails += expect("budget below one row", geopref_linear_token_logps(NULL, &bytes, &b, NULL),
-                  GEOPREF_WORKSPACE_TOO_SMALL);
-  b = f;
-  b.rows.dtype = 7;
-  fails += expect("unknown dtype", geopref_linear_token_logps(NULL, &bytes, &b, NULL),
-                  GEOPREF_UNSUPPORTED_DTYPE);
-  b = f;
-  b.rows.label_type = 9;
-  fails += expect("unknown label type", geopref_linear_token_logps(NULL, &bytes, &b, NULL),
-                  GEOPREF_UNSUPPORTED_DTYPE);
   geopref_linear_token_grad_args c = g;
-  c.ld_grad_hidden = 4095;
-  fails += expect("ld_grad_hidden < Hd", geopref_linear_token_logps_grad(NULL, &bytes, &c, NULL),
-                  GEOPREF_INVALID_STRIDE);
-  c = g;
-  c.rows.hidden_size = 0;
-  fails += expect("Hd = 0 with rows", geopref_linear_token_logps_grad(NULL, &bytes, &c, NULL),
-                  GEOPREF_INVALID_SHAPE);
+#define BAD_FWD(what, change, want) \
+  (b = f, change, fails += expect(what, geopref_linear_token_logps(NULL, &bytes, &b, NULL), want))
+#define BAD_BWD(what, change, want) \
+  (c = g, change, fails += expect(what, geopref_linear_token_logps_grad(NULL, &bytes, &c, NULL), want))
+  BAD_FWD("budget below one row", b.rows.chunk_bytes = 128256 * 2 - 1, GEOPREF_WORKSPACE_TOO_SMALL);
+  BAD_FWD("unknown dtype", b.rows.dtype = 7, GEOPREF_UNSUPPORTED_DTYPE);
+  BAD_FWD("unknown label type", b.rows.label_type = 9, GEOPREF_UNSUPPORTED_DTYPE);
+  BAD_BWD("ld_grad_hidden < Hd", c.ld_grad_hidden = 4095, GEOPREF_INVALID_STRIDE);
+  BAD_BWD("Hd = 0 with rows", c.rows.hidden_size = 0, GEOPREF_INVALID_SHAPE);
+#undef BAD_FWD
+#undef BAD_BWD
   fails += expect("null args", geopref_linear_token_logps(NULL, &bytes, NULL, NULL),
                   GEOPREF_NULL_POINTER);
   fails += expect("null size", geopref_linear_token_logps_grad(NULL, NULL, &g, NULL),
