@@ -237,6 +237,24 @@ bool was_given(const cli& c, const std::string& flag) {
 }
 
 /// The transform flag named `a`, or null.
+/// The flags whose value is kept as given (a file, a name, a list) in a
+/// string member of cli.
+std::string cli::*find_path_flag(const std::string& a) {
+  static const std::pair<const char*, std::string cli::*> flags[] = {
+      {"--logits", &cli::logits},       {"--hidden", &cli::hidden},
+      {"--weight", &cli::weight},       {"--bias", &cli::bias},
+      {"--labels", &cli::labels},       {"--offsets", &cli::offsets},
+      {"--pairs", &cli::pairs},         {"--soft-labels", &cli::soft_labels},
+      {"--ref-logps", &cli::ref_logps}, {"--weights", &cli::weights},
+      {"--token-weights", &cli::token_weights}, {"--token-grad", &cli::token_grad},
+      {"--entropy-grad", &cli::entropy_grad},   {"--loss-weights", &cli::loss_weights},
+      {"--out", &cli::out},             {"--loss", &cli::loss},
+      {"--device", &cli::device}};
+  for (const auto& [flag, member] : flags)
+    if (a == flag) return member;
+  return nullptr;
+}
+
 const tools::transform_flag* find_transform_flag(const std::string& a) {
   for (const auto& f : tools::TRANSFORM_FLAGS)
     if (a == f.flag) return &f;
@@ -264,26 +282,10 @@ cli parse_args(int argc, char** argv) {
     if (a.rfind("--", 0) != 0) throw usage_error{"unexpected argument '" + a + "'"};
     if (i + 1 >= argc) throw usage_error{a + " needs a value"};
     const char* v = argv[++i];
-    if (a == "--logits") c.logits = v;
-    else if (a == "--hidden") c.hidden = v;
-    else if (a == "--weight") c.weight = v;
-    else if (a == "--bias") c.bias = v;
-    else if (a == "--labels") c.labels = v;
-    else if (a == "--offsets") c.offsets = v;
-    else if (a == "--pairs") c.pairs = v;
-    else if (a == "--soft-labels") c.soft_labels = v;
-    else if (a == "--ref-logps") c.ref_logps = v;
-    else if (a == "--weights") c.weights = v;
-    else if (a == "--token-weights") c.token_weights = v;
-    else if (a == "--token-grad") c.token_grad = v;
-    else if (a == "--entropy-grad") c.entropy_grad = v;
-    else if (a == "--loss-weights") c.loss_weights = v;
+    if (std::string cli::*const path = find_path_flag(a)) c.*path = v;
     else if (a == "--margin-transform" || a == "--f-divergence")
       c.margin_transform_name = v, c.margin_transform_flag = a;
-    else if (a == "--out") c.out = v;
-    else if (a == "--loss") c.loss = v;
     else if (a == "--reduction") c.reduce = v, c.given.push_back(a);
-    else if (a == "--device") c.device = v;
     else if (const tools::transform_flag* f = find_transform_flag(a))
       c.transform.*(f->field) = parse_double(a, v);
     else if (a == "--vocab-shards") {
