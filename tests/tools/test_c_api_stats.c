@@ -114,6 +114,15 @@ static stats_dev stats_alloc(void) {
   return s;
 }
 
+static void stats_free(stats_dev* s) {
+  test_device_free(s->logp);
+  test_device_free(s->lse);
+  test_device_free(s->ent);
+  test_device_free(s->lssp);
+  test_device_free(s->mean);
+  test_device_free(s->top1);
+}
+
 /* The statistics against z [N, V] in double; unscored rows all zero. */
 static int check_stats(const char* what, const stats_dev* s, const double* z,
                        const int64_t* labels) {
@@ -241,7 +250,8 @@ static int device_checks(void) {
       fails += near("grad_logits without e_t", t * V + v, grad[t * V + v], want, 1.0);
     }
 
-  /* From hidden states: every statistic of Z = H·Wᵀ. */
+  /* From hidden states: every statistic of Z = H·Wᵀ, into fresh outputs. */
+  stats_free(&s);
   s = stats_alloc();
   geopref_linear_token_logps_args_init(&lin);
   lin.rows.hidden = d_hidden;
@@ -279,6 +289,7 @@ static int device_checks(void) {
   test_device_free(d_e);
   test_device_free(d_grad);
   test_device_free(d_gh);
+  stats_free(&s);
   return fails;
 }
 
