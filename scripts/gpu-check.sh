@@ -155,7 +155,8 @@ if (( built )); then
   if [[ -x $build/examples/quickstart/quickstart ]]; then
     step quickstart 60 "$build/examples/quickstart/quickstart"
   fi
-  # The vocab-parallel step through NCCL on a one-rank group (built when NCCL
+  # The vocab-parallel step through NCCL, one rank per GPU of the machine, and
+  # a failing rank that must not hang the rest (built when NCCL
   # is found), checked against the single-GPU train_step.
   if [[ -x $build/examples/vocab_parallel/vocab_parallel_nccl ]]; then
     step vocab-parallel-nccl 60 "$build/examples/vocab_parallel/vocab_parallel_nccl"
