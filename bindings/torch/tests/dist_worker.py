@@ -105,13 +105,19 @@ def inputs(seed, dtype, n_pairs=P):
                 soft=soft.to(torch.float32 if dtype != torch.float64 else dtype), up=up)
 
 
-def option_sets(d):
-    return {
+def option_sets(d, dtype=torch.float64):
+    """The option sets of the loss checks: all three in float64 and float32,
+    the first in bfloat16 and float16 (the rounding of the output is what
+    those add, the same for every loss)."""
+    sets = {
         "gdpo": dict(loss_type="gdpo", beta=0.3, ref_logps=d["ref"], soft_labels=d["soft"]),
         "sigmoid+sft+softcap": dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
                                     ref_logps=d["ref"], softcap=3.0, temperature=0.7),
         "ipo_sum": dict(loss_type="ipo", ref_logps=d["ref"], reduction="sum"),
     }
+    if dtype in (torch.bfloat16, torch.float16):
+        return {"gdpo": sets["gdpo"]}
+    return sets
 
 
 def leaf(t):
@@ -128,11 +134,11 @@ def check_logits(c, rank, world, mesh):
         d = inputs(1, dtype)
         tol = ULP[dtype]
         name = str(dtype).split(".")[-1]
-        for oname, opts in option_sets(d).items():
+        for oname, opts in option_sets(d, dtype).items():
             z = leaf(d["logits"])
             want = gp.dpo_loss(z, d["labels"], **opts)
             want.loss.backward()
-            for kind in ("plain", "dtensor"):
+            for kind in ("plain", "dtensor") if dtype == torch.float64 else ("plain",):
                 if kind == "plain":
                     zl = leaf(d["logits"][..., b:b + w])
                     got = gpd.vocab_parallel_loss(zl, d["labels"], vocab_slice=sl, **opts)
@@ -197,7 +203,7 @@ def check_hidden(c, rank, world, mesh):
         d = inputs(3, dtype)
         tol = ULP[dtype]
         name = str(dtype).split(".")[-1]
-        for oname, opts in option_sets(d).items():
+        for oname, opts in option_sets(d, dtype).items():
             x, wt, bs = leaf(d["hidden"]), leaf(d["weight"]), leaf(d["bias"])
             want = gp.fused_linear_preference_loss(x, wt, d["labels"], bias=bs, **opts)
             want.loss.backward()
