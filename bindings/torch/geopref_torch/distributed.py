@@ -724,7 +724,8 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
 # ---- Data parallelism
 
 def data_parallel_normalizers(labels, offsets=None, *, pairs=None, weights=None,
-                              ignore_index: int = -100, group=None) -> Dict[str, float]:
+                              ignore_index: int = -100, group=None,
+                              gradient_average: bool = False) -> Dict[str, float]:
     """The global normalisers of a data-parallel step, from one all-reduce
     of five float64 numbers (the three sums, a failure count and the failing
     ranks): {"normalizer": P (the pair count of every
@@ -736,7 +737,12 @@ def data_parallel_normalizers(labels, offsets=None, *, pairs=None, weights=None,
     gradients to its gradient (an sft term needs nll_*; without one they
     change nothing). Gradient accumulation: sum over the micro-batches too.
     labels [B, T] (TRL's layout) or [N] with offsets; pairs [P, 2] or None
-    (the first half chosen); weights [P] or None (1). A rank whose inputs are
+    (the first half chosen); weights [P] or None (1).
+    gradient_average: the normalizer divided by the group's size, for a
+    wrapper whose gradient all-reduce averages instead of summing (DDP, and
+    FSDP2's default reduce-scatter): every rank's loss is then K times its
+    share, and the averaged gradients are the one-process ones (the loss to
+    log is the sum of the ranks' losses divided by K). A rank whose inputs are
     bad makes every rank raise RankFailed (the fourth number counts them)."""
     grp = _group(group, (labels,))
     err, local = None, [0.0] * 5
@@ -786,6 +792,8 @@ def data_parallel_normalizers(labels, offsets=None, *, pairs=None, weights=None,
         raise RankFailed(f"geopref.distributed: {int(failed)} rank(s) of {grp.size} {ranks} "
                          f"failed in data_parallel_normalizers, so every rank raises (the "
                          f"failing rank's error is its __cause__)", ranks) from err
+    if gradient_average:
+        pairs_g /= grp.size
     return {"normalizer": pairs_g, "nll_tokens": tokens, "nll_weight": weight}
 
 

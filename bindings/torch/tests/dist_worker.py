@@ -314,6 +314,15 @@ def check_data_parallel(c, rank, world):
     c.share("dp", dict(loss=loss, grad_weight=wl.grad))
     if norms["normalizer"] != n:
         c.failures.append(f"dp/normalizer {norms['normalizer']} != {n}")
+    # DDP's all-reduce averages: gradient_average=True makes the mean the one-process gradient.
+    norms = gpd.data_parallel_normalizers(d["labels"][seqs], weights=weights[share],
+                                          gradient_average=True)
+    wl.grad = None
+    gp.fused_linear_preference_loss(xl.detach(), wl, d["labels"][seqs], bias=bl.detach(),
+                                    ref_logps=d["ref"][seqs], weights=weights[share],
+                                    **norms, **opts).loss.backward()
+    dist.all_reduce(wl.grad)
+    c.close("dp/gradient_average/grad_weight", wl.grad / world, wt.grad, 1e-12)
 
 
 # ---- a failing rank: every rank raises RankFailed, promptly, with the same message
