@@ -462,11 +462,44 @@ def _tr(logit_scale, softcap, temperature):
                                       temperature=temperature))
 
 
+def _entropy_terms(z, lse, tr):
+    """Σ_v p_tv (lse_t - z'_tv) over the columns of one chunk z [n, W] (in the
+    compute dtype): this slice's share of the entropy, each term >= 0."""
+    zt, _ = _transform(z, tr)
+    d = lse.unsqueeze(1) - zt
+    return (torch.exp(-d) * d).sum(1)
+
+
+def _sum_in_rank_order(part, grp):
+    """Σ_r part_r over the group, added in rank order from one all-gather:
+    the same bits on every rank, whatever the collective's algorithm."""
+    parts = _all_gather(part.reshape((1,) + tuple(part.shape)), grp)[:, 0]
+    out = parts[0].clone()
+    for r in range(1, grp.size):
+        out += parts[r]
+    return out
+
+
+def _entropy(grp, n, lse, scored, chunk_rows, logits_of):
+    """The per-token entropy -Σ_v p log p of the whole vocabulary: each
+    rank's share over its slice (logits_of(a, b): the slice's logits of rows
+    a:b in the compute dtype), one more all-gather of [N], the shares added
+    in rank order; 0 on rows not scored. Not differentiable."""
+    lse0 = torch.where(scored, lse, torch.zeros_like(lse))
+    part = torch.zeros_like(lse)
+    with torch.no_grad():
+        for a in range(0, n, chunk_rows):
+            b = min(a + chunk_rows, n)
+            part[a:b] = logits_of(a, b, lse0[a:b])
+    part = torch.where(scored, part, torch.zeros_like(part))
+    return _sum_in_rank_order(part, grp)
+
+
 def vocab_parallel_token_logps(logits, labels, ignore_index: int = -100, *, group=None,
                                vocab_slice: Optional[VocabSlice] = None,
                                logit_scale: float = 1.0, softcap: float = 0.0,
-                               temperature: float = 1.0, check: bool = True,
-                               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+                               temperature: float = 1.0, return_entropy: bool = False,
+                               check: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     """token_logps over a group whose ranks hold slices of the logits'
     vocabulary: log softmax(z_t)[y_t] of the whole vocabulary per token,
     shaped like labels, the same bits on every rank (0 on ignored rows).
@@ -477,7 +510,11 @@ def vocab_parallel_token_logps(logits, labels, ignore_index: int = -100, *, grou
     is g_t (1[v = y_t] - softmax_tv) over the slice, formed in torch one
     chunk of at most chunk_bytes of rows at a time (float64 on CPU, float32
     on CUDA). The forward is vocab_parallel_stats (one sequence holding
-    every row), the exchange, and the combine of the records in torch."""
+    every row), the exchange, and the combine of the records in torch.
+    return_entropy: also the per-token entropy of the whole vocabulary
+    (labels' shape, 0 on ignored rows, not differentiable), from one more
+    all-gather of an [N] share per rank (the records hold no Σ p·z term);
+    returns (logps, entropy) then."""
     grp = _group(group, (logits, labels))
 
     def local():
@@ -500,11 +537,17 @@ def vocab_parallel_token_logps(logits, labels, ignore_index: int = -100, *, grou
     cd = lse.dtype
     logp = (logit - lse).to(_out_dtype(z))
     tr = _tr(logit_scale, softcap, temperature)
+    rows = _chunk_rows(z.shape[-1], cd, chunk_bytes)
+    entropy = None
+    if return_entropy:
+        zd = z2.detach()
+        entropy = _entropy(grp, zd.shape[0], lse, scored, rows,
+                           lambda a, b, l: _entropy_terms(zd[a:b].to(cd), l, tr))
+        entropy = entropy.to(_out_dtype(z)).reshape(y.shape)
     if torch.is_grad_enabled() and z2.requires_grad:
         lse_b = torch.where(scored, lse, torch.full_like(lse, float("inf")))
-        logp = _TokenLogpsFromLogits.apply(z2, logp, cols, lse_b, scored, tr,
-                                           _chunk_rows(z.shape[-1], cd, chunk_bytes))
-    return logp.reshape(y.shape)
+        logp = _TokenLogpsFromLogits.apply(z2, logp, cols, lse_b, scored, tr, rows)
+    return (logp.reshape(y.shape), entropy) if return_entropy else logp.reshape(y.shape)
 
 
 # ---- The hidden-state path
@@ -526,10 +569,7 @@ class _SumGradOverGroup(torch.autograd.Function):
             out = grad.clone()
             dist.all_reduce(out, group=grp.pg)
         else:
-            parts = _all_gather(grad.reshape((1,) + tuple(grad.shape)), grp)[:, 0]
-            out = parts[0].clone()
-            for r in range(1, grp.size):
-                out += parts[r]
+            out = _sum_in_rank_order(grad, grp)
         return out, None, None
 
 
@@ -673,8 +713,8 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
                              group=None, vocab_slice: Optional[VocabSlice] = None,
                              grad_hidden: str = "all_reduce", logit_scale: float = 1.0,
                              softcap: float = 0.0, temperature: float = 1.0,
-                             chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                             check: bool = True) -> torch.Tensor:
+                             return_entropy: bool = False,
+                             chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True):
     """linear_token_logps over a group whose ranks hold rows of the lm_head
     (e.g. TRL's head with a DTensor lm_head weight sharded on the
     vocabulary, instead of weight.full_tensor()): log softmax(hidden·Wᵀ +
@@ -687,7 +727,8 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
     forward is vocab_linear_stats (the logits one chunk at a time on CUDA),
     the exchange and the combine in torch; the backward forms the slice's
     logits again in torch, chunk_bytes of rows at a time (float64 on CPU,
-    float32 on CUDA)."""
+    float32 on CUDA). return_entropy: as vocab_parallel_token_logps's (the
+    slice's logits formed once more, per chunk)."""
     grp = _group(group, (hidden, weight, bias, labels))
 
     def local():
@@ -711,14 +752,25 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
     lse, logit = _combine(gathered, scored)
     cd = lse.dtype
     logp = (logit - lse).to(_out_dtype(x))
+    tr = _tr(logit_scale, softcap, temperature)
+    rows = _chunk_rows(w.shape[0], cd, chunk_bytes)
+    entropy = None
+    if return_entropy:
+        xd, wc = x2.detach(), w.detach().to(cd)
+        bc = None if b is None else b.detach().to(cd)
+
+        def terms(a, e, lse_c):
+            z = xd[a:e].to(cd) @ wc.t()
+            return _entropy_terms(z if bc is None else z + bc, lse_c, tr)
+
+        entropy = _entropy(grp, xd.shape[0], lse, scored, rows, terms)
+        entropy = entropy.to(_out_dtype(x)).reshape(y.shape)
     need = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
     if need:
         x2 = _hidden_for_step(x2, grp, grad_hidden)
         lse_b = torch.where(scored, lse, torch.full_like(lse, float("inf")))
-        logp = _TokenLogpsFromLinear.apply(x2, w, b, logp, cols, lse_b, scored,
-                                           _tr(logit_scale, softcap, temperature),
-                                           _chunk_rows(w.shape[0], cd, chunk_bytes))
-    return logp.reshape(y.shape)
+        logp = _TokenLogpsFromLinear.apply(x2, w, b, logp, cols, lse_b, scored, tr, rows)
+    return (logp.reshape(y.shape), entropy) if return_entropy else logp.reshape(y.shape)
 
 
 # ---- Data parallelism

@@ -167,14 +167,17 @@ def check_logits(c, rank, world, mesh):
             c.share(f"logps/{name}/avg={avg}", got)
         for tr in (dict(), dict(softcap=2.0, logit_scale=1.5)):
             z = leaf(d["logits"])
-            want = gp.token_logps(z, d["labels"], **tr)
+            want, want_h = gp.token_logps(z, d["labels"], **tr, return_entropy=True)
             (want * d["up"]).sum().backward()
             zl = leaf(d["logits"][..., b:b + w])
-            got = gpd.vocab_parallel_token_logps(zl, d["labels"], vocab_slice=sl, **tr,
-                                                 chunk_bytes=3 * 8 * w)  # 3 rows a chunk
+            got, got_h = gpd.vocab_parallel_token_logps(zl, d["labels"], vocab_slice=sl, **tr,
+                                                        return_entropy=True,
+                                                        chunk_bytes=3 * 8 * w)  # 3 rows a chunk
             (got * d["up"]).sum().backward()
             tag = f"token_logps/{name}/{sorted(tr)}"
             c.close(f"{tag}/logps", got, want, tol)
+            c.close(f"{tag}/entropy", got_h, want_h, tol)
+            c.share(f"{tag}/entropy", got_h)
             c.close(f"{tag}/grad", zl.grad, z.grad[..., b:b + w], tol)
             c.share(tag, got)
     # DTensor logits, per-token
@@ -254,20 +257,23 @@ def check_hidden(c, rank, world, mesh):
             c.share(f"linear_logps/{name}/avg={avg}", got)
         for mode in ("all_reduce", "rank_order"):
             x, wt, bs = leaf(d["hidden"]), leaf(d["weight"]), leaf(d["bias"])
-            want = gp.linear_token_logps(x, wt, d["labels"], bias=bs, softcap=2.5)
+            want, want_h = gp.linear_token_logps(x, wt, d["labels"], bias=bs, softcap=2.5,
+                                                 return_entropy=True)
             (want * d["up"]).sum().backward()
             xl, wl2, bl2 = leaf(d["hidden"]), leaf(wl), leaf(bl)
-            got = gpd.vocab_linear_token_logps(xl, wl2, d["labels"], bias=bl2, vocab_slice=sl,
-                                               grad_hidden=mode, softcap=2.5,
-                                               chunk_bytes=4 * 8 * w)  # 4 rows a chunk
+            got, got_h = gpd.vocab_linear_token_logps(xl, wl2, d["labels"], bias=bl2,
+                                                      vocab_slice=sl, grad_hidden=mode,
+                                                      softcap=2.5, return_entropy=True,
+                                                      chunk_bytes=4 * 8 * w)  # 4 rows a chunk
             (got * d["up"]).sum().backward()
             tag = f"linear_token_logps/{mode}/{name}"
             c.close(f"{tag}/logps", got, want, tol)
+            c.close(f"{tag}/entropy", got_h, want_h, tol)
             c.close(f"{tag}/grad_hidden", xl.grad, x.grad,
                     tol * (1 if dtype == torch.float64 else world))
             c.close(f"{tag}/grad_weight", wl2.grad, wt.grad[b:b + w], tol)
             c.close(f"{tag}/grad_bias", bl2.grad, bs.grad[b:b + w], tol)
-            c.share(tag, dict(logps=got, grad_hidden=xl.grad))
+            c.share(tag, dict(logps=got, entropy=got_h, grad_hidden=xl.grad))
     # DTensor weight, per-token (the head TRL would call with a sharded lm_head)
     d = inputs(4, torch.float64)
     x, wt = leaf(d["hidden"]), leaf(d["weight"])
