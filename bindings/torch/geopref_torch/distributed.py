@@ -335,6 +335,9 @@ def vocab_parallel_logps(logits, labels, offsets=None, *, group=None,
 # vocab-parallel operator exists: the combine and the slice's backward are
 # written here in torch, following the library's combine rule).
 
+_LN2 = 0.6931471805599453
+
+
 def _combine(gathered, scored):
     """The combine of the gathered records [K, N, 4] in rank order ->
     (lse [N], label logit [N]); rows not scored get lse 0 and logit 0.
@@ -367,10 +370,8 @@ def _combine(gathered, scored):
     for r in range(k):  # rank order, one rounding per rank, as the library's combine
         e = torch.exp2(m[r] - big) if base2 else torch.exp(m[r] - big)
         total = total + torch.where(scored, s[r] * e, torch.zeros_like(e))
-    if base2:
-        lse = (big + torch.log2(torch.where(scored, total, torch.ones_like(total)))) * 0.6931471805599453
-    else:
-        lse = big + torch.log(torch.where(scored, total, torch.ones_like(total)))
+    total = torch.where(scored, total, torch.ones_like(total))
+    lse = (big + torch.log2(total)) * _LN2 if base2 else big + torch.log(total)
     logit = torch.where(owns, label, torch.zeros_like(label)).sum(0)
     zero = torch.zeros_like(lse)
     return torch.where(scored, lse, zero), torch.where(scored, logit, zero)

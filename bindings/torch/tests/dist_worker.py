@@ -10,6 +10,7 @@ A check that raises is a failure; checks never skip a collective on one rank
 only, except by raising, which the gloo timeout then bounds.
 """
 import os
+import sys
 import time
 import traceback
 from datetime import timedelta
@@ -60,8 +61,9 @@ class Check:
             self.failures.append(f"{what}: shape {list(got.shape)} != {list(want.shape)}")
             return
         scale = want.abs().max().item() if want.numel() else 0.0
+        # A NaN compares False: it fails through the finiteness test.
         bad = (got - want).abs() > tol * (want.abs() + scale)
-        if bool(bad.any()) or not bool(torch.isfinite(got).all()) and bool(torch.isfinite(want).all()):
+        if bool(bad.any()) or not torch.equal(torch.isfinite(got), torch.isfinite(want)):
             err = (got - want).abs().max().item()
             self.failures.append(f"{what}: max |diff| {err:.3e} (tol {tol:.1e}, scale {scale:.3e})")
 
@@ -499,6 +501,8 @@ def check_memory(c, rank, world):
 
 def main(rank, world, tmp):
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the loopback: no network needed
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
                             world_size=world, timeout=timedelta(seconds=60))
     from torch.distributed.device_mesh import init_device_mesh
