@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 
 from . import api
+from ._ops import LOGIT_TRANSFORM_FIELDS
 from .api import (DEFAULT_CHUNK_BYTES, LOGIT_TRANSFORM_KEYWORDS, METRIC_SUM_NAMES,
                   OPTIONS_DEFAULTS, OPTIONS_KEYWORDS, DPOOutput, VocabSlice, metrics_from_sums)
 
@@ -129,6 +130,10 @@ def _sharded(x, dim, vocab_slice, grp, what):
         if len(pl) != 1 or not isinstance(pl[0], Shard) or pl[0].dim % x.dim() != d:
             raise ValueError(f"geopref.distributed: {what} as a DTensor must be sharded on its "
                              f"vocabulary dimension ({d}) over a 1-D mesh, got {tuple(pl)}")
+        if (dist.get_process_group_ranks(x.device_mesh.get_group())
+                != dist.get_process_group_ranks(grp.pg)):
+            raise ValueError(f"geopref.distributed: the DTensor {what}'s mesh is not the group "
+                             f"given (group=): pass its mesh, or leave group=None")
         _, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, pl)
         sl = VocabSlice(int(offset[d]), int(x.shape[d]), grp.rank, grp.size)
         if vocab_slice is not None and VocabSlice(*vocab_slice) != sl:
@@ -270,8 +275,8 @@ def _validate(kwargs, allowed, labels, offsets, device, pairs_ok=True):
     api._loss_config(off, kwargs.get("pairs") if pairs_ok else None, device,
                      kwargs.get("soft_labels") if pairs_ok else None,
                      kwargs.get("label_smoothing", 0.0) if pairs_ok else 0.0, **opts)
-    api._logit_transform(**{k: kwargs.get(k, d) for k, d in
-                            zip(LOGIT_TRANSFORM_KEYWORDS, (1.0, 0.0, 1.0))})
+    api._logit_transform(**{f.keyword: kwargs.get(f.keyword, f.default)
+                            for f in LOGIT_TRANSFORM_FIELDS})
     if "token_weights" in kwargs:
         api._token_weights(kwargs["token_weights"], labels)
 

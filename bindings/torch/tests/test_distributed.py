@@ -129,3 +129,51 @@ def test_needs_an_initialised_group():
     with pytest.raises(RuntimeError, match="not initialised"):
         gpd.vocab_parallel_logps(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.int64),
                                  vocab_slice=(0, 4, 0, 1))
+
+
+def headers(layouts, failed=None):
+    """The gathered headers of K ranks (as _exchange builds them) from
+    (begin, width) per rank, N = 6, S = 2, V = 10; `failed`: {rank: message}."""
+    rows = []
+    for r, (begin, width) in enumerate(layouts):
+        status, message = (1, failed[r]) if failed and r in failed else (0, "")
+        values = [status, 6, 2, begin, width, 10, r, len(layouts), 0, 0]
+        rows.append(torch.cat([torch.tensor(values, dtype=torch.int64),
+                               gpd._encode(message)]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("layouts, ranks, match", [
+    ([(0, 4), (4, 6)], None, None),                       # tiles [0, 10)
+    ([(0, 4), (5, 5)], (1,), "do not tile"),              # a gap
+    ([(0, 4), (3, 7)], (1,), "do not tile"),              # an overlap
+    ([(0, 4), (4, 5)], (1,), "do not tile"),              # short of V
+    ([(0, 10)], None, None),
+    ([(1, 9)], (0,), "do not tile"),
+])
+def test_header_layouts(layouts, ranks, match):
+    grp = gpd._Group(None, 0, len(layouts), torch.device("cpu"))
+    hdr = headers(layouts)
+    if match is None:
+        gpd._check_headers(hdr, grp, None)
+        return
+    with pytest.raises(gpd.RankFailed, match=match) as e:
+        gpd._check_headers(hdr, grp, None)
+    assert e.value.ranks == ranks
+
+
+def test_header_failure_message_and_sizes():
+    grp = gpd._Group(None, 1, 3, torch.device("cpu"))
+    hdr = headers([(0, 3), (3, 3), (6, 4)], failed={2: "IndexError: label 10 out of range"})
+    with pytest.raises(gpd.RankFailed, match=r"rank\(s\) \[2\] of 3 .*rank 2: IndexError: "
+                                             r"label 10 out of range") as e:
+        gpd._check_headers(hdr, grp, None)
+    assert e.value.ranks == (2,)
+    hdr = headers([(0, 3), (3, 3), (6, 4)])
+    hdr[1, 1] = 7                                          # N differs on rank 1
+    hdr[2, 6] = 0                                          # rank 2 says it is rank 0
+    with pytest.raises(gpd.RankFailed, match="rows differs.*group rank") as e:
+        gpd._check_headers(hdr, grp, None)
+    assert e.value.ranks == (2,)
+    long = "x" * 1000                                      # messages are cut to 256 bytes
+    assert gpd._decode(gpd._encode(long)) == long[:256]
