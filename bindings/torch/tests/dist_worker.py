@@ -440,6 +440,33 @@ def check_training(c, rank, world, mesh):
     if (w_one - head).abs().max() < 1e-3:
         c.failures.append("train: the lm_head did not move")
 
+    # The same run under DDP: each rank a share of the pairs, the normalisers
+    # with gradient_average=True (DDP's all-reduce averages).
+    class WithHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tiny = Tiny(vocab, hidden)
+            self.tiny.load_state_dict(model.state_dict())
+            self.head = torch.nn.Parameter(head.clone())
+
+        def forward(self, tok, lab, ref_s, norms):
+            return gp.fused_linear_preference_loss(self.tiny(tok), self.head, lab, beta=0.5,
+                                                   loss_type="sigmoid", ref_logps=ref_s,
+                                                   **norms).loss
+
+    share = torch.arange(P).tensor_split(world)[rank]
+    seqs = torch.cat([share, share + P])
+    ddp = torch.nn.parallel.DistributedDataParallel(WithHead())
+    norms = gpd.data_parallel_normalizers(labels[seqs], gradient_average=True)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.3, momentum=0.9)
+    for _ in range(steps):
+        opt.zero_grad()
+        ddp(tokens[seqs, :-1], labels[seqs], ref[seqs], norms).backward()
+        opt.step()
+    for (k, p1), p2 in zip(one.named_parameters(), ddp.module.tiny.parameters()):
+        c.close(f"train/ddp/{k}", p2, p1, 1e-12)
+    c.close("train/ddp/lm_head", ddp.module.head, w_one, 1e-12)
+
 
 # ---- memory: the op's allocations on a rank hold its slice, never the weight
 
