@@ -333,6 +333,43 @@ def check_data_parallel(c, rank, world):
     c.close("dp/gradient_average/grad_weight", wl.grad / world, wt.grad, 1e-12)
 
 
+# ---- data parallel x vocab parallel: a (dp, tp) = (2, 2) mesh of the 4 ranks
+
+def check_2d(c, rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    dp, tp = mesh["dp"].get_local_rank(), mesh["tp"].get_local_rank()
+    n = 5
+    d = inputs(10, torch.float64, n_pairs=n)
+    opts = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.7], beta=0.2)
+    x, wt, bs = leaf(d["hidden"]), leaf(d["weight"]), leaf(d["bias"])
+    want = gp.fused_linear_preference_loss(x, wt, d["labels"], bias=bs, ref_logps=d["ref"],
+                                           **opts)
+    want.loss.backward()
+    share = torch.arange(n).tensor_split(2)[dp]
+    seqs = torch.cat([share, share + n])
+    norms = gpd.data_parallel_normalizers(d["labels"][seqs], group=mesh["dp"])
+    xl = leaf(d["hidden"][seqs])
+    wd = distribute_tensor(d["weight"], mesh["tp"], [Shard(0)]).requires_grad_(True)
+    bd = distribute_tensor(d["bias"], mesh["tp"], [Shard(0)]).requires_grad_(True)
+    out = gpd.vocab_linear_loss(xl, wd, d["labels"][seqs], bias=bd, ref_logps=d["ref"][seqs],
+                                **norms, **opts)
+    out.loss.backward()
+    gw, gb = wd.grad.to_local(), bd.grad.to_local()
+    dist.all_reduce(gw, group=mesh["dp"].get_group())
+    dist.all_reduce(gb, group=mesh["dp"].get_group())
+    loss, metrics = gpd.global_metrics(out, group=mesh["dp"])
+    begin = 0 if tp == 0 else V - gw.shape[0]  # two tp ranks: the first slice, then the rest
+    c.close("2d/grad_weight", gw, wt.grad[begin:begin + gw.shape[0]], 1e-12)
+    c.close("2d/grad_bias", gb, bs.grad[begin:begin + gb.shape[0]], 1e-12)
+    c.close("2d/grad_hidden", xl.grad, x.grad[seqs], 1e-12)
+    c.close("2d/loss", loss, want.loss, 1e-12)
+    for k in want.metrics:
+        c.close(f"2d/metrics/{k}", metrics[k], want.metrics[k], 1e-12)
+    c.share("2d", dict(loss=loss))
+
+
 # ---- a failing rank: every rank raises RankFailed, promptly, with the same message
 
 def expect_rank_failed(c, what, call):
@@ -538,6 +575,7 @@ def main(rank, world, tmp):
     for name, fn in (("logits", lambda: check_logits(c, rank, world, mesh)),
                      ("hidden", lambda: check_hidden(c, rank, world, mesh)),
                      ("data_parallel", lambda: check_data_parallel(c, rank, world)),
+                     ("2d", lambda: check_2d(c, rank, world) if world == 4 else None),
                      ("failures", lambda: check_failures(c, rank, world)),
                      ("training", lambda: check_training(c, rank, world, mesh)),
                      ("memory", lambda: check_memory(c, rank, world))):

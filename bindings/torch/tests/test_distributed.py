@@ -86,6 +86,14 @@ def test_data_parallel(group_run):
     assert not failures(runs, "dp/", "data_parallel")
 
 
+def test_data_and_vocab_parallel_2d(group_run):
+    world, runs = group_run
+    if world != 4:
+        pytest.skip("a (dp, tp) = (2, 2) mesh needs 4 ranks")
+    assert not failures(runs, "2d")
+    assert "2d/loss" in runs[0]["shared"]
+
+
 def test_failing_rank_raises_everywhere(group_run):
     world, runs = group_run
     assert not failures(runs, "bad_", "wrong_slice", "dp_normalizers", "after_failures",
