@@ -419,9 +419,9 @@ def check_failures(c, rank, world):
     lt = "nope" if rank == 0 else "sigmoid"
     expect_rank_failed(c, "bad_option", lambda: gpd.vocab_parallel_loss(
         d["logits"][..., b:b + w], d["labels"], vocab_slice=sl, loss_type=lt))
-    pairs = torch.tensor([[0, 3], [1, 4]]) if rank != last else torch.tensor([[0, 9]])
+    pairs = torch.tensor([[9, 0]]) if rank == last else torch.tensor([[0, 3], [1, 4]])
     expect_rank_failed(c, "dp_normalizers", lambda: gpd.data_parallel_normalizers(
-        d["labels"], pairs=torch.tensor([[9, 0]]) if rank == last else pairs))
+        d["labels"], pairs=pairs))                    # 9: no such sequence, on one rank
     # The group still works: nothing was left unmatched.
     got = gpd.vocab_parallel_logps(d["logits"][..., b:b + w], d["labels"], vocab_slice=sl)
     c.close("after_failures/logps", got, gp.sequence_logps(d["logits"], d["labels"]), 1e-12)
