@@ -290,6 +290,36 @@ def check_hidden(c, rank, world, mesh):
     c.close("linear_token_logps/dtensor/grad_weight", wd.grad.full_tensor(), wt.grad, 1e-12)
 
 
+# ---- reduction "none": a per-pair upstream gradient (the step runs again in the backward)
+
+def check_reduction_none(c, rank, world):
+    begins, widths = slices(world)
+    b, w = begins[rank], widths[rank]
+    sl = VocabSlice(b, V, rank, world)
+    d = inputs(11, torch.float64)
+    up = torch.linspace(-1.0, 2.0, P, dtype=torch.float64)
+    opts = dict(loss_type="gdpo", beta=0.3, ref_logps=d["ref"], soft_labels=d["soft"],
+                reduction="none")
+    z = leaf(d["logits"])
+    want = gp.dpo_loss(z, d["labels"], **opts)
+    (want.loss * up).sum().backward()
+    zl = leaf(d["logits"][..., b:b + w])
+    got = gpd.vocab_parallel_loss(zl, d["labels"], vocab_slice=sl, **opts)
+    (got.loss * up).sum().backward()
+    c.close("none/logits/loss", got.loss, want.loss, 1e-12)
+    c.close("none/logits/grad", zl.grad, z.grad[..., b:b + w], 1e-12)
+    x, wt = leaf(d["hidden"]), leaf(d["weight"])
+    want = gp.fused_linear_preference_loss(x, wt, d["labels"], **opts)
+    (want.loss * up).sum().backward()
+    xl, wl = leaf(d["hidden"]), leaf(d["weight"][b:b + w])
+    got = gpd.vocab_linear_loss(xl, wl, d["labels"], vocab_slice=sl, **opts)
+    (got.loss * up).sum().backward()
+    c.close("none/hidden/loss", got.loss, want.loss, 1e-12)
+    c.close("none/hidden/grad_hidden", xl.grad, x.grad, 1e-12)
+    c.close("none/hidden/grad_weight", wl.grad, wt.grad[b:b + w], 1e-12)
+    c.share("none", dict(loss=got.loss, grad_hidden=xl.grad))
+
+
 # ---- data parallel: each rank a share of the pairs, the model replicated
 
 def check_data_parallel(c, rank, world):
@@ -574,6 +604,7 @@ def main(rank, world, tmp):
     c = Check()
     for name, fn in (("logits", lambda: check_logits(c, rank, world, mesh)),
                      ("hidden", lambda: check_hidden(c, rank, world, mesh)),
+                     ("reduction_none", lambda: check_reduction_none(c, rank, world)),
                      ("data_parallel", lambda: check_data_parallel(c, rank, world)),
                      ("2d", lambda: check_2d(c, rank, world) if world == 4 else None),
                      ("failures", lambda: check_failures(c, rank, world)),

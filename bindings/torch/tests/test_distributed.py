@@ -81,6 +81,12 @@ def test_hidden_path(group_run):
     assert not failures(runs, "hidden", "linear_logps")
 
 
+def test_reduction_none(group_run):
+    _, runs = group_run
+    assert not failures(runs, "none/", "reduction_none")
+    assert "none/loss" in runs[0]["shared"]
+
+
 def test_data_parallel(group_run):
     _, runs = group_run
     assert not failures(runs, "dp/", "data_parallel")
