@@ -352,6 +352,14 @@ def check_data_parallel(c, rank, world):
     c.share("dp", dict(loss=loss, grad_weight=wl.grad))
     if norms["normalizer"] != n:
         c.failures.append(f"dp/normalizer {norms['normalizer']} != {n}")
+    # The packed layout ([N] labels + offsets) and explicit pairs give the same sums.
+    lab = d["labels"][seqs]
+    m = share.shape[0]
+    packed = gpd.data_parallel_normalizers(
+        lab.reshape(-1), torch.arange(2 * m + 1) * T, weights=weights[share],
+        pairs=torch.stack([torch.arange(m), torch.arange(m) + m], 1))
+    if packed != norms:
+        c.failures.append(f"dp/packed normalisers {packed} != {norms}")
     # DDP's all-reduce averages: gradient_average=True makes the mean the one-process gradient.
     norms = gpd.data_parallel_normalizers(d["labels"][seqs], weights=weights[share],
                                           gradient_average=True)
