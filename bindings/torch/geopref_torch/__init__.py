@@ -9,6 +9,10 @@ forms fused_linear_preference_loss / fused_linear_logps, from the last hidden
 states and the lm_head instead of the logits (see api.py). Every one of them
 takes the logit transform as keywords (logit_scale, softcap, temperature:
 LOGIT_TRANSFORM_FIELDS, read from the library's field list).
+
+geopref_torch.distributed (imported on its own) runs the vocab-parallel
+head over a torch.distributed process group or DeviceMesh, with DTensor
+inputs, and the data-parallel normalisers (docs/distributed.md §4).
 """
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
