@@ -90,6 +90,8 @@ def _trainer(setup, cls, same_models=False, data=None, trainer_kwargs=None, **co
     policy, ref = _models(len(tok))
     if same_models:
         ref = copy.deepcopy(policy)
+    if config.get("reference_free"):
+        ref = None
     cfg_cls = GeoprefDPOConfig if cls is GeoprefDPOTrainer else trl.DPOConfig
     base = dict(output_dir=tempfile.mkdtemp(), report_to="none", bf16=False, use_cpu=True,
                 per_device_train_batch_size=4, beta=BETA, disable_tqdm=True, save_strategy="no")
@@ -326,3 +328,53 @@ def test_a_model_without_an_output_embedding(setup):
     t.model.get_output_embeddings = lambda: None
     with pytest.raises(ValueError, match="no output embedding"):
         _first_step(t)
+
+
+# ---- recipes: TRL 1.16.0's experimental CPO (and SimPO) and ORPO trainers ----
+
+RECIPES = {
+    # name: (trainer module, its config keywords, GeoprefDPOConfig keywords)
+    "cpo": ("cpo", dict(), dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])),
+    "cpo ipo alpha 0.5": ("cpo", dict(loss_type="ipo", cpo_alpha=0.5),
+                          dict(loss_type=["ipo", "sft"], loss_weights=[1.0, 0.5])),
+    "simpo": ("cpo", dict(loss_type="simpo", simpo_gamma=0.5),
+              dict(loss_type=["simpo", "sft"], geopref_kwargs=dict(gamma=0.5))),
+    "orpo": ("orpo", dict(), dict(loss_type=["orpo", "sft"], sft_labels="prompt_and_completion")),
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_recipes_match_trl_experimental(setup, recipe):
+    """Reference-free recipes against TRL 1.16.0's trl.experimental CPOTrainer
+    and ORPOTrainer on the same tokens (their tokenisation gives the same
+    sequences here; checked): loss, rewards/logps metrics (in the form those
+    trainers log them) and gradients, with test_trl's tolerances."""
+    module, theirs, ours = RECIPES[recipe]
+    exp = pytest.importorskip(f"trl.experimental.{module}")
+    tok, ds = setup
+    trainer_cls = exp.CPOTrainer if module == "cpo" else exp.ORPOTrainer
+    config_cls = exp.CPOConfig if module == "cpo" else exp.ORPOConfig
+    policy, _ = _models(len(tok))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = trainer_cls(model=policy, args=config_cls(
+            output_dir=tempfile.mkdtemp(), report_to="none", bf16=False, use_cpu=True,
+            per_device_train_batch_size=4, beta=BETA, **theirs), train_dataset=ds,
+            processing_class=tok)
+        torch.manual_seed(0)
+        batch = next(iter(t.get_train_dataloader()))
+        t.model.train()
+        loss, metrics = t.get_batch_loss_metrics(t.model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in t.model.named_parameters()}
+    metrics = {k: float(v) for k, v in metrics.items() if k.startswith(("rewards/", "logps/"))}
+
+    gp = _trainer(setup, GeoprefDPOTrainer, reference_free=True, **ours)
+    assert gp.ref_model is None
+    g_loss, g_metrics, g_grads, g_batch = _first_step(gp)
+    n = batch["chosen_input_ids"].shape[0]
+    assert torch.equal(g_batch["input_ids"][0, :batch["chosen_input_ids"].shape[1]],
+                       batch["chosen_input_ids"][0])
+    assert g_batch["input_ids"].shape[0] == 2 * n
+    _assert_same(recipe, (loss.detach(), metrics, grads, batch),
+                 (g_loss, g_metrics, g_grads, g_batch))

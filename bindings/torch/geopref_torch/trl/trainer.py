@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 import trl
+import trl.trainer.dpo_trainer
 from accelerate.utils import is_peft_model
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
@@ -132,6 +133,30 @@ def _install_hidden_forward(model):
 
     model.forward = types.MethodType(forward, model)
     model._geopref_hidden_forward = True
+
+
+@contextlib.contextmanager
+def _no_reference_model(active, policy_is_path):
+    """While TRL 1.16.0's DPOTrainer.__init__ runs, keep it from loading a
+    reference model (reference_free): it loads one from the policy's name
+    whenever none is given and nothing is precomputed. The policy itself is
+    loaded by the first call when it is given as a path."""
+    if not active:
+        yield
+        return
+    module = trl.trainer.dpo_trainer
+    original = module.create_model_from_path
+    calls = []
+
+    def create(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs) if policy_is_path and len(calls) == 1 else None
+
+    module.create_model_from_path = create
+    try:
+        yield
+    finally:
+        module.create_model_from_path = original
 
 
 def _soft_label_tensor(values, column):
@@ -288,8 +313,14 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
         f_div = args.f_divergence_type if args is not None else "reverse_kl"
         if args is not None:
             args.f_divergence_type = "reverse_kl"
+        if args is not None and args.reference_free and (
+                ref_model is not None or args.precompute_ref_log_probs):
+            raise ValueError("geopref: reference_free=True takes no ref_model and no "
+                             "precompute_ref_log_probs")
         try:
-            super().__init__(model, ref_model, args, *rest, **kwargs)
+            with _no_reference_model(args is not None and args.reference_free,
+                                     isinstance(model, str)):
+                super().__init__(model, ref_model, args, *rest, **kwargs)
         finally:
             if args is not None:
                 args.f_divergence_type = f_div
@@ -525,7 +556,7 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             pair_weights = w_c * w_r
 
         loss = hidden.new_zeros((), dtype=torch.float32)
-        metric_logps = None   # (logps [2P] detached, averaged?)
+        sources = []          # (averaged?, logps [2P] detached, only sft?) for the metrics
         calibration = None
         for (avg, weighted, scope), names, ws in groups:
             lab = labels if scope == "completion" else self._labels(inputs, scope)
@@ -541,9 +572,8 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                     margin_transform=margin_transform, f_alpha=f_alpha,
                     geometric=bool(args.geometric), **extra, **transform)
             loss = loss + out.loss
-            if (weighted or args.ld_alpha is None) and scope == "completion" and (
-                    metric_logps is None or (metric_logps[1] and not avg)):
-                metric_logps = (out.logps.detach().to(torch.float64), avg)
+            if (weighted or args.ld_alpha is None) and scope == "completion":
+                sources.append((avg, out.logps.detach().to(torch.float64), names == ["sft"]))
             if p is not None and calibration is None:
                 calibration = out.metrics["calibration_error"]
 
@@ -571,8 +601,8 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                 if pair_weights is not None:
                     per_pair = per_pair * pair_weights
                 loss = loss + self.margin_loss_weight * per_pair.mean()
-            if metric_logps is None or metric_logps[1]:
-                metric_logps = (L.detach(), False)
+            sources.append((False, L.detach(), False))
+        metric_logps = self._metric_source(sources)
         if metric_logps is None:
             with torch.no_grad(), self.accelerator.autocast():
                 metric_logps = (fused_linear_logps(hidden, weight, labels, bias=bias,
@@ -586,15 +616,28 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             return loss, outputs
         return loss
 
+    def _metric_source(self, sources):
+        """The log-probs the metrics read: TRL's DPOTrainer logs the summed
+        ones (a summed group's, else an averaged one's times the length); the
+        experimental CPOTrainer and ORPOTrainer, reference-free, log them in the
+        form their loss reads (averaged for simpo, orpo, ipo): with
+        reference_free, the first margin group's form."""
+        if not sources:
+            return None
+        if self.args.reference_free:
+            pick = next((s for s in sources if not s[2]), sources[0])
+        else:
+            pick = next((s for s in sources if not s[0]), sources[0])
+        return pick[1], pick[0]
+
     def _log_metrics(self, mode, inputs, labels, n, ref, metric_logps, stats, calibration):
         """TRL 1.16.0's DPOTrainer metrics, in its form: rewards and logps from
         the summed (LD-weighted) log-probs whatever the loss, token statistics
         over the completion tokens, gathered over processes."""
         acc, metrics, beta = self.accelerator, self._metrics[mode], self.beta
         logps, averaged = metric_logps
-        if ref is None:
-            sums = logps * n if averaged else logps
-            rewards = beta * sums
+        if ref is None:  # reference-free: in the form the loss reads (see _metric_source)
+            rewards, sums = beta * logps, logps
         elif averaged:
             # n * (L/n - R/n): exactly 0 where the policy's and the reference's
             # log-probs are the same bits (TRL's tie: no accuracy).
