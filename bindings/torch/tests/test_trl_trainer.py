@@ -184,6 +184,27 @@ def test_a_wrong_form_is_caught(setup):
     assert gp_loss.item() != pytest.approx(trl_step[0].item(), rel=1e-2)
 
 
+def test_evaluate_and_a_plain_dpo_config(setup):
+    """A trl.DPOConfig is accepted (geopref's options at their defaults), and
+    evaluate() (TRL's prediction_step, no grad) logs the same eval metrics."""
+    tok, ds = setup
+    results = []
+    for cls in (trl.DPOTrainer, GeoprefDPOTrainer):
+        policy, ref = _models(len(tok))
+        args = trl.DPOConfig(output_dir=tempfile.mkdtemp(), report_to="none", bf16=False,
+                             use_cpu=True, per_device_eval_batch_size=4, beta=BETA,
+                             loss_type=["sigmoid_norm", "sft"], disable_tqdm=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = cls(model=policy, ref_model=ref, args=args, train_dataset=ds, eval_dataset=ds,
+                    processing_class=tok)
+            results.append(t.evaluate())
+    trl_eval, gp_eval = results
+    for key in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen", "eval_entropy",
+                "eval_logits/chosen", "eval_mean_token_accuracy"):
+        assert gp_eval[key] == pytest.approx(trl_eval[key], rel=1e-5, abs=1e-6), key
+
+
 # ---- what TRL lacks -------------------------------------------------------
 
 SOFT = [1.0, 0.8, 0.3, 0.0]

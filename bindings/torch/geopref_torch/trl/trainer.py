@@ -129,6 +129,10 @@ def _install_hidden_forward(model):
         if not geopref_hidden:
             return previous(*args, **kwargs)
         kwargs["use_cache"] = False
+        # A PEFT wrapper passes its own keywords through (labels=None, ...);
+        # the backbone takes none of them.
+        for key in ("labels", "shift_labels", "num_items_in_batch", "fused_lm_head"):
+            kwargs.pop(key, None)
         return getattr(self, "base_model")(*args, **kwargs).last_hidden_state
 
     model.forward = types.MethodType(forward, model)
@@ -298,11 +302,18 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
     def __init__(self, model, ref_model=None, args=None, *rest,
                  margin_loss: Optional[Callable] = None, margin_loss_weight: float = 1.0,
                  **kwargs):
-        if args is not None and not isinstance(args, GeoprefDPOConfig):
+        if args is None:  # TRL's default configuration, with geopref's options
+            name = model if isinstance(model, str) else (
+                getattr(model.config, "_name_or_path", "") or type(model).__name__)
+            args = GeoprefDPOConfig(f"{name.rstrip('/').split('/')[-1]}-DPO")
+        elif not isinstance(args, GeoprefDPOConfig):
             values = {f.name: getattr(args, f.name) for f in dataclasses.fields(trl.DPOConfig)
                       if f.init}
             args = GeoprefDPOConfig(**values)
-        self._plan = self._plan_of(args) if args is not None else None
+        if args.reference_free and (ref_model is not None or args.precompute_ref_log_probs):
+            raise ValueError("geopref: reference_free=True takes no ref_model and no "
+                             "precompute_ref_log_probs")
+        self._plan = self._plan_of(args)
         self.margin_loss, self.margin_loss_weight = margin_loss, float(margin_loss_weight)
         if margin_loss is not None and not callable(margin_loss):
             raise TypeError("geopref: margin_loss must be callable (h, p) -> [P] pair losses")
@@ -310,23 +321,14 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                                                        rest[1] if len(rest) > 1 else None))
         # TRL refuses an f-divergence with geopref's names; geopref's check
         # (_plan_of) replaces it, so TRL's sees reverse_kl during its __init__.
-        f_div = args.f_divergence_type if args is not None else "reverse_kl"
-        if args is not None:
-            args.f_divergence_type = "reverse_kl"
-        if args is not None and args.reference_free and (
-                ref_model is not None or args.precompute_ref_log_probs):
-            raise ValueError("geopref: reference_free=True takes no ref_model and no "
-                             "precompute_ref_log_probs")
+        f_div = args.f_divergence_type
+        args.f_divergence_type = "reverse_kl"
         try:
-            with _no_reference_model(args is not None and args.reference_free,
-                                     isinstance(model, str)):
+            with _no_reference_model(args.reference_free, isinstance(model, str)):
                 super().__init__(model, ref_model, args, *rest, **kwargs)
         finally:
-            if args is not None:
-                args.f_divergence_type = f_div
+            args.f_divergence_type = f_div
         self.f_divergence_type = f_div
-        if self._plan is None:
-            self._plan = self._plan_of(self.args)
         if self.aux_loss_enabled:
             raise NotImplementedError("geopref: GeoprefDPOTrainer does not add a Mixture-of-Experts "
                                       "router loss; set router_aux_loss_coef=0")
