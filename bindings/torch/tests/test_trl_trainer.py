@@ -344,6 +344,20 @@ def test_bad_configurations(setup):
         _trainer(setup, GeoprefDPOTrainer, sft_labels="prompt")
 
 
+def test_a_batch_of_the_wrong_shape(setup):
+    """A caller's collator with a mask of another shape, or soft labels that
+    are not one per pair: clear errors naming the problem."""
+    t = _trainer(setup, GeoprefDPOTrainer, data=_soft_data(SOFT), loss_type=["gdpo"])
+    torch.manual_seed(0)
+    batch = next(iter(t.get_train_dataloader()))
+    with pytest.raises(ValueError, match="completion_mask / attention_mask of their shape"):
+        _first_step(t, batch=dict(batch, completion_mask=batch["completion_mask"][:, 1:]))
+    with pytest.raises(ValueError, match=r"must give \[P\] = \[4\] values"):
+        _first_step(t, batch=dict(batch, soft_label=batch["soft_label"][:3]))
+    with pytest.raises(ValueError, match=r"must give \[P\] = \[4\] values in \[0, 1\]"):
+        _first_step(t, batch=dict(batch, soft_label=batch["soft_label"] + 1))
+
+
 def test_a_model_without_an_output_embedding(setup):
     t = _trainer(setup, GeoprefDPOTrainer)
     t.model.get_output_embeddings = lambda: None

@@ -163,6 +163,14 @@ def _no_reference_model(active, policy_is_path):
         module.create_model_from_path = original
 
 
+def _default_of(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def _soft_label_tensor(values, column):
     """A batch's soft labels as float64 [P], each finite and in [0, 1]."""
     try:
@@ -307,8 +315,10 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                 getattr(model.config, "_name_or_path", "") or type(model).__name__)
             args = GeoprefDPOConfig(f"{name.rstrip('/').split('/')[-1]}-DPO")
         elif not isinstance(args, GeoprefDPOConfig):
+            # The fields the caller changed (a copy of the others would
+            # repeat TrainingArguments' deprecation warnings).
             values = {f.name: getattr(args, f.name) for f in dataclasses.fields(trl.DPOConfig)
-                      if f.init}
+                      if f.init and getattr(args, f.name) != _default_of(f)}
             args = GeoprefDPOConfig(**values)
         if args.reference_free and (ref_model is not None or args.precompute_ref_log_probs):
             raise ValueError("geopref: reference_free=True takes no ref_model and no "
@@ -436,6 +446,10 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
         prompt_and_completion scope); the last row and the rest -100."""
         ids = inputs["input_ids"]
         mask = inputs["completion_mask"] if scope == "completion" else inputs["attention_mask"]
+        if ids.dim() != 2 or ids.shape[0] % 2 or mask.shape != ids.shape:
+            raise ValueError(f"geopref: the batch must hold [2P, T] input_ids (chosen first) and "
+                             f"a completion_mask / attention_mask of their shape; got input_ids "
+                             f"{list(ids.shape)} and a mask {list(mask.shape)}")
         labels = torch.full_like(ids, -100)
         labels[:, :-1] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         return labels
@@ -507,10 +521,11 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                              f"reads soft labels, but the batch has no {col!r} column (a "
                              "custom data_collator must keep it; soft_label_column names it)")
         if p is not None:
-            p = p.to(torch.float64)
-            if p.dim() != 1 or ((p < 0) | (p > 1) | ~torch.isfinite(p)).any():
-                raise ValueError(f"geopref: the soft-label column {col!r} must be [P] values "
-                                 "in [0, 1]")
+            p = torch.as_tensor(p, dtype=torch.float64, device=inputs["input_ids"].device)
+            pairs = inputs["input_ids"].shape[0] // 2
+            if p.shape != (pairs,) or ((p < 0) | (p > 1) | ~torch.isfinite(p)).any():
+                raise ValueError(f"geopref: the soft-label column {col!r} must give [P] = "
+                                 f"[{pairs}] values in [0, 1]; got shape {list(p.shape)}")
         return p
 
     # ---- the loss -------------------------------------------------------
