@@ -28,7 +28,7 @@ import functools
 import math
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -340,8 +340,9 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             args.f_divergence_type = f_div
         self.f_divergence_type = f_div
         if self.aux_loss_enabled:
-            raise NotImplementedError("geopref: GeoprefDPOTrainer does not add a Mixture-of-Experts "
-                                      "router loss; set router_aux_loss_coef=0")
+            raise NotImplementedError("geopref: GeoprefDPOTrainer does not add a "
+                                      "Mixture-of-Experts router loss; set "
+                                      "router_aux_loss_coef=0")
         if getattr(self, "_is_vision_dataset", False):
             raise NotImplementedError("geopref: GeoprefDPOTrainer covers text-only datasets")
         col = self.args.soft_label_column
