@@ -372,6 +372,8 @@ RECIPES = {
     "cpo": ("cpo", dict(), dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])),
     "cpo ipo alpha 0.5": ("cpo", dict(loss_type="ipo", cpo_alpha=0.5),
                           dict(loss_type=["ipo", "sft"], loss_weights=[1.0, 0.5])),
+    "cpo hinge": ("cpo", dict(loss_type="hinge"),
+                  dict(loss_type=["hinge", "sft"], loss_weights=[1.0, 1.0])),
     "simpo": ("cpo", dict(loss_type="simpo", simpo_gamma=0.5),
               dict(loss_type=["simpo", "sft"], geopref_kwargs=dict(gamma=0.5))),
     "orpo": ("orpo", dict(), dict(loss_type=["orpo", "sft"], sft_labels="prompt_and_completion")),
