@@ -415,3 +415,36 @@ def test_recipes_match_trl_experimental(setup, recipe):
     assert g_batch["input_ids"].shape[0] == 2 * n
     _assert_same(recipe, (loss.detach(), metrics, grads, batch),
                  (g_loss, g_metrics, g_grads, g_batch))
+
+
+def test_token_statistics_in_chunks():
+    """The metrics' per-token statistics: the same whatever the chunking,
+    equal to float64 formulas (log-prob, entropy, log sum p^2, mean logit
+    with Gemma's soft-cap and a logit scale), and TRL's top-1 rule: a label
+    tied with an earlier column is not top-1, tied with a later one is."""
+    from geopref_torch.trl.trainer import _token_statistics
+    g = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(10, 6, generator=g), torch.randn(7, 6, generator=g)
+    bias = torch.randn(7, generator=g)
+    labels = torch.randint(0, 7, (10,), generator=g)
+    transform = dict(logit_scale=1.5, softcap=2.0, temperature=1.0)
+    whole = _token_statistics(hidden, weight, bias, labels, transform)
+    chunked = _token_statistics(hidden, weight, bias, labels, transform, chunk_bytes=4 * 7 * 3)
+    for k in whole:
+        assert torch.equal(whole[k], chunked[k]), k
+    z = 2.0 * torch.tanh(1.5 * (hidden.double() @ weight.double().T + bias.double()) / 2.0)
+    logp = torch.log_softmax(z, -1)
+    # float32 logits against float64: 1e-5 relative is a few float32 roundings of terms < 10.
+    torch.testing.assert_close(whole["log_probs"].double(), logp.gather(1, labels[:, None])[:, 0],
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole["entropy"].double(), -(logp.exp() * logp).sum(-1),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole["log_sum_sq_probs"].double(),
+                               torch.log((2 * logp).exp().sum(-1)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole["mean_logits"].double(), z.mean(-1), rtol=1e-5, atol=1e-5)
+    tied = torch.tensor([[1.0, 3.0, 3.0, 0.0]])
+    eye = torch.eye(4)
+    top1 = [_token_statistics(tied, eye, None, torch.tensor([y]),
+                              dict(logit_scale=1.0, softcap=0.0, temperature=1.0))["is_top1"].item()
+            for y in range(4)]
+    assert top1 == [False, True, False, False]

@@ -267,13 +267,16 @@ def _pair_loss(name, h, beta, eps, tau):
 
 
 @torch.no_grad()
-def _token_statistics(hidden, weight, bias, labels, transform, rows_per_chunk=4096):
+def _token_statistics(hidden, weight, bias, labels, transform, chunk_bytes=1 << 27):
     """Per scored row (labels != -100) of hidden [N, H]: the label's log-prob,
     the entropy, log sum_v p_v^2, the mean (transformed) logit and whether the
     label is the first arg-max (TRL 1.16.0's is_top1 rule), each [N] float32,
     as TRL's fused head returns them. A no-grad pass in torch, chunked over
-    rows; the library's per-token statistics replace it once available."""
+    rows (each chunk's float32 logits at most chunk_bytes, a few such
+    temporaries alive at once); the library's per-token statistics replace it
+    once available."""
     n = hidden.shape[0]
+    rows_per_chunk = max(1, chunk_bytes // (4 * weight.shape[0]))
     out = {k: torch.zeros(n, dtype=torch.float32, device=hidden.device)
            for k in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits")}
     out["is_top1"] = torch.zeros(n, dtype=torch.bool, device=hidden.device)
