@@ -85,9 +85,13 @@ def setup():
     return _tokenizer(), datasets.Dataset.from_dict(DATA)
 
 
-def _trainer(setup, cls, same_models=False, data=None, trainer_kwargs=None, **config):
+def _trainer(setup, cls, same_models=False, data=None, trainer_kwargs=None, model_config=None,
+             **config):
     tok, ds = setup
     policy, ref = _models(len(tok))
+    for m in (policy, ref):
+        for key, value in (model_config or {}).items():
+            setattr(m.config, key, value)
     if same_models:
         ref = copy.deepcopy(policy)
     if config.get("reference_free"):
@@ -147,6 +151,19 @@ def test_first_step_matches_trl(setup, case):
     gp_step = _first_step(_trainer(setup, GeoprefDPOTrainer, **CASES[case]))
     assert torch.equal(gp_step[3]["input_ids"], trl_step[3]["input_ids"])
     _assert_same(case, trl_step, gp_step)
+
+
+def test_the_models_logit_transform(setup):
+    """A soft-cap and a logit scale in the model's config (Gemma's
+    final_logit_softcapping, Granite's logits_scaling, read as TRL 1.16.0's
+    head reads them) reach geopref's loss, the reference and the metrics."""
+    cfg = dict(final_logit_softcapping=0.5, logits_scaling=0.8)
+    kw = dict(loss_type=["sigmoid", "sft"], model_config=cfg)
+    trl_step = _first_step(_trainer(setup, trl.DPOTrainer, **kw))
+    gp_step = _first_step(_trainer(setup, GeoprefDPOTrainer, **kw))
+    _assert_same("logit transform", trl_step, gp_step)
+    plain = _first_step(_trainer(setup, trl.DPOTrainer, loss_type=["sigmoid", "sft"]))
+    assert plain[0].item() != pytest.approx(trl_step[0].item(), rel=1e-2)  # the transform bites
 
 
 @pytest.mark.parametrize("case", ["sigmoid+ipo+sft", "ld_alpha ipo+sft", "use_weighting"])
