@@ -35,8 +35,9 @@ METRIC_NAMES = (
 )
 
 # TRL's DPOConfig.loss_type names (and CPOTrainer's "simpo") whose loss the
-# library computes exactly, with geopref's name. TRL's label_smoothing means
-# cDPO's smoothing for "sigmoid", epsilon for "robust" and "exo_pair".
+# library computes exactly, with geopref's name. dpo_loss reads label_smoothing
+# as TRL v0.28 did: cDPO's smoothing for "sigmoid", epsilon for "robust" and
+# "exo_pair" (TRL v1.16.0: docs/math.md's table; geopref_torch.trl maps it).
 TRL_LOSS_TYPES = {
     "sigmoid": "dpo",
     "hinge": "hinge",
@@ -188,7 +189,8 @@ def _resolve(loss_type, label_smoothing, soft_labels, epsilon, average_logps):
         else:
             raise ValueError(f"geopref: label_smoothing has no meaning for {loss_type!r}")
     if epsilon is None:
-        # TRL's exo_pair uses 1e-3 when label_smoothing is 0.
+        # TRL v0.28's exo_pair used 1e-3 when label_smoothing was 0 (TRL v1.16.0
+        # refuses 0; geopref_torch.trl.GeoprefDPOTrainer passes TRL's value).
         epsilon = 1e-3 if "exo_pair" in names else 0.0
     if average_logps is None:
         average_logps = loss_type == "ipo"  # TRL's IPO uses length-averaged log-probs
@@ -273,7 +275,9 @@ def dpo_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: Optional[torch
     beta: TRL's beta. ref_logps: [S] the reference model's log-probs in the
       same form (sequence_logps of its logits), None: reference-free.
     soft_labels: [P] (or a float) p = P(chosen > rejected) in [0, 1]; None: 1.
-    label_smoothing: TRL's: cDPO for "sigmoid", epsilon for "robust"/"exo_pair".
+    label_smoothing: TRL v0.28's: cDPO for "sigmoid", epsilon for
+      "robust"/"exo_pair" (TRL v1.16.0's "sigmoid" has no smoothing; its
+      aot's is soft_labels = 1 - label_smoothing).
     pairs: [P, 2] explicit (first, second) sequence indices; weights: [P] >= 0.
     token_weights: per-token weights shaped like labels (LD-DPO's length
       desensitisation): L_s = sum of w_t log p_t over the scored rows; finite;
