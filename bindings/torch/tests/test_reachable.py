@@ -230,6 +230,7 @@ KEYWORDS = {
                       gp.vocab_linear_loss),
     "grad_weight_accumulator": (gp.fused_linear_preference_loss,),
     "grad_bias_accumulator": (gp.fused_linear_preference_loss,),
+    "outputs": (gp.token_logps, gp.linear_token_logps),  # ABI 1.2's statistics
     "vocab_slice": (gp.vocab_parallel_stats, gp.vocab_parallel_loss, gp.vocab_parallel_logps,
                     gp.vocab_linear_stats, gp.vocab_linear_loss),
 }

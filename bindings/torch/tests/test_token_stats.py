@@ -383,3 +383,36 @@ def test_opcheck_with_statistics(device):
     w = torch.randn(7, 4, generator=g).to(device).requires_grad_(True)
     torch.library.opcheck(ops.linear_token_logps, (x, w, None, y, -100, True, 1 << 20, True, tr),
                           dict(is_top1=True, mean_logits=True))
+    b = torch.randn(7, generator=g).to(device)
+    _, lse, h, *_ = ops.linear_token_logps(x.detach(), w.detach(), b, y, -100, True, 1 << 20,
+                                           True, tr)
+    torch.library.opcheck(
+        ops.linear_token_logps_accumulate,
+        (x.detach(), w.detach(), b, y, lse, torch.ones(6, device=device), -100, 1 << 20,
+         [True, False, False], True, tr),
+        dict(grad_entropy=torch.linspace(-1, 1, 6, device=device), entropy=h,
+             grad_weight_acc=torch.zeros(7, 4, device=device),
+             grad_bias_acc=torch.zeros(7, device=device)))
+
+
+def test_torch_compile_16bit_backward():
+    """torch.compile(fullgraph=True) traces the statistics and the backward
+    with both upstreams, the 16-bit weight's accumulating backward included,
+    and gives the eager result."""
+    def f(x, w, b, y):
+        o = gp.linear_token_logps(x, w, y, bias=b, outputs=("entropy", "is_top1"),
+                                  temperature=0.7)
+        return o.log_probs.sum() + 0.1 * o.entropy.sum(), o.is_top1
+
+    g = torch.Generator().manual_seed(71)
+    inputs = [torch.randn(*s, generator=g).bfloat16().requires_grad_(True)
+              for s in ((6, 4), (9, 4), (9,))]
+    y = _labels((6,), 9, "cpu", 72)
+    results = []
+    for fn in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        loss, top1 = fn(*inputs, y)
+        grads = torch.autograd.grad(loss, inputs)
+        results.append((loss, top1, grads))
+    (l0, t0, g0), (l1, t1, g1) = results
+    assert torch.equal(l0, l1) and torch.equal(t0, t1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
