@@ -13,6 +13,8 @@
 #include <type_traits>
 #include <vector>
 #include <cmath>
+#include <tuple>
+#include <utility>
 
 #include "geopref/losses.hpp"
 #include "geopref/options.hpp"
@@ -280,6 +282,57 @@ inline constexpr int64_t METRIC_SUMS = 8;
 /// Float outputs are float32, float64 for float64 logits (CPU only).
 inline at::ScalarType out_dtype(const Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+/// The per-token primitive's optional outputs (token_logps and
+/// linear_token_logps; TRL 1.x's per-token statistics and the entropy): each
+/// [N] when asked for, else [0]; the floats in `dtype` (the kernel's: double
+/// for the CPU reference, float32 for the C ABI), is_top1 bool (the
+/// library's uint8 0/1, written in place: the same byte).
+struct token_stats {
+  bool want[4];  // entropy, log_sum_sq_probs, mean_logits, is_top1
+  Tensor entropy, log_sum_sq_probs, mean_logits, is_top1;
+  token_stats(int64_t n, const Tensor& like, at::ScalarType dtype, bool e, bool l, bool m, bool t)
+      : want{e, l, m, t} {
+    const auto f = like.options().dtype(dtype);
+    entropy = at::empty({e ? n : 0}, f);
+    log_sum_sq_probs = at::empty({l ? n : 0}, f);
+    mean_logits = at::empty({m ? n : 0}, f);
+    is_top1 = at::empty({t ? n : 0}, like.options().dtype(at::kBool));
+  }
+  /// Points the outputs asked for of `out` (the reference's token_outputs or
+  /// a C ABI argument struct) at the tensors; the others stay null.
+  template <class Out>
+  void fill(Out& out) const {
+    using F = std::remove_pointer_t<decltype(out.entropy)>;
+    out.entropy = want[0] ? entropy.data_ptr<F>() : nullptr;
+    out.log_sum_sq_probs = want[1] ? log_sum_sq_probs.data_ptr<F>() : nullptr;
+    out.mean_logits = want[2] ? mean_logits.data_ptr<F>() : nullptr;
+    static_assert(sizeof(bool) == 1, "is_top1 is written as bytes");
+    out.is_top1 = want[3] ? reinterpret_cast<uint8_t*>(is_top1.data_ptr<bool>()) : nullptr;
+  }
+  /// (entropy, log_sum_sq_probs, mean_logits, is_top1), the floats as `od`.
+  std::tuple<Tensor, Tensor, Tensor, Tensor> result(at::ScalarType od) const {
+    return {entropy.to(od), log_sum_sq_probs.to(od), mean_logits.to(od), is_top1};
+  }
+};
+
+/// The entropy's upstream gradient e_t = dLoss/dH_t and the forward's entropy
+/// H_t of the per-token backward (token_logps_grad, linear_token_logps_grad):
+/// both [N] on the device of `like`, as contiguous `dtype`, or both undefined
+/// (no entropy upstream). grad_entropy needs the entropy (the C ABI reads it;
+/// the CPU reference recomputes it but the operators take the same inputs on
+/// every device); an entropy alone is ignored.
+inline std::pair<Tensor, Tensor> entropy_upstream(const c10::optional<Tensor>& grad_entropy,
+                                                  const c10::optional<Tensor>& entropy, int64_t n,
+                                                  const Tensor& like, at::ScalarType dtype,
+                                                  const char* op) {
+  const Tensor e = optional_vector(grad_entropy, n, like, dtype, "grad_entropy", op);
+  if (!e.defined()) return {};
+  const Tensor h = optional_vector(entropy, n, like, dtype, "entropy", op);
+  TORCH_CHECK_VALUE(h.defined(), "geopref.", op,
+                    ": grad_entropy needs the forward's entropy (entropy=...), got none");
+  return {e, h};
 }
 
 /// d seq_logps / d L_s: 1, or 1/n_s (0 for n_s = 0) when the margin uses

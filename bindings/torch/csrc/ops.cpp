@@ -29,15 +29,20 @@
 //   logits_grad(logits, labels, offsets, token_weights?, lse, grad_seq, ignore_index,
 //               check, logit_transform) -> grad
 //     The backward pass alone: grad[t, v] = g_s w_t (1[v = y_t] - exp(z[t, v] - lse_t)).
-//   token_logps(logits, labels, ignore_index, entropy, check, logit_transform)
-//       -> (logps, lse, entropy)
+//   token_logps(logits, labels, ignore_index, entropy, check, logit_transform,
+//               log_sum_sq_probs=False, mean_logits=False, is_top1=False)
+//       -> (logps, lse, entropy, log_sum_sq_probs, mean_logits, is_top1)
 //     The per-token primitive: logps [N] = z[t, y_t] - lse_t (0 for rows whose
-//     label is ignore_index), lse [N] (0 there), entropy [N] when asked for
-//     (else [0]). No sequences.
-//   token_logps_grad(logits, labels, lse, grad, ignore_index, check, logit_transform)
-//       -> grad_logits
-//     Its backward: grad_logits[t, v] = grad_t (1[v = y_t] - exp(z[t, v] - lse_t)),
-//     zero rows where the label is ignore_index; in the logits' dtype.
+//     label is ignore_index), lse [N] (0 there), and each statistic asked for
+//     [N] (else [0]; 0 on ignored rows), TRL 1.x's: the entropy H_t =
+//     -sum_v p log p, log sum_v p_v^2, the mean transformed logit, and is_top1
+//     (bool: the label is the row's FIRST arg-max). No sequences.
+//   token_logps_grad(logits, labels, lse, grad, ignore_index, check, logit_transform,
+//                    grad_entropy?, entropy?) -> grad_logits
+//     Its backward: grad_logits[t, v] = g_t (1[v = y_t] - p_tv)
+//     - e_t p_tv (log p_tv + H_t) (e_t = grad_entropy, H_t the forward's
+//     entropy, both [N] or neither), zero rows where the label is
+//     ignore_index; in the logits' dtype.
 //   loss_names() -> str[]
 //     The losses the compiled library knows, in its order.
 //   options_fields() -> (names, kinds, widths, defaults, flags, docs, choices)
@@ -259,40 +264,47 @@ struct cpu_rows {
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor> token_logps_cpu(const Tensor& logits, const Tensor& labels,
-                                                   int64_t ignore_index, bool entropy,
-                                                   bool /*check*/,
-                                                   c10::ArrayRef<double> logit_transform) {
+using token_result = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+token_result token_logps_cpu(const Tensor& logits, const Tensor& labels, int64_t ignore_index,
+                             bool entropy, bool /*check*/, c10::ArrayRef<double> logit_transform,
+                             bool log_sum_sq_probs, bool mean_logits, bool is_top1) {
   const cpu_rows rows(logits, labels, ignore_index, logit_transform, "token_logps");
   const int64_t N = logits.size(0);
   const auto f64 = logits.options().dtype(at::kDouble);
   Tensor logp = at::empty({N}, f64), lse = at::empty({N}, f64);
-  Tensor ent = at::empty({entropy ? N : 0}, f64);
+  const token_stats stats(N, logits, at::kDouble, entropy, log_sum_sq_probs, mean_logits, is_top1);
   ref::token_outputs out;
   out.token_logps = logp.data_ptr<double>();
   out.lse = lse.data_ptr<double>();
-  out.entropy = entropy ? ent.data_ptr<double>() : nullptr;
+  stats.fill(out);
   const geopref::status st = visit_logits(rows.logits, "token_logps", [&](auto tag) {
     return ref::token_logps(rows.rows<typename decltype(tag)::type>(), out);
   });
   check_status(static_cast<int>(st), "token_logps");
   const auto od = out_dtype(logits);
-  return {logp.to(od), lse.to(od), ent.to(od)};
+  const auto [h, lssp, mean, top1] = stats.result(od);
+  return {logp.to(od), lse.to(od), h, lssp, mean, top1};
 }
 
 Tensor token_logps_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor& lse,
                             const Tensor& grad, int64_t ignore_index, bool /*check*/,
-                            c10::ArrayRef<double> logit_transform) {
+                            c10::ArrayRef<double> logit_transform,
+                            const optional<Tensor>& grad_entropy, const optional<Tensor>& entropy) {
   const cpu_rows rows(logits, labels, ignore_index, logit_transform, "token_logps_grad");
   const int64_t N = logits.size(0), V = logits.size(1);
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N,
                     "geopref.token_logps_grad: lse and grad must be [N] = [", N, "], got ",
                     lse.sizes(), " and ", grad.sizes());
   const Tensor l = lse.to(at::kDouble).contiguous(), g = grad.to(at::kDouble).contiguous();
+  // The reference recomputes E = Σ p z′ itself: the forward's entropy is only checked.
+  const Tensor e = entropy_upstream(grad_entropy, entropy, N, rows.logits, at::kDouble,
+                                    "token_logps_grad").first;
   Tensor out = at::empty({N, V}, logits.options().dtype(at::kDouble));
   const geopref::status st = visit_logits(rows.logits, "token_logps_grad", [&](auto tag) {
     return ref::token_logps_grad(rows.rows<typename decltype(tag)::type>(), l.data_ptr<double>(),
-                                 g.data_ptr<double>(), out.data_ptr<double>(), V);
+                                 g.data_ptr<double>(), out.data_ptr<double>(), V,
+                                 e.defined() ? e.data_ptr<double>() : nullptr);
   });
   check_status(static_cast<int>(st), "token_logps_grad");
   return out.to(logits.scalar_type());
@@ -363,10 +375,13 @@ TORCH_LIBRARY(geopref, m) {
       "-> Tensor");
   m.def(
       "token_logps(Tensor logits, Tensor labels, int ignore_index, bool entropy, bool check, "
-      "float[] logit_transform) -> (Tensor logps, Tensor lse, Tensor entropy)");
+      "float[] logit_transform, bool log_sum_sq_probs=False, bool mean_logits=False, "
+      "bool is_top1=False) -> (Tensor logps, Tensor lse, Tensor entropy, "
+      "Tensor log_sum_sq_probs, Tensor mean_logits, Tensor is_top1)");
   m.def(
       "token_logps_grad(Tensor logits, Tensor labels, Tensor lse, Tensor grad, int ignore_index, "
-      "bool check, float[] logit_transform) -> Tensor");
+      "bool check, float[] logit_transform, Tensor? grad_entropy=None, Tensor? entropy=None) "
+      "-> Tensor");
   m.def("loss_names() -> str[]", &geopref_torch::loss_names);
   m.def("options_fields() -> (str[] names, str[] kinds, int[] widths, float[] defaults, "
         "str[] flags, str[] docs, str[] choices)",

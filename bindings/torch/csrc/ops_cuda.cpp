@@ -269,10 +269,10 @@ void launch_rows(const Args& a, const Tensor& like, bool check, RunFn run_fn, co
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const Tensor& labels,
-                                                    int64_t ignore_index, bool entropy,
-                                                    bool check,
-                                                    c10::ArrayRef<double> logit_transform) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> token_logps_cuda(
+    const Tensor& logits, const Tensor& labels, int64_t ignore_index, bool entropy, bool check,
+    c10::ArrayRef<double> logit_transform, bool log_sum_sq_probs, bool mean_logits,
+    bool is_top1) {
   const char* op = "token_logps";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -280,21 +280,26 @@ std::tuple<Tensor, Tensor, Tensor> token_logps_cuda(const Tensor& logits, const 
   const int64_t N = z.size(0);
   const auto f32 = z.options().dtype(at::kFloat);
   Tensor logp = at::empty({N}, f32), lse = at::empty({N}, f32);
-  Tensor ent = at::empty({entropy ? N : 0}, f32);
+  // ABI 1.2's statistics (geopref_token_logps_args' log_sum_sq_probs,
+  // mean_logits, is_top1) beside the entropy: NULL when not asked for.
+  const token_stats stats(N, z, at::kFloat, entropy, log_sum_sq_probs, mean_logits, is_top1);
   geopref_token_logps_args a;
   geopref_token_logps_args_init(&a);
   a.rows = c_rows(z, labels, ignore_index, op);
   a.logit_transform = c_transform(tr);
   a.token_logps = logp.data_ptr<float>();
   a.lse = lse.data_ptr<float>();
-  a.entropy = entropy ? ent.data_ptr<float>() : nullptr;
+  stats.fill(a);
   launch_rows(a, z, check, geopref_token_logps, op);
-  return {logp, lse, ent};
+  const auto [h, lssp, mean, top1] = stats.result(at::kFloat);
+  return {logp, lse, h, lssp, mean, top1};
 }
 
 Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const Tensor& lse,
                              const Tensor& grad, int64_t ignore_index, bool check,
-                             c10::ArrayRef<double> logit_transform) {
+                             c10::ArrayRef<double> logit_transform,
+                             const optional<Tensor>& grad_entropy,
+                             const optional<Tensor>& entropy) {
   const char* op = "token_logps_grad";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -305,6 +310,8 @@ Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const T
                     "geopref.token_logps_grad: lse and grad must be [N] = [", N,
                     "] on the logits' device, got ", lse.sizes(), " and ", grad.sizes());
   const Tensor l = lse.to(at::kFloat).contiguous(), g = grad.to(at::kFloat).contiguous();
+  // ABI 1.2: the entropy's upstream e_t and the forward's entropy H_t (float32), or NULL.
+  const auto eh = entropy_upstream(grad_entropy, entropy, N, z, at::kFloat, op);
   Tensor out = at::empty({N, V}, z.options());
   geopref_token_grad_args a;
   geopref_token_grad_args_init(&a);
@@ -314,6 +321,8 @@ Tensor token_logps_grad_cuda(const Tensor& logits, const Tensor& labels, const T
   a.grad_token_logps = g.data_ptr<float>();
   a.grad_logits = out.data_ptr();
   a.grad_ld = V;
+  a.grad_entropy = eh.first.defined() ? eh.first.data_ptr<float>() : nullptr;
+  a.entropy = eh.second.defined() ? eh.second.data_ptr<float>() : nullptr;
   launch_rows(a, z, check, geopref_token_logps_grad, op);
   return out;
 }

@@ -45,6 +45,22 @@
 //     per-token backward from hidden states (linear_token_logps_grad) with
 //     g_t = grad_seq of the row's sequence.
 //
+//   linear_token_logps(hidden, weight, bias?, labels, ignore_index, entropy, chunk_bytes,
+//                      check, logit_transform, log_sum_sq_probs=False,
+//                      mean_logits=False, is_top1=False)
+//       -> (logps, lse, entropy, log_sum_sq_probs, mean_logits, is_top1)
+//   linear_token_logps_grad(hidden, weight, bias?, labels, lse, grad, ignore_index,
+//                           chunk_bytes, grad_mask, check, logit_transform,
+//                           grad_entropy?, entropy?) -> (grad_hidden, grad_weight, grad_bias)
+//     token_logps and token_logps_grad (ops.cpp) on Z, then G·W, Gᵀ·H, Σ_t G[t, ·].
+//   linear_token_logps_accumulate(<linear_token_logps_grad's arguments>,
+//                                 grad_weight_acc?, grad_bias_acc?) -> grad_hidden
+//     The same with grad_weight and grad_bias added to the caller's buffers
+//     (the library's `accumulate`; a float32 grad_weight_acc for a 16-bit
+//     weight is its grad_weight_float32): what linear_token_logps' backward
+//     runs for 16-bit weights, so that the weight gradient sums every chunk
+//     in float32 before one rounding (as TRL 1.16.0's fused head does).
+//
 // logit_transform is ops.cpp's: applied to every logit of Z.
 //
 // chunk_bytes is the CUDA path's budget for one chunk of logits (rows of V
@@ -286,22 +302,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
 
 /// The per-token backward from hidden states on the reference: labels y
 /// (int64, contiguous), lse and g [N]; shared by linear_token_logps_grad and
-/// linear_sequence_logps_grad.
+/// linear_sequence_logps_grad. Optionally e [N] (the entropy's upstream,
+/// double) and the caller's accumulators (linear_token_logps_accumulate:
+/// grad_weight and grad_bias added to them instead of returned).
 grads3 linear_rows_grad_cpu(const linear_tensors& t, const Tensor& y, const Tensor& lse,
                             const Tensor& g_rows, int64_t ignore_index,
                             std::array<bool, 3> grad_mask, const geopref::logit_transform& tr,
-                            const char* op) {
+                            const char* op, const Tensor& grad_entropy = {},
+                            const accumulators* acc = nullptr) {
   const Tensor l = lse.to(at::kDouble).contiguous(), g = g_rows.to(at::kDouble).contiguous();
+  if (acc != nullptr && acc->any()) grad_mask[1] = grad_mask[2] = false;
   const cpu_grads grads(t, grad_mask);
-  if (!grads.any()) return grads.result(t);
+  const bool accumulating = acc != nullptr && acc->any();
+  if (!grads.any() && !accumulating) return grads.result(t);
   ref::linear_token_grads out;
   grads.fill(out);
+  const cpu_accumulators cacc(accumulating ? *acc : accumulators{});
+  if (accumulating) cacc.fill(out);
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
     using Elem = typename decltype(tag)::type;
     const auto rows = make_linear_rows<Elem>(t, y, ignore_index, tr);
-    return ref::linear_token_logps_grad(rows, l.data_ptr<double>(), g.data_ptr<double>(), out);
+    return ref::linear_token_logps_grad(rows, l.data_ptr<double>(), g.data_ptr<double>(), out,
+                                        grad_entropy.defined() ? grad_entropy.data_ptr<double>()
+                                                               : nullptr);
   });
   check_status(static_cast<int>(st), op);
+  if (accumulating) cacc.write_back();
   return grads.result(t);
 }
 
@@ -326,10 +352,11 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
   return linear_rows_grad_cpu(t, y.contiguous(), lse, g_rows, ignore_index, grad_mask, tr, op);
 }
 
-std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_token_logps_cpu(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     int64_t ignore_index, bool entropy, int64_t chunk_bytes, bool /*check*/,
-    c10::ArrayRef<double> logit_transform) {
+    c10::ArrayRef<double> logit_transform, bool log_sum_sq_probs, bool mean_logits,
+    bool is_top1) {
   const char* op = "linear_token_logps";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear_rows(hidden, weight, bias, labels, chunk_bytes, op);
@@ -337,34 +364,64 @@ std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cpu(
   const int64_t N = t.n_rows();
   const auto f64 = t.hidden.options().dtype(at::kDouble);
   Tensor logp = at::empty({N}, f64), lse = at::empty({N}, f64);
-  Tensor ent = at::empty({entropy ? N : 0}, f64);
+  const token_stats stats(N, t.hidden, at::kDouble, entropy, log_sum_sq_probs, mean_logits,
+                          is_top1);
   ref::token_outputs out;
   out.token_logps = logp.data_ptr<double>();
   out.lse = lse.data_ptr<double>();
-  out.entropy = entropy ? ent.data_ptr<double>() : nullptr;
+  stats.fill(out);
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
     using Elem = typename decltype(tag)::type;
     return ref::linear_token_logps(make_linear_rows<Elem>(t, y, ignore_index, tr), out);
   });
   check_status(static_cast<int>(st), op);
   const auto od = out_dtype(t.hidden);
-  return {logp.to(od), lse.to(od), ent.to(od)};
+  const auto [h, lssp, mean, top1] = stats.result(od);
+  return {logp.to(od), lse.to(od), h, lssp, mean, top1};
 }
 
-grads3 linear_token_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
-                                   const optional<Tensor>& bias, const Tensor& labels,
-                                   const Tensor& lse, const Tensor& grad, int64_t ignore_index,
-                                   int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-                                   bool /*check*/, c10::ArrayRef<double> logit_transform) {
-  const char* op = "linear_token_logps_grad";
+/// linear_token_logps_grad and, with accumulators, linear_token_logps_accumulate.
+grads3 linear_token_grad_cpu(const Tensor& hidden, const Tensor& weight,
+                             const optional<Tensor>& bias, const Tensor& labels, const Tensor& lse,
+                             const Tensor& grad, int64_t ignore_index, int64_t chunk_bytes,
+                             std::array<bool, 3> grad_mask, c10::ArrayRef<double> logit_transform,
+                             const optional<Tensor>& grad_entropy, const optional<Tensor>& entropy,
+                             const optional<Tensor>& grad_weight_acc,
+                             const optional<Tensor>& grad_bias_acc, const char* op) {
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear_rows(hidden, weight, bias, labels, chunk_bytes, op);
   const int64_t N = t.n_rows();
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N,
                     "geopref.", op, ": lse and grad must be [N] = [", N, "], got ", lse.sizes(),
                     " and ", grad.sizes());
+  const Tensor e = entropy_upstream(grad_entropy, entropy, N, t.hidden, at::kDouble, op).first;
+  const accumulators acc = check_accumulators(grad_weight_acc, grad_bias_acc, t, op);
   return linear_rows_grad_cpu(t, labels.to(at::kLong).contiguous(), lse, grad, ignore_index,
-                              grad_mask, tr, op);
+                              grad_mask, tr, op, e, &acc);
+}
+
+grads3 linear_token_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
+                                   const optional<Tensor>& bias, const Tensor& labels,
+                                   const Tensor& lse, const Tensor& grad, int64_t ignore_index,
+                                   int64_t chunk_bytes, std::array<bool, 3> grad_mask,
+                                   bool /*check*/, c10::ArrayRef<double> logit_transform,
+                                   const optional<Tensor>& grad_entropy,
+                                   const optional<Tensor>& entropy) {
+  return linear_token_grad_cpu(hidden, weight, bias, labels, lse, grad, ignore_index, chunk_bytes,
+                               grad_mask, logit_transform, grad_entropy, entropy, {}, {},
+                               "linear_token_logps_grad");
+}
+
+Tensor linear_token_logps_accumulate_cpu(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& lse, const Tensor& grad, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool /*check*/, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& grad_entropy, const optional<Tensor>& entropy,
+    const optional<Tensor>& grad_weight_acc, const optional<Tensor>& grad_bias_acc) {
+  return std::get<0>(linear_token_grad_cpu(hidden, weight, bias, labels, lse, grad, ignore_index,
+                                           chunk_bytes, grad_mask, logit_transform, grad_entropy,
+                                           entropy, grad_weight_acc, grad_bias_acc,
+                                           "linear_token_logps_accumulate"));
 }
 
 /// linear_one_pass on CPU: the reference forms the logits whole, there is no
@@ -410,13 +467,21 @@ TORCH_LIBRARY_FRAGMENT(geopref, m) {
       "(Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "linear_token_logps(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
-      "int ignore_index, bool entropy, int chunk_bytes, bool check, float[] logit_transform) "
-      "-> (Tensor logps, Tensor lse, Tensor entropy)");
+      "int ignore_index, bool entropy, int chunk_bytes, bool check, float[] logit_transform, "
+      "bool log_sum_sq_probs=False, bool mean_logits=False, bool is_top1=False) "
+      "-> (Tensor logps, Tensor lse, Tensor entropy, Tensor log_sum_sq_probs, "
+      "Tensor mean_logits, Tensor is_top1)");
   m.def(
       "linear_token_logps_grad(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
       "Tensor lse, Tensor grad, int ignore_index, int chunk_bytes, bool[3] grad_mask, "
-      "bool check, float[] logit_transform) -> (Tensor grad_hidden, Tensor grad_weight, "
-      "Tensor grad_bias)");
+      "bool check, float[] logit_transform, Tensor? grad_entropy=None, Tensor? entropy=None) "
+      "-> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_token_logps_accumulate(Tensor hidden, Tensor weight, Tensor? bias, "
+      "Tensor labels, Tensor lse, Tensor grad, int ignore_index, int chunk_bytes, "
+      "bool[3] grad_mask, bool check, float[] logit_transform, Tensor? grad_entropy=None, "
+      "Tensor? entropy=None, Tensor(a!)? grad_weight_acc=None, Tensor(b!)? grad_bias_acc=None) "
+      "-> Tensor grad_hidden");
 }
 
 TORCH_LIBRARY_IMPL(geopref, CPU, m) {
@@ -425,6 +490,7 @@ TORCH_LIBRARY_IMPL(geopref, CPU, m) {
   m.impl("linear_pref_loss_accumulate", &geopref_torch::linear_pref_loss_accumulate_cpu);
   m.impl("linear_token_logps", &geopref_torch::linear_token_logps_cpu);
   m.impl("linear_token_logps_grad", &geopref_torch::linear_token_logps_grad_cpu);
+  m.impl("linear_token_logps_accumulate", &geopref_torch::linear_token_logps_accumulate_cpu);
   m.impl("linear_one_pass", &geopref_torch::linear_one_pass_cpu);
   m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cpu);
   m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cpu);

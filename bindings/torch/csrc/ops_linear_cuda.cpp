@@ -326,12 +326,20 @@ geopref_linear_token_rows c_linear_rows(const linear_tensors& t, const Tensor& l
 
 /// geopref_linear_token_logps_grad for labels y, lse and g [N] (float32 on
 /// the device); shared by linear_token_logps_grad and linear_sequence_logps_grad.
+/// Optionally the entropy's upstream (e_t and the forward's H_t, float32 [N]:
+/// ABI 1.2's grad_entropy / entropy) and the caller's accumulators
+/// (linear_token_logps_accumulate: `accumulate`, and grad_weight_float32 for
+/// a float32 grad_weight_acc).
 grads3 linear_rows_grad_cuda(const linear_tensors& t, const Tensor& y, const Tensor& lse,
                              const Tensor& g_rows, int64_t ignore_index, int64_t chunk_bytes,
                              std::array<bool, 3> grad_mask, bool check,
-                             const geopref::logit_transform& tr, const char* op) {
+                             const geopref::logit_transform& tr, const char* op,
+                             const std::pair<Tensor, Tensor>& entropy_up = {},
+                             const accumulators* acc = nullptr) {
+  const bool accumulating = acc != nullptr && acc->any();
+  if (accumulating) grad_mask[1] = grad_mask[2] = false;  // into the accumulators instead
   const cuda_grads g(t, grad_mask);
-  if (!g.any()) return g.result(t);
+  if (!g.any() && !accumulating) return g.result(t);
   const Tensor l = lse.to(at::kFloat).contiguous(), gt = g_rows.to(at::kFloat).contiguous();
   geopref_linear_token_grad_args a;
   geopref_linear_token_grad_args_init(&a);
@@ -339,7 +347,16 @@ grads3 linear_rows_grad_cuda(const linear_tensors& t, const Tensor& y, const Ten
   a.logit_transform = c_transform(tr);
   a.lse = l.data_ptr<float>();
   a.grad_token_logps = gt.data_ptr<float>();
+  a.grad_entropy = entropy_up.first.defined() ? entropy_up.first.data_ptr<float>() : nullptr;
+  a.entropy = entropy_up.second.defined() ? entropy_up.second.data_ptr<float>() : nullptr;
   g.fill(a);
+  if (accumulating) {
+    a.grad_weight = acc->weight.defined() ? acc->weight.data_ptr() : nullptr;
+    a.ld_grad_weight = t.hidden_size();
+    a.grad_weight_float32 = acc->weight_float32() ? 1 : 0;
+    a.grad_bias = acc->bias.defined() ? acc->bias.data_ptr<float>() : nullptr;
+    a.accumulate = 1;
+  }
   auto entry = [](void* ws, size_t* bytes, const geopref_linear_token_grad_args* args,
                   const geopref_options*, geopref_stream_t stream) {
     return geopref_linear_token_logps_grad(ws, bytes, args, stream);
@@ -373,10 +390,11 @@ grads3 linear_sequence_logps_grad_cuda(const Tensor& hidden, const Tensor& weigh
                                grad_mask, check, tr, op);
 }
 
-std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cuda(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_token_logps_cuda(
     const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
     int64_t ignore_index, bool entropy, int64_t chunk_bytes, bool check,
-    c10::ArrayRef<double> logit_transform) {
+    c10::ArrayRef<double> logit_transform, bool log_sum_sq_probs, bool mean_logits,
+    bool is_top1) {
   const char* op = "linear_token_logps";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(hidden.device());
@@ -384,28 +402,35 @@ std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cuda(
   const int64_t N = t.n_rows();
   const auto f32 = t.hidden.options().dtype(at::kFloat);
   Tensor logp = at::empty({N}, f32), lse = at::empty({N}, f32);
-  Tensor ent = at::empty({entropy ? N : 0}, f32);
+  // ABI 1.2's statistics beside the entropy: NULL when not asked for.
+  const token_stats stats(N, t.hidden, at::kFloat, entropy, log_sum_sq_probs, mean_logits,
+                          is_top1);
   geopref_linear_token_logps_args a;
   geopref_linear_token_logps_args_init(&a);
   a.rows = c_linear_rows(t, labels, ignore_index, chunk_bytes, op);
   a.logit_transform = c_transform(tr);
   a.token_logps = logp.data_ptr<float>();
   a.lse = lse.data_ptr<float>();
-  a.entropy = entropy ? ent.data_ptr<float>() : nullptr;
+  stats.fill(a);
   auto entry = [](void* ws, size_t* bytes, const geopref_linear_token_logps_args* args,
                   const geopref_options*, geopref_stream_t stream) {
     return geopref_linear_token_logps(ws, bytes, args, stream);
   };
   launch(a, nullptr, t.hidden, check, entry, op);
-  return {logp, lse, ent};
+  const auto [h, lssp, mean, top1] = stats.result(at::kFloat);
+  return {logp, lse, h, lssp, mean, top1};
 }
 
-grads3 linear_token_logps_grad_cuda(const Tensor& hidden, const Tensor& weight,
-                                    const optional<Tensor>& bias, const Tensor& labels,
-                                    const Tensor& lse, const Tensor& grad, int64_t ignore_index,
-                                    int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-                                    bool check, c10::ArrayRef<double> logit_transform) {
-  const char* op = "linear_token_logps_grad";
+/// linear_token_logps_grad and, with accumulators, linear_token_logps_accumulate.
+grads3 linear_token_grad_cuda(const Tensor& hidden, const Tensor& weight,
+                              const optional<Tensor>& bias, const Tensor& labels,
+                              const Tensor& lse, const Tensor& grad, int64_t ignore_index,
+                              int64_t chunk_bytes, std::array<bool, 3> grad_mask, bool check,
+                              c10::ArrayRef<double> logit_transform,
+                              const optional<Tensor>& grad_entropy,
+                              const optional<Tensor>& entropy,
+                              const optional<Tensor>& grad_weight_acc,
+                              const optional<Tensor>& grad_bias_acc, const char* op) {
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const linear_tensors t = check_linear_rows(hidden, weight, bias, labels, chunk_bytes, op);
@@ -414,8 +439,34 @@ grads3 linear_token_logps_grad_cuda(const Tensor& hidden, const Tensor& weight,
                         lse.device() == t.hidden.device() && grad.device() == t.hidden.device(),
                     "geopref.", op, ": lse and grad must be [N] = [", N,
                     "] on the device of hidden, got ", lse.sizes(), " and ", grad.sizes());
+  const auto eh = entropy_upstream(grad_entropy, entropy, N, t.hidden, at::kFloat, op);
+  const accumulators acc = check_accumulators(grad_weight_acc, grad_bias_acc, t, op);
   return linear_rows_grad_cuda(t, labels.contiguous(), lse, grad, ignore_index, chunk_bytes,
-                               grad_mask, check, tr, op);
+                               grad_mask, check, tr, op, eh, &acc);
+}
+
+grads3 linear_token_logps_grad_cuda(const Tensor& hidden, const Tensor& weight,
+                                    const optional<Tensor>& bias, const Tensor& labels,
+                                    const Tensor& lse, const Tensor& grad, int64_t ignore_index,
+                                    int64_t chunk_bytes, std::array<bool, 3> grad_mask,
+                                    bool check, c10::ArrayRef<double> logit_transform,
+                                    const optional<Tensor>& grad_entropy,
+                                    const optional<Tensor>& entropy) {
+  return linear_token_grad_cuda(hidden, weight, bias, labels, lse, grad, ignore_index,
+                                chunk_bytes, grad_mask, check, logit_transform, grad_entropy,
+                                entropy, {}, {}, "linear_token_logps_grad");
+}
+
+Tensor linear_token_logps_accumulate_cuda(
+    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
+    const Tensor& lse, const Tensor& grad, int64_t ignore_index, int64_t chunk_bytes,
+    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
+    const optional<Tensor>& grad_entropy, const optional<Tensor>& entropy,
+    const optional<Tensor>& grad_weight_acc, const optional<Tensor>& grad_bias_acc) {
+  return std::get<0>(linear_token_grad_cuda(hidden, weight, bias, labels, lse, grad, ignore_index,
+                                            chunk_bytes, grad_mask, check, logit_transform,
+                                            grad_entropy, entropy, grad_weight_acc, grad_bias_acc,
+                                            "linear_token_logps_accumulate"));
 }
 
 // ---- Vocab-parallel fused linear (ops_vocab.cpp documents the operators):
@@ -507,6 +558,7 @@ TORCH_LIBRARY_IMPL(geopref, CUDA, m) {
   m.impl("linear_pref_loss_accumulate", &geopref_torch::linear_pref_loss_accumulate_cuda);
   m.impl("linear_token_logps", &geopref_torch::linear_token_logps_cuda);
   m.impl("linear_token_logps_grad", &geopref_torch::linear_token_logps_grad_cuda);
+  m.impl("linear_token_logps_accumulate", &geopref_torch::linear_token_logps_accumulate_cuda);
   m.impl("linear_one_pass", &geopref_torch::linear_one_pass_cuda);
   m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cuda);
   m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cuda);

@@ -21,7 +21,8 @@ from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, pack_options
 from .api import (DEFAULT_CHUNK_BYTES, METRIC_NAMES, METRIC_SUM_NAMES, OPTIONS_KEYWORDS,
                   TRL_LOSS_TYPES, DPOOutput, dpo_loss, fused_linear_logps, fused_linear_one_pass,
                   fused_linear_preference_loss, linear_token_logps, loss_types, metrics_from_sums,
-                  metrics_to_floats, sequence_logps, token_logps, VocabSlice, even_slice,
+                  metrics_to_floats, sequence_logps, token_logps, TOKEN_OUTPUTS, TokenStats,
+                  VocabSlice, even_slice,
                   vocab_linear_loss, vocab_linear_stats, vocab_parallel_logps,
                   vocab_parallel_loss, vocab_parallel_stats)
 
@@ -31,6 +32,7 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "LOGIT_TRANSFORM_FIELDS", "METRIC_NAMES", "MET
            "fused_linear_logps", "fused_linear_one_pass",
            "fused_linear_preference_loss", "linear_token_logps", "loss_types",
            "metrics_from_sums", "metrics_to_floats", "sequence_logps", "token_logps",
+           "TOKEN_OUTPUTS", "TokenStats",
            "VocabSlice", "even_slice", "vocab_parallel_stats", "vocab_parallel_loss",
            "vocab_parallel_logps", "vocab_linear_stats", "vocab_linear_loss",
            "has_cuda_kernels"]

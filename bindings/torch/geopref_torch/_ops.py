@@ -263,8 +263,15 @@ torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backw
 
 
 # ---- token_logps: the per-token primitive. d logps_t / d logits is
-# token_logps_grad's; lse and entropy are outputs to log or save, not
-# differentiable.
+# token_logps_grad's, and so is d entropy_t / d logits (its grad_entropy and
+# entropy arguments): an upstream on the entropy flows into the same fused
+# backward. lse and TRL 1.x's other statistics (log_sum_sq_probs,
+# mean_logits, is_top1) are outputs to log, not differentiable.
+
+# The per-token statistics besides the log-probs, in the operators' output
+# order (after logps and lse); TRL 1.16.0's names (trl.kernels.chunked_logprob).
+TOKEN_STATS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
 
 def _check_rows(logits, labels, op):
     if logits.dim() != 2:
@@ -274,35 +281,66 @@ def _check_rows(logits, labels, op):
                          f"got {tuple(labels.shape)}")
 
 
+def _token_stats_fake(like, n, entropy, log_sum_sq_probs, mean_logits, is_top1):
+    dt = _float_out(like)
+    return tuple(like.new_empty((n if want else 0,), dtype=torch.bool if name == "is_top1" else dt)
+                 for name, want in zip(TOKEN_STATS,
+                                       (entropy, log_sum_sq_probs, mean_logits, is_top1)))
+
+
 @torch.library.register_fake("geopref::token_logps")
-def _token_logps_fake(logits, labels, ignore_index, entropy, check, logit_transform):
+def _token_logps_fake(logits, labels, ignore_index, entropy, check, logit_transform,
+                      log_sum_sq_probs=False, mean_logits=False, is_top1=False):
     _check_rows(logits, labels, "token_logps")
     n, dt = logits.shape[0], _float_out(logits)
     return (logits.new_empty((n,), dtype=dt), logits.new_empty((n,), dtype=dt),
-            logits.new_empty((n if entropy else 0,), dtype=dt))
+            *_token_stats_fake(logits, n, entropy, log_sum_sq_probs, mean_logits, is_top1))
 
 
 @torch.library.register_fake("geopref::token_logps_grad")
-def _token_logps_grad_fake(logits, labels, lse, grad, ignore_index, check, logit_transform):
+def _token_logps_grad_fake(logits, labels, lse, grad, ignore_index, check, logit_transform,
+                           grad_entropy=None, entropy=None):
     _check_rows(logits, labels, "token_logps_grad")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+def _token_stats_setup(ctx, op, inputs, output, *saved):
+    """Shared by token_logps and linear_token_logps: saves op's inputs by name,
+    lse and the entropy (when computed: the entropy's backward reads it), and
+    marks every output but the log-probs and a computed entropy as not
+    differentiable. Upstreams of unused outputs stay None (no zero-filled
+    entropy gradient, hence no entropy term in the backward)."""
+    _, lse, entropy, lssp, mean, top1 = output
+    ctx.has_entropy = bool(_named(op, inputs)["entropy"])
+    _save_named(ctx, op, inputs, lse, entropy)
+    ctx.mark_non_differentiable(lse, lssp, mean, top1,
+                                *(() if ctx.has_entropy else (entropy,)))
+    ctx.set_materialize_grads(False)
+
+
+def _upstreams(ctx, grad_logps, grad_entropy, lse):
+    """(g, e) for the backward: g [N] (zeros when only the entropy has an
+    upstream), e [N] or None."""
+    e = grad_entropy.to(lse.dtype) if ctx.has_entropy and grad_entropy is not None else None
+    g = grad_logps.to(lse.dtype) if grad_logps is not None else torch.zeros_like(lse)
+    return g, e
+
+
 def _token_logps_setup(ctx, inputs, output):
-    logits, labels, ignore_index, _, check, transform = inputs
-    _, lse, entropy = output
-    ctx.ignore_index, ctx.check, ctx.transform = ignore_index, check, transform
-    ctx.save_for_backward(logits, labels, lse)
-    ctx.mark_non_differentiable(lse, entropy)
+    _token_stats_setup(ctx, "token_logps", inputs, output)
 
 
-def _token_logps_backward(ctx, grad_logps, *_):
-    logits, labels, lse = ctx.saved_tensors
-    if grad_logps is None or not ctx.needs_input_grad[0]:
-        return (None,) * 6
-    grad_logits = ops.token_logps_grad(logits, labels, lse, grad_logps.to(lse.dtype),
-                                       ctx.ignore_index, ctx.check, ctx.transform)
-    return (grad_logits,) + (None,) * 5
+def _token_logps_backward(ctx, grad_logps, _grad_lse=None, grad_entropy=None, *_):
+    if not ctx.needs_input_grad[0] or (grad_logps is None and
+                                       (grad_entropy is None or not ctx.has_entropy)):
+        return _grads_for("token_logps", {})
+    t, (lse, entropy) = _saved_named(ctx)
+    c = ctx.config
+    g, e = _upstreams(ctx, grad_logps, grad_entropy, lse)
+    grad_logits = ops.token_logps_grad(t["logits"], t["labels"], lse, g, c["ignore_index"],
+                                       c["check"], c["logit_transform"], grad_entropy=e,
+                                       entropy=entropy if e is not None else None)
+    return _grads_for("token_logps", {"logits": grad_logits})
 
 
 torch.library.register_autograd("geopref::token_logps", _token_logps_backward,
@@ -432,18 +470,29 @@ def _check_linear_rows(hidden, weight, bias, labels, op):
 
 @torch.library.register_fake("geopref::linear_token_logps")
 def _linear_token_logps_fake(hidden, weight, bias, labels, ignore_index, entropy, chunk_bytes,
-                             check, logit_transform):
+                             check, logit_transform, log_sum_sq_probs=False, mean_logits=False,
+                             is_top1=False):
     _check_linear_rows(hidden, weight, bias, labels, "linear_token_logps")
     n, dt = hidden.shape[0], _float_out(hidden)
     return (hidden.new_empty((n,), dtype=dt), hidden.new_empty((n,), dtype=dt),
-            hidden.new_empty((n if entropy else 0,), dtype=dt))
+            *_token_stats_fake(hidden, n, entropy, log_sum_sq_probs, mean_logits, is_top1))
 
 
 @torch.library.register_fake("geopref::linear_token_logps_grad")
 def _linear_token_logps_grad_fake(hidden, weight, bias, labels, lse, grad, ignore_index,
-                                  chunk_bytes, grad_mask, check, logit_transform):
+                                  chunk_bytes, grad_mask, check, logit_transform,
+                                  grad_entropy=None, entropy=None):
     _check_linear_rows(hidden, weight, bias, labels, "linear_token_logps_grad")
     return _linear_grads_fake(hidden, weight, bias, grad_mask)
+
+
+@torch.library.register_fake("geopref::linear_token_logps_accumulate")
+def _linear_token_logps_accumulate_fake(hidden, weight, bias, labels, lse, grad, ignore_index,
+                                        chunk_bytes, grad_mask, check, logit_transform,
+                                        grad_entropy=None, entropy=None, grad_weight_acc=None,
+                                        grad_bias_acc=None):
+    _check_linear_rows(hidden, weight, bias, labels, "linear_token_logps_accumulate")
+    return _linear_grads_fake(hidden, weight, bias, grad_mask)[0]
 
 
 # ---- linear_pref_loss. With a reduced loss the forward computed the
@@ -547,24 +596,37 @@ torch.library.register_autograd("geopref::linear_sequence_logps", _linear_sequen
 
 
 # ---- linear_token_logps: the per-token primitive from hidden states; its
-# backward is linear_token_logps_grad (lse and entropy are not differentiable).
+# backward is linear_token_logps_grad (upstreams on the log-probs and the
+# entropy, as token_logps'). For a 16-bit weight it is
+# linear_token_logps_accumulate into a float32 buffer instead (the library's
+# grad_weight_float32): the weight gradient sums every chunk of rows in
+# float32 and is rounded once, as TRL 1.16.0's fused head does.
 
 def _linear_token_logps_setup(ctx, inputs, output):
-    _, lse, entropy = output
-    _save_named(ctx, "linear_token_logps", inputs, lse)
-    ctx.mark_non_differentiable(lse, entropy)
+    _token_stats_setup(ctx, "linear_token_logps", inputs, output)
 
 
-def _linear_token_logps_backward(ctx, grad_logps, *_):
+def _linear_token_logps_backward(ctx, grad_logps, _grad_lse=None, grad_entropy=None, *_):
     need = ctx.needs_input_grad[:3]
-    if grad_logps is None or not any(need):
+    if not any(need) or (grad_logps is None and (grad_entropy is None or not ctx.has_entropy)):
         return _grads_for("linear_token_logps", {})
-    t, (lse,) = _saved_named(ctx)
+    t, (lse, entropy) = _saved_named(ctx)
     c = ctx.config
-    grads = ops.linear_token_logps_grad(
-        t["hidden"], t["weight"], t["bias"], t["labels"], lse, grad_logps.to(lse.dtype),
-        c["ignore_index"], c["chunk_bytes"], [bool(n) for n in need], c["check"],
-        c["logit_transform"])
+    g, e = _upstreams(ctx, grad_logps, grad_entropy, lse)
+    args = dict(hidden=t["hidden"], weight=t["weight"], bias=t["bias"], labels=t["labels"],
+                lse=lse, grad=g, ignore_index=c["ignore_index"], chunk_bytes=c["chunk_bytes"],
+                check=c["check"], logit_transform=c["logit_transform"], grad_entropy=e,
+                entropy=entropy if e is not None else None)
+    weight, bias = t["weight"], t["bias"]
+    if need[1] and weight.dtype in (torch.float16, torch.bfloat16):
+        acc_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        acc_b = (torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+                 if need[2] else None)
+        gh = ops.linear_token_logps_accumulate(**args, grad_mask=[bool(need[0]), False, False],
+                                               grad_weight_acc=acc_w, grad_bias_acc=acc_b)
+        grads = (gh, acc_w.to(weight.dtype), None if acc_b is None else acc_b.to(bias.dtype))
+    else:
+        grads = ops.linear_token_logps_grad(**args, grad_mask=[bool(n) for n in need])
     return _grads_for("linear_token_logps",
                       {k: x if n else None for k, x, n in zip(_LINEAR_GRADS, grads, need)})
 

@@ -20,7 +20,8 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._ops import LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, VOCAB_SLICE_FIELDS, ops, pack_options
+from ._ops import (LOGIT_TRANSFORM_FIELDS, OPTIONS_FIELDS, TOKEN_STATS, VOCAB_SLICE_FIELDS, ops,
+                   pack_options)
 
 # The order of the metrics tensor (geopref::metrics), with TRL's names; the
 # last one is geopref's soft-label calibration, mean |sigmoid(beta h) - p|.
@@ -364,8 +365,52 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor,
     return ops.sequence_logps(z, y, off, tw, options, bool(check), transform)[0]
 
 
+# The per-token outputs token_logps and linear_token_logps compute on request
+# (outputs=...), TRL 1.16.0's names (FusedCausalLMOutput's per-token fields).
+TOKEN_OUTPUTS = ("log_probs",) + TOKEN_STATS
+
+
+class TokenStats(NamedTuple):
+    """token_logps / linear_token_logps with outputs=...: every field shaped
+    like the labels, 0 (False) on ignored rows; None for a statistic not asked
+    for. Differentiable: log_probs and entropy (one fused backward takes
+    both upstreams); log_sum_sq_probs, mean_logits and is_top1 are not."""
+    log_probs: torch.Tensor                   # log softmax(z')[y_t], float32 (float64 for float64)
+    entropy: Optional[torch.Tensor]           # -sum_v p log p of softmax(z')
+    log_sum_sq_probs: Optional[torch.Tensor]  # log sum_v p_v^2 (no gradient)
+    mean_logits: Optional[torch.Tensor]       # (1/V) sum_v z'_v, the transformed logits (no gradient)
+    is_top1: Optional[torch.Tensor]           # bool: y_t is the FIRST arg-max of the row (no gradient)
+
+
+def _token_outputs(outputs, return_entropy):
+    """The statistics to compute: {name: bool} for TOKEN_STATS, from outputs
+    (a sequence of TOKEN_OUTPUTS' names, or None) and return_entropy."""
+    if outputs is None:
+        return {n: (n == "entropy" and bool(return_entropy)) for n in TOKEN_STATS}
+    if isinstance(outputs, str) or not all(isinstance(o, str) for o in outputs):
+        raise TypeError(f"geopref: outputs must be a sequence of names among "
+                        f"{list(TOKEN_OUTPUTS)} (e.g. (\"log_probs\", \"entropy\")), got "
+                        f"{outputs!r}")
+    unknown = [o for o in outputs if o not in TOKEN_OUTPUTS]
+    if unknown:
+        raise ValueError(f"geopref: unknown outputs {unknown}; known: {list(TOKEN_OUTPUTS)}")
+    return {n: n in outputs or (n == "entropy" and bool(return_entropy)) for n in TOKEN_STATS}
+
+
+def _token_result(shape, logps, stats, want, outputs, return_entropy):
+    """What token_logps / linear_token_logps return: TokenStats with outputs,
+    else logps (and the entropy with return_entropy), shaped like the labels."""
+    if outputs is None:
+        if return_entropy:
+            return logps.reshape(shape), stats[0].reshape(shape)
+        return logps.reshape(shape)
+    return TokenStats(logps.reshape(shape),
+                      *(x.reshape(shape) if want[n] else None for n, x in zip(TOKEN_STATS, stats)))
+
+
 def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, *,
-                return_entropy: bool = False, logit_scale: float = 1.0, softcap: float = 0.0,
+                return_entropy: bool = False, outputs: Optional[Sequence[str]] = None,
+                logit_scale: float = 1.0, softcap: float = 0.0,
                 temperature: float = 1.0, check: bool = True):
     """Per-token log-probs of the selected tokens, log softmax(z_t)[y_t], the
     way TRL's selective_log_softmax computes them but fused (no [N, V]
@@ -377,7 +422,17 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
       backward is one fused pass, grad_t (1[v = y_t] - softmax_t).
     ignore_index: rows with this label get log-prob 0 and zero gradient.
     return_entropy: also return the per-token entropy -sum_v p log p (0 on
-      ignored rows; not differentiable; a second read of the logits).
+      ignored rows; differentiable; a second read of the logits).
+    outputs: TRL 1.16.0's per-token statistics to compute, a sequence of
+      names among TOKEN_OUTPUTS: "log_probs" (always computed), "entropy",
+      "log_sum_sq_probs" (log sum_v p_v^2), "mean_logits" (the mean
+      transformed logit), "is_top1" (the label is the row's first arg-max: a
+      tie with an earlier column does not count, TRL's rule). With outputs
+      the result is a TokenStats (None for what was not asked for; each
+      statistic costs one shared second read of the logits). Differentiable:
+      log_probs and entropy, their upstreams in one fused backward
+      (g_t (1[v = y_t] - p_v) - e_t p_v (log p_v + H_t)); the other three
+      are not.
     logit_scale, softcap, temperature: the logit transform, as dpo_loss's:
       log-probs and entropy of softmax(z') (GRPO's sampling temperature is
       temperature), the gradient with respect to the logits given.
@@ -386,21 +441,21 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
       backward; each read synchronises the stream, so a training loop that
       validates its labels elsewhere passes False (and must inside CUDA graphs).
     Returns logps shaped like labels (float32; float64 for float64 logits),
-    and the entropy likewise when asked for.
+    and the entropy likewise with return_entropy; a TokenStats with outputs.
     """
     if logits.dim() < 1 or labels.shape != logits.shape[:-1]:
         raise ValueError(f"geopref: labels must have shape logits.shape[:-1] = "
                          f"{list(logits.shape[:-1])}, got {list(labels.shape)}")
+    want = _token_outputs(outputs, return_entropy)
     shape = labels.shape
     z = logits.reshape(-1, logits.shape[-1])
     y = labels.reshape(-1)
     transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                  temperature=temperature)
-    logps, _, entropy = ops.token_logps(z, y, int(ignore_index), bool(return_entropy),
-                                        bool(check), transform)
-    if return_entropy:
-        return logps.reshape(shape), entropy.reshape(shape)
-    return logps.reshape(shape)
+    logps, _, *stats = ops.token_logps(z, y, int(ignore_index), want["entropy"], bool(check),
+                                       transform, log_sum_sq_probs=want["log_sum_sq_probs"],
+                                       mean_logits=want["mean_logits"], is_top1=want["is_top1"])
+    return _token_result(shape, logps, stats, want, outputs, return_entropy)
 
 
 # The library's default budget for one chunk of logits (geopref::cuda::linear_inputs).
@@ -711,8 +766,8 @@ def fused_linear_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
 
 def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                        ignore_index: int = -100, *, bias: Optional[torch.Tensor] = None,
-                       return_entropy: bool = False, logit_scale: float = 1.0,
-                       softcap: float = 0.0, temperature: float = 1.0,
+                       return_entropy: bool = False, outputs: Optional[Sequence[str]] = None,
+                       logit_scale: float = 1.0, softcap: float = 0.0, temperature: float = 1.0,
                        chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True):
     """token_logps from the last hidden states and the output projection, the
     logits never whole (one chunk of at most chunk_bytes at a time on CUDA):
@@ -723,24 +778,30 @@ def linear_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
       dtype for all three (float32, float16, bfloat16; float64 on CPU), or the
       autocast dtype. Differentiable with respect to hidden, weight and bias:
       the backward is geopref's linear_token_logps_grad (the logits again per
-      chunk, then grad_hidden, grad_weight, grad_bias).
-    ignore_index, return_entropy, the logit transform and check: token_logps's;
-    chunk_bytes: fused_linear_preference_loss's.
-    Returns logps shaped like labels (and the entropy likewise when asked for).
+      chunk, then grad_hidden, grad_weight, grad_bias); for a float16 /
+      bfloat16 weight, its gradient sums every chunk in float32 and is
+      rounded once (the library's grad_weight_float32, as TRL 1.16.0's fused
+      head accumulates it).
+    ignore_index, return_entropy, outputs (TRL's statistics, a TokenStats;
+      the entropy differentiable), the logit transform and check:
+      token_logps's; chunk_bytes: fused_linear_preference_loss's.
+    Returns logps shaped like labels (and the entropy likewise with
+    return_entropy); a TokenStats with outputs.
     """
     if hidden.dim() < 1 or labels.shape != hidden.shape[:-1]:
         raise ValueError(f"geopref: labels must have shape hidden.shape[:-1] = "
                          f"{list(hidden.shape[:-1])}, got {list(labels.shape)}")
+    want = _token_outputs(outputs, return_entropy)
     hidden, weight, bias = _autocast(hidden, weight, bias)
     shape = labels.shape
     transform = _logit_transform(logit_scale=logit_scale, softcap=softcap,
                                  temperature=temperature)
-    logps, _, entropy = ops.linear_token_logps(
+    logps, _, *stats = ops.linear_token_logps(
         hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
-        int(ignore_index), bool(return_entropy), int(chunk_bytes), bool(check), transform)
-    if return_entropy:
-        return logps.reshape(shape), entropy.reshape(shape)
-    return logps.reshape(shape)
+        int(ignore_index), want["entropy"], int(chunk_bytes), bool(check), transform,
+        log_sum_sq_probs=want["log_sum_sq_probs"], mean_logits=want["mean_logits"],
+        is_top1=want["is_top1"])
+    return _token_result(shape, logps, stats, want, outputs, return_entropy)
 
 
 def metrics_to_floats(metrics: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, float]:

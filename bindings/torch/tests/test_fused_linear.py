@@ -399,7 +399,7 @@ def test_opcheck(dtype, device):
                     (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], pb["offsets"], tw, lse,
                      torch.linspace(-1, 1, 6, device=device), -100, 1 << 20, [True, True, True],
                      True, CAPPED)))
-    _, lse, _ = ops.linear_token_logps(pb["hidden"], pb["weight"], pb["bias"], pb["labels"], -100,
+    _, lse, *_ = ops.linear_token_logps(pb["hidden"], pb["weight"], pb["bias"], pb["labels"], -100,
                                        False, 1 << 20, True, CAPPED)
     samples.append((ops.linear_token_logps_grad,
                     (pb["hidden"], pb["weight"], pb["bias"], pb["labels"], lse,

@@ -57,7 +57,8 @@ ENTRY_OPS = {
     "geopref_fused_linear_one_pass": ("linear_one_pass", "linear_pref_loss", "linear_pref_loss_grad",
                                       "linear_pref_loss_accumulate"),
     "geopref_linear_token_logps": ("linear_token_logps",),
-    "geopref_linear_token_logps_grad": ("linear_token_logps_grad",),
+    "geopref_linear_token_logps_grad": ("linear_token_logps_grad",
+                                        "linear_token_logps_accumulate"),
     "geopref_vocab_parallel_stats": ("vocab_parallel_stats",),
     "geopref_vocab_parallel_train_step": ("vocab_parallel_train_step", "vocab_parallel_logps"),
     "geopref_vocab_linear_stats": ("vocab_linear_stats",),
@@ -145,20 +146,11 @@ FIELDS = {
 NESTED = ("geopref_tokens", "geopref_train_args", "geopref_linear_inputs",
           "geopref_linear_train_args", "geopref_token_rows", "geopref_linear_token_rows")
 
-# Not reached yet: the C ABI's linear_token_logps_grad and vocab_linear_step
-# accumulate into a float32 grad_weight too; PyTorch's accumulators are
-# fused_linear_preference_loss's (linear_pref_loss_accumulate) only.
+# Not reached yet: the C ABI's vocab_linear_step accumulates into a float32
+# grad_weight too; PyTorch's accumulators are fused_linear_preference_loss's
+# (linear_pref_loss_accumulate) and linear_token_logps' backward's for 16-bit
+# weights (linear_token_logps_accumulate) only.
 KNOWN_GAPS = {
-    # ABI 1.2's statistics and entropy upstream: not in the operators yet
-    ("geopref_token_logps", "log_sum_sq_probs"), ("geopref_token_logps", "mean_logits"),
-    ("geopref_token_logps", "is_top1"), ("geopref_token_logps_grad", "grad_entropy"),
-    ("geopref_token_logps_grad", "entropy"),
-    ("geopref_linear_token_logps", "log_sum_sq_probs"),
-    ("geopref_linear_token_logps", "mean_logits"), ("geopref_linear_token_logps", "is_top1"),
-    ("geopref_linear_token_logps_grad", "grad_entropy"),
-    ("geopref_linear_token_logps_grad", "entropy"),
-    ("geopref_linear_token_logps_grad", "grad_weight_float32"),
-    ("geopref_linear_token_logps_grad", "accumulate"),
     ("geopref_vocab_linear_step", "grad_weight_float32"),
     ("geopref_vocab_linear_step", "accumulate"),
 }
@@ -230,7 +222,7 @@ PUBLIC = {
     "vocab_linear_stats": gp.vocab_linear_stats, "vocab_linear_step": gp.vocab_linear_loss,
 }
 BACKWARDS = {"pref_loss_grad_seq", "logits_grad", "token_logps_grad", "linear_pref_loss_grad",
-             "linear_token_logps_grad"}  # run by autograd
+             "linear_token_logps_grad", "linear_token_logps_accumulate"}  # run by autograd
 
 KEYWORDS = {
     "token_weights": (gp.dpo_loss, gp.sequence_logps, gp.fused_linear_preference_loss,
@@ -238,6 +230,7 @@ KEYWORDS = {
                       gp.vocab_linear_loss),
     "grad_weight_accumulator": (gp.fused_linear_preference_loss,),
     "grad_bias_accumulator": (gp.fused_linear_preference_loss,),
+    "outputs": (gp.token_logps, gp.linear_token_logps),  # ABI 1.2's statistics
     "vocab_slice": (gp.vocab_parallel_stats, gp.vocab_parallel_loss, gp.vocab_parallel_logps,
                     gp.vocab_linear_stats, gp.vocab_linear_loss),
 }

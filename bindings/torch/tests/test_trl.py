@@ -22,7 +22,6 @@ relative, and 1e-5 of the tensor's largest component absolute (an element
 is a sum of products that cancel: its float32 error is relative to the
 largest terms, not to itself).
 """
-import copy
 import math
 import tempfile
 import warnings
@@ -36,40 +35,19 @@ datasets = pytest.importorskip("datasets")
 tokenizers = pytest.importorskip("tokenizers")
 
 import geopref_torch  # noqa: E402
+import tiny_lm  # noqa: E402
 
 TRL_VERSION = "1.16.0"  # the pin in scripts/test-torch.sh; docs/math.md describes it
 
-WORDS = "the a cat dog sat ran on mat log fast slow big small red blue green".split()
 BETA = 0.1
-
-
-def _tokenizer():
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[EOS]", "[UNK]"] + WORDS)}
-    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="[EOS]",
-                                                pad_token="[PAD]", unk_token="[UNK]")
+_tokenizer = tiny_lm.tokenizer
 
 
 def _models(vocab_size):
-    torch.manual_seed(20261207)
-    cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32,
-                                   num_hidden_layers=1, num_attention_heads=2,
-                                   num_key_value_heads=2, max_position_embeddings=64,
-                                   pad_token_id=0, eos_token_id=1, bos_token_id=None)
-    ref = transformers.LlamaForCausalLM(cfg)
-    policy = copy.deepcopy(ref)
-    with torch.no_grad():  # a policy that has moved away from its reference
-        for p in policy.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return policy, ref
+    return tiny_lm.policy_and_reference(vocab_size)
 
 
-DATA = {
-    "prompt": ["the cat", "a dog", "the big red", "a small"],
-    "chosen": [" sat on the mat", " ran", " dog ran fast", " cat sat"],
-    "rejected": [" ran", " sat on a log slow", " cat", " blue dog ran on the mat"],
-}
+DATA = tiny_lm.PREFERENCES
 
 # (TRL DPOConfig keywords, geopref dpo_loss keywords, whether a reference is
 # read, whether TRL's rewards/* metrics are in geopref's form)
