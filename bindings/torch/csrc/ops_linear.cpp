@@ -49,7 +49,10 @@
 //
 // chunk_bytes is the CUDA path's budget for one chunk of logits (rows of V
 // rounded up to 16 bytes); the CPU reference forms the logits whole but
-// rejects a budget below one row all the same.
+// rejects a budget below one row all the same. linear_token_logps(_grad) and
+// linear_sequence_logps_grad on float32 / 16-bit inputs take the fast CPU
+// path instead (cpu_linear.h: float32 tiles of at most chunk_bytes, ATen's
+// GEMM); float64 stays on the reference.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -59,6 +62,7 @@
 
 #include "common.h"
 #include "cpu.h"
+#include "cpu_linear.h"
 #include "geopref/reference/fused_linear.hpp"
 #include "linear.h"
 
@@ -284,14 +288,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
   return {seq.to(od), lse.to(od), counts, seq_scale(counts, opt, od)};
 }
 
-/// The per-token backward from hidden states on the reference: labels y
-/// (int64, contiguous), lse and g [N]; shared by linear_token_logps_grad and
-/// linear_sequence_logps_grad.
+/// The per-token backward from hidden states: labels y (int64, contiguous),
+/// lse and g [N]; shared by linear_token_logps_grad and
+/// linear_sequence_logps_grad. float32 / 16-bit inputs: the fast CPU path
+/// (cpu_linear.h); float64: the reference.
 grads3 linear_rows_grad_cpu(const linear_tensors& t, const Tensor& y, const Tensor& lse,
                             const Tensor& g_rows, int64_t ignore_index,
                             std::array<bool, 3> grad_mask, const geopref::logit_transform& tr,
-                            const char* op) {
+                            int64_t chunk_bytes, const char* op) {
   const Tensor l = lse.to(at::kDouble).contiguous(), g = g_rows.to(at::kDouble).contiguous();
+  if (cpu_linear::takes(t)) {
+    grads3 r;
+    check_status(static_cast<int>(cpu_linear::token_logps_grad(
+                     t, y, ignore_index, tr, chunk_bytes, l.data_ptr<double>(),
+                     g.data_ptr<double>(), grad_mask, r)),
+                 op);
+    return r;
+  }
   const cpu_grads grads(t, grad_mask);
   if (!grads.any()) return grads.result(t);
   ref::linear_token_grads out;
@@ -323,7 +336,8 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
   const Tensor tw = cpu_token_weights(token_weights, t.hidden, N, op);
   const auto [g_rows, y] = rows_of_sequences(labels, offsets, grad_seq.to(at::kDouble),
                                              ignore_index, tw);
-  return linear_rows_grad_cpu(t, y.contiguous(), lse, g_rows, ignore_index, grad_mask, tr, op);
+  return linear_rows_grad_cpu(t, y.contiguous(), lse, g_rows, ignore_index, grad_mask, tr,
+                              chunk_bytes, op);
 }
 
 std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cpu(
@@ -342,10 +356,14 @@ std::tuple<Tensor, Tensor, Tensor> linear_token_logps_cpu(
   out.token_logps = logp.data_ptr<double>();
   out.lse = lse.data_ptr<double>();
   out.entropy = entropy ? ent.data_ptr<double>() : nullptr;
-  const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
-    using Elem = typename decltype(tag)::type;
-    return ref::linear_token_logps(make_linear_rows<Elem>(t, y, ignore_index, tr), out);
-  });
+  // float32 / 16-bit: the fast CPU path (cpu_linear.h); float64: the reference.
+  const geopref::status st =
+      cpu_linear::takes(t)
+          ? cpu_linear::token_logps(t, y, ignore_index, tr, chunk_bytes, out)
+          : visit_float(t.hidden, "hidden", op, [&](auto tag) {
+              using Elem = typename decltype(tag)::type;
+              return ref::linear_token_logps(make_linear_rows<Elem>(t, y, ignore_index, tr), out);
+            });
   check_status(static_cast<int>(st), op);
   const auto od = out_dtype(t.hidden);
   return {logp.to(od), lse.to(od), ent.to(od)};
@@ -364,7 +382,7 @@ grads3 linear_token_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
                     "geopref.", op, ": lse and grad must be [N] = [", N, "], got ", lse.sizes(),
                     " and ", grad.sizes());
   return linear_rows_grad_cpu(t, labels.to(at::kLong).contiguous(), lse, grad, ignore_index,
-                              grad_mask, tr, op);
+                              grad_mask, tr, chunk_bytes, op);
 }
 
 /// linear_one_pass on CPU: the reference forms the logits whole, there is no
