@@ -21,8 +21,15 @@
 // (the label column as −g·expm1(z′_y − lse), as the reference writes it),
 // then grad_hidden += G·W_c, grad_weight[c] (+)= Gᵀ·H (float32, one chunk of
 // vocabulary rows at a time: no sum across threads), grad_bias[c] += Σ_rows G
-// (double, each column summed over the rows in order). Every sum has a fixed
-// order whatever the thread count, so the results are bitwise repeatable.
+// (double, each column summed over the rows in order). The fold's sums have
+// a fixed order whatever the thread count, and the GEMMs are ATen's (MKL's
+// on x86 builds), whose sums are fixed for a given thread count: the results
+// are bitwise repeatable at a given torch.get_num_threads() (and were equal
+// at 1 and 2 threads in the tests), but MKL may split a GEMM's inner
+// dimension differently at another thread count (3 differed in the last bit
+// from 1 in the tests). Fixed single-threaded GEMM tasks inside
+// at::parallel_for would make them independent of it, but MKL called inside
+// ATen's OpenMP region ran 3-20x slower there (PyTorch 2.15, 2-core VM).
 //
 // Rows whose label is ignore_index are dropped before the GEMMs (their
 // outputs and gradient rows are 0). The same checks and statuses as the
