@@ -20,7 +20,8 @@ Both get the same upstream gradient on the log-probs (and on the entropy when
 geopref's linear_token_logps makes it differentiable: the `outputs` keyword;
 otherwise the entropy is computed in the forward by both and has no upstream).
 Every row is scored. Times are medians of --repeats wall-clock steps after
-one warm-up step; "x" is trl's time over geopref's (> 1: geopref faster);
+--warmup untimed ones, the two methods alternating within each repeat (so
+that a shared machine's changing load falls on both alike); "x" is trl's time over geopref's (> 1: geopref faster);
 "max|dlogp|" is the largest difference of the two heads' log-probs and
 "max|dlogp| f64" each head's largest difference from the float64 log-probs.
 The thread count is torch.set_num_threads(--threads); the load average is
@@ -47,6 +48,7 @@ def parse_args():
     p.add_argument("--cases", default="small,large", help=f"of {sorted(CASES)}")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", default="geopref,trl")
     p.add_argument("--json", help="write the rows here (after each one)")
@@ -99,7 +101,9 @@ def head_fn(name, trl, x, w, labels):
     return fn
 
 
-def run(name, trl, case, dtype, repeats, with_entropy_grad):
+def make_step(name, trl, case, dtype, with_entropy_grad):
+    """(step, logps): one timed forward + backward, and the log-probs of one
+    forward without grad (for the agreement columns)."""
     x0, w0, labels, g, e = inputs(case, dtype)
     fn = head_fn(name, trl, x0, w0, labels)
     x = x0.clone().requires_grad_(True)
@@ -113,15 +117,25 @@ def run(name, trl, case, dtype, repeats, with_entropy_grad):
             loss = loss + (ent.float() * e).sum()
         loss.backward()
 
-    step()  # warm-up
-    times = []
+    def logps():
+        with torch.no_grad():
+            return fn(x0, w0)[0].double()
+    return step, logps
+
+
+def timed(methods, steps, repeats, warmup):
+    """Median seconds per method; the methods alternate within each repeat
+    (a shared machine's load then falls on both alike)."""
+    for _ in range(warmup):
+        for name in methods:
+            steps[name]()
+    times = {name: [] for name in methods}
     for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    with torch.no_grad():
-        lp = fn(x0, w0)[0].double()
-    return median(times), lp
+        for name in methods:
+            t = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: median(ts) for name, ts in times.items()}
 
 
 def float64_logps(case, dtype):
@@ -140,7 +154,7 @@ def main():
     print(f"bench_cpu_head: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"upstreams on the log-probs{' and the entropy' if ent_grad else ''}; "
-          f"median of {args.repeats} after a warm-up", flush=True)
+          f"median of {args.repeats} after {args.warmup} warm-up step(s)", flush=True)
     print(f"{'case':<28} {'dtype':<9} {'geopref s':>10} {'trl s':>10} {'x (trl/geo)':>12} "
           f"{'max|dlogp|':>11} {'geo f64':>9} {'trl f64':>9}", flush=True)
     rows = []
@@ -149,12 +163,13 @@ def main():
             dtype = getattr(torch, dname)
             ref = float64_logps(case, dtype)
             row = {"case": case, "N_H_V": CASES[case], "dtype": dname}
+            made = {name: make_step(name, trl, case, dtype, ent_grad) for name in methods}
+            secs = timed(methods, {k: v[0] for k, v in made.items()}, args.repeats, args.warmup)
             lps = {}
             for name in methods:
-                seconds, lp = run(name, trl, case, dtype, args.repeats, ent_grad)
-                row[f"{name}_s"] = seconds
-                row[f"{name}_f64_err"] = (lp - ref).abs().max().item()
-                lps[name] = lp
+                lps[name] = made[name][1]()
+                row[f"{name}_s"] = secs[name]
+                row[f"{name}_f64_err"] = (lps[name] - ref).abs().max().item()
             if len(lps) == 2:
                 row["ratio"] = row["trl_s"] / row["geopref_s"]
                 row["max_dlogp"] = (lps["geopref"] - lps["trl"]).abs().max().item()

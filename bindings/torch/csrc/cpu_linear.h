@@ -56,7 +56,7 @@ namespace geopref_torch::cpu_linear {
 /// The largest tile of float32 logits this path forms, whatever chunk_bytes
 /// allows (the API's default budget is 1 GiB, meant for a GPU): big enough
 /// for the GEMM to run at full speed, small enough to stay near the caches.
-constexpr int64_t kTileBytes = int64_t{8} << 20;
+constexpr int64_t kTileBytes = int64_t{64} << 20;
 /// The narrowest tile (vocabulary columns) when the budget is smaller than
 /// all rows times all columns; rows are then blocked instead.
 constexpr int64_t kMinCols = 256;
