@@ -21,9 +21,10 @@ geopref's linear_token_logps makes it differentiable: the `outputs` keyword;
 otherwise the entropy is computed in the forward by both and has no upstream).
 Every row is scored. Times are medians of --repeats wall-clock steps after
 --warmup untimed ones, the two methods alternating within each repeat (so
-that a shared machine's changing load falls on both alike); "x" is trl's time over geopref's (> 1: geopref faster);
-"max|dlogp|" is the largest difference of the two heads' log-probs and
-"max|dlogp| f64" each head's largest difference from the float64 log-probs.
+that a shared machine's changing load falls on both alike); "x" is trl's
+time over geopref's (> 1: geopref faster); "max|dlogp|" is the largest
+difference of the two heads' log-probs, "geo f64" and "trl f64" each head's
+largest difference from the float64 log-probs.
 The thread count is torch.set_num_threads(--threads); the load average is
 printed before and after (a shared machine's other work shows there).
 """

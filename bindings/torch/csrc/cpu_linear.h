@@ -5,8 +5,8 @@
 // throughout). Called from ops_linear.cpp's CPU kernels.
 //
 // The logits Z = H·Wᵀ + b are never whole: they are formed one tile of
-// [rows, cols] (at most `chunk_bytes`, and at most kTileBytes, of float32) at
-// a time by ATen's GEMM (float32 accumulation; 16-bit inputs are widened to
+// [rows, cols] (at most `chunk_bytes` and MAX_TILE_BYTES of float32) at a
+// time by ATen's GEMM (float32 accumulation; 16-bit inputs are widened to
 // float32 first, so the logits are float32, never rounded to the input
 // dtype), and each tile is folded, one row per task (at::parallel_for), into
 // the row's online statistics: the running maximum m of z′ and, shifted by
@@ -58,10 +58,10 @@ namespace geopref_torch::cpu_linear {
 /// allows (the API's default budget is 1 GiB, meant for a GPU): large GEMMs
 /// and few parallel regions (8 MiB tiles ran about 20% slower at N = 2048,
 /// V = 32000 on a loaded 2-core VM), memory still O(N·cols), not O(N·V).
-constexpr int64_t kTileBytes = int64_t{64} << 20;
+inline constexpr int64_t MAX_TILE_BYTES = int64_t{64} << 20;
 /// The narrowest tile (vocabulary columns) when the budget is smaller than
 /// all rows times all columns; rows are then blocked instead.
-constexpr int64_t kMinCols = 256;
+inline constexpr int64_t MIN_TILE_COLS = 256;
 
 /// Whether the fast path takes these inputs (float64 stays on the reference).
 inline bool takes(const linear_tensors& t) {
@@ -70,15 +70,15 @@ inline bool takes(const linear_tensors& t) {
 }
 
 /// The tile [rows, cols] for n scored rows and V columns within chunk_bytes
-/// (and kTileBytes): all rows when cols >= kMinCols fit, else blocks of rows.
+/// (and MAX_TILE_BYTES): all rows when cols >= MIN_TILE_COLS fit, else blocks of rows.
 struct tiling {
   int64_t rows, cols;
 };
 inline tiling tile_for(int64_t n, int64_t V, int64_t chunk_bytes) {
-  const int64_t elems = std::max<int64_t>(std::min(chunk_bytes, kTileBytes) / 4, 1);
+  const int64_t elems = std::max<int64_t>(std::min(chunk_bytes, MAX_TILE_BYTES) / 4, 1);
   n = std::max<int64_t>(n, 1);
   if (elems / n >= V) return {n, V};
-  const int64_t cols = std::min(V, std::max(kMinCols, elems / n));
+  const int64_t cols = std::min(V, std::max(MIN_TILE_COLS, elems / n));
   return {std::clamp<int64_t>(elems / cols, 1, n), cols};
 }
 

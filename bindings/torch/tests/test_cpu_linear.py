@@ -14,8 +14,9 @@ from geopref_torch.api import _logit_transform
 ops = torch.ops.geopref
 IGNORE = -100
 # A budget of one row of logits (the least the operators accept): the tile is
-# kMinCols = 256 columns by budget / (4·256) rows, so V = 1000 is 4 column
-# chunks (the last one 232 wide) and N = 48 rows are blocks of 3.
+# MIN_TILE_COLS = 256 columns (cpu_linear.h) by budget / (4·256) rows, so
+# V = 1000 is 4 column chunks (the last one 232 wide) and the 41 scored rows
+# of N = 48 are blocks of 3 (float32) or of 1 (16-bit inputs: half the budget).
 N, H, V = 48, 40, 1000
 
 TRANSFORMS = {
