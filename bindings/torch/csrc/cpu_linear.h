@@ -24,10 +24,11 @@
 // (double, each column summed over the rows in order). The fold's sums have
 // a fixed order whatever the thread count, and the GEMMs are ATen's (MKL's
 // on x86 builds), whose sums are fixed for a given thread count: the results
-// are bitwise repeatable at a given torch.get_num_threads() (and were equal
-// at 1 and 2 threads in the tests), but MKL may split a GEMM's inner
-// dimension differently at another thread count (3 differed in the last bit
-// from 1 in the tests). Fixed single-threaded GEMM tasks inside
+// are bitwise repeatable at a given torch.get_num_threads(), but MKL may
+// split a GEMM's inner dimension differently at another thread count: with
+// H = 40, 3 and 4 threads gave grad_hidden and grad_weight differing in the
+// last bit from 1 and 2 threads; with H = 256 and 512 (V = 4096, 8192) all of
+// 1 to 4 threads agreed bitwise. Fixed single-threaded GEMM tasks inside
 // at::parallel_for would make them independent of it, but MKL called inside
 // ATen's OpenMP region ran 3-20x slower there (PyTorch 2.15, 2-core VM).
 //
