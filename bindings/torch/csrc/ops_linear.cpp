@@ -65,7 +65,10 @@
 //
 // chunk_bytes is the CUDA path's budget for one chunk of logits (rows of V
 // rounded up to 16 bytes); the CPU reference forms the logits whole but
-// rejects a budget below one row all the same.
+// rejects a budget below one row all the same. linear_token_logps(_grad) and
+// linear_sequence_logps_grad on float32 / 16-bit inputs take the fast CPU
+// path instead (cpu_linear.h: float32 tiles of at most chunk_bytes, ATen's
+// GEMM); float64 stays on the reference.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -75,6 +78,7 @@
 
 #include "common.h"
 #include "cpu.h"
+#include "cpu_linear.h"
 #include "geopref/reference/fused_linear.hpp"
 #include "linear.h"
 
@@ -300,20 +304,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
   return {seq.to(od), lse.to(od), counts, seq_scale(counts, opt, od)};
 }
 
-/// The per-token backward from hidden states on the reference: labels y
-/// (int64, contiguous), lse and g [N]; shared by linear_token_logps_grad and
-/// linear_sequence_logps_grad. Optionally e [N] (the entropy's upstream,
-/// double) and the caller's accumulators (linear_token_logps_accumulate:
-/// grad_weight and grad_bias added to them instead of returned).
+/// The per-token backward from hidden states: labels y (int64, contiguous),
+/// lse and g [N]; shared by linear_token_logps_grad and
+/// linear_sequence_logps_grad. Optionally e [N] and the forward's H [N] (the
+/// entropy's upstream, double) and the caller's accumulators
+/// (linear_token_logps_accumulate: grad_weight and grad_bias added to them
+/// instead of returned). float32 / 16-bit inputs: the fast CPU path
+/// (cpu_linear.h: grad_weight summed in float32 and rounded once, or added
+/// to the accumulator in float32); float64: the reference.
 grads3 linear_rows_grad_cpu(const linear_tensors& t, const Tensor& y, const Tensor& lse,
                             const Tensor& g_rows, int64_t ignore_index,
                             std::array<bool, 3> grad_mask, const geopref::logit_transform& tr,
-                            const char* op, const Tensor& grad_entropy = {},
-                            const accumulators* acc = nullptr) {
+                            int64_t chunk_bytes, const char* op, const Tensor& grad_entropy = {},
+                            const Tensor& entropy = {}, const accumulators* acc = nullptr) {
   const Tensor l = lse.to(at::kDouble).contiguous(), g = g_rows.to(at::kDouble).contiguous();
-  if (acc != nullptr && acc->any()) grad_mask[1] = grad_mask[2] = false;
-  const cpu_grads grads(t, grad_mask);
   const bool accumulating = acc != nullptr && acc->any();
+  if (cpu_linear::takes(t)) {
+    std::array<bool, 3> mask = grad_mask;
+    if (accumulating) {
+      mask[1] = acc->weight.defined();
+      mask[2] = acc->bias.defined();
+    }
+    grads3 r;
+    check_status(static_cast<int>(cpu_linear::token_logps_grad(
+                     t, y, ignore_index, tr, chunk_bytes, l.data_ptr<double>(),
+                     g.data_ptr<double>(), mask, r,
+                     grad_entropy.defined() ? grad_entropy.data_ptr<double>() : nullptr,
+                     entropy.defined() ? entropy.data_ptr<double>() : nullptr,
+                     /*unrounded=*/accumulating)),
+                 op);
+    if (!accumulating) return r;
+    if (mask[1]) acc->weight.add_(std::get<1>(r));  // float32 (or double) into the accumulator
+    if (mask[2]) acc->bias.add_(std::get<2>(r));
+    return {std::get<0>(r), empty_grad(t.weight), empty_grad(t.hidden)};
+  }
+  if (accumulating) grad_mask[1] = grad_mask[2] = false;
+  const cpu_grads grads(t, grad_mask);
   if (!grads.any() && !accumulating) return grads.result(t);
   ref::linear_token_grads out;
   grads.fill(out);
@@ -349,7 +375,8 @@ grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight
   const Tensor tw = cpu_token_weights(token_weights, t.hidden, N, op);
   const auto [g_rows, y] = rows_of_sequences(labels, offsets, grad_seq.to(at::kDouble),
                                              ignore_index, tw);
-  return linear_rows_grad_cpu(t, y.contiguous(), lse, g_rows, ignore_index, grad_mask, tr, op);
+  return linear_rows_grad_cpu(t, y.contiguous(), lse, g_rows, ignore_index, grad_mask, tr,
+                              chunk_bytes, op);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_token_logps_cpu(
@@ -370,10 +397,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_token_logps_cp
   out.token_logps = logp.data_ptr<double>();
   out.lse = lse.data_ptr<double>();
   stats.fill(out);
-  const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
-    using Elem = typename decltype(tag)::type;
-    return ref::linear_token_logps(make_linear_rows<Elem>(t, y, ignore_index, tr), out);
-  });
+  // float32 / 16-bit: the fast CPU path (cpu_linear.h); float64: the reference.
+  const geopref::status st =
+      cpu_linear::takes(t)
+          ? cpu_linear::token_logps(t, y, ignore_index, tr, chunk_bytes, out)
+          : visit_float(t.hidden, "hidden", op, [&](auto tag) {
+              using Elem = typename decltype(tag)::type;
+              return ref::linear_token_logps(make_linear_rows<Elem>(t, y, ignore_index, tr), out);
+            });
   check_status(static_cast<int>(st), op);
   const auto od = out_dtype(t.hidden);
   const auto [h, lssp, mean, top1] = stats.result(od);
@@ -394,10 +425,10 @@ grads3 linear_token_grad_cpu(const Tensor& hidden, const Tensor& weight,
   TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == N && grad.dim() == 1 && grad.size(0) == N,
                     "geopref.", op, ": lse and grad must be [N] = [", N, "], got ", lse.sizes(),
                     " and ", grad.sizes());
-  const Tensor e = entropy_upstream(grad_entropy, entropy, N, t.hidden, at::kDouble, op).first;
+  const auto [e, h] = entropy_upstream(grad_entropy, entropy, N, t.hidden, at::kDouble, op);
   const accumulators acc = check_accumulators(grad_weight_acc, grad_bias_acc, t, op);
   return linear_rows_grad_cpu(t, labels.to(at::kLong).contiguous(), lse, grad, ignore_index,
-                              grad_mask, tr, op, e, &acc);
+                              grad_mask, tr, chunk_bytes, op, e, h, &acc);
 }
 
 grads3 linear_token_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
