@@ -3,9 +3,11 @@
 Both trainers get the same tiny Llama (test_trl.py's builders: random weights,
 a word-level tokenizer, no download), the same four preference pairs and the
 same configuration, in float32 on CPU. For each configuration in CASES the
-first batch's loss, every metric TRL logs and every parameter's gradient must
-agree; a few configurations also train three SGD steps and compare the
-logged losses and the parameters.
+first batch's loss, every metric TRL logs (and no other metric name) and
+every parameter's gradient must agree; a few configurations also train three
+SGD steps and compare the logged losses and the parameters. The token metrics
+(entropy, logits/*, mean_token_accuracy) and WPO's weights read geopref's
+per-token statistics (linear_token_logps with outputs=).
 
 Tolerances (as test_trl.py's, whose reasoning applies): TRL folds float32
 logits tile by tile; geopref forms the logits from the same float32 hidden
