@@ -3,9 +3,11 @@
 Both trainers get the same tiny Llama (test_trl.py's builders: random weights,
 a word-level tokenizer, no download), the same four preference pairs and the
 same configuration, in float32 on CPU. For each configuration in CASES the
-first batch's loss, every metric TRL logs and every parameter's gradient must
-agree; a few configurations also train three SGD steps and compare the
-logged losses and the parameters.
+first batch's loss, every metric TRL logs (and no other metric name) and
+every parameter's gradient must agree; a few configurations also train three
+SGD steps and compare the logged losses and the parameters. The token metrics
+(entropy, logits/*, mean_token_accuracy) and WPO's weights read geopref's
+per-token statistics (linear_token_logps with outputs=).
 
 Tolerances (as test_trl.py's, whose reasoning applies): TRL folds float32
 logits tile by tile; geopref forms the logits from the same float32 hidden
@@ -125,12 +127,17 @@ def _first_step(trainer, batch=None):
     return loss.detach(), metrics, grads, batch
 
 
-def _assert_same(case, trl_step, gp_step):
+def _assert_same(case, trl_step, gp_step, same_keys=True):
+    """Loss, metrics and gradients agree. same_keys: the two trainers log the
+    same metric names (the stock DPOTrainer's); else (the recipes, whose
+    trainers log names of their own) only TRL's, which geopref must log."""
     t_loss, t_metrics, t_grads, _ = trl_step
     g_loss, g_metrics, g_grads, _ = gp_step
     assert math.isfinite(t_loss.item())
     assert g_loss.item() == pytest.approx(t_loss.item(), rel=1e-5, abs=1e-6), case
     assert set(t_metrics) <= set(g_metrics), (case, set(t_metrics) - set(g_metrics))
+    if same_keys:
+        assert set(g_metrics) == set(t_metrics), (case, set(g_metrics) ^ set(t_metrics))
     for key, value in t_metrics.items():
         if key in ("rewards/accuracies", "mean_token_accuracy", "num_tokens"):
             assert g_metrics[key] == value, (case, key)
@@ -153,17 +160,22 @@ def test_first_step_matches_trl(setup, case):
     _assert_same(case, trl_step, gp_step)
 
 
-def test_the_models_logit_transform(setup):
+@pytest.mark.parametrize("config", [dict(loss_type=["sigmoid", "sft"]),
+                                    dict(loss_type=["sigmoid"], use_weighting=True)])
+def test_the_models_logit_transform(setup, config):
     """A soft-cap and a logit scale in the model's config (Gemma's
     final_logit_softcapping, Granite's logits_scaling, read as TRL 1.16.0's
-    head reads them) reach geopref's loss, the reference and the metrics."""
+    head reads them) reach geopref's loss, the reference, WPO's weights and
+    the token metrics (entropy and logits/* of the transformed logits)."""
     cfg = dict(final_logit_softcapping=0.5, logits_scaling=0.8)
-    kw = dict(loss_type=["sigmoid", "sft"], model_config=cfg)
+    kw = dict(config, model_config=cfg)
     trl_step = _first_step(_trainer(setup, trl.DPOTrainer, **kw))
     gp_step = _first_step(_trainer(setup, GeoprefDPOTrainer, **kw))
     _assert_same("logit transform", trl_step, gp_step)
-    plain = _first_step(_trainer(setup, trl.DPOTrainer, loss_type=["sigmoid", "sft"]))
+    plain = _first_step(_trainer(setup, trl.DPOTrainer, **config))
     assert plain[0].item() != pytest.approx(trl_step[0].item(), rel=1e-2)  # the transform bites
+    for key in ("entropy", "logits/chosen", "logits/rejected"):  # on the metrics too
+        assert plain[1][key] != pytest.approx(trl_step[1][key], rel=1e-2), key
 
 
 @pytest.mark.parametrize("case", ["sigmoid+ipo+sft", "ld_alpha ipo+sft", "use_weighting"])
@@ -431,37 +443,33 @@ def test_recipes_match_trl_experimental(setup, recipe):
                        batch["chosen_input_ids"][0])
     assert g_batch["input_ids"].shape[0] == 2 * n
     _assert_same(recipe, (loss.detach(), metrics, grads, batch),
-                 (g_loss, g_metrics, g_grads, g_batch))
+                 (g_loss, g_metrics, g_grads, g_batch), same_keys=False)
 
 
-def test_token_statistics_in_chunks():
-    """The metrics' per-token statistics: the same whatever the chunking,
-    equal to float64 formulas (log-prob, entropy, log sum p^2, mean logit
-    with Gemma's soft-cap and a logit scale), and TRL's top-1 rule: a label
-    tied with an earlier column is not top-1, tied with a later one is."""
-    from geopref_torch.trl.trainer import _token_statistics
-    g = torch.Generator().manual_seed(3)
-    hidden, weight = torch.randn(10, 6, generator=g), torch.randn(7, 6, generator=g)
-    bias = torch.randn(7, generator=g)
-    labels = torch.randint(0, 7, (10,), generator=g)
-    transform = dict(logit_scale=1.5, softcap=2.0, temperature=1.0)
-    whole = _token_statistics(hidden, weight, bias, labels, transform)
-    chunked = _token_statistics(hidden, weight, bias, labels, transform, chunk_bytes=4 * 7 * 3)
-    for k in whole:
-        assert torch.equal(whole[k], chunked[k]), k
-    z = 2.0 * torch.tanh(1.5 * (hidden.double() @ weight.double().T + bias.double()) / 2.0)
-    logp = torch.log_softmax(z, -1)
-    # float32 logits against float64: 1e-5 relative is a few float32 roundings of terms < 10.
-    torch.testing.assert_close(whole["log_probs"].double(), logp.gather(1, labels[:, None])[:, 0],
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(whole["entropy"].double(), -(logp.exp() * logp).sum(-1),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(whole["log_sum_sq_probs"].double(),
-                               torch.log((2 * logp).exp().sum(-1)), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(whole["mean_logits"].double(), z.mean(-1), rtol=1e-5, atol=1e-5)
-    tied = torch.tensor([[1.0, 3.0, 3.0, 0.0]])
-    eye = torch.eye(4)
-    top1 = [_token_statistics(tied, eye, None, torch.tensor([y]),
-                              dict(logit_scale=1.0, softcap=0.0, temperature=1.0))["is_top1"].item()
-            for y in range(4)]
-    assert top1 == [False, True, False, False]
+@pytest.mark.parametrize("token_metrics,use_weighting", [(True, False), (False, True),
+                                                         (False, False), (True, True)])
+def test_only_the_statistics_needed(setup, monkeypatch, token_metrics, use_weighting):
+    """One geopref call of linear_token_logps per step, asking only for what
+    the configuration reads (WPO's weights: log_sum_sq_probs; the metrics:
+    entropy, mean_logits, is_top1), none without either; token_metrics=False
+    logs none of TRL's token metrics and keeps WPO's loss TRL's."""
+    import geopref_torch.trl.trainer as module
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(tuple(kwargs.get("outputs") or ()))
+        return geopref_torch.linear_token_logps(*args, **kwargs)
+    monkeypatch.setattr(module, "linear_token_logps", recording)
+    kw = dict(loss_type=["sigmoid"], use_weighting=use_weighting)
+    gp = _first_step(_trainer(setup, GeoprefDPOTrainer, token_metrics=token_metrics, **kw))
+    wanted = (({"log_probs", "log_sum_sq_probs"} if use_weighting else set())
+              | ({"entropy", "mean_logits", "is_top1"} if token_metrics else set()))
+    assert [set(c) for c in calls] == ([wanted] if wanted else [])
+    trl_step = _first_step(_trainer(setup, trl.DPOTrainer, **kw))
+    token_keys = {"entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy"}
+    assert token_keys <= set(trl_step[1])
+    if token_metrics:
+        _assert_same("statistics", trl_step, gp)
+    else:
+        assert set(gp[1]) == set(trl_step[1]) - token_keys
+        assert gp[0].item() == pytest.approx(trl_step[0].item(), rel=1e-5, abs=1e-6)

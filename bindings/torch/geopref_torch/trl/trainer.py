@@ -38,7 +38,8 @@ from accelerate.utils import is_peft_model
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import use_adapter
 
-from ..api import fused_linear_logps, fused_linear_preference_loss, loss_types
+from ..api import (fused_linear_logps, fused_linear_preference_loss, linear_token_logps,
+                   loss_types)
 
 # TRL 1.16.0's loss_type names -> (geopref's name, whether the term reads
 # length-averaged log-probs). TRL's ipo and sigmoid_norm divide the
@@ -86,7 +87,8 @@ class GeoprefDPOConfig(trl.DPOConfig):
     geopref_kwargs: further keywords of fused_linear_preference_loss: alpha,
       gamma (simpo's gamma, ropo's), bco_delta, average_logps.
     token_metrics: log TRL's entropy, logits/chosen, logits/rejected and
-      mean_token_accuracy (a no-grad pass over the completion tokens' logits).
+      mean_token_accuracy (geopref's per-token statistics of the completion
+      tokens, linear_token_logps with outputs=, no grad).
     """
     soft_label_column: Optional[str] = field(default="soft_label")
     geometric: bool = field(default=False)
@@ -264,37 +266,6 @@ def _pair_loss(name, h, beta, eps, tau):
         m = torch.sigmoid(z / tau)
         return (1 - m) * -F.logsigmoid(z) + m * torch.exp(-z)
     raise NotImplementedError(f"geopref: no torch form of {name!r} under an f-divergence")
-
-
-@torch.no_grad()
-def _token_statistics(hidden, weight, bias, labels, transform, chunk_bytes=1 << 27):
-    """Per scored row (labels != -100) of hidden [N, H]: the label's log-prob,
-    the entropy, log sum_v p_v^2, the mean (transformed) logit and whether the
-    label is the first arg-max (TRL 1.16.0's is_top1 rule), each [N] float32,
-    as TRL's fused head returns them. A no-grad pass in torch, chunked over
-    rows (each chunk's float32 logits at most chunk_bytes, a few such
-    temporaries alive at once); the library's per-token statistics replace it
-    once available."""
-    n = hidden.shape[0]
-    rows_per_chunk = max(1, chunk_bytes // (4 * weight.shape[0]))
-    out = {k: torch.zeros(n, dtype=torch.float32, device=hidden.device)
-           for k in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits")}
-    out["is_top1"] = torch.zeros(n, dtype=torch.bool, device=hidden.device)
-    for s in range(0, n, rows_per_chunk):
-        e = min(n, s + rows_per_chunk)
-        z = F.linear(hidden[s:e], weight, bias).float() * transform["logit_scale"]
-        if transform["softcap"]:
-            z = transform["softcap"] * torch.tanh(z / transform["softcap"])
-        z = z / transform["temperature"]
-        y = labels[s:e]
-        lse = torch.logsumexp(z, dim=-1)
-        p = torch.softmax(z, dim=-1)
-        out["log_probs"][s:e] = z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
-        out["entropy"][s:e] = lse - (p * z).sum(-1)
-        out["log_sum_sq_probs"][s:e] = torch.logsumexp(2 * z, dim=-1) - 2 * lse
-        out["mean_logits"][s:e] = z.mean(-1)
-        out["is_top1"][s:e] = z.argmax(-1) == y
-    return out
 
 
 class GeoprefDPOTrainer(trl.DPOTrainer):
@@ -479,6 +450,18 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             return fused_linear_logps(hidden, weight, labels, bias=bias, token_weights=tw,
                                       average_logps=False, **transform)
 
+    def _token_outputs(self):
+        """The per-token statistics this configuration reads (linear_token_logps'
+        outputs; empty: none): WPO's weights read log_probs and
+        log_sum_sq_probs, the metrics entropy (entropy), mean_logits
+        (logits/chosen, logits/rejected) and is_top1 (mean_token_accuracy)."""
+        wanted = ()
+        if self.args.use_weighting:
+            wanted += ("log_probs", "log_sum_sq_probs")
+        if self.args.token_metrics:
+            wanted += ("entropy", "mean_logits", "is_top1")
+        return wanted
+
     def _non_model_keys(self):
         keys = set(_NON_MODEL_KEYS)
         if self.args.soft_label_column is not None:
@@ -549,22 +532,19 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
         margin_transform, f_alpha = _f_divergence(args) or ("reverse_kl", 1.0)
         extra = {k: v for k, v in (args.geopref_kwargs or {}).items() if k != "average_logps"}
 
-        need_stats = args.token_metrics or args.use_weighting
         stats = None
-        if need_stats:
+        wanted = self._token_outputs()
+        if wanted:
+            # geopref's per-token statistics of the scored rows only (the
+            # prompt's are never formed), no grad: TRL 1.16.0 detaches them.
             rows = scored.reshape(-1)
-            with self.accelerator.autocast():
-                w_, b_ = weight, bias
-                h_ = hidden.reshape(-1, hidden.shape[-1])[rows]
-                if torch.is_autocast_enabled(h_.device.type):
-                    dt = torch.get_autocast_dtype(h_.device.type)
-                    h_, w_ = h_.to(dt), w_.to(dt)
-                    b_ = None if b_ is None else b_.to(dt)
-                flat = _token_statistics(h_.detach(), w_.detach(),
-                                         None if b_ is None else b_.detach(),
-                                         labels.reshape(-1)[rows], transform)
+            with torch.no_grad(), self.accelerator.autocast():
+                flat = linear_token_logps(hidden.reshape(-1, hidden.shape[-1])[rows], weight,
+                                          labels.reshape(-1)[rows], bias=bias,
+                                          outputs=wanted, **transform)
             stats = {}
-            for k, v in flat.items():
+            for k in wanted:
+                v = getattr(flat, k)
                 full = torch.zeros(labels.shape, dtype=v.dtype, device=v.device)
                 full[scored] = v
                 stats[k] = full
@@ -595,7 +575,9 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             loss = loss + out.loss
             if (weighted or args.ld_alpha is None) and scope == "completion":
                 sources.append((avg, out.logps.detach().to(torch.float64), names == ["sft"]))
-            if p is not None and calibration is None:
+            if isinstance(p, torch.Tensor) and calibration is None:
+                # Soft labels from the dataset (not aot's constant 1 - label_smoothing,
+                # where TRL 1.16.0 logs no such metric).
                 calibration = out.metrics["calibration_error"]
 
         if torch_terms or self.margin_loss is not None:
@@ -668,7 +650,7 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             rewards, sums = beta * (logps - ref), logps
         chosen_rewards, rejected_rewards = rewards.chunk(2)
         chosen_logps, rejected_logps = sums.chunk(2)
-        if stats is not None:
+        if self.args.token_metrics:
             scored = labels != -100
             total = acc.gather_for_metrics(scored.sum()).sum()
             ent = acc.gather_for_metrics((stats["entropy"].double() * scored).sum()).sum()
@@ -677,7 +659,7 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
             tokens = acc.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             self._total_train_tokens += tokens // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
-        if stats is not None:
+        if self.args.token_metrics:
             mask_c, mask_r = (labels != -100).chunk(2)
             ml_c, ml_r = stats["mean_logits"].double().chunk(2)
             for key, ml, m in (("logits/chosen", ml_c, mask_c), ("logits/rejected", ml_r, mask_r)):
