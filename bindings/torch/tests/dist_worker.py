@@ -403,7 +403,8 @@ def tp_models(vocab, mesh, bias=True, seed=20261207):
 
 
 def check_trl_head(c, rank, world, mesh):
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from trl.trainer import utils as trl_utils
     import geopref_torch.trl as gtrl
     vocab = 13
     g = torch.Generator().manual_seed(13)
@@ -411,25 +412,38 @@ def check_trl_head(c, rank, world, mesh):
     labels = ids.clone()
     labels[:, :2] = -100
     labels[1, 5:] = -100
-    for kw in (dict(temperature=1.0), dict(temperature=0.7, cast_lm_head_to_fp32=True)):
+    cases = (("shard", dict(temperature=1.0)),
+             ("shard", dict(temperature=0.7, cast_lm_head_to_fp32=True)),
+             ("replicated_bias", dict(temperature=1.3)))
+    for bias_kind, kw in cases:
         one, tp = tp_models(vocab, mesh)
         w = tp.lm_head.weight
         if not (isinstance(w, DTensor) and w.placements == (Shard(0),)
                 and tp.lm_head.bias.placements == (Shard(0),)):
             c.failures.append(f"trl_head: ColwiseParallel gave {w.placements}")
             return
+        if bias_kind == "replicated_bias":
+            tp.lm_head.bias = torch.nn.Parameter(distribute_tensor(
+                one.lm_head.bias.detach().clone(), mesh, [Replicate()]))
         gtrl.add_fused_lm_head(one, outputs=STATS, **kw)
         gtrl.add_fused_lm_head(tp, outputs=STATS, **kw)
+        models = [one, tp]
+        if bias_kind == "shard" and not kw.get("cast_lm_head_to_fp32"):
+            # TRL 1.16.0's own head on the same sharded model: it gathers the
+            # weight (full_tensor()) and folds in float32 (trl/kernels).
+            _, trl_tp = tp_models(vocab, mesh)
+            trl_utils.add_fused_lm_head(trl_tp, outputs=STATS, **kw)
+            models.append(trl_tp)
         outs = []
-        for m in (one, tp):
+        for m in models:
             out = m(input_ids=ids, labels=labels, fused_lm_head=True)
             # Upstreams on the loss and on the entropy (GRPO's entropy bonus).
             (out.loss + 0.3 * (out.entropy * torch.linspace(0.5, 1.5, out.entropy.shape[1],
                                                             dtype=out.entropy.dtype)).sum()
              ).backward()
             outs.append(out)
-        want, got = outs
-        tag = f"trl_head/{sorted(kw)}"
+        want, got = outs[:2]
+        tag = f"trl_head/{bias_kind}/{sorted(kw)}"
         # float64 throughout: 1e-12 as above; the float32 head (the cast):
         # the same float32 inputs computed in double by both, the outputs
         # rounded once to float32 (one unit, ULP[float32] with its margin).
@@ -450,6 +464,21 @@ def check_trl_head(c, rank, world, mesh):
             else:
                 c.close(f"{tag}/grad/{k}", p2.grad, p1.grad, tol)
                 c.share(f"{tag}/grad/{k}", p2.grad)
+        if len(models) == 3:
+            # Against TRL's float32 folds: test_trl_head.py's tolerances
+            # (outputs 1e-5; gradients 1e-4 relative to |want| + max|want|).
+            trl_out = outs[2]
+            for name in STATS + ("loss",):
+                a, e = getattr(got, name), getattr(trl_out, name)
+                if name == "is_top1":
+                    if not torch.equal(a, e):
+                        c.failures.append(f"{tag}/trl/{name}: {a.tolist()} != {e.tolist()}")
+                else:
+                    c.close(f"{tag}/trl/{name}", a, e, 1e-5)
+            for (k, p1), (_, p2) in zip(models[2].named_parameters(), tp.named_parameters()):
+                g1 = p1.grad.to_local() if isinstance(p1.grad, DTensor) else p1.grad
+                g2 = p2.grad.to_local() if isinstance(p2.grad, DTensor) else p2.grad
+                c.close(f"{tag}/trl/grad/{k}", g2, g1, 1e-4)
 
 
 def _rows(p):

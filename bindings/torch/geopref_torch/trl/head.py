@@ -7,7 +7,11 @@ fused_lm_head=True) runs the backbone and returns per-token statistics of the
 next-token distribution (a FusedCausalLMOutput) instead of logits, without
 ever holding the [batch, seq_len, vocab] logits. The statistics come from
 geopref's linear_token_logps (the library's chunked kernels on CUDA, its CPU
-reference on CPU) rather than TRL's ChunkedLogProbFunction.
+reference on CPU) rather than TRL's ChunkedLogProbFunction. A vocab-parallel
+lm_head (its weight a DTensor sharded on the vocabulary over a 1-D mesh, as
+ColwiseParallel makes it) is not gathered, unlike TRL's head (full_tensor()):
+the statistics come from geopref_torch.distributed.vocab_linear_token_logps
+on each rank's rows (docs/distributed.md §4).
 
 install_geopref_head() / use_geopref_head() make the stock trainers build
 this head instead of TRL's: TRL's DPOTrainer, GRPOTrainer, SFTTrainer,
@@ -207,6 +211,14 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
       MoE load-balancing loss when router logits are requested.
     * fused_lm_head=False (the default) calls the original forward:
       generation is unchanged.
+    * An lm_head weight that is a DTensor with the one placement Shard(0)
+      on a 1-D mesh (tensor parallelism, ColwiseParallel), its bias None or
+      a DTensor on that mesh (Shard(0) or Replicate), and the lm_head not an
+      FSDP2 unit: the vocab-parallel path, never gathering the weight (the
+      hidden states must be the same on every rank of the mesh, as TP
+      gives them; their gradient is all-reduced over it). Any other DTensor
+      is gathered with full_tensor(), as TRL does; a plain bias beside a
+      sharded weight raises ValueError.
 
     Raises ValueError for a model without an output embedding, for labels
     that are not [B, T] like the input, and for outputs it does not know.
