@@ -481,6 +481,39 @@ def check_trl_head(c, rank, world, mesh):
                 c.close(f"{tag}/trl/grad/{k}", g2, g1, 1e-4)
 
 
+def check_trl_head_fallbacks(c, rank, world, mesh):
+    """What the head does not run vocab-parallel: a plain bias beside a
+    sharded weight raises ValueError (on every rank, before any collective);
+    a weight on a 2-D mesh (FSDP2 + TP) is gathered, as TRL does, and gives
+    the one-process head's outputs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    import geopref_torch.trl as gtrl
+    vocab = 13
+    ids = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(15))
+    one, tp = tp_models(vocab, mesh)
+    tp.lm_head.bias = torch.nn.Parameter(one.lm_head.bias.detach().clone())
+    gtrl.add_fused_lm_head(tp)
+    try:
+        tp(input_ids=ids, labels=ids, fused_lm_head=True)
+        c.failures.append("trl_head/fallback: a plain bias beside a sharded weight did not raise")
+    except ValueError as e:
+        if "bias" not in str(e):
+            c.failures.append(f"trl_head/fallback: unclear error {e}")
+    if world != 4:
+        return
+    mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    one, two = tp_models(vocab, mesh, bias=False)
+    two.lm_head.weight = torch.nn.Parameter(distribute_tensor(
+        one.lm_head.weight.detach().clone(), mesh2, [Replicate(), Shard(0)]))
+    gtrl.add_fused_lm_head(one, outputs=STATS)
+    gtrl.add_fused_lm_head(two, outputs=STATS)
+    want = one(input_ids=ids, labels=ids, fused_lm_head=True)
+    got = two(input_ids=ids, labels=ids, fused_lm_head=True)
+    for name in ("log_probs", "entropy", "mean_logits"):
+        c.close(f"trl_head/fallback/2d/{name}", getattr(got, name), getattr(want, name), 1e-12)
+
+
 def _rows(p):
     """The global rows of a Shard(0) DTensor's local part."""
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -850,6 +883,8 @@ def main(rank, world, tmp):
                      ("memory", lambda: check_memory(c, rank, world)),
                      ("stats", lambda: check_token_stats(c, rank, world, mesh)),
                      ("trl_head", lambda: check_trl_head(c, rank, world, mesh)),
+                     ("trl_head_fallbacks",
+                      lambda: check_trl_head_fallbacks(c, rank, world, mesh)),
                      ("trl_memory", lambda: check_trl_head_memory(c, rank, world, mesh))):
         start = time.monotonic()
         try:
