@@ -484,8 +484,9 @@ def check_trl_head(c, rank, world, mesh):
 def check_trl_head_fallbacks(c, rank, world, mesh):
     """What the head does not run vocab-parallel: a plain bias beside a
     sharded weight raises ValueError (on every rank, before any collective);
-    a weight on a 2-D mesh (FSDP2 + TP) is gathered, as TRL does, and gives
-    the one-process head's outputs."""
+    a weight on a 2-D mesh (FSDP2 + TP: its rows sharded over dp, whose
+    ranks hold different hidden states, replicated over tp) is gathered, as
+    TRL does, and gives the one-process head's outputs."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     import geopref_torch.trl as gtrl
@@ -505,7 +506,9 @@ def check_trl_head_fallbacks(c, rank, world, mesh):
     mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
     one, two = tp_models(vocab, mesh, bias=False)
     two.lm_head.weight = torch.nn.Parameter(distribute_tensor(
-        one.lm_head.weight.detach().clone(), mesh2, [Replicate(), Shard(0)]))
+        one.lm_head.weight.detach().clone(), mesh2, [Shard(0), Replicate()]))
+    ids = ids + rank // 2  # different rows on the two dp ranks (labels < V still)
+    ids[ids >= vocab] = 0
     gtrl.add_fused_lm_head(one, outputs=STATS)
     gtrl.add_fused_lm_head(two, outputs=STATS)
     want = one(input_ids=ids, labels=ids, fused_lm_head=True)
