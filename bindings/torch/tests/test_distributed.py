@@ -11,8 +11,11 @@ tolerances are derived in dist_worker.py); the sequence and per-token
 log-probs; data parallelism (each rank a share of the pairs, the global
 normalisers, the summed gradients); a failing rank (every rank raises
 RankFailed, promptly, the group usable afterwards); a tiny model trained
-with a DTensor lm_head; the bytes each rank allocates. What must be the same
-bits on every rank is compared across the ranks here.
+with a DTensor lm_head; the bytes each rank allocates; TRL's per-token
+statistics (outputs=) and geopref_torch.trl's fused head on a
+ColwiseParallel lm_head (against the one-process head and TRL 1.16.0's),
+never allocating the whole weight. What must be the same bits on every rank
+is compared across the ranks here.
 """
 import importlib.util
 import os
@@ -152,9 +155,10 @@ def test_same_bits_on_every_rank(group_run):
     world, runs = group_run
     shared = runs[0]["shared"]
     # Every category recorded its results (a check that stopped early fails above).
-    for prefix in ("logits/plain", "logits/dtensor", "logps/", "token_logps/", "hidden/all_reduce",
+    for prefix in (["logits/plain", "logits/dtensor", "logps/", "token_logps/", "hidden/all_reduce",
                    "hidden/rank_order", "hidden/dtensor", "linear_logps/",
-                   "linear_token_logps/", "dp/", "failed/", "train/"):
+                   "linear_token_logps/", "dp/", "failed/", "train/", "stats/"]
+                  + (["trl_head/"] if HAVE_TRL else [])):
         assert any(k.startswith(prefix) for k in shared), prefix
     for r in range(1, world):
         assert set(runs[r]["shared"]) == set(shared)
