@@ -448,7 +448,7 @@ class _TokenLogpsFromLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, logp, ent, h, cols, lse, g_mask, tr, chunk_rows):
         ctx.save_for_backward(z, cols, lse, g_mask, h)
-        ctx.tr, ctx.chunk_rows, ctx.has_entropy = tr, chunk_rows, ent is not None
+        ctx.tr, ctx.chunk_rows = tr, chunk_rows
         return (logp.clone(), ent.clone()) if ent is not None else logp.clone()
 
     @staticmethod
