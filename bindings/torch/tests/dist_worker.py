@@ -369,6 +369,27 @@ def check_token_stats(c, rank, world, mesh):
                 else:
                     c.close(f"{tag}/{kind}/{name}", a, e, 1e-12)
                 c.share(f"{tag}/{kind}/{name}", a)
+    # Narrower logits (the ties are exact in every dtype: 10 and 12 are):
+    # the statistics are computed in double from the same values by both
+    # runs and rounded once to float32, so one unit (ULP[float32], whose
+    # margin also covers the different order of the sums).
+    for dtype in (torch.float32, torch.bfloat16):
+        tr = dict(softcap=2.0, logit_scale=1.5, temperature=0.7)
+        zn = z.to(dtype)
+        want = gp.token_logps(zn, y, outputs=STATS, **tr)
+        got = gpd.vocab_parallel_token_logps(zn[..., b:b + w], y, vocab_slice=sl, outputs=STATS,
+                                             **tr)
+        tag = f"stats/{str(dtype).split('.')[-1]}"
+        for name in STATS:
+            a, e = getattr(got, name), getattr(want, name)
+            if name == "is_top1":
+                if not torch.equal(a, e):
+                    c.failures.append(f"{tag}/is_top1: {a.tolist()} != {e.tolist()}")
+            elif a.dtype != e.dtype:
+                c.failures.append(f"{tag}/{name}: dtype {a.dtype} != {e.dtype}")
+            else:
+                c.close(f"{tag}/{name}", a, e, ULP[torch.float32])
+            c.share(f"{tag}/{name}", a)
     # Only what is asked for; return_entropy keeps its form beside outputs=.
     zl = z[..., b:b + w]
     got = gpd.vocab_parallel_token_logps(zl, y, vocab_slice=sl, outputs=("mean_logits",))
