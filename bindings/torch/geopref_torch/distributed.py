@@ -394,13 +394,21 @@ def _transform(z, tr):
     return scale * z / temperature, scale / temperature
 
 
-def _slice_grad(z, cols, lse, g, tr):
-    """d(Σ_t g_t logp_t)/dz over one chunk of the slice's logits z [n, W]
-    (in the compute dtype): g_t (1[v = y_t] - exp(z'_tv - lse_t)) dz'/dz,
-    the one-hot only on rows whose label lies in the slice (cols: the label's
-    slice column, or -1). g is 0 on rows that are not scored."""
+def _slice_grad(z, cols, lse, g, tr, e=None, h=None):
+    """d(Σ_t g_t logp_t + e_t H_t)/dz over one chunk of the slice's logits z
+    [n, W] (in the compute dtype): (g_t (1[v = y_t] - p_tv) - e_t p_tv
+    (log p_tv + H_t)) dz'/dz with p_tv = exp(z'_tv - lse_t), the one-hot only
+    on rows whose label lies in the slice (cols: the label's slice column, or
+    -1). g and e are 0, lse is +inf on rows that are not scored. e (the
+    entropy's upstream) and h (the entropy of the whole vocabulary) None:
+    no entropy term. Every term is local: lse and H are the whole row's."""
     zt, slope = _transform(z, tr)
-    grad = -g.unsqueeze(1) * torch.exp(zt - lse.unsqueeze(1))
+    lp = zt - lse.unsqueeze(1)
+    p = torch.exp(lp)
+    grad = -g.unsqueeze(1) * p
+    if e is not None:  # p = 0 (z' = -inf, or a row not scored) adds 0, not 0·inf
+        term = torch.where(p > 0, p * (lp + h.unsqueeze(1)), torch.zeros_like(p))
+        grad = grad - e.unsqueeze(1) * term
     own = cols >= 0
     if bool(own.any()):
         rows = own.nonzero().squeeze(1)
@@ -438,24 +446,47 @@ class _TokenLogpsFromLogits(torch.autograd.Function):
     the records: forward returns logp; backward gives the slice's grad."""
 
     @staticmethod
-    def forward(ctx, z, logp, cols, lse, g_mask, tr, chunk_rows):
-        ctx.save_for_backward(z, cols, lse, g_mask)
+    def forward(ctx, z, logp, ent, h, cols, lse, g_mask, tr, chunk_rows):
+        ctx.save_for_backward(z, cols, lse, g_mask, h)
         ctx.tr, ctx.chunk_rows = tr, chunk_rows
-        return logp.clone()
+        return (logp.clone(), ent.clone()) if ent is not None else logp.clone()
 
     @staticmethod
-    def backward(ctx, grad):
-        z, cols, lse, g_mask = ctx.saved_tensors
-        if not ctx.needs_input_grad[0] or grad is None:
-            return (None,) * 7
-        cd = lse.dtype
-        g = torch.where(g_mask, grad.to(cd), torch.zeros_like(lse))
+    def backward(ctx, grad, grad_ent=None):
+        z, cols, lse, g_mask, h = ctx.saved_tensors
+        none = (None,) * 8
+        if not ctx.needs_input_grad[0] or (grad is None and grad_ent is None):
+            return (None,) + none
+        g, e = _upstreams(grad, grad_ent, g_mask, lse)
         out = torch.empty(z.shape, dtype=z.dtype, device=z.device)
         for a in range(0, z.shape[0], ctx.chunk_rows):
             b = min(a + ctx.chunk_rows, z.shape[0])
-            out[a:b] = _slice_grad(z[a:b].to(cd), cols[a:b], lse[a:b], g[a:b],
-                                   ctx.tr).to(z.dtype)
-        return out, None, None, None, None, None, None
+            out[a:b] = _slice_grad(z[a:b].to(lse.dtype), cols[a:b], lse[a:b], g[a:b], ctx.tr,
+                                   None if e is None else e[a:b],
+                                   None if e is None else h[a:b]).to(z.dtype)
+        return (out,) + none
+
+
+def _upstreams(grad, grad_ent, g_mask, lse):
+    """(g, e): the log-probs' and the entropy's upstreams in the compute
+    dtype, 0 on rows not scored; e None without an entropy upstream."""
+    zero = torch.zeros_like(lse)
+    g = zero if grad is None else torch.where(g_mask, grad.to(lse.dtype), zero)
+    e = None if grad_ent is None else torch.where(g_mask, grad_ent.to(lse.dtype), zero)
+    return g, e
+
+
+def _attach(fn, first, logp, stats, want, scored, lse, cd, od, rest):
+    """logp (and the entropy, when asked for) through the slice's backward
+    `fn` (_TokenLogpsFromLogits / _TokenLogpsFromLinear): returns logp and
+    updates stats["entropy"]."""
+    lse_b = torch.where(scored, lse, torch.full_like(lse, float("inf")))
+    if not want["entropy"]:
+        return fn.apply(*first, logp, None, None, rest[0], lse_b, scored, *rest[1:])
+    h = stats["entropy"]
+    logp, ent = fn.apply(*first, logp, h.to(od), h.to(cd), rest[0], lse_b, scored, *rest[1:])
+    stats["entropy"] = ent
+    return logp
 
 
 def _chunk_rows(width, cd, chunk_bytes):
@@ -468,14 +499,6 @@ def _tr(logit_scale, softcap, temperature):
                                       temperature=temperature))
 
 
-def _entropy_terms(z, lse, tr):
-    """Σ_v p_tv (lse_t - z'_tv) over the columns of one chunk z [n, W] (in the
-    compute dtype): this slice's share of the entropy, each term >= 0."""
-    zt, _ = _transform(z, tr)
-    d = lse.unsqueeze(1) - zt
-    return (torch.exp(-d) * d).sum(1)
-
-
 def _sum_in_rank_order(part, grp):
     """Σ_r part_r over the group, added in rank order from one all-gather:
     the same bits on every rank, whatever the collective's algorithm."""
@@ -486,25 +509,88 @@ def _sum_in_rank_order(part, grp):
     return out
 
 
-def _entropy(grp, n, lse, scored, chunk_rows, logits_of):
-    """The per-token entropy -Σ_v p log p of the whole vocabulary: each
-    rank's share over its slice (logits_of(a, b): the slice's logits of rows
-    a:b in the compute dtype), one more all-gather of [N], the shares added
-    in rank order; 0 on rows not scored. Not differentiable."""
+# The statistics of the whole vocabulary per token beyond the log-prob
+# (TRL 1.16.0's FusedCausalLMOutput fields), each on request: every rank
+# forms its slice's share per row, ONE all-gather of the shares [N, c]
+# (float64: c = 1 per sum asked for, 2 for is_top1), and every rank combines
+# them in rank order (the same bits on every rank).
+_SUMS = ("entropy", "log_sum_sq_probs", "mean_logits")
+
+
+def _stat_columns(want):
+    return [n for n in _SUMS if want[n]] + (["max", "argmax"] if want["is_top1"] else [])
+
+
+def _slice_shares(z, lse, tr, cols, begin):
+    """The shares of one chunk of the slice's logits z [n, W] as given (the
+    compute dtype) with the rows' global lse [n]: Σ p (lse - z') (entropy),
+    Σ p² = Σ exp(2(z' - lse)), Σ z', and the slice's maximum of the logits
+    as given with its FIRST global column (torch.max's index on ties)."""
+    zt, _ = _transform(z, tr)
+    d = lse.unsqueeze(1) - zt
+    out = []
+    for c in cols:
+        if c == "entropy":
+            out.append((torch.exp(-d) * d).sum(1))
+        elif c == "log_sum_sq_probs":
+            out.append(torch.exp(-2.0 * d).sum(1))
+        elif c == "mean_logits":
+            out.append(zt.sum(1))
+        elif c == "max":
+            m, i = z.max(1)
+            out += [m, i + begin]
+    return torch.stack([o.to(torch.float64) for o in out], 1)
+
+
+def _token_stats(grp, n, lse, scored, y, total, chunk_rows, logits_of, want, tr, begin):
+    """{name: [N]} for the statistics asked for in `want` (TOKEN_STATS ->
+    bool) of the whole vocabulary: each rank's shares over its slice
+    (logits_of(a, b): the slice's logits of rows a:b as given, in the
+    compute dtype), one all-gather of [N, c], then in rank order
+      entropy          Σ_r share_r,
+      log_sum_sq_probs log Σ_r Σ_v exp(2(z'_v - lse)),
+      mean_logits      Σ_r Σ_v z'_v / V,
+      is_top1          the label is the first column reaching the largest of
+                       the K slice maxima (of the logits as given, the
+                       single-device rule), taken from the first rank that
+                       holds it; False when a logit of the row is NaN.
+    0 (False) on rows not scored. Not differentiable."""
+    cols = _stat_columns(want)
+    if not cols:
+        return {}
     lse0 = torch.where(scored, lse, torch.zeros_like(lse))
-    part = torch.zeros_like(lse)
+    part = torch.zeros((n, len(cols)), dtype=torch.float64, device=lse.device)
     with torch.no_grad():
         for a in range(0, n, chunk_rows):
             b = min(a + chunk_rows, n)
-            part[a:b] = logits_of(a, b, lse0[a:b])
-    part = torch.where(scored, part, torch.zeros_like(part))
-    return _sum_in_rank_order(part, grp)
+            part[a:b] = _slice_shares(logits_of(a, b), lse0[a:b], tr, cols, begin)
+    part = torch.where(scored.unsqueeze(1), part, torch.zeros_like(part))
+    parts = _all_gather(part.unsqueeze(0), grp)[:, 0]  # [K, N, c], group-rank order
+    out, zero = {}, torch.zeros(n, dtype=torch.float64, device=lse.device)
+    for j, c in enumerate(cols[:len(cols) - (2 if want["is_top1"] else 0)]):
+        acc = parts[0, :, j].clone()
+        for r in range(1, grp.size):
+            acc += parts[r, :, j]
+        if c == "log_sum_sq_probs":
+            acc = torch.where(scored, torch.log(torch.where(scored, acc, zero + 1)), zero)
+        elif c == "mean_logits":
+            acc = acc / total
+        out[c] = acc
+    if want["is_top1"]:
+        m, arg = parts[:, :, -2], parts[:, :, -1]
+        big = m.max(0).values
+        first = (m == big).to(torch.int8).argmax(0)  # the first rank holding the maximum
+        col = arg.gather(0, first.unsqueeze(0))[0]
+        out["is_top1"] = (scored & ~torch.isnan(m).any(0)
+                          & (col == y.to(torch.float64)))
+    return out
 
 
 def vocab_parallel_token_logps(logits, labels, ignore_index: int = -100, *, group=None,
                                vocab_slice: Optional[VocabSlice] = None,
                                logit_scale: float = 1.0, softcap: float = 0.0,
                                temperature: float = 1.0, return_entropy: bool = False,
+                               outputs: Optional[Sequence[str]] = None,
                                check: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     """token_logps over a group whose ranks hold slices of the logits'
     vocabulary: log softmax(z_t)[y_t] of the whole vocabulary per token,
@@ -518,10 +604,17 @@ def vocab_parallel_token_logps(logits, labels, ignore_index: int = -100, *, grou
     on CUDA). The forward is vocab_parallel_stats (one sequence holding
     every row), the exchange, and the combine of the records in torch.
     return_entropy: also the per-token entropy of the whole vocabulary
-    (labels' shape, 0 on ignored rows, not differentiable), from one more
-    all-gather of an [N] share per rank (the records hold no Σ p·z term);
-    returns (logps, entropy) then."""
+    (labels' shape, 0 on ignored rows); returns (logps, entropy) then.
+    outputs: TRL 1.16.0's statistics, as token_logps's (names among
+    geopref_torch.TOKEN_OUTPUTS): returns a geopref_torch.TokenStats. The
+    entropy, log_sum_sq_probs, mean_logits and is_top1 asked for come from
+    ONE more all-gather of float64 shares [N, c] per rank (c: one per sum,
+    two for is_top1, the slice's maximum and its first column), combined in
+    rank order. Differentiable, as on one device: the log-probs and the
+    entropy (its slice gradient -e p (log p + H) needs only the row's lse
+    and H: no collective in the backward); the other three are not."""
     grp = _group(group, (logits, labels))
+    want = api._token_outputs(outputs, return_entropy)
 
     def local():
         z, sl = _sharded(logits, -1, vocab_slice, grp, "logits")
@@ -544,16 +637,20 @@ def vocab_parallel_token_logps(logits, labels, ignore_index: int = -100, *, grou
     logp = (logit - lse).to(_out_dtype(z))
     tr = _tr(logit_scale, softcap, temperature)
     rows = _chunk_rows(z.shape[-1], cd, chunk_bytes)
-    entropy = None
-    if return_entropy:
-        zd = z2.detach()
-        entropy = _entropy(grp, zd.shape[0], lse, scored, rows,
-                           lambda a, b, l: _entropy_terms(zd[a:b].to(cd), l, tr))
-        entropy = entropy.to(_out_dtype(z)).reshape(y.shape)
+    zd = z2.detach()
+    stats = _token_stats(grp, zd.shape[0], lse, scored, y1, sl.total, rows,
+                         lambda a, b: zd[a:b].to(cd), want, tr, sl.begin)
     if torch.is_grad_enabled() and z2.requires_grad:
-        lse_b = torch.where(scored, lse, torch.full_like(lse, float("inf")))
-        logp = _TokenLogpsFromLogits.apply(z2, logp, cols, lse_b, scored, tr, rows)
-    return (logp.reshape(y.shape), entropy) if return_entropy else logp.reshape(y.shape)
+        logp = _attach(_TokenLogpsFromLogits, (z2,), logp, stats, want, scored, lse, cd,
+                       _out_dtype(z), (cols, tr, rows))
+    return _token_result(y.shape, logp, stats, want, outputs, return_entropy, _out_dtype(z))
+
+
+def _token_result(shape, logp, stats, want, outputs, return_entropy, od):
+    """token_logps's result form (api._token_result) from the combined stats."""
+    full = [None if n not in stats else
+            (stats[n] if n == "is_top1" else stats[n].to(od)) for n in api.TOKEN_STATS]
+    return api._token_result(shape, logp, full, want, outputs, return_entropy)
 
 
 # ---- The hidden-state path
@@ -680,19 +777,19 @@ class _TokenLogpsFromLinear(torch.autograd.Function):
     grad_H_c = G_c·W_r (the partial), grad_W_r += G_cᵀ·H_c, grad_b_r += Σ G_c."""
 
     @staticmethod
-    def forward(ctx, x, w, b, logp, cols, lse, g_mask, tr, chunk_rows):
-        ctx.save_for_backward(x, w, b, cols, lse, g_mask)
+    def forward(ctx, x, w, b, logp, ent, h, cols, lse, g_mask, tr, chunk_rows):
+        ctx.save_for_backward(x, w, b, cols, lse, g_mask, h)
         ctx.tr, ctx.chunk_rows = tr, chunk_rows
-        return logp.clone()
+        return (logp.clone(), ent.clone()) if ent is not None else logp.clone()
 
     @staticmethod
-    def backward(ctx, grad):
-        x, w, b, cols, lse, g_mask = ctx.saved_tensors
+    def backward(ctx, grad, grad_ent=None):
+        x, w, b, cols, lse, g_mask, h = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
-        if grad is None or not any(need):
-            return (None,) * 9
+        if (grad is None and grad_ent is None) or not any(need):
+            return (None,) * 11
         cd = lse.dtype
-        g = torch.where(g_mask, grad.to(cd), torch.zeros_like(lse))
+        g, e_up = _upstreams(grad, grad_ent, g_mask, lse)
         wc = w.to(cd)
         bc = b.to(cd) if b is not None else None
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need[0] else None
@@ -704,7 +801,9 @@ class _TokenLogpsFromLinear(torch.autograd.Function):
             z = xc @ wc.t()
             if bc is not None:
                 z = z + bc
-            gz = _slice_grad(z, cols[a:e], lse[a:e], g[a:e], ctx.tr)
+            gz = _slice_grad(z, cols[a:e], lse[a:e], g[a:e], ctx.tr,
+                             None if e_up is None else e_up[a:e],
+                             None if e_up is None else h[a:e])
             if gx is not None:
                 gx[a:e] = (gz @ wc).to(x.dtype)
             if gw is not None:
@@ -712,7 +811,7 @@ class _TokenLogpsFromLinear(torch.autograd.Function):
             if gb is not None:
                 gb += gz.sum(0)
         return (gx, None if gw is None else gw.to(w.dtype),
-                None if gb is None else gb.to(b.dtype), None, None, None, None, None, None)
+                None if gb is None else gb.to(b.dtype)) + (None,) * 8
 
 
 def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *, bias=None,
@@ -720,6 +819,7 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
                              grad_hidden: str = "all_reduce", logit_scale: float = 1.0,
                              softcap: float = 0.0, temperature: float = 1.0,
                              return_entropy: bool = False,
+                             outputs: Optional[Sequence[str]] = None,
                              chunk_bytes: int = DEFAULT_CHUNK_BYTES, check: bool = True):
     """linear_token_logps over a group whose ranks hold rows of the lm_head
     (e.g. TRL's head with a DTensor lm_head weight sharded on the
@@ -733,9 +833,11 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
     forward is vocab_linear_stats (the logits one chunk at a time on CUDA),
     the exchange and the combine in torch; the backward forms the slice's
     logits again in torch, chunk_bytes of rows at a time (float64 on CPU,
-    float32 on CUDA). return_entropy: as vocab_parallel_token_logps's (the
-    slice's logits formed once more, per chunk)."""
+    float32 on CUDA). return_entropy and outputs (TRL's statistics, a
+    TokenStats): as vocab_parallel_token_logps's, the slice's logits formed
+    once more per chunk for all the statistics asked for together."""
     grp = _group(group, (hidden, weight, bias, labels))
+    want = api._token_outputs(outputs, return_entropy)
 
     def local():
         x, w, b, y, _, sl = _linear_local(hidden, weight, bias, labels, None, grp, vocab_slice,
@@ -760,23 +862,23 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
     logp = (logit - lse).to(_out_dtype(x))
     tr = _tr(logit_scale, softcap, temperature)
     rows = _chunk_rows(w.shape[0], cd, chunk_bytes)
-    entropy = None
-    if return_entropy:
+    stats = {}
+    if any(want.values()):  # the slice's weight in the compute dtype only when needed
         xd, wc = x2.detach(), w.detach().to(cd)
         bc = None if b is None else b.detach().to(cd)
 
-        def terms(a, e, lse_c):
+        def logits_of(a, e):
             z = xd[a:e].to(cd) @ wc.t()
-            return _entropy_terms(z if bc is None else z + bc, lse_c, tr)
+            return z if bc is None else z + bc
 
-        entropy = _entropy(grp, xd.shape[0], lse, scored, rows, terms)
-        entropy = entropy.to(_out_dtype(x)).reshape(y.shape)
+        stats = _token_stats(grp, xd.shape[0], lse, scored, y1, sl.total, rows, logits_of,
+                             want, tr, sl.begin)
     need = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b))
     if need:
         x2 = _hidden_for_step(x2, grp, grad_hidden)
-        lse_b = torch.where(scored, lse, torch.full_like(lse, float("inf")))
-        logp = _TokenLogpsFromLinear.apply(x2, w, b, logp, cols, lse_b, scored, tr, rows)
-    return (logp.reshape(y.shape), entropy) if return_entropy else logp.reshape(y.shape)
+        logp = _attach(_TokenLogpsFromLinear, (x2, w, b), logp, stats, want, scored, lse, cd,
+                       _out_dtype(x), (cols, tr, rows))
+    return _token_result(y.shape, logp, stats, want, outputs, return_entropy, _out_dtype(x))
 
 
 # ---- Data parallelism

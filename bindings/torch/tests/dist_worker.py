@@ -290,6 +290,293 @@ def check_hidden(c, rank, world, mesh):
     c.close("linear_token_logps/dtensor/grad_weight", wd.grad.full_tensor(), wt.grad, 1e-12)
 
 
+# ---- TRL's per-token statistics (outputs=): entropy, log_sum_sq_probs,
+# mean_logits, is_top1, against the one-process token_logps / linear_token_logps
+
+STATS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+# Ties of the maximum across the slice boundaries of every K (columns 0 | 10:
+# the first and the last slice for K >= 2; 3 | 4: the width-1 slice of K = 4
+# against the next, K = 3's first slice against its width-1 slice): the
+# label on the later column is not top-1, on the earlier one it is.
+TIES = [((0, 1), (0, 10), 10, False), ((1, 1), (0, 10), 0, True),
+        ((2, 2), (3, 4), 4, False), ((2, 3), (3, 4), 3, True),
+        ((3, 1), (5, 9), 9, False), ((4, 2), (1, 2), 1, True)]
+
+
+def stats_inputs(seed):
+    """inputs() in float64 with the TIES planted in the logits (a maximum of
+    10 > every other logit), the width-1 slice's column the strict maximum
+    of row (0, 2) (its label), and the logits also as hidden states with an
+    identity weight (hidden·I is exact: the same logits, so the same ties)."""
+    d = inputs(seed, torch.float64)
+    z, y = d["logits"], d["labels"]
+    for (i, t), cols, label, _ in TIES:
+        z[i, t, list(cols)] = 10.0
+        y[i, t] = label
+    z[0, 2, 1], y[0, 2] = 12.0, 1
+    return d
+
+
+def check_token_stats(c, rank, world, mesh):
+    begins, widths = slices(world)
+    b, w = begins[rank], widths[rank]
+    sl = VocabSlice(b, V, rank, world)
+    d = stats_inputs(12)
+    z, y = d["logits"], d["labels"]
+    ident = torch.eye(V, dtype=torch.float64)
+    for tr in (dict(), dict(softcap=2.0, logit_scale=1.5, temperature=0.7)):
+        tag = f"stats/{sorted(tr)}"
+        # Upstreams on the log-probs and on the entropy (both differentiable).
+        up_h = d["up"].flip(0)
+        zf = leaf(z)
+        want = gp.token_logps(zf, y, outputs=STATS, **tr)
+        ((want.log_probs * d["up"]).sum() + (want.entropy * up_h).sum()).backward()
+        top = [bool(want.is_top1[i, t]) for (i, t), _, _, _ in TIES]
+        if top != [e for _, _, _, e in TIES] or not bool(want.is_top1[0, 2]):
+            c.failures.append(f"{tag}: the planted ties are not what the one-process op "
+                              f"says ({top})")
+        zl = leaf(z[..., b:b + w])
+        got = gpd.vocab_parallel_token_logps(zl, y, vocab_slice=sl, outputs=STATS, **tr,
+                                             chunk_bytes=3 * 8 * w)  # 3 rows a chunk
+        ((got.log_probs * d["up"]).sum() + (got.entropy * up_h).sum()).backward()
+        c.close(f"{tag}/logits/grad", zl.grad, zf.grad[..., b:b + w], 1e-12)
+        # From hidden states: identity weight (the same logits), and the
+        # dyadic hidden states, weight and bias of inputs().
+        wid = ident[b:b + w]
+        got_id = gpd.vocab_linear_token_logps(z, wid, y, vocab_slice=sl, outputs=STATS, **tr,
+                                              chunk_bytes=4 * 8 * w)
+        xf, wf, bf = leaf(d["hidden"]), leaf(d["weight"]), leaf(d["bias"])
+        want_lin = gp.linear_token_logps(xf, wf, y, bias=bf, outputs=STATS, **tr)
+        ((want_lin.log_probs * d["up"]).sum() + (want_lin.entropy * up_h).sum()).backward()
+        xl, wl, bl = leaf(d["hidden"]), leaf(d["weight"][b:b + w]), leaf(d["bias"][b:b + w])
+        got_lin = gpd.vocab_linear_token_logps(xl, wl, y, bias=bl, vocab_slice=sl,
+                                               outputs=STATS, **tr, chunk_bytes=4 * 8 * w)
+        ((got_lin.log_probs * d["up"]).sum() + (got_lin.entropy * up_h).sum()).backward()
+        c.close(f"{tag}/linear/grad_hidden", xl.grad, xf.grad, 1e-12)
+        c.close(f"{tag}/linear/grad_weight", wl.grad, wf.grad[b:b + w], 1e-12)
+        c.close(f"{tag}/linear/grad_bias", bl.grad, bf.grad[b:b + w], 1e-12)
+        c.share(f"{tag}/linear/grad_hidden", xl.grad)
+        for kind, g, wnt in (("logits", got, want), ("identity", got_id, want),
+                             ("linear", got_lin, want_lin)):
+            if type(g) is not gp.TokenStats:
+                c.failures.append(f"{tag}/{kind}: returned {type(g).__name__}, not TokenStats")
+                continue
+            for name in STATS:
+                a, e = getattr(g, name), getattr(wnt, name)
+                if name == "is_top1":
+                    if a.dtype != torch.bool or not torch.equal(a, e):
+                        c.failures.append(f"{tag}/{kind}/is_top1: {a.tolist()} != {e.tolist()}")
+                else:
+                    c.close(f"{tag}/{kind}/{name}", a, e, 1e-12)
+                c.share(f"{tag}/{kind}/{name}", a)
+    # Narrower logits (the ties are exact in every dtype: 10 and 12 are):
+    # the statistics are computed in double from the same values by both
+    # runs and rounded once to float32, so one unit (ULP[float32], whose
+    # margin also covers the different order of the sums).
+    for dtype in (torch.float32, torch.bfloat16):
+        tr = dict(softcap=2.0, logit_scale=1.5, temperature=0.7)
+        zn = z.to(dtype)
+        want = gp.token_logps(zn, y, outputs=STATS, **tr)
+        got = gpd.vocab_parallel_token_logps(zn[..., b:b + w], y, vocab_slice=sl, outputs=STATS,
+                                             **tr)
+        tag = f"stats/{str(dtype).split('.')[-1]}"
+        for name in STATS:
+            a, e = getattr(got, name), getattr(want, name)
+            if name == "is_top1":
+                if not torch.equal(a, e):
+                    c.failures.append(f"{tag}/is_top1: {a.tolist()} != {e.tolist()}")
+            elif a.dtype != e.dtype:
+                c.failures.append(f"{tag}/{name}: dtype {a.dtype} != {e.dtype}")
+            else:
+                c.close(f"{tag}/{name}", a, e, ULP[torch.float32])
+            c.share(f"{tag}/{name}", a)
+    # Only what is asked for; return_entropy keeps its form beside outputs=.
+    zl = z[..., b:b + w]
+    got = gpd.vocab_parallel_token_logps(zl, y, vocab_slice=sl, outputs=("mean_logits",))
+    if got.entropy is not None or got.is_top1 is not None or got.mean_logits is None:
+        c.failures.append("stats/only: fields not asked for were computed")
+    lp, h = gpd.vocab_parallel_token_logps(zl, y, vocab_slice=sl, return_entropy=True)
+    c.close("stats/return_entropy", h, gp.token_logps(z, y, outputs=("entropy",)).entropy,
+            1e-12)
+
+
+# ---- TRL's fused LM head on a tiny model whose lm_head is vocab-parallel
+# (ColwiseParallel: weight and bias DTensors Shard(0)), against the
+# one-process geopref head on the same float64 model.
+
+def tp_models(vocab, mesh, bias=True, seed=20261207):
+    """(one-process model, its tensor-parallel copy) of tests/tiny_lm.py's
+    tiny Llama in float64, the lm_head given a bias (ColwiseParallel shards
+    both); both heads added by geopref_torch.trl.add_fused_lm_head."""
+    import copy
+    import tiny_lm
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+    model = tiny_lm.tiny_llama(vocab, seed=seed).double()
+    if bias:
+        lin = torch.nn.Linear(model.config.hidden_size, vocab, bias=True, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(model.lm_head.weight)
+            lin.bias.copy_(torch.linspace(-0.5, 0.5, vocab, dtype=torch.float64))
+        model.lm_head = lin
+    tp = copy.deepcopy(model)
+    parallelize_module(tp, mesh, {"lm_head": ColwiseParallel()})
+    return model, tp
+
+
+def check_trl_head(c, rank, world, mesh):
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from trl.trainer import utils as trl_utils
+    import geopref_torch.trl as gtrl
+    vocab = 13
+    g = torch.Generator().manual_seed(13)
+    ids = torch.randint(0, vocab, (3, 7), generator=g)
+    labels = ids.clone()
+    labels[:, :2] = -100
+    labels[1, 5:] = -100
+    cases = (("shard", dict(temperature=1.0)),
+             ("shard", dict(temperature=0.7, cast_lm_head_to_fp32=True)),
+             ("replicated_bias", dict(temperature=1.3)))
+    for bias_kind, kw in cases:
+        one, tp = tp_models(vocab, mesh)
+        w = tp.lm_head.weight
+        if not (isinstance(w, DTensor) and w.placements == (Shard(0),)
+                and tp.lm_head.bias.placements == (Shard(0),)):
+            c.failures.append(f"trl_head: ColwiseParallel gave {w.placements}")
+            return
+        if bias_kind == "replicated_bias":
+            tp.lm_head.bias = torch.nn.Parameter(distribute_tensor(
+                one.lm_head.bias.detach().clone(), mesh, [Replicate()]))
+        gtrl.add_fused_lm_head(one, outputs=STATS, **kw)
+        gtrl.add_fused_lm_head(tp, outputs=STATS, **kw)
+        models = [one, tp]
+        if bias_kind == "shard" and not kw.get("cast_lm_head_to_fp32"):
+            # TRL 1.16.0's own head on the same sharded model: it gathers the
+            # weight (full_tensor()) and folds in float32 (trl/kernels).
+            _, trl_tp = tp_models(vocab, mesh)
+            trl_utils.add_fused_lm_head(trl_tp, outputs=STATS, **kw)
+            models.append(trl_tp)
+        outs = []
+        for m in models:
+            out = m(input_ids=ids, labels=labels, fused_lm_head=True)
+            # Upstreams on the loss and on the entropy (GRPO's entropy bonus).
+            (out.loss + 0.3 * (out.entropy * torch.linspace(0.5, 1.5, out.entropy.shape[1],
+                                                            dtype=out.entropy.dtype)).sum()
+             ).backward()
+            outs.append(out)
+        want, got = outs[:2]
+        tag = f"trl_head/{bias_kind}/{sorted(kw)}"
+        # float64 throughout: 1e-12 as above; the float32 head (the cast):
+        # the same float32 inputs computed in double by both, the outputs
+        # rounded once to float32 (one unit, ULP[float32] with its margin).
+        tol = ULP[torch.float32] if kw.get("cast_lm_head_to_fp32") else 1e-12
+        for name in STATS + ("loss", "label_mask"):
+            a, e = getattr(got, name), getattr(want, name)
+            if a is None or e is None or a.dtype != e.dtype:
+                c.failures.append(f"{tag}/{name}: {a} vs {e}")
+            elif a.dtype == torch.bool:
+                if not torch.equal(a, e):
+                    c.failures.append(f"{tag}/{name}: {a.tolist()} != {e.tolist()}")
+            else:
+                c.close(f"{tag}/{name}", a, e, tol)
+            c.share(f"{tag}/{name}", a)
+        for (k, p1), (_, p2) in zip(one.named_parameters(), tp.named_parameters()):
+            if isinstance(p2, DTensor):  # the rank's rows of the one-process gradient
+                c.close(f"{tag}/grad/{k}", p2.grad.to_local(), p1.grad[_rows(p2)], tol)
+            else:
+                c.close(f"{tag}/grad/{k}", p2.grad, p1.grad, tol)
+                c.share(f"{tag}/grad/{k}", p2.grad)
+        if len(models) == 3:
+            # Against TRL's float32 folds: test_trl_head.py's tolerances
+            # (outputs 1e-5; gradients 1e-4 relative to |want| + max|want|).
+            trl_out = outs[2]
+            for name in STATS + ("loss",):
+                a, e = getattr(got, name), getattr(trl_out, name)
+                if name == "is_top1":
+                    if not torch.equal(a, e):
+                        c.failures.append(f"{tag}/trl/{name}: {a.tolist()} != {e.tolist()}")
+                else:
+                    c.close(f"{tag}/trl/{name}", a, e, 1e-5)
+            for (k, p1), (_, p2) in zip(models[2].named_parameters(), tp.named_parameters()):
+                g1 = p1.grad.to_local() if isinstance(p1.grad, DTensor) else p1.grad
+                g2 = p2.grad.to_local() if isinstance(p2.grad, DTensor) else p2.grad
+                c.close(f"{tag}/trl/grad/{k}", g2, g1, 1e-4)
+
+
+def check_trl_head_fallbacks(c, rank, world, mesh):
+    """What the head does not run vocab-parallel: a plain bias beside a
+    sharded weight raises ValueError (on every rank, before any collective);
+    a weight on a 2-D mesh (FSDP2 + TP: its rows sharded over dp, whose
+    ranks hold different hidden states, replicated over tp) is gathered, as
+    TRL does, and gives the one-process head's outputs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    import geopref_torch.trl as gtrl
+    vocab = 13
+    ids = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(15))
+    one, tp = tp_models(vocab, mesh)
+    tp.lm_head.bias = torch.nn.Parameter(one.lm_head.bias.detach().clone())
+    gtrl.add_fused_lm_head(tp)
+    try:
+        tp(input_ids=ids, labels=ids, fused_lm_head=True)
+        c.failures.append("trl_head/fallback: a plain bias beside a sharded weight did not raise")
+    except ValueError as e:
+        if "bias" not in str(e):
+            c.failures.append(f"trl_head/fallback: unclear error {e}")
+    if world != 4:
+        return
+    mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    one, two = tp_models(vocab, mesh, bias=False)
+    two.lm_head.weight = torch.nn.Parameter(distribute_tensor(
+        one.lm_head.weight.detach().clone(), mesh2, [Shard(0), Replicate()]))
+    ids = ids + rank // 2  # different rows on the two dp ranks (labels < V still)
+    ids[ids >= vocab] = 0
+    gtrl.add_fused_lm_head(one, outputs=STATS)
+    gtrl.add_fused_lm_head(two, outputs=STATS)
+    want = one(input_ids=ids, labels=ids, fused_lm_head=True)
+    got = two(input_ids=ids, labels=ids, fused_lm_head=True)
+    for name in ("log_probs", "entropy", "mean_logits"):
+        c.close(f"trl_head/fallback/2d/{name}", getattr(got, name), getattr(want, name), 1e-12)
+
+
+def _rows(p):
+    """The global rows of a Shard(0) DTensor's local part."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return slice(offset[0], offset[0] + shape[0])
+
+
+def check_trl_head_memory(c, rank, world, mesh):
+    """The head's allocations on a rank, forward and backward: never the full
+    lm_head weight (nor its gradient); the embedding frozen (its gradient
+    would be a [V, H] buffer of the backbone's, not the head's)."""
+    vocab = 4000
+    import geopref_torch.trl as gtrl
+    one, tp = tp_models(vocab, mesh, bias=False)
+    g = torch.Generator().manual_seed(14)
+    ids = torch.randint(0, vocab, (2, 6), generator=g)
+    full_bytes = tp.lm_head.weight.numel() * 8          # [4000, 16] float64: 512 kB
+    slice_bytes = tp.lm_head.weight.to_local().numel() * 8
+    for m in (one, tp):
+        m.model.embed_tokens.weight.requires_grad_(False)
+        gtrl.add_fused_lm_head(m, outputs=STATS)
+
+    def step(m):
+        return lambda: m(input_ids=ids, labels=ids, fused_lm_head=True).loss.backward()
+
+    step(tp)()  # warm: lazily built state of the backbone outside the probe
+    _, largest = allocations(step(tp))
+    c.timings["trl_memory/largest"] = largest
+    # The rest of the step is far smaller: the slice's logits [10, V_r] and
+    # the backbone's [12, 32] activations.
+    if largest > slice_bytes:
+        c.failures.append(f"trl_memory: an allocation of {largest} bytes > the slice's "
+                          f"{slice_bytes} (the full weight: {full_bytes})")
+    # The one-process head allocates the whole weight's gradient: the probe sees it.
+    _, largest = allocations(step(one))
+    if largest < full_bytes:
+        c.failures.append(f"trl_memory: the probe missed the unsharded gradient ({largest})")
+
+
 # ---- reduction "none": a per-pair upstream gradient (the step runs again in the backward)
 
 def check_reduction_none(c, rank, world):
@@ -617,7 +904,12 @@ def main(rank, world, tmp):
                      ("2d", lambda: check_2d(c, rank, world) if world == 4 else None),
                      ("failures", lambda: check_failures(c, rank, world)),
                      ("training", lambda: check_training(c, rank, world, mesh)),
-                     ("memory", lambda: check_memory(c, rank, world))):
+                     ("memory", lambda: check_memory(c, rank, world)),
+                     ("stats", lambda: check_token_stats(c, rank, world, mesh)),
+                     ("trl_head", lambda: check_trl_head(c, rank, world, mesh)),
+                     ("trl_head_fallbacks",
+                      lambda: check_trl_head_fallbacks(c, rank, world, mesh)),
+                     ("trl_memory", lambda: check_trl_head_memory(c, rank, world, mesh))):
         start = time.monotonic()
         try:
             fn()

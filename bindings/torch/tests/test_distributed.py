@@ -11,9 +11,13 @@ tolerances are derived in dist_worker.py); the sequence and per-token
 log-probs; data parallelism (each rank a share of the pairs, the global
 normalisers, the summed gradients); a failing rank (every rank raises
 RankFailed, promptly, the group usable afterwards); a tiny model trained
-with a DTensor lm_head; the bytes each rank allocates. What must be the same
-bits on every rank is compared across the ranks here.
+with a DTensor lm_head; the bytes each rank allocates; TRL's per-token
+statistics (outputs=) and geopref_torch.trl's fused head on a
+ColwiseParallel lm_head (against the one-process head and TRL 1.16.0's),
+never allocating the whole weight. What must be the same bits on every rank
+is compared across the ranks here.
 """
+import importlib.util
 import os
 import time
 
@@ -26,6 +30,7 @@ import geopref_torch.distributed as gpd
 import dist_worker
 
 WORLDS = [1, 2, 3, 4]
+HAVE_TRL = all(importlib.util.find_spec(m) is not None for m in ("trl", "transformers"))
 # A group that does not finish in this time has hung: its processes are
 # killed and its tests fail (the gloo timeout inside is 60 s).
 DEADLINE_S = 240
@@ -40,7 +45,11 @@ def group_run(request, tmp_path_factory):
     # rank forks from it (a fresh interpreter per rank, as spawn, without
     # paying the imports ten times).
     import multiprocessing
-    multiprocessing.set_forkserver_preload(["torch", "geopref_torch", "dist_worker"])
+    # geopref_torch.trl (TRL and transformers, for the head's check) is
+    # imported once there too, when TRL is installed.
+    multiprocessing.set_forkserver_preload(["torch", "geopref_torch", "dist_worker"]
+                                           + (["geopref_torch.trl", "tiny_lm"] if HAVE_TRL
+                                              else []))
     ctx = mp.start_processes(dist_worker.main, args=(world, tmp), nprocs=world, join=False,
                              start_method="forkserver")
     error = None
@@ -123,13 +132,33 @@ def test_memory_slice_only(group_run):
     assert not failures(runs, "memory")
 
 
+def test_token_statistics(group_run):
+    """outputs=: entropy, log_sum_sq_probs, mean_logits and is_top1 (ties
+    across slice boundaries) equal the one-process op's, logits and hidden."""
+    _, runs = group_run
+    assert not failures(runs, "stats")
+    assert any(k.startswith("stats/") and k.endswith("/is_top1") for k in runs[0]["shared"])
+
+
+@pytest.mark.skipif(not HAVE_TRL, reason="TRL and transformers are not installed")
+def test_trl_head_on_a_vocab_parallel_lm_head(group_run):
+    """geopref_torch.trl's head on ColwiseParallel's DTensor lm_head: the
+    FusedCausalLMOutput and every gradient of the one-process head, and no
+    allocation of the full weight on any rank."""
+    _, runs = group_run
+    assert not failures(runs, "trl_head", "trl_memory")
+    assert any(k.startswith("trl_head/") for k in runs[0]["shared"])
+    assert "trl_memory/largest" in runs[0]["timings"]
+
+
 def test_same_bits_on_every_rank(group_run):
     world, runs = group_run
     shared = runs[0]["shared"]
     # Every category recorded its results (a check that stopped early fails above).
-    for prefix in ("logits/plain", "logits/dtensor", "logps/", "token_logps/", "hidden/all_reduce",
+    for prefix in (["logits/plain", "logits/dtensor", "logps/", "token_logps/", "hidden/all_reduce",
                    "hidden/rank_order", "hidden/dtensor", "linear_logps/",
-                   "linear_token_logps/", "dp/", "failed/", "train/"):
+                   "linear_token_logps/", "dp/", "failed/", "train/", "stats/"]
+                  + (["trl_head/"] if HAVE_TRL else [])):
         assert any(k.startswith(prefix) for k in shared), prefix
     for r in range(1, world):
         assert set(runs[r]["shared"]) == set(shared)

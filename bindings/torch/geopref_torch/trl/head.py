@@ -7,7 +7,11 @@ fused_lm_head=True) runs the backbone and returns per-token statistics of the
 next-token distribution (a FusedCausalLMOutput) instead of logits, without
 ever holding the [batch, seq_len, vocab] logits. The statistics come from
 geopref's linear_token_logps (the library's chunked kernels on CUDA, its CPU
-reference on CPU) rather than TRL's ChunkedLogProbFunction.
+reference on CPU) rather than TRL's ChunkedLogProbFunction. A vocab-parallel
+lm_head (its weight a DTensor sharded on the vocabulary over a 1-D mesh, as
+ColwiseParallel makes it) is not gathered, unlike TRL's head (full_tensor()):
+the statistics come from geopref_torch.distributed.vocab_linear_token_logps
+on each rank's rows (docs/distributed.md §4).
 
 install_geopref_head() / use_geopref_head() make the stock trainers build
 this head instead of TRL's: TRL's DPOTrainer, GRPOTrainer, SFTTrainer,
@@ -120,6 +124,43 @@ def _full(t):
     return full() if t is not None and callable(full) else t
 
 
+def _vocab_sharded(lm_head, weight, bias):
+    """(weight, bias) for geopref_torch.distributed when the lm_head is
+    vocab-parallel (tensor parallelism): its weight a DTensor with the one
+    placement Shard(0) on a 1-D mesh, and its bias None or a DTensor on the
+    same mesh (Shard(0), as ColwiseParallel makes it, or Replicate, then
+    redistributed to the weight's rows: a local slice, whose backward
+    gathers the gradient back to every rank). None otherwise: the caller
+    gathers the weight (full_tensor(), as TRL 1.16.0 does), e.g. for a 2-D
+    (FSDP2 + TP) mesh, or an lm_head that FSDP2 manages itself (FSDP2 also
+    shards dimension 0, but over data-parallel ranks whose hidden states
+    differ, so those rows must be gathered)."""
+    try:
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+    except ImportError:  # pragma: no cover - an old PyTorch
+        return None
+    if not isinstance(weight, DTensor) or weight.device_mesh.ndim != 1:
+        return None
+    pl = weight.placements
+    if len(pl) != 1 or not isinstance(pl[0], Shard) or pl[0].dim % weight.dim() != 0:
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        if isinstance(lm_head, FSDPModule):
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    if bias is None:
+        return weight, None
+    if not isinstance(bias, DTensor) or bias.device_mesh != weight.device_mesh:
+        raise ValueError("geopref_torch.trl: the lm_head's weight is sharded on the vocabulary "
+                         "(a DTensor Shard(0)) but its bias is not a DTensor on the same mesh: "
+                         "shard the bias too (ColwiseParallel does) or replicate it as a DTensor")
+    if len(bias.placements) == 1 and isinstance(bias.placements[0], Replicate):
+        bias = bias.redistribute(bias.device_mesh, [Shard(0)])
+    return weight, bias
+
+
 def _lm_head_gather(weight, bias):
     """TRL's context that gathers a ZeRO-3 partitioned lm_head for a direct
     read of its weight (a no-op otherwise); nothing without TRL."""
@@ -170,6 +211,14 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
       MoE load-balancing loss when router logits are requested.
     * fused_lm_head=False (the default) calls the original forward:
       generation is unchanged.
+    * An lm_head weight that is a DTensor with the one placement Shard(0)
+      on a 1-D mesh (tensor parallelism, ColwiseParallel), its bias None or
+      a DTensor on that mesh (Shard(0) or Replicate), and the lm_head not an
+      FSDP2 unit: the vocab-parallel path, never gathering the weight (the
+      hidden states must be the same on every rank of the mesh, as TP
+      gives them; their gradient is all-reduced over it). Any other DTensor
+      is gathered with full_tensor(), as TRL does; a plain bias beside a
+      sharded weight raises ValueError.
 
     Raises ValueError for a model without an output embedding, for labels
     that are not [B, T] like the input, and for outputs it does not know.
@@ -221,6 +270,12 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
         # A model split over devices may end its backbone elsewhere than its head.
         hidden, labels = hidden.to(weight.device), labels.to(weight.device)
         mask = labels != IGNORE_INDEX
+        sharded = _vocab_sharded(lm_head, weight, bias)
+        if sharded is not None:
+            per_token = _sharded_stats(hidden, labels, mask, *sharded, cast_lm_head_to_fp32,
+                                       tuple(sorted(want)), transform)
+            return _fused_output(self, per_token, mask, num_items_in_batch, kwargs,
+                                 text_config, backbone_outputs)
         weight, bias = _full(weight), _full(bias)
         with _lm_head_gather(weight, bias):
             if cast_lm_head_to_fp32:
@@ -238,20 +293,56 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
                 stats = linear_token_logps(x[mask], w, labels[mask], bias=b,
                                            outputs=("log_probs",) + tuple(sorted(want)),
                                            **transform)
-        # masked_scatter keeps the outputs connected to the model even when no
-        # label is scored (a differentiable zero, not an error in backward).
-        per_token = {name: None if v is None else v.new_zeros(mask.shape).masked_scatter(mask, v)
-                     for name, v in stats._asdict().items()}
-        denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        loss = -per_token["log_probs"].sum() / denom
-        aux_loss = None
-        if kwargs.get("output_router_logits"):
-            aux_loss = _router_aux_loss(self, text_config, backbone_outputs,
-                                        kwargs.get("attention_mask"))
-            loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
-        return FusedCausalLMOutput(loss=loss, label_mask=mask, aux_loss=aux_loss, **per_token)
+        return _fused_output(self, _scatter(stats, mask), mask, num_items_in_batch, kwargs,
+                             text_config, backbone_outputs)
 
     model.forward = types.MethodType(_geopref_fused_forward, model)
+
+
+def _scatter(stats, mask):
+    """The scored rows' TokenStats as [B, T] fields, 0 (False) elsewhere;
+    masked_scatter keeps them connected to the model even when no label is
+    scored (a differentiable zero, not an error in backward)."""
+    return {name: None if v is None else v.new_zeros(mask.shape).masked_scatter(mask, v)
+            for name, v in stats._asdict().items()}
+
+
+def _fused_output(self, per_token, mask, num_items_in_batch, kwargs, text_config,
+                  backbone_outputs):
+    denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    loss = -per_token["log_probs"].sum() / denom
+    aux_loss = None
+    if kwargs.get("output_router_logits"):
+        aux_loss = _router_aux_loss(self, text_config, backbone_outputs,
+                                    kwargs.get("attention_mask"))
+        loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
+    return FusedCausalLMOutput(loss=loss, label_mask=mask, aux_loss=aux_loss, **per_token)
+
+
+def _sharded_stats(hidden, labels, mask, weight, bias, cast_lm_head_to_fp32, stats, transform):
+    """The head's per-token fields from a vocab-sharded lm_head (weight and
+    bias DTensors sharded on dimension 0 over the tensor-parallel mesh),
+    without gathering the weight: geopref_torch.distributed's
+    vocab_linear_token_logps with the hidden states replicated over the mesh
+    (their gradient all-reduced over it), the DTensors' gradients their
+    ranks' rows. The statistics other than log_probs carry no gradient."""
+    from torch.distributed.tensor import DTensor
+    from .. import distributed as gpd
+    if isinstance(hidden, DTensor):  # a replicated DTensor from a TP backbone
+        hidden = hidden.full_tensor()
+    x, w, b = hidden, weight, bias
+    if cast_lm_head_to_fp32:
+        x, w, b = x.float(), w.float(), None if b is None else b.float()
+    elif torch.is_autocast_enabled(x.device.type):
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, w, b = x.to(dt), w.to(dt), None if b is None else b.to(dt)
+    elif w.dtype != x.dtype:  # TRL projects in the hidden states' dtype outside autocast
+        w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        out = gpd.vocab_linear_token_logps(x[mask], w, labels[mask], bias=b,
+                                           group=w.device_mesh,
+                                           outputs=("log_probs",) + stats, **transform)
+    return _scatter(out, mask)
 
 
 # ---- Making TRL's trainers use this head.
