@@ -115,7 +115,7 @@ def head_fn(name, args, trl_fn, x, w, labels):
         def fn():
             r = gp.linear_token_logps(x, w, labels, outputs=outputs,
                                       chunk_bytes=args.chunk_bytes, check=False)
-            return r["log_probs"], r["entropy"]
+            return r.log_probs, r.entropy
         return fn
 
     def fn():
