@@ -5,7 +5,7 @@ and the entropy), forward + backward, float32 and bfloat16 (issue 22's CPU
 rows: N = 2048, H = 1024, V = 32000, and a small case).
 
   geopref  geopref_torch.linear_token_logps(hidden, weight, labels,
-           return_entropy=True) — its CPU path (csrc/cpu_linear.h): float32
+           outputs=("log_probs", "entropy")) — its CPU path (csrc/cpu_linear.h): float32
            tiles of the logits by ATen's GEMM (16-bit inputs widened to
            float32), an online fold per row, the backward per tile
   trl      trl.kernels.chunked_logprob.ChunkedLogProbFunction (TRL 1.16.0)
@@ -16,9 +16,7 @@ rows: N = 2048, H = 1024, V = 32000, and a small case).
            chunk size its add_fused_lm_head passes
            (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE, 32768)
 
-Both get the same upstream gradient on the log-probs (and on the entropy when
-geopref's linear_token_logps makes it differentiable: the `outputs` keyword;
-otherwise the entropy is computed in the forward by both and has no upstream).
+Both get the same upstream gradients, on the log-probs and on the entropy.
 Every row is scored. Times are medians of --repeats wall-clock steps after
 --warmup untimed ones, the two methods alternating within each repeat (so
 that a shared machine's changing load falls on both alike); "x" is trl's
@@ -29,7 +27,6 @@ The thread count is torch.set_num_threads(--threads); the load average is
 printed before and after (a shared machine's other work shows there).
 """
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -77,22 +74,14 @@ def inputs(case, dtype):
     return x, w, labels, g, e
 
 
-def geopref_entropy_differentiable():
-    import geopref_torch as gp
-    return "outputs" in inspect.signature(gp.linear_token_logps).parameters
-
-
 def head_fn(name, trl, x, w, labels):
     """fn(x, w) -> (log_probs, entropy)."""
     if name == "geopref":
         import geopref_torch as gp
-        if geopref_entropy_differentiable():
-            def fn(x, w):
-                r = gp.linear_token_logps(x, w, labels, outputs=("log_probs", "entropy"))
-                return r["log_probs"], r["entropy"]
-        else:
-            def fn(x, w):
-                return gp.linear_token_logps(x, w, labels, return_entropy=True)
+
+        def fn(x, w):
+            r = gp.linear_token_logps(x, w, labels, outputs=("log_probs", "entropy"))
+            return r.log_probs, r.entropy
         return fn
     cls, chunk = trl
 
@@ -102,7 +91,7 @@ def head_fn(name, trl, x, w, labels):
     return fn
 
 
-def make_step(name, trl, case, dtype, with_entropy_grad):
+def make_step(name, trl, case, dtype):
     """(step, logps): one timed forward + backward, and the log-probs of one
     forward without grad (for the agreement columns)."""
     x0, w0, labels, g, e = inputs(case, dtype)
@@ -113,10 +102,7 @@ def make_step(name, trl, case, dtype, with_entropy_grad):
     def step():
         x.grad = w.grad = None
         lp, ent = fn(x, w)
-        loss = (lp.float() * g).sum()
-        if with_entropy_grad:
-            loss = loss + (ent.float() * e).sum()
-        loss.backward()
+        ((lp.float() * g).sum() + (ent.float() * e).sum()).backward()
 
     def logps():
         with torch.no_grad():
@@ -150,11 +136,10 @@ def main():
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
     trl = trl_head() if "trl" in methods else None
-    ent_grad = geopref_entropy_differentiable()
     load = os.getloadavg()
     print(f"bench_cpu_head: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"upstreams on the log-probs{' and the entropy' if ent_grad else ''}; "
+          f"upstreams on the log-probs and the entropy; "
           f"median of {args.repeats} after {args.warmup} warm-up step(s)", flush=True)
     print(f"{'case':<28} {'dtype':<9} {'geopref s':>10} {'trl s':>10} {'x (trl/geo)':>12} "
           f"{'max|dlogp|':>11} {'geo f64':>9} {'trl f64':>9}", flush=True)
@@ -164,7 +149,7 @@ def main():
             dtype = getattr(torch, dname)
             ref = float64_logps(case, dtype)
             row = {"case": case, "N_H_V": CASES[case], "dtype": dname}
-            made = {name: make_step(name, trl, case, dtype, ent_grad) for name in methods}
+            made = {name: make_step(name, trl, case, dtype) for name in methods}
             secs = timed(methods, {k: v[0] for k, v in made.items()}, args.repeats, args.warmup)
             lps = {}
             for name in methods:
