@@ -226,13 +226,42 @@ inline at::Tensor tile_view(at::Tensor& buf, int64_t r, int64_t c) {
 
 /// linear_token_logps's outputs for the rows of t (each of out's pointers
 /// optional, [N] double; is_top1 uint8), the reference's token_logps on Z.
+/// Every tile of the scored rows' logits, in order (vocabulary chunks outer,
+/// row blocks inner): fill(r0, nr, c0, vc, z, hr, wc, bias) with z = the
+/// [nr, vc] float32 tile H[r0, r0 + nr)·W[c0, c0 + vc)ᵀ (no bias, no
+/// transform), hr those rows of the hidden states and wc that chunk of the
+/// weight, both float32.
+template <class Fn>
+inline void for_each_tile(const linear_tensors& t, const gemm_inputs& in, const tiling& tl,
+                          Fn&& fn) {
+  const int64_t n = in.n, V = t.vocab();
+  if (n == 0) return;
+  const auto f32 = t.hidden.options().dtype(at::kFloat);
+  at::Tensor buf = at::empty({tl.rows * tl.cols}, f32);
+  at::Tensor wbuf = t.weight.scalar_type() == at::kFloat
+                        ? at::Tensor()
+                        : at::empty({tl.cols * t.hidden_size()}, f32);
+  for (int64_t c0 = 0; c0 < V; c0 += tl.cols) {
+    const int64_t vc = std::min(tl.cols, V - c0);
+    const at::Tensor wc = weight_chunk(t.weight, c0, vc, wbuf);
+    const float* b = in.bias_at(c0);
+    for (int64_t r0 = 0; r0 < n; r0 += tl.rows) {
+      const int64_t nr = std::min(tl.rows, n - r0);
+      at::Tensor z = tile_view(buf, nr, vc);
+      const at::Tensor hr = in.hidden.narrow(0, r0, nr);
+      at::mm_out(z, hr, wc.t());
+      fn(r0, nr, c0, vc, z, hr, wc, b);
+    }
+  }
+}
+
 inline geopref::status token_logps(const linear_tensors& t, const at::Tensor& y,
                                    int64_t ignore_index, const geopref::logit_transform& ltr,
                                    int64_t chunk_bytes,
                                    const geopref::reference::token_outputs& out) {
   if (const auto s = geopref::validate(ltr); s != geopref::status::success) return s;
   if (const auto s = check_rows(t, y, ignore_index); s != geopref::status::success) return s;
-  const int64_t N = t.n_rows(), V = t.vocab(), Hd = t.hidden_size();
+  const int64_t N = t.n_rows(), V = t.vocab();
   const auto zero = [&](auto* p) {
     if (p != nullptr) std::fill(p, p + N, 0);
   };
@@ -247,29 +276,19 @@ inline geopref::status token_logps(const linear_tensors& t, const at::Tensor& y,
                 out.mean_logits != nullptr, out.is_top1 != nullptr};
   const transform tr(ltr);
   const tiling tl = tile_for(n, V, chunk_bytes);
-  const auto f32 = t.hidden.options().dtype(at::kFloat);
-  at::Tensor buf = at::empty({tl.rows * tl.cols}, f32);
-  at::Tensor wbuf = t.weight.scalar_type() == at::kFloat ? at::Tensor()
-                                                         : at::empty({tl.cols * Hd}, f32);
   std::vector<row_state> st(static_cast<size_t>(n));
-  for (int64_t c0 = 0; c0 < V; c0 += tl.cols) {
-    const int64_t vc = std::min(tl.cols, V - c0);
-    const at::Tensor wc = weight_chunk(t.weight, c0, vc, wbuf);
-    const float* b = in.bias_at(c0);
-    for (int64_t r0 = 0; r0 < n; r0 += tl.rows) {
-      const int64_t nr = std::min(tl.rows, n - r0);
-      at::Tensor z = tile_view(buf, nr, vc);
-      at::mm_out(z, in.hidden.narrow(0, r0, nr), wc.t());
-      float* zp = z.data_ptr<float>();
-      at::parallel_for(0, nr, 8, [&](int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t r = r0 + i, yl = lab[rows[r]];
-          if (tr.cap) fold_row<true>(zp + i * vc, b, c0, vc, yl, tr, w, st[r]);
-          else fold_row<false>(zp + i * vc, b, c0, vc, yl, tr, w, st[r]);
-        }
-      });
-    }
-  }
+  for_each_tile(t, in, tl,
+                [&](int64_t r0, int64_t nr, int64_t c0, int64_t vc, at::Tensor& z,
+                    const at::Tensor&, const at::Tensor&, const float* b) {
+                  float* zp = z.data_ptr<float>();
+                  at::parallel_for(0, nr, 8, [&](int64_t lo, int64_t hi) {
+                    for (int64_t i = lo; i < hi; ++i) {
+                      const int64_t r = r0 + i, yl = lab[rows[r]];
+                      if (tr.cap) fold_row<true>(zp + i * vc, b, c0, vc, yl, tr, w, st[r]);
+                      else fold_row<false>(zp + i * vc, b, c0, vc, yl, tr, w, st[r]);
+                    }
+                  });
+                });
   const double nan = std::numeric_limits<double>::quiet_NaN();
   at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
@@ -360,45 +379,39 @@ inline geopref::status token_logps_grad(const linear_tensors& t, const at::Tenso
   }
   const transform tr(ltr);
   const tiling tl = tile_for(n, V, chunk_bytes);
-  at::Tensor buf = at::empty({n > 0 ? tl.rows * tl.cols : 0}, f32);
-  at::Tensor wbuf = w32 || n == 0 ? at::Tensor() : at::empty({tl.cols * Hd}, f32);
-  for (int64_t c0 = 0; c0 < V && n > 0 && (mask[0] || mask[1] || mask[2]); c0 += tl.cols) {
-    const int64_t vc = std::min(tl.cols, V - c0);
-    const at::Tensor wc = weight_chunk(t.weight, c0, vc, wbuf);
-    const float* b = in.bias_at(c0);
-    for (int64_t r0 = 0; r0 < n; r0 += tl.rows) {
-      const int64_t nr = std::min(tl.rows, n - r0);
-      at::Tensor z = tile_view(buf, nr, vc);
-      const at::Tensor hr = in.hidden.narrow(0, r0, nr);
-      at::mm_out(z, hr, wc.t());
-      float* zp = z.data_ptr<float>();
-      at::parallel_for(0, nr, 8, [&](int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t r = r0 + i, yl = lab[rows[r]];
-          if (tr.cap)
-            grad_row<true>(zp + i * vc, b, c0, vc, yl, rl[r], rg[r], re[r], rE[r], tr);
-          else
-            grad_row<false>(zp + i * vc, b, c0, vc, yl, rl[r], rg[r], re[r], rE[r], tr);
-        }
-      });
-      if (mask[0]) gh.narrow(0, r0, nr).addmm_(z, wc);
-      if (mask[1]) {
-        at::Tensor gwc = gw.narrow(0, c0, vc);
-        if (r0 == 0) at::mm_out(gwc, z.t(), hr);
-        else gwc.addmm_(z.t(), hr);
-      }
-      if (mask[2]) {
-        // Each column summed over the tile's rows in order (no split of a sum).
-        double* gbp = gb.data_ptr<double>() + c0;
-        at::parallel_for(0, vc, 256, [&](int64_t lo, int64_t hi) {
-          for (int64_t i = 0; i < nr; ++i) {
-            const float* zr = zp + i * vc;
-            for (int64_t v = lo; v < hi; ++v) gbp[v] += zr[v];
-          }
-        });
-      }
-    }
-  }
+  if (mask[0] || mask[1] || mask[2])
+    for_each_tile(t, in, tl,
+                  [&](int64_t r0, int64_t nr, int64_t c0, int64_t vc, at::Tensor& z,
+                      const at::Tensor& hr, const at::Tensor& wc, const float* b) {
+                    float* zp = z.data_ptr<float>();
+                    at::parallel_for(0, nr, 8, [&](int64_t lo, int64_t hi) {
+                      for (int64_t i = lo; i < hi; ++i) {
+                        const int64_t r = r0 + i, yl = lab[rows[r]];
+                        if (tr.cap)
+                          grad_row<true>(zp + i * vc, b, c0, vc, yl, rl[r], rg[r], re[r], rE[r],
+                                         tr);
+                        else
+                          grad_row<false>(zp + i * vc, b, c0, vc, yl, rl[r], rg[r], re[r], rE[r],
+                                          tr);
+                      }
+                    });
+                    if (mask[0]) gh.narrow(0, r0, nr).addmm_(z, wc);
+                    if (mask[1]) {
+                      at::Tensor gwc = gw.narrow(0, c0, vc);
+                      if (r0 == 0) at::mm_out(gwc, z.t(), hr);
+                      else gwc.addmm_(z.t(), hr);
+                    }
+                    if (mask[2]) {
+                      // Each column summed over the tile's rows in order (no split of a sum).
+                      double* gbp = gb.data_ptr<double>() + c0;
+                      at::parallel_for(0, vc, 256, [&](int64_t lo, int64_t hi) {
+                        for (int64_t i = 0; i < nr; ++i) {
+                          const float* zr = zp + i * vc;
+                          for (int64_t v = lo; v < hi; ++v) gbp[v] += zr[v];
+                        }
+                      });
+                    }
+                  });
   const auto dt = t.hidden.scalar_type();
   at::Tensor rh = empty_grad(t.hidden), rw = empty_grad(t.weight), rb = empty_grad(t.hidden);
   if (mask[0]) {
