@@ -241,8 +241,8 @@ def worker(rank, world, args, result_path):
 def fmt_row(row):
     if "error" in row:
         return f"  {row['method']:<8} V={row['V']:<7} failed: {row['error']}"
-    peak = f"{row['peak_MiB']:.1f}" if "peak_MiB" in row else "n/a"
-    return (f"  {row['method']:<8} V={row['V']:<7} {row['ms']:.2f} ms, peak {peak} MiB per rank"
+    peak = f"{row['peak_MiB']:.1f} MiB" if "peak_MiB" in row else "n/a"
+    return (f"  {row['method']:<8} V={row['V']:<7} {row['ms']:.2f} ms, peak {peak} per rank"
             + (f", max|dlogp| {row['max_dlogp']:.2e}" if "max_dlogp" in row else ""))
 
 
