@@ -26,7 +26,9 @@ steps (reset before each method) minus the inputs' own bytes and those of
 their gradients (hidden, the rank's weight slice). The table shows the
 largest over the ranks; "x" is trl's over geopref's. "max|dlogp|" is the
 largest difference of the two methods' log-probs over tokens and ranks
-(the run fails when it exceeds --tol).
+(the run fails when it exceeds --tol); each row's line also gives the
+entropies' and the gradients' (hidden states and the rank's weight rows,
+max|d| / max|geopref's|; the run fails above --grad-tol).
 
 Launch: by itself it spawns K processes (torch.multiprocessing), one GPU
 each over NCCL (K <= the GPU count; default K = the GPU count), or with
@@ -70,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--tol", type=float, default=0.05,
                    help="largest max|dlogp| accepted (default 0.05: bf16 inputs; TRL folds "
                         "bf16 tiles on the CPU, whose rounding of a logit of size ~8 is 0.03)")
+    p.add_argument("--grad-tol", type=float, default=0.05,
+                   help="largest gradient max|d|/max accepted (default 0.05: each bf16 gradient "
+                        "is one rounding, 2^-8 = 3.9e-3 of the largest at most, of fp32 sums "
+                        "that differ far less; 0.05 is about 13 of those)")
     p.add_argument("--trl-wheel-dir", default=".whl",
                    help="where a staged trl wheel is looked for when trl does not import")
     return parse(p) if argv is None else p.parse_args(argv)
@@ -154,9 +160,13 @@ def run_method(name, args, v, mesh, dev, rank, timer, trl_fn):
         dist.barrier()
         times.append(timer(step))
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    # The last timed step's gradients (the hidden states' and this rank's
+    # weight rows, kept on the device: the next method's base counts them)
+    # and one more forward's outputs, for the comparison of the methods.
+    gx, gw = x.grad, w.grad.to_local()
     with torch.no_grad():
         lp, ent = fn()
-    out = (lp.float().cpu(), ent.float().cpu())
+    out = (lp.float().cpu(), ent.float().cpu(), gx, gw)
     del x, w, local, fn, g, e, labels
     return median(times), peak, out
 
@@ -207,6 +217,8 @@ def worker(rank, world, args, result_path):
                 if "geopref" in got and name == "trl" and name in got:
                     mine["dlogp"] = (got["trl"][0] - got["geopref"][0]).abs().max().item()
                     mine["dent"] = (got["trl"][1] - got["geopref"][1]).abs().max().item()
+                    mine["dgrad"] = max(rel_diff(got["trl"][i], got["geopref"][i])
+                                        for i in (2, 3))
                 every = [None] * world
                 dist.all_gather_object(every, mine)  # a matched collective on every rank
                 if grank != 0:
@@ -224,6 +236,7 @@ def worker(rank, world, args, result_path):
                     if "dlogp" in every[0]:
                         row["max_dlogp"] = max(m["dlogp"] for m in every)
                         row["max_dentropy"] = max(m["dent"] for m in every)
+                        row["grad_rel"] = max(m["dgrad"] for m in every)
                 rows.append(row)
                 print(fmt_row(row), flush=True)
                 if args.json:
@@ -238,15 +251,22 @@ def worker(rank, world, args, result_path):
         dist.destroy_process_group()
 
 
+def rel_diff(a, b):
+    """max |a - b| / max |b| in float32: the gradients' agreement."""
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
 def fmt_row(row):
     if "error" in row:
         return f"  {row['method']:<8} V={row['V']:<7} failed: {row['error']}"
     peak = f"{row['peak_MiB']:.1f} MiB" if "peak_MiB" in row else "n/a"
     return (f"  {row['method']:<8} V={row['V']:<7} {row['ms']:.2f} ms, peak {peak} per rank"
-            + (f", max|dlogp| {row['max_dlogp']:.2e}" if "max_dlogp" in row else ""))
+            + (f", max|dlogp| {row['max_dlogp']:.2e}, max|dentropy| {row['max_dentropy']:.2e}, "
+               f"gradients max|d|/max {row['grad_rel']:.2e}" if "max_dlogp" in row else ""))
 
 
-def table(rows, tol):
+def table(rows, tol, grad_tol):
     """The table per V (printed last); the number of failures."""
     failed = 0
     print()
@@ -271,6 +291,9 @@ def table(rows, tol):
                 dl = f"{r['max_dlogp']:.2e}"
                 if not r["max_dlogp"] <= tol:
                     dl += f"  > tol {tol}: DISAGREE"
+                    failed += 1
+                if not r["grad_rel"] <= grad_tol:
+                    dl += f"  gradients {r['grad_rel']:.2e} > {grad_tol}: DISAGREE"
                     failed += 1
             print(f"  {r['method']:<8} {r['K']:>3} {r['ms']:>10.2f} {peak:>14} {xms:>7} "
                   f"{xpk:>7}  {dl}")
@@ -319,7 +342,7 @@ def main():
         mp.spawn(worker, args=(world, args, result), nprocs=world, join=True)
     with open(result) as f:
         rows = json.load(f)
-    failed = table(rows, args.tol)
+    failed = table(rows, args.tol, args.grad_tol)
     return 1 if failed else 0
 
 
