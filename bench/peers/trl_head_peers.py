@@ -26,20 +26,22 @@ geopref faster). "max|dlogp|" is the largest difference of the two heads'
 log-probs.
 
 The GPU machine has no network: TRL comes from a wheel staged into .whl/
-(scripts/gpu-check.sh --stage) and only its kernel file is loaded, with a
-stand-in for the one helper it imports from transformers when transformers
-is absent (whether Triton imports). Without TRL the geopref rows run alone.
+(scripts/gpu-check.sh --stage) and only its kernel file is loaded
+(peer_bench.trl_chunked_logprob), with stand-ins for the two helpers it
+imports: transformers' is_triton_available when transformers is absent, and
+TRL's ZeRO-3 gather context, which its backward imports (a null context
+without DeepSpeed; before this the backward failed on a relative import).
+Without TRL the geopref rows run alone.
 --json writes the rows after each one (a run cut short keeps them).
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
-import types
 
-from peer_bench import add_common_args, cold_timer, median, parse, skipped  # bench/peers/
+from peer_bench import (add_common_args, cold_timer, median, parse, skipped,  # bench/peers/
+                        trl_chunked_logprob)
 
 try:
     import torch
@@ -64,33 +66,9 @@ def parse_args():
 
 def trl_head(wheel_dir):
     """TRL's ChunkedLogProbFunction: from the installed package, or from the
-    kernel file of a staged wheel (unpacked beside it); None if neither."""
-    try:
-        from trl.kernels.chunked_logprob import ChunkedLogProbFunction
-        return ChunkedLogProbFunction
-    except Exception:  # noqa: BLE001 - not installed, or its imports fail here
-        pass
-    import glob
-    import zipfile
-    wheels = sorted(glob.glob(os.path.join(wheel_dir, "trl-*.whl")))
-    if not wheels:
-        return None
-    with zipfile.ZipFile(wheels[-1]) as z:
-        source = z.read("trl/kernels/chunked_logprob.py")
-    path = os.path.join(wheel_dir, "trl_chunked_logprob.py")
-    with open(path, "wb") as f:
-        f.write(source)
-    try:
-        import transformers.utils  # noqa: F401
-    except Exception:  # noqa: BLE001 - stand in for the one helper the file imports
-        utils = types.ModuleType("transformers.utils")
-        utils.is_triton_available = lambda: importlib.util.find_spec("triton") is not None
-        sys.modules.setdefault("transformers", types.ModuleType("transformers")).utils = utils
-        sys.modules["transformers.utils"] = utils
-    spec = importlib.util.spec_from_file_location("trl_chunked_logprob", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ChunkedLogProbFunction
+    kernel file of a staged wheel (peer_bench.trl_chunked_logprob); None if
+    neither."""
+    return trl_chunked_logprob(wheel_dir)[0]
 
 
 def inputs(args, v):
