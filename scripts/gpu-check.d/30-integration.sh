@@ -33,20 +33,9 @@ mkdir -p "$logs" "$build"
 [[ -x /usr/local/cuda/bin/nvcc ]] && export PATH=/usr/local/cuda/bin:$PATH
 cuda_home=$(dirname "$(dirname "$(command -v nvcc)")")
 jobs=$(nproc); (( jobs > 16 )) && jobs=16
-t0=$(date +%s)
-names=() results=()
-failed=0
-say() { echo "== 30-integration [$(( $(date +%s) - t0 )) s] $*"; }
-# check NAME CMD...: output to $logs/NAME.log, tail on the console; 77 = skipped.
-check() {
-  local name=$1; shift
-  "$@" >"$logs/$name.log" 2>&1
-  local rc=$? res=passed
-  tail -n 15 "$logs/$name.log"
-  case $rc in 0) ;; 77) res=skipped ;; *) res="FAILED ($rc)"; failed=1 ;; esac
-  names+=("$name") results+=("$res")
-  say "$name: $res"
-}
+STEP=30-integration
+# say, check, check_limited, summary
+source "$root/scripts/gpu-check.d/steps.bash"
 
 if ! nvidia-smi -L >/dev/null 2>&1; then
   say "no GPU visible (nvidia-smi): skipped"
@@ -122,10 +111,9 @@ if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; 
     # and log_softmax + gather (compiled), one shape per dtype: the
     # per-token rows of the peers table, with the op's own overheads. A run
     # cut by its time limit keeps its rows and is not a failure.
-    check torch-token-bench env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" bash -c \
-      'timeout 240 python3 bench/peers/torch_peers.py --quick --token --vocab 128256 --json "$1"
-       rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit" && rc=0; exit $rc' _ \
-      "$OUT/bench_peers_token_op.json"
+    check_limited torch-token-bench PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
+      python3 bench/peers/torch_peers.py --quick --token --vocab 128256 \
+      --json "$OUT/bench_peers_token_op.json"
   fi
   # The fused-linear peers. Without the package (its build failed) they run
   # without the geopref row rather than not at all. Liger-Kernel from .whl/
@@ -144,26 +132,20 @@ if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; 
   [[ "${GEOPREF_BENCH_QUICK:-0}" == 1 ]] && quick=(--quick)
   # GEOPREF_BENCH_PEERS=0 skips them, GEOPREF_PEERS_SECONDS limits them (240).
   [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 ]] &&
-  check torch-fused-linear-peers env PYTHONPATH="$peers_path${PYTHONPATH:+:$PYTHONPATH}" \
-    PYTHONUNBUFFERED=1 bash -c \
-    'timeout "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/fused_linear_peers.py "$@"
-     rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit; rows so far kept" && rc=0
-     exit $rc' _ --methods "$methods" "${quick[@]}" "${geo[@]}" --json "$OUT/fused_linear_peers.json"
+  check_limited torch-fused-linear-peers PYTHONPATH="$peers_path${PYTHONPATH:+:$PYTHONPATH}" \
+    python3 bench/peers/fused_linear_peers.py --methods "$methods" "${quick[@]}" "${geo[@]}" \
+    --json "$OUT/fused_linear_peers.json"
   # TRL 1.16.0's fused LM head (its Triton fold; TRL from the installed
   # package or the staged wheel) against geopref's, as DPOTrainer asks for it:
   # time and peak memory, N = 16384, H = 4096, V in {32000, 128256}, bf16.
   [[ "${GEOPREF_BENCH_PEERS:-1}" != 0 && -d $site/geopref_torch ]] &&
-  check torch-trl-head-peers env PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
-    PYTHONUNBUFFERED=1 bash -c \
-    'timeout "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/trl_head_peers.py "$@"
-     rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit; rows so far kept" && rc=0
-     exit $rc' _ "${quick[@]}" --trl-wheel-dir "$root/.whl" --json "$OUT/trl_head_peers.json"
+  check_limited torch-trl-head-peers PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
+    python3 bench/peers/trl_head_peers.py "${quick[@]}" --trl-wheel-dir "$root/.whl" \
+    --json "$OUT/trl_head_peers.json"
 else
   say "PyTorch with CUDA not importable: torch steps skipped"
   names+=(torch-tests) results+=("skipped (no torch)")
 fi
 
-echo
-echo "== 30-integration summary ($(( $(date +%s) - t0 )) s)"
-for i in "${!names[@]}"; do printf '  %-16s %s\n' "${names[$i]}" "${results[$i]}"; done | tee "$logs/summary.txt"
+summary
 exit "$failed"

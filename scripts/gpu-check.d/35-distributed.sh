@@ -25,19 +25,9 @@ build=${GEOPREF_GPU_CHECK_BUILD:-$root/build-gpu-int}
 OUT=${OUT:-$root/build-gpu-int/out}
 logs=$OUT/distributed
 mkdir -p "$logs"
-t0=$(date +%s)
-say() { echo "== 35-distributed [$(( $(date +%s) - t0 )) s] $*"; }
-names=() results=()
-failed=0
-check() {
-  local name=$1; shift
-  "$@" >"$logs/$name.log" 2>&1
-  local rc=$? res=passed
-  tail -n 15 "$logs/$name.log"
-  case $rc in 0) ;; 77) res=skipped ;; *) res="FAILED ($rc)"; failed=1 ;; esac
-  names+=("$name") results+=("$res")
-  say "$name: $res"
-}
+STEP=35-distributed
+# say, check, check_limited, summary
+source "$root/scripts/gpu-check.d/steps.bash"
 
 if ! nvidia-smi -L >/dev/null 2>&1; then
   say "no GPU visible (nvidia-smi): skipped"
@@ -66,16 +56,11 @@ elif (( gpus < 1 )); then
   say "PyTorch sees no GPU: dist-head-memory skipped"
   names+=(dist-head-memory) results+=("skipped (torch sees no GPU)")
 else
-  check dist-head-memory env PYTHONUNBUFFERED=1 bash -c \
-    'timeout --kill-after=10 "${GEOPREF_PEERS_SECONDS:-240}" python3 bench/peers/dist_head_memory.py "$@"
-     rc=$?; [[ $rc -eq 124 ]] && echo "stopped at its time limit; rows so far kept" && rc=0
-     exit $rc' _ --world "$gpus" "${quick[@]}" --trl-wheel-dir "$root/.whl" \
-    --json "$OUT/dist_head_memory.json"
+  check_limited dist-head-memory python3 bench/peers/dist_head_memory.py --world "$gpus" \
+    "${quick[@]}" --trl-wheel-dir "$root/.whl" --json "$OUT/dist_head_memory.json"
 fi
 
-echo
-echo "== 35-distributed summary ($(( $(date +%s) - t0 )) s)"
-for i in "${!names[@]}"; do printf '  %-16s %s\n' "${names[$i]}" "${results[$i]}"; done | tee "$logs/summary.txt"
+summary
 # The table last (from its log: the lines after the per-row progress).
 if [[ -s $logs/dist-head-memory.log ]]; then
   echo
