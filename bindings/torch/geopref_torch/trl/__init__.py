@@ -22,10 +22,8 @@ modules they patch.
 """
 from .head import (FusedCausalLMOutput, TRL_MODULES, add_fused_lm_head, head_logit_transform,
                    install_geopref_head, uninstall_geopref_head, use_geopref_head)
-from .trainer import (GeoprefDPOConfig, GeoprefDPOTrainer, GeoprefPreferenceCollator,
-                      logit_transform_of)
+from .trainer import GeoprefDPOConfig, GeoprefDPOTrainer, GeoprefPreferenceCollator
 
 __all__ = ["FusedCausalLMOutput", "TRL_MODULES", "add_fused_lm_head", "head_logit_transform",
            "install_geopref_head", "uninstall_geopref_head", "use_geopref_head",
-           "GeoprefDPOConfig", "GeoprefDPOTrainer", "GeoprefPreferenceCollator",
-           "logit_transform_of"]
+           "GeoprefDPOConfig", "GeoprefDPOTrainer", "GeoprefPreferenceCollator"]

@@ -40,6 +40,7 @@ from trl.trainer.utils import use_adapter
 
 from ..api import (fused_linear_logps, fused_linear_preference_loss, linear_token_logps,
                    loss_types)
+from .head import head_logit_transform
 
 # TRL 1.16.0's loss_type names -> (geopref's name, whether the term reads
 # length-averaged log-probs). TRL's ipo and sigmoid_norm divide the
@@ -96,25 +97,6 @@ class GeoprefDPOConfig(trl.DPOConfig):
     sft_labels: str = field(default="completion")
     geopref_kwargs: Optional[Dict[str, Any]] = field(default=None)
     token_metrics: bool = field(default=True)
-
-
-def logit_transform_of(model) -> Dict[str, float]:
-    """geopref's logit transform keywords from a model's config, read as TRL
-    1.16.0's add_fused_lm_head reads them: final_logit_softcapping (softcap),
-    logit_scale / output_multiplier / lm_head_multiplier / logits_scaling
-    (logit_scale). Temperature 1 (DPO's)."""
-    cfg = model.config.get_text_config()
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    scale = None
-    for name in ("logit_scale", "output_multiplier", "lm_head_multiplier"):
-        scale = getattr(cfg, name, None)
-        if scale is not None:
-            break
-    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
-        s = cfg.logits_scaling
-        scale = s if getattr(cfg, "model_type", None) == "hyperclovax" else 1.0 / s
-    return dict(logit_scale=1.0 if scale is None else float(scale),
-                softcap=0.0 if softcap is None else float(softcap), temperature=1.0)
 
 
 def _install_hidden_forward(model):
@@ -412,7 +394,8 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                              "to compute the log-probs from")
         # Prompt-learning PEFT prepends virtual tokens; keep the real positions.
         hidden = hidden[:, -seq_len:]
-        return hidden.to(head.weight.device), head.weight, head.bias, logit_transform_of(base)
+        transform = head_logit_transform(base.config.get_text_config())  # as TRL's head reads it
+        return hidden.to(head.weight.device), head.weight, head.bias, transform
 
     @staticmethod
     def _labels(inputs, scope="completion"):
