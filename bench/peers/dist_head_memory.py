@@ -52,12 +52,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer_bench import (add_common_args, cold_timer, median, parse,  # noqa: E402
-                        trl_chunked_logprob)
+                        token_head_fn, trl_chunked_logprob)
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-TRL_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16.0
 OUTPUTS = ("log_probs", "entropy")
 
 
@@ -109,24 +108,6 @@ def replicated_inputs(n, h, v, dev):
     return x, labels, g, e
 
 
-def head_fn(name, args, trl_fn, x, w, labels):
-    """fn() -> (log_probs, entropy) of one forward."""
-    if name == "geopref":
-        import geopref_torch.distributed as gpd
-
-        def fn():
-            r = gpd.vocab_linear_token_logps(x, w, labels, outputs=OUTPUTS,
-                                             chunk_bytes=args.chunk_bytes, check=False)
-            return r.log_probs, r.entropy
-        return fn
-
-    def fn():
-        wf = w.full_tensor()  # TRL 1.16.0's add_fused_lm_head with a DTensor weight
-        r = trl_fn.apply(x, wf, None, labels, 1.0, TRL_CHUNK, None, 1.0, ("entropy",))
-        return r[0], r[1]
-    return fn
-
-
 class wall_timer:
     def __call__(self, fn):
         t = time.perf_counter()
@@ -141,7 +122,8 @@ def run_method(name, args, v, mesh, dev, rank, timer, trl_fn):
     x, labels, g, e = replicated_inputs(args.rows, args.hidden, v, dev)
     w = sharded_weight(v, args.hidden, mesh, dev, rank)
     local = w.to_local()
-    fn = head_fn(name, args, trl_fn, x, w, labels)
+    fn = token_head_fn(name, trl_fn, x, w, labels, OUTPUTS, args.chunk_bytes,
+                       trl_outputs=("entropy",))
 
     def step():
         x.grad = w.grad = None

@@ -36,7 +36,8 @@ import json
 import math
 import sys
 
-from peer_bench import add_common_args, cold_timer, liger_dpo_loss, median, parse, skipped  # bench/peers/
+from peer_bench import (add_common_args, cold_timer, forward_and_step_times,  # bench/peers/
+                        liger_dpo_loss, median, parse, skipped)
 
 try:
     import torch
@@ -125,18 +126,7 @@ def run(name, args, v, timer):
     else:
         raise ValueError(name)
 
-    def step():
-        x.grad = None
-        w.grad = None
-        fn().backward()
-
-    for _ in range(2):
-        step()
-    with torch.no_grad():
-        fwd = [timer(fn) for _ in range(args.iters)]
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    steps = [timer(step) for _ in range(args.iters)]
+    fwd, steps = forward_and_step_times(fn, (x, w), timer, args.iters)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     return dict(method=name, V=v, forward_s=median(fwd), step_s=median(steps), peak_MiB=peak)
 

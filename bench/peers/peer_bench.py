@@ -1,8 +1,10 @@
 """What the PyTorch peer benches share (torch_peers.py, fused_linear_peers.py,
 trl_head_peers.py, dist_head_memory.py): their common command-line arguments,
-TRL 1.16.0's chunked log-prob head from the package or a staged wheel, the reason they
-cannot run here, CUDA events around one call with the L2 emptied first (the
-method of bench/gpu/cuda_timer.cuh), and the median of the repeats."""
+TRL 1.16.0's chunked log-prob head from the package or a staged wheel, the
+per-token heads they compare (geopref's and TRL's), the reason they cannot
+run here, CUDA events around one call with the L2 emptied first (the method
+of bench/gpu/cuda_timer.cuh), the timed forwards and steps of a loss, and the
+median of the repeats."""
 import contextlib
 import importlib.util
 import os
@@ -77,6 +79,64 @@ class cold_timer:
         self.stop.record()
         self.stop.synchronize()
         return self.start.elapsed_time(self.stop) * 1e-3
+
+
+def forward_and_step_times(fn, leaves, timer, iters, forward_grad=False):
+    """A loss fn() of the tensors leaves: two warm-up steps, then the
+    seconds of `iters` forwards (under torch.no_grad unless forward_grad)
+    and of `iters` steps (the leaves' gradients cleared, fn().backward()),
+    the CUDA peak memory statistics reset before the steps (so
+    torch.cuda.max_memory_allocated() afterwards is the steps' peak):
+    (forward times, step times)."""
+    import torch
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        fn().backward()
+
+    for _ in range(2):
+        step()
+    with contextlib.nullcontext() if forward_grad else torch.no_grad():
+        fwd = [timer(fn) for _ in range(iters)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return fwd, [timer(step) for _ in range(iters)]
+
+
+# The chunk of rows of TRL 1.16.0's head (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE).
+TRL_CHUNK = 32768
+
+
+def token_head_fn(name, trl_fn, x, w, labels, outputs, chunk_bytes, trl_outputs=None):
+    """fn() -> (log_probs, entropy) of one forward of the per-token head
+    `name` on hidden states x and the lm_head's weight w (a DTensor sharded
+    on the vocabulary, or a tensor). "geopref": geopref_torch's
+    linear_token_logps, or geopref_torch.distributed's
+    vocab_linear_token_logps for a DTensor, asked for `outputs` with
+    chunk_bytes and no check. Otherwise TRL 1.16.0's ChunkedLogProbFunction
+    trl_fn asked for trl_outputs (default: outputs), on the whole weight:
+    for a DTensor, gathered by w.full_tensor() in every forward (as TRL
+    1.16.0's add_fused_lm_head does)."""
+    from torch.distributed.tensor import DTensor
+    sharded = isinstance(w, DTensor)
+    if name == "geopref":
+        if sharded:
+            from geopref_torch.distributed import vocab_linear_token_logps as head
+        else:
+            from geopref_torch import linear_token_logps as head
+
+        def fn():
+            r = head(x, w, labels, outputs=outputs, chunk_bytes=chunk_bytes, check=False)
+            return r.log_probs, r.entropy
+        return fn
+    trl_outputs = outputs if trl_outputs is None else trl_outputs
+
+    def fn():
+        wf = w.full_tensor() if sharded else w
+        r = trl_fn.apply(x, wf, None, labels, 1.0, TRL_CHUNK, None, 1.0, trl_outputs)
+        return r[0], r[1]
+    return fn
 
 
 def median(xs):

@@ -46,7 +46,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import benchjson  # noqa: E402  (bench/benchjson.py)
-from peer_bench import cold_timer, liger_dpo_loss, median, skipped  # noqa: E402  (bench/peers/)
+from peer_bench import (cold_timer, forward_and_step_times, liger_dpo_loss,  # noqa: E402
+                        median, skipped)  # bench/peers/
 
 try:
     import torch
@@ -307,19 +308,9 @@ def run_liger(liger, args, dname, dtype, v, timer):
         target[:, -1] = -100
         loss_fn = liger_dpo_loss(liger, BETA)
 
-        def call():
-            return loss_fn(w, xh, target)
-
-        def step():
-            xh.grad = None
-            w.grad = None
-            call().backward()
-
-        for _ in range(2):
-            step()
-        fwd = [timer(call) for _ in range(args.iters)]
-        torch.cuda.reset_peak_memory_stats()
-        steps = [timer(step) for _ in range(args.iters)]
+        # Liger's forward computes the gradients too: timed with them.
+        fwd, steps = forward_and_step_times(lambda: loss_fn(w, xh, target), (xh, w), timer,
+                                            args.iters, forward_grad=True)
         out.append(dict(method=f"liger(+lm_head,H={h})", dtype=dname, V=v, forward_s=median(fwd),
                         step_s=median(steps), peak_MiB=torch.cuda.max_memory_allocated() / 2**20))
         xd, wd = xh.detach(), w.detach()

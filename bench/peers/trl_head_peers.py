@@ -41,7 +41,7 @@ import sys
 import time
 
 from peer_bench import (add_common_args, cold_timer, median, parse, skipped,  # bench/peers/
-                        trl_chunked_logprob)
+                        token_head_fn, trl_chunked_logprob)
 
 try:
     import torch
@@ -50,7 +50,6 @@ except ImportError:  # main() says so (peer_bench.skipped)
 
 OUTPUTS = {"dpo": ("log_probs", "entropy", "mean_logits", "is_top1"),
            "grpo": ("log_probs", "entropy")}
-TRL_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16.0
 
 
 def parse_args():
@@ -84,28 +83,10 @@ def inputs(args, v):
     return x, w, labels, g, e
 
 
-def head_fn(name, args, trl_fn, x, w, labels):
-    """fn() -> (log_probs, entropy) of one forward."""
-    outputs = OUTPUTS[args.outputs]
-    if name == "geopref":
-        import geopref_torch as gp
-
-        def fn():
-            r = gp.linear_token_logps(x, w, labels, outputs=outputs,
-                                      chunk_bytes=args.chunk_bytes, check=False)
-            return r.log_probs, r.entropy
-        return fn
-
-    def fn():
-        r = trl_fn.apply(x, w, None, labels, 1.0, TRL_CHUNK, None, 1.0, outputs)
-        return r[0], r[1]
-    return fn
-
-
 def run(name, args, v, timer, trl_fn):
     x, w, labels, g, e = inputs(args, v)
     base = torch.cuda.memory_allocated() + x.numel() * 2 + w.numel() * 2  # + their gradients
-    fn = head_fn(name, args, trl_fn, x, w, labels)
+    fn = token_head_fn(name, trl_fn, x, w, labels, OUTPUTS[args.outputs], args.chunk_bytes)
 
     def step():
         x.grad = w.grad = None

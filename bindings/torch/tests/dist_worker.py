@@ -67,6 +67,16 @@ class Check:
             err = (got - want).abs().max().item()
             self.failures.append(f"{what}: max |diff| {err:.3e} (tol {tol:.1e}, scale {scale:.3e})")
 
+    def outputs(self, tag, got, want, tol):
+        """A DPOOutput against the one-process one: the loss, log-probs,
+        metric sums and every metric close, and the first three shared."""
+        self.close(f"{tag}/loss", got.loss, want.loss, tol)
+        self.close(f"{tag}/logps", got.logps, want.logps, tol)
+        self.close(f"{tag}/metric_sums", got.metric_sums, want.metric_sums, tol)
+        for k in want.metrics:
+            self.close(f"{tag}/metrics/{k}", got.metrics[k], want.metrics[k], tol)
+        self.share(tag, dict(loss=got.loss, logps=got.logps, sums=got.metric_sums))
+
     def share(self, name, t):
         if isinstance(t, dict):
             for k, v in t.items():
@@ -75,10 +85,18 @@ class Check:
             self.shared[name] = t.detach().clone()
 
 
-def slices(world):
+def rank_slice(rank, world):
+    """This rank's slice of the vocabulary: (first column, width, VocabSlice)."""
     w = WIDTHS[world]
-    begins = [sum(w[:r]) for r in range(world)]
-    return begins, w
+    b = sum(w[:rank])
+    return b, w[rank], VocabSlice(b, V, rank, world)
+
+
+def dtype_cases(seed):
+    """(dtype, inputs(seed, dtype), its tolerance ULP[dtype], its name) for
+    every dtype of DTYPES."""
+    for dtype in DTYPES:
+        yield dtype, inputs(seed, dtype), ULP[dtype], str(dtype).split(".")[-1]
 
 
 def inputs(seed, dtype, n_pairs=P):
@@ -129,13 +147,8 @@ def leaf(t):
 # ---- the logits path
 
 def check_logits(c, rank, world, mesh):
-    begins, widths = slices(world)
-    b, w = begins[rank], widths[rank]
-    sl = VocabSlice(b, V, rank, world)
-    for dtype in DTYPES:
-        d = inputs(1, dtype)
-        tol = ULP[dtype]
-        name = str(dtype).split(".")[-1]
+    b, w, sl = rank_slice(rank, world)
+    for dtype, d, tol, name in dtype_cases(1):
         for oname, opts in option_sets(d, dtype).items():
             z = leaf(d["logits"])
             want = gp.dpo_loss(z, d["labels"], **opts)
@@ -153,13 +166,8 @@ def check_logits(c, rank, world, mesh):
                     got.loss.backward()
                     grad, grad_want = zd.grad.full_tensor(), z.grad
                 tag = f"logits/{kind}/{name}/{oname}"
-                c.close(f"{tag}/loss", got.loss, want.loss, tol)
-                c.close(f"{tag}/logps", got.logps, want.logps, tol)
-                c.close(f"{tag}/metric_sums", got.metric_sums, want.metric_sums, tol)
-                for k in want.metrics:
-                    c.close(f"{tag}/metrics/{k}", got.metrics[k], want.metrics[k], tol)
+                c.outputs(tag, got, want, tol)
                 c.close(f"{tag}/grad", grad, grad_want, tol)
-                c.share(tag, dict(loss=got.loss, logps=got.logps, sums=got.metric_sums))
         # sequence and per-token log-probs
         zl = d["logits"][..., b:b + w]
         for avg in (False, True):
@@ -201,13 +209,8 @@ def check_logits(c, rank, world, mesh):
 
 def check_hidden(c, rank, world, mesh):
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    begins, widths = slices(world)
-    b, w = begins[rank], widths[rank]
-    sl = VocabSlice(b, V, rank, world)
-    for dtype in DTYPES:
-        d = inputs(3, dtype)
-        tol = ULP[dtype]
-        name = str(dtype).split(".")[-1]
+    b, w, sl = rank_slice(rank, world)
+    for dtype, d, tol, name in dtype_cases(3):
         for oname, opts in option_sets(d, dtype).items():
             x, wt, bs = leaf(d["hidden"]), leaf(d["weight"]), leaf(d["bias"])
             want = gp.fused_linear_preference_loss(x, wt, d["labels"], bias=bs, **opts)
@@ -236,16 +239,13 @@ def check_hidden(c, rank, world, mesh):
                         dist.all_gather(parts, gx.contiguous())
                         gx = sum(p.to(torch.float64) for p in parts)
                 tag = f"hidden/{mode}/{name}/{oname}"
-                c.close(f"{tag}/loss", got.loss, want.loss, tol)
-                c.close(f"{tag}/logps", got.logps, want.logps, tol)
-                c.close(f"{tag}/metric_sums", got.metric_sums, want.metric_sums, tol)
+                c.outputs(tag, got, want, tol)
                 # grad_hidden: K partials of the input dtype summed (one more
                 # rounding each for bf16/fp16 inputs: K units of the dtype).
                 c.close(f"{tag}/grad_hidden", gx, x.grad, tol * (1 if dtype == torch.float64
                                                                  else world))
                 c.close(f"{tag}/grad_weight", gw, gw_want, tol)
                 c.close(f"{tag}/grad_bias", gb, gb_want, tol)
-                c.share(tag, dict(loss=got.loss, logps=got.logps, sums=got.metric_sums))
                 if mode in ("all_reduce", "rank_order"):
                     c.share(f"{tag}/grad_hidden", gx)
         wl = d["weight"][b:b + w]
@@ -318,9 +318,7 @@ def stats_inputs(seed):
 
 
 def check_token_stats(c, rank, world, mesh):
-    begins, widths = slices(world)
-    b, w = begins[rank], widths[rank]
-    sl = VocabSlice(b, V, rank, world)
+    b, w, sl = rank_slice(rank, world)
     d = stats_inputs(12)
     z, y = d["logits"], d["labels"]
     ident = torch.eye(V, dtype=torch.float64)
@@ -580,9 +578,7 @@ def check_trl_head_memory(c, rank, world, mesh):
 # ---- reduction "none": a per-pair upstream gradient (the step runs again in the backward)
 
 def check_reduction_none(c, rank, world):
-    begins, widths = slices(world)
-    b, w = begins[rank], widths[rank]
-    sl = VocabSlice(b, V, rank, world)
+    b, w, sl = rank_slice(rank, world)
     d = inputs(11, torch.float64)
     up = torch.linspace(-1.0, 2.0, P, dtype=torch.float64)
     opts = dict(loss_type="gdpo", beta=0.3, ref_logps=d["ref"], soft_labels=d["soft"],
@@ -713,9 +709,7 @@ def expect_rank_failed(c, what, call):
 
 
 def check_failures(c, rank, world):
-    begins, widths = slices(world)
-    b, w = begins[rank], widths[rank]
-    sl = VocabSlice(b, V, rank, world)
+    b, w, sl = rank_slice(rank, world)
     d = inputs(6, torch.float64)
     last = world - 1
     bad = d["labels"].clone()

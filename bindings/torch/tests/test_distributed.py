@@ -75,30 +75,27 @@ def failures(runs, *prefixes):
             if f.startswith(prefixes)]
 
 
-def test_logits_path(group_run):
+# A check of dist_worker.py with nothing more to test than its verdicts:
+# the prefixes of its failures.
+CHECKS = {
+    "logits_path": ("logits", "logps/"),
+    "token_logps": ("token_logps", "linear_token_logps"),
+    "hidden_path": ("hidden", "linear_logps"),
+    "data_parallel": ("dp/", "data_parallel"),
+    "memory_slice_only": ("memory",),
+}
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_no_failures(group_run, check):
     _, runs = group_run
-    assert not failures(runs, "logits", "logps/")
-
-
-def test_token_logps(group_run):
-    _, runs = group_run
-    assert not failures(runs, "token_logps", "linear_token_logps")
-
-
-def test_hidden_path(group_run):
-    _, runs = group_run
-    assert not failures(runs, "hidden", "linear_logps")
+    assert not failures(runs, *CHECKS[check])
 
 
 def test_reduction_none(group_run):
     _, runs = group_run
     assert not failures(runs, "none/", "reduction_none")
     assert "none/loss" in runs[0]["shared"]
-
-
-def test_data_parallel(group_run):
-    _, runs = group_run
-    assert not failures(runs, "dp/", "data_parallel")
 
 
 def test_data_and_vocab_parallel_2d(group_run):
@@ -125,11 +122,6 @@ def test_training_run(group_run):
     _, runs = group_run
     assert not failures(runs, "train")
     assert any(k.startswith("train/") for k in runs[0]["shared"])
-
-
-def test_memory_slice_only(group_run):
-    _, runs = group_run
-    assert not failures(runs, "memory")
 
 
 def test_token_statistics(group_run):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import geopref_torch as gp
 from geopref_torch import pack_options
 from conftest import DEVICES
+from helpers import assert_compiled_matches_eager, random_offsets, random_targets
 import plain
 
 ops = torch.ops.geopref
@@ -44,14 +45,7 @@ def make(seed, P=3, T=5, H=16, V=37, layout="packed", bias=True, dtype=torch.flo
     [2P, T] rows; "packed": uneven lengths, sequence 1 empty, two trailing rows
     outside every sequence."""
     g = torch.Generator().manual_seed(seed)
-    S = 2 * P
-    if layout == "padded":
-        lengths = [T] * S
-    else:
-        lengths = torch.randint(1, T + 1, (S,), generator=g).tolist()
-        lengths[1] = 0
-    offsets = torch.tensor([0] + lengths).cumsum(0)
-    N = int(offsets[-1]) + (0 if layout == "padded" else 2)
+    offsets, N = random_offsets(g, 2 * P, T, layout)
 
     def dyadic(*shape, scale):
         return (torch.randint(-16, 17, shape, generator=g).double() / 16 * scale).to(dtype)
@@ -60,10 +54,7 @@ def make(seed, P=3, T=5, H=16, V=37, layout="packed", bias=True, dtype=torch.flo
     weight = dyadic(V, H, scale=2.0 / max(H, 1) ** 0.5)
     weight = (torch.round(weight.double() * 16) / 16).to(dtype)  # still dyadic
     b = dyadic(V, scale=1.0) if bias else None
-    labels = torch.randint(0, V, (N,), generator=g)
-    labels[torch.rand(N, generator=g) < 0.25] = -100
-    soft = torch.rand(P, generator=g, dtype=torch.float64)
-    ref = -3 * torch.rand(S, generator=g, dtype=torch.float64)
+    labels, soft, ref = random_targets(g, N, V, P)
     to = dict(device=device)
     return dict(hidden=hidden.to(**to), weight=weight.to(**to),
                 bias=None if b is None else b.to(**to), labels=labels.to(**to),
@@ -423,20 +414,9 @@ def _step(x, w, b, y, off, p, r):
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend, device):
-    torch._dynamo.reset()
     pb = make(23, device=device)
     rest = (pb["labels"], pb["offsets"], pb["soft"], pb["ref"])
-    explanation = torch._dynamo.explain(_step)(*leaves(pb), *rest)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(_step, fullgraph=True, backend=backend)
-    a, e = leaves(pb), leaves(pb)
-    got, want = compiled(*a, *rest), _step(*e, *rest)
-    got[0].backward()
-    want[0].backward()
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=0, rtol=0)
-    for g, w in zip(a, e):
-        torch.testing.assert_close(g.grad, w.grad, atol=0, rtol=0)
+    assert_compiled_matches_eager(_step, lambda: leaves(pb), lambda xwb: (*xwb, *rest), backend)
 
 
 # ---- bad inputs: Python exceptions with a clear message.

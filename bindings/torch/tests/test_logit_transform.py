@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import geopref_torch as gp
 import plain
+from helpers import assert_compiled_matches_eager, random_offsets, random_targets
 
 PARAMS = dict(beta=0.7, alpha=0.8, gamma=0.3, epsilon=0.15, tau=0.3)
 # (logit_scale, softcap, temperature): a scale alone (Granite, Cohere), a
@@ -87,18 +88,22 @@ def make_logits(seed, P=3, T=5, V=11, dtype=torch.float32, device="cpu"):
     """Packed rows: uneven lengths, sequence 1 empty, two trailing rows outside
     every sequence; a quarter of the labels ignored; logits in [-6, 6]."""
     g = torch.Generator().manual_seed(seed)
-    S = 2 * P
-    lengths = torch.randint(1, T + 1, (S,), generator=g).tolist()
-    lengths[1] = 0
-    offsets = torch.tensor([0] + lengths).cumsum(0)
-    N = int(offsets[-1]) + 2
+    offsets, N = random_offsets(g, 2 * P, T, "packed")
     logits = ((torch.rand(N, V, generator=g, dtype=torch.float64) * 2 - 1) * 6).to(dtype)
-    labels = torch.randint(0, V, (N,), generator=g)
-    labels[torch.rand(N, generator=g) < 0.25] = -100
-    soft = torch.rand(P, generator=g, dtype=torch.float64)
-    ref = -3 * torch.rand(S, generator=g, dtype=torch.float64)
+    labels, soft, ref = random_targets(g, N, V, P)
     return dict(logits=logits.to(device), labels=labels.to(device), offsets=offsets.to(device),
                 soft=soft.to(device), ref=ref.to(device))
+
+
+def case(make, seed, name, dtype, device):
+    """One case of a comparison with the float64 composition: skipped for
+    float64 on CUDA; else (transform TRANSFORMS[name], the problem
+    make(seed, ...), its labels, its offsets, value_tol, grad_tol)."""
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("float64 is CPU only")
+    pb = make(seed, dtype=dtype, device=device)
+    return (TRANSFORMS[name], pb, pb["labels"], pb["offsets"], value_tol(dtype, device),
+            grad_tol(dtype, device))
 
 
 # ---- one keyword per field of the list, everywhere.
@@ -141,10 +146,7 @@ def test_every_keyword_is_documented():
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_dpo_loss(name, dtype, reduction, device):
-    if device == "cuda" and dtype == torch.float64:
-        pytest.skip("float64 logits are CPU only")
-    tr = TRANSFORMS[name]
-    pb = make_logits(3, dtype=dtype, device=device)
+    tr, pb, _, _, vt, gt = case(make_logits, 3, name, dtype, device)
     up = torch.linspace(-1.0, 2.0, 3, device=device) if reduction == "none" else None
     z = pb["logits"].clone().requires_grad_(True)
     out = gp.dpo_loss(z, pb["labels"], pb["offsets"], loss_type="gdpo", soft_labels=pb["soft"],
@@ -156,12 +158,11 @@ def test_dpo_loss(name, dtype, reduction, device):
                                         pb["offsets"].cpu(), "gdpo", soft=pb["soft"].cpu(),
                                         ref=pb["ref"].cpu(), reduction=reduction, **PARAMS)
     (value * (1.0 if up is None else up.cpu().double())).sum().backward()
-    vt = value_tol(dtype, device)
     close(out.loss, value, vt, "loss")
     close(out.logps, L, vt, "logps")
     close(torch.stack(list(out.metrics.values())), torch.tensor(metrics, dtype=torch.float64), vt, "metrics")
     assert z.grad.dtype == dtype
-    close(z.grad, zd.grad, grad_tol(dtype, device), "grad logits")
+    close(z.grad, zd.grad, gt, "grad logits")
     # The transform matters here: the untransformed loss is far away.
     plain_value, _, _ = plain.pref_loss(zd.detach(), pb["labels"].cpu(), pb["offsets"].cpu(),
                                         "gdpo", soft=pb["soft"].cpu(), ref=pb["ref"].cpu(),
@@ -172,12 +173,7 @@ def test_dpo_loss(name, dtype, reduction, device):
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_sequence_and_token_logps(name, dtype, device):
-    if device == "cuda" and dtype == torch.float64:
-        pytest.skip("float64 logits are CPU only")
-    tr = TRANSFORMS[name]
-    pb = make_logits(5, dtype=dtype, device=device)
-    y, off = pb["labels"], pb["offsets"]
-    vt, gt = value_tol(dtype, device), grad_tol(dtype, device)
+    tr, pb, y, off, vt, gt = case(make_logits, 5, name, dtype, device)
     zd = pb["logits"].detach().cpu().double().requires_grad_(True)
     zt = transformed(zd, tr)
 
@@ -237,12 +233,7 @@ def composed_logits(x, w, b, round_to):
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_fused_linear(name, dtype, device):
-    if device == "cuda" and dtype == torch.float64:
-        pytest.skip("float64 is CPU only")
-    tr = TRANSFORMS[name]
-    pb = make_linear(7, dtype=dtype, device=device)
-    y, off = pb["labels"], pb["offsets"]
-    vt, gt = value_tol(dtype, device), grad_tol(dtype, device)
+    tr, pb, y, off, vt, gt = case(make_linear, 7, name, dtype, device)
 
     def leaves():
         return tuple(pb[k].detach().clone().requires_grad_(True)
@@ -329,7 +320,6 @@ def _compiled_step(z, y, off, p, r, x, w, b):
 
 
 def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
     pb = make_logits(29, device=device)
     # The same seed and shapes: the same labels, offsets, soft labels, references.
     lb = make_linear(29, P=3, T=5, H=6, V=pb["logits"].shape[1], device=device)
@@ -340,19 +330,8 @@ def test_torch_compile_fullgraph(device):
         return (pb["logits"].clone().requires_grad_(True),
                 *(lb[k].detach().clone().requires_grad_(True) for k in ("hidden", "weight", "bias")))
 
-    z, x, w, b = leaves()
-    explanation = torch._dynamo.explain(_compiled_step)(z, y, off, p, r, x, w, b)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(_compiled_step, fullgraph=True, backend="aot_eager")
-    got_in, want_in = leaves(), leaves()
-    got = compiled(got_in[0], y, off, p, r, *got_in[1:])
-    want = _compiled_step(want_in[0], y, off, p, r, *want_in[1:])
-    got[0].backward()
-    want[0].backward()
-    for a, e in zip(got, want):
-        torch.testing.assert_close(a, e, atol=0, rtol=0)
-    for a, e in zip(got_in, want_in):
-        torch.testing.assert_close(a.grad, e.grad, atol=0, rtol=0)
+    assert_compiled_matches_eager(_compiled_step, leaves,
+                                  lambda zxwb: (zxwb[0], y, off, p, r, *zxwb[1:]), "aot_eager")
 
 
 # ---- invalid values: ValueError with the library's message and the values.

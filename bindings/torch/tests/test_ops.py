@@ -12,6 +12,7 @@ import torch
 import geopref_torch as gp
 from geopref_torch import pack_options
 from conftest import DEVICES
+from helpers import assert_compiled_matches_eager, random_offsets, random_targets
 import plain
 
 ops = torch.ops.geopref
@@ -26,19 +27,9 @@ def make_problem(seed, P=3, T=6, V=11, layout="padded", dtype=torch.float32, dev
     layout "padded": [2P, T] rows, offsets = s * T. "packed": uneven lengths,
     one empty sequence and two trailing rows outside every sequence."""
     g = torch.Generator().manual_seed(seed)
-    S = 2 * P
-    if layout == "padded":
-        lengths = [T] * S
-    else:
-        lengths = torch.randint(1, T + 1, (S,), generator=g).tolist()
-        lengths[1] = 0
-    offsets = torch.tensor([0] + lengths).cumsum(0)
-    N = int(offsets[-1]) + (0 if layout == "padded" else 2)
+    offsets, N = random_offsets(g, 2 * P, T, layout)
     logits = ((torch.rand(N, V, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
-    labels = torch.randint(0, V, (N,), generator=g)
-    labels[torch.rand(N, generator=g) < 0.25] = -100
-    soft = torch.rand(P, generator=g, dtype=torch.float64)
-    ref = -3 * torch.rand(S, generator=g, dtype=torch.float64)
+    labels, soft, ref = random_targets(g, N, V, P)
     return dict(logits=logits.to(device), labels=labels.to(device), offsets=offsets.to(device),
                 soft=soft.to(device), ref=ref.to(device))
 
@@ -282,22 +273,10 @@ def _step(z, y, off, p, r):
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(backend, device):
-    torch._dynamo.reset()
     pb = make_problem(23, device=device)
     args = (pb["labels"], pb["offsets"], pb["soft"], pb["ref"])
-    explanation = torch._dynamo.explain(_step)(pb["logits"].clone().requires_grad_(True), *args)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
-    compiled = torch.compile(_step, fullgraph=True, backend=backend)
-    z1 = pb["logits"].clone().requires_grad_(True)
-    z2 = pb["logits"].clone().requires_grad_(True)
-    got = compiled(z1, *args)
-    want = _step(z2, *args)
-    got[0].backward()
-    want[0].backward()
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-    torch.testing.assert_close(z1.grad, z2.grad, atol=0, rtol=0)
+    assert_compiled_matches_eager(_step, lambda: (pb["logits"].clone().requires_grad_(True),),
+                                  lambda z: (*z, *args), backend)
 
 
 # ---- bad inputs: Python exceptions with geopref's message, nothing computed.

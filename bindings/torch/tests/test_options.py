@@ -130,6 +130,24 @@ def test_geometric_is_the_g_loss(plain_loss, geometric_loss):
     torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
 
 
+def against_formula(loss_of, formula, logits, labels, ref):
+    """loss_of(logits) (geopref's loss) against formula(rho), rho = L - ref
+    the log-ratios of the sequences' plain log-probs L (not averaged): the
+    value and the gradient with respect to the logits, both differentiated
+    in float64 (hence 1e-10 / 1e-9 relative: the same sums in another
+    order)."""
+    _, y, off = flat(logits, labels)
+
+    def expected(zz):
+        L, _ = plain.sequence_logps(zz.reshape(-1, V), y, off, False)
+        return formula(L - ref)
+
+    got, g_got = value_and_grad(loss_of, logits)
+    want, g_want = value_and_grad(expected, logits)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
+
+
 def phi(rho, transform, a):
     # docs/math.md §5, margin transforms (no exponent reaches the cap here).
     if transform == "js":
@@ -145,41 +163,31 @@ def phi(rho, transform, a):
 def test_margin_transform_against_its_formula(transform, f_alpha, loss):
     logits, labels, ref, soft = problem(11)
     beta = 0.6
-    z, y, off = flat(logits, labels)
 
-    def expected(zz):
-        L, _ = plain.sequence_logps(zz, y, off, False)
-        rho = L - ref
+    def formula(rho):
         h = phi(rho[:P], transform, f_alpha) - phi(rho[P:], transform, f_alpha)
         f = plain.MARGIN_LOSSES[loss](h, soft, dict(beta=beta, alpha=1.0, gamma=0.0,
                                                     epsilon=0.0, tau=0.05))
         return f.mean()
 
-    got, g_got = value_and_grad(lambda zz: gp.dpo_loss(
+    against_formula(lambda zz: gp.dpo_loss(
         zz, labels, ref_logps=ref, soft_labels=soft, loss_type=loss, beta=beta,
-        average_logps=False, margin_transform=transform, f_alpha=f_alpha).loss, logits)
-    want, g_want = value_and_grad(lambda zz: expected(zz.reshape(-1, V)), logits)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
+        average_logps=False, margin_transform=transform, f_alpha=f_alpha).loss, formula,
+        logits, labels, ref)
 
 
 @pytest.mark.parametrize("delta", [0.0, 0.7, -1.2])
 def test_bco_delta_against_its_formula(delta):
     logits, labels, ref, _ = problem(13)
     beta = 0.5
-    z, y, off = flat(logits, labels)
 
-    def expected(zz):
-        L, _ = plain.sequence_logps(zz, y, off, False)
-        rho = L - ref
+    def formula(rho):
         # docs/math.md §5: −log σ(z_w − δ) − log σ(δ − z_l), z = β ρ
         return (F.softplus(-(beta * rho[:P] - delta)) + F.softplus(beta * rho[P:] - delta)).mean()
 
-    got, g_got = value_and_grad(lambda zz: gp.dpo_loss(
-        zz, labels, ref_logps=ref, loss_type="bco_pair", beta=beta, bco_delta=delta).loss, logits)
-    want, g_want = value_and_grad(lambda zz: expected(zz.reshape(-1, V)), logits)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
+    against_formula(lambda zz: gp.dpo_loss(
+        zz, labels, ref_logps=ref, loss_type="bco_pair", beta=beta, bco_delta=delta).loss,
+        formula, logits, labels, ref)
 
 
 @pytest.mark.parametrize("terms", [["sft"], ["dpo", "sft"]])

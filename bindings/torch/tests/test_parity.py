@@ -56,6 +56,36 @@ def close(a, e, dtype=torch.float64):
     torch.testing.assert_close(a.double().cpu(), e.double().cpu(), rtol=rtol, atol=atol)
 
 
+def linear_problem(seed, dtype, device):
+    """problem(seed) with its hidden states, weight and bias in dtype:
+    (problem, hidden, weight, bias); skipped for float64 on CUDA."""
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("float64 is CPU only")
+    pb = problem(seed, device)
+    return (pb, *(pb[k].to(dtype) for k in ("hidden", "weight", "bias")))
+
+
+def linear_tol(dtype, device):
+    """The TOL key of a hidden-state path's values: float64 on CPU (the CPU
+    reference in double), else float32 (float32 outputs, float32 GEMMs on
+    CUDA)."""
+    return torch.float64 if dtype == torch.float64 and device == "cpu" else torch.float32
+
+
+def against_float64(ours, theirs, xs, dtype, device):
+    """ours(*xs) against theirs on xs in float64 (PyTorch's composition):
+    the values, and the gradients (of their sum) with respect to every x,
+    the float64 ones rounded to the dtype; to TOL[linear_tol] (bfloat16
+    gradients to TOL[bfloat16]). Returns ours' value."""
+    v, g = grad_of(ours, *xs)
+    ve, ge = grad_of(theirs, *(x.double() for x in xs))
+    tol = linear_tol(dtype, device)
+    close(v, ve, tol)
+    for a, e in zip(g, ge):
+        close(a, e.to(dtype), tol if dtype != torch.bfloat16 else dtype)
+    return v
+
+
 # ---- token weights
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
@@ -122,29 +152,19 @@ def test_token_weights_gradcheck_and_shapes():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_fused_linear_token_weights(dtype, device):
-    if device == "cuda" and dtype == torch.float64:
-        pytest.skip("float64 is CPU only")
-    pb = problem(3, device)
-    x, w, b = (pb[k].to(dtype) for k in ("hidden", "weight", "bias"))
+    pb, x, w, b = linear_problem(3, dtype, device)
     y, off, tw = pb["labels"], pb["offsets"], pb["tw"]
     kw = dict(ref_logps=pb["ref"], soft_labels=pb["soft"], loss_type="gdpo", token_weights=tw)
-    v, g = grad_of(lambda x, w, b: gp.fused_linear_preference_loss(x, w, y, off, bias=b,
-                                                                   **kw).loss, x, w, b)
-    ve, ge = grad_of(lambda x, w, b: gp.dpo_loss(F.linear(x, w, b), y, off, **kw).loss,
-                     x.double(), w.double(), b.double())
-    tol = torch.float64 if dtype == torch.float64 and device == "cpu" else torch.float32
-    close(v, ve, tol)
-    for a, e in zip(g, ge):
-        close(a, e.to(dtype), tol if dtype != torch.bfloat16 else dtype)
+    against_float64(
+        lambda x, w, b: gp.fused_linear_preference_loss(x, w, y, off, bias=b, **kw).loss,
+        lambda x, w, b: gp.dpo_loss(F.linear(x, w, b), y, off, **kw).loss, (x, w, b), dtype,
+        device)
     # fused_linear_logps with weights: the logits path's sequence_logps.
-    s, gs = grad_of(lambda x, w, b: gp.fused_linear_logps(x, w, y, off, bias=b, token_weights=tw,
-                                                          average_logps=True), x, w, b)
-    se, gse = grad_of(lambda x, w, b: gp.sequence_logps(F.linear(x, w, b), y, off,
-                                                        token_weights=tw, average_logps=True),
-                      x.double(), w.double(), b.double())
-    close(s, se, tol)
-    for a, e in zip(gs, gse):
-        close(a, e.to(dtype), tol if dtype != torch.bfloat16 else dtype)
+    against_float64(
+        lambda x, w, b: gp.fused_linear_logps(x, w, y, off, bias=b, token_weights=tw,
+                                              average_logps=True),
+        lambda x, w, b: gp.sequence_logps(F.linear(x, w, b), y, off, token_weights=tw,
+                                          average_logps=True), (x, w, b), dtype, device)
 
 
 # ---- metric sums (data parallel)
@@ -281,26 +301,19 @@ def test_grad_weight_accumulator_errors_and_no_grad():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_linear_token_logps(dtype, device):
-    if device == "cuda" and dtype == torch.float64:
-        pytest.skip("float64 is CPU only")
-    pb = problem(8, device)
-    x, w, b = (pb[k].to(dtype) for k in ("hidden", "weight", "bias"))
+    pb, x, w, b = linear_problem(8, dtype, device)
     y = pb["labels"][:22].reshape(2, 11)  # [B, T] with [B, T, H] hidden
     x3 = x[:22].reshape(2, 11, H)
     g_up = torch.randn(y.shape, dtype=torch.float64, device=device)
-    v, g = grad_of(lambda x_, w_, b_: gp.linear_token_logps(x_, w_, y, bias=b_, softcap=3.0)
-                   * g_up, x3, w, b)
-    ve, ge = grad_of(lambda x_, w_, b_: gp.token_logps(F.linear(x_, w_, b_), y, softcap=3.0)
-                     * g_up, x3.double(), w.double(), b.double())
-    tol = torch.float64 if dtype == torch.float64 and device == "cpu" else torch.float32
-    close(v, ve, tol)
-    for a, e in zip(g, ge):
-        close(a, e.to(dtype), tol if dtype != torch.bfloat16 else dtype)
+    v = against_float64(
+        lambda x_, w_, b_: gp.linear_token_logps(x_, w_, y, bias=b_, softcap=3.0) * g_up,
+        lambda x_, w_, b_: gp.token_logps(F.linear(x_, w_, b_), y, softcap=3.0) * g_up,
+        (x3, w, b), dtype, device)
     assert torch.equal(v[y == -100], torch.zeros_like(v[y == -100]))
     _, ent = gp.linear_token_logps(x3, w, y, bias=b, return_entropy=True)
     _, ent_e = gp.token_logps(F.linear(x3.double(), w.double(), b.double()), y,
                               return_entropy=True)
-    close(ent, ent_e, tol)
+    close(ent, ent_e, linear_tol(dtype, device))
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(
             lambda x_, w_, b_: gp.linear_token_logps(x_, w_, pb["labels"], bias=b_,

@@ -49,27 +49,29 @@ def _models(vocab_size):
 
 DATA = tiny_lm.PREFERENCES
 
+
+def same_name(*names, trl=None, geopref=None):
+    """Cases of losses that TRL and geopref call by the same name, each with
+    TRL's keywords trl and geopref's keywords geopref besides loss_type, a
+    reference, and TRL's rewards/* metrics in geopref's form."""
+    return {n: (dict(loss_type=[n], **(trl or {})), dict(loss_type=n, **(geopref or {})), True,
+                True) for n in names}
+
+
 # (TRL DPOConfig keywords, geopref dpo_loss keywords, whether a reference is
 # read, whether TRL's rewards/* metrics are in geopref's form)
 CASES = {
     "sigmoid": (dict(loss_type=["sigmoid"]), dict(loss_type="dpo"), True, True),
-    "hinge": (dict(loss_type=["hinge"]), dict(loss_type="hinge"), True, True),
+    **same_name("hinge", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down"),
+    **same_name("aot", "aot_unpaired", trl=dict(label_smoothing=0.2),
+                geopref=dict(soft_labels=0.8)),
     "ipo": (dict(loss_type=["ipo"]), dict(loss_type="ipo", average_logps=True), True, False),
     "sigmoid_norm": (dict(loss_type=["sigmoid_norm"]), dict(loss_type="dpo", average_logps=True),
                      True, False),
     "exo_pair": (dict(loss_type=["exo_pair"], label_smoothing=1e-3),
                  dict(loss_type="exo_pair", epsilon=1e-3), True, True),
-    "nca_pair": (dict(loss_type=["nca_pair"]), dict(loss_type="nca_pair"), True, True),
     "robust": (dict(loss_type=["robust"], label_smoothing=0.1),
                dict(loss_type="robust", epsilon=0.1), True, True),
-    "bco_pair": (dict(loss_type=["bco_pair"]), dict(loss_type="bco_pair"), True, True),
-    "sppo_hard": (dict(loss_type=["sppo_hard"]), dict(loss_type="sppo_hard"), True, True),
-    "aot": (dict(loss_type=["aot"], label_smoothing=0.2),
-            dict(loss_type="aot", soft_labels=0.8), True, True),
-    "aot_unpaired": (dict(loss_type=["aot_unpaired"], label_smoothing=0.2),
-                     dict(loss_type="aot_unpaired", soft_labels=0.8), True, True),
-    "apo_zero": (dict(loss_type=["apo_zero"]), dict(loss_type="apo_zero"), True, True),
-    "apo_down": (dict(loss_type=["apo_down"]), dict(loss_type="apo_down"), True, True),
     "discopop": (dict(loss_type=["discopop"], discopop_tau=0.05),
                  dict(loss_type="discopop", tau=0.05), True, True),
     "sft": (dict(loss_type=["sft"]), dict(loss_type="sft"), False, True),
