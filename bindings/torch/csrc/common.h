@@ -201,42 +201,50 @@ inline geopref::logit_transform to_logit_transform(c10::ArrayRef<double> v, cons
   return t;
 }
 
-/// Logits, labels and offsets: shapes and devices (dtypes are the kernels'
-/// business). Returns the logits with rows of unit stride and a row stride
-/// >= V (a copy only when the given layout is not already so).
-inline Tensor check_tokens(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
-                           const char* op) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "geopref.", op, ": logits must be 2-D [N, V], got ",
-                    logits.sizes());
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), "geopref.", op,
-                    ": labels must be [N] = [", logits.size(0), "], got ", labels.sizes());
-  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 1, "geopref.", op,
-                    ": offsets must be [S + 1] with S >= 0, got ", offsets.sizes());
+/// `x` [rows, cols] with rows of unit stride and a row stride >= cols (a
+/// copy only when the given layout is not already so).
+inline Tensor unit_rows(const Tensor& x) {
+  const bool rows_ok = x.size(1) <= 1 || x.stride(1) == 1;
+  const bool ld_ok = x.size(0) <= 1 || x.stride(0) >= x.size(1);
+  return rows_ok && ld_ok ? x : x.contiguous();
+}
+
+/// Labels [N] of int32 or int64 (N = n_rows, the rows of the logits or hidden states).
+inline void check_labels(const Tensor& labels, int64_t n_rows, const char* op) {
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == n_rows, "geopref.", op,
+                    ": labels must be [N] = [", n_rows, "], got ", labels.sizes());
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
                    "geopref.", op, ": labels must be int32 or int64, got ", labels.scalar_type());
+}
+
+/// Offsets [S + 1] of int32 or int64.
+inline void check_offsets(const Tensor& offsets, const char* op) {
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 1, "geopref.", op,
+                    ": offsets must be [S + 1] with S >= 0, got ", offsets.sizes());
   TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong,
                    "geopref.", op, ": offsets must be int32 or int64, got ", offsets.scalar_type());
-  TORCH_CHECK_VALUE(labels.device() == logits.device() && offsets.device() == logits.device(),
-                    "geopref.", op, ": logits, labels and offsets must be on one device");
-  const bool rows_ok = logits.size(1) <= 1 || logits.stride(1) == 1;
-  const bool ld_ok = logits.size(0) <= 1 || logits.stride(0) >= logits.size(1);
-  return rows_ok && ld_ok ? logits : logits.contiguous();
 }
 
 /// Logits [N, V] and labels [N] of the per-token primitive (no offsets):
-/// shapes, devices, label dtype. Returns the logits as check_tokens does.
+/// shapes, devices, label dtype. Returns the logits through unit_rows.
 inline Tensor check_rows(const Tensor& logits, const Tensor& labels, const char* op) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "geopref.", op, ": logits must be 2-D [N, V], got ",
                     logits.sizes());
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), "geopref.", op,
-                    ": labels must be [N] = [", logits.size(0), "], got ", labels.sizes());
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
-                   "geopref.", op, ": labels must be int32 or int64, got ", labels.scalar_type());
+  check_labels(labels, logits.size(0), op);
   TORCH_CHECK_VALUE(labels.device() == logits.device(), "geopref.", op,
                     ": logits and labels must be on one device");
-  const bool rows_ok = logits.size(1) <= 1 || logits.stride(1) == 1;
-  const bool ld_ok = logits.size(0) <= 1 || logits.stride(0) >= logits.size(1);
-  return rows_ok && ld_ok ? logits : logits.contiguous();
+  return unit_rows(logits);
+}
+
+/// Logits, labels and offsets: shapes and devices (dtypes are the kernels'
+/// business). Returns the logits as check_rows does.
+inline Tensor check_tokens(const Tensor& logits, const Tensor& labels, const Tensor& offsets,
+                           const char* op) {
+  const Tensor z = check_rows(logits, labels, op);
+  check_offsets(offsets, op);
+  TORCH_CHECK_VALUE(offsets.device() == logits.device(), "geopref.", op,
+                    ": logits, labels and offsets must be on one device");
+  return z;
 }
 
 /// The row stride to pass the library.
@@ -274,6 +282,80 @@ inline Tensor optional_pairs(const c10::optional<Tensor>& t, const Tensor& logit
 inline int64_t pair_count(const Tensor& pairs, int64_t n_seqs) {
   return pairs.defined() ? pairs.size(0) : n_seqs / 2;
 }
+
+/// The upstream gradient of a step's loss, or null: [] ([P] per pair for
+/// reduction "none"), on the device of `like` (`where` names it), as
+/// contiguous `dtype` [1] or [P]; undefined for null.
+inline Tensor upstream_of(const Tensor* upstream, const geopref::options& opt, int64_t n_pairs,
+                          const Tensor& like, at::ScalarType dtype, const char* where,
+                          const char* op) {
+  if (upstream == nullptr) return Tensor();
+  const int64_t n_up = opt.reduce == geopref::reduction::none ? n_pairs : 1;
+  TORCH_CHECK_VALUE(upstream->numel() == n_up && upstream->device() == like.device(), "geopref.",
+                    op, ": grad_output must hold ", n_up, " value(s) on ", where, ", got ",
+                    upstream->sizes());
+  return upstream->to(dtype).contiguous().reshape({-1});
+}
+
+/// grad_output, when given (the optional upstream of a step's schema), or null.
+inline const Tensor* given(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? &*t : nullptr;
+}
+
+/// The data of an optional float tensor of element type F, or null.
+template <class F>
+const F* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<F>() : nullptr;
+}
+
+/// pref_loss's per-pair tensors and the per-token weights as a kernel takes
+/// them: pairs int64 [P, 2], the floats in `dtype` (double for the CPU
+/// reference, float32 for the C ABI); the optional ones undefined.
+struct pair_tensors {
+  Tensor pairs, soft, ref_logps, weights, token_weights;
+  int64_t n_pairs;
+  pair_tensors(const Tensor& like, int64_t n_seqs, const c10::optional<Tensor>& p,
+               const c10::optional<Tensor>& s, const c10::optional<Tensor>& r,
+               const c10::optional<Tensor>& w, const c10::optional<Tensor>& tw,
+               at::ScalarType dtype, const char* op)
+      : pairs(optional_pairs(p, like, op)), n_pairs(pair_count(pairs, n_seqs)) {
+    soft = optional_vector(s, n_pairs, like, dtype, "soft_labels", op);
+    ref_logps = optional_vector(r, n_seqs, like, dtype, "ref_logps", op);
+    weights = optional_vector(w, n_pairs, like, dtype, "weights", op);
+    token_weights = optional_vector(tw, like.size(0), like, dtype, "token_weights", op);
+  }
+  /// Points the pair fields of `a` (the reference's inputs or a C ABI
+  /// argument struct) and its token-weight field `tw` at the tensors.
+  template <class Args, class F>
+  void fill(Args& a, const F*& tw) const {
+    a.n_pairs = n_pairs;
+    a.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
+    a.soft_labels = data_or_null<F>(soft);
+    a.ref_logps = data_or_null<F>(ref_logps);
+    a.weights = data_or_null<F>(weights);
+    tw = data_or_null<F>(token_weights);
+  }
+};
+
+// The arguments of pref_loss and pref_loss_grad_seq after grad_output, in
+// the schema's order (ops.cpp, GEOPREF_PREF_LOSS_ARGS), for their CPU and
+// CUDA kernels.
+#define GEOPREF_PREF_LOSS_PARAMS                                                            \
+  const Tensor &logits, const Tensor &labels, const Tensor &offsets,                        \
+      const c10::optional<Tensor> &pairs, const c10::optional<Tensor> &soft_labels,         \
+      const c10::optional<Tensor> &ref_logps, const c10::optional<Tensor> &weights,         \
+      const c10::optional<Tensor> &token_weights, c10::ArrayRef<double> options, bool check, \
+      c10::ArrayRef<double> logit_transform
+
+// The operators over logits (schemas: ops.cpp), each with a CPU kernel
+// <op>_cpu (ops.cpp) and a CUDA kernel <op>_cuda (ops_cuda.cpp).
+#define GEOPREF_TORCH_LOGITS_OPS(X) \
+  X(pref_loss) X(pref_loss_grad_seq) X(sequence_logps) X(logits_grad) X(token_logps) \
+  X(token_logps_grad)
+
+// The registration of a list's kernels, inside TORCH_LIBRARY_IMPL(geopref, CPU / CUDA, m).
+#define GEOPREF_TORCH_CPU_IMPL(op) m.impl(#op, &geopref_torch::op##_cpu);
+#define GEOPREF_TORCH_CUDA_IMPL(op) m.impl(#op, &geopref_torch::op##_cuda);
 
 /// The values of a metric_sums tensor: geopref::metric_sums' fields (the
 /// seven metrics as sums, then the pair count P).

@@ -1,6 +1,7 @@
 // bindings/torch/csrc/cpu.h — what the CPU kernels of the geopref torch
-// operators (ops.cpp, ops_linear.cpp) share: the dispatch from a tensor's
-// dtype to the CPU reference's element type, and the metrics as a tensor.
+// operators (ops.cpp, ops_linear.cpp, ops_vocab.cpp) share: the dispatch
+// from a tensor's dtype to the CPU reference's element type, the metrics as
+// a tensor, and the token inputs of the reference.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,6 +13,7 @@
 
 #include "common.h"
 #include "geopref/options.hpp"
+#include "geopref/reference/reference.hpp"
 
 namespace geopref_torch {
 
@@ -64,34 +66,33 @@ inline Tensor cpu_token_weights(const c10::optional<Tensor>& tw, const Tensor& l
                                 const char* op) {
   return optional_vector(tw, n, like, at::kDouble, "token_weights", op);
 }
-inline const double* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<double>() : nullptr;
-}
 
-/// pref_loss's tensors as the reference takes them (float inputs in double):
-/// the per-pair ones and the per-token weights.
-struct cpu_pairs {
-  Tensor pairs, soft, ref_logps, weights, token_weights;
-  int64_t n_pairs;
-  cpu_pairs(const Tensor& logits, int64_t n_seqs, const c10::optional<Tensor>& p,
-            const c10::optional<Tensor>& s, const c10::optional<Tensor>& r,
-            const c10::optional<Tensor>& w, const c10::optional<Tensor>& tw, const char* op)
-      : pairs(optional_pairs(p, logits, op)),
-        n_pairs(pair_count(pairs, n_seqs)) {
-    soft = optional_vector(s, n_pairs, logits, at::kDouble, "soft_labels", op);
-    ref_logps = optional_vector(r, n_seqs, logits, at::kDouble, "ref_logps", op);
-    weights = optional_vector(w, n_pairs, logits, at::kDouble, "weights", op);
-    token_weights = cpu_token_weights(tw, logits, logits.size(0), op);
-  }
+/// The reference's token inputs over CPU tensors (the logits path's
+/// operators, ops.cpp and ops_vocab.cpp): labels and offsets as int64
+/// (converted once here, so the reference is instantiated for 4 logit types
+/// rather than 16 type combinations).
+struct cpu_tokens {
+  Tensor logits, labels, offsets;  // keep the converted tensors alive
+  geopref::logit_transform transform;
+  cpu_tokens(const Tensor& z, const Tensor& y, const Tensor& off,
+             c10::ArrayRef<double> logit_transform, const char* op)
+      : logits(check_tokens(z, y, off, op)),
+        labels(y.to(at::kLong).contiguous()),
+        offsets(off.to(at::kLong).contiguous()),
+        transform(to_logit_transform(logit_transform, op)) {}
 
-  template <class In>
-  void fill(In& in) const {
-    in.n_pairs = n_pairs;
-    in.pairs = pairs.defined() ? pairs.data_ptr<int64_t>() : nullptr;
-    in.soft_labels = data_or_null(soft);
-    in.ref_logps = data_or_null(ref_logps);
-    in.weights = data_or_null(weights);
-    in.token_weights = data_or_null(token_weights);
+  template <class Logit>
+  geopref::reference::inputs<Logit, int64_t, int64_t> inputs() const {
+    geopref::reference::inputs<Logit, int64_t, int64_t> in;
+    in.logits = static_cast<const Logit*>(logits.data_ptr());
+    in.n_rows = logits.size(0);
+    in.vocab = logits.size(1);
+    in.ld = row_stride(logits);
+    in.logit_transform = transform;
+    in.labels = labels.data_ptr<int64_t>();
+    in.offsets = offsets.data_ptr<int64_t>();
+    in.n_seqs = offsets.size(0) - 1;
+    return in;
   }
 };
 

@@ -26,12 +26,6 @@ struct linear_tensors {
   int64_t vocab() const { return weight.size(0); }
 };
 
-inline Tensor unit_rows(const Tensor& x) {
-  const bool rows_ok = x.size(1) <= 1 || x.stride(1) == 1;
-  const bool ld_ok = x.size(0) <= 1 || x.stride(0) >= x.size(1);
-  return rows_ok && ld_ok ? x : x.contiguous();
-}
-
 /// Shapes, dtypes and devices of hidden, weight, bias, labels and offsets,
 /// and the chunk budget: the same errors on every device. The per-token
 /// operators (linear_token_logps) have no offsets: check_linear_rows.
@@ -44,14 +38,8 @@ inline linear_tensors check_linear_impl(const Tensor& hidden, const Tensor& weig
                     hidden.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == hidden.size(1), "geopref.", op,
                     ": weight must be [V, H] with H = ", hidden.size(1), ", got ", weight.sizes());
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == hidden.size(0), "geopref.", op,
-                    ": labels must be [N] = [", hidden.size(0), "], got ", labels.sizes());
-  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 1, "geopref.", op,
-                    ": offsets must be [S + 1] with S >= 0, got ", offsets.sizes());
-  TORCH_CHECK_TYPE(labels.scalar_type() == at::kInt || labels.scalar_type() == at::kLong,
-                   "geopref.", op, ": labels must be int32 or int64, got ", labels.scalar_type());
-  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong,
-                   "geopref.", op, ": offsets must be int32 or int64, got ", offsets.scalar_type());
+  check_labels(labels, hidden.size(0), op);
+  check_offsets(offsets, op);
   TORCH_CHECK_TYPE(weight.scalar_type() == hidden.scalar_type(), "geopref.", op,
                    ": hidden and weight must have one dtype, got ", hidden.scalar_type(), " and ",
                    weight.scalar_type());
@@ -95,6 +83,83 @@ inline linear_tensors check_linear_rows(const Tensor& hidden, const Tensor& weig
   const Tensor no_offsets = at::zeros({1}, labels.options().dtype(at::kLong));
   return check_linear_impl(hidden, weight, bias, labels, no_offsets, chunk_bytes, op);
 }
+
+// The arguments every fused-linear pref-loss operator takes, in the schema's
+// order (ops_linear.cpp, GEOPREF_LINEAR_PREF_LOSS_ARGS), for the CPU and
+// CUDA kernels, and the call that passes them on.
+#define GEOPREF_LINEAR_PARAMS                                                                 \
+  const Tensor &hidden, const Tensor &weight, const c10::optional<Tensor> &bias,              \
+      const Tensor &labels, const Tensor &offsets, const c10::optional<Tensor> &pairs,        \
+      const c10::optional<Tensor> &soft_labels, const c10::optional<Tensor> &ref_logps,       \
+      const c10::optional<Tensor> &weights, const c10::optional<Tensor> &token_weights,       \
+      c10::ArrayRef<double> options, int64_t chunk_bytes, std::array<bool, 3> grad_mask,      \
+      bool check, c10::ArrayRef<double> logit_transform,                                      \
+      const c10::optional<Tensor> &host_offsets, const c10::optional<Tensor> &host_pairs
+#define GEOPREF_LINEAR_ARGS                                                                    \
+  hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights, \
+      options, chunk_bytes, grad_mask, check, logit_transform, host_offsets, host_pairs
+
+// The arguments of linear_token_logps_grad, and of
+// linear_token_logps_accumulate before its accumulators, in the schemas' order.
+#define GEOPREF_LINEAR_TOKEN_GRAD_PARAMS                                                       \
+  const Tensor &hidden, const Tensor &weight, const c10::optional<Tensor> &bias,               \
+      const Tensor &labels, const Tensor &lse, const Tensor &grad, int64_t ignore_index,       \
+      int64_t chunk_bytes, std::array<bool, 3> grad_mask, bool check,                          \
+      c10::ArrayRef<double> logit_transform, const c10::optional<Tensor> &grad_entropy,        \
+      const c10::optional<Tensor> &entropy
+#define GEOPREF_LINEAR_TOKEN_GRAD_ARGS                                                         \
+  hidden, weight, bias, labels, lse, grad, ignore_index, chunk_bytes, grad_mask, check,        \
+      logit_transform, grad_entropy, entropy
+
+// The arguments of linear_sequence_logps_grad, in the schema's order.
+#define GEOPREF_LINEAR_SEQUENCE_GRAD_PARAMS                                                    \
+  const Tensor &hidden, const Tensor &weight, const c10::optional<Tensor> &bias,               \
+      const Tensor &labels, const Tensor &offsets, const c10::optional<Tensor> &token_weights, \
+      const Tensor &lse, const Tensor &grad_seq, int64_t ignore_index, int64_t chunk_bytes,    \
+      std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform
+
+// The kernels of a device (suffix cpu or cuda) that differ only in what they
+// return, from the device's one function:
+//   linear_pref_loss, _grad and _accumulate from step(upstream or null,
+//     GEOPREF_LINEAR_ARGS, op, grad_weight_acc, grad_bias_acc) -> step_result;
+//   linear_token_logps_grad and _accumulate from grad(GEOPREF_LINEAR_TOKEN_GRAD_ARGS,
+//     grad_weight_acc, grad_bias_acc, op) -> grads3.
+#define GEOPREF_LINEAR_KERNELS(device, step, grad)                                             \
+  step_result linear_pref_loss_##device(GEOPREF_LINEAR_PARAMS) {                               \
+    return step(nullptr, GEOPREF_LINEAR_ARGS, "linear_pref_loss", {}, {});                     \
+  }                                                                                            \
+  grads3 linear_pref_loss_grad_##device(const Tensor& grad_output, GEOPREF_LINEAR_PARAMS) {    \
+    const auto r = step(&grad_output, GEOPREF_LINEAR_ARGS, "linear_pref_loss_grad", {}, {});   \
+    return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};                                   \
+  }                                                                                            \
+  Tensor linear_pref_loss_accumulate_##device(const Tensor& grad_output, GEOPREF_LINEAR_PARAMS, \
+                                              const c10::optional<Tensor>& grad_weight_acc,    \
+                                              const c10::optional<Tensor>& grad_bias_acc) {    \
+    return std::get<3>(step(&grad_output, GEOPREF_LINEAR_ARGS, "linear_pref_loss_accumulate",  \
+                            grad_weight_acc, grad_bias_acc));                                  \
+  }                                                                                            \
+  grads3 linear_token_logps_grad_##device(GEOPREF_LINEAR_TOKEN_GRAD_PARAMS) {                  \
+    return grad(GEOPREF_LINEAR_TOKEN_GRAD_ARGS, {}, {}, "linear_token_logps_grad");            \
+  }                                                                                            \
+  Tensor linear_token_logps_accumulate_##device(GEOPREF_LINEAR_TOKEN_GRAD_PARAMS,              \
+                                                const c10::optional<Tensor>& grad_weight_acc,  \
+                                                const c10::optional<Tensor>& grad_bias_acc) {  \
+    return std::get<0>(grad(GEOPREF_LINEAR_TOKEN_GRAD_ARGS, grad_weight_acc, grad_bias_acc,    \
+                            "linear_token_logps_accumulate"));                                 \
+  }
+
+/// (loss, seq_logps, metrics, grad_hidden, grad_weight, grad_bias,
+/// metric_sums): linear_pref_loss' outputs; (grad_hidden, grad_weight,
+/// grad_bias): the backwards'.
+using step_result = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using grads3 = std::tuple<Tensor, Tensor, Tensor>;
+
+// The fused-linear operators (schemas: ops_linear.cpp), each with a CPU
+// kernel <op>_cpu (ops_linear.cpp) and a CUDA kernel <op>_cuda (ops_linear_cuda.cpp).
+#define GEOPREF_TORCH_LINEAR_OPS(X)                                                      \
+  X(linear_pref_loss) X(linear_pref_loss_grad) X(linear_pref_loss_accumulate)          \
+  X(linear_token_logps) X(linear_token_logps_grad) X(linear_token_logps_accumulate)    \
+  X(linear_one_pass) X(linear_sequence_logps) X(linear_sequence_logps_grad)
 
 /// The caller's gradient accumulators of the fused-linear step (the library's
 /// `accumulate`): grad_weight [V, H] float32 (the library's

@@ -92,45 +92,13 @@ auto visit_logits(const Tensor& logits, const char* op, Fn&& fn) {
   return visit_float(logits, "logits", op, std::forward<Fn>(fn));
 }
 
-/// The reference's token inputs over CPU tensors; labels and offsets as int64
-/// (converted once here, so the reference is instantiated for 4 logit types
-/// rather than 16 type combinations).
-struct cpu_tokens {
-  Tensor logits, labels, offsets;  // keep the converted tensors alive
-  geopref::logit_transform transform;
-  cpu_tokens(const Tensor& z, const Tensor& y, const Tensor& off,
-             c10::ArrayRef<double> logit_transform, const char* op)
-      : logits(check_tokens(z, y, off, op)),
-        labels(y.to(at::kLong).contiguous()),
-        offsets(off.to(at::kLong).contiguous()),
-        transform(to_logit_transform(logit_transform, op)) {}
-
-  template <class Logit>
-  ref::inputs<Logit, int64_t, int64_t> inputs() const {
-    ref::inputs<Logit, int64_t, int64_t> in;
-    in.logits = static_cast<const Logit*>(logits.data_ptr());
-    in.n_rows = logits.size(0);
-    in.vocab = logits.size(1);
-    in.ld = row_stride(logits);
-    in.logit_transform = transform;
-    in.labels = labels.data_ptr<int64_t>();
-    in.offsets = offsets.data_ptr<int64_t>();
-    in.n_seqs = offsets.size(0) - 1;
-    return in;
-  }
-};
-
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu(
-    const Tensor& logits, const Tensor& labels, const Tensor& offsets,
-    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
-    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
-    c10::ArrayRef<double> logit_transform) {
+    GEOPREF_PREF_LOSS_PARAMS) {
   const geopref::options opt = to_options(options, "pref_loss");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss");
   const int64_t N = logits.size(0), S = offsets.size(0) - 1;
-  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
-                     "pref_loss");
+  const pair_tensors pr(logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                        at::kDouble, "pref_loss");
   const auto f64 = logits.options().dtype(at::kDouble);
   Tensor lse = at::empty({N}, f64), seq = at::empty({S}, f64), gseq = at::empty({S}, f64);
   Tensor pair_losses = at::empty({pr.n_pairs}, f64);
@@ -143,7 +111,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu
   out.pair_losses = pair_losses.data_ptr<double>();
   const geopref::status st = visit_logits(tok.logits, "pref_loss", [&](auto tag) {
     auto in = tok.inputs<typename decltype(tag)::type>();
-    pr.fill(in);
+    pr.fill(in, in.token_weights);
     return ref::compute(in, opt, out);
   });
   check_status(static_cast<int>(st), "pref_loss");
@@ -155,29 +123,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> pref_loss_cpu
           metric_sums_tensor(out.sums, logits)};
 }
 
-Tensor pref_loss_grad_seq_cpu(
-    const Tensor& grad_output, const Tensor& logits, const Tensor& labels, const Tensor& offsets,
-    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
-    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, bool check,
-    c10::ArrayRef<double> logit_transform) {
+Tensor pref_loss_grad_seq_cpu(const Tensor& grad_output, GEOPREF_PREF_LOSS_PARAMS) {
   const geopref::options opt = to_options(options, "pref_loss_grad_seq");
   const cpu_tokens tok(logits, labels, offsets, logit_transform, "pref_loss_grad_seq");
   const int64_t S = offsets.size(0) - 1;
-  const cpu_pairs pr(logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
-                     "pref_loss_grad_seq");
+  const pair_tensors pr(logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                        at::kDouble, "pref_loss_grad_seq");
   const bool per_pair = opt.reduce == geopref::reduction::none;
-  const int64_t n_up = per_pair ? pr.n_pairs : 1;
-  TORCH_CHECK_VALUE(grad_output.numel() == n_up && grad_output.device() == logits.device(),
-                    "geopref.pref_loss_grad_seq: grad_output must hold ", n_up,
-                    " value(s) on the logits' device, got ", grad_output.sizes());
-  const Tensor up = grad_output.to(at::kDouble).contiguous().reshape({-1});
+  const Tensor up = upstream_of(&grad_output, opt, pr.n_pairs, logits, at::kDouble,
+                                "the logits' device", "pref_loss_grad_seq");
   Tensor gseq = at::empty({S}, logits.options().dtype(at::kDouble));
   ref::outputs out;
   out.grad_seq_logps = gseq.data_ptr<double>();
   const geopref::status st = visit_logits(tok.logits, "pref_loss_grad_seq", [&](auto tag) {
     auto in = tok.inputs<typename decltype(tag)::type>();
-    pr.fill(in);
+    pr.fill(in, in.token_weights);
     if (per_pair) in.grad_pair_losses = up.data_ptr<double>();
     else in.grad_loss = up.data_ptr<double>()[0];
     return ref::compute(in, opt, out);
@@ -206,7 +166,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_logps_cpu(
     auto in = tok.inputs<typename decltype(tag)::type>();
     in.n_pairs = 0;
     in.pairs = &no_pair;
-    in.token_weights = data_or_null(tw);
+    in.token_weights = data_or_null<double>(tw);
     return ref::compute(in, opt, out);
   });
   check_status(static_cast<int>(st), "sequence_logps");
@@ -231,7 +191,7 @@ Tensor logits_grad_cpu(const Tensor& logits, const Tensor& labels, const Tensor&
   Tensor grad = at::empty({N, V}, logits.options().dtype(at::kDouble));
   const geopref::status st = visit_logits(tok.logits, "logits_grad", [&](auto tag) {
     auto in = tok.inputs<typename decltype(tag)::type>();
-    in.token_weights = data_or_null(tw);
+    in.token_weights = data_or_null<double>(tw);
     return ref::logits_grad(in, opt, l.data_ptr<double>(), g.data_ptr<double>(),
                             grad.data_ptr<double>(), V);
   });
@@ -390,14 +350,7 @@ TORCH_LIBRARY(geopref, m) {
         &geopref_torch::logit_transform_fields);
 }
 
-TORCH_LIBRARY_IMPL(geopref, CPU, m) {
-  m.impl("pref_loss", &geopref_torch::pref_loss_cpu);
-  m.impl("pref_loss_grad_seq", &geopref_torch::pref_loss_grad_seq_cpu);
-  m.impl("sequence_logps", &geopref_torch::sequence_logps_cpu);
-  m.impl("logits_grad", &geopref_torch::logits_grad_cpu);
-  m.impl("token_logps", &geopref_torch::token_logps_cpu);
-  m.impl("token_logps_grad", &geopref_torch::token_logps_grad_cpu);
-}
+TORCH_LIBRARY_IMPL(geopref, CPU, m) { GEOPREF_TORCH_LOGITS_OPS(GEOPREF_TORCH_CPU_IMPL) }
 
 // `import geopref_torch._C` loads this library, which runs the registrations
 // above; the module itself is empty (no pybind11: nothing here depends on

@@ -88,8 +88,6 @@ namespace {
 namespace ref = geopref::reference;
 using c10::optional;
 
-using grads3 = std::tuple<Tensor, Tensor, Tensor>;
-
 /// The three gradients in double, as the reference writes them, and their
 /// conversion to the inputs' dtypes ([0] for those not asked for).
 struct cpu_grads {
@@ -137,12 +135,11 @@ struct cpu_accumulators {
   }
 };
 
-template <class Elem>
-ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tensors& t,
-                                                              const Tensor& labels,
-                                                              const Tensor& offsets,
-                                                              const geopref::logit_transform& tr) {
-  ref::linear_inputs<Elem, int64_t, int64_t> in;
+/// What the reference's linear_inputs and linear_token_rows share: the
+/// hidden states, the projection, the labels and the logit transform.
+template <class Elem, class In>
+In linear_view(const linear_tensors& t, const Tensor& labels, const geopref::logit_transform& tr) {
+  In in;
   in.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
   in.ld_hidden = row_stride(t.hidden);
   in.weight = static_cast<const Elem*>(t.weight.data_ptr());
@@ -153,6 +150,15 @@ ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tenso
   in.vocab = t.vocab();
   in.logit_transform = tr;
   in.labels = labels.data_ptr<int64_t>();
+  return in;
+}
+
+template <class Elem>
+ref::linear_inputs<Elem, int64_t, int64_t> make_linear_inputs(const linear_tensors& t,
+                                                              const Tensor& labels,
+                                                              const Tensor& offsets,
+                                                              const geopref::logit_transform& tr) {
+  auto in = linear_view<Elem, ref::linear_inputs<Elem, int64_t, int64_t>>(t, labels, tr);
   in.offsets = offsets.data_ptr<int64_t>();
   in.n_seqs = offsets.size(0) - 1;
   return in;
@@ -162,36 +168,18 @@ template <class Elem>
 ref::linear_token_rows<Elem, int64_t> make_linear_rows(const linear_tensors& t,
                                                        const Tensor& labels, int64_t ignore_index,
                                                        const geopref::logit_transform& tr) {
-  ref::linear_token_rows<Elem, int64_t> rows;
-  rows.hidden = static_cast<const Elem*>(t.hidden.data_ptr());
-  rows.ld_hidden = row_stride(t.hidden);
-  rows.weight = static_cast<const Elem*>(t.weight.data_ptr());
-  rows.ld_weight = row_stride(t.weight);
-  rows.bias = t.bias.defined() ? static_cast<const Elem*>(t.bias.data_ptr()) : nullptr;
-  rows.n_rows = t.n_rows();
-  rows.hidden_size = t.hidden_size();
-  rows.vocab = t.vocab();
-  rows.labels = labels.data_ptr<int64_t>();
+  auto rows = linear_view<Elem, ref::linear_token_rows<Elem, int64_t>>(t, labels, tr);
   rows.ignore_index = ignore_index;
-  rows.logit_transform = tr;
   return rows;
 }
-
-using step_result = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 /// linear_pref_loss (upstream undefined: gradients at upstream 1),
 /// linear_pref_loss_grad (upstream given) and, with accumulators,
 /// linear_pref_loss_accumulate (grad_weight and grad_bias added to the
 /// caller's buffers instead of returned) on the CPU reference.
-step_result linear_step_cpu(
-    const Tensor* upstream, const Tensor& hidden, const Tensor& weight,
-    const optional<Tensor>& bias, const Tensor& labels, const Tensor& offsets,
-    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
-    const optional<Tensor>& token_weights, c10::ArrayRef<double> options, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool check, c10::ArrayRef<double> logit_transform,
-    const optional<Tensor>& host_offsets, const optional<Tensor>& host_pairs, const char* op,
-    const optional<Tensor>& grad_weight_acc = {}, const optional<Tensor>& grad_bias_acc = {}) {
+step_result linear_step_cpu(const Tensor* upstream, GEOPREF_LINEAR_PARAMS, const char* op,
+                            const optional<Tensor>& grad_weight_acc,
+                            const optional<Tensor>& grad_bias_acc) {
   const geopref::options opt = to_options(options, op);
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
@@ -201,18 +189,13 @@ step_result linear_step_cpu(
   check_host_layout(host_offsets, host_pairs, offsets, pairs, /*values=*/true, op);
   const Tensor y = labels.to(at::kLong).contiguous(), off = offsets.to(at::kLong).contiguous();
   const int64_t S = offsets.size(0) - 1;
-  const cpu_pairs pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
+  const pair_tensors pr(t.hidden, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                        at::kDouble, op);
   const accumulators acc = check_accumulators(grad_weight_acc, grad_bias_acc, t, op);
   if (acc.any()) grad_mask[1] = grad_mask[2] = false;  // into the accumulators instead
   const bool per_pair = opt.reduce == geopref::reduction::none;
-  Tensor up;
-  if (upstream != nullptr) {
-    const int64_t n_up = per_pair ? pr.n_pairs : 1;
-    TORCH_CHECK_VALUE(upstream->numel() == n_up && upstream->device() == t.hidden.device(),
-                      "geopref.", op, ": grad_output must hold ", n_up,
-                      " value(s) on the device of hidden, got ", upstream->sizes());
-    up = upstream->to(at::kDouble).contiguous().reshape({-1});
-  }
+  const Tensor up = upstream_of(upstream, opt, pr.n_pairs, t.hidden, at::kDouble,
+                                "the device of hidden", op);
   const auto f64 = t.hidden.options().dtype(at::kDouble);
   Tensor seq = at::empty({S}, f64), pair_losses = at::empty({pr.n_pairs}, f64);
   Tensor counts = at::empty({S}, t.hidden.options().dtype(at::kLong));
@@ -226,7 +209,7 @@ step_result linear_step_cpu(
   if (acc.any()) cacc.fill(out);
   const geopref::status st = visit_float(t.hidden, "hidden", op, [&](auto tag) {
     auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off, tr);
-    pr.fill(in);
+    pr.fill(in, in.token_weights);
     if (up.defined()) {
       if (per_pair) in.grad_pair_losses = up.data_ptr<double>();
       else in.grad_loss = up.data_ptr<double>()[0];
@@ -240,37 +223,6 @@ step_result linear_step_cpu(
   const auto [gh, gw, gb] = g.result(t);
   return {value.to(od), seq.to(od), metrics_tensor(out.base.stats, t.hidden), gh, gw, gb,
           metric_sums_tensor(out.base.sums, t.hidden)};
-}
-
-// The arguments every fused-linear pref-loss operator takes, in the schema's
-// order (GEOPREF_LINEAR_PREF_LOSS_ARGS below).
-#define GEOPREF_LINEAR_PARAMS                                                                 \
-  const Tensor &hidden, const Tensor &weight, const optional<Tensor> &bias,                   \
-      const Tensor &labels, const Tensor &offsets, const optional<Tensor> &pairs,             \
-      const optional<Tensor> &soft_labels, const optional<Tensor> &ref_logps,                 \
-      const optional<Tensor> &weights, const optional<Tensor> &token_weights,                 \
-      c10::ArrayRef<double> options, int64_t chunk_bytes, std::array<bool, 3> grad_mask,      \
-      bool check, c10::ArrayRef<double> logit_transform, const optional<Tensor> &host_offsets, \
-      const optional<Tensor> &host_pairs
-#define GEOPREF_LINEAR_ARGS                                                                    \
-  hidden, weight, bias, labels, offsets, pairs, soft_labels, ref_logps, weights, token_weights, \
-      options, chunk_bytes, grad_mask, check, logit_transform, host_offsets, host_pairs
-
-step_result linear_pref_loss_cpu(GEOPREF_LINEAR_PARAMS) {
-  return linear_step_cpu(nullptr, GEOPREF_LINEAR_ARGS, "linear_pref_loss");
-}
-
-grads3 linear_pref_loss_grad_cpu(const Tensor& grad_output, GEOPREF_LINEAR_PARAMS) {
-  const auto r = linear_step_cpu(&grad_output, GEOPREF_LINEAR_ARGS, "linear_pref_loss_grad");
-  return {std::get<3>(r), std::get<4>(r), std::get<5>(r)};
-}
-
-Tensor linear_pref_loss_accumulate_cpu(const Tensor& grad_output, GEOPREF_LINEAR_PARAMS,
-                                       const optional<Tensor>& grad_weight_acc,
-                                       const optional<Tensor>& grad_bias_acc) {
-  const auto r = linear_step_cpu(&grad_output, GEOPREF_LINEAR_ARGS,
-                                 "linear_pref_loss_accumulate", grad_weight_acc, grad_bias_acc);
-  return std::get<3>(r);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
@@ -296,7 +248,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> linear_sequence_logps_cpu(
     auto in = make_linear_inputs<typename decltype(tag)::type>(t, y, off, tr);
     in.n_pairs = 0;
     in.pairs = &no_pair;
-    in.token_weights = data_or_null(tw);
+    in.token_weights = data_or_null<double>(tw);
     return ref::fused_linear(in, opt, out);
   });
   check_status(static_cast<int>(st), op);
@@ -357,13 +309,7 @@ grads3 linear_rows_grad_cpu(const linear_tensors& t, const Tensor& y, const Tens
   return grads.result(t);
 }
 
-grads3 linear_sequence_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
-                                      const optional<Tensor>& bias, const Tensor& labels,
-                                      const Tensor& offsets, const optional<Tensor>& token_weights,
-                                      const Tensor& lse, const Tensor& grad_seq,
-                                      int64_t ignore_index, int64_t chunk_bytes,
-                                      std::array<bool, 3> grad_mask, bool /*check*/,
-                                      c10::ArrayRef<double> logit_transform) {
+grads3 linear_sequence_logps_grad_cpu(GEOPREF_LINEAR_SEQUENCE_GRAD_PARAMS) {
   const char* op = "linear_sequence_logps_grad";
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
@@ -412,11 +358,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_token_logps_cp
 }
 
 /// linear_token_logps_grad and, with accumulators, linear_token_logps_accumulate.
-grads3 linear_token_grad_cpu(const Tensor& hidden, const Tensor& weight,
-                             const optional<Tensor>& bias, const Tensor& labels, const Tensor& lse,
-                             const Tensor& grad, int64_t ignore_index, int64_t chunk_bytes,
-                             std::array<bool, 3> grad_mask, c10::ArrayRef<double> logit_transform,
-                             const optional<Tensor>& grad_entropy, const optional<Tensor>& entropy,
+grads3 linear_token_grad_cpu(GEOPREF_LINEAR_TOKEN_GRAD_PARAMS,
                              const optional<Tensor>& grad_weight_acc,
                              const optional<Tensor>& grad_bias_acc, const char* op) {
   const geopref::logit_transform tr = to_logit_transform(logit_transform, op);
@@ -431,29 +373,7 @@ grads3 linear_token_grad_cpu(const Tensor& hidden, const Tensor& weight,
                               grad_mask, tr, chunk_bytes, op, e, h, &acc);
 }
 
-grads3 linear_token_logps_grad_cpu(const Tensor& hidden, const Tensor& weight,
-                                   const optional<Tensor>& bias, const Tensor& labels,
-                                   const Tensor& lse, const Tensor& grad, int64_t ignore_index,
-                                   int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-                                   bool /*check*/, c10::ArrayRef<double> logit_transform,
-                                   const optional<Tensor>& grad_entropy,
-                                   const optional<Tensor>& entropy) {
-  return linear_token_grad_cpu(hidden, weight, bias, labels, lse, grad, ignore_index, chunk_bytes,
-                               grad_mask, logit_transform, grad_entropy, entropy, {}, {},
-                               "linear_token_logps_grad");
-}
-
-Tensor linear_token_logps_accumulate_cpu(
-    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias, const Tensor& labels,
-    const Tensor& lse, const Tensor& grad, int64_t ignore_index, int64_t chunk_bytes,
-    std::array<bool, 3> grad_mask, bool /*check*/, c10::ArrayRef<double> logit_transform,
-    const optional<Tensor>& grad_entropy, const optional<Tensor>& entropy,
-    const optional<Tensor>& grad_weight_acc, const optional<Tensor>& grad_bias_acc) {
-  return std::get<0>(linear_token_grad_cpu(hidden, weight, bias, labels, lse, grad, ignore_index,
-                                           chunk_bytes, grad_mask, logit_transform, grad_entropy,
-                                           entropy, grad_weight_acc, grad_bias_acc,
-                                           "linear_token_logps_accumulate"));
-}
+GEOPREF_LINEAR_KERNELS(cpu, linear_step_cpu, linear_token_grad_cpu)
 
 /// linear_one_pass on CPU: the reference forms the logits whole, there is no
 /// one-pass path; the arguments are checked as linear_pref_loss checks them.
@@ -515,14 +435,4 @@ TORCH_LIBRARY_FRAGMENT(geopref, m) {
       "-> Tensor grad_hidden");
 }
 
-TORCH_LIBRARY_IMPL(geopref, CPU, m) {
-  m.impl("linear_pref_loss", &geopref_torch::linear_pref_loss_cpu);
-  m.impl("linear_pref_loss_grad", &geopref_torch::linear_pref_loss_grad_cpu);
-  m.impl("linear_pref_loss_accumulate", &geopref_torch::linear_pref_loss_accumulate_cpu);
-  m.impl("linear_token_logps", &geopref_torch::linear_token_logps_cpu);
-  m.impl("linear_token_logps_grad", &geopref_torch::linear_token_logps_grad_cpu);
-  m.impl("linear_token_logps_accumulate", &geopref_torch::linear_token_logps_accumulate_cpu);
-  m.impl("linear_one_pass", &geopref_torch::linear_one_pass_cpu);
-  m.impl("linear_sequence_logps", &geopref_torch::linear_sequence_logps_cpu);
-  m.impl("linear_sequence_logps_grad", &geopref_torch::linear_sequence_logps_grad_cpu);
-}
+TORCH_LIBRARY_IMPL(geopref, CPU, m) { GEOPREF_TORCH_LINEAR_OPS(GEOPREF_TORCH_CPU_IMPL) }

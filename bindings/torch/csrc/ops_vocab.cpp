@@ -50,6 +50,15 @@
 //     the ranks (an all-reduce). On CPU the logits Z_r = H·W_rᵀ + b_r and the
 //     products are formed whole in double (as reference/vocab_linear.hpp
 //     does), then the logits path above runs on them.
+//   vocab_linear_accumulate(grad_output, <vocab_linear_step's arguments but grad_output>,
+//                           grad_weight_acc?, grad_bias_acc?) -> grad_hidden
+//     The same step with the upstream gradient grad_output, grad_weight and
+//     grad_bias added to the caller's buffers instead of returned (the C
+//     ABI's `accumulate`): grad_weight_acc [V_r, H] float32 (the C ABI's
+//     grad_weight_float32, for any weight dtype) or the weight's dtype,
+//     grad_bias_acc [V_r] float32; returns the partial grad_hidden (or [0]
+//     without grad_mask[0]). What vocab_linear_loss's backward runs with
+//     grad_weight_accumulator / grad_bias_accumulator.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -69,33 +78,13 @@ namespace {
 namespace ref = geopref::reference;
 using c10::optional;
 
-/// The slice's tokens as the reference takes them: labels and offsets in
-/// int64 (converted once), the logits in the dtype given.
-struct cpu_slice {
-  Tensor logits, labels, offsets;
-  geopref::logit_transform transform;
+/// The slice's tokens as the reference takes them (cpu_tokens), and the slice.
+struct cpu_slice : cpu_tokens {
   geopref_vocab_slice_fields slice;
   cpu_slice(const Tensor& z, const Tensor& y, const Tensor& off, c10::IntArrayRef vocab_slice,
             c10::ArrayRef<double> logit_transform, const char* op)
-      : logits(check_tokens(z, y, off, op)),
-        labels(y.to(at::kLong).contiguous()),
-        offsets(off.to(at::kLong).contiguous()),
-        transform(to_logit_transform(logit_transform, op)),
+      : cpu_tokens(z, y, off, logit_transform, op),
         slice(to_vocab_slice(vocab_slice, z.size(1), op)) {}
-
-  template <class Logit>
-  ref::inputs<Logit, int64_t, int64_t> inputs() const {
-    ref::inputs<Logit, int64_t, int64_t> in;
-    in.logits = static_cast<const Logit*>(logits.data_ptr());
-    in.n_rows = logits.size(0);
-    in.vocab = logits.size(1);
-    in.ld = row_stride(logits);
-    in.logit_transform = transform;
-    in.labels = labels.data_ptr<int64_t>();
-    in.offsets = offsets.data_ptr<int64_t>();
-    in.n_seqs = offsets.size(0) - 1;
-    return in;
-  }
 };
 
 // The CPU record as float64 [4]: m, s, label, tag = 2·rank + owns.
@@ -171,7 +160,7 @@ Tensor vocab_parallel_stats_cpu(const Tensor& logits, const Tensor& labels, cons
 struct step_out {
   Tensor value, seq, metrics, sums, counts;
 };
-step_out step_cpu(const cpu_slice& sl, const Tensor& records, const cpu_pairs* pr,
+step_out step_cpu(const cpu_slice& sl, const Tensor& records, const pair_tensors* pr,
                   const Tensor& token_weights, const geopref::options& opt, const Tensor* upstream,
                   double* grad, const char* op) {
   const int64_t N = sl.logits.size(0), S = sl.offsets.size(0) - 1;
@@ -179,13 +168,7 @@ step_out step_cpu(const cpu_slice& sl, const Tensor& records, const cpu_pairs* p
   const std::vector<ref::vocab_record> rec = gathered_records(records, N, K, op);
   const int64_t P = pr != nullptr ? pr->n_pairs : 0;
   const bool per_pair = opt.reduce == geopref::reduction::none;
-  Tensor up;
-  if (upstream != nullptr) {
-    const int64_t n_up = per_pair ? P : 1;
-    TORCH_CHECK_VALUE(upstream->numel() == n_up, "geopref.", op, ": grad_output must hold ", n_up,
-                      " value(s), got ", upstream->sizes());
-    up = upstream->to(at::kDouble).contiguous().reshape({-1});
-  }
+  const Tensor up = upstream_of(upstream, opt, P, sl.logits, at::kDouble, "the CPU", op);
   const auto f64 = sl.logits.options().dtype(at::kDouble);
   step_out o;
   Tensor pair_losses = at::empty({P}, f64);
@@ -198,12 +181,12 @@ step_out step_cpu(const cpu_slice& sl, const Tensor& records, const cpu_pairs* p
   const geopref::status st = visit_float(sl.logits, "logits", op, [&](auto tag) {
     auto in = sl.inputs<typename decltype(tag)::type>();
     if (pr != nullptr) {
-      pr->fill(in);
+      pr->fill(in, in.token_weights);
     } else {
       in.n_pairs = 0;
       in.pairs = &no_pair;
     }
-    in.token_weights = data_or_null(token_weights);
+    in.token_weights = data_or_null<double>(token_weights);
     if (up.defined()) {
       if (per_pair) in.grad_pair_losses = up.data_ptr<double>();
       else in.grad_loss = up.data_ptr<double>()[0];
@@ -249,10 +232,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> vocab_parallel_train_step_cpu
   const geopref::options opt = to_options(options, op);
   const cpu_slice sl(logits, labels, offsets, vocab_slice, logit_transform, op);
   const int64_t N = sl.logits.size(0), W = sl.logits.size(1), S = sl.offsets.size(0) - 1;
-  const cpu_pairs pr(sl.logits, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
+  const pair_tensors pr(sl.logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                        at::kDouble, op);
   Tensor g = at::zeros({grad ? N : 0, grad ? W : 0}, sl.logits.options().dtype(at::kDouble));
-  const Tensor* up = grad_output.has_value() && grad_output->defined() ? &*grad_output : nullptr;
-  const step_out o = step_cpu(sl, records, &pr, pr.token_weights, opt, up,
+  const step_out o = step_cpu(sl, records, &pr, pr.token_weights, opt, given(grad_output),
                               grad ? g.data_ptr<double>() : nullptr, op);
   const auto od = out_dtype(logits);
   return {o.value.to(od), o.seq.to(od), o.metrics, o.sums,
@@ -292,42 +275,53 @@ Tensor vocab_linear_stats_cpu(const Tensor& hidden, const Tensor& weight,
   return stats_cpu(sl, opt, op);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vocab_linear_step_cpu(
-    const Tensor& hidden, const Tensor& weight, const optional<Tensor>& bias,
-    const Tensor& labels, const Tensor& offsets, const Tensor& records,
-    const optional<Tensor>& pairs, const optional<Tensor>& soft_labels,
-    const optional<Tensor>& ref_logps, const optional<Tensor>& weights,
-    const optional<Tensor>& token_weights, c10::IntArrayRef vocab_slice,
-    c10::ArrayRef<double> options, int64_t chunk_bytes, std::array<bool, 3> grad_mask,
-    bool /*check*/, c10::ArrayRef<double> logit_transform, const optional<Tensor>& grad_output) {
-  const char* op = "vocab_linear_step";
+/// vocab_linear_step (upstream null: gradients at an upstream gradient of
+/// 1, or the optional grad_output) and, with accumulators,
+/// vocab_linear_accumulate: grad_weight and grad_bias added to the caller's
+/// buffers (check_accumulators: float32 or the weight's dtype) instead of
+/// returned, each sum formed in double and rounded once, as the C ABI's
+/// `accumulate` (and grad_weight_float32 for a float32 buffer) does.
+vocab_linear_result vocab_linear_cpu(const Tensor* upstream, GEOPREF_VOCAB_LINEAR_PARAMS,
+                                     const char* op, const optional<Tensor>& grad_weight_acc,
+                                     const optional<Tensor>& grad_bias_acc) {
   const geopref::options opt = to_options(options, op);
   const linear_tensors t = check_linear(hidden, weight, bias, labels, offsets, chunk_bytes, op);
-  visit_float(t.hidden, "hidden", op, [](auto) { return 0; });
-  const auto mask = effective_mask(grad_mask, t);
-  const bool any = mask[0] || mask[1] || mask[2];
+  visit_float(t.hidden, "hidden", op, [](auto) { return 0; });  // the dtypes the reference reads
+  const accumulators acc = check_accumulators(grad_weight_acc, grad_bias_acc, t, op);
+  auto mask = effective_mask(grad_mask, t);
+  if (acc.any()) mask[1] = mask[2] = false;  // into the accumulators instead
+  const bool any = mask[0] || mask[1] || mask[2] || acc.any();
   const cpu_slice sl(slice_logits(t), labels, offsets, vocab_slice, logit_transform, op);
   const int64_t N = t.n_rows(), S = sl.offsets.size(0) - 1;
-  const cpu_pairs pr(sl.logits, S, pairs, soft_labels, ref_logps, weights, token_weights, op);
+  const pair_tensors pr(sl.logits, S, pairs, soft_labels, ref_logps, weights, token_weights,
+                        at::kDouble, op);
   Tensor G = at::zeros({any ? N : 0, any ? t.vocab() : 0}, sl.logits.options());
-  const Tensor* up = grad_output.has_value() && grad_output->defined() ? &*grad_output : nullptr;
-  const step_out o = step_cpu(sl, records, &pr, pr.token_weights, opt, up,
+  const step_out o = step_cpu(sl, records, &pr, pr.token_weights, opt, upstream,
                               any ? G.data_ptr<double>() : nullptr, op);
   // grad_H (partial) = G_r·W_r, grad_W_r = G_rᵀ·H, grad_b_r = Σ_t G_r[t, ·].
+  const auto grad_w = [&] { return at::matmul(G.t(), t.hidden.to(at::kDouble)); };
   const Tensor gh = mask[0] ? at::matmul(G, t.weight.to(at::kDouble)).to(t.hidden.scalar_type())
                             : empty_grad(t.hidden);
-  const Tensor gw = mask[1] ? at::matmul(G.t(), t.hidden.to(at::kDouble)).to(t.weight.scalar_type())
-                            : empty_grad(t.weight);
+  const Tensor gw = mask[1] ? grad_w().to(t.weight.scalar_type()) : empty_grad(t.weight);
   const Tensor gb = mask[2] ? G.sum(0).to(t.bias.scalar_type()) : empty_grad(t.hidden);
+  if (acc.weight.defined()) acc.weight.copy_(acc.weight.to(at::kDouble) + grad_w());
+  if (acc.bias.defined()) acc.bias.copy_(acc.bias.to(at::kDouble) + G.sum(0));
   const auto od = out_dtype(t.hidden);
   return {o.value.to(od), o.seq.to(od), o.metrics, o.sums, gh, gw, gb};
 }
+
+GEOPREF_VOCAB_LINEAR_KERNELS(cpu, vocab_linear_cpu)
 
 }  // namespace
 }  // namespace geopref_torch
 
 #define GEOPREF_VOCAB_PAIRS \
   "Tensor? pairs, Tensor? soft_labels, Tensor? ref_logps, Tensor? weights, Tensor? token_weights"
+
+#define GEOPREF_VOCAB_LINEAR_ARGS                                                          \
+  "Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor offsets, "           \
+  "Tensor records, " GEOPREF_VOCAB_PAIRS ", int[] vocab_slice, float[] options, "         \
+  "int chunk_bytes, bool[3] grad_mask, bool check, float[] logit_transform"
 
 TORCH_LIBRARY_FRAGMENT(geopref, m) {
   m.def(
@@ -346,19 +340,16 @@ TORCH_LIBRARY_FRAGMENT(geopref, m) {
       "vocab_linear_stats(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
       "Tensor offsets, int[] vocab_slice, float[] options, int chunk_bytes, bool check, "
       "float[] logit_transform) -> Tensor records");
-  m.def(
-      "vocab_linear_step(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
-      "Tensor offsets, Tensor records, " GEOPREF_VOCAB_PAIRS ", int[] vocab_slice, "
-      "float[] options, int chunk_bytes, bool[3] grad_mask, bool check, float[] logit_transform, "
-      "Tensor? grad_output=None) -> (Tensor loss, Tensor seq_logps, Tensor metrics, "
-      "Tensor metric_sums, Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def("vocab_linear_step(" GEOPREF_VOCAB_LINEAR_ARGS
+        ", Tensor? grad_output=None) -> (Tensor loss, Tensor seq_logps, Tensor metrics, "
+        "Tensor metric_sums, Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
+  m.def("vocab_linear_accumulate(Tensor grad_output, " GEOPREF_VOCAB_LINEAR_ARGS
+        ", Tensor(a!)? grad_weight_acc=None, Tensor(b!)? grad_bias_acc=None) "
+        "-> Tensor grad_hidden");
   m.def("vocab_slice_fields() -> str[]", &geopref_torch::vocab_slice_fields);
 }
 
 TORCH_LIBRARY_IMPL(geopref, CPU, m) {
-  m.impl("vocab_parallel_stats", &geopref_torch::vocab_parallel_stats_cpu);
-  m.impl("vocab_parallel_train_step", &geopref_torch::vocab_parallel_train_step_cpu);
-  m.impl("vocab_parallel_logps", &geopref_torch::vocab_parallel_logps_cpu);
-  m.impl("vocab_linear_stats", &geopref_torch::vocab_linear_stats_cpu);
-  m.impl("vocab_linear_step", &geopref_torch::vocab_linear_step_cpu);
+  GEOPREF_TORCH_VOCAB_LOGITS_OPS(GEOPREF_TORCH_CPU_IMPL)
+  GEOPREF_TORCH_VOCAB_LINEAR_OPS(GEOPREF_TORCH_CPU_IMPL)
 }

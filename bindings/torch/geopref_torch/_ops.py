@@ -244,10 +244,15 @@ torch.library.register_autograd("geopref::pref_loss", _pref_loss_backward,
 # ---- sequence_logps: d seq_logps_s / d L_s is seq_scale: 1, or 1/n_s when
 # the options average (average_logps, or a loss that forces it).
 
-def _sequence_logps_setup(ctx, inputs, output):
-    _, lse, counts, seq_scale = output
-    _save_named(ctx, "sequence_logps", inputs, lse, seq_scale)
-    ctx.mark_non_differentiable(lse, counts, seq_scale)
+def _sequence_logps_setup(op):
+    """setup_context of sequence_logps and linear_sequence_logps (outputs
+    seq_logps, lse, counts, seq_scale): op's inputs by name, then lse and
+    seq_scale; only seq_logps is differentiable."""
+    def setup(ctx, inputs, output):
+        _, lse, counts, seq_scale = output
+        _save_named(ctx, op, inputs, lse, seq_scale)
+        ctx.mark_non_differentiable(lse, counts, seq_scale)
+    return setup
 
 
 def _sequence_logps_backward(ctx, grad_seq_logps, *_):
@@ -259,7 +264,7 @@ def _sequence_logps_backward(ctx, grad_seq_logps, *_):
 
 
 torch.library.register_autograd("geopref::sequence_logps", _sequence_logps_backward,
-                                setup_context=_sequence_logps_setup)
+                                setup_context=_sequence_logps_setup("sequence_logps"))
 
 
 # ---- token_logps: the per-token primitive. d logps_t / d logits is
@@ -570,12 +575,6 @@ torch.library.register_autograd("geopref::linear_pref_loss", _linear_pref_loss_b
 # ---- linear_sequence_logps: d seq_logps_s / d L_s is seq_scale (1, or 1/n_s
 # when the options average), and the token weights scale each row's g_t.
 
-def _linear_sequence_logps_setup(ctx, inputs, output):
-    _, lse, counts, seq_scale = output
-    _save_named(ctx, "linear_sequence_logps", inputs, lse, seq_scale)
-    ctx.mark_non_differentiable(lse, counts, seq_scale)
-
-
 def _linear_sequence_logps_backward(ctx, grad_seq_logps, *_):
     need = ctx.needs_input_grad[:3]
     if grad_seq_logps is None or not any(need):
@@ -592,7 +591,7 @@ def _linear_sequence_logps_backward(ctx, grad_seq_logps, *_):
 
 
 torch.library.register_autograd("geopref::linear_sequence_logps", _linear_sequence_logps_backward,
-                                setup_context=_linear_sequence_logps_setup)
+                                setup_context=_sequence_logps_setup("linear_sequence_logps"))
 
 
 # ---- linear_token_logps: the per-token primitive from hidden states; its
@@ -645,7 +644,10 @@ torch.library.register_autograd("geopref::linear_token_logps_grad", _no_double_b
 # Only this rank's slice gets a gradient (grad_logits, or grad_hidden's
 # partial, grad_weight and grad_bias): the records are not differentiable,
 # and the rank's own gradient is already the whole derivative with respect
-# to its slice (lse's dependence on it included).
+# to its slice (lse's dependence on it included). vocab_linear_accumulate
+# (vocab_linear_step's backward into the caller's gradient buffers, which
+# geopref_torch.distributed runs) has a fake kernel only, as
+# linear_pref_loss_accumulate.
 
 VOCAB_SLICE_FIELDS = tuple(ops.vocab_slice_fields())
 
@@ -704,6 +706,15 @@ def _vocab_linear_step_fake(hidden, weight, bias, labels, offsets, records, pair
     _check_linear(hidden, weight, bias, labels, offsets, "vocab_linear_step")
     return (*_vocab_value_fake(hidden, offsets, pairs, options),
             *_linear_grads_fake(hidden, weight, bias, grad_mask))
+
+
+@torch.library.register_fake("geopref::vocab_linear_accumulate")
+def _vocab_linear_accumulate_fake(grad_output, hidden, weight, bias, labels, offsets, records,
+                                  pairs, soft_labels, ref_logps, weights, token_weights,
+                                  vocab_slice, options, chunk_bytes, grad_mask, check,
+                                  logit_transform, grad_weight_acc=None, grad_bias_acc=None):
+    _check_linear(hidden, weight, bias, labels, offsets, "vocab_linear_accumulate")
+    return _linear_grads_fake(hidden, weight, bias, grad_mask)[0]
 
 
 def _scale_saved(ctx, grads, grad_loss, need):

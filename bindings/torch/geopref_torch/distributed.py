@@ -53,8 +53,8 @@ import torch
 import torch.distributed as dist
 
 from . import api
-from ._ops import LOGIT_TRANSFORM_FIELDS
-from .api import (DEFAULT_CHUNK_BYTES, LOGIT_TRANSFORM_KEYWORDS, METRIC_SUM_NAMES,
+from ._ops import LOGIT_TRANSFORM_FIELDS, ops
+from .api import (DEFAULT_CHUNK_BYTES, LOGIT_TRANSFORM_KEYWORDS, METRIC_NAMES, METRIC_SUM_NAMES,
                   OPTIONS_DEFAULTS, OPTIONS_KEYWORDS, DPOOutput, VocabSlice, metrics_from_sums)
 
 try:  # DTensor and DeviceMesh (PyTorch >= 2.4)
@@ -708,20 +708,53 @@ def _linear_local(hidden, weight, bias, labels, offsets, grp, vocab_slice, grad_
     return x, w, b, y, off, sl
 
 
+def _accumulators(acc_w, acc_b, w, b):
+    """The caller's gradient accumulators as this rank's buffers (a DTensor's
+    local shard), checked before the exchange: grad_weight_accumulator
+    [V_r, H] float32 or the weight's dtype, grad_bias_accumulator [V_r]
+    float32, each given when its parameter requires grad. None without any."""
+    if acc_w is None and acc_b is None:
+        return None
+    acc_w, acc_b = (a.to_local() if _is_dtensor(a) else a for a in (acc_w, acc_b))
+    if acc_w is None and w.requires_grad:
+        raise ValueError("geopref.distributed: grad_bias_accumulator without "
+                         "grad_weight_accumulator for a weight that requires grad: give both, "
+                         "or neither")
+    if acc_b is None and b is not None and b.requires_grad:
+        raise ValueError("geopref.distributed: grad_weight_accumulator with a bias that requires "
+                         "grad: give grad_bias_accumulator too ([V_r] float32)")
+    for acc, like, name, dtypes in ((acc_w, w, "grad_weight_accumulator",
+                                     (torch.float32, w.dtype)),
+                                    (acc_b, b, "grad_bias_accumulator", (torch.float32,))):
+        if acc is None:
+            continue
+        if like is None:
+            raise ValueError(f"geopref.distributed: {name} is given without a bias")
+        if acc.shape != like.shape:
+            raise ValueError(f"geopref.distributed: {name} must have the shape of this rank's "
+                             f"slice {list(like.shape)}, got {list(acc.shape)}")
+        if acc.dtype not in dtypes:
+            raise TypeError(f"geopref.distributed: {name} must be "
+                            f"{' or '.join(str(d) for d in dict.fromkeys(dtypes))}, "
+                            f"got {acc.dtype}")
+    return acc_w, acc_b
+
+
 def _linear_exchange(hidden, weight, labels, offsets, bias, group, vocab_slice, grad_hidden,
-                     kwargs, allowed, pairs_ok):
+                     kwargs, allowed, pairs_ok, accumulators=(None, None)):
     grp = _group(group, (hidden, weight, bias, labels))
 
     def local():
         x, w, b, y, off, sl = _linear_local(hidden, weight, bias, labels, offsets, grp,
                                             vocab_slice, grad_hidden)
         _validate(kwargs, allowed, y, off, x.device, pairs_ok)
+        acc = _accumulators(*accumulators, w, b)
         rec = api.vocab_linear_stats(x, w, y, off, vocab_slice=sl, bias=b,
                                      **_stats_kwargs(kwargs),
                                      **({"chunk_bytes": kwargs["chunk_bytes"]}
                                         if "chunk_bytes" in kwargs else {}))
         return (rec, _layout(rec.shape[0], _seqs(y, off), sl, w.shape[0], x.shape[-1]),
-                (x, w, b, y, off, sl))
+                (x, w, b, y, off, sl, acc))
 
     gathered, rest = _exchange(grp, local)
     return (grp, gathered) + rest
@@ -729,6 +762,8 @@ def _linear_exchange(hidden, weight, labels, offsets, bias, group, vocab_slice, 
 
 def vocab_linear_loss(hidden, weight, labels, offsets=None, *, bias=None, group=None,
                       vocab_slice: Optional[VocabSlice] = None, grad_hidden: str = "all_reduce",
+                      grad_weight_accumulator: Optional[torch.Tensor] = None,
+                      grad_bias_accumulator: Optional[torch.Tensor] = None,
                       **kwargs) -> DPOOutput:
     """fused_linear_preference_loss over a group whose ranks hold rows of the
     lm_head: weight [V_r, H] and bias [V_r] (plain tensors with vocab_slice,
@@ -742,12 +777,81 @@ def vocab_linear_loss(hidden, weight, labels, offsets=None, *, bias=None, group=
     the logit transform, chunk_bytes, check). grad_hidden: "all_reduce",
     "rank_order" or "partial" (the module's docstring). Returns DPOOutput,
     the same bits on every rank; weight.grad and bias.grad are the rank's
-    slices (DTensors of the same placement for DTensor inputs)."""
-    grp, gathered, x, w, b, y, off, sl = _linear_exchange(
+    slices (DTensors of the same placement for DTensor inputs).
+
+    grad_weight_accumulator, grad_bias_accumulator: as
+    fused_linear_preference_loss's, for this rank's slice: [V_r, H] float32
+    (or the weight's dtype) and [V_r] float32 buffers (plain tensors, or
+    DTensors sharded as the weight: their local shards) kept across
+    micro-batches, into which the backward adds upstream * dLoss/dW_r and
+    dLoss/db_r (the library's accumulate and grad_weight_float32: each sum
+    rounded once) instead of giving the weight and bias a .grad. The
+    forward then computes the loss only and the backward runs the step
+    again with the upstream gradient (vocab_linear_accumulate); hidden.grad
+    as without them. A bad accumulator fails before the exchange (every
+    rank raises RankFailed). Eager mode (not for torch.compile)."""
+    grp, gathered, x, w, b, y, off, sl, acc = _linear_exchange(
         hidden, weight, labels, offsets, bias, group, vocab_slice, grad_hidden, kwargs,
-        _LINEAR_LOSS_KEYWORDS, True)
+        _LINEAR_LOSS_KEYWORDS, True, (grad_weight_accumulator, grad_bias_accumulator))
     x = _hidden_for_step(x, grp, grad_hidden)
-    return api.vocab_linear_loss(x, w, y, gathered, off, vocab_slice=sl, bias=b, **kwargs)
+    if acc is None:
+        return api.vocab_linear_loss(x, w, y, gathered, off, vocab_slice=sl, bias=b, **kwargs)
+    args = _vocab_linear_args(x, w, b, y, gathered, off, sl, kwargs)
+    if torch.is_grad_enabled():
+        out = _VocabLinearAccumulate.apply(args["hidden"], args["weight"], args["bias"], args,
+                                           *acc)
+    else:  # no backward will run: the loss alone
+        out = ops.vocab_linear_step(**args)[:4]
+    value, seq_logps, metrics, sums = out
+    return DPOOutput(value, seq_logps, dict(zip(METRIC_NAMES, metrics.unbind(0))), sums)
+
+
+_VOCAB_LINEAR_LOSS = inspect.signature(api.vocab_linear_loss)
+
+
+def _vocab_linear_args(x, w, b, y, gathered, off, sl, kwargs):
+    """api.vocab_linear_loss's arguments (its defaults for the keywords not
+    given) -> vocab_linear_step's, by the names of its schema, with no
+    gradient asked for (grad_mask all False: the loss only)."""
+    a = _VOCAB_LINEAR_LOSS.bind(x, w, y, gathered, off, vocab_slice=sl, bias=b, **kwargs)
+    a.apply_defaults()
+    a = a.arguments
+    x, w, b = api._autocast(x, w, b)
+    tw = api._token_weights(a["token_weights"], y)
+    x, y, off = api._tokens(x, y, off, what="hidden states")
+    soft, options = api._loss_config(off, a["pairs"], x.device, a["soft_labels"],
+                                     a["label_smoothing"], **api._options_of(a))
+    transform = api._logit_transform(**{f.keyword: a[f.keyword] for f in LOGIT_TRANSFORM_FIELDS})
+    return dict(hidden=x, weight=w, bias=b, labels=y, offsets=off, records=gathered,
+                pairs=a["pairs"], soft_labels=soft, ref_logps=a["ref_logps"],
+                weights=a["weights"], token_weights=tw, vocab_slice=api._vocab_slice(sl),
+                options=options, chunk_bytes=int(a["chunk_bytes"]), grad_mask=[False] * 3,
+                check=bool(a["check"]), logit_transform=transform)
+
+
+class _VocabLinearAccumulate(torch.autograd.Function):
+    """vocab_linear_loss with the caller's gradient accumulators: the forward
+    is vocab_linear_step without gradients; the backward runs
+    vocab_linear_accumulate with the upstream gradient, which adds this
+    rank's slice of dLoss/dweight (and dLoss/dbias) into the accumulators and
+    returns the partial grad_hidden. Only hidden gets an autograd gradient;
+    weight and bias are inputs so that the backward runs when only they
+    require grad (a frozen body)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, args, acc_w, acc_b):
+        value, seq_logps, metrics, sums = ops.vocab_linear_step(**args)[:4]
+        ctx.args, ctx.acc = args, (acc_w, acc_b)
+        ctx.mark_non_differentiable(seq_logps, metrics, sums)
+        return value, seq_logps, metrics, sums
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        need_hidden = ctx.needs_input_grad[0]
+        args = dict(ctx.args, grad_mask=[need_hidden, False, False])
+        grad_hidden = ops.vocab_linear_accumulate(grad_loss, **args, grad_weight_acc=ctx.acc[0],
+                                                  grad_bias_acc=ctx.acc[1])
+        return (grad_hidden if need_hidden else None), None, None, None, None, None
 
 
 def vocab_linear_logps(hidden, weight, labels, offsets=None, *, bias=None, group=None,
@@ -757,7 +861,7 @@ def vocab_linear_logps(hidden, weight, labels, offsets=None, *, bias=None, group
     rank, in the form the loss's margin uses (the option keywords as
     sequence_logps's). Arguments as vocab_linear_loss. Not differentiable:
     the step of vocab_linear_loss with no pairs, under no_grad."""
-    grp, gathered, x, w, b, y, off, sl = _linear_exchange(
+    grp, gathered, x, w, b, y, off, sl, _ = _linear_exchange(
         hidden, weight, labels, offsets, bias, group, vocab_slice, "all_reduce", kwargs,
         _LINEAR_LOGPS_KEYWORDS, False)
     # The pairing and the reduction do not change the log-probs: TRL's

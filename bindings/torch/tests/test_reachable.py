@@ -7,7 +7,8 @@ A field or entry added to the C ABI without a way in from PyTorch fails
 here, as test_options.py fails for an option without a keyword. Then every
 operator has a public function, and the inputs PyTorch reached last
 (token weights, the accumulators, the vocab slice, the options of the
-log-prob functions) are keywords of each function that runs them.
+log-prob functions) are keywords of each function that runs them (the
+vocab-linear step's accumulators: geopref_torch.distributed.vocab_linear_loss's).
 """
 import inspect
 import os
@@ -16,6 +17,7 @@ import re
 import torch
 
 import geopref_torch as gp
+import geopref_torch.distributed as gpd
 
 C_API = os.path.join(os.path.dirname(__file__), "..", "..", "..", "include", "geopref", "c_api.h")
 
@@ -62,7 +64,7 @@ ENTRY_OPS = {
     "geopref_vocab_parallel_stats": ("vocab_parallel_stats",),
     "geopref_vocab_parallel_train_step": ("vocab_parallel_train_step", "vocab_parallel_logps"),
     "geopref_vocab_linear_stats": ("vocab_linear_stats",),
-    "geopref_vocab_linear_step": ("vocab_linear_step",),
+    "geopref_vocab_linear_step": ("vocab_linear_step", "vocab_linear_accumulate"),
 }
 
 # Entries that take no caller's input PyTorch lacks.
@@ -146,14 +148,10 @@ FIELDS = {
 NESTED = ("geopref_tokens", "geopref_train_args", "geopref_linear_inputs",
           "geopref_linear_train_args", "geopref_token_rows", "geopref_linear_token_rows")
 
-# Not reached yet: the C ABI's vocab_linear_step accumulates into a float32
-# grad_weight too; PyTorch's accumulators are fused_linear_preference_loss's
-# (linear_pref_loss_accumulate) and linear_token_logps' backward's for 16-bit
-# weights (linear_token_logps_accumulate) only.
-KNOWN_GAPS = {
-    ("geopref_vocab_linear_step", "grad_weight_float32"),
-    ("geopref_vocab_linear_step", "accumulate"),
-}
+# Not reached yet: none (issue 21 reached the last two, vocab_linear_step's
+# grad_weight_float32 and accumulate: vocab_linear_accumulate, which
+# geopref_torch.distributed.vocab_linear_loss runs with its accumulators).
+KNOWN_GAPS = set()
 
 
 def schema(op):
@@ -222,14 +220,15 @@ PUBLIC = {
     "vocab_linear_stats": gp.vocab_linear_stats, "vocab_linear_step": gp.vocab_linear_loss,
 }
 BACKWARDS = {"pref_loss_grad_seq", "logits_grad", "token_logps_grad", "linear_pref_loss_grad",
-             "linear_token_logps_grad", "linear_token_logps_accumulate"}  # run by autograd
+             "linear_token_logps_grad", "linear_token_logps_accumulate",
+             "vocab_linear_accumulate"}  # run by autograd
 
 KEYWORDS = {
     "token_weights": (gp.dpo_loss, gp.sequence_logps, gp.fused_linear_preference_loss,
                       gp.fused_linear_logps, gp.vocab_parallel_loss, gp.vocab_parallel_logps,
                       gp.vocab_linear_loss),
-    "grad_weight_accumulator": (gp.fused_linear_preference_loss,),
-    "grad_bias_accumulator": (gp.fused_linear_preference_loss,),
+    "grad_weight_accumulator": (gp.fused_linear_preference_loss, gpd.vocab_linear_loss),
+    "grad_bias_accumulator": (gp.fused_linear_preference_loss, gpd.vocab_linear_loss),
     "outputs": (gp.token_logps, gp.linear_token_logps),  # ABI 1.2's statistics
     "vocab_slice": (gp.vocab_parallel_stats, gp.vocab_parallel_loss, gp.vocab_parallel_logps,
                     gp.vocab_linear_stats, gp.vocab_linear_loss),
