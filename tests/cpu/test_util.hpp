@@ -136,28 +136,27 @@ struct output_set {
 
   output_set(int64_t N, int64_t S, int64_t P, int64_t grad_ld, int64_t n_rows_for_grad = -1) {
     const int64_t gr = n_rows_for_grad >= 0 ? n_rows_for_grad : N;
-    token_logps.assign(static_cast<size_t>(N), POISON);
-    lse.assign(static_cast<size_t>(N), POISON);
-    seq_logps.assign(static_cast<size_t>(S), POISON);
-    seq_counts.assign(static_cast<size_t>(S), POISON_INT);
-    pair_losses.assign(static_cast<size_t>(P), POISON);
-    margins.assign(static_cast<size_t>(P), POISON);
-    grad_seq.assign(static_cast<size_t>(S), POISON);
-    grad_logits.assign(static_cast<size_t>(gr * grad_ld), POISON);
-    out.token_logps = token_logps.data();
-    out.lse = lse.data();
-    out.seq_logps = seq_logps.data();
-    out.seq_counts = seq_counts.data();
-    out.pair_losses = pair_losses.data();
-    out.margins = margins.data();
-    out.grad_seq_logps = grad_seq.data();
-    out.grad_logits = grad_logits.data();
+    out.token_logps = poisoned(token_logps, N, POISON);
+    out.lse = poisoned(lse, N, POISON);
+    out.seq_logps = poisoned(seq_logps, S, POISON);
+    out.seq_counts = poisoned(seq_counts, S, POISON_INT);
+    out.pair_losses = poisoned(pair_losses, P, POISON);
+    out.margins = poisoned(margins, P, POISON);
+    out.grad_seq_logps = poisoned(grad_seq, S, POISON);
+    out.grad_logits = poisoned(grad_logits, gr * grad_ld, POISON);
     out.grad_ld = grad_ld;
     out.loss = POISON;
     set_stats(POISON);
   }
   output_set(const output_set&) = delete;
   output_set& operator=(const output_set&) = delete;
+
+  /// v as n copies of `poison`; its data, for an output pointer.
+  template <class T>
+  static T* poisoned(std::vector<T>& v, int64_t n, T poison) {
+    v.assign(static_cast<size_t>(n), poison);
+    return v.data();
+  }
 
   void set_stats(double v) {
     out.stats.rewards_chosen = out.stats.rewards_rejected = out.stats.rewards_accuracies = v;
