@@ -1,5 +1,8 @@
 // Shared helpers for the host tests: seeded random problems in every layout
-// the reference accepts, typed views of them, and a poisoned output set.
+// the reference accepts, typed views of them, and a poisoned output set;
+// loss options and logit transforms; the fields of the reference's input
+// blocks (rows, sequences, a linear head); rows for the per-token entries
+// with their gradient check; Z = H·Wᵀ + b.
 #pragma once
 
 #include <catch2/catch.hpp>
