@@ -14,14 +14,24 @@ import argparse
 import re
 import sys
 
-# Budgets (issue 10): SASS per element by kernel and logits dtype, the rest for all.
+# Budgets of SASS instructions per logit element, by kernel: the (16-bit,
+# fp32) logits budgets without a soft-cap, then with one.
+#   Without a soft-cap: the identity instantiations (the untransformed
+#   kernels) and a scale, which folds into the FFMA's constant (issue 21).
+#   With one (issue 21), a tanh per element: 16-bit logits use the MUFU's
+#   tanh (one MUFU more) and are held to 8 SASS and 2 MUFU per element in the
+#   forward (and the entropy), the backward to its budget plus the tanh and
+#   the (1 - tanh^2) factor; float logits use tanhf, accurate to a few ulp
+#   (docs/math.md 2.1): about twenty instructions and two MUFU more (its ex2
+#   and reciprocal).
 SASS_BUDGET = {
-    ("forward", 2): 6.5, ("forward", 4): 9.0,
-    ("backward", 2): 8.5, ("backward", 4): 10.0,
+    # issue 10
+    "forward": ((6.5, 9.0), (8.0, 32.0)),
+    "backward": ((8.5, 10.0), (11.0, 36.0)),
     # issue 16: the per-token primitive's optional entropy pass (a second read
     # of the logits): per element one FFMA, one ex2, one max and one FFMA, the
     # forward's count plus one; held to the forward's budgets.
-    ("entropy", 2): 6.5, ("entropy", 4): 9.0,
+    "entropy": ((6.5, 9.0), (8.0, 32.0)),
     # issue 22: TRL 1.x's per-token statistics (stats_kernel<..., true>: the
     # entropy pass plus one FFMA for sum p^2, one FADD for the mean and the
     # top-1 key's compares and min per element) and the backward with the
@@ -31,23 +41,8 @@ SASS_BUDGET = {
     # the model's bandwidth ceiling; the 16-bit statistics pass is issue-bound
     # in it (about 82% of H100's copy rate, 57% of H200's: the top-1 key costs
     # most), an optional second read that is a first version to tune.
-    ("stats", 2): 17.0, ("stats", 4): 16.5,
-    ("backward_entropy", 2): 8.0, ("backward_entropy", 4): 7.5,
-}
-# issue 21: the logit transform. The identity instantiations keep the budgets
-# above (they are the untransformed kernels); a scale folds into the FFMA's
-# constant and keeps them too. A soft-cap adds a tanh per element: 16-bit
-# logits use the MUFU's tanh (one MUFU more) and are held to 8 SASS and 2
-# MUFU per element in the forward (and the entropy), the backward to its
-# budget plus the tanh and the (1 - tanh^2) factor; float logits use tanhf,
-# accurate to a few ulp (docs/math.md 2.1): about twenty instructions and
-# two MUFU more (its ex2 and reciprocal), held to the budgets below.
-SOFTCAP_SASS_BUDGET = {
-    ("forward", 2): 8.0, ("forward", 4): 32.0,
-    ("backward", 2): 11.0, ("backward", 4): 36.0,
-    ("entropy", 2): 8.0, ("entropy", 4): 32.0,
-    ("stats", 2): 19.0, ("stats", 4): 33.0,
-    ("backward_entropy", 2): 12.0, ("backward_entropy", 4): 26.0,
+    "stats": ((17.0, 16.5), (19.0, 33.0)),
+    "backward_entropy": ((8.0, 7.5), (12.0, 26.0)),
 }
 SOFTCAP_MUFU_BUDGET = {2: 2.0, 4: 3.0}
 # A soft-capped element costs about twice the issue slots, so a thread needs
@@ -89,33 +84,37 @@ FUNC_RE = re.compile(r"Function\s*:?\s*([^\s:]+)")
 RES_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
 
-def parse_sass(text):
-    """{function: [(address, instruction text)]}"""
-    funcs, cur = {}, None
+def function_lines(text, line_re):
+    """(function, match of line_re) for every matching line below a
+    `Function` header of cuobjdump's output, and (function, None) for each
+    header."""
+    cur = None
     for line in text.splitlines():
         m = FUNC_RE.search(line)
         if m:
             cur = m.group(1)
-            funcs[cur] = []
+            yield cur, None
             continue
-        m = INSN_RE.search(line)
+        m = line_re.search(line)
         if m and cur is not None:
-            funcs[cur].append((int(m.group(1), 16), m.group(2).strip()))
+            yield cur, m
+
+
+def parse_sass(text):
+    """{function: [(address, instruction text)]}"""
+    funcs = {}
+    for name, m in function_lines(text, INSN_RE):
+        if m is None:
+            funcs[name] = []
+        else:
+            funcs[name].append((int(m.group(1), 16), m.group(2).strip()))
     return funcs
 
 
 def parse_res(text):
     """{function: (registers, stack, local)}"""
-    res, cur = {}, None
-    for line in text.splitlines():
-        m = FUNC_RE.search(line)
-        if m:
-            cur = m.group(1)
-            continue
-        m = RES_RE.search(line)
-        if m and cur is not None:
-            res[cur] = (int(m.group(1)), int(m.group(2)), int(m.group(4)))
-    return res
+    return {name: (int(m.group(1)), int(m.group(2)), int(m.group(4)))
+            for name, m in function_lines(text, RES_RE) if m is not None}
 
 
 def opcode(insn):
@@ -272,7 +271,7 @@ def main():
             ceil.append((issue, mu, frac, bound))
         rows.append((kind, dname, label, len(body), elems, sass, mufu, inflight, regs, spills, ceil))
         softcap = tmap == "softcap"
-        budget = (SOFTCAP_SASS_BUDGET if softcap else SASS_BUDGET)[(kind, size)]
+        budget = SASS_BUDGET[kind][softcap][0 if size == 2 else 1]
         mufu_budget = SOFTCAP_MUFU_BUDGET[size] if softcap else MUFU_BUDGET
         if sass > budget:
             failures.append(f"{label}: {sass:.2f} SASS/element > budget {budget}")

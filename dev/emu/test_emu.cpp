@@ -13,7 +13,6 @@
 
 #include <Eigen/Core>
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -23,29 +22,28 @@ using geopref::cuda::detail::launch;
 
 namespace {
 
-uint16_t bits_of(Eigen::half h) { return Eigen::numext::bit_cast<uint16_t>(h); }
-uint16_t bits_of(Eigen::bfloat16 h) { return Eigen::numext::bit_cast<uint16_t>(h); }
-float from_bits(uint32_t x) {
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-uint32_t to_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  return x;
-}
+/// The emulator's two 16-bit types, each with Eigen's type of the same
+/// format (the oracle) and the emulator's conversions on raw bits.
+struct half_type {
+  using eigen = Eigen::half;
+  static float widen(uint16_t b) { return __half2float(__half{b}); }
+  static uint16_t narrow(float x) { return __float2half_rn(x).__x; }
+};
+struct bfloat16_type {
+  using eigen = Eigen::bfloat16;
+  static float widen(uint16_t b) { return __bfloat162float(__nv_bfloat16{b}); }
+  static uint16_t narrow(float x) { return __float2bfloat16_rn(x).__x; }
+};
 
-/// Floats that exercise rounding: every value of the narrow type, the
-/// midpoints between neighbours (ties) and one float ulp either side, and
-/// random bit patterns.
-std::vector<float> rounding_probes(bool half) {
+/// Floats that exercise rounding to T: every value of T, the midpoints
+/// between neighbours (ties) and one float ulp either side, and random bit
+/// patterns.
+template <class T>
+std::vector<float> rounding_probes() {
   std::vector<float> v;
   for (uint32_t b = 0; b < 0x10000u; ++b) {
-    const float x = half ? __half2float(__half{static_cast<unsigned short>(b)})
-                         : __bfloat162float(__nv_bfloat16{static_cast<unsigned short>(b)});
-    const float y = half ? __half2float(__half{static_cast<unsigned short>(b + 1)})
-                         : __bfloat162float(__nv_bfloat16{static_cast<unsigned short>(b + 1)});
+    const float x = T::widen(static_cast<uint16_t>(b));
+    const float y = T::widen(static_cast<uint16_t>(b + 1));
     v.push_back(x);
     if (std::isfinite(x) && std::isfinite(y) && (b & 0x7fffu) != 0x7fffu) {
       const float mid = static_cast<float>((static_cast<double>(x) + y) / 2);
@@ -55,11 +53,33 @@ std::vector<float> rounding_probes(bool half) {
     }
   }
   std::mt19937 rng(5);
-  for (int i = 0; i < 1000000; ++i) v.push_back(from_bits(static_cast<uint32_t>(rng())));
+  for (int i = 0; i < 1000000; ++i) v.push_back(__uint_as_float(static_cast<uint32_t>(rng())));
   for (float x : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.9802322e-8f, 5.96e-8f,
                   3.4e38f, INFINITY, -INFINITY})
     v.push_back(x);
   return v;
+}
+
+/// T's conversions against Eigen's: widening every one of the 65536 bit
+/// patterns exactly (any NaN for a NaN), and rounding every probe to the
+/// same bits (NaN to 0x7fff, as CUDA's host conversion).
+template <class T>
+void check_conversions() {
+  using E = typename T::eigen;
+  for (uint32_t b = 0; b < 0x10000u; ++b) {
+    const float want = static_cast<float>(Eigen::numext::bit_cast<E>(static_cast<uint16_t>(b)));
+    const float got = T::widen(static_cast<uint16_t>(b));
+    if (std::isnan(want)) CHECK(std::isnan(got));
+    else CHECK(__float_as_uint(got) == __float_as_uint(want));
+  }
+  int64_t bad = 0;
+  for (float x : rounding_probes<T>()) {
+    const uint16_t got = T::narrow(x), want = Eigen::numext::bit_cast<uint16_t>(E(x));
+    if (std::isnan(x) ? got != 0x7fff : got != want) {
+      if (++bad < 10) FAIL_CHECK("float " << x << " (" << __float_as_uint(x) << "): got " << got << " want " << want);
+    }
+  }
+  CHECK(bad == 0);
 }
 
 /// Runs `body` once with fibers and once with OS threads.
@@ -167,37 +187,11 @@ __global__ void overrun_kernel(int* out, int n) { out[n + static_cast<int>(threa
 }  // namespace
 
 TEST_CASE("half conversions are bit-exact round-to-nearest-even", "[emu]") {
-  for (uint32_t b = 0; b < 0x10000u; ++b) {
-    const auto e = Eigen::numext::bit_cast<Eigen::half>(static_cast<uint16_t>(b));
-    const float want = static_cast<float>(e), got = __half2float(__half{static_cast<unsigned short>(b)});
-    if (std::isnan(want)) CHECK(std::isnan(got));
-    else if (to_bits(got) != to_bits(want)) FAIL_CHECK("half " << b << ": got " << got << " want " << want);
-  }
-  int64_t bad = 0;
-  for (float x : rounding_probes(true)) {
-    const uint16_t got = __float2half_rn(x).__x, want = bits_of(Eigen::half(x));
-    if (std::isnan(x) ? got != 0x7fff : got != want) {
-      if (++bad < 10) FAIL_CHECK("float " << x << " (" << to_bits(x) << "): got " << got << " want " << want);
-    }
-  }
-  CHECK(bad == 0);
+  check_conversions<half_type>();
 }
 
 TEST_CASE("bfloat16 conversions are bit-exact round-to-nearest-even", "[emu]") {
-  for (uint32_t b = 0; b < 0x10000u; ++b) {
-    const auto e = Eigen::numext::bit_cast<Eigen::bfloat16>(static_cast<uint16_t>(b));
-    const float want = static_cast<float>(e), got = __bfloat162float(__nv_bfloat16{static_cast<unsigned short>(b)});
-    if (std::isnan(want)) CHECK(std::isnan(got));
-    else CHECK(to_bits(got) == to_bits(want));
-  }
-  int64_t bad = 0;
-  for (float x : rounding_probes(false)) {
-    const uint16_t got = __float2bfloat16_rn(x).__x, want = bits_of(Eigen::bfloat16(x));
-    if (std::isnan(x) ? got != 0x7fff : got != want) {
-      if (++bad < 10) FAIL_CHECK("float " << x << " (" << to_bits(x) << "): got " << got << " want " << want);
-    }
-  }
-  CHECK(bad == 0);
+  check_conversions<bfloat16_type>();
 }
 
 TEST_CASE("3-D grids and blocks: every thread runs once with its indices", "[emu]") {

@@ -1,7 +1,8 @@
 // dev/support/bridge_outputs.hpp — internal to the two bridges
 // (reference_bridge.cpp, linear_bridge.cpp): the result vectors, sized and
-// zeroed, that the reference's outputs point into. (Their inputs need no
-// helper: the problem structs embed the reference's blocks.)
+// zeroed, that the reference's outputs point into, and the choice between
+// an entry and its _with_loss form. (Their inputs need no helper: the
+// problem structs embed the reference's blocks.)
 #pragma once
 
 #include <cstddef>
@@ -9,8 +10,32 @@
 #include <vector>
 
 #include "reference_bridge.hpp"
+#include "user_loss.hpp"
 
 namespace geopref::support {
+
+/// v as n zeros; its data, for an output pointer.
+template <class T>
+T* zeroed(std::vector<T>& v, size_t n) {
+  v.assign(n, T{});
+  return v.data();
+}
+
+/// An entry run with the loss a problem asks for: `with_loss(loss)` with the
+/// tests' user loss (log_cosh_loss, β = user_loss_beta) when β > 0, else
+/// `builtin()`, the options' built-in loss.
+template <class WithLoss, class Builtin>
+geopref::status run_problem_loss(double user_loss_beta, WithLoss&& with_loss, Builtin&& builtin) {
+  return user_loss_beta > 0 ? with_loss(log_cosh_loss{user_loss_beta}) : builtin();
+}
+
+/// out's loss and metrics into r; returns st.
+template <class Out>
+geopref::status keep_totals(geopref::status st, const Out& out, ref_result& r) {
+  r.loss = out.loss;
+  r.stats = out.stats;
+  return st;
+}
 
 /// r's forward and pair outputs, zeroed and sized for N rows, S sequences
 /// and P pairs, as the reference::outputs `out` writes them (grad_logits is
@@ -19,20 +44,13 @@ template <class Out>
 void point_outputs(int64_t n_rows, int64_t n_seqs, int64_t n_pairs, ref_result* r, Out* out) {
   const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs),
              np = static_cast<size_t>(n_pairs);
-  r->token_logps.assign(n, 0.0);
-  r->lse.assign(n, 0.0);
-  r->seq_logps.assign(s, 0.0);
-  r->seq_counts.assign(s, 0);
-  r->pair_losses.assign(np, 0.0);
-  r->margins.assign(np, 0.0);
-  r->grad_seq_logps.assign(s, 0.0);
-  out->token_logps = r->token_logps.data();
-  out->lse = r->lse.data();
-  out->seq_logps = r->seq_logps.data();
-  out->seq_counts = r->seq_counts.data();
-  out->pair_losses = r->pair_losses.data();
-  out->margins = r->margins.data();
-  out->grad_seq_logps = r->grad_seq_logps.data();
+  out->token_logps = zeroed(r->token_logps, n);
+  out->lse = zeroed(r->lse, n);
+  out->seq_logps = zeroed(r->seq_logps, s);
+  out->seq_counts = zeroed(r->seq_counts, s);
+  out->pair_losses = zeroed(r->pair_losses, np);
+  out->margins = zeroed(r->margins, np);
+  out->grad_seq_logps = zeroed(r->grad_seq_logps, s);
 }
 
 /// r's token_logps, lse and entropy, zeroed [N], as the reference::token_outputs
@@ -40,12 +58,9 @@ void point_outputs(int64_t n_rows, int64_t n_seqs, int64_t n_pairs, ref_result* 
 template <class Result, class Out>
 void point_token_outputs(int64_t n_rows, Result* r, Out* out) {
   const auto n = static_cast<size_t>(n_rows);
-  r->token_logps.assign(n, 0.0);
-  r->lse.assign(n, 0.0);
-  r->entropy.assign(n, 0.0);
-  out->token_logps = r->token_logps.data();
-  out->lse = r->lse.data();
-  out->entropy = r->entropy.data();
+  out->token_logps = zeroed(r->token_logps, n);
+  out->lse = zeroed(r->lse, n);
+  out->entropy = zeroed(r->entropy, n);
 }
 
 }  // namespace geopref::support

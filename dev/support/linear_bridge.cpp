@@ -4,7 +4,6 @@
 #include "bridge_outputs.hpp"
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/reference.hpp"
-#include "user_loss.hpp"
 
 namespace geopref::support {
 namespace {
@@ -13,12 +12,10 @@ namespace {
 /// or linear_token_grads) writes them; grad_bias only with a bias.
 template <class Result, class Out>
 void point_grads(const linear_ref_problem& p, Result* r, Out* out) {
-  r->grad_hidden.assign(static_cast<size_t>(p.n_rows * p.hidden_size), 0.0);
-  r->grad_weight.assign(static_cast<size_t>(p.vocab * p.hidden_size), 0.0);
-  r->grad_bias.assign(p.bias != nullptr ? static_cast<size_t>(p.vocab) : 0, 0.0);
-  out->grad_hidden = r->grad_hidden.data();
-  out->grad_weight = r->grad_weight.data();
-  out->grad_bias = p.bias != nullptr ? r->grad_bias.data() : nullptr;
+  out->grad_hidden = zeroed(r->grad_hidden, static_cast<size_t>(p.n_rows * p.hidden_size));
+  out->grad_weight = zeroed(r->grad_weight, static_cast<size_t>(p.vocab * p.hidden_size));
+  double* gb = zeroed(r->grad_bias, p.bias != nullptr ? static_cast<size_t>(p.vocab) : 0);
+  out->grad_bias = p.bias != nullptr ? gb : nullptr;
 }
 
 /// Z = H·Wᵀ + b [N, V] in double, for the tests' error bounds.
@@ -49,14 +46,11 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   geopref::reference::linear_outputs out;
   point_outputs(N, p.n_seqs, p.n_pairs, &b, &out.base);
   point_grads(p, &r, &out);
-  geopref::status st =
-      p.user_loss_beta > 0
-          ? geopref::reference::fused_linear_with_loss(in, opt, log_cosh_loss{p.user_loss_beta},
-                                                       out)
-          : geopref::reference::fused_linear(in, opt, out);
+  const geopref::status st = run_problem_loss(
+      p.user_loss_beta, [&](const auto& loss) { return ref::fused_linear_with_loss(in, opt, loss, out); },
+      [&] { return ref::fused_linear(in, opt, out); });
   if (st != geopref::status::success) return st;
-  b.loss = out.base.loss;
-  b.stats = out.base.stats;
+  keep_totals(st, out.base, b);
 
   // Z and G = ∂Loss/∂Z for the tests' error bounds.
   r.logits = logits_of(p);
@@ -68,9 +62,9 @@ geopref::status run_linear_reference(const linear_ref_problem& p, const geopref:
   b.grad_logits.assign(static_cast<size_t>(N) * static_cast<size_t>(V), 0.0);
   geopref::reference::outputs o;
   if (N > 0) o.grad_logits = b.grad_logits.data();
-  return p.user_loss_beta > 0
-             ? geopref::reference::compute_with_loss(x, opt, log_cosh_loss{p.user_loss_beta}, o)
-             : geopref::reference::compute(x, opt, o);
+  return run_problem_loss(
+      p.user_loss_beta, [&](const auto& loss) { return ref::compute_with_loss(x, opt, loss, o); },
+      [&] { return ref::compute(x, opt, o); });
 }
 
 geopref::status run_linear_token_reference(const linear_ref_problem& p, int64_t ignore_index,

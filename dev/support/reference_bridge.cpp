@@ -3,7 +3,6 @@
 
 #include "bridge_outputs.hpp"
 #include "geopref/reference/reference.hpp"
-#include "user_loss.hpp"
 
 namespace geopref::support {
 namespace {
@@ -26,12 +25,11 @@ geopref::status run_typed(const ref_problem& p, const geopref::options& opt, boo
     out.grad_logits = r.grad_logits.data();
     out.grad_ld = p.vocab;
   }
-  const geopref::status st =
-      p.user_loss_beta > 0 ? geopref::reference::compute_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
-                           : geopref::reference::compute(in, opt, out);
-  r.loss = out.loss;
-  r.stats = out.stats;
-  return st;
+  return keep_totals(
+      run_problem_loss(
+          p.user_loss_beta, [&](const auto& loss) { return ref::compute_with_loss(in, opt, loss, out); },
+          [&] { return ref::compute(in, opt, out); }),
+      out, r);
 }
 
 }  // namespace
@@ -49,24 +47,21 @@ geopref::status run_reference(const ref_problem& in, const geopref::options& opt
 geopref::status run_pair_step(const ref_problem& p, const geopref::options& opt,
                               const std::vector<double>& seq_sums,
                               const std::vector<int64_t>& seq_counts, ref_result& r) {
-  geopref::reference::pair_inputs in;
-  static_cast<geopref::reference::pair_set&>(in) = p;
+  namespace ref = geopref::reference;
+  ref::pair_inputs in;
+  static_cast<ref::pair_set&>(in) = p;
   in.n_seqs = p.n_seqs;
   in.seq_sums = seq_sums.data();
   in.seq_counts = seq_counts.data();
-  r.pair_losses.assign(static_cast<size_t>(p.n_pairs), 0.0);
-  r.margins.assign(static_cast<size_t>(p.n_pairs), 0.0);
-  r.grad_seq_logps.assign(static_cast<size_t>(p.n_seqs), 0.0);
-  geopref::reference::pair_outputs out;
-  out.pair_losses = r.pair_losses.data();
-  out.margins = r.margins.data();
-  out.grad_seq_sums = r.grad_seq_logps.data();
-  const geopref::status st =
-      p.user_loss_beta > 0 ? geopref::reference::pair_step_with_loss(in, opt, log_cosh_loss{p.user_loss_beta}, out)
-                           : geopref::reference::pair_step(in, opt, out);
-  r.loss = out.loss;
-  r.stats = out.stats;
-  return st;
+  ref::pair_outputs out;
+  out.pair_losses = zeroed(r.pair_losses, static_cast<size_t>(p.n_pairs));
+  out.margins = zeroed(r.margins, static_cast<size_t>(p.n_pairs));
+  out.grad_seq_sums = zeroed(r.grad_seq_logps, static_cast<size_t>(p.n_seqs));
+  return keep_totals(
+      run_problem_loss(
+          p.user_loss_beta, [&](const auto& loss) { return ref::pair_step_with_loss(in, opt, loss, out); },
+          [&] { return ref::pair_step(in, opt, out); }),
+      out, r);
 }
 
 namespace {
@@ -81,12 +76,9 @@ geopref::status run_token_typed(const ref_problem& p, int64_t ignore, const doub
   geopref::reference::token_outputs out;
   point_token_outputs(p.n_rows, &r, &out);
   const auto n = static_cast<size_t>(p.n_rows);
-  r.log_sum_sq_probs.assign(n, 0.0);
-  r.mean_logits.assign(n, 0.0);
-  r.is_top1.assign(n, 0);
-  out.log_sum_sq_probs = r.log_sum_sq_probs.data();
-  out.mean_logits = r.mean_logits.data();
-  out.is_top1 = r.is_top1.data();
+  out.log_sum_sq_probs = zeroed(r.log_sum_sq_probs, n);
+  out.mean_logits = zeroed(r.mean_logits, n);
+  out.is_top1 = zeroed(r.is_top1, n);
   geopref::status st = geopref::reference::token_logps(in, out);
   if (st != geopref::status::success || g == nullptr) return st;
   r.grad_logits.assign(static_cast<size_t>(p.n_rows) * static_cast<size_t>(p.vocab), 0.0);

@@ -23,14 +23,13 @@ set(configure_args
   -S "${CONSUMER_SOURCE_DIR}" -B "${WORK_DIR}/build"
   -G "${CMAKE_GENERATOR}"
   -DCMAKE_BUILD_TYPE=Release
-  -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
   -DGEOPREF_CONSUMER_MODE=${MODE})
-if(CMAKE_C_COMPILER)
-  list(APPEND configure_args -DCMAKE_C_COMPILER=${CMAKE_C_COMPILER})
-endif()
-if(CUDAToolkit_ROOT)
-  list(APPEND configure_args -DCUDAToolkit_ROOT=${CUDAToolkit_ROOT})
-endif()
+# The compilers and the CUDA toolkit of geopref's build, each when given.
+foreach(var IN ITEMS CMAKE_CXX_COMPILER CMAKE_C_COMPILER CUDAToolkit_ROOT)
+  if(${var})
+    list(APPEND configure_args -D${var}=${${var}})
+  endif()
+endforeach()
 
 if(MODE STREQUAL "package")
   set(prefix "${WORK_DIR}/prefix")

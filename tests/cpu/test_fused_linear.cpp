@@ -52,14 +52,28 @@ reference::linear_inputs<double, int64_t, int64_t> inputs_of(const lin_problem& 
   reference::linear_inputs<double, int64_t, int64_t> in;
   p.set(in, bias);
   in.labels = p.labels.data();
-  in.offsets = p.offsets.data();
-  in.n_seqs = p.S;
-  in.n_pairs = p.P;
-  in.soft_labels = p.soft.data();
-  in.ref_logps = p.ref.data();
+  test::set_sequences(in, p.offsets.data(), p.S, p.P, p.soft.data(), p.ref.data());
   in.token_weights = p.token_weights.empty() ? nullptr : p.token_weights.data();
   return in;
 }
+
+/// The gradients of H [N, Hd], W [V, Hd] and b [V], W's and b's starting at
+/// `prior` (what accumulate adds to), and outputs pointing into them.
+struct lin_grads {
+  std::vector<double> gh, gw, gb;
+  reference::linear_outputs out;
+  explicit lin_grads(const lin_problem& p, double prior = 0.0, bool accumulate = false)
+      : gh(static_cast<size_t>(p.N * p.Hd)),
+        gw(static_cast<size_t>(p.V * p.Hd), prior),
+        gb(static_cast<size_t>(p.V), prior) {
+    out.grad_hidden = gh.data();
+    out.grad_weight = gw.data();
+    out.grad_bias = gb.data();
+    out.accumulate = accumulate;
+  }
+  lin_grads(const lin_grads&) = delete;
+  lin_grads& operator=(const lin_grads&) = delete;
+};
 
 double loss_of(const reference::linear_inputs<double, int64_t, int64_t>& in, const options& opt) {
   reference::linear_outputs out;
@@ -93,19 +107,14 @@ TEST_CASE("fused-linear reference: gradients of H, W and b pass the gradient che
     opt.loss.type = type;
     opt.loss.beta = 0.7;
     auto in = inputs_of(p, true);
-    std::vector<double> gh(static_cast<size_t>(p.N * p.Hd)), gw(static_cast<size_t>(p.V * p.Hd)),
-        gb(static_cast<size_t>(p.V));
-    reference::linear_outputs out;
-    out.grad_hidden = gh.data();
-    out.grad_weight = gw.data();
-    out.grad_bias = gb.data();
-    REQUIRE(reference::fused_linear(in, opt, out) == status::success);
+    lin_grads g(p);
+    REQUIRE(reference::fused_linear(in, opt, g.out) == status::success);
     INFO("loss " << loss_name(type));
 
     auto loss = [&](const auto& a) { return loss_of(a, opt); };
-    check_input_gradient(in, &lin_in::hidden, p.H, gh, loss);
-    check_input_gradient(in, &lin_in::weight, p.W, gw, loss);
-    check_input_gradient(in, &lin_in::bias, p.b, gb, loss);
+    check_input_gradient(in, &lin_in::hidden, p.H, g.gh, loss);
+    check_input_gradient(in, &lin_in::weight, p.W, g.gw, loss);
+    check_input_gradient(in, &lin_in::bias, p.b, g.gb, loss);
   }
 }
 
@@ -235,31 +244,23 @@ TEST_CASE("vocab-parallel fused-linear reference: K = 1, 2, 3 ranks equal the un
     auto in2 = in;
     in2.labels = lb.data();
     const double prior = accumulate ? 0.3 : 0.0;
-    std::vector<double> gh(static_cast<size_t>(p.N * p.Hd)), gw(static_cast<size_t>(p.V * p.Hd), prior),
-        gb(static_cast<size_t>(p.V), prior), seq(static_cast<size_t>(p.S));
-    reference::linear_outputs want;
-    want.base.seq_logps = seq.data();
-    want.grad_hidden = gh.data();
-    want.grad_weight = gw.data();
-    want.grad_bias = gb.data();
-    want.accumulate = accumulate;
-    REQUIRE(reference::fused_linear(in2, opt, want) == status::success);
+    lin_grads want(p, prior, accumulate);
+    std::vector<double> seq(static_cast<size_t>(p.S));
+    want.out.base.seq_logps = seq.data();
+    REQUIRE(reference::fused_linear(in2, opt, want.out) == status::success);
+    const std::vector<double> &gh = want.gh, &gw = want.gw, &gb = want.gb;
     const std::vector<std::vector<int64_t>> tilings = {{0, 11}, {0, 4, 11}, {0, 7, 10, 11}, {0, 1, 2, 11}};
     for (const auto& bounds : tilings) {
       const int K = static_cast<int>(bounds.size()) - 1;
       INFO("K = " << K << " accumulate = " << accumulate);
-      std::vector<double> gh2(gh.size()), gw2(gw.size(), prior), gb2(gb.size(), prior), seq2(seq.size()),
-          parts(static_cast<size_t>(K) * gh.size());
-      reference::linear_outputs got;
-      got.base.seq_logps = seq2.data();
-      got.grad_hidden = gh2.data();
-      got.grad_weight = gw2.data();
-      got.grad_bias = gb2.data();
-      got.accumulate = accumulate;
-      REQUIRE(reference::fused_linear_vocab_parallel(in2, opt, bounds.data(), K, nullptr, got,
+      lin_grads got(p, prior, accumulate);
+      std::vector<double> seq2(seq.size()), parts(static_cast<size_t>(K) * gh.size());
+      got.out.base.seq_logps = seq2.data();
+      REQUIRE(reference::fused_linear_vocab_parallel(in2, opt, bounds.data(), K, nullptr, got.out,
                                                      parts.data()) == status::success);
+      const std::vector<double> &gh2 = got.gh, &gw2 = got.gw, &gb2 = got.gb;
       auto near = [](double a, double b) { return std::fabs(a - b) <= 1e-12 * (1 + std::fabs(b)); };
-      CHECK(near(got.base.loss, want.base.loss));
+      CHECK(near(got.out.base.loss, want.out.base.loss));
       for (size_t i = 0; i < seq.size(); ++i) CHECK(near(seq2[i], seq[i]));
       for (size_t i = 0; i < gh.size(); ++i) CHECK(near(gh2[i], gh[i]));
       for (size_t i = 0; i < gw.size(); ++i) CHECK(near(gw2[i], gw[i]));
@@ -273,18 +274,13 @@ TEST_CASE("vocab-parallel fused-linear reference: K = 1, 2, 3 ranks equal the un
       // Records gathered in reverse slot order: the same bits.
       std::vector<int> rev(static_cast<size_t>(K));
       for (int r = 0; r < K; ++r) rev[static_cast<size_t>(r)] = K - 1 - r;
-      std::vector<double> gh3(gh.size()), gw3(gw.size(), prior), gb3(gb.size(), prior);
-      reference::linear_outputs again;
-      again.grad_hidden = gh3.data();
-      again.grad_weight = gw3.data();
-      again.grad_bias = gb3.data();
-      again.accumulate = accumulate;
-      REQUIRE(reference::fused_linear_vocab_parallel(in2, opt, bounds.data(), K, rev.data(), again) ==
-              status::success);
-      CHECK(again.base.loss == got.base.loss);
-      CHECK(gh3 == gh2);
-      CHECK(gw3 == gw2);
-      CHECK(gb3 == gb2);
+      lin_grads again(p, prior, accumulate);
+      REQUIRE(reference::fused_linear_vocab_parallel(in2, opt, bounds.data(), K, rev.data(),
+                                                     again.out) == status::success);
+      CHECK(again.out.base.loss == got.out.base.loss);
+      CHECK(again.gh == gh2);
+      CHECK(again.gw == gw2);
+      CHECK(again.gb == gb2);
     }
   }
   {  // a tiling that leaves a gap, or an empty slice, is invalid_vocab_records
@@ -319,45 +315,25 @@ TEST_CASE("fused-linear reference with a caller's loss: the built-in functor giv
   opt.loss.type = loss_type::dpo;
   opt.loss.beta = 0.7;
   const auto in = inputs_of(p, true);
-  auto run = [&](auto&& call, std::vector<double>& gh, std::vector<double>& gw,
-                 std::vector<double>& gb) {
-    gh.assign(static_cast<size_t>(p.N * p.Hd), 0.0);
-    gw.assign(static_cast<size_t>(p.V * p.Hd), 0.0);
-    gb.assign(static_cast<size_t>(p.V), 0.0);
-    reference::linear_outputs out;
-    out.grad_hidden = gh.data();
-    out.grad_weight = gw.data();
-    out.grad_bias = gb.data();
-    REQUIRE(call(out) == status::success);
-    return out.base.loss;
-  };
-  std::vector<double> gh0, gw0, gb0, gh1, gw1, gb1;
-  const double l0 = run(
-      [&](reference::linear_outputs& o) { return reference::fused_linear(in, opt, o); }, gh0, gw0,
-      gb0);
-  const double l1 = run(
-      [&](reference::linear_outputs& o) {
-        return reference::fused_linear_with_loss(in, opt, dpo_loss<double>{0.7}, o);
-      },
-      gh1, gw1, gb1);
+  lin_grads g0(p), g1(p), g(p);
+  REQUIRE(reference::fused_linear(in, opt, g0.out) == status::success);
+  REQUIRE(reference::fused_linear_with_loss(in, opt, dpo_loss<double>{0.7}, g1.out) ==
+          status::success);
+  const double l0 = g0.out.base.loss, l1 = g1.out.base.loss;
   CHECK(l1 == l0);
-  CHECK(gh1 == gh0);
-  CHECK(gw1 == gw0);
-  CHECK(gb1 == gb0);
+  CHECK(g1.gh == g0.gh);
+  CHECK(g1.gw == g0.gw);
+  CHECK(g1.gb == g0.gb);
 
   const log_cosh lc{0.9};
-  std::vector<double> gh, gw, gb;
-  const double l = run(
-      [&](reference::linear_outputs& o) {
-        return reference::fused_linear_with_loss(in, opt, lc, o);
-      },
-      gh, gw, gb);
+  REQUIRE(reference::fused_linear_with_loss(in, opt, lc, g.out) == status::success);
+  const double l = g.out.base.loss;
   CHECK(l != l0);
   auto loss_with = [&](const reference::linear_inputs<double, int64_t, int64_t>& a) {
     reference::linear_outputs out;
     REQUIRE(reference::fused_linear_with_loss(a, opt, lc, out) == status::success);
     return out.base.loss;
   };
-  check_input_gradient(in, &lin_in::hidden, p.H, gh, loss_with);
-  check_input_gradient(in, &lin_in::weight, p.W, gw, loss_with);
+  check_input_gradient(in, &lin_in::hidden, p.H, g.gh, loss_with);
+  check_input_gradient(in, &lin_in::weight, p.W, g.gw, loss_with);
 }

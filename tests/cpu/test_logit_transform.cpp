@@ -30,13 +30,7 @@ reference::token_rows<double, int64_t> token_rows_of(const double* logits, int64
   return r;
 }
 
-logit_transform make_transform(double s, double c, double t) {
-  logit_transform tr;
-  tr.scale = s;
-  tr.softcap = c;
-  tr.temperature = t;
-  return tr;
-}
+using test::make_transform;
 
 // The transforms every test runs: a soft-cap (Gemma's 30 is too gentle for
 // logits of size ~4; 3 bends them hard), a scale with a temperature, and all
@@ -67,17 +61,9 @@ struct problem {
   reference::inputs<double, int64_t, int64_t> inputs(const std::vector<double>& logits,
                                                      const logit_transform& tr) const {
     reference::inputs<double, int64_t, int64_t> in;
-    in.logits = logits.data();
-    in.n_rows = n;
-    in.vocab = v;
-    in.ld = ld;
+    test::set_rows(in, logits.data(), n, v, ld, labels.data());
     in.logit_transform = tr;
-    in.labels = labels.data();
-    in.offsets = offsets.data();
-    in.n_seqs = s;
-    in.n_pairs = s / 2;
-    in.soft_labels = soft.data();
-    in.ref_logps = ref.data();
+    test::set_sequences(in, offsets.data(), s, s / 2, soft.data(), ref.data());
     return in;
   }
   // z' = apply(tr, z) over the used columns; the padding is kept.
@@ -100,20 +86,27 @@ struct run_result {
   double loss = 0;
   metrics stats;
   std::vector<double> seq, tok, lse, grad;
+
+  /// Outputs into tok, lse [N] and grad [N, V] (dense, 7 until written),
+  /// and seq [S] when n_seqs > 0.
+  reference::outputs point(int64_t n_rows, int64_t vocab, int64_t n_seqs) {
+    seq.resize(static_cast<size_t>(n_seqs));
+    tok.resize(static_cast<size_t>(n_rows));
+    lse.resize(static_cast<size_t>(n_rows));
+    grad.assign(static_cast<size_t>(n_rows * vocab), 7.0);
+    reference::outputs out;
+    if (n_seqs > 0) out.seq_logps = seq.data();
+    out.token_logps = tok.data();
+    out.lse = lse.data();
+    out.grad_logits = grad.data();
+    out.grad_ld = vocab;
+    return out;
+  }
 };
 
 run_result run(const reference::inputs<double, int64_t, int64_t>& in, const options& opt) {
   run_result r;
-  r.seq.resize(static_cast<size_t>(in.n_seqs));
-  r.tok.resize(static_cast<size_t>(in.n_rows));
-  r.lse.resize(static_cast<size_t>(in.n_rows));
-  r.grad.assign(static_cast<size_t>(in.n_rows * in.vocab), 7.0);
-  reference::outputs out;
-  out.seq_logps = r.seq.data();
-  out.token_logps = r.tok.data();
-  out.lse = r.lse.data();
-  out.grad_logits = r.grad.data();
-  out.grad_ld = in.vocab;
+  reference::outputs out = r.point(in.n_rows, in.vocab, in.n_seqs);
   REQUIRE(reference::compute(in, opt, out) == status::success);
   r.loss = out.loss;
   r.stats = out.stats;
@@ -243,13 +236,9 @@ TEST_CASE("logit transform: per-token entries and their gradient", "[transform]"
     std::vector<double> grad(static_cast<size_t>(p.n * p.v));
     REQUIRE(reference::token_logps_grad(rows, lse.data(), g.data(), grad.data(), p.v) ==
             status::success);
-    std::vector<double> x;
-    for (int64_t t = 0; t < p.n; ++t)
-      for (int64_t c = 0; c < p.v; ++c) x.push_back(p.z[t * p.ld + c]);
+    const std::vector<double> x = test::packed_columns(p.z, p.n, p.v, p.ld);
     auto f = [&](const std::vector<double>& xs) {
-      std::vector<double> zz = p.z;
-      for (int64_t t = 0; t < p.n; ++t)
-        for (int64_t c = 0; c < p.v; ++c) zz[t * p.ld + c] = xs[t * p.v + c];
+      const std::vector<double> zz = test::with_columns(p.z, xs, p.n, p.v, p.ld);
       auto r = rows;
       r.logits = zz.data();
       std::vector<double> lp(n);
@@ -284,19 +273,11 @@ TEST_CASE("logit transform: from hidden states, fused_linear and linear_token_lo
   const logit_transform tr = make_transform(1.3, 2.0, 0.8);
 
   // The logits Z = H·Wᵀ + b, transformed by hand, through compute().
-  std::vector<double> z(N * V), zt(N * V);
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t v = 0; v < V; ++v) {
-      double acc = b[v];
-      for (int64_t k = 0; k < Hd; ++k) acc += h[t * Hd + k] * w[v * Hd + k];
-      z[t * V + v] = acc;
-      zt[t * V + v] = apply(tr, acc);
-    }
+  std::vector<double> zt = test::linear_logits(h.data(), w.data(), b.data(), N, Hd, V);
+  for (double& x : zt) x = apply(tr, x);
   reference::inputs<double, int64_t, int64_t> plain;
   test::set_rows(plain, zt.data(), N, V, V, labels.data());
-  plain.offsets = offsets.data();
-  plain.n_seqs = 2;
-  plain.n_pairs = 1;
+  test::set_sequences(plain, offsets.data(), 2, 1);
   reference::outputs po;
   REQUIRE(reference::compute(plain, gdpo(), po) == status::success);
 
@@ -304,9 +285,7 @@ TEST_CASE("logit transform: from hidden states, fused_linear and linear_token_lo
   test::set_linear_head(li, h.data(), w.data(), b.data(), N, Hd, V);
   li.logit_transform = tr;
   li.labels = labels.data();
-  li.offsets = offsets.data();
-  li.n_seqs = 2;
-  li.n_pairs = 1;
+  test::set_sequences(li, offsets.data(), 2, 1);
   reference::linear_outputs lo;
   std::vector<double> gh(N * Hd);
   lo.grad_hidden = gh.data();
@@ -327,12 +306,7 @@ TEST_CASE("logit transform: from hidden states, fused_linear and linear_token_lo
   CHECK(r.passed(1e-6));
 
   reference::linear_token_rows<double, int64_t> lt;
-  lt.hidden = h.data();
-  lt.weight = w.data();
-  lt.bias = b.data();
-  lt.n_rows = N;
-  lt.hidden_size = Hd;
-  lt.vocab = V;
+  test::set_linear_head(lt, h.data(), w.data(), b.data(), N, Hd, V);
   lt.labels = labels.data();
   lt.logit_transform = tr;
   std::vector<double> lp(N), lp_plain(N);
@@ -356,14 +330,7 @@ TEST_CASE("logit transform: vocab-parallel slices combine to the unsharded resul
   // its own columns of z', combined in rank order.
   const int64_t bounds[4] = {0, 2, 3, 6};
   run_result vp;
-  vp.tok.resize(static_cast<size_t>(p.n));
-  vp.lse.resize(static_cast<size_t>(p.n));
-  vp.grad.assign(static_cast<size_t>(p.n * p.v), 7.0);
-  reference::outputs out;
-  out.token_logps = vp.tok.data();
-  out.lse = vp.lse.data();
-  out.grad_logits = vp.grad.data();
-  out.grad_ld = p.v;
+  reference::outputs out = vp.point(p.n, p.v, 0);
   REQUIRE(reference::compute_vocab_parallel(whole, gdpo(), bounds, 3, nullptr, out) ==
           status::success);
   // The sum over slices is in another order than the whole row's: a few

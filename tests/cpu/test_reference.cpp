@@ -27,6 +27,17 @@ status run(const typed<Logit, Label, Offset>& t, const options& opt, output_set&
 
 output_set make_outputs(const problem& pb) { return output_set(pb.N, pb.S, pb.P, pb.ld); }
 
+/// A problem with `pad` padding columns (NaN: never to be read), `trailing`
+/// rows after offsets[S] and a share `mask_prob` of masked labels: every
+/// kind of row and column a gradient must leave at zero or untouched.
+problem ragged_problem(int64_t pad, int64_t trailing, double mask_prob, uint64_t seed) {
+  spec sp;
+  sp.pad = pad;
+  sp.trailing_rows = trailing;
+  sp.mask_prob = mask_prob;
+  return test::make_problem(sp, seed);
+}
+
 /// Every output of two runs is bitwise identical.
 void require_same_outputs(const output_set& a, const output_set& b) {
   CHECK(test::bitwise_equal(a.token_logps, b.token_logps));
@@ -189,8 +200,7 @@ TEST_CASE("the whole chain logits -> loss matches finite differences, every loss
       pb.grad_loss = sc.grad_loss;
       if (sc.per_pair_upstream)
         for (int64_t i = 0; i < pb.P; ++i) pb.grad_pair_losses.push_back(0.5 + 0.75 * static_cast<double>(i));
-      options opt;
-      opt.loss = test::config_for(lt);
+      options opt = test::options_for(lt);
       opt.reduce = sc.reduce;
       opt.normalizer = sc.normalizer;
       opt.average_logps = sc.average;
@@ -225,8 +235,7 @@ TEMPLATE_TEST_CASE("narrow logit types: the reference reads exactly the rounded 
   problem rounded = pb;
   rounded.logits = test::rounded_through<TestType>(pb.logits);
   for (loss_type lt : {loss_type::gdpo, loss_type::cipo, loss_type::discopop}) {
-    options opt;
-    opt.loss = test::config_for(lt);
+    options opt = test::options_for(lt);
     typed<TestType, int32_t, int32_t> narrow(pb);
     typed<double, int32_t, int32_t> wide(rounded);
     output_set a = make_outputs(pb), b = make_outputs(pb);
@@ -246,8 +255,7 @@ TEST_CASE("label and offset index types give identical results", "[reference][dt
   sp.explicit_pairs = true;
   sp.pairs = 4;
   const problem pb = test::make_problem(sp, 11);
-  options opt;
-  opt.loss = test::config_for(loss_type::gropo);
+  options opt = test::options_for(loss_type::gropo);
   typed<double, int64_t, int64_t> a(pb);
   typed<double, int32_t, int64_t> b(pb);
   typed<double, int64_t, int32_t> c(pb);
@@ -263,14 +271,9 @@ TEST_CASE("label and offset index types give identical results", "[reference][dt
 }
 
 TEST_CASE("padding columns, unscored rows and rows outside every sequence", "[reference]") {
-  spec sp;
-  sp.pad = 4;
-  sp.trailing_rows = 3;
-  sp.mask_prob = 0.4;
-  const problem pb = test::make_problem(sp, 21);
+  const problem pb = ragged_problem(4, 3, 0.4, 21);
   typed<double, int64_t, int64_t> t(pb);
-  options opt;
-  opt.loss = test::config_for(loss_type::gdpo);
+  options opt = test::options_for(loss_type::gdpo);
   SECTION("grad_ld = ld") {
     output_set o = make_outputs(pb);
     REQUIRE(run(t, opt, o) == status::success);
@@ -312,13 +315,8 @@ TEST_CASE("padding columns, unscored rows and rows outside every sequence", "[re
 
 TEST_CASE("grad_ld = 0 means the logits' stride, and an in-place backward over double logits",
           "[reference]") {
-  spec sp;
-  sp.pad = 3;
-  sp.trailing_rows = 2;
-  sp.mask_prob = 0.3;
-  const problem pb = test::make_problem(sp, 23);
-  options opt;
-  opt.loss = test::config_for(loss_type::gipo);
+  const problem pb = ragged_problem(3, 2, 0.3, 23);
+  options opt = test::options_for(loss_type::gipo);
   typed<double, int64_t, int64_t> t(pb);
   output_set ref = make_outputs(pb);
   REQUIRE(run(t, opt, ref) == status::success);
@@ -343,13 +341,8 @@ TEST_CASE("grad_ld = 0 means the logits' stride, and an in-place backward over d
 
 TEST_CASE("logits_grad alone: bitwise compute()'s gradient, linear in g_s, validated",
           "[reference]") {
-  spec sp;
-  sp.pad = 2;
-  sp.trailing_rows = 2;
-  sp.mask_prob = 0.3;
-  const problem pb = test::make_problem(sp, 29);
-  options opt;
-  opt.loss = test::config_for(loss_type::gdpo);
+  const problem pb = ragged_problem(2, 2, 0.3, 29);
+  options opt = test::options_for(loss_type::gdpo);
   typed<float, int32_t, int64_t> t(pb);
   output_set ref = make_outputs(pb);
   REQUIRE(reference::compute(t.in, opt, ref.out) == status::success);
@@ -411,8 +404,7 @@ TEST_CASE("empty sequences: L = 0, n = 0, average 0, zero gradient, never NaN", 
   pb.soft = {0.9, 0.3};
   for (bool average : {false, true})
     for (loss_type lt : {loss_type::gdpo, loss_type::ipo, loss_type::simpo}) {
-      options opt;
-      opt.loss = test::config_for(lt);
+      options opt = test::options_for(lt);
       opt.average_logps = average;
       typed<double, int64_t, int64_t> t(pb);
       output_set o = make_outputs(pb);
@@ -441,8 +433,7 @@ TEST_CASE("reductions and upstream gradients scale consistently", "[reference]")
   sp.pairs = 4;
   sp.weights = true;
   problem pb = test::make_problem(sp, 31);
-  options opt;
-  opt.loss = test::config_for(loss_type::gdpo);
+  options opt = test::options_for(loss_type::gdpo);
   auto go = [&](reduction red, double norm, double grad_loss, std::vector<double> gpl) {
     problem q = pb;
     q.grad_loss = grad_loss;
@@ -504,8 +495,7 @@ TEST_CASE("minus-infinity logits and infinite losses", "[reference]") {
                1.0, 2.0, -INF};
   pb.labels = {0, 0, 1, 2};
   pb.offsets = {0, 1, 2, 3, 4};
-  options opt;
-  opt.loss = test::config_for(loss_type::dpo);
+  options opt = test::options_for(loss_type::dpo);
   SECTION("finite results where the label logit is finite, exact zeros at -inf entries") {
     typed<double, int64_t, int64_t> t(pb);
     output_set o = make_outputs(pb);
@@ -558,8 +548,7 @@ TEST_CASE("results are bitwise deterministic", "[reference]") {
   sp.max_len = 9;
   sp.weights = true;
   const problem pb = test::make_problem(sp, 41);
-  options opt;
-  opt.loss = test::config_for(loss_type::gipo);
+  options opt = test::options_for(loss_type::gipo);
   opt.average_logps = true;
   typed<Eigen::bfloat16, int32_t, int64_t> t1(pb), t2(pb);
   output_set a = make_outputs(pb), b = make_outputs(pb), c = make_outputs(pb);
@@ -573,8 +562,7 @@ TEST_CASE("results are bitwise deterministic", "[reference]") {
 TEST_CASE("a subset of outputs gives the same values as a full run", "[reference]") {
   const problem pb = test::make_problem(spec{}, 51);
   typed<float, int64_t, int64_t> t(pb);
-  options opt;
-  opt.loss = test::config_for(loss_type::cdpo);
+  options opt = test::options_for(loss_type::cdpo);
   output_set full = make_outputs(pb), part = make_outputs(pb);
   REQUIRE(run(t, opt, full) == status::success);
   reference::outputs only;

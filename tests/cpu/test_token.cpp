@@ -18,36 +18,17 @@ using namespace geopref;
 
 namespace {
 
-struct rows_problem {
-  int64_t n = 0, v = 0, ld = 0;
-  std::vector<double> z;        // [N, ld]
-  std::vector<int64_t> labels;  // [N]
-  std::vector<double> g;        // [N] upstream gradient
+using test::token_problem;
 
-  rows_problem(int64_t n_rows, int64_t vocab, int64_t pad, uint64_t seed, int64_t ignore = -100)
-      : n(n_rows), v(vocab), ld(vocab + pad) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> normal(0.0, 2.0);
-    for (int64_t i = 0; i < n * ld; ++i) z.push_back(normal(rng));
-    for (int64_t t = 0; t < n; ++t) {
-      labels.push_back(t % 4 == 3 ? ignore : static_cast<int64_t>(rng() % static_cast<uint64_t>(v)));
-      g.push_back(normal(rng));
-    }
-  }
-  reference::token_rows<double, int64_t> rows(const std::vector<double>& logits) const {
-    reference::token_rows<double, int64_t> r;
-    test::set_rows(r, logits.data(), n, v, ld, labels.data());
-    return r;
-  }
-  // The same rows for the sequence API, over sequences [offsets[s], offsets[s + 1]).
-  reference::inputs<double, int64_t, int64_t> sequences(const std::vector<int64_t>& offsets) const {
-    reference::inputs<double, int64_t, int64_t> in;
-    test::set_rows(in, z.data(), n, v, ld, labels.data());
-    in.offsets = offsets.data();
-    in.n_seqs = static_cast<int64_t>(offsets.size()) - 1;
-    return in;
-  }
-};
+/// The rows for the sequence API, over sequences [offsets[s], offsets[s + 1]).
+reference::inputs<double, int64_t, int64_t> sequences(const token_problem& p,
+                                                      const std::vector<int64_t>& offsets) {
+  reference::inputs<double, int64_t, int64_t> in;
+  test::set_rows(in, p.z.data(), p.n, p.v, p.ld, p.labels.data());
+  in.offsets = offsets.data();
+  in.n_seqs = static_cast<int64_t>(offsets.size()) - 1;
+  return in;
+}
 
 struct fwd {
   std::vector<double> logp, lse, ent;
@@ -69,12 +50,12 @@ fwd forward(const reference::token_rows<double, int64_t>& in) {
 }  // namespace
 
 TEST_CASE("token_logps: compute()'s log-probs and lse, an independent entropy", "[token]") {
-  const rows_problem p(13, 9, 3, 1601);
+  const token_problem p(13, 9, 3, 1601);
   const auto in = p.rows(p.z);
   const fwd f = forward(in);
   // The sequence API over one sequence holding every row: the same ℓ_t and lse_t.
   const std::vector<int64_t> offsets = {0, p.n};
-  reference::inputs<double, int64_t, int64_t> seq = p.sequences(offsets);
+  reference::inputs<double, int64_t, int64_t> seq = sequences(p, offsets);
   const int64_t no_pair[2] = {0, 0};
   seq.pairs = no_pair;
   std::vector<double> logp(static_cast<size_t>(p.n)), lse(logp.size());
@@ -107,7 +88,7 @@ TEST_CASE("token_logps: compute()'s log-probs and lse, an independent entropy", 
 }
 
 TEST_CASE("token_logps: −∞ logits add nothing, the entropy stays finite", "[token]") {
-  rows_problem p(3, 6, 0, 1602);
+  token_problem p(3, 6, 0, 1602);
   p.labels = {0, 1, 2};
   for (int64_t t = 0; t < 3; ++t) p.z[t * 6 + 5] = -std::numeric_limits<double>::infinity();
   const fwd f = forward(p.rows(p.z));
@@ -119,43 +100,26 @@ TEST_CASE("token_logps: −∞ logits add nothing, the entropy stays finite", "[
 
 TEST_CASE("token_logps_grad: finite differences of sum_t g_t logp_t, in place too", "[token]") {
   for (int64_t pad : {0, 2}) {
-    const rows_problem p(7, 5, pad, 1603 + static_cast<uint64_t>(pad));
+    const token_problem p(7, 5, pad, 1603 + static_cast<uint64_t>(pad));
     const auto in = p.rows(p.z);
     const fwd f = forward(in);
     std::vector<double> grad(static_cast<size_t>(p.n * p.v), 99.0);
     REQUIRE(reference::token_logps_grad(in, f.lse.data(), p.g.data(), grad.data(), p.v) ==
             status::success);
-    // Over the used columns of the logits, every one perturbed.
-    std::vector<double> x, gx;
-    for (int64_t t = 0; t < p.n; ++t)
-      for (int64_t c = 0; c < p.v; ++c) {
-        x.push_back(p.z[t * p.ld + c]);
-        gx.push_back(grad[t * p.v + c]);
-      }
+    // Over the used columns of the logits, every one perturbed. A wrong g_t
+    // is off by O(1e-2).
     const auto objective = [&](const std::vector<double>& y) {
-      std::vector<double> zz = p.z;
-      for (int64_t t = 0; t < p.n; ++t)
-        for (int64_t c = 0; c < p.v; ++c) zz[t * p.ld + c] = y[t * p.v + c];
-      const fwd q = forward(p.rows(zz));
+      const fwd q = forward(p.rows(p.unpacked(y)));
       double s = 0.0;
       for (int64_t t = 0; t < p.n; ++t) s += p.g[t] * q.logp[t];
       return s;
     };
-    // Tolerance: the stencil's round-off is ~1.5 ε |f| / δ ≈ 1e-11 absolute
-    // here (|f| ≈ 30, δ ≥ 1e-3), up to 1e-5 relative to the 1e-6 floor of
-    // small components; a wrong g_t is off by O(1e-2) below.
-    const auto r = gradcheck::check_gradient(objective, x, gx);
-    INFO("worst " << r.worst_rel_error << " at " << r.worst_index);
-    CHECK(r.passed(1e-5));
-    // A gradient with one row's g_t wrong is caught.
-    std::vector<double> wrong = p.g;
-    wrong[1] *= 1.01;
-    std::vector<double> bad(grad.size());
-    REQUIRE(reference::token_logps_grad(in, f.lse.data(), wrong.data(), bad.data(), p.v) == status::success);
-    std::vector<double> bx;
-    for (int64_t t = 0; t < p.n; ++t)
-      for (int64_t c = 0; c < p.v; ++c) bx.push_back(bad[t * p.v + c]);
-    CHECK_FALSE(gradcheck::check_gradient(objective, x, bx).passed(1e-4));
+    p.check_gradient(objective, grad, p.g, [&](const std::vector<double>& wrong) {
+      std::vector<double> bad(grad.size());
+      REQUIRE(reference::token_logps_grad(in, f.lse.data(), wrong.data(), bad.data(), p.v) ==
+              status::success);
+      return bad;
+    });
     // In place over (double) logits: the same values, padding untouched.
     std::vector<double> z = p.z;
     REQUIRE(reference::token_logps_grad(p.rows(z), f.lse.data(), p.g.data(), z.data()) == status::success);
@@ -167,12 +131,12 @@ TEST_CASE("token_logps_grad: finite differences of sum_t g_t logp_t, in place to
 }
 
 TEST_CASE("logits_grad is token_logps_grad with g_t = g_s w_t", "[token]") {
-  const rows_problem p(10, 7, 0, 1604);
+  const token_problem p(10, 7, 0, 1604);
   const std::vector<int64_t> offsets = {0, 4, 4, 9};  // an empty sequence; row 9 in none
   const std::vector<double> g_seq = {0.7, -1.5, 2.25};
   std::vector<double> tw;
   for (int64_t t = 0; t < p.n; ++t) tw.push_back(0.5 + 0.1 * static_cast<double>(t));
-  reference::inputs<double, int64_t, int64_t> seq = p.sequences(offsets);
+  reference::inputs<double, int64_t, int64_t> seq = sequences(p, offsets);
   seq.token_weights = tw.data();
   const auto in = p.rows(p.z);
   const fwd f = forward(in);
@@ -191,7 +155,7 @@ TEST_CASE("logits_grad is token_logps_grad with g_t = g_s w_t", "[token]") {
 }
 
 TEST_CASE("token_logps: validation, nothing written on error", "[token]") {
-  rows_problem p(5, 4, 0, 1605);
+  token_problem p(5, 4, 0, 1605);
   auto in = p.rows(p.z);
   std::vector<double> logp(5, 42.0), lse(5, 42.0), grad(20, 42.0);
   reference::token_outputs out;

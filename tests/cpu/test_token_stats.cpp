@@ -17,6 +17,7 @@
 #include "geopref/reference/fused_linear.hpp"
 #include "geopref/reference/gradcheck.hpp"
 #include "geopref/reference/reference.hpp"
+#include "test_util.hpp"
 
 using namespace geopref;
 
@@ -24,13 +25,7 @@ namespace {
 
 constexpr int64_t kIgnore = -100;
 
-logit_transform make_transform(double s, double c, double t) {
-  logit_transform tr;
-  tr.scale = s;
-  tr.softcap = c;
-  tr.temperature = t;
-  return tr;
-}
+using test::make_transform;
 
 /// z' written out here (docs/math.md §2.1), not the library's helper.
 double transformed(const logit_transform& tr, double z) {
@@ -38,35 +33,11 @@ double transformed(const logit_transform& tr, double z) {
   return (tr.softcap > 0.0 ? tr.softcap * std::tanh(x / tr.softcap) : x) / tr.temperature;
 }
 
-struct stats_problem {
-  int64_t n = 0, v = 0, ld = 0;
-  std::vector<double> z;        // [N, ld]
-  std::vector<int64_t> labels;  // [N], every fourth row ignored
-  std::vector<double> g, e;     // [N] upstream gradients of ℓ_t and H_t
-  logit_transform tr{};
-
-  stats_problem(int64_t rows, int64_t vocab, int64_t pad, uint64_t seed, logit_transform t = {})
-      : n(rows), v(vocab), ld(vocab + pad), tr(t) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> normal(0.0, 2.0);
-    for (int64_t i = 0; i < n * ld; ++i) z.push_back(normal(rng));
-    for (int64_t r = 0; r < n; ++r) {
-      labels.push_back(r % 4 == 3 ? kIgnore : static_cast<int64_t>(rng() % static_cast<uint64_t>(v)));
-      g.push_back(normal(rng));
-      e.push_back(normal(rng));
-    }
-  }
-  reference::token_rows<double, int64_t> rows(const std::vector<double>& logits) const {
-    reference::token_rows<double, int64_t> r;
-    r.logits = logits.data();
-    r.n_rows = n;
-    r.vocab = v;
-    r.ld = ld;
-    r.labels = labels.data();
-    r.logit_transform = tr;
-    return r;
-  }
-};
+/// Rows with both upstreams, g_t of ℓ_t and e_t of H_t.
+test::token_problem stats_problem(int64_t rows, int64_t vocab, int64_t pad, uint64_t seed,
+                                  logit_transform tr = {}) {
+  return test::token_problem(rows, vocab, pad, seed, true, tr);
+}
 
 struct stats {
   std::vector<double> logp, lse, ent, lssp, mean;
@@ -100,7 +71,7 @@ stats run(const reference::token_rows<double, int64_t>& in) {
 }
 
 /// Σ_t g_t ℓ_t + e_t H_t over the scored rows.
-double objective_value(const stats_problem& p, const std::vector<double>& logits) {
+double objective_value(const test::token_problem& p, const std::vector<double>& logits) {
   const stats s = run(p.rows(logits));
   double acc = 0.0;
   for (int64_t r = 0; r < p.n; ++r) acc += p.g[r] * s.logp[r] + p.e[r] * s.ent[r];
@@ -115,7 +86,7 @@ TEST_CASE("token statistics: log Σp², the mean logit and top-1 against the sof
                                         make_transform(1.3, 3.0, 0.7)};
   for (const logit_transform& tr : transforms) {
     for (const int64_t vocab : {int64_t{1}, int64_t{2}, int64_t{11}}) {
-      const stats_problem p(9, vocab, 3, 1701 + static_cast<uint64_t>(vocab), tr);
+      const test::token_problem p = stats_problem(9, vocab, 3, 1701 + static_cast<uint64_t>(vocab), tr);
       const stats s = run(p.rows(p.z));
       for (int64_t r = 0; r < p.n; ++r) {
         INFO("V " << vocab << ", softcap " << tr.softcap << ", row " << r);
@@ -166,7 +137,7 @@ TEST_CASE("token statistics: TRL's top-1 tie rule, NaN and −∞", "[token][sta
       {{0, nan, 0, -1}, 0, 0},  // a NaN anywhere: not top-1
       {{nan, 0, 0, 0}, 0, 0},
   };
-  stats_problem p(static_cast<int64_t>(cases.size()), 4, 0, 1711);
+  test::token_problem p = stats_problem(static_cast<int64_t>(cases.size()), 4, 0, 1711);
   for (size_t i = 0; i < cases.size(); ++i) {
     std::copy(cases[i].z.begin(), cases[i].z.end(), p.z.begin() + static_cast<int64_t>(i) * 4);
     p.labels[i] = cases[i].label;
@@ -186,7 +157,7 @@ TEST_CASE("token statistics: TRL's top-1 tie rule, NaN and −∞", "[token][sta
 
   // A saturated soft-cap: tanh(20) and tanh(30) are both 1 in double, yet
   // the arg-max is decided on z, where 30 is the only maximum.
-  stats_problem sat(2, 4, 0, 1712, make_transform(1.0, 1.0, 1.0));
+  test::token_problem sat = stats_problem(2, 4, 0, 1712, make_transform(1.0, 1.0, 1.0));
   sat.z = {30, 20, 0, 0, 20, 30, 0, 0};
   sat.labels = {0, 0};  // row 1: z′ ties at column 0 first, z does not
   REQUIRE(std::tanh(20.0) == std::tanh(30.0));
@@ -201,41 +172,23 @@ TEST_CASE("token_logps_grad with an entropy upstream: finite differences of Σ g
   for (const logit_transform& tr : transforms) {
     for (const int64_t pad : {int64_t{0}, int64_t{2}}) {
       INFO("softcap " << tr.softcap << ", pad " << pad);
-      const stats_problem p(7, 5, pad, 1721 + static_cast<uint64_t>(pad), tr);
+      const test::token_problem p = stats_problem(7, 5, pad, 1721 + static_cast<uint64_t>(pad), tr);
       const auto in = p.rows(p.z);
       const stats s = run(in);
       std::vector<double> grad(static_cast<size_t>(p.n * p.v), 99.0);
       REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), grad.data(), p.v,
                                           p.e.data()) == status::success);
-      std::vector<double> x, gx;
-      for (int64_t r = 0; r < p.n; ++r)
-        for (int64_t c = 0; c < p.v; ++c) {
-          x.push_back(p.z[r * p.ld + c]);
-          gx.push_back(grad[r * p.v + c]);
-        }
+      // Over the used columns; dropping the entropy term moves components by
+      // O(e_t p (E − z′)) ≈ 1e-1, and a wrong e_t is caught.
       const auto objective = [&](const std::vector<double>& y) {
-        std::vector<double> zz = p.z;
-        for (int64_t r = 0; r < p.n; ++r)
-          for (int64_t c = 0; c < p.v; ++c) zz[r * p.ld + c] = y[r * p.v + c];
-        return objective_value(p, zz);
+        return objective_value(p, p.unpacked(y));
       };
-      // As test_token.cpp: the stencil's round-off is ~1e-11 absolute here
-      // (|f| ≈ 30, δ ≥ 1e-3), 1e-5 relative above the 1e-6 floor; dropping
-      // the entropy term moves components by O(e_t p (E − z′)) ≈ 1e-1.
-      const auto r = gradcheck::check_gradient(objective, x, gx);
-      INFO("worst " << r.worst_rel_error << " at " << r.worst_index);
-      CHECK(r.passed(1e-5));
-
-      // A wrong entropy upstream (one row's e_t off by 1 %) is caught.
-      std::vector<double> wrong = p.e;
-      wrong[1] *= 1.01;
-      std::vector<double> bad(grad.size());
-      REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), bad.data(), p.v,
-                                          wrong.data()) == status::success);
-      std::vector<double> bx;
-      for (int64_t rr = 0; rr < p.n; ++rr)
-        for (int64_t c = 0; c < p.v; ++c) bx.push_back(bad[rr * p.v + c]);
-      CHECK_FALSE(gradcheck::check_gradient(objective, x, bx).passed(1e-4));
+      p.check_gradient(objective, grad, p.e, [&](const std::vector<double>& wrong) {
+        std::vector<double> bad(grad.size());
+        REQUIRE(reference::token_logps_grad(in, s.lse.data(), p.g.data(), bad.data(), p.v,
+                                            wrong.data()) == status::success);
+        return bad;
+      });
 
       // The two upstreams add: entropy alone + log-prob alone = both, and a
       // zero entropy upstream is bitwise the log-prob-only gradient.
@@ -257,7 +210,7 @@ TEST_CASE("token_logps_grad with an entropy upstream: finite differences of Σ g
 }
 
 TEST_CASE("token_logps_grad: the entropy upstream's validation", "[token][stats]") {
-  const stats_problem p(5, 4, 0, 1731);
+  const test::token_problem p = stats_problem(5, 4, 0, 1731);
   const auto in = p.rows(p.z);
   const stats s = run(in);
   std::vector<double> grad(static_cast<size_t>(p.n * p.v), 42.0);
@@ -294,12 +247,7 @@ TEST_CASE("from hidden states: the statistics of Z = H·Wᵀ + b, the entropy's 
   const logit_transform tr = make_transform(1.3, 3.0, 0.7);
   const auto rows_of = [&](const std::vector<double>& h, const std::vector<double>& w) {
     reference::linear_token_rows<double, int64_t> r;
-    r.hidden = h.data();
-    r.weight = w.data();
-    r.bias = b.data();
-    r.n_rows = n;
-    r.hidden_size = hd;
-    r.vocab = v;
+    test::set_linear_head(r, h.data(), w.data(), b.data(), n, hd, v);
     r.labels = labels.data();
     r.logit_transform = tr;
     return r;
@@ -311,19 +259,9 @@ TEST_CASE("from hidden states: the statistics of Z = H·Wᵀ + b, the entropy's 
   };
   const stats f = forward(H, W);
   // The same statistics as token_logps on Z written out here.
-  std::vector<double> Z(n * v);
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = 0; c < v; ++c) {
-      double acc = b[c];
-      for (int64_t k = 0; k < hd; ++k) acc += H[r * hd + k] * W[c * hd + k];
-      Z[r * v + c] = acc;
-    }
+  const std::vector<double> Z = test::linear_logits(H.data(), W.data(), b.data(), n, hd, v);
   reference::token_rows<double, int64_t> zr;
-  zr.logits = Z.data();
-  zr.n_rows = n;
-  zr.vocab = v;
-  zr.ld = v;
-  zr.labels = labels.data();
+  test::set_rows(zr, Z.data(), n, v, v, labels.data());
   zr.logit_transform = tr;
   const stats z = run(zr);
   for (int64_t r = 0; r < n; ++r) {

@@ -1,6 +1,11 @@
 // Shared helpers for the host tests: seeded random problems in every layout
-// the reference accepts, typed views of them, and a poisoned output set.
+// the reference accepts, typed views of them, and a poisoned output set;
+// loss options and logit transforms; the fields of the reference's input
+// blocks (rows, sequences, a linear head); rows for the per-token entries
+// with their gradient check; Z = H·Wᵀ + b.
 #pragma once
+
+#include <catch2/catch.hpp>
 
 #include <Eigen/Core>
 
@@ -134,28 +139,27 @@ struct output_set {
 
   output_set(int64_t N, int64_t S, int64_t P, int64_t grad_ld, int64_t n_rows_for_grad = -1) {
     const int64_t gr = n_rows_for_grad >= 0 ? n_rows_for_grad : N;
-    token_logps.assign(static_cast<size_t>(N), POISON);
-    lse.assign(static_cast<size_t>(N), POISON);
-    seq_logps.assign(static_cast<size_t>(S), POISON);
-    seq_counts.assign(static_cast<size_t>(S), POISON_INT);
-    pair_losses.assign(static_cast<size_t>(P), POISON);
-    margins.assign(static_cast<size_t>(P), POISON);
-    grad_seq.assign(static_cast<size_t>(S), POISON);
-    grad_logits.assign(static_cast<size_t>(gr * grad_ld), POISON);
-    out.token_logps = token_logps.data();
-    out.lse = lse.data();
-    out.seq_logps = seq_logps.data();
-    out.seq_counts = seq_counts.data();
-    out.pair_losses = pair_losses.data();
-    out.margins = margins.data();
-    out.grad_seq_logps = grad_seq.data();
-    out.grad_logits = grad_logits.data();
+    out.token_logps = poisoned(token_logps, N, POISON);
+    out.lse = poisoned(lse, N, POISON);
+    out.seq_logps = poisoned(seq_logps, S, POISON);
+    out.seq_counts = poisoned(seq_counts, S, POISON_INT);
+    out.pair_losses = poisoned(pair_losses, P, POISON);
+    out.margins = poisoned(margins, P, POISON);
+    out.grad_seq_logps = poisoned(grad_seq, S, POISON);
+    out.grad_logits = poisoned(grad_logits, gr * grad_ld, POISON);
     out.grad_ld = grad_ld;
     out.loss = POISON;
     set_stats(POISON);
   }
   output_set(const output_set&) = delete;
   output_set& operator=(const output_set&) = delete;
+
+  /// v as n copies of `poison`; its data, for an output pointer.
+  template <class T>
+  static T* poisoned(std::vector<T>& v, int64_t n, T poison) {
+    v.assign(static_cast<size_t>(n), poison);
+    return v.data();
+  }
 
   void set_stats(double v) {
     out.stats.rewards_chosen = out.stats.rewards_rejected = out.stats.rewards_accuracies = v;
@@ -208,6 +212,13 @@ inline loss_config config_for(loss_type t, double beta = 0.7) {
   return c;
 }
 
+/// Default options but for the loss, config_for(t, beta).
+inline options options_for(loss_type t, double beta = 0.7) {
+  options o;
+  o.loss = config_for(t, beta);
+  return o;
+}
+
 /// The logits' fields of a reference inputs or token_rows (by member name):
 /// [n, ld] row-major, V = v, and their labels.
 template <class Rows>
@@ -218,6 +229,19 @@ void set_rows(Rows& r, const double* logits, int64_t n, int64_t v, int64_t ld,
   r.vocab = v;
   r.ld = ld;
   r.labels = labels;
+}
+
+/// The sequences' and pairs' fields of a reference inputs or linear_inputs
+/// (by member name): offsets [S + 1], P pairs in the default pairing, soft
+/// labels [P] and reference log-probs [S] (null: none).
+template <class In, class Offset>
+void set_sequences(In& in, const Offset* offsets, int64_t S, int64_t P,
+                   const double* soft = nullptr, const double* ref = nullptr) {
+  in.offsets = offsets;
+  in.n_seqs = S;
+  in.n_pairs = P;
+  in.soft_labels = soft;
+  in.ref_logps = ref;
 }
 
 /// The head's fields of a reference linear_inputs or linear_token_rows (by
@@ -231,6 +255,102 @@ void set_linear_head(Rows& r, const double* H, const double* W, const double* b,
   r.n_rows = N;
   r.hidden_size = Hd;
   r.vocab = V;
+}
+
+/// A logit transform z' = c·tanh(s·z/c)/T (c = 0: s·z/T).
+inline logit_transform make_transform(double s, double c, double t) {
+  logit_transform tr;
+  tr.scale = s;
+  tr.softcap = c;
+  tr.temperature = t;
+  return tr;
+}
+
+/// The used columns [0, v) of [n, ld] logits, packed [n, v]: what a
+/// gradient check over the logits perturbs.
+inline std::vector<double> packed_columns(const std::vector<double>& z, int64_t n, int64_t v,
+                                          int64_t ld) {
+  std::vector<double> x;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < v; ++c) x.push_back(z[r * ld + c]);
+  return x;
+}
+
+/// [n, ld] logits z with their used columns replaced by packed [n, v] x.
+inline std::vector<double> with_columns(std::vector<double> z, const std::vector<double>& x,
+                                        int64_t n, int64_t v, int64_t ld) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < v; ++c) z[r * ld + c] = x[r * v + c];
+  return z;
+}
+
+/// Rows for the per-token entries (token_logps, token_logps_grad): N rows of
+/// V logits ~ N(0, 2²) at stride ld = V + pad, every fourth row's label
+/// ignored (−100), an upstream g_t per row and, with `entropy_upstream`,
+/// an e_t (the entropy's upstream) drawn after each g_t.
+struct token_problem {
+  int64_t n = 0, v = 0, ld = 0;
+  std::vector<double> z;        // [N, ld]
+  std::vector<int64_t> labels;  // [N]
+  std::vector<double> g, e;     // [N]; e empty without entropy_upstream
+  logit_transform tr{};
+
+  token_problem(int64_t rows, int64_t vocab, int64_t pad, uint64_t seed,
+                bool entropy_upstream = false, logit_transform t = {})
+      : n(rows), v(vocab), ld(vocab + pad), tr(t) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal(0.0, 2.0);
+    for (int64_t i = 0; i < n * ld; ++i) z.push_back(normal(rng));
+    for (int64_t r = 0; r < n; ++r) {
+      labels.push_back(r % 4 == 3 ? -100 : static_cast<int64_t>(rng() % static_cast<uint64_t>(v)));
+      g.push_back(normal(rng));
+      if (entropy_upstream) e.push_back(normal(rng));
+    }
+  }
+  /// The rows over `logits` (z or a copy of it), with the transform; the
+  /// used columns of logits, packed, and z with them replaced.
+  reference::token_rows<double, int64_t> rows(const std::vector<double>& logits) const {
+    reference::token_rows<double, int64_t> r;
+    set_rows(r, logits.data(), n, v, ld, labels.data());
+    r.logit_transform = tr;
+    return r;
+  }
+  std::vector<double> packed(const std::vector<double>& logits) const {
+    return packed_columns(logits, n, v, ld);
+  }
+  std::vector<double> unpacked(const std::vector<double>& x) const {
+    return with_columns(z, x, n, v, ld);
+  }
+
+  /// The per-token gradient check: `grad` (packed [N, V]) against central
+  /// differences of `objective` (of the packed used columns) at z, to 1e-5
+  /// relative above the 1e-6 floor (the stencil's round-off is ~1e-11
+  /// absolute for |f| ≈ 30, δ ≥ 1e-3); then `grad_of(wrong)`, the gradient
+  /// from `upstream` with row 1's value 1 % off, fails the check at 1e-4.
+  template <class Objective, class GradOf>
+  void check_gradient(Objective&& objective, const std::vector<double>& grad,
+                      std::vector<double> upstream, GradOf&& grad_of) const {
+    const std::vector<double> x = packed(z);
+    const auto r = gradcheck::check_gradient(objective, x, grad);
+    INFO("worst " << r.worst_rel_error << " at " << r.worst_index);
+    CHECK(r.passed(1e-5));
+    upstream[1] *= 1.01;
+    CHECK_FALSE(gradcheck::check_gradient(objective, x, grad_of(upstream)).passed(1e-4));
+  }
+};
+
+/// Z = H·Wᵀ + b [N, V] (b null: none), summed in the order k = 0 … Hd − 1
+/// after the bias.
+inline std::vector<double> linear_logits(const double* H, const double* W, const double* b,
+                                         int64_t N, int64_t Hd, int64_t V) {
+  std::vector<double> z(static_cast<size_t>(N * V));
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t c = 0; c < V; ++c) {
+      double acc = b != nullptr ? b[c] : 0.0;
+      for (int64_t k = 0; k < Hd; ++k) acc += H[t * Hd + k] * W[c * Hd + k];
+      z[static_cast<size_t>(t * V + c)] = acc;
+    }
+  return z;
 }
 
 /// The inputs of a linear head, in double: H [N, Hd] and W [V, Hd] and

@@ -215,30 +215,46 @@ TEST_CASE("find_sequence returns the owning sequence, empty ones included", "[cu
   }
 }
 
+namespace {
+
+/// One buffer of a workspace layout: its offset and size in bytes.
+struct piece {
+  size_t at, bytes;
+};
+
+/// The buffers of train_step's layout (make_layout) for N rows, S sequences
+/// and P pairs, with their sizes: the forward's, and with `train` the
+/// backward's too.
+std::vector<piece> train_step_pieces(const d::workspace_layout& w, size_t un, size_t us, size_t up,
+                                     bool train) {
+  std::vector<piece> pieces = {
+      {w.flag, sizeof(int)},
+      {w.offsets, (us + 1) * 8},
+      {w.cols, un * 4},
+      {w.row_seq, un * 4},
+      {w.lse, un * 4},
+      {w.token_logp, un * 4},
+      {w.partials, w.splits > 1 ? un * static_cast<size_t>(w.splits) * sizeof(d::lse_state) : 0},
+      {w.seq_logp, us * 8},
+      {w.seq_count, us * 8}};
+  if (train) {
+    pieces.push_back({w.pair_coef, up * 8});
+    pieces.push_back({w.seq_grad, us * 4});
+    pieces.push_back({w.row_coef, un * 4});
+  }
+  return pieces;
+}
+
+}  // namespace
+
 TEST_CASE("workspace layout: aligned, disjoint, large enough", "[cuda][helpers]") {
   for (int64_t n : {0, 1, 7, 3000})
     for (int64_t s : {0, 1, 5})
       for (int64_t p : {0, 2})
         for (bool train : {false, true}) {
           const d::workspace_layout w = d::make_layout(n, 50257, 2, s, p, train);
-          struct piece {
-            size_t at, bytes;
-          };
-          const auto un = static_cast<size_t>(n), us = static_cast<size_t>(s);
-          std::vector<piece> pieces = {
-              {w.flag, sizeof(int)},
-              {w.offsets, (us + 1) * 8},
-              {w.cols, un * 4},
-              {w.row_seq, un * 4},
-              {w.lse, un * 4},
-              {w.token_logp, un * 4},
-              {w.partials, w.splits > 1 ? un * static_cast<size_t>(w.splits) * sizeof(d::lse_state) : 0},
-              {w.seq_logp, us * 8},
-              {w.seq_count, us * 8}};
-          if (train) {
-            pieces.push_back({w.pair_coef, static_cast<size_t>(p) * 8});
-            pieces.push_back({w.seq_grad, us * 4});
-          }
+          const std::vector<piece> pieces =
+              train_step_pieces(w, static_cast<size_t>(n), static_cast<size_t>(s), static_cast<size_t>(p), train);
           for (size_t i = 0; i < pieces.size(); ++i) {
             CHECK(pieces[i].at % d::WORKSPACE_ALIGN == 0);
             CHECK(pieces[i].at + pieces[i].bytes <= w.bytes);
@@ -264,9 +280,6 @@ TEST_CASE("workspace layout: aligned, disjoint, large enough", "[cuda][helpers]"
 // case "workspaces of exactly the asked size ..." runs N = 65 for real).
 // Also every N for make_layout, since the test above tries four.
 TEST_CASE("logits_grad workspace layout: aligned, disjoint, large enough, for every N", "[cuda][helpers]") {
-  struct piece {
-    size_t at, bytes;
-  };
   auto check = [](const d::workspace_layout& w, const std::vector<piece>& pieces) {
     bool ok = true;
     for (size_t i = 0; i < pieces.size(); ++i) {
@@ -301,17 +314,6 @@ TEST_CASE("logits_grad workspace layout: aligned, disjoint, large enough, for ev
                          {tf.partials, tf.splits > 1 ? un * static_cast<size_t>(tf.splits) * sizeof(d::lse_state) : 0}}));
         CHECK(check(tb, {{tb.flag, sizeof(int)}, {tb.cols, un * 4}, {tb.row_coef, un * 4}}));
         const d::workspace_layout t = d::make_layout(n, v, 2, s, s / 2, true);
-        CHECK(check(t, {{t.flag, sizeof(int)},
-                        {t.offsets, (us + 1) * 8},
-                        {t.cols, un * 4},
-                        {t.row_seq, un * 4},
-                        {t.lse, un * 4},
-                        {t.token_logp, un * 4},
-                        {t.partials, t.splits > 1 ? un * static_cast<size_t>(t.splits) * sizeof(d::lse_state) : 0},
-                        {t.seq_logp, us * 8},
-                        {t.seq_count, us * 8},
-                        {t.pair_coef, us / 2 * 8},
-                        {t.seq_grad, us * 4},
-                        {t.row_coef, un * 4}}));
+        CHECK(check(t, train_step_pieces(t, un, us, us / 2, true)));
       }
 }

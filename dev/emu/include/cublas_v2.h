@@ -56,25 +56,35 @@ inline cublasStatus_t cublasDestroy(cublasHandle_t handle) {
   delete handle;
   return CUBLAS_STATUS_SUCCESS;
 }
-inline cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+
+namespace cuda_emu {
+/// The handle's setters and getters: one field each, NOT_INITIALIZED for a
+/// null handle.
+template <class T>
+cublasStatus_t set_field(cublasHandle_t handle, T cublasContext::*field, T value) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  handle->stream = stream;
+  handle->*field = value;
   return CUBLAS_STATUS_SUCCESS;
+}
+template <class T>
+cublasStatus_t get_field(cublasHandle_t handle, T cublasContext::*field, T* value) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  *value = handle->*field;
+  return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace cuda_emu
+
+inline cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+  return cuda_emu::set_field(handle, &cublasContext::stream, stream);
 }
 inline cublasStatus_t cublasGetStream(cublasHandle_t handle, cudaStream_t* stream) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  *stream = handle->stream;
-  return CUBLAS_STATUS_SUCCESS;
+  return cuda_emu::get_field(handle, &cublasContext::stream, stream);
 }
 inline cublasStatus_t cublasSetPointerMode(cublasHandle_t handle, cublasPointerMode_t mode) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  handle->mode = mode;
-  return CUBLAS_STATUS_SUCCESS;
+  return cuda_emu::set_field(handle, &cublasContext::mode, mode);
 }
 inline cublasStatus_t cublasGetPointerMode(cublasHandle_t handle, cublasPointerMode_t* mode) {
-  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
-  *mode = handle->mode;
-  return CUBLAS_STATUS_SUCCESS;
+  return cuda_emu::get_field(handle, &cublasContext::mode, mode);
 }
 
 namespace cuda_emu {

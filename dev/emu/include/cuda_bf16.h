@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "cuda_runtime.h"
 
@@ -14,18 +13,14 @@ struct __nv_bfloat16 {
 };
 
 inline __nv_bfloat16 __float2bfloat16_rn(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
+  uint32_t x = __float_as_uint(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{0x7fffu};
   x += 0x7fffu + ((x >> 16) & 1u);  // round to nearest even; overflow reaches infinity
   return __nv_bfloat16{static_cast<unsigned short>(x >> 16)};
 }
 
 inline float __bfloat162float(__nv_bfloat16 b) {
-  const uint32_t x = static_cast<uint32_t>(b.__x) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
+  return __uint_as_float(static_cast<uint32_t>(b.__x) << 16);
 }
 
 inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }

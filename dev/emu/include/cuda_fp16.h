@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "cuda_runtime.h"
 
@@ -13,8 +12,7 @@ struct __half {
 };
 
 inline __half __float2half_rn(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
+  const uint32_t x = __float_as_uint(f);
   const auto sign = static_cast<uint32_t>((x >> 16) & 0x8000u);
   const uint32_t ax = x & 0x7fffffffu;
   uint32_t r;
@@ -61,9 +59,7 @@ inline float __half2float(__half h) {
     }
     x = sign | (ee << 23) | ((mm & 0x3ffu) << 13);
   }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
+  return __uint_as_float(x);
 }
 
 inline __half __float2half(float f) { return __float2half_rn(f); }

@@ -174,6 +174,19 @@ T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = 32) {
   return __shfl_sync(mask, v, cuda_emu::lane_id() ^ (lane_mask & 31));
 }
 
+// A float's bits and back (a register move on the device); also what the
+// emulator's __half and __nv_bfloat16 conversions are written with.
+inline unsigned int __float_as_uint(float x) {
+  unsigned int u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+inline float __uint_as_float(unsigned int u) {
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
 // Atomics on "device" memory: GCC builtins, sequentially consistent (ThreadSanitizer
 // understands them).
 inline int atomicMin(int* p, int v) {
