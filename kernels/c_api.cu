@@ -106,6 +106,11 @@ namespace geopref::c_abi {
   X(labels, labels) X(label_type, label_type) X(offsets, offsets)                             \
   X(offset_type, offset_type) X(n_seqs, n_seqs) X(token_weights, token_weights)
 GEOPREF_C_BLOCK(geopref_tokens, cuda::token_inputs, GEOPREF_C_TOKENS_FIELDS)
+inline void init_member(geopref_tokens* t) {
+  t->logits_dtype = GEOPREF_FLOAT32;
+  t->label_type = GEOPREF_INT64;
+  t->offset_type = GEOPREF_INT64;
+}
 
 // The vocab-parallel stats read the scored_logits block of the tokens (no
 // token weights: the records do not depend on them; the C member is ignored).
@@ -120,6 +125,11 @@ inline status from_c(const geopref_tokens& c, cuda::scored_logits* o) {
   X(logits, logits) X(logits_dtype, logits_dtype) X(n_rows, n_rows) X(vocab, vocab) X(ld, ld) \
   X(labels, labels) X(label_type, label_type) X(ignore_index, ignore_index)
 GEOPREF_C_BLOCK(geopref_token_rows, cuda::token_rows, GEOPREF_C_TOKEN_ROWS_FIELDS)
+inline void init_member(geopref_token_rows* r) {
+  r->logits_dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = geopref::options{}.ignore_index;
+}
 
 #define GEOPREF_C_LOGPS_ARGS_FIELDS(X)                                                 \
   X(tokens, tokens) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
@@ -152,15 +162,10 @@ GEOPREF_C_ARGS(geopref_vocab_stats_args, cuda::vocab_stats_args,
                GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0)
 
 // `train` is a pointer to a geopref_train_args, read by its own struct_size.
-#define GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
 GEOPREF_C_ARGS(geopref_vocab_train_args, cuda::vocab_train_args,
                GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, geopref_vocab_train_args_init,
                GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0)
 
-#define GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS(X)                                       \
-  X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
-  X(logit_transform, rows.logit_transform) X(log_sum_sq_probs, log_sum_sq_probs)  \
-  X(mean_logits, mean_logits) X(is_top1, is_top1)
 GEOPREF_C_ARGS(geopref_token_logps_args, cuda::token_logps_args,
                GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, geopref_token_logps_args_init,
                GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
@@ -190,22 +195,6 @@ static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
 
 namespace {
 using namespace geopref::c_abi;
-
-// The defaults the *_args_init functions set in a zeroed struct.
-void init_tokens(geopref_tokens* t) {
-  t->logits_dtype = GEOPREF_FLOAT32;
-  t->label_type = GEOPREF_INT64;
-  t->offset_type = GEOPREF_INT64;
-}
-
-void init_rows(geopref_token_rows* r) {
-  r->logits_dtype = GEOPREF_FLOAT32;
-  r->label_type = GEOPREF_INT64;
-  r->ignore_index = geopref::options{}.ignore_index;
-}
-
-void init_slice(geopref_vocab_slice* s) { s->n_ranks = gc::vocab_slice{}.n_ranks; }
-
 }  // namespace
 
 extern "C" {
@@ -215,144 +204,27 @@ void geopref_options_init(geopref_options* opt) {
   *opt = geopref::to_c(geopref::options{});  // one assignment per field of GEOPREF_OPTIONS_FIELDS
 }
 
+// Each *_args_init: zeroed, struct_size, the defaults of its members' types
+// (c_api_common.cuh's init_args).
 void geopref_train_args_init(geopref_train_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_train_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  args->grad_loss = 1.0;
-  args->logit_transform = default_logit_transform();
+  if (init_args(args)) args->grad_loss = 1.0;
 }
+void geopref_logps_args_init(geopref_logps_args* args) { init_args(args); }
+void geopref_grad_args_init(geopref_grad_args* args) { init_args(args); }
+void geopref_vocab_stats_args_init(geopref_vocab_stats_args* args) { init_args(args); }
+void geopref_vocab_train_args_init(geopref_vocab_train_args* args) { init_args(args); }
+void geopref_token_logps_args_init(geopref_token_logps_args* args) { init_args(args); }
+void geopref_token_grad_args_init(geopref_token_grad_args* args) { init_args(args); }
 
-void geopref_logps_args_init(geopref_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_logps_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_grad_args_init(geopref_grad_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_grad_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_vocab_stats_args_init(geopref_vocab_stats_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_vocab_stats_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  init_slice(&args->slice);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_vocab_train_args_init(geopref_vocab_train_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_vocab_train_args{};
-  args->struct_size = sizeof *args;
-  init_slice(&args->slice);
-}
-
-void geopref_token_logps_args_init(geopref_token_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_token_logps_args{};
-  args->struct_size = sizeof *args;
-  init_rows(&args->rows);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_token_grad_args_init(geopref_token_grad_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_token_grad_args{};
-  args->struct_size = sizeof *args;
-  init_rows(&args->rows);
-  args->logit_transform = default_logit_transform();
-}
-
-geopref_status geopref_train_step(void* workspace, size_t* workspace_bytes,
-                                  const geopref_train_args* args, const geopref_options* opt,
-                                  geopref_stream_t stream) {
-  return call(gc::train_step, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_sequence_logps(void* workspace, size_t* workspace_bytes,
-                                      const geopref_logps_args* args, const geopref_options* opt,
-                                      geopref_stream_t stream) {
-  return call(gc::sequence_logps, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_logits_grad(void* workspace, size_t* workspace_bytes,
-                                   const geopref_grad_args* args, const geopref_options* opt,
-                                   geopref_stream_t stream) {
-  return call(gc::logits_grad, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_vocab_parallel_stats(void* workspace, size_t* workspace_bytes,
-                                            const geopref_vocab_stats_args* args,
-                                            const geopref_options* opt, geopref_stream_t stream) {
-  return call(gc::vocab_parallel_stats, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_vocab_parallel_train_step(void* workspace, size_t* workspace_bytes,
-                                                 const geopref_vocab_train_args* args,
-                                                 const geopref_options* opt,
-                                                 geopref_stream_t stream) {
-  return call(gc::vocab_parallel_train_step, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
-                                   const geopref_token_logps_args* args, geopref_stream_t stream) {
-  return call(gc::token_logps, workspace, workspace_bytes, args, stream);
-}
-
-geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
-                                        const geopref_token_grad_args* args,
-                                        geopref_stream_t stream) {
-  return call(gc::token_logps_grad, workspace, workspace_bytes, args, stream);
-}
-
-// Every entry's size query: the entry with a NULL workspace and stream.
-geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
-                                                 const geopref_options* opt,
-                                                 size_t* workspace_bytes) {
-  return geopref_train_step(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_sequence_logps_workspace_size(const geopref_logps_args* args,
-                                                     const geopref_options* opt,
-                                                     size_t* workspace_bytes) {
-  return geopref_sequence_logps(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
-                                                  const geopref_options* opt,
-                                                  size_t* workspace_bytes) {
-  return geopref_logits_grad(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_vocab_parallel_stats_workspace_size(const geopref_vocab_stats_args* args,
-                                                           const geopref_options* opt,
-                                                           size_t* workspace_bytes) {
-  return geopref_vocab_parallel_stats(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_vocab_parallel_train_step_workspace_size(
-    const geopref_vocab_train_args* args, const geopref_options* opt, size_t* workspace_bytes) {
-  return geopref_vocab_parallel_train_step(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_token_logps_workspace_size(const geopref_token_logps_args* args,
-                                                  size_t* workspace_bytes) {
-  return geopref_token_logps(nullptr, workspace_bytes, args, nullptr);
-}
-
-geopref_status geopref_token_logps_grad_workspace_size(const geopref_token_grad_args* args,
-                                                       size_t* workspace_bytes) {
-  return geopref_token_logps_grad(nullptr, workspace_bytes, args, nullptr);
-}
+// Every entry and its size query (the entry with a NULL workspace and stream).
+GEOPREF_C_ENTRY(geopref_train_step, geopref_train_args, gc::train_step)
+GEOPREF_C_ENTRY(geopref_sequence_logps, geopref_logps_args, gc::sequence_logps)
+GEOPREF_C_ENTRY(geopref_logits_grad, geopref_grad_args, gc::logits_grad)
+GEOPREF_C_ENTRY(geopref_vocab_parallel_stats, geopref_vocab_stats_args, gc::vocab_parallel_stats)
+GEOPREF_C_ENTRY(geopref_vocab_parallel_train_step, geopref_vocab_train_args,
+                gc::vocab_parallel_train_step)
+GEOPREF_C_TOKEN_ENTRY(geopref_token_logps, geopref_token_logps_args, gc::token_logps)
+GEOPREF_C_TOKEN_ENTRY(geopref_token_logps_grad, geopref_token_grad_args, gc::token_logps_grad)
 
 geopref_status geopref_device_status(const void* workspace, geopref_stream_t stream,
                                      geopref_status* result) {

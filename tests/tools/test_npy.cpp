@@ -164,21 +164,22 @@ TEST_CASE("npy: malformed files are rejected with a message", "[npy]") {
     check(b, "data size mismatch");
   }
   SECTION("wrong magic or version") {
-    bytes b = good;
-    b[1] = 'n';
-    check(b, "wrong magic");
-    b = good;
-    b[0] = 0x92;
-    check(b, "wrong magic");
-    b = good;
-    b[6] = 4;
-    check(b, "version 4.0");
-    b = good;
-    b[6] = 0;
-    check(b, "version 0.0");
-    b = good;
-    b[7] = 1;
-    check(b, "version 1.1");
+    // One byte of the good file changed: where, to what, and the message.
+    const struct {
+      std::size_t at;
+      unsigned char value;
+      const char* message;
+    } cases[] = {{1, 'n', "wrong magic"},
+                 {0, 0x92, "wrong magic"},
+                 {6, 4, "version 4.0"},
+                 {6, 0, "version 0.0"},
+                 {7, 1, "version 1.1"}};
+    for (const auto& c : cases) {
+      bytes b = good;
+      b[c.at] = c.value;
+      INFO("byte " << c.at << " = " << int{c.value});
+      check(b, c.message);
+    }
   }
   SECTION("header length past the end, or absurd") {
     bytes b = good;
