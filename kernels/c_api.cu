@@ -134,8 +134,8 @@ inline void init_member(geopref_token_rows* r) {
 #define GEOPREF_C_LOGPS_ARGS_FIELDS(X)                                                 \
   X(tokens, tokens) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
   X(token_logps, token_logps) X(lse, lse) X(logit_transform, tokens.logit_transform)
-GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args, GEOPREF_C_LOGPS_ARGS_FIELDS,
-               geopref_logps_args_init, GEOPREF_LOGPS_ARGS_SIZE_1_0)
+GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args,
+               GEOPREF_C_LOGPS_ARGS_FIELDS, GEOPREF_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_TRAIN_ARGS_FIELDS(X)                                                      \
   X(tokens, tokens) X(n_pairs, n_pairs) X(pairs, pairs) X(soft_labels, soft_labels)        \
@@ -145,42 +145,41 @@ GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args, GEOPREF_C_LOGPS_ARGS_FIELDS
   X(grad_seq_logps, grad_seq_logps) X(grad_logits, grad_logits) X(grad_ld, grad_ld)        \
   X(grad_float32, grad_float32) X(stat_sums, stat_sums)                                    \
   X(logit_transform, tokens.logit_transform)
-GEOPREF_C_ARGS(geopref_train_args, cuda::train_args, GEOPREF_C_TRAIN_ARGS_FIELDS,
-               geopref_train_args_init, GEOPREF_TRAIN_ARGS_SIZE_1_0)
+inline void init_member(geopref_train_args* a) { a->grad_loss = 1.0; }
+GEOPREF_C_ARGS(geopref_train_args, cuda::train_args,
+               GEOPREF_C_TRAIN_ARGS_FIELDS, GEOPREF_TRAIN_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_GRAD_ARGS_FIELDS(X)                                                       \
   X(tokens, tokens) X(lse, lse) X(grad_seq_logps, grad_seq_logps)                          \
   X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)            \
   X(logit_transform, tokens.logit_transform)
-GEOPREF_C_ARGS(geopref_grad_args, cuda::grad_args, GEOPREF_C_GRAD_ARGS_FIELDS,
-               geopref_grad_args_init, GEOPREF_GRAD_ARGS_SIZE_1_0)
+GEOPREF_C_ARGS(geopref_grad_args, cuda::grad_args,
+               GEOPREF_C_GRAD_ARGS_FIELDS, GEOPREF_GRAD_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_VOCAB_STATS_ARGS_FIELDS(X) \
   X(tokens, tokens) X(slice, slice) X(records, records) X(logit_transform, tokens.logit_transform)
 GEOPREF_C_ARGS(geopref_vocab_stats_args, cuda::vocab_stats_args,
-               GEOPREF_C_VOCAB_STATS_ARGS_FIELDS, geopref_vocab_stats_args_init,
-               GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_STATS_ARGS_FIELDS, GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0)
 
 // `train` is a pointer to a geopref_train_args, read by its own struct_size.
 GEOPREF_C_ARGS(geopref_vocab_train_args, cuda::vocab_train_args,
-               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, geopref_vocab_train_args_init,
-               GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0)
 
 GEOPREF_C_ARGS(geopref_token_logps_args, cuda::token_logps_args,
-               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, geopref_token_logps_args_init,
-               GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
+               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS(X)                                              \
   X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                       \
   X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)         \
   X(logit_transform, rows.logit_transform) X(grad_entropy, grad_entropy)                \
   X(entropy, entropy)
-GEOPREF_C_ARGS(geopref_token_grad_args, cuda::token_grad_args, GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS,
-               geopref_token_grad_args_init, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0)
+GEOPREF_C_ARGS(geopref_token_grad_args, cuda::token_grad_args,
+               GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0)
 
 // ABI 1.0 is frozen: on LP64 its sizes are these for good (a field appended
 // to a struct without moving its SIZE_1_0 macro to offsetof the new field,
-// or a change to a frozen block, fails here).
+// or a change to a frozen block, fails here). Every struct of geopref/c_api.h,
+// those of c_api_linear.cu too: this translation unit is in every build.
 static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
                                      GEOPREF_LOGPS_ARGS_SIZE_1_0 == 128 &&
                                      GEOPREF_TRAIN_ARGS_SIZE_1_0 == 240 &&
@@ -188,7 +187,13 @@ static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
                                      GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0 == 128 &&
                                      GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0 == 48 &&
                                      GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0 == 96 &&
-                                     GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0 == 112),
+                                     GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0 == 112 &&
+                                     GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 == 336 &&
+                                     GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0 == 176 &&
+                                     GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0 == 144 &&
+                                     GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0 == 192 &&
+                                     GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0 == 176 &&
+                                     GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0 == 48),
               "the ABI 1.0 layouts are frozen");
 
 }  // namespace geopref::c_abi
@@ -204,19 +209,9 @@ void geopref_options_init(geopref_options* opt) {
   *opt = geopref::to_c(geopref::options{});  // one assignment per field of GEOPREF_OPTIONS_FIELDS
 }
 
-// Each *_args_init: zeroed, struct_size, the defaults of its members' types
-// (c_api_common.cuh's init_args).
-void geopref_train_args_init(geopref_train_args* args) {
-  if (init_args(args)) args->grad_loss = 1.0;
-}
-void geopref_logps_args_init(geopref_logps_args* args) { init_args(args); }
-void geopref_grad_args_init(geopref_grad_args* args) { init_args(args); }
-void geopref_vocab_stats_args_init(geopref_vocab_stats_args* args) { init_args(args); }
-void geopref_vocab_train_args_init(geopref_vocab_train_args* args) { init_args(args); }
-void geopref_token_logps_args_init(geopref_token_logps_args* args) { init_args(args); }
-void geopref_token_grad_args_init(geopref_token_grad_args* args) { init_args(args); }
-
-// Every entry and its size query (the entry with a NULL workspace and stream).
+// Every entry, its size query (the entry with a NULL workspace and stream)
+// and its argument struct's *_args_init (zeroed, struct_size, the defaults:
+// c_api_common.cuh's init_args).
 GEOPREF_C_ENTRY(geopref_train_step, geopref_train_args, gc::train_step)
 GEOPREF_C_ENTRY(geopref_sequence_logps, geopref_logps_args, gc::sequence_logps)
 GEOPREF_C_ENTRY(geopref_logits_grad, geopref_grad_args, gc::logits_grad)

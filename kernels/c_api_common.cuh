@@ -92,7 +92,8 @@ inline status from_c(const geopref_vocab_record* c, const cuda::vocab_record** o
 // struct is zeroed first) unless the member's type has an init_member overload
 // (the logit transform and the vocab slice below; the blocks of each
 // translation unit next to their GEOPREF_C_BLOCK), visible where the struct's
-// GEOPREF_C_ARGS stands.
+// GEOPREF_C_ARGS stands; then the struct's own, init_member(C*) (the train
+// arguments' grad_loss).
 template <class T>
 void init_member(T*) {}
 
@@ -124,16 +125,17 @@ template <class C>
 struct c_args {};
 
 /// An argument struct (struct_size first, then the list): its layout check,
-/// from_c, its init function and its ABI 1.0 size.
-#define GEOPREF_C_ARGS(CType, CppType, LIST, init_fn, SIZE_1_0)                               \
+/// from_c, its init function (CType##_init, defined by GEOPREF_C_ENTRY) and
+/// its ABI 1.0 size.
+#define GEOPREF_C_ARGS(CType, CppType, LIST, SIZE_1_0)                                        \
   template <>                                                                                 \
   struct c_args<CType> {                                                                      \
     using C = CType;                                                                          \
     using cpp = CppType;                                                                      \
     static constexpr std::size_t size_1_0 = SIZE_1_0;                                         \
     static constexpr field_span spans[] = {LIST(GEOPREF_C_SPAN)};                             \
-    static void init(C* c) { init_fn(c); }                                                    \
-    static void init_members(C* c) { LIST(GEOPREF_C_INIT) }                                   \
+    static void init(C* c) { CType##_init(c); }                                               \
+    static void init_members(C* c) { LIST(GEOPREF_C_INIT) init_member(c); }                   \
     static status convert(const C& c, cpp* o) {                                               \
       status s = status::success;                                                             \
       LIST(GEOPREF_C_FROM)                                                                    \
@@ -155,16 +157,14 @@ struct c_args {};
   X(mean_logits, mean_logits) X(is_top1, is_top1)
 #define GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
 
-/// What every *_args_init does: nothing for NULL (false); otherwise zero
-/// *args, set its struct_size to this layout's and each member's defaults by
-/// its type (init_member), and return true.
+/// What every *_args_init does: nothing for NULL; otherwise zero *args, set
+/// its struct_size to this layout's and its defaults (init_member).
 template <class C>
-bool init_args(C* args) {
-  if (args == nullptr) return false;
+void init_args(C* args) {
+  if (args == nullptr) return;
   *args = C{};
   args->struct_size = sizeof *args;
   c_args<C>::init_members(args);
-  return true;
 }
 
 /// The caller's argument struct as this library's layout, reading only the
@@ -296,10 +296,12 @@ geopref_status call(status (*entry)(void*, size_t&, const std::common_type_t<Arg
 }
 
 /// A C entry `name` that takes options, with the C++ entry `cpp_entry` over
-/// `call`, and its size query name##_workspace_size: the entry with a NULL
-/// workspace and stream. (geopref/c_api.h declares both: a definition whose
-/// signature differs from the declaration fails to compile.)
+/// `call`; its size query name##_workspace_size: the entry with a NULL
+/// workspace and stream; and the init function of its argument struct,
+/// CArgs##_init (init_args). (geopref/c_api.h declares all three: a definition
+/// whose signature differs from the declaration fails to compile.)
 #define GEOPREF_C_ENTRY(name, CArgs, cpp_entry)                                                \
+  void CArgs##_init(CArgs* args) { geopref::c_abi::init_args(args); }                           \
   geopref_status name(void* workspace, size_t* workspace_bytes, const CArgs* args,              \
                       const geopref_options* opt, geopref_stream_t stream) {                    \
     return geopref::c_abi::call(cpp_entry, workspace, workspace_bytes, args, opt, stream);      \
@@ -311,6 +313,7 @@ geopref_status call(status (*entry)(void*, size_t&, const std::common_type_t<Arg
 
 /// The same for the per-token primitive's entries, which take no options.
 #define GEOPREF_C_TOKEN_ENTRY(name, CArgs, cpp_entry)                                          \
+  void CArgs##_init(CArgs* args) { geopref::c_abi::init_args(args); }                           \
   geopref_status name(void* workspace, size_t* workspace_bytes, const CArgs* args,              \
                       geopref_stream_t stream) {                                                 \
     return geopref::c_abi::call(cpp_entry, workspace, workspace_bytes, args, stream);           \

@@ -63,8 +63,7 @@ inline void init_member(geopref_linear_token_rows* r) {
   X(in, in) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
   X(token_logps, token_logps) X(lse, lse) X(logit_transform, in.logit_transform)
 GEOPREF_C_ARGS(geopref_linear_logps_args, cuda::linear_logps_args,
-               GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS, geopref_linear_logps_args_init,
-               GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0)
+               GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS, GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS(X)                                                \
   X(in, in) X(n_pairs, n_pairs) X(pairs, pairs) X(soft_labels, soft_labels)                 \
@@ -76,9 +75,9 @@ GEOPREF_C_ARGS(geopref_linear_logps_args, cuda::linear_logps_args,
   X(ld_grad_weight, ld_grad_weight) X(grad_weight_float32, grad_weight_float32)             \
   X(grad_bias, grad_bias) X(accumulate, accumulate) X(host_offsets, host_offsets)           \
   X(host_pairs, host_pairs) X(logit_transform, in.logit_transform)
+inline void init_member(geopref_linear_train_args* a) { a->grad_loss = 1.0; }
 GEOPREF_C_ARGS(geopref_linear_train_args, cuda::linear_train_args,
-               GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, geopref_linear_train_args_init,
-               GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
+               GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
 
 // The vocab-parallel fused linear reads blocks of these: its stats the
 // scored_linear block (no token weights), its step linear_step_args (the host
@@ -99,17 +98,14 @@ inline status from_c(const geopref_linear_train_args* c, cuda::linear_step_args*
 #define GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS(X) \
   X(in, in) X(slice, slice) X(records, records) X(logit_transform, in.logit_transform)
 GEOPREF_C_ARGS(geopref_vocab_linear_stats_args, cuda::vocab_linear_stats_args,
-               GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS, geopref_vocab_linear_stats_args_init,
-               GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS, GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0)
 
 // `train` is a pointer to a geopref_linear_train_args, read by its own struct_size.
 GEOPREF_C_ARGS(geopref_vocab_linear_train_args, cuda::vocab_linear_train_args,
-               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, geopref_vocab_linear_train_args_init,
-               GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0)
 
 GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
-               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, geopref_linear_token_logps_args_init,
-               GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0)
+               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS(X)                                            \
   X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                            \
@@ -118,17 +114,9 @@ GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
   X(grad_bias, grad_bias) X(accumulate, accumulate) X(logit_transform, rows.logit_transform) \
   X(grad_entropy, grad_entropy) X(entropy, entropy)
 GEOPREF_C_ARGS(geopref_linear_token_grad_args, cuda::linear_token_grad_args,
-               GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, geopref_linear_token_grad_args_init,
-               GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)
+               GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)
 
-// ABI 1.0 is frozen: on LP64 its sizes are these for good (c_api.cu has the others).
-static_assert(sizeof(void*) != 8 || (GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 == 336 &&
-                                     GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0 == 176 &&
-                                     GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0 == 144 &&
-                                     GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0 == 192 &&
-                                     GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0 == 176 &&
-                                     GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0 == 48),
-              "the ABI 1.0 layouts are frozen");
+// ABI 1.0 is frozen: c_api.cu checks the sizes of these structs too.
 
 }  // namespace geopref::c_abi
 
@@ -138,26 +126,9 @@ using namespace geopref::c_abi;
 
 extern "C" {
 
-// Each *_args_init: zeroed, struct_size, the defaults of its members' types
-// (c_api_common.cuh's init_args).
-void geopref_linear_train_args_init(geopref_linear_train_args* args) {
-  if (init_args(args)) args->grad_loss = 1.0;
-}
-void geopref_linear_logps_args_init(geopref_linear_logps_args* args) { init_args(args); }
-void geopref_vocab_linear_stats_args_init(geopref_vocab_linear_stats_args* args) {
-  init_args(args);
-}
-void geopref_vocab_linear_train_args_init(geopref_vocab_linear_train_args* args) {
-  init_args(args);
-}
-void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args) {
-  init_args(args);
-}
-void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args) {
-  init_args(args);
-}
-
-// Every entry and its size query (the entry with a NULL workspace and stream).
+// Every entry, its size query (the entry with a NULL workspace and stream)
+// and its argument struct's *_args_init (zeroed, struct_size, the defaults:
+// c_api_common.cuh's init_args).
 GEOPREF_C_ENTRY(geopref_fused_linear_step, geopref_linear_train_args, gc::fused_linear_step)
 GEOPREF_C_ENTRY(geopref_fused_linear_logps, geopref_linear_logps_args, gc::fused_linear_logps)
 GEOPREF_C_ENTRY(geopref_vocab_linear_stats, geopref_vocab_linear_stats_args,

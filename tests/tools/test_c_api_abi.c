@@ -295,21 +295,21 @@ static int host_checks(void) {
   g.vltrain.slice = g.vstats.slice;
 
 #define CHECK(name, var, SIZE_1_0) \
-  fails += check_sizes(#name, &var, sizeof var, SIZE_1_0, q_##name, e_##name)
+  fails += check_sizes(#name, &g.var, sizeof g.var, SIZE_1_0, q_##name, e_##name)
   fails += check_sizes("options", &g.opt, sizeof g.opt, GEOPREF_OPTIONS_SIZE_1_0, q_options, NULL);
-  CHECK(train_step, g.train, GEOPREF_TRAIN_ARGS_SIZE_1_0);
-  CHECK(sequence_logps, g.logps, GEOPREF_LOGPS_ARGS_SIZE_1_0);
-  CHECK(logits_grad, g.grad, GEOPREF_GRAD_ARGS_SIZE_1_0);
-  CHECK(vocab_parallel_stats, g.vstats, GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0);
-  CHECK(vocab_parallel_train_step, g.vtrain, GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0);
-  CHECK(token_logps, g.tok, GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0);
-  CHECK(token_logps_grad, g.tok_grad, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0);
-  CHECK(fused_linear_step, g.lin, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
-  CHECK(fused_linear_logps, g.lin_logps, GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0);
-  CHECK(linear_token_logps, g.lin_tok, GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0);
-  CHECK(linear_token_logps_grad, g.lin_tok_grad, GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0);
-  CHECK(vocab_linear_stats, g.vlstats, GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0);
-  CHECK(vocab_linear_step, g.vltrain, GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0);
+  CHECK(train_step, train, GEOPREF_TRAIN_ARGS_SIZE_1_0);
+  CHECK(sequence_logps, logps, GEOPREF_LOGPS_ARGS_SIZE_1_0);
+  CHECK(logits_grad, grad, GEOPREF_GRAD_ARGS_SIZE_1_0);
+  CHECK(vocab_parallel_stats, vstats, GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0);
+  CHECK(vocab_parallel_train_step, vtrain, GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0);
+  CHECK(token_logps, tok, GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0);
+  CHECK(token_logps_grad, tok_grad, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0);
+  CHECK(fused_linear_step, lin, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
+  CHECK(fused_linear_logps, lin_logps, GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0);
+  CHECK(linear_token_logps, lin_tok, GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0);
+  CHECK(linear_token_logps_grad, lin_tok_grad, GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0);
+  CHECK(vocab_linear_stats, vlstats, GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0);
+  CHECK(vocab_linear_step, vltrain, GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0);
 #undef CHECK
 
   /* The train arguments a vocab-parallel step points to are read by their
