@@ -198,10 +198,6 @@ static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
 
 }  // namespace geopref::c_abi
 
-namespace {
-using namespace geopref::c_abi;
-}  // namespace
-
 extern "C" {
 
 void geopref_options_init(geopref_options* opt) {
