@@ -1,7 +1,9 @@
 /* tests/tools/test_c_api_abi.c — ABI 1.0 and its growth rule (geopref/c_api.h)
  * from C99.
  *
- * Host only, every argument struct through its *_workspace_size helper:
+ * Host only: every *_args_init's struct, byte for byte, is zero but for
+ * struct_size and the defaults geopref/c_api.h names; and every argument
+ * struct through its *_workspace_size helper:
  *   - the helper equals its entry with a NULL workspace;
  *   - struct_size 0, 8 below the 1.0 size, or inside the logit transform
  *     (between two layouts) is GEOPREF_INVALID_STRUCT_SIZE; so is a larger
