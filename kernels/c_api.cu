@@ -106,6 +106,11 @@ namespace geopref::c_abi {
   X(labels, labels) X(label_type, label_type) X(offsets, offsets)                             \
   X(offset_type, offset_type) X(n_seqs, n_seqs) X(token_weights, token_weights)
 GEOPREF_C_BLOCK(geopref_tokens, cuda::token_inputs, GEOPREF_C_TOKENS_FIELDS)
+inline void init_member(geopref_tokens* t) {
+  t->logits_dtype = GEOPREF_FLOAT32;
+  t->label_type = GEOPREF_INT64;
+  t->offset_type = GEOPREF_INT64;
+}
 
 // The vocab-parallel stats read the scored_logits block of the tokens (no
 // token weights: the records do not depend on them; the C member is ignored).
@@ -120,12 +125,17 @@ inline status from_c(const geopref_tokens& c, cuda::scored_logits* o) {
   X(logits, logits) X(logits_dtype, logits_dtype) X(n_rows, n_rows) X(vocab, vocab) X(ld, ld) \
   X(labels, labels) X(label_type, label_type) X(ignore_index, ignore_index)
 GEOPREF_C_BLOCK(geopref_token_rows, cuda::token_rows, GEOPREF_C_TOKEN_ROWS_FIELDS)
+inline void init_member(geopref_token_rows* r) {
+  r->logits_dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = geopref::options{}.ignore_index;
+}
 
 #define GEOPREF_C_LOGPS_ARGS_FIELDS(X)                                                 \
   X(tokens, tokens) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
   X(token_logps, token_logps) X(lse, lse) X(logit_transform, tokens.logit_transform)
-GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args, GEOPREF_C_LOGPS_ARGS_FIELDS,
-               geopref_logps_args_init, GEOPREF_LOGPS_ARGS_SIZE_1_0)
+GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args,
+               GEOPREF_C_LOGPS_ARGS_FIELDS, GEOPREF_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_TRAIN_ARGS_FIELDS(X)                                                      \
   X(tokens, tokens) X(n_pairs, n_pairs) X(pairs, pairs) X(soft_labels, soft_labels)        \
@@ -135,47 +145,41 @@ GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args, GEOPREF_C_LOGPS_ARGS_FIELDS
   X(grad_seq_logps, grad_seq_logps) X(grad_logits, grad_logits) X(grad_ld, grad_ld)        \
   X(grad_float32, grad_float32) X(stat_sums, stat_sums)                                    \
   X(logit_transform, tokens.logit_transform)
-GEOPREF_C_ARGS(geopref_train_args, cuda::train_args, GEOPREF_C_TRAIN_ARGS_FIELDS,
-               geopref_train_args_init, GEOPREF_TRAIN_ARGS_SIZE_1_0)
+inline void init_member(geopref_train_args* a) { a->grad_loss = 1.0; }
+GEOPREF_C_ARGS(geopref_train_args, cuda::train_args,
+               GEOPREF_C_TRAIN_ARGS_FIELDS, GEOPREF_TRAIN_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_GRAD_ARGS_FIELDS(X)                                                       \
   X(tokens, tokens) X(lse, lse) X(grad_seq_logps, grad_seq_logps)                          \
   X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)            \
   X(logit_transform, tokens.logit_transform)
-GEOPREF_C_ARGS(geopref_grad_args, cuda::grad_args, GEOPREF_C_GRAD_ARGS_FIELDS,
-               geopref_grad_args_init, GEOPREF_GRAD_ARGS_SIZE_1_0)
+GEOPREF_C_ARGS(geopref_grad_args, cuda::grad_args,
+               GEOPREF_C_GRAD_ARGS_FIELDS, GEOPREF_GRAD_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_VOCAB_STATS_ARGS_FIELDS(X) \
   X(tokens, tokens) X(slice, slice) X(records, records) X(logit_transform, tokens.logit_transform)
 GEOPREF_C_ARGS(geopref_vocab_stats_args, cuda::vocab_stats_args,
-               GEOPREF_C_VOCAB_STATS_ARGS_FIELDS, geopref_vocab_stats_args_init,
-               GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_STATS_ARGS_FIELDS, GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0)
 
 // `train` is a pointer to a geopref_train_args, read by its own struct_size.
-#define GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
 GEOPREF_C_ARGS(geopref_vocab_train_args, cuda::vocab_train_args,
-               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, geopref_vocab_train_args_init,
-               GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0)
 
-#define GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS(X)                                       \
-  X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
-  X(logit_transform, rows.logit_transform) X(log_sum_sq_probs, log_sum_sq_probs)  \
-  X(mean_logits, mean_logits) X(is_top1, is_top1)
 GEOPREF_C_ARGS(geopref_token_logps_args, cuda::token_logps_args,
-               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, geopref_token_logps_args_init,
-               GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
+               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS(X)                                              \
   X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                       \
   X(grad_logits, grad_logits) X(grad_ld, grad_ld) X(grad_float32, grad_float32)         \
   X(logit_transform, rows.logit_transform) X(grad_entropy, grad_entropy)                \
   X(entropy, entropy)
-GEOPREF_C_ARGS(geopref_token_grad_args, cuda::token_grad_args, GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS,
-               geopref_token_grad_args_init, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0)
+GEOPREF_C_ARGS(geopref_token_grad_args, cuda::token_grad_args,
+               GEOPREF_C_TOKEN_GRAD_ARGS_FIELDS, GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0)
 
 // ABI 1.0 is frozen: on LP64 its sizes are these for good (a field appended
 // to a struct without moving its SIZE_1_0 macro to offsetof the new field,
-// or a change to a frozen block, fails here).
+// or a change to a frozen block, fails here). Every struct of geopref/c_api.h,
+// those of c_api_linear.cu too: this translation unit is in every build.
 static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
                                      GEOPREF_LOGPS_ARGS_SIZE_1_0 == 128 &&
                                      GEOPREF_TRAIN_ARGS_SIZE_1_0 == 240 &&
@@ -183,30 +187,16 @@ static_assert(sizeof(void*) != 8 || (GEOPREF_OPTIONS_SIZE_1_0 == 232 &&
                                      GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0 == 128 &&
                                      GEOPREF_VOCAB_TRAIN_ARGS_SIZE_1_0 == 48 &&
                                      GEOPREF_TOKEN_LOGPS_ARGS_SIZE_1_0 == 96 &&
-                                     GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0 == 112),
+                                     GEOPREF_TOKEN_GRAD_ARGS_SIZE_1_0 == 112 &&
+                                     GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 == 336 &&
+                                     GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0 == 176 &&
+                                     GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0 == 144 &&
+                                     GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0 == 192 &&
+                                     GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0 == 176 &&
+                                     GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0 == 48),
               "the ABI 1.0 layouts are frozen");
 
 }  // namespace geopref::c_abi
-
-namespace {
-using namespace geopref::c_abi;
-
-// The defaults the *_args_init functions set in a zeroed struct.
-void init_tokens(geopref_tokens* t) {
-  t->logits_dtype = GEOPREF_FLOAT32;
-  t->label_type = GEOPREF_INT64;
-  t->offset_type = GEOPREF_INT64;
-}
-
-void init_rows(geopref_token_rows* r) {
-  r->logits_dtype = GEOPREF_FLOAT32;
-  r->label_type = GEOPREF_INT64;
-  r->ignore_index = geopref::options{}.ignore_index;
-}
-
-void init_slice(geopref_vocab_slice* s) { s->n_ranks = gc::vocab_slice{}.n_ranks; }
-
-}  // namespace
 
 extern "C" {
 
@@ -215,144 +205,17 @@ void geopref_options_init(geopref_options* opt) {
   *opt = geopref::to_c(geopref::options{});  // one assignment per field of GEOPREF_OPTIONS_FIELDS
 }
 
-void geopref_train_args_init(geopref_train_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_train_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  args->grad_loss = 1.0;
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_logps_args_init(geopref_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_logps_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_grad_args_init(geopref_grad_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_grad_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_vocab_stats_args_init(geopref_vocab_stats_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_vocab_stats_args{};
-  args->struct_size = sizeof *args;
-  init_tokens(&args->tokens);
-  init_slice(&args->slice);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_vocab_train_args_init(geopref_vocab_train_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_vocab_train_args{};
-  args->struct_size = sizeof *args;
-  init_slice(&args->slice);
-}
-
-void geopref_token_logps_args_init(geopref_token_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_token_logps_args{};
-  args->struct_size = sizeof *args;
-  init_rows(&args->rows);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_token_grad_args_init(geopref_token_grad_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_token_grad_args{};
-  args->struct_size = sizeof *args;
-  init_rows(&args->rows);
-  args->logit_transform = default_logit_transform();
-}
-
-geopref_status geopref_train_step(void* workspace, size_t* workspace_bytes,
-                                  const geopref_train_args* args, const geopref_options* opt,
-                                  geopref_stream_t stream) {
-  return call(gc::train_step, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_sequence_logps(void* workspace, size_t* workspace_bytes,
-                                      const geopref_logps_args* args, const geopref_options* opt,
-                                      geopref_stream_t stream) {
-  return call(gc::sequence_logps, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_logits_grad(void* workspace, size_t* workspace_bytes,
-                                   const geopref_grad_args* args, const geopref_options* opt,
-                                   geopref_stream_t stream) {
-  return call(gc::logits_grad, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_vocab_parallel_stats(void* workspace, size_t* workspace_bytes,
-                                            const geopref_vocab_stats_args* args,
-                                            const geopref_options* opt, geopref_stream_t stream) {
-  return call(gc::vocab_parallel_stats, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_vocab_parallel_train_step(void* workspace, size_t* workspace_bytes,
-                                                 const geopref_vocab_train_args* args,
-                                                 const geopref_options* opt,
-                                                 geopref_stream_t stream) {
-  return call(gc::vocab_parallel_train_step, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_token_logps(void* workspace, size_t* workspace_bytes,
-                                   const geopref_token_logps_args* args, geopref_stream_t stream) {
-  return call(gc::token_logps, workspace, workspace_bytes, args, stream);
-}
-
-geopref_status geopref_token_logps_grad(void* workspace, size_t* workspace_bytes,
-                                        const geopref_token_grad_args* args,
-                                        geopref_stream_t stream) {
-  return call(gc::token_logps_grad, workspace, workspace_bytes, args, stream);
-}
-
-// Every entry's size query: the entry with a NULL workspace and stream.
-geopref_status geopref_train_step_workspace_size(const geopref_train_args* args,
-                                                 const geopref_options* opt,
-                                                 size_t* workspace_bytes) {
-  return geopref_train_step(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_sequence_logps_workspace_size(const geopref_logps_args* args,
-                                                     const geopref_options* opt,
-                                                     size_t* workspace_bytes) {
-  return geopref_sequence_logps(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_logits_grad_workspace_size(const geopref_grad_args* args,
-                                                  const geopref_options* opt,
-                                                  size_t* workspace_bytes) {
-  return geopref_logits_grad(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_vocab_parallel_stats_workspace_size(const geopref_vocab_stats_args* args,
-                                                           const geopref_options* opt,
-                                                           size_t* workspace_bytes) {
-  return geopref_vocab_parallel_stats(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_vocab_parallel_train_step_workspace_size(
-    const geopref_vocab_train_args* args, const geopref_options* opt, size_t* workspace_bytes) {
-  return geopref_vocab_parallel_train_step(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_token_logps_workspace_size(const geopref_token_logps_args* args,
-                                                  size_t* workspace_bytes) {
-  return geopref_token_logps(nullptr, workspace_bytes, args, nullptr);
-}
-
-geopref_status geopref_token_logps_grad_workspace_size(const geopref_token_grad_args* args,
-                                                       size_t* workspace_bytes) {
-  return geopref_token_logps_grad(nullptr, workspace_bytes, args, nullptr);
-}
+// Every entry, its size query (the entry with a NULL workspace and stream)
+// and its argument struct's *_args_init (zeroed, struct_size, the defaults:
+// c_api_common.cuh's init_args).
+GEOPREF_C_ENTRY(geopref_train_step, geopref_train_args, gc::train_step)
+GEOPREF_C_ENTRY(geopref_sequence_logps, geopref_logps_args, gc::sequence_logps)
+GEOPREF_C_ENTRY(geopref_logits_grad, geopref_grad_args, gc::logits_grad)
+GEOPREF_C_ENTRY(geopref_vocab_parallel_stats, geopref_vocab_stats_args, gc::vocab_parallel_stats)
+GEOPREF_C_ENTRY(geopref_vocab_parallel_train_step, geopref_vocab_train_args,
+                gc::vocab_parallel_train_step)
+GEOPREF_C_TOKEN_ENTRY(geopref_token_logps, geopref_token_logps_args, gc::token_logps)
+GEOPREF_C_TOKEN_ENTRY(geopref_token_logps_grad, geopref_token_grad_args, gc::token_logps_grad)
 
 geopref_status geopref_device_status(const void* workspace, geopref_stream_t stream,
                                      geopref_status* result) {

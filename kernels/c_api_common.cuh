@@ -88,8 +88,18 @@ inline status from_c(const geopref_vocab_record* c, const cuda::vocab_record** o
   return status::success;
 }
 
+// ---- The defaults an *_args_init sets, by the member's type: zero (the
+// struct is zeroed first) unless the member's type has an init_member overload
+// (the logit transform and the vocab slice below; the blocks of each
+// translation unit next to their GEOPREF_C_BLOCK), visible where the struct's
+// GEOPREF_C_ARGS stands; then the struct's own, init_member(C*) (the train
+// arguments' grad_loss).
+template <class T>
+void init_member(T*) {}
+
 #define GEOPREF_C_SPAN(c_member, cpp_member) \
   field_span{offsetof(C, c_member), sizeof(C::c_member), alignof(decltype(C::c_member))},
+#define GEOPREF_C_INIT(c_member, cpp_member) init_member(&c->c_member);
 #define GEOPREF_C_FROM(c_member, cpp_member) \
   if (s == status::success) s = from_c(c.c_member, &o->cpp_member);
 
@@ -115,15 +125,17 @@ template <class C>
 struct c_args {};
 
 /// An argument struct (struct_size first, then the list): its layout check,
-/// from_c, its init function and its ABI 1.0 size.
-#define GEOPREF_C_ARGS(CType, CppType, LIST, init_fn, SIZE_1_0)                               \
+/// from_c, its init function (CType##_init, defined by GEOPREF_C_ENTRY) and
+/// its ABI 1.0 size.
+#define GEOPREF_C_ARGS(CType, CppType, LIST, SIZE_1_0)                                        \
   template <>                                                                                 \
   struct c_args<CType> {                                                                      \
     using C = CType;                                                                          \
     using cpp = CppType;                                                                      \
     static constexpr std::size_t size_1_0 = SIZE_1_0;                                         \
     static constexpr field_span spans[] = {LIST(GEOPREF_C_SPAN)};                             \
-    static void init(C* c) { init_fn(c); }                                                    \
+    static void init(C* c) { CType##_init(c); }                                               \
+    static void init_members(C* c) { LIST(GEOPREF_C_INIT) init_member(c); }                   \
     static status convert(const C& c, cpp* o) {                                               \
       status s = status::success;                                                             \
       LIST(GEOPREF_C_FROM)                                                                    \
@@ -135,6 +147,25 @@ struct c_args {};
                       alignof(CType)),                                                        \
                 #CType "'s members differ from its field list " #LIST);                       \
   static_assert(SIZE_1_0 <= sizeof(CType));
+
+// Argument structs of both translation units with the same members (the
+// rows, or the train arguments pointed to, are each one's own type): one list
+// for both (GEOPREF_C_ARGS checks it against each struct).
+#define GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS(X)                                       \
+  X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
+  X(logit_transform, rows.logit_transform) X(log_sum_sq_probs, log_sum_sq_probs)  \
+  X(mean_logits, mean_logits) X(is_top1, is_top1)
+#define GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
+
+/// What every *_args_init does: nothing for NULL; otherwise zero *args, set
+/// its struct_size to this layout's and its defaults (init_member).
+template <class C>
+void init_args(C* args) {
+  if (args == nullptr) return;
+  *args = C{};
+  args->struct_size = sizeof *args;
+  c_args<C>::init_members(args);
+}
 
 /// The caller's argument struct as this library's layout, reading only the
 /// struct_size bytes the caller has: *local starts with the defaults of the
@@ -231,6 +262,9 @@ inline geopref_logit_transform default_logit_transform() {
 #define GEOPREF_C_VOCAB_SLICE_FIELDS(X) X(begin, begin) X(total, total) X(rank, rank) X(n_ranks, n_ranks)
 GEOPREF_C_BLOCK(geopref_vocab_slice, cuda::vocab_slice, GEOPREF_C_VOCAB_SLICE_FIELDS)
 
+inline void init_member(geopref_logit_transform* t) { *t = default_logit_transform(); }
+inline void init_member(geopref_vocab_slice* s) { s->n_ranks = cuda::vocab_slice{}.n_ranks; }
+
 /// The shape of every C entry that takes options: null checks, the C structs
 /// (read by their struct_size) to C++ ones, the C++ entry, its status as an int.
 /// (The entry's type follows from CArgs, so an overloaded entry resolves.)
@@ -260,5 +294,32 @@ geopref_status call(status (*entry)(void*, size_t&, const std::common_type_t<Arg
   if (s == status::success) s = entry(workspace, *bytes, a, stream);
   return static_cast<int>(s);
 }
+
+/// A C entry `name` that takes options, with the C++ entry `cpp_entry` over
+/// `call`; its size query name##_workspace_size: the entry with a NULL
+/// workspace and stream; and the init function of its argument struct,
+/// CArgs##_init (init_args). (geopref/c_api.h declares all three: a definition
+/// whose signature differs from the declaration fails to compile.)
+#define GEOPREF_C_ENTRY(name, CArgs, cpp_entry)                                                \
+  void CArgs##_init(CArgs* args) { geopref::c_abi::init_args(args); }                           \
+  geopref_status name(void* workspace, size_t* workspace_bytes, const CArgs* args,              \
+                      const geopref_options* opt, geopref_stream_t stream) {                    \
+    return geopref::c_abi::call(cpp_entry, workspace, workspace_bytes, args, opt, stream);      \
+  }                                                                                              \
+  geopref_status name##_workspace_size(const CArgs* args, const geopref_options* opt,           \
+                                       size_t* workspace_bytes) {                                \
+    return name(nullptr, workspace_bytes, args, opt, nullptr);                                   \
+  }
+
+/// The same for the per-token primitive's entries, which take no options.
+#define GEOPREF_C_TOKEN_ENTRY(name, CArgs, cpp_entry)                                          \
+  void CArgs##_init(CArgs* args) { geopref::c_abi::init_args(args); }                           \
+  geopref_status name(void* workspace, size_t* workspace_bytes, const CArgs* args,              \
+                      geopref_stream_t stream) {                                                 \
+    return geopref::c_abi::call(cpp_entry, workspace, workspace_bytes, args, stream);           \
+  }                                                                                              \
+  geopref_status name##_workspace_size(const CArgs* args, size_t* workspace_bytes) {            \
+    return name(nullptr, workspace_bytes, args, nullptr);                                        \
+  }
 
 }  // namespace geopref::c_abi

@@ -38,6 +38,12 @@ inline status from_c(void* c, cublasHandle_t* o) {
   X(offset_type, offset_type) X(n_seqs, n_seqs) X(token_weights, token_weights)              \
   X(chunk_bytes, chunk_bytes) X(cublas_handle, cublas)
 GEOPREF_C_BLOCK(geopref_linear_inputs, cuda::linear_inputs, GEOPREF_C_LINEAR_INPUTS_FIELDS)
+inline void init_member(geopref_linear_inputs* in) {
+  in->dtype = GEOPREF_FLOAT32;
+  in->label_type = GEOPREF_INT64;
+  in->offset_type = GEOPREF_INT64;
+  in->chunk_bytes = cuda::linear_inputs{}.chunk_bytes;
+}
 
 #define GEOPREF_C_LINEAR_TOKEN_ROWS_FIELDS(X)                                                 \
   X(hidden, hidden) X(ld_hidden, ld_hidden) X(weight, weight) X(ld_weight, ld_weight)        \
@@ -46,13 +52,18 @@ GEOPREF_C_BLOCK(geopref_linear_inputs, cuda::linear_inputs, GEOPREF_C_LINEAR_INP
   X(chunk_bytes, chunk_bytes) X(cublas_handle, cublas)
 GEOPREF_C_BLOCK(geopref_linear_token_rows, cuda::linear_token_rows,
                 GEOPREF_C_LINEAR_TOKEN_ROWS_FIELDS)
+inline void init_member(geopref_linear_token_rows* r) {
+  r->dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = cuda::linear_token_rows{}.ignore_index;
+  r->chunk_bytes = cuda::linear_token_rows{}.chunk_bytes;
+}
 
 #define GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS(X)                                  \
   X(in, in) X(seq_logps, seq_logps) X(seq_counts, seq_counts)                 \
   X(token_logps, token_logps) X(lse, lse) X(logit_transform, in.logit_transform)
 GEOPREF_C_ARGS(geopref_linear_logps_args, cuda::linear_logps_args,
-               GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS, geopref_linear_logps_args_init,
-               GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0)
+               GEOPREF_C_LINEAR_LOGPS_ARGS_FIELDS, GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS(X)                                                \
   X(in, in) X(n_pairs, n_pairs) X(pairs, pairs) X(soft_labels, soft_labels)                 \
@@ -64,9 +75,9 @@ GEOPREF_C_ARGS(geopref_linear_logps_args, cuda::linear_logps_args,
   X(ld_grad_weight, ld_grad_weight) X(grad_weight_float32, grad_weight_float32)             \
   X(grad_bias, grad_bias) X(accumulate, accumulate) X(host_offsets, host_offsets)           \
   X(host_pairs, host_pairs) X(logit_transform, in.logit_transform)
+inline void init_member(geopref_linear_train_args* a) { a->grad_loss = 1.0; }
 GEOPREF_C_ARGS(geopref_linear_train_args, cuda::linear_train_args,
-               GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, geopref_linear_train_args_init,
-               GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
+               GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
 
 // The vocab-parallel fused linear reads blocks of these: its stats the
 // scored_linear block (no token weights), its step linear_step_args (the host
@@ -87,22 +98,14 @@ inline status from_c(const geopref_linear_train_args* c, cuda::linear_step_args*
 #define GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS(X) \
   X(in, in) X(slice, slice) X(records, records) X(logit_transform, in.logit_transform)
 GEOPREF_C_ARGS(geopref_vocab_linear_stats_args, cuda::vocab_linear_stats_args,
-               GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS, geopref_vocab_linear_stats_args_init,
-               GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_LINEAR_STATS_ARGS_FIELDS, GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0)
 
 // `train` is a pointer to a geopref_linear_train_args, read by its own struct_size.
-#define GEOPREF_C_VOCAB_LINEAR_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
 GEOPREF_C_ARGS(geopref_vocab_linear_train_args, cuda::vocab_linear_train_args,
-               GEOPREF_C_VOCAB_LINEAR_TRAIN_ARGS_FIELDS, geopref_vocab_linear_train_args_init,
-               GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0)
+               GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS, GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0)
 
-#define GEOPREF_C_LINEAR_TOKEN_LOGPS_ARGS_FIELDS(X)                                \
-  X(rows, rows) X(token_logps, token_logps) X(lse, lse) X(entropy, entropy)       \
-  X(logit_transform, rows.logit_transform) X(log_sum_sq_probs, log_sum_sq_probs)  \
-  X(mean_logits, mean_logits) X(is_top1, is_top1)
 GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
-               GEOPREF_C_LINEAR_TOKEN_LOGPS_ARGS_FIELDS, geopref_linear_token_logps_args_init,
-               GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0)
+               GEOPREF_C_TOKEN_LOGPS_ARGS_FIELDS, GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0)
 
 #define GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS(X)                                            \
   X(rows, rows) X(lse, lse) X(grad_token_logps, grad_token_logps)                            \
@@ -111,98 +114,30 @@ GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
   X(grad_bias, grad_bias) X(accumulate, accumulate) X(logit_transform, rows.logit_transform) \
   X(grad_entropy, grad_entropy) X(entropy, entropy)
 GEOPREF_C_ARGS(geopref_linear_token_grad_args, cuda::linear_token_grad_args,
-               GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, geopref_linear_token_grad_args_init,
-               GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)
+               GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)
 
-// ABI 1.0 is frozen: on LP64 its sizes are these for good (c_api.cu has the others).
-static_assert(sizeof(void*) != 8 || (GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 == 336 &&
-                                     GEOPREF_LINEAR_LOGPS_ARGS_SIZE_1_0 == 176 &&
-                                     GEOPREF_LINEAR_TOKEN_LOGPS_ARGS_SIZE_1_0 == 144 &&
-                                     GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0 == 192 &&
-                                     GEOPREF_VOCAB_LINEAR_STATS_ARGS_SIZE_1_0 == 176 &&
-                                     GEOPREF_VOCAB_LINEAR_TRAIN_ARGS_SIZE_1_0 == 48),
-              "the ABI 1.0 layouts are frozen");
+// ABI 1.0 is frozen: c_api.cu checks the sizes of these structs too.
 
 }  // namespace geopref::c_abi
 
 namespace {
 using namespace geopref::c_abi;
-
-// The defaults the *_args_init functions set in a zeroed struct.
-void init_inputs(geopref_linear_inputs* in) {
-  in->dtype = GEOPREF_FLOAT32;
-  in->label_type = GEOPREF_INT64;
-  in->offset_type = GEOPREF_INT64;
-  in->chunk_bytes = gc::linear_inputs{}.chunk_bytes;
-}
-
-void init_token_rows(geopref_linear_token_rows* r) {
-  r->dtype = GEOPREF_FLOAT32;
-  r->label_type = GEOPREF_INT64;
-  r->ignore_index = gc::linear_token_rows{}.ignore_index;
-  r->chunk_bytes = gc::linear_token_rows{}.chunk_bytes;
-}
-
-void init_slice(geopref_vocab_slice* s) { s->n_ranks = gc::vocab_slice{}.n_ranks; }
-
 }  // namespace
 
 extern "C" {
 
-void geopref_linear_train_args_init(geopref_linear_train_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_linear_train_args{};
-  args->struct_size = sizeof *args;
-  init_inputs(&args->in);
-  args->grad_loss = 1.0;
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_linear_logps_args_init(geopref_linear_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_linear_logps_args{};
-  args->struct_size = sizeof *args;
-  init_inputs(&args->in);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_vocab_linear_stats_args_init(geopref_vocab_linear_stats_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_vocab_linear_stats_args{};
-  args->struct_size = sizeof *args;
-  init_inputs(&args->in);
-  init_slice(&args->slice);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_vocab_linear_train_args_init(geopref_vocab_linear_train_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_vocab_linear_train_args{};
-  args->struct_size = sizeof *args;
-  init_slice(&args->slice);
-}
-
-void geopref_linear_token_logps_args_init(geopref_linear_token_logps_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_linear_token_logps_args{};
-  args->struct_size = sizeof *args;
-  init_token_rows(&args->rows);
-  args->logit_transform = default_logit_transform();
-}
-
-void geopref_linear_token_grad_args_init(geopref_linear_token_grad_args* args) {
-  if (args == nullptr) return;
-  *args = geopref_linear_token_grad_args{};
-  args->struct_size = sizeof *args;
-  init_token_rows(&args->rows);
-  args->logit_transform = default_logit_transform();
-}
-
-geopref_status geopref_fused_linear_step(void* workspace, size_t* workspace_bytes,
-                                         const geopref_linear_train_args* args,
-                                         const geopref_options* opt, geopref_stream_t stream) {
-  return call(gc::fused_linear_step, workspace, workspace_bytes, args, opt, stream);
-}
+// Every entry, its size query (the entry with a NULL workspace and stream)
+// and its argument struct's *_args_init (zeroed, struct_size, the defaults:
+// c_api_common.cuh's init_args).
+GEOPREF_C_ENTRY(geopref_fused_linear_step, geopref_linear_train_args, gc::fused_linear_step)
+GEOPREF_C_ENTRY(geopref_fused_linear_logps, geopref_linear_logps_args, gc::fused_linear_logps)
+GEOPREF_C_ENTRY(geopref_vocab_linear_stats, geopref_vocab_linear_stats_args,
+                gc::vocab_linear_stats)
+GEOPREF_C_ENTRY(geopref_vocab_linear_step, geopref_vocab_linear_train_args, gc::vocab_linear_step)
+GEOPREF_C_TOKEN_ENTRY(geopref_linear_token_logps, geopref_linear_token_logps_args,
+                      gc::linear_token_logps)
+GEOPREF_C_TOKEN_ENTRY(geopref_linear_token_logps_grad, geopref_linear_token_grad_args,
+                      gc::linear_token_logps_grad)
 
 geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* args,
                                             const geopref_options* opt, int* one_pass) {
@@ -215,71 +150,6 @@ geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* ar
   if (s != status::success) return static_cast<int>(s);
   *one_pass = gc::fused_linear_one_pass(a, o) ? 1 : 0;
   return static_cast<int>(status::success);
-}
-
-geopref_status geopref_fused_linear_logps(void* workspace, size_t* workspace_bytes,
-                                          const geopref_linear_logps_args* args,
-                                          const geopref_options* opt, geopref_stream_t stream) {
-  return call(gc::fused_linear_logps, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_linear_token_logps(void* workspace, size_t* workspace_bytes,
-                                          const geopref_linear_token_logps_args* args,
-                                          geopref_stream_t stream) {
-  return call(gc::linear_token_logps, workspace, workspace_bytes, args, stream);
-}
-
-geopref_status geopref_linear_token_logps_grad(void* workspace, size_t* workspace_bytes,
-                                               const geopref_linear_token_grad_args* args,
-                                               geopref_stream_t stream) {
-  return call(gc::linear_token_logps_grad, workspace, workspace_bytes, args, stream);
-}
-
-geopref_status geopref_vocab_linear_stats(void* workspace, size_t* workspace_bytes,
-                                          const geopref_vocab_linear_stats_args* args,
-                                          const geopref_options* opt, geopref_stream_t stream) {
-  return call(gc::vocab_linear_stats, workspace, workspace_bytes, args, opt, stream);
-}
-
-geopref_status geopref_vocab_linear_step(void* workspace, size_t* workspace_bytes,
-                                         const geopref_vocab_linear_train_args* args,
-                                         const geopref_options* opt, geopref_stream_t stream) {
-  return call(gc::vocab_linear_step, workspace, workspace_bytes, args, opt, stream);
-}
-
-// Every entry's size query: the entry with a NULL workspace and stream.
-geopref_status geopref_fused_linear_step_workspace_size(const geopref_linear_train_args* args,
-                                                        const geopref_options* opt,
-                                                        size_t* workspace_bytes) {
-  return geopref_fused_linear_step(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_fused_linear_logps_workspace_size(const geopref_linear_logps_args* args,
-                                                         const geopref_options* opt,
-                                                         size_t* workspace_bytes) {
-  return geopref_fused_linear_logps(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_linear_token_logps_workspace_size(
-    const geopref_linear_token_logps_args* args, size_t* workspace_bytes) {
-  return geopref_linear_token_logps(nullptr, workspace_bytes, args, nullptr);
-}
-
-geopref_status geopref_linear_token_logps_grad_workspace_size(
-    const geopref_linear_token_grad_args* args, size_t* workspace_bytes) {
-  return geopref_linear_token_logps_grad(nullptr, workspace_bytes, args, nullptr);
-}
-
-geopref_status geopref_vocab_linear_stats_workspace_size(
-    const geopref_vocab_linear_stats_args* args, const geopref_options* opt,
-    size_t* workspace_bytes) {
-  return geopref_vocab_linear_stats(nullptr, workspace_bytes, args, opt, nullptr);
-}
-
-geopref_status geopref_vocab_linear_step_workspace_size(
-    const geopref_vocab_linear_train_args* args, const geopref_options* opt,
-    size_t* workspace_bytes) {
-  return geopref_vocab_linear_step(nullptr, workspace_bytes, args, opt, nullptr);
 }
 
 }  // extern "C"

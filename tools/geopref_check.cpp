@@ -615,25 +615,29 @@ struct linear_host {
   }
 };
 
-/// r's token_logps, entropy and statistics (zeroed, [N]) and *lse as a
-/// per-token forward's outputs.
-reference::token_outputs token_outputs_into(const tools::check_problem& p, tools::check_result* r,
-                                            std::vector<double>* lse, std::vector<uint8_t>* top1) {
+/// A per-token forward, forward(out), into r's token_logps, entropy and
+/// statistics (zeroed, [N]) and *lse (the backward's input); its is_top1 into
+/// r as 0/1.
+template <class Forward>
+status run_token_forward(const tools::check_problem& p, tools::check_result* r,
+                         std::vector<double>* lse, Forward forward) {
   const auto n = static_cast<std::size_t>(p.n_rows);
   lse->assign(n, 0.0);
   r->token_logps.assign(n, 0.0);
   r->entropy.assign(n, 0.0);
   r->log_sum_sq_probs.assign(n, 0.0);
   r->mean_logits.assign(n, 0.0);
-  top1->assign(n, 0);
+  std::vector<uint8_t> top1(n, 0);
   reference::token_outputs out;
   out.token_logps = r->token_logps.data();
   out.lse = lse->data();
   out.entropy = r->entropy.data();
   out.log_sum_sq_probs = r->log_sum_sq_probs.data();
   out.mean_logits = r->mean_logits.data();
-  out.is_top1 = top1->data();
-  return out;
+  out.is_top1 = top1.data();
+  const status st = forward(out);
+  r->is_top1.assign(top1.begin(), top1.end());
+  return st;
 }
 
 template <class Logit, class Label>
@@ -720,10 +724,8 @@ status run_tokens_typed(const tools::check_problem& p, const Logit* logits, cons
   in.ignore_index = p.opt.ignore_index;
   in.logit_transform = p.transform;
   std::vector<double> lse;
-  std::vector<uint8_t> top1;
-  reference::token_outputs out = token_outputs_into(p, r, &lse, &top1);
-  const status st = reference::token_logps(in, out);
-  r->is_top1.assign(top1.begin(), top1.end());
+  const status st = run_token_forward(
+      p, r, &lse, [&](reference::token_outputs& out) { return reference::token_logps(in, out); });
   if (st != status::success || p.token_grad.empty()) return st;
   r->grad64.assign(static_cast<std::size_t>(p.n_rows * p.vocab), 0.0);
   return reference::token_logps_grad(in, lse.data(), p.token_grad.data(), r->grad64.data(), 0,
@@ -739,10 +741,9 @@ status run_tokens_linear_typed(const tools::check_problem& p, const Label* label
   in.labels = labels;
   in.ignore_index = p.opt.ignore_index;
   std::vector<double> lse;
-  std::vector<uint8_t> top1;
-  reference::token_outputs out = token_outputs_into(p, r, &lse, &top1);
-  const status st = reference::linear_token_logps(in, out);
-  r->is_top1.assign(top1.begin(), top1.end());
+  const status st = run_token_forward(p, r, &lse, [&](reference::token_outputs& out) {
+    return reference::linear_token_logps(in, out);
+  });
   if (st != status::success || p.token_grad.empty()) return st;
   reference::linear_token_grads g;
   h.point_grads(p, r, &g);

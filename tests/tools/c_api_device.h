@@ -31,18 +31,19 @@ unsigned char* test_against_guard(size_t size);
 
 /* Runs an entry twice, the size query (ws = NULL) and the call with a
  * workspace of that size, then reads the device status; adds each mismatch
- * to `fails` (expect() of c_api_check.h). `call_with_ws` names ws and bytes. */
+ * to `fails` (expect_labelled() of c_api_check.h). `call_with_ws` names ws
+ * and bytes; `what` is any string. */
 #define TEST_RUN_ENTRY(what, call_with_ws)                                                   \
   do {                                                                                       \
     void* ws = NULL;                                                                         \
     size_t bytes = 0;                                                                        \
     geopref_status st = GEOPREF_SUCCESS, recorded = GEOPREF_INTERNAL_ERROR;                  \
-    fails += expect(what " (query)", call_with_ws, GEOPREF_SUCCESS);                         \
+    fails += expect_labelled(what, " (query)", call_with_ws, GEOPREF_SUCCESS);              \
     ws = test_device_alloc(bytes > 0 ? bytes : 1);                                           \
     st = call_with_ws;                                                                       \
     if (st == GEOPREF_SUCCESS) st = geopref_device_status(ws, NULL, &recorded);              \
     fails += expect(what, st, GEOPREF_SUCCESS);                                              \
-    fails += expect(what " (device status)", recorded, GEOPREF_SUCCESS);                     \
+    fails += expect_labelled(what, " (device status)", recorded, GEOPREF_SUCCESS);          \
     test_device_free(ws);                                                                    \
   } while (0)
 

@@ -1,7 +1,9 @@
 /* tests/tools/test_c_api_abi.c — ABI 1.0 and its growth rule (geopref/c_api.h)
  * from C99.
  *
- * Host only, every argument struct through its *_workspace_size helper:
+ * Host only: every *_args_init's struct, byte for byte, is zero but for
+ * struct_size and the defaults geopref/c_api.h names; and every argument
+ * struct through its *_workspace_size helper:
  *   - the helper equals its entry with a NULL workspace;
  *   - struct_size 0, 8 below the 1.0 size, or inside the logit transform
  *     (between two layouts) is GEOPREF_INVALID_STRUCT_SIZE; so is a larger
@@ -77,14 +79,15 @@ static void set_size(void* s, size_t size) { memcpy(s, &size, sizeof size); }
 
 /* ---- Every argument struct through one query signature. */
 typedef geopref_status (*query_fn)(const void* args, size_t* bytes);
-static geopref_options g_opt;
+/* Every entry's arguments, set up by host_checks. */
+static test_args g;
 
 #define QUERY_OPT(name, type)                                             \
   static geopref_status q_##name(const void* a, size_t* b) {              \
-    return geopref_##name##_workspace_size((const type*)a, &g_opt, b);   \
+    return geopref_##name##_workspace_size((const type*)a, &g.opt, b);    \
   }                                                                      \
   static geopref_status e_##name(const void* a, size_t* b) {              \
-    return geopref_##name(NULL, b, (const type*)a, &g_opt, NULL);         \
+    return geopref_##name(NULL, b, (const type*)a, &g.opt, NULL);          \
   }
 #define QUERY(name, type)                                               \
   static geopref_status q_##name(const void* a, size_t* b) {            \
@@ -108,9 +111,8 @@ QUERY_OPT(vocab_linear_stats, geopref_vocab_linear_stats_args)
 QUERY_OPT(vocab_linear_step, geopref_vocab_linear_train_args)
 
 /* The options through train_step's query on a fixed problem. */
-static geopref_train_args g_train;
 static geopref_status q_options(const void* opt, size_t* b) {
-  return geopref_train_step_workspace_size(&g_train, (const geopref_options*)opt, b);
+  return geopref_train_step_workspace_size(&g.train, (const geopref_options*)opt, b);
 }
 
 /* The struct-size rules for one argument struct `args` (a valid struct of
@@ -180,11 +182,6 @@ static void set_tokens(geopref_tokens* t) {
   t->ld = V;
   t->n_seqs = S;
 }
-static void set_rows(geopref_token_rows* r) {
-  r->n_rows = N;
-  r->vocab = V;
-  r->ld = V;
-}
 static void set_linear(geopref_linear_inputs* in) {
   in->n_rows = N;
   in->hidden_size = HD;
@@ -192,79 +189,117 @@ static void set_linear(geopref_linear_inputs* in) {
   in->n_seqs = S;
   in->chunk_bytes = 4096;
 }
-static void set_linear_rows(geopref_linear_token_rows* r) {
-  r->n_rows = N;
-  r->hidden_size = HD;
-  r->vocab = V;
-  r->chunk_bytes = 4096;
+
+/* ---- Every *_args_init: struct_size its struct's size, zero bytes but the
+ * defaults geopref/c_api.h names (float32 / int64, ignore_index -100,
+ * chunk_bytes 1 GiB, one rank, grad_loss 1, the identity transform). */
+static void expect_tokens(geopref_tokens* t) {
+  t->logits_dtype = GEOPREF_FLOAT32;
+  t->label_type = t->offset_type = GEOPREF_INT64;
+}
+static void expect_rows(geopref_token_rows* r) {
+  r->logits_dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = -100;
+}
+static void expect_linear(geopref_linear_inputs* in) {
+  in->dtype = GEOPREF_FLOAT32;
+  in->label_type = in->offset_type = GEOPREF_INT64;
+  in->chunk_bytes = (size_t)1 << 30;
+}
+static void expect_linear_rows(geopref_linear_token_rows* r) {
+  r->dtype = GEOPREF_FLOAT32;
+  r->label_type = GEOPREF_INT64;
+  r->ignore_index = -100;
+  r->chunk_bytes = (size_t)1 << 30;
+}
+static void expect_identity(geopref_logit_transform* t) {
+  t->scale = t->temperature = 1.0;
+  t->softcap = 0.0;
+}
+static int same_bytes(const char* what, const void* got, const void* want, size_t size) {
+  const unsigned char *g = (const unsigned char*)got, *w = (const unsigned char*)want;
+  size_t k;
+  for (k = 0; k < size; ++k)
+    if (g[k] != w[k]) {
+      fprintf(stderr, "%s: byte %zu is %u, want %u\n", what, k, g[k], w[k]);
+      return 1;
+    }
+  return 0;
+}
+
+static int check_defaults(void) {
+  int fails = 0;
+  test_args got, want;
+  test_args_init(&got);
+  memset(&want, 0, sizeof want);
+#define WANT(member) want.member.struct_size = sizeof want.member
+  WANT(train), WANT(logps), WANT(grad), WANT(vstats), WANT(vtrain), WANT(tok), WANT(tok_grad);
+  WANT(lin), WANT(lin_logps), WANT(lin_tok), WANT(lin_tok_grad), WANT(vlstats), WANT(vltrain);
+#undef WANT
+  expect_tokens(&want.train.tokens), expect_identity(&want.train.logit_transform);
+  want.train.grad_loss = 1.0;
+  expect_tokens(&want.logps.tokens), expect_identity(&want.logps.logit_transform);
+  expect_tokens(&want.grad.tokens), expect_identity(&want.grad.logit_transform);
+  expect_tokens(&want.vstats.tokens), expect_identity(&want.vstats.logit_transform);
+  want.vstats.slice.n_ranks = want.vtrain.slice.n_ranks = 1;
+  expect_rows(&want.tok.rows), expect_identity(&want.tok.logit_transform);
+  expect_rows(&want.tok_grad.rows), expect_identity(&want.tok_grad.logit_transform);
+  expect_linear(&want.lin.in), expect_identity(&want.lin.logit_transform);
+  want.lin.grad_loss = 1.0;
+  expect_linear(&want.lin_logps.in), expect_identity(&want.lin_logps.logit_transform);
+  expect_linear_rows(&want.lin_tok.rows), expect_identity(&want.lin_tok.logit_transform);
+  expect_linear_rows(&want.lin_tok_grad.rows), expect_identity(&want.lin_tok_grad.logit_transform);
+  expect_linear(&want.vlstats.in), expect_identity(&want.vlstats.logit_transform);
+  want.vlstats.slice.n_ranks = want.vltrain.slice.n_ranks = 1;
+#define SAME(member) fails += same_bytes(#member "_init", &got.member, &want.member, sizeof got.member)
+  SAME(train), SAME(logps), SAME(grad), SAME(vstats), SAME(vtrain), SAME(tok), SAME(tok_grad);
+  SAME(lin), SAME(lin_logps), SAME(lin_tok), SAME(lin_tok_grad), SAME(vlstats), SAME(vltrain);
+#undef SAME
+  return fails;
 }
 
 static int host_checks(void) {
   int fails = 0;
-  geopref_logps_args logps;
-  geopref_grad_args grad;
-  geopref_vocab_stats_args vstats;
-  geopref_vocab_train_args vtrain;
-  geopref_token_logps_args tok;
-  geopref_token_grad_args tok_grad;
-  geopref_linear_train_args lin;
-  geopref_linear_logps_args lin_logps;
-  geopref_linear_token_logps_args lin_tok;
-  geopref_linear_token_grad_args lin_tok_grad;
-  geopref_vocab_linear_stats_args vlstats;
-  geopref_vocab_linear_train_args vltrain;
   geopref_linear_train_args lin_slice;
   geopref_train_args train_slice;
   unsigned char* guarded;
   size_t want = 0, got = 0;
 
-  geopref_options_init(&g_opt);
-  if (g_opt.struct_size != sizeof g_opt) fprintf(stderr, "options_init: struct_size\n"), ++fails;
-  geopref_train_args_init(&g_train);
-  if (g_train.struct_size != sizeof g_train) fprintf(stderr, "train_args_init: struct_size\n"), ++fails;
-  set_tokens(&g_train.tokens);
-  g_train.n_pairs = P;
-  geopref_logps_args_init(&logps);
-  set_tokens(&logps.tokens);
-  geopref_grad_args_init(&grad);
-  set_tokens(&grad.tokens);
-  geopref_vocab_stats_args_init(&vstats);
-  set_tokens(&vstats.tokens);
-  vstats.tokens.vocab = vstats.tokens.ld = V / 2;
-  vstats.slice.total = V;
-  vstats.slice.n_ranks = 2;
-  train_slice = g_train;
+  test_args_init(&g);
+  if (g.opt.struct_size != sizeof g.opt) fprintf(stderr, "options_init: struct_size\n"), ++fails;
+  if (g.train.struct_size != sizeof g.train) fprintf(stderr, "train_args_init: struct_size\n"), ++fails;
+  set_tokens(&g.train.tokens);
+  g.train.n_pairs = P;
+  set_tokens(&g.logps.tokens);
+  set_tokens(&g.grad.tokens);
+  set_tokens(&g.vstats.tokens);
+  g.vstats.tokens.vocab = g.vstats.tokens.ld = V / 2;
+  g.vstats.slice.total = V;
+  g.vstats.slice.n_ranks = 2;
+  train_slice = g.train;
   train_slice.tokens.vocab = V / 2;
-  geopref_vocab_train_args_init(&vtrain);
-  vtrain.train = &train_slice;
-  vtrain.slice = vstats.slice;
-  geopref_token_logps_args_init(&tok);
-  set_rows(&tok.rows);
-  geopref_token_grad_args_init(&tok_grad);
-  set_rows(&tok_grad.rows);
-  geopref_linear_train_args_init(&lin);
-  set_linear(&lin.in);
-  lin.n_pairs = P;
-  geopref_linear_logps_args_init(&lin_logps);
-  set_linear(&lin_logps.in);
-  geopref_linear_token_logps_args_init(&lin_tok);
-  set_linear_rows(&lin_tok.rows);
-  geopref_linear_token_grad_args_init(&lin_tok_grad);
-  set_linear_rows(&lin_tok_grad.rows);
-  geopref_vocab_linear_stats_args_init(&vlstats);
-  set_linear(&vlstats.in);
-  vlstats.in.vocab = V / 2;
-  vlstats.slice = vstats.slice;
-  lin_slice = lin;
+  g.vtrain.train = &train_slice;
+  g.vtrain.slice = g.vstats.slice;
+  test_rows(&g.tok.rows, NULL, NULL, N, V);
+  test_rows(&g.tok_grad.rows, NULL, NULL, N, V);
+  set_linear(&g.lin.in);
+  g.lin.n_pairs = P;
+  set_linear(&g.lin_logps.in);
+  test_linear_rows(&g.lin_tok.rows, NULL, NULL, NULL, N, HD, V, 4096);
+  test_linear_rows(&g.lin_tok_grad.rows, NULL, NULL, NULL, N, HD, V, 4096);
+  set_linear(&g.vlstats.in);
+  g.vlstats.in.vocab = V / 2;
+  g.vlstats.slice = g.vstats.slice;
+  lin_slice = g.lin;
   lin_slice.in.vocab = V / 2;
-  geopref_vocab_linear_train_args_init(&vltrain);
-  vltrain.train = &lin_slice;
-  vltrain.slice = vstats.slice;
+  g.vltrain.train = &lin_slice;
+  g.vltrain.slice = g.vstats.slice;
 
 #define CHECK(name, var, SIZE_1_0) \
-  fails += check_sizes(#name, &var, sizeof var, SIZE_1_0, q_##name, e_##name)
-  fails += check_sizes("options", &g_opt, sizeof g_opt, GEOPREF_OPTIONS_SIZE_1_0, q_options, NULL);
-  CHECK(train_step, g_train, GEOPREF_TRAIN_ARGS_SIZE_1_0);
+  fails += check_sizes(#name, &g.var, sizeof g.var, SIZE_1_0, q_##name, e_##name)
+  fails += check_sizes("options", &g.opt, sizeof g.opt, GEOPREF_OPTIONS_SIZE_1_0, q_options, NULL);
+  CHECK(train_step, train, GEOPREF_TRAIN_ARGS_SIZE_1_0);
   CHECK(sequence_logps, logps, GEOPREF_LOGPS_ARGS_SIZE_1_0);
   CHECK(logits_grad, grad, GEOPREF_GRAD_ARGS_SIZE_1_0);
   CHECK(vocab_parallel_stats, vstats, GEOPREF_VOCAB_STATS_ARGS_SIZE_1_0);
@@ -281,31 +316,31 @@ static int host_checks(void) {
 
   /* The train arguments a vocab-parallel step points to are read by their
    * own struct_size: a 1.0 one against the guard, a bad one, none. */
-  fails += expect("vocab step", q_vocab_parallel_train_step(&vtrain, &want), GEOPREF_SUCCESS);
+  fails += expect("vocab step", q_vocab_parallel_train_step(&g.vtrain, &want), GEOPREF_SUCCESS);
   guarded = test_against_guard(GEOPREF_TRAIN_ARGS_SIZE_1_0);
   memcpy(guarded, &train_slice, GEOPREF_TRAIN_ARGS_SIZE_1_0);
   set_size(guarded, GEOPREF_TRAIN_ARGS_SIZE_1_0);
-  vtrain.train = (const geopref_train_args*)(const void*)guarded;
+  g.vtrain.train = (const geopref_train_args*)(const void*)guarded;
   fails += expect("vocab step, 1.0 train args against the guard",
-                  q_vocab_parallel_train_step(&vtrain, &got), GEOPREF_SUCCESS);
+                  q_vocab_parallel_train_step(&g.vtrain, &got), GEOPREF_SUCCESS);
   if (got != want) fprintf(stderr, "vocab step: %zu, want %zu\n", got, want), ++fails;
   set_size(guarded, 0);
-  fails += expect("vocab step, train struct_size 0", q_vocab_parallel_train_step(&vtrain, &got),
+  fails += expect("vocab step, train struct_size 0", q_vocab_parallel_train_step(&g.vtrain, &got),
                   GEOPREF_INVALID_STRUCT_SIZE);
-  vtrain.train = NULL;
-  fails += expect("vocab step, no train args", q_vocab_parallel_train_step(&vtrain, &got),
+  g.vtrain.train = NULL;
+  fails += expect("vocab step, no train args", q_vocab_parallel_train_step(&g.vtrain, &got),
                   GEOPREF_NULL_POINTER);
   guarded = test_against_guard(GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
   memcpy(guarded, &lin_slice, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
   set_size(guarded, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0);
-  fails += expect("vocab linear step", q_vocab_linear_step(&vltrain, &want), GEOPREF_SUCCESS);
-  vltrain.train = (const geopref_linear_train_args*)(const void*)guarded;
+  fails += expect("vocab linear step", q_vocab_linear_step(&g.vltrain, &want), GEOPREF_SUCCESS);
+  g.vltrain.train = (const geopref_linear_train_args*)(const void*)guarded;
   fails += expect("vocab linear step, 1.0 train args against the guard",
-                  q_vocab_linear_step(&vltrain, &got), GEOPREF_SUCCESS);
+                  q_vocab_linear_step(&g.vltrain, &got), GEOPREF_SUCCESS);
   if (got != want) fprintf(stderr, "vocab linear step: %zu, want %zu\n", got, want), ++fails;
   set_size(guarded, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0 + 8);
   fails += expect("vocab linear step, train struct_size between layouts",
-                  q_vocab_linear_step(&vltrain, &got), GEOPREF_INVALID_STRUCT_SIZE);
+                  q_vocab_linear_step(&g.vltrain, &got), GEOPREF_INVALID_STRUCT_SIZE);
 
   if (geopref_status_string(GEOPREF_INVALID_STRUCT_SIZE)[0] == 'u') /* "unknown status" */
     fprintf(stderr, "GEOPREF_INVALID_STRUCT_SIZE has no message\n"), ++fails;
@@ -366,6 +401,57 @@ static int finite_all(const float* v, size_t n) {
   return 1;
 }
 
+/* The entries run on the device, through one signature. */
+typedef geopref_status (*entry_fn)(void* ws, size_t* bytes, const void* args);
+static geopref_status run_train_step(void* ws, size_t* bytes, const void* a) {
+  return geopref_train_step(ws, bytes, (const geopref_train_args*)a, &g.opt, NULL);
+}
+static geopref_status run_token_logps(void* ws, size_t* bytes, const void* a) {
+  return geopref_token_logps(ws, bytes, (const geopref_token_logps_args*)a, NULL);
+}
+static geopref_status run_linear_token_logps(void* ws, size_t* bytes, const void* a) {
+  return geopref_linear_token_logps(ws, bytes, (const geopref_linear_token_logps_args*)a, NULL);
+}
+
+/* One entry three ways on the outputs `o` (fetched as fetch()'s `what`):
+ * today's struct `args` (identity transform); the ABI 1.0 caller, a copy of
+ * its first size_1_0 bytes with that struct_size against the guard (nothing
+ * past it), the same bit for bit; today's with the soft-cap `softcap` set in
+ * `transform` (a member of *args), finite and different. */
+static int check_1_0(const char* what, entry_fn entry, void* args, size_t size_1_0,
+                     geopref_logit_transform* transform, double softcap, const outputs* o,
+                     int fetched) {
+  int fails = 0, changed;
+  results now, old, capped;
+  unsigned char* args_1_0 = test_against_guard(size_1_0);
+  char label[160];
+  poison(o);
+  TEST_RUN_ENTRY(what, entry(ws, &bytes, args));
+  fails += fetch(o, &now, fetched);
+  memcpy(args_1_0, args, size_1_0); /* every 1.0 field as above */
+  set_size(args_1_0, size_1_0);
+  poison(o);
+  snprintf(label, sizeof label, "%s, ABI 1.0", what);
+  TEST_RUN_ENTRY(label, entry(ws, &bytes, args_1_0));
+  fails += fetch(o, &old, fetched);
+  fails += same(what, &now, &old);
+  /* Today's caller with a soft-cap: it still works, and it changes the values. */
+  transform->softcap = softcap;
+  poison(o);
+  snprintf(label, sizeof label, "%s, soft-cap", what);
+  TEST_RUN_ENTRY(label, entry(ws, &bytes, args));
+  fails += fetch(o, &capped, fetched);
+  if (fetched == 0) /* train_step: its loss and gradient */
+    changed = finite_all(&capped.loss, 1) && finite_all(capped.grad, N * V) &&
+              capped.loss != now.loss && memcmp(capped.grad, now.grad, sizeof now.grad) != 0;
+  else
+    changed = finite_all(capped.token_logps, N) && capped.token_logps[0] != now.token_logps[0];
+  if (!changed)
+    fprintf(stderr, "%s, soft-cap: loss %g (identity %g), token_logps[0] %g (identity %g)\n",
+            what, capped.loss, now.loss, capped.token_logps[0], now.token_logps[0]), ++fails;
+  return fails;
+}
+
 static int device_checks(void) {
   int fails = 0;
   float logits[N * V], hidden[N * HD], weight[V * HD];
@@ -373,14 +459,9 @@ static int device_checks(void) {
   size_t k;
   void *d_logits, *d_labels, *d_offsets, *d_hidden, *d_weight;
   outputs o;
-  results now, old, capped;
-  geopref_options opt;
   geopref_train_args train;
-  struct train_args_1_0* train_1_0;
   geopref_token_logps_args tok;
-  struct token_logps_args_1_0* tok_1_0;
   geopref_linear_token_logps_args lin;
-  struct linear_token_logps_args_1_0* lin_1_0;
 
   for (k = 0; k < N * V; ++k) logits[k] = uniform();
   for (k = 0; k < N * HD; ++k) hidden[k] = uniform() / 2;
@@ -398,9 +479,9 @@ static int device_checks(void) {
   o.token_logps = (float*)test_device_alloc(N * sizeof(float));
   o.lse = (float*)test_device_alloc(N * sizeof(float));
   o.grad = (float*)test_device_alloc(N * V * sizeof(float));
-  geopref_options_init(&opt);
+  geopref_options_init(&g.opt);
 
-  /* train_step: today's layout, identity transform. */
+  /* train_step. */
   geopref_train_args_init(&train);
   set_tokens(&train.tokens);
   train.tokens.logits = d_logits;
@@ -413,82 +494,24 @@ static int device_checks(void) {
   train.lse = o.lse;
   train.grad_logits = o.grad;
   train.grad_float32 = 1;
-  poison(&o);
-  TEST_RUN_ENTRY("train_step", geopref_train_step(ws, &bytes, &train, &opt, NULL));
-  fails += fetch(&o, &now, 0);
-  /* The 1.0 caller: its own struct, its size, nothing past it. */
-  train_1_0 = (struct train_args_1_0*)(void*)test_against_guard(sizeof *train_1_0);
-  memcpy(train_1_0, &train, sizeof *train_1_0); /* every 1.0 field as above */
-  train_1_0->struct_size = sizeof *train_1_0;
-  poison(&o);
-  TEST_RUN_ENTRY("train_step, ABI 1.0",
-      geopref_train_step(ws, &bytes, (const geopref_train_args*)(const void*)train_1_0, &opt,
-                         NULL));
-  fails += fetch(&o, &old, 0);
-  fails += same("train_step", &now, &old);
-  /* Today's caller with a soft-cap: it still works, and it changes the values. */
-  train.logit_transform.softcap = 2.0;
-  poison(&o);
-  TEST_RUN_ENTRY("train_step, soft-cap", geopref_train_step(ws, &bytes, &train, &opt, NULL));
-  fails += fetch(&o, &capped, 0);
-  if (!finite_all(&capped.loss, 1) || !finite_all(capped.grad, N * V) ||
-      capped.loss == now.loss || memcmp(capped.grad, now.grad, sizeof now.grad) == 0)
-    fprintf(stderr, "train_step, soft-cap: loss %g (identity %g)\n", capped.loss, now.loss), ++fails;
+  fails += check_1_0("train_step", run_train_step, &train, sizeof(struct train_args_1_0),
+                     &train.logit_transform, 2.0, &o, 0);
 
   /* token_logps. */
   geopref_token_logps_args_init(&tok);
-  set_rows(&tok.rows);
-  tok.rows.logits = d_logits;
-  tok.rows.labels = d_labels;
+  test_rows(&tok.rows, d_logits, d_labels, N, V);
   tok.token_logps = o.token_logps;
   tok.lse = o.lse;
-  poison(&o);
-  TEST_RUN_ENTRY("token_logps", geopref_token_logps(ws, &bytes, &tok, NULL));
-  fails += fetch(&o, &now, 1);
-  tok_1_0 = (struct token_logps_args_1_0*)(void*)test_against_guard(sizeof *tok_1_0);
-  memcpy(tok_1_0, &tok, sizeof *tok_1_0);
-  tok_1_0->struct_size = sizeof *tok_1_0;
-  poison(&o);
-  TEST_RUN_ENTRY("token_logps, ABI 1.0",
-      geopref_token_logps(ws, &bytes, (const geopref_token_logps_args*)(const void*)tok_1_0,
-                          NULL));
-  fails += fetch(&o, &old, 1);
-  fails += same("token_logps", &now, &old);
-  tok.logit_transform.softcap = 2.0;
-  poison(&o);
-  TEST_RUN_ENTRY("token_logps, soft-cap", geopref_token_logps(ws, &bytes, &tok, NULL));
-  fails += fetch(&o, &capped, 1);
-  if (!finite_all(capped.token_logps, N) || capped.token_logps[0] == now.token_logps[0])
-    fprintf(stderr, "token_logps, soft-cap: %g (identity %g)\n", capped.token_logps[0],
-            now.token_logps[0]), ++fails;
+  fails += check_1_0("token_logps", run_token_logps, &tok, sizeof(struct token_logps_args_1_0),
+                     &tok.logit_transform, 2.0, &o, 1);
 
   /* linear_token_logps (the cuBLAS translation unit). */
   geopref_linear_token_logps_args_init(&lin);
-  set_linear_rows(&lin.rows);
-  lin.rows.hidden = d_hidden;
-  lin.rows.weight = d_weight;
-  lin.rows.labels = d_labels;
+  test_linear_rows(&lin.rows, d_hidden, d_weight, d_labels, N, HD, V, 4096);
   lin.token_logps = o.token_logps;
   lin.lse = o.lse;
-  poison(&o);
-  TEST_RUN_ENTRY("linear_token_logps", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
-  fails += fetch(&o, &now, 1);
-  lin_1_0 = (struct linear_token_logps_args_1_0*)(void*)test_against_guard(sizeof *lin_1_0);
-  memcpy(lin_1_0, &lin, sizeof *lin_1_0);
-  lin_1_0->struct_size = sizeof *lin_1_0;
-  poison(&o);
-  TEST_RUN_ENTRY("linear_token_logps, ABI 1.0",
-      geopref_linear_token_logps(
-          ws, &bytes, (const geopref_linear_token_logps_args*)(const void*)lin_1_0, NULL));
-  fails += fetch(&o, &old, 1);
-  fails += same("linear_token_logps", &now, &old);
-  lin.logit_transform.softcap = 1.0;
-  poison(&o);
-  TEST_RUN_ENTRY("linear_token_logps, soft-cap", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
-  fails += fetch(&o, &capped, 1);
-  if (!finite_all(capped.token_logps, N) || capped.token_logps[0] == now.token_logps[0])
-    fprintf(stderr, "linear_token_logps, soft-cap: %g (identity %g)\n", capped.token_logps[0],
-            now.token_logps[0]), ++fails;
+  fails += check_1_0("linear_token_logps", run_linear_token_logps, &lin,
+                     sizeof(struct linear_token_logps_args_1_0), &lin.logit_transform, 1.0, &o, 1);
 
   test_device_free(d_logits);
   test_device_free(d_labels);
@@ -504,7 +527,7 @@ static int device_checks(void) {
 }
 
 int main(void) {
-  int fails = host_checks();
+  int fails = check_defaults() + host_checks();
   const int device = test_device_available();
   if (device) fails += device_checks();
   if (fails != 0) {

@@ -207,10 +207,7 @@ static int device_checks(void) {
 
   /* From logits: every statistic. */
   geopref_token_logps_args_init(&tok);
-  tok.rows.logits = d_logits;
-  tok.rows.labels = d_labels;
-  tok.rows.n_rows = N;
-  tok.rows.vocab = tok.rows.ld = V;
+  test_rows(&tok.rows, d_logits, d_labels, N, V);
   POINT_STATS(tok, s);
   TEST_RUN_ENTRY("token_logps", geopref_token_logps(ws, &bytes, &tok, NULL));
   fails += check_stats("token_logps", &s, z, labels);
@@ -254,13 +251,8 @@ static int device_checks(void) {
   stats_free(&s);
   s = stats_alloc();
   geopref_linear_token_logps_args_init(&lin);
-  lin.rows.hidden = d_hidden;
-  lin.rows.weight = d_weight;
-  lin.rows.labels = d_labels;
-  lin.rows.n_rows = N;
-  lin.rows.hidden_size = HD;
-  lin.rows.vocab = V;
-  lin.rows.chunk_bytes = 3 * V * 4; /* three rows a chunk: a short last chunk */
+  /* three rows a chunk: a short last chunk */
+  test_linear_rows(&lin.rows, d_hidden, d_weight, d_labels, N, HD, V, 3 * V * 4);
   POINT_STATS(lin, s);
   TEST_RUN_ENTRY("linear_token_logps", geopref_linear_token_logps(ws, &bytes, &lin, NULL));
   fails += check_stats("linear_token_logps", &s, zl, labels);

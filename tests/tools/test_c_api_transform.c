@@ -31,55 +31,39 @@ static geopref_logit_transform bad_transform(int k) {
 int main(void) {
   int fails = 0, k;
   size_t bytes = 0;
-  geopref_options opt;
-  geopref_train_args train;
-  geopref_logps_args logps;
-  geopref_grad_args grad;
-  geopref_token_logps_args tok;
-  geopref_token_grad_args tok_grad;
-  geopref_linear_train_args lin;
-  geopref_linear_logps_args lin_logps;
-  geopref_linear_token_logps_args lin_tok;
-  geopref_linear_token_grad_args lin_tok_grad;
+  test_args a;
 
-  geopref_options_init(&opt);
-  geopref_train_args_init(&train);
-  geopref_logps_args_init(&logps);
-  geopref_grad_args_init(&grad);
-  geopref_token_logps_args_init(&tok);
-  geopref_token_grad_args_init(&tok_grad);
-  geopref_linear_train_args_init(&lin);
-  geopref_linear_logps_args_init(&lin_logps);
-  geopref_linear_token_logps_args_init(&lin_tok);
-  geopref_linear_token_grad_args_init(&lin_tok_grad);
-  fails += identity("geopref_train_args_init", train.logit_transform);
-  fails += identity("geopref_logps_args_init", logps.logit_transform);
-  fails += identity("geopref_grad_args_init", grad.logit_transform);
-  fails += identity("geopref_token_logps_args_init", tok.logit_transform);
-  fails += identity("geopref_token_grad_args_init", tok_grad.logit_transform);
-  fails += identity("geopref_linear_train_args_init", lin.logit_transform);
-  fails += identity("geopref_linear_logps_args_init", lin_logps.logit_transform);
-  fails += identity("geopref_linear_token_logps_args_init", lin_tok.logit_transform);
-  fails += identity("geopref_linear_token_grad_args_init", lin_tok_grad.logit_transform);
+  test_args_init(&a);
+  fails += identity("geopref_train_args_init", a.train.logit_transform);
+  fails += identity("geopref_logps_args_init", a.logps.logit_transform);
+  fails += identity("geopref_grad_args_init", a.grad.logit_transform);
+  fails += identity("geopref_vocab_stats_args_init", a.vstats.logit_transform);
+  fails += identity("geopref_token_logps_args_init", a.tok.logit_transform);
+  fails += identity("geopref_token_grad_args_init", a.tok_grad.logit_transform);
+  fails += identity("geopref_linear_train_args_init", a.lin.logit_transform);
+  fails += identity("geopref_linear_logps_args_init", a.lin_logps.logit_transform);
+  fails += identity("geopref_vocab_linear_stats_args_init", a.vlstats.logit_transform);
+  fails += identity("geopref_linear_token_logps_args_init", a.lin_tok.logit_transform);
+  fails += identity("geopref_linear_token_grad_args_init", a.lin_tok_grad.logit_transform);
 
   /* Small problems whose queries succeed with the identity: 4 rows of V = 8
    * (Hd = 4 from hidden states), 2 sequences, one pair. */
-  train.tokens.n_rows = logps.tokens.n_rows = grad.tokens.n_rows = 4;
-  train.tokens.vocab = logps.tokens.vocab = grad.tokens.vocab = 8;
-  train.tokens.ld = logps.tokens.ld = grad.tokens.ld = 8;
-  train.tokens.n_seqs = logps.tokens.n_seqs = grad.tokens.n_seqs = 2;
-  train.n_pairs = 1;
-  tok.rows.n_rows = tok_grad.rows.n_rows = 4;
-  tok.rows.vocab = tok_grad.rows.vocab = 8;
-  tok.rows.ld = tok_grad.rows.ld = 8;
-  lin.in.n_rows = lin_logps.in.n_rows = 4;
-  lin.in.hidden_size = lin_logps.in.hidden_size = 4;
-  lin.in.vocab = lin_logps.in.vocab = 8;
-  lin.in.n_seqs = lin_logps.in.n_seqs = 2;
-  lin.n_pairs = 1;
-  lin_tok.rows.n_rows = lin_tok_grad.rows.n_rows = 4;
-  lin_tok.rows.hidden_size = lin_tok_grad.rows.hidden_size = 4;
-  lin_tok.rows.vocab = lin_tok_grad.rows.vocab = 8;
+  a.train.tokens.n_rows = a.logps.tokens.n_rows = a.grad.tokens.n_rows = 4;
+  a.train.tokens.vocab = a.logps.tokens.vocab = a.grad.tokens.vocab = 8;
+  a.train.tokens.ld = a.logps.tokens.ld = a.grad.tokens.ld = 8;
+  a.train.tokens.n_seqs = a.logps.tokens.n_seqs = a.grad.tokens.n_seqs = 2;
+  a.train.n_pairs = 1;
+  a.tok.rows.n_rows = a.tok_grad.rows.n_rows = 4;
+  a.tok.rows.vocab = a.tok_grad.rows.vocab = 8;
+  a.tok.rows.ld = a.tok_grad.rows.ld = 8;
+  a.lin.in.n_rows = a.lin_logps.in.n_rows = 4;
+  a.lin.in.hidden_size = a.lin_logps.in.hidden_size = 4;
+  a.lin.in.vocab = a.lin_logps.in.vocab = 8;
+  a.lin.in.n_seqs = a.lin_logps.in.n_seqs = 2;
+  a.lin.n_pairs = 1;
+  a.lin_tok.rows.n_rows = a.lin_tok_grad.rows.n_rows = 4;
+  a.lin_tok.rows.hidden_size = a.lin_tok_grad.rows.hidden_size = 4;
+  a.lin_tok.rows.vocab = a.lin_tok_grad.rows.vocab = 8;
 
 #define GEOPREF_CHECK_ENTRY(what, call, field)                                    \
   do {                                                                           \
@@ -93,26 +77,26 @@ int main(void) {
     field = keep;                                                                \
   } while (0)
 
-  GEOPREF_CHECK_ENTRY("train_step", geopref_train_step(NULL, &bytes, &train, &opt, NULL),
-                      train.logit_transform);
-  GEOPREF_CHECK_ENTRY("sequence_logps", geopref_sequence_logps(NULL, &bytes, &logps, &opt, NULL),
-                      logps.logit_transform);
-  GEOPREF_CHECK_ENTRY("logits_grad", geopref_logits_grad(NULL, &bytes, &grad, &opt, NULL),
-                      grad.logit_transform);
-  GEOPREF_CHECK_ENTRY("token_logps", geopref_token_logps(NULL, &bytes, &tok, NULL),
-                      tok.logit_transform);
-  GEOPREF_CHECK_ENTRY("token_logps_grad", geopref_token_logps_grad(NULL, &bytes, &tok_grad, NULL),
-                      tok_grad.logit_transform);
-  GEOPREF_CHECK_ENTRY("fused_linear_step", geopref_fused_linear_step(NULL, &bytes, &lin, &opt, NULL),
-                      lin.logit_transform);
+  GEOPREF_CHECK_ENTRY("train_step", geopref_train_step(NULL, &bytes, &a.train, &a.opt, NULL),
+                      a.train.logit_transform);
+  GEOPREF_CHECK_ENTRY("sequence_logps", geopref_sequence_logps(NULL, &bytes, &a.logps, &a.opt, NULL),
+                      a.logps.logit_transform);
+  GEOPREF_CHECK_ENTRY("logits_grad", geopref_logits_grad(NULL, &bytes, &a.grad, &a.opt, NULL),
+                      a.grad.logit_transform);
+  GEOPREF_CHECK_ENTRY("token_logps", geopref_token_logps(NULL, &bytes, &a.tok, NULL),
+                      a.tok.logit_transform);
+  GEOPREF_CHECK_ENTRY("token_logps_grad", geopref_token_logps_grad(NULL, &bytes, &a.tok_grad, NULL),
+                      a.tok_grad.logit_transform);
+  GEOPREF_CHECK_ENTRY("fused_linear_step", geopref_fused_linear_step(NULL, &bytes, &a.lin, &a.opt, NULL),
+                      a.lin.logit_transform);
   GEOPREF_CHECK_ENTRY("fused_linear_logps",
-                      geopref_fused_linear_logps(NULL, &bytes, &lin_logps, &opt, NULL),
-                      lin_logps.logit_transform);
-  GEOPREF_CHECK_ENTRY("linear_token_logps", geopref_linear_token_logps(NULL, &bytes, &lin_tok, NULL),
-                      lin_tok.logit_transform);
+                      geopref_fused_linear_logps(NULL, &bytes, &a.lin_logps, &a.opt, NULL),
+                      a.lin_logps.logit_transform);
+  GEOPREF_CHECK_ENTRY("linear_token_logps", geopref_linear_token_logps(NULL, &bytes, &a.lin_tok, NULL),
+                      a.lin_tok.logit_transform);
   GEOPREF_CHECK_ENTRY("linear_token_logps_grad",
-                      geopref_linear_token_logps_grad(NULL, &bytes, &lin_tok_grad, NULL),
-                      lin_tok_grad.logit_transform);
+                      geopref_linear_token_logps_grad(NULL, &bytes, &a.lin_tok_grad, NULL),
+                      a.lin_tok_grad.logit_transform);
 #undef GEOPREF_CHECK_ENTRY
   if (fails == 0) printf("logit transform: all C ABI checks passed\n");
   return fails == 0 ? 0 : 1;

@@ -99,6 +99,17 @@ void both(const std::string& name, const std::string& inputs, bool per_token = f
     ++failures;
     return;
   }
+  // The gradients: of H, W and b with --hidden, else of the logits, whose
+  // absolute tolerance is logits_abs.
+  const auto compare_grads = [&](double logits_abs) {
+    if (linear) {
+      for (const char* f : {"/grad_hidden.npy", "/grad_weight.npy", "/grad_bias.npy"})
+        compare(f + 1, read_any(cpu + f), read_any(gpu + f), 1e-5, 1e-3);
+    } else {
+      compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
+              read_any(gpu + "/grad_logits.npy"), logits_abs, 1e-4);
+    }
+  };
   if (per_token) {
     // Per token: ℓ_t and H_t carry a few float32 ulps of |lse| (~1e-6); the
     // gradient of Σ G_t ℓ_t is |G_t| <= 2 times a softmax difference.
@@ -106,24 +117,12 @@ void both(const std::string& name, const std::string& inputs, bool per_token = f
             read_any(gpu + "/token_logps.npy"), 1e-5, 1e-5);
     compare("entropy.npy", read_any(cpu + "/entropy.npy"), read_any(gpu + "/entropy.npy"), 1e-5,
             1e-5);
-    if (linear) {
-      for (const char* f : {"/grad_hidden.npy", "/grad_weight.npy", "/grad_bias.npy"})
-        compare(f + 1, read_any(cpu + f), read_any(gpu + f), 1e-5, 1e-3);
-    } else {
-      compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
-              read_any(gpu + "/grad_logits.npy"), 2e-6, 1e-4);
-    }
+    compare_grads(2e-6);
     return;
   }
   compare("loss.npy", read_any(cpu + "/loss.npy"), read_any(gpu + "/loss.npy"), 1e-5, 1e-5);
   compare("logps.npy", read_any(cpu + "/logps.npy"), read_any(gpu + "/logps.npy"), 1e-4, 1e-5);
-  if (linear) {
-    for (const char* f : {"/grad_hidden.npy", "/grad_weight.npy", "/grad_bias.npy"})
-      compare(f + 1, read_any(cpu + f), read_any(gpu + f), 1e-5, 1e-3);
-  } else {
-    compare("grad_logits.npy", read_any(cpu + "/grad_logits.npy"),
-            read_any(gpu + "/grad_logits.npy"), 1e-6, 1e-4);
-  }
+  compare_grads(1e-6);
   for (const char* k : {"rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                         "logps/rejected", "rewards/accuracies", "calibration_error"})
     compare(k, {json_value(cpu + "/metrics.json", k)}, {json_value(gpu + "/metrics.json", k)},

@@ -189,6 +189,29 @@ int count_lines(const std::string& s) {
   return n;
 }
 
+// geopref-check `args` --out `out` on the ragged problem succeeds and writes
+// the reference's outputs `d`.
+void check_run(const std::string& args, const std::string& out, const direct& d) {
+  const run_result rr = run_tool(args + " --out " + out);
+  INFO("stderr: " << rr.err);
+  REQUIRE(rr.exit_code == 0);
+  check_outputs(out, d, false, {ragged::N, ragged::V});
+}
+
+// geopref-check `args` fails with exit code `exit_code` (any non-zero one
+// when -1) and one line on stderr that holds `needle`.
+void check_fails(const std::string& args, const std::string& needle, int exit_code = -1) {
+  INFO("geopref-check " << args);
+  const run_result rr = run_tool(args);
+  INFO("stderr: " << rr.err);
+  if (exit_code < 0)
+    CHECK(rr.exit_code != 0);
+  else
+    CHECK(rr.exit_code == exit_code);
+  CHECK(count_lines(rr.err) == 1);
+  CHECK(rr.err.find(needle) != std::string::npos);
+}
+
 }  // namespace
 
 TEST_CASE("geopref-check matches the reference for every loss", "[check]") {
@@ -218,11 +241,7 @@ TEST_CASE("geopref-check matches the reference for every loss", "[check]") {
     std::snprintf(params, sizeof params, " --beta 0.7 --alpha 0.3 --gamma %s --epsilon %s --tau 0.5",
                   type == geopref::loss_type::simpo ? "0.4" : "1.2",
                   type == geopref::loss_type::exo_pair ? "0.05" : "0.1");
-    const run_result rr = run_tool(inputs + (with_ref ? ref_arg : "") + " --loss " + name +
-                                   params + " --out " + out);
-    INFO("stderr: " << rr.err);
-    REQUIRE(rr.exit_code == 0);
-    check_outputs(out, d, false, {ragged::N, ragged::V});
+    check_run(inputs + (with_ref ? ref_arg : "") + " --loss " + name + params, out, d);
   }
 }
 
@@ -319,11 +338,9 @@ TEST_CASE("geopref-check: combinations, --geometric, --f-divergence, --bco-delta
     if (v.token_weights) in.token_weights = tw.data();
     const direct d = call_reference(in, opt);
     const std::string out = path("out_family_" + std::to_string(k++));
-    const run_result rr = run_tool(inputs + (v.ref ? ref_arg : "") + (v.token_weights ? tw_arg : "") +
-                                   " --beta 0.7" + v.args + " --out " + out);
-    INFO("stderr: " << rr.err);
-    REQUIRE(rr.exit_code == 0);
-    check_outputs(out, d, false, {ragged::N, ragged::V});
+    check_run(inputs + (v.ref ? ref_arg : "") + (v.token_weights ? tw_arg : "") + " --beta 0.7" +
+                  v.args,
+              out, d);
   }
   // Bad combinations: one clean line each.
   const std::string out = " --out " + path("out_family_err");
@@ -341,14 +358,7 @@ TEST_CASE("geopref-check: combinations, --geometric, --f-divergence, --bco-delta
        "expected float32/64 (9,)"},
       {" --loss orpo,sft" + ref_arg, "reference not allowed"},
   };
-  for (const auto& b : bad) {
-    INFO("geopref-check" << b.first);
-    const run_result rr = run_tool(inputs + b.first + out);
-    INFO("stderr: " << rr.err);
-    CHECK(rr.exit_code != 0);
-    CHECK(count_lines(rr.err) == 1);
-    CHECK(rr.err.find(b.second) != std::string::npos);
-  }
+  for (const auto& b : bad) check_fails(inputs + b.first + out, b.second);
 }
 
 TEST_CASE("geopref-check: [S, T, V] float16, explicit pairs, weights, reduction none", "[check]") {
@@ -545,14 +555,7 @@ TEST_CASE("geopref-check: bad input gives a non-zero exit and one line", "[check
   cases.push_back({base + " --loss dpo --device cuda" + out, 1, "built without CUDA"});
 #endif
 
-  for (const bad& b : cases) {
-    INFO("geopref-check " << b.args);
-    const run_result rr = run_tool(b.args);
-    INFO("stderr: " << rr.err);
-    CHECK(rr.exit_code == b.exit_code);
-    CHECK(count_lines(rr.err) == 1);
-    CHECK(rr.err.find(b.needle) != std::string::npos);
-  }
+  for (const bad& b : cases) check_fails(b.args, b.needle, b.exit_code);
 }
 
 TEST_CASE("geopref-check: malformed .npy files are clean errors", "[check][npy]") {
@@ -584,12 +587,9 @@ TEST_CASE("geopref-check: malformed .npy files are clean errors", "[check][npy]"
     INFO(what);
     const std::string L = path("m_logits.npy");
     REQUIRE(write_file(L, b));
-    const run_result rr = run_tool("--logits " + L + " --labels " + Y + " --offsets " + O +
-                                   " --loss dpo --out " + path("out_m"));
-    INFO("stderr: " << rr.err);
-    CHECK(rr.exit_code == 1);
-    CHECK(count_lines(rr.err) == 1);
-    CHECK(rr.err.find("--logits: ") != std::string::npos);
+    check_fails("--logits " + L + " --labels " + Y + " --offsets " + O + " --loss dpo --out " +
+                    path("out_m"),
+                "--logits: ", 1);
   }
 }
 
@@ -744,13 +744,7 @@ TEST_CASE("geopref-check --per-token: token log-probs and --token-grad", "[check
            " --out " + path("out_e"),
        1, "need labels (9,)"},
   };
-  for (const bad& b : cases) {
-    const run_result rr = run_tool(b.args);
-    INFO(b.args << "\nstderr: " << rr.err);
-    CHECK(rr.exit_code == b.exit_code);
-    CHECK(rr.err.find(b.needle) != std::string::npos);
-    CHECK(count_lines(rr.err) == 1);
-  }
+  for (const bad& b : cases) check_fails(b.args, b.needle, b.exit_code);
 }
 
 namespace {
@@ -1164,10 +1158,7 @@ TEST_CASE("geopref-check: --margin-transform, --normalizer, --nll-tokens and --n
     in.ref_logps = r.ref.data();
     const direct d = call_reference(in, opt);
     const std::string out = path("out_options_" + std::to_string(k++));
-    const run_result rr = run_tool(inputs + ref_arg + " --beta 0.7" + args + " --out " + out);
-    INFO("stderr: " << rr.err);
-    REQUIRE(rr.exit_code == 0);
-    check_outputs(out, d, false, {ragged::N, ragged::V});
+    check_run(inputs + ref_arg + " --beta 0.7" + args, out, d);
   }
   const std::string out = " --out " + path("out_options_err");
   const std::vector<std::pair<std::string, std::string>> bad = {
@@ -1176,12 +1167,5 @@ TEST_CASE("geopref-check: --margin-transform, --normalizer, --nll-tokens and --n
       {" --loss dpo --margin-transform kl", "--margin-transform must be"},
       {" --loss dpo --nll-tokens x", "--nll-tokens expects a number"},
   };
-  for (const auto& b : bad) {
-    INFO("geopref-check" << b.first);
-    const run_result rr = run_tool(inputs + ref_arg + b.first + out);
-    INFO("stderr: " << rr.err);
-    CHECK(rr.exit_code != 0);
-    CHECK(count_lines(rr.err) == 1);
-    CHECK(rr.err.find(b.second) != std::string::npos);
-  }
+  for (const auto& b : bad) check_fails(inputs + ref_arg + b.first + out, b.second);
 }

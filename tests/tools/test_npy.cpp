@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "npy.hpp"
@@ -164,21 +165,22 @@ TEST_CASE("npy: malformed files are rejected with a message", "[npy]") {
     check(b, "data size mismatch");
   }
   SECTION("wrong magic or version") {
-    bytes b = good;
-    b[1] = 'n';
-    check(b, "wrong magic");
-    b = good;
-    b[0] = 0x92;
-    check(b, "wrong magic");
-    b = good;
-    b[6] = 4;
-    check(b, "version 4.0");
-    b = good;
-    b[6] = 0;
-    check(b, "version 0.0");
-    b = good;
-    b[7] = 1;
-    check(b, "version 1.1");
+    // One byte of the good file changed: where, to what, and the message.
+    const struct {
+      std::size_t at;
+      unsigned char value;
+      const char* message;
+    } cases[] = {{1, 'n', "wrong magic"},
+                 {0, 0x92, "wrong magic"},
+                 {6, 4, "version 4.0"},
+                 {6, 0, "version 0.0"},
+                 {7, 1, "version 1.1"}};
+    for (const auto& c : cases) {
+      bytes b = good;
+      b[c.at] = c.value;
+      INFO("byte " << c.at << " = " << int{c.value});
+      check(b, c.message);
+    }
   }
   SECTION("header length past the end, or absurd") {
     bytes b = good;
@@ -189,16 +191,21 @@ TEST_CASE("npy: malformed files are rejected with a message", "[npy]") {
     v2[10] = 0xff;  // 4 GiB-ish header length
     check(v2, "exceeds the limit");
   }
+  // (header or shape, what the message holds)
+  using cases = std::vector<std::pair<std::string, std::string>>;
   SECTION("absurd shapes") {
-    check(with_header(npy_header_text("<f4", "(99999999999999999999,)")), "shape entry");
-    check(with_header(npy_header_text("<f4", "(281474976710657,)")), "shape entry");  // 2^48 + 1
-    check(with_header(npy_header_text("<f4", "(16777216, 16777216, 16777216)")),
-          "too many elements");
-    check(with_header(npy_header_text("<f4", "(4294967296, 4294967296)")), "too many elements");
-    // Within the limits but far larger than the file: no allocation, an error.
-    check(with_header(npy_header_text("<f4", "(1000000000, 1000)")), "data size mismatch");
-    check(with_header(npy_header_text("<f4", "(-2, 3)")), "shape entry");
-    check(with_header(npy_header_text("<f4", "(1, 1, 1, 1, 1, 1, 1, 1, 6)")), "dimensions");
+    for (const auto& [shape, needle] : cases{
+             {"(99999999999999999999,)", "shape entry"},
+             {"(281474976710657,)", "shape entry"},  // 2^48 + 1
+             {"(16777216, 16777216, 16777216)", "too many elements"},
+             {"(4294967296, 4294967296)", "too many elements"},
+             // Within the limits but far larger than the file: no allocation, an error.
+             {"(1000000000, 1000)", "data size mismatch"},
+             {"(-2, 3)", "shape entry"},
+             {"(1, 1, 1, 1, 1, 1, 1, 1, 6)", "dimensions"}}) {
+      INFO("shape " << shape);
+      check(with_header(npy_header_text("<f4", shape)), needle);
+    }
   }
   SECTION("fortran order") {
     check(with_header(npy_header_text("<f4", "(2, 3)", true)), "Fortran");
@@ -209,30 +216,32 @@ TEST_CASE("npy: malformed files are rejected with a message", "[npy]") {
   }
   SECTION("header garbage") {
     const std::string base = "'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)";
-    check(with_header("{" + base + "}"), "newline");                      // no '\n'
-    check(with_header("[" + base + "]\n"), "not a dict");
-    check(with_header("{" + base + "\n"), "expected ','");                // unclosed
-    check(with_header("{" + base + "} x\n"), "trailing");
-    check(with_header("{" + base + ", 'extra': 1}\n"), "unexpected key");
-    check(with_header("{" + base + ", 'shape': (2, 3)}\n"), "duplicate");
-    check(with_header("{'descr': '<f4', 'shape': (2, 3)}\n"), "needs");
-    check(with_header("{'descr': '<f4, 'fortran_order': False, 'shape': (2, 3)}\n"), "");
-    check(with_header("{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}\n"),
-          "expected ','");
-    check(with_header("{'descr': '<f4', 'fortran_order': Falsey, 'shape': (2, 3)}\n"), "bool");
-    check(with_header("{'descr': '<f4', 'fortran_order': 0, 'shape': (2, 3)}\n"), "bool");
-    check(with_header("{'descr': <f4, 'fortran_order': False, 'shape': (2, 3)}\n"), "string");
-    check(with_header("{'descr': '<f4', 'fortran_order': False, 'shape': [2, 3]}\n"), "tuple");
-    check(with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2 3)}\n"), "shape");
-    check(with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (6)}\n"),
-          "trailing comma");
-    check(with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,, 3)}\n"), "shape");
-    check(with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (0x2, 3)}\n"), "shape");
-    check(with_header("{'descr': '\\x3cf4', 'fortran_order': False, 'shape': (2, 3)}\n"), "");
     static const char nul[] = "{'descr': '<f4', 'fortran_order': False, 'sh\0pe': (2, 3)}\n";
-    check(with_header(std::string(nul, sizeof nul - 1)), "");
-    check(with_header("\n"), "not a dict");
-    check(with_header(""), "newline");
+    for (const auto& [header, needle] : cases{
+             {"{" + base + "}", "newline"},  // no '\n'
+             {"[" + base + "]\n", "not a dict"},
+             {"{" + base + "\n", "expected ','"},  // unclosed
+             {"{" + base + "} x\n", "trailing"},
+             {"{" + base + ", 'extra': 1}\n", "unexpected key"},
+             {"{" + base + ", 'shape': (2, 3)}\n", "duplicate"},
+             {"{'descr': '<f4', 'shape': (2, 3)}\n", "needs"},
+             {"{'descr': '<f4, 'fortran_order': False, 'shape': (2, 3)}\n", ""},
+             {"{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}\n", "expected ','"},
+             {"{'descr': '<f4', 'fortran_order': Falsey, 'shape': (2, 3)}\n", "bool"},
+             {"{'descr': '<f4', 'fortran_order': 0, 'shape': (2, 3)}\n", "bool"},
+             {"{'descr': <f4, 'fortran_order': False, 'shape': (2, 3)}\n", "string"},
+             {"{'descr': '<f4', 'fortran_order': False, 'shape': [2, 3]}\n", "tuple"},
+             {"{'descr': '<f4', 'fortran_order': False, 'shape': (2 3)}\n", "shape"},
+             {"{'descr': '<f4', 'fortran_order': False, 'shape': (6)}\n", "trailing comma"},
+             {"{'descr': '<f4', 'fortran_order': False, 'shape': (2,, 3)}\n", "shape"},
+             {"{'descr': '<f4', 'fortran_order': False, 'shape': (0x2, 3)}\n", "shape"},
+             {"{'descr': '\\x3cf4', 'fortran_order': False, 'shape': (2, 3)}\n", ""},
+             {std::string(nul, sizeof nul - 1), ""},
+             {"\n", "not a dict"},
+             {"", "newline"}}) {
+      INFO("header " << header);
+      check(with_header(header), needle);
+    }
   }
 }
 
