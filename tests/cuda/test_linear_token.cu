@@ -623,19 +623,18 @@ void check_linear_stats(const lt_config& c) {
   blas_handle h;
   lt_device d(p);
   const size_t n = static_cast<size_t>(c.rows);
-  dmem tlp(n * 4), lse(n * 4), lssp(n * 4), mean(n * 4), top1(n + 16);
-  for (const dmem* m : {&tlp, &lse, &lssp, &mean, &top1}) poison(*m);
+  dmem tlp(n * 4), lse(n * 4);
+  for (const dmem* m : {&tlp, &lse}) poison(*m);
+  const token_stats_outputs stats(c.rows);
   gc::linear_token_logps_args fa;
   fa.rows = rows_of(p, d, h.h);
   fa.token_logps = tlp.get<float>();
   fa.lse = lse.get<float>();
-  fa.log_sum_sq_probs = lssp.get<float>();
-  fa.mean_logits = mean.get<float>();
-  fa.is_top1 = top1.get<uint8_t>();
+  stats.attach(fa);
   GEOPREF_RUN_EXACT(gc::linear_token_logps, fa);
-  const std::vector<float> g_lssp = download<float>(lssp.get(), c.rows),
-                           g_mean = download<float>(mean.get(), c.rows);
-  const std::vector<uint8_t> g_top1 = download<uint8_t>(top1.get(), c.rows);
+  std::vector<float> g_lssp, g_mean;
+  std::vector<uint8_t> g_top1;
+  stats.read(g_lssp, g_mean, g_top1);
   const geopref::support::linear_token_ref_result ref = run_ref(p);
   const int64_t V = c.vocab;
   const row_logit_errors errs(c.dtype, c.tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr,
