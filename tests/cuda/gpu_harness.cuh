@@ -966,6 +966,44 @@ inline void compare_margin_pairs(const problem& pr, const gpu_result& g, const r
   ck_gs.report();
 }
 
+/// The per-token statistics' outputs of N rows (log Σp², the mean logit,
+/// is_top1; poisoned) for a forward's arguments (token_logps_args,
+/// linear_token_logps_args), and what they held after it.
+struct token_stats_outputs {
+  int64_t n;
+  dmem lssp, mean, top1;
+  explicit token_stats_outputs(int64_t rows)
+      : n(rows), lssp(static_cast<size_t>(rows) * 4), mean(static_cast<size_t>(rows) * 4),
+        top1(static_cast<size_t>(rows) + 16) {
+    for (const dmem* d : {&lssp, &mean, &top1}) poison(*d);
+  }
+  template <class Args>
+  void attach(Args& a) const {
+    a.log_sum_sq_probs = lssp.get<float>();
+    a.mean_logits = mean.get<float>();
+    a.is_top1 = top1.get<uint8_t>();
+  }
+  void read(std::vector<float>& l, std::vector<float>& m, std::vector<uint8_t>& t) const {
+    l = download<float>(lssp.get(), static_cast<size_t>(n));
+    m = download<float>(mean.get(), static_cast<size_t>(n));
+    t = download<uint8_t>(top1.get(), static_cast<size_t>(n));
+  }
+};
+
+/// token_logps_grad's arguments after the forward `fa` (its rows, and the
+/// lse it wrote): the upstream g_t, the gradient into `grad` with row
+/// stride grad_ld.
+inline gc::token_grad_args grad_args_after(const gc::token_logps_args& fa, const dmem& g,
+                                           void* grad, int64_t grad_ld) {
+  gc::token_grad_args ba;
+  ba.rows = fa.rows;
+  ba.lse = fa.lse;
+  ba.grad_token_logps = g.get<float>();
+  ba.grad_logits = grad;
+  ba.grad_ld = grad_ld;
+  return ba;
+}
+
 /// Columns [V, grad_ld) of gradient row t (`row`, out_es bytes an element)
 /// untouched: the poison (0xff) out of place, the logits' own bytes in place.
 inline void check_grad_padding(checker& ck_pad, const problem& pr, int64_t t, const uint8_t* row,
@@ -980,6 +1018,55 @@ inline void check_grad_padding(checker& ck_pad, const problem& pr, int64_t t, co
   }
 }
 
+/// The bound of one element c·(𝟙 − p)·∂z'/∂z of the logits' gradient (slope
+/// 1 without a transform): z the raw logit, `lse` the row's exact lse (of
+/// z') and tol_lse its bound, `label` whether it is the row's label column,
+/// `coef` the row's exact coefficient c and coef_err its error (0 for a
+/// caller's exact g_t), `want` the exact element. p moves by p·(err(lse) +
+/// the transform's error + the float exp's); the slope by transform_error_at's;
+/// the stored element rounds once more (3u + the output's u).
+inline double logit_grad_tol(const case_config& c, double z, double lse, double tol_lse, bool label,
+                             double coef, double coef_err, double want) {
+  const gc::dtype out_dt = c.grad_fp32 ? gc::dtype::float32 : c.dtype;
+  const double floor = out_dt == gc::dtype::float16 ? 0x1p-25 : 1e-40;
+  const double d = geopref::apply(c.logit_transform, z) - lse;
+  const double p = std::exp(d);
+  const double ind = label ? 1.0 : 0.0;
+  const transform_error te = transform_error_at(c, z);
+  const double sl = std::fabs(geopref::slope(c.logit_transform, z));
+  const double eps_p = tol_lse + te.value + (2 * std::fabs(d) + 6) * U32;
+  return ((p > 0 ? std::fabs(coef) * p * eps_p : 0.0) + coef_err * std::fabs(ind - p)) * sl +
+         std::fabs(coef) * std::fabs(ind - p) * te.slope +
+         (3 * U32 + out_roundoff(c)) * std::fabs(want) + floor;
+}
+
+/// The logits' gradient g.grad (a gpu_result's or the like: rows of g.grad_ld
+/// elements in the output dtype) against `want` [N, V]: rows that scored(t) rejects exactly 0, the
+/// columns [V, grad_ld) untouched (check_grad_padding), and each scored
+/// element checked by element(t, v, got, want, ck_grad).
+template <class Result, class Scored, class Element>
+void check_logit_grad(const problem& pr, const Result& g, const std::vector<double>& want,
+                      Scored&& scored, Element&& element) {
+  const case_config& c = pr.cfg;
+  const gc::dtype out_dt = c.grad_fp32 ? gc::dtype::float32 : c.dtype;
+  const int out_es = dtype_bytes(out_dt);
+  checker ck_grad("grad_logits"), ck_zero("grad_logits of unscored rows"),
+      ck_pad("columns [V, grad_ld) untouched");
+  for (int64_t t = 0; t < pr.n; ++t) {
+    const uint8_t* row = g.grad.data() + t * g.grad_ld * out_es;
+    for (int64_t v = 0; v < pr.v; ++v) {
+      const double got = decode(out_dt, row + v * out_es);
+      const double w = want[static_cast<size_t>(t * pr.v + v)];
+      if (!scored(t)) ck_zero(t * pr.v + v, got, 0.0, 0.0);
+      else element(t, v, got, w, ck_grad);
+    }
+    check_grad_padding(ck_pad, pr, t, row, g.grad_ld, out_es, c.in_place);
+  }
+  ck_grad.report();
+  ck_zero.report();
+  ck_pad.report();
+}
+
 /// The gradient with respect to the logits, from the coefficients' error
 /// bounds tol_g [S] (summed form).
 inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_result& ref,
@@ -991,45 +1078,19 @@ inline void compare_gradient(const problem& pr, const gpu_result& g, const ref_r
   if (!c.in_place) CHECK(g.logits == pr.logits);
 
   if (!c.grad) return;
-  const gc::dtype out_dt = c.grad_fp32 ? gc::dtype::float32 : c.dtype;
-  const int out_es = dtype_bytes(out_dt);
-  const double u_out = out_roundoff(c);
-  const double floor = out_dt == gc::dtype::float16 ? 0x1p-25 : 1e-40;
   std::vector<int64_t> row_seq(static_cast<size_t>(pr.n), -1);
   for (int64_t s = 0; s < pr.s; ++s)
     for (int64_t t = pr.offsets[s]; t < pr.offsets[s + 1]; ++t) row_seq[t] = s;
-  checker ck_grad("grad_logits"), ck_zero("grad_logits of unscored rows"),
-      ck_pad("columns [V, grad_ld) untouched");
-  for (int64_t t = 0; t < pr.n; ++t) {
-    const uint8_t* row = g.grad.data() + t * g.grad_ld * out_es;
-    for (int64_t v = 0; v < pr.v; ++v) {
-      const double got = decode(out_dt, row + v * out_es);
-      const double want = ref.grad_logits[static_cast<size_t>(t * pr.v + v)];
-      if (!scored(t)) {
-        ck_zero(t * pr.v + v, got, 0.0, 0.0);
-        continue;
-      }
-      const double tw = c.token_weights ? pr.tw_d[t] : 1.0;
-      const double gs = ref.grad_seq_logps[row_seq[t]] * tw;
-      const double z = pr.z[static_cast<size_t>(t * pr.ld + v)];
-      const double d = geopref::apply(c.logit_transform, z) - ref.lse[t];
-      const double p = std::exp(d);
-      const double ind = v == pr.labels[t] ? 1.0 : 0.0;
-      // The element is g_s·(𝟙 − p)·∂z'/∂z (slope 1 without a transform).
-      const transform_error te = transform_error_at(c, z);
-      const double sl = std::fabs(geopref::slope(c.logit_transform, z));
-      const double eps_p = tol_lse[t] + te.value + (2 * std::fabs(d) + 6) * U32;
-      const double tol = ((p > 0 ? std::fabs(gs) * p * eps_p : 0.0) +
-                          tol_g[row_seq[t]] * std::fabs(tw) * std::fabs(ind - p)) * sl +
-                         std::fabs(gs) * std::fabs(ind - p) * te.slope +
-                         (3 * U32 + u_out) * std::fabs(want) + floor;
-      ck_grad(t * pr.v + v, got, want, tol);
-    }
-    check_grad_padding(ck_pad, pr, t, row, g.grad_ld, out_es, c.in_place);
-  }
-  ck_grad.report();
-  ck_zero.report();
-  ck_pad.report();
+  // The element is g_s·(𝟙 − p)·∂z'/∂z, g_s off by tol_g.
+  check_logit_grad(pr, g, ref.grad_logits, scored,
+                   [&](int64_t t, int64_t v, double got, double want, checker& ck) {
+                     const double tw = c.token_weights ? pr.tw_d[t] : 1.0;
+                     const double gs = ref.grad_seq_logps[row_seq[t]] * tw;
+                     const double z = pr.z[static_cast<size_t>(t * pr.ld + v)];
+                     ck(t * pr.v + v, got, want,
+                        logit_grad_tol(c, z, ref.lse[t], tol_lse[t], v == pr.labels[t], gs,
+                                       tol_g[row_seq[t]] * std::fabs(tw), want));
+                   });
 }
 
 template <class T>

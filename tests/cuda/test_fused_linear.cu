@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "geopref/cuda/fused_linear.cuh"
@@ -101,9 +102,7 @@ std::string describe(const lin_config& c) {
   if (c.grad_output) o << " grad_output";
   if (c.grad_loss != 1.0) o << " grad_loss=" << c.grad_loss;
   if (c.user_loss > 0) o << " user_loss=" << c.user_loss;
-  if (!geopref::is_identity(c.tr))
-    o << " logit_scale=" << c.tr.scale << " softcap=" << c.tr.softcap
-      << " temperature=" << c.tr.temperature;
+  describe_transform(o, c.tr);
   return o.str();
 }
 
@@ -118,6 +117,9 @@ struct lin_problem {
   std::vector<float> soft, ref, token_weights, weights, gout;
   std::vector<double> soft_d, ref_d, tw_d, weights_d, gout_d;
   bool no_ref = false;  // every term reference-free (simpo, ...): no ref_logps passed
+  /// Pair i's two sequences (the default layout: i and P + i).
+  int64_t chosen(int64_t i) const { return c.explicit_pairs ? pairs[2 * i] : i; }
+  int64_t rejected(int64_t i) const { return c.explicit_pairs ? pairs[2 * i + 1] : c.pairs + i; }
 };
 
 geopref::options options_of(const lin_config& c);
@@ -201,13 +203,11 @@ geopref::options options_of(const lin_config& c) {
   return opt;
 }
 
-/// What one run returns, every value as double.
-struct lin_result {
+/// What one run returns, every value as double (and the gradients' bits).
+struct lin_result : linear_grads {
   double loss = 0;                  // the loss; pair 0's under reduction::none
   std::vector<double> losses;       // [P] under reduction::none
   std::vector<double> seq_logps, lse, token_logps, grad_seq;
-  std::vector<double> gh, gw, gb;  // dense [N, Hd], [V, Hd], [V]
-  std::vector<uint8_t> gh_bits, gw_bits, gb_bits;
 };
 
 /// Device copies of a problem's inputs.
@@ -219,6 +219,25 @@ struct lin_device {
         ref(upload(p.ref)), tw(upload(p.token_weights)), weights(upload(p.weights)),
         gout(upload(p.gout)) {}
 };
+
+/// The inputs after the logits, common to the fused (linear_train_args) and
+/// the unfused (train_args) entries: `rows` is a.in or a.tokens.
+template <class Args, class Rows>
+void set_sequences_and_pairs(Args& a, Rows& rows, const lin_problem& p, const lin_device& d) {
+  const lin_config& c = p.c;
+  rows.logit_transform = c.tr;
+  rows.labels = d.labels.get();
+  rows.offsets = d.offsets.get();
+  rows.n_seqs = p.S;
+  rows.token_weights = c.token_weights ? static_cast<const float*>(d.tw.get()) : nullptr;
+  a.n_pairs = c.pairs;
+  a.pairs = c.explicit_pairs ? static_cast<const int64_t*>(d.pairs.get()) : nullptr;
+  a.soft_labels = static_cast<const float*>(d.soft.get());
+  a.ref_logps = p.no_ref ? nullptr : static_cast<const float*>(d.ref.get());
+  a.weights = c.pair_weights ? static_cast<const float*>(d.weights.get()) : nullptr;
+  a.grad_output = c.grad_output ? static_cast<const float*>(d.gout.get()) : nullptr;
+  a.grad_loss = c.grad_loss;
+}
 
 gc::linear_train_args train_args_of(const lin_problem& p, const lin_device& d) {
   const lin_config& c = p.c;
@@ -232,21 +251,10 @@ gc::linear_train_args train_args_of(const lin_problem& p, const lin_device& d) {
   a.in.n_rows = p.N;
   a.in.hidden_size = c.hidden;
   a.in.vocab = c.vocab;
-  a.in.logit_transform = c.tr;
-  a.in.labels = d.labels.get();
-  a.in.offsets = d.offsets.get();
-  a.in.n_seqs = p.S;
-  a.in.token_weights = c.token_weights ? static_cast<const float*>(d.tw.get()) : nullptr;
+  set_sequences_and_pairs(a, a.in, p, d);
   const int64_t per16 = 16 / dtype_bytes(c.dtype);
   const int64_t ldc = (c.vocab + per16 - 1) / per16 * per16;
   a.in.chunk_bytes = static_cast<size_t>(c.chunk_rows * ldc * dtype_bytes(c.dtype));
-  a.n_pairs = c.pairs;
-  a.pairs = c.explicit_pairs ? static_cast<const int64_t*>(d.pairs.get()) : nullptr;
-  a.soft_labels = static_cast<const float*>(d.soft.get());
-  a.ref_logps = p.no_ref ? nullptr : static_cast<const float*>(d.ref.get());
-  a.weights = c.pair_weights ? static_cast<const float*>(d.weights.get()) : nullptr;
-  a.grad_output = c.grad_output ? static_cast<const float*>(d.gout.get()) : nullptr;
-  a.grad_loss = c.grad_loss;
   return a;
 }
 
@@ -289,16 +297,20 @@ struct lin_outputs {
     r.lse = to_d(download<float>(lse.get(), static_cast<size_t>(p.N)));
     r.token_logps = to_d(download<float>(tlp.get(), static_cast<size_t>(p.N)));
     r.grad_seq = to_d(download<float>(gseq.get(), static_cast<size_t>(p.S)));
-    r.gh_bits = download<uint8_t>(gh.get(), gh.bytes());
-    r.gw_bits = download<uint8_t>(gw.get(), gw.bytes());
-    r.gh = read_matrix(c.dtype, r.gh_bits, p.N, c.hidden, p.ldh);
-    r.gw = read_matrix(c.gw_float32 ? gc::dtype::float32 : c.dtype, r.gw_bits, c.vocab, c.hidden,
-                       p.ldh);
-    if (c.bias) {
-      r.gb_bits = download<uint8_t>(gb.get(), gb.bytes());
-      r.gb = to_d(download<float>(gb.get(), static_cast<size_t>(c.vocab)));
-    }
+    r.read(gh, gw, gb, c.dtype, c.gw_float32, c.bias, p.N, c.vocab, c.hidden, p.ldh);
     return r;
+  }
+};
+
+/// A fused-linear call's inputs on the device, its poisoned outputs and its
+/// arguments pointing at both (with the handle `h`).
+struct lin_call {
+  lin_device d;
+  lin_outputs o;
+  gc::linear_train_args a;
+  lin_call(const lin_problem& p, cublasHandle_t h) : d(p), o(p), a(train_args_of(p, d)) {
+    a.in.cublas = h;
+    o.attach(a, p);
   }
 };
 
@@ -339,14 +351,11 @@ lin_result read_fused(const lin_problem& p, const lin_outputs& o) {
 /// known gradient (PRIOR), subtracted again before the result is returned.
 lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = nullptr) {
   const lin_config& c = p.c;
-  lin_device d(p);
-  lin_outputs o(p);
-  gc::linear_train_args a = train_args_of(p, d);
-  a.in.cublas = h;
-  o.attach(a, p);
-  if (c.accumulate) preload_prior(p, o, PRIOR);
-  step_fused(c, a, options_of(c), ws_bytes);  // a layout one piece short (the chunk is last) shows
-  return read_fused(p, o);
+  lin_call k(p, h);
+  if (c.accumulate) preload_prior(p, k.o, PRIOR);
+  // On the exact workspace a layout one piece short (the chunk is last) shows.
+  step_fused(c, k.a, options_of(c), ws_bytes);
+  return read_fused(p, k.o);
 }
 
 /// The unfused path: Z = H·Wᵀ + b for all rows in one GEMM (dtype T, the
@@ -355,27 +364,11 @@ lin_result run_fused(const lin_problem& p, cublasHandle_t h, size_t* ws_bytes = 
 lin_result run_unfused(const lin_problem& p, cublasHandle_t h) {
   const lin_config& c = p.c;
   lin_device d(p);
-  const int64_t N = p.N, V = c.vocab;
-  const unfused_linear lin{h, c.dtype, d.H, d.W, p.ldh, N, V, c.hidden};
-  dmem Z = lin.logits(c.bias ? p.bb : std::vector<uint8_t>{});
+  const int64_t N = p.N;
+  const unfused_linear lin{h, c.dtype, d.H, d.W, p.ldh, N, c.vocab, c.hidden};
   gc::train_args a;
-  a.tokens.logits = Z.get();
-  a.tokens.logits_dtype = c.dtype;
-  a.tokens.n_rows = N;
-  a.tokens.vocab = V;
-  a.tokens.ld = V;
-  a.tokens.logit_transform = c.tr;
-  a.tokens.labels = d.labels.get();
-  a.tokens.offsets = d.offsets.get();
-  a.tokens.n_seqs = p.S;
-  a.tokens.token_weights = c.token_weights ? static_cast<const float*>(d.tw.get()) : nullptr;
-  a.n_pairs = c.pairs;
-  a.pairs = c.explicit_pairs ? static_cast<const int64_t*>(d.pairs.get()) : nullptr;
-  a.soft_labels = static_cast<const float*>(d.soft.get());
-  a.ref_logps = p.no_ref ? nullptr : static_cast<const float*>(d.ref.get());
-  a.weights = c.pair_weights ? static_cast<const float*>(d.weights.get()) : nullptr;
-  a.grad_output = c.grad_output ? static_cast<const float*>(d.gout.get()) : nullptr;
-  a.grad_loss = c.grad_loss;
+  dmem Z = lin.logits(c.bias ? p.bb : std::vector<uint8_t>{}, a.tokens);
+  set_sequences_and_pairs(a, a.tokens, p, d);
   const int64_t n_loss = lin_outputs::n_losses(p);
   dmem loss(static_cast<size_t>(n_loss) * 4), seq(static_cast<size_t>(p.S) * 4 + 4),
       gseq(static_cast<size_t>(p.S) * 4 + 4),
@@ -430,8 +423,9 @@ linear_ref_result run_ref(const lin_problem& p) {
 }
 
 /// The error bounds of the model in the header comment, per element.
-struct lin_bounds {
-  std::vector<double> lse, logp, seq, grad_seq, gh, gw, gb;
+struct lin_bounds : linear_bounds {
+  using linear_bounds::linear_bounds;
+  std::vector<double> seq, grad_seq;
   double loss = 0;
   std::vector<double> losses;  // [P] under reduction::none
 };
@@ -576,9 +570,7 @@ curvature curvature_of(const lin_config& c) {
 lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double extra_lse = 0.0) {
   const lin_config& c = p.c;
   const double u = U32, uT = unit_roundoff(c.dtype);
-  const double u_gw = c.gw_float32 ? 0.0 : uT;
   const int64_t N = p.N, V = c.vocab, Hd = c.hidden, S = p.S;
-  lin_bounds b;
   // The logit transform (c.tr; the identity leaves every bound as it was):
   // the softmax sees z' = map(z), so an error e_z of the raw logit becomes
   // at most (s/T)·e_z in z' (|∂z'/∂z| ≤ s/T everywhere), plus the device's
@@ -586,25 +578,12 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
   // transform_error_at: the constants' rounding, tanhf's or the MUFU's
   // tanh). Let e'_z(t) be the largest of those over the row; it replaces
   // e_z in lse and ℓ. G = c(𝟙 − p)·∂z'/∂z: the factor ∂z'/∂z is itself off
-  // by transform_error_at's slope term plus its change over [z ± e_z],
-  // |∂²z'/∂z²|·e_z with |∂²z'/∂z²| = (s/T)(s/c)·|2 tanh (1 − tanh²)| ≤
-  // (s/T)(s/c)·4/(3√3) < 0.77 (s/T)(s/c) (0 without a cap).
-  const geopref::logit_transform& tr = c.tr;
-  const bool ident = geopref::is_identity(tr);
-  const double s_T = tr.scale / tr.temperature;
-  const double curv = tr.softcap > 0 ? 0.77 * s_T * tr.scale / tr.softcap : 0.0;
-  case_config tc;  // transform_error_at's inputs: the dtype and the transform
-  tc.dtype = c.dtype;
-  tc.logit_transform = tr;
-  const row_logit_errors errs(c.dtype, tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr, N,
-                              V, Hd);
-  const std::vector<double>& ez = errs.ez;
+  // by transform_error_at's slope term plus its change over [z ± e_z]
+  // (row_logit_errors::slope and ::slope_error in linear_harness.cuh).
+  // lse_t and ℓ_t: linear_bounds's, + extra_lse.
+  lin_bounds b(p, N, ref.logits, ref.base.lse, ref.base.token_logps, extra_lse);
+  const row_logit_errors& errs = b.errs;
   const std::vector<double>& ezp = errs.ezp;
-  for (int64_t t = 0; t < N; ++t) {
-    const double l = ref.base.lse[t], lp = ref.base.token_logps[t];
-    b.lse.push_back(ezp[t] + eps_sum(V) + 4 * u * std::fabs(l) + extra_lse);
-    b.logp.push_back(2 * ezp[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)) + extra_lse);
-  }
   std::vector<int64_t> row_seq(static_cast<size_t>(N), -1);
   for (int64_t s = 0; s < S; ++s) {
     double e = 0;
@@ -629,16 +608,14 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     sc[i] = (c.pair_weights ? std::fabs(p.weights_d[i]) : 1.0) * up[i] / norm;
     sc_max = std::max(sc_max, sc[i]);
   }
-  auto first = [&](int64_t i) { return c.explicit_pairs ? p.pairs[2 * i] : i; };
-  auto second = [&](int64_t i) { return c.explicit_pairs ? p.pairs[2 * i + 1] : c.pairs + i; };
   std::vector<double> eg(static_cast<size_t>(S), 0.0);
   double ea_max = 0, eb_max = 0;  // the largest error on each side (aot_unpaired)
   for (int64_t i = 0; i < c.pairs; ++i) {
-    ea_max = std::max(ea_max, b.seq[first(i)]);
-    eb_max = std::max(eb_max, b.seq[second(i)]);
+    ea_max = std::max(ea_max, b.seq[p.chosen(i)]);
+    eb_max = std::max(eb_max, b.seq[p.rejected(i)]);
   }
   for (int64_t i = 0; i < c.pairs; ++i) {
-    const int64_t a = first(i), bb = second(i);
+    const int64_t a = p.chosen(i), bb = p.rejected(i);
     const double si = K.sorted ? sc_max : sc[i];
     eg[a] += si * (K.ww * b.seq[a] + K.wl * (K.unpaired ? eb_max : b.seq[bb]));
     eg[bb] += si * (K.lw * (K.unpaired ? ea_max : b.seq[a]) + K.ll * b.seq[bb]);
@@ -656,7 +633,7 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     for (int64_t s = 0; s < S; ++s)
       b.loss += 2 * std::fabs(ref.base.grad_seq_logps[s]) / up0 * b.seq[s];
     for (int64_t i = 0; i < c.pairs; ++i) {
-      const double eh = K.unpaired ? ea_max + eb_max : b.seq[first(i)] + b.seq[second(i)];
+      const double eh = K.unpaired ? ea_max + eb_max : b.seq[p.chosen(i)] + b.seq[p.rejected(i)];
       b.loss += (K.sorted ? sc_max : sc[i]) / up0 * 0.5 * K.max() * eh * eh;
     }
   } else {
@@ -665,7 +642,7 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     REQUIRE(!c.explicit_pairs);
     REQUIRE(!K.sorted);
     for (int64_t i = 0; i < c.pairs; ++i) {
-      const int64_t a = first(i), bb = second(i);
+      const int64_t a = p.chosen(i), bb = p.rejected(i);
       REQUIRE(up[i] > 0);
       const double eh = b.seq[a] + b.seq[bb];
       b.losses.push_back(2 * u * std::fabs(ref.base.pair_losses[i]) +
@@ -683,62 +660,20 @@ lin_bounds bounds_of(const lin_problem& p, const linear_ref_result& ref, double 
     const double cg = std::fabs(ref.base.grad_seq_logps[s]) * w, ec = b.grad_seq[s] * w;
     for (int64_t v = 0; v < V; ++v) {
       const double z = ref.logits[t * V + v];
-      const double pr = std::exp(geopref::apply(tr, z) - ref.base.lse[t]);
+      const double pr = std::exp(geopref::apply(c.tr, z) - ref.base.lse[t]);
       const double one_minus = std::fabs((v == p.labels[t] ? 1.0 : 0.0) - pr);
       const double G = std::fabs(ref.base.grad_logits[t * V + v]);
       eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 + ec * one_minus + (uT + 3 * u) * G;
-      if (!ident) {
-        const double sl = std::fabs(geopref::slope(tr, z)) + curv * ez[t];
-        eG[t * V + v] = (eG[t * V + v] - (uT + 3 * u) * G) * sl +
-                        cg * one_minus * (transform_error_at(tc, z).slope + curv * ez[t]) +
-                        (uT + 3 * u) * G;
+      if (!geopref::is_identity(c.tr)) {
+        eG[t * V + v] = (eG[t * V + v] - (uT + 3 * u) * G) * errs.slope(t, z) +
+                        cg * one_minus * errs.slope_error(t, z) + (uT + 3 * u) * G;
       }
     }
   }
   const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0, a = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        e += eG[t * V + v] * std::fabs(p.W[v * Hd + k]);
-        a += std::fabs(ref.base.grad_logits[t * V + v] * p.W[v * Hd + k]);
-      }
-      b.gh.push_back(e + static_cast<double>(V + 2) * u * a + uT * std::fabs(ref.grad_hidden[t * Hd + k]));
-    }
-  for (int64_t v = 0; v < V; ++v) {
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0, a = 0;
-      for (int64_t t = 0; t < N; ++t) {
-        e += eG[t * V + v] * std::fabs(p.H[t * Hd + k]);
-        a += std::fabs(ref.base.grad_logits[t * V + v] * p.H[t * Hd + k]);
-      }
-      // accumulate: the prior 0.25 joins each rounding (u_gw · 0.25 per chunk).
-      b.gw.push_back(e + static_cast<double>(N + 2) * u * a +
-                     static_cast<double>(chunks + 1) * std::max(u_gw, 2 * u) * (a + 0.25));
-    }
-    double e = 0, a = 0;
-    for (int64_t t = 0; t < N; ++t) {
-      e += eG[t * V + v];
-      a += std::fabs(ref.base.grad_logits[t * V + v]);
-    }
-    b.gb.push_back(e + static_cast<double>(N + 3) * u * (a + 0.25));
-  }
+  b.products(eG, ref.base.grad_logits, ref.grad_hidden, p.H, p.W, N, V, Hd, chunks, uT,
+             c.gw_float32);
   return b;
-}
-
-void check_all(const char* what, const std::vector<double>& got, const std::vector<double>& want,
-               const std::vector<double>& bound, double factor) {
-  REQUIRE(got.size() == want.size());
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(got[i] - want[i]);
-    if (!(err <= factor * bound[i]) && bad++ < 5) {
-      INFO(what << "[" << i << "]: got " << got[i] << " want " << want[i] << " err " << err
-                << " bound " << factor * bound[i]);
-      CHECK(false);
-    }
-  }
-  CHECK(bad == 0);
 }
 
 void compare(const lin_problem& p, const lin_result& g, const linear_ref_result& ref,
@@ -754,9 +689,18 @@ void compare(const lin_problem& p, const lin_result& g, const linear_ref_result&
     INFO("loss: got " << g.loss << " want " << ref.base.loss << " bound " << factor * b.loss);
     CHECK(std::fabs(g.loss - ref.base.loss) <= factor * b.loss);
   }
-  check_all("grad_hidden", g.gh, ref.grad_hidden, b.gh, factor);
-  check_all("grad_weight", g.gw, ref.grad_weight, b.gw, factor);
-  if (p.c.bias) check_all("grad_bias", g.gb, ref.grad_bias, b.gb, factor);
+  b.check_grads(g, ref.grad_hidden, ref.grad_weight, ref.grad_bias, p.c.bias, factor);
+}
+
+/// `ref` with another run's values in place of the exact ones, for
+/// comparing two runs (each within the bound of the exact value).
+linear_ref_result values_of(linear_ref_result ref, const lin_result& u) {
+  // (pair_losses: read under reduction::none only.)
+  std::tie(ref.base.lse, ref.base.token_logps, ref.base.seq_logps, ref.base.grad_seq_logps,
+           ref.base.loss, ref.base.pair_losses) =
+      std::tie(u.lse, u.token_logps, u.seq_logps, u.grad_seq, u.loss, u.losses);
+  std::tie(ref.grad_hidden, ref.grad_weight, ref.grad_bias) = std::tie(u.gh, u.gw, u.gb);
+  return ref;
 }
 
 bool has_term(const lin_config& c, loss_type t) {
@@ -766,6 +710,14 @@ bool has_term(const lin_config& c, loss_type t) {
   return false;
 }
 
+/// The indices of `v` sorted by value (ties in index order).
+std::vector<size_t> rank_order(const std::vector<double>& v) {
+  std::vector<size_t> o(v.size());
+  for (size_t i = 0; i < o.size(); ++i) o[i] = i;
+  std::stable_sort(o.begin(), o.end(), [&](size_t x, size_t y) { return v[x] < v[y]; });
+  return o;
+}
+
 /// The preconditions of the error model's non-smooth and sorted terms, on
 /// the exact margins: within the bound (twice: the unfused path too) of the
 /// exact values no margin reaches hinge's kink βh = 1, and no two of aot's
@@ -773,9 +725,7 @@ bool has_term(const lin_config& c, loss_type t) {
 /// another seed, not a wider tolerance.
 void check_preconditions(const lin_problem& p, const linear_ref_result& ref, const lin_bounds& b) {
   const lin_config& c = p.c;
-  auto first = [&](int64_t i) { return c.explicit_pairs ? p.pairs[2 * i] : i; };
-  auto second = [&](int64_t i) { return c.explicit_pairs ? p.pairs[2 * i + 1] : c.pairs + i; };
-  auto eh = [&](int64_t i) { return b.seq[first(i)] + b.seq[second(i)]; };
+  auto eh = [&](int64_t i) { return b.seq[p.chosen(i)] + b.seq[p.rejected(i)]; };
   if (has_term(c, loss_type::hinge) && c.user_loss <= 0) {
     int below = 0;
     for (int64_t i = 0; i < c.pairs; ++i) {
@@ -792,7 +742,7 @@ void check_preconditions(const lin_problem& p, const linear_ref_result& ref, con
     REQUIRE(!p.no_ref);
     std::vector<double> d(static_cast<size_t>(c.pairs)), r(d.size());
     for (int64_t i = 0; i < c.pairs; ++i) {
-      r[i] = p.ref_d[first(i)] - p.ref_d[second(i)];
+      r[i] = p.ref_d[p.chosen(i)] - p.ref_d[p.rejected(i)];
       d[i] = ref.base.margins[i] + r[i];  // the policy's x_a − x_b
     }
     for (int64_t i = 0; i < c.pairs; ++i)
@@ -801,13 +751,7 @@ void check_preconditions(const lin_problem& p, const linear_ref_result& ref, con
         REQUIRE(std::fabs(d[i] - d[j]) > 2 * (eh(i) + eh(j)));
       }
     // The sort matters: the two orders differ, so aot is not cdpo pair by pair.
-    auto order = [](const std::vector<double>& v) {
-      std::vector<size_t> o(v.size());
-      for (size_t i = 0; i < o.size(); ++i) o[i] = i;
-      std::stable_sort(o.begin(), o.end(), [&](size_t x, size_t y) { return v[x] < v[y]; });
-      return o;
-    };
-    REQUIRE(order(d) != order(r));
+    REQUIRE(rank_order(d) != rank_order(r));
   }
   if (has_term(c, loss_type::aot_unpaired)) {
     // Each side's log-ratios keep their ranks, and the two sides' orders
@@ -815,29 +759,23 @@ void check_preconditions(const lin_problem& p, const linear_ref_result& ref, con
     REQUIRE(!p.no_ref);
     std::vector<double> rw(static_cast<size_t>(c.pairs)), rl(rw.size());
     for (int64_t i = 0; i < c.pairs; ++i) {
-      rw[i] = ref.base.seq_logps[first(i)] - p.ref_d[first(i)];
-      rl[i] = ref.base.seq_logps[second(i)] - p.ref_d[second(i)];
+      rw[i] = ref.base.seq_logps[p.chosen(i)] - p.ref_d[p.chosen(i)];
+      rl[i] = ref.base.seq_logps[p.rejected(i)] - p.ref_d[p.rejected(i)];
     }
     for (int64_t i = 0; i < c.pairs; ++i)
       for (int64_t j = i + 1; j < c.pairs; ++j) {
         INFO("pairs " << i << ", " << j << ": ρ_w " << rw[i] << ", " << rw[j] << "; ρ_l " << rl[i]
                       << ", " << rl[j]);
-        REQUIRE(std::fabs(rw[i] - rw[j]) > 2 * (b.seq[first(i)] + b.seq[first(j)]));
-        REQUIRE(std::fabs(rl[i] - rl[j]) > 2 * (b.seq[second(i)] + b.seq[second(j)]));
+        REQUIRE(std::fabs(rw[i] - rw[j]) > 2 * (b.seq[p.chosen(i)] + b.seq[p.chosen(j)]));
+        REQUIRE(std::fabs(rl[i] - rl[j]) > 2 * (b.seq[p.rejected(i)] + b.seq[p.rejected(j)]));
       }
-    auto order = [](const std::vector<double>& v) {
-      std::vector<size_t> o(v.size());
-      for (size_t i = 0; i < o.size(); ++i) o[i] = i;
-      std::stable_sort(o.begin(), o.end(), [&](size_t x, size_t y) { return v[x] < v[y]; });
-      return o;
-    };
-    REQUIRE(order(rw) != order(rl));
+    REQUIRE(rank_order(rw) != rank_order(rl));
   }
   if (has_term(c, loss_type::orpo)) {
     // curvature_of's orpo bound holds on x̄ ≤ −1: every averaged log-prob of
     // a pair, moved by twice its error, stays there (and is not empty).
     for (int64_t i = 0; i < c.pairs; ++i)
-      for (int64_t s : {first(i), second(i)}) {
+      for (int64_t s : {p.chosen(i), p.rejected(i)}) {
         int64_t n = 0;
         for (int64_t t = p.offsets[s]; t < p.offsets[s + 1]; ++t) n += p.labels[t] >= 0;
         REQUIRE(n > 0);
@@ -862,86 +800,79 @@ void check_lin_case(const lin_config& c) {
   }
   {
     INFO("fused vs the unfused path (each within the bound of the exact value)");
-    const lin_result u = run_unfused(p, h.h);
     // The unfused path's grad_W is one float GEMM: within the same bound.
-    linear_ref_result as_ref = ref;
-    as_ref.base.lse = u.lse;
-    as_ref.base.token_logps = u.token_logps;
-    as_ref.base.seq_logps = u.seq_logps;
-    as_ref.base.grad_seq_logps = u.grad_seq;
-    as_ref.base.loss = u.loss;
-    as_ref.grad_hidden = u.gh;
-    as_ref.grad_weight = u.gw;
-    as_ref.grad_bias = u.gb;
-    as_ref.base.pair_losses = u.losses;  // read under reduction::none only
-    compare(p, g, as_ref, b, 2.0);
+    compare(p, g, values_of(ref, run_unfused(p, h.h)), b, 2.0);
   }
   {
     INFO("bitwise repeatable");
     const lin_result g2 = run_fused(p, h.h);
-    CHECK(g2.gh_bits == g.gh_bits);
-    CHECK(g2.gw_bits == g.gw_bits);
-    CHECK(g2.gb_bits == g.gb_bits);
+    g2.check_same_bits(g);
     CHECK(g2.losses == g.losses);
   }
+}
+
+/// A test case's variants: each a SECTION named `name`, whose config is the
+/// test case's with `set` applied; `bounds` the vocab-parallel slices.
+struct lin_case {
+  const char* name;
+  void (*set)(lin_config&);
+  std::vector<int64_t> bounds{};
+};
+
+/// Each case one SECTION of the calling test case, its config the default
+/// one in `dtype` with `seed`, then the case's set: checked by
+/// check_lin_case, or with its bounds by check_sharded_case (`sharded`).
+void lin_sections(gc::dtype dtype, uint64_t seed, const std::vector<lin_case>& cases,
+                  bool sharded = false);
+
+/// Two variants both the unsharded and the vocab-parallel cases take:
+/// grad_weight accumulated in bfloat16, no bias, padded rows; accumulate
+/// into a float grad_weight with token weights and explicit pairs.
+void bf16_accumulate_strided(lin_config& x) {
+  x.accumulate = true;
+  x.gw_float32 = false;
+  x.bias = false;
+  x.pad = 3;
+}
+void accumulate_weighted_pairs(lin_config& x) {
+  x.accumulate = true;
+  x.token_weights = true;
+  x.explicit_pairs = true;
 }
 
 }  // namespace
 
 TEST_CASE("fused linear equals the reference and the unfused path: awkward shapes",
           "[fused_linear][small]") {
-  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
-    lin_config c;
-    c.dtype = d;
-    c.seed = 3;
+  for_each_dtype<lin_config>(3, [](const lin_config& c) {
     check_lin_case(c);  // V = 37, chunks of 4 rows: pairs cross chunk boundaries
     lin_config one = c;
     one.chunk_rows = 1;  // a budget of one row
     one.hidden = 1;      // H = 1
     one.seed = 4;
     check_lin_case(one);
-  }
+  });
 }
 
 TEST_CASE("fused linear: options and layouts", "[fused_linear]") {
-  lin_config c;
-  c.dtype = gc::dtype::bfloat16;
-  c.seed = 10;
-  SECTION("accumulate into bfloat16 grad_weight, no bias, strides") {
-    c.accumulate = true;
-    c.gw_float32 = false;
-    c.bias = false;
-    c.pad = 3;
-    check_lin_case(c);
-  }
-  SECTION("accumulate into float, token weights, explicit pairs, one chunk") {
-    c.accumulate = true;
-    c.token_weights = true;
-    c.explicit_pairs = true;
-    c.chunk_rows = 1000;
-    c.dtype = gc::dtype::float32;
-    check_lin_case(c);
-  }
-  SECTION("dpo + sft (batch-coupled: the chosen-token mean), pairs across chunks") {
-    c.loss = loss_type::dpo;
-    c.with_sft = true;
-    c.chunk_rows = 3;
-    check_lin_case(c);
-  }
-  SECTION("gdpo on length-averaged log-probs (average_logps), bf16") {
-    c.average_logps = true;
-    c.dtype = gc::dtype::bfloat16;
-    c.max_len = 6;
-    check_lin_case(c);
-  }
-  SECTION("dpo, V a multiple of 8 plus 1, chunk of 3 rows, longer sequences") {
-    c.loss = loss_type::dpo;
-    c.vocab = 65;
-    c.chunk_rows = 3;
-    c.max_len = 7;
-    c.hidden = 5;
-    check_lin_case(c);
-  }
+  lin_sections(gc::dtype::bfloat16, 10, {
+      {"accumulate into bfloat16 grad_weight, no bias, strides", bf16_accumulate_strided},
+      {"accumulate into float, token weights, explicit pairs, one chunk", [](lin_config& x) {
+         accumulate_weighted_pairs(x);
+         x.chunk_rows = 1000;
+         x.dtype = gc::dtype::float32;
+       }},
+      {"dpo + sft (batch-coupled: the chosen-token mean), pairs across chunks",
+       [](lin_config& x) { x.loss = loss_type::dpo; x.with_sft = true; x.chunk_rows = 3; }},
+      {"gdpo on length-averaged log-probs (average_logps), bf16",
+       [](lin_config& x) { x.average_logps = true; x.dtype = gc::dtype::bfloat16; x.max_len = 6; }},
+      {"dpo, V a multiple of 8 plus 1, chunk of 3 rows, longer sequences", [](lin_config& x) {
+         x.loss = loss_type::dpo;
+         x.vocab = 65;
+         x.chunk_rows = 3;
+         x.max_len = 7;
+         x.hidden = 5;
+       }}});
 }
 
 // The rest of the loss family through the fused path. Each case's g_s bound
@@ -953,173 +884,107 @@ TEST_CASE("fused linear: options and layouts", "[fused_linear]") {
 // pair step is the same code for every dtype, and float's bounds are tight
 // enough to see a 1% change of β; a few cases keep the 16-bit types.
 TEST_CASE("fused linear: the loss family", "[fused_linear]") {
-  lin_config c;
-  c.dtype = gc::dtype::float32;
-  c.seed = 40;
-  SECTION("ipo on length-normalised log-probs (TRL's form), pairs across chunks") {
-    c.loss = loss_type::ipo;
-    c.average_logps = true;
-    c.chunk_rows = 3;
-    check_lin_case(c);
-  }
-  SECTION("simpo: reference-free, forced averaging, target margin γ, float16") {
-    c.loss = loss_type::simpo;
-    c.gamma = 0.4;
-    c.dtype = gc::dtype::float16;
-    check_lin_case(c);
-  }
-  SECTION("cdpo with soft labels as targets, token weights, bfloat16") {
-    c.loss = loss_type::cdpo;
-    c.dtype = gc::dtype::bfloat16;
-    c.token_weights = true;
-    check_lin_case(c);
-  }
-  SECTION("robust (ε = 0.2)") {
-    c.loss = loss_type::robust;
-    c.epsilon = 0.2;
-    check_lin_case(c);
-  }
-  SECTION("exo_pair (ε = 0.1), per-pair weights") {
-    c.loss = loss_type::exo_pair;
-    c.epsilon = 0.1;
-    c.pair_weights = true;
-    check_lin_case(c);
-  }
-  SECTION("hinge, every margin clear of the kink, both branches, bfloat16") {
-    c.loss = loss_type::hinge;
-    c.dtype = gc::dtype::bfloat16;
-    c.pairs = 6;  // βh ≈ −8.3 … 4.8, one at 0.35 (a kink misplaced at 0 shows)
-    c.seed = 44;
-    check_lin_case(c);
-  }
-  SECTION("nca_pair (two-sided), explicit pairs sharing sequences") {
-    c.loss = loss_type::nca_pair;
-    c.explicit_pairs = true;
-    check_lin_case(c);
-  }
-  SECTION("bco_pair (two-sided, δ = 0.3), float16") {
-    c.loss = loss_type::bco_pair;
-    c.bco_delta = 0.3;
-    c.dtype = gc::dtype::float16;
-    check_lin_case(c);
-  }
-  SECTION("sppo_hard (two-sided, quadratic), bfloat16") {
-    c.loss = loss_type::sppo_hard;
-    c.dtype = gc::dtype::bfloat16;
-    check_lin_case(c);
-  }
-  SECTION("aot: batch-coupled through the sort, ranks that differ from the reference's") {
-    c.loss = loss_type::aot;
-    c.pairs = 6;
-    c.seed = 42;
-    check_lin_case(c);
-  }
-  SECTION("a weighted combination: cdpo + ipo + bco_pair + sft, weights, chunk of 2") {
-    c.terms = {{loss_type::cdpo, 0.7}, {loss_type::ipo, 0.2}, {loss_type::bco_pair, 0.5},
-               {loss_type::sft, 0.4}};
-    c.bco_delta = -0.2;
-    c.pair_weights = true;
-    c.chunk_rows = 2;
-    check_lin_case(c);
-  }
-  SECTION("reduction::none with grad_output and grad_loss, gdpo, weights") {
-    c.loss = loss_type::gdpo;
-    c.reduce = geopref::reduction::none;
-    c.grad_output = true;
-    c.grad_loss = 0.5;
-    c.pair_weights = true;
-    check_lin_case(c);
-  }
-  SECTION("cipo (quadratic, soft targets)") {
-    c.loss = loss_type::cipo;
-    check_lin_case(c);
-  }
-  SECTION("ropo (α = 1.3, γ = 0.4)") {
-    c.loss = loss_type::ropo;
-    c.alpha = 1.3;
-    c.gamma = 0.4;
-    check_lin_case(c);
-  }
-  SECTION("gropo: ropo's geometric form with the soft labels, pairs across chunks") {
-    c.loss = loss_type::gropo;
-    c.alpha = 0.8;
-    c.gamma = 0.6;
-    c.chunk_rows = 3;
-    check_lin_case(c);
-  }
-  SECTION("discopop (τ = 0.05, TRL's default)") {
-    c.loss = loss_type::discopop;
-    check_lin_case(c);
-  }
-  SECTION("apo_zero (two-sided), bfloat16: its small curvature still shows a 1% change of β") {
-    c.loss = loss_type::apo_zero;
-    c.dtype = gc::dtype::bfloat16;
-    check_lin_case(c);
-  }
-  SECTION("apo_down (two-sided, cross terms), explicit pairs sharing sequences") {
-    c.loss = loss_type::apo_down;
-    c.explicit_pairs = true;
-    check_lin_case(c);
-  }
-  SECTION("orpo: odds ratio of the averaged log-probs, reference-free, every x̄ ≤ −1") {
-    c.loss = loss_type::orpo;
-    c.seed = 49;  // no empty sequence (x̄ of none would be 0)
-    check_lin_case(c);
-  }
-  SECTION("aot_unpaired: each side sorted on its own, orders that differ") {
-    c.loss = loss_type::aot_unpaired;
-    c.pairs = 6;
-    c.seed = 42;
-    check_lin_case(c);
-  }
-  SECTION("sum reduction, grad_loss 2, two-sided in a combination with dpo") {
-    c.terms = {{loss_type::dpo, 1.0}, {loss_type::nca_pair, 0.5}};
-    c.reduce = geopref::reduction::sum;
-    c.grad_loss = 2.0;
-    check_lin_case(c);
-  }
+  using lt = loss_type;
+  constexpr gc::dtype f16 = gc::dtype::float16, bf16 = gc::dtype::bfloat16;
+  lin_sections(gc::dtype::float32, 40, {
+      {"ipo on length-normalised log-probs (TRL's form), pairs across chunks",
+       [](lin_config& x) { x.loss = lt::ipo; x.average_logps = true; x.chunk_rows = 3; }},
+      {"simpo: reference-free, forced averaging, target margin γ, float16",
+       [](lin_config& x) { x.loss = lt::simpo; x.gamma = 0.4; x.dtype = f16; }},
+      {"cdpo with soft labels as targets, token weights, bfloat16",
+       [](lin_config& x) { x.loss = lt::cdpo; x.dtype = bf16; x.token_weights = true; }},
+      {"robust (ε = 0.2)", [](lin_config& x) { x.loss = lt::robust; x.epsilon = 0.2; }},
+      {"exo_pair (ε = 0.1), per-pair weights",
+       [](lin_config& x) { x.loss = lt::exo_pair; x.epsilon = 0.1; x.pair_weights = true; }},
+      // pairs = 6: βh ≈ −8.3 … 4.8, one at 0.35 (a kink misplaced at 0 shows).
+      {"hinge, every margin clear of the kink, both branches, bfloat16",
+       [](lin_config& x) { x.loss = lt::hinge; x.dtype = bf16; x.pairs = 6; x.seed = 44; }},
+      {"nca_pair (two-sided), explicit pairs sharing sequences",
+       [](lin_config& x) { x.loss = lt::nca_pair; x.explicit_pairs = true; }},
+      {"bco_pair (two-sided, δ = 0.3), float16",
+       [](lin_config& x) { x.loss = lt::bco_pair; x.bco_delta = 0.3; x.dtype = f16; }},
+      {"sppo_hard (two-sided, quadratic), bfloat16",
+       [](lin_config& x) { x.loss = lt::sppo_hard; x.dtype = bf16; }},
+      {"aot: batch-coupled through the sort, ranks that differ from the reference's",
+       [](lin_config& x) { x.loss = lt::aot; x.pairs = 6; x.seed = 42; }},
+      {"a weighted combination: cdpo + ipo + bco_pair + sft, weights, chunk of 2",
+       [](lin_config& x) {
+         x.terms = {{lt::cdpo, 0.7}, {lt::ipo, 0.2}, {lt::bco_pair, 0.5}, {lt::sft, 0.4}};
+         x.bco_delta = -0.2;
+         x.pair_weights = true;
+         x.chunk_rows = 2;
+       }},
+      {"reduction::none with grad_output and grad_loss, gdpo, weights", [](lin_config& x) {
+         x.loss = lt::gdpo;
+         x.reduce = geopref::reduction::none;
+         x.grad_output = true;
+         x.pair_weights = true;
+         x.grad_loss = 0.5;
+       }},
+      {"cipo (quadratic, soft targets)", [](lin_config& x) { x.loss = lt::cipo; }},
+      {"ropo (α = 1.3, γ = 0.4)",
+       [](lin_config& x) { x.loss = lt::ropo; x.alpha = 1.3; x.gamma = 0.4; }},
+      {"gropo: ropo's geometric form with the soft labels, pairs across chunks",
+       [](lin_config& x) { x.loss = lt::gropo; x.alpha = 0.8; x.gamma = 0.6; x.chunk_rows = 3; }},
+      {"discopop (τ = 0.05, TRL's default)", [](lin_config& x) { x.loss = lt::discopop; }},
+      {"apo_zero (two-sided), bfloat16: its small curvature still shows a 1% change of β",
+       [](lin_config& x) { x.loss = lt::apo_zero; x.dtype = bf16; }},
+      {"apo_down (two-sided, cross terms), explicit pairs sharing sequences",
+       [](lin_config& x) { x.loss = lt::apo_down; x.explicit_pairs = true; }},
+      // seed 49: no empty sequence (x̄ of none would be 0).
+      {"orpo: odds ratio of the averaged log-probs, reference-free, every x̄ ≤ −1",
+       [](lin_config& x) { x.loss = lt::orpo; x.seed = 49; }},
+      {"aot_unpaired: each side sorted on its own, orders that differ",
+       [](lin_config& x) { x.loss = lt::aot_unpaired; x.pairs = 6; x.seed = 42; }},
+      {"sum reduction, grad_loss 2, two-sided in a combination with dpo", [](lin_config& x) {
+         x.terms = {{lt::dpo, 1.0}, {lt::nca_pair, 0.5}};
+         x.reduce = geopref::reduction::sum;
+         x.grad_loss = 2.0;
+       }}});
 }
 
 // A caller's margin loss through fused_linear_step<Loss>: against the
 // reference's fused_linear_with_loss (the same functor in double) and
 // against train_step<Loss> on the materialised logits (the unfused path).
 TEST_CASE("fused linear: a caller's loss through the Loss overload", "[fused_linear][small]") {
-  lin_config c;
-  c.dtype = gc::dtype::bfloat16;
-  c.seed = 50;
-  c.user_loss = 0.7;
-  SECTION("alone") { check_lin_case(c); }
-  SECTION("in a combination: it replaces the margin terms, sft stays") {
-    c.terms = {{loss_type::dpo, 1.0}, {loss_type::sft, 0.5}};
-    c.chunk_rows = 3;
-    c.dtype = gc::dtype::float32;
-    check_lin_case(c);
-  }
+  lin_sections(gc::dtype::bfloat16, 50,
+               {{"alone", [](lin_config& x) { x.user_loss = 0.7; }},
+                {"in a combination: it replaces the margin terms, sft stays", [](lin_config& x) {
+                   x.user_loss = 0.7;
+                   x.terms = {{loss_type::dpo, 1.0}, {loss_type::sft, 0.5}};
+                   x.chunk_rows = 3;
+                   x.dtype = gc::dtype::float32;
+                 }}});
 }
 
-TEST_CASE("fused linear logps: the forward alone gives train_step's log-probs",
-          "[fused_linear][small]") {
-  lin_config c;
-  c.dtype = gc::dtype::float16;
-  c.seed = 21;
+namespace {
+
+/// fused_linear_logps (the forward alone) gives the step's seq_logps bits;
+/// with `counts`, it also writes lse and each sequence's count of scored
+/// tokens, checked against the labels.
+void check_logps_as_step(const lin_config& c, bool counts) {
   const lin_problem p = make_lin(c);
   blas_handle h;
   lin_device d(p);
   gc::linear_logps_args a;
   a.in = train_args_of(p, d).in;
   a.in.cublas = h.h;
-  dmem seq(static_cast<size_t>(p.S) * 4), counts(static_cast<size_t>(p.S) * 8),
-      lse(static_cast<size_t>(p.N) * 4);
+  dmem seq(static_cast<size_t>(p.S) * 4), n_scored, lse;
   poison(seq);
   a.seq_logps = static_cast<float*>(seq.get());
-  a.seq_counts = static_cast<int64_t*>(counts.get());
-  a.lse = static_cast<float*>(lse.get());
+  if (counts) {
+    n_scored = dmem(static_cast<size_t>(p.S) * 8);
+    lse = dmem(static_cast<size_t>(p.N) * 4);
+    a.seq_counts = static_cast<int64_t*>(n_scored.get());
+    a.lse = static_cast<float*>(lse.get());
+  }
   const geopref::options opt = options_of(c);
   dmem ws = GEOPREF_RUN(gc::fused_linear_logps, a, opt);
   const auto got = download<float>(seq.get(), static_cast<size_t>(p.S));
   const lin_result full = run_fused(p, h.h);
   for (int64_t s = 0; s < p.S; ++s) CHECK(got[s] == static_cast<float>(full.seq_logps[s]));
-  const auto n = download<int64_t>(counts.get(), static_cast<size_t>(p.S));
+  if (!counts) return;
+  const auto n = download<int64_t>(n_scored.get(), static_cast<size_t>(p.S));
   for (int64_t s = 0; s < p.S; ++s) {
     int64_t e = 0;
     for (int64_t t = p.offsets[s]; t < p.offsets[s + 1]; ++t) e += p.labels[t] >= 0;
@@ -1127,15 +992,22 @@ TEST_CASE("fused linear logps: the forward alone gives train_step's log-probs",
   }
 }
 
+}  // namespace
+
+TEST_CASE("fused linear logps: the forward alone gives train_step's log-probs",
+          "[fused_linear][small]") {
+  lin_config c;
+  c.dtype = gc::dtype::float16;
+  c.seed = 21;
+  check_logps_as_step(c, true);
+}
+
 TEST_CASE("fused linear: bad inputs are a status", "[fused_linear][small]") {
   lin_config c;
   const lin_problem p = make_lin(c);
   blas_handle h;
-  lin_device d(p);
-  lin_outputs o(p);
-  gc::linear_train_args a = train_args_of(p, d);
-  a.in.cublas = h.h;
-  o.attach(a, p);
+  const lin_call call(p, h.h);
+  const gc::linear_train_args& a = call.a;
   const geopref::options opt;
   size_t bytes = 0;
   REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
@@ -1209,11 +1081,8 @@ TEST_CASE("fused linear: the workspace is the chunk plus O(N), never O(N·V); no
   c.pairs = 8;
   const lin_problem p = make_lin(c);
   blas_handle h;
-  lin_device d(p);
-  lin_outputs o(p);
-  gc::linear_train_args b = train_args_of(p, d);
-  b.in.cublas = h.h;
-  o.attach(b, p);
+  const lin_call call(p, h.h);
+  const gc::linear_train_args& b = call.a;
   size_t need = 0;
   REQUIRE(gc::fused_linear_step(nullptr, need, b, geopref::options{}) == status::success);
   dmem ws(need);
@@ -1335,8 +1204,6 @@ sharded_result run_sharded(const lin_problem& p, cublasHandle_t h, const std::ve
   }
   sharded_result out;
   lin_result& R = out.r;
-  R.gh.assign(static_cast<size_t>(p.N * c.hidden), 0.0);
-  out.gh_abs = R.gh;
   const float prior = 0.25f;
   for (int r = 0; r < K; ++r) {
     gc::vocab_linear_train_args ta;
@@ -1353,13 +1220,11 @@ sharded_result run_sharded(const lin_problem& p, cublasHandle_t h, const std::ve
                              : gc::vocab_linear_step(ws, b, ta, opt);
     });
     lin_result x = o.read(q);
-    if (r == 0) {
-      R.loss = x.loss;
-      R.losses = x.losses;
-      R.seq_logps = x.seq_logps;
-      R.lse = x.lse;
-      R.token_logps = x.token_logps;
-      R.grad_seq = x.grad_seq;
+    if (r == 0) {  // rank 0's combined outputs; the gradients are gathered below
+      R = x;
+      static_cast<linear_grads&>(R) = linear_grads{};
+      R.gh.assign(static_cast<size_t>(p.N * c.hidden), 0.0);
+      out.gh_abs = R.gh;
     } else {  // the combined outputs: bitwise the same on every rank
       CHECK(x.losses == R.losses);
       CHECK(x.seq_logps == R.seq_logps);
@@ -1412,24 +1277,26 @@ void check_sharded_case(const lin_config& c, const std::vector<int64_t>& bounds,
   }
   {
     INFO("K ranks vs the unsharded fused path (each within the bound of the exact value)");
-    const lin_result u = run_fused(p, h.h);
-    linear_ref_result as_ref = ref;
-    as_ref.base.lse = u.lse;
-    as_ref.base.token_logps = u.token_logps;
-    as_ref.base.seq_logps = u.seq_logps;
-    as_ref.base.grad_seq_logps = u.grad_seq;
-    as_ref.base.loss = u.loss;
-    as_ref.grad_hidden = u.gh;
-    as_ref.grad_weight = u.gw;
-    as_ref.grad_bias = u.gb;
-    as_ref.base.pair_losses = u.losses;
-    compare(p, g.r, as_ref, b, 2.0);
+    compare(p, g.r, values_of(ref, run_fused(p, h.h)), b, 2.0);
   }
   {
     INFO("bitwise: run again, and with the records gathered in reverse slot order");
     if (rerun) CHECK(run_sharded(p, h.h, bounds, in_order).all_bits == g.all_bits);
     CHECK(run_sharded(p, h.h, bounds, reversed).all_bits == g.all_bits);
   }
+}
+
+void lin_sections(gc::dtype dtype, uint64_t seed, const std::vector<lin_case>& cases,
+                  bool sharded) {
+  for (const lin_case& k : cases)
+    SECTION(k.name) {
+      lin_config c;
+      c.dtype = dtype;
+      c.seed = seed;
+      k.set(c);
+      if (sharded) check_sharded_case(c, k.bounds);
+      else check_lin_case(c);
+    }
 }
 
 }  // namespace
@@ -1463,45 +1330,33 @@ TEST_CASE("vocab-parallel fused linear: every dtype with every tiling",
 
 TEST_CASE("vocab-parallel fused linear: a budget of one row, accumulate vs overwrite",
           "[fused_linear][vocab_parallel][small]") {
-  lin_config c;
-  c.dtype = gc::dtype::bfloat16;
-  c.seed = 32;
-  SECTION("one row per chunk, H = 1, a width-1 slice first") {
-    c.chunk_rows = 1;
-    c.hidden = 1;
-    check_sharded_case(c, {0, 1, 19, 37});
-  }
-  SECTION("accumulate into bfloat16 grad_weight, no bias, strides") {
-    c.accumulate = true;
-    c.gw_float32 = false;
-    c.bias = false;
-    c.pad = 3;
-    check_sharded_case(c, {0, 18, 37});
-  }
-  SECTION("accumulate into float, token weights, explicit pairs") {
-    c.accumulate = true;
-    c.token_weights = true;
-    c.explicit_pairs = true;
-    c.dtype = gc::dtype::float16;
-    check_sharded_case(c, {0, 5, 6, 37});
-  }
+  lin_sections(gc::dtype::bfloat16, 32,
+               {{"one row per chunk, H = 1, a width-1 slice first",
+                 [](lin_config& x) { x.chunk_rows = 1; x.hidden = 1; }, {0, 1, 19, 37}},
+                {"accumulate into bfloat16 grad_weight, no bias, strides", bf16_accumulate_strided,
+                 {0, 18, 37}},
+                {"accumulate into float, token weights, explicit pairs",
+                 [](lin_config& x) {
+                   accumulate_weighted_pairs(x);
+                   x.dtype = gc::dtype::float16;
+                 },
+                 {0, 5, 6, 37}}},
+               true);
 }
 
 TEST_CASE("vocab-parallel fused linear: a caller's loss and a two-sided term",
           "[fused_linear][vocab_parallel][small]") {
-  lin_config c;
-  c.dtype = gc::dtype::bfloat16;
-  c.seed = 34;
-  SECTION("log cosh through vocab_linear_step<Loss>") {
-    c.user_loss = 0.7;
-    check_sharded_case(c, {0, 20, 36, 37});
-  }
-  SECTION("nca_pair, reduction::none with grad_output") {
-    c.loss = loss_type::nca_pair;
-    c.reduce = geopref::reduction::none;
-    c.grad_output = true;
-    check_sharded_case(c, {0, 18, 37});
-  }
+  lin_sections(gc::dtype::bfloat16, 34,
+               {{"log cosh through vocab_linear_step<Loss>",
+                 [](lin_config& x) { x.user_loss = 0.7; }, {0, 20, 36, 37}},
+                {"nca_pair, reduction::none with grad_output",
+                 [](lin_config& x) {
+                   x.loss = loss_type::nca_pair;
+                   x.reduce = geopref::reduction::none;
+                   x.grad_output = true;
+                 },
+                 {0, 18, 37}}},
+               true);
 }
 
 // A logit transform through every fused-linear entry (issue 24's mutation
@@ -1515,32 +1370,11 @@ TEST_CASE("vocab-parallel fused linear: a caller's loss and a two-sided term",
 // for 16-bit logits); an invalid transform refused by every linear size query.
 TEST_CASE("fused linear with a logit transform: step, vocab-parallel step, logps",
           "[fused_linear][small][transform]") {
-  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
-  uint64_t seed = 24100;
-  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16})
-    for (const auto& tr : maps) {
-      lin_config c;
-      c.dtype = d;
-      c.tr = tr;
-      c.seed = ++seed;
-      check_lin_case(c);  // chunks of 4 rows: pairs cross chunk boundaries
-      check_sharded_case(c, {0, 20, 36, 37});
-      // fused_linear_logps: the forward alone, the step's seq_logps bits.
-      const lin_problem p = make_lin(c);
-      blas_handle h;
-      lin_device dv(p);
-      gc::linear_logps_args a;
-      a.in = train_args_of(p, dv).in;
-      a.in.cublas = h.h;
-      dmem seq(static_cast<size_t>(p.S) * 4);
-      poison(seq);
-      a.seq_logps = static_cast<float*>(seq.get());
-      const geopref::options opt = options_of(c);
-      dmem ws = GEOPREF_RUN(gc::fused_linear_logps, a, opt);
-      const auto got = download<float>(seq.get(), static_cast<size_t>(p.S));
-      const lin_result full = run_fused(p, h.h);
-      for (int64_t s = 0; s < p.S; ++s) CHECK(got[s] == static_cast<float>(full.seq_logps[s]));
-    }
+  for_each_linear_transform<lin_config>(24100, [](const lin_config& c, uint64_t&) {
+    check_lin_case(c);  // chunks of 4 rows: pairs cross chunk boundaries
+    check_sharded_case(c, {0, 20, 36, 37});
+    check_logps_as_step(c, false);  // fused_linear_logps: the forward alone, the step's bits
+  });
 }
 
 TEST_CASE("fused linear: an invalid logit transform is refused by every linear size query",

@@ -21,6 +21,7 @@
 // model against the reference.
 #include "test_fused_linear.cu"
 
+#include <array>
 #include <cstring>
 
 namespace {
@@ -42,11 +43,9 @@ struct path_run {
 path_run run_path(const lin_problem& p, cublasHandle_t h, path_wanted want,
                   const geopref::options* opt_in = nullptr) {
   const lin_config& c = p.c;
-  lin_device d(p);
-  lin_outputs o(p);
-  gc::linear_train_args a = train_args_of(p, d);
-  a.in.cublas = h;
-  o.attach(a, p);
+  lin_call k(p, h);
+  lin_outputs& o = k.o;
+  gc::linear_train_args& a = k.a;
   dmem stats(sizeof(geopref::metrics));
   poison(stats);
   a.stats = static_cast<geopref::metrics*>(stats.get());
@@ -125,23 +124,12 @@ void check_one_pass_case(const lin_problem& p) {
       CHECK(one.seq_bits == two.seq_bits);
       CHECK(one.gseq_bits == two.gseq_bits);
     }
-    linear_ref_result as_ref = ref;
-    as_ref.base.lse = two.r.lse;
-    as_ref.base.token_logps = two.r.token_logps;
-    as_ref.base.seq_logps = two.r.seq_logps;
-    as_ref.base.grad_seq_logps = two.r.grad_seq;
-    as_ref.base.loss = two.r.loss;
-    as_ref.grad_hidden = two.r.gh;
-    as_ref.grad_weight = two.r.gw;
-    as_ref.grad_bias = two.r.gb;
-    compare(p, one.r, as_ref, bounds_for(p, ref, std::max(segs, two_chunks)), 2.0);
+    compare(p, one.r, values_of(ref, two.r), bounds_for(p, ref, std::max(segs, two_chunks)), 2.0);
   }
   {
     INFO("one pass: bitwise repeatable");
     const path_run again = run_path(p, h.h, path_wanted::one_pass);
-    CHECK(again.r.gh_bits == one.r.gh_bits);
-    CHECK(again.r.gw_bits == one.r.gw_bits);
-    CHECK(again.r.gb_bits == one.r.gb_bits);
+    again.r.check_same_bits(one.r);
     CHECK(again.loss == one.loss);
     CHECK(again.metric_bits == one.metric_bits);
     CHECK(again.gseq_bits == one.gseq_bits);
@@ -170,6 +158,30 @@ int64_t widest_component(const lin_problem& p) {
   return p.N;
 }
 
+/// The plan's segments (first row, rows, place in the chunk buffer), field
+/// by field.
+void check_segments(const gc::detail::one_pass_plan& plan,
+                    const std::vector<std::array<int64_t, 3>>& want) {
+  REQUIRE(plan.segments.size() == want.size());
+  for (size_t g = 0; g < want.size(); ++g) {
+    INFO("segment " << g);
+    CHECK(plan.segments[g].row0 == want[g][0]);
+    CHECK(plan.segments[g].rows == want[g][1]);
+    CHECK(plan.segments[g].at == want[g][2]);
+  }
+}
+
+/// check_one_pass_case on TRL's layout: P = 4 pairs (i, 4 + i), packed
+/// sequences of unequal lengths, some empty, 15% ignored labels; chunks as
+/// full as the widest pair, so many chunks.
+void check_trl_layout(lin_config c) {
+  c.pairs = 4;
+  c.max_len = 5;
+  lin_problem p = make_lin(c);
+  p.c.chunk_rows = widest_component(p);
+  check_one_pass_case(p);
+}
+
 }  // namespace
 
 TEST_CASE("fused linear one pass: the plan", "[fused_linear][one_pass][small]") {
@@ -191,13 +203,7 @@ TEST_CASE("fused linear one pass: the plan", "[fused_linear][one_pass][small]") 
     CHECK(plan.pair_begin == std::vector<int64_t>{0, 2, 3});
     CHECK(std::vector<int64_t>(plan.upload.begin() + 6, plan.upload.end()) ==
           std::vector<int64_t>{0, 1, 2});
-    REQUIRE(plan.segments.size() == 2);
-    CHECK(plan.segments[0].row0 == 0);
-    CHECK(plan.segments[0].rows == 6);
-    CHECK(plan.segments[0].at == 0);
-    CHECK(plan.segments[1].row0 == 6);
-    CHECK(plan.segments[1].rows == 5);
-    CHECK(plan.segments[1].at == 0);
+    check_segments(plan, {{0, 6, 0}, {6, 5, 0}});
     CHECK(plan.seg_begin == std::vector<int64_t>{0, 1, 2});
     CHECK(plan.rows_end == 11);
   }
@@ -209,14 +215,8 @@ TEST_CASE("fused linear one pass: the plan", "[fused_linear][one_pass][small]") 
     const std::vector<int64_t> trl = {0, 2, 4, 6, 8, 10, 12, 14, 16};
     REQUIRE(gd::build_one_pass_plan(trl.data(), 8, nullptr, 4, 8, &plan));
     REQUIRE(plan.chunks() == 2);
-    REQUIRE(plan.segments.size() == 4);
-    CHECK(plan.segments[0].row0 == 0);
-    CHECK(plan.segments[0].rows == 4);
-    CHECK(plan.segments[1].row0 == 8);
-    CHECK(plan.segments[1].rows == 4);
-    CHECK(plan.segments[1].at == 4);
-    CHECK(plan.segments[2].row0 == 4);
-    CHECK(plan.segments[3].row0 == 12);
+    // Chunk 0: sequences 0, 4, 1, 5; chunk 1: 2, 6, 3, 7.
+    check_segments(plan, {{0, 4, 0}, {8, 4, 4}, {4, 4, 0}, {12, 4, 4}});
   }
   SECTION("scattered partners: past 4 segments per chunk on average, no plan") {
     // 20 sequences of one row; 0..4 against 10, 12, 14, 16, 18. Budget 10:
@@ -261,82 +261,68 @@ TEST_CASE("fused linear one pass: the plan", "[fused_linear][one_pass][small]") 
 
 TEST_CASE("fused linear one pass equals two passes and the reference: TRL layout",
           "[fused_linear][one_pass][small]") {
-  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
-    lin_config c;
-    c.dtype = d;
-    c.seed = 41;
-    c.pairs = 4;
-    c.max_len = 5;  // packed, unequal lengths, some empty; 15% ignored labels
-    lin_problem p = make_lin(c);
-    p.c.chunk_rows = widest_component(p);  // many chunks, each as full as the widest pair
-    check_one_pass_case(p);
-  }
+  for_each_dtype<lin_config>(41, check_trl_layout);
 }
 
 TEST_CASE("fused linear one pass: shared sequences, sequences in no pair, options",
           "[fused_linear][one_pass][small]") {
-  lin_config c;
-  c.seed = 42;
-  c.max_len = 4;
   // 2P + 1 = 9 sequences: one chosen (0) against two rejected (1, 2); 3 vs 4;
   // 6 against 5; 7 and 8 in no pair.
   const std::vector<int64_t> pairs = {0, 1, 0, 2, 3, 4, 6, 5};
-  SECTION("float32, bias, overwrite, chunks of the widest component") {
-    lin_problem p = with_pairs(c, pairs);
-    p.c.chunk_rows = widest_component(p);
-    check_one_pass_case(p);
-  }
-  SECTION("a duplicated pair, a sequence against itself, both orders of one pair") {
-    // P = 5, S = 11: (0,1) twice, (2,2), (3,4) and (4,3); 5..10 in no pair.
-    lin_problem q = with_pairs(c, {0, 1, 0, 1, 2, 2, 3, 4, 4, 3});
-    q.c.chunk_rows = widest_component(q);
-    check_one_pass_case(q);
-  }
-  SECTION("bfloat16 into bfloat16 grad_weight, accumulate, no bias, strides, V = 65, H = 1") {
-    c.dtype = gc::dtype::bfloat16;
-    c.accumulate = true;
-    c.gw_float32 = false;
-    c.bias = false;
-    c.pad = 3;
-    c.vocab = 65;
-    c.hidden = 1;
-    lin_problem p = with_pairs(c, pairs);
-    p.c.chunk_rows = widest_component(p) + 3;
-    check_one_pass_case(p);
-  }
-  SECTION("float16, token weights, average_logps, accumulate into float, one chunk") {
-    c.dtype = gc::dtype::float16;
-    c.token_weights = true;
-    c.average_logps = true;
-    c.accumulate = true;
-    lin_problem p = with_pairs(c, pairs);
-    p.c.chunk_rows = p.N;  // everything fits: one chunk
-    check_one_pass_case(p);
-  }
-  SECTION("a caller's loss (log cosh through fused_linear_step<Loss>), bfloat16") {
-    c.dtype = gc::dtype::bfloat16;
-    c.user_loss = 0.7;
-    lin_problem p = with_pairs(c, pairs);
-    p.c.chunk_rows = widest_component(p) + 1;
-    check_one_pass_case(p);
-  }
-  SECTION("apo_zero (a two-sided term: pair-local, so one pass), shared sequences") {
-    c.loss = loss_type::apo_zero;
-    lin_problem p = with_pairs(c, pairs);
-    p.c.chunk_rows = widest_component(p) + 2;
-    check_one_pass_case(p);
-  }
-  SECTION("ipo (a non-dpo margin), V a multiple of 8, the last sequences empty") {
-    c.loss = loss_type::ipo;
-    c.vocab = 64;
-    lin_problem p = with_pairs(c, pairs);
-    // Sequences 7 and 8 (in no pair) emptied: more rows after offsets[S].
-    const int64_t end6 = p.offsets[7];
-    p.offsets[8] = end6;
-    p.offsets[9] = end6;
-    p.c.chunk_rows = widest_component(p);
-    check_one_pass_case(p);
-  }
+  // Each variant: its config (seed 42, sequences of 0..4 rows, then `set`),
+  // its pairs, and its budget: the widest component's rows + `extra` (all
+  // rows, one chunk, when negative).
+  struct variant {
+    const char* name;
+    void (*set)(lin_config&);
+    std::vector<int64_t> pairs;
+    int64_t extra = 0;
+    void (*adjust)(lin_problem&) = nullptr;  // a change of the drawn problem
+  };
+  constexpr gc::dtype f16 = gc::dtype::float16, bf16 = gc::dtype::bfloat16;
+  const variant variants[] = {
+      {"float32, bias, overwrite, chunks of the widest component", [](lin_config&) {}, pairs},
+      // P = 5, S = 11: (0,1) twice, (2,2), (3,4) and (4,3); 5..10 in no pair.
+      {"a duplicated pair, a sequence against itself, both orders of one pair",
+       [](lin_config&) {}, {0, 1, 0, 1, 2, 2, 3, 4, 4, 3}},
+      {"bfloat16 into bfloat16 grad_weight, accumulate, no bias, strides, V = 65, H = 1",
+       [](lin_config& x) {
+         bf16_accumulate_strided(x);
+         x.dtype = bf16;
+         x.vocab = 65;
+         x.hidden = 1;
+       },
+       pairs, 3},
+      {"float16, token weights, average_logps, accumulate into float, one chunk",
+       [](lin_config& x) {
+         x.dtype = f16;
+         x.token_weights = true;
+         x.average_logps = true;
+         x.accumulate = true;
+       },
+       pairs, -1},
+      {"a caller's loss (log cosh through fused_linear_step<Loss>), bfloat16",
+       [](lin_config& x) { x.dtype = bf16; x.user_loss = 0.7; }, pairs, 1},
+      {"apo_zero (a two-sided term: pair-local, so one pass), shared sequences",
+       [](lin_config& x) { x.loss = loss_type::apo_zero; }, pairs, 2},
+      {"ipo (a non-dpo margin), V a multiple of 8, the last sequences empty",
+       [](lin_config& x) { x.loss = loss_type::ipo; x.vocab = 64; }, pairs, 0,
+       [](lin_problem& p) {
+         // Sequences 7 and 8 (in no pair) emptied: more rows after offsets[S].
+         p.offsets[8] = p.offsets[7];
+         p.offsets[9] = p.offsets[7];
+       }}};
+  for (const variant& v : variants)
+    SECTION(v.name) {
+      lin_config x;
+      x.seed = 42;
+      x.max_len = 4;
+      v.set(x);
+      lin_problem p = with_pairs(x, v.pairs);
+      if (v.adjust != nullptr) v.adjust(p);
+      p.c.chunk_rows = v.extra < 0 ? p.N : widest_component(p) + v.extra;
+      check_one_pass_case(p);
+    }
 }
 
 TEST_CASE("fused linear one pass: when it does not apply, two passes run and are right",
@@ -372,10 +358,8 @@ TEST_CASE("fused linear one pass: when it does not apply, two passes run and are
     compare(q, f.r, rq, bounds_of(q, rq), 1.0);
   }
   SECTION("the other conditions") {
-    lin_device d(p);
-    lin_outputs o(p);
-    gc::linear_train_args a = train_args_of(p, d);
-    o.attach(a, p);
+    lin_call call(p, nullptr);
+    gc::linear_train_args& a = call.a;
     a.host_offsets = p.offsets.data();
     const geopref::options opt = options_of(p.c);
     a.in.chunk_bytes = size_t{1} << 30;
@@ -394,7 +378,7 @@ TEST_CASE("fused linear one pass: when it does not apply, two passes run and are
     b.grad_bias = nullptr;
     CHECK(!gc::fused_linear_one_pass(b, opt));  // forward only: one GEMM per chunk anyway
     b = a;
-    b.pairs = static_cast<const int64_t*>(d.offsets.get());  // pairs given, host_pairs not
+    b.pairs = static_cast<const int64_t*>(call.d.offsets.get());  // pairs given, host_pairs not
     b.n_pairs = 1;
     CHECK(!gc::fused_linear_one_pass(b, opt));
     // The workspace does not depend on the path.
@@ -407,84 +391,102 @@ TEST_CASE("fused linear one pass: when it does not apply, two passes run and are
   }
 }
 
-TEST_CASE("fused linear one pass: host copies that are malformed or disagree",
-          "[fused_linear][one_pass][small]") {
-  lin_config c;
-  c.seed = 44;
-  c.explicit_pairs = true;
-  lin_problem p = with_pairs(c, {0, 1, 2, 3, 4, 5});
-  p.c.chunk_rows = p.N;
+namespace {
+
+/// The host copies' cases: P = 3 explicit pairs over S = 7 sequences (6 in
+/// no pair), one chunk; the call's arguments with host copies of the
+/// offsets and pairs (`off`, `pr`, which a case may change); the workspace
+/// asked for (base one past alignment); the loss with sft added (coupled:
+/// two passes, the copies unused). The copies as given take the one pass
+/// and leave the device's status clean (the control).
+struct host_copies {
+  lin_problem p;
   blas_handle h;
-  lin_device d(p);
-  lin_outputs o(p);
-  gc::linear_train_args a = train_args_of(p, d);
-  a.in.cublas = h.h;
-  o.attach(a, p);
-  const geopref::options opt = options_of(p.c);
+  lin_call call;
+  gc::linear_train_args& a = call.a;
+  geopref::options opt, sft;
   size_t bytes = 0;
-  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
-  dmem mem(bytes + 1);
-  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
-  auto device_after = [&](const gc::linear_train_args& x) {
+  dmem mem;
+  void* ws = nullptr;
+  std::vector<int64_t> off, pr;
+
+  static lin_problem problem(uint64_t seed) {
+    lin_config c;
+    c.seed = seed;
+    c.explicit_pairs = true;
+    lin_problem p = with_pairs(c, {0, 1, 2, 3, 4, 5});
+    p.c.chunk_rows = p.N;
+    return p;
+  }
+  explicit host_copies(uint64_t seed)
+      : p(problem(seed)), call(p, h.h), opt(options_of(p.c)), off(p.offsets), pr(p.pairs) {
+    sft = opt;
+    sft.loss.n_terms = 2;
+    sft.loss.terms[0] = loss_type::dpo;
+    sft.loss.terms[1] = loss_type::sft;
+    sft.loss.term_weights[0] = sft.loss.term_weights[1] = 1.0;
+    REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
+    mem = dmem(bytes + 1);
+    ws = static_cast<uint8_t*>(mem.get()) + 1;
+    a.host_offsets = off.data();
+    a.host_pairs = pr.data();
+    REQUIRE(gc::fused_linear_one_pass(a, opt));
+    CHECK(device_after(a, opt) == status::success);  // the control
+  }
+  /// The device's status after a step with `x` and `o` on the poisoned workspace.
+  status device_after(const gc::linear_train_args& x, const geopref::options& o) {
     poison(mem);
-    REQUIRE(gc::fused_linear_step(ws, bytes, x, opt) == status::success);
+    REQUIRE(gc::fused_linear_step(ws, bytes, x, o) == status::success);
     status dev = status::internal_error;
     REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
     return dev;
-  };
-  std::vector<int64_t> off = p.offsets, pr = p.pairs;
-  a.host_offsets = off.data();
-  a.host_pairs = pr.data();
-  REQUIRE(gc::fused_linear_one_pass(a, opt));
-  CHECK(device_after(a) == status::success);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("fused linear one pass: host copies that are malformed or disagree",
+          "[fused_linear][one_pass][small]") {
+  host_copies f(44);
 
   SECTION("malformed: a host status, nothing launched") {
-    std::vector<int64_t> bad = off;
+    std::vector<int64_t> bad = f.off;
     bad[0] = 1;
-    auto b = a;
+    auto b = f.a;
     b.host_offsets = bad.data();
-    CHECK(gc::fused_linear_step(ws, bytes, b, opt) == status::invalid_offsets);
-    bad = off;
-    bad.back() = p.N + 1;
+    CHECK(gc::fused_linear_step(f.ws, f.bytes, b, f.opt) == status::invalid_offsets);
+    bad = f.off;
+    bad.back() = f.p.N + 1;
     b.host_offsets = bad.data();
-    CHECK(gc::fused_linear_step(ws, bytes, b, opt) == status::invalid_offsets);
-    std::vector<int64_t> bp = pr;
-    bp[3] = p.S;
-    b = a;
+    CHECK(gc::fused_linear_step(f.ws, f.bytes, b, f.opt) == status::invalid_offsets);
+    std::vector<int64_t> bp = f.pr;
+    bp[3] = f.p.S;
+    b = f.a;
     b.host_pairs = bp.data();
-    CHECK(gc::fused_linear_step(ws, bytes, b, opt) == status::pair_index_out_of_range);
+    CHECK(gc::fused_linear_step(f.ws, f.bytes, b, f.opt) == status::pair_index_out_of_range);
   }
   SECTION("valid, but not the device's: host_layout_mismatch on the device, in bounds") {
     // A boundary moved by one row (still a valid layout).
-    std::vector<int64_t> moved = off;
+    std::vector<int64_t> moved = f.off;
     for (size_t s = 1; s + 1 < moved.size(); ++s)
       if (moved[s] > moved[s - 1]) {
         --moved[s];
         break;
       }
-    REQUIRE(moved != off);
-    auto b = a;
+    REQUIRE(moved != f.off);
+    auto b = f.a;
     b.host_offsets = moved.data();
-    CHECK(gc::fused_linear_one_pass(b, opt));
-    CHECK(device_after(b) == status::host_layout_mismatch);
+    CHECK(gc::fused_linear_one_pass(b, f.opt));
+    CHECK(f.device_after(b, f.opt) == status::host_layout_mismatch);
     // Pairs swapped between two pairs (valid, different).
-    std::vector<int64_t> swapped = pr;
+    std::vector<int64_t> swapped = f.pr;
     std::swap(swapped[1], swapped[3]);
-    b = a;
+    b = f.a;
     b.host_pairs = swapped.data();
-    CHECK(device_after(b) == status::host_layout_mismatch);
+    CHECK(f.device_after(b, f.opt) == status::host_layout_mismatch);
     // Also reported when the copies are not used (a coupled loss: two passes).
-    geopref::options sft = opt;
-    sft.loss.n_terms = 2;
-    sft.loss.terms[0] = loss_type::dpo;
-    sft.loss.terms[1] = loss_type::sft;
-    sft.loss.term_weights[0] = sft.loss.term_weights[1] = 1.0;
-    CHECK(!gc::fused_linear_one_pass(b, sft));
-    poison(mem);
-    REQUIRE(gc::fused_linear_step(ws, bytes, b, sft) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
-    CHECK(dev == status::host_layout_mismatch);
+    CHECK(!gc::fused_linear_one_pass(b, f.sft));
+    CHECK(f.device_after(b, f.sft) == status::host_layout_mismatch);
   }
 }
 
@@ -623,64 +625,32 @@ TEST_CASE("fused linear one pass: token weights when a chunk's later segments st
 // the copies go unused (a coupled loss: two passes).
 TEST_CASE("fused linear one pass: host copies differing only in a rejected index or in offsets[S]",
           "[fused_linear][one_pass][small]") {
-  lin_config c;
-  c.seed = 47;
-  c.explicit_pairs = true;
-  lin_problem p = with_pairs(c, {0, 1, 2, 3, 4, 5});  // P = 3, S = 7 (6 in no pair)
-  p.c.chunk_rows = p.N;
-  blas_handle h;
-  lin_device d(p);
-  lin_outputs o(p);
-  gc::linear_train_args a = train_args_of(p, d);
-  a.in.cublas = h.h;
-  o.attach(a, p);
-  const geopref::options opt = options_of(p.c);
-  geopref::options sft = opt;
-  sft.loss.n_terms = 2;
-  sft.loss.terms[0] = loss_type::dpo;
-  sft.loss.terms[1] = loss_type::sft;
-  sft.loss.term_weights[0] = sft.loss.term_weights[1] = 1.0;
-  size_t bytes = 0;
-  REQUIRE(gc::fused_linear_step(nullptr, bytes, a, opt) == status::success);
-  dmem mem(bytes + 1);
-  void* ws = static_cast<uint8_t*>(mem.get()) + 1;
-  auto device_after = [&](const gc::linear_train_args& x, const geopref::options& o2) {
-    poison(mem);
-    REQUIRE(gc::fused_linear_step(ws, bytes, x, o2) == status::success);
-    status dev = status::internal_error;
-    REQUIRE(gc::device_status(ws, nullptr, &dev) == status::success);
-    return dev;
-  };
-  const std::vector<int64_t> off = p.offsets, pr = p.pairs;
-  a.host_offsets = off.data();
-  a.host_pairs = pr.data();
-  REQUIRE(gc::fused_linear_one_pass(a, opt));
-  CHECK(device_after(a, opt) == status::success);  // the control
-  CHECK(device_after(a, sft) == status::success);
+  host_copies f(47);
+  CHECK(f.device_after(f.a, f.sft) == status::success);  // the control, two passes
 
   for (size_t i : {size_t{1}, size_t{5}}) {  // the first pair's rejected index, the last pair's
-    INFO("host_pairs[" << i << "] = 6 (the device's " << pr[i] << ")");
-    std::vector<int64_t> bp = pr;
+    INFO("host_pairs[" << i << "] = 6 (the device's " << f.pr[i] << ")");
+    std::vector<int64_t> bp = f.pr;
     bp[i] = 6;
-    REQUIRE(gc::detail::check_host_layout(off.data(), p.S, p.N, bp.data(), bp.data(), 3) ==
+    REQUIRE(gc::detail::check_host_layout(f.off.data(), f.p.S, f.p.N, bp.data(), bp.data(), 3) ==
             status::success);
-    auto b = a;
+    auto b = f.a;
     b.host_pairs = bp.data();
-    CHECK(gc::fused_linear_one_pass(b, opt));
-    CHECK(device_after(b, opt) == status::host_layout_mismatch);
-    CHECK(device_after(b, sft) == status::host_layout_mismatch);
+    CHECK(gc::fused_linear_one_pass(b, f.opt));
+    CHECK(f.device_after(b, f.opt) == status::host_layout_mismatch);
+    CHECK(f.device_after(b, f.sft) == status::host_layout_mismatch);
   }
   {
     // offsets[S] one row later (N = offsets[S] + 1: still valid).
-    std::vector<int64_t> bo = off;
+    std::vector<int64_t> bo = f.off;
     ++bo.back();
-    INFO("host offsets[S] = " << bo.back() << " (the device's " << off.back() << ")");
-    REQUIRE(gc::detail::check_host_layout(bo.data(), p.S, p.N, pr.data(), pr.data(), 3) ==
-            status::success);
-    auto b = a;
+    INFO("host offsets[S] = " << bo.back() << " (the device's " << f.off.back() << ")");
+    REQUIRE(gc::detail::check_host_layout(bo.data(), f.p.S, f.p.N, f.pr.data(), f.pr.data(),
+                                          3) == status::success);
+    auto b = f.a;
     b.host_offsets = bo.data();
-    CHECK(device_after(b, opt) == status::host_layout_mismatch);
-    CHECK(device_after(b, sft) == status::host_layout_mismatch);
+    CHECK(f.device_after(b, f.opt) == status::host_layout_mismatch);
+    CHECK(f.device_after(b, f.sft) == status::host_layout_mismatch);
   }
 }
 
@@ -690,18 +660,6 @@ TEST_CASE("fused linear one pass: host copies differing only in a rejected index
 // bounds_of's transform terms (test_fused_linear.cu), every dtype's map.
 TEST_CASE("fused linear one pass with a logit transform equals two passes and the reference",
           "[fused_linear][one_pass][small][transform]") {
-  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
-  uint64_t seed = 24200;
-  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16})
-    for (const auto& tr : maps) {
-      lin_config c;
-      c.dtype = d;
-      c.seed = ++seed;
-      c.pairs = 4;
-      c.max_len = 5;
-      c.tr = tr;
-      lin_problem p = make_lin(c);
-      p.c.chunk_rows = widest_component(p);
-      check_one_pass_case(p);
-    }
+  for_each_linear_transform<lin_config>(24200,
+                                        [](const lin_config& c, uint64_t&) { check_trl_layout(c); });
 }

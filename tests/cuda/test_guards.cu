@@ -23,6 +23,7 @@
 #include "geopref/cuda/vocab_linear.cuh"
 #include "geopref/cuda/vocab_parallel.cuh"
 #include "gpu_harness.cuh"
+#include "linear_harness.cuh"
 
 using namespace geopref::test;
 using geopref::loss_type;
@@ -263,12 +264,7 @@ TEST_CASE("ignored rows' upstream gradient and logits never reach the gradient",
     REQUIRE(gc::token_logps(ws.get(), bytes, fa) == status::success);
     const status dev = device_status_of(ws);
     CHECK(dev == status::success);
-    gc::token_grad_args ba;
-    ba.rows = fa.rows;
-    ba.lse = lse.get<float>();
-    ba.grad_token_logps = dg.get<float>();
-    ba.grad_logits = grad.ptr;
-    ba.grad_ld = grad.api_ld;
+    const gc::token_grad_args ba = grad_args_after(fa, dg, grad.ptr, grad.api_ld);
     const dmem ws2 = GEOPREF_RUN(gc::token_logps_grad, ba);
     CHECK(device_status_of(ws2) == status::success);  // no ignored row's g_t was read
     const std::vector<float> got_lse = download<float>(lse.get(), pr.n);
@@ -307,14 +303,6 @@ TEST_CASE("ignored rows' upstream gradient and logits never reach the gradient",
 // ---------------------------------------------------------------------------
 // The linear entries' host checks: a small float32 projection on the device.
 namespace {
-
-struct blas24 {
-  cublasHandle_t h = nullptr;
-  blas24() { REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS); }
-  ~blas24() { cublasDestroy(h); }
-  blas24(const blas24&) = delete;
-  blas24& operator=(const blas24&) = delete;
-};
 
 /// H [N, Hd], W [V, Hd] (uniform in [−1, 1]), labels, offsets {0, 3, 6}
 /// (S = 2, one TRL pair) and room for every output of any slice.
@@ -431,6 +419,27 @@ const char* place_name(int where) {
 // record, one meeting its last bytes with its first record — each
 // overlapping_buffers — and, as controls, the buffer right before and right
 // after (accepted).
+/// A vocab-parallel entry's arguments `a` with the slice `sl` and the
+/// gathered records `r`.
+template <class Args>
+Args sliced(Args a, const gc::vocab_slice& sl, gc::vocab_record* r = nullptr) {
+  a.slice = sl;
+  a.records = r;
+  return a;
+}
+
+/// A linear entry's inputs for a size query: `dt`, N rows, hidden size Hd,
+/// V columns, two sequences; no buffers.
+gc::linear_inputs query_inputs(gc::dtype dt, int64_t n, int64_t hd, int64_t v) {
+  gc::linear_inputs in;
+  in.type = dt;
+  in.n_rows = n;
+  in.hidden_size = hd;
+  in.vocab = v;
+  in.n_seqs = 2;
+  return in;
+}
+
 TEST_CASE("records overlapping the workspace by their whole extent, every entry",
           "[gpu][small][gaps][vocab_parallel]") {
   constexpr int K = 2;
@@ -446,60 +455,45 @@ TEST_CASE("records overlapping the workspace by their whole extent, every entry"
   tok.vocab = pr.v - width;
   gc::sequence_rows rows = io.rows(pr);  // vocab_parallel_logps reads no logits
   rows.vocab = tok.vocab;
-  blas24 h;
+  blas_handle h;
   small_linear lin({1, 5, -100, 11, 7, 0});
   const gc::linear_inputs lin_in = lin.in(6, 6, h.h);
   const gc::vocab_slice lin_sl = slice24(6, small_linear::V, 1, K);
 
+  // Each entry's arguments but the slice and records.
+  gc::vocab_stats_args st;
+  st.tokens = tok;
+  gc::vocab_train_args tr;
+  tr.train = io.train(pr, logits.ptr + 30 * 4, pr.ld, nullptr, 0);
+  tr.train.tokens.vocab = tok.vocab;
+  gc::vocab_logps_args lp;
+  lp.tokens = rows;
+  lp.seq_logps = io.seq_logps.get<float>();
+  gc::vocab_linear_stats_args ls;
+  ls.in = lin_in;
+  gc::vocab_linear_train_args lt;
+  lt.train = lin.train(lin_in);
+  const geopref::options plain;
   // Each entry as (workspace, bytes, records) → status.
   struct entry {
     const char* name;
     int64_t extent;
     std::function<status(void*, size_t&, gc::vocab_record*)> call;
   };
+  using rec = gc::vocab_record*;
   const std::vector<entry> entries = {
       {"vocab_parallel_stats", pr.n,
-       [&](void* w, size_t& b, gc::vocab_record* r) {
-         gc::vocab_stats_args a;
-         a.tokens = tok;
-         a.slice = sl;
-         a.records = r;
-         return gc::vocab_parallel_stats(w, b, a, c.opt);
-       }},
+       [&](void* w, size_t& b, rec r) { return gc::vocab_parallel_stats(w, b, sliced(st, sl, r), c.opt); }},
       {"vocab_parallel_train_step", K * pr.n,
-       [&](void* w, size_t& b, gc::vocab_record* r) {
-         gc::vocab_train_args a;
-         a.train = io.train(pr, logits.ptr + 30 * 4, pr.ld, nullptr, 0);
-         a.train.tokens.vocab = tok.vocab;
-         a.slice = sl;
-         a.records = r;
-         return gc::vocab_parallel_train_step(w, b, a, c.opt);
+       [&](void* w, size_t& b, rec r) {
+         return gc::vocab_parallel_train_step(w, b, sliced(tr, sl, r), c.opt);
        }},
       {"vocab_parallel_logps", K * pr.n,
-       [&](void* w, size_t& b, gc::vocab_record* r) {
-         gc::vocab_logps_args a;
-         a.tokens = rows;
-         a.seq_logps = io.seq_logps.get<float>();
-         a.slice = sl;
-         a.records = r;
-         return gc::vocab_parallel_logps(w, b, a, c.opt);
-       }},
+       [&](void* w, size_t& b, rec r) { return gc::vocab_parallel_logps(w, b, sliced(lp, sl, r), c.opt); }},
       {"vocab_linear_stats", small_linear::N,
-       [&](void* w, size_t& b, gc::vocab_record* r) {
-         gc::vocab_linear_stats_args a;
-         a.in = lin_in;
-         a.slice = lin_sl;
-         a.records = r;
-         return gc::vocab_linear_stats(w, b, a, geopref::options{});
-       }},
+       [&](void* w, size_t& b, rec r) { return gc::vocab_linear_stats(w, b, sliced(ls, lin_sl, r), plain); }},
       {"vocab_linear_step", K * small_linear::N,
-       [&](void* w, size_t& b, gc::vocab_record* r) {
-         gc::vocab_linear_train_args a;
-         a.train = lin.train(lin_in);
-         a.slice = lin_sl;
-         a.records = r;
-         return gc::vocab_linear_step(w, b, a, geopref::options{});
-       }},
+       [&](void* w, size_t& b, rec r) { return gc::vocab_linear_step(w, b, sliced(lt, lin_sl, r), plain); }},
   };
   for (const entry& e : entries) {
     INFO(e.name << ", records [" << e.extent << "]");
@@ -561,12 +555,7 @@ void check_linear_queries(const gc::linear_train_args& t, const geopref::options
 TEST_CASE("every linear entry's size query rejects each stride below the hidden size",
           "[gpu][small][gaps][fused_linear]") {
   constexpr int64_t HD = 8;
-  gc::linear_inputs base;
-  base.type = gc::dtype::bfloat16;
-  base.n_rows = 6;
-  base.hidden_size = HD;
-  base.vocab = 37;
-  base.n_seqs = 2;
+  const gc::linear_inputs base = query_inputs(gc::dtype::bfloat16, 6, HD, 37);
   const geopref::options opt;
   enum which { hidden, weight, grad_hidden, grad_weight };
   for (which sw : {hidden, weight, grad_hidden, grad_weight}) {
@@ -598,14 +587,8 @@ TEST_CASE("hidden size 0 with rows is invalid_shape in every linear entry",
   for (int64_t hd : {int64_t{0}, int64_t{1}}) {
     INFO("Hd = " << hd);
     const status want = hd == 0 ? status::invalid_shape : status::success;
-    gc::linear_inputs in;
-    in.type = gc::dtype::float16;
-    in.n_rows = 5;
-    in.hidden_size = hd;
-    in.vocab = 19;
-    in.n_seqs = 2;
     gc::linear_train_args t;
-    t.in = in;
+    t.in = query_inputs(gc::dtype::float16, 5, hd, 19);
     t.n_pairs = 1;
     check_linear_queries(t, opt, want, true);
   }
@@ -630,39 +613,30 @@ TEST_CASE("a slice's rank at or above K is rejected by every vocab-parallel entr
   rows.n_rows = 6;
   rows.vocab = 10;
   rows.n_seqs = 2;
-  gc::linear_inputs in;
-  in.type = gc::dtype::float32;
-  in.n_rows = 6;
-  in.hidden_size = 4;
-  in.vocab = 10;
-  in.n_seqs = 2;
+  const gc::linear_inputs in = query_inputs(gc::dtype::float32, 6, 4, 10);
+  // The five entries' arguments but the slice.
+  gc::vocab_stats_args s;
+  s.tokens = tok;
+  gc::vocab_train_args t;
+  t.train.tokens = tok;
+  t.train.n_pairs = 1;
+  gc::vocab_logps_args l;
+  l.tokens = rows;
+  gc::vocab_linear_stats_args ls;
+  ls.in = in;
+  gc::vocab_linear_train_args lt;
+  lt.train.in = in;
+  lt.train.n_pairs = 1;
   for (int rank : {K - 1, K, K + 3}) {
     INFO("rank " << rank << " of " << K);
     const status want = rank < K ? status::success : status::invalid_vocab_records;
     const gc::vocab_slice sl = slice24(20, 30, rank, K);
     size_t bytes = 0;
-    gc::vocab_stats_args s;
-    s.tokens = tok;
-    s.slice = sl;
-    CHECK(gc::vocab_parallel_stats(nullptr, bytes, s, opt) == want);
-    gc::vocab_train_args t;
-    t.train.tokens = tok;
-    t.train.n_pairs = 1;
-    t.slice = sl;
-    CHECK(gc::vocab_parallel_train_step(nullptr, bytes, t, opt) == want);
-    gc::vocab_logps_args l;
-    l.tokens = rows;
-    l.slice = sl;
-    CHECK(gc::vocab_parallel_logps(nullptr, bytes, l, opt) == want);
-    gc::vocab_linear_stats_args ls;
-    ls.in = in;
-    ls.slice = sl;
-    CHECK(gc::vocab_linear_stats(nullptr, bytes, ls, opt) == want);
-    gc::vocab_linear_train_args lt;
-    lt.train.in = in;
-    lt.train.n_pairs = 1;
-    lt.slice = sl;
-    CHECK(gc::vocab_linear_step(nullptr, bytes, lt, opt) == want);
+    CHECK(gc::vocab_parallel_stats(nullptr, bytes, sliced(s, sl), opt) == want);
+    CHECK(gc::vocab_parallel_train_step(nullptr, bytes, sliced(t, sl), opt) == want);
+    CHECK(gc::vocab_parallel_logps(nullptr, bytes, sliced(l, sl), opt) == want);
+    CHECK(gc::vocab_linear_stats(nullptr, bytes, sliced(ls, sl), opt) == want);
+    CHECK(gc::vocab_linear_step(nullptr, bytes, sliced(lt, sl), opt) == want);
   }
 }
 
@@ -714,7 +688,7 @@ TEST_CASE("a label owned by no slice, through vocab_parallel_logps and vocab_lin
       CHECK(dev == (gap ? status::invalid_vocab_records : status::success));
     }
     {  // the linear path
-      blas24 h;
+      blas_handle h;
       small_linear lin({1, 6, -100, 3, 0, 11});  // label 6: in the gap [5, 7)
       const int64_t begin[2] = {0, gap ? 7 : 5}, end[2] = {5, 12};
       dmem records(static_cast<size_t>(2 * small_linear::N) * sizeof(gc::vocab_record));

@@ -58,9 +58,7 @@ std::string describe(const lt_config& c) {
     << " chunk=" << c.chunk_rows << " bias=" << c.bias << " acc=" << c.accumulate
     << " gw32=" << c.gw_float32 << " pad=" << c.pad << " ignore=" << c.ignore
     << " l32=" << c.labels32 << " e_t=" << c.entropy_upstream << " seed=" << c.seed;
-  if (!geopref::is_identity(c.tr))
-    o << " logit_scale=" << c.tr.scale << " softcap=" << c.tr.softcap
-      << " temperature=" << c.tr.temperature;
+  describe_transform(o, c.tr);
   return o.str();
 }
 
@@ -137,9 +135,9 @@ gc::linear_token_rows rows_of(const lt_problem& p, const lt_device& d, cublasHan
   return r;
 }
 
-struct lt_result {
-  std::vector<double> token_logps, lse, entropy, gh, gw, gb;
-  std::vector<uint8_t> tlp_bits, gh_bits, gw_bits, gb_bits;
+struct lt_result : linear_grads {
+  std::vector<double> token_logps, lse, entropy;
+  std::vector<uint8_t> tlp_bits;
 };
 
 /// The fused path: forward, then the backward with the forward's lse. With
@@ -182,15 +180,7 @@ lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
   r.token_logps = to_d(download<float>(tlp.get(), n));
   r.lse = to_d(download<float>(lse.get(), n));
   r.entropy = to_d(download<float>(ent.get(), n));
-  r.gh_bits = download<uint8_t>(gh.get(), gh.bytes());
-  r.gw_bits = download<uint8_t>(gw.get(), gw.bytes());
-  r.gh = read_matrix(c.dtype, r.gh_bits, c.rows, c.hidden, p.ldh);
-  r.gw = read_matrix(c.gw_float32 ? gc::dtype::float32 : c.dtype, r.gw_bits, c.vocab, c.hidden,
-                     p.ldh);
-  if (c.bias) {
-    r.gb_bits = download<uint8_t>(gb.get(), gb.bytes());
-    r.gb = to_d(download<float>(gb.get(), static_cast<size_t>(c.vocab)));
-  }
+  r.read(gh, gw, gb, c.dtype, c.gw_float32, c.bias, c.rows, c.vocab, c.hidden, p.ldh);
   if (c.accumulate) {
     for (auto& x : r.gw) x -= prior;
     for (auto& x : r.gb) x -= prior;
@@ -204,20 +194,14 @@ lt_result run_fused(const lt_problem& p, cublasHandle_t h) {
 lt_result run_unfused(const lt_problem& p, cublasHandle_t h) {
   const lt_config& c = p.c;
   lt_device d(p);
-  const int64_t N = c.rows, V = c.vocab;
-  const unfused_linear lin{h, c.dtype, d.H, d.W, p.ldh, N, V, c.hidden};
-  dmem Z = lin.logits(c.bias ? p.bb : std::vector<uint8_t>{});
+  const unfused_linear lin{h, c.dtype, d.H, d.W, p.ldh, c.rows, c.vocab, c.hidden};
   gc::token_rows rows;
-  rows.logits = Z.get();
-  rows.logits_dtype = c.dtype;
-  rows.n_rows = N;
-  rows.vocab = V;
-  rows.ld = V;
+  dmem Z = lin.logits(c.bias ? p.bb : std::vector<uint8_t>{}, rows);
   rows.logit_transform = c.tr;
   rows.labels = d.labels.get();
   rows.label_type = c.labels32 ? gc::index_type::int32 : gc::index_type::int64;
   rows.ignore_index = c.ignore;
-  const size_t n = static_cast<size_t>(N);
+  const size_t n = static_cast<size_t>(c.rows);
   dmem tlp(n * 4), lse(n * 4), ent(n * 4);
   gc::token_logps_args fa;
   fa.rows = rows;
@@ -260,36 +244,28 @@ geopref::support::linear_token_ref_result run_ref(const lt_problem& p) {
   return r;
 }
 
-struct lt_bounds {
-  std::vector<double> lse, logp, entropy, gh, gw, gb;
+struct lt_bounds : linear_bounds {
+  using linear_bounds::linear_bounds;
+  std::vector<double> entropy;
 };
 
 lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_ref_result& ref) {
   const lt_config& c = p.c;
   const double u = U32, uT = unit_roundoff(c.dtype);
-  const double u_gw = c.gw_float32 ? 0.0 : uT;
   const int64_t N = c.rows, V = c.vocab, Hd = c.hidden;
-  lt_bounds b;
   // The logit transform (c.tr), as test_fused_linear.cu's bounds_of: e_z
   // becomes e'_z = max_v (s/T)·e_z + transform_error_at(z_v).value in lse,
   // ℓ and the entropy (whose sensitivities are to z'); G's factor ∂z'/∂z
   // adds transform_error_at's slope error and its change over [z ± e_z],
-  // < 0.77 (s/T)(s/c)·e_z. The identity leaves every bound as it was.
+  // < 0.77 (s/T)(s/c)·e_z (row_logit_errors::slope, ::slope_error). The
+  // identity leaves every bound as it was.
   const geopref::logit_transform& tr = c.tr;
   const bool ident = geopref::is_identity(tr);
-  const double s_T = tr.scale / tr.temperature;
-  const double curv = tr.softcap > 0 ? 0.77 * s_T * tr.scale / tr.softcap : 0.0;
-  case_config tc;
-  tc.dtype = c.dtype;
-  tc.logit_transform = tr;
-  const row_logit_errors errs(c.dtype, tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr, N,
-                              V, Hd);
-  const std::vector<double>& ez = errs.ez;
+  lt_bounds b(p, N, ref.logits, ref.lse, ref.token_logps);  // lse_t, ℓ_t
+  const row_logit_errors& errs = b.errs;
   const std::vector<double>& ezp = errs.ezp;
   for (int64_t t = 0; t < N; ++t) {
-    const double l = ref.lse[t], lp = ref.token_logps[t], hh = ref.entropy[t];
-    b.lse.push_back(ezp[t] + eps_sum(V) + 4 * u * std::fabs(l));
-    b.logp.push_back(2 * ezp[t] + eps_sum(V) + 4 * u * (std::fabs(lp) + std::fabs(l)));
+    const double l = ref.lse[t], hh = ref.entropy[t];
     double second = 0, sens = 0;
     for (int64_t v = 0; v < V; ++v) {
       const double dd = l - geopref::apply(tr, ref.logits[t * V + v]);
@@ -312,10 +288,8 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
       eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 + (uT + 3 * u) * G;
       if (!ident) {
         const double one_minus = std::fabs((v == p.labels[t] ? 1.0 : 0.0) - pr);
-        eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 *
-                            (std::fabs(geopref::slope(tr, z)) + curv * ez[t]) +
-                        cg * one_minus * (transform_error_at(tc, z).slope + curv * ez[t]) +
-                        (uT + 3 * u) * G;
+        eG[t * V + v] = cg * pr * (ezp[t] + b.lse[t]) * 1.01 * errs.slope(t, z) +
+                        cg * one_minus * errs.slope_error(t, z) + (uT + 3 * u) * G;
       }
       if (!c.entropy_upstream || pr == 0.0) continue;
       // The entropy's term of G (with respect to z'): −e_t p_v (ln p_v + H_t).
@@ -335,54 +309,13 @@ lt_bounds bounds_of(const lt_problem& p, const geopref::support::linear_token_re
                            (b.entropy[t] + 2 * u * (std::fabs(zp) + std::fabs(ref.lse[t])) +
                             4 * u * (std::fabs(lnp) + ref.entropy[t] + 1));
       eG[t * V + v] += ident ? shift + arith
-                             : (shift + arith) * (std::fabs(geopref::slope(tr, z)) + curv * ez[t]) +
-                                   ce * term * (transform_error_at(tc, z).slope + curv * ez[t]);
+                             : (shift + arith) * errs.slope(t, z) +
+                                   ce * term * errs.slope_error(t, z);
     }
   }
   const int64_t chunks = (N + c.chunk_rows - 1) / c.chunk_rows;
-  for (int64_t t = 0; t < N; ++t)
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0, a = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        e += eG[t * V + v] * std::fabs(p.W[v * Hd + k]);
-        a += std::fabs(ref.grad_logits[t * V + v] * p.W[v * Hd + k]);
-      }
-      b.gh.push_back(e + static_cast<double>(V + 2) * u * a + uT * std::fabs(ref.grad_hidden[t * Hd + k]));
-    }
-  for (int64_t v = 0; v < V; ++v) {
-    for (int64_t k = 0; k < Hd; ++k) {
-      double e = 0, a = 0;
-      for (int64_t t = 0; t < N; ++t) {
-        e += eG[t * V + v] * std::fabs(p.H[t * Hd + k]);
-        a += std::fabs(ref.grad_logits[t * V + v] * p.H[t * Hd + k]);
-      }
-      // accumulate: the prior 0.25 joins each rounding (u_gw · 0.25 per chunk).
-      b.gw.push_back(e + static_cast<double>(N + 2) * u * a +
-                     static_cast<double>(chunks + 1) * std::max(u_gw, 2 * u) * (a + 0.25));
-    }
-    double e = 0, a = 0;
-    for (int64_t t = 0; t < N; ++t) {
-      e += eG[t * V + v];
-      a += std::fabs(ref.grad_logits[t * V + v]);
-    }
-    b.gb.push_back(e + static_cast<double>(N + 3) * u * (a + 0.25));
-  }
+  b.products(eG, ref.grad_logits, ref.grad_hidden, p.H, p.W, N, V, Hd, chunks, uT, c.gw_float32);
   return b;
-}
-
-void check_all(const char* what, const std::vector<double>& got, const std::vector<double>& want,
-               const std::vector<double>& bound, double factor) {
-  REQUIRE(got.size() == want.size());
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(got[i] - want[i]);
-    if (!(err <= factor * bound[i]) && bad++ < 5) {
-      INFO(what << "[" << i << "]: got " << got[i] << " want " << want[i] << " err " << err
-                << " bound " << factor * bound[i]);
-      CHECK(false);
-    }
-  }
-  CHECK(bad == 0);
 }
 
 void compare(const lt_problem& p, const lt_result& g, const std::vector<double>& lse,
@@ -392,9 +325,7 @@ void compare(const lt_problem& p, const lt_result& g, const std::vector<double>&
   check_all("lse", g.lse, lse, b.lse, factor);
   check_all("token_logps", g.token_logps, logp, b.logp, factor);
   check_all("entropy", g.entropy, ent, b.entropy, factor);
-  check_all("grad_hidden", g.gh, gh, b.gh, factor);
-  check_all("grad_weight", g.gw, gw, b.gw, factor);
-  if (p.c.bias) check_all("grad_bias", g.gb, gb, b.gb, factor);
+  b.check_grads(g, gh, gw, gb, p.c.bias, factor);
 }
 
 void check_lt_case(const lt_config& c) {
@@ -428,9 +359,7 @@ void check_lt_case(const lt_config& c) {
     INFO("bitwise repeatable");
     const lt_result g2 = run_fused(p, h.h);
     CHECK(g2.tlp_bits == g.tlp_bits);
-    CHECK(g2.gh_bits == g.gh_bits);
-    CHECK(g2.gw_bits == g.gw_bits);
-    CHECK(g2.gb_bits == g.gb_bits);
+    g2.check_same_bits(g);
   }
 }
 
@@ -438,10 +367,7 @@ void check_lt_case(const lt_config& c) {
 
 TEST_CASE("linear_token_logps(_grad) equal the reference and the unfused path: awkward shapes",
           "[linear_token][small]") {
-  for (gc::dtype d : {gc::dtype::float32, gc::dtype::float16, gc::dtype::bfloat16}) {
-    lt_config c;
-    c.dtype = d;
-    c.seed = 3;
+  for_each_dtype<lt_config>(3, [](const lt_config& c) {
     check_lt_case(c);  // V = 37, N = 9 in chunks of 4 (a short last chunk)
     lt_config one = c;
     one.chunk_rows = 1;  // a budget of one row
@@ -456,7 +382,7 @@ TEST_CASE("linear_token_logps(_grad) equal the reference and the unfused path: a
     narrow.bias = false;
     narrow.seed = 5;
     check_lt_case(narrow);
-  }
+  });
   lt_config v1;
   v1.vocab = 1;  // ℓ_t = 0: every gradient 0
   v1.hidden = 3;
@@ -655,20 +581,13 @@ TEST_CASE("linear_token_logps(_grad): bad input is a status, device problems in 
 // tail, a one-row budget, the entropy and its tail, ignore_index rows.
 TEST_CASE("linear_token_logps(_grad) with a logit transform equal the reference",
           "[linear_token][small][transform]") {
-  const geopref::logit_transform maps[] = {{0.6, 0.0, 0.8}, {1.7, 2.5, 1.3}};
-  uint64_t seed = 24300;
-  for (gc::dtype d : {gc::dtype::float32, gc::dtype::bfloat16})
-    for (const auto& tr : maps) {
-      lt_config c;
-      c.dtype = d;
-      c.tr = tr;
-      c.seed = ++seed;
-      check_lt_case(c);
-      c.chunk_rows = 1;
-      c.gw_float32 = false;
-      c.seed = ++seed;
-      check_lt_case(c);
-    }
+  for_each_linear_transform<lt_config>(24300, [](lt_config c, uint64_t& seed) {
+    check_lt_case(c);
+    c.chunk_rows = 1;
+    c.gw_float32 = false;
+    c.seed = ++seed;
+    check_lt_case(c);
+  });
 }
 
 TEST_CASE("linear_token_logps(_grad): an invalid logit transform is refused by the size query",
@@ -704,19 +623,18 @@ void check_linear_stats(const lt_config& c) {
   blas_handle h;
   lt_device d(p);
   const size_t n = static_cast<size_t>(c.rows);
-  dmem tlp(n * 4), lse(n * 4), lssp(n * 4), mean(n * 4), top1(n + 16);
-  for (const dmem* m : {&tlp, &lse, &lssp, &mean, &top1}) poison(*m);
+  dmem tlp(n * 4), lse(n * 4);
+  for (const dmem* m : {&tlp, &lse}) poison(*m);
+  const token_stats_outputs stats(c.rows);
   gc::linear_token_logps_args fa;
   fa.rows = rows_of(p, d, h.h);
   fa.token_logps = tlp.get<float>();
   fa.lse = lse.get<float>();
-  fa.log_sum_sq_probs = lssp.get<float>();
-  fa.mean_logits = mean.get<float>();
-  fa.is_top1 = top1.get<uint8_t>();
+  stats.attach(fa);
   GEOPREF_RUN_EXACT(gc::linear_token_logps, fa);
-  const std::vector<float> g_lssp = download<float>(lssp.get(), c.rows),
-                           g_mean = download<float>(mean.get(), c.rows);
-  const std::vector<uint8_t> g_top1 = download<uint8_t>(top1.get(), c.rows);
+  std::vector<float> g_lssp, g_mean;
+  std::vector<uint8_t> g_top1;
+  stats.read(g_lssp, g_mean, g_top1);
   const geopref::support::linear_token_ref_result ref = run_ref(p);
   const int64_t V = c.vocab;
   const row_logit_errors errs(c.dtype, c.tr, ref.logits, p.H, p.W, c.bias ? p.b.data() : nullptr,

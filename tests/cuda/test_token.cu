@@ -112,12 +112,7 @@ token_gpu_result run_token_gpu(const token_case& tc, const token_problem& tp) {
   if (tc.entropy) r.entropy = download<float>(ent.get(), pr.n);
 
   if (!c.grad) return r;
-  gc::token_grad_args ba;
-  ba.rows = fa.rows;
-  ba.lse = lse.get<float>();
-  ba.grad_token_logps = g.get<float>();
-  ba.grad_logits = grad.ptr;
-  ba.grad_ld = grad.api_ld;
+  gc::token_grad_args ba = grad_args_after(fa, g, grad.ptr, grad.api_ld);
   ba.grad_float32 = c.grad_fp32;
   r.bwd = run_poisoned([&](void* w, size_t& b) { return gc::token_logps_grad(w, b, ba); },
                        &r.bwd_device);
@@ -188,44 +183,18 @@ void compare_token(const token_case& tc, const token_problem& tp, const token_gp
   if (!c.grad) return;
   REQUIRE(g.bwd == status::success);
   CHECK(g.bwd_device == status::success);
-  const gc::dtype out_dt = c.grad_fp32 ? gc::dtype::float32 : c.dtype;
-  const int out_es = dtype_bytes(out_dt);
-  const double u_out = out_roundoff(c);
-  const double floor = out_dt == gc::dtype::float16 ? 0x1p-25 : 1e-40;
-  checker ck_grad("grad_logits"), ck_zero("grad_logits of unscored rows"),
-      ck_pad("columns [V, grad_ld) untouched");
-  for (int64_t t = 0; t < pr.n; ++t) {
-    const uint8_t* row = g.grad.data() + t * g.grad_ld * out_es;
-    const bool nan_row = scored(t) && std::isnan(ref.lse[t]);
-    for (int64_t v = 0; v < pr.v; ++v) {
-      const double got = decode(out_dt, row + v * out_es);
-      const double want = ref.grad_logits[static_cast<size_t>(t * pr.v + v)];
-      if (!scored(t)) {
-        ck_zero(t * pr.v + v, got, 0.0, 0.0);
-        continue;
-      }
-      if (nan_row) {  // NaN everywhere, unless g_t = 0 times ... still NaN (0·NaN)
-        ck_grad(t * pr.v + v, std::isnan(got) == std::isnan(want) ? 0.0 : 1.0, 0.0, 0.0);
-        continue;
-      }
-      const double gt = tp.g_d[static_cast<size_t>(t)];
-      const double z = pr.z[static_cast<size_t>(t * pr.ld + v)];
-      const double d = geopref::apply(c.logit_transform, z) - ref.lse[t];
-      const double p = std::exp(d);
-      const double ind = v == pr.labels[t] ? 1.0 : 0.0;
-      const transform_error te = transform_error_at(c, z);
-      const double eps_p = tol_lse[t] + te.value + (2 * std::fabs(d) + 6) * U32;
-      const double tol = (p > 0 ? std::fabs(gt) * p * eps_p : 0.0) *
-                             std::fabs(geopref::slope(c.logit_transform, z)) +
-                         std::fabs(gt) * std::fabs(ind - p) * te.slope +
-                         (3 * U32 + u_out) * std::fabs(want) + floor;
-      ck_grad(t * pr.v + v, got, want, tol);
-    }
-    check_grad_padding(ck_pad, pr, t, row, g.grad_ld, out_es, c.in_place);
-  }
-  ck_grad.report();
-  ck_zero.report();
-  ck_pad.report();
+  // The element is g_t·(𝟙 − p)·∂z'/∂z with the caller's exact g_t.
+  check_logit_grad(pr, g, ref.grad_logits, scored,
+                   [&](int64_t t, int64_t v, double got, double want, checker& ck) {
+                     if (std::isnan(ref.lse[t])) {  // NaN everywhere (0·NaN too)
+                       ck(t * pr.v + v, std::isnan(got) == std::isnan(want) ? 0.0 : 1.0, 0.0, 0.0);
+                       return;
+                     }
+                     const double z = pr.z[static_cast<size_t>(t * pr.ld + v)];
+                     ck(t * pr.v + v, got, want,
+                        logit_grad_tol(c, z, ref.lse[t], tol_lse[t], v == pr.labels[t],
+                                       tp.g_d[static_cast<size_t>(t)], 0.0, want));
+                   });
 }
 
 /// Reference check of the first run, then a second run bit for bit.

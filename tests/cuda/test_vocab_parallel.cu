@@ -165,6 +165,20 @@ void make_vp_problem(const case_config& c, problem& pr) {
   set_reference(pr);
 }
 
+/// make_vp_problem(c), then check_vocab_case over `bounds`.
+void check_vp_case(const case_config& c, const std::vector<int64_t>& bounds) {
+  problem pr;
+  make_vp_problem(c, pr);
+  check_vocab_case(pr, bounds);
+}
+
+/// check_vp_case over k even slices.
+void check_vp_case(const case_config& c, int k) {
+  problem pr;
+  make_vp_problem(c, pr);
+  check_vocab_case(pr, even_bounds(pr.v, k));
+}
+
 }  // namespace
 
 namespace {
@@ -173,9 +187,7 @@ void check_ranks_dtype(gc::dtype dt, int k, uint64_t seed) {
   case_config c = vp_case(dt, seed);
   c.in_place = dt == gc::dtype::bfloat16 && k == 3;
   c.grad_fp32 = dt == gc::dtype::float16 && k == 2;
-  problem pr;
-  make_vp_problem(c, pr);
-  check_vocab_case(pr, even_bounds(pr.v, k));
+  check_vp_case(c, k);
 }
 
 }  // namespace
@@ -200,13 +212,9 @@ TEST_CASE("vocab-parallel: uneven slices, a width-1 slice, the label in the last
           "[gpu][small][vocab_parallel]") {
   case_config c = vp_case(gc::dtype::float32, 9201);
   c.token_weights = true;
-  problem pr;
-  make_vp_problem(c, pr);
-  check_vocab_case(pr, {0, 1, 2, 19, 40, 60, 61});  // widths 1, 1, 17, 21, 20, 1
+  check_vp_case(c, {0, 1, 2, 19, 40, 60, 61});  // widths 1, 1, 17, 21, 20, 1
   case_config b = vp_case(gc::dtype::bfloat16, 9202);
-  problem pb;
-  make_vp_problem(b, pb);
-  check_vocab_case(pb, {0, 45, 61});
+  check_vp_case(b, {0, 45, 61});
 }
 
 TEST_CASE("vocab-parallel: every loss type", "[gpu][matrix][vocab_parallel]") {
@@ -224,9 +232,7 @@ TEST_CASE("vocab-parallel: every loss type", "[gpu][matrix][vocab_parallel]") {
     if (t == loss_type::ropo || t == loss_type::gropo) c.opt.loss.alpha = 0.5, c.opt.loss.gamma = 0.3;
     c.opt.loss.bco_delta = 0.05;
     c.ref = !geopref::all_terms_reference_free(c.opt.loss);
-    problem pr;
-    make_vp_problem(c, pr);
-    check_vocab_case(pr, even_bounds(pr.v, 3));
+    check_vp_case(c, 3);
   }
 }
 
@@ -234,9 +240,7 @@ TEST_CASE("vocab-parallel: a caller's loss, a combination with sft and token wei
           "[gpu][small][vocab_parallel]") {
   case_config u = vp_case(gc::dtype::float16, 9350);
   u.user_loss_beta = 0.3;
-  problem pu;
-  make_vp_problem(u, pu);
-  check_vocab_case(pu, even_bounds(pu.v, 3));
+  check_vp_case(u, 3);
   case_config c = vp_case(gc::dtype::bfloat16, 9351);
   c.opt.loss.n_terms = 2;
   c.opt.loss.terms[0] = loss_type::dpo;
@@ -244,9 +248,7 @@ TEST_CASE("vocab-parallel: a caller's loss, a combination with sft and token wei
   c.opt.loss.terms[1] = loss_type::sft;
   c.opt.loss.term_weights[1] = 0.5;
   c.token_weights = true;
-  problem pr;
-  make_vp_problem(c, pr);
-  check_vocab_case(pr, even_bounds(pr.v, 2));
+  check_vp_case(c, 2);
 }
 
 TEST_CASE("vocab-parallel: a real vocabulary across 8 ranks", "[gpu][vocab][vocab_parallel]") {
@@ -255,9 +257,7 @@ TEST_CASE("vocab-parallel: a real vocabulary across 8 ranks", "[gpu][vocab][voca
   c.seq_lens = {3, 4, 2, 3};
   c.extra_rows = 0;
   c.masked_seqs = {};
-  problem pr;
-  make_vp_problem(c, pr);
-  check_vocab_case(pr, even_bounds(pr.v, 8));
+  check_vp_case(c, 8);
 }
 
 TEST_CASE("vocab-parallel: the forward-only combine equals the step's", "[gpu][small][vocab_parallel]") {
@@ -370,9 +370,7 @@ TEST_CASE("data-parallel options on the GPU path: the global NLL normaliser, met
     c.opt.nll_tokens = 41.0;   // scored chosen tokens of every rank's live pairs
     c.opt.nll_weight = 5.5;    // their pairs' weights
     check_case(c);
-    problem pr;
-    make_vp_problem(c, pr);
-    check_vocab_case(pr, even_bounds(pr.v, 3));
+    check_vp_case(c, 3);
   }
   // The metrics as sums: the means times P, and P.
   case_config c = vp_case(gc::dtype::float32, ++seed);
@@ -392,13 +390,11 @@ TEST_CASE("data-parallel options on the GPU path: the global NLL normaliser, met
   CHECK(s.pairs == static_cast<double>(pr.p));
   const geopref::metrics m = geopref::metrics_from_sums(s);
   auto near = [](double a, double b) { return std::fabs(a - b) <= 4e-16 * (std::fabs(b) + 1e-300); };
-  CHECK(near(m.rewards_chosen, r.stats.rewards_chosen));
-  CHECK(near(m.rewards_rejected, r.stats.rewards_rejected));
-  CHECK(near(m.rewards_accuracies, r.stats.rewards_accuracies));
-  CHECK(near(m.rewards_margins, r.stats.rewards_margins));
-  CHECK(near(m.logps_chosen, r.stats.logps_chosen));
-  CHECK(near(m.logps_rejected, r.stats.logps_rejected));
-  CHECK(near(m.calibration_error, r.stats.calibration_error));
+  using M = geopref::metrics;
+  for (double M::*f : {&M::rewards_chosen, &M::rewards_rejected, &M::rewards_accuracies,
+                       &M::rewards_margins, &M::logps_chosen, &M::logps_rejected,
+                       &M::calibration_error})
+    CHECK(near(m.*f, r.stats.*f));
 }
 
 // A logit transform over K ranks (issue 24's mutation pass: the slice's
@@ -414,14 +410,10 @@ TEST_CASE("vocab-parallel with a logit transform equals the reference",
   for (const auto& tr : maps) {
     case_config c = vp_case(gc::dtype::float32, ++seed);
     c.logit_transform = tr;
-    problem pr;
-    make_vp_problem(c, pr);
-    check_vocab_case(pr, {0, 30, 60, 61});
+    check_vp_case(c, {0, 30, 60, 61});
     case_config b = vp_case(gc::dtype::bfloat16, ++seed);
     b.logit_transform = tr;
     b.grad_fp32 = true;
-    problem pb;
-    make_vp_problem(b, pb);
-    check_vocab_case(pb, even_bounds(pb.v, 2));
+    check_vp_case(b, 2);
   }
 }
