@@ -610,27 +610,30 @@ inline bool parse_loss_type(const char* name, loss_type* out) noexcept {
   return false;
 }
 
-/// True for the losses whose log-probs are length-normalised whatever the
-/// options say (simpo, orpo).
-GEOPREF_HD_INLINE bool forces_average_logps(loss_type t) {
+/// The registry's boolean columns.
+enum class loss_flag : int { average_logps, reference_free };
+
+/// Column F of the registry's row of t (false for an unknown type).
+template <loss_flag F>
+GEOPREF_HD_INLINE bool registry_flag(loss_type t) {
   switch (t) {
 #define GEOPREF_X(name, kind, avg, free) \
-  case loss_type::name: return avg;
+  case loss_type::name: return F == loss_flag::average_logps ? (avg) : (free);
     GEOPREF_LOSS_REGISTRY(GEOPREF_X)
 #undef GEOPREF_X
   }
   return false;
 }
 
+/// True for the losses whose log-probs are length-normalised whatever the
+/// options say (simpo, orpo).
+GEOPREF_HD_INLINE bool forces_average_logps(loss_type t) {
+  return registry_flag<loss_flag::average_logps>(t);
+}
+
 /// True for the losses defined without a reference model (simpo, orpo, sft).
 GEOPREF_HD_INLINE bool is_reference_free(loss_type t) {
-  switch (t) {
-#define GEOPREF_X(name, kind, avg, free) \
-  case loss_type::name: return free;
-    GEOPREF_LOSS_REGISTRY(GEOPREF_X)
-#undef GEOPREF_X
-  }
-  return false;
+  return registry_flag<loss_flag::reference_free>(t);
 }
 
 /// True for the geometric-averaged variants.

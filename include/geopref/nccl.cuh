@@ -80,6 +80,23 @@ inline status poison_slot(cuda::vocab_record* slot, int64_t n_rows, cudaStream_t
   return cudaMemsetAsync(slot, 0xff, bytes, stream) == cudaSuccess ? status::success : status::cuda_error;
 }
 
+/// The stats call's arguments of a rank: its scored block (no token
+/// weights); exchange_step sets the slice and the records.
+inline cuda::vocab_stats_args stats_of(const train_args& a) noexcept {
+  cuda::vocab_stats_args s;
+  s.tokens = a.train.tokens;  // the scored_logits block
+  return s;
+}
+inline cuda::vocab_linear_stats_args stats_of(const linear_train_args& a) noexcept {
+  cuda::vocab_linear_stats_args s;
+  s.in = a.train.in;  // the scored_linear block
+  return s;
+}
+
+/// A cuda:: vocab-parallel call (stats or step) over Args, with the stream.
+template <class Args>
+using vocab_call = status (*)(void*, size_t&, const Args&, const options&, cudaStream_t) noexcept;
+
 /// stats → all-gather → step, shared by both entries. Every rank must reach
 /// the all-gather, or the others wait in it for ever: a failure this rank
 /// finds before the exchange (its slice against the communicator, its
@@ -90,11 +107,21 @@ inline status poison_slot(cuda::vocab_record* slot, int64_t n_rows, cudaStream_t
 /// cannot take part at all (no communicator, a negative N, no gather buffer)
 /// returns at once; that is a programming error the caller's group shares.
 /// Failures after the exchange need no care: no collective follows.
-template <class StatsArgs, class StepArgs, class Stats, class Step>
-status exchange_step(void* workspace, size_t& workspace_bytes, StatsArgs stats, StepArgs step,
-                     const cuda::vocab_slice& slice, int64_t n, cuda::vocab_record* records,
-                     const options& opt, ncclComm_t comm, cudaStream_t stream, ncclResult_t* nccl_result,
-                     Stats run_stats, Step run_step) noexcept {
+///
+/// `args` is train_args or linear_train_args, `stats` the stats call's
+/// block of its rows, N rows; the step gets the whole train block. Both
+/// calls are over args.slice.
+template <class StepArgs, class Args, class StatsArgs>
+status exchange_step(void* workspace, size_t& workspace_bytes, const Args& args, StatsArgs stats,
+                     int64_t n, const options& opt, ncclComm_t comm, cudaStream_t stream,
+                     ncclResult_t* nccl_result, vocab_call<StatsArgs> run_stats,
+                     vocab_call<StepArgs> run_step) noexcept {
+  const cuda::vocab_slice& slice = args.slice;
+  cuda::vocab_record* const records = args.records;
+  stats.slice = slice;
+  StepArgs step;
+  step.train = args.train;
+  step.slice = slice;
   int rank = -1, count = -1;
   if (ncclCommUserRank(comm, &rank) != ncclSuccess || ncclCommCount(comm, &count) != ncclSuccess)
     return status::cuda_error;
@@ -136,21 +163,9 @@ status exchange_step(void* workspace, size_t& workspace_bytes, StatsArgs stats, 
 inline status train_step(void* workspace, size_t& workspace_bytes, const train_args& args,
                          const options& opt, ncclComm_t comm, cudaStream_t stream = nullptr,
                          ncclResult_t* nccl_result = nullptr) noexcept {
-  cuda::vocab_stats_args stats;
-  stats.tokens = args.train.tokens;  // the scored_logits block: no token weights
-  stats.slice = args.slice;
-  cuda::vocab_train_args step;
-  step.train = args.train;
-  step.slice = args.slice;
-  return detail::exchange_step(
-      workspace, workspace_bytes, stats, step, args.slice, args.train.tokens.n_rows, args.records,
-      opt, comm, stream, nccl_result,
-      [](void* w, size_t& b, const cuda::vocab_stats_args& a, const options& o, cudaStream_t st) {
-        return cuda::vocab_parallel_stats(w, b, a, o, st);
-      },
-      [](void* w, size_t& b, const cuda::vocab_train_args& a, const options& o, cudaStream_t st) {
-        return cuda::vocab_parallel_train_step(w, b, a, o, st);
-      });
+  return detail::exchange_step<cuda::vocab_train_args>(
+      workspace, workspace_bytes, args, detail::stats_of(args), args.train.tokens.n_rows, opt,
+      comm, stream, nccl_result, cuda::vocab_parallel_stats, cuda::vocab_parallel_train_step);
 }
 
 /// The whole vocab-parallel fused-linear step of this rank, as train_step.
@@ -159,21 +174,9 @@ inline status linear_train_step(void* workspace, size_t& workspace_bytes,
                                 const linear_train_args& args, const options& opt,
                                 ncclComm_t comm, cudaStream_t stream = nullptr,
                                 ncclResult_t* nccl_result = nullptr) noexcept {
-  cuda::vocab_linear_stats_args stats;
-  stats.in = args.train.in;  // the scored_linear block: no token weights
-  stats.slice = args.slice;
-  cuda::vocab_linear_train_args step;
-  step.train = args.train;
-  step.slice = args.slice;
-  return detail::exchange_step(
-      workspace, workspace_bytes, stats, step, args.slice, args.train.in.n_rows, args.records, opt,
-      comm, stream, nccl_result,
-      [](void* w, size_t& b, const cuda::vocab_linear_stats_args& a, const options& o, cudaStream_t st) {
-        return cuda::vocab_linear_stats(w, b, a, o, st);
-      },
-      [](void* w, size_t& b, const cuda::vocab_linear_train_args& a, const options& o, cudaStream_t st) {
-        return cuda::vocab_linear_step(w, b, a, o, st);
-      });
+  return detail::exchange_step<cuda::vocab_linear_train_args>(
+      workspace, workspace_bytes, args, detail::stats_of(args), args.train.in.n_rows, opt, comm,
+      stream, nccl_result, cuda::vocab_linear_stats, cuda::vocab_linear_step);
 }
 
 }  // namespace geopref::nccl

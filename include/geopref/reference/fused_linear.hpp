@@ -130,6 +130,28 @@ inline void write_hidden_grad(const linear_mat& gh, int64_t ldgh, double* grad_h
     for (int64_t k = 0; k < gh.cols(); ++k) grad_hidden[t * ldgh + k] = gh(t, k);
 }
 
+/// `run(x, o)` (compute() or a variant) on the logits inputs x [N, V] into
+/// out.base, with the logits gradient, when backward, into G [N, V] (resized)
+/// instead of the caller's grad_logits, which is left as it is.
+template <class X, class Run>
+status run_on_logits(const X& x, linear_outputs& out, bool backward, linear_mat& G,
+                     const Run& run) {
+  outputs o = out.base;
+  if (backward) {
+    G.resize(x.n_rows, x.vocab);
+    o.grad_logits = G.data();
+    o.grad_ld = x.vocab;
+  } else {
+    o.grad_logits = nullptr;
+  }
+  const status s = run(x, o);
+  if (s != status::success) return s;
+  o.grad_logits = out.base.grad_logits;  // the caller's, untouched
+  o.grad_ld = out.base.grad_ld;
+  out.base = o;
+  return status::success;
+}
+
 /// fused_linear with `run(x, o)` in place of compute(x, opt, o).
 template <class Elem, class Label, class Offset, class Run>
 status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_outputs& out,
@@ -143,24 +165,11 @@ status fused_linear_via(const linear_inputs<Elem, Label, Offset>& in, linear_out
   const mat H = widen_rows(in.hidden, N, Hd, ldh);
   const mat W = widen_rows(in.weight, V, Hd, ldw);
   mat Z = project(H, W, in.bias);
-  inputs<double, Label, Offset> x = logits_inputs(in, Z);
   const bool backward =
       out.grad_hidden != nullptr || out.grad_weight != nullptr || out.grad_bias != nullptr;
   mat G;
-  outputs o = out.base;
-  if (backward) {
-    G.resize(N, V);
-    o.grad_logits = G.data();
-    o.grad_ld = V;
-  } else {
-    o.grad_logits = nullptr;
-  }
-  const status s = run(x, o);
-  if (s != status::success) return s;
-  o.grad_logits = out.base.grad_logits;  // the caller's, untouched
-  o.grad_ld = out.base.grad_ld;
-  out.base = o;
-  if (!backward) return status::success;
+  const status s = run_on_logits(logits_inputs(in, Z), out, backward, G, run);
+  if (s != status::success || !backward) return s;
 
   if (out.grad_hidden != nullptr) write_hidden_grad(G * W, ldgh, out.grad_hidden);
   write_weight_grads(G, H, 0, ldgw, out);

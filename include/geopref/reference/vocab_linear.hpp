@@ -55,25 +55,16 @@ status fused_linear_vocab_parallel(const linear_inputs<Elem, Label, Offset>& in,
     if (w > 0) Z.middleCols(b0, w) = zr;
   }
 
-  inputs<double, Label, Offset> x = detail::logits_inputs(in, Z);
   const bool backward =
       out.grad_hidden != nullptr || out.grad_weight != nullptr || out.grad_bias != nullptr ||
       grad_hidden_partials != nullptr;
   mat G;
-  outputs o = out.base;
-  if (backward) {
-    G.resize(N, V);
-    o.grad_logits = G.data();
-    o.grad_ld = V;
-  } else {
-    o.grad_logits = nullptr;
-  }
-  const status s = compute_vocab_parallel(x, opt, bounds, n_ranks, slot, o);
-  if (s != status::success) return s;
-  o.grad_logits = out.base.grad_logits;  // the caller's, untouched
-  o.grad_ld = out.base.grad_ld;
-  out.base = o;
-  if (!backward) return status::success;
+  const status s =
+      detail::run_on_logits(detail::logits_inputs(in, Z), out, backward, G,
+                            [&](const auto& x, outputs& o) {
+                              return compute_vocab_parallel(x, opt, bounds, n_ranks, slot, o);
+                            });
+  if (s != status::success || !backward) return s;
 
   mat gh = mat::Zero(N, Hd);
   for (int r = 0; r < n_ranks; ++r) {  // each rank's own products, then the rank-order sum

@@ -129,16 +129,28 @@ inline status check_grad_buffer(const logits_source& z, const vocab_rows& x,
   return status::success;
 }
 
-inline status check_train(const train_args& a, const options& opt, bool buffers) noexcept {
-  const token_inputs& x = a.tokens;
+/// The first checks of a training step over S sequences (train_step,
+/// fused_linear_step): opt, the inputs' shapes (`shapes()`), then the pairs:
+/// P >= 0, S = 2P in the default layout (pairs null), no reference log-probs
+/// for a loss without a reference, a finite upstream gradient.
+template <class Shapes>
+inline status check_step_pairs(const pair_set& a, int64_t n_seqs, const options& opt,
+                               const Shapes& shapes) noexcept {
   status s = validate(opt);
   if (s != status::success) return s;
-  s = check_shapes(x);
+  s = shapes();
   if (s != status::success) return s;
   if (a.n_pairs < 0) return status::invalid_shape;
-  if (a.pairs == nullptr && x.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
+  if (a.pairs == nullptr && n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
   if (all_terms_reference_free(opt.loss) && a.ref_logps != nullptr) return status::reference_not_allowed;
   if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
+  return status::success;
+}
+
+inline status check_train(const train_args& a, const options& opt, bool buffers) noexcept {
+  const token_inputs& x = a.tokens;
+  status s = check_step_pairs(a, x.n_seqs, opt, [&] { return check_shapes(x); });
+  if (s != status::success) return s;
   s = check_grad_stride(x, x, a.grad_ld);
   if (s != status::success || !buffers) return s;
 
@@ -183,18 +195,35 @@ inline status check_grad(const grad_args& a, bool buffers) noexcept {
   return status::success;
 }
 
-inline status check_logps(const logps_args& a, const options& opt, bool buffers) noexcept {
-  status s = validate(opt);
-  if (s != status::success) return s;
-  s = check_shapes(a.tokens);
-  if (s != status::success || !buffers) return s;
-  s = check_buffers(a.tokens);
-  if (s != status::success) return s;
-  if (a.tokens.n_seqs > 0 && a.seq_logps == nullptr) return status::null_pointer;
+/// logps_outputs' own buffers for S sequences: seq_logps required when
+/// S > 0, every output aligned to its element.
+inline status check_logps_outputs(const logps_outputs& a, int64_t n_seqs) noexcept {
+  if (n_seqs > 0 && a.seq_logps == nullptr) return status::null_pointer;
   if (!aligned(a.seq_logps, 4) || !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) ||
       !aligned(a.lse, 4))
     return status::misaligned_pointer;
   return status::success;
+}
+
+/// The checks of a forward-only call over S sequences (sequence_logps,
+/// fused_linear_logps): opt, the inputs' shapes (`shapes()`), then with
+/// buffers the inputs' buffers (`inputs()`) and the outputs'.
+template <class Shapes, class Inputs>
+inline status check_forward(const logps_outputs& a, int64_t n_seqs, const options& opt,
+                            bool buffers, const Shapes& shapes, const Inputs& inputs) noexcept {
+  status s = validate(opt);
+  if (s != status::success) return s;
+  s = shapes();
+  if (s != status::success || !buffers) return s;
+  s = inputs();
+  if (s != status::success) return s;
+  return check_logps_outputs(a, n_seqs);
+}
+
+inline status check_logps(const logps_args& a, const options& opt, bool buffers) noexcept {
+  return check_forward(
+      a, a.tokens.n_seqs, opt, buffers, [&] { return check_shapes(a.tokens); },
+      [&] { return check_buffers(a.tokens); });
 }
 
 /// Whether the bytes r meet the part of the workspace a call uses (from the
@@ -231,11 +260,8 @@ inline status sequence_logps(void* workspace, size_t& workspace_bytes, const log
   status s = detail::check_logps(args, opt, workspace != nullptr);
   if (s != status::success) return s;
   const detail::workspace_layout w = detail::layout_for(args.tokens, 0, false);
-  if (workspace == nullptr) {
-    workspace_bytes = detail::workspace_request(w);
-    return status::success;
-  }
-  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  s = detail::size_workspace(workspace, workspace_bytes, w);
+  if (s != status::success || workspace == nullptr) return s;
   if (detail::tokens_meet_workspace(args.tokens, args.tokens, logits_gradient{}, workspace, w))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
@@ -252,11 +278,8 @@ inline status train_step_with(void* workspace, size_t& workspace_bytes, const tr
   status s = detail::check_train(args, opt, workspace != nullptr);
   if (s != status::success) return s;
   const detail::workspace_layout w = detail::layout_for(args.tokens, args.n_pairs, true);
-  if (workspace == nullptr) {
-    workspace_bytes = detail::workspace_request(w);
-    return status::success;
-  }
-  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  s = detail::size_workspace(workspace, workspace_bytes, w);
+  if (s != status::success || workspace == nullptr) return s;
   if (detail::tokens_meet_workspace(args.tokens, args.tokens, args, workspace, w))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
@@ -291,11 +314,8 @@ inline status logits_grad(void* workspace, size_t& workspace_bytes, const grad_a
   const token_inputs& x = args.tokens;
   const detail::workspace_layout w =
       detail::make_grad_layout(x.n_rows, x.vocab, detail::dtype_bytes(x.logits_dtype), x.n_seqs);
-  if (workspace == nullptr) {
-    workspace_bytes = detail::workspace_request(w);
-    return status::success;
-  }
-  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  s = detail::size_workspace(workspace, workspace_bytes, w);
+  if (s != status::success || workspace == nullptr) return s;
   // logits_grad reads lse and g_s while rows_kernel writes the workspace.
   if (detail::tokens_meet_workspace(x, x, args, workspace, w) ||
       (x.n_rows > 0 &&

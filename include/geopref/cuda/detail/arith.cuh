@@ -19,25 +19,26 @@ namespace geopref::cuda::detail {
 inline constexpr float LOG2E = 1.4426950408889634f;
 inline constexpr float LN2 = 0.6931471805599453f;
 
+/// A float as uint32_t with the same bits or back: the intrinsics (a
+/// register move) on the device, memcpy on the host (C++17 has no bit_cast).
+template <class To, class From>
+GEOPREF_HD_INLINE To same_bits(From x) {
+  static_assert((std::is_same_v<To, uint32_t> && std::is_same_v<From, float>) ||
+                    (std::is_same_v<To, float> && std::is_same_v<From, uint32_t>),
+                "float <-> uint32_t only");
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<To, uint32_t>) return __float_as_uint(x);
+  else return __uint_as_float(x);
+#else
+  To y;
+  memcpy(&y, &x, sizeof y);
+  return y;
+#endif
+}
+
 /// The bits of a float and back (a register move on the device).
-GEOPREF_HD_INLINE uint32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
-#endif
-}
-GEOPREF_HD_INLINE float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float x;
-  memcpy(&x, &u, sizeof x);
-  return x;
-#endif
-}
+GEOPREF_HD_INLINE uint32_t float_bits(float x) { return same_bits<uint32_t>(x); }
+GEOPREF_HD_INLINE float bits_float(uint32_t u) { return same_bits<float>(u); }
 
 /// 2ˣ by the MUFU's ex2.approx.ftz, written out in PTX so that a consumer's
 /// -ftz / --use_fast_math changes no bit of the result. Its error is 2 ulp

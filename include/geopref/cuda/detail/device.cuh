@@ -84,31 +84,18 @@ __device__ __forceinline__ T max_of(T a, T b) {
 /// lane on older devices (sm_75 has no packed 16-bit max) and on the host
 /// (emulator), with the same result.
 template <class T>
-__device__ __forceinline__ uint32_t max_packed(uint32_t a, uint32_t b);
-template <>
-__device__ __forceinline__ uint32_t max_packed<__nv_bfloat16>(uint32_t a, uint32_t b) {
+__device__ __forceinline__ uint32_t max_packed(uint32_t a, uint32_t b) {
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>,
+                "packed 16-bit types only");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   uint32_t r;
-  asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else
+    asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
   return r;
 #else
-  uint32_t r = 0;
-  for (int h = 0; h < 2; ++h) {
-    const float fa = bits_float(((a >> (16 * h)) & 0xffffu) << 16);
-    const float fb = bits_float(((b >> (16 * h)) & 0xffffu) << 16);
-    r |= ((fa >= fb || fb != fb ? a : b) >> (16 * h) & 0xffffu) << (16 * h);
-  }
-  return r;
-#endif
-}
-template <>
-__device__ __forceinline__ uint32_t max_packed<__half>(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  uint32_t r;
-  asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-#else
-  __half ha[2], hb[2];
+  T ha[2], hb[2];
   memcpy(ha, &a, 4);
   memcpy(hb, &b, 4);
   for (int h = 0; h < 2; ++h) ha[h] = max_of(ha[h], hb[h]);
@@ -163,35 +150,29 @@ __device__ __forceinline__ void check_aligned16(const void* p) {
 #endif
 }
 
-/// Read-only for the whole kernel (the forward's logits): the non-coherent
-/// path, not kept in L1.
-__device__ __forceinline__ uint4 load_once(const uint4* p) {
+/// A 16-byte load not kept in L1. Coherent = false: read-only for the whole
+/// kernel (the forward's logits), the non-coherent path; true: read once by
+/// a kernel that may write the same memory (the backward in place).
+template <bool Coherent>
+__device__ __forceinline__ uint4 load_no_allocate(const uint4* p) {
 #if defined(__CUDA_ARCH__)
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  if constexpr (Coherent)
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  else
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
   return v;
 #else
   check_aligned16(p);
   return *p;
 #endif
 }
-
-/// Read once by a kernel that may write the same memory (the backward in
-/// place): the coherent path, not kept in L1.
-__device__ __forceinline__ uint4 load_once_rw(const uint4* p) {
-#if defined(__CUDA_ARCH__)
-  uint4 v;
-  asm volatile("ld.global.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-#else
-  check_aligned16(p);
-  return *p;
-#endif
-}
+__device__ __forceinline__ uint4 load_once(const uint4* p) { return load_no_allocate<false>(p); }
+__device__ __forceinline__ uint4 load_once_rw(const uint4* p) { return load_no_allocate<true>(p); }
 
 /// A streaming store (evict first). The "memory" clobber keeps every later
 /// access, in particular a plain store to the same address, after it.

@@ -167,15 +167,8 @@ inline status check_linear_buffers(const linear_inputs& in) noexcept {
 inline status check_linear_train(const linear_step_args& a, const options& opt,
                                  bool buffers) noexcept {
   const linear_inputs& in = a.in;
-  status s = validate(opt);
+  status s = check_step_pairs(a, in.n_seqs, opt, [&] { return check_linear_shapes(in); });
   if (s != status::success) return s;
-  s = check_linear_shapes(in);
-  if (s != status::success) return s;
-  if (a.n_pairs < 0) return status::invalid_shape;
-  if (a.pairs == nullptr && in.n_seqs != 2 * a.n_pairs) return status::pair_count_mismatch;
-  if (all_terms_reference_free(opt.loss) && a.ref_logps != nullptr)
-    return status::reference_not_allowed;
-  if (!std::isfinite(a.grad_loss)) return status::invalid_upstream_grad;
   const int64_t Hd = in.hidden_size;
   const int64_t ldgh = linear_ld(a.ld_grad_hidden, Hd), ldgw = linear_ld(a.ld_grad_weight, Hd);
   constexpr int64_t I32 = std::numeric_limits<int32_t>::max();
@@ -222,17 +215,9 @@ inline status check_linear_train(const linear_step_args& a, const options& opt,
 
 inline status check_linear_logps(const linear_logps_args& a, const options& opt,
                                  bool buffers) noexcept {
-  status s = validate(opt);
-  if (s != status::success) return s;
-  s = check_linear_shapes(a.in);
-  if (s != status::success || !buffers) return s;
-  s = check_linear_buffers(a.in);
-  if (s != status::success) return s;
-  if (a.in.n_seqs > 0 && a.seq_logps == nullptr) return status::null_pointer;
-  if (!aligned(a.seq_logps, 4) || !aligned(a.seq_counts, 8) || !aligned(a.token_logps, 4) ||
-      !aligned(a.lse, 4))
-    return status::misaligned_pointer;
-  return status::success;
+  return check_forward(
+      a, a.in.n_seqs, opt, buffers, [&] { return check_linear_shapes(a.in); },
+      [&] { return check_linear_buffers(a.in); });
 }
 
 /// Inputs and gradients against the workspace (the chunk and bookkeeping
@@ -505,11 +490,8 @@ inline status linear_workspace(void* workspace, size_t& workspace_bytes, const s
   *l = make_linear_layout(in, n_pairs, train, min_splits, slice_cols, plan);
   workspace_layout whole = l->base;
   whole.bytes = l->bytes;
-  if (workspace == nullptr) {
-    workspace_bytes = workspace_request(whole);
-    return status::success;
-  }
-  if (workspace_bytes < workspace_request(whole)) return status::workspace_too_small;
+  const status s = size_workspace(workspace, workspace_bytes, whole);
+  if (s != status::success || workspace == nullptr) return s;
   if (linear_meets_workspace(in, workspace, whole, a)) return status::overlapping_buffers;
   return status::success;
 }

@@ -178,6 +178,18 @@ GEOPREF_UNROLL
   }
 }
 
+/// For the combines: whether row t is unscored (cols[t] < 0), in which case
+/// its lse and token log-prob are set to 0.
+__device__ __forceinline__ bool zero_unscored(int64_t t, const int32_t* cols, float* lse,
+                                              float* token_logp) {
+  if (cols[t] < 0) {
+    lse[t] = 0.0f;
+    token_logp[t] = 0.0f;
+    return true;
+  }
+  return false;
+}
+
 /// One thread per row: merges the k partial states of row t in split order.
 template <int BLOCK_SIZE>
 GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
@@ -185,11 +197,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
                    const int32_t* __restrict__ cols, float* __restrict__ lse,
                    float* __restrict__ token_logp) {
   for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
-    if (cols[t] < 0) {
-      lse[t] = 0.0f;
-      token_logp[t] = 0.0f;
-      continue;
-    }
+    if (zero_unscored(t, cols, lse, token_logp)) continue;
     lse_state st = lse_empty();
     for (int j = 0; j < k; ++j) st = lse_merge(st, partials[t * k + j]);
     const float l = lse_finish(st);

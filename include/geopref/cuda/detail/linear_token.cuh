@@ -7,9 +7,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 
 #include "geopref/cuda/fused_linear.cuh"
 #include "geopref/cuda/linear_token_logps.cuh"
@@ -56,20 +56,14 @@ inline bool token_rows_meet(const linear_inputs& in, const byte_range* rows, int
 
 inline status check_linear_token_logps(const linear_token_logps_args& a, bool buffers) noexcept {
   const linear_inputs in = unsequenced(a.rows);
-  status s = check_linear_shapes(in);
-  if (s != status::success || !buffers) return s;
-  s = check_linear_buffers(in);
-  if (s != status::success) return s;
   const int64_t n = in.n_rows;
-  if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
-  if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4) ||
-      !aligned(a.log_sum_sq_probs, 4) || !aligned(a.mean_logits, 4))
-    return status::misaligned_pointer;
-  if (n == 0) return status::success;
-  const byte_range out[6] = {row_bytes(a.token_logps, n),      row_bytes(a.lse, n),
-                             row_bytes(a.entropy, n),          row_bytes(a.log_sum_sq_probs, n),
-                             row_bytes(a.mean_logits, n),      byte_rows(a.is_top1, n)};
-  return token_rows_meet(in, out, 6, nullptr, 0) ? status::overlapping_buffers : status::success;
+  const status s = check_token_entry(
+      a, n, buffers, [&] { return check_linear_shapes(in); },
+      [&] { return check_linear_buffers(in); });
+  if (s != status::success || !buffers || n == 0) return s;
+  const std::array<byte_range, 6> out = token_output_bytes(a, n);
+  return token_rows_meet(in, out.data(), 6, nullptr, 0) ? status::overlapping_buffers
+                                                        : status::success;
 }
 
 inline status check_linear_token_grad(const linear_token_grad_args& a, bool buffers) noexcept {
@@ -80,13 +74,8 @@ inline status check_linear_token_grad(const linear_token_grad_args& a, bool buff
   if (s != status::success || !buffers) return s;
   const linear_inputs& in = t.in;
   const int64_t n = in.n_rows, Hd = in.hidden_size;
-  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr ||
-                (a.grad_entropy != nullptr && a.entropy == nullptr)))
-    return status::null_pointer;
-  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4) || !aligned(a.grad_entropy, 4) ||
-      !aligned(a.entropy, 4))
-    return status::misaligned_pointer;
-  if (n == 0) return status::success;
+  s = check_upstream(a, a, n);
+  if (s != status::success || n == 0) return s;
   // lse is read by every chunk's backward_kernel while the gradients are
   // written; an lse or g_t inside H, W or b would be read as both.
   const int elem = dtype_bytes(in.type);
@@ -97,22 +86,12 @@ inline status check_linear_token_grad(const linear_token_grad_args& a, bool buff
     outs[1] = used_bytes(a.grad_weight, in.vocab, linear_ld(a.ld_grad_weight, Hd), Hd,
                          a.grad_weight_float32 ? 4 : elem);
   if (a.grad_bias != nullptr) outs[2] = used_bytes(a.grad_bias, 1, in.vocab, in.vocab, 4);
-  const byte_range rows[4] = {row_bytes(a.lse, n), row_bytes(a.grad_token_logps, n),
-                              row_bytes(a.grad_entropy, n), row_bytes(a.entropy, n)};
+  const std::array<byte_range, 4> rows = upstream_bytes(a, a, n);
   // lse, g_t, e_t and H_t may share memory with one another (all only read):
   // check each alone against the inputs and the gradients.
   for (int i = 0; i < 4; ++i)
-    if (token_rows_meet(in, rows + i, 1, outs, 3)) return status::overlapping_buffers;
+    if (token_rows_meet(in, &rows[i], 1, outs, 3)) return status::overlapping_buffers;
   return status::success;
-}
-
-/// The [N] arrays against the workspace.
-inline bool rows_meet_workspace(std::initializer_list<const float*> arrays, int64_t n,
-                                const void* workspace, const workspace_layout& w) {
-  if (n == 0) return false;
-  for (const float* p : arrays)
-    if (p != nullptr && meets_workspace(row_bytes(p, n), workspace, w)) return true;
-  return false;
 }
 
 /// The forward over every chunk, through fused_linear's chunk loop: Z_c and
@@ -165,11 +144,7 @@ inline status linear_token_logps(void* workspace, size_t& workspace_bytes,
   if (s != status::success || workspace == nullptr) return s;
   detail::workspace_layout whole = l.base;
   whole.bytes = l.bytes;
-  if (detail::rows_meet_workspace({args.token_logps, args.lse, args.entropy,
-                                   args.log_sum_sq_probs, args.mean_logits},
-                                  in.n_rows, workspace, whole) ||
-      (in.n_rows > 0 &&
-       detail::meets_workspace(detail::byte_rows(args.is_top1, in.n_rows), workspace, whole)))
+  if (detail::any_meets_workspace(detail::token_output_bytes(args, in.n_rows), workspace, whole))
     return status::overlapping_buffers;
   detail::lse_state* partials = nullptr;
   void* chunk = nullptr;
@@ -201,9 +176,8 @@ inline status linear_token_logps_grad(void* workspace, size_t& workspace_bytes,
   if (s != status::success || workspace == nullptr) return s;
   detail::workspace_layout whole = l.base;
   whole.bytes = l.bytes;
-  if (detail::rows_meet_workspace({args.lse, args.grad_token_logps, args.grad_entropy,
-                                   args.entropy},
-                                  t.in.n_rows, workspace, whole))
+  if (detail::any_meets_workspace(detail::upstream_bytes(args, args, t.in.n_rows), workspace,
+                                  whole))
     return status::overlapping_buffers;
   detail::lse_state* partials = nullptr;
   void* chunk = nullptr;

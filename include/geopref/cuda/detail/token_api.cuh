@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
@@ -43,25 +44,72 @@ inline token_stats_out stats_out(const token_outputs& o, int64_t r0) noexcept {
   return s;
 }
 
-inline status check_token_logps(const token_logps_args& a, bool buffers) noexcept {
-  // The sequence entries' checks, over the rows' blocks (no sequences).
-  const token_rows& x = a.rows;
-  status s = check_shapes(x, x);
+/// The bytes of token_outputs' six outputs over N rows (empty when null).
+inline std::array<byte_range, 6> token_output_bytes(const token_outputs& a, int64_t n) noexcept {
+  return {{row_bytes(a.token_logps, n), row_bytes(a.lse, n), row_bytes(a.entropy, n),
+           row_bytes(a.log_sum_sq_probs, n), row_bytes(a.mean_logits, n),
+           byte_rows(a.is_top1, n)}};
+}
+
+/// The bytes of the per-token backward's four upstream [N] arrays: lse, g_t,
+/// e_t and H_t (empty when null).
+inline std::array<byte_range, 4> upstream_bytes(const token_grad_inputs& g,
+                                                const entropy_upstream& e, int64_t n) noexcept {
+  return {{row_bytes(g.lse, n), row_bytes(g.grad_token_logps, n), row_bytes(e.grad_entropy, n),
+           row_bytes(e.entropy, n)}};
+}
+
+/// Whether any of the byte ranges meets the workspace.
+template <size_t K>
+inline bool any_meets_workspace(const std::array<byte_range, K>& ranges, const void* workspace,
+                                const workspace_layout& w) noexcept {
+  for (const byte_range& r : ranges)
+    if (meets_workspace(r, workspace, w)) return true;
+  return false;
+}
+
+/// The per-token backward's upstream checks over N rows: lse and g_t
+/// required when N > 0, H_t with e_t; all four 4-byte aligned.
+inline status check_upstream(const token_grad_inputs& g, const entropy_upstream& e,
+                             int64_t n) noexcept {
+  if (n > 0 && (g.lse == nullptr || g.grad_token_logps == nullptr ||
+                (e.grad_entropy != nullptr && e.entropy == nullptr)))
+    return status::null_pointer;
+  if (!aligned(g.lse, 4) || !aligned(g.grad_token_logps, 4) || !aligned(e.grad_entropy, 4) ||
+      !aligned(e.entropy, 4))
+    return status::misaligned_pointer;
+  return status::success;
+}
+
+/// The checks of a token_outputs call over N rows before its overlaps
+/// (token_logps, linear_token_logps): the inputs' shapes (`shapes()`), then
+/// with buffers the inputs' buffers (`inputs()`) and the outputs' own
+/// (token_logps required when N > 0, every float output 4-byte aligned).
+template <class Shapes, class Inputs>
+inline status check_token_entry(const token_outputs& a, int64_t n, bool buffers,
+                                const Shapes& shapes, const Inputs& inputs) noexcept {
+  status s = shapes();
   if (s != status::success || !buffers) return s;
-  s = check_buffers(x, x);
+  s = inputs();
   if (s != status::success) return s;
-  const int64_t n = x.n_rows;
   if (n > 0 && a.token_logps == nullptr) return status::null_pointer;
   if (!aligned(a.token_logps, 4) || !aligned(a.lse, 4) || !aligned(a.entropy, 4) ||
       !aligned(a.log_sum_sq_probs, 4) || !aligned(a.mean_logits, 4))
     return status::misaligned_pointer;
-  if (n == 0) return status::success;
+  return status::success;
+}
+
+inline status check_token_logps(const token_logps_args& a, bool buffers) noexcept {
+  // The sequence entries' checks, over the rows' blocks (no sequences).
+  const token_rows& x = a.rows;
+  const int64_t n = x.n_rows;
+  const status s = check_token_entry(
+      a, n, buffers, [&] { return check_shapes(x, x); }, [&] { return check_buffers(x, x); });
+  if (s != status::success || !buffers || n == 0) return s;
   // The outputs are written while blocks still read the logits (and the
   // statistics pass reads lse): none may meet the logits or another output.
   const byte_range z = used_bytes(x.logits, n, x.ld, x.vocab, dtype_bytes(x.logits_dtype));
-  const byte_range out[6] = {row_bytes(a.token_logps, n),      row_bytes(a.lse, n),
-                             row_bytes(a.entropy, n),          row_bytes(a.log_sum_sq_probs, n),
-                             row_bytes(a.mean_logits, n),      byte_rows(a.is_top1, n)};
+  const std::array<byte_range, 6> out = token_output_bytes(a, n);
   for (int i = 0; i < 6; ++i) {
     if (ranges_meet(out[i], z)) return status::overlapping_buffers;
     for (int k = i + 1; k < 6; ++k)
@@ -79,20 +127,15 @@ inline status check_token_grad(const token_grad_args& a, bool buffers) noexcept 
   s = check_buffers(x, x);
   if (s != status::success) return s;
   const int64_t n = x.n_rows;
-  if (n > 0 && (a.lse == nullptr || a.grad_token_logps == nullptr || a.grad_logits == nullptr ||
-                (a.grad_entropy != nullptr && a.entropy == nullptr)))
-    return status::null_pointer;
-  if (!aligned(a.lse, 4) || !aligned(a.grad_token_logps, 4) || !aligned(a.grad_entropy, 4) ||
-      !aligned(a.entropy, 4))
-    return status::misaligned_pointer;
-  if (n == 0) return status::success;
+  if (n > 0 && a.grad_logits == nullptr) return status::null_pointer;
+  s = check_upstream(a, a, n);
+  if (s != status::success || n == 0) return s;
   byte_range g{};
   s = check_grad_buffer(x, x, a, &g);
   if (s != status::success) return s;
   // backward_kernel reads lse (and e_t, H_t) while other blocks write the gradient.
-  if (ranges_meet(row_bytes(a.lse, n), g) || ranges_meet(row_bytes(a.grad_token_logps, n), g) ||
-      ranges_meet(row_bytes(a.grad_entropy, n), g) || ranges_meet(row_bytes(a.entropy, n), g))
-    return status::overlapping_buffers;
+  for (const byte_range& u : upstream_bytes(a, a, n))
+    if (ranges_meet(u, g)) return status::overlapping_buffers;
   return status::success;
 }
 
@@ -121,22 +164,11 @@ inline status token_logps(void* workspace, size_t& workspace_bytes, const token_
   const token_rows& r = args.rows;
   const detail::workspace_layout w =
       detail::make_token_layout(r.n_rows, r.vocab, detail::dtype_bytes(r.logits_dtype), false);
-  if (workspace == nullptr) {
-    workspace_bytes = detail::workspace_request(w);
-    return status::success;
-  }
-  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  s = detail::size_workspace(workspace, workspace_bytes, w);
+  if (s != status::success || workspace == nullptr) return s;
   if (detail::tokens_meet_workspace(r, r, logits_gradient{}, workspace, w))
     return status::overlapping_buffers;
-  for (const float* p : {static_cast<const float*>(args.token_logps),
-                         static_cast<const float*>(args.lse),
-                         static_cast<const float*>(args.entropy),
-                         static_cast<const float*>(args.log_sum_sq_probs),
-                         static_cast<const float*>(args.mean_logits)})
-    if (p != nullptr && r.n_rows > 0 &&
-        detail::meets_workspace(detail::row_bytes(p, r.n_rows), workspace, w))
-      return status::overlapping_buffers;
-  if (r.n_rows > 0 && detail::meets_workspace(detail::byte_rows(args.is_top1, r.n_rows), workspace, w))
+  if (detail::any_meets_workspace(detail::token_output_bytes(args, r.n_rows), workspace, w))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
   s = detail::enqueue_token_rows(r, r.ignore_index, ws, nullptr, stream);
@@ -170,18 +202,10 @@ inline status token_logps_grad(void* workspace, size_t& workspace_bytes,
   const token_rows& r = args.rows;
   const detail::workspace_layout w =
       detail::make_token_layout(r.n_rows, r.vocab, detail::dtype_bytes(r.logits_dtype), true);
-  if (workspace == nullptr) {
-    workspace_bytes = detail::workspace_request(w);
-    return status::success;
-  }
-  if (workspace_bytes < detail::workspace_request(w)) return status::workspace_too_small;
+  s = detail::size_workspace(workspace, workspace_bytes, w);
+  if (s != status::success || workspace == nullptr) return s;
   if (detail::tokens_meet_workspace(r, r, args, workspace, w) ||
-      (r.n_rows > 0 &&
-       (detail::meets_workspace(detail::row_bytes(args.lse, r.n_rows), workspace, w) ||
-        detail::meets_workspace(detail::row_bytes(args.grad_token_logps, r.n_rows), workspace,
-                                w) ||
-        detail::meets_workspace(detail::row_bytes(args.grad_entropy, r.n_rows), workspace, w) ||
-        detail::meets_workspace(detail::row_bytes(args.entropy, r.n_rows), workspace, w))))
+      detail::any_meets_workspace(detail::upstream_bytes(args, args, r.n_rows), workspace, w))
     return status::overlapping_buffers;
   const detail::workspace_view ws = detail::carve(workspace, w);
   s = detail::enqueue_token_rows(r, r.ignore_index, ws, args.grad_token_logps, stream,

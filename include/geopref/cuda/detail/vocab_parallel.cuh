@@ -87,11 +87,7 @@ GEOPREF_KERNEL void __launch_bounds__(BLOCK_SIZE)
                          const int32_t* __restrict__ cols, float* __restrict__ lse,
                          float* __restrict__ token_logp, int* __restrict__ flag) {
   for (int64_t t = global_thread(); t < n_rows; t += grid_threads()) {
-    if (cols[t] < 0) {
-      lse[t] = 0.0f;
-      token_logp[t] = 0.0f;
-      continue;
-    }
+    if (zero_unscored(t, cols, lse, token_logp)) continue;
     lse_state st = lse_empty();
     float label = 0.0f;
     int owners = 0;
@@ -227,11 +223,8 @@ inline status vocab_train_with(void* workspace, size_t& workspace_bytes, const v
   s = check_slice(x, args.slice);
   if (s != status::success) return s;
   const vocab_layout v = make_vocab_layout(x, x, dtype_bytes(x.logits_dtype), a.n_pairs, true, false);
-  if (workspace == nullptr) {
-    workspace_bytes = workspace_request(v.base);
-    return status::success;
-  }
-  if (workspace_bytes < workspace_request(v.base)) return status::workspace_too_small;
+  s = size_workspace(workspace, workspace_bytes, v.base);
+  if (s != status::success || workspace == nullptr) return s;
   s = check_records(x, args, workspace, v.base);
   if (s != status::success) return s;
   if (tokens_meet_workspace(x, x, a, workspace, v.base)) return status::overlapping_buffers;
@@ -336,20 +329,15 @@ inline status vocab_parallel_logps(void* workspace, size_t& workspace_bytes,
   if (workspace != nullptr) {
     s = detail::check_row_buffers(x, x, &x);
     if (s != status::success) return s;
-    if (x.n_seqs > 0 && args.seq_logps == nullptr) return status::null_pointer;
-    if (!detail::aligned(args.seq_logps, 4) || !detail::aligned(args.seq_counts, 8) ||
-        !detail::aligned(args.token_logps, 4) || !detail::aligned(args.lse, 4))
-      return status::misaligned_pointer;
+    s = detail::check_logps_outputs(args, x.n_seqs);
+    if (s != status::success) return s;
   }
   s = detail::check_slice(x, args.slice);
   if (s != status::success) return s;
   // The workspace size depends on N, V_r and S alone (4-byte rows).
   const detail::vocab_layout v = detail::make_vocab_layout(x, x, 4, 0, false, false);
-  if (workspace == nullptr) {
-    workspace_bytes = detail::workspace_request(v.base);
-    return status::success;
-  }
-  if (workspace_bytes < detail::workspace_request(v.base)) return status::workspace_too_small;
+  s = detail::size_workspace(workspace, workspace_bytes, v.base);
+  if (s != status::success || workspace == nullptr) return s;
   s = detail::check_records(x, args, workspace, v.base);
   if (s != status::success) return s;
   const detail::workspace_view ws = detail::carve(workspace, v.base);

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "geopref/cuda/detail/arith.cuh"
+#include "geopref/status.hpp"
 
 namespace geopref::cuda::detail {
 
@@ -62,18 +63,28 @@ struct layout_cursor {
 /// 8-byte slots per pair of pair_kernel's scratch (see pair_params).
 inline constexpr size_t PAIR_SCRATCH_SLOTS = 11;
 
-/// The layout for a pass over N rows of V logits of `elem_bytes` each, S
-/// sequences and (train) P pairs.
-inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_bytes, int64_t n_seqs,
-                                    int64_t n_pairs, bool train) {
+/// What every pass over N rows of V logits of `elem_bytes` each and S
+/// sequences takes first: the split count, the flag, the canonical offsets
+/// and the per-row conversion (label columns, rows' sequences).
+inline workspace_layout sequence_rows_layout(layout_cursor& take, int64_t n_rows, int64_t vocab,
+                                             int elem_bytes, int64_t n_seqs) {
   workspace_layout w;
-  layout_cursor take;
   const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
   w.splits = choose_splits(n_rows, vocab, elem_bytes);
   w.flag = take(sizeof(int));
   w.offsets = take((s + 1) * sizeof(int64_t));
   w.cols = take(n * sizeof(int32_t));
   w.row_seq = take(n * sizeof(int32_t));
+  return w;
+}
+
+/// The layout for a pass over N rows of V logits of `elem_bytes` each, S
+/// sequences and (train) P pairs.
+inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_bytes, int64_t n_seqs,
+                                    int64_t n_pairs, bool train) {
+  layout_cursor take;
+  workspace_layout w = sequence_rows_layout(take, n_rows, vocab, elem_bytes, n_seqs);
+  const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
   w.lse = take(n * sizeof(float));
   w.token_logp = take(n * sizeof(float));
   w.partials = take(w.splits > 1 ? n * static_cast<size_t>(w.splits) * sizeof(lse_state) : 0);
@@ -94,15 +105,9 @@ inline workspace_layout make_layout(int64_t n_rows, int64_t vocab, int elem_byte
 /// The split count is train_step's, so its backward launch is the same.
 inline workspace_layout make_grad_layout(int64_t n_rows, int64_t vocab, int elem_bytes,
                                          int64_t n_seqs) {
-  workspace_layout w;
   layout_cursor take;
-  const auto n = static_cast<size_t>(n_rows), s = static_cast<size_t>(n_seqs);
-  w.splits = choose_splits(n_rows, vocab, elem_bytes);
-  w.flag = take(sizeof(int));
-  w.offsets = take((s + 1) * sizeof(int64_t));
-  w.cols = take(n * sizeof(int32_t));
-  w.row_seq = take(n * sizeof(int32_t));
-  w.row_coef = take(n * sizeof(float));
+  workspace_layout w = sequence_rows_layout(take, n_rows, vocab, elem_bytes, n_seqs);
+  w.row_coef = take(static_cast<size_t>(n_rows) * sizeof(float));
   w.bytes = take.used;
   return w;
 }
@@ -132,6 +137,19 @@ inline workspace_layout make_token_layout(int64_t n_rows, int64_t vocab, int ele
 /// Bytes to ask the caller for: the layout plus room to align the base.
 inline size_t workspace_request(const workspace_layout& w) {
   return w.bytes + WORKSPACE_ALIGN - 1;
+}
+
+/// The size protocol of every call over layout w: a query (workspace ==
+/// nullptr) sets workspace_bytes to the request and succeeds; a workspace
+/// below the request is workspace_too_small. The caller returns when the
+/// status is not success or the call was a query.
+inline status size_workspace(const void* workspace, size_t& workspace_bytes,
+                             const workspace_layout& w) noexcept {
+  if (workspace == nullptr) {
+    workspace_bytes = workspace_request(w);
+    return status::success;
+  }
+  return workspace_bytes < workspace_request(w) ? status::workspace_too_small : status::success;
 }
 
 }  // namespace geopref::cuda::detail
