@@ -145,7 +145,7 @@ GEOPREF_C_ARGS(geopref_logps_args, cuda::logps_args,
   X(grad_seq_logps, grad_seq_logps) X(grad_logits, grad_logits) X(grad_ld, grad_ld)        \
   X(grad_float32, grad_float32) X(stat_sums, stat_sums)                                    \
   X(logit_transform, tokens.logit_transform)
-inline void init_member(geopref_train_args* a) { a->grad_loss = 1.0; }
+inline void init_own(geopref_train_args* a) { a->grad_loss = 1.0; }
 GEOPREF_C_ARGS(geopref_train_args, cuda::train_args,
                GEOPREF_C_TRAIN_ARGS_FIELDS, GEOPREF_TRAIN_ARGS_SIZE_1_0)
 
@@ -207,7 +207,8 @@ void geopref_options_init(geopref_options* opt) {
 
 // Every entry, its size query (the entry with a NULL workspace and stream)
 // and its argument struct's *_args_init (zeroed, struct_size, the defaults:
-// c_api_common.cuh's init_args).
+// c_api_common.cuh's init_args): the line naming geopref_X_args defines
+// geopref_X_args_init.
 GEOPREF_C_ENTRY(geopref_train_step, geopref_train_args, gc::train_step)
 GEOPREF_C_ENTRY(geopref_sequence_logps, geopref_logps_args, gc::sequence_logps)
 GEOPREF_C_ENTRY(geopref_logits_grad, geopref_grad_args, gc::logits_grad)

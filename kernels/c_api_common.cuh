@@ -88,14 +88,20 @@ inline status from_c(const geopref_vocab_record* c, const cuda::vocab_record** o
   return status::success;
 }
 
-// ---- The defaults an *_args_init sets, by the member's type: zero (the
-// struct is zeroed first) unless the member's type has an init_member overload
-// (the logit transform and the vocab slice below; the blocks of each
-// translation unit next to their GEOPREF_C_BLOCK), visible where the struct's
-// GEOPREF_C_ARGS stands; then the struct's own, init_member(C*) (the train
-// arguments' grad_loss).
+// ---- The defaults an *_args_init sets. First by each member's type: a
+// scalar or pointer stays zero (the struct is zeroed first); an embedded block
+// has its own init_member overload (the logit transform and the vocab slice
+// below; the blocks of each translation unit next to their GEOPREF_C_BLOCK),
+// and a block without one visible where the struct's GEOPREF_C_ARGS stands
+// fails to compile rather than keeping zeros. Then the struct's own defaults,
+// init_own(C*) (the train arguments' grad_loss = 1): a hook by name, not by
+// type, so a default for one double member never lands on another; its
+// overload must stand before the struct's GEOPREF_C_ARGS (test_c_api_abi's
+// check_defaults compares every init with the defaults c_api.h names).
 template <class T>
-void init_member(T*) {}
+std::enable_if_t<std::is_scalar_v<T>> init_member(T*) {}
+template <class C>
+void init_own(C*) {}
 
 #define GEOPREF_C_SPAN(c_member, cpp_member) \
   field_span{offsetof(C, c_member), sizeof(C::c_member), alignof(decltype(C::c_member))},
@@ -135,7 +141,7 @@ struct c_args {};
     static constexpr std::size_t size_1_0 = SIZE_1_0;                                         \
     static constexpr field_span spans[] = {LIST(GEOPREF_C_SPAN)};                             \
     static void init(C* c) { CType##_init(c); }                                               \
-    static void init_members(C* c) { LIST(GEOPREF_C_INIT) init_member(c); }                   \
+    static void init_members(C* c) { LIST(GEOPREF_C_INIT) init_own(c); }                      \
     static status convert(const C& c, cpp* o) {                                               \
       status s = status::success;                                                             \
       LIST(GEOPREF_C_FROM)                                                                    \
@@ -158,7 +164,7 @@ struct c_args {};
 #define GEOPREF_C_VOCAB_TRAIN_ARGS_FIELDS(X) X(train, train) X(slice, slice) X(records, records)
 
 /// What every *_args_init does: nothing for NULL; otherwise zero *args, set
-/// its struct_size to this layout's and its defaults (init_member).
+/// its struct_size to this layout's and its defaults (init_member, init_own).
 template <class C>
 void init_args(C* args) {
   if (args == nullptr) return;

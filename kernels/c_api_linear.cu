@@ -75,7 +75,7 @@ GEOPREF_C_ARGS(geopref_linear_logps_args, cuda::linear_logps_args,
   X(ld_grad_weight, ld_grad_weight) X(grad_weight_float32, grad_weight_float32)             \
   X(grad_bias, grad_bias) X(accumulate, accumulate) X(host_offsets, host_offsets)           \
   X(host_pairs, host_pairs) X(logit_transform, in.logit_transform)
-inline void init_member(geopref_linear_train_args* a) { a->grad_loss = 1.0; }
+inline void init_own(geopref_linear_train_args* a) { a->grad_loss = 1.0; }
 GEOPREF_C_ARGS(geopref_linear_train_args, cuda::linear_train_args,
                GEOPREF_C_LINEAR_TRAIN_ARGS_FIELDS, GEOPREF_LINEAR_TRAIN_ARGS_SIZE_1_0)
 
@@ -120,15 +120,12 @@ GEOPREF_C_ARGS(geopref_linear_token_grad_args, cuda::linear_token_grad_args,
 
 }  // namespace geopref::c_abi
 
-namespace {
-using namespace geopref::c_abi;
-}  // namespace
-
 extern "C" {
 
 // Every entry, its size query (the entry with a NULL workspace and stream)
 // and its argument struct's *_args_init (zeroed, struct_size, the defaults:
-// c_api_common.cuh's init_args).
+// c_api_common.cuh's init_args): the line naming geopref_X_args defines
+// geopref_X_args_init (geopref_fused_linear_one_pass shares the step's).
 GEOPREF_C_ENTRY(geopref_fused_linear_step, geopref_linear_train_args, gc::fused_linear_step)
 GEOPREF_C_ENTRY(geopref_fused_linear_logps, geopref_linear_logps_args, gc::fused_linear_logps)
 GEOPREF_C_ENTRY(geopref_vocab_linear_stats, geopref_vocab_linear_stats_args,
@@ -145,8 +142,8 @@ geopref_status geopref_fused_linear_one_pass(const geopref_linear_train_args* ar
     return static_cast<int>(status::null_pointer);
   geopref::options o;
   gc::linear_train_args a;
-  status s = to_options(opt, &o);
-  if (s == status::success) s = from_c(args, &a);
+  status s = geopref::c_abi::to_options(opt, &o);
+  if (s == status::success) s = geopref::c_abi::from_c(args, &a);
   if (s != status::success) return static_cast<int>(s);
   *one_pass = gc::fused_linear_one_pass(a, o) ? 1 : 0;
   return static_cast<int>(status::success);

@@ -22,6 +22,10 @@ using geopref::cuda::detail::launch;
 
 namespace {
 
+/// A float's bits, independently of the emulator's __float_as_uint (which its
+/// conversions, under test here, are written with).
+uint32_t float_bits(float x) { return Eigen::numext::bit_cast<uint32_t>(x); }
+
 /// The emulator's two 16-bit types, each with Eigen's type of the same
 /// format (the oracle) and the emulator's conversions on raw bits.
 struct half_type {
@@ -53,7 +57,8 @@ std::vector<float> rounding_probes() {
     }
   }
   std::mt19937 rng(5);
-  for (int i = 0; i < 1000000; ++i) v.push_back(__uint_as_float(static_cast<uint32_t>(rng())));
+  for (int i = 0; i < 1000000; ++i)
+    v.push_back(Eigen::numext::bit_cast<float>(static_cast<uint32_t>(rng())));
   for (float x : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 1e-8f, 2.9802322e-8f, 5.96e-8f,
                   3.4e38f, INFINITY, -INFINITY})
     v.push_back(x);
@@ -70,13 +75,13 @@ void check_conversions() {
     const float want = static_cast<float>(Eigen::numext::bit_cast<E>(static_cast<uint16_t>(b)));
     const float got = T::widen(static_cast<uint16_t>(b));
     if (std::isnan(want)) CHECK(std::isnan(got));
-    else CHECK(__float_as_uint(got) == __float_as_uint(want));
+    else CHECK(float_bits(got) == float_bits(want));
   }
   int64_t bad = 0;
   for (float x : rounding_probes<T>()) {
     const uint16_t got = T::narrow(x), want = Eigen::numext::bit_cast<uint16_t>(E(x));
     if (std::isnan(x) ? got != 0x7fff : got != want) {
-      if (++bad < 10) FAIL_CHECK("float " << x << " (" << __float_as_uint(x) << "): got " << got << " want " << want);
+      if (++bad < 10) FAIL_CHECK("float " << x << " (" << float_bits(x) << "): got " << got << " want " << want);
     }
   }
   CHECK(bad == 0);

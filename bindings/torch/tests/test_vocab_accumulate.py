@@ -12,7 +12,9 @@ the operator vocab_linear_accumulate), on CPU in a one-process gloo group:
   * bad accumulators (dtype, shape, a missing one, one without a bias) fail
     before the exchange with an error naming them; the operator itself
     refuses them too (ValueError / TypeError naming grad_weight_acc);
-  * the operator's fake kernel agrees with it (opcheck).
+  * the operator's fake kernel agrees with it (opcheck);
+  * on every device (CUDA too, where its kernels are built and a GPU is
+    present): the same accumulators as fused_linear_preference_loss's.
 """
 import os
 
@@ -26,6 +28,7 @@ from geopref_torch import VocabSlice
 
 ops = torch.ops.geopref
 P, T, H, V = 3, 5, 8, 11
+ON_CUDA = torch.cuda.is_available() and gp.has_cuda_kernels()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,7 +39,9 @@ def one_rank_group(tmp_path_factory):
         pytest.skip("a process group is already initialised in this process")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     store = tmp_path_factory.mktemp("gloo") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    # With the CUDA kernels on a GPU, CUDA tensors are exchanged over NCCL.
+    backend = "cpu:gloo,cuda:nccl" if ON_CUDA else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 
@@ -144,6 +149,37 @@ def test_accumulates_into_the_previous_buffer(acc_dtype):
                                 grad_bias_accumulator=acc_b, **OPTS)
     (got.loss * up).backward()
     close(acc_w, before.double() + gw, ROUND[acc_dtype], "second micro-batch")
+
+
+def test_same_accumulators_as_the_fused_linear_path(device):
+    """On each device, the vocab path's accumulators and hidden.grad equal
+    fused_linear_preference_loss's with its accumulators, on the same inputs:
+    one rank holds the whole vocabulary, so both sum the same products into
+    float32. On a GPU this is the CUDA step with `accumulate` and
+    grad_weight_float32 set. Tolerance: test_parity's accumulator test's for
+    float32 sums (rtol = atol = 2e-5: the two paths may combine each row's
+    log-sum-exp in another order, a few float32 ulps)."""
+    d = {k: v.to(device) for k, v in inputs(6, torch.bfloat16).items()}
+    up = torch.linspace(0.5, 1.5, P, device=device)
+    got = {}
+    for path in ("fused", "vocab"):
+        acc_w, acc_b = d["prev_w"].clone(), d["prev_b"].clone()
+        x, w, b = leaf(d["hidden"]), leaf(d["weight"]), leaf(d["bias"])
+        kw = dict(bias=b, ref_logps=d["ref"], reduction="none", grad_weight_accumulator=acc_w,
+                  grad_bias_accumulator=acc_b, **OPTS)
+        if path == "fused":
+            out = gp.fused_linear_preference_loss(x, w, d["labels"], **kw)
+        else:
+            out = gpd.vocab_linear_loss(x, w, d["labels"], vocab_slice=SLICE, **kw)
+        (out.loss * up).sum().backward()
+        assert w.grad is None and b.grad is None
+        got[path] = (acc_w, acc_b, x.grad)
+    assert not torch.equal(got["vocab"][0], d["prev_w"]), "nothing was accumulated"
+    for name, a, e in zip(("grad_weight_accumulator", "grad_bias_accumulator", "hidden.grad"),
+                          got["vocab"], got["fused"]):
+        assert a.dtype == e.dtype and a.device == e.device, name
+        torch.testing.assert_close(a.double().cpu(), e.double().cpu(), rtol=2e-5, atol=2e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_frozen_hidden_and_no_grad():
