@@ -116,8 +116,6 @@ GEOPREF_C_ARGS(geopref_linear_token_logps_args, cuda::linear_token_logps_args,
 GEOPREF_C_ARGS(geopref_linear_token_grad_args, cuda::linear_token_grad_args,
                GEOPREF_C_LINEAR_TOKEN_GRAD_ARGS_FIELDS, GEOPREF_LINEAR_TOKEN_GRAD_ARGS_SIZE_1_0)
 
-// ABI 1.0 is frozen: c_api.cu checks the sizes of these structs too.
-
 }  // namespace geopref::c_abi
 
 extern "C" {

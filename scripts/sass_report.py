@@ -271,7 +271,7 @@ def main():
             ceil.append((issue, mu, frac, bound))
         rows.append((kind, dname, label, len(body), elems, sass, mufu, inflight, regs, spills, ceil))
         softcap = tmap == "softcap"
-        budget = SASS_BUDGET[kind][softcap][0 if size == 2 else 1]
+        budget = SASS_BUDGET[kind][softcap][{2: 0, 4: 1}[size]]  # 16-bit, float32
         mufu_budget = SOFTCAP_MUFU_BUDGET[size] if softcap else MUFU_BUDGET
         if sass > budget:
             failures.append(f"{label}: {sass:.2f} SASS/element > budget {budget}")

@@ -90,7 +90,14 @@ void run_rank(rank_run& r, const gc::train_args& whole, const geopref::options& 
   r.host = geopref::nccl::train_step(nullptr, bytes, va, opt, comm, r.stream, &r.nccl);
   if (r.host != geopref::status::success) return;
   void* ws = nullptr;
-  cudaMalloc(&ws, bytes);
+  if (cudaMalloc(&ws, bytes) != cudaSuccess) {
+    // Not the library's failure: the other ranks are not told and wait for
+    // this one until NCCL's timeout. An application checks its allocations
+    // (or pools them) before the step.
+    std::fprintf(stderr, "rank %d: cudaMalloc(%zu) failed\n", rank, bytes);
+    r.host = geopref::status::cuda_error;
+    return;
+  }
   if (short_ws) --bytes;
   r.host = geopref::nccl::train_step(ws, bytes, va, opt, comm, r.stream, &r.nccl);
   // Every rank, the failing one too, reads its device flag: the others'
@@ -149,12 +156,9 @@ int main(int argc, char** argv) {
   int64_t* d_labels = upload(labels);
   int64_t* d_offsets = upload(offsets);
   float* d_soft = upload(soft);
-  float *d_loss = nullptr, *d_grad_ref = nullptr, *d_grad = nullptr;
-  gc::vocab_record* d_records = nullptr;
-  cudaMalloc(&d_loss, 2 * sizeof(float));
+  float *d_loss = nullptr, *d_grad_ref = nullptr;
+  cudaMalloc(&d_loss, sizeof(float));
   cudaMalloc(&d_grad_ref, static_cast<size_t>(N * V) * sizeof(float));
-  cudaMalloc(&d_grad, static_cast<size_t>(N * V) * sizeof(float));
-  cudaMalloc(&d_records, static_cast<size_t>(N) * sizeof(gc::vocab_record));
 
   geopref::options opt;
   opt.loss.type = geopref::loss_type::gdpo;

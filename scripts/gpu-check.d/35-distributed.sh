@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # geopref_torch.distributed on the GPU machine (issue 23), run by
 # scripts/gpu-check.sh after 30-integration.sh (or alone, after it):
-#   1. the package's distributed tests (bindings/torch/tests/test_distributed.py)
-#      as they are: CPU tensors over gloo, world sizes 1 to 4;
-#   2. bench/peers/dist_head_memory.py: per-rank peak memory and time of the
+#   bench/peers/dist_head_memory.py: per-rank peak memory and time of the
 #      vocab-sharded head (a DTensor Shard(0) lm_head weight on a 1-D mesh,
 #      NCCL, one GPU per rank) against TRL 1.16.0's weight.full_tensor() +
 #      ChunkedLogProbFunction, N = 16384, H = 4096, V in {32000, 128256},
 #      bf16; K = the number of GPUs (K = 1 on a one-GPU machine: it runs the
 #      code, with nothing to save).
+# (The distributed tests, CPU tensors over gloo, run with the package's other
+# tests in 30-integration.sh's torch-tests.)
 # The package is the one 30-integration.sh built for this card: python3 with
 # $build/torch-site on PYTHONPATH (build = GEOPREF_GPU_CHECK_BUILD, else
 # build-gpu-int), pytest from there too when 30 staged it. TRL from the
@@ -42,10 +42,7 @@ export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 say "$gpus GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)"
 
-# 1. The distributed tests, on CPU over gloo, as CI runs them.
-check dist-tests python3 -m pytest -q -p no:cacheprovider -rs bindings/torch/tests/test_distributed.py
-
-# 2. The memory bench, K = the GPU count.
+# The memory bench, K = the GPU count.
 quick=()
 [[ "${GEOPREF_BENCH_QUICK:-0}" == 1 ]] && quick=(--quick)
 # A run cut by its time limit keeps its rows (printed as they come, and in

@@ -9,7 +9,8 @@
 #                       check, with CMD (in that environment) under
 #                       $GEOPREF_PEERS_SECONDS (240), unbuffered: a run cut at
 #                       its limit keeps the rows it printed and passes
-#   summary             the table of every check; exits with the verdict
+#   summary             prints the table of every check (and summary.txt); the
+#                       caller exits with $failed
 t0=$(date +%s)
 names=() results=()
 failed=0

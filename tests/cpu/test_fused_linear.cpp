@@ -140,13 +140,8 @@ TEST_CASE("fused-linear reference: the same numbers as compute() on H·Wᵀ + b;
   inp.ld_weight = ld;
 
   // The logits by hand, then compute() with its gradient.
-  std::vector<double> Z(static_cast<size_t>(p.N * p.V)), G(Z.size());
-  for (int64_t t = 0; t < p.N; ++t)
-    for (int64_t v = 0; v < p.V; ++v) {
-      double z = p.b[v];
-      for (int64_t k = 0; k < p.Hd; ++k) z += p.H[t * p.Hd + k] * p.W[v * p.Hd + k];
-      Z[t * p.V + v] = z;
-    }
+  std::vector<double> Z = test::linear_logits(p.H.data(), p.W.data(), p.b.data(), p.N, p.Hd, p.V);
+  std::vector<double> G(Z.size());
   auto x = reference::make_inputs<double, int64_t, int64_t>(Z.data(), p.N, p.V, p.labels.data(),
                                                              p.offsets.data(), p.S, p.P);
   x.soft_labels = p.soft.data();

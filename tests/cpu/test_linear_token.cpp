@@ -107,13 +107,7 @@ TEST_CASE("linear_token_logps_grad equals central differences of Σ g_t ℓ_t", 
 
 TEST_CASE("linear_token_logps equals token_logps on Z = H·Wᵀ + b", "[linear_token]") {
   const tok_problem p = make_tok(6, 3, 9, 5);
-  std::vector<double> Z(static_cast<size_t>(p.N * p.V));
-  for (int64_t t = 0; t < p.N; ++t)
-    for (int64_t v = 0; v < p.V; ++v) {
-      double z = p.b[v];
-      for (int64_t k = 0; k < p.Hd; ++k) z += p.H[t * p.Hd + k] * p.W[v * p.Hd + k];
-      Z[t * p.V + v] = z;
-    }
+  std::vector<double> Z = test::linear_logits(p.H.data(), p.W.data(), p.b.data(), p.N, p.Hd, p.V);
   reference::token_rows<double, int64_t> r;
   r.logits = Z.data();
   r.n_rows = p.N;

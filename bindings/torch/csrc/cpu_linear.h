@@ -327,10 +327,13 @@ inline void grad_row(float* z, const float* bias, int64_t c0, int64_t n, int64_t
 /// The gradients of Σ_t g_t ℓ_t (+ e_t H_t) with respect to hidden, weight and
 /// bias (mask: which), in their dtypes ([0] for those not asked for), given
 /// the forward's lse [N] and g [N] (double; read for scored rows only), and
-/// optionally grad_entropy e [N] with the forward's entropy [N] (null: E is
-/// found by a forward pass first). The reference's linear_token_logps_grad.
+/// optionally grad_entropy e [N] with the forward's entropy [N] (required
+/// with it). The reference's linear_token_logps_grad.
 /// unrounded: grad_weight stays float32 and grad_bias double (for a caller
 /// who adds them to its float32 accumulators: one rounding, there).
+/// weight_acc: a contiguous float32 [V, Hd] accumulator the weight gradient
+/// is added to in place, tile by tile (no [V, Hd] buffer of its own); it is
+/// then result's grad_weight.
 inline geopref::status token_logps_grad(const linear_tensors& t, const at::Tensor& y,
                                         int64_t ignore_index,
                                         const geopref::logit_transform& ltr, int64_t chunk_bytes,
@@ -339,12 +342,14 @@ inline geopref::status token_logps_grad(const linear_tensors& t, const at::Tenso
                                         std::tuple<at::Tensor, at::Tensor, at::Tensor>& result,
                                         const double* grad_entropy = nullptr,
                                         const double* entropy = nullptr,
-                                        bool unrounded = false) {
+                                        bool unrounded = false,
+                                        const at::Tensor& weight_acc = {}) {
   if (const auto s = geopref::validate(ltr); s != geopref::status::success) return s;
   if (const auto s = check_rows(t, y, ignore_index); s != geopref::status::success) return s;
   const int64_t N = t.n_rows(), V = t.vocab(), Hd = t.hidden_size();
   const int64_t* lab = y.data_ptr<int64_t>();
   if (N > 0 && lse == nullptr) return geopref::status::null_pointer;
+  if (grad_entropy != nullptr && entropy == nullptr) return geopref::status::null_pointer;
   for (int64_t i = 0; i < N; ++i)
     if (lab[i] != ignore_index && ((grad != nullptr && !std::isfinite(grad[i])) ||
                                    (grad_entropy != nullptr && !std::isfinite(grad_entropy[i]))))
@@ -355,19 +360,17 @@ inline geopref::status token_logps_grad(const linear_tensors& t, const at::Tenso
   const auto f32 = t.hidden.options().dtype(at::kFloat);
   const bool w32 = t.weight.scalar_type() == at::kFloat;
   at::Tensor gh = mask[0] ? at::zeros({n, Hd}, f32) : at::Tensor();
-  at::Tensor gw = mask[1] ? at::zeros({V, Hd}, f32) : at::Tensor();  // the weight's, if float32
+  // The weight's gradient: into the caller's accumulator, or a buffer whose
+  // every block the first row tile overwrites (zeros only without rows).
+  const bool adding = mask[1] && weight_acc.defined();
+  TORCH_INTERNAL_ASSERT(!adding || (weight_acc.scalar_type() == at::kFloat &&
+                                    weight_acc.is_contiguous() &&
+                                    weight_acc.sizes() == at::IntArrayRef({V, Hd})));
+  at::Tensor gw = !mask[1] ? at::Tensor()
+                  : adding  ? weight_acc
+                  : n > 0   ? at::empty({V, Hd}, f32)
+                            : at::zeros({V, Hd}, f32);  // the weight's, if float32
   at::Tensor gb = mask[2] ? at::zeros({V}, f32.dtype(at::kDouble)) : at::Tensor();
-  // E = Σ p z′ = lse − H per scored row, when an entropy upstream is given.
-  std::vector<double> ent_buf;
-  if (grad_entropy != nullptr && entropy == nullptr && n > 0) {
-    ent_buf.assign(static_cast<size_t>(N), 0.0);
-    geopref::reference::token_outputs fo;
-    fo.entropy = ent_buf.data();
-    if (const auto s = token_logps(t, y, ignore_index, ltr, chunk_bytes, fo);
-        s != geopref::status::success)
-      return s;
-    entropy = ent_buf.data();
-  }
   const int64_t* rows = n > 0 ? in.rows.data_ptr<int64_t>() : nullptr;
   std::vector<float> rl(n), rg(n), re(n), rE(n);
   for (int64_t r = 0; r < n; ++r) {
@@ -398,7 +401,7 @@ inline geopref::status token_logps_grad(const linear_tensors& t, const at::Tenso
                     if (mask[0]) gh.narrow(0, r0, nr).addmm_(z, wc);
                     if (mask[1]) {
                       at::Tensor gwc = gw.narrow(0, c0, vc);
-                      if (r0 == 0) at::mm_out(gwc, z.t(), hr);
+                      if (r0 == 0 && !adding) at::mm_out(gwc, z.t(), hr);
                       else gwc.addmm_(z.t(), hr);
                     }
                     if (mask[2]) {

@@ -277,16 +277,19 @@ grads3 linear_rows_grad_cpu(const linear_tensors& t, const Tensor& y, const Tens
       mask[1] = acc->weight.defined();
       mask[2] = acc->bias.defined();
     }
+    // A float32 accumulator takes the weight gradient in place, tile by tile.
+    const bool into = accumulating && mask[1] && acc->weight.scalar_type() == at::kFloat &&
+                      acc->weight.is_contiguous();
     grads3 r;
     check_status(static_cast<int>(cpu_linear::token_logps_grad(
                      t, y, ignore_index, tr, chunk_bytes, l.data_ptr<double>(),
                      g.data_ptr<double>(), mask, r,
                      grad_entropy.defined() ? grad_entropy.data_ptr<double>() : nullptr,
                      entropy.defined() ? entropy.data_ptr<double>() : nullptr,
-                     /*unrounded=*/accumulating)),
+                     /*unrounded=*/accumulating, into ? acc->weight : Tensor())),
                  op);
     if (!accumulating) return r;
-    if (mask[1]) acc->weight.add_(std::get<1>(r));  // float32 (or double) into the accumulator
+    if (mask[1] && !into) acc->weight.add_(std::get<1>(r));  // float32 sum into a 16-bit one
     if (mask[2]) acc->bias.add_(std::get<2>(r));
     return {std::get<0>(r), empty_grad(t.weight), empty_grad(t.hidden)};
   }

@@ -677,9 +677,8 @@ class _SumGradOverGroup(torch.autograd.Function):
 
 
 def _hidden_for_step(x, grp, mode):
-    if mode not in GRAD_HIDDEN_MODES:
-        raise ValueError(f"geopref.distributed: grad_hidden must be one of {GRAD_HIDDEN_MODES}, "
-                         f"got {mode!r}")
+    """x with its gradient summed over the group by `mode` (checked before
+    the exchange, in _linear_local)."""
     if mode == "partial" or not (torch.is_grad_enabled() and x.requires_grad):
         return x
     return _SumGradOverGroup.apply(x, grp, mode)
@@ -946,6 +945,10 @@ def vocab_linear_token_logps(hidden, weight, labels, ignore_index: int = -100, *
     def local():
         x, w, b, y, _, sl = _linear_local(hidden, weight, bias, labels, None, grp, vocab_slice,
                                           grad_hidden)
+        # Under autocast, the dtype the records are formed in (vocab_linear_stats
+        # casts the same way): the statistics and the backward below form the
+        # logits again from these, so p = exp(z' - lse) sums to 1.
+        x, w, b = api._autocast(x, w, b)
         if x.dim() < 1 or y.shape != x.shape[:-1]:
             raise ValueError(f"geopref.distributed: labels must have shape hidden.shape[:-1] = "
                              f"{list(x.shape[:-1])}, got {list(y.shape)}")
@@ -1069,9 +1072,10 @@ def global_metrics(out: DPOOutput, group=None) -> Tuple[torch.Tensor, Dict[str, 
     grp = _group(group, ())
     if out.loss.dim() != 0:
         raise ValueError("geopref.distributed: global_metrics needs a reduced loss")
+    if out.metric_sums.shape != (len(METRIC_SUM_NAMES),):  # before the collective
+        raise ValueError(f"geopref.distributed: metric_sums must have shape "
+                         f"[{len(METRIC_SUM_NAMES)}], got {list(out.metric_sums.shape)}")
     t = torch.cat([out.loss.detach().to(torch.float64).reshape(1),
                    out.metric_sums.to(torch.float64)]).to(grp.device)
     dist.all_reduce(t, group=grp.pg)
-    if t.shape[0] != 1 + len(METRIC_SUM_NAMES):
-        raise ValueError("geopref.distributed: metric_sums of an unexpected size")
     return t[0], metrics_from_sums(t[1:])

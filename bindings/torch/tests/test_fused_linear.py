@@ -587,7 +587,6 @@ def test_host_copies_checked_on_cpu():
 def test_torch_compile_fullgraph_padded_host_offsets(device):
     """The [B, T, H] form builds its host offsets inside the traced function:
     no graph break, the eager bits."""
-    torch._dynamo.reset()
     pb = make(53, P=2, T=3, layout="padded", device=device)
 
     def step(x, w, b, y, p, r):
@@ -596,15 +595,8 @@ def test_torch_compile_fullgraph_padded_host_offsets(device):
         return out.loss, out.logps
 
     rest = (pb["labels"], pb["soft"], pb["ref"])
-    explanation = torch._dynamo.explain(step)(*leaves(pb), *rest)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    a, e = leaves(pb), leaves(pb)
-    got = torch.compile(step, fullgraph=True, backend="aot_eager")(*a, *rest)
-    want = step(*e, *rest)
-    got[0].backward()
-    want[0].backward()
-    for g, w in zip(got + tuple(t.grad for t in a), want + tuple(t.grad for t in e)):
-        torch.testing.assert_close(g, w, atol=0, rtol=0)
+    assert_compiled_matches_eager(step, lambda: leaves(pb), lambda xwb: (*xwb, *rest),
+                                  "aot_eager")
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a GPU and the CUDA kernels")

@@ -144,7 +144,7 @@ def test_bad_input(tok):
         gtrl.add_fused_lm_head(backbone)
     with pytest.raises(ValueError, match="unknown outputs"):
         gtrl.add_fused_lm_head(model, outputs=("log_probs", "logits"))
-    with pytest.raises(TypeError, match="tuple of names"):
+    with pytest.raises(TypeError, match="sequence of names"):
         gtrl.add_fused_lm_head(model, outputs="entropy")
     gtrl.add_fused_lm_head(model)
     ids, mask, labels = _batch(tok)

@@ -14,7 +14,9 @@ the operator vocab_linear_accumulate), on CPU in a one-process gloo group:
     refuses them too (ValueError / TypeError naming grad_weight_acc);
   * the operator's fake kernel agrees with it (opcheck);
   * on every device (CUDA too, where its kernels are built and a GPU is
-    present): the same accumulators as fused_linear_preference_loss's.
+    present): the same accumulators as fused_linear_preference_loss's;
+  * in the same group, vocab_linear_token_logps under autocast against
+    linear_token_logps.
 """
 import os
 
@@ -180,6 +182,33 @@ def test_same_accumulators_as_the_fused_linear_path(device):
         assert a.dtype == e.dtype and a.device == e.device, name
         torch.testing.assert_close(a.double().cpu(), e.double().cpu(), rtol=2e-5, atol=2e-5,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_token_logps_under_autocast():
+    """vocab_linear_token_logps (in this file for its one-rank group) inside
+    torch.autocast: its statistics and gradients are formed in the autocast
+    dtype, as its records are, so they equal linear_token_logps's under the
+    same autocast. Both project the same bfloat16 values in float32 (1e-4 of
+    the largest value: float32 sums over H = 8 and V = 11, far below the 1e-2
+    a mix of float32 logits with a bfloat16 lse gives)."""
+    g = torch.Generator().manual_seed(7)
+    hidden, weight, bias = torch.randn(6, H, generator=g), torch.randn(V, H, generator=g), \
+        torch.randn(V, generator=g)
+    labels = torch.randint(0, V, (6,), generator=g)
+    labels[0] = -100
+    got = {}
+    for path in ("one", "vocab"):
+        x, w, b = leaf(hidden), leaf(weight), leaf(bias)
+        kw = dict(bias=b, outputs=("log_probs", "entropy"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = (gp.linear_token_logps(x, w, labels, **kw) if path == "one" else
+                   gpd.vocab_linear_token_logps(x, w, labels, vocab_slice=SLICE, **kw))
+        (out.log_probs.float().sum() + 0.5 * out.entropy.float().sum()).backward()
+        got[path] = (out.log_probs, out.entropy, x.grad, w.grad, b.grad)
+    for name, a, e in zip(("log_probs", "entropy", "hidden.grad", "weight.grad", "bias.grad"),
+                          got["vocab"], got["one"]):
+        err = (a.double() - e.double()).abs().max().item()
+        assert err <= 1e-4 * e.double().abs().max().item(), f"{name}: max |d| {err:.3e}"
 
 
 def test_frozen_hidden_and_no_grad():

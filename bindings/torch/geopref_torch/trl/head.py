@@ -6,8 +6,8 @@ signature and the behaviour of trl.trainer.utils.add_fused_lm_head in TRL
 fused_lm_head=True) runs the backbone and returns per-token statistics of the
 next-token distribution (a FusedCausalLMOutput) instead of logits, without
 ever holding the [batch, seq_len, vocab] logits. The statistics come from
-geopref's linear_token_logps (the library's chunked kernels on CUDA, its CPU
-reference on CPU) rather than TRL's ChunkedLogProbFunction. A vocab-parallel
+geopref's linear_token_logps (the library's chunked kernels on CUDA, float32
+tiles through PyTorch's GEMM on CPU) rather than TRL's ChunkedLogProbFunction. A vocab-parallel
 lm_head (its weight a DTensor sharded on the vocabulary over a 1-D mesh, as
 ColwiseParallel makes it) is not gathered, unlike TRL's head (full_tensor()):
 the statistics come from geopref_torch.distributed.vocab_linear_token_logps
@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..api import TOKEN_OUTPUTS, linear_token_logps
+from ..api import TOKEN_OUTPUTS, _token_outputs, linear_token_logps
 
 __all__ = ["add_fused_lm_head", "install_geopref_head", "uninstall_geopref_head",
            "use_geopref_head", "FusedCausalLMOutput", "head_logit_transform"]
@@ -88,15 +88,6 @@ def head_logit_transform(text_config, temperature: float = 1.0) -> dict:
                 softcap=0.0 if cap is None else float(cap), temperature=float(temperature))
 
 
-def _check_outputs(outputs):
-    if isinstance(outputs, str) or not all(isinstance(o, str) for o in outputs):
-        raise TypeError(f"geopref_torch.trl: outputs must be a tuple of names among "
-                        f"{list(TOKEN_OUTPUTS)}, got {outputs!r}")
-    unknown = [o for o in outputs if o not in TOKEN_OUTPUTS]
-    if unknown:
-        raise ValueError(f"geopref_torch.trl: unknown outputs {unknown}; known: "
-                         f"{list(TOKEN_OUTPUTS)}")
-    return tuple(outputs)
 
 
 def _output_embeddings(model):
@@ -223,7 +214,8 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
     Raises ValueError for a model without an output embedding, for labels
     that are not [B, T] like the input, and for outputs it does not know.
     """
-    outputs = _check_outputs(outputs)
+    _token_outputs(outputs, False)  # linear_token_logps's checks of the names
+    outputs = tuple(outputs)
     _output_embeddings(model)
     original_forward = model.forward
     text_config = model.config.get_text_config()
@@ -278,17 +270,8 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
                                  text_config, backbone_outputs)
         weight, bias = _full(weight), _full(bias)
         with _lm_head_gather(weight, bias):
-            if cast_lm_head_to_fp32:
-                cast = (hidden.float(), weight.float(), None if bias is None else bias.float())
-                autocast = torch.autocast(hidden.device.type, enabled=False)
-            else:
-                cast = (hidden, weight, bias)
-                autocast = contextlib.nullcontext()
-            x, w, b = cast
-            if not torch.is_autocast_enabled(x.device.type) and w.dtype != x.dtype:
-                # TRL projects in the hidden states' dtype outside autocast.
-                w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
-            with autocast:
+            x, w, b = _head_inputs(hidden, weight, bias, cast_lm_head_to_fp32)
+            with torch.autocast(x.device.type, enabled=False):
                 # Only the scored rows (as TRL does on CUDA); their labels are all valid.
                 stats = linear_token_logps(x[mask], w, labels[mask], bias=b,
                                            outputs=("log_probs",) + tuple(sorted(want)),
@@ -297,6 +280,20 @@ def add_fused_lm_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: boo
                              text_config, backbone_outputs)
 
     model.forward = types.MethodType(_geopref_fused_forward, model)
+
+
+def _head_inputs(hidden, weight, bias, cast_lm_head_to_fp32):
+    """The head's inputs in the dtype TRL 1.16.0 projects in: float32 with
+    cast_lm_head_to_fp32, else autocast's dtype under autocast, else the
+    hidden states' dtype. The caller then runs with autocast off."""
+    dev = hidden.device.type
+    if cast_lm_head_to_fp32:
+        dt = torch.float32
+    elif torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+    else:
+        dt = hidden.dtype
+    return tuple(None if t is None else t.to(dt) for t in (hidden, weight, bias))
 
 
 def _scatter(stats, mask):
@@ -325,19 +322,13 @@ def _sharded_stats(hidden, labels, mask, weight, bias, cast_lm_head_to_fp32, sta
     without gathering the weight: geopref_torch.distributed's
     vocab_linear_token_logps with the hidden states replicated over the mesh
     (their gradient all-reduced over it), the DTensors' gradients their
-    ranks' rows. The statistics other than log_probs carry no gradient."""
+    ranks' rows. The statistics other than log_probs and the entropy carry no
+    gradient."""
     from torch.distributed.tensor import DTensor
     from .. import distributed as gpd
     if isinstance(hidden, DTensor):  # a replicated DTensor from a TP backbone
         hidden = hidden.full_tensor()
-    x, w, b = hidden, weight, bias
-    if cast_lm_head_to_fp32:
-        x, w, b = x.float(), w.float(), None if b is None else b.float()
-    elif torch.is_autocast_enabled(x.device.type):
-        dt = torch.get_autocast_dtype(x.device.type)
-        x, w, b = x.to(dt), w.to(dt), None if b is None else b.to(dt)
-    elif w.dtype != x.dtype:  # TRL projects in the hidden states' dtype outside autocast
-        w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
+    x, w, b = _head_inputs(hidden, weight, bias, cast_lm_head_to_fp32)
     with torch.autocast(x.device.type, enabled=False):
         out = gpd.vocab_linear_token_logps(x[mask], w, labels[mask], bias=b,
                                            group=w.device_mesh,

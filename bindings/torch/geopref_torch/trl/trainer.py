@@ -40,7 +40,7 @@ from trl.trainer.utils import use_adapter
 
 from ..api import (fused_linear_logps, fused_linear_preference_loss, linear_token_logps,
                    loss_types)
-from .head import head_logit_transform
+from .head import _scatter, head_logit_transform
 
 # TRL 1.16.0's loss_type names -> (geopref's name, whether the term reads
 # length-averaged log-probs). TRL's ipo and sigmoid_norm divide the
@@ -525,12 +525,7 @@ class GeoprefDPOTrainer(trl.DPOTrainer):
                 flat = linear_token_logps(hidden.reshape(-1, hidden.shape[-1])[rows], weight,
                                           labels.reshape(-1)[rows], bias=bias,
                                           outputs=wanted, **transform)
-            stats = {}
-            for k in wanted:
-                v = getattr(flat, k)
-                full = torch.zeros(labels.shape, dtype=v.dtype, device=v.device)
-                full[scored] = v
-                stats[k] = full
+            stats = _scatter(flat, scored)
         pair_weights = None
         if args.use_weighting:
             # WPO: per response exp(mean over its tokens of log p_t - log sum_v p_v^2), no grad.
